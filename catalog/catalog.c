@@ -1,0 +1,468 @@
+/*
+ * catalog.c — SQLite schema and statements of the journal catalog.
+ *
+ * The catalog is derived data: everything in it except destinations'
+ * acknowledgements and dirty extents can be rebuilt from the segments still
+ * on disk, which is what recovery does for segments sealed but not yet
+ * indexed when the daemon died.  synchronous=NORMAL in WAL mode is therefore
+ * enough: a lost last transaction is re-derived at the next mount.
+ */
+#include "catalog.h"
+#include "log.h"
+#include "segment.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char schema[] =
+	"PRAGMA journal_mode=WAL;"
+	"PRAGMA synchronous=NORMAL;"
+	"PRAGMA foreign_keys=ON;"
+	"CREATE TABLE IF NOT EXISTS meta("
+	"  key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+	"CREATE TABLE IF NOT EXISTS images("
+	"  id INTEGER PRIMARY KEY,"
+	"  name TEXT NOT NULL,"
+	"  live INTEGER NOT NULL DEFAULT 1,"
+	"  created_lsn INTEGER,"           /* NULL: existed when first seen */
+	"  removed_lsn INTEGER);"
+	"CREATE INDEX IF NOT EXISTS images_by_name ON images(name) WHERE live;"
+	"CREATE TABLE IF NOT EXISTS segments("
+	"  number INTEGER PRIMARY KEY,"
+	"  first_lsn INTEGER NOT NULL,"
+	"  last_lsn INTEGER NOT NULL,"
+	"  records INTEGER NOT NULL,"
+	"  bytes INTEGER NOT NULL,"
+	"  digest TEXT NOT NULL,"          /* trailer check, 16 hex digits */
+	"  created_ns INTEGER NOT NULL,"
+	"  sealed_ns INTEGER NOT NULL,"
+	"  state TEXT NOT NULL DEFAULT 'sealed');"
+	"CREATE TABLE IF NOT EXISTS writes("
+	"  lsn INTEGER PRIMARY KEY,"
+	"  image INTEGER NOT NULL,"
+	"  kind TEXT NOT NULL,"            /* write, zero, punch, truncate, alloc */
+	"  offset INTEGER NOT NULL,"
+	"  length INTEGER NOT NULL,"       /* truncate: 0, offset is the new size */
+	"  segment INTEGER NOT NULL,"
+	"  position INTEGER NOT NULL,"     /* byte offset of the record in the segment */
+	"  time_ns INTEGER NOT NULL);"
+	"CREATE INDEX IF NOT EXISTS writes_by_image ON writes(image, offset);"
+	"CREATE INDEX IF NOT EXISTS writes_by_time ON writes(time_ns);"
+	"CREATE INDEX IF NOT EXISTS writes_by_segment ON writes(segment);"
+	"CREATE TABLE IF NOT EXISTS marks("
+	"  name TEXT NOT NULL, lsn INTEGER PRIMARY KEY, time_ns INTEGER NOT NULL);"
+	"CREATE TABLE IF NOT EXISTS destinations("
+	"  name TEXT PRIMARY KEY,"
+	"  url TEXT NOT NULL,"
+	"  state TEXT NOT NULL DEFAULT 'shipping',"
+	"  acked_segment INTEGER NOT NULL DEFAULT 0,"
+	"  acked_lsn INTEGER NOT NULL DEFAULT 0,"
+	"  acked_ns INTEGER NOT NULL DEFAULT 0,"
+	"  last_error TEXT);"
+	"CREATE TABLE IF NOT EXISTS shipments("
+	"  destination TEXT NOT NULL, segment INTEGER NOT NULL,"
+	"  bytes INTEGER NOT NULL, acked_ns INTEGER NOT NULL,"
+	"  PRIMARY KEY(destination, segment));"
+	"CREATE TABLE IF NOT EXISTS dirty_extents("
+	"  destination TEXT NOT NULL, image INTEGER NOT NULL,"
+	"  offset INTEGER NOT NULL, length INTEGER NOT NULL,"
+	"  PRIMARY KEY(destination, image, offset));";
+
+struct catalog {
+	sqlite3 *db;
+	char *path;
+	sqlite3_stmt *ins_write, *ins_image, *upd_image_name, *del_image;
+};
+
+static int db_fail(struct catalog *c, const char *what)
+{
+	log_error("catalog %s: %s: %s", c->path, what, sqlite3_errmsg(c->db));
+	return -EIO;
+}
+
+static int prepare(struct catalog *c, const char *sql, sqlite3_stmt **st)
+{
+	if (sqlite3_prepare_v3(c->db, sql, -1, SQLITE_PREPARE_PERSISTENT, st, NULL) != SQLITE_OK)
+		return db_fail(c, "prepare");
+	return 0;
+}
+
+int catalog_open(const char *path, struct catalog **out)
+{
+	struct catalog *c = calloc(1, sizeof *c);
+	char *errmsg = NULL;
+	int r;
+
+	if (!c)
+		return -ENOMEM;
+	c->path = strdup(path);
+	if (!c->path) {
+		free(c);
+		return -ENOMEM;
+	}
+	if (sqlite3_open_v2(path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+			    SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
+		r = db_fail(c, "open");
+		catalog_close(c);
+		return r;
+	}
+	sqlite3_busy_timeout(c->db, 10000);
+	if (sqlite3_exec(c->db, schema, NULL, NULL, &errmsg) != SQLITE_OK) {
+		log_error("catalog %s: schema: %s", path, errmsg ? errmsg : "?");
+		sqlite3_free(errmsg);
+		catalog_close(c);
+		return -EIO;
+	}
+	r = prepare(c, "INSERT OR REPLACE INTO writes(lsn, image, kind, offset, length, segment,"
+		       " position, time_ns) VALUES(?,?,?,?,?,?,?,?)", &c->ins_write);
+	if (!r)
+		r = prepare(c, "INSERT OR REPLACE INTO images(id, name, live, created_lsn)"
+			       " VALUES(?,?,1,?)", &c->ins_image);
+	if (!r)
+		r = prepare(c, "UPDATE images SET name = ? WHERE id = ?", &c->upd_image_name);
+	if (!r)
+		r = prepare(c, "UPDATE images SET live = 0, removed_lsn = ? WHERE id = ?",
+			    &c->del_image);
+	if (r) {
+		catalog_close(c);
+		return r;
+	}
+	*out = c;
+	return 0;
+}
+
+void catalog_close(struct catalog *c)
+{
+	if (!c)
+		return;
+	sqlite3_finalize(c->ins_write);
+	sqlite3_finalize(c->ins_image);
+	sqlite3_finalize(c->upd_image_name);
+	sqlite3_finalize(c->del_image);
+	sqlite3_close(c->db);
+	free(c->path);
+	free(c);
+}
+
+static int exec(struct catalog *c, const char *sql)
+{
+	if (sqlite3_exec(c->db, sql, NULL, NULL, NULL) != SQLITE_OK)
+		return db_fail(c, sql);
+	return 0;
+}
+
+int catalog_begin(struct catalog *c) { return exec(c, "BEGIN IMMEDIATE"); }
+int catalog_commit(struct catalog *c) { return exec(c, "COMMIT"); }
+int catalog_rollback(struct catalog *c) { return exec(c, "ROLLBACK"); }
+
+int catalog_meta_get(struct catalog *c, const char *key, char *buf, unsigned buflen)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	if (sqlite3_prepare_v2(c->db, "SELECT value FROM meta WHERE key = ?", -1, &st, NULL))
+		return db_fail(c, "meta get");
+	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+	r = sqlite3_step(st);
+	if (r == SQLITE_ROW) {
+		snprintf(buf, buflen, "%s", (const char *)sqlite3_column_text(st, 0));
+		r = 0;
+	} else if (r == SQLITE_DONE) {
+		r = -ENOENT;
+	} else {
+		r = db_fail(c, "meta get");
+	}
+	sqlite3_finalize(st);
+	return r;
+}
+
+int catalog_meta_set(struct catalog *c, const char *key, const char *value)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	if (sqlite3_prepare_v2(c->db, "INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)",
+			       -1, &st, NULL))
+		return db_fail(c, "meta set");
+	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
+	r = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, "meta set");
+	sqlite3_finalize(st);
+	return r;
+}
+
+int catalog_has_segment(struct catalog *c, uint64_t n, bool *has)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	if (sqlite3_prepare_v2(c->db, "SELECT 1 FROM segments WHERE number = ?", -1, &st, NULL))
+		return db_fail(c, "segment lookup");
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)n);
+	r = sqlite3_step(st);
+	*has = r == SQLITE_ROW;
+	r = (r == SQLITE_ROW || r == SQLITE_DONE) ? 0 : db_fail(c, "segment lookup");
+	sqlite3_finalize(st);
+	return r;
+}
+
+int catalog_last_segment(struct catalog *c, uint64_t *number, uint64_t *last_lsn)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	*number = *last_lsn = 0;
+	if (sqlite3_prepare_v2(c->db, "SELECT number, last_lsn FROM segments"
+				      " ORDER BY number DESC LIMIT 1", -1, &st, NULL))
+		return db_fail(c, "last segment");
+	r = sqlite3_step(st);
+	if (r == SQLITE_ROW) {
+		*number = (uint64_t)sqlite3_column_int64(st, 0);
+		*last_lsn = (uint64_t)sqlite3_column_int64(st, 1);
+	}
+	r = (r == SQLITE_ROW || r == SQLITE_DONE) ? 0 : db_fail(c, "last segment");
+	sqlite3_finalize(st);
+	return r;
+}
+
+static int step_reset(struct catalog *c, sqlite3_stmt *st, const char *what)
+{
+	int r = sqlite3_step(st);
+
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+	return r == SQLITE_DONE ? 0 : db_fail(c, what);
+}
+
+static int image_bind(struct catalog *c, uint32_t id, const char *name, size_t len,
+		      uint64_t lsn, bool known_lsn)
+{
+	sqlite3_bind_int64(c->ins_image, 1, id);
+	sqlite3_bind_text(c->ins_image, 2, name, (int)len, SQLITE_TRANSIENT);
+	if (known_lsn)
+		sqlite3_bind_int64(c->ins_image, 3, (sqlite3_int64)lsn);
+	else
+		sqlite3_bind_null(c->ins_image, 3);
+	return step_reset(c, c->ins_image, "image insert");
+}
+
+static int image_rename(struct catalog *c, uint32_t id, const char *name)
+{
+	sqlite3_bind_text(c->upd_image_name, 1, name, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(c->upd_image_name, 2, id);
+	return step_reset(c, c->upd_image_name, "image rename");
+}
+
+static int image_remove(struct catalog *c, uint32_t id, uint64_t lsn)
+{
+	sqlite3_bind_int64(c->del_image, 1, (sqlite3_int64)lsn);
+	sqlite3_bind_int64(c->del_image, 2, id);
+	return step_reset(c, c->del_image, "image remove");
+}
+
+/* Directory renames change the names of every image below; do it in SQL. */
+static int image_rename_dir(struct catalog *c, const char *old_dir, const char *new_dir)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	if (sqlite3_prepare_v2(c->db,
+			       "UPDATE images SET name = ?2 || substr(name, length(?1) + 1)"
+			       " WHERE live AND substr(name, 1, length(?1) + 1) = ?1 || '/'",
+			       -1, &st, NULL))
+		return db_fail(c, "dir rename");
+	sqlite3_bind_text(st, 1, old_dir, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, new_dir, -1, SQLITE_STATIC);
+	r = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, "dir rename");
+	sqlite3_finalize(st);
+	return r;
+}
+
+static const char *write_kind(const struct seg_record *r)
+{
+	switch (r->type) {
+	case SEG_WRITE: return "write";
+	case SEG_ZERO: return (r->flags & SEG_F_PUNCH) ? "punch" : "zero";
+	case SEG_TRUNCATE: return "truncate";
+	case SEG_ALLOC: return "alloc";
+	default: return NULL;
+	}
+}
+
+static int index_record(struct catalog *c, const struct seg_record *r, uint64_t segment)
+{
+	const char *kind = write_kind(r);
+	char a[SEG_NAME_MAX + 1], b[SEG_NAME_MAX + 1];
+	sqlite3_stmt *st;
+	int ret;
+
+	if (kind) {
+		sqlite3_bind_int64(c->ins_write, 1, (sqlite3_int64)r->lsn);
+		sqlite3_bind_int64(c->ins_write, 2, r->image);
+		sqlite3_bind_text(c->ins_write, 3, kind, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(c->ins_write, 4, (sqlite3_int64)r->offset);
+		sqlite3_bind_int64(c->ins_write, 5, (sqlite3_int64)r->length);
+		sqlite3_bind_int64(c->ins_write, 6, (sqlite3_int64)segment);
+		sqlite3_bind_int64(c->ins_write, 7, (sqlite3_int64)r->file_offset);
+		sqlite3_bind_int64(c->ins_write, 8, (sqlite3_int64)r->time_ns);
+		return step_reset(c, c->ins_write, "write insert");
+	}
+	switch (r->type) {
+	case SEG_CREATE:
+		return image_bind(c, r->image, r->payload, r->payload_len, r->lsn, true);
+	case SEG_UNLINK:
+		return image_remove(c, r->image, r->lsn);
+	case SEG_RENAME:
+		seg_rename_names(r, a, b);
+		if (r->flags & SEG_F_DIR)
+			return image_rename_dir(c, a, b);
+		/* An image that held the new name is gone. */
+		if (sqlite3_prepare_v2(c->db, "UPDATE images SET live = 0, removed_lsn = ?"
+					      " WHERE live AND name = ? AND id != ?", -1, &st, NULL))
+			return db_fail(c, "rename replace");
+		sqlite3_bind_int64(st, 1, (sqlite3_int64)r->lsn);
+		sqlite3_bind_text(st, 2, b, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 3, r->image);
+		ret = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, "rename replace");
+		sqlite3_finalize(st);
+		return ret ? ret : image_rename(c, r->image, b);
+	case SEG_MARK:
+		if (sqlite3_prepare_v2(c->db, "INSERT OR REPLACE INTO marks(name, lsn, time_ns)"
+					      " VALUES(?, ?, ?)", -1, &st, NULL))
+			return db_fail(c, "mark");
+		sqlite3_bind_text(st, 1, r->payload, (int)r->payload_len, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 2, (sqlite3_int64)r->lsn);
+		sqlite3_bind_int64(st, 3, (sqlite3_int64)r->time_ns);
+		ret = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, "mark");
+		sqlite3_finalize(st);
+		return ret;
+	default:
+		return 0;
+	}
+}
+
+/* Images in the header table that the catalog does not know yet (the
+ * images that existed when the group was created). */
+static int index_header_images(struct catalog *c, const struct seg_header *h)
+{
+	sqlite3_stmt *st;
+	int r = 0;
+
+	if (sqlite3_prepare_v2(c->db, "INSERT OR IGNORE INTO images(id, name, live)"
+				      " VALUES(?, ?, 1)", -1, &st, NULL))
+		return db_fail(c, "header images");
+	for (uint32_t i = 0; i < h->image_count && !r; i++) {
+		sqlite3_bind_int64(st, 1, h->images[i].id);
+		sqlite3_bind_text(st, 2, h->images[i].name, h->images[i].name_len, SQLITE_STATIC);
+		r = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, "header images");
+		sqlite3_reset(st);
+	}
+	sqlite3_finalize(st);
+	return r;
+}
+
+int catalog_index_segment(struct catalog *c, struct seg_view *v, uint64_t file_bytes)
+{
+	const struct seg_header *h = seg_view_header(v);
+	const struct seg_trailer *t = seg_view_trailer(v);
+	struct seg_record rec;
+	sqlite3_stmt *st;
+	char digest[17];
+	bool has;
+	int r;
+
+	if (!t)
+		return -EINVAL;
+	r = catalog_has_segment(c, h->number, &has);
+	if (r < 0 || has)
+		return r;
+	r = catalog_begin(c);
+	if (r < 0)
+		return r;
+	r = index_header_images(c, h);
+	seg_view_rewind(v);
+	while (!r && seg_view_next(v, &rec) == 1)
+		r = index_record(c, &rec, h->number);
+	if (!r) {
+		snprintf(digest, sizeof digest, "%016" PRIx64, seg_view_digest(v));
+		if (sqlite3_prepare_v2(c->db, "INSERT INTO segments(number, first_lsn, last_lsn,"
+					      " records, bytes, digest, created_ns, sealed_ns)"
+					      " VALUES(?,?,?,?,?,?,?,?)", -1, &st, NULL)) {
+			r = db_fail(c, "segment insert");
+		} else {
+			sqlite3_bind_int64(st, 1, (sqlite3_int64)h->number);
+			sqlite3_bind_int64(st, 2, (sqlite3_int64)h->first_lsn);
+			sqlite3_bind_int64(st, 3, (sqlite3_int64)t->last_lsn);
+			sqlite3_bind_int64(st, 4, (sqlite3_int64)t->count);
+			sqlite3_bind_int64(st, 5, (sqlite3_int64)file_bytes);
+			sqlite3_bind_text(st, 6, digest, -1, SQLITE_STATIC);
+			sqlite3_bind_int64(st, 7, (sqlite3_int64)h->created_ns);
+			sqlite3_bind_int64(st, 8, (sqlite3_int64)t->sealed_ns);
+			r = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, "segment insert");
+			sqlite3_finalize(st);
+		}
+	}
+	seg_view_rewind(v);
+	if (r) {
+		catalog_rollback(c);
+		return r;
+	}
+	return catalog_commit(c);
+}
+
+int catalog_images_each(struct catalog *c,
+			int (*fn)(void *ctx, uint32_t id, const char *name), void *ctx)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	if (sqlite3_prepare_v2(c->db, "SELECT id, name FROM images WHERE live ORDER BY id",
+			       -1, &st, NULL))
+		return db_fail(c, "images");
+	while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+		int k = fn(ctx, (uint32_t)sqlite3_column_int64(st, 0),
+			   (const char *)sqlite3_column_text(st, 1));
+		if (k) {
+			sqlite3_finalize(st);
+			return k;
+		}
+	}
+	r = r == SQLITE_DONE ? 0 : db_fail(c, "images");
+	sqlite3_finalize(st);
+	return r;
+}
+
+int catalog_max_image_id(struct catalog *c, uint32_t *id)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	*id = 0;
+	if (sqlite3_prepare_v2(c->db, "SELECT coalesce(max(id), 0) FROM images", -1, &st, NULL))
+		return db_fail(c, "max image");
+	r = sqlite3_step(st);
+	if (r == SQLITE_ROW)
+		*id = (uint32_t)sqlite3_column_int64(st, 0);
+	r = r == SQLITE_ROW ? 0 : db_fail(c, "max image");
+	sqlite3_finalize(st);
+	return r;
+}
+
+int catalog_segment_set_state(struct catalog *c, uint64_t n, const char *state)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	if (sqlite3_prepare_v2(c->db, "UPDATE segments SET state = ? WHERE number = ?",
+			       -1, &st, NULL))
+		return db_fail(c, "segment state");
+	sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)n);
+	r = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, "segment state");
+	sqlite3_finalize(st);
+	return r;
+}

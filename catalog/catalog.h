@@ -1,0 +1,60 @@
+/*
+ * catalog.h — the SQLite index of a journal directory: what was written
+ * where.  One database per journal directory (catalog.db, WAL mode).
+ *
+ * It records the group's identity, the images and their ids, every sealed
+ * segment (number, LSN range, size, digest, state), every data record inside
+ * them (LSN, image, kind, offset, length, segment, position, time), named
+ * marks, and — for the transport — destinations, what each acknowledged and
+ * the dirty extents awaiting resync.  Operators can query it with sqlite3;
+ * the schema is in catalog.c and docs/CATALOG.md.
+ *
+ * Thread safety: a struct catalog is one SQLite connection and belongs to
+ * one thread at a time.  Each thread that needs the catalog opens its own.
+ * Functions return 0 or a negative errno (-EIO for SQLite failures, after
+ * logging SQLite's message once).
+ */
+#ifndef AIM_CATALOG_H
+#define AIM_CATALOG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct catalog;
+struct seg_view;
+
+/* Opens (creating if needed) the database at path and its schema. */
+int catalog_open(const char *path, struct catalog **out);
+void catalog_close(struct catalog *c);
+
+int catalog_begin(struct catalog *c);
+int catalog_commit(struct catalog *c);
+int catalog_rollback(struct catalog *c);
+
+/* Key/value metadata ("group", "format", ...).  get returns -ENOENT if the
+ * key is absent; value is copied into buf (NUL-terminated). */
+int catalog_meta_get(struct catalog *c, const char *key, char *buf, unsigned buflen);
+int catalog_meta_set(struct catalog *c, const char *key, const char *value);
+
+/*
+ * Indexes a validated sealed segment in one transaction: its row, a row per
+ * data record, and the image namespace changes it makes.  file_bytes is the
+ * segment's size on disk.  Indexing a segment already present is a no-op
+ * (returns 0), so recovery may offer segments twice.
+ */
+int catalog_index_segment(struct catalog *c, struct seg_view *v, uint64_t file_bytes);
+/* True if segment number n is indexed. */
+int catalog_has_segment(struct catalog *c, uint64_t n, bool *has);
+/* Highest indexed segment number and its last LSN (0, 0 if none). */
+int catalog_last_segment(struct catalog *c, uint64_t *number, uint64_t *last_lsn);
+
+/* Live images (id -> name) as indexed; fn is called for each. */
+int catalog_images_each(struct catalog *c,
+			int (*fn)(void *ctx, uint32_t id, const char *name), void *ctx);
+/* Highest image id ever used (0 if none). */
+int catalog_max_image_id(struct catalog *c, uint32_t *id);
+
+/* Marks a segment's state ("sealed", "pruned", ...). */
+int catalog_segment_set_state(struct catalog *c, uint64_t n, const char *state);
+
+#endif

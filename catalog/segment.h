@@ -1,0 +1,195 @@
+/*
+ * segment.h — the aimfs segment format: the one encoder and decoder that the
+ * journal writer, the indexer, the shipper, the remote applier and aimctl all
+ * use.  docs/FORMAT.md is the byte-level specification; this header is the C
+ * view of it.
+ *
+ * A segment is header + image table, a run of records, and a trailer that
+ * seals it.  Every record carries a check that chains to the one before it
+ * (XXH3-64 seeded with the previous check), so the trailer's check is a digest
+ * of the whole segment.  Decoding validates the whole segment (magic,
+ * version, checksums, LSN sequence, record bounds, image names and ids)
+ * before the caller sees a single record: nothing acts on a segment that has
+ * not passed as a whole.
+ *
+ * Thread safety: the encoders are pure functions; a struct seg_view belongs
+ * to one thread at a time.
+ */
+#ifndef AIM_SEGMENT_H
+#define AIM_SEGMENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define SEG_VERSION 1
+#define SEG_HEADER_FIXED 72     /* bytes before the image table */
+#define SEG_RECORD_HEADER 64    /* bytes before each record's payload */
+#define SEG_TRAILER_SIZE 56
+#define SEG_NAME_MAX 4095       /* longest image path, bytes */
+#define SEG_COMPONENT_MAX 255   /* longest path component, bytes */
+#define SEG_TABLE_MAX (16u << 20) /* largest image table, bytes */
+#define SEG_PAYLOAD_MAX (1u << 30) /* largest record payload, bytes */
+#define SEG_FILE_DIGITS 20
+#define SEG_FILE_SUFFIX ".aimj"
+#define SEG_OPEN_SUFFIX ".open"
+#define SEG_FILE_NAME_LEN (SEG_FILE_DIGITS + 5)
+
+enum seg_type {
+	SEG_WRITE = 1,    /* bytes at offset; payload = the data */
+	SEG_ZERO = 2,     /* range reads as zeros; flags PUNCH, KEEP_SIZE */
+	SEG_TRUNCATE = 3, /* size becomes offset */
+	SEG_ALLOC = 4,    /* preallocate range; flags KEEP_SIZE */
+	SEG_FLUSH = 5,    /* barrier: make targets durable here */
+	SEG_CREATE = 6,   /* new empty image; payload = name, aux = mode */
+	SEG_UNLINK = 7,   /* image removed; payload = its name */
+	SEG_RENAME = 8,   /* payload = old name then new name, aux = old length */
+	SEG_MKDIR = 9,    /* payload = directory name, aux = mode */
+	SEG_RMDIR = 10,   /* payload = directory name */
+	SEG_MARK = 11,    /* named point in time; payload = label */
+	SEG_TYPE_MAX = SEG_MARK
+};
+
+#define SEG_F_PUNCH 0x01     /* ZERO: deallocate the range too */
+#define SEG_F_KEEP_SIZE 0x02 /* ZERO, ALLOC: do not change the size */
+#define SEG_F_DIR 0x04       /* RENAME: of a directory (image 0) */
+#define SEG_F_REPLACE 0x08   /* RENAME: the new name replaced an image */
+
+struct seg_image {
+	uint32_t id;       /* non-zero */
+	uint16_t name_len;
+	const char *name;  /* not NUL-terminated */
+};
+
+struct seg_header {
+	uint8_t group[16];
+	uint64_t number;     /* segment number, >= 1 */
+	uint64_t first_lsn;  /* LSN of the first record, >= 1 */
+	uint64_t created_ns; /* wall clock when the segment was opened */
+	uint32_t image_count;
+	const struct seg_image *images;
+};
+
+struct seg_record {
+	uint8_t type;
+	uint8_t flags;
+	uint32_t image;       /* 0 for FLUSH of all, MKDIR, RMDIR, dir RENAME, MARK */
+	uint32_t aux;
+	uint64_t lsn;
+	uint64_t offset;
+	uint64_t length;
+	uint64_t time_ns;     /* source wall clock when journaled */
+	const void *payload;
+	uint32_t payload_len;
+	uint64_t payload_hash; /* seg_payload_hash(payload, payload_len) */
+	uint64_t check;        /* filled by the decoder */
+	uint64_t file_offset;  /* decoder: where the record header starts */
+};
+
+struct seg_trailer {
+	uint64_t count;       /* records in the segment */
+	uint64_t last_lsn;    /* first_lsn + count - 1 (first_lsn - 1 if empty) */
+	uint64_t backing_lsn; /* source-local: every LSN <= this was on the backing files at seal */
+	uint64_t sealed_ns;
+};
+
+/* Why a segment was refused: a message a person can act on. */
+struct seg_err {
+	char msg[256];
+	uint64_t offset; /* byte offset in the segment where the problem is */
+};
+
+/* ---- names ---- */
+
+/* Segment file name for number n: 20 zero-padded digits + suffix.  buf must
+ * hold SEG_FILE_NAME_LEN + 6 bytes. */
+void seg_file_name(uint64_t n, const char *suffix, char *buf);
+/* Parses a sealed segment file name; returns 0 and sets *n, or -EINVAL. */
+int seg_parse_file_name(const char *name, uint64_t *n);
+/* True if name (len bytes) is a safe relative image path: components of
+ * 1..255 bytes separated by single '/', none "." or "..", no NUL, no
+ * control characters, 1..SEG_NAME_MAX bytes. */
+bool seg_name_valid(const char *name, size_t len);
+/* Formats a 16-byte group UUID as 36 characters + NUL; parses it back. */
+void seg_uuid_format(const uint8_t uuid[16], char out[37]);
+int seg_uuid_parse(const char *s, uint8_t uuid[16]);
+
+/* ---- encoding ---- */
+
+uint64_t seg_payload_hash(const void *payload, size_t len);
+/* Bytes the header and image table take. */
+size_t seg_header_size(const struct seg_header *h);
+/* Writes seg_header_size(h) bytes to out; returns the header check, which
+ * seeds the first record's check. */
+uint64_t seg_header_encode(const struct seg_header *h, uint8_t *out);
+/* Writes the 64-byte record header; r->payload_hash must be set.  Returns
+ * this record's check, the seed of the next one. */
+uint64_t seg_record_encode(const struct seg_record *r, uint64_t prev_check,
+			   uint8_t out[SEG_RECORD_HEADER]);
+/* Writes the trailer; returns the segment digest (the trailer's check). */
+uint64_t seg_trailer_encode(const struct seg_trailer *t, uint64_t prev_check,
+			    uint8_t out[SEG_TRAILER_SIZE]);
+
+/* In-memory builder for whole segments (aimctl, the transport's filtered
+ * copies, tests).  Grows a buffer; seg_builder_finish seals it and hands
+ * the bytes to the caller (free() them). */
+struct seg_builder;
+struct seg_builder *seg_builder_new(const struct seg_header *h);
+/* Appends a record; r->lsn is assigned (first_lsn + count) and returned. */
+uint64_t seg_builder_add(struct seg_builder *b, struct seg_record *r);
+uint64_t seg_builder_count(const struct seg_builder *b);
+size_t seg_builder_size(const struct seg_builder *b);
+int seg_builder_finish(struct seg_builder *b, uint64_t backing_lsn, uint8_t **out, size_t *len);
+void seg_builder_free(struct seg_builder *b);
+
+/* ---- decoding ---- */
+
+struct seg_view;
+
+/*
+ * Validates a complete sealed segment held in buf (len bytes) and returns a
+ * view over it.  The buffer must stay valid and unchanged while the view
+ * lives.  Returns 0, or -EBADMSG with *err filled.
+ */
+int seg_view_new(const void *buf, size_t len, struct seg_view **out, struct seg_err *err);
+/* Maps the file at path read-only and validates it as above (-errno on I/O). */
+int seg_view_open(const char *path, struct seg_view **out, struct seg_err *err);
+/*
+ * Recovery form for a segment that may be unfinished: walks records until
+ * the first one that is invalid or incomplete, which ends the log (a torn
+ * tail is expected after a crash, not an error).  The header itself must be
+ * valid.  *valid_len is the length of the good prefix (header + whole
+ * records, or the whole file if it is sealed); seg_view_sealed() tells which.
+ */
+int seg_view_new_partial(const void *buf, size_t len, struct seg_view **out,
+			 size_t *valid_len, struct seg_err *err);
+void seg_view_free(struct seg_view *v);
+
+bool seg_view_sealed(const struct seg_view *v);
+const struct seg_header *seg_view_header(const struct seg_view *v);
+const struct seg_trailer *seg_view_trailer(const struct seg_view *v); /* NULL if unsealed */
+uint64_t seg_view_digest(const struct seg_view *v); /* trailer check, or last check */
+uint64_t seg_view_count(const struct seg_view *v);
+uint64_t seg_view_last_lsn(const struct seg_view *v);
+size_t seg_view_size(const struct seg_view *v);
+const uint8_t *seg_view_bytes(const struct seg_view *v);
+
+/* Iteration over validated records, in order.  Returns 1 and fills *r, or 0
+ * at the end.  seg_view_rewind starts again. */
+int seg_view_next(struct seg_view *v, struct seg_record *r);
+void seg_view_rewind(struct seg_view *v);
+
+/* Name of image id as of the record last returned by seg_view_next (the
+ * header's table plus the CREATE/RENAME/UNLINK records before it); NULL if
+ * the id is not bound there.  The string is owned by the view. */
+const char *seg_view_image_name(const struct seg_view *v, uint32_t id);
+
+/* For RENAME records: splits the payload into old and new names (copied,
+ * NUL-terminated, into bufs of SEG_NAME_MAX + 1 bytes). */
+void seg_rename_names(const struct seg_record *r, char *old_name, char *new_name);
+/* For records whose payload is one name: copies it NUL-terminated. */
+void seg_record_name(const struct seg_record *r, char *name);
+
+const char *seg_type_name(uint8_t type);
+
+#endif

@@ -1,0 +1,21 @@
+/*
+ * parse.h — the small parsers every command line and config file needs:
+ * sizes ("64M", "8G", "4096"), durations ("2s", "500ms", "1m") and
+ * ADDR:PORT pairs.  Each returns 0 on success and -EINVAL on bad input,
+ * leaving the output untouched.  Thread-safe, no allocation.
+ */
+#ifndef AIM_PARSE_H
+#define AIM_PARSE_H
+
+#include <stdint.h>
+
+/* Binary suffixes K, M, G, T (also KiB, MiB...; "k" accepted), bytes if none. */
+int parse_size(const char *s, uint64_t *out);
+/* Suffixes ms, s, m, h; seconds if none.  Result in nanoseconds. */
+int parse_duration(const char *s, uint64_t *out_ns);
+/* "127.0.0.1:9380", "[::1]:9380", "localhost:80". host gets a NUL-terminated copy. */
+int parse_hostport(const char *s, char *host, unsigned hostlen, uint16_t *port);
+/* Renders bytes as "1.5 GiB" into buf; returns buf. */
+const char *format_size(uint64_t bytes, char *buf, unsigned buflen);
+
+#endif
