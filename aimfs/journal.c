@@ -1,0 +1,857 @@
+/*
+ * journal.c — LSNs, the open segment and the public journal API.
+ *
+ * A segment file is created lazily by the first record after the previous
+ * one was sealed (so an idle mount makes no empty segments), named
+ * NNN.open while it is written, and sealed by writing its trailer.  The
+ * sealer thread then fsyncs it, renames it to NNN.aimj and indexes it; only
+ * .aimj files are ever shipped.
+ *
+ * Records are written with pwritev straight into the page cache before the
+ * backing file is touched: a kill -9 of the daemon loses nothing the
+ * journal has, and the guest is answered only after both writes.  Power
+ * loss is covered at barriers: journal_barrier makes the journal durable
+ * before the caller syncs the backing file.
+ */
+#include "journal_i.h"
+#include "catalog.h"
+#include "log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#define ADOPT_CHUNK (1u << 20)
+
+uint64_t journal_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+static int pwrite_all(int fd, const struct iovec *iov, int n, uint64_t off)
+{
+	struct iovec v[4];
+	size_t total = 0;
+
+	memcpy(v, iov, (size_t)n * sizeof *v);
+	for (int i = 0; i < n; i++)
+		total += v[i].iov_len;
+	while (total) {
+		ssize_t w = pwritev(fd, v, n, (off_t)off);
+
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (w == 0)
+			return -EIO;
+		off += (uint64_t)w;
+		total -= (size_t)w;
+		while (w > 0) {
+			if ((size_t)w >= v[0].iov_len) {
+				w -= (ssize_t)v[0].iov_len;
+				memmove(v, v + 1, (size_t)--n * sizeof *v);
+			} else {
+				v[0].iov_base = (char *)v[0].iov_base + w;
+				v[0].iov_len -= (size_t)w;
+				w = 0;
+			}
+		}
+	}
+	return 0;
+}
+
+void segfile_put_locked(struct journal *j, struct segfile *s)
+{
+	(void)j;
+	if (s && --s->refs == 0) {
+		close(s->fd);
+		free(s);
+	}
+}
+
+/* A journal I/O failure leaves the open segment in an unknown state; every
+ * later operation fails until the mount is restarted and recovery runs. */
+static int set_error_locked(struct journal *j, int err, const char *what)
+{
+	if (!j->error) {
+		log_error("journal %s: %s: %s; refusing further writes until remount",
+			  j->dir, what, strerror(-err));
+		j->error = err;
+	}
+	return err;
+}
+
+int journal_ensure_open_locked(struct journal *j)
+{
+	struct seg_header h = { 0 };
+	struct seg_image *table = NULL;
+	struct segfile *s;
+	char name[SEG_FILE_NAME_LEN + 8];
+	uint8_t *buf;
+	size_t hs;
+	int fd, r;
+
+	if (j->error)
+		return j->error;
+	if (j->open)
+		return 0;
+	if (j->nlive) {
+		table = calloc(j->nlive, sizeof *table);
+		if (!table)
+			return -ENOMEM;
+	}
+	for (size_t i = 0; i < j->nlive; i++) {
+		table[i].id = j->live[i]->id;
+		table[i].name = j->live[i]->name;
+		table[i].name_len = (uint16_t)strlen(j->live[i]->name);
+	}
+	memcpy(h.group, j->group, 16);
+	h.number = j->next_segment;
+	h.first_lsn = j->next_lsn;
+	h.created_ns = journal_now_ns();
+	h.image_count = (uint32_t)j->nlive;
+	h.images = table;
+	hs = seg_header_size(&h);
+	buf = malloc(hs);
+	s = calloc(1, sizeof *s);
+	if (!buf || !s) {
+		free(table);
+		free(buf);
+		free(s);
+		return -ENOMEM;
+	}
+	s->prev_check = seg_header_encode(&h, buf);
+	free(table);
+	seg_file_name(h.number, SEG_OPEN_SUFFIX, name);
+	fd = openat(j->dirfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+	if (fd < 0) {
+		r = -errno;
+		free(buf);
+		free(s);
+		return set_error_locked(j, r, "creating segment");
+	}
+	r = pwrite_all(fd, &(struct iovec){ buf, hs }, 1, 0);
+	free(buf);
+	if (r < 0) {
+		close(fd);
+		unlinkat(j->dirfd, name, 0);
+		free(s);
+		return set_error_locked(j, r, "writing segment header");
+	}
+	s->fd = fd;
+	s->number = h.number;
+	s->first_lsn = h.first_lsn;
+	s->created_ns = h.created_ns;
+	s->bytes = hs;
+	s->refs = 1;
+	j->open = s;
+	j->next_segment++;
+	return 0;
+}
+
+int journal_append_locked(struct journal *j, struct seg_record *r)
+{
+	uint8_t hdr[SEG_RECORD_HEADER];
+	struct segfile *s;
+	uint64_t check;
+	int ret;
+
+	ret = journal_ensure_open_locked(j);
+	if (ret < 0)
+		return ret;
+	s = j->open;
+	r->lsn = j->next_lsn;
+	r->time_ns = journal_now_ns();
+	check = seg_record_encode(r, s->prev_check, hdr);
+	ret = pwrite_all(s->fd, (struct iovec[]){ { hdr, sizeof hdr },
+						 { (void *)r->payload, r->payload_len } },
+			 r->payload_len ? 2 : 1, s->bytes);
+	if (ret < 0) {
+		/* Cut what may have landed so the segment ends at a record. */
+		if (ftruncate(s->fd, (off_t)s->bytes) < 0)
+			return set_error_locked(j, ret, "appending a record");
+		log_error("journal %s: appending a record: %s", j->dir, strerror(-ret));
+		return ret;
+	}
+	s->prev_check = check;
+	s->bytes += SEG_RECORD_HEADER + r->payload_len;
+	s->records++;
+	j->next_lsn++;
+	j->records++;
+	j->bytes += SEG_RECORD_HEADER + r->payload_len;
+	/* A failed seal is sticky in j->error; this record itself is safe. */
+	if (s->bytes >= j->cfg.segment_size)
+		journal_seal_locked(j);
+	return 0;
+}
+
+/* Highest LSN such that every record up to it has reached the backing files. */
+static uint64_t backing_lsn_locked(struct journal *j)
+{
+	uint64_t low = j->next_lsn;
+
+	for (int i = 0; i < INFLIGHT_SLOTS; i++) {
+		uint64_t v = atomic_load_explicit(&j->inflight[i], memory_order_acquire);
+
+		if (v && v < low)
+			low = v;
+	}
+	return low - 1;
+}
+
+int journal_seal_locked(struct journal *j)
+{
+	struct segfile *s = j->open;
+	struct seg_trailer t;
+	uint8_t buf[SEG_TRAILER_SIZE];
+	int r;
+
+	if (!s)
+		return 0;
+	t.count = s->records;
+	t.last_lsn = s->first_lsn + s->records - 1;
+	t.backing_lsn = backing_lsn_locked(j);
+	t.sealed_ns = journal_now_ns();
+	s->digest = seg_trailer_encode(&t, s->prev_check, buf);
+	r = pwrite_all(s->fd, &(struct iovec){ buf, sizeof buf }, 1, s->bytes);
+	if (r < 0)
+		return set_error_locked(j, r, "sealing a segment");
+	s->bytes += sizeof buf;
+	s->sealed = true;
+	j->open = NULL;
+	j->sealed_segment = s->number;
+	if (j->queue_tail)
+		j->queue_tail->next = s;
+	else
+		j->queue_head = s;
+	j->queue_tail = s;
+	pthread_cond_broadcast(&j->wake);
+	return 0;
+}
+
+/* ---- data records ---- */
+
+static int claim_slot_locked(struct journal *j, uint64_t lsn)
+{
+	for (int i = 0; i < INFLIGHT_SLOTS; i++) {
+		uint64_t zero = 0;
+
+		if (atomic_compare_exchange_strong(&j->inflight[i], &zero, lsn))
+			return i;
+	}
+	return -1;
+}
+
+static int data_record(struct journal *j, struct image *im, struct seg_record *r,
+		       struct journal_ticket *t)
+{
+	int ret = 0;
+
+	t->lsn = 0;
+	t->slot = -1;
+	r->payload_hash = seg_payload_hash(r->payload, r->payload_len);
+	pthread_mutex_lock(&j->lock);
+	if (!im->live) {
+		/* unlinked but still open: nothing to mirror */
+		pthread_mutex_unlock(&j->lock);
+		return 0;
+	}
+	r->image = im->id;
+	ret = journal_ensure_open_locked(j);
+	if (ret == 0) {
+		t->slot = claim_slot_locked(j, j->next_lsn);
+		ret = journal_append_locked(j, r);
+		if (ret == 0)
+			t->lsn = r->lsn;
+		else if (t->slot >= 0)
+			atomic_store(&j->inflight[t->slot], 0);
+	}
+	pthread_mutex_unlock(&j->lock);
+	return ret;
+}
+
+int journal_write(struct journal *j, struct image *im, uint64_t off, const void *buf,
+		  size_t len, struct journal_ticket *t)
+{
+	struct seg_record r = { .type = SEG_WRITE, .offset = off, .length = len,
+				.payload = buf, .payload_len = (uint32_t)len };
+
+	if (len == 0) {
+		t->lsn = 0;
+		t->slot = -1;
+		return 0;
+	}
+	return data_record(j, im, &r, t);
+}
+
+int journal_zero(struct journal *j, struct image *im, uint64_t off, uint64_t len,
+		 bool punch, bool keep_size, struct journal_ticket *t)
+{
+	struct seg_record r = { .type = SEG_ZERO, .offset = off, .length = len,
+				.flags = (uint8_t)((punch ? SEG_F_PUNCH : 0) |
+						   (keep_size ? SEG_F_KEEP_SIZE : 0)) };
+
+	return data_record(j, im, &r, t);
+}
+
+int journal_truncate(struct journal *j, struct image *im, uint64_t size,
+		     struct journal_ticket *t)
+{
+	struct seg_record r = { .type = SEG_TRUNCATE, .offset = size };
+
+	return data_record(j, im, &r, t);
+}
+
+int journal_alloc(struct journal *j, struct image *im, uint64_t off, uint64_t len,
+		  bool keep_size, struct journal_ticket *t)
+{
+	struct seg_record r = { .type = SEG_ALLOC, .offset = off, .length = len,
+				.flags = keep_size ? SEG_F_KEEP_SIZE : 0 };
+
+	return data_record(j, im, &r, t);
+}
+
+void journal_done(struct journal *j, struct journal_ticket *t)
+{
+	if (t->slot >= 0)
+		atomic_store_explicit(&j->inflight[t->slot], 0, memory_order_release);
+	(void)j;
+	t->slot = -1;
+}
+
+static ssize_t pread_full(int fd, void *buf, size_t len, uint64_t off)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			break;
+		done += (size_t)n;
+	}
+	return (ssize_t)done;
+}
+
+/* Journals the current content of [off, off+len) of the file open as fd
+ * (reading through a fresh, buffered descriptor: fd may be O_DIRECT). */
+static int journal_content(struct journal *j, struct image *im, int fd, uint64_t off,
+			   uint64_t len)
+{
+	char path[64];
+	struct journal_ticket t;
+	char *buf;
+	int rfd, r = 0;
+
+	snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+	rfd = open(path, O_RDONLY | O_CLOEXEC);
+	if (rfd < 0)
+		return -errno;
+	buf = malloc(ADOPT_CHUNK);
+	if (!buf) {
+		close(rfd);
+		return -ENOMEM;
+	}
+	while (len && !r) {
+		/* Skip holes: they are zeros already after the CREATE/TRUNCATE. */
+		off_t data = lseek(rfd, (off_t)off, SEEK_DATA);
+		off_t hole;
+		ssize_t n;
+
+		if (data < 0 || (uint64_t)data >= off + len)
+			break;
+		if ((uint64_t)data > off) {
+			len -= (uint64_t)data - off;
+			off = (uint64_t)data;
+		}
+		hole = lseek(rfd, (off_t)off, SEEK_HOLE);
+		if (hole < 0)
+			hole = (off_t)(off + len);
+		n = (ssize_t)((uint64_t)hole - off < ADOPT_CHUNK ? (uint64_t)hole - off : ADOPT_CHUNK);
+		if ((uint64_t)n > len)
+			n = (ssize_t)len;
+		n = pread_full(rfd, buf, (size_t)n, off);
+		if (n < 0) {
+			r = (int)n;
+			break;
+		}
+		if (n == 0)
+			break;
+		r = journal_write(j, im, off, buf, (size_t)n, &t);
+		journal_done(j, &t);
+		off += (uint64_t)n;
+		len -= (uint64_t)n;
+	}
+	free(buf);
+	close(rfd);
+	return r;
+}
+
+int journal_correct(struct journal *j, struct image *im, int fd, uint64_t off, uint64_t len)
+{
+	struct journal_ticket t;
+	struct stat st;
+	int r;
+
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	r = journal_truncate(j, im, (uint64_t)st.st_size, &t);
+	journal_done(j, &t);
+	if (r == 0 && off < (uint64_t)st.st_size) {
+		if (len > (uint64_t)st.st_size - off)
+			len = (uint64_t)st.st_size - off;
+		r = journal_zero(j, im, off, len, false, true, &t);
+		journal_done(j, &t);
+		if (r == 0)
+			r = journal_content(j, im, fd, off, len);
+	}
+	if (r < 0)
+		log_error("journal %s: cannot record the true content of %s after a failed"
+			  " write: %s; its replicas need a resync", j->dir, im->name, strerror(-r));
+	else
+		log_info("image %s: recorded its true content at %" PRIu64 "+%" PRIu64
+			 " after a failed backing write", im->name, off, len);
+	return r;
+}
+
+int journal_barrier(struct journal *j, struct image *im, bool durable)
+{
+	struct seg_record r = { .type = SEG_FLUSH };
+	struct segfile *s = NULL;
+	uint64_t need;
+	int ret;
+
+	r.payload_hash = seg_payload_hash(NULL, 0);
+	pthread_mutex_lock(&j->lock);
+	if (im && !im->live)
+		im = NULL;
+	r.image = im ? im->id : 0;
+	ret = journal_append_locked(j, &r);
+	if (ret == 0 && durable) {
+		s = j->open;
+		if (s)
+			s->refs++;
+		/* Every segment before the open one must be durable too. */
+		need = s ? s->number - 1 : j->sealed_segment;
+		while (j->durable_segment < need && !j->error)
+			pthread_cond_wait(&j->durable, &j->lock);
+		ret = j->error;
+	}
+	pthread_mutex_unlock(&j->lock);
+	if (s) {
+		if (ret == 0 && fdatasync(s->fd) < 0)
+			ret = -errno;
+		pthread_mutex_lock(&j->lock);
+		segfile_put_locked(j, s);
+		pthread_mutex_unlock(&j->lock);
+	}
+	return ret;
+}
+
+/* ---- namespace ---- */
+
+void journal_ns_lock(struct journal *j)
+{
+	pthread_mutex_lock(&j->ns_lock);
+}
+
+void journal_ns_unlock(struct journal *j)
+{
+	pthread_mutex_unlock(&j->ns_lock);
+}
+
+static int name_record_locked(struct journal *j, uint8_t type, uint32_t image, uint32_t aux,
+			      uint8_t flags, const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = b ? strlen(b) : 0;
+	char *payload = malloc(la + lb + 1);
+	struct seg_record r = { .type = type, .image = image, .aux = aux, .flags = flags };
+	int ret;
+
+	if (!payload)
+		return -ENOMEM;
+	memcpy(payload, a, la);
+	if (b)
+		memcpy(payload + la, b, lb);
+	r.payload = payload;
+	r.payload_len = (uint32_t)(la + lb);
+	r.payload_hash = seg_payload_hash(payload, la + lb);
+	ret = journal_append_locked(j, &r);
+	free(payload);
+	return ret;
+}
+
+int journal_create(struct journal *j, const char *name, mode_t mode, dev_t dev, ino_t ino,
+		   struct image **out)
+{
+	struct image *im, *stale;
+	int r;
+
+	if (!seg_name_valid(name, strlen(name))) {
+		log_warn("file %s has a name that cannot be mirrored", name);
+		return -EINVAL;
+	}
+	pthread_mutex_lock(&j->lock);
+	r = journal_ensure_open_locked(j);
+	if (r < 0)
+		goto out;
+	/* A registry entry for the same inode or name is stale (the file was
+	 * removed behind our back and the inode number reused). */
+	stale = registry_find_ino(j, dev, ino);
+	if (!stale)
+		stale = registry_find_name(j, name);
+	if (stale) {
+		r = name_record_locked(j, SEG_UNLINK, stale->id, 0, 0, stale->name, NULL);
+		if (r < 0)
+			goto out;
+		registry_remove(j, stale);
+	}
+	im = registry_add(j, j->next_image_id, name, dev, ino);
+	if (!im) {
+		r = -ENOMEM;
+		goto out;
+	}
+	r = name_record_locked(j, SEG_CREATE, im->id, mode & 07777, 0, name, NULL);
+	if (r < 0) {
+		registry_remove(j, im);
+		goto out;
+	}
+	im->refs++;
+	*out = im;
+out:
+	pthread_mutex_unlock(&j->lock);
+	return r;
+}
+
+int journal_adopt(struct journal *j, const char *name, int fd, const struct stat *st,
+		  struct image **out)
+{
+	struct journal_ticket t;
+	struct image *im;
+	int r;
+
+	r = journal_create(j, name, st->st_mode, st->st_dev, st->st_ino, &im);
+	if (r < 0)
+		return r;
+	r = journal_truncate(j, im, (uint64_t)st->st_size, &t);
+	journal_done(j, &t);
+	if (r == 0)
+		r = journal_content(j, im, fd, 0, (uint64_t)st->st_size);
+	if (r < 0) {
+		journal_image_put(j, im);
+		return r;
+	}
+	log_info("image %s appeared outside the mount; journaled its %" PRIu64 " bytes",
+		 name, (uint64_t)st->st_size);
+	*out = im;
+	return 0;
+}
+
+int journal_unlink(struct journal *j, struct image *im)
+{
+	int r = 0;
+
+	pthread_mutex_lock(&j->lock);
+	if (im->live) {
+		r = name_record_locked(j, SEG_UNLINK, im->id, 0, 0, im->name, NULL);
+		if (r == 0)
+			registry_remove(j, im);
+	}
+	pthread_mutex_unlock(&j->lock);
+	return r;
+}
+
+int journal_rename(struct journal *j, struct image *im, const char *new_name,
+		   struct image *replaced)
+{
+	int r;
+
+	if (!seg_name_valid(new_name, strlen(new_name)))
+		return -EINVAL;
+	pthread_mutex_lock(&j->lock);
+	r = journal_ensure_open_locked(j);
+	if (r == 0 && im->live) {
+		size_t ol = strlen(im->name);
+
+		if (replaced && replaced == im)
+			replaced = NULL;
+		r = name_record_locked(j, SEG_RENAME, im->id, (uint32_t)ol,
+				       replaced && replaced->live ? SEG_F_REPLACE : 0,
+				       im->name, new_name);
+		if (r == 0) {
+			if (replaced)
+				registry_remove(j, replaced);
+			r = registry_rename(j, im, new_name);
+		}
+	} else if (r == 0 && replaced && replaced->live) {
+		/* a non-image (or dead image) replaced an image */
+		r = name_record_locked(j, SEG_UNLINK, replaced->id, 0, 0, replaced->name, NULL);
+		if (r == 0)
+			registry_remove(j, replaced);
+	}
+	pthread_mutex_unlock(&j->lock);
+	return r;
+}
+
+int journal_rename_dir(struct journal *j, const char *old_name, const char *new_name)
+{
+	int r;
+
+	if (!seg_name_valid(old_name, strlen(old_name)) || !seg_name_valid(new_name, strlen(new_name)))
+		return -EINVAL;
+	pthread_mutex_lock(&j->lock);
+	r = name_record_locked(j, SEG_RENAME, 0, (uint32_t)strlen(old_name), SEG_F_DIR,
+			       old_name, new_name);
+	if (r == 0)
+		r = registry_rename_dir(j, old_name, new_name);
+	pthread_mutex_unlock(&j->lock);
+	return r;
+}
+
+int journal_mkdir(struct journal *j, const char *name, mode_t mode)
+{
+	int r;
+
+	if (!seg_name_valid(name, strlen(name)))
+		return -EINVAL;
+	pthread_mutex_lock(&j->lock);
+	r = name_record_locked(j, SEG_MKDIR, 0, mode & 07777, 0, name, NULL);
+	pthread_mutex_unlock(&j->lock);
+	return r;
+}
+
+int journal_rmdir(struct journal *j, const char *name)
+{
+	int r;
+
+	if (!seg_name_valid(name, strlen(name)))
+		return -EINVAL;
+	pthread_mutex_lock(&j->lock);
+	r = name_record_locked(j, SEG_RMDIR, 0, 0, 0, name, NULL);
+	pthread_mutex_unlock(&j->lock);
+	return r;
+}
+
+int journal_mark(struct journal *j, const char *label)
+{
+	size_t len = strlen(label);
+	int r;
+
+	if (len == 0 || len > 255)
+		return -EINVAL;
+	pthread_mutex_lock(&j->lock);
+	r = name_record_locked(j, SEG_MARK, 0, 0, 0, label, NULL);
+	pthread_mutex_unlock(&j->lock);
+	return r;
+}
+
+/* ---- registry access ---- */
+
+struct image *journal_image_lookup(struct journal *j, dev_t dev, ino_t ino)
+{
+	struct image *im;
+
+	pthread_mutex_lock(&j->lock);
+	im = registry_find_ino(j, dev, ino);
+	if (im)
+		im->refs++;
+	pthread_mutex_unlock(&j->lock);
+	return im;
+}
+
+void journal_image_put(struct journal *j, struct image *im)
+{
+	if (!im)
+		return;
+	pthread_mutex_lock(&j->lock);
+	registry_put(j, im);
+	pthread_mutex_unlock(&j->lock);
+}
+
+uint32_t journal_image_id(const struct image *im)
+{
+	return im->id;
+}
+
+void journal_stats(struct journal *j, struct journal_stats *s)
+{
+	pthread_mutex_lock(&j->lock);
+	memcpy(s->group, j->group, 16);
+	s->head_lsn = j->next_lsn - 1;
+	s->open_segment = j->open ? j->open->number : 0;
+	s->open_bytes = j->open ? j->open->bytes : 0;
+	s->sealed_segment = j->sealed_segment;
+	s->durable_segment = j->durable_segment;
+	s->records = j->records;
+	s->bytes = j->bytes;
+	s->images = j->nlive;
+	pthread_mutex_unlock(&j->lock);
+}
+
+/* ---- open / close ---- */
+
+static int make_group(uint8_t group[16])
+{
+	if (getrandom(group, 16, 0) != 16)
+		return -EIO;
+	group[6] = (uint8_t)((group[6] & 0x0f) | 0x40); /* UUID version 4 */
+	group[8] = (uint8_t)((group[8] & 0x3f) | 0x80);
+	return 0;
+}
+
+/* Loads or creates the group identity and checks the journal belongs to
+ * this backing directory. */
+static int load_identity(struct journal *j, struct catalog *cat)
+{
+	char buf[4200], uuid[37];
+	int r;
+
+	r = catalog_meta_get(cat, "group", uuid, sizeof uuid);
+	if (r == -ENOENT) {
+		r = make_group(j->group);
+		if (r < 0)
+			return r;
+		seg_uuid_format(j->group, uuid);
+		r = catalog_meta_set(cat, "group", uuid);
+		if (r == 0)
+			r = catalog_meta_set(cat, "backing_dir", j->backing_dir);
+		if (r == 0)
+			log_info("new consistency group %s for %s", uuid, j->backing_dir);
+		return r;
+	}
+	if (r < 0)
+		return r;
+	if (seg_uuid_parse(uuid, j->group) < 0) {
+		log_error("journal %s: catalog holds a malformed group id \"%s\"", j->dir, uuid);
+		return -EINVAL;
+	}
+	if (catalog_meta_get(cat, "backing_dir", buf, sizeof buf) == 0 &&
+	    strcmp(buf, j->backing_dir) != 0) {
+		log_error("journal %s belongs to backing directory %s, not %s; use another"
+			  " journal= or mount the directory it was made for", j->dir, buf,
+			  j->backing_dir);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+int journal_open(const struct journal_config *cfg, struct journal **out)
+{
+	struct journal *j = calloc(1, sizeof *j);
+	struct catalog *cat = NULL;
+	char path[4200];
+	int r;
+
+	if (!j)
+		return -ENOMEM;
+	j->cfg = *cfg;
+	j->dir = strdup(cfg->dir);
+	j->backing_dir = strdup(cfg->backing_dir);
+	j->hide_name = cfg->hide_name ? strdup(cfg->hide_name) : NULL;
+	j->cfg.dir = j->dir;
+	j->cfg.backing_dir = j->backing_dir;
+	j->cfg.hide_name = j->hide_name;
+	j->dirfd = j->lock_fd = -1;
+	j->next_segment = 1;
+	j->next_lsn = 1;
+	j->next_image_id = 1;
+	pthread_mutex_init(&j->ns_lock, NULL);
+	pthread_mutex_init(&j->lock, NULL);
+	pthread_cond_init(&j->wake, NULL);
+	pthread_cond_init(&j->durable, NULL);
+	r = registry_init(j);
+	if (r < 0 || !j->dir || !j->backing_dir)
+		goto fail;
+	if (mkdir(cfg->dir, 0750) < 0 && errno != EEXIST) {
+		r = -errno;
+		log_error("cannot create journal directory %s: %m", cfg->dir);
+		goto fail;
+	}
+	j->dirfd = open(cfg->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (j->dirfd < 0) {
+		r = -errno;
+		log_error("cannot open journal directory %s: %m", cfg->dir);
+		goto fail;
+	}
+	j->lock_fd = openat(j->dirfd, JOURNAL_LOCK_FILE, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+	if (j->lock_fd < 0) {
+		r = -errno;
+		log_error("journal directory %s is not writable: %m", cfg->dir);
+		goto fail;
+	}
+	if (flock(j->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+		r = -EBUSY;
+		log_error("journal %s is in use by another aimfs", cfg->dir);
+		goto fail;
+	}
+	snprintf(path, sizeof path, "%s/%s", cfg->dir, CATALOG_FILE);
+	r = catalog_open(path, &cat);
+	if (r < 0)
+		goto fail;
+	r = load_identity(j, cat);
+	if (r < 0)
+		goto fail;
+	r = journal_recover(j, cat);
+	if (r < 0)
+		goto fail;
+	catalog_close(cat);
+	*out = j;
+	return 0;
+fail:
+	catalog_close(cat);
+	journal_close(j);
+	return r < 0 ? r : -ENOMEM;
+}
+
+int journal_start(struct journal *j)
+{
+	return sealer_start(j);
+}
+
+void journal_close(struct journal *j)
+{
+	if (!j)
+		return;
+	if (j->sealer_started) {
+		pthread_mutex_lock(&j->lock);
+		journal_seal_locked(j);
+		pthread_mutex_unlock(&j->lock);
+		sealer_stop(j);
+	}
+	if (j->open) {
+		/* never started: recovery left nothing open, but be safe */
+		segfile_put_locked(j, j->open);
+		j->open = NULL;
+	}
+	registry_free(j);
+	if (j->dirfd >= 0)
+		close(j->dirfd);
+	if (j->lock_fd >= 0)
+		close(j->lock_fd);
+	pthread_mutex_destroy(&j->ns_lock);
+	pthread_mutex_destroy(&j->lock);
+	pthread_cond_destroy(&j->wake);
+	pthread_cond_destroy(&j->durable);
+	free(j->dir);
+	free(j->backing_dir);
+	free(j->hide_name);
+	free(j);
+}

@@ -1,0 +1,133 @@
+/*
+ * journal.h — the journal writer: turns every mutating operation on an image
+ * into a record with an LSN from one sequence for the whole mount, appends it
+ * to the open numbered segment, seals segments by size or age, and keeps the
+ * registry of images (id <-> name <-> backing inode).
+ *
+ * Data operations are two-phase: journal_write() and friends assign the LSN
+ * and put the record in the segment file *before* the caller touches the
+ * backing file, and journal_done() says the backing syscall finished.  That
+ * order makes the journal a redo log (invariant 2): after a crash, recovery
+ * re-applies every record the backing files may have missed.  Callers hold
+ * the image's range lock across both phases so that overlapping operations
+ * reach the backing file in LSN order.
+ *
+ * Namespace operations (create, unlink, rename, mkdir, rmdir) are journaled
+ * after their syscall succeeded, with journal_ns_lock() held across both, so
+ * that records describe what really happened; a crash between the two is
+ * repaired by recovery's comparison of the backing tree with the catalog.
+ *
+ * Thread safety: every function is thread-safe.  Lock order (see
+ * journal_i.h): namespace lock -> range lock -> journal lock.  Nothing here
+ * calls into the transport or the catalog while holding the journal lock.
+ */
+#ifndef AIM_JOURNAL_H
+#define AIM_JOURNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+struct journal;
+struct image;
+
+struct journal_config {
+	const char *dir;          /* journal directory (created if missing) */
+	const char *backing_dir;  /* absolute path of the backing directory */
+	int backing_fd;           /* open O_PATH|O_DIRECTORY fd of it */
+	const char *hide_name;    /* entry of the journal dir inside backing, or NULL */
+	dev_t hide_dev;           /* and the dir it lives in (dev, ino) */
+	ino_t hide_parent_ino;
+	uint64_t segment_size;    /* seal when a segment reaches this many bytes */
+	uint64_t segment_age_ns;  /* ... or when its first record is this old */
+};
+
+/* A ticket ties journal_write (phase 1) to journal_done (phase 2). */
+struct journal_ticket {
+	uint64_t lsn; /* 0: nothing was journaled (image not mirrored) */
+	int slot;
+};
+
+/* Journal statistics for status output; a consistent snapshot. */
+struct journal_stats {
+	uint8_t group[16];
+	uint64_t head_lsn;        /* last LSN assigned */
+	uint64_t open_segment;    /* number of the open segment, 0 if none */
+	uint64_t open_bytes;
+	uint64_t sealed_segment;  /* last sealed segment number */
+	uint64_t durable_segment; /* last segment fsynced and renamed */
+	uint64_t records;         /* records journaled since mount */
+	uint64_t bytes;           /* bytes journaled since mount */
+	uint64_t images;          /* live images */
+};
+
+/*
+ * Opens the journal directory, creating the group on first use, and runs
+ * crash recovery (torn tails cut, unfinished segments sealed, the catalog
+ * caught up, the journal's tail redone onto the backing files, the backing
+ * tree reconciled with the catalog).  Returns 0 or -errno after logging why.
+ */
+int journal_open(const struct journal_config *cfg, struct journal **out);
+/* Starts the sealer thread (sealing by age, fsync + rename + indexing). */
+int journal_start(struct journal *j);
+/* Seals the open segment, waits for the sealer, frees everything.  Safe
+ * with NULL. */
+void journal_close(struct journal *j);
+
+/* Registry.  The returned image carries a reference; drop it with
+ * journal_image_put.  journal_image_lookup returns NULL for files the
+ * journal does not know (created behind the mount's back). */
+struct image *journal_image_lookup(struct journal *j, dev_t dev, ino_t ino);
+void journal_image_put(struct journal *j, struct image *im);
+uint32_t journal_image_id(const struct image *im);
+
+/* Data records, phase 1.  Return 0 with a ticket, or -errno (the journal
+ * could not record it; the caller must not touch the backing file). */
+int journal_write(struct journal *j, struct image *im, uint64_t off, const void *buf,
+		  size_t len, struct journal_ticket *t);
+int journal_zero(struct journal *j, struct image *im, uint64_t off, uint64_t len,
+		 bool punch, bool keep_size, struct journal_ticket *t);
+int journal_truncate(struct journal *j, struct image *im, uint64_t size,
+		     struct journal_ticket *t);
+int journal_alloc(struct journal *j, struct image *im, uint64_t off, uint64_t len,
+		  bool keep_size, struct journal_ticket *t);
+/* Phase 2: the backing syscall has finished (successfully or not). */
+void journal_done(struct journal *j, struct journal_ticket *t);
+/*
+ * The backing syscall of ticket t failed or was short: records what the
+ * backing file really holds over [off, off + len) now (its size and bytes,
+ * read back through fd), so that the journal again agrees with it.  Call
+ * before journal_done, with the range lock still held.
+ */
+int journal_correct(struct journal *j, struct image *im, int fd, uint64_t off, uint64_t len);
+
+/* Barrier: appends FLUSH (im may be NULL for all images); if durable, also
+ * makes the journal durable through it.  The caller then syncs the backing
+ * file. */
+int journal_barrier(struct journal *j, struct image *im, bool durable);
+
+/* Namespace.  Hold journal_ns_lock across the syscall and the call. */
+void journal_ns_lock(struct journal *j);
+void journal_ns_unlock(struct journal *j);
+/* A new regular file `name` exists now (created through the mount); returns
+ * its image with a reference. */
+int journal_create(struct journal *j, const char *name, mode_t mode, dev_t dev, ino_t ino,
+		   struct image **out);
+/* A regular file appeared that the journal never saw (made behind the
+ * mount's back): journals it as a CREATE plus its content, read through fd. */
+int journal_adopt(struct journal *j, const char *name, int fd, const struct stat *st,
+		  struct image **out);
+int journal_unlink(struct journal *j, struct image *im);
+/* Image im was renamed to new_name; replaced is the image that new_name
+ * held before (NULL if none), now gone. */
+int journal_rename(struct journal *j, struct image *im, const char *new_name,
+		   struct image *replaced);
+int journal_rename_dir(struct journal *j, const char *old_name, const char *new_name);
+int journal_mkdir(struct journal *j, const char *name, mode_t mode);
+int journal_rmdir(struct journal *j, const char *name);
+int journal_mark(struct journal *j, const char *label);
+
+void journal_stats(struct journal *j, struct journal_stats *s);
+
+#endif

@@ -1,0 +1,126 @@
+/*
+ * journal_i.h — private declarations shared by the journal's files:
+ * journal.c (append, seal, public API), registry.c (images), sealer.c (the
+ * background thread) and recovery.c (mount-time repair).
+ *
+ * Lock order, outermost first:
+ *
+ *   journal.ns_lock      namespace syscall + its record (fs.c holds it)
+ *   inode rangelock      one image's byte range (fs.c holds it)
+ *   journal.lock         LSNs, the open segment, the registry, the queue
+ *
+ * Nothing is called while journal.lock is held that could block on another
+ * lock, the catalog or the network; the only syscalls under it are the
+ * segment appends themselves (pwritev into the page cache).
+ */
+#ifndef AIM_JOURNAL_I_H
+#define AIM_JOURNAL_I_H
+
+#include "journal.h"
+#include "segment.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+
+struct catalog;
+
+#define INFLIGHT_SLOTS 256
+#define JOURNAL_LOCK_FILE "lock"
+#define CATALOG_FILE "catalog.db"
+
+struct image {
+	uint32_t id;
+	char *name;              /* relative path in the backing dir (L) */
+	dev_t dev;
+	ino_t ino;
+	bool live;               /* false once unlinked or replaced (L) */
+	unsigned refs;           /* (L) registry holds one while live */
+	struct image *next_ino;  /* registry hash chain (L) */
+};
+
+/* A segment file being written or waiting for the sealer. */
+struct segfile {
+	int fd;
+	uint64_t number;
+	uint64_t first_lsn;
+	uint64_t created_ns;
+	uint64_t bytes;          /* bytes written so far */
+	uint64_t records;
+	uint64_t prev_check;     /* check of the last record (or header) */
+	uint64_t digest;         /* trailer check once sealed */
+	unsigned refs;           /* (L) the journal/queue holds one; barriers take more */
+	bool sealed;
+	struct segfile *next;    /* seal queue (L) */
+};
+
+struct journal {
+	struct journal_config cfg;
+	char *dir;
+	char *backing_dir;
+	char *hide_name;
+	int dirfd;
+	int lock_fd;             /* flock'd: one mount per journal */
+	uint8_t group[16];
+
+	pthread_mutex_t ns_lock;
+	pthread_mutex_t lock;    /* (L) */
+	pthread_cond_t wake;     /* sealer: work to do (L) */
+	pthread_cond_t durable;  /* barriers: durable_segment moved (L) */
+
+	struct segfile *open;    /* (L) */
+	struct segfile *queue_head, *queue_tail; /* sealed, waiting for the sealer (L) */
+	uint64_t next_segment;   /* (L) */
+	uint64_t next_lsn;       /* (L) */
+	uint64_t sealed_segment; /* (L) */
+	uint64_t durable_segment;/* (L) */
+	int error;               /* sticky journal I/O error, -errno (L) */
+	bool stopping;           /* (L) */
+
+	/* registry (L) */
+	struct image **by_ino;
+	size_t ino_buckets;
+	struct image **live;     /* live images, unordered */
+	size_t nlive, caplive;
+	uint32_t next_image_id;
+
+	/* LSNs whose backing syscall has not finished; 0 = free slot */
+	_Atomic uint64_t inflight[INFLIGHT_SLOTS];
+
+	uint64_t records, bytes; /* since mount (L) */
+
+	pthread_t sealer;
+	bool sealer_started;
+};
+
+/* registry.c — all called with j->lock held unless noted */
+int registry_init(struct journal *j);
+void registry_free(struct journal *j);
+struct image *registry_add(struct journal *j, uint32_t id, const char *name, dev_t dev, ino_t ino);
+struct image *registry_find_ino(struct journal *j, dev_t dev, ino_t ino);
+struct image *registry_find_name(struct journal *j, const char *name);
+struct image *registry_find_id(struct journal *j, uint32_t id);
+void registry_remove(struct journal *j, struct image *im);
+int registry_rename(struct journal *j, struct image *im, const char *name);
+int registry_rename_dir(struct journal *j, const char *old_name, const char *new_name);
+void registry_put(struct journal *j, struct image *im);
+
+/* journal.c */
+uint64_t journal_now_ns(void);
+int journal_ensure_open_locked(struct journal *j);
+int journal_append_locked(struct journal *j, struct seg_record *r);
+int journal_seal_locked(struct journal *j);
+void segfile_put_locked(struct journal *j, struct segfile *s);
+
+/* sealer.c */
+int sealer_start(struct journal *j);
+void sealer_stop(struct journal *j);
+/* Makes a sealed segment final: fsync, rename .open -> .aimj, fsync dir. */
+int sealer_finish_file(int dirfd, int fd, uint64_t number);
+/* Indexes sealed segment n (dir/NNN.aimj) in the catalog. */
+int sealer_index(struct catalog *cat, const char *dir, uint64_t number);
+
+/* recovery.c — runs before anything is served, single-threaded */
+int journal_recover(struct journal *j, struct catalog *cat);
+
+#endif

@@ -1,0 +1,248 @@
+/*
+ * main.c — aimfs's entry point: checks the command line and the paths it
+ * names (refusing to start with a reason a person can act on), recovers
+ * the journal, mounts, serves until unmounted or signalled, then seals the
+ * journal.
+ */
+#include "fs.h"
+#include "journal.h"
+#include "log.h"
+#include "options.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define MAX_THREADS 16
+
+struct paths {
+	char backing[PATH_MAX];
+	char mount[PATH_MAX];
+	char journal[PATH_MAX];
+	char hide_name[NAME_MAX + 1]; /* "" if the journal is outside the backing tree */
+	dev_t hide_dev;
+	ino_t hide_ino;
+};
+
+/* True if path equals dir or lies below it. */
+static bool within(const char *path, const char *dir)
+{
+	size_t n = strlen(dir);
+
+	if (n == 1 && dir[0] == '/')
+		return true;
+	return strncmp(path, dir, n) == 0 && (path[n] == '\0' || path[n] == '/');
+}
+
+static int resolve_dir(const char *what, const char *arg, char *out)
+{
+	struct stat st;
+
+	if (!realpath(arg, out)) {
+		log_error("%s %s: %m", what, arg);
+		return -1;
+	}
+	if (stat(out, &st) < 0 || !S_ISDIR(st.st_mode)) {
+		log_error("%s %s is not a directory", what, arg);
+		return -1;
+	}
+	return 0;
+}
+
+static int check_paths(const struct aimfs_options *o, struct paths *p)
+{
+	char tmp[PATH_MAX], parent[PATH_MAX], *base;
+	struct stat st;
+
+	if (resolve_dir("backing directory", o->backing_arg, p->backing) < 0 ||
+	    resolve_dir("mountpoint", o->mount_arg, p->mount) < 0)
+		return -1;
+	if (strcmp(p->backing, p->mount) == 0) {
+		log_error("the mountpoint cannot be the backing directory itself (%s)", p->mount);
+		return -1;
+	}
+	if (within(p->mount, p->backing)) {
+		log_error("mountpoint %s is inside the backing directory %s", p->mount, p->backing);
+		return -1;
+	}
+	if (within(p->backing, p->mount)) {
+		log_error("backing directory %s is inside the mountpoint %s", p->backing, p->mount);
+		return -1;
+	}
+	if (snprintf(tmp, sizeof tmp, "%s%s%s", o->journal_arg ? o->journal_arg : p->backing,
+		     o->journal_arg ? "" : "/", o->journal_arg ? "" : DEFAULT_JOURNAL_NAME) >=
+	    (int)sizeof tmp)
+		return log_error("journal path too long"), -1;
+	/* The journal may not exist yet: canonicalise its parent. */
+	snprintf(parent, sizeof parent, "%s", tmp);
+	base = basename(tmp);
+	if (!realpath(dirname(parent), p->journal)) {
+		log_error("journal directory %s: its parent: %m", o->journal_arg ? o->journal_arg : tmp);
+		return -1;
+	}
+	if (strcmp(base, ".") == 0 || strcmp(base, "..") == 0 || strcmp(base, "/") == 0) {
+		log_error("journal directory %s: name it plainly", o->journal_arg);
+		return -1;
+	}
+	if (stat(p->journal, &st) < 0)
+		return log_error("journal directory's parent %s: %m", p->journal), -1;
+	if (strlen(p->journal) + strlen(base) + 2 > sizeof p->journal)
+		return log_error("journal path too long"), -1;
+	strcat(p->journal, p->journal[1] ? "/" : "");
+	strcat(p->journal, base);
+	if (lstat(p->journal, &st) == 0 && !S_ISDIR(st.st_mode)) {
+		log_error("journal %s exists and is not a directory", p->journal);
+		return -1;
+	}
+	if (within(p->journal, p->mount)) {
+		log_error("journal %s is inside the mountpoint %s: it would journal itself",
+			  p->journal, p->mount);
+		return -1;
+	}
+	if (strcmp(p->journal, p->backing) == 0) {
+		log_error("journal %s cannot be the backing directory itself", p->journal);
+		return -1;
+	}
+	p->hide_name[0] = '\0';
+	if (within(p->journal, p->backing)) {
+		/* Hidden from the mount: the entry base in the journal's parent. */
+		snprintf(tmp, sizeof tmp, "%s", p->journal);
+		snprintf(p->hide_name, sizeof p->hide_name, "%s", base);
+		if (stat(dirname(tmp), &st) < 0)
+			return log_error("%s: %m", tmp), -1;
+		p->hide_dev = st.st_dev;
+		p->hide_ino = st.st_ino;
+	}
+	return 0;
+}
+
+int main(int argc, char *argv[])
+{
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct fuse_cmdline_opts fopts = { 0 };
+	struct aimfs_options o;
+	struct paths p;
+	struct journal_config jc = { 0 };
+	struct fs_config fc = { 0 };
+	struct journal *j = NULL;
+	struct fs *fs = NULL;
+	struct fuse_session *se = NULL;
+	struct fuse_loop_config *lc = NULL;
+	int backing_fd = -1, ret = 1;
+
+	log_init(argv[0]);
+	if (options_parse(&args, &o) < 0)
+		goto out;
+	if (o.show_help) {
+		options_usage(argv[0]);
+		printf("\nFUSE options:\n");
+		fuse_lowlevel_help();
+		ret = 0;
+		goto out;
+	}
+	if (o.show_version) {
+		printf("aimfs %s (libfuse %s)\n", AIMFS_VERSION, fuse_pkgversion());
+		ret = 0;
+		goto out;
+	}
+	if (o.ndests || o.config) {
+		log_error("%s: shipping to destinations is not part of this build yet",
+			  o.config ? "config=" : "dest=");
+		goto out;
+	}
+	if (check_paths(&o, &p) < 0)
+		goto out;
+	if (fuse_parse_cmdline(&args, &fopts) != 0)
+		goto out;
+	backing_fd = open(p.backing, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (backing_fd < 0) {
+		log_error("backing directory %s: %m", p.backing);
+		goto out;
+	}
+	if (access(p.backing, W_OK) < 0) {
+		log_error("backing directory %s is not writable: %m", p.backing);
+		goto out;
+	}
+
+	jc.dir = p.journal;
+	jc.backing_dir = p.backing;
+	jc.backing_fd = backing_fd;
+	jc.hide_name = p.hide_name[0] ? p.hide_name : NULL;
+	jc.hide_dev = p.hide_dev;
+	jc.hide_parent_ino = p.hide_ino;
+	jc.segment_size = o.segment_size;
+	jc.segment_age_ns = o.segment_age_ns;
+	if (journal_open(&jc, &j) < 0)
+		goto out;
+
+	fc.backing_dir = p.backing;
+	fc.backing_fd = backing_fd;
+	fc.journal = j;
+	fc.hide_name = jc.hide_name;
+	fc.hide_dev = p.hide_dev;
+	fc.hide_ino = p.hide_ino;
+	fc.timeout = 1.0;
+	fs = fs_new(&fc);
+	if (!fs) {
+		log_error("cannot set up the filesystem: %m");
+		goto out;
+	}
+	/* The kernel checks permissions against the attributes we return: the
+	 * daemon itself runs as root and must not be the one checking. */
+	if (fuse_opt_add_arg(&args, "-odefault_permissions") < 0 ||
+	    fuse_opt_add_arg(&args, "-ofsname=aimfs") < 0)
+		goto out;
+	se = fuse_session_new(&args, fs_ops(), sizeof *fs_ops(), fs);
+	if (!se)
+		goto out;
+	if (fuse_set_signal_handlers(se) != 0)
+		goto out;
+	if (fuse_session_mount(se, p.mount) != 0) {
+		log_error("cannot mount on %s", p.mount);
+		goto out_signals;
+	}
+	if (fuse_daemonize(fopts.foreground) != 0)
+		goto out_unmount;
+	if (journal_start(j) < 0) {
+		log_error("cannot start the journal's sealer thread");
+		goto out_unmount;
+	}
+	log_info("serving %s on %s, journal %s", p.backing, p.mount, p.journal);
+	if (fopts.singlethread) {
+		ret = fuse_session_loop(se);
+	} else {
+		lc = fuse_loop_cfg_create();
+		fuse_loop_cfg_set_clone_fd(lc, fopts.clone_fd);
+		fuse_loop_cfg_set_max_threads(lc, fopts.max_threads > 0 &&
+						  fopts.max_threads != 10 ? fopts.max_threads
+									  : MAX_THREADS);
+		if (fopts.max_idle_threads != UINT_MAX)
+			fuse_loop_cfg_set_idle_threads(lc, fopts.max_idle_threads);
+		ret = fuse_session_loop_mt(se, lc);
+	}
+	ret = ret < 0 ? 1 : 0;
+out_unmount:
+	fuse_session_unmount(se);
+out_signals:
+	fuse_remove_signal_handlers(se);
+out:
+	if (se)
+		fuse_session_destroy(se);
+	fuse_loop_cfg_destroy(lc);
+	fs_free(fs);
+	/* Seals the open segment and waits for the sealer: after a clean exit
+	 * every record is in a sealed, indexed segment. */
+	journal_close(j);
+	if (backing_fd >= 0)
+		close(backing_fd);
+	free(fopts.mountpoint);
+	fuse_opt_free_args(&args);
+	options_free(&o);
+	return ret;
+}

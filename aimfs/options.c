@@ -1,0 +1,177 @@
+/*
+ * options.c — parsing and checking of aimfs's own -o options with
+ * fuse_opt, so that they mix freely with libfuse's (allow_other, -d ...).
+ */
+#include "options.h"
+#include "log.h"
+#include "parse.h"
+
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { KEY_HELP, KEY_VERSION, KEY_DEST };
+
+#define OPT(t, f) { t, offsetof(struct aimfs_options, f), 1 }
+
+static const struct fuse_opt aimfs_opts[] = {
+	OPT("journal=%s", journal_arg),
+	OPT("status=%s", status),
+	OPT("config=%s", config),
+	OPT("segment_size=%s", segment_size_s),
+	OPT("segment_age=%s", segment_age_s),
+	OPT("journal_max=%s", journal_max_s),
+	OPT("overflow=%s", overflow_s),
+	FUSE_OPT_KEY("dest=", KEY_DEST),
+	FUSE_OPT_KEY("-h", KEY_HELP),
+	FUSE_OPT_KEY("--help", KEY_HELP),
+	FUSE_OPT_KEY("-V", KEY_VERSION),
+	FUSE_OPT_KEY("--version", KEY_VERSION),
+	FUSE_OPT_END
+};
+
+static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
+{
+	struct aimfs_options *o = data;
+	char **nd;
+
+	(void)outargs;
+	switch (key) {
+	case KEY_HELP:
+		o->show_help = 1;
+		return 0;
+	case KEY_VERSION:
+		o->show_version = 1;
+		return 0;
+	case KEY_DEST:
+		nd = realloc(o->dests, (o->ndests + 1) * sizeof *nd);
+		if (!nd)
+			return -1;
+		o->dests = nd;
+		o->dests[o->ndests] = strdup(arg + strlen("dest="));
+		return o->dests[o->ndests++] ? 0 : -1;
+	case FUSE_OPT_KEY_NONOPT:
+		if (!o->backing_arg) {
+			o->backing_arg = strdup(arg);
+			return 0;
+		}
+		if (!o->mount_arg) {
+			o->mount_arg = strdup(arg);
+			return 1; /* libfuse takes the mountpoint too */
+		}
+		log_error("unexpected argument \"%s\" (usage: aimfs [-f] [-o OPTS] BACKING_DIR"
+			  " MOUNTPOINT)", arg);
+		return -1;
+	default:
+		return 1;
+	}
+}
+
+void options_usage(const char *prog)
+{
+	printf("usage: %s [-f] [-o OPT[,OPT...]] BACKING_DIR MOUNTPOINT\n"
+	       "\n"
+	       "Mirrors the images in BACKING_DIR through MOUNTPOINT, journaling every write.\n"
+	       "Unmount with: fusermount3 -u MOUNTPOINT\n"
+	       "\n"
+	       "aimfs options:\n"
+	       "  -o journal=DIR         journal directory (default BACKING_DIR/%s)\n"
+	       "  -o dest=URL            a destination (repeatable)\n"
+	       "  -o config=FILE         INI configuration (destinations and any option)\n"
+	       "  -o status=ADDR:PORT    status listener (default %s; \"off\" disables)\n"
+	       "  -o segment_size=SIZE   seal a segment at this size (default 64M)\n"
+	       "  -o segment_age=TIME    ... or this long after its first record (default 2s)\n"
+	       "  -o journal_max=SIZE    journal size limit (default 8G)\n"
+	       "  -o overflow=track|block  what happens at the limit (default track)\n"
+	       "  -f                     stay in the foreground\n"
+	       "  -d                     FUSE debug output (implies -f)\n"
+	       "  -o allow_other, ...    standard FUSE options\n",
+	       prog, DEFAULT_JOURNAL_NAME, DEFAULT_STATUS);
+}
+
+static int check_values(struct aimfs_options *o)
+{
+	uint64_t v;
+
+	o->segment_size = DEFAULT_SEGMENT_SIZE;
+	o->segment_age_ns = DEFAULT_SEGMENT_AGE_NS;
+	o->journal_max = DEFAULT_JOURNAL_MAX;
+	if (o->segment_size_s) {
+		if (parse_size(o->segment_size_s, &v) < 0 || v < 4096 || v > (1ULL << 30)) {
+			log_error("segment_size=%s: must be a size from 4K to 1G (e.g. 64M)",
+				  o->segment_size_s);
+			return -1;
+		}
+		o->segment_size = v;
+	}
+	if (o->segment_age_s) {
+		if (parse_duration(o->segment_age_s, &v) < 0 || v < 1000000ULL ||
+		    v > 3600000000000ULL) {
+			log_error("segment_age=%s: must be a duration from 1ms to 1h (e.g. 2s, 500ms)",
+				  o->segment_age_s);
+			return -1;
+		}
+		o->segment_age_ns = v;
+	}
+	if (o->journal_max_s) {
+		if (parse_size(o->journal_max_s, &v) < 0 || v < (1ULL << 20)) {
+			log_error("journal_max=%s: must be a size of at least 1M (e.g. 8G)",
+				  o->journal_max_s);
+			return -1;
+		}
+		o->journal_max = v;
+	}
+	if (o->overflow_s) {
+		if (strcmp(o->overflow_s, "block") == 0) {
+			o->overflow_block = true;
+		} else if (strcmp(o->overflow_s, "track") != 0) {
+			log_error("overflow=%s: must be \"track\" or \"block\"", o->overflow_s);
+			return -1;
+		}
+	}
+	if (o->status && strcmp(o->status, "off") != 0) {
+		char host[256];
+		uint16_t port;
+
+		if (parse_hostport(o->status, host, sizeof host, &port) < 0) {
+			log_error("status=%s: must be ADDR:PORT (e.g. 127.0.0.1:9380) or \"off\"",
+				  o->status);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+int options_parse(struct fuse_args *args, struct aimfs_options *o)
+{
+	memset(o, 0, sizeof *o);
+	if (fuse_opt_parse(args, o, aimfs_opts, opt_proc) < 0)
+		return -1;
+	if (o->show_help || o->show_version)
+		return 0;
+	if (!o->backing_arg || !o->mount_arg) {
+		log_error("missing %s (usage: aimfs [-f] [-o OPTS] BACKING_DIR MOUNTPOINT)",
+			  o->backing_arg ? "MOUNTPOINT" : "BACKING_DIR and MOUNTPOINT");
+		return -1;
+	}
+	if (!o->status)
+		o->status = strdup(DEFAULT_STATUS);
+	return check_values(o);
+}
+
+void options_free(struct aimfs_options *o)
+{
+	free(o->backing_arg);
+	free(o->mount_arg);
+	free(o->journal_arg);
+	free(o->status);
+	free(o->config);
+	for (size_t i = 0; i < o->ndests; i++)
+		free(o->dests[i]);
+	free(o->dests);
+	free(o->segment_size_s);
+	free(o->segment_age_s);
+	free(o->journal_max_s);
+	free(o->overflow_s);
+}

@@ -1,0 +1,45 @@
+/*
+ * options.h — aimfs's command line: the -o options of the contract
+ * (journal=, dest=, config=, status=, segment_size=, segment_age=,
+ * journal_max=, overflow=) parsed and checked, with everything else left
+ * for libfuse.  A bad value is refused here with a reason, before anything
+ * is mounted or created.
+ */
+#ifndef AIM_OPTIONS_H
+#define AIM_OPTIONS_H
+
+#include <fuse_opt.h>
+#include <stddef.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#define DEFAULT_SEGMENT_SIZE (64ULL << 20)
+#define DEFAULT_SEGMENT_AGE_NS 2000000000ULL
+#define DEFAULT_JOURNAL_MAX (8ULL << 30)
+#define DEFAULT_STATUS "127.0.0.1:9380"
+#define DEFAULT_JOURNAL_NAME ".aimfs"
+
+struct aimfs_options {
+	char *backing_arg;    /* as given */
+	char *mount_arg;
+	char *journal_arg;    /* NULL: BACKING_DIR/.aimfs */
+	char *status;         /* "off" disables */
+	char *config;
+	char **dests;
+	size_t ndests;
+	char *segment_size_s, *segment_age_s, *journal_max_s, *overflow_s;
+	uint64_t segment_size;
+	uint64_t segment_age_ns;
+	uint64_t journal_max;
+	bool overflow_block;
+	int show_help;
+	int show_version;
+};
+
+/* Parses argv into opts, leaving libfuse's options (and the mountpoint) in
+ * args.  Returns 0, or -1 after printing why to stderr. */
+int options_parse(struct fuse_args *args, struct aimfs_options *opts);
+void options_free(struct aimfs_options *opts);
+void options_usage(const char *prog);
+
+#endif

@@ -1,0 +1,174 @@
+/*
+ * registry.c — the mount's images: which backing inode is which image id,
+ * and under what name.  Every regular file in the backing tree is an image.
+ * The registry changes only together with the journal records that describe
+ * the change, under the journal lock, so a segment's header table (a copy
+ * of the live images when it opened) plus its records always describe the
+ * namespace exactly.
+ */
+#include "journal_i.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+static size_t bucket(const struct journal *j, dev_t dev, ino_t ino)
+{
+	uint64_t h = ((uint64_t)ino ^ ((uint64_t)dev << 32)) * 0x9E3779B97F4A7C15ULL;
+
+	return (size_t)(h >> 20) & (j->ino_buckets - 1);
+}
+
+int registry_init(struct journal *j)
+{
+	j->ino_buckets = 4096;
+	j->by_ino = calloc(j->ino_buckets, sizeof *j->by_ino);
+	return j->by_ino ? 0 : -ENOMEM;
+}
+
+static void free_image(struct image *im)
+{
+	free(im->name);
+	free(im);
+}
+
+void registry_free(struct journal *j)
+{
+	for (size_t i = 0; i < j->nlive; i++) {
+		j->live[i]->live = false;
+		registry_put(j, j->live[i]);
+	}
+	free(j->live);
+	free(j->by_ino);
+	j->live = NULL;
+	j->by_ino = NULL;
+	j->nlive = j->caplive = 0;
+}
+
+struct image *registry_add(struct journal *j, uint32_t id, const char *name, dev_t dev, ino_t ino)
+{
+	struct image *im = calloc(1, sizeof *im);
+	size_t b;
+
+	if (!im)
+		return NULL;
+	im->name = strdup(name);
+	if (!im->name) {
+		free(im);
+		return NULL;
+	}
+	if (j->nlive == j->caplive) {
+		size_t cap = j->caplive ? j->caplive * 2 : 64;
+		struct image **nl = realloc(j->live, cap * sizeof *nl);
+
+		if (!nl) {
+			free_image(im);
+			return NULL;
+		}
+		j->live = nl;
+		j->caplive = cap;
+	}
+	im->id = id;
+	im->dev = dev;
+	im->ino = ino;
+	im->live = true;
+	im->refs = 1;
+	j->live[j->nlive++] = im;
+	if (ino) {
+		b = bucket(j, dev, ino);
+		im->next_ino = j->by_ino[b];
+		j->by_ino[b] = im;
+	}
+	if (id >= j->next_image_id)
+		j->next_image_id = id + 1;
+	return im;
+}
+
+struct image *registry_find_ino(struct journal *j, dev_t dev, ino_t ino)
+{
+	for (struct image *im = j->by_ino[bucket(j, dev, ino)]; im; im = im->next_ino)
+		if (im->ino == ino && im->dev == dev)
+			return im;
+	return NULL;
+}
+
+struct image *registry_find_name(struct journal *j, const char *name)
+{
+	for (size_t i = 0; i < j->nlive; i++)
+		if (strcmp(j->live[i]->name, name) == 0)
+			return j->live[i];
+	return NULL;
+}
+
+struct image *registry_find_id(struct journal *j, uint32_t id)
+{
+	for (size_t i = 0; i < j->nlive; i++)
+		if (j->live[i]->id == id)
+			return j->live[i];
+	return NULL;
+}
+
+void registry_remove(struct journal *j, struct image *im)
+{
+	struct image **pp;
+
+	if (!im->live)
+		return;
+	im->live = false;
+	if (im->ino) {
+		for (pp = &j->by_ino[bucket(j, im->dev, im->ino)]; *pp; pp = &(*pp)->next_ino) {
+			if (*pp == im) {
+				*pp = im->next_ino;
+				break;
+			}
+		}
+	}
+	for (size_t i = 0; i < j->nlive; i++) {
+		if (j->live[i] == im) {
+			j->live[i] = j->live[--j->nlive];
+			break;
+		}
+	}
+	registry_put(j, im);
+}
+
+void registry_put(struct journal *j, struct image *im)
+{
+	(void)j;
+	if (im && --im->refs == 0)
+		free_image(im);
+}
+
+int registry_rename(struct journal *j, struct image *im, const char *name)
+{
+	char *n = strdup(name);
+
+	(void)j;
+	if (!n)
+		return -ENOMEM;
+	free(im->name);
+	im->name = n;
+	return 0;
+}
+
+int registry_rename_dir(struct journal *j, const char *old_name, const char *new_name)
+{
+	size_t ol = strlen(old_name), nl = strlen(new_name);
+
+	for (size_t i = 0; i < j->nlive; i++) {
+		struct image *im = j->live[i];
+		size_t len = strlen(im->name);
+		char *n;
+
+		if (len <= ol || im->name[ol] != '/' || memcmp(im->name, old_name, ol) != 0)
+			continue;
+		n = malloc(nl + len - ol + 1);
+		if (!n)
+			return -ENOMEM;
+		memcpy(n, new_name, nl);
+		memcpy(n + nl, im->name + ol, len - ol + 1);
+		free(im->name);
+		im->name = n;
+	}
+	return 0;
+}

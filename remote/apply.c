@@ -1,0 +1,1247 @@
+/*
+ * apply.c — re-drives validated segments onto image files and block
+ * devices, and reports durable progress (see apply.h for the contract).
+ *
+ * Confinement.  Image names were checked by the decoder (relative, no "."
+ * or "..", no empty components), but the target directory itself may hold
+ * symlinks planted by someone else.  So nothing here resolves a path inside
+ * target_dir with plain open(): openat2 with RESOLVE_BENEATH |
+ * RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS refuses every symlink on the
+ * way (the last component too) and anything that would leave the directory,
+ * and mkdir, rename and unlink act on a leaf name relative to a parent
+ * directory opened that way, so they can only ever change a directory entry
+ * beneath target_dir.  A file opened inside target_dir must then be a
+ * regular file with one link: a planted device node, FIFO or hard link to a
+ * file elsewhere is refused rather than written through.
+ *
+ * Ordering and durability.  Data records are idempotent when re-applied in
+ * order from a durable point, but a namespace record is not, if records
+ * before it were lost: a WRITE to "a" re-applied after "a" was renamed to
+ * "b" would create a new, partial "a".  So a namespace record is preceded by
+ * a barrier when records were applied since the last one, and followed by
+ * one; a resumed apply then re-runs at most that one namespace record, and
+ * each of them accepts finding its work already done.
+ *
+ * Block devices are never resized.  The part of a device beyond the
+ * source's current image size is kept reading zeros (TRUNCATE and CREATE
+ * zero it), so that a later growth of the image reads zeros on both sides.
+ */
+#include "apply.h"
+#include "apply_i.h"
+#include "log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <linux/openat2.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define CACHE_MAX 64
+#define RESOLVE_SAFE (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
+#define NEW_DIR_MODE 0755  /* parents created on demand (before umask) */
+#define NEW_FILE_MODE 0600 /* images first seen in a data record: VM disks are private */
+/* CREATE and MKDIR modes: set-id bits are dropped, because a hostile
+ * segment must not be able to plant a set-uid file owned by the applier. */
+#define FILE_MODE_MASK 0777
+#define DIR_MODE_MASK 01777
+#define ZERO_BUF 65536
+
+/* ---- system calls, through the table tests may replace ---- */
+
+static ssize_t sys_pwrite(int fd, const void *buf, size_t n, off_t off)
+{
+	return pwrite(fd, buf, n, off);
+}
+
+static int sys_ioctl(int fd, unsigned long req, void *arg)
+{
+	return ioctl(fd, req, arg);
+}
+
+const struct apply_io apply_io_default = {
+	.pwrite_fn = sys_pwrite,
+	.fallocate_fn = fallocate,
+	.ftruncate_fn = ftruncate,
+	.fsync_fn = fsync,
+	.fstat_fn = fstat,
+	.ioctl_fn = sys_ioctl,
+};
+
+struct apply_io apply_io = {
+	.pwrite_fn = sys_pwrite,
+	.fallocate_fn = fallocate,
+	.ftruncate_fn = ftruncate,
+	.fsync_fn = fsync,
+	.fstat_fn = fstat,
+	.ioctl_fn = sys_ioctl,
+};
+
+/* ---- the applier ---- */
+
+struct mapping {
+	char *image;
+	char *path;
+};
+
+/* One open target, cached by image name. */
+struct target {
+	char *name;        /* image name, the key; NULL when the slot is free */
+	char *path;        /* what messages call it: the mapped path, or DIR/NAME */
+	int fd;
+	bool mapped;
+	bool blockdev;
+	bool dirty;        /* changed since the last barrier */
+	uint64_t dev_size; /* block devices only */
+	uint64_t used;     /* LRU clock */
+};
+
+struct applier {
+	int dirfd;
+	char *dir; /* target_dir as given, for messages */
+	struct mapping *maps;
+	size_t nmaps;
+	struct target cache[CACHE_MAX];
+	uint64_t clock;
+	apply_durable_fn durable;
+	void *durable_ctx;
+	struct apply_stats stats;
+	/* state of the current applier_apply */
+	uint64_t segment;
+	bool pending;      /* records applied since the last barrier */
+	bool reported;     /* a barrier was reported during this apply */
+	uint64_t reported_lsn;
+	uint64_t prev_time; /* time_ns of the record before the current one */
+};
+
+static int failv(char *err, size_t errlen, int rc, const char *fmt, va_list ap)
+{
+	if (err && errlen)
+		vsnprintf(err, errlen, fmt, ap);
+	return rc;
+}
+
+static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	failv(err, errlen, rc, fmt, ap);
+	va_end(ap);
+	return rc;
+}
+
+static bool unsupported(int e)
+{
+	return e == EOPNOTSUPP || e == ENOSYS;
+}
+
+/* Why an openat2 beneath the target directory failed, for a person. */
+static const char *open_reason(int rc)
+{
+	switch (rc) {
+	case -ELOOP:
+		return "a symbolic link is in the way (symlinks inside the target directory are never followed)";
+	case -EXDEV:
+		return "the path leads outside the target directory";
+	default:
+		return strerror(-rc);
+	}
+}
+
+/* openat2 confined beneath dirfd.  Returns an fd or -errno. */
+static int open_beneath(int dirfd, const char *path, int flags, mode_t mode)
+{
+	struct open_how how = {
+		.flags = (uint64_t)(flags | O_CLOEXEC),
+		.mode = (flags & O_CREAT) ? mode : 0,
+		.resolve = RESOLVE_SAFE,
+	};
+
+	for (int tries = 0;; tries++) {
+		long fd = syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+
+		if (fd >= 0)
+			return (int)fd;
+		/* RESOLVE_BENEATH fails with EAGAIN when a rename elsewhere in
+		 * the tree raced with the lookup; the kernel asks us to retry. */
+		if (errno == EAGAIN && tries < 16)
+			continue;
+		return -errno;
+	}
+}
+
+static int fsync_fd(int fd)
+{
+	return apply_io.fsync_fn(fd) < 0 ? -errno : 0;
+}
+
+/*
+ * Opens the directory rel (a valid relative path) beneath the target
+ * directory, creating missing components when create is set; each parent
+ * that gains an entry is fsynced, so the new directory survives a crash.
+ * Returns an fd the caller closes, or -errno with err set.
+ */
+static int open_dir(struct applier *a, const char *rel, bool create, char *err, size_t errlen)
+{
+	char comp[SEG_COMPONENT_MAX + 1];
+	const char *p = rel;
+	int cur, next, r;
+
+	cur = open_beneath(a->dirfd, rel, O_RDONLY | O_DIRECTORY, 0);
+	if (cur >= 0 || cur != -ENOENT || !create) {
+		if (cur < 0)
+			fail(err, errlen, cur, "directory %s in %s: %s", rel, a->dir, open_reason(cur));
+		return cur;
+	}
+	/* One component at a time, each relative to a directory opened
+	 * beneath the target: mkdirat never follows a symlink in the leaf
+	 * and open_beneath refuses one. */
+	cur = a->dirfd;
+	while (*p) {
+		size_t len = strcspn(p, "/");
+
+		memcpy(comp, p, len);
+		comp[len] = '\0';
+		r = mkdirat(cur, comp, NEW_DIR_MODE) == 0 ? 1 : errno == EEXIST ? 0 : -errno;
+		if (r == 1)
+			r = fsync_fd(cur);
+		next = r < 0 ? r : open_beneath(cur, comp, O_RDONLY | O_DIRECTORY, 0);
+		if (cur != a->dirfd)
+			close(cur);
+		if (next < 0)
+			return fail(err, errlen, next, "creating directory %.*s in %s: %s",
+				    (int)(p - rel) + (int)len, rel, a->dir, open_reason(next));
+		cur = next;
+		p += len;
+		if (*p == '/')
+			p++;
+	}
+	return cur;
+}
+
+/*
+ * Opens the directory holding name (the target directory itself for a
+ * name without '/') and points *leaf at name's last component.  Returns
+ * an fd the caller closes, or -errno with err set.
+ */
+static int open_parent(struct applier *a, const char *name, bool create, const char **leaf,
+		       char *err, size_t errlen)
+{
+	const char *slash = strrchr(name, '/');
+	char dir[SEG_NAME_MAX + 1];
+	int fd;
+
+	if (!slash) {
+		*leaf = name;
+		fd = fcntl(a->dirfd, F_DUPFD_CLOEXEC, 0);
+		if (fd < 0)
+			return fail(err, errlen, -errno, "dup of %s: %s", a->dir, strerror(errno));
+		return fd;
+	}
+	*leaf = slash + 1;
+	memcpy(dir, name, (size_t)(slash - name));
+	dir[slash - name] = '\0';
+	return open_dir(a, dir, create, err, errlen);
+}
+
+static const struct mapping *find_map(const struct applier *a, const char *image)
+{
+	for (size_t i = 0; i < a->nmaps; i++)
+		if (strcmp(a->maps[i].image, image) == 0)
+			return &a->maps[i];
+	return NULL;
+}
+
+/* First mapped image under directory dir/, or NULL. */
+static const struct mapping *find_map_under(const struct applier *a, const char *dir)
+{
+	size_t n = strlen(dir);
+
+	for (size_t i = 0; i < a->nmaps; i++)
+		if (strncmp(a->maps[i].image, dir, n) == 0 && a->maps[i].image[n] == '/')
+			return &a->maps[i];
+	return NULL;
+}
+
+/* ---- the target cache ---- */
+
+/* Closes a cached target; a dirty one is fsynced first so that dropping it
+ * never loses a barrier.  Returns 0 or -errno with err set. */
+static int target_close(struct target *t, char *err, size_t errlen)
+{
+	int r = 0;
+
+	if (!t->name)
+		return 0;
+	if (t->dirty) {
+		r = fsync_fd(t->fd);
+		if (r < 0)
+			fail(err, errlen, r, "image %s: fsync %s: %s", t->name, t->path, strerror(-r));
+	}
+	close(t->fd);
+	free(t->name);
+	free(t->path);
+	memset(t, 0, sizeof *t);
+	t->fd = -1;
+	return r;
+}
+
+/* Drops the cache entry for name, and with under set every entry below
+ * name/ as well (for directory renames). */
+static int target_drop(struct applier *a, const char *name, bool under, char *err, size_t errlen)
+{
+	size_t n = strlen(name);
+	int r = 0;
+
+	for (int i = 0; i < CACHE_MAX; i++) {
+		struct target *t = &a->cache[i];
+
+		if (!t->name)
+			continue;
+		if (strcmp(t->name, name) == 0 ||
+		    (under && strncmp(t->name, name, n) == 0 && t->name[n] == '/')) {
+			int k = target_close(t, err, errlen);
+
+			if (k < 0 && r == 0)
+				r = k;
+		}
+	}
+	return r;
+}
+
+/* Checks what fd turned out to be and fills t; closes fd on failure. */
+static int target_classify(struct target *t, int fd, bool in_dir, char *err, size_t errlen)
+{
+	struct stat st;
+
+	if (apply_io.fstat_fn(fd, &st) < 0) {
+		int r = -errno;
+
+		close(fd);
+		return fail(err, errlen, r, "image %s: fstat %s: %s", t->name, t->path, strerror(-r));
+	}
+	if (S_ISBLK(st.st_mode) && !in_dir) {
+		uint64_t size = 0;
+
+		if (apply_io.ioctl_fn(fd, BLKGETSIZE64, &size) < 0) {
+			int r = -errno;
+
+			close(fd);
+			return fail(err, errlen, r, "image %s: cannot read the size of %s: %s",
+				    t->name, t->path, strerror(-r));
+		}
+		t->blockdev = true;
+		t->dev_size = size;
+	} else if (!S_ISREG(st.st_mode)) {
+		close(fd);
+		return fail(err, errlen, -EINVAL, "image %s: %s is not a regular file%s", t->name,
+			    t->path, in_dir ? "" : " or a block device");
+	} else if (in_dir && st.st_nlink > 1) {
+		/* A second link may lead anywhere on this file system. */
+		close(fd);
+		return fail(err, errlen, -EPERM,
+			    "image %s: %s has %ju hard links; refusing to write through a link that may lead outside the target directory",
+			    t->name, t->path, (uintmax_t)st.st_nlink);
+	}
+	t->fd = fd;
+	return 0;
+}
+
+/* Opens (creating if missing, with mode) the image name inside the target
+ * directory.  Returns an fd or -errno with err set. */
+static int open_in_dir(struct applier *a, const char *name, mode_t mode, char *err, size_t errlen)
+{
+	const int flags = O_RDWR | O_NONBLOCK | O_NOCTTY;
+	const char *leaf;
+	int fd, pfd, r;
+
+	/* O_NONBLOCK: a planted FIFO must not hang the applier before the
+	 * type check refuses it. */
+	fd = open_beneath(a->dirfd, name, flags, 0);
+	if (fd == -ENOENT) {
+		pfd = open_parent(a, name, true, &leaf, err, errlen);
+		if (pfd < 0)
+			return pfd;
+		fd = open_beneath(pfd, leaf, flags | O_CREAT | O_EXCL, mode);
+		if (fd >= 0) {
+			r = fsync_fd(pfd); /* the new entry must survive a crash */
+			if (r < 0) {
+				close(fd);
+				close(pfd);
+				return fail(err, errlen, r, "image %s: fsync of its directory in %s: %s",
+					    name, a->dir, strerror(-r));
+			}
+		} else if (fd == -EEXIST) {
+			fd = open_beneath(pfd, leaf, flags, 0);
+		}
+		close(pfd);
+	}
+	if (fd < 0)
+		return fail(err, errlen, fd, "image %s: cannot open %s/%s: %s", name, a->dir, name,
+			    open_reason(fd));
+	if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0) {
+		r = -errno;
+		close(fd);
+		return fail(err, errlen, r, "image %s: fcntl: %s", name, strerror(-r));
+	}
+	return fd;
+}
+
+/* fsyncs the directory holding path (an operator's path, outside the
+ * target directory), after creating an entry in it. */
+static int fsync_dir_of(const char *path)
+{
+	char *dir = strdup(path), *slash;
+	int fd, r;
+
+	if (!dir)
+		return -ENOMEM;
+	slash = strrchr(dir, '/');
+	if (slash)
+		*(slash == dir ? slash + 1 : slash) = '\0';
+	fd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	free(dir);
+	if (fd < 0)
+		return -errno;
+	r = fsync_fd(fd);
+	close(fd);
+	return r;
+}
+
+static int open_mapped(const struct mapping *m, char *err, size_t errlen)
+{
+	int flags = O_RDWR | O_CLOEXEC | O_NOCTTY;
+	struct stat st;
+	int fd, r;
+
+	/* O_EXCL on a block device is an exclusive claim: it fails with
+	 * EBUSY while the device is mounted or claimed by another program
+	 * (a second applier, a running VM), which must never share it. */
+	if (stat(m->path, &st) == 0 && S_ISBLK(st.st_mode))
+		flags |= O_EXCL;
+	fd = open(m->path, flags);
+	if (fd < 0 && errno == ENOENT) {
+		fd = open(m->path, flags | O_CREAT | O_EXCL, NEW_FILE_MODE);
+		if (fd >= 0) {
+			r = fsync_dir_of(m->path);
+			if (r < 0) {
+				close(fd);
+				return fail(err, errlen, r, "image %s: fsync of the directory of %s: %s",
+					    m->image, m->path, strerror(-r));
+			}
+		}
+	}
+	if (fd < 0 && errno == EBUSY)
+		return fail(err, errlen, -EBUSY,
+			    "image %s: %s is in use (mounted, or opened exclusively by another program)",
+			    m->image, m->path);
+	if (fd < 0)
+		return fail(err, errlen, -errno, "image %s: cannot open %s: %s", m->image, m->path,
+			    strerror(errno));
+	return fd;
+}
+
+/*
+ * Finds or opens the target of image name, creating it (with mode) if it
+ * does not exist.  Returns 0 and *out, or -errno with err set.
+ */
+static int target_get(struct applier *a, const char *name, mode_t mode, struct target **out,
+		      char *err, size_t errlen)
+{
+	const struct mapping *m;
+	struct target *t = NULL;
+	int fd, r;
+
+	for (int i = 0; i < CACHE_MAX; i++) {
+		if (a->cache[i].name && strcmp(a->cache[i].name, name) == 0) {
+			t = &a->cache[i];
+			t->used = ++a->clock;
+			*out = t;
+			return 0;
+		}
+	}
+	for (int i = 0; i < CACHE_MAX; i++)
+		if (!a->cache[i].name && !t)
+			t = &a->cache[i];
+	if (!t) {
+		t = &a->cache[0];
+		for (int i = 1; i < CACHE_MAX; i++)
+			if (a->cache[i].used < t->used)
+				t = &a->cache[i];
+		r = target_close(t, err, errlen);
+		if (r < 0)
+			return r;
+	}
+	m = find_map(a, name);
+	fd = m ? open_mapped(m, err, errlen) : open_in_dir(a, name, mode, err, errlen);
+	if (fd < 0)
+		return fd;
+	t->name = strdup(name);
+	if (m)
+		t->path = strdup(m->path);
+	else if (asprintf(&t->path, "%s/%s", a->dir, name) < 0)
+		t->path = NULL;
+	if (!t->name || !t->path) {
+		close(fd);
+		free(t->name);
+		free(t->path);
+		memset(t, 0, sizeof *t);
+		return fail(err, errlen, -ENOMEM, "out of memory");
+	}
+	t->mapped = m != NULL;
+	r = target_classify(t, fd, !m, err, errlen);
+	if (r < 0) {
+		free(t->name);
+		free(t->path);
+		memset(t, 0, sizeof *t);
+		return r;
+	}
+	t->used = ++a->clock;
+	*out = t;
+	return 0;
+}
+
+/* ---- data records ---- */
+
+/* Names what a data record acts on, for messages. */
+struct data_ctx {
+	const char *image; /* NULL when unknown (apply_record_data) */
+	const char *path;  /* the target's path, or a generic word */
+};
+
+static int dfail(const struct data_ctx *c, char *err, size_t errlen, int rc, const char *fmt, ...)
+	__attribute__((format(printf, 5, 6)));
+
+static int dfail(const struct data_ctx *c, char *err, size_t errlen, int rc, const char *fmt, ...)
+{
+	size_t n = 0;
+	va_list ap;
+
+	if (!err || !errlen)
+		return rc;
+	err[0] = '\0';
+	if (c->image) {
+		int k = snprintf(err, errlen, "image %s: ", c->image);
+
+		n = k < 0 ? 0 : (size_t)k < errlen ? (size_t)k : errlen - 1;
+	}
+	va_start(ap, fmt);
+	vsnprintf(err + n, errlen - n, fmt, ap);
+	va_end(ap);
+	return rc;
+}
+
+static int pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
+{
+	const char *p = buf;
+
+	while (len) {
+		ssize_t n = apply_io.pwrite_fn(fd, p, len, (off_t)off);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			return -EIO;
+		p += n;
+		len -= (size_t)n;
+		off += (uint64_t)n;
+	}
+	return 0;
+}
+
+static int write_zeros(int fd, uint64_t off, uint64_t len)
+{
+	static char zeros[ZERO_BUF]; /* never written: .bss, not 64 KiB of .rodata */
+
+	while (len) {
+		size_t n = len < ZERO_BUF ? (size_t)len : ZERO_BUF;
+		int r = pwrite_all(fd, zeros, n, off);
+
+		if (r < 0)
+			return r;
+		off += n;
+		len -= n;
+	}
+	return 0;
+}
+
+static int file_size(int fd, uint64_t *size)
+{
+	struct stat st;
+
+	if (apply_io.fstat_fn(fd, &st) < 0)
+		return -errno;
+	*size = (uint64_t)st.st_size;
+	return 0;
+}
+
+/* Grows a regular file to end if it is smaller. */
+static int grow_to(int fd, uint64_t end)
+{
+	uint64_t size;
+	int r = file_size(fd, &size);
+
+	if (r == 0 && size < end && apply_io.ftruncate_fn(fd, (off_t)end) < 0)
+		r = -errno;
+	return r;
+}
+
+/*
+ * Makes [off, off+len) of a block device read zeros.  The aligned middle
+ * goes to the device as a discard (punch) or a zero-out, which costs no
+ * data transfer; what the device refuses, and the unaligned edges, are
+ * written as zeros.
+ */
+static int zero_blockdev(int fd, uint64_t off, uint64_t len, bool punch)
+{
+	uint64_t end = off + len, a0, a1;
+	int ssz = 0, r;
+
+	if (apply_io.ioctl_fn(fd, BLKSSZGET, &ssz) < 0 || ssz < 512 || (ssz & (ssz - 1)))
+		ssz = 512;
+	a0 = (off + (uint64_t)ssz - 1) & ~((uint64_t)ssz - 1);
+	a1 = end & ~((uint64_t)ssz - 1);
+	if (a0 >= a1)
+		return write_zeros(fd, off, len);
+	if (!(punch && apply_io.fallocate_fn(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+					     (off_t)a0, (off_t)(a1 - a0)) == 0)) {
+		uint64_t range[2] = { a0, a1 - a0 };
+
+		if (apply_io.ioctl_fn(fd, BLKZEROOUT, range) < 0) {
+			r = write_zeros(fd, a0, a1 - a0);
+			if (r < 0)
+				return r;
+		}
+	}
+	r = write_zeros(fd, off, a0 - off);
+	if (r == 0)
+		r = write_zeros(fd, a1, end - a1);
+	return r;
+}
+
+/* ZERO on a regular file. */
+static int zero_file(int fd, const struct seg_record *rec)
+{
+	bool keep = rec->flags & SEG_F_KEEP_SIZE;
+	uint64_t off = rec->offset, end = rec->offset + rec->length, size;
+	int r;
+
+	if (rec->flags & SEG_F_PUNCH) {
+		if (apply_io.fallocate_fn(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+					  (off_t)off, (off_t)rec->length) == 0)
+			return keep ? 0 : grow_to(fd, end);
+		if (!unsupported(errno))
+			return -errno;
+	}
+	if (apply_io.fallocate_fn(fd, FALLOC_FL_ZERO_RANGE | (keep ? FALLOC_FL_KEEP_SIZE : 0),
+				  (off_t)off, (off_t)rec->length) == 0)
+		return 0;
+	if (!unsupported(errno))
+		return -errno;
+	/* Write zeros over what exists; beyond the end, growing the file
+	 * reads as zeros already and costs nothing. */
+	r = file_size(fd, &size);
+	if (r == 0 && off < size)
+		r = write_zeros(fd, off, (end < size ? end : size) - off);
+	if (r == 0 && !keep)
+		r = grow_to(fd, end);
+	return r;
+}
+
+static int apply_data(int fd, const struct seg_record *rec, bool blockdev, uint64_t dev_size,
+		      const struct data_ctx *c, char *err, size_t errlen)
+{
+	bool keep = rec->flags & SEG_F_KEEP_SIZE;
+	uint64_t off = rec->offset, len = rec->length, end;
+	int r = 0;
+
+	if (off > INT64_MAX || len > INT64_MAX - off)
+		return dfail(c, err, errlen, -EINVAL, "%s at %" PRIu64 "+%" PRIu64 " is out of range",
+			     seg_type_name(rec->type), off, len);
+	end = off + len;
+	switch (rec->type) {
+	case SEG_WRITE:
+		if (rec->payload_len != len)
+			return dfail(c, err, errlen, -EINVAL, "WRITE of %" PRIu64 " bytes carries %u",
+				     len, rec->payload_len);
+		if (blockdev && end > dev_size)
+			goto beyond;
+		r = pwrite_all(fd, rec->payload, len, off);
+		if (r < 0)
+			return dfail(c, err, errlen, r, "write at %" PRIu64 "+%" PRIu64 " to %s: %s",
+				     off, len, c->path, strerror(-r));
+		return 0;
+	case SEG_ZERO:
+		if (blockdev) {
+			/* With KEEP_SIZE the source's size did not change, so
+			 * the part past the device end lies past the source's
+			 * end too and is invisible there: clip it. */
+			if (end > dev_size && !keep)
+				goto beyond;
+			if (off >= dev_size)
+				return 0;
+			r = zero_blockdev(fd, off, (end < dev_size ? end : dev_size) - off,
+					  rec->flags & SEG_F_PUNCH);
+		} else {
+			r = zero_file(fd, rec);
+		}
+		if (r < 0)
+			return dfail(c, err, errlen, r, "zeroing %" PRIu64 "+%" PRIu64 " of %s: %s",
+				     off, len, c->path, strerror(-r));
+		return 0;
+	case SEG_TRUNCATE:
+		if (blockdev) {
+			if (off > dev_size)
+				return dfail(c, err, errlen, -ENOSPC,
+					     "truncate to %" PRIu64 " is beyond the end of %s (%" PRIu64
+					     " bytes); block devices are never resized",
+					     off, c->path, dev_size);
+			/* What lies past the new size must read zeros when
+			 * the image grows again, as it does on the source. */
+			r = off < dev_size ? zero_blockdev(fd, off, dev_size - off, false) : 0;
+		} else if (apply_io.ftruncate_fn(fd, (off_t)off) < 0) {
+			r = -errno;
+		}
+		if (r < 0)
+			return dfail(c, err, errlen, r, "truncate of %s to %" PRIu64 ": %s", c->path,
+				     off, strerror(-r));
+		return 0;
+	case SEG_ALLOC:
+		if (blockdev) {
+			/* A device is allocated already; only a growth past
+			 * its end matters. */
+			if (end > dev_size && !keep)
+				goto beyond;
+			return 0;
+		}
+		if (apply_io.fallocate_fn(fd, keep ? FALLOC_FL_KEEP_SIZE : 0, (off_t)off,
+					  (off_t)len) < 0) {
+			r = -errno;
+			if (unsupported(-r))
+				r = keep ? 0 : grow_to(fd, end);
+		}
+		if (r < 0)
+			return dfail(c, err, errlen, r, "allocating %" PRIu64 "+%" PRIu64 " of %s: %s",
+				     off, len, c->path, strerror(-r));
+		return 0;
+	default:
+		return dfail(c, err, errlen, -EINVAL, "%s is not a data record",
+			     seg_type_name(rec->type));
+	}
+beyond:
+	return dfail(c, err, errlen, -ENOSPC,
+		     "%s at %" PRIu64 "+%" PRIu64 " is beyond the end of %s (%" PRIu64 " bytes)",
+		     rec->type == SEG_WRITE ? "write" : rec->type == SEG_ZERO ? "zero" : "allocation",
+		     off, len, c->path, dev_size);
+}
+
+int apply_record_data(int fd, const struct seg_record *r, bool block_device,
+		      uint64_t device_size, char *err, size_t errlen)
+{
+	struct data_ctx c = { NULL, block_device ? "the device" : "the file" };
+
+	if (err && errlen)
+		err[0] = '\0';
+	return apply_data(fd, r, block_device, device_size, &c, err, errlen);
+}
+
+/* ---- barriers ---- */
+
+/* Makes every dirty target durable, then reports lsn as reached. */
+static int barrier(struct applier *a, uint64_t lsn, uint64_t time_ns, char *err, size_t errlen)
+{
+	struct apply_progress p = { a->segment, lsn, time_ns };
+	int r;
+
+	for (int i = 0; i < CACHE_MAX; i++) {
+		struct target *t = &a->cache[i];
+
+		if (!t->name || !t->dirty)
+			continue;
+		r = fsync_fd(t->fd);
+		if (r < 0)
+			return fail(err, errlen, r, "image %s: fsync %s: %s", t->name, t->path,
+				    strerror(-r));
+		t->dirty = false;
+	}
+	a->pending = false;
+	a->reported = true;
+	a->reported_lsn = lsn;
+	a->stats.barriers++;
+	a->stats.last_lsn = lsn;
+	if (a->durable) {
+		r = a->durable(a->durable_ctx, &p);
+		if (r < 0)
+			return fail(err, errlen, r, "recording progress at LSN %" PRIu64 ": %s", lsn,
+				    strerror(-r));
+	}
+	return 0;
+}
+
+/* ---- namespace records ---- */
+
+static int ns_create(struct applier *a, const struct seg_record *rec, char *err, size_t errlen)
+{
+	char name[SEG_NAME_MAX + 1];
+	struct data_ctx c;
+	struct target *t;
+	mode_t mode = rec->aux & FILE_MODE_MASK;
+	int r;
+
+	seg_record_name(rec, name);
+	/* A cached fd could be an older file of that name. */
+	r = target_drop(a, name, false, err, errlen);
+	if (r == 0)
+		r = target_get(a, name, mode, &t, err, errlen);
+	if (r < 0)
+		return r;
+	c.image = name;
+	c.path = t->path;
+	if (t->blockdev) {
+		r = t->dev_size ? zero_blockdev(t->fd, 0, t->dev_size, false) : 0;
+	} else {
+		if (apply_io.ftruncate_fn(t->fd, 0) < 0)
+			r = -errno;
+		/* Exactly the journaled mode, whatever our umask; a mapped
+		 * file keeps the mode its operator gave it. */
+		if (r == 0 && !t->mapped && fchmod(t->fd, mode) < 0)
+			r = -errno;
+	}
+	if (r < 0)
+		return dfail(&c, err, errlen, r, "CREATE of %s: %s", t->path, strerror(-r));
+	t->dirty = true;
+	return 0;
+}
+
+static int ns_unlink(struct applier *a, const struct seg_record *rec, char *err, size_t errlen)
+{
+	char name[SEG_NAME_MAX + 1];
+	const struct mapping *m;
+	const char *leaf;
+	int pfd, r;
+
+	seg_record_name(rec, name);
+	r = target_drop(a, name, false, err, errlen);
+	if (r < 0)
+		return r;
+	m = find_map(a, name);
+	if (m) {
+		log_info("image %s was removed at the source; leaving its mapped target %s in place",
+			 name, m->path);
+		return 0;
+	}
+	pfd = open_parent(a, name, false, &leaf, err, errlen);
+	if (pfd == -ENOENT)
+		return 0; /* no directory, no file: done already */
+	if (pfd < 0)
+		return pfd;
+	r = unlinkat(pfd, leaf, 0) < 0 ? -errno : 0;
+	if (r == -ENOENT)
+		r = 0;
+	if (r == 0)
+		r = fsync_fd(pfd);
+	close(pfd);
+	if (r < 0)
+		return fail(err, errlen, r, "UNLINK of %s in %s: %s", name, a->dir, strerror(-r));
+	return 0;
+}
+
+/* True if name exists (of any type, a symlink too) beneath the target
+ * directory. */
+static bool exists_beneath(struct applier *a, const char *name)
+{
+	int fd = open_beneath(a->dirfd, name, O_PATH | O_NOFOLLOW, 0);
+
+	if (fd < 0)
+		return false;
+	close(fd);
+	return true;
+}
+
+static int ns_rename(struct applier *a, const struct seg_record *rec, char *err, size_t errlen)
+{
+	char old_name[SEG_NAME_MAX + 1], new_name[SEG_NAME_MAX + 1];
+	bool dir = rec->flags & SEG_F_DIR;
+	const struct mapping *m;
+	const char *oleaf, *nleaf;
+	int opfd, npfd, r;
+
+	seg_rename_names(rec, old_name, new_name);
+	m = find_map(a, old_name);
+	if (!m)
+		m = find_map(a, new_name);
+	if (!m && dir) {
+		m = find_map_under(a, old_name);
+		if (!m)
+			m = find_map_under(a, new_name);
+	}
+	if (m)
+		return fail(err, errlen, -EXDEV,
+			    "RENAME of %s to %s involves image %s, which is mapped to %s; a mapped target cannot follow a rename: map the new name and replay, or stop mirroring this image",
+			    old_name, new_name, m->image, m->path);
+	r = target_drop(a, old_name, dir, err, errlen);
+	if (r == 0)
+		r = target_drop(a, new_name, dir, err, errlen);
+	if (r < 0)
+		return r;
+	opfd = open_parent(a, old_name, false, &oleaf, err, errlen);
+	if (opfd < 0 && opfd != -ENOENT)
+		return opfd;
+	npfd = -1;
+	r = opfd;
+	if (opfd >= 0) {
+		npfd = open_parent(a, new_name, true, &nleaf, err, errlen);
+		if (npfd < 0) {
+			close(opfd);
+			return npfd;
+		}
+		r = renameat(opfd, oleaf, npfd, nleaf) < 0 ? -errno : 0;
+		if (r == 0)
+			r = fsync_fd(npfd);
+		if (r == 0)
+			r = fsync_fd(opfd);
+		close(opfd);
+		close(npfd);
+	}
+	if (r == -ENOENT) {
+		/* Resuming after a crash: the rename may be done already. */
+		if (exists_beneath(a, new_name))
+			return 0;
+		log_warn("RENAME of %s to %s at LSN %" PRIu64 ": neither exists in %s; the replica never had %s",
+			 old_name, new_name, rec->lsn, a->dir, old_name);
+		return 0;
+	}
+	if (r < 0)
+		return fail(err, errlen, r, "RENAME of %s to %s in %s: %s", old_name, new_name,
+			    a->dir, strerror(-r));
+	return 0;
+}
+
+static int ns_mkdir(struct applier *a, const struct seg_record *rec, char *err, size_t errlen)
+{
+	char name[SEG_NAME_MAX + 1];
+	mode_t mode = rec->aux & DIR_MODE_MASK;
+	const char *leaf;
+	int pfd, fd, r;
+
+	seg_record_name(rec, name);
+	pfd = open_parent(a, name, true, &leaf, err, errlen);
+	if (pfd < 0)
+		return pfd;
+	r = mkdirat(pfd, leaf, mode) < 0 ? -errno : 1;
+	if (r == 1) {
+		/* Exactly the journaled mode, whatever our umask. */
+		fd = open_beneath(pfd, leaf, O_RDONLY | O_DIRECTORY, 0);
+		r = fd < 0 ? fd : fchmod(fd, mode) < 0 ? -errno : 0;
+		if (fd >= 0)
+			close(fd);
+	} else if (r == -EEXIST) {
+		r = 0;
+	}
+	if (r == 0)
+		r = fsync_fd(pfd);
+	close(pfd);
+	if (r < 0)
+		return fail(err, errlen, r, "MKDIR of %s in %s: %s", name, a->dir, open_reason(r));
+	return 0;
+}
+
+static int ns_rmdir(struct applier *a, const struct seg_record *rec, char *err, size_t errlen)
+{
+	char name[SEG_NAME_MAX + 1];
+	const char *leaf;
+	int pfd, r;
+
+	seg_record_name(rec, name);
+	r = target_drop(a, name, true, err, errlen);
+	if (r < 0)
+		return r;
+	pfd = open_parent(a, name, false, &leaf, err, errlen);
+	if (pfd == -ENOENT)
+		return 0;
+	if (pfd < 0)
+		return pfd;
+	r = unlinkat(pfd, leaf, AT_REMOVEDIR) < 0 ? -errno : 0;
+	if (r == -ENOENT)
+		r = 0;
+	if (r == 0)
+		r = fsync_fd(pfd);
+	close(pfd);
+	if (r < 0)
+		return fail(err, errlen, r, "RMDIR of %s in %s: %s", name, a->dir, strerror(-r));
+	return 0;
+}
+
+/* ---- applying ---- */
+
+static int apply_one(struct applier *a, struct seg_view *v, const struct seg_record *rec,
+		     char *err, size_t errlen)
+{
+	struct data_ctx c;
+	struct target *t;
+	const char *name;
+	int r;
+
+	switch (rec->type) {
+	case SEG_WRITE:
+	case SEG_ZERO:
+	case SEG_TRUNCATE:
+	case SEG_ALLOC:
+		name = seg_view_image_name(v, rec->image);
+		if (!name) /* the decoder guarantees a binding */
+			return fail(err, errlen, -EINVAL, "image %u is not bound", rec->image);
+		r = target_get(a, name, NEW_FILE_MODE, &t, err, errlen);
+		if (r < 0)
+			return r;
+		c.image = name;
+		c.path = t->path;
+		r = apply_data(t->fd, rec, t->blockdev, t->dev_size, &c, err, errlen);
+		if (r < 0)
+			return r;
+		t->dirty = true;
+		a->pending = true;
+		if (rec->type == SEG_WRITE)
+			a->stats.bytes_written += rec->length;
+		else if (rec->type == SEG_ZERO)
+			a->stats.bytes_zeroed += rec->length;
+		return 0;
+	case SEG_FLUSH:
+		return barrier(a, rec->lsn, rec->time_ns, err, errlen);
+	case SEG_MARK:
+		return 0;
+	case SEG_CREATE:
+	case SEG_UNLINK:
+	case SEG_RENAME:
+	case SEG_MKDIR:
+	case SEG_RMDIR:
+		break;
+	default:
+		return fail(err, errlen, -EINVAL, "unknown record type %u", rec->type);
+	}
+	if (a->pending) {
+		r = barrier(a, rec->lsn - 1, a->prev_time, err, errlen);
+		if (r < 0)
+			return r;
+	}
+	switch (rec->type) {
+	case SEG_CREATE:
+		r = ns_create(a, rec, err, errlen);
+		break;
+	case SEG_UNLINK:
+		r = ns_unlink(a, rec, err, errlen);
+		break;
+	case SEG_RENAME:
+		r = ns_rename(a, rec, err, errlen);
+		break;
+	case SEG_MKDIR:
+		r = ns_mkdir(a, rec, err, errlen);
+		break;
+	default:
+		r = ns_rmdir(a, rec, err, errlen);
+		break;
+	}
+	if (r < 0)
+		return r;
+	return barrier(a, rec->lsn, rec->time_ns, err, errlen);
+}
+
+int applier_apply(struct applier *a, struct seg_view *v, uint64_t after_lsn, char *err,
+		  size_t errlen)
+{
+	const struct seg_header *h = seg_view_header(v);
+	const struct seg_trailer *tr = seg_view_trailer(v);
+	uint64_t last = seg_view_last_lsn(v);
+	struct seg_record rec;
+	char scratch[256];
+	int r;
+
+	if (!err || !errlen) {
+		err = scratch;
+		errlen = sizeof scratch;
+	}
+	err[0] = '\0';
+	if (!tr)
+		return fail(err, errlen, -EINVAL, "segment %" PRIu64 " is not sealed", h->number);
+	a->segment = h->number;
+	a->pending = false;
+	a->reported = false;
+	a->prev_time = tr->sealed_ns; /* for an empty segment */
+	seg_view_rewind(v);
+	/* Records up to after_lsn are iterated too: the view follows their
+	 * renames, so that later records resolve to the right names. */
+	while (seg_view_next(v, &rec) == 1) {
+		if (rec.lsn > after_lsn) {
+			r = apply_one(a, v, &rec, err, errlen);
+			if (r < 0) {
+				size_t n = strlen(err);
+
+				/* Where, for the operator: the record and how
+				 * far the targets are durable. */
+				snprintf(err + n, errlen - n,
+					 " [%s record, LSN %" PRIu64 " of segment %" PRIu64 "]",
+					 seg_type_name(rec.type), rec.lsn, h->number);
+				return r;
+			}
+			a->stats.records++;
+		}
+		a->prev_time = rec.time_ns;
+	}
+	if (last >= after_lsn && !(a->reported && a->reported_lsn == last)) {
+		r = barrier(a, last, a->prev_time, err, errlen);
+		if (r < 0)
+			return r;
+	}
+	a->stats.segments++;
+	return 0;
+}
+
+/* ---- life cycle ---- */
+
+int applier_new(const char *target_dir, struct applier **out)
+{
+	struct applier *a = calloc(1, sizeof *a);
+	struct stat st;
+	int r;
+
+	if (!a) {
+		log_error("out of memory");
+		return -ENOMEM;
+	}
+	for (int i = 0; i < CACHE_MAX; i++)
+		a->cache[i].fd = -1;
+	a->dir = strdup(target_dir);
+	/* O_RDONLY, not O_PATH: the directory itself is fsynced. */
+	a->dirfd = open(target_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (a->dirfd < 0) {
+		r = -errno;
+		if (r == -ENOTDIR || (stat(target_dir, &st) == 0 && !S_ISDIR(st.st_mode)))
+			log_error("target directory %s is not a directory", target_dir);
+		else
+			log_error("target directory %s: %s", target_dir, strerror(-r));
+		free(a->dir);
+		free(a);
+		return r;
+	}
+	if (!a->dir) {
+		applier_free(a);
+		log_error("out of memory");
+		return -ENOMEM;
+	}
+	/* Refuse early on a kernel without openat2 (Linux < 5.6): there is
+	 * no safe fallback for confining paths. */
+	r = open_beneath(a->dirfd, ".", O_RDONLY | O_DIRECTORY, 0);
+	if (r < 0) {
+		log_error("target directory %s: openat2: %s%s", target_dir, strerror(-r),
+			  r == -ENOSYS ? " (Linux 5.6 or later is needed)" : "");
+		applier_free(a);
+		return r;
+	}
+	close(r);
+	*out = a;
+	return 0;
+}
+
+int applier_map(struct applier *a, const char *image, const char *path)
+{
+	struct mapping *nm;
+	struct stat st;
+	char *img, *p;
+
+	if (!seg_name_valid(image, strlen(image))) {
+		log_error("--map %s=%s: \"%s\" is not a valid image name (a relative path without \".\" or \"..\" components)",
+			  image, path, image);
+		return -EINVAL;
+	}
+	if (find_map(a, image)) {
+		log_error("--map %s=%s: image %s is mapped twice", image, path, image);
+		return -EEXIST;
+	}
+	if (stat(path, &st) == 0) {
+		if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+			log_error("--map %s=%s: %s is neither a regular file nor a block device",
+				  image, path, path);
+			return -EINVAL;
+		}
+	} else if (errno == ENOENT) {
+		char *dir = strdup(path);
+		char *slash;
+		int r = 0;
+
+		if (!dir)
+			return -ENOMEM;
+		slash = strrchr(dir, '/');
+		if (slash)
+			*(slash == dir ? slash + 1 : slash) = '\0';
+		if (stat(slash ? dir : ".", &st) < 0 || !S_ISDIR(st.st_mode)) {
+			log_error("--map %s=%s: the directory %s does not exist", image, path,
+				  slash ? dir : ".");
+			r = -ENOENT;
+		}
+		free(dir);
+		if (r < 0)
+			return r;
+	} else {
+		log_error("--map %s=%s: %s: %m", image, path, path);
+		return -errno;
+	}
+	nm = realloc(a->maps, (a->nmaps + 1) * sizeof *nm);
+	if (!nm)
+		return -ENOMEM;
+	a->maps = nm;
+	img = strdup(image);
+	p = strdup(path);
+	if (!img || !p) {
+		free(img);
+		free(p);
+		return -ENOMEM;
+	}
+	a->maps[a->nmaps].image = img;
+	a->maps[a->nmaps].path = p;
+	a->nmaps++;
+	return 0;
+}
+
+void applier_set_durable_cb(struct applier *a, apply_durable_fn fn, void *ctx)
+{
+	a->durable = fn;
+	a->durable_ctx = ctx;
+}
+
+void applier_stats(const struct applier *a, struct apply_stats *st)
+{
+	*st = a->stats;
+}
+
+void applier_free(struct applier *a)
+{
+	char err[256];
+
+	if (!a)
+		return;
+	for (int i = 0; i < CACHE_MAX; i++)
+		if (target_close(&a->cache[i], err, sizeof err) < 0)
+			log_error("%s", err);
+	if (a->dirfd >= 0)
+		close(a->dirfd);
+	for (size_t i = 0; i < a->nmaps; i++) {
+		free(a->maps[i].image);
+		free(a->maps[i].path);
+	}
+	free(a->maps);
+	free(a->dir);
+	free(a);
+}

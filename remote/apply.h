@@ -1,0 +1,109 @@
+/*
+ * apply.h — the applier: re-drives the records of validated segments onto
+ * the targets of a remote site, in LSN order, and tells its caller when the
+ * targets are durable up to which LSN.
+ *
+ * A target is the file target_dir/NAME for image NAME (NAME may contain
+ * directories, created on demand), or the path an operator mapped with
+ * --map IMAGE=PATH: a regular file or a block device anywhere.  Every path
+ * inside target_dir is resolved with openat2(RESOLVE_BENEATH |
+ * RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS), and every mkdir, rename and
+ * unlink works on a parent directory opened that way, so neither a hostile
+ * segment nor a symlink planted in target_dir can reach outside it.
+ *
+ * Durability (invariant 4): at each FLUSH record, around each namespace
+ * record (CREATE, UNLINK, RENAME, MKDIR, RMDIR) and at the end of a segment
+ * the applier fsyncs every target touched since the last barrier (and the
+ * directories whose entries changed), then calls the durable callback with
+ * the LSN reached.  A caller that records that LSN after the callback and
+ * resumes from it after a crash gets the same targets as an uninterrupted
+ * run (invariant 3): data records are re-applied in order, which converges,
+ * and each namespace record is durable on its own, so only the last one can
+ * run twice, and every namespace record tolerates being run twice.
+ *
+ * Thread safety: a struct applier belongs to one thread at a time.
+ * apply_record_data is a pure function of its arguments and the fd.
+ */
+#ifndef AIM_APPLY_H
+#define AIM_APPLY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "segment.h"
+
+struct applier;
+
+/* Where the targets are durable: every record up to lsn of segment
+ * number segment; time_ns is the source time of the record at lsn. */
+struct apply_progress {
+	uint64_t segment;
+	uint64_t lsn;
+	uint64_t time_ns;
+};
+
+/* Called once the targets are durable up to p->lsn.  A negative return
+ * (-errno) stops the apply, which returns it. */
+typedef int (*apply_durable_fn)(void *ctx, const struct apply_progress *p);
+
+/* What an applier did since applier_new (for summaries and status). */
+struct apply_stats {
+	uint64_t segments;      /* segments applied to their end */
+	uint64_t records;       /* records applied (lsn > after_lsn) */
+	uint64_t bytes_written; /* WRITE payload bytes */
+	uint64_t bytes_zeroed;  /* ZERO lengths */
+	uint64_t barriers;      /* durable callbacks made */
+	uint64_t last_lsn;      /* last LSN made durable, 0 if none */
+};
+
+/*
+ * Opens target_dir (which must exist and be a directory) for an applier.
+ * Returns 0 and *out (free with applier_free), or -errno after logging why
+ * the directory is unusable.
+ */
+int applier_new(const char *target_dir, struct applier **out);
+
+/*
+ * Maps image name image (a valid relative image path) to path, a regular
+ * file or a block device, which may lie outside target_dir; a missing path
+ * is created as a regular file when first needed, if its directory exists.
+ * The operator chose path, so symlinks in it are followed.  Returns 0, or
+ * -EINVAL (bad image name, path neither a file nor a block device), -EEXIST
+ * (image mapped twice) or -ENOENT (directory of path missing), after logging.
+ */
+int applier_map(struct applier *a, const char *image, const char *path);
+
+/* Sets the callback told of durable progress (NULL for none). */
+void applier_set_durable_cb(struct applier *a, apply_durable_fn fn, void *ctx);
+
+/*
+ * Applies the records with lsn > after_lsn of the validated sealed view v,
+ * in order (it rewinds v first and iterates it to the end).  Returns 0, or
+ * -errno with a reason a person can act on in err (errlen bytes, always
+ * NUL-terminated), e.g. -ENOSPC for a record beyond the end of a block
+ * device.  After an error the targets are durable up to the last LSN
+ * reported to the callback, and applying again from there is correct.
+ * Nothing is logged: the caller logs err once.
+ */
+int applier_apply(struct applier *a, struct seg_view *v, uint64_t after_lsn, char *err,
+		  size_t errlen);
+
+/* Counters since applier_new; *st is a copy. */
+void applier_stats(const struct applier *a, struct apply_stats *st);
+
+/* Closes every target (fsyncing those still dirty) and frees a.  NULL is
+ * fine. */
+void applier_free(struct applier *a);
+
+/*
+ * Applies one data record (WRITE, ZERO, TRUNCATE or ALLOC) to the open fd.
+ * block_device says fd is a block device of device_size bytes: it is never
+ * resized, and a record reaching past its end fails with -ENOSPC.  Returns
+ * 0, -EINVAL for another record type, or -errno with a reason in err.
+ * Does not fsync.  Used by the applier and by aimfs's crash recovery.
+ */
+int apply_record_data(int fd, const struct seg_record *r, bool block_device,
+		      uint64_t device_size, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,555 @@
+/*
+ * aimctl.c — the operator's command-line tool.  One program, one table of
+ * subcommands: `dump` lists a segment's header and records through the
+ * shared decoder, `replay` applies segments offline with the very applier
+ * aim-remote uses (remote/apply.h), after validating all of them as a set.
+ * `status`, `ship` and `verify` will join the table.
+ *
+ * Exit status: 0 success, 1 failure (the reason is on stderr), 2 usage.
+ */
+#include "apply.h"
+#include "log.h"
+#include "parse.h"
+#include "segment.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#define EXIT_USAGE 2
+
+struct command {
+	const char *name;
+	int (*fn)(int argc, char **argv);
+	const char *args;
+	const char *help;
+};
+
+static int cmd_dump(int argc, char **argv);
+static int cmd_replay(int argc, char **argv);
+static int cmd_help(int argc, char **argv);
+
+static const struct command commands[] = {
+	{ "dump", cmd_dump, "[--records=yes|no] SEGMENT",
+	  "list a segment's header and records" },
+	{ "replay", cmd_replay,
+	  "--target-dir DIR [--map IMAGE=PATH]... [-v] SEGMENT... | JOURNAL_DIR",
+	  "validate segments, then apply them in order onto DIR (as aim-remote does)" },
+	{ "help", cmd_help, "", "show this help" },
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: %s COMMAND [ARGS...]\n\ncommands:\n", log_progname());
+	for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+		fprintf(f, "  %s %s\n      %s\n", commands[i].name, commands[i].args,
+			commands[i].help);
+}
+
+/* Reports a usage error and returns the usage exit status. */
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static int usage_error(const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	log_error("%s", msg);
+	usage(stderr);
+	return EXIT_USAGE;
+}
+
+static int cmd_help(int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+	usage(stdout);
+	return 0;
+}
+
+/* Reports why a segment was refused; the byte offset only for format
+ * problems, where it locates the damage. */
+static void report_seg_err(const char *path, int r, const struct seg_err *e)
+{
+	if (r == -EBADMSG)
+		log_error("%s: %s (at byte %" PRIu64 ")", path, e->msg, e->offset);
+	else if (e->msg[0])
+		log_error("%s: %s", path, e->msg);
+	else
+		log_error("%s: %s", path, strerror(-r));
+}
+
+/* ---- dump ---- */
+
+/* ISO-8601 UTC with nanoseconds, or "-" for an unset time. */
+static const char *format_time(uint64_t ns, char *buf, size_t len)
+{
+	time_t sec = (time_t)(ns / 1000000000u);
+	struct tm tm;
+	size_t n;
+
+	if (ns == 0 || !gmtime_r(&sec, &tm)) {
+		snprintf(buf, len, "-");
+		return buf;
+	}
+	n = strftime(buf, len, "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(buf + n, len - n, ".%09" PRIu64 "Z", (uint64_t)(ns % 1000000000u));
+	return buf;
+}
+
+static const char *format_flags(uint8_t flags, char *buf, size_t len)
+{
+	static const struct { uint8_t bit; const char *word; } words[] = {
+		{ SEG_F_PUNCH, "punch" }, { SEG_F_KEEP_SIZE, "keep-size" },
+		{ SEG_F_DIR, "dir" }, { SEG_F_REPLACE, "replace" },
+	};
+	size_t n = 0;
+
+	buf[0] = '\0';
+	for (size_t i = 0; i < sizeof words / sizeof words[0]; i++) {
+		if (!(flags & words[i].bit))
+			continue;
+		n += (size_t)snprintf(buf + n, len - n, "%s%s", n ? "," : "", words[i].word);
+		flags &= (uint8_t)~words[i].bit;
+	}
+	if (flags)
+		snprintf(buf + n, len - n, "%s0x%02x", n ? "," : "", flags);
+	if (!buf[0])
+		snprintf(buf, len, "-");
+	return buf;
+}
+
+static void dump_record(struct seg_view *v, const struct seg_record *r)
+{
+	char name[SEG_NAME_MAX + 1], other[SEG_NAME_MAX + 1];
+	char tbuf[64], fbuf[64], obuf[24], lbuf[24];
+	const char *img;
+	bool data = r->type == SEG_WRITE || r->type == SEG_ZERO || r->type == SEG_ALLOC;
+
+	if (data || r->type == SEG_TRUNCATE)
+		snprintf(obuf, sizeof obuf, "%" PRIu64, r->offset);
+	else
+		snprintf(obuf, sizeof obuf, "-");
+	if (data)
+		snprintf(lbuf, sizeof lbuf, "%" PRIu64, r->length);
+	else
+		snprintf(lbuf, sizeof lbuf, "-");
+	printf("%10" PRIu64 "  %-8s %14s %12s  %-14s %-30s  ", r->lsn, seg_type_name(r->type), obuf,
+	       lbuf, format_flags(r->flags, fbuf, sizeof fbuf),
+	       format_time(r->time_ns, tbuf, sizeof tbuf));
+	/* The image as the record sees it; UNLINK has unbound it already, and
+	 * RENAME shows both names. */
+	img = r->image ? seg_view_image_name(v, r->image) : NULL;
+	switch (r->type) {
+	case SEG_UNLINK:
+		seg_record_name(r, name);
+		printf("%" PRIu32 " %s\n", r->image, name);
+		break;
+	case SEG_RENAME:
+		seg_rename_names(r, name, other);
+		if (r->image)
+			printf("%" PRIu32 " %s -> %s\n", r->image, name, other);
+		else
+			printf("- %s/ -> %s/\n", name, other);
+		break;
+	case SEG_CREATE:
+		printf("%" PRIu32 " %s  mode %04" PRIo32 "\n", r->image, img ? img : "?",
+		       r->aux & 07777);
+		break;
+	case SEG_MKDIR:
+		seg_record_name(r, name);
+		printf("- %s/  mode %04" PRIo32 "\n", name, r->aux & 07777);
+		break;
+	case SEG_RMDIR:
+		seg_record_name(r, name);
+		printf("- %s/\n", name);
+		break;
+	case SEG_MARK:
+		printf("- \"%.*s\"\n", (int)r->payload_len, (const char *)r->payload);
+		break;
+	case SEG_FLUSH:
+		if (!r->image) {
+			printf("- (all images)\n");
+			break;
+		}
+		/* fall through */
+	default:
+		printf("%" PRIu32 " %s\n", r->image, img ? img : "?");
+		break;
+	}
+}
+
+static int cmd_dump(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "records", required_argument, NULL, 'r' },
+		{ "no-records", no_argument, NULL, 'n' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const struct seg_header *h;
+	const struct seg_trailer *t;
+	struct seg_view *v;
+	struct seg_record rec;
+	struct seg_err e;
+	bool records = true;
+	char uuid[37], tbuf[64], sbuf[32];
+	const char *path;
+	int c, r;
+
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'r':
+			if (strcmp(optarg, "yes") == 0)
+				records = true;
+			else if (strcmp(optarg, "no") == 0)
+				records = false;
+			else
+				return usage_error("dump: --records takes yes or no, not \"%s\"", optarg);
+			break;
+		case 'n':
+			records = false;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		case ':':
+			return usage_error("dump: %s needs an argument", argv[optind - 1]);
+		default:
+			return usage_error("dump: unknown option %s", argv[optind - 1]);
+		}
+	}
+	if (argc - optind != 1)
+		return usage_error("dump: expected one SEGMENT file, got %d arguments", argc - optind);
+	path = argv[optind];
+	r = seg_view_open(path, &v, &e);
+	if (r < 0) {
+		report_seg_err(path, r, &e);
+		return 1;
+	}
+	h = seg_view_header(v);
+	t = seg_view_trailer(v);
+	seg_uuid_format(h->group, uuid);
+	printf("segment  %s\n", path);
+	printf("group    %s\n", uuid);
+	printf("number   %" PRIu64 "\n", h->number);
+	if (seg_view_count(v))
+		printf("lsn      %" PRIu64 "..%" PRIu64 " (%" PRIu64 " records)\n", h->first_lsn,
+		       seg_view_last_lsn(v), seg_view_count(v));
+	else
+		printf("lsn      none (empty; next LSN %" PRIu64 ")\n", h->first_lsn);
+	printf("created  %s\n", format_time(h->created_ns, tbuf, sizeof tbuf));
+	printf("sealed   %s\n", format_time(t->sealed_ns, tbuf, sizeof tbuf));
+	printf("backing  LSN %" PRIu64 "\n", t->backing_lsn);
+	printf("digest   %016" PRIx64 "\n", seg_view_digest(v));
+	printf("size     %zu bytes (%s)\n", seg_view_size(v),
+	       format_size(seg_view_size(v), sbuf, sizeof sbuf));
+	printf("images   %" PRIu32 "\n", h->image_count);
+	for (uint32_t i = 0; i < h->image_count; i++)
+		printf("  %10" PRIu32 "  %.*s\n", h->images[i].id, (int)h->images[i].name_len,
+		       h->images[i].name);
+	if (records) {
+		printf("\n%10s  %-8s %14s %12s  %-14s %-30s  %s\n", "LSN", "TYPE", "OFFSET", "LENGTH",
+		       "FLAGS", "TIME", "IMAGE");
+		seg_view_rewind(v);
+		while (seg_view_next(v, &rec) == 1)
+			dump_record(v, &rec);
+	}
+	seg_view_free(v);
+	if (fflush(stdout) != 0 || ferror(stdout)) {
+		log_error("writing the listing: %m");
+		return 1;
+	}
+	return 0;
+}
+
+/* ---- replay ---- */
+
+struct seg_file {
+	char *path;
+	struct seg_view *view;
+};
+
+static int by_number(const void *x, const void *y)
+{
+	const struct seg_file *a = x, *b = y;
+	uint64_t na = seg_view_header(a->view)->number, nb = seg_view_header(b->view)->number;
+
+	return na < nb ? -1 : na > nb;
+}
+
+static int add_file(struct seg_file **files, size_t *n, char *path)
+{
+	struct seg_file *nf = realloc(*files, (*n + 1) * sizeof *nf);
+
+	if (!nf) {
+		free(path);
+		return -ENOMEM;
+	}
+	*files = nf;
+	nf[*n].path = path;
+	nf[*n].view = NULL;
+	(*n)++;
+	return 0;
+}
+
+/* Adds the sealed segment files of a journal directory; ".open" files and
+ * anything else are ignored.  The numeric order comes from sorting later. */
+static int add_dir(struct seg_file **files, size_t *n, const char *dir)
+{
+	struct dirent *de;
+	size_t before = *n;
+	DIR *d = opendir(dir);
+
+	if (!d) {
+		log_error("%s: %m", dir);
+		return -errno;
+	}
+	while ((de = readdir(d))) {
+		uint64_t num;
+		char *p;
+
+		if (seg_parse_file_name(de->d_name, &num) < 0)
+			continue;
+		if (asprintf(&p, "%s/%s", dir, de->d_name) < 0 || add_file(files, n, p) < 0) {
+			closedir(d);
+			log_error("out of memory");
+			return -ENOMEM;
+		}
+	}
+	closedir(d);
+	if (*n == before) {
+		log_error("%s: no sealed segments (*%s) in this directory", dir, SEG_FILE_SUFFIX);
+		return -ENOENT;
+	}
+	return 0;
+}
+
+/*
+ * Checks that the validated segments form one run: one group, increasing
+ * numbers, contiguous LSNs.  Logs the first problem.
+ */
+static int check_run(const struct seg_file *f, size_t n)
+{
+	const struct seg_header *h0 = seg_view_header(f[0].view);
+	char u0[37], u1[37];
+
+	for (size_t i = 1; i < n; i++) {
+		const struct seg_header *h = seg_view_header(f[i].view);
+		const struct seg_header *p = seg_view_header(f[i - 1].view);
+		uint64_t prev_last = seg_view_last_lsn(f[i - 1].view);
+
+		if (memcmp(h->group, h0->group, 16) != 0) {
+			seg_uuid_format(h0->group, u0);
+			seg_uuid_format(h->group, u1);
+			log_error("%s belongs to group %s but %s to group %s: replay one group at a time",
+				  f[i].path, u1, f[0].path, u0);
+			return -EINVAL;
+		}
+		if (h->number == p->number) {
+			log_error("segment %" PRIu64 " is given twice: %s and %s", h->number,
+				  f[i - 1].path, f[i].path);
+			return -EINVAL;
+		}
+		if (h->first_lsn != prev_last + 1) {
+			log_error("%s starts at LSN %" PRIu64 " but %s ends at LSN %" PRIu64
+				  " (expected %" PRIu64 "): %s",
+				  f[i].path, h->first_lsn, f[i - 1].path, prev_last, prev_last + 1,
+				  h->first_lsn > prev_last + 1 ? "segments are missing in between"
+							      : "the segments overlap");
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
+static int on_durable(void *ctx, const struct apply_progress *p)
+{
+	char tbuf[64];
+
+	(void)ctx;
+	log_debug("durable: segment %" PRIu64 ", LSN %" PRIu64 " (source time %s)", p->segment,
+		  p->lsn, format_time(p->time_ns, tbuf, sizeof tbuf));
+	return 0;
+}
+
+static int cmd_replay(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "target-dir", required_argument, NULL, 't' },
+		{ "map", required_argument, NULL, 'm' },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *target_dir = NULL;
+	char **maps = NULL;
+	size_t nmaps = 0, nfiles = 0;
+	struct seg_file *files = NULL;
+	struct applier *a = NULL;
+	struct apply_stats st;
+	char sbuf[32], err[1024];
+	int c, r, status = 1;
+
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":t:m:vh", opts, NULL)) != -1) {
+		switch (c) {
+		case 't':
+			if (target_dir) {
+				status = usage_error("replay: --target-dir is given twice");
+				goto out;
+			}
+			target_dir = optarg;
+			break;
+		case 'm': {
+			const char *eq = strchr(optarg, '=');
+			char **nm;
+
+			if (!eq || eq == optarg || !eq[1]) {
+				status = usage_error("replay: --map takes IMAGE=PATH, not \"%s\"", optarg);
+				goto out;
+			}
+			nm = realloc(maps, (nmaps + 1) * sizeof *nm);
+			if (!nm) {
+				log_error("out of memory");
+				goto out;
+			}
+			maps = nm;
+			maps[nmaps++] = optarg;
+			break;
+		}
+		case 'v':
+			log_set_level(LOG_LVL_DEBUG);
+			break;
+		case 'h':
+			usage(stdout);
+			status = 0;
+			goto out;
+		case ':':
+			status = usage_error("replay: %s needs an argument", argv[optind - 1]);
+			goto out;
+		default:
+			status = usage_error("replay: unknown option %s", argv[optind - 1]);
+			goto out;
+		}
+	}
+	if (!target_dir) {
+		status = usage_error("replay: --target-dir DIR is required");
+		goto out;
+	}
+	if (optind == argc) {
+		status = usage_error("replay: give SEGMENT files or a JOURNAL_DIR");
+		goto out;
+	}
+
+	/* 1. Collect and validate every segment before touching anything. */
+	for (int i = optind; i < argc; i++) {
+		struct stat sb;
+		char *p;
+
+		if (stat(argv[i], &sb) < 0) {
+			log_error("%s: %m", argv[i]);
+			goto out;
+		}
+		if (S_ISDIR(sb.st_mode)) {
+			if (add_dir(&files, &nfiles, argv[i]) < 0)
+				goto out;
+			continue;
+		}
+		p = strdup(argv[i]);
+		if (!p || add_file(&files, &nfiles, p) < 0) {
+			log_error("out of memory");
+			goto out;
+		}
+	}
+	for (size_t i = 0; i < nfiles; i++) {
+		struct seg_err e;
+
+		r = seg_view_open(files[i].path, &files[i].view, &e);
+		if (r < 0) {
+			report_seg_err(files[i].path, r, &e);
+			log_error("nothing was applied");
+			goto out;
+		}
+	}
+	qsort(files, nfiles, sizeof *files, by_number);
+	if (check_run(files, nfiles) < 0) {
+		log_error("nothing was applied");
+		goto out;
+	}
+
+	/* 2. The target directory and the mappings must be usable too. */
+	if (applier_new(target_dir, &a) < 0)
+		goto out;
+	for (size_t i = 0; i < nmaps; i++) {
+		char *eq = strchr(maps[i], '=');
+
+		*eq = '\0';
+		r = applier_map(a, maps[i], eq + 1);
+		*eq = '=';
+		if (r < 0)
+			goto out;
+	}
+	applier_set_durable_cb(a, on_durable, NULL);
+
+	/* 3. Apply, in order. */
+	for (size_t i = 0; i < nfiles; i++) {
+		r = applier_apply(a, files[i].view, 0, err, sizeof err);
+		if (r < 0) {
+			applier_stats(a, &st);
+			log_error("%s: %s", files[i].path, err);
+			if (st.last_lsn)
+				log_error("replay stopped; the targets are durable up to LSN %" PRIu64
+					  " (segment %" PRIu64 " and those before it may be replayed again)",
+					  st.last_lsn, seg_view_header(files[i].view)->number);
+			else
+				log_error("replay stopped before any record was durable");
+			goto out;
+		}
+	}
+	applier_stats(a, &st);
+	printf("replayed %zu segment%s (LSN %" PRIu64 "..%" PRIu64 ") into %s: %" PRIu64
+	       " records, %" PRIu64 " bytes written (%s), %" PRIu64 " bytes zeroed\n",
+	       nfiles, nfiles == 1 ? "" : "s", seg_view_header(files[0].view)->first_lsn,
+	       seg_view_last_lsn(files[nfiles - 1].view), target_dir, st.records, st.bytes_written,
+	       format_size(st.bytes_written, sbuf, sizeof sbuf), st.bytes_zeroed);
+	status = 0;
+out:
+	applier_free(a);
+	for (size_t i = 0; i < nfiles; i++) {
+		seg_view_free(files[i].view);
+		free(files[i].path);
+	}
+	free(files);
+	free(maps);
+	return status;
+}
+
+/* ---- main ---- */
+
+int main(int argc, char **argv)
+{
+	const char *name;
+
+	log_init(argv[0]);
+	if (argc < 2)
+		return usage_error("no command given");
+	name = argv[1];
+	if (strcmp(name, "--help") == 0 || strcmp(name, "-h") == 0)
+		return cmd_help(0, NULL);
+	for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+		if (strcmp(commands[i].name, name) == 0)
+			return commands[i].fn(argc - 1, argv + 1);
+	return usage_error("unknown command \"%s\"", name);
+}
