@@ -436,6 +436,21 @@ int catalog_images_each(struct catalog *c,
 	return r;
 }
 
+int catalog_image_add(struct catalog *c, uint32_t id, const char *name)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	if (sqlite3_prepare_v2(c->db, "INSERT OR IGNORE INTO images(id, name, live)"
+				      " VALUES(?, ?, 1)", -1, &st, NULL))
+		return db_fail(c, "image add");
+	sqlite3_bind_int64(st, 1, id);
+	sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+	r = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, "image add");
+	sqlite3_finalize(st);
+	return r;
+}
+
 int catalog_max_image_id(struct catalog *c, uint32_t *id)
 {
 	sqlite3_stmt *st;

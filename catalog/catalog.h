@@ -51,6 +51,9 @@ int catalog_last_segment(struct catalog *c, uint64_t *number, uint64_t *last_lsn
 /* Live images (id -> name) as indexed; fn is called for each. */
 int catalog_images_each(struct catalog *c,
 			int (*fn)(void *ctx, uint32_t id, const char *name), void *ctx);
+/* Records an image that existed before it was journaled (the images found
+ * when a group is created).  No-op if the id is known. */
+int catalog_image_add(struct catalog *c, uint32_t id, const char *name);
 /* Highest image id ever used (0 if none). */
 int catalog_max_image_id(struct catalog *c, uint32_t *id);
 
