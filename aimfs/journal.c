@@ -152,6 +152,7 @@ int journal_ensure_open_locked(struct journal *j)
 		free(s);
 		return set_error_locked(j, r, "writing segment header");
 	}
+	atomic_fetch_add(&j->disk_bytes, hs);
 	s->fd = fd;
 	s->number = h.number;
 	s->first_lsn = h.first_lsn;
@@ -187,6 +188,7 @@ int journal_append_locked(struct journal *j, struct seg_record *r)
 		log_error("journal %s: appending a record: %s", j->dir, strerror(-ret));
 		return ret;
 	}
+	atomic_fetch_add(&j->disk_bytes, SEG_RECORD_HEADER + r->payload_len);
 	s->prev_check = check;
 	s->bytes += SEG_RECORD_HEADER + r->payload_len;
 	s->records++;
@@ -230,6 +232,8 @@ int journal_seal_locked(struct journal *j)
 	r = pwrite_all(s->fd, &(struct iovec){ buf, sizeof buf }, 1, s->bytes);
 	if (r < 0)
 		return set_error_locked(j, r, "sealing a segment");
+	atomic_fetch_add(&j->disk_bytes, sizeof buf);
+	s->backing_lsn = t.backing_lsn;
 	s->bytes += sizeof buf;
 	s->sealed = true;
 	j->open = NULL;
@@ -256,6 +260,38 @@ static int claim_slot_locked(struct journal *j, uint64_t lsn)
 	return -1;
 }
 
+/*
+ * overflow=block: a data write waits while the journal is at its limit, until
+ * the transport prunes acknowledged segments.  Namespace and barrier records
+ * never wait (they are tiny, and some are made under the namespace lock).
+ */
+static void wait_for_space(struct journal *j, uint64_t need)
+{
+	if (!j->cfg.enforce_max ||
+	    atomic_load(&j->disk_bytes) + need <= j->cfg.journal_max)
+		return;
+	pthread_mutex_lock(&j->space_lock);
+	if (atomic_load(&j->disk_bytes) + need > j->cfg.journal_max) {
+		j->writes_waiting++;
+		if (j->waits++ == 0)
+			log_info("journal %s reached journal_max; writes wait for the destinations"
+				 " to catch up", j->dir);
+		while (atomic_load(&j->disk_bytes) + need > j->cfg.journal_max &&
+		       atomic_load(&j->disk_bytes) > 0 && !j->stopping)
+			pthread_cond_wait(&j->space_cond, &j->space_lock);
+		j->writes_waiting--;
+	}
+	pthread_mutex_unlock(&j->space_lock);
+}
+
+void journal_space_freed(struct journal *j, uint64_t bytes)
+{
+	pthread_mutex_lock(&j->space_lock);
+	atomic_fetch_sub(&j->disk_bytes, bytes);
+	pthread_cond_broadcast(&j->space_cond);
+	pthread_mutex_unlock(&j->space_lock);
+}
+
 static int data_record(struct journal *j, struct image *im, struct seg_record *r,
 		       struct journal_ticket *t)
 {
@@ -263,6 +299,7 @@ static int data_record(struct journal *j, struct image *im, struct seg_record *r
 
 	t->lsn = 0;
 	t->slot = -1;
+	wait_for_space(j, SEG_RECORD_HEADER + r->payload_len);
 	r->payload_hash = seg_payload_hash(r->payload, r->payload_len);
 	pthread_mutex_lock(&j->lock);
 	if (!im->live) {
@@ -703,6 +740,33 @@ void journal_stats(struct journal *j, struct journal_stats *s)
 	s->records = j->records;
 	s->bytes = j->bytes;
 	s->images = j->nlive;
+	s->open_oldest_ns = j->open && j->open->records ? j->open->created_ns : 0;
+	s->backing_lsn = j->durable_backing_lsn;
+	pthread_mutex_unlock(&j->lock);
+	s->journal_bytes = atomic_load(&j->disk_bytes);
+	s->journal_max = j->cfg.journal_max;
+	s->enforce_max = j->cfg.enforce_max;
+	pthread_mutex_lock(&j->space_lock);
+	s->writes_waiting = j->writes_waiting;
+	s->waits = j->waits;
+	pthread_mutex_unlock(&j->space_lock);
+}
+
+uint64_t journal_open_oldest_ns(struct journal *j)
+{
+	uint64_t v;
+
+	pthread_mutex_lock(&j->lock);
+	v = j->open && j->open->records ? j->open->created_ns : 0;
+	pthread_mutex_unlock(&j->lock);
+	return v;
+}
+
+void journal_durable_state(struct journal *j, uint64_t *segment, uint64_t *backing_lsn)
+{
+	pthread_mutex_lock(&j->lock);
+	*segment = j->durable_segment;
+	*backing_lsn = j->durable_backing_lsn;
 	pthread_mutex_unlock(&j->lock);
 }
 
@@ -777,6 +841,8 @@ int journal_open(const struct journal_config *cfg, struct journal **out)
 	pthread_mutex_init(&j->lock, NULL);
 	pthread_cond_init(&j->wake, NULL);
 	pthread_cond_init(&j->durable, NULL);
+	pthread_mutex_init(&j->space_lock, NULL);
+	pthread_cond_init(&j->space_cond, NULL);
 	r = registry_init(j);
 	if (r < 0 || !j->dir || !j->backing_dir)
 		goto fail;
@@ -826,16 +892,32 @@ int journal_start(struct journal *j)
 	return sealer_start(j);
 }
 
-void journal_close(struct journal *j)
+void journal_each_image(struct journal *j, void (*fn)(void *ctx, const char *name), void *ctx)
 {
-	if (!j)
-		return;
+	pthread_mutex_lock(&j->lock);
+	for (size_t i = 0; i < j->nlive; i++)
+		fn(ctx, j->live[i]->name);
+	pthread_mutex_unlock(&j->lock);
+}
+
+void journal_stop(struct journal *j)
+{
 	if (j->sealer_started) {
 		pthread_mutex_lock(&j->lock);
 		journal_seal_locked(j);
 		pthread_mutex_unlock(&j->lock);
 		sealer_stop(j);
 	}
+	pthread_mutex_lock(&j->space_lock);
+	pthread_cond_broadcast(&j->space_cond);
+	pthread_mutex_unlock(&j->space_lock);
+}
+
+void journal_close(struct journal *j)
+{
+	if (!j)
+		return;
+	journal_stop(j);
 	if (j->open) {
 		/* never started: recovery left nothing open, but be safe */
 		segfile_put_locked(j, j->open);
@@ -850,6 +932,8 @@ void journal_close(struct journal *j)
 	pthread_mutex_destroy(&j->lock);
 	pthread_cond_destroy(&j->wake);
 	pthread_cond_destroy(&j->durable);
+	pthread_mutex_destroy(&j->space_lock);
+	pthread_cond_destroy(&j->space_cond);
 	free(j->dir);
 	free(j->backing_dir);
 	free(j->hide_name);

@@ -41,6 +41,12 @@ struct journal_config {
 	ino_t hide_parent_ino;
 	uint64_t segment_size;    /* seal when a segment reaches this many bytes */
 	uint64_t segment_age_ns;  /* ... or when its first record is this old */
+	uint64_t journal_max;     /* data writes wait while the journal is this big */
+	bool enforce_max;         /* false: no one prunes, so no limit applies */
+	/* Called by the sealer thread once segment is fsynced and renamed;
+	 * every record up to backing_lsn is on the backing files. */
+	void (*on_durable)(void *ctx, uint64_t segment, uint64_t backing_lsn);
+	void *hook_ctx;
 };
 
 /* A ticket ties journal_write (phase 1) to journal_done (phase 2). */
@@ -60,6 +66,13 @@ struct journal_stats {
 	uint64_t records;         /* records journaled since mount */
 	uint64_t bytes;           /* bytes journaled since mount */
 	uint64_t images;          /* live images */
+	uint64_t journal_bytes;   /* segment files on disk, open one included */
+	uint64_t journal_max;
+	bool enforce_max;
+	unsigned writes_waiting;  /* data writes waiting for journal space */
+	uint64_t waits;           /* writes that ever waited, since mount */
+	uint64_t open_oldest_ns;  /* time of the open segment's first record, 0 if none */
+	uint64_t backing_lsn;     /* watermark of the newest durable segment */
 };
 
 /*
@@ -71,9 +84,14 @@ struct journal_stats {
 int journal_open(const struct journal_config *cfg, struct journal **out);
 /* Starts the sealer thread (sealing by age, fsync + rename + indexing). */
 int journal_start(struct journal *j);
-/* Seals the open segment, waits for the sealer, frees everything.  Safe
- * with NULL. */
+/* Seals the open segment and waits for the sealer to finish every sealed
+ * segment (so on_durable has been told); the journal stays readable. */
+void journal_stop(struct journal *j);
+/* journal_stop, then frees everything.  Safe with NULL. */
 void journal_close(struct journal *j);
+/* Calls fn for every live image (under the journal lock: fn must not call
+ * back into the journal). */
+void journal_each_image(struct journal *j, void (*fn)(void *ctx, const char *name), void *ctx);
 
 /* Registry.  The returned image carries a reference; drop it with
  * journal_image_put.  journal_image_lookup returns NULL for files the
@@ -129,5 +147,11 @@ int journal_rmdir(struct journal *j, const char *name);
 int journal_mark(struct journal *j, const char *label);
 
 void journal_stats(struct journal *j, struct journal_stats *s);
+/* Time of the first record not yet in a sealed segment (0 if none). */
+uint64_t journal_open_oldest_ns(struct journal *j);
+/* The transport pruned a segment of this many bytes: space for writes. */
+void journal_space_freed(struct journal *j, uint64_t bytes);
+/* Last durable segment and its backing watermark, for the transport's start. */
+void journal_durable_state(struct journal *j, uint64_t *segment, uint64_t *backing_lsn);
 
 #endif

@@ -49,6 +49,7 @@ struct segfile {
 	uint64_t records;
 	uint64_t prev_check;     /* check of the last record (or header) */
 	uint64_t digest;         /* trailer check once sealed */
+	uint64_t backing_lsn;    /* the trailer's backing watermark once sealed */
 	unsigned refs;           /* (L) the journal/queue holds one; barriers take more */
 	bool sealed;
 	struct segfile *next;    /* seal queue (L) */
@@ -88,6 +89,15 @@ struct journal {
 	_Atomic uint64_t inflight[INFLIGHT_SLOTS];
 
 	uint64_t records, bytes; /* since mount (L) */
+	uint64_t durable_backing_lsn; /* watermark of durable_segment (L) */
+
+	/* journal space: disk_bytes changes without the journal lock so that
+	 * pruning never takes it; writers wait on space_cond */
+	_Atomic uint64_t disk_bytes;
+	pthread_mutex_t space_lock;
+	pthread_cond_t space_cond;
+	unsigned writes_waiting;     /* (space_lock) */
+	uint64_t waits;              /* (space_lock) */
 
 	pthread_t sealer;
 	bool sealer_started;

@@ -8,6 +8,8 @@
 #include "journal.h"
 #include "log.h"
 #include "options.h"
+#include "status.h"
+#include "transport.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -20,6 +22,64 @@
 #include <unistd.h>
 
 #define MAX_THREADS 16
+#define UNMOUNT_DRAIN_MS 5000
+
+/* Hooks between the journal and the transport, which know nothing of
+ * each other. */
+struct glue {
+	struct journal *journal;
+	struct transport *transport;
+};
+
+static void on_durable(void *ctx, uint64_t segment, uint64_t backing_lsn)
+{
+	struct glue *g = ctx;
+
+	if (g->transport)
+		transport_notify(g->transport, segment, backing_lsn);
+}
+
+static void on_freed(void *ctx, uint64_t bytes)
+{
+	journal_space_freed(((struct glue *)ctx)->journal, bytes);
+}
+
+static uint64_t on_open_oldest(void *ctx)
+{
+	return journal_open_oldest_ns(((struct glue *)ctx)->journal);
+}
+
+struct pattern_check {
+	const char *pattern;
+	struct dest_config one;
+	bool matched;
+};
+
+static void match_image(void *ctx, const char *name)
+{
+	struct pattern_check *pc = ctx;
+
+	if (dest_wants_image(&pc->one, name))
+		pc->matched = true;
+}
+
+/* A pattern that selects no image is probably a typo: say so. */
+static void warn_unmatched_patterns(struct journal *j, const struct aimfs_options *o)
+{
+	for (size_t i = 0; i < o->ndests; i++) {
+		for (size_t k = 0; k < o->dests[i].nimages; k++) {
+			char *pat = o->dests[i].images[k];
+			struct pattern_check pc = { .pattern = pat };
+
+			pc.one.images = &pat;
+			pc.one.nimages = 1;
+			journal_each_image(j, match_image, &pc);
+			if (!pc.matched)
+				log_warn("destination %s: image pattern \"%s\" matches no image yet",
+					 o->dests[i].name, pat);
+		}
+	}
+}
 
 struct paths {
 	char backing[PATH_MAX];
@@ -134,6 +194,11 @@ int main(int argc, char *argv[])
 	struct fs *fs = NULL;
 	struct fuse_session *se = NULL;
 	struct fuse_loop_config *lc = NULL;
+	struct transport *t = NULL;
+	struct transport_config tc = { 0 };
+	struct status *st = NULL;
+	struct status_info si = { 0 };
+	struct glue glue = { 0 };
 	int backing_fd = -1, ret = 1;
 
 	log_init(argv[0]);
@@ -149,11 +214,6 @@ int main(int argc, char *argv[])
 	if (o.show_version) {
 		printf("aimfs %s (libfuse %s)\n", AIMFS_VERSION, fuse_pkgversion());
 		ret = 0;
-		goto out;
-	}
-	if (o.ndests || o.config) {
-		log_error("%s: shipping to destinations is not part of this build yet",
-			  o.config ? "config=" : "dest=");
 		goto out;
 	}
 	if (check_paths(&o, &p) < 0)
@@ -178,8 +238,37 @@ int main(int argc, char *argv[])
 	jc.hide_parent_ino = p.hide_ino;
 	jc.segment_size = o.segment_size;
 	jc.segment_age_ns = o.segment_age_ns;
+	jc.journal_max = o.journal_max;
+	/* Without destinations nothing prunes the journal, so nothing could
+	 * ever make room: the limit only applies when shipping. */
+	jc.enforce_max = o.ndests > 0;
+	jc.on_durable = on_durable;
+	jc.hook_ctx = &glue;
 	if (journal_open(&jc, &j) < 0)
 		goto out;
+	glue.journal = j;
+	if (o.ndests) {
+		struct journal_stats js;
+
+		journal_stats(j, &js);
+		tc.journal_dir = p.journal;
+		memcpy(tc.group, js.group, 16);
+		tc.dests = o.dests;
+		tc.ndests = o.ndests;
+		tc.retain_ns = o.retain_ns;
+		tc.hooks.ctx = &glue;
+		tc.hooks.freed = on_freed;
+		tc.hooks.open_oldest_ns = on_open_oldest;
+		if (transport_new(&tc, &t) < 0) {
+			log_error("cannot set up the destinations");
+			goto out;
+		}
+		glue.transport = t;
+		warn_unmatched_patterns(j, &o);
+	} else {
+		log_info("no destinations: the journal keeps every segment (ship later with"
+			 " aimctl ship)");
+	}
 
 	fc.backing_dir = p.backing;
 	fc.backing_fd = backing_fd;
@@ -213,6 +302,27 @@ int main(int argc, char *argv[])
 		log_error("cannot start the journal's sealer thread");
 		goto out_unmount;
 	}
+	if (t) {
+		uint64_t seg, backing;
+
+		journal_durable_state(j, &seg, &backing);
+		transport_notify(t, seg, backing);
+		if (transport_start(t) < 0) {
+			log_error("cannot start the destination workers");
+			goto out_unmount;
+		}
+	}
+	if (strcmp(o.status, "off") != 0) {
+		si.version = AIMFS_VERSION;
+		si.backing_dir = p.backing;
+		si.mountpoint = p.mount;
+		si.journal_dir = p.journal;
+		si.overflow = o.overflow_block ? "block" : "track";
+		si.journal = j;
+		si.transport = t;
+		if (status_start(o.status, &si, &st) < 0)
+			goto out_unmount;
+	}
 	log_info("serving %s on %s, journal %s", p.backing, p.mount, p.journal);
 	if (fopts.singlethread) {
 		ret = fuse_session_loop(se);
@@ -232,12 +342,20 @@ out_unmount:
 out_signals:
 	fuse_remove_signal_handlers(se);
 out:
+	status_stop(st);
 	if (se)
 		fuse_session_destroy(se);
 	fuse_loop_cfg_destroy(lc);
 	fs_free(fs);
-	/* Seals the open segment and waits for the sealer: after a clean exit
-	 * every record is in a sealed, indexed segment. */
+	/* Seal the open segment and wait for the sealer: after a clean exit
+	 * every record is in a sealed, indexed segment... */
+	if (j)
+		journal_stop(j);
+	/* ... which the destinations get a moment to take before we go. */
+	if (t && transport_drain(t, UNMOUNT_DRAIN_MS) < 0)
+		log_info("unmounted with segments not yet shipped; they go at the next mount"
+			 " or with aimctl ship");
+	transport_free(t);
 	journal_close(j);
 	if (backing_fd >= 0)
 		close(backing_fd);

@@ -6,6 +6,7 @@
 #include "log.h"
 #include "parse.h"
 
+#include <ini.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,7 @@ static const struct fuse_opt aimfs_opts[] = {
 	OPT("segment_age=%s", segment_age_s),
 	OPT("journal_max=%s", journal_max_s),
 	OPT("overflow=%s", overflow_s),
+	OPT("retain=%s", retain_s),
 	FUSE_OPT_KEY("dest=", KEY_DEST),
 	FUSE_OPT_KEY("-h", KEY_HELP),
 	FUSE_OPT_KEY("--help", KEY_HELP),
@@ -45,12 +47,12 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 		o->show_version = 1;
 		return 0;
 	case KEY_DEST:
-		nd = realloc(o->dests, (o->ndests + 1) * sizeof *nd);
+		nd = realloc(o->dest_urls, (o->ndest_urls + 1) * sizeof *nd);
 		if (!nd)
 			return -1;
-		o->dests = nd;
-		o->dests[o->ndests] = strdup(arg + strlen("dest="));
-		return o->dests[o->ndests++] ? 0 : -1;
+		o->dest_urls = nd;
+		o->dest_urls[o->ndest_urls] = strdup(arg + strlen("dest="));
+		return o->dest_urls[o->ndest_urls++] ? 0 : -1;
 	case FUSE_OPT_KEY_NONOPT:
 		if (!o->backing_arg) {
 			o->backing_arg = strdup(arg);
@@ -83,7 +85,8 @@ void options_usage(const char *prog)
 	       "  -o segment_size=SIZE   seal a segment at this size (default 64M)\n"
 	       "  -o segment_age=TIME    ... or this long after its first record (default 2s)\n"
 	       "  -o journal_max=SIZE    journal size limit (default 8G)\n"
-	       "  -o overflow=track|block  what happens at the limit (default track)\n"
+	       "  -o overflow=block      what happens at the limit: writes wait for space\n"
+	       "  -o retain=DURATION     keep acknowledged segments this long (default 0)\n"
 	       "  -f                     stay in the foreground\n"
 	       "  -d                     FUSE debug output (implies -f)\n"
 	       "  -o allow_other, ...    standard FUSE options\n",
@@ -122,13 +125,25 @@ static int check_values(struct aimfs_options *o)
 		}
 		o->journal_max = v;
 	}
+	/* Until resynchronisation exists, a full journal can only make writes
+	 * wait: tracking dirty extents instead needs resync to be safe. */
+	o->overflow_block = true;
 	if (o->overflow_s) {
-		if (strcmp(o->overflow_s, "block") == 0) {
-			o->overflow_block = true;
-		} else if (strcmp(o->overflow_s, "track") != 0) {
+		if (strcmp(o->overflow_s, "track") == 0) {
+			log_error("overflow=track: tracking dirty extents needs resync, which this"
+				  " build does not have yet; use overflow=block");
+			return -1;
+		} else if (strcmp(o->overflow_s, "block") != 0) {
 			log_error("overflow=%s: must be \"track\" or \"block\"", o->overflow_s);
 			return -1;
 		}
+	}
+	if (o->retain_s) {
+		if (parse_duration(o->retain_s, &v) < 0) {
+			log_error("retain=%s: must be a duration (e.g. 0, 30m, 24h)", o->retain_s);
+			return -1;
+		}
+		o->retain_ns = v;
 	}
 	if (o->status && strcmp(o->status, "off") != 0) {
 		char host[256];
@@ -140,6 +155,124 @@ static int check_values(struct aimfs_options *o)
 			return -1;
 		}
 	}
+	return 0;
+}
+
+struct ini_state {
+	struct aimfs_options *o;
+	int errors;
+};
+
+static struct dest_config *find_dest(struct aimfs_options *o, const char *name, bool create)
+{
+	struct dest_config *nd;
+
+	for (size_t i = 0; i < o->ndests; i++)
+		if (strcmp(o->dests[i].name, name) == 0)
+			return &o->dests[i];
+	if (!create)
+		return NULL;
+	nd = realloc(o->dests, (o->ndests + 1) * sizeof *nd);
+	if (!nd)
+		return NULL;
+	o->dests = nd;
+	memset(&nd[o->ndests], 0, sizeof *nd);
+	nd[o->ndests].name = strdup(name);
+	return nd[o->ndests].name ? &nd[o->ndests++] : NULL;
+}
+
+/* [aimfs] keys fill only what the command line left unset. */
+static int set_aimfs_key(struct aimfs_options *o, const char *key, const char *value)
+{
+	static const struct { const char *key; size_t off; } keys[] = {
+		{ "journal", offsetof(struct aimfs_options, journal_arg) },
+		{ "status", offsetof(struct aimfs_options, status) },
+		{ "segment_size", offsetof(struct aimfs_options, segment_size_s) },
+		{ "segment_age", offsetof(struct aimfs_options, segment_age_s) },
+		{ "journal_max", offsetof(struct aimfs_options, journal_max_s) },
+		{ "overflow", offsetof(struct aimfs_options, overflow_s) },
+		{ "retain", offsetof(struct aimfs_options, retain_s) },
+	};
+
+	for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+		char **field = (char **)((char *)o + keys[i].off);
+
+		if (strcmp(key, keys[i].key) != 0)
+			continue;
+		if (!*field)
+			*field = strdup(value);
+		return 0;
+	}
+	if (strcmp(key, "dest") == 0) {
+		char **nd = realloc(o->dest_urls, (o->ndest_urls + 1) * sizeof *nd);
+
+		if (!nd)
+			return -1;
+		o->dest_urls = nd;
+		o->dest_urls[o->ndest_urls] = strdup(value);
+		return o->dest_urls[o->ndest_urls++] ? 0 : -1;
+	}
+	log_error("config %s: [aimfs] has no key \"%s\" (known: journal, status, dest,"
+		  " segment_size, segment_age, journal_max, overflow, retain)", o->config, key);
+	return -1;
+}
+
+static int ini_line(void *user, const char *section, const char *key, const char *value)
+{
+	struct ini_state *st = user;
+	struct aimfs_options *o = st->o;
+	struct dest_config *d;
+
+	if (strcmp(section, "aimfs") == 0) {
+		if (set_aimfs_key(o, key, value) < 0)
+			st->errors++;
+		return 1;
+	}
+	if (strncmp(section, "destination ", 12) == 0 && section[12]) {
+		d = find_dest(o, section + 12, true);
+		if (!d || dest_config_set(d, key, value) < 0)
+			st->errors++;
+		return 1;
+	}
+	log_error("config %s: unknown section [%s] (expected [aimfs] or [destination NAME])",
+		  o->config, section);
+	st->errors++;
+	return 1;
+}
+
+static int load_config(struct aimfs_options *o)
+{
+	struct ini_state st = { .o = o };
+	int r = ini_parse(o->config, ini_line, &st);
+
+	if (r == -1) {
+		log_error("config %s: %m", o->config);
+		return -1;
+	}
+	if (r > 0 && !st.errors) {
+		log_error("config %s: line %d is not \"key = value\" or \"[section]\"",
+			  o->config, r);
+		return -1;
+	}
+	return st.errors ? -1 : 0;
+}
+
+static int gather_dests(struct aimfs_options *o)
+{
+	for (size_t i = 0; i < o->ndest_urls; i++) {
+		struct dest_config *d;
+
+		if (find_dest(o, o->dest_urls[i], false)) {
+			log_error("dest=%s is given twice", o->dest_urls[i]);
+			return -1;
+		}
+		d = find_dest(o, o->dest_urls[i], true);
+		if (!d || dest_config_set(d, "url", o->dest_urls[i]) < 0)
+			return -1;
+	}
+	for (size_t i = 0; i < o->ndests; i++)
+		if (dest_config_check(&o->dests[i]) < 0)
+			return -1;
 	return 0;
 }
 
@@ -155,9 +288,13 @@ int options_parse(struct fuse_args *args, struct aimfs_options *o)
 			  o->backing_arg ? "MOUNTPOINT" : "BACKING_DIR and MOUNTPOINT");
 		return -1;
 	}
+	if (o->config && load_config(o) < 0)
+		return -1;
 	if (!o->status)
 		o->status = strdup(DEFAULT_STATUS);
-	return check_values(o);
+	if (check_values(o) < 0)
+		return -1;
+	return gather_dests(o);
 }
 
 void options_free(struct aimfs_options *o)
@@ -167,9 +304,13 @@ void options_free(struct aimfs_options *o)
 	free(o->journal_arg);
 	free(o->status);
 	free(o->config);
+	for (size_t i = 0; i < o->ndest_urls; i++)
+		free(o->dest_urls[i]);
+	free(o->dest_urls);
 	for (size_t i = 0; i < o->ndests; i++)
-		free(o->dests[i]);
+		dest_config_free(&o->dests[i]);
 	free(o->dests);
+	free(o->retain_s);
 	free(o->segment_size_s);
 	free(o->segment_age_s);
 	free(o->journal_max_s);

@@ -13,6 +13,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "transport.h"
+
 #define DEFAULT_SEGMENT_SIZE (64ULL << 20)
 #define DEFAULT_SEGMENT_AGE_NS 2000000000ULL
 #define DEFAULT_JOURNAL_MAX (8ULL << 30)
@@ -25,19 +27,24 @@ struct aimfs_options {
 	char *journal_arg;    /* NULL: BACKING_DIR/.aimfs */
 	char *status;         /* "off" disables */
 	char *config;
-	char **dests;
+	char **dest_urls;     /* -o dest=URL, in order */
+	size_t ndest_urls;
+	struct dest_config *dests; /* all destinations, checked */
 	size_t ndests;
-	char *segment_size_s, *segment_age_s, *journal_max_s, *overflow_s;
+	char *segment_size_s, *segment_age_s, *journal_max_s, *overflow_s, *retain_s;
 	uint64_t segment_size;
 	uint64_t segment_age_ns;
 	uint64_t journal_max;
+	uint64_t retain_ns;
 	bool overflow_block;
 	int show_help;
 	int show_version;
 };
 
-/* Parses argv into opts, leaving libfuse's options (and the mountpoint) in
- * args.  Returns 0, or -1 after printing why to stderr. */
+/* Parses argv (and the config file it names) into opts, leaving libfuse's
+ * options (and the mountpoint) in args; checks every destination.  The
+ * command line wins over the config file.  Returns 0, or -1 after printing
+ * why to stderr. */
 int options_parse(struct fuse_args *args, struct aimfs_options *opts);
 void options_free(struct aimfs_options *opts);
 void options_usage(const char *prog);

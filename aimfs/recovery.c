@@ -108,8 +108,10 @@ static int list_segments(struct journal *j, struct numlist *sealed, struct numli
 			r = numlist_add(open, n);
 	}
 	closedir(d);
-	qsort(sealed->v, sealed->n, sizeof *sealed->v, cmp_u64);
-	qsort(open->v, open->n, sizeof *open->v, cmp_u64);
+	if (sealed->n > 1)
+		qsort(sealed->v, sealed->n, sizeof *sealed->v, cmp_u64);
+	if (open->n > 1)
+		qsort(open->v, open->n, sizeof *open->v, cmp_u64);
 	return r;
 }
 
@@ -589,6 +591,21 @@ int journal_recover(struct journal *j, struct catalog *cat)
 	}
 	if (r == 0)
 		r = catalog_meta_set(cat, "redo_from", "");
+	/* Everything sealed is on the backing files now. */
+	j->durable_backing_lsn = j->next_lsn - 1;
+	{
+		uint64_t total = 0;
+		struct stat st;
+
+		for (size_t i = 0; i < sealed.n; i++) {
+			char name[SEG_FILE_NAME_LEN + 8];
+
+			seg_file_name(sealed.v[i], SEG_FILE_SUFFIX, name);
+			if (fstatat(j->dirfd, name, &st, 0) == 0)
+				total += (uint64_t)st.st_size;
+		}
+		atomic_fetch_add(&j->disk_bytes, total);
+	}
 out:
 	for (size_t i = 0; i < s.nunknown; i++)
 		free(s.unknown[i].name);

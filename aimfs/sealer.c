@@ -57,7 +57,7 @@ int sealer_index(struct catalog *cat, const char *dir, uint64_t number)
 
 static void finish_one(struct journal *j, struct catalog *cat, struct segfile *s)
 {
-	uint64_t number = s->number;
+	uint64_t number = s->number, backing_lsn = s->backing_lsn;
 	int r = sealer_finish_file(j->dirfd, s->fd, number);
 
 	if (r < 0) {
@@ -74,6 +74,7 @@ static void finish_one(struct journal *j, struct catalog *cat, struct segfile *s
 	}
 	pthread_mutex_lock(&j->lock);
 	j->durable_segment = number;
+	j->durable_backing_lsn = backing_lsn;
 	pthread_cond_broadcast(&j->durable);
 	segfile_put_locked(j, s);
 	pthread_mutex_unlock(&j->lock);
@@ -81,6 +82,8 @@ static void finish_one(struct journal *j, struct catalog *cat, struct segfile *s
 	if (cat && sealer_index(cat, j->dir, number) < 0)
 		log_warn("segment %" PRIu64 " is not indexed yet; the next mount will index it",
 			 number);
+	if (j->cfg.on_durable)
+		j->cfg.on_durable(j->cfg.hook_ctx, number, backing_lsn);
 }
 
 static void *sealer_main(void *arg)

@@ -62,10 +62,12 @@ static const char schema[] =
 	"  acked_segment INTEGER NOT NULL DEFAULT 0,"
 	"  acked_lsn INTEGER NOT NULL DEFAULT 0,"
 	"  acked_ns INTEGER NOT NULL DEFAULT 0,"
+	"  dest_lsn INTEGER NOT NULL DEFAULT 0,"  /* last LSN in its own sequence */
 	"  last_error TEXT);"
 	"CREATE TABLE IF NOT EXISTS shipments("
 	"  destination TEXT NOT NULL, segment INTEGER NOT NULL,"
 	"  bytes INTEGER NOT NULL, acked_ns INTEGER NOT NULL,"
+	"  dest_first_lsn INTEGER NOT NULL, dest_last_lsn INTEGER NOT NULL,"
 	"  PRIMARY KEY(destination, segment));"
 	"CREATE TABLE IF NOT EXISTS dirty_extents("
 	"  destination TEXT NOT NULL, image INTEGER NOT NULL,"
@@ -480,4 +482,131 @@ int catalog_segment_set_state(struct catalog *c, uint64_t n, const char *state)
 	r = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, "segment state");
 	sqlite3_finalize(st);
 	return r;
+}
+
+/* ---- destinations ---- */
+
+int catalog_dest_register(struct catalog *c, const char *name, const char *url)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	if (sqlite3_prepare_v2(c->db, "INSERT INTO destinations(name, url) VALUES(?1, ?2)"
+				      " ON CONFLICT(name) DO UPDATE SET url = ?2", -1, &st, NULL))
+		return db_fail(c, "destination register");
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, url, -1, SQLITE_STATIC);
+	r = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, "destination register");
+	sqlite3_finalize(st);
+	return r;
+}
+
+int catalog_dest_load(struct catalog *c, const char *name, struct catalog_dest *d)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	memset(d, 0, sizeof *d);
+	if (sqlite3_prepare_v2(c->db, "SELECT acked_segment, acked_lsn, acked_ns, dest_lsn"
+				      " FROM destinations WHERE name = ?", -1, &st, NULL))
+		return db_fail(c, "destination load");
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	r = sqlite3_step(st);
+	if (r == SQLITE_ROW) {
+		d->acked_segment = (uint64_t)sqlite3_column_int64(st, 0);
+		d->acked_lsn = (uint64_t)sqlite3_column_int64(st, 1);
+		d->acked_ns = (uint64_t)sqlite3_column_int64(st, 2);
+		d->dest_lsn = (uint64_t)sqlite3_column_int64(st, 3);
+		r = 0;
+	} else {
+		r = r == SQLITE_DONE ? -ENOENT : db_fail(c, "destination load");
+	}
+	sqlite3_finalize(st);
+	return r;
+}
+
+int catalog_dest_ack(struct catalog *c, const char *name, uint64_t segment, uint64_t src_last_lsn,
+		     uint64_t dest_first_lsn, uint64_t dest_last_lsn, uint64_t bytes, uint64_t now_ns)
+{
+	sqlite3_stmt *st = NULL;
+	int r;
+
+	r = catalog_begin(c);
+	if (r < 0)
+		return r;
+	if (sqlite3_prepare_v2(c->db, "UPDATE destinations SET acked_segment = ?2, acked_lsn = ?3,"
+				      " acked_ns = ?4, dest_lsn = ?5, last_error = NULL WHERE name = ?1",
+				      -1, &st, NULL)) {
+		r = db_fail(c, "destination ack");
+		goto out;
+	}
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)segment);
+	sqlite3_bind_int64(st, 3, (sqlite3_int64)src_last_lsn);
+	sqlite3_bind_int64(st, 4, (sqlite3_int64)now_ns);
+	sqlite3_bind_int64(st, 5, (sqlite3_int64)dest_last_lsn);
+	r = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, "destination ack");
+	sqlite3_finalize(st);
+	st = NULL;
+	if (r)
+		goto out;
+	if (sqlite3_prepare_v2(c->db, "INSERT OR REPLACE INTO shipments(destination, segment, bytes,"
+				      " acked_ns, dest_first_lsn, dest_last_lsn) VALUES(?,?,?,?,?,?)",
+				      -1, &st, NULL)) {
+		r = db_fail(c, "shipment");
+		goto out;
+	}
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)segment);
+	sqlite3_bind_int64(st, 3, (sqlite3_int64)bytes);
+	sqlite3_bind_int64(st, 4, (sqlite3_int64)now_ns);
+	sqlite3_bind_int64(st, 5, (sqlite3_int64)dest_first_lsn);
+	sqlite3_bind_int64(st, 6, (sqlite3_int64)dest_last_lsn);
+	r = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, "shipment");
+out:
+	sqlite3_finalize(st);
+	if (r) {
+		catalog_rollback(c);
+		return r;
+	}
+	return catalog_commit(c);
+}
+
+int catalog_dest_error(struct catalog *c, const char *name, const char *error)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	if (sqlite3_prepare_v2(c->db, "UPDATE destinations SET last_error = ? WHERE name = ?",
+			       -1, &st, NULL))
+		return db_fail(c, "destination error");
+	sqlite3_bind_text(st, 1, error, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+	r = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, "destination error");
+	sqlite3_finalize(st);
+	return r;
+}
+
+int catalog_segment_pruned(struct catalog *c, uint64_t n)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	r = catalog_begin(c);
+	if (r < 0)
+		return r;
+	if (sqlite3_prepare_v2(c->db, "DELETE FROM writes WHERE segment = ?", -1, &st, NULL)) {
+		catalog_rollback(c);
+		return db_fail(c, "prune");
+	}
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)n);
+	r = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, "prune");
+	sqlite3_finalize(st);
+	if (r == 0)
+		r = catalog_segment_set_state(c, n, "pruned");
+	if (r) {
+		catalog_rollback(c);
+		return r;
+	}
+	return catalog_commit(c);
 }

@@ -60,4 +60,25 @@ int catalog_max_image_id(struct catalog *c, uint32_t *id);
 /* Marks a segment's state ("sealed", "pruned", ...). */
 int catalog_segment_set_state(struct catalog *c, uint64_t n, const char *state);
 
+/* ---- destinations (the transport) ---- */
+
+struct catalog_dest {
+	uint64_t acked_segment; /* last segment the destination acknowledged */
+	uint64_t acked_lsn;     /* source LSN that segment ends at */
+	uint64_t acked_ns;
+	uint64_t dest_lsn;      /* last LSN of the destination's own sequence */
+};
+
+/* Adds the destination if new (nothing acknowledged), updating its URL. */
+int catalog_dest_register(struct catalog *c, const char *name, const char *url);
+/* -ENOENT if unknown. */
+int catalog_dest_load(struct catalog *c, const char *name, struct catalog_dest *d);
+/* Records that name acknowledged segment (one transaction). */
+int catalog_dest_ack(struct catalog *c, const char *name, uint64_t segment, uint64_t src_last_lsn,
+		     uint64_t dest_first_lsn, uint64_t dest_last_lsn, uint64_t bytes,
+		     uint64_t now_ns);
+int catalog_dest_error(struct catalog *c, const char *name, const char *error);
+/* Segment n's file was deleted: drop its per-write rows, mark it pruned. */
+int catalog_segment_pruned(struct catalog *c, uint64_t n);
+
 #endif

@@ -27,7 +27,7 @@ struct names {
 	size_t count, cap;
 	uint32_t *by_id, *by_name; /* slots: 0 empty, TOMB deleted, else index + 1 */
 	size_t slots;              /* power of two */
-	size_t used;               /* live + tombstones, for resizing */
+	size_t used;               /* binds that took a fresh slot since the rebuild */
 };
 
 static size_t hash_id(uint32_t id)
@@ -117,17 +117,25 @@ static size_t slot_of_name(const struct names *n, const char *name, size_t len, 
 	}
 }
 
+/*
+ * The two indexes fill at different rates (a renamed entry reuses its
+ * id's tombstone but its new name takes a fresh slot), so used counts a
+ * bind that took a fresh slot in either: it bounds both loads, and a probe
+ * always finds an empty slot.
+ */
 static void index_entry(struct names *n, size_t idx)
 {
-	bool found;
+	bool found, fresh;
 	size_t s;
 
 	s = slot_of_id(n, n->ents[idx].id, &found);
-	if (n->by_id[s] == 0)
-		n->used++;
+	fresh = n->by_id[s] == 0;
 	n->by_id[s] = (uint32_t)idx + 1;
 	s = slot_of_name(n, n->ents[idx].name, n->ents[idx].len, &found);
+	fresh |= n->by_name[s] == 0;
 	n->by_name[s] = (uint32_t)idx + 1;
+	if (fresh)
+		n->used++;
 }
 
 /* Keeps the load (live + tombstones) under half; rebuilds without tombstones. */
@@ -276,7 +284,7 @@ long names_rename_dir(struct names *n, const char *old_dir, size_t old_len,
 	size_t k = 0;
 	long done = 0;
 
-	if (n->count == 0)
+	if (n->count == 0 || (old_len == new_len && memcmp(old_dir, new_dir, old_len) == 0))
 		return 0;
 	ids = malloc(n->count * sizeof *ids);
 	if (!ids)
@@ -284,6 +292,16 @@ long names_rename_dir(struct names *n, const char *old_dir, size_t old_len,
 	for (size_t i = 0; i < n->count; i++) {
 		const struct entry *e = &n->ents[i];
 
+		/*
+		 * The target must hold no image (POSIX renames a directory only
+		 * onto an empty one); this also makes the one-by-one renames
+		 * below collision-free, so their order cannot matter.
+		 */
+		if (e->len >= new_len && memcmp(e->name, new_dir, new_len) == 0 &&
+		    (e->len == new_len || e->name[new_len] == '/')) {
+			free(ids);
+			return -EEXIST;
+		}
 		if (e->len > old_len && e->name[old_len] == '/' &&
 		    memcmp(e->name, old_dir, old_len) == 0)
 			ids[k++] = e->id;

@@ -70,11 +70,13 @@ int seg_parse_file_name(const char *name, uint64_t *n)
 	if (strlen(name) != SEG_FILE_NAME_LEN || strcmp(name + SEG_FILE_DIGITS, SEG_FILE_SUFFIX) != 0)
 		return -EINVAL;
 	for (int i = 0; i < SEG_FILE_DIGITS; i++) {
+		uint64_t d = (uint64_t)(name[i] - '0');
+
 		if (name[i] < '0' || name[i] > '9')
 			return -EINVAL;
-		if (v > (UINT64_MAX - 9) / 10)
+		if (v > (UINT64_MAX - d) / 10)
 			return -EINVAL;
-		v = v * 10 + (uint64_t)(name[i] - '0');
+		v = v * 10 + d;
 	}
 	if (v == 0)
 		return -EINVAL;
@@ -585,6 +587,10 @@ static int walk(struct seg_view *v, bool partial, struct seg_err *err)
 				r = fail(e, pos, "trailer checksum mismatch");
 				break;
 			}
+			if (get64(b + pos + 40) != 0) {
+				r = fail(e, pos, "trailer reserved field is not zero");
+				break;
+			}
 			v->trailer.count = get64(b + pos + 8);
 			v->trailer.last_lsn = get64(b + pos + 16);
 			v->trailer.backing_lsn = get64(b + pos + 24);
@@ -625,6 +631,10 @@ static int walk(struct seg_view *v, bool partial, struct seg_err *err)
 				 count, rec.lsn, lsn);
 			break;
 		}
+		if (lsn > INT64_LIMIT) {
+			r = fail(e, pos, "record %" PRIu64 ": LSN overflow", count);
+			break;
+		}
 		if (rec.payload_len > SEG_PAYLOAD_MAX ||
 		    rec.payload_len > v->len - pos - SEG_RECORD_HEADER) {
 			r = fail(e, pos, "record %" PRIu64 ": payload of %u bytes runs past the end",
@@ -658,10 +668,6 @@ static int walk(struct seg_view *v, bool partial, struct seg_err *err)
 		pos += SEG_RECORD_HEADER + rec.payload_len;
 		lsn++;
 		count++;
-		if (lsn - 1 > INT64_LIMIT) {
-			r = fail(e, pos, "LSN overflow");
-			break;
-		}
 	}
 	v->count = count;
 	v->last_lsn = lsn - 1;
@@ -725,7 +731,8 @@ int seg_view_open(const char *path, struct seg_view **out, struct seg_err *err)
 	void *map;
 	int fd, r;
 
-	fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* O_NONBLOCK: a FIFO planted where a segment should be must not hang us. */
+	fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
 	if (fd < 0) {
 		r = -errno;
 		fail(err, 0, "cannot open: %s", strerror(errno));

@@ -122,13 +122,8 @@ struct applier {
 	uint64_t prev_time; /* time_ns of the record before the current one */
 };
 
-static int failv(char *err, size_t errlen, int rc, const char *fmt, va_list ap)
-{
-	if (err && errlen)
-		vsnprintf(err, errlen, fmt, ap);
-	return rc;
-}
-
+/* Fills err with a reason and returns rc (a -errno), for one-line error
+ * paths. */
 static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 
@@ -136,8 +131,10 @@ static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
 {
 	va_list ap;
 
+	if (!err || !errlen)
+		return rc;
 	va_start(ap, fmt);
-	failv(err, errlen, rc, fmt, ap);
+	vsnprintf(err, errlen, fmt, ap);
 	va_end(ap);
 	return rc;
 }
@@ -277,6 +274,14 @@ static const struct mapping *find_map_under(const struct applier *a, const char 
 
 /* ---- the target cache ---- */
 
+static void slot_clear(struct target *t)
+{
+	free(t->name);
+	free(t->path);
+	memset(t, 0, sizeof *t);
+	t->fd = -1;
+}
+
 /* Closes a cached target; a dirty one is fsynced first so that dropping it
  * never loses a barrier.  Returns 0 or -errno with err set. */
 static int target_close(struct target *t, char *err, size_t errlen)
@@ -291,10 +296,7 @@ static int target_close(struct target *t, char *err, size_t errlen)
 			fail(err, errlen, r, "image %s: fsync %s: %s", t->name, t->path, strerror(-r));
 	}
 	close(t->fd);
-	free(t->name);
-	free(t->path);
-	memset(t, 0, sizeof *t);
-	t->fd = -1;
+	slot_clear(t);
 	return r;
 }
 
@@ -495,17 +497,13 @@ static int target_get(struct applier *a, const char *name, mode_t mode, struct t
 		t->path = NULL;
 	if (!t->name || !t->path) {
 		close(fd);
-		free(t->name);
-		free(t->path);
-		memset(t, 0, sizeof *t);
+		slot_clear(t);
 		return fail(err, errlen, -ENOMEM, "out of memory");
 	}
 	t->mapped = m != NULL;
 	r = target_classify(t, fd, !m, err, errlen);
 	if (r < 0) {
-		free(t->name);
-		free(t->path);
-		memset(t, 0, sizeof *t);
+		slot_clear(t);
 		return r;
 	}
 	t->used = ++a->clock;
@@ -942,15 +940,17 @@ static int ns_mkdir(struct applier *a, const struct seg_record *rec, char *err, 
 	pfd = open_parent(a, name, true, &leaf, err, errlen);
 	if (pfd < 0)
 		return pfd;
-	r = mkdirat(pfd, leaf, mode) < 0 ? -errno : 1;
-	if (r == 1) {
-		/* Exactly the journaled mode, whatever our umask. */
+	r = mkdirat(pfd, leaf, mode) < 0 ? -errno : 0;
+	if (r == 0 || r == -EEXIST) {
+		/* Exactly the journaled mode, whatever our umask, also when a
+		 * resumed apply finds the directory made but not chmodded. */
 		fd = open_beneath(pfd, leaf, O_RDONLY | O_DIRECTORY, 0);
-		r = fd < 0 ? fd : fchmod(fd, mode) < 0 ? -errno : 0;
-		if (fd >= 0)
+		if (fd >= 0) {
+			r = fchmod(fd, mode) < 0 ? -errno : 0;
 			close(fd);
-	} else if (r == -EEXIST) {
-		r = 0;
+		} else {
+			r = fd == -ENOTDIR ? 0 : fd; /* a file in the way: later records will say */
+		}
 	}
 	if (r == 0)
 		r = fsync_fd(pfd);
@@ -1106,6 +1106,7 @@ int applier_apply(struct applier *a, struct seg_view *v, uint64_t after_lsn, cha
 			return r;
 	}
 	a->stats.segments++;
+	err[0] = '\0'; /* a tolerated failure (a resumed RENAME) may have left text */
 	return 0;
 }
 
@@ -1181,8 +1182,10 @@ int applier_map(struct applier *a, const char *image, const char *path)
 		char *slash;
 		int r = 0;
 
-		if (!dir)
+		if (!dir) {
+			log_error("out of memory");
 			return -ENOMEM;
+		}
 		slash = strrchr(dir, '/');
 		if (slash)
 			*(slash == dir ? slash + 1 : slash) = '\0';
@@ -1199,14 +1202,17 @@ int applier_map(struct applier *a, const char *image, const char *path)
 		return -errno;
 	}
 	nm = realloc(a->maps, (a->nmaps + 1) * sizeof *nm);
-	if (!nm)
+	if (!nm) {
+		log_error("out of memory");
 		return -ENOMEM;
+	}
 	a->maps = nm;
 	img = strdup(image);
 	p = strdup(path);
 	if (!img || !p) {
 		free(img);
 		free(p);
+		log_error("out of memory");
 		return -ENOMEM;
 	}
 	a->maps[a->nmaps].image = img;

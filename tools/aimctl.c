@@ -40,8 +40,9 @@ static const struct command commands[] = {
 	{ "dump", cmd_dump, "[--records=yes|no] SEGMENT",
 	  "list a segment's header and records" },
 	{ "replay", cmd_replay,
-	  "--target-dir DIR [--map IMAGE=PATH]... [-v] SEGMENT... | JOURNAL_DIR",
-	  "validate segments, then apply them in order onto DIR (as aim-remote does)" },
+	  "--target-dir DIR [--map IMAGE=PATH]... [--after-lsn N] [-v] SEGMENT... | JOURNAL_DIR",
+	  "validate segments, then apply them in order onto DIR (as aim-remote does);\n"
+	  "      --after-lsn resumes a replay that stopped, -v shows each durable point" },
 	{ "help", cmd_help, "", "show this help" },
 };
 
@@ -49,8 +50,8 @@ static void usage(FILE *f)
 {
 	fprintf(f, "usage: %s COMMAND [ARGS...]\n\ncommands:\n", log_progname());
 	for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-		fprintf(f, "  %s %s\n      %s\n", commands[i].name, commands[i].args,
-			commands[i].help);
+		fprintf(f, "  %s%s%s\n      %s\n", commands[i].name, commands[i].args[0] ? " " : "",
+			commands[i].args, commands[i].help);
 }
 
 /* Reports a usage error and returns the usage exit status. */
@@ -144,7 +145,7 @@ static void dump_record(struct seg_view *v, const struct seg_record *r)
 		snprintf(lbuf, sizeof lbuf, "%" PRIu64, r->length);
 	else
 		snprintf(lbuf, sizeof lbuf, "-");
-	printf("%10" PRIu64 "  %-8s %14s %12s  %-14s %-30s  ", r->lsn, seg_type_name(r->type), obuf,
+	printf("%10" PRIu64 "  %-8s %14s %12s  %-15s %-30s  ", r->lsn, seg_type_name(r->type), obuf,
 	       lbuf, format_flags(r->flags, fbuf, sizeof fbuf),
 	       format_time(r->time_ns, tbuf, sizeof tbuf));
 	/* The image as the record sees it; UNLINK has unbound it already, and
@@ -253,14 +254,16 @@ static int cmd_dump(int argc, char **argv)
 	printf("sealed   %s\n", format_time(t->sealed_ns, tbuf, sizeof tbuf));
 	printf("backing  LSN %" PRIu64 "\n", t->backing_lsn);
 	printf("digest   %016" PRIx64 "\n", seg_view_digest(v));
-	printf("size     %zu bytes (%s)\n", seg_view_size(v),
-	       format_size(seg_view_size(v), sbuf, sizeof sbuf));
+	printf("size     %zu bytes", seg_view_size(v));
+	if (seg_view_size(v) >= 1024)
+		printf(" (%s)", format_size(seg_view_size(v), sbuf, sizeof sbuf));
+	putchar('\n');
 	printf("images   %" PRIu32 "\n", h->image_count);
 	for (uint32_t i = 0; i < h->image_count; i++)
 		printf("  %10" PRIu32 "  %.*s\n", h->images[i].id, (int)h->images[i].name_len,
 		       h->images[i].name);
 	if (records) {
-		printf("\n%10s  %-8s %14s %12s  %-14s %-30s  %s\n", "LSN", "TYPE", "OFFSET", "LENGTH",
+		printf("\n%10s  %-8s %14s %12s  %-15s %-30s  %s\n", "LSN", "TYPE", "OFFSET", "LENGTH",
 		       "FLAGS", "TIME", "IMAGE");
 		seg_view_rewind(v);
 		while (seg_view_next(v, &rec) == 1)
@@ -389,6 +392,7 @@ static int cmd_replay(int argc, char **argv)
 	static const struct option opts[] = {
 		{ "target-dir", required_argument, NULL, 't' },
 		{ "map", required_argument, NULL, 'm' },
+		{ "after-lsn", required_argument, NULL, 'a' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -399,7 +403,8 @@ static int cmd_replay(int argc, char **argv)
 	struct seg_file *files = NULL;
 	struct applier *a = NULL;
 	struct apply_stats st;
-	char sbuf[32], err[1024];
+	uint64_t after = 0;
+	char sbuf[32], err[1024], *end;
 	int c, r, status = 1;
 
 	opterr = 0;
@@ -429,6 +434,14 @@ static int cmd_replay(int argc, char **argv)
 			maps[nmaps++] = optarg;
 			break;
 		}
+		case 'a':
+			errno = 0;
+			after = strtoull(optarg, &end, 10);
+			if (errno || end == optarg || *end || optarg[0] == '-') {
+				status = usage_error("replay: --after-lsn takes an LSN, not \"%s\"", optarg);
+				goto out;
+			}
+			break;
 		case 'v':
 			log_set_level(LOG_LVL_DEBUG);
 			break;
@@ -505,16 +518,17 @@ static int cmd_replay(int argc, char **argv)
 
 	/* 3. Apply, in order. */
 	for (size_t i = 0; i < nfiles; i++) {
-		r = applier_apply(a, files[i].view, 0, err, sizeof err);
+		/* The applier skips records up to after, so segments wholly
+		 * before it cost only their iteration. */
+		r = applier_apply(a, files[i].view, after, err, sizeof err);
 		if (r < 0) {
 			applier_stats(a, &st);
 			log_error("%s: %s", files[i].path, err);
-			if (st.last_lsn)
-				log_error("replay stopped; the targets are durable up to LSN %" PRIu64
-					  " (segment %" PRIu64 " and those before it may be replayed again)",
-					  st.last_lsn, seg_view_header(files[i].view)->number);
-			else
-				log_error("replay stopped before any record was durable");
+			if (st.last_lsn > after)
+				after = st.last_lsn;
+			log_error("replay stopped in segment %" PRIu64 "; the targets are durable up to LSN %" PRIu64
+				  ": once the cause is fixed, resume with --after-lsn %" PRIu64,
+				  seg_view_header(files[i].view)->number, after, after);
 			goto out;
 		}
 	}

@@ -1,0 +1,154 @@
+/*
+ * status.c — aimfs's /status and /metrics.  JSON is made with jansson;
+ * every number comes from a snapshot taken under the owning module's lock,
+ * so a reply is consistent per module and never blocks a write for long.
+ */
+#include "status.h"
+#include "httpd.h"
+#include "journal.h"
+#include "segment.h"
+#include "strbuf.h"
+#include "transport.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct status {
+	struct status_info info;
+	struct httpd *httpd;
+	uint64_t started_ns;
+};
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+static json_t *status_json(struct status *s)
+{
+	struct journal_stats js;
+	json_t *o = json_object(), *dests;
+	char group[37];
+	uint64_t now = now_ns();
+
+	journal_stats(s->info.journal, &js);
+	seg_uuid_format(js.group, group);
+	json_object_set_new(o, "role", json_string("source"));
+	json_object_set_new(o, "version", json_string(s->info.version));
+	json_object_set_new(o, "group", json_string(group));
+	json_object_set_new(o, "backing_dir", json_string(s->info.backing_dir));
+	json_object_set_new(o, "mountpoint", json_string(s->info.mountpoint));
+	json_object_set_new(o, "journal_dir", json_string(s->info.journal_dir));
+	json_object_set_new(o, "uptime_seconds", json_real((double)(now - s->started_ns) / 1e9));
+	json_object_set_new(o, "head_lsn", json_integer((json_int_t)js.head_lsn));
+	json_object_set_new(o, "open_segment", json_integer((json_int_t)js.open_segment));
+	json_object_set_new(o, "open_segment_bytes", json_integer((json_int_t)js.open_bytes));
+	json_object_set_new(o, "sealed_segment", json_integer((json_int_t)js.sealed_segment));
+	json_object_set_new(o, "durable_segment", json_integer((json_int_t)js.durable_segment));
+	json_object_set_new(o, "journal_bytes", json_integer((json_int_t)js.journal_bytes));
+	json_object_set_new(o, "journal_max", json_integer((json_int_t)js.journal_max));
+	json_object_set_new(o, "journal_limit_enforced", json_boolean(js.enforce_max));
+	json_object_set_new(o, "overflow", json_string(s->info.overflow));
+	json_object_set_new(o, "journal_full",
+			    json_boolean(js.enforce_max && js.journal_bytes >= js.journal_max));
+	json_object_set_new(o, "writes_waiting", json_integer(js.writes_waiting));
+	json_object_set_new(o, "writes_that_waited", json_integer((json_int_t)js.waits));
+	json_object_set_new(o, "images", json_integer((json_int_t)js.images));
+	json_object_set_new(o, "records_journaled", json_integer((json_int_t)js.records));
+	json_object_set_new(o, "bytes_journaled", json_integer((json_int_t)js.bytes));
+	dests = s->info.transport ? transport_status(s->info.transport) : json_array();
+	json_object_set_new(o, "destinations", dests);
+	json_object_set_new(o, "in_sync", json_boolean(!s->info.transport ||
+						       (transport_in_sync(s->info.transport) &&
+							!js.open_oldest_ns)));
+	return o;
+}
+
+static void metrics_text(struct status *s, struct strbuf *sb)
+{
+	struct journal_stats js;
+
+	journal_stats(s->info.journal, &js);
+	strbuf_printf(sb, "# TYPE aimfs_head_lsn gauge\naimfs_head_lsn %llu\n",
+		      (unsigned long long)js.head_lsn);
+	strbuf_printf(sb, "# TYPE aimfs_journal_bytes gauge\naimfs_journal_bytes %llu\n",
+		      (unsigned long long)js.journal_bytes);
+	strbuf_printf(sb, "# TYPE aimfs_journal_max_bytes gauge\naimfs_journal_max_bytes %llu\n",
+		      (unsigned long long)js.journal_max);
+	strbuf_printf(sb, "# TYPE aimfs_writes_waiting gauge\naimfs_writes_waiting %u\n",
+		      js.writes_waiting);
+	strbuf_printf(sb, "# TYPE aimfs_records_total counter\naimfs_records_total %llu\n",
+		      (unsigned long long)js.records);
+	strbuf_printf(sb, "# TYPE aimfs_journaled_bytes_total counter\n"
+			  "aimfs_journaled_bytes_total %llu\n", (unsigned long long)js.bytes);
+	strbuf_printf(sb, "# TYPE aimfs_open_segment gauge\naimfs_open_segment %llu\n",
+		      (unsigned long long)js.open_segment);
+	strbuf_printf(sb, "# TYPE aimfs_durable_segment gauge\naimfs_durable_segment %llu\n",
+		      (unsigned long long)js.durable_segment);
+	strbuf_printf(sb, "# TYPE aimfs_images gauge\naimfs_images %llu\n",
+		      (unsigned long long)js.images);
+	if (s->info.transport)
+		transport_metrics(s->info.transport, sb);
+}
+
+static int handle(void *ctx, const char *path, struct httpd_response *resp)
+{
+	struct status *s = ctx;
+
+	if (strcmp(path, "/status") == 0) {
+		json_t *o = status_json(s);
+		char *text = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(6));
+
+		json_decref(o);
+		if (!text)
+			return -ENOMEM;
+		resp->status = 200;
+		resp->content_type = "application/json";
+		resp->len = strlen(text);
+		/* jansson's allocator is malloc: the server may free() it */
+		resp->body = text;
+		return 0;
+	}
+	if (strcmp(path, "/metrics") == 0) {
+		struct strbuf sb = { 0 };
+
+		metrics_text(s, &sb);
+		resp->body = strbuf_take(&sb, &resp->len);
+		resp->status = 200;
+		resp->content_type = "text/plain; version=0.0.4";
+		return resp->body ? 0 : -ENOMEM;
+	}
+	return httpd_text(resp, 404, "text/plain", "try /status or /metrics\n");
+}
+
+int status_start(const char *addr, const struct status_info *info, struct status **out)
+{
+	struct status *s = calloc(1, sizeof *s);
+	int r;
+
+	if (!s)
+		return -ENOMEM;
+	s->info = *info;
+	s->started_ns = now_ns();
+	r = httpd_start(addr, handle, s, &s->httpd);
+	if (r < 0) {
+		free(s);
+		return r;
+	}
+	*out = s;
+	return 0;
+}
+
+void status_stop(struct status *s)
+{
+	if (!s)
+		return;
+	httpd_stop(s->httpd);
+	free(s);
+}

@@ -1,0 +1,224 @@
+/*
+ * dest.c — a destination's configuration: parsing its keys, checking it
+ * before anything starts (an unreadable CA or a bad URL refuses the mount
+ * rather than failing later on the WAN), and its image patterns.
+ */
+#include "transport.h"
+#include "log.h"
+#include "parse.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fnmatch.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define TOKEN_MAX 4096
+
+static int set_str(char **field, const char *value)
+{
+	char *v = strdup(value);
+
+	if (!v)
+		return -ENOMEM;
+	free(*field);
+	*field = v;
+	return 0;
+}
+
+static int set_images(struct dest_config *d, const char *value)
+{
+	char *copy = strdup(value), *save = NULL, *tok;
+	int r = 0;
+
+	if (!copy)
+		return -ENOMEM;
+	for (tok = strtok_r(copy, " \t,", &save); tok && !r; tok = strtok_r(NULL, " \t,", &save)) {
+		char **ni = realloc(d->images, (d->nimages + 1) * sizeof *ni);
+
+		if (!ni) {
+			r = -ENOMEM;
+			break;
+		}
+		d->images = ni;
+		d->images[d->nimages] = strdup(tok);
+		if (!d->images[d->nimages])
+			r = -ENOMEM;
+		else
+			d->nimages++;
+	}
+	free(copy);
+	return r;
+}
+
+int dest_config_set(struct dest_config *d, const char *key, const char *value)
+{
+	if (strcmp(key, "url") == 0)
+		return set_str(&d->url, value);
+	if (strcmp(key, "ca_file") == 0)
+		return set_str(&d->ca_file, value);
+	if (strcmp(key, "cert_file") == 0)
+		return set_str(&d->cert_file, value);
+	if (strcmp(key, "key_file") == 0)
+		return set_str(&d->key_file, value);
+	if (strcmp(key, "pin") == 0)
+		return set_str(&d->pin, value);
+	if (strcmp(key, "token_file") == 0)
+		return set_str(&d->token_file, value);
+	if (strcmp(key, "images") == 0)
+		return set_images(d, value);
+	if (strcmp(key, "rate") == 0) {
+		if (parse_size(value, &d->rate) < 0) {
+			log_error("destination %s: rate = %s: expected bytes per second, e.g. 50M",
+				  d->name, value);
+			return -EINVAL;
+		}
+		return 0;
+	}
+	if (strcmp(key, "compress") == 0) {
+		if (strcmp(value, "zstd") == 0) {
+			d->compress = true;
+		} else if (strcmp(value, "off") == 0 || strcmp(value, "none") == 0) {
+			d->compress = false;
+		} else {
+			log_error("destination %s: compress = %s: expected zstd or off", d->name, value);
+			return -EINVAL;
+		}
+		return 0;
+	}
+	log_error("destination %s: unknown key \"%s\" (known: url, ca_file, cert_file, key_file,"
+		  " pin, token_file, images, rate, compress)", d->name, key);
+	return -EINVAL;
+}
+
+static int check_readable(const struct dest_config *d, const char *what, const char *path)
+{
+	if (path && access(path, R_OK) < 0) {
+		log_error("destination %s: %s %s: %m", d->name, what, path);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int check_url(const struct dest_config *d)
+{
+	const char *u = d->url, *host;
+
+	if (!u || !*u) {
+		log_error("destination %s: no url", d->name);
+		return -EINVAL;
+	}
+	if (strncmp(u, "https://", 8) == 0)
+		host = u + 8;
+	else if (strncmp(u, "http://", 7) == 0)
+		host = u + 7;
+	else {
+		log_error("destination %s: url %s: must start with https:// (or http:// for a"
+			  " trusted network)", d->name, u);
+		return -EINVAL;
+	}
+	if (!*host || *host == '/' || *host == ':') {
+		log_error("destination %s: url %s has no host", d->name, u);
+		return -EINVAL;
+	}
+	for (const char *p = u; *p; p++) {
+		if (isspace((unsigned char)*p) || *p == '?' || *p == '#' || (unsigned char)*p < 0x20) {
+			log_error("destination %s: url %s: no spaces, query or fragment allowed",
+				  d->name, u);
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
+static int load_token(struct dest_config *d)
+{
+	char buf[TOKEN_MAX + 2];
+	size_t n;
+	FILE *f;
+
+	if (!d->token_file)
+		return 0;
+	f = fopen(d->token_file, "re");
+	if (!f) {
+		log_error("destination %s: token_file %s: %m", d->name, d->token_file);
+		return -EINVAL;
+	}
+	n = fread(buf, 1, sizeof buf - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	while (n && isspace((unsigned char)buf[n - 1]))
+		buf[--n] = '\0';
+	if (n == 0 || n > TOKEN_MAX || strpbrk(buf, "\r\n")) {
+		log_error("destination %s: token_file %s must hold one line of 1..%d characters",
+			  d->name, d->token_file, TOKEN_MAX);
+		return -EINVAL;
+	}
+	free(d->token);
+	d->token = strdup(buf);
+	return d->token ? 0 : -ENOMEM;
+}
+
+int dest_config_check(struct dest_config *d)
+{
+	size_t n;
+
+	if (check_url(d) < 0)
+		return -EINVAL;
+	n = strlen(d->url);
+	while (n > 8 && d->url[n - 1] == '/')
+		d->url[--n] = '\0';
+	if (check_readable(d, "ca_file", d->ca_file) < 0 ||
+	    check_readable(d, "cert_file", d->cert_file) < 0 ||
+	    check_readable(d, "key_file", d->key_file) < 0)
+		return -EINVAL;
+	if (d->key_file && !d->cert_file) {
+		log_error("destination %s: key_file needs cert_file", d->name);
+		return -EINVAL;
+	}
+	if (d->pin && strncmp(d->pin, "sha256//", 8) != 0) {
+		log_error("destination %s: pin %s: expected sha256//<base64 of the public key hash>",
+			  d->name, d->pin);
+		return -EINVAL;
+	}
+	return load_token(d);
+}
+
+void dest_config_free(struct dest_config *d)
+{
+	if (!d)
+		return;
+	free(d->name);
+	free(d->url);
+	free(d->ca_file);
+	free(d->cert_file);
+	free(d->key_file);
+	free(d->pin);
+	free(d->token_file);
+	if (d->token)
+		memset(d->token, 0, strlen(d->token));
+	free(d->token);
+	for (size_t i = 0; i < d->nimages; i++)
+		free(d->images[i]);
+	free(d->images);
+	memset(d, 0, sizeof *d);
+}
+
+bool dest_wants_image(const struct dest_config *d, const char *name)
+{
+	const char *base = strrchr(name, '/');
+
+	if (d->nimages == 0)
+		return true;
+	base = base ? base + 1 : name;
+	for (size_t i = 0; i < d->nimages; i++) {
+		/* A pattern without '/' matches the file name in any directory. */
+		const char *subject = strchr(d->images[i], '/') ? name : base;
+
+		if (fnmatch(d->images[i], subject, FNM_PATHNAME) == 0)
+			return true;
+	}
+	return false;
+}

@@ -1,0 +1,398 @@
+/*
+ * worker.c — one thread per destination: ship the next segment, record the
+ * acknowledgement, repeat; wait for new segments when in sync.
+ *
+ * A PUT's outcome decides the state (curl's CURLcode and the HTTP status,
+ * converted once, in classify()):
+ *   2xx                 acknowledged: the catalog records it, then pruning
+ *   network error, 5xx,
+ *   408, 429            retry after 1, 2, 4 ... 60 s, +-20 % jitter
+ *   other 4xx           stopped, with the status and the receiver's reason
+ * The libcurl easy handle belongs to this thread and is reused, so TLS
+ * sessions and connections are kept between segments.
+ */
+#include "transport_i.h"
+#include "catalog.h"
+#include "log.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <zstd.h>
+
+#define BACKOFF_MIN_NS 1000000000ULL
+#define BACKOFF_MAX_NS 60000000000ULL
+#define REPLY_MAX 512
+#define ZSTD_LEVEL 3
+
+enum outcome { SHIP_OK, SHIP_RETRY, SHIP_FATAL, SHIP_RESYNC };
+
+uint64_t transport_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+struct upload {
+	const uint8_t *data;
+	size_t len, pos;
+	char reply[REPLY_MAX];
+	size_t reply_len;
+};
+
+static size_t read_body(char *buf, size_t size, size_t nitems, void *ctx)
+{
+	struct upload *u = ctx;
+	size_t n = size * nitems;
+
+	if (n > u->len - u->pos)
+		n = u->len - u->pos;
+	memcpy(buf, u->data + u->pos, n);
+	u->pos += n;
+	return n;
+}
+
+static int seek_body(void *ctx, curl_off_t off, int origin)
+{
+	struct upload *u = ctx;
+
+	if (origin != SEEK_SET || off < 0 || (size_t)off > u->len)
+		return CURL_SEEKFUNC_CANTSEEK;
+	u->pos = (size_t)off;
+	return CURL_SEEKFUNC_OK;
+}
+
+static size_t keep_reply(char *buf, size_t size, size_t nitems, void *ctx)
+{
+	struct upload *u = ctx;
+	size_t n = size * nitems, room = sizeof u->reply - 1 - u->reply_len;
+
+	memcpy(u->reply + u->reply_len, buf, n < room ? n : room);
+	u->reply_len += n < room ? n : room;
+	u->reply[u->reply_len] = '\0';
+	return n;
+}
+
+static void set_error(struct dest *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void set_error(struct dest *d, const char *fmt, ...)
+{
+	va_list ap;
+
+	pthread_mutex_lock(&d->t->lock);
+	va_start(ap, fmt);
+	vsnprintf(d->last_error, sizeof d->last_error, fmt, ap);
+	va_end(ap);
+	d->last_error_ns = transport_now_ns();
+	pthread_mutex_unlock(&d->t->lock);
+}
+
+/* First line of a receiver's reply, printable, for error messages. */
+static void reply_line(const struct upload *u, char *out, size_t len)
+{
+	size_t i;
+
+	for (i = 0; i + 1 < len && i < u->reply_len && u->reply[i] != '\n' && u->reply[i] != '\r'; i++)
+		out[i] = (u->reply[i] >= 0x20 && u->reply[i] < 0x7f) ? u->reply[i] : '?';
+	out[i] = '\0';
+}
+
+static enum outcome classify(struct dest *d, CURLcode cc, long status, const struct upload *u,
+			     const char *curl_err)
+{
+	char why[200];
+
+	if (cc != CURLE_OK) {
+		/* Network and TLS failures are retried, TLS ones included: a
+		 * certificate can be fixed on the remote without touching the
+		 * source, and the status shows the reason meanwhile. */
+		set_error(d, "%s", curl_err[0] ? curl_err : curl_easy_strerror(cc));
+		return SHIP_RETRY;
+	}
+	if (status >= 200 && status < 300)
+		return SHIP_OK;
+	reply_line(u, why, sizeof why);
+	set_error(d, "HTTP %ld from %s%s%s", status, d->cfg.url, why[0] ? ": " : "", why);
+	if (status >= 500 || status == 408 || status == 429)
+		return SHIP_RETRY;
+	return SHIP_FATAL;
+}
+
+/* headers[0] for plain bodies, headers[1] for zstd ones. */
+static CURL *make_handle(struct dest *d, struct curl_slist *headers[2], char *errbuf)
+{
+	CURL *c = curl_easy_init();
+	char auth[4200];
+
+	if (!c)
+		return NULL;
+	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(c, CURLOPT_UPLOAD, 1L);
+	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 10L);
+	/* A transfer that moves nothing for a minute is dead. */
+	curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
+	curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, 60L);
+	curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https,http");
+	curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+	if (d->cfg.ca_file)
+		curl_easy_setopt(c, CURLOPT_CAINFO, d->cfg.ca_file);
+	if (d->cfg.cert_file)
+		curl_easy_setopt(c, CURLOPT_SSLCERT, d->cfg.cert_file);
+	if (d->cfg.key_file)
+		curl_easy_setopt(c, CURLOPT_SSLKEY, d->cfg.key_file);
+	if (d->cfg.pin)
+		curl_easy_setopt(c, CURLOPT_PINNEDPUBLICKEY, d->cfg.pin);
+	if (d->cfg.rate)
+		curl_easy_setopt(c, CURLOPT_MAX_SEND_SPEED_LARGE, (curl_off_t)d->cfg.rate);
+	for (int i = 0; i < 2; i++) {
+		headers[i] = curl_slist_append(NULL, "Content-Type: application/octet-stream");
+		if (i == 1)
+			headers[i] = curl_slist_append(headers[i], "Content-Encoding: zstd");
+		if (d->cfg.token) {
+			snprintf(auth, sizeof auth, "Authorization: Bearer %s", d->cfg.token);
+			headers[i] = curl_slist_append(headers[i], auth);
+			memset(auth, 0, sizeof auth);
+		}
+	}
+	return c;
+}
+
+/* Compressed copy of data if it saves at least a tenth, else NULL. */
+static uint8_t *maybe_compress(const uint8_t *data, size_t len, size_t *out_len)
+{
+	size_t cap = ZSTD_compressBound(len), n;
+	uint8_t *buf = malloc(cap);
+
+	if (!buf)
+		return NULL;
+	n = ZSTD_compress(buf, cap, data, len, ZSTD_LEVEL);
+	if (ZSTD_isError(n) || n > len - len / 10) {
+		free(buf);
+		return NULL;
+	}
+	*out_len = n;
+	return buf;
+}
+
+static enum outcome put(struct dest *d, CURL *c, struct curl_slist *headers[2], const char *file,
+			const uint8_t *body, size_t len, bool compressed, char *errbuf)
+{
+	struct upload u = { .data = body, .len = len };
+	char url[8192];
+	long status = 0;
+	CURLcode cc;
+
+	snprintf(url, sizeof url, "%s/%s/%s", d->cfg.url, d->t->group_s, file);
+	errbuf[0] = '\0';
+	curl_easy_setopt(c, CURLOPT_URL, url);
+	curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers[compressed]);
+	curl_easy_setopt(c, CURLOPT_READFUNCTION, read_body);
+	curl_easy_setopt(c, CURLOPT_READDATA, &u);
+	curl_easy_setopt(c, CURLOPT_SEEKFUNCTION, seek_body);
+	curl_easy_setopt(c, CURLOPT_SEEKDATA, &u);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, keep_reply);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, &u);
+	curl_easy_setopt(c, CURLOPT_INFILESIZE_LARGE, (curl_off_t)len);
+	cc = curl_easy_perform(c);
+	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+	return classify(d, cc, status, &u, errbuf);
+}
+
+/*
+ * Ships segment n.  Returns the outcome; on SHIP_OK fills the LSNs and
+ * bytes to acknowledge.
+ */
+static enum outcome ship(struct dest *d, CURL *c, struct curl_slist *headers[2], uint64_t n,
+			 uint64_t *src_last, uint64_t *dfirst, uint64_t *dlast, uint64_t *sent,
+			 char *errbuf)
+{
+	char file[SEG_FILE_NAME_LEN + 8], path[4200];
+	struct seg_view *v;
+	struct seg_err err;
+	uint8_t *filtered = NULL, *packed = NULL;
+	const uint8_t *body;
+	size_t len, plen = 0;
+	enum outcome o;
+	int r;
+
+	seg_file_name(n, SEG_FILE_SUFFIX, file);
+	snprintf(path, sizeof path, "%s/%s", d->t->journal_dir, file);
+	r = seg_view_open(path, &v, &err);
+	if (r == -ENOENT) {
+		set_error(d, "segment %s is no longer in the journal; this destination needs a"
+			     " resync", file);
+		return SHIP_RESYNC;
+	}
+	if (r < 0) {
+		/* Never ship something the receiver would refuse anyway. */
+		set_error(d, "segment %s is damaged: %s", file, err.msg);
+		return SHIP_FATAL;
+	}
+	*src_last = seg_view_last_lsn(v);
+	body = seg_view_bytes(v);
+	len = seg_view_size(v);
+	if (d->cfg.nimages) {
+		uint64_t first;
+
+		pthread_mutex_lock(&d->t->lock);
+		first = d->dest_last_lsn + 1;
+		pthread_mutex_unlock(&d->t->lock);
+		if (filter_segment(&d->cfg, v, first, &filtered, &len, dlast) < 0) {
+			seg_view_free(v);
+			set_error(d, "out of memory filtering segment %s", file);
+			return SHIP_RETRY;
+		}
+		body = filtered;
+		*dfirst = first;
+	} else {
+		*dfirst = seg_view_header(v)->first_lsn;
+		*dlast = *src_last;
+	}
+	if (d->cfg.compress)
+		packed = maybe_compress(body, len, &plen);
+	o = put(d, c, headers, file, packed ? packed : body, packed ? plen : len, packed != NULL,
+		errbuf);
+	*sent = packed ? plen : len;
+	pthread_mutex_lock(&d->t->lock);
+	d->bytes_raw += len;
+	pthread_mutex_unlock(&d->t->lock);
+	free(packed);
+	free(filtered);
+	seg_view_free(v);
+	return o;
+}
+
+static uint64_t backoff_ns(unsigned attempts)
+{
+	uint64_t ns = BACKOFF_MIN_NS;
+	uint32_t rnd = 0;
+
+	for (unsigned i = 1; i < attempts && ns < BACKOFF_MAX_NS; i++)
+		ns *= 2;
+	if (ns > BACKOFF_MAX_NS)
+		ns = BACKOFF_MAX_NS;
+	if (getrandom(&rnd, sizeof rnd, 0) != sizeof rnd)
+		rnd = 0;
+	/* +-20 % so that many sources do not retry in step */
+	return ns - ns / 5 + (uint64_t)((double)rnd / UINT32_MAX * (double)(ns / 5 * 2));
+}
+
+static void wait_until(struct transport *t, uint64_t deadline_ns)
+{
+	struct timespec ts = { .tv_sec = (time_t)(deadline_ns / 1000000000ULL),
+			       .tv_nsec = (long)(deadline_ns % 1000000000ULL) };
+
+	pthread_cond_timedwait(&t->cond, &t->lock, &ts);
+}
+
+void *worker_main(void *arg)
+{
+	struct dest *d = arg;
+	struct transport *t = d->t;
+	struct curl_slist *headers[2] = { NULL, NULL };
+	struct catalog *cat = NULL;
+	char path[4200], errbuf[CURL_ERROR_SIZE];
+	CURL *c;
+
+	snprintf(path, sizeof path, "%s/catalog.db", t->journal_dir);
+	if (catalog_open(path, &cat) < 0) {
+		set_error(d, "cannot open the catalog");
+		pthread_mutex_lock(&t->lock);
+		d->state = DEST_STOPPED;
+		pthread_mutex_unlock(&t->lock);
+		return NULL;
+	}
+	c = make_handle(d, headers, errbuf);
+	pthread_mutex_lock(&t->lock);
+	while (!t->stopping && c) {
+		uint64_t n = d->acked_segment + 1, src_last = 0, dfirst = 0, dlast = 0, sent = 0;
+		uint64_t t0, now;
+		enum outcome o;
+
+		if (d->state == DEST_STOPPED || d->state == DEST_NEEDS_RESYNC) {
+			pthread_cond_wait(&t->cond, &t->lock);
+			continue;
+		}
+		if (n > t->durable_segment) {
+			d->state = DEST_IN_SYNC;
+			pthread_cond_broadcast(&t->cond); /* drainers */
+			/* Wake now and then: retention may let more be pruned. */
+			wait_until(t, transport_now_ns() + 1000000000ULL);
+			if (t->retain_ns && !t->stopping) {
+				pthread_mutex_unlock(&t->lock);
+				transport_prune(t, cat);
+				pthread_mutex_lock(&t->lock);
+			}
+			continue;
+		}
+		if (d->state == DEST_RETRYING && transport_now_ns() < d->next_attempt_ns) {
+			wait_until(t, d->next_attempt_ns);
+			continue;
+		}
+		if (d->state != DEST_RETRYING)
+			d->state = DEST_SHIPPING;
+		d->shipping_segment = n;
+		pthread_mutex_unlock(&t->lock);
+
+		t0 = transport_now_ns();
+		o = ship(d, c, headers, n, &src_last, &dfirst, &dlast, &sent, errbuf);
+		now = transport_now_ns();
+		if (o == SHIP_OK && catalog_dest_ack(cat, d->cfg.name, n, src_last, dfirst, dlast,
+						     sent, now) < 0) {
+			set_error(d, "cannot record the acknowledgement in the catalog");
+			o = SHIP_RETRY;
+		}
+		pthread_mutex_lock(&t->lock);
+		if (o == SHIP_OK) {
+			double secs = (double)(now - t0) / 1e9, bps = secs > 0 ? (double)sent / secs : 0;
+
+			d->acked_segment = n;
+			d->acked_ns = now;
+			d->acked_src_lsn = src_last;
+			d->dest_last_lsn = dlast;
+			d->segments_sent++;
+			d->bytes_sent += sent;
+			d->rate_bps = d->rate_bps ? 0.7 * d->rate_bps + 0.3 * bps : bps;
+			if (d->attempts)
+				log_info("destination %s: reachable again, shipped segment %" PRIu64,
+					 d->cfg.name, n);
+			d->attempts = 0;
+			d->state = DEST_SHIPPING;
+			pthread_cond_broadcast(&t->cond);
+			pthread_mutex_unlock(&t->lock);
+			transport_prune(t, cat);
+			pthread_mutex_lock(&t->lock);
+		} else if (o == SHIP_RETRY) {
+			d->attempts++;
+			d->next_attempt_ns = now + backoff_ns(d->attempts);
+			if (d->state != DEST_RETRYING)
+				log_info("destination %s: %s; retrying", d->cfg.name, d->last_error);
+			d->state = DEST_RETRYING;
+		} else {
+			d->state = o == SHIP_RESYNC ? DEST_NEEDS_RESYNC : DEST_STOPPED;
+			log_error("destination %s: stopped: %s", d->cfg.name, d->last_error);
+			pthread_mutex_unlock(&t->lock);
+			catalog_dest_error(cat, d->cfg.name, d->last_error);
+			pthread_mutex_lock(&t->lock);
+			pthread_cond_broadcast(&t->cond);
+		}
+	}
+	pthread_mutex_unlock(&t->lock);
+	curl_slist_free_all(headers[0]);
+	curl_slist_free_all(headers[1]);
+	if (c)
+		curl_easy_cleanup(c);
+	catalog_close(cat);
+	return NULL;
+}
