@@ -6,7 +6,6 @@
 #include "log.h"
 #include "parse.h"
 
-#include <ini.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -158,29 +157,6 @@ static int check_values(struct aimfs_options *o)
 	return 0;
 }
 
-struct ini_state {
-	struct aimfs_options *o;
-	int errors;
-};
-
-static struct dest_config *find_dest(struct aimfs_options *o, const char *name, bool create)
-{
-	struct dest_config *nd;
-
-	for (size_t i = 0; i < o->ndests; i++)
-		if (strcmp(o->dests[i].name, name) == 0)
-			return &o->dests[i];
-	if (!create)
-		return NULL;
-	nd = realloc(o->dests, (o->ndests + 1) * sizeof *nd);
-	if (!nd)
-		return NULL;
-	o->dests = nd;
-	memset(&nd[o->ndests], 0, sizeof *nd);
-	nd[o->ndests].name = strdup(name);
-	return nd[o->ndests].name ? &nd[o->ndests++] : NULL;
-}
-
 /* [aimfs] keys fill only what the command line left unset. */
 static int set_aimfs_key(struct aimfs_options *o, const char *key, const char *value)
 {
@@ -217,44 +193,20 @@ static int set_aimfs_key(struct aimfs_options *o, const char *key, const char *v
 	return -1;
 }
 
-static int ini_line(void *user, const char *section, const char *key, const char *value)
+static int other_section(void *ctx, const char *section, const char *key, const char *value)
 {
-	struct ini_state *st = user;
-	struct aimfs_options *o = st->o;
-	struct dest_config *d;
+	struct aimfs_options *o = ctx;
 
-	if (strcmp(section, "aimfs") == 0) {
-		if (set_aimfs_key(o, key, value) < 0)
-			st->errors++;
-		return 1;
-	}
-	if (strncmp(section, "destination ", 12) == 0 && section[12]) {
-		d = find_dest(o, section + 12, true);
-		if (!d || dest_config_set(d, key, value) < 0)
-			st->errors++;
-		return 1;
-	}
+	if (strcmp(section, "aimfs") == 0)
+		return set_aimfs_key(o, key, value);
 	log_error("config %s: unknown section [%s] (expected [aimfs] or [destination NAME])",
 		  o->config, section);
-	st->errors++;
-	return 1;
+	return -1;
 }
 
 static int load_config(struct aimfs_options *o)
 {
-	struct ini_state st = { .o = o };
-	int r = ini_parse(o->config, ini_line, &st);
-
-	if (r == -1) {
-		log_error("config %s: %m", o->config);
-		return -1;
-	}
-	if (r > 0 && !st.errors) {
-		log_error("config %s: line %d is not \"key = value\" or \"[section]\"",
-			  o->config, r);
-		return -1;
-	}
-	return st.errors ? -1 : 0;
+	return dest_config_load(o->config, other_section, o, &o->dests, &o->ndests);
 }
 
 static int gather_dests(struct aimfs_options *o)
@@ -262,11 +214,11 @@ static int gather_dests(struct aimfs_options *o)
 	for (size_t i = 0; i < o->ndest_urls; i++) {
 		struct dest_config *d;
 
-		if (find_dest(o, o->dest_urls[i], false)) {
+		if (dest_config_find(&o->dests, &o->ndests, o->dest_urls[i], false)) {
 			log_error("dest=%s is given twice", o->dest_urls[i]);
 			return -1;
 		}
-		d = find_dest(o, o->dest_urls[i], true);
+		d = dest_config_find(&o->dests, &o->ndests, o->dest_urls[i], true);
 		if (!d || dest_config_set(d, "url", o->dest_urls[i]) < 0)
 			return -1;
 	}

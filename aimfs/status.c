@@ -64,9 +64,11 @@ static json_t *status_json(struct status *s)
 	json_object_set_new(o, "bytes_journaled", json_integer((json_int_t)js.bytes));
 	dests = s->info.transport ? transport_status(s->info.transport) : json_array();
 	json_object_set_new(o, "destinations", dests);
-	json_object_set_new(o, "in_sync", json_boolean(!s->info.transport ||
-						       (transport_in_sync(s->info.transport) &&
-							!js.open_oldest_ns)));
+	/* In sync: every destination has every record (none waits in the open
+	 * segment).  Without destinations there is nothing to be in sync with. */
+	json_object_set_new(o, "in_sync", s->info.transport
+				? json_boolean(transport_in_sync(s->info.transport) && !js.open_oldest_ns)
+				: json_null());
 	return o;
 }
 

@@ -3,10 +3,12 @@
  * subcommands: `dump` lists a segment's header and records through the
  * shared decoder, `replay` applies segments offline with the very applier
  * aim-remote uses (remote/apply.h), after validating all of them as a set.
- * `status`, `ship` and `verify` will join the table.
+ * `status` (cmd_status.c) reads a daemon's /status for people, `ship`
+ * (cmd_ship.c) drains an unmounted journal with the transport.
  *
  * Exit status: 0 success, 1 failure (the reason is on stderr), 2 usage.
  */
+#include "aimctl.h"
 #include "apply.h"
 #include "log.h"
 #include "parse.h"
@@ -43,6 +45,10 @@ static const struct command commands[] = {
 	  "--target-dir DIR [--map IMAGE=PATH]... [--after-lsn N] [-v] SEGMENT... | JOURNAL_DIR",
 	  "validate segments, then apply them in order onto DIR (as aim-remote does);\n"
 	  "      --after-lsn resumes a replay that stopped, -v shows each durable point" },
+	{ "status", cmd_status, "[--json] [URL]",
+	  "show a daemon's status for people (default http://127.0.0.1:9380/status)" },
+	{ "ship", cmd_ship, "(--dest URL | --config FILE)... [--timeout DURATION] JOURNAL_DIR",
+	  "ship an unmounted journal's segments to its destinations, then exit" },
 	{ "help", cmd_help, "", "show this help" },
 };
 

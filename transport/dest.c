@@ -10,6 +10,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fnmatch.h>
+#include <ini.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -221,4 +222,73 @@ bool dest_wants_image(const struct dest_config *d, const char *name)
 			return true;
 	}
 	return false;
+}
+
+struct dest_config *dest_config_find(struct dest_config **dests, size_t *n, const char *name,
+				     bool create)
+{
+	struct dest_config *nd;
+
+	for (size_t i = 0; i < *n; i++)
+		if (strcmp((*dests)[i].name, name) == 0)
+			return &(*dests)[i];
+	if (!create)
+		return NULL;
+	nd = realloc(*dests, (*n + 1) * sizeof *nd);
+	if (!nd)
+		return NULL;
+	*dests = nd;
+	memset(&nd[*n], 0, sizeof *nd);
+	nd[*n].name = strdup(name);
+	return nd[*n].name ? &nd[(*n)++] : NULL;
+}
+
+struct ini_state {
+	const char *path;
+	int (*other)(void *ctx, const char *section, const char *key, const char *value);
+	void *ctx;
+	struct dest_config **dests;
+	size_t *ndests;
+	int errors;
+};
+
+static int ini_line(void *user, const char *section, const char *key, const char *value)
+{
+	struct ini_state *st = user;
+	struct dest_config *d;
+
+	if (strncmp(section, "destination ", 12) == 0 && section[12]) {
+		d = dest_config_find(st->dests, st->ndests, section + 12, true);
+		if (!d || dest_config_set(d, key, value) < 0)
+			st->errors++;
+		return 1;
+	}
+	if (st->other) {
+		if (st->other(st->ctx, section, key, value) < 0)
+			st->errors++;
+		return 1;
+	}
+	log_error("config %s: unknown section [%s] (expected [destination NAME])", st->path,
+		  section);
+	st->errors++;
+	return 1;
+}
+
+int dest_config_load(const char *path,
+		     int (*other)(void *ctx, const char *section, const char *key, const char *value),
+		     void *ctx, struct dest_config **dests, size_t *ndests)
+{
+	struct ini_state st = { .path = path, .other = other, .ctx = ctx, .dests = dests,
+				.ndests = ndests };
+	int r = ini_parse(path, ini_line, &st);
+
+	if (r == -1) {
+		log_error("config %s: %m", path);
+		return -1;
+	}
+	if (r > 0 && !st.errors) {
+		log_error("config %s: line %d is not \"key = value\" or \"[section]\"", path, r);
+		return -1;
+	}
+	return st.errors ? -1 : 0;
 }

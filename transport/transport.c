@@ -89,7 +89,7 @@ int transport_new(const struct transport_config *cfg, struct transport **out)
 	struct transport *t = calloc(1, sizeof *t);
 	struct catalog *cat = NULL;
 	char path[4200];
-	uint64_t oldest;
+	uint64_t oldest, last_known, last_lsn;
 	int r = -ENOMEM;
 
 	if (!t)
@@ -111,6 +111,9 @@ int transport_new(const struct transport_config *cfg, struct transport **out)
 		goto fail;
 	oldest = oldest_segment(cfg->journal_dir);
 	t->pruned_through = oldest ? oldest - 1 : 0;
+	r = catalog_last_segment(cat, &last_known, &last_lsn);
+	if (r < 0)
+		goto fail;
 	for (size_t i = 0; i < cfg->ndests; i++) {
 		struct dest *d = &t->dests[i];
 		struct catalog_dest cd;
@@ -128,11 +131,16 @@ int transport_new(const struct transport_config *cfg, struct transport **out)
 		d->acked_ns = cd.acked_ns;
 		d->dest_last_lsn = cd.dest_lsn;
 		d->state = DEST_SHIPPING;
-		if (oldest && d->acked_segment + 1 < oldest) {
+		/* The next segment it needs was written once but is gone: pruned
+		 * before this destination existed, or lost. */
+		if (d->acked_segment + 1 <= last_known &&
+		    (oldest == 0 || d->acked_segment + 1 < oldest)) {
 			d->state = DEST_NEEDS_RESYNC;
 			snprintf(d->last_error, sizeof d->last_error,
-				 "the journal starts at segment %" PRIu64 " but this destination needs %"
-				 PRIu64 ": it needs a resync", oldest, d->acked_segment + 1);
+				 "it needs segment %" PRIu64 ", which the journal no longer holds"
+				 " (it starts at %" PRIu64 "): it needs a resync",
+				 d->acked_segment + 1, oldest ? oldest : last_known + 1);
+			d->last_error_ns = transport_now_ns();
 			log_warn("destination %s: %s", d->cfg.name, d->last_error);
 		}
 	}
@@ -377,6 +385,9 @@ json_t *transport_status(struct transport *t)
 		snap.cfg.name = NULL;
 		uint64_t durable = t->durable_segment;
 		pthread_mutex_unlock(&t->lock);
+		/* Between the ack and the worker's next look, it is in sync already. */
+		if (snap.state == DEST_SHIPPING && snap.acked_segment >= durable)
+			snap.state = DEST_IN_SYNC;
 		measure_backlog(t, snap.acked_segment, durable, now, &b);
 		o = json_object();
 		json_object_set_new(o, "name", json_string(d->cfg.name));

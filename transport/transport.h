@@ -50,6 +50,19 @@ void dest_config_free(struct dest_config *d);
 /* Sets a [destination] key from a config file; -EINVAL for an unknown key
  * or bad value (logged). */
 int dest_config_set(struct dest_config *d, const char *key, const char *value);
+/* Finds destination name in *dests, or appends a new empty one if create.
+ * NULL if absent (or out of memory). */
+struct dest_config *dest_config_find(struct dest_config **dests, size_t *n, const char *name,
+				     bool create);
+/*
+ * Reads an INI configuration (inih): each [destination NAME] section
+ * becomes a destination in *dests; keys of any other section go to other()
+ * (which returns 0, or -1 after logging; NULL refuses other sections).
+ * Returns 0, or -1 after logging where the file is wrong.
+ */
+int dest_config_load(const char *path,
+		     int (*other)(void *ctx, const char *section, const char *key, const char *value),
+		     void *ctx, struct dest_config **dests, size_t *ndests);
 /* True if image name passes d's image patterns. */
 bool dest_wants_image(const struct dest_config *d, const char *name);
 

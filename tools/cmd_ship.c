@@ -1,0 +1,171 @@
+/*
+ * cmd_ship.c — `aimctl ship`: drains a journal that no aimfs has mounted,
+ * with the very transport aimfs runs inside itself.  For a journal made
+ * without destinations, or left with a backlog at unmount.
+ */
+#include "aimctl.h"
+#include "catalog.h"
+#include "log.h"
+#include "parse.h"
+#include "segment.h"
+#include "transport.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+static int scan_journal(const char *dir, uint64_t *newest, bool *unfinished)
+{
+	DIR *d = opendir(dir);
+	struct dirent *de;
+	uint64_t n;
+
+	*newest = 0;
+	*unfinished = false;
+	if (!d) {
+		log_error("ship: journal %s: %m", dir);
+		return -1;
+	}
+	while ((de = readdir(d))) {
+		size_t len = strlen(de->d_name);
+
+		if (seg_parse_file_name(de->d_name, &n) == 0 && n > *newest)
+			*newest = n;
+		if (len > 5 && strcmp(de->d_name + len - 5, SEG_OPEN_SUFFIX) == 0)
+			*unfinished = true;
+	}
+	closedir(d);
+	return 0;
+}
+
+int cmd_ship(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "dest", required_argument, NULL, 'd' },
+		{ "config", required_argument, NULL, 'c' },
+		{ "timeout", required_argument, NULL, 't' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct dest_config *dests = NULL;
+	struct transport_config tc = { 0 };
+	struct transport *t = NULL;
+	struct catalog *cat = NULL;
+	size_t ndests = 0;
+	uint64_t timeout_ns = 0, newest;
+	char path[4200], uuid[37];
+	bool unfinished;
+	int opt, lock_fd = -1, ret = 1;
+
+	optind = 1;
+	while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+		struct dest_config *d;
+
+		switch (opt) {
+		case 'd':
+			d = dest_config_find(&dests, &ndests, optarg, true);
+			if (!d || dest_config_set(d, "url", optarg) < 0)
+				goto out;
+			break;
+		case 'c':
+			if (dest_config_load(optarg, NULL, NULL, &dests, &ndests) < 0)
+				goto out;
+			break;
+		case 't':
+			if (parse_duration(optarg, &timeout_ns) < 0) {
+				log_error("ship: --timeout %s: expected a duration (e.g. 10m)", optarg);
+				ret = 2;
+				goto out;
+			}
+			break;
+		default:
+			ret = 2;
+			goto out;
+		}
+	}
+	if (optind != argc - 1 || ndests == 0) {
+		log_error("usage: aimctl ship (--dest URL | --config FILE)... [--timeout DURATION]"
+			  " JOURNAL_DIR");
+		ret = 2;
+		goto out;
+	}
+	for (size_t i = 0; i < ndests; i++)
+		if (dest_config_check(&dests[i]) < 0)
+			goto out;
+	tc.journal_dir = argv[optind];
+	snprintf(path, sizeof path, "%s/lock", tc.journal_dir);
+	lock_fd = open(path, O_RDWR | O_CLOEXEC);
+	if (lock_fd < 0) {
+		log_error("ship: %s is not an aimfs journal: %m", tc.journal_dir);
+		goto out;
+	}
+	if (flock(lock_fd, LOCK_EX | LOCK_NB) < 0) {
+		log_error("ship: journal %s is mounted; the aimfs using it ships it itself",
+			  tc.journal_dir);
+		goto out;
+	}
+	if (scan_journal(tc.journal_dir, &newest, &unfinished) < 0)
+		goto out;
+	if (unfinished) {
+		log_error("ship: journal %s was not unmounted cleanly; mount it once so that"
+			  " recovery finishes its last segment", tc.journal_dir);
+		goto out;
+	}
+	snprintf(path, sizeof path, "%s/catalog.db", tc.journal_dir);
+	if (catalog_open(path, &cat) < 0 || catalog_meta_get(cat, "group", uuid, sizeof uuid) < 0 ||
+	    seg_uuid_parse(uuid, tc.group) < 0) {
+		log_error("ship: journal %s has no readable catalog", tc.journal_dir);
+		goto out;
+	}
+	{
+		uint64_t last, lsn;
+
+		/* Segments already pruned still count: a destination that never
+		 * got them is not done. */
+		if (catalog_last_segment(cat, &last, &lsn) == 0 && last > newest)
+			newest = last;
+	}
+	catalog_close(cat);
+	cat = NULL;
+	tc.dests = dests;
+	tc.ndests = ndests;
+	if (transport_new(&tc, &t) < 0)
+		goto out;
+	/* Unmounted cleanly: every record is on the backing files. */
+	transport_notify(t, newest, UINT64_MAX);
+	if (transport_start(t) < 0)
+		goto out;
+	ret = transport_drain(t, timeout_ns ? (unsigned)(timeout_ns / 1000000ULL) : UINT32_MAX) == 0
+		      ? 0 : 1;
+	{
+		json_t *arr = transport_status(t), *d;
+		size_t i;
+
+		json_array_foreach(arr, i, d) {
+			json_t *err = json_object_get(d, "last_error");
+
+			printf("%s: %s, acknowledged segment %lld of %" PRIu64 "%s%s\n",
+			       json_string_value(json_object_get(d, "name")),
+			       json_string_value(json_object_get(d, "state")),
+			       (long long)json_integer_value(json_object_get(d, "acked_segment")), newest,
+			       err ? "; " : "", err ? json_string_value(err) : "");
+		}
+		json_decref(arr);
+	}
+out:
+	transport_free(t);
+	catalog_close(cat);
+	for (size_t i = 0; i < ndests; i++)
+		dest_config_free(&dests[i]);
+	free(dests);
+	if (lock_fd >= 0)
+		close(lock_fd);
+	return ret;
+}
