@@ -346,6 +346,7 @@ struct seg_view {
 	bool sealed;
 	uint64_t count, last_lsn, digest;
 	size_t records_start, records_end;
+	size_t released;     /* mapped bytes below this were dropped from memory */
 	/* iteration */
 	size_t pos;
 	uint64_t next_lsn;
@@ -560,6 +561,29 @@ static int apply_semantics(struct seg_view *v, const struct seg_record *r, uint6
 	return 0;
 }
 
+#define RELEASE_STEP (8u << 20)
+
+/*
+ * Drops the mapped pages below off from this process's memory (they stay in
+ * the page cache and fault back in if touched again).  Reading a 64 MiB
+ * segment through a mapping would otherwise count all of it as resident,
+ * and aimfs promises a small footprint whatever the segment size.
+ */
+static void release_below(struct seg_view *v, size_t off)
+{
+	size_t page = 4096, end = off & ~(page - 1);
+
+	if (!v->map || end < v->released + RELEASE_STEP)
+		return;
+	madvise((char *)v->map + v->released, end - v->released, MADV_DONTNEED);
+	v->released = end;
+}
+
+void seg_view_release(struct seg_view *v, size_t off)
+{
+	release_below(v, off);
+}
+
 /*
  * Walks records from records_start.  In strict mode any invalid record, a
  * missing trailer or stray bytes fail; in partial mode the first invalid
@@ -668,6 +692,7 @@ static int walk(struct seg_view *v, bool partial, struct seg_err *err)
 		pos += SEG_RECORD_HEADER + rec.payload_len;
 		lsn++;
 		count++;
+		release_below(v, pos);
 	}
 	v->count = count;
 	v->last_lsn = lsn - 1;
@@ -681,8 +706,8 @@ static int walk(struct seg_view *v, bool partial, struct seg_err *err)
 	return 0;
 }
 
-static int view_init(const void *buf, size_t len, bool partial, struct seg_view **out,
-		     struct seg_err *err)
+static int view_init(const void *buf, size_t len, bool partial, void *map,
+		     struct seg_view **out, struct seg_err *err)
 {
 	struct seg_view *v = calloc(1, sizeof *v);
 	int r;
@@ -693,6 +718,8 @@ static int view_init(const void *buf, size_t len, bool partial, struct seg_view 
 		return -ENOMEM;
 	v->buf = buf;
 	v->len = len;
+	v->map = map;
+	v->map_len = map ? len : 0;
 	v->names = names_new();
 	if (!v->names) {
 		free(v);
@@ -702,6 +729,7 @@ static int view_init(const void *buf, size_t len, bool partial, struct seg_view 
 	if (r == 0)
 		r = walk(v, partial, err);
 	if (r < 0) {
+		v->map = NULL; /* the caller still owns it */
 		seg_view_free(v);
 		return r;
 	}
@@ -712,13 +740,13 @@ static int view_init(const void *buf, size_t len, bool partial, struct seg_view 
 
 int seg_view_new(const void *buf, size_t len, struct seg_view **out, struct seg_err *err)
 {
-	return view_init(buf, len, false, out, err);
+	return view_init(buf, len, false, NULL, out, err);
 }
 
 int seg_view_new_partial(const void *buf, size_t len, struct seg_view **out,
 			 size_t *valid_len, struct seg_err *err)
 {
-	int r = view_init(buf, len, true, out, err);
+	int r = view_init(buf, len, true, NULL, out, err);
 
 	if (r == 0)
 		*valid_len = (*out)->len;
@@ -754,14 +782,10 @@ int seg_view_open(const char *path, struct seg_view **out, struct seg_err *err)
 		fail(err, 0, "cannot map: %s", strerror(-r));
 		return r;
 	}
-	r = seg_view_new(map, (size_t)st.st_size, out, err);
-	if (r < 0) {
+	r = view_init(map, (size_t)st.st_size, false, map, out, err);
+	if (r < 0)
 		munmap(map, (size_t)st.st_size);
-		return r;
-	}
-	(*out)->map = map;
-	(*out)->map_len = (size_t)st.st_size;
-	return 0;
+	return r;
 }
 
 void seg_view_free(struct seg_view *v)
@@ -794,6 +818,7 @@ void seg_view_rewind(struct seg_view *v)
 		names_bind(v->names, v->images[i].id, v->images[i].name, v->images[i].name_len);
 	v->pos = v->records_start;
 	v->next_lsn = v->header.first_lsn;
+	v->released = 0;
 	v->dir_budget = DIR_RENAME_BUDGET;
 }
 
@@ -801,6 +826,7 @@ int seg_view_next(struct seg_view *v, struct seg_record *r)
 {
 	if (v->pos >= v->records_end)
 		return 0;
+	release_below(v, v->pos);
 	decode_record(v->buf + v->pos, r);
 	r->file_offset = v->pos;
 	v->pos += SEG_RECORD_HEADER + r->payload_len;

@@ -174,6 +174,12 @@ uint64_t seg_view_last_lsn(const struct seg_view *v);
 size_t seg_view_size(const struct seg_view *v);
 const uint8_t *seg_view_bytes(const struct seg_view *v);
 
+/* For a view made by seg_view_open: lets the kernel drop the mapped pages
+ * below byte off from this process's resident memory (a reader streaming
+ * through a large segment calls it as it goes; iteration and validation do
+ * it themselves).  The bytes stay readable: they fault back in. */
+void seg_view_release(struct seg_view *v, size_t off);
+
 /* Iteration over validated records, in order.  Returns 1 and fills *r, or 0
  * at the end.  seg_view_rewind starts again. */
 int seg_view_next(struct seg_view *v, struct seg_record *r);

@@ -44,6 +44,7 @@ uint64_t transport_now_ns(void)
 struct upload {
 	const uint8_t *data;
 	size_t len, pos;
+	struct seg_view *view;   /* data is its mapping: release pages as sent */
 	char reply[REPLY_MAX];
 	size_t reply_len;
 };
@@ -57,6 +58,8 @@ static size_t read_body(char *buf, size_t size, size_t nitems, void *ctx)
 		n = u->len - u->pos;
 	memcpy(buf, u->data + u->pos, n);
 	u->pos += n;
+	if (u->view)
+		seg_view_release(u->view, u->pos);
 	return n;
 }
 
@@ -186,9 +189,10 @@ static uint8_t *maybe_compress(const uint8_t *data, size_t len, size_t *out_len)
 }
 
 static enum outcome put(struct dest *d, CURL *c, struct curl_slist *headers[2], const char *file,
-			const uint8_t *body, size_t len, bool compressed, char *errbuf)
+			const uint8_t *body, size_t len, bool compressed, struct seg_view *view,
+			char *errbuf)
 {
-	struct upload u = { .data = body, .len = len };
+	struct upload u = { .data = body, .len = len, .view = view };
 	char url[8192];
 	long status = 0;
 	CURLcode cc;
@@ -262,7 +266,7 @@ static enum outcome ship(struct dest *d, CURL *c, struct curl_slist *headers[2],
 	if (d->cfg.compress)
 		packed = maybe_compress(body, len, &plen);
 	o = put(d, c, headers, file, packed ? packed : body, packed ? plen : len, packed != NULL,
-		errbuf);
+		body == seg_view_bytes(v) && !packed ? v : NULL, errbuf);
 	*sent = packed ? plen : len;
 	pthread_mutex_lock(&d->t->lock);
 	d->bytes_raw += len;
