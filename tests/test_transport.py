@@ -1,0 +1,243 @@
+"""The transport with a receiver nobody here wrote: nginx's WebDAV PUT over
+TLS.  Segments land in nginx's inbox, `aimctl replay` of that inbox equals
+the source; a receiver that goes away makes the source say "retrying" with
+the reason and converges when it comes back; bad configurations are
+refused at start with a reason."""
+import os
+import subprocess
+import time
+
+import pytest
+
+from aimtest import AIMCTL, AIMFS, assert_trees_equal, copy_tree, run, wait_for
+from servers import Nginx, free_port, get_status, make_pki, wait_in_sync
+
+
+def write_config(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def replica_from_inbox(nginx, group, start, target):
+    """Replays what nginx received.  A WebDAV server stores a zstd-encoded
+    upload as it came (only aim-remote decodes), so decode those first."""
+    copy_tree(start, target)
+    segs = [os.path.join(nginx.inbox, group, s) for s in nginx.segments(group)]
+    assert segs, "nothing was shipped"
+    for seg in segs:
+        with open(seg, "rb") as f:
+            if f.read(4) == ZSTD_MAGIC:
+                run(["zstd", "-q", "-d", "-f", seg, "-o", seg + ".plain"])
+                os.replace(seg + ".plain", seg)
+    run([AIMCTL, "replay", "--target-dir", target, *segs])
+
+
+def test_ships_to_webdav_over_tls_and_prunes(aimfs, workdir):
+    pki = make_pki(os.path.join(workdir, "pki"))
+    ng = Nginx(workdir, pki).start()
+    try:
+        backing = os.path.join(workdir, "backing")
+        os.makedirs(backing)
+        with open(os.path.join(backing, "base.raw"), "wb") as f:
+            f.write(os.urandom(1 << 20))
+        start = os.path.join(workdir, "start")
+        copy_tree(backing, start)
+        status = f"127.0.0.1:{free_port()}"
+        conf = write_config(os.path.join(workdir, "aimfs.conf"), f"""
+[aimfs]
+status = {status}
+segment_size = 512K
+segment_age = 200ms
+
+[destination dav]
+url = {ng.url}
+ca_file = {pki['ca.pem']}
+compress = zstd
+""")
+        m = aimfs(options=[f"config={conf}"])
+        for i in range(3):
+            with open(os.path.join(m.mountpoint, f"vm{i}.img"), "wb") as f:
+                for _ in range(8):
+                    f.write(os.urandom(100000) + bytes(100000))  # half compressible
+        with open(os.path.join(m.mountpoint, "base.raw"), "r+b") as f:
+            f.seek(4096)
+            f.write(b"changed" * 100)
+            os.fsync(f.fileno())
+        st = wait_in_sync(status)
+        d = st["destinations"][0]
+        assert d["state"] == "in_sync" and d["backlog_segments"] == 0
+        assert d["acked_lsn"] == st["head_lsn"]
+        assert d["compression_ratio"] < 0.9
+        # every acknowledged segment was pruned from the journal
+        wait_for(lambda: not [f for f in os.listdir(m.journal) if f.endswith(".aimj")], 10,
+                 what="pruning")
+        assert m.unmount() == 0
+        m.check_quiet()
+        replica = os.path.join(workdir, "replica")
+        replica_from_inbox(ng, st["group"], start, replica)
+        assert_trees_equal(replica, backing)
+    finally:
+        ng.stop()
+
+
+def test_receiver_away_then_back(aimfs, workdir):
+    port = free_port()
+    ng = Nginx(workdir, port=port)
+    status = f"127.0.0.1:{free_port()}"
+    backing = os.path.join(workdir, "backing")
+    os.makedirs(backing)
+    start = os.path.join(workdir, "start")
+    copy_tree(backing, start)
+    m = aimfs(options=[f"dest={ng.url}", f"status={status}", "segment_age=200ms"],
+              expect_alarms=False)
+    try:
+        with open(os.path.join(m.mountpoint, "a.img"), "wb") as f:
+            f.write(os.urandom(300000))
+        # nobody listens: the source keeps the guest writing and says why
+        def retrying():
+            d = get_status(status)["destinations"][0]
+            return d["state"] == "retrying" and "last_error" in d
+        wait_for(retrying, 20, what="state retrying")
+        d = get_status(status)["destinations"][0]
+        assert d["backlog_segments"] >= 1 and d["backlog_seconds"] > 0
+        assert "next_attempt_in_seconds" in d
+        with open(os.path.join(m.mountpoint, "a.img"), "r+b") as f:
+            f.write(b"more while away")
+        ng.start()
+        st = wait_in_sync(status, timeout=90)
+        assert st["destinations"][0]["state"] == "in_sync"
+        assert m.unmount() == 0
+        out = m.output()
+        assert "retrying" in out and "reachable again" in out
+        replica = os.path.join(workdir, "replica")
+        replica_from_inbox(ng, st["group"], start, replica)
+        assert_trees_equal(replica, backing)
+    finally:
+        ng.stop()
+
+
+def test_ship_an_unmounted_journal_with_aimctl(aimfs, workdir):
+    ng = Nginx(workdir).start()
+    try:
+        backing = os.path.join(workdir, "backing")
+        os.makedirs(backing)
+        start = os.path.join(workdir, "start")
+        copy_tree(backing, start)
+        m = aimfs(options=["segment_size=256K"])
+        with open(os.path.join(m.mountpoint, "x.img"), "wb") as f:
+            f.write(os.urandom(1 << 20))
+        assert m.unmount() == 0
+        group = run(["sqlite3", os.path.join(m.journal, "catalog.db"),
+                     "select value from meta where key='group'"]).stdout.strip()
+        out = run([AIMCTL, "ship", "--dest", ng.url, "--timeout", "60s", m.journal]).stdout
+        assert "in_sync" in out, out
+        assert not [f for f in os.listdir(m.journal) if f.endswith(".aimj")]
+        replica = os.path.join(workdir, "replica")
+        replica_from_inbox(ng, group, start, replica)
+        assert_trees_equal(replica, backing)
+        # a destination that never got the pruned segments is told so
+        proc = subprocess.run([AIMCTL, "ship", "--dest", "http://127.0.0.1:1/aim", "--timeout",
+                               "5s", m.journal], capture_output=True, text=True)
+        assert proc.returncode == 1 and "needs_resync" in proc.stdout
+    finally:
+        ng.stop()
+
+
+def test_image_limited_destination_gets_only_its_images(aimfs, workdir):
+    ng_all = Nginx(os.path.join(workdir, "all")).start()
+    ng_one = Nginx(os.path.join(workdir, "one")).start()
+    try:
+        backing = os.path.join(workdir, "backing")
+        os.makedirs(backing)
+        start = os.path.join(workdir, "start")
+        copy_tree(backing, start)
+        status = f"127.0.0.1:{free_port()}"
+        conf = write_config(os.path.join(workdir, "aimfs.conf"), f"""
+[aimfs]
+status = {status}
+segment_age = 200ms
+segment_size = 256K
+[destination all]
+url = {ng_all.url}
+[destination one]
+url = {ng_one.url}
+images = vm1*.qcow2 keep.raw
+""")
+        m = aimfs(options=[f"config={conf}"], expect_alarms=True)
+        mnt = m.mountpoint
+        for name in ("vm1-a.qcow2", "other.raw", "keep.raw", "vm1-b.qcow2"):
+            with open(os.path.join(mnt, name), "wb") as f:
+                f.write(os.urandom(200000))
+        os.rename(os.path.join(mnt, "vm1-b.qcow2"), os.path.join(mnt, "gone.raw"))
+        with open(os.path.join(mnt, "other.raw"), "r+b") as f:
+            f.write(b"x" * 5000)
+        st = wait_in_sync(status)
+        assert m.unmount() == 0
+        full = os.path.join(workdir, "full")
+        replica_from_inbox(ng_all, st["group"], start, full)
+        assert_trees_equal(full, backing)
+        part = os.path.join(workdir, "part")
+        replica_from_inbox(ng_one, st["group"], start, part)
+        assert sorted(os.listdir(part)) == ["keep.raw", "vm1-a.qcow2"]
+        for name in ("keep.raw", "vm1-a.qcow2"):
+            assert open(os.path.join(part, name), "rb").read() == \
+                open(os.path.join(backing, name), "rb").read()
+        # its own LSN sequence has no holes: replay validated contiguity
+    finally:
+        ng_all.stop()
+        ng_one.stop()
+
+
+def refuse(args, needle):
+    proc = subprocess.run([AIMFS, "-f", *args], capture_output=True, text=True, timeout=30,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode != 0, f"aimfs {' '.join(args)} started"
+    assert needle in proc.stderr, f"expected '{needle}' in: {proc.stderr!r}"
+
+
+def test_bad_destination_configuration_is_refused(workdir):
+    b = os.path.join(workdir, "b")
+    mnt = os.path.join(workdir, "m")
+    os.makedirs(b)
+    os.makedirs(mnt)
+
+    def conf(text):
+        return "config=" + write_config(os.path.join(workdir, "c.conf"), text)
+    refuse(["-o", "dest=ftp://host/x", b, mnt], "must start with https://")
+    refuse(["-o", "dest=https://", b, mnt], "has no host")
+    refuse(["-o", "dest=https://h/a,dest=https://h/a", b, mnt], "given twice")
+    refuse(["-o", conf("[destination x]\nurl = https://h/\nca_file = /nonexistent/ca.pem\n"),
+            b, mnt], "ca_file /nonexistent/ca.pem")
+    refuse(["-o", conf("[destination x]\nurl = https://h/\ncolour = blue\n"), b, mnt],
+           'unknown key "colour"')
+    refuse(["-o", conf("[destination x]\nurl = https://h/\nrate = fast\n"), b, mnt], "rate = fast")
+    refuse(["-o", conf("[destination x]\nurl = https://h/\ncompress = lz4\n"), b, mnt],
+           "compress = lz4")
+    refuse(["-o", conf("[elsewhere]\nx = 1\n"), b, mnt], "unknown section [elsewhere]")
+    refuse(["-o", conf("[aimfs]\nspeed = 1\n"), b, mnt], 'has no key "speed"')
+    refuse(["-o", conf("this is not ini\n"), b, mnt], "line 1")
+    refuse(["-o", "config=/nonexistent.conf", b, mnt], "/nonexistent.conf")
+    refuse(["-o", conf("[destination x]\nurl = https://h/\ntoken_file = /nonexistent\n"), b, mnt],
+           "token_file /nonexistent")
+    empty = write_config(os.path.join(workdir, "empty.token"), "\n")
+    refuse(["-o", conf(f"[destination x]\nurl = https://h/\ntoken_file = {empty}\n"), b, mnt],
+           "must hold one line")
+    refuse(["-o", "overflow=track,dest=https://h/", b, mnt], "overflow=track")
+    # the config file's values lose to the command line's
+    refuse(["-o", conf("[aimfs]\nsegment_size = 64M\n") + ",segment_size=0", b, mnt],
+           "segment_size=0")
+
+
+def test_pattern_matching_nothing_is_a_warning(aimfs, workdir):
+    conf = write_config(os.path.join(workdir, "c.conf"), f"""
+[destination x]
+url = http://127.0.0.1:{free_port()}/aim
+images = nothing-like-this*.raw
+""")
+    m = aimfs(options=[f"config={conf}"], expect_alarms=True)
+    assert m.unmount() == 0
+    assert 'image pattern "nothing-like-this*.raw" matches no image' in m.output()
