@@ -738,6 +738,14 @@ static int make_fh(struct fuse_file_info *fi, int fd, int flags)
 	fh->fd = fd;
 	fh->direct = (flags & O_DIRECT) != 0;
 	fi->fh = (uint64_t)(uintptr_t)fh;
+	/*
+	 * O_DIRECT opens bypass the kernel's page cache of the FUSE file as
+	 * well (FOPEN_DIRECT_IO).  Besides being what O_DIRECT means, it saves
+	 * a round trip per write: on the cached path the kernel asks for the
+	 * security.capability xattr before every write.
+	 */
+	if (fh->direct)
+		fi->direct_io = 1;
 	return 0;
 }
 
