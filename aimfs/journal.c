@@ -198,6 +198,8 @@ int journal_append_locked(struct journal *j, struct seg_record *r)
 	/* A failed seal is sticky in j->error; this record itself is safe. */
 	if (s->bytes >= j->cfg.segment_size)
 		journal_seal_locked(j);
+	else if (s->bytes - s->flushed >= WRITEBACK_STEP)
+		pthread_cond_signal(&j->wake); /* the sealer starts writeback */
 	return 0;
 }
 

@@ -26,6 +26,10 @@
 struct catalog;
 
 #define INFLIGHT_SLOTS 256
+/* Start writeback of the open segment every this many bytes, so dirty
+ * journal pages never pile up until the kernel throttles the writer that
+ * happens to hold the journal lock. */
+#define WRITEBACK_STEP (8ULL << 20)
 #define JOURNAL_LOCK_FILE "lock"
 #define CATALOG_FILE "catalog.db"
 
@@ -50,6 +54,7 @@ struct segfile {
 	uint64_t prev_check;     /* check of the last record (or header) */
 	uint64_t digest;         /* trailer check once sealed */
 	uint64_t backing_lsn;    /* the trailer's backing watermark once sealed */
+	uint64_t flushed;        /* writeback started for bytes below this (L) */
 	unsigned refs;           /* (L) the journal/queue holds one; barriers take more */
 	bool sealed;
 	struct segfile *next;    /* seal queue (L) */

@@ -112,6 +112,19 @@ static void *sealer_main(void *arg)
 		}
 		if (j->stopping)
 			break;
+		if (j->open && j->open->bytes - j->open->flushed >= WRITEBACK_STEP) {
+			struct segfile *o = j->open;
+			uint64_t from = o->flushed, to = o->bytes;
+
+			o->refs++;
+			o->flushed = to;
+			pthread_mutex_unlock(&j->lock);
+			/* Asynchronous: starts writeback, waits for nothing. */
+			sync_file_range(o->fd, (off_t)from, (off_t)(to - from), SYNC_FILE_RANGE_WRITE);
+			pthread_mutex_lock(&j->lock);
+			segfile_put_locked(j, o);
+			continue;
+		}
 		now = journal_now_ns();
 		if (j->open && j->open->records &&
 		    now - j->open->created_ns >= j->cfg.segment_age_ns) {
