@@ -1,0 +1,1011 @@
+/*
+ * groups.c — one thread per consistency group, applying its segments in
+ * order: segment applied_segment + 1 when its file is in inbox/<group>/,
+ * nothing otherwise.
+ *
+ * A group's life, in one function (set_state): starting (until its first
+ * look at the inbox), idle (nothing received is
+ * pending), applying (a segment is being re-driven), waiting (later
+ * segments are here, the next one is not: waiting_for says which), stopped
+ * (something an operator must look at; the reason is in status and was
+ * logged once).  A stopped group stays stopped until aim-remote restarts.
+ *
+ * What is refused, and how:
+ *   - a file that is not a valid sealed segment, a segment of another
+ *     group, one whose header number differs from its file name, or one
+ *     that does not continue the LSN sequence applied so far: moved to
+ *     inbox/<group>/quarantine/, recorded, logged, and the group stops,
+ *     before any target is touched;
+ *   - a segment the targets cannot take (a record beyond the end of a
+ *     mapped block device): checked for every record before the first is
+ *     applied, so nothing of it is applied; the group stops and the file
+ *     stays, so that growing the device and restarting resumes;
+ *   - any failure while applying (I/O error, full disk): the group stops;
+ *     the targets are durable up to the LSN recorded, and a restart resumes
+ *     there;
+ *   - a copy of a segment already applied: removed if identical (by the
+ *     digest recorded when it was applied), quarantined if different; the
+ *     group goes on.
+ *
+ * Progress is recorded in the state by the applier's durable callback,
+ * after the targets are durable, and a whole segment is recorded as applied
+ * in the same transaction as its last LSN; only then is its file removed
+ * (or kept under --retain).  So a crash anywhere leaves either the file
+ * with the state pointing into or before it (resumed with after_lsn), or
+ * the state past it with the file removed or about to be (a duplicate).
+ */
+#include "remote_i.h"
+#include "apply.h"
+#include "log.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <linux/fs.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* How long a file under a segment's name must stay unchanged before a
+ * failed validation counts (see still_settling). */
+#define SETTLE_NS (5ULL * 1000000000ULL)
+
+struct group {
+	struct group *next;
+	struct remote *r;
+	char name[37];
+	uint8_t id[16];
+	pthread_t thread;
+
+	pthread_mutex_t lock; /* guards kicked, stop and snap */
+	pthread_cond_t cond;
+	bool kicked;
+	bool stop;
+	struct group_snapshot snap;
+
+	/* Owned by the group's thread. */
+	struct state *st;
+	struct applier *a;
+	int dirfd;
+	struct state_group sg;
+	bool stopped;
+	uint64_t recheck_ns;  /* CLOCK_MONOTONIC time to look again, 0 if none */
+	enum group_state cur_state;
+	uint64_t cur_waiting;
+	struct state_segment cur; /* the segment being applied */
+};
+
+/* A segment file as mapped for validation. */
+struct seg_file {
+	void *map;
+	size_t len;
+	struct seg_view *v;
+};
+
+/* One segment file found in the group directory. */
+struct entry {
+	uint64_t number;
+	uint64_t size;
+	uint64_t mtime_ns;
+};
+
+static const char *const state_names[] = {
+	[GROUP_STARTING] = "starting",
+	[GROUP_IDLE] = "idle",
+	[GROUP_APPLYING] = "applying",
+	[GROUP_WAITING] = "waiting",
+	[GROUP_STOPPED] = "stopped",
+};
+
+bool group_name_valid(const char *name, uint8_t uuid[16])
+{
+	char again[37];
+
+	if (seg_uuid_parse(name, uuid) < 0)
+		return false;
+	seg_uuid_format(uuid, again);
+	return strcmp(again, name) == 0;
+}
+
+/* ---- the snapshot (status) ---- */
+
+static void snap_update(struct group *g, void (*fn)(struct group_snapshot *s, const void *arg),
+			const void *arg)
+{
+	pthread_mutex_lock(&g->lock);
+	fn(&g->snap, arg);
+	pthread_mutex_unlock(&g->lock);
+}
+
+static void snap_progress(struct group_snapshot *s, const void *arg)
+{
+	const struct state_group *sg = arg;
+
+	s->applied_segment = sg->applied_segment;
+	s->applied_lsn = sg->applied_lsn;
+	s->applied_time_ns = sg->applied_time_ns;
+}
+
+static void snap_quarantine_push(struct group_snapshot *s, uint64_t segment, uint64_t time_ns,
+				 const char *reason)
+{
+	struct quarantine_entry *q;
+
+	if (s->nquarantine == QUARANTINE_SHOWN) {
+		memmove(&s->q[0], &s->q[1], (QUARANTINE_SHOWN - 1) * sizeof s->q[0]);
+		s->nquarantine--;
+	}
+	q = &s->q[s->nquarantine++];
+	q->segment = segment;
+	q->time_ns = time_ns;
+	snprintf(q->reason, sizeof q->reason, "%s", reason);
+}
+
+static void load_quarantine(void *ctx, uint64_t segment, uint64_t time_ns, const char *reason)
+{
+	snap_quarantine_push(ctx, segment, time_ns, reason);
+}
+
+/* The single door for state changes: snapshot, state row, log. */
+static void set_state(struct group *g, enum group_state s, uint64_t waiting_for, const char *error)
+{
+	if (g->cur_state == s && g->cur_waiting == waiting_for && s != GROUP_STOPPED)
+		return;
+	if (s == GROUP_WAITING)
+		log_info("group %s: waiting for segment %" PRIu64, g->name, waiting_for);
+	else if (g->cur_state == GROUP_WAITING && s != GROUP_STOPPED)
+		log_info("group %s: segment %" PRIu64 " is here", g->name, g->cur_waiting);
+	g->cur_state = s;
+	g->cur_waiting = waiting_for;
+	pthread_mutex_lock(&g->lock);
+	g->snap.state = s;
+	g->snap.waiting_for = waiting_for;
+	if (s != GROUP_APPLYING)
+		g->snap.applying = 0;
+	if (s == GROUP_STOPPED)
+		snprintf(g->snap.error, sizeof g->snap.error, "%s", error ? error : "");
+	else
+		g->snap.error[0] = '\0';
+	pthread_mutex_unlock(&g->lock);
+	if (g->st)
+		state_group_status(g->st, g->name, state_names[s], waiting_for, error);
+}
+
+/* Stops the group until a restart; the reason is logged here, once. */
+static void stop_group(struct group *g, const char *why)
+{
+	log_error("group %s: stopped: %s", g->name, why);
+	g->stopped = true;
+	set_state(g, GROUP_STOPPED, 0, why);
+}
+
+/* ---- files ---- */
+
+static void seg_file_close(struct seg_file *f)
+{
+	seg_view_free(f->v);
+	if (f->map && f->map != MAP_FAILED)
+		munmap(f->map, f->len);
+	memset(f, 0, sizeof *f);
+}
+
+/*
+ * Maps and validates the segment file name of the group directory.
+ * Returns 0 with f filled, -EBADMSG with the decoder's reason in why, or
+ * another -errno (also explained in why).
+ */
+static int seg_file_open(struct group *g, const char *name, struct seg_file *f, char *why,
+			 size_t whylen)
+{
+	static const uint8_t empty[1];
+	struct seg_err e;
+	struct stat st;
+	int fd, r;
+
+	memset(f, 0, sizeof *f);
+	fd = openat(g->dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0) {
+		r = -errno;
+		snprintf(why, whylen, "cannot open: %s", strerror(-r));
+		return r;
+	}
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		snprintf(why, whylen, "not a regular file");
+		return -EBADMSG;
+	}
+	f->len = (size_t)st.st_size;
+	if (f->len) {
+		f->map = mmap(NULL, f->len, PROT_READ, MAP_SHARED, fd, 0);
+		if (f->map == MAP_FAILED) {
+			r = -errno;
+			close(fd);
+			f->map = NULL;
+			snprintf(why, whylen, "cannot map: %s", strerror(-r));
+			return r;
+		}
+	}
+	close(fd);
+	r = seg_view_new(f->len ? f->map : empty, f->len, &f->v, &e);
+	if (r < 0) {
+		snprintf(why, whylen, "not a valid segment: %s (at byte %" PRIu64 ")", e.msg,
+			 e.offset);
+		seg_file_close(f);
+		return -EBADMSG;
+	}
+	return 0;
+}
+
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+/* 1 if some process has the file open for writing, 0 if not, -errno if
+ * this cannot be told.  A read lease is granted only when no one has the
+ * file open for writing; it is dropped at once (SIGIO is ignored, so a
+ * writer opening it meanwhile waits microseconds, not for a signal). */
+static int has_writer(struct group *g, const char *name)
+{
+	int fd = openat(g->dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC), e;
+
+	if (fd < 0)
+		return -errno;
+	if (fcntl(fd, F_SETLEASE, F_RDLCK) == 0) {
+		fcntl(fd, F_SETLEASE, F_UNLCK);
+		close(fd);
+		return 0;
+	}
+	e = errno;
+	close(fd);
+	return e == EAGAIN ? 1 : -e;
+}
+
+/*
+ * A file that fails validation may still be being written under its final
+ * name (cp onto the inbox, a WebDAV server without a temporary name).
+ * Returns true if it is, and arranges another look (its IN_CLOSE_WRITE
+ * usually comes first).  Where leases are not available (not the file's
+ * owner without CAP_LEASE, some file systems), a file that changed within
+ * SETTLE_NS gets the benefit of the doubt instead.
+ */
+static bool still_settling(struct group *g, const char *name)
+{
+	struct stat st;
+	uint64_t mtime, now;
+	int w = has_writer(g, name);
+
+	if (w == 0)
+		return false;
+	if (w == 1) {
+		g->recheck_ns = mono_ns() + 1000000000ULL;
+		log_debug("group %s: %s is still being written", g->name, name);
+		return true;
+	}
+	if (fstatat(g->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return false;
+	mtime = (uint64_t)st.st_mtim.tv_sec * 1000000000ULL + (uint64_t)st.st_mtim.tv_nsec;
+	now = remote_now_ns();
+	if (mtime + SETTLE_NS <= now || mtime > now + SETTLE_NS)
+		return false;
+	g->recheck_ns = mono_ns() + (mtime + SETTLE_NS - now);
+	log_debug("group %s: %s is not a whole segment yet; looking again when it settles",
+		  g->name, name);
+	return true;
+}
+
+/* Opens (creating) the subdirectory sub of the group directory. */
+static int open_subdir(struct group *g, const char *sub)
+{
+	int fd;
+
+	if (mkdirat(g->dirfd, sub, 0750) < 0 && errno != EEXIST)
+		return -errno;
+	fd = openat(g->dirfd, sub, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	return fd < 0 ? -errno : fd;
+}
+
+/*
+ * Moves name into the subdirectory sub under its own name, or under
+ * name.<ns> if that is taken (quarantine keeps every copy).  Returns the
+ * name used in out, 0 or -errno.
+ */
+static int move_aside(struct group *g, const char *name, const char *sub, bool keep_all,
+		      char *out, size_t outlen)
+{
+	int dfd = open_subdir(g, sub), r;
+
+	if (dfd < 0)
+		return dfd;
+	snprintf(out, outlen, "%s", name);
+	r = renameat2(g->dirfd, name, dfd, out, keep_all ? RENAME_NOREPLACE : 0);
+	if (r < 0 && errno == EEXIST) {
+		snprintf(out, outlen, "%s.%" PRIu64, name, remote_now_ns());
+		r = renameat2(g->dirfd, name, dfd, out, RENAME_NOREPLACE);
+	}
+	r = r < 0 ? -errno : 0;
+	if (r == 0) {
+		fsync(dfd);
+		fsync(g->dirfd);
+	}
+	close(dfd);
+	return r;
+}
+
+/* An applied segment's file: kept under --retain, removed otherwise. */
+static void dispose(struct group *g, const char *name)
+{
+	char used[SEG_FILE_NAME_LEN + 32];
+	int r;
+
+	if (g->r->cfg.retain) {
+		r = move_aside(g, name, GROUP_APPLIED, false, used, sizeof used);
+	} else {
+		r = unlinkat(g->dirfd, name, 0) < 0 ? -errno : 0;
+		if (r == 0)
+			fsync(g->dirfd);
+	}
+	if (r < 0 && r != -ENOENT)
+		log_error("group %s: cannot %s applied segment %s: %s", g->name,
+			  g->r->cfg.retain ? "keep" : "remove", name, strerror(-r));
+}
+
+/* Puts name aside in quarantine/ and records why.  stop: the group cannot
+ * go on without this segment. */
+static void quarantine(struct group *g, uint64_t number, const char *name, const char *why,
+		       bool stop)
+{
+	char used[SEG_FILE_NAME_LEN + 32], msg[768];
+	uint64_t now = remote_now_ns();
+	int r;
+
+	r = move_aside(g, name, GROUP_QUARANTINE, true, used, sizeof used);
+	snprintf(msg, sizeof msg, "segment %" PRIu64 " (%s): %s", number, name, why);
+	if (r < 0)
+		log_error("group %s: cannot move %s aside into %s/: %s", g->name, name,
+			  GROUP_QUARANTINE, strerror(-r));
+	if (g->st)
+		state_quarantine_add(g->st, g->name, number, why, r == 0 ? used : NULL);
+	pthread_mutex_lock(&g->lock);
+	snap_quarantine_push(&g->snap, number, now, why);
+	g->snap.quarantined++;
+	pthread_mutex_unlock(&g->lock);
+	if (stop) {
+		char reason[1024];
+
+		snprintf(reason, sizeof reason, "%s; it was put aside in %s/%s/%s/%s", msg,
+			 g->r->cfg.inbox, g->name, GROUP_QUARANTINE, r == 0 ? used : name);
+		stop_group(g, reason);
+	} else {
+		log_error("group %s: %s; it was put aside in %s/", g->name, msg, GROUP_QUARANTINE);
+	}
+}
+
+static int by_number(const void *x, const void *y)
+{
+	const struct entry *a = x, *b = y;
+
+	return a->number < b->number ? -1 : a->number > b->number;
+}
+
+/* Lists the segment files of the group directory, in order. */
+static int scan(struct group *g, struct entry **out, size_t *n)
+{
+	struct entry *list = NULL;
+	size_t count = 0, cap = 0;
+	struct dirent *de;
+	DIR *d;
+	int fd = openat(g->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (fd < 0 || !(d = fdopendir(fd))) {
+		int r = -errno;
+
+		if (fd >= 0)
+			close(fd);
+		return r;
+	}
+	while ((de = readdir(d))) {
+		struct stat st;
+		uint64_t num;
+
+		if (seg_parse_file_name(de->d_name, &num) < 0)
+			continue;
+		if (fstatat(g->dirfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+			continue; /* gone meanwhile */
+		if (count == cap) {
+			struct entry *nl = realloc(list, (cap ? cap * 2 : 16) * sizeof *nl);
+
+			if (!nl) {
+				free(list);
+				closedir(d);
+				return -ENOMEM;
+			}
+			list = nl;
+			cap = cap ? cap * 2 : 16;
+		}
+		list[count].number = num;
+		list[count].size = (uint64_t)st.st_size;
+		list[count].mtime_ns = (uint64_t)st.st_mtim.tv_sec * 1000000000ULL +
+				       (uint64_t)st.st_mtim.tv_nsec;
+		count++;
+	}
+	closedir(d);
+	if (count > 1)
+		qsort(list, count, sizeof *list, by_number);
+	*out = list;
+	*n = count;
+	return 0;
+}
+
+/* ---- applying ---- */
+
+static int on_durable(void *ctx, const struct apply_progress *p)
+{
+	struct group *g = ctx;
+	bool whole = p->segment == g->cur.number && p->lsn == g->cur.last_lsn;
+	int r;
+
+	r = state_progress(g->st, g->name, p->lsn, p->time_ns, whole ? &g->cur : NULL);
+	if (r < 0)
+		return r;
+	g->sg.applied_lsn = p->lsn;
+	g->sg.applied_time_ns = p->time_ns;
+	if (whole) {
+		g->sg.applied_segment = g->cur.number;
+		g->sg.segment_last_lsn = g->cur.last_lsn;
+	}
+	snap_update(g, snap_progress, &g->sg);
+	/* Shutting down: stop at this barrier, which is recorded. */
+	if (!whole && atomic_load(&g->r->quitting))
+		return -ECANCELED;
+	return 0;
+}
+
+/* Where a record of an image mapped onto a block device would end up
+ * beyond the device: the same rules as the applier, checked for the whole
+ * segment before anything is applied. */
+static const char *beyond_device(const struct seg_record *rec, uint64_t size)
+{
+	bool keep = rec->flags & SEG_F_KEEP_SIZE;
+	uint64_t end = rec->offset + rec->length;
+
+	if (end < rec->offset)
+		return "range";
+	switch (rec->type) {
+	case SEG_WRITE:
+		return end > size ? "write" : NULL;
+	case SEG_ZERO:
+		return end > size && !keep ? "zero" : NULL;
+	case SEG_ALLOC:
+		return end > size && !keep ? "allocation" : NULL;
+	case SEG_TRUNCATE:
+		return rec->offset > size ? "truncate" : NULL;
+	default:
+		return NULL;
+	}
+}
+
+static int preflight(struct group *g, struct seg_view *v, uint64_t after, char *why,
+		     size_t whylen)
+{
+	const struct remote_config *c = &g->r->cfg;
+	uint64_t *sizes;
+	struct seg_record rec;
+	int r = 0;
+
+	if (!c->nmaps)
+		return 0;
+	sizes = calloc(c->nmaps, sizeof *sizes);
+	if (!sizes) {
+		snprintf(why, whylen, "out of memory");
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < c->nmaps; i++) {
+		const char *path = strchr(c->maps[i], '=') + 1;
+		struct stat st;
+		int fd;
+
+		sizes[i] = UINT64_MAX; /* not a block device: files grow */
+		if (stat(path, &st) < 0 || !S_ISBLK(st.st_mode))
+			continue;
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0 || ioctl(fd, BLKGETSIZE64, &sizes[i]) < 0) {
+			r = -errno;
+			snprintf(why, whylen, "cannot read the size of %s: %s", path, strerror(-r));
+			if (fd >= 0)
+				close(fd);
+			goto out;
+		}
+		close(fd);
+	}
+	seg_view_rewind(v);
+	while (seg_view_next(v, &rec) == 1) {
+		const char *name, *what;
+
+		if (rec.lsn <= after || rec.type < SEG_WRITE || rec.type > SEG_ALLOC)
+			continue;
+		name = seg_view_image_name(v, rec.image);
+		if (!name)
+			continue;
+		for (size_t i = 0; i < c->nmaps; i++) {
+			const char *eq = strchr(c->maps[i], '=');
+
+			if (sizes[i] == UINT64_MAX || strlen(name) != (size_t)(eq - c->maps[i]) ||
+			    strncmp(name, c->maps[i], (size_t)(eq - c->maps[i])) != 0)
+				continue;
+			what = beyond_device(&rec, sizes[i]);
+			if (what) {
+				snprintf(why, whylen,
+					 "%s at %" PRIu64 "+%" PRIu64 " (LSN %" PRIu64 ") of image %s is beyond the end of %s (%" PRIu64
+					 " bytes); block devices are never resized, so nothing of segment %" PRIu64
+					 " was applied",
+					 what, rec.offset, rec.length, rec.lsn, name, eq + 1, sizes[i],
+					 seg_view_header(v)->number);
+				r = -ENOSPC;
+				goto out;
+			}
+		}
+	}
+out:
+	seg_view_rewind(v);
+	free(sizes);
+	return r;
+}
+
+/* Applies segment number next (present as a file).  Returns 1 when it was
+ * applied, 0 when the group stopped or the daemon is quitting. */
+static int apply_next(struct group *g, uint64_t next)
+{
+	char name[SEG_FILE_NAME_LEN + 6], why[1024], u[37];
+	const struct seg_header *h;
+	struct apply_stats as;
+	struct seg_file f;
+	uint64_t last, after = g->sg.applied_lsn;
+	int r;
+
+	seg_file_name(next, SEG_FILE_SUFFIX, name);
+	r = seg_file_open(g, name, &f, why, sizeof why);
+	if (r == -ENOENT)
+		return 1; /* gone meanwhile: look again */
+	if (r == -EBADMSG) {
+		if (still_settling(g, name)) {
+			set_state(g, GROUP_WAITING, next, NULL);
+			return 0;
+		}
+		quarantine(g, next, name, why, true);
+		return 0;
+	}
+	if (r < 0) {
+		/* This host's trouble, not the segment's: keep the file. */
+		char msg[1100];
+
+		snprintf(msg, sizeof msg, "segment %" PRIu64 " (%s): %s", next, name, why);
+		stop_group(g, msg);
+		return 0;
+	}
+	h = seg_view_header(f.v);
+	last = seg_view_last_lsn(f.v);
+	if (memcmp(h->group, g->id, 16) != 0) {
+		seg_uuid_format(h->group, u);
+		snprintf(why, sizeof why, "it belongs to group %s, not to this one", u);
+	} else if (h->number != next) {
+		snprintf(why, sizeof why, "its file name says segment %" PRIu64
+			 " but its header says %" PRIu64, next, h->number);
+	} else if (g->sg.applied_segment && h->first_lsn != g->sg.segment_last_lsn + 1) {
+		snprintf(why, sizeof why, "it starts at LSN %" PRIu64 " but segment %" PRIu64
+			 " ended at LSN %" PRIu64 " (expected %" PRIu64 ")", h->first_lsn,
+			 g->sg.applied_segment, g->sg.segment_last_lsn,
+			 g->sg.segment_last_lsn + 1);
+	} else if ((g->sg.applied_segment || after) &&
+		   (after + 1 < h->first_lsn || after > last)) {
+		snprintf(why, sizeof why, "the targets are durable up to LSN %" PRIu64
+			 ", which is not within this segment (LSN %" PRIu64 "..%" PRIu64 ")",
+			 after, h->first_lsn, last);
+	} else {
+		why[0] = '\0';
+	}
+	if (why[0]) {
+		seg_file_close(&f);
+		quarantine(g, next, name, why, true);
+		return 0;
+	}
+	r = preflight(g, f.v, after, why, sizeof why);
+	if (r < 0) {
+		seg_file_close(&f);
+		snprintf(why + strlen(why), sizeof why - strlen(why),
+			 "; the targets are unchanged (durable up to LSN %" PRIu64 ")", after);
+		stop_group(g, why);
+		return 0;
+	}
+	g->cur.number = next;
+	g->cur.first_lsn = h->first_lsn;
+	g->cur.last_lsn = last;
+	g->cur.size = f.len;
+	g->cur.digest = seg_view_digest(f.v);
+	set_state(g, GROUP_APPLYING, 0, NULL);
+	pthread_mutex_lock(&g->lock);
+	g->snap.applying = next;
+	pthread_mutex_unlock(&g->lock);
+	if (after >= h->first_lsn)
+		log_info("group %s: resuming segment %" PRIu64 " after LSN %" PRIu64, g->name, next,
+			 after);
+	r = applier_apply(g->a, f.v, after, why, sizeof why);
+	/* Normally the durable callback recorded the whole segment; an apply
+	 * whose last barrier was reported before (a resumed one) did not. */
+	if (r == 0 && g->sg.applied_segment != next) {
+		uint64_t t = g->sg.applied_time_ns;
+
+		r = state_progress(g->st, g->name, last, t, &g->cur);
+		if (r == 0) {
+			g->sg.applied_segment = next;
+			g->sg.segment_last_lsn = last;
+			g->sg.applied_lsn = last;
+			snap_update(g, snap_progress, &g->sg);
+		} else {
+			snprintf(why, sizeof why, "cannot record segment %" PRIu64 " as applied", next);
+		}
+	}
+	applier_stats(g->a, &as);
+	pthread_mutex_lock(&g->lock);
+	g->snap.segments_applied = as.segments;
+	g->snap.records_applied = as.records;
+	g->snap.bytes_written = as.bytes_written;
+	pthread_mutex_unlock(&g->lock);
+	seg_file_close(&f);
+	if (r < 0) {
+		if (r == -ECANCELED && atomic_load(&g->r->quitting)) {
+			log_info("group %s: interrupted in segment %" PRIu64
+				 "; the targets are durable up to LSN %" PRIu64, g->name, next,
+				 g->sg.applied_lsn);
+			return 0;
+		}
+		snprintf(why + strlen(why), sizeof why - strlen(why),
+			 "; the targets are durable up to LSN %" PRIu64, g->sg.applied_lsn);
+		stop_group(g, why);
+		return 0;
+	}
+	log_info("group %s: applied segment %" PRIu64 " (LSN %" PRIu64 "..%" PRIu64 ")", g->name,
+		 next, g->cur.first_lsn <= after ? after + 1 : g->cur.first_lsn, last);
+	dispose(g, name);
+	return 1;
+}
+
+/* A segment numbered at most applied_segment: removed when it is the one
+ * applied, put aside otherwise. */
+static void duplicate(struct group *g, uint64_t number)
+{
+	char name[SEG_FILE_NAME_LEN + 6], why[768];
+	struct state_segment s;
+	struct seg_file f;
+	int r;
+
+	seg_file_name(number, SEG_FILE_SUFFIX, name);
+	r = seg_file_open(g, name, &f, why, sizeof why);
+	if (r == -ENOENT)
+		return;
+	if (r < 0) {
+		if (r == -EBADMSG && !still_settling(g, name))
+			quarantine(g, number, name, why, false);
+		return;
+	}
+	r = state_segment_get(g->st, g->name, number, &s);
+	if (r == 0 && (s.digest != seg_view_digest(f.v) || s.size != f.len ||
+		       memcmp(seg_view_header(f.v)->group, g->id, 16) != 0)) {
+		seg_file_close(&f);
+		snprintf(why, sizeof why, "it differs from the segment %" PRIu64
+			 " applied before (digest %016" PRIx64 ", %" PRIu64 " bytes)", number,
+			 s.digest, s.size);
+		quarantine(g, number, name, why, false);
+		return;
+	}
+	seg_file_close(&f);
+	if (r < 0 && r != -ENOENT)
+		return; /* the state could not tell: leave it for the next look */
+	log_info("group %s: segment %" PRIu64 " was applied before; removing the copy", g->name,
+		 number);
+	if (unlinkat(g->dirfd, name, 0) == 0)
+		fsync(g->dirfd);
+}
+
+/* Lists the group directory and publishes the backlog (segments numbered
+ * above applied_segment).  dups: remove or put aside the others.  Returns
+ * the backlog's count, *have_next whether applied_segment + 1 is there. */
+static uint64_t look(struct group *g, bool dups, bool *have_next)
+{
+	struct entry *e = NULL;
+	uint64_t bl_n = 0, bl_bytes = 0, oldest = 0;
+	size_t n = 0;
+	int r;
+
+	*have_next = false;
+	r = scan(g, &e, &n);
+	if (r < 0) {
+		if (r != -ENOENT)
+			log_error("group %s: cannot list %s/%s: %s", g->name, g->r->cfg.inbox,
+				  g->name, strerror(-r));
+		return 0;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (e[i].number <= g->sg.applied_segment) {
+			if (dups)
+				duplicate(g, e[i].number);
+			continue;
+		}
+		if (e[i].number == g->sg.applied_segment + 1)
+			*have_next = true;
+		bl_n++;
+		bl_bytes += e[i].size;
+		if (!oldest || e[i].mtime_ns < oldest)
+			oldest = e[i].mtime_ns;
+	}
+	free(e);
+	pthread_mutex_lock(&g->lock);
+	g->snap.backlog_segments = bl_n;
+	g->snap.backlog_bytes = bl_bytes;
+	g->snap.oldest_pending_ns = oldest;
+	pthread_mutex_unlock(&g->lock);
+	return bl_n;
+}
+
+/* One look at the group directory.  Returns 1 when something was done and
+ * another look is worth it, 0 when there is nothing to do now. */
+static int step(struct group *g)
+{
+	uint64_t next = g->sg.applied_segment + 1;
+	bool have_next;
+	uint64_t backlog = look(g, true, &have_next);
+
+	if (have_next)
+		return apply_next(g, next);
+	if (backlog)
+		set_state(g, GROUP_WAITING, next, NULL);
+	else
+		set_state(g, GROUP_IDLE, 0, NULL);
+	return 0;
+}
+
+/* ---- the thread ---- */
+
+static int group_init(struct group *g)
+{
+	const struct remote_config *c = &g->r->cfg;
+	uint64_t total = 0;
+	int r;
+
+	r = state_open(g->r->db_path, &g->st);
+	if (r < 0)
+		return r;
+	r = state_group_load(g->st, g->name, &g->sg);
+	if (r < 0)
+		return r;
+	pthread_mutex_lock(&g->lock);
+	snap_progress(&g->snap, &g->sg);
+	pthread_mutex_unlock(&g->lock);
+	{
+		struct group_snapshot tmp;
+
+		memset(&tmp, 0, sizeof tmp);
+		if (state_quarantine_each(g->st, g->name, load_quarantine, &tmp, &total) == 0) {
+			pthread_mutex_lock(&g->lock);
+			memcpy(g->snap.q, tmp.q, sizeof tmp.q);
+			g->snap.nquarantine = tmp.nquarantine;
+			g->snap.quarantined = total;
+			pthread_mutex_unlock(&g->lock);
+		}
+	}
+	/* Whatever an earlier run recorded, this run starts afresh. */
+	state_group_status(g->st, g->name, "idle", 0, NULL);
+	if (mkdirat(g->r->inbox_fd, g->name, 0750) < 0 && errno != EEXIST) {
+		log_error("group %s: cannot create %s/%s: %m", g->name, c->inbox, g->name);
+		return -errno;
+	}
+	g->dirfd = openat(g->r->inbox_fd, g->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (g->dirfd < 0) {
+		log_error("group %s: cannot open %s/%s: %m", g->name, c->inbox, g->name);
+		return -errno;
+	}
+	r = applier_new(c->target_dir, &g->a);
+	if (r < 0)
+		return r;
+	for (size_t i = 0; i < c->nmaps; i++) {
+		char *eq = strchr(c->maps[i], '='), image[SEG_NAME_MAX + 1];
+
+		snprintf(image, sizeof image, "%.*s", (int)(eq - c->maps[i]), c->maps[i]);
+		r = applier_map(g->a, image, eq + 1);
+		if (r < 0)
+			return r;
+	}
+	applier_set_durable_cb(g->a, on_durable, g);
+	return 0;
+}
+
+static void *group_main(void *arg)
+{
+	struct group *g = arg;
+
+	if (group_init(g) < 0)
+		stop_group(g, "cannot start applying (see the messages before)");
+	for (;;) {
+		pthread_mutex_lock(&g->lock);
+		while (!g->kicked && !g->stop) {
+			struct timespec ts;
+
+			if (!g->recheck_ns) {
+				pthread_cond_wait(&g->cond, &g->lock);
+				continue;
+			}
+			ts.tv_sec = (time_t)(g->recheck_ns / 1000000000ULL);
+			ts.tv_nsec = (long)(g->recheck_ns % 1000000000ULL);
+			if (pthread_cond_timedwait(&g->cond, &g->lock, &ts) == ETIMEDOUT)
+				break;
+		}
+		g->recheck_ns = 0;
+		if (g->stop) {
+			pthread_mutex_unlock(&g->lock);
+			break;
+		}
+		g->kicked = false;
+		pthread_mutex_unlock(&g->lock);
+		if (g->stopped) {
+			bool have_next;
+
+			/* Nothing is applied, but status shows what piles up. */
+			if (g->dirfd >= 0)
+				look(g, false, &have_next);
+			continue;
+		}
+		while (!g->stopped && !atomic_load(&g->r->quitting) && step(g) > 0)
+			;
+	}
+	applier_free(g->a);
+	g->a = NULL;
+	state_close(g->st);
+	g->st = NULL;
+	if (g->dirfd >= 0)
+		close(g->dirfd);
+	g->dirfd = -1;
+	return NULL;
+}
+
+/* ---- the set of groups ---- */
+
+int groups_kick(struct remote *r, const char *name)
+{
+	struct group *g, **tail;
+	uint8_t id[16];
+	int rc;
+
+	if (!group_name_valid(name, id))
+		return -EINVAL;
+	pthread_mutex_lock(&r->lock);
+	for (tail = &r->groups; (g = *tail); tail = &g->next) {
+		if (strcmp(g->name, name) == 0) {
+			pthread_mutex_lock(&g->lock);
+			g->kicked = true;
+			pthread_cond_signal(&g->cond);
+			pthread_mutex_unlock(&g->lock);
+			pthread_mutex_unlock(&r->lock);
+			return 0;
+		}
+	}
+	if (atomic_load(&r->quitting)) {
+		pthread_mutex_unlock(&r->lock);
+		return -ECANCELED;
+	}
+	g = calloc(1, sizeof *g);
+	if (!g) {
+		pthread_mutex_unlock(&r->lock);
+		return -ENOMEM;
+	}
+	g->r = r;
+	memcpy(g->id, id, 16);
+	snprintf(g->name, sizeof g->name, "%s", name);
+	snprintf(g->snap.name, sizeof g->snap.name, "%s", name);
+	g->dirfd = -1;
+	g->kicked = true;
+	g->cur_state = GROUP_STARTING; /* until the first look at its directory */
+	pthread_mutex_init(&g->lock, NULL);
+	{
+		pthread_condattr_t ca;
+
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&g->cond, &ca);
+		pthread_condattr_destroy(&ca);
+	}
+	rc = pthread_create(&g->thread, NULL, group_main, g);
+	if (rc) {
+		pthread_mutex_unlock(&r->lock);
+		log_error("group %s: cannot start a thread: %s", name, strerror(rc));
+		pthread_mutex_destroy(&g->lock);
+		pthread_cond_destroy(&g->cond);
+		free(g);
+		return -rc;
+	}
+	*tail = g;
+	pthread_mutex_unlock(&r->lock);
+	log_info("group %s: applying onto %s", name, r->cfg.target_dir);
+	return 0;
+}
+
+void groups_kick_all(struct remote *r)
+{
+	pthread_mutex_lock(&r->lock);
+	for (struct group *g = r->groups; g; g = g->next) {
+		pthread_mutex_lock(&g->lock);
+		g->kicked = true;
+		pthread_cond_signal(&g->cond);
+		pthread_mutex_unlock(&g->lock);
+	}
+	pthread_mutex_unlock(&r->lock);
+}
+
+static int kick_known(void *ctx, const char *group)
+{
+	groups_kick(ctx, group);
+	return 0;
+}
+
+int groups_start(struct remote *r)
+{
+	struct state *st;
+	int rc;
+
+	rc = state_open(r->db_path, &st);
+	if (rc < 0)
+		return rc;
+	rc = state_groups_each(st, kick_known, r);
+	state_close(st);
+	return rc;
+}
+
+void groups_stop(struct remote *r)
+{
+	struct group *g, *next;
+
+	atomic_store(&r->quitting, true);
+	pthread_mutex_lock(&r->lock);
+	for (g = r->groups; g; g = g->next) {
+		pthread_mutex_lock(&g->lock);
+		g->stop = true;
+		pthread_cond_signal(&g->cond);
+		pthread_mutex_unlock(&g->lock);
+	}
+	g = r->groups;
+	r->groups = NULL;
+	pthread_mutex_unlock(&r->lock);
+	for (; g; g = next) {
+		next = g->next;
+		pthread_join(g->thread, NULL);
+		pthread_mutex_destroy(&g->lock);
+		pthread_cond_destroy(&g->cond);
+		free(g);
+	}
+}
+
+void groups_each(struct remote *r, void (*fn)(void *ctx, const struct group_snapshot *s),
+		 void *ctx)
+{
+	struct group_snapshot *s = malloc(sizeof *s);
+
+	if (!s)
+		return;
+	pthread_mutex_lock(&r->lock);
+	for (struct group *g = r->groups; g; g = g->next) {
+		pthread_mutex_lock(&g->lock);
+		*s = g->snap;
+		pthread_mutex_unlock(&g->lock);
+		fn(ctx, s);
+	}
+	pthread_mutex_unlock(&r->lock);
+	free(s);
+}

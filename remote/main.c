@@ -1,0 +1,450 @@
+/*
+ * main.c — aim-remote: options, start-up checks, and the daemon's poll
+ * loop.
+ *
+ * Everything is checked before anything runs: the inbox and the target
+ * directory must exist, every --map must be usable, the TLS material and
+ * the token must load, the addresses must parse, and the inbox must not be
+ * in use by another aim-remote (flock on the inbox and on the state
+ * directory).  A refusal says why on stderr and exits 1 (2 for a usage
+ * error).
+ *
+ * The main thread then waits in poll(2) on a signalfd (SIGINT/SIGTERM: stop
+ * cleanly, exit 0; SIGHUP: rescan the inbox) and the inotify descriptor,
+ * with a slow timer that rescans the inbox as a safety net.  The receiver
+ * and the status listener run on libmicrohttpd's threads, the appliers on
+ * their groups' threads (remote_i.h).
+ */
+#include "remote_i.h"
+#include "apply.h"
+#include "log.h"
+#include "parse.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#ifndef AIM_VERSION
+#define AIM_VERSION "unknown"
+#endif
+
+#define EXIT_USAGE 2
+#define RESCAN_MS 30000
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: %s --inbox DIR --target-dir DIR [--map IMAGE=PATH]... [--state DIR]\n"
+		"       [--listen ADDR:PORT --tls-cert FILE --tls-key FILE [--client-ca FILE]]\n"
+		"       [--token-file FILE] [--status ADDR:PORT|off] [--max-segment SIZE] [--retain] [-v]\n"
+		"\n"
+		"Applies the segments of aimfs consistency groups, in order, onto their targets.\n"
+		"\n"
+		"  --inbox DIR          where segments arrive: DIR/<group>/<number>.aimj (required)\n"
+		"  --target-dir DIR     images are DIR/<image name> unless mapped (required)\n"
+		"  --map IMAGE=PATH     image IMAGE goes to PATH, a file or a block device\n"
+		"  --state DIR          progress database remote.db (default: <inbox>.state)\n"
+		"  --listen ADDR:PORT   receive segments by HTTPS PUT (default: watch the inbox only)\n"
+		"  --tls-cert FILE      the receiver's certificate chain (PEM)\n"
+		"  --tls-key FILE       its private key (PEM)\n"
+		"  --client-ca FILE     require client certificates signed by this CA\n"
+		"  --token-file FILE    require \"Authorization: Bearer <token in FILE>\"\n"
+		"  --status ADDR:PORT   /status and /metrics (default %s; \"off\" disables)\n"
+		"  --max-segment SIZE   largest segment accepted (default 1G)\n"
+		"  --retain             keep applied segments in <inbox>/<group>/applied/\n"
+		"  -v, --verbose        debug messages\n"
+		"  -h, --help           this help;  --version  the version\n",
+		log_progname(), REMOTE_DEFAULT_STATUS);
+}
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static int usage_error(const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	log_error("%s", msg);
+	fprintf(stderr, "Try '%s --help'.\n", log_progname());
+	return EXIT_USAGE;
+}
+
+/* An existing directory, as an absolute path (malloc'd), or NULL after
+ * logging why. */
+static char *existing_dir(const char *opt, const char *path)
+{
+	struct stat st;
+	char *abs;
+
+	if (stat(path, &st) < 0) {
+		log_error("%s %s: %m", opt, path);
+		return NULL;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		log_error("%s %s: not a directory", opt, path);
+		return NULL;
+	}
+	abs = realpath(path, NULL);
+	if (!abs)
+		log_error("%s %s: %m", opt, path);
+	return abs;
+}
+
+static int check_addr(const char *opt, const char *addr)
+{
+	char host[256];
+	uint16_t port;
+
+	if (parse_hostport(addr, host, sizeof host, &port) < 0 || !port) {
+		log_error("%s %s: expected ADDR:PORT, e.g. 127.0.0.1:9443", opt, addr);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int check_file(const char *opt, const char *path)
+{
+	if (access(path, R_OK) < 0) {
+		log_error("%s %s: %m", opt, path);
+		return -errno;
+	}
+	return 0;
+}
+
+/* Every --map, tried on a scratch applier: each group's applier will take
+ * them the same way. */
+static int check_maps(const struct remote_config *c)
+{
+	struct applier *a;
+	int r;
+
+	r = applier_new(c->target_dir, &a);
+	if (r < 0)
+		return r;
+	for (size_t i = 0; i < c->nmaps && r == 0; i++) {
+		char *eq = strchr(c->maps[i], '=');
+
+		*eq = '\0';
+		r = applier_map(a, c->maps[i], eq + 1);
+		*eq = '=';
+	}
+	applier_free(a);
+	return r;
+}
+
+/* Takes an exclusive flock on an open directory, for the daemon's life. */
+static int lock_dir(const char *what, const char *path, int *fd)
+{
+	*fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (*fd < 0) {
+		log_error("%s %s: %m", what, path);
+		return -errno;
+	}
+	if (flock(*fd, LOCK_EX | LOCK_NB) < 0) {
+		if (errno == EWOULDBLOCK)
+			log_error("%s %s is in use by another aim-remote", what, path);
+		else
+			log_error("%s %s: cannot lock: %m", what, path);
+		return -EBUSY;
+	}
+	return 0;
+}
+
+static int parse_args(int argc, char **argv, struct remote_config *c, bool *done)
+{
+	static const struct option opts[] = {
+		{ "inbox", required_argument, NULL, 'i' },
+		{ "target-dir", required_argument, NULL, 't' },
+		{ "map", required_argument, NULL, 'm' },
+		{ "state", required_argument, NULL, 's' },
+		{ "listen", required_argument, NULL, 'l' },
+		{ "tls-cert", required_argument, NULL, 'c' },
+		{ "tls-key", required_argument, NULL, 'k' },
+		{ "client-ca", required_argument, NULL, 'a' },
+		{ "token-file", required_argument, NULL, 'T' },
+		{ "status", required_argument, NULL, 'S' },
+		{ "max-segment", required_argument, NULL, 'M' },
+		{ "retain", no_argument, NULL, 'R' },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ NULL, 0, NULL, 0 },
+	};
+	int ch;
+
+	opterr = 0;
+	while ((ch = getopt_long(argc, argv, ":vh", opts, NULL)) != -1) {
+		switch (ch) {
+		case 'i':
+			c->inbox = optarg;
+			break;
+		case 't':
+			c->target_dir = optarg;
+			break;
+		case 'm': {
+			const char *eq = strchr(optarg, '=');
+			char **nm;
+
+			if (!eq || eq == optarg || !eq[1])
+				return usage_error("--map takes IMAGE=PATH, not \"%s\"", optarg);
+			nm = realloc(c->maps, (c->nmaps + 1) * sizeof *nm);
+			if (!nm)
+				return 1;
+			c->maps = nm;
+			c->maps[c->nmaps++] = optarg;
+			break;
+		}
+		case 's':
+			c->state_dir = optarg;
+			break;
+		case 'l':
+			c->listen = optarg;
+			break;
+		case 'c':
+			c->tls_cert = optarg;
+			break;
+		case 'k':
+			c->tls_key = optarg;
+			break;
+		case 'a':
+			c->client_ca = optarg;
+			break;
+		case 'T':
+			c->token_file = optarg;
+			break;
+		case 'S':
+			c->status_addr = strcmp(optarg, "off") == 0 ? NULL : optarg;
+			break;
+		case 'M':
+			if (parse_size(optarg, &c->max_segment) < 0 || c->max_segment < 4096)
+				return usage_error("--max-segment %s: expected a size of at least 4K (e.g. 512M, 1G)",
+						   optarg);
+			break;
+		case 'R':
+			c->retain = true;
+			break;
+		case 'v':
+			log_set_level(LOG_LVL_DEBUG);
+			break;
+		case 'h':
+			usage(stdout);
+			*done = true;
+			return 0;
+		case 'V':
+			printf("aim-remote %s\n", AIM_VERSION);
+			*done = true;
+			return 0;
+		case ':':
+			return usage_error("%s needs an argument", argv[optind - 1]);
+		default:
+			return usage_error("unknown option %s", argv[optind - 1]);
+		}
+	}
+	if (optind < argc)
+		return usage_error("unexpected argument \"%s\"", argv[optind]);
+	if (!c->inbox)
+		return usage_error("--inbox DIR is required");
+	if (!c->target_dir)
+		return usage_error("--target-dir DIR is required");
+	if (c->listen && (!c->tls_cert || !c->tls_key))
+		return usage_error("--listen needs --tls-cert and --tls-key (the receiver speaks HTTPS only)");
+	if (!c->listen && (c->tls_cert || c->tls_key || c->client_ca || c->token_file))
+		return usage_error("--tls-cert, --tls-key, --client-ca and --token-file are for the receiver: give --listen too");
+	return 0;
+}
+
+/* Checks and opens everything the daemon needs, in an order that touches
+ * nothing before every check passed.  Returns 0 or 1 (logged). */
+static int prepare(struct remote *r, int *lock_fds, char **owned)
+{
+	struct remote_config *c = &r->cfg;
+	char *inbox, *target;
+
+	inbox = existing_dir("--inbox", c->inbox);
+	target = existing_dir("--target-dir", c->target_dir);
+	if (!inbox || !target) {
+		free(inbox);
+		free(target);
+		return 1;
+	}
+	c->inbox = owned[0] = inbox;
+	c->target_dir = owned[1] = target;
+	if (strcmp(inbox, target) == 0) {
+		log_error("--inbox and --target-dir must be different directories");
+		return 1;
+	}
+	if (c->listen && check_addr("--listen", c->listen) < 0)
+		return 1;
+	if (c->status_addr && check_addr("--status", c->status_addr) < 0)
+		return 1;
+	if (c->listen && (check_file("--tls-cert", c->tls_cert) < 0 ||
+			  check_file("--tls-key", c->tls_key) < 0 ||
+			  (c->client_ca && check_file("--client-ca", c->client_ca) < 0) ||
+			  (c->token_file && check_file("--token-file", c->token_file) < 0)))
+		return 1;
+	if (c->listen && receiver_check(c) < 0)
+		return 1;
+	if (check_maps(c) < 0)
+		return 1;
+	if (c->state_dir) {
+		r->state_dir = strdup(c->state_dir);
+	} else if (asprintf(&r->state_dir, "%s.state", inbox) < 0) {
+		r->state_dir = NULL;
+	}
+	if (!r->state_dir || asprintf(&r->db_path, "%s/%s", r->state_dir, REMOTE_STATE_DB) < 0) {
+		log_error("out of memory");
+		return 1;
+	}
+	if (mkdir(r->state_dir, 0750) < 0 && errno != EEXIST) {
+		log_error("state directory %s: %m", r->state_dir);
+		return 1;
+	}
+	if (lock_dir("inbox", inbox, &lock_fds[0]) < 0 ||
+	    lock_dir("state directory", r->state_dir, &lock_fds[1]) < 0)
+		return 1;
+	r->inbox_fd = open(inbox, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (r->inbox_fd < 0) {
+		log_error("--inbox %s: %m", inbox);
+		return 1;
+	}
+	/* Creates the database and its schema, and proves it writable. */
+	{
+		struct state *st;
+
+		if (state_open(r->db_path, &st) < 0)
+			return 1;
+		state_close(st);
+	}
+	return 0;
+}
+
+static int run(struct remote *r, int sfd)
+{
+	struct pollfd fds[2];
+	int ino, timeout;
+
+	ino = watcher_fd();
+	timeout = ino >= 0 ? RESCAN_MS : 1000;
+	for (;;) {
+		int n;
+
+		fds[0] = (struct pollfd){ .fd = sfd, .events = POLLIN };
+		fds[1] = (struct pollfd){ .fd = ino, .events = POLLIN };
+		n = poll(fds, ino >= 0 ? 2 : 1, timeout);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			log_error("poll: %m");
+			return 1;
+		}
+		if (n == 0) {
+			if (ino >= 0)
+				watcher_scan(r);
+			else
+				watcher_drain(r);
+			continue;
+		}
+		if (ino >= 0 && (fds[1].revents & POLLIN))
+			watcher_drain(r);
+		if (fds[0].revents & POLLIN) {
+			struct signalfd_siginfo si;
+
+			if (read(sfd, &si, sizeof si) != (ssize_t)sizeof si)
+				continue;
+			if (si.ssi_signo == SIGHUP) {
+				log_info("SIGHUP: rescanning the inbox");
+				watcher_scan(r);
+				continue;
+			}
+			log_info("%s: stopping", strsignal((int)si.ssi_signo));
+			return 0;
+		}
+	}
+}
+
+int main(int argc, char **argv)
+{
+	struct remote r = { 0 };
+	int lock_fds[2] = { -1, -1 }, sfd = -1, status = 1;
+	char *owned[2] = { NULL, NULL };
+	bool done = false;
+	sigset_t mask;
+
+	log_init(argv[0]);
+	r.cfg.status_addr = REMOTE_DEFAULT_STATUS;
+	r.cfg.max_segment = REMOTE_DEFAULT_MAX_SEGMENT;
+	r.inbox_fd = -1;
+	r.started_ns = remote_now_ns();
+	pthread_mutex_init(&r.lock, NULL);
+
+	status = parse_args(argc, argv, &r.cfg, &done);
+	if (status || done)
+		goto out;
+	status = 1;
+	if (prepare(&r, lock_fds, owned))
+		goto out;
+
+	/* Signals go to the signalfd only: block them before any thread
+	 * starts, so that every thread inherits the mask. */
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGINT);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &mask, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	signal(SIGIO, SIG_IGN); /* lease breaks (groups.c's has_writer) */
+	sfd = signalfd(-1, &mask, SFD_CLOEXEC);
+	if (sfd < 0) {
+		log_error("signalfd: %m");
+		goto out;
+	}
+
+	if (r.cfg.listen && receiver_start(&r, &r.receiver) < 0)
+		goto out;
+	if (r.cfg.status_addr && status_start(&r, r.cfg.status_addr, &r.status) < 0)
+		goto out;
+	if (watcher_start(&r) < 0)
+		goto out;
+	if (groups_start(&r) < 0)
+		goto out;
+	log_info("applying segments from %s onto %s%s%s%s%s; state in %s", r.cfg.inbox,
+		 r.cfg.target_dir, r.cfg.listen ? "; receiving on https://" : "",
+		 r.cfg.listen ? r.cfg.listen : "", r.cfg.status_addr ? "; status on http://" : "",
+		 r.cfg.status_addr ? r.cfg.status_addr : "", r.state_dir);
+	status = run(&r, sfd);
+out:
+	/* The receiver first: no new segment, no new kick; then the appliers
+	 * stop at their next barrier. */
+	receiver_stop(r.receiver);
+	groups_stop(&r);
+	status_stop(r.status);
+	watcher_stop();
+	if (sfd >= 0)
+		close(sfd);
+	if (r.inbox_fd >= 0)
+		close(r.inbox_fd);
+	for (int i = 0; i < 2; i++)
+		if (lock_fds[i] >= 0)
+			close(lock_fds[i]);
+	free(owned[0]);
+	free(owned[1]);
+	free(r.state_dir);
+	free(r.db_path);
+	free(r.cfg.maps);
+	pthread_mutex_destroy(&r.lock);
+	return status;
+}

@@ -1,0 +1,1069 @@
+/*
+ * receiver.c — the built-in HTTPS receiver: libmicrohttpd with GnuTLS,
+ * answering PUT and GET of <any prefix>/<group-uuid>/<segment file>.
+ *
+ * A PUT, in order, never touching the disk before step 5:
+ *   1. method: PUT, GET or HEAD (405 otherwise);
+ *   2. with --client-ca, a client certificate that chains to that CA and
+ *      is fit for TLS client authentication (403 otherwise: libmicrohttpd
+ *      asks for a certificate but lets the handshake finish without one,
+ *      so the refusal is an HTTP answer);
+ *   3. with --token-file, "Authorization: Bearer <token>" (401 when
+ *      missing, 403 when wrong), compared as SHA-256 digests in constant
+ *      time;
+ *   4. the path, character by character (receiver_parse_path; 400), the
+ *      encoding (none or zstd; 415), the declared length (413);
+ *   5. the body streams into inbox/.tmp/ (decompressed on the fly for
+ *      Content-Encoding: zstd), never more than --max-segment bytes (413);
+ *   6. fsync, then the whole segment is validated by the shared decoder,
+ *      and its header must name the URL's group and number (422, with the
+ *      reason as a one-line body);
+ *   7. a copy already held (in the inbox, kept under --retain, or recorded
+ *      as applied in the state) is compared: identical 200, different 409;
+ *      otherwise renamed into inbox/<group>/ without replacing anything,
+ *      and the directory fsynced: 201.  The group's thread is kicked; the
+ *      apply never runs here.
+ * A request refused before its body was read is answered at once when the
+ * client waits for "100 Continue" (and for 413); otherwise its body is read
+ * and dropped first (up to a bound), so that the client sees the answer
+ * instead of a connection reset.
+ *
+ * Every file this module creates is inbox/.tmp/<name it chose>, renamed
+ * into inbox/<uuid>/<segment name>: names from the request are used only
+ * after they matched those two patterns exactly.  Refusals are logged at
+ * info level (hostile input is expected traffic, not an operator's
+ * problem); only failures of this host (disk, state) are errors.
+ *
+ * Threads: libmicrohttpd's pool runs the handlers; a request's struct
+ * upload belongs to the thread that runs it.  The state connection used
+ * for "was it applied?" has its own mutex.
+ */
+#include "remote_i.h"
+#include "log.h"
+#include "parse.h"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <gnutls/gnutls.h>
+#include <gnutls/crypto.h>
+#include <gnutls/x509.h>
+#include <inttypes.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zstd.h>
+
+#define URL_MAX 1024            /* longest accepted path */
+#define PEM_MAX (1 << 20)       /* largest certificate, key or CA file */
+#define TOKEN_MAX 4096
+#define DISCARD_MAX (16u << 20) /* body bytes read and dropped after a refusal */
+#define POOL_THREADS 4
+
+struct receiver {
+	struct remote *r;
+	struct MHD_Daemon *mhd;
+	char *cert, *key, *ca;     /* PEM text, alive while mhd runs */
+	uint8_t token_hash[32];
+	bool have_token;
+	int tmp_fd;                /* inbox/.tmp */
+	atomic_uint_fast64_t seq;  /* temporary names */
+	pthread_mutex_t st_lock;   /* guards st */
+	struct state *st;
+};
+
+struct upload {
+	unsigned code;     /* the answer once decided, 0 before */
+	char msg[640];     /* its one-line body */
+	bool put;
+	bool respond_now;  /* answer a refusal without reading the body */
+	bool early;        /* answered before the body was read */
+	bool queued;       /* a response is already queued (GET) */
+	char method[16];
+	char group[37];
+	uint8_t gid[16];
+	char file[SEG_FILE_NAME_LEN + 1];
+	uint64_t number;
+	int fd;
+	char tmp[128];
+	bool tmp_live;
+	ZSTD_DStream *zs;
+	void *zbuf;
+	size_t zbuf_len;
+	size_t zlast;      /* last ZSTD_decompressStream result: 0 at a frame end */
+	uint64_t raw, size, dropped;
+	char peer[64];
+	char url[160];     /* printable copy, for messages */
+};
+
+static void decide(struct upload *u, unsigned code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void decide(struct upload *u, unsigned code, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (u->code)
+		return;
+	u->code = code;
+	va_start(ap, fmt);
+	vsnprintf(u->msg, sizeof u->msg, fmt, ap);
+	va_end(ap);
+	for (char *p = u->msg; *p; p++)
+		if (*p == '\n' || *p == '\r')
+			*p = ' ';
+}
+
+/* ---- the path ---- */
+
+static bool prefix_char(char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+	       c == '.' || c == '_' || c == '~' || c == '-';
+}
+
+int receiver_parse_path(const char *url, char group[37], uint8_t uuid[16],
+			char file[SEG_FILE_NAME_LEN + 1], uint64_t *number, const char **why)
+{
+	const char *comp[2] = { NULL, NULL }, *p;
+	size_t len = strlen(url), clen[2] = { 0, 0 };
+
+	if (len > URL_MAX) {
+		*why = "the path is too long";
+		return -EINVAL;
+	}
+	if (url[0] != '/') {
+		*why = "the path must start with '/'";
+		return -EINVAL;
+	}
+	if (url[len - 1] == '/') {
+		*why = "the path must end in /<group>/<segment file>";
+		return -EINVAL;
+	}
+	/* Every component: non-empty ones only of safe characters, never
+	 * "." or "..".  Remember the last two. */
+	for (p = url; *p;) {
+		const char *start;
+		size_t n;
+
+		while (*p == '/')
+			p++;
+		start = p;
+		while (*p && *p != '/') {
+			if (*p == '%') {
+				*why = "percent-encoded characters are not accepted";
+				return -EINVAL;
+			}
+			if (*p == '\\') {
+				*why = "backslashes are not accepted";
+				return -EINVAL;
+			}
+			if (!prefix_char(*p)) {
+				*why = "the path holds a character outside [A-Za-z0-9._~-/]";
+				return -EINVAL;
+			}
+			p++;
+		}
+		n = (size_t)(p - start);
+		if (!n)
+			continue;
+		if ((n == 1 && start[0] == '.') || (n == 2 && start[0] == '.' && start[1] == '.')) {
+			*why = "'.' and '..' are not accepted in the path";
+			return -EINVAL;
+		}
+		comp[0] = comp[1];
+		clen[0] = clen[1];
+		comp[1] = start;
+		clen[1] = n;
+	}
+	if (!comp[0]) {
+		*why = "the path must end in /<group>/<segment file>";
+		return -EINVAL;
+	}
+	if (clen[0] != 36 || (memcpy(group, comp[0], 36), group[36] = '\0',
+			      !group_name_valid(group, uuid))) {
+		*why = "the next-to-last path component is not a lowercase group UUID";
+		return -EINVAL;
+	}
+	if (clen[1] != SEG_FILE_NAME_LEN ||
+	    (memcpy(file, comp[1], SEG_FILE_NAME_LEN), file[SEG_FILE_NAME_LEN] = '\0',
+	     seg_parse_file_name(file, number) < 0)) {
+		*why = "the last path component is not a segment file name (20 digits + \".aimj\")";
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* ---- answering ---- */
+
+static void printable(const char *in, char *out, size_t len)
+{
+	size_t i;
+
+	for (i = 0; in[i] && i + 4 < len; i++)
+		out[i] = (in[i] >= 0x20 && in[i] < 0x7f) ? in[i] : '?';
+	if (in[i])
+		snprintf(out + i, len - i, "...");
+	else
+		out[i] = '\0';
+}
+
+static enum MHD_Result answer(struct receiver *rx, struct MHD_Connection *conn, struct upload *u)
+{
+	struct MHD_Response *resp;
+	enum MHD_Result ret;
+	char *body;
+	int n;
+
+	if (u->code >= 400) {
+		if (u->code < RX_CODES)
+			atomic_fetch_add_explicit(&rx->r->rx.by_code[u->code], 1, memory_order_relaxed);
+		/* The receiver's own failures are errors; refusals are not, and
+		 * a GET of a segment not here is an ordinary question. */
+		if (u->code >= 500)
+			log_error("%s %s from %s: %u %s", u->method, u->url, u->peer, u->code, u->msg);
+		else if (u->code == 404)
+			log_debug("%s %s from %s: %u %s", u->method, u->url, u->peer, u->code, u->msg);
+		else
+			log_info("refused %s %s from %s: %u %s", u->method, u->url, u->peer, u->code,
+				 u->msg);
+	} else if (u->code == 201) {
+		atomic_fetch_add_explicit(&rx->r->rx.accepted, 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(&rx->r->rx.bytes, u->size, memory_order_relaxed);
+		log_debug("received %s/%s from %s (%" PRIu64 " bytes)", u->group, u->file, u->peer,
+			  u->size);
+	} else {
+		atomic_fetch_add_explicit(&rx->r->rx.duplicates, 1, memory_order_relaxed);
+		log_debug("%s/%s from %s: %s", u->group, u->file, u->peer, u->msg);
+	}
+	n = asprintf(&body, "%s\n", u->msg);
+	if (n < 0)
+		return MHD_NO;
+	resp = MHD_create_response_from_buffer((size_t)n, body, MHD_RESPMEM_MUST_FREE);
+	if (!resp) {
+		free(body);
+		return MHD_NO;
+	}
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; charset=utf-8");
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+	if (u->code == 401)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
+					"Bearer realm=\"aim-remote\"");
+	if (u->code == 405)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, "PUT, GET, HEAD");
+	if (u->early)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+	ret = MHD_queue_response(conn, u->code, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
+/* ---- authentication ---- */
+
+static int check_client_cert(struct MHD_Connection *conn, struct upload *u)
+{
+	const union MHD_ConnectionInfo *ci =
+		MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+	gnutls_typed_vdata_st purpose = {
+		.type = GNUTLS_DT_KEY_PURPOSE_OID,
+		.data = (unsigned char *)GNUTLS_KP_TLS_WWW_CLIENT,
+	};
+	gnutls_session_t s = ci ? (gnutls_session_t)ci->tls_session : NULL;
+	unsigned status = 0, n = 0;
+	gnutls_datum_t txt;
+	int r;
+
+	if (!s) {
+		decide(u, 403, "a client certificate is required (no TLS session)");
+		return -EACCES;
+	}
+	if (!gnutls_certificate_get_peers(s, &n) || n == 0) {
+		decide(u, 403, "a client certificate signed by the configured CA is required");
+		return -EACCES;
+	}
+	r = gnutls_certificate_verify_peers(s, &purpose, 1, &status);
+	if (r < 0) {
+		decide(u, 403, "the client certificate could not be verified: %s",
+		       gnutls_strerror(r));
+		return -EACCES;
+	}
+	if (status) {
+		if (gnutls_certificate_verification_status_print(status, GNUTLS_CRT_X509, &txt, 0) ==
+		    0) {
+			size_t len = strlen((char *)txt.data);
+
+			while (len && txt.data[len - 1] == ' ')
+				txt.data[--len] = '\0';
+			decide(u, 403, "the client certificate is not accepted: %s", txt.data);
+			gnutls_free(txt.data);
+		} else {
+			decide(u, 403, "the client certificate is not accepted");
+		}
+		return -EACCES;
+	}
+	return 0;
+}
+
+static int check_token(struct receiver *rx, struct MHD_Connection *conn, struct upload *u)
+{
+	const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+						     MHD_HTTP_HEADER_AUTHORIZATION);
+	uint8_t got[32];
+	unsigned diff = 0;
+
+	if (!h || strncasecmp(h, "Bearer ", 7) != 0) {
+		decide(u, 401, "a bearer token is required (Authorization: Bearer <token>)");
+		return -EACCES;
+	}
+	h += 7;
+	while (*h == ' ')
+		h++;
+	/* Digests of equal length, compared in constant time: neither the
+	 * token's bytes nor its length leak through timing. */
+	if (gnutls_hash_fast(GNUTLS_DIG_SHA256, h, strlen(h), got) < 0) {
+		decide(u, 500, "cannot hash the token");
+		return -EIO;
+	}
+	for (size_t i = 0; i < sizeof got; i++)
+		diff |= got[i] ^ rx->token_hash[i];
+	if (diff) {
+		decide(u, 403, "the bearer token is wrong");
+		return -EACCES;
+	}
+	return 0;
+}
+
+/* ---- receiving ---- */
+
+/* Opens inbox/<group>, creating it (and making that durable) if needed. */
+static int open_group_dir(struct receiver *rx, const char *group, bool create)
+{
+	int fd;
+
+	if (create) {
+		if (mkdirat(rx->r->inbox_fd, group, 0750) == 0)
+			fsync(rx->r->inbox_fd);
+		else if (errno != EEXIST)
+			return -errno;
+	}
+	fd = openat(rx->r->inbox_fd, group, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	return fd < 0 ? -errno : fd;
+}
+
+static int start_upload(struct receiver *rx, struct MHD_Connection *conn, struct upload *u)
+{
+	const char *enc = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+						       MHD_HTTP_HEADER_CONTENT_ENCODING);
+	const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+						      MHD_HTTP_HEADER_CONTENT_LENGTH);
+	uint64_t max = rx->r->cfg.max_segment;
+
+	if (enc && strcasecmp(enc, "identity") != 0) {
+		if (strcasecmp(enc, "zstd") != 0) {
+			decide(u, 415, "Content-Encoding %.64s is not supported (zstd is)", enc);
+			return -EINVAL;
+		}
+		u->zs = ZSTD_createDStream();
+		u->zbuf_len = ZSTD_DStreamOutSize();
+		u->zbuf = malloc(u->zbuf_len);
+		if (!u->zs || !u->zbuf) {
+			decide(u, 500, "out of memory");
+			return -ENOMEM;
+		}
+		ZSTD_initDStream(u->zs);
+		/* 128 MiB windows at most: a small frame cannot make us
+		 * allocate gigabytes. */
+		ZSTD_DCtx_setParameter(u->zs, ZSTD_d_windowLogMax, 27);
+	}
+	if (cl) {
+		char *end;
+		unsigned long long n;
+
+		errno = 0;
+		n = strtoull(cl, &end, 10);
+		if (!errno && end != cl && !*end && n > max && !u->zs) {
+			decide(u, 413, "the segment is larger than the limit of %" PRIu64 " bytes", max);
+			u->respond_now = true;
+			return -EFBIG;
+		}
+	}
+	snprintf(u->tmp, sizeof u->tmp, "%s.%020" PRIu64 ".%d.%" PRIu64 ".part", u->group, u->number,
+		 (int)getpid(), (uint64_t)atomic_fetch_add(&rx->seq, 1));
+	u->fd = openat(rx->tmp_fd, u->tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+		       0640);
+	if (u->fd < 0) {
+		decide(u, errno == ENOSPC || errno == EDQUOT ? 507 : 500,
+		       "cannot create a temporary file in %s/%s: %s", rx->r->cfg.inbox, INBOX_TMP,
+		       strerror(errno));
+		return -errno;
+	}
+	u->tmp_live = true;
+	return 0;
+}
+
+static int write_out(struct receiver *rx, struct upload *u, const void *data, size_t n)
+{
+	const char *p = data;
+
+	if (u->size + n > rx->r->cfg.max_segment) {
+		decide(u, 413, "the segment is larger than the limit of %" PRIu64 " bytes",
+		       rx->r->cfg.max_segment);
+		return -EFBIG;
+	}
+	u->size += n;
+	while (n) {
+		ssize_t w = write(u->fd, p, n);
+
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			decide(u, errno == ENOSPC || errno == EDQUOT ? 507 : 500,
+			       "cannot write the segment to %s/%s: %s", rx->r->cfg.inbox, INBOX_TMP,
+			       strerror(errno));
+			return -errno;
+		}
+		p += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+static void consume(struct receiver *rx, struct upload *u, const char *data, size_t n)
+{
+	ZSTD_inBuffer in = { data, n, 0 };
+
+	u->raw += n;
+	if (u->raw > rx->r->cfg.max_segment + (1u << 20)) {
+		/* compressed data larger than the limit (skippable frames...) */
+		decide(u, 413, "the upload is larger than the limit of %" PRIu64 " bytes",
+		       rx->r->cfg.max_segment);
+		return;
+	}
+	if (!u->zs) {
+		write_out(rx, u, data, n);
+		return;
+	}
+	do {
+		ZSTD_outBuffer out = { u->zbuf, u->zbuf_len, 0 };
+		size_t ret = ZSTD_decompressStream(u->zs, &out, &in);
+
+		if (ZSTD_isError(ret)) {
+			decide(u, 400, "the zstd stream is corrupt: %s", ZSTD_getErrorName(ret));
+			return;
+		}
+		u->zlast = ret;
+		if (write_out(rx, u, u->zbuf, out.pos) < 0)
+			return;
+		if (in.pos == in.size && out.pos < out.size)
+			break;
+	} while (1);
+}
+
+/* Compares the file name in directory dfd with the bytes buf[0..len).
+ * Returns 1 identical, 0 different, -ENOENT absent, other -errno. */
+static int same_file(int dfd, const char *name, const void *buf, size_t len)
+{
+	struct stat st;
+	void *m;
+	int fd, r;
+
+	fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		return 0;
+	}
+	if ((uint64_t)st.st_size != len) {
+		close(fd);
+		return 0;
+	}
+	if (!len) {
+		close(fd);
+		return 1;
+	}
+	m = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
+	close(fd);
+	if (m == MAP_FAILED)
+		return -errno;
+	r = memcmp(m, buf, len) == 0;
+	munmap(m, len);
+	return r;
+}
+
+/* Looks for a copy already held; decides 200/409 and returns 1 if one
+ * was found, 0 if not, -errno on failure (decided too). */
+static int held_copy(struct receiver *rx, struct upload *u, int gfd, const void *buf, size_t len,
+		     uint64_t digest)
+{
+	static const char *const where[] = { "", GROUP_APPLIED "/" };
+	struct state_group sg;
+	struct state_segment s;
+	int r;
+
+	for (int i = 0; i < 2; i++) {
+		char name[64];
+
+		snprintf(name, sizeof name, "%s%s", where[i], u->file);
+		r = same_file(gfd, name, buf, len);
+		if (r == 1) {
+			decide(u, 200, "segment %s of group %s is already here, identical", u->file,
+			       u->group);
+			return 1;
+		}
+		if (r == 0) {
+			decide(u, 409, "a different segment %s of group %s is already here", u->file,
+			       u->group);
+			return 1;
+		}
+		if (r != -ENOENT && r != -ENOTDIR) {
+			decide(u, 500, "cannot compare with %s/%s/%s: %s", rx->r->cfg.inbox, u->group,
+			       name, strerror(-r));
+			return r;
+		}
+	}
+	pthread_mutex_lock(&rx->st_lock);
+	r = state_segment_get(rx->st, u->group, u->number, &s);
+	if (r == -ENOENT)
+		r = state_group_get(rx->st, u->group, &sg) == 0 && sg.applied_segment >= u->number
+			    ? 1
+			    : -ENOENT;
+	pthread_mutex_unlock(&rx->st_lock);
+	if (r == 1) {
+		/* applied long ago, before the state kept digests */
+		decide(u, 200, "segment %s of group %s was applied already", u->file, u->group);
+		return 1;
+	}
+	if (r == 0) {
+		if (s.digest == digest && s.size == len)
+			decide(u, 200, "segment %s of group %s was applied already, identical", u->file,
+			       u->group);
+		else
+			decide(u, 409, "a different segment %s of group %s was applied already",
+			       u->file, u->group);
+		return 1;
+	}
+	if (r != -ENOENT) {
+		decide(u, 500, "cannot read the state");
+		return r;
+	}
+	return 0;
+}
+
+static void finish(struct receiver *rx, struct upload *u)
+{
+	struct seg_view *v = NULL;
+	struct seg_err e;
+	void *m = NULL;
+	char hu[37];
+	int gfd = -1, r;
+
+	if (u->zs && u->zlast != 0) {
+		decide(u, 400, "the zstd stream ends in the middle of a frame");
+		return;
+	}
+	if (fsync(u->fd) < 0) {
+		decide(u, 500, "fsync of the received segment: %s", strerror(errno));
+		return;
+	}
+	if (u->size) {
+		m = mmap(NULL, u->size, PROT_READ, MAP_SHARED, u->fd, 0);
+		if (m == MAP_FAILED) {
+			decide(u, 500, "cannot map the received segment: %s", strerror(errno));
+			return;
+		}
+	}
+	r = seg_view_new(m ? m : (void *)"", u->size, &v, &e);
+	if (r < 0) {
+		decide(u, 422, "not a valid segment: %s (at byte %" PRIu64 ")", e.msg, e.offset);
+		goto out;
+	}
+	if (memcmp(seg_view_header(v)->group, u->gid, 16) != 0) {
+		seg_uuid_format(seg_view_header(v)->group, hu);
+		decide(u, 422, "the segment belongs to group %s, not to %s named in the path", hu,
+		       u->group);
+		goto out;
+	}
+	if (seg_view_header(v)->number != u->number) {
+		decide(u, 422, "the path names segment %" PRIu64 " but the segment says it is %" PRIu64,
+		       u->number, seg_view_header(v)->number);
+		goto out;
+	}
+	gfd = open_group_dir(rx, u->group, true);
+	if (gfd < 0) {
+		decide(u, 500, "cannot open %s/%s: %s", rx->r->cfg.inbox, u->group, strerror(-gfd));
+		goto out;
+	}
+	r = held_copy(rx, u, gfd, m, u->size, seg_view_digest(v));
+	if (r != 0)
+		goto out;
+	if (renameat2(rx->tmp_fd, u->tmp, gfd, u->file, RENAME_NOREPLACE) < 0) {
+		if (errno == EEXIST) {
+			/* the same segment, uploaded twice at once */
+			held_copy(rx, u, gfd, m, u->size, seg_view_digest(v));
+			goto out;
+		}
+		decide(u, 500, "cannot move the segment into %s/%s: %s", rx->r->cfg.inbox, u->group,
+		       strerror(errno));
+		goto out;
+	}
+	u->tmp_live = false;
+	if (fsync(gfd) < 0) {
+		decide(u, 500, "fsync of %s/%s: %s", rx->r->cfg.inbox, u->group, strerror(errno));
+		goto out;
+	}
+	decide(u, 201, "stored segment %s of group %s", u->file, u->group);
+	groups_kick(rx->r, u->group);
+out:
+	if (gfd >= 0)
+		close(gfd);
+	seg_view_free(v);
+	if (m)
+		munmap(m, u->size);
+}
+
+/* ---- GET ---- */
+
+static enum MHD_Result serve(struct receiver *rx, struct MHD_Connection *conn, struct upload *u)
+{
+	struct MHD_Response *resp;
+	enum MHD_Result ret;
+	struct stat st;
+	int gfd, fd = -1;
+	char name[64];
+
+	gfd = open_group_dir(rx, u->group, false);
+	if (gfd >= 0) {
+		fd = openat(gfd, u->file, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+		if (fd < 0) {
+			snprintf(name, sizeof name, "%s/%s", GROUP_APPLIED, u->file);
+			fd = openat(gfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+		}
+		close(gfd);
+	}
+	if (fd >= 0 && (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))) {
+		close(fd);
+		fd = -1;
+	}
+	if (fd < 0) {
+		decide(u, 404, "no segment %s of group %s here", u->file, u->group);
+		return answer(rx, conn, u);
+	}
+	resp = MHD_create_response_from_fd64((uint64_t)st.st_size, fd);
+	if (!resp) {
+		close(fd);
+		return MHD_NO;
+	}
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/octet-stream");
+	ret = MHD_queue_response(conn, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+	atomic_fetch_add_explicit(&rx->r->rx.gets, 1, memory_order_relaxed);
+	return ret;
+}
+
+/* ---- libmicrohttpd callbacks ---- */
+
+static void peer_name(struct MHD_Connection *conn, char *buf, size_t len)
+{
+	const union MHD_ConnectionInfo *ci =
+		MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	char host[INET6_ADDRSTRLEN] = "?";
+
+	if (ci && ci->client_addr) {
+		socklen_t sl = ci->client_addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+								     : sizeof(struct sockaddr_in);
+
+		getnameinfo(ci->client_addr, sl, host, sizeof host, NULL, 0, NI_NUMERICHOST);
+	}
+	snprintf(buf, len, "%s", host);
+}
+
+/* Everything before the body: leaves u->code 0 when the body is to be
+ * received, or decides the answer. */
+static void begin(struct receiver *rx, struct MHD_Connection *conn, struct upload *u,
+		  const char *url, const char *method)
+{
+	const char *why = NULL, *expect;
+
+	printable(url, u->url, sizeof u->url);
+	printable(method, u->method, sizeof u->method);
+	peer_name(conn, u->peer, sizeof u->peer);
+	u->put = strcmp(method, MHD_HTTP_METHOD_PUT) == 0;
+	expect = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
+	u->respond_now = expect && strcasecmp(expect, "100-continue") == 0;
+	if (!u->put && strcmp(method, MHD_HTTP_METHOD_GET) != 0 &&
+	    strcmp(method, MHD_HTTP_METHOD_HEAD) != 0) {
+		decide(u, 405, "only PUT, GET and HEAD are served here");
+		return;
+	}
+	if (rx->r->cfg.client_ca && check_client_cert(conn, u) < 0)
+		return;
+	if (rx->have_token && check_token(rx, conn, u) < 0)
+		return;
+	if (receiver_parse_path(url, u->group, u->gid, u->file, &u->number, &why) < 0) {
+		decide(u, 400, "bad path: %s", why);
+		return;
+	}
+	if (u->put)
+		start_upload(rx, conn, u);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+				  const char *method, const char *version, const char *data,
+				  size_t *data_size, void **req_cls)
+{
+	struct receiver *rx = cls;
+	struct upload *u = *req_cls;
+
+	(void)version;
+	if (!u) {
+		u = calloc(1, sizeof *u);
+		if (!u)
+			return MHD_NO;
+		u->fd = -1;
+		*req_cls = u;
+		begin(rx, conn, u, url, method);
+		if (!u->put) {
+			if (u->code)
+				return answer(rx, conn, u);
+			u->queued = true;
+			return serve(rx, conn, u);
+		}
+		if (u->code && u->respond_now) {
+			u->early = true;
+			return answer(rx, conn, u);
+		}
+		return MHD_YES;
+	}
+	if (u->queued) {
+		*data_size = 0;
+		return MHD_YES;
+	}
+	if (*data_size) {
+		if (!u->code) {
+			consume(rx, u, data, *data_size);
+		} else {
+			/* Refused: read and drop, within reason. */
+			u->dropped += *data_size;
+			if (u->dropped > DISCARD_MAX)
+				return MHD_NO;
+		}
+		*data_size = 0;
+		return MHD_YES;
+	}
+	if (!u->code)
+		finish(rx, u);
+	return answer(rx, conn, u);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
+			 enum MHD_RequestTerminationCode toe)
+{
+	struct receiver *rx = cls;
+	struct upload *u = *req_cls;
+
+	(void)conn;
+	if (!u)
+		return;
+	if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && u->put && !u->code)
+		log_info("upload of %s from %s did not complete (the client went away)", u->url,
+			 u->peer);
+	if (u->fd >= 0)
+		close(u->fd);
+	if (u->tmp_live)
+		unlinkat(rx->tmp_fd, u->tmp, 0);
+	ZSTD_freeDStream(u->zs);
+	free(u->zbuf);
+	free(u);
+	*req_cls = NULL;
+}
+
+/* Nothing is decoded: receiver_parse_path refuses '%' instead. */
+static size_t no_unescape(void *cls, struct MHD_Connection *c, char *s)
+{
+	(void)cls;
+	(void)c;
+	return strlen(s);
+}
+
+/* libmicrohttpd's own messages (handshake failures of scanners and of
+ * clients without a certificate, mostly): for debugging only. */
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+	char line[512];
+	size_t n;
+
+	(void)cls;
+	if (!log_enabled(LOG_LVL_DEBUG))
+		return;
+	vsnprintf(line, sizeof line, fmt, ap);
+	n = strlen(line);
+	while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+		line[--n] = '\0';
+	log_debug("receiver: %s", line);
+}
+
+/* ---- start and stop ---- */
+
+/* Reads a whole small file (certificate, key, CA, token). */
+static int read_small(const char *what, const char *path, size_t max, char **out)
+{
+	struct stat st;
+	char *buf;
+	ssize_t n;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0) {
+		log_error("%s %s: %m", what, path);
+		return -errno;
+	}
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || (size_t)st.st_size > max) {
+		log_error("%s %s: not a regular file of at most %zu bytes", what, path, max);
+		close(fd);
+		return -EINVAL;
+	}
+	buf = malloc((size_t)st.st_size + 1);
+	if (!buf) {
+		close(fd);
+		return -ENOMEM;
+	}
+	n = read(fd, buf, (size_t)st.st_size);
+	close(fd);
+	if (n < 0) {
+		log_error("%s %s: %m", what, path);
+		free(buf);
+		return -errno;
+	}
+	buf[n] = '\0';
+	*out = buf;
+	return 0;
+}
+
+static int load_token(struct receiver *rx, const char *path)
+{
+	char *tok;
+	size_t n;
+	int r = read_small("token file", path, TOKEN_MAX, &tok);
+
+	if (r < 0)
+		return r;
+	n = strlen(tok);
+	while (n && (tok[n - 1] == '\n' || tok[n - 1] == '\r' || tok[n - 1] == ' ' ||
+		     tok[n - 1] == '\t'))
+		tok[--n] = '\0';
+	for (size_t i = 0; i < n; i++) {
+		if (tok[i] <= 0x20 || tok[i] >= 0x7f) {
+			log_error("token file %s: the token must be one line of visible ASCII characters",
+				  path);
+			r = -EINVAL;
+			goto out;
+		}
+	}
+	if (!n) {
+		log_error("token file %s is empty", path);
+		r = -EINVAL;
+		goto out;
+	}
+	if (gnutls_hash_fast(GNUTLS_DIG_SHA256, tok, n, rx->token_hash) < 0) {
+		r = -EIO;
+		goto out;
+	}
+	rx->have_token = true;
+out:
+	explicit_bzero(tok, n);
+	free(tok);
+	return r;
+}
+
+/* Loads the TLS material the way libmicrohttpd will, to say precisely
+ * what is wrong with it before listening. */
+static int check_tls(const struct remote_config *c, struct receiver *rx)
+{
+	gnutls_certificate_credentials_t cred;
+	gnutls_datum_t cert = { (unsigned char *)rx->cert, (unsigned)strlen(rx->cert) };
+	gnutls_datum_t key = { (unsigned char *)rx->key, (unsigned)strlen(rx->key) };
+	int r;
+
+	if (gnutls_certificate_allocate_credentials(&cred) < 0)
+		return -ENOMEM;
+	r = gnutls_certificate_set_x509_key_mem(cred, &cert, &key, GNUTLS_X509_FMT_PEM);
+	if (r < 0) {
+		log_error("--tls-cert %s / --tls-key %s: %s", c->tls_cert, c->tls_key,
+			  gnutls_strerror(r));
+		gnutls_certificate_free_credentials(cred);
+		return -EINVAL;
+	}
+	if (rx->ca) {
+		gnutls_datum_t ca = { (unsigned char *)rx->ca, (unsigned)strlen(rx->ca) };
+
+		r = gnutls_certificate_set_x509_trust_mem(cred, &ca, GNUTLS_X509_FMT_PEM);
+		if (r <= 0) {
+			log_error("--client-ca %s: %s", c->client_ca,
+				  r == 0 ? "no certificate in it" : gnutls_strerror(r));
+			gnutls_certificate_free_credentials(cred);
+			return -EINVAL;
+		}
+	}
+	gnutls_certificate_free_credentials(cred);
+	return 0;
+}
+
+/* Empties inbox/.tmp: what is there was left by a run that stopped in the
+ * middle of an upload. */
+static int open_tmp_dir(struct remote *r)
+{
+	struct dirent *de;
+	DIR *d;
+	int fd, dfd;
+
+	if (mkdirat(r->inbox_fd, INBOX_TMP, 0750) < 0 && errno != EEXIST) {
+		log_error("cannot create %s/%s: %m", r->cfg.inbox, INBOX_TMP);
+		return -errno;
+	}
+	fd = openat(r->inbox_fd, INBOX_TMP, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0) {
+		log_error("cannot open %s/%s: %m", r->cfg.inbox, INBOX_TMP);
+		return -errno;
+	}
+	dfd = dup(fd);
+	d = dfd >= 0 ? fdopendir(dfd) : NULL;
+	if (d) {
+		while ((de = readdir(d)))
+			if (de->d_type == DT_REG)
+				unlinkat(fd, de->d_name, 0);
+		closedir(d);
+	} else if (dfd >= 0) {
+		close(dfd);
+	}
+	return fd;
+}
+
+/* Loads the certificate, key, CA and token into rx and checks them. */
+static int load_material(const struct remote_config *c, struct receiver *rx)
+{
+	int rc = read_small("--tls-cert", c->tls_cert, PEM_MAX, &rx->cert);
+
+	if (rc == 0)
+		rc = read_small("--tls-key", c->tls_key, PEM_MAX, &rx->key);
+	if (rc == 0 && c->client_ca)
+		rc = read_small("--client-ca", c->client_ca, PEM_MAX, &rx->ca);
+	if (rc == 0)
+		rc = check_tls(c, rx);
+	if (rc == 0 && c->token_file)
+		rc = load_token(rx, c->token_file);
+	return rc;
+}
+
+int receiver_check(const struct remote_config *c)
+{
+	struct receiver *rx = calloc(1, sizeof *rx);
+	int rc;
+
+	if (!rx)
+		return -ENOMEM;
+	rx->tmp_fd = -1;
+	pthread_mutex_init(&rx->st_lock, NULL);
+	rc = load_material(c, rx);
+	receiver_stop(rx);
+	return rc;
+}
+
+int receiver_start(struct remote *r, struct receiver **out)
+{
+	const struct remote_config *c = &r->cfg;
+	struct addrinfo hints = { .ai_flags = AI_NUMERICSERV, .ai_socktype = SOCK_STREAM }, *ai;
+	struct receiver *rx;
+	char host[256], port_s[8];
+	uint16_t port;
+	unsigned flags;
+	int rc;
+
+	if (parse_hostport(c->listen, host, sizeof host, &port) < 0 || !port) {
+		log_error("--listen %s: expected ADDR:PORT", c->listen);
+		return -EINVAL;
+	}
+	snprintf(port_s, sizeof port_s, "%u", port);
+	rx = calloc(1, sizeof *rx);
+	if (!rx)
+		return -ENOMEM;
+	rx->r = r;
+	rx->tmp_fd = -1;
+	pthread_mutex_init(&rx->st_lock, NULL);
+	rc = load_material(c, rx);
+	if (rc < 0)
+		goto fail;
+	rc = state_open(r->db_path, &rx->st);
+	if (rc < 0)
+		goto fail;
+	rx->tmp_fd = open_tmp_dir(r);
+	if (rx->tmp_fd < 0) {
+		rc = rx->tmp_fd;
+		goto fail;
+	}
+	rc = getaddrinfo(host, port_s, &hints, &ai);
+	if (rc) {
+		log_error("--listen %s: %s", c->listen, gai_strerror(rc));
+		rc = -EINVAL;
+		goto fail;
+	}
+	flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_TLS | MHD_USE_ERROR_LOG |
+		(ai->ai_family == AF_INET6 ? MHD_USE_IPv6 : 0);
+	rx->mhd = MHD_start_daemon(flags, port, NULL, NULL, on_request, rx,
+				   MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+				   MHD_OPTION_HTTPS_MEM_CERT, rx->cert,
+				   MHD_OPTION_HTTPS_MEM_KEY, rx->key,
+				   /* without a CA, the key again: a no-op in the list */
+				   rx->ca ? MHD_OPTION_HTTPS_MEM_TRUST : MHD_OPTION_HTTPS_MEM_KEY,
+				   rx->ca ? rx->ca : rx->key,
+				   MHD_OPTION_THREAD_POOL_SIZE, (unsigned)POOL_THREADS,
+				   MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
+				   MHD_OPTION_CONNECTION_LIMIT, (unsigned)256,
+				   MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(256 * 1024),
+				   MHD_OPTION_NOTIFY_COMPLETED, on_completed, rx,
+				   MHD_OPTION_UNESCAPE_CALLBACK, no_unescape, rx,
+				   MHD_OPTION_EXTERNAL_LOGGER, mhd_log, rx,
+				   MHD_OPTION_END);
+	freeaddrinfo(ai);
+	if (!rx->mhd) {
+		log_error("cannot listen on %s for segments (address in use, or TLS unusable?)",
+			  c->listen);
+		rc = -EADDRINUSE;
+		goto fail;
+	}
+	if (!rx->have_token && !rx->ca)
+		log_warn("the receiver on %s accepts segments from anyone: give --token-file or --client-ca",
+			 c->listen);
+	*out = rx;
+	return 0;
+fail:
+	receiver_stop(rx);
+	return rc;
+}
+
+void receiver_stop(struct receiver *rx)
+{
+	if (!rx)
+		return;
+	if (rx->mhd)
+		MHD_stop_daemon(rx->mhd);
+	state_close(rx->st);
+	if (rx->tmp_fd >= 0)
+		close(rx->tmp_fd);
+	free(rx->cert);
+	if (rx->key) {
+		explicit_bzero(rx->key, strlen(rx->key));
+		free(rx->key);
+	}
+	free(rx->ca);
+	pthread_mutex_destroy(&rx->st_lock);
+	free(rx);
+}

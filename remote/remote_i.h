@@ -1,0 +1,229 @@
+/*
+ * remote_i.h — aim-remote's private declarations: the daemon's shared
+ * state and the interfaces between its parts.  Not installed, not used
+ * outside remote/.
+ *
+ *   main.c      options, start-up checks, the poll loop (signalfd, inotify,
+ *               a slow rescan timer), orderly shutdown
+ *   receiver.c  the HTTPS receiver (libmicrohttpd + GnuTLS): PUT/GET of
+ *               <prefix>/<group>/<segment>, into inbox/<group>/
+ *   watcher.c   inotify on the inbox (libinotifytools), the start-up scan
+ *   groups.c    one thread per group: the in-order apply loop
+ *   state.c     the SQLite state (remote.db): progress, applied segments,
+ *               quarantine
+ *   status.c    GET /status (JSON) and /metrics (Prometheus text), and
+ *               the clock helpers the others share
+ *
+ * Threads: the main thread (poll loop, the watcher: libinotifytools keeps
+ * global state and is only ever called there), one thread per group,
+ * libmicrohttpd's threads for the receiver and for the status listener.
+ * The receiver and the watcher only ever *kick* a group (groups_kick); all
+ * reading of segments for applying, every target write and every progress
+ * record happen on the group's own thread.
+ *
+ * Lock order: remote.lock, then group.lock; state.c's receiver connection
+ * has its own mutex, taken with neither held.  No lock is held across I/O
+ * on targets or segments.
+ */
+#ifndef AIM_REMOTE_I_H
+#define AIM_REMOTE_I_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "segment.h"
+
+#define REMOTE_DEFAULT_STATUS "127.0.0.1:9381"
+#define REMOTE_DEFAULT_MAX_SEGMENT (1ULL << 30)
+#define REMOTE_STATE_DB "remote.db"
+#define REMOTE_LOCK_FILE "remote.lock"
+#define INBOX_TMP ".tmp"           /* receiver's temporary files: never a watched name */
+#define GROUP_QUARANTINE "quarantine" /* inbox/<group>/quarantine/: refused segments */
+#define GROUP_APPLIED "applied"    /* inbox/<group>/applied/: kept under --retain */
+#define QUARANTINE_SHOWN 16        /* quarantine entries kept in memory per group */
+
+struct remote_config {
+	const char *inbox;
+	const char *target_dir;
+	const char *state_dir;     /* default: <inbox>.state */
+	char **maps;               /* "IMAGE=PATH" as given */
+	size_t nmaps;
+	const char *listen;        /* NULL: watch only */
+	const char *tls_cert, *tls_key, *client_ca, *token_file;
+	const char *status_addr;   /* NULL when "off" */
+	uint64_t max_segment;
+	bool retain;
+};
+
+/* Receiver counters, for status.  Updated with relaxed atomics. */
+#define RX_CODES 600
+struct rx_stats {
+	atomic_uint_fast64_t accepted;   /* 201: new segment stored */
+	atomic_uint_fast64_t duplicates; /* 200: identical copy already held or applied */
+	atomic_uint_fast64_t bytes;      /* segment bytes stored (after decompression) */
+	atomic_uint_fast64_t gets;       /* GETs answered 200 */
+	atomic_uint_fast64_t by_code[RX_CODES]; /* every 4xx/5xx answer, by code */
+};
+
+struct group;
+struct receiver;
+struct status;
+struct state;
+
+struct remote {
+	struct remote_config cfg;
+	char *state_dir;     /* resolved */
+	char *db_path;       /* state_dir/remote.db */
+	int inbox_fd;        /* the inbox, O_DIRECTORY */
+	uint64_t started_ns;
+	atomic_bool quitting;
+	struct rx_stats rx;
+
+	pthread_mutex_t lock; /* guards groups */
+	struct group *groups; /* list, in order of discovery */
+
+	struct receiver *receiver;
+	struct status *status;
+};
+
+/* ---- groups.c ---- */
+
+enum group_state { GROUP_STARTING, GROUP_IDLE, GROUP_APPLYING, GROUP_WAITING, GROUP_STOPPED };
+
+struct quarantine_entry {
+	uint64_t segment;
+	uint64_t time_ns;
+	char reason[256];
+};
+
+/* A consistent copy of what a group's thread knows, for status. */
+struct group_snapshot {
+	char name[37];
+	enum group_state state;
+	uint64_t applied_segment;
+	uint64_t applied_lsn;
+	uint64_t applied_time_ns;   /* source time of the last applied record, 0 if none */
+	uint64_t applying;          /* segment being applied, 0 if none */
+	uint64_t waiting_for;       /* missing segment, 0 if none */
+	uint64_t backlog_segments;  /* present in the inbox, not yet applied */
+	uint64_t backlog_bytes;
+	uint64_t oldest_pending_ns; /* arrival (mtime) of the oldest pending segment */
+	uint64_t quarantined;       /* total ever, from the state */
+	size_t nquarantine;         /* entries in q[] (most recent last) */
+	struct quarantine_entry q[QUARANTINE_SHOWN];
+	uint64_t segments_applied;  /* since start */
+	uint64_t records_applied;
+	uint64_t bytes_written;
+	char error[512];
+};
+
+/* Starts a thread for every group the state knows and every group
+ * directory in the inbox.  Returns 0 or -errno after logging. */
+int groups_start(struct remote *r);
+/* Makes sure group name (a lowercase UUID) has a running thread and tells
+ * it to look at its directory again.  Thread-safe; never blocks on I/O
+ * beyond creating the thread.  Returns 0 or -errno. */
+int groups_kick(struct remote *r, const char *name);
+/* Kicks every known group (after an inotify overflow, on the timer). */
+void groups_kick_all(struct remote *r);
+/* Asks every group thread to stop at its next barrier and joins them. */
+void groups_stop(struct remote *r);
+/* Calls fn for a snapshot of each group, in discovery order.  Thread-safe. */
+void groups_each(struct remote *r, void (*fn)(void *ctx, const struct group_snapshot *s),
+		 void *ctx);
+/* True if name is a group directory name: a lowercase UUID.  Fills uuid. */
+bool group_name_valid(const char *name, uint8_t uuid[16]);
+
+/* ---- state.c ---- */
+
+/* A group's row. */
+struct state_group {
+	uint64_t applied_segment;  /* every record of segments <= this is durable */
+	uint64_t segment_last_lsn; /* last LSN of applied_segment (0 if none) */
+	uint64_t applied_lsn;      /* durable up to here; may lie inside applied_segment + 1 */
+	uint64_t applied_time_ns;  /* source time of the record at applied_lsn */
+};
+
+/* A whole segment applied: what a later duplicate is compared with. */
+struct state_segment {
+	uint64_t number, first_lsn, last_lsn, size, digest;
+};
+
+/* Opens (creating it and its schema) state_dir/remote.db, WAL mode.  One
+ * connection per thread; all functions return 0 or -errno (-EIO after
+ * logging SQLite's reason once). */
+int state_open(const char *db_path, struct state **out);
+void state_close(struct state *st);
+/* Loads a group's row; a group never seen gets a zero row (and is
+ * inserted).  Returns 0. */
+int state_group_load(struct state *st, const char *group, struct state_group *g);
+/* Reads a group's row without creating it: 0, or -ENOENT. */
+int state_group_get(struct state *st, const char *group, struct state_group *g);
+/* Records durable progress: the row, and when done is non-NULL the whole
+ * segment too (applied_segment = done->number), in one transaction. */
+int state_progress(struct state *st, const char *group, uint64_t lsn, uint64_t time_ns,
+		   const struct state_segment *done);
+/* Records the group's state as shown in status (for sqlite3 readers). */
+int state_group_status(struct state *st, const char *group, const char *status,
+		       uint64_t waiting_for, const char *error);
+/* Looks up applied segment number of group: 0 and *s, or -ENOENT. */
+int state_segment_get(struct state *st, const char *group, uint64_t number,
+		      struct state_segment *s);
+int state_quarantine_add(struct state *st, const char *group, uint64_t segment,
+			 const char *reason, const char *file);
+/* Calls fn for the group's quarantine rows, oldest first; returns the
+ * count in *total. */
+int state_quarantine_each(struct state *st, const char *group,
+			  void (*fn)(void *ctx, uint64_t segment, uint64_t time_ns, const char *reason),
+			  void *ctx, uint64_t *total);
+/* Calls fn with every group name the state knows. */
+int state_groups_each(struct state *st, int (*fn)(void *ctx, const char *group), void *ctx);
+
+/* ---- receiver.c ---- */
+
+/* Loads and checks the TLS material and the token without listening:
+ * 0, or -errno after logging what is wrong.  For start-up checks. */
+int receiver_check(const struct remote_config *c);
+/* Validates the TLS material and the token, then listens on cfg->listen.
+ * Returns 0 or -errno after logging why. */
+int receiver_start(struct remote *r, struct receiver **out);
+void receiver_stop(struct receiver *rx);
+
+/*
+ * Splits an upload path "<prefix>/<group>/<segment file>" and checks every
+ * character of it: the prefix is made of components of [A-Za-z0-9._~-]
+ * (never "." or ".."), the group a lowercase UUID, the file a sealed
+ * segment name.  No '%' is accepted anywhere: nothing is decoded, so
+ * nothing encoded can sneak through.  Returns 0, or -EINVAL with a reason.
+ */
+int receiver_parse_path(const char *url, char group[37], uint8_t uuid[16],
+			char file[SEG_FILE_NAME_LEN + 1], uint64_t *number, const char **why);
+
+/* ---- watcher.c ---- */
+
+/* Initialises inotify, watches the inbox and every group directory in it.
+ * Returns 0 or -errno after logging. */
+int watcher_start(struct remote *r);
+/* The descriptor to poll for readability, or -1 if unknown (then call
+ * watcher_drain on a timer). */
+int watcher_fd(void);
+/* Handles every queued event: kicks the groups concerned, watches new
+ * group directories, rescans after an overflow. */
+void watcher_drain(struct remote *r);
+/* Watches every group directory present and kicks their groups. */
+void watcher_scan(struct remote *r);
+void watcher_stop(void);
+
+/* ---- status.c ---- */
+
+int status_start(struct remote *r, const char *addr, struct status **out);
+void status_stop(struct status *s);
+/* Wall-clock time in ns since the epoch (the source's clock domain). */
+uint64_t remote_now_ns(void);
+/* Formats ns since the epoch as ISO-8601 UTC with milliseconds. */
+const char *remote_iso8601(uint64_t ns, char *buf, size_t len);
+
+#endif

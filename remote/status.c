@@ -1,0 +1,312 @@
+/*
+ * status.c — aim-remote's GET /status (JSON, jansson) and GET /metrics
+ * (Prometheus text), served by common/httpd on --status (loopback by
+ * default).  Every number comes from the groups' snapshots and the
+ * receiver's counters; nothing here touches the disk or the state.
+ *
+ * lag_seconds: how far behind the source the targets are, as far as this
+ * site can know: 0 when no received segment is waiting to be applied;
+ * otherwise now minus the source time of the last applied record (the
+ * targets show the source as it was then, and the source has written
+ * since, because a later segment is here).  Before anything was applied it
+ * counts from the arrival of the oldest pending segment.  Segments still
+ * on their way are invisible here: the source's status shows those.
+ */
+#include "remote_i.h"
+#include "httpd.h"
+#include "strbuf.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#ifndef AIM_VERSION
+#define AIM_VERSION "unknown"
+#endif
+
+struct status {
+	struct remote *r;
+	struct httpd *httpd;
+};
+
+uint64_t remote_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+const char *remote_iso8601(uint64_t ns, char *buf, size_t len)
+{
+	time_t secs = (time_t)(ns / 1000000000ULL);
+	struct tm tm;
+	char base[32];
+
+	gmtime_r(&secs, &tm);
+	strftime(base, sizeof base, "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(buf, len, "%s.%03uZ", base, (unsigned)(ns % 1000000000ULL / 1000000));
+	return buf;
+}
+
+static const char *const state_names[] = {
+	[GROUP_STARTING] = "starting",
+	[GROUP_IDLE] = "idle",
+	[GROUP_APPLYING] = "applying",
+	[GROUP_WAITING] = "waiting",
+	[GROUP_STOPPED] = "stopped",
+};
+
+static double lag_seconds(const struct group_snapshot *s, uint64_t now)
+{
+	uint64_t since;
+
+	if (!s->backlog_segments)
+		return 0;
+	since = s->applied_time_ns ? s->applied_time_ns : s->oldest_pending_ns;
+	return since && now > since ? (double)(now - since) / 1e9 : 0;
+}
+
+static json_t *u64(uint64_t v)
+{
+	return json_integer((json_int_t)v);
+}
+
+static json_t *time_or_null(uint64_t ns)
+{
+	char buf[64];
+
+	return ns ? json_string(remote_iso8601(ns, buf, sizeof buf)) : json_null();
+}
+
+struct json_ctx {
+	json_t *groups;
+	uint64_t now;
+};
+
+static void group_json(void *ctx, const struct group_snapshot *s)
+{
+	struct json_ctx *c = ctx;
+	json_t *o = json_object(), *q = json_array();
+
+	json_object_set_new(o, "group", json_string(s->name));
+	json_object_set_new(o, "state", json_string(state_names[s->state]));
+	json_object_set_new(o, "applied_segment", u64(s->applied_segment));
+	json_object_set_new(o, "applied_lsn", u64(s->applied_lsn));
+	json_object_set_new(o, "last_applied_source_time", time_or_null(s->applied_time_ns));
+	json_object_set_new(o, "lag_seconds", json_real(lag_seconds(s, c->now)));
+	json_object_set_new(o, "applying", s->applying ? u64(s->applying) : json_null());
+	json_object_set_new(o, "waiting_for", s->waiting_for ? u64(s->waiting_for) : json_null());
+	json_object_set_new(o, "error", s->error[0] ? json_string(s->error) : json_null());
+	json_object_set_new(o, "backlog_segments", u64(s->backlog_segments));
+	json_object_set_new(o, "backlog_bytes", u64(s->backlog_bytes));
+	json_object_set_new(o, "segments_applied", u64(s->segments_applied));
+	json_object_set_new(o, "records_applied", u64(s->records_applied));
+	json_object_set_new(o, "bytes_written", u64(s->bytes_written));
+	json_object_set_new(o, "quarantined_total", u64(s->quarantined));
+	for (size_t i = 0; i < s->nquarantine; i++) {
+		json_t *e = json_object();
+
+		json_object_set_new(e, "segment", u64(s->q[i].segment));
+		json_object_set_new(e, "reason", json_string(s->q[i].reason));
+		json_object_set_new(e, "time", time_or_null(s->q[i].time_ns));
+		json_array_append_new(q, e);
+	}
+	json_object_set_new(o, "quarantined", q);
+	json_array_append_new(c->groups, o);
+}
+
+static json_t *receiver_json(struct remote *r)
+{
+	json_t *o = json_object(), *rej = json_object();
+	uint64_t total = 0;
+
+	json_object_set_new(o, "enabled", json_boolean(r->cfg.listen != NULL));
+	json_object_set_new(o, "listen", r->cfg.listen ? json_string(r->cfg.listen) : json_null());
+	json_object_set_new(o, "accepted", u64(atomic_load(&r->rx.accepted)));
+	json_object_set_new(o, "duplicates", u64(atomic_load(&r->rx.duplicates)));
+	json_object_set_new(o, "bytes_received", u64(atomic_load(&r->rx.bytes)));
+	json_object_set_new(o, "gets", u64(atomic_load(&r->rx.gets)));
+	for (unsigned code = 400; code < RX_CODES; code++) {
+		uint64_t n = atomic_load(&r->rx.by_code[code]);
+		char key[8];
+
+		if (!n)
+			continue;
+		snprintf(key, sizeof key, "%u", code);
+		json_object_set_new(rej, key, u64(n));
+		total += n;
+	}
+	json_object_set_new(o, "rejected", rej);
+	json_object_set_new(o, "rejected_total", u64(total));
+	return o;
+}
+
+static json_t *status_json(struct remote *r)
+{
+	struct json_ctx c = { json_array(), remote_now_ns() };
+	json_t *o = json_object();
+
+	json_object_set_new(o, "role", json_string("remote"));
+	json_object_set_new(o, "version", json_string(AIM_VERSION));
+	json_object_set_new(o, "inbox", json_string(r->cfg.inbox));
+	json_object_set_new(o, "target_dir", json_string(r->cfg.target_dir));
+	json_object_set_new(o, "state_dir", json_string(r->state_dir));
+	json_object_set_new(o, "retain", json_boolean(r->cfg.retain));
+	json_object_set_new(o, "uptime_seconds", json_real((double)(c.now - r->started_ns) / 1e9));
+	groups_each(r, group_json, &c);
+	json_object_set_new(o, "groups", c.groups);
+	json_object_set_new(o, "receiver", receiver_json(r));
+	return o;
+}
+
+struct metrics_ctx {
+	struct strbuf *sb;
+	uint64_t now;
+	int pass;
+};
+
+/* One metric family per pass, so that each family's lines stay together
+ * as the text format asks. */
+static void group_metrics(void *ctx, const struct group_snapshot *s)
+{
+	struct metrics_ctx *c = ctx;
+	struct strbuf *sb = c->sb;
+	const char *g = s->name;
+
+	switch (c->pass) {
+	case 0:
+		strbuf_printf(sb, "aim_remote_applied_segment{group=\"%s\"} %" PRIu64 "\n", g,
+			      s->applied_segment);
+		break;
+	case 1:
+		strbuf_printf(sb, "aim_remote_applied_lsn{group=\"%s\"} %" PRIu64 "\n", g,
+			      s->applied_lsn);
+		break;
+	case 2:
+		strbuf_printf(sb, "aim_remote_lag_seconds{group=\"%s\"} %.3f\n", g,
+			      lag_seconds(s, c->now));
+		break;
+	case 3:
+		strbuf_printf(sb, "aim_remote_backlog_segments{group=\"%s\"} %" PRIu64 "\n", g,
+			      s->backlog_segments);
+		break;
+	case 4:
+		strbuf_printf(sb, "aim_remote_backlog_bytes{group=\"%s\"} %" PRIu64 "\n", g,
+			      s->backlog_bytes);
+		break;
+	case 5:
+		strbuf_printf(sb, "aim_remote_waiting_for_segment{group=\"%s\"} %" PRIu64 "\n", g,
+			      s->waiting_for);
+		break;
+	case 6:
+		for (int i = 0; i <= GROUP_STOPPED; i++)
+			strbuf_printf(sb, "aim_remote_group_state{group=\"%s\",state=\"%s\"} %d\n", g,
+				      state_names[i], (int)s->state == i);
+		break;
+	case 7:
+		strbuf_printf(sb, "aim_remote_quarantined_total{group=\"%s\"} %" PRIu64 "\n", g,
+			      s->quarantined);
+		break;
+	case 8:
+		strbuf_printf(sb, "aim_remote_applied_bytes_total{group=\"%s\"} %" PRIu64 "\n", g,
+			      s->bytes_written);
+		break;
+	}
+}
+
+static void metrics_text(struct remote *r, struct strbuf *sb)
+{
+	static const char *const families[][2] = {
+		{ "aim_remote_applied_segment", "gauge" },
+		{ "aim_remote_applied_lsn", "gauge" },
+		{ "aim_remote_lag_seconds", "gauge" },
+		{ "aim_remote_backlog_segments", "gauge" },
+		{ "aim_remote_backlog_bytes", "gauge" },
+		{ "aim_remote_waiting_for_segment", "gauge" },
+		{ "aim_remote_group_state", "gauge" },
+		{ "aim_remote_quarantined_total", "counter" },
+		{ "aim_remote_applied_bytes_total", "counter" },
+	};
+	struct metrics_ctx c = { sb, remote_now_ns(), 0 };
+
+	for (c.pass = 0; c.pass < (int)(sizeof families / sizeof families[0]); c.pass++) {
+		strbuf_printf(sb, "# TYPE %s %s\n", families[c.pass][0], families[c.pass][1]);
+		groups_each(r, group_metrics, &c);
+	}
+	strbuf_printf(sb, "# TYPE aim_remote_received_segments_total counter\n"
+			  "aim_remote_received_segments_total %" PRIu64 "\n",
+		      (uint64_t)atomic_load(&r->rx.accepted));
+	strbuf_printf(sb, "# TYPE aim_remote_duplicate_segments_total counter\n"
+			  "aim_remote_duplicate_segments_total %" PRIu64 "\n",
+		      (uint64_t)atomic_load(&r->rx.duplicates));
+	strbuf_printf(sb, "# TYPE aim_remote_received_bytes_total counter\n"
+			  "aim_remote_received_bytes_total %" PRIu64 "\n",
+		      (uint64_t)atomic_load(&r->rx.bytes));
+	strbuf_printf(sb, "# TYPE aim_remote_rejected_total counter\n");
+	for (unsigned code = 400; code < RX_CODES; code++) {
+		uint64_t n = atomic_load(&r->rx.by_code[code]);
+
+		if (n)
+			strbuf_printf(sb, "aim_remote_rejected_total{code=\"%u\"} %" PRIu64 "\n", code,
+				      n);
+	}
+}
+
+static int handle(void *ctx, const char *path, struct httpd_response *resp)
+{
+	struct status *s = ctx;
+
+	if (strcmp(path, "/status") == 0) {
+		json_t *o = status_json(s->r);
+		char *text = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(6));
+
+		json_decref(o);
+		if (!text)
+			return -ENOMEM;
+		resp->status = 200;
+		resp->content_type = "application/json";
+		resp->len = strlen(text);
+		resp->body = text; /* jansson allocates with malloc */
+		return 0;
+	}
+	if (strcmp(path, "/metrics") == 0) {
+		struct strbuf sb = { 0 };
+
+		metrics_text(s->r, &sb);
+		resp->body = strbuf_take(&sb, &resp->len);
+		resp->status = 200;
+		resp->content_type = "text/plain; version=0.0.4";
+		return resp->body ? 0 : -ENOMEM;
+	}
+	return httpd_text(resp, 404, "text/plain", "try /status or /metrics\n");
+}
+
+int status_start(struct remote *r, const char *addr, struct status **out)
+{
+	struct status *s = calloc(1, sizeof *s);
+	int rc;
+
+	if (!s)
+		return -ENOMEM;
+	s->r = r;
+	rc = httpd_start(addr, handle, s, &s->httpd);
+	if (rc < 0) {
+		free(s);
+		return rc;
+	}
+	*out = s;
+	return 0;
+}
+
+void status_stop(struct status *s)
+{
+	if (!s)
+		return;
+	httpd_stop(s->httpd);
+	free(s);
+}
