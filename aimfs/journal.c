@@ -177,6 +177,7 @@ int journal_append_locked(struct journal *j, struct seg_record *r)
 	s = j->open;
 	r->lsn = j->next_lsn;
 	r->time_ns = journal_now_ns();
+	j->last_append_ns = r->time_ns;
 	check = seg_record_encode(r, s->prev_check, hdr);
 	ret = pwrite_all(s->fd, (struct iovec[]){ { hdr, sizeof hdr },
 						 { (void *)r->payload, r->payload_len } },

@@ -41,6 +41,7 @@ struct journal_config {
 	ino_t hide_parent_ino;
 	uint64_t segment_size;    /* seal when a segment reaches this many bytes */
 	uint64_t segment_age_ns;  /* ... or when its first record is this old */
+	uint64_t segment_idle_ns; /* ... or when no record came for this long (0: never) */
 	uint64_t journal_max;     /* data writes wait while the journal is this big */
 	bool enforce_max;         /* false: no one prunes, so no limit applies */
 	/* Called by the sealer thread once segment is fsynced and renamed;

@@ -94,6 +94,7 @@ struct journal {
 	_Atomic uint64_t inflight[INFLIGHT_SLOTS];
 
 	uint64_t records, bytes; /* since mount (L) */
+	uint64_t last_append_ns; /* (L) */
 	uint64_t durable_backing_lsn; /* watermark of durable_segment (L) */
 
 	/* journal space: disk_bytes changes without the journal lock so that

@@ -238,6 +238,7 @@ int main(int argc, char *argv[])
 	jc.hide_parent_ino = p.hide_ino;
 	jc.segment_size = o.segment_size;
 	jc.segment_age_ns = o.segment_age_ns;
+	jc.segment_idle_ns = o.segment_idle_ns;
 	jc.journal_max = o.journal_max;
 	/* Without destinations nothing prunes the journal, so nothing could
 	 * ever make room: the limit only applies when shipping. */

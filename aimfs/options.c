@@ -21,6 +21,7 @@ static const struct fuse_opt aimfs_opts[] = {
 	OPT("config=%s", config),
 	OPT("segment_size=%s", segment_size_s),
 	OPT("segment_age=%s", segment_age_s),
+	OPT("segment_idle=%s", segment_idle_s),
 	OPT("journal_max=%s", journal_max_s),
 	OPT("overflow=%s", overflow_s),
 	OPT("retain=%s", retain_s),
@@ -83,6 +84,7 @@ void options_usage(const char *prog)
 	       "  -o status=ADDR:PORT    status listener (default %s; \"off\" disables)\n"
 	       "  -o segment_size=SIZE   seal a segment at this size (default 64M)\n"
 	       "  -o segment_age=TIME    ... or this long after its first record (default 2s)\n"
+	       "  -o segment_idle=TIME   ... or when writes pause this long (default 200ms; 0: never)\n"
 	       "  -o journal_max=SIZE    journal size limit (default 8G)\n"
 	       "  -o overflow=block      what happens at the limit: writes wait for space\n"
 	       "  -o retain=DURATION     keep acknowledged segments this long (default 0)\n"
@@ -98,6 +100,7 @@ static int check_values(struct aimfs_options *o)
 
 	o->segment_size = DEFAULT_SEGMENT_SIZE;
 	o->segment_age_ns = DEFAULT_SEGMENT_AGE_NS;
+	o->segment_idle_ns = DEFAULT_SEGMENT_IDLE_NS;
 	o->journal_max = DEFAULT_JOURNAL_MAX;
 	if (o->segment_size_s) {
 		if (parse_size(o->segment_size_s, &v) < 0 || v < 4096 || v > (1ULL << 30)) {
@@ -115,6 +118,14 @@ static int check_values(struct aimfs_options *o)
 			return -1;
 		}
 		o->segment_age_ns = v;
+	}
+	if (o->segment_idle_s) {
+		if (parse_duration(o->segment_idle_s, &v) < 0 || v > 3600000000000ULL) {
+			log_error("segment_idle=%s: must be a duration up to 1h (e.g. 200ms; 0 never"
+				  " seals for idleness)", o->segment_idle_s);
+			return -1;
+		}
+		o->segment_idle_ns = v;
 	}
 	if (o->journal_max_s) {
 		if (parse_size(o->journal_max_s, &v) < 0 || v < (1ULL << 20)) {
@@ -165,6 +176,7 @@ static int set_aimfs_key(struct aimfs_options *o, const char *key, const char *v
 		{ "status", offsetof(struct aimfs_options, status) },
 		{ "segment_size", offsetof(struct aimfs_options, segment_size_s) },
 		{ "segment_age", offsetof(struct aimfs_options, segment_age_s) },
+		{ "segment_idle", offsetof(struct aimfs_options, segment_idle_s) },
 		{ "journal_max", offsetof(struct aimfs_options, journal_max_s) },
 		{ "overflow", offsetof(struct aimfs_options, overflow_s) },
 		{ "retain", offsetof(struct aimfs_options, retain_s) },
@@ -189,7 +201,8 @@ static int set_aimfs_key(struct aimfs_options *o, const char *key, const char *v
 		return o->dest_urls[o->ndest_urls++] ? 0 : -1;
 	}
 	log_error("config %s: [aimfs] has no key \"%s\" (known: journal, status, dest,"
-		  " segment_size, segment_age, journal_max, overflow, retain)", o->config, key);
+		  " segment_size, segment_age, segment_idle, journal_max, overflow, retain)",
+		  o->config, key);
 	return -1;
 }
 
@@ -265,6 +278,7 @@ void options_free(struct aimfs_options *o)
 	free(o->retain_s);
 	free(o->segment_size_s);
 	free(o->segment_age_s);
+	free(o->segment_idle_s);
 	free(o->journal_max_s);
 	free(o->overflow_s);
 }

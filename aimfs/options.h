@@ -17,6 +17,7 @@
 
 #define DEFAULT_SEGMENT_SIZE (64ULL << 20)
 #define DEFAULT_SEGMENT_AGE_NS 2000000000ULL
+#define DEFAULT_SEGMENT_IDLE_NS 200000000ULL
 #define DEFAULT_JOURNAL_MAX (8ULL << 30)
 #define DEFAULT_STATUS "127.0.0.1:9380"
 #define DEFAULT_JOURNAL_NAME ".aimfs"
@@ -31,9 +32,10 @@ struct aimfs_options {
 	size_t ndest_urls;
 	struct dest_config *dests; /* all destinations, checked */
 	size_t ndests;
-	char *segment_size_s, *segment_age_s, *journal_max_s, *overflow_s, *retain_s;
+	char *segment_size_s, *segment_age_s, *segment_idle_s, *journal_max_s, *overflow_s, *retain_s;
 	uint64_t segment_size;
 	uint64_t segment_age_ns;
+	uint64_t segment_idle_ns;
 	uint64_t journal_max;
 	uint64_t retain_ns;
 	bool overflow_block;

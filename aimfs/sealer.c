@@ -19,7 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define TICK_NS 100000000ULL /* how often an idle sealer looks at the age */
+#define TICK_NS 50000000ULL /* how often an idle sealer looks at the age */
 
 int sealer_finish_file(int dirfd, int fd, uint64_t number)
 {
@@ -126,8 +126,11 @@ static void *sealer_main(void *arg)
 			continue;
 		}
 		now = journal_now_ns();
+		/* Sealed by age, or as soon as writes pause: the recovery point
+		 * then does not wait out segment_age once the guest is quiet. */
 		if (j->open && j->open->records &&
-		    now - j->open->created_ns >= j->cfg.segment_age_ns) {
+		    (now - j->open->created_ns >= j->cfg.segment_age_ns ||
+		     (j->cfg.segment_idle_ns && now - j->last_append_ns >= j->cfg.segment_idle_ns))) {
 			journal_seal_locked(j);
 			continue;
 		}
