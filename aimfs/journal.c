@@ -539,6 +539,19 @@ static int name_record_locked(struct journal *j, uint8_t type, uint32_t image, u
 	return ret;
 }
 
+/* CREATE carries the source inode number: recovery tells a renamed image
+ * from a new one by it. */
+static int create_record_locked(struct journal *j, struct image *im, mode_t mode)
+{
+	size_t len = strlen(im->name);
+	struct seg_record r = { .type = SEG_CREATE, .image = im->id, .aux = mode & 07777,
+				.offset = (uint64_t)im->ino, .payload = im->name,
+				.payload_len = (uint32_t)len };
+
+	r.payload_hash = seg_payload_hash(im->name, len);
+	return journal_append_locked(j, &r);
+}
+
 int journal_create(struct journal *j, const char *name, mode_t mode, dev_t dev, ino_t ino,
 		   struct image **out)
 {
@@ -569,7 +582,7 @@ int journal_create(struct journal *j, const char *name, mode_t mode, dev_t dev, 
 		r = -ENOMEM;
 		goto out;
 	}
-	r = name_record_locked(j, SEG_CREATE, im->id, mode & 07777, 0, name, NULL);
+	r = create_record_locked(j, im, mode);
 	if (r < 0) {
 		registry_remove(j, im);
 		goto out;

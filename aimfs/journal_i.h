@@ -138,5 +138,11 @@ int sealer_index(struct catalog *cat, const char *dir, uint64_t number);
 
 /* recovery.c — runs before anything is served, single-threaded */
 int journal_recover(struct journal *j, struct catalog *cat);
+/* reconcile.c: builds the registry from the catalog and the backing tree,
+ * redoes records after w from the sealed segments listed, and journals the
+ * differences (or, for a new group's first mount, records the starting
+ * point). */
+int journal_reconcile(struct journal *j, struct catalog *cat, const uint64_t *sealed,
+		      size_t nsealed, uint64_t w, bool baseline);
 
 #endif

@@ -14,22 +14,21 @@
  *     of SQLite's WAL: the first invalid record ends the log), seals it and
  *     renames it into place, or deletes it if no record survived;
  *  3. indexes every segment the catalog lacks;
- *  4. redoes every data record after W onto the backing files, naming
- *     images as the namespace stands now (namespace syscalls always precede
- *     their records, so the backing tree is already at the journal's end);
- *  5. compares the backing tree with the catalog's images and journals what
- *     differs: an image that vanished gets an UNLINK, a file never seen gets
- *     a CREATE with its content — except on the first mount of a group,
- *     where the files found are the starting point.
+ *  4. matches the backing tree with the catalog (images by inode, then by
+ *     name; directories by name) and redoes every data record after W onto
+ *     the file each image is now (reconcile.c);
+ *  5. journals what differs: renames, removals and creations that happened
+ *     without their records (killed between a namespace syscall and its
+ *     record, or done behind the mount's back), directories included —
+ *     except on the first mount of a group, where what is found is the
+ *     starting point.
  *
  * Until step 4 completes, the catalog keeps W as "redo_from", so a crash
  * during recovery redoes from the same place next time.
  */
 #include "journal_i.h"
-#include "apply.h"
 #include "catalog.h"
 #include "log.h"
-#include "names.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -42,7 +41,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define SCAN_DEPTH_MAX 64
 
 struct numlist {
 	uint64_t *v;
@@ -205,195 +203,6 @@ out:
 	return r;
 }
 
-/* ---- the backing tree ---- */
-
-struct scan {
-	struct journal *j;
-	dev_t hide_dev;
-	ino_t hide_ino;
-	struct names *known;   /* catalog images not yet found */
-	struct unknown {
-		char *name;
-		dev_t dev;
-		ino_t ino;
-	} *unknown;            /* files the catalog does not know */
-	size_t nunknown, capunknown;
-	struct catalog *cat;
-	dev_t *seen_dev;       /* inodes seen, to spot hard links */
-	ino_t *seen_ino;
-	size_t nseen, capseen;
-};
-
-static int found_file(struct scan *s, const char *name, const struct stat *st);
-
-static int scan_dir(struct scan *s, int rootfd, char *path, size_t plen, int depth)
-{
-	struct dirent *de;
-	DIR *d;
-	int fd, r = 0;
-
-	if (depth > SCAN_DEPTH_MAX) {
-		log_warn("%s/%s: directories nested deeper than %d levels are not mirrored",
-			 s->j->backing_dir, path, SCAN_DEPTH_MAX);
-		return 0;
-	}
-	fd = openat(rootfd, plen ? path : ".", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	d = fdopendir(fd);
-	if (!d) {
-		close(fd);
-		return -errno;
-	}
-	while (!r && (de = readdir(d))) {
-		struct stat st;
-		size_t nlen = strlen(de->d_name);
-
-		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-			continue;
-		if (plen + 1 + nlen >= SEG_NAME_MAX + 1)
-			continue;
-		if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
-			continue;
-		if (st.st_dev == s->hide_dev && st.st_ino == s->hide_ino)
-			continue; /* the journal itself */
-		if (plen)
-			path[plen] = '/';
-		memcpy(path + plen + (plen ? 1 : 0), de->d_name, nlen + 1);
-		if (S_ISDIR(st.st_mode))
-			r = scan_dir(s, rootfd, path, plen + (plen ? 1 : 0) + nlen, depth + 1);
-		else if (S_ISREG(st.st_mode))
-			r = found_file(s, path, &st);
-		path[plen] = '\0';
-	}
-	closedir(d);
-	return r;
-}
-
-static int seen_before(struct scan *s, const struct stat *st)
-{
-	for (size_t i = 0; i < s->nseen; i++)
-		if (s->seen_ino[i] == st->st_ino && s->seen_dev[i] == st->st_dev)
-			return 1;
-	if (s->nseen == s->capseen) {
-		size_t cap = s->capseen ? s->capseen * 2 : 64;
-		dev_t *nd = realloc(s->seen_dev, cap * sizeof *nd);
-		ino_t *ni;
-
-		if (!nd)
-			return -ENOMEM;
-		s->seen_dev = nd;
-		ni = realloc(s->seen_ino, cap * sizeof *ni);
-		if (!ni)
-			return -ENOMEM;
-		s->seen_ino = ni;
-		s->capseen = cap;
-	}
-	s->seen_dev[s->nseen] = st->st_dev;
-	s->seen_ino[s->nseen++] = st->st_ino;
-	return 0;
-}
-
-static int found_file(struct scan *s, const char *name, const struct stat *st)
-{
-	uint32_t id;
-	int r;
-
-	if (!seg_name_valid(name, strlen(name))) {
-		log_warn("%s/%s: name cannot be mirrored; the file is ignored",
-			 s->j->backing_dir, name);
-		return 0;
-	}
-	if (st->st_nlink > 1) {
-		r = seen_before(s, st);
-		if (r < 0)
-			return r;
-		if (r) {
-			log_warn("%s/%s is a hard link to another image; only one name is mirrored",
-				 s->j->backing_dir, name);
-			return 0;
-		}
-	}
-	id = names_find(s->known, name, strlen(name));
-	if (id) {
-		names_unbind(s->known, id);
-		return registry_add(s->j, id, name, st->st_dev, st->st_ino) ? 0 : -ENOMEM;
-	}
-	if (s->nunknown == s->capunknown) {
-		size_t cap = s->capunknown ? s->capunknown * 2 : 16;
-		struct unknown *nu = realloc(s->unknown, cap * sizeof *nu);
-
-		if (!nu)
-			return -ENOMEM;
-		s->unknown = nu;
-		s->capunknown = cap;
-	}
-	s->unknown[s->nunknown].dev = st->st_dev;
-	s->unknown[s->nunknown].ino = st->st_ino;
-	s->unknown[s->nunknown].name = strdup(name);
-	return s->unknown[s->nunknown++].name ? 0 : -ENOMEM;
-}
-
-static int load_known(void *ctx, uint32_t id, const char *name)
-{
-	return names_bind(ctx, id, name, strlen(name)) == -ENOMEM ? -ENOMEM : 0;
-}
-
-static int collect_missing(void *ctx, uint32_t id, const char *name)
-{
-	(void)name;
-	return numlist_add(ctx, id);
-}
-
-/* ---- redo ---- */
-
-static int redo_segment(struct journal *j, uint64_t n, uint64_t w, uint64_t *redone)
-{
-	struct seg_view *v;
-	struct seg_record rec;
-	uint32_t cur_id = 0;
-	int fd = -1, r;
-
-	r = open_view(j, n, &v);
-	if (r < 0)
-		return r;
-	while (seg_view_next(v, &rec) == 1) {
-		struct image *im;
-		char err[256];
-
-		if (rec.lsn <= w || rec.type < SEG_WRITE || rec.type > SEG_ALLOC)
-			continue;
-		if (rec.image != cur_id) {
-			if (fd >= 0) {
-				fsync(fd);
-				close(fd);
-			}
-			fd = -1;
-			cur_id = rec.image;
-			im = registry_find_id(j, rec.image);
-			if (im)
-				fd = openat(j->cfg.backing_fd, im->name,
-					    O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
-		}
-		if (fd < 0)
-			continue; /* image gone since: nothing to redo */
-		r = apply_record_data(fd, &rec, false, 0, err, sizeof err);
-		if (r < 0) {
-			log_error("journal %s: redoing LSN %" PRIu64 " onto the backing files: %s",
-				  j->dir, rec.lsn, err);
-			break;
-		}
-		(*redone)++;
-	}
-	if (fd >= 0) {
-		if (fsync(fd) < 0 && r == 0)
-			r = -errno;
-		close(fd);
-	}
-	seg_view_free(v);
-	return r;
-}
-
 /* ---- the whole ---- */
 
 static int meta_u64(struct catalog *cat, const char *key, uint64_t *v)
@@ -419,15 +228,10 @@ static int set_meta_u64(struct catalog *cat, const char *key, uint64_t v)
 
 int journal_recover(struct journal *j, struct catalog *cat)
 {
-	struct numlist sealed = { 0 }, open = { 0 }, missing = { 0 };
-	struct scan s = { .j = j };
-	uint64_t w = 0, stored_w, last_lsn = 0, redone = 0, cat_seg, cat_lsn;
+	struct numlist sealed = { 0 }, open = { 0 }, redo = { 0 };
+	uint64_t w = 0, stored_w, last_lsn = 0, cat_seg, cat_lsn;
 	bool baseline, have_stored_w;
 	char buf[16];
-	struct stat jst;
-	(void)cat_lsn;
-	uint32_t max_id;
-	char path[SEG_NAME_MAX + 2];
 	int r;
 
 	r = list_segments(j, &sealed, &open);
@@ -494,101 +298,35 @@ int journal_recover(struct journal *j, struct catalog *cat)
 	j->next_lsn = last_lsn + 1;
 	j->sealed_segment = j->durable_segment = j->next_segment - 1;
 
-	/* The registry: catalog images matched to backing inodes. */
-	s.known = names_new();
-	if (!s.known) {
-		r = -ENOMEM;
-		goto out;
-	}
-	r = catalog_images_each(cat, load_known, s.known);
-	if (r == 0)
-		r = catalog_max_image_id(cat, &max_id);
-	if (r < 0)
-		goto out;
-	j->next_image_id = max_id + 1;
-	fstat(j->dirfd, &jst);
-	s.hide_dev = jst.st_dev;
-	s.hide_ino = jst.st_ino;
-	path[0] = '\0';
-	r = scan_dir(&s, j->cfg.backing_fd, path, 0, 0);
-	if (r < 0) {
-		log_error("cannot scan %s: %s", j->backing_dir, strerror(-r));
-		goto out;
-	}
-
-	/* 4. Redo the tail onto the backing files. */
-	for (size_t i = 0; i < sealed.n && !r; i++) {
-		struct seg_view *v;
-		uint64_t seg_last;
-
-		r = open_view(j, sealed.v[i], &v);
-		if (r < 0)
-			break;
-		seg_last = seg_view_last_lsn(v);
-		seg_view_free(v);
-		if (seg_last > w)
-			r = redo_segment(j, sealed.v[i], w, &redone);
-	}
-	if (r < 0)
-		goto out;
-	if (redone)
-		log_info("recovery: redid %" PRIu64 " journal records after LSN %" PRIu64
-			 " onto the backing files", redone, w);
-
-	/* 5. Reconcile the backing tree with the catalog. */
-	r = names_each(s.known, collect_missing, &missing);
-	for (size_t i = 0; !r && i < missing.n; i++) {
-		const char *name = names_get(s.known, (uint32_t)missing.v[i]);
-
-		if (!registry_add(j, (uint32_t)missing.v[i], name, 0, 0))
-			r = -ENOMEM;
-	}
-	if (r < 0)
-		goto out;
+	/* 4 and 5: match the tree with the catalog, redo the tail onto the
+	 * files the images are now, journal what differs. */
 	baseline = catalog_meta_get(cat, "baseline", buf, sizeof buf) == -ENOENT && cat_seg == 0;
-	if (baseline) {
-		for (size_t i = 0; i < s.nunknown && !r; i++) {
-			struct image *im = registry_add(j, j->next_image_id, s.unknown[i].name,
-							s.unknown[i].dev, s.unknown[i].ino);
-
-			r = im ? catalog_image_add(cat, im->id, im->name) : -ENOMEM;
-		}
-		if (r == 0)
-			r = catalog_meta_set(cat, "baseline", "done");
-		if (r < 0)
-			goto out;
-		if (s.nunknown)
-			log_info("group starts from the %zu images found in %s", s.nunknown,
-				 j->backing_dir);
-	}
-	/* Images the catalog knows but the backing tree lost: removed while
-	 * the mount was down, or killed between an unlink and its record. */
-	for (size_t i = 0; i < missing.n && !r; i++) {
-		struct image *im = registry_find_id(j, (uint32_t)missing.v[i]);
-
-		log_info("image %s is gone from %s; journaling its removal", im->name,
-			 j->backing_dir);
-		r = journal_unlink(j, im);
-	}
-	/* Files never journaled: made behind the mount's back, or killed
-	 * between a create and its record.  Their content goes in the journal. */
-	for (size_t i = 0; i < s.nunknown && !r && !baseline; i++) {
-		struct image *im;
+	for (size_t i = 0; i < sealed.n; i++) {
+		char name[SEG_FILE_NAME_LEN + 8];
+		uint8_t tail[SEG_TRAILER_SIZE];
 		struct stat st;
-		int fd = openat(j->cfg.backing_fd, s.unknown[i].name,
-				O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+		int fd;
 
-		if (fd < 0 || fstat(fd, &st) < 0) {
-			r = -errno;
-			log_error("cannot read %s/%s: %m", j->backing_dir, s.unknown[i].name);
-		} else {
-			r = journal_adopt(j, s.unknown[i].name, fd, &st, &im);
-			if (r == 0)
-				journal_image_put(j, im);
+		/* Only segments reaching past W need a redo pass. */
+		seg_file_name(sealed.v[i], SEG_FILE_SUFFIX, name);
+		fd = openat(j->dirfd, name, O_RDONLY | O_CLOEXEC);
+		if (fd >= 0 && fstat(fd, &st) == 0 && st.st_size >= SEG_TRAILER_SIZE &&
+		    pread(fd, tail, sizeof tail, st.st_size - SEG_TRAILER_SIZE) == sizeof tail) {
+			uint64_t last = 0;
+
+			for (int k = 7; k >= 0; k--)
+				last = last << 8 | tail[16 + k];
+			if (last > w)
+				r = numlist_add(&redo, sealed.v[i]);
 		}
 		if (fd >= 0)
 			close(fd);
+		if (r < 0)
+			goto out;
 	}
+	r = journal_reconcile(j, cat, redo.v, redo.n, w, baseline);
+	if (r < 0)
+		goto out;
 	if (r == 0)
 		r = catalog_meta_set(cat, "redo_from", "");
 	/* Everything sealed is on the backing files now. */
@@ -607,14 +345,8 @@ int journal_recover(struct journal *j, struct catalog *cat)
 		atomic_fetch_add(&j->disk_bytes, total);
 	}
 out:
-	for (size_t i = 0; i < s.nunknown; i++)
-		free(s.unknown[i].name);
-	free(s.unknown);
-	free(s.seen_dev);
-	free(s.seen_ino);
-	names_free(s.known);
 	free(sealed.v);
 	free(open.v);
-	free(missing.v);
+	free(redo.v);
 	return r;
 }

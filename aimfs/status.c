@@ -67,7 +67,7 @@ static json_t *status_json(struct status *s)
 	/* In sync: every destination has every record (none waits in the open
 	 * segment).  Without destinations there is nothing to be in sync with. */
 	json_object_set_new(o, "in_sync", s->info.transport
-				? json_boolean(transport_in_sync(s->info.transport) && !js.open_oldest_ns)
+				? json_boolean(transport_has_all(s->info.transport, js.head_lsn))
 				: json_null());
 	return o;
 }

@@ -29,7 +29,10 @@ static const char schema[] =
 	"  name TEXT NOT NULL,"
 	"  live INTEGER NOT NULL DEFAULT 1,"
 	"  created_lsn INTEGER,"           /* NULL: existed when first seen */
-	"  removed_lsn INTEGER);"
+	"  removed_lsn INTEGER,"
+	"  ino INTEGER NOT NULL DEFAULT 0);" /* source inode, for crash recovery */
+	"CREATE TABLE IF NOT EXISTS dirs("
+	"  name TEXT PRIMARY KEY);"        /* directories of the backing tree */
 	"CREATE INDEX IF NOT EXISTS images_by_name ON images(name) WHERE live;"
 	"CREATE TABLE IF NOT EXISTS segments("
 	"  number INTEGER PRIMARY KEY,"
@@ -122,8 +125,8 @@ int catalog_open(const char *path, struct catalog **out)
 	r = prepare(c, "INSERT OR REPLACE INTO writes(lsn, image, kind, offset, length, segment,"
 		       " position, time_ns) VALUES(?,?,?,?,?,?,?,?)", &c->ins_write);
 	if (!r)
-		r = prepare(c, "INSERT OR REPLACE INTO images(id, name, live, created_lsn)"
-			       " VALUES(?,?,1,?)", &c->ins_image);
+		r = prepare(c, "INSERT OR REPLACE INTO images(id, name, live, created_lsn, ino)"
+			       " VALUES(?,?,1,?,?)", &c->ins_image);
 	if (!r)
 		r = prepare(c, "UPDATE images SET name = ? WHERE id = ?", &c->upd_image_name);
 	if (!r)
@@ -241,15 +244,28 @@ static int step_reset(struct catalog *c, sqlite3_stmt *st, const char *what)
 }
 
 static int image_bind(struct catalog *c, uint32_t id, const char *name, size_t len,
-		      uint64_t lsn, bool known_lsn)
+		      uint64_t lsn, uint64_t ino)
 {
 	sqlite3_bind_int64(c->ins_image, 1, id);
 	sqlite3_bind_text(c->ins_image, 2, name, (int)len, SQLITE_TRANSIENT);
-	if (known_lsn)
-		sqlite3_bind_int64(c->ins_image, 3, (sqlite3_int64)lsn);
-	else
-		sqlite3_bind_null(c->ins_image, 3);
+	sqlite3_bind_int64(c->ins_image, 3, (sqlite3_int64)lsn);
+	sqlite3_bind_int64(c->ins_image, 4, (sqlite3_int64)ino);
 	return step_reset(c, c->ins_image, "image insert");
+}
+
+static int exec_text(struct catalog *c, const char *sql, const char *a, const char *b)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	if (sqlite3_prepare_v2(c->db, sql, -1, &st, NULL))
+		return db_fail(c, sql);
+	sqlite3_bind_text(st, 1, a, -1, SQLITE_STATIC);
+	if (b)
+		sqlite3_bind_text(st, 2, b, -1, SQLITE_STATIC);
+	r = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, sql);
+	sqlite3_finalize(st);
+	return r;
 }
 
 static int image_rename(struct catalog *c, uint32_t id, const char *name)
@@ -281,6 +297,10 @@ static int image_rename_dir(struct catalog *c, const char *old_dir, const char *
 	sqlite3_bind_text(st, 2, new_dir, -1, SQLITE_STATIC);
 	r = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, "dir rename");
 	sqlite3_finalize(st);
+	if (r == 0)
+		r = exec_text(c, "UPDATE dirs SET name = ?2 || substr(name, length(?1) + 1)"
+				 " WHERE name = ?1 OR substr(name, 1, length(?1) + 1) = ?1 || '/'",
+			      old_dir, new_dir);
 	return r;
 }
 
@@ -315,7 +335,13 @@ static int index_record(struct catalog *c, const struct seg_record *r, uint64_t 
 	}
 	switch (r->type) {
 	case SEG_CREATE:
-		return image_bind(c, r->image, r->payload, r->payload_len, r->lsn, true);
+		return image_bind(c, r->image, r->payload, r->payload_len, r->lsn, r->offset);
+	case SEG_MKDIR:
+		seg_record_name(r, a);
+		return exec_text(c, "INSERT OR IGNORE INTO dirs(name) VALUES(?)", a, NULL);
+	case SEG_RMDIR:
+		seg_record_name(r, a);
+		return exec_text(c, "DELETE FROM dirs WHERE name = ?", a, NULL);
 	case SEG_UNLINK:
 		return image_remove(c, r->image, r->lsn);
 	case SEG_RENAME:
@@ -417,17 +443,19 @@ int catalog_index_segment(struct catalog *c, struct seg_view *v, uint64_t file_b
 }
 
 int catalog_images_each(struct catalog *c,
-			int (*fn)(void *ctx, uint32_t id, const char *name), void *ctx)
+			int (*fn)(void *ctx, uint32_t id, const char *name, uint64_t ino),
+			void *ctx)
 {
 	sqlite3_stmt *st;
 	int r;
 
-	if (sqlite3_prepare_v2(c->db, "SELECT id, name FROM images WHERE live ORDER BY id",
+	if (sqlite3_prepare_v2(c->db, "SELECT id, name, ino FROM images WHERE live ORDER BY id",
 			       -1, &st, NULL))
 		return db_fail(c, "images");
 	while ((r = sqlite3_step(st)) == SQLITE_ROW) {
 		int k = fn(ctx, (uint32_t)sqlite3_column_int64(st, 0),
-			   (const char *)sqlite3_column_text(st, 1));
+			   (const char *)sqlite3_column_text(st, 1),
+			   (uint64_t)sqlite3_column_int64(st, 2));
 		if (k) {
 			sqlite3_finalize(st);
 			return k;
@@ -438,17 +466,43 @@ int catalog_images_each(struct catalog *c,
 	return r;
 }
 
-int catalog_image_add(struct catalog *c, uint32_t id, const char *name)
+int catalog_image_add(struct catalog *c, uint32_t id, const char *name, uint64_t ino)
 {
 	sqlite3_stmt *st;
 	int r;
 
-	if (sqlite3_prepare_v2(c->db, "INSERT OR IGNORE INTO images(id, name, live)"
-				      " VALUES(?, ?, 1)", -1, &st, NULL))
+	if (sqlite3_prepare_v2(c->db, "INSERT OR IGNORE INTO images(id, name, live, ino)"
+				      " VALUES(?, ?, 1, ?)", -1, &st, NULL))
 		return db_fail(c, "image add");
 	sqlite3_bind_int64(st, 1, id);
 	sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, (sqlite3_int64)ino);
 	r = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, "image add");
+	sqlite3_finalize(st);
+	return r;
+}
+
+int catalog_dir_add(struct catalog *c, const char *name)
+{
+	return exec_text(c, "INSERT OR IGNORE INTO dirs(name) VALUES(?)", name, NULL);
+}
+
+int catalog_dirs_each(struct catalog *c, int (*fn)(void *ctx, const char *name), void *ctx)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	if (sqlite3_prepare_v2(c->db, "SELECT name FROM dirs ORDER BY name", -1, &st, NULL))
+		return db_fail(c, "dirs");
+	while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+		int k = fn(ctx, (const char *)sqlite3_column_text(st, 0));
+
+		if (k) {
+			sqlite3_finalize(st);
+			return k;
+		}
+	}
+	r = r == SQLITE_DONE ? 0 : db_fail(c, "dirs");
 	sqlite3_finalize(st);
 	return r;
 }

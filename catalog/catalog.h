@@ -48,12 +48,18 @@ int catalog_has_segment(struct catalog *c, uint64_t n, bool *has);
 /* Highest indexed segment number and its last LSN (0, 0 if none). */
 int catalog_last_segment(struct catalog *c, uint64_t *number, uint64_t *last_lsn);
 
-/* Live images (id -> name) as indexed; fn is called for each. */
+/* Live images (id -> name, source inode number or 0) as indexed; fn is
+ * called for each, in id order; a non-zero return stops and is returned. */
 int catalog_images_each(struct catalog *c,
-			int (*fn)(void *ctx, uint32_t id, const char *name), void *ctx);
+			int (*fn)(void *ctx, uint32_t id, const char *name, uint64_t ino),
+			void *ctx);
+/* Directories of the backing tree as journaled (MKDIR, RMDIR, renames). */
+int catalog_dirs_each(struct catalog *c, int (*fn)(void *ctx, const char *name), void *ctx);
+/* Records a directory that existed before it was journaled. */
+int catalog_dir_add(struct catalog *c, const char *name);
 /* Records an image that existed before it was journaled (the images found
  * when a group is created).  No-op if the id is known. */
-int catalog_image_add(struct catalog *c, uint32_t id, const char *name);
+int catalog_image_add(struct catalog *c, uint32_t id, const char *name, uint64_t ino);
 /* Highest image id ever used (0 if none). */
 int catalog_max_image_id(struct catalog *c, uint32_t *id);
 

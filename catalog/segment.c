@@ -493,7 +493,8 @@ static int apply_semantics(struct seg_view *v, const struct seg_record *r, uint6
 			return fail(err, off, "FLUSH record names unknown image %u", r->image);
 		return 0;
 	case SEG_CREATE:
-		if (r->flags || r->offset || r->length || r->image == 0)
+		/* offset: the source's inode number, for the source's own recovery */
+		if (r->flags || r->length || r->image == 0)
 			return fail(err, off, "CREATE record is malformed");
 		if (!seg_name_valid(pl, r->payload_len))
 			return fail(err, off, "CREATE record has an unsafe name");

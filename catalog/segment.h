@@ -41,7 +41,8 @@ enum seg_type {
 	SEG_TRUNCATE = 3, /* size becomes offset */
 	SEG_ALLOC = 4,    /* preallocate range; flags KEEP_SIZE */
 	SEG_FLUSH = 5,    /* barrier: make targets durable here */
-	SEG_CREATE = 6,   /* new empty image; payload = name, aux = mode */
+	SEG_CREATE = 6,   /* new empty image; payload = name, aux = mode,
+			     offset = source inode number (informational) */
 	SEG_UNLINK = 7,   /* image removed; payload = its name */
 	SEG_RENAME = 8,   /* payload = old name then new name, aux = old length */
 	SEG_MKDIR = 9,    /* payload = directory name, aux = mode */

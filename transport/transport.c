@@ -219,6 +219,18 @@ bool transport_in_sync(struct transport *t)
 	return acked;
 }
 
+bool transport_has_all(struct transport *t, uint64_t head_lsn)
+{
+	bool all = true;
+
+	pthread_mutex_lock(&t->lock);
+	for (size_t i = 0; i < t->ndests; i++)
+		if (t->dests[i].acked_src_lsn < head_lsn)
+			all = false;
+	pthread_mutex_unlock(&t->lock);
+	return all;
+}
+
 void transport_stop(struct transport *t)
 {
 	if (!t)

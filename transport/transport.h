@@ -106,5 +106,7 @@ struct strbuf;
 void transport_metrics(struct transport *t, struct strbuf *sb);
 /* True if every destination has acknowledged everything durable. */
 bool transport_in_sync(struct transport *t);
+/* True if every destination has acknowledged every record up to head_lsn. */
+bool transport_has_all(struct transport *t, uint64_t head_lsn);
 
 #endif
