@@ -145,7 +145,8 @@ const char *seg_type_name(uint8_t type)
 		[SEG_WRITE] = "WRITE", [SEG_ZERO] = "ZERO", [SEG_TRUNCATE] = "TRUNCATE",
 		[SEG_ALLOC] = "ALLOC", [SEG_FLUSH] = "FLUSH", [SEG_CREATE] = "CREATE",
 		[SEG_UNLINK] = "UNLINK", [SEG_RENAME] = "RENAME", [SEG_MKDIR] = "MKDIR",
-		[SEG_RMDIR] = "RMDIR", [SEG_MARK] = "MARK",
+		[SEG_RMDIR] = "RMDIR", [SEG_MARK] = "MARK", [SEG_SYNC_BEGIN] = "SYNC_BEGIN",
+		[SEG_SYNC_END] = "SYNC_END", [SEG_HASH] = "HASH",
 	};
 
 	if (type == 0 || type > SEG_TYPE_MAX)
@@ -470,22 +471,49 @@ static int apply_semantics(struct seg_view *v, const struct seg_record *r, uint6
 
 	switch (r->type) {
 	case SEG_WRITE:
-		if (r->flags || r->aux || r->length != r->payload_len || r->payload_len == 0)
+		if ((r->flags & ~SEG_F_RESYNC) || !(r->flags & SEG_F_RESYNC) != !r->aux ||
+		    r->length != r->payload_len || r->payload_len == 0)
 			return fail(err, off, "WRITE record has inconsistent lengths or flags");
 		if (!range_ok(r->offset, r->length))
 			return fail(err, off, "WRITE record offset %" PRIu64 " is out of range", r->offset);
 		break;
 	case SEG_ZERO:
 	case SEG_ALLOC:
-		if (r->flags & ~(r->type == SEG_ZERO ? SEG_F_PUNCH | SEG_F_KEEP_SIZE : SEG_F_KEEP_SIZE))
+		if (r->flags & ~(r->type == SEG_ZERO ? SEG_F_PUNCH | SEG_F_KEEP_SIZE | SEG_F_RESYNC
+						     : SEG_F_KEEP_SIZE))
 			return fail(err, off, "%s record has unknown flags", seg_type_name(r->type));
-		if (r->aux || r->payload_len || r->length == 0 || !range_ok(r->offset, r->length))
+		if (!(r->flags & SEG_F_RESYNC) != !r->aux || r->payload_len || r->length == 0 ||
+		    !range_ok(r->offset, r->length))
 			return fail(err, off, "%s record has a bad range", seg_type_name(r->type));
 		break;
 	case SEG_TRUNCATE:
-		if (r->flags || r->aux || r->payload_len || r->length || r->offset > INT64_LIMIT)
+		if ((r->flags & ~SEG_F_RESYNC) || !(r->flags & SEG_F_RESYNC) != !r->aux ||
+		    r->payload_len || r->length || r->offset > INT64_LIMIT)
 			return fail(err, off, "TRUNCATE record is malformed");
 		break;
+	case SEG_SYNC_BEGIN:
+	case SEG_SYNC_END:
+		if (r->flags || r->image || r->aux == 0 || r->offset || r->length || r->payload_len)
+			return fail(err, off, "%s record is malformed", seg_type_name(r->type));
+		return 0;
+	case SEG_HASH: {
+		const uint8_t *p = r->payload;
+		uint32_t block;
+		uint64_t blocks;
+
+		if (r->flags || r->length == 0 || !range_ok(r->offset, r->length) ||
+		    r->payload_len < SEG_HASH_HEADER)
+			return fail(err, off, "HASH record is malformed");
+		block = get32(p);
+		if (get32(p + 4) != 0 || block < SEG_HASH_BLOCK_MIN || block > SEG_HASH_BLOCK_MAX ||
+		    (block & (block - 1)))
+			return fail(err, off, "HASH record has a bad block size");
+		blocks = (r->length + block - 1) / block;
+		if (blocks > (SEG_PAYLOAD_MAX - SEG_HASH_HEADER) / 8 ||
+		    r->payload_len != SEG_HASH_HEADER + blocks * 8)
+			return fail(err, off, "HASH record's payload does not hold one hash per block");
+		break;
+	}
 	case SEG_FLUSH:
 		if (r->flags || r->aux || r->payload_len || r->offset || r->length)
 			return fail(err, off, "FLUSH record is malformed");
@@ -840,6 +868,16 @@ int seg_view_next(struct seg_view *v, struct seg_record *r)
 const char *seg_view_image_name(const struct seg_view *v, uint32_t id)
 {
 	return names_get(v->names, id);
+}
+
+uint32_t seg_hash_block(const struct seg_record *r)
+{
+	return get32(r->payload);
+}
+
+uint64_t seg_hash_at(const struct seg_record *r, uint64_t i)
+{
+	return get64((const uint8_t *)r->payload + SEG_HASH_HEADER + i * 8);
 }
 
 void seg_rename_names(const struct seg_record *r, char *old_name, char *new_name)

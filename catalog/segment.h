@@ -48,13 +48,23 @@ enum seg_type {
 	SEG_MKDIR = 9,    /* payload = directory name, aux = mode */
 	SEG_RMDIR = 10,   /* payload = directory name */
 	SEG_MARK = 11,    /* named point in time; payload = label */
-	SEG_TYPE_MAX = SEG_MARK
+	SEG_SYNC_BEGIN = 12, /* destination aux's targets stop being consistent */
+	SEG_SYNC_END = 13,   /* ... and are consistent again (docs/RESYNC.md) */
+	SEG_HASH = 14,    /* range's block hashes for comparison; aux = destination
+			     (0: all); payload = u32 block size, u32 0, XXH3-64s */
+	SEG_TYPE_MAX = SEG_HASH
 };
 
 #define SEG_F_PUNCH 0x01     /* ZERO: deallocate the range too */
 #define SEG_F_KEEP_SIZE 0x02 /* ZERO, ALLOC: do not change the size */
 #define SEG_F_DIR 0x04       /* RENAME: of a directory (image 0) */
 #define SEG_F_REPLACE 0x08   /* RENAME: the new name replaced an image */
+#define SEG_F_RESYNC 0x10    /* WRITE, ZERO, TRUNCATE: part of destination aux's resync */
+
+#define SEG_HASH_BLOCK_MIN 4096u
+#define SEG_HASH_BLOCK_MAX (16u << 20)
+#define SEG_HASH_HEADER 8   /* bytes before the hashes in a HASH payload */
+
 
 struct seg_image {
 	uint32_t id;       /* non-zero */
@@ -198,5 +208,8 @@ void seg_rename_names(const struct seg_record *r, char *old_name, char *new_name
 void seg_record_name(const struct seg_record *r, char *name);
 
 const char *seg_type_name(uint8_t type);
+/* Block size of a validated HASH record, and its i-th hash. */
+uint32_t seg_hash_block(const struct seg_record *r);
+uint64_t seg_hash_at(const struct seg_record *r, uint64_t i);
 
 #endif

@@ -492,6 +492,20 @@ static void test_round_trip(void)
 		{ WR(3, 0, "x"), { "snap/new.img", "old-disks/vm2.raw", "vm3.img", "old-disks/sub/vm7.img" } },
 		{ { SEG_FLUSH, 0, 3, 0, 0, 0, NULL, 0 },
 		  { "snap/new.img", "old-disks/vm2.raw", "vm3.img", "old-disks/sub/vm7.img" } },
+		/* resync: tagged records, the consistency brackets and a HASH */
+		{ { SEG_SYNC_BEGIN, 0, 0, 2, 0, 0, NULL, 0 },
+		  { "snap/new.img", "old-disks/vm2.raw", "vm3.img", "old-disks/sub/vm7.img" } },
+		{ { SEG_TRUNCATE, SEG_F_RESYNC, 3, 2, 8192, 0, NULL, 0 },
+		  { "snap/new.img", "old-disks/vm2.raw", "vm3.img", "old-disks/sub/vm7.img" } },
+		{ { SEG_WRITE, SEG_F_RESYNC, 3, 2, 4096, 3, "abc", 0 },
+		  { "snap/new.img", "old-disks/vm2.raw", "vm3.img", "old-disks/sub/vm7.img" } },
+		{ { SEG_ZERO, SEG_F_RESYNC | SEG_F_PUNCH | SEG_F_KEEP_SIZE, 3, 2, 0, 4096, NULL, 0 },
+		  { "snap/new.img", "old-disks/vm2.raw", "vm3.img", "old-disks/sub/vm7.img" } },
+		{ { SEG_HASH, 0, 3, 2, 0, 8192,
+		    "\x00\x10\x00\x00\x00\x00\x00\x00" "ABCDEFGH" "IJKLMNOP", 24 },
+		  { "snap/new.img", "old-disks/vm2.raw", "vm3.img", "old-disks/sub/vm7.img" } },
+		{ { SEG_SYNC_END, 0, 0, 2, 0, 0, NULL, 0 },
+		  { "snap/new.img", "old-disks/vm2.raw", "vm3.img", "old-disks/sub/vm7.img" } },
 	};
 	enum { N = sizeof t / sizeof t[0] };
 	static const uint32_t ids[4] = { 1, 2, 3, 7 };
@@ -599,6 +613,10 @@ static void test_round_trip(void)
 				seg_rename_names(&r, o, nn);
 				CHECK(strlen(o) == r.aux && strlen(nn) == r.payload_len - r.aux);
 				CHECK(memcmp(o, s->pl, r.aux) == 0 && strcmp(nn, s->pl + r.aux) == 0);
+			} else if (r.type == SEG_HASH) {
+				CHECK(seg_hash_block(&r) == 4096);
+				CHECK(seg_hash_at(&r, 0) == 0x4847464544434241ULL);
+				CHECK(seg_hash_at(&r, 1) == 0x504f4e4d4c4b4a49ULL);
 			} else if (r.payload_len && r.type != SEG_WRITE) {
 				char name[SEG_NAME_MAX + 1];
 
@@ -622,7 +640,7 @@ static void test_round_trip(void)
 		CHECK_MSG(seen[ty], "type %s not covered", seg_type_name((uint8_t)ty));
 		CHECK(strcmp(seg_type_name((uint8_t)ty), "UNKNOWN") != 0);
 	}
-	CHECK(strcmp(seg_type_name(0), "UNKNOWN") == 0 && strcmp(seg_type_name(12), "UNKNOWN") == 0);
+	CHECK(strcmp(seg_type_name(0), "UNKNOWN") == 0 && strcmp(seg_type_name(15), "UNKNOWN") == 0);
 	CHECK(strcmp(seg_type_name(SEG_WRITE), "WRITE") == 0);
 
 	/* the same bytes through the recovery decoder: sealed, whole */
@@ -969,7 +987,26 @@ static void test_forged_records(void)
 		struct spec recs[MAX_RECS];
 	} t[] = {
 		{ "unknown type 0", "unknown record type 0", { WR(1, 0, "x"), { 0, 0, 1, 0, 0, 0, NULL, 0 } } },
-		{ "unknown type 12", "unknown record type 12", { { 12, 0, 1, 0, 0, 0, NULL, 0 } } },
+		{ "unknown type 15", "unknown record type 15", { { 15, 0, 1, 0, 0, 0, NULL, 0 } } },
+		{ "WRITE resync without destination", "inconsistent",
+		  { { SEG_WRITE, SEG_F_RESYNC, 1, 0, 0, 1, "x", 0 } } },
+		{ "WRITE destination without resync", "inconsistent",
+		  { { SEG_WRITE, 0, 1, 3, 0, 1, "x", 0 } } },
+		{ "ALLOC resync", "unknown flags", { { SEG_ALLOC, SEG_F_RESYNC, 1, 1, 0, 512, NULL, 0 } } },
+		{ "TRUNCATE resync without destination", "TRUNCATE record is malformed",
+		  { { SEG_TRUNCATE, SEG_F_RESYNC, 1, 0, 5, 0, NULL, 0 } } },
+		{ "SYNC_BEGIN destination 0", "SYNC_BEGIN record is malformed",
+		  { { SEG_SYNC_BEGIN, 0, 0, 0, 0, 0, NULL, 0 } } },
+		{ "SYNC_END with image", "SYNC_END record is malformed",
+		  { { SEG_SYNC_END, 0, 1, 1, 0, 0, NULL, 0 } } },
+		{ "HASH short payload", "HASH record is malformed",
+		  { { SEG_HASH, 0, 1, 0, 0, 4096, "\x00\x10\x00", 3 } } },
+		{ "HASH block size 1000", "bad block size",
+		  { { SEG_HASH, 0, 1, 0, 0, 4096, "\xe8\x03\x00\x00\x00\x00\x00\x00" "ABCDEFGH", 16 } } },
+		{ "HASH missing a hash", "one hash per block",
+		  { { SEG_HASH, 0, 1, 0, 0, 8192, "\x00\x10\x00\x00\x00\x00\x00\x00" "ABCDEFGH", 16 } } },
+		{ "HASH unbound image", "not bound",
+		  { { SEG_HASH, 0, 99, 0, 0, 4096, "\x00\x10\x00\x00\x00\x00\x00\x00" "ABCDEFGH", 16 } } },
 		{ "unknown type 255", "unknown record type 255", { { 255, 0, 0, 0, 0, 0, NULL, 0 } } },
 		/* WRITE */
 		{ "WRITE flags", "inconsistent lengths or flags", { { SEG_WRITE, 1, 1, 0, 0, 1, "x", 0 } } },
