@@ -152,6 +152,13 @@ static int rel_path(struct fs *fs, struct lo_inode *dir, const char *name, char 
 	return len < 0 || (size_t)len >= outlen ? -ENAMETOOLONG : 0;
 }
 
+/* The range lock of an image lives with the image (the resync engine takes
+ * it too); a regular file the journal does not mirror uses its inode's. */
+static struct rangelock *lock_of(struct lo_inode *in)
+{
+	return in->image ? journal_image_rangelock(in->image) : &in->rl;
+}
+
 static void inode_free(struct fs *fs, struct lo_inode *in)
 {
 	if (in->image)
@@ -351,11 +358,11 @@ static int journaled_truncate(struct fs *fs, struct lo_inode *in, int fd, uint64
 	struct range_held h;
 	int r, err = 0;
 
-	rangelock_acquire(&in->rl, &h, 0, RANGE_END);
+	rangelock_acquire(lock_of(in), &h, 0, RANGE_END);
 	if (in->image) {
 		r = journal_truncate(j, in->image, size, &t);
 		if (r < 0) {
-			rangelock_release(&in->rl, &h);
+			rangelock_release(lock_of(in), &h);
 			return EIO;
 		}
 	}
@@ -364,7 +371,7 @@ static int journaled_truncate(struct fs *fs, struct lo_inode *in, int fd, uint64
 		if (in->image && t.lsn)
 			journal_correct(j, in->image, fd, 0, 0);
 	}
-	rangelock_release(&in->rl, &h);
+	rangelock_release(lock_of(in), &h);
 	journal_done(j, &t);
 	return err;
 }
@@ -907,9 +914,9 @@ static void lo_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		memcpy(aligned, buf, size);
 		src = aligned;
 	}
-	rangelock_acquire(&in->rl, &h, (uint64_t)off, size);
+	rangelock_acquire(lock_of(in), &h, (uint64_t)off, size);
 	if (in->image && journal_write(j, in->image, (uint64_t)off, buf, size, &t) < 0) {
-		rangelock_release(&in->rl, &h);
+		rangelock_release(lock_of(in), &h);
 		fuse_reply_err(req, EIO);
 		return;
 	}
@@ -924,13 +931,13 @@ static void lo_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		}
 		done += (size_t)n;
 	}
-	rangelock_release(&in->rl, &h);
+	rangelock_release(lock_of(in), &h);
 	if (done < size && t.lsn) {
 		/* The journal holds all of it, the file maybe less: tell the
 		 * journal the truth, under the whole-file lock. */
-		rangelock_acquire(&in->rl, &h, 0, RANGE_END);
+		rangelock_acquire(lock_of(in), &h, 0, RANGE_END);
 		journal_correct(j, in->image, fh->fd, (uint64_t)off, size);
-		rangelock_release(&in->rl, &h);
+		rangelock_release(lock_of(in), &h);
 	}
 	journal_done(j, &t);
 	fh->written = true;
@@ -989,7 +996,7 @@ static void lo_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, of
 		fuse_reply_err(req, EINVAL);
 		return;
 	}
-	rangelock_acquire(&in->rl, &h, (uint64_t)off, (uint64_t)len);
+	rangelock_acquire(lock_of(in), &h, (uint64_t)off, (uint64_t)len);
 	if (in->image) {
 		switch (mode & ~FALLOC_FL_KEEP_SIZE) {
 		case 0:
@@ -1009,17 +1016,17 @@ static void lo_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, of
 		}
 	}
 	if (r < 0) {
-		rangelock_release(&in->rl, &h);
+		rangelock_release(lock_of(in), &h);
 		fuse_reply_err(req, r == -EOPNOTSUPP ? EOPNOTSUPP : EIO);
 		return;
 	}
 	if (fallocate(fh->fd, mode, off, len) < 0)
 		err = errno;
-	rangelock_release(&in->rl, &h);
+	rangelock_release(lock_of(in), &h);
 	if (err && t.lsn) {
-		rangelock_acquire(&in->rl, &h, 0, RANGE_END);
+		rangelock_acquire(lock_of(in), &h, 0, RANGE_END);
 		journal_correct(j, in->image, fh->fd, (uint64_t)off, (uint64_t)len);
-		rangelock_release(&in->rl, &h);
+		rangelock_release(lock_of(in), &h);
 	}
 	journal_done(j, &t);
 	if (!err)

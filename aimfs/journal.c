@@ -744,6 +744,11 @@ uint32_t journal_image_id(const struct image *im)
 	return im->id;
 }
 
+struct rangelock *journal_image_rangelock(struct image *im)
+{
+	return &im->rl;
+}
+
 void journal_stats(struct journal *j, struct journal_stats *s)
 {
 	pthread_mutex_lock(&j->lock);

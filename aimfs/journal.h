@@ -100,6 +100,9 @@ void journal_each_image(struct journal *j, void (*fn)(void *ctx, const char *nam
 struct image *journal_image_lookup(struct journal *j, dev_t dev, ino_t ino);
 void journal_image_put(struct journal *j, struct image *im);
 uint32_t journal_image_id(const struct image *im);
+/* The image's byte-range lock (see rangelock.h): held across a data
+ * record and its backing syscall by every writer, the resync engine too. */
+struct rangelock *journal_image_rangelock(struct image *im);
 
 /* Data records, phase 1.  Return 0 with a ticket, or -errno (the journal
  * could not record it; the caller must not touch the backing file). */

@@ -17,6 +17,7 @@
 #define AIM_JOURNAL_I_H
 
 #include "journal.h"
+#include "rangelock.h"
 #include "segment.h"
 
 #include <pthread.h>
@@ -41,6 +42,7 @@ struct image {
 	bool live;               /* false once unlinked or replaced (L) */
 	unsigned refs;           /* (L) registry holds one while live */
 	struct image *next_ino;  /* registry hash chain (L) */
+	struct rangelock rl;     /* orders overlapping data operations */
 };
 
 /* A segment file being written or waiting for the sealer. */

@@ -28,6 +28,7 @@ int registry_init(struct journal *j)
 
 static void free_image(struct image *im)
 {
+	rangelock_destroy(&im->rl);
 	free(im->name);
 	free(im);
 }
@@ -57,6 +58,7 @@ struct image *registry_add(struct journal *j, uint32_t id, const char *name, dev
 		free(im);
 		return NULL;
 	}
+	rangelock_init(&im->rl);
 	if (j->nlive == j->caplive) {
 		size_t cap = j->caplive ? j->caplive * 2 : 64;
 		struct image **nl = realloc(j->live, cap * sizeof *nl);
