@@ -270,7 +270,8 @@ static int claim_slot_locked(struct journal *j, uint64_t lsn)
  */
 static void wait_for_space(struct journal *j, uint64_t need)
 {
-	if (!j->cfg.enforce_max ||
+	/* overflow=track: never wait; the resync engine relieves the journal */
+	if (!j->cfg.enforce_max || !j->cfg.overflow_block ||
 	    atomic_load(&j->disk_bytes) + need <= j->cfg.journal_max)
 		return;
 	pthread_mutex_lock(&j->space_lock);
@@ -959,4 +960,155 @@ void journal_close(struct journal *j)
 	free(j->backing_dir);
 	free(j->hide_name);
 	free(j);
+}
+
+/* ---- resynchronisation ---- */
+
+static int tagged_record(struct journal *j, struct image *im, struct seg_record *r,
+			 uint64_t *lsn, uint64_t *segment)
+{
+	int ret;
+
+	r->payload_hash = seg_payload_hash(r->payload, r->payload_len);
+	pthread_mutex_lock(&j->lock);
+	if (im && !im->live) {
+		pthread_mutex_unlock(&j->lock);
+		return -ENOENT;
+	}
+	if (im)
+		r->image = im->id;
+	ret = journal_ensure_open_locked(j);
+	if (ret == 0) {
+		*segment = j->open->number;
+		ret = journal_append_locked(j, r);
+		*lsn = r->lsn;
+	}
+	pthread_mutex_unlock(&j->lock);
+	return ret;
+}
+
+int journal_resync_write(struct journal *j, struct image *im, uint32_t dest, uint64_t off,
+			 const void *buf, size_t len, uint64_t *lsn, uint64_t *segment)
+{
+	struct seg_record r = { .type = SEG_WRITE, .flags = SEG_F_RESYNC, .aux = dest,
+				.offset = off, .length = len, .payload = buf,
+				.payload_len = (uint32_t)len };
+
+	return tagged_record(j, im, &r, lsn, segment);
+}
+
+int journal_resync_zero(struct journal *j, struct image *im, uint32_t dest, uint64_t off,
+			uint64_t len, bool punch, uint64_t *lsn, uint64_t *segment)
+{
+	struct seg_record r = { .type = SEG_ZERO, .aux = dest, .offset = off, .length = len,
+				.flags = (uint8_t)(SEG_F_RESYNC | SEG_F_KEEP_SIZE |
+						   (punch ? SEG_F_PUNCH : 0)) };
+
+	return tagged_record(j, im, &r, lsn, segment);
+}
+
+int journal_resync_truncate(struct journal *j, struct image *im, uint32_t dest, uint64_t size,
+			    uint64_t *lsn, uint64_t *segment)
+{
+	struct seg_record r = { .type = SEG_TRUNCATE, .flags = SEG_F_RESYNC, .aux = dest,
+				.offset = size };
+
+	return tagged_record(j, im, &r, lsn, segment);
+}
+
+int journal_hash(struct journal *j, struct image *im, uint32_t dest, uint64_t off, uint64_t len,
+		 uint32_t block, const uint64_t *hashes, uint64_t n, uint64_t *lsn,
+		 uint64_t *segment)
+{
+	size_t plen = SEG_HASH_HEADER + n * 8;
+	uint8_t *p = malloc(plen);
+	struct seg_record r = { .type = SEG_HASH, .aux = dest, .offset = off, .length = len };
+	int ret;
+
+	if (!p)
+		return -ENOMEM;
+	for (int k = 0; k < 4; k++)
+		p[k] = (uint8_t)(block >> (8 * k));
+	memset(p + 4, 0, 4);
+	for (uint64_t i = 0; i < n; i++)
+		for (int k = 0; k < 8; k++)
+			p[SEG_HASH_HEADER + i * 8 + (uint64_t)k] = (uint8_t)(hashes[i] >> (8 * k));
+	r.payload = p;
+	r.payload_len = (uint32_t)plen;
+	ret = tagged_record(j, im, &r, lsn, segment);
+	free(p);
+	return ret;
+}
+
+int journal_sync_mark(struct journal *j, uint32_t dest, bool begin, uint64_t *lsn,
+		      uint64_t *segment)
+{
+	struct seg_record r = { .type = begin ? SEG_SYNC_BEGIN : SEG_SYNC_END, .aux = dest };
+
+	return tagged_record(j, NULL, &r, lsn, segment);
+}
+
+void journal_image_name(struct journal *j, struct image *im, char *buf, size_t len)
+{
+	pthread_mutex_lock(&j->lock);
+	snprintf(buf, len, "%s", im->name);
+	pthread_mutex_unlock(&j->lock);
+}
+
+struct image *journal_image_lookup_name(struct journal *j, const char *name)
+{
+	struct image *im = NULL;
+
+	if (!name)
+		return NULL;
+	pthread_mutex_lock(&j->lock);
+	im = registry_find_name(j, name);
+	if (im)
+		im->refs++;
+	pthread_mutex_unlock(&j->lock);
+	return im;
+}
+
+struct image *journal_image_by_id(struct journal *j, uint32_t id)
+{
+	struct image *im;
+
+	pthread_mutex_lock(&j->lock);
+	im = registry_find_id(j, id);
+	if (im)
+		im->refs++;
+	pthread_mutex_unlock(&j->lock);
+	return im;
+}
+
+int journal_open_image(struct journal *j, struct image *im, int backing_fd)
+{
+	char name[SEG_NAME_MAX + 1];
+	bool live;
+	int fd;
+
+	journal_ns_lock(j);
+	pthread_mutex_lock(&j->lock);
+	live = im->live;
+	snprintf(name, sizeof name, "%s", im->name);
+	pthread_mutex_unlock(&j->lock);
+	fd = live ? openat(backing_fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) : -1;
+	if (!live)
+		errno = ENOENT;
+	journal_ns_unlock(j);
+	return fd < 0 ? -errno : fd;
+}
+
+void journal_each_image_id(struct journal *j, void (*fn)(void *ctx, uint32_t id), void *ctx)
+{
+	pthread_mutex_lock(&j->lock);
+	for (size_t i = 0; i < j->nlive; i++)
+		fn(ctx, j->live[i]->id);
+	pthread_mutex_unlock(&j->lock);
+}
+
+void journal_space(struct journal *j, uint64_t *used, uint64_t *max)
+{
+	*used = atomic_load(&j->disk_bytes);
+	*max = j->cfg.enforce_max ? j->cfg.journal_max : 0;
 }

@@ -44,6 +44,7 @@ struct journal_config {
 	uint64_t segment_idle_ns; /* ... or when no record came for this long (0: never) */
 	uint64_t journal_max;     /* data writes wait while the journal is this big */
 	bool enforce_max;         /* false: no one prunes, so no limit applies */
+	bool overflow_block;      /* writes wait at the limit (else: resync tracks) */
 	/* Called by the sealer thread once segment is fsynced and renamed;
 	 * every record up to backing_lsn is on the backing files. */
 	void (*on_durable)(void *ctx, uint64_t segment, uint64_t backing_lsn);
@@ -149,6 +150,39 @@ int journal_rename_dir(struct journal *j, const char *old_name, const char *new_
 int journal_mkdir(struct journal *j, const char *name, mode_t mode);
 int journal_rmdir(struct journal *j, const char *name);
 int journal_mark(struct journal *j, const char *label);
+
+/*
+ * Resynchronisation records (docs/RESYNC.md), tagged for destination
+ * number dest.  The caller holds im's range lock over the range, so the
+ * bytes it read are the image's at the record's LSN.  Each returns 0 and
+ * the LSN and segment number the record went to, or -errno.
+ */
+int journal_resync_write(struct journal *j, struct image *im, uint32_t dest, uint64_t off,
+			 const void *buf, size_t len, uint64_t *lsn, uint64_t *segment);
+int journal_resync_zero(struct journal *j, struct image *im, uint32_t dest, uint64_t off,
+			uint64_t len, bool punch, uint64_t *lsn, uint64_t *segment);
+int journal_resync_truncate(struct journal *j, struct image *im, uint32_t dest, uint64_t size,
+			    uint64_t *lsn, uint64_t *segment);
+/* A HASH record: n hashes of block-sized blocks of [off, off+len). */
+int journal_hash(struct journal *j, struct image *im, uint32_t dest, uint64_t off, uint64_t len,
+		 uint32_t block, const uint64_t *hashes, uint64_t n, uint64_t *lsn,
+		 uint64_t *segment);
+/* SYNC_BEGIN (begin) or SYNC_END for destination dest. */
+int journal_sync_mark(struct journal *j, uint32_t dest, bool begin, uint64_t *lsn,
+		      uint64_t *segment);
+/* Copies im's current name into buf. */
+void journal_image_name(struct journal *j, struct image *im, char *buf, size_t len);
+/* The live image named name (reference taken), or NULL. */
+struct image *journal_image_lookup_name(struct journal *j, const char *name);
+/* The live image with this id (reference taken), or NULL. */
+struct image *journal_image_by_id(struct journal *j, uint32_t id);
+/* Opens the backing file of im read-only, under the namespace lock so that
+ * no rename races the lookup.  Returns the fd or -errno. */
+int journal_open_image(struct journal *j, struct image *im, int backing_fd);
+/* Calls fn for every live image id (under the journal lock). */
+void journal_each_image_id(struct journal *j, void (*fn)(void *ctx, uint32_t id), void *ctx);
+/* Bytes of journal in use and its limit (0 if not enforced). */
+void journal_space(struct journal *j, uint64_t *used, uint64_t *max);
 
 void journal_stats(struct journal *j, struct journal_stats *s);
 /* Time of the first record not yet in a sealed segment (0 if none). */

@@ -8,6 +8,7 @@
 #include "journal.h"
 #include "log.h"
 #include "options.h"
+#include "resync.h"
 #include "status.h"
 #include "transport.h"
 
@@ -195,6 +196,7 @@ int main(int argc, char *argv[])
 	struct fuse_session *se = NULL;
 	struct fuse_loop_config *lc = NULL;
 	struct transport *t = NULL;
+	struct resync *rs = NULL;
 	struct transport_config tc = { 0 };
 	struct status *st = NULL;
 	struct status_info si = { 0 };
@@ -243,6 +245,7 @@ int main(int argc, char *argv[])
 	/* Without destinations nothing prunes the journal, so nothing could
 	 * ever make room: the limit only applies when shipping. */
 	jc.enforce_max = o.ndests > 0;
+	jc.overflow_block = o.overflow_block;
 	jc.on_durable = on_durable;
 	jc.hook_ctx = &glue;
 	if (journal_open(&jc, &j) < 0)
@@ -257,6 +260,12 @@ int main(int argc, char *argv[])
 		tc.dests = o.dests;
 		tc.ndests = o.ndests;
 		tc.retain_ns = o.retain_ns;
+		{
+			uint64_t seg, backing;
+
+			journal_durable_state(j, &seg, &backing);
+			tc.start_segment = seg;
+		}
 		tc.hooks.ctx = &glue;
 		tc.hooks.freed = on_freed;
 		tc.hooks.open_oldest_ns = on_open_oldest;
@@ -312,6 +321,10 @@ int main(int argc, char *argv[])
 			log_error("cannot start the destination workers");
 			goto out_unmount;
 		}
+		if (resync_start(j, t, backing_fd, p.journal, !o.overflow_block, &rs) < 0) {
+			log_error("cannot start the resynchronisation engine");
+			goto out_unmount;
+		}
 	}
 	if (strcmp(o.status, "off") != 0) {
 		si.version = AIMFS_VERSION;
@@ -321,6 +334,7 @@ int main(int argc, char *argv[])
 		si.overflow = o.overflow_block ? "block" : "track";
 		si.journal = j;
 		si.transport = t;
+		si.resync = rs;
 		if (status_start(o.status, &si, &st) < 0)
 			goto out_unmount;
 	}
@@ -348,6 +362,7 @@ out:
 		fuse_session_destroy(se);
 	fuse_loop_cfg_destroy(lc);
 	fs_free(fs);
+	resync_stop(rs);
 	/* Seal the open segment and wait for the sealer: after a clean exit
 	 * every record is in a sealed, indexed segment... */
 	if (j)

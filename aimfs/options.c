@@ -86,7 +86,8 @@ void options_usage(const char *prog)
 	       "  -o segment_age=TIME    ... or this long after its first record (default 2s)\n"
 	       "  -o segment_idle=TIME   ... or when writes pause this long (default 200ms; 0: never)\n"
 	       "  -o journal_max=SIZE    journal size limit (default 8G)\n"
-	       "  -o overflow=block      what happens at the limit: writes wait for space\n"
+	       "  -o overflow=track|block  at the limit: track a lagging destination's changes\n"
+	       "                         for a resync (default), or make writes wait\n"
 	       "  -o retain=DURATION     keep acknowledged segments this long (default 0)\n"
 	       "  -f                     stay in the foreground\n"
 	       "  -d                     FUSE debug output (implies -f)\n"
@@ -135,15 +136,13 @@ static int check_values(struct aimfs_options *o)
 		}
 		o->journal_max = v;
 	}
-	/* Until resynchronisation exists, a full journal can only make writes
-	 * wait: tracking dirty extents instead needs resync to be safe. */
-	o->overflow_block = true;
+	/* track: a full journal turns a lagging destination's changes into
+	 * dirty extents (guests never wait); block: writes wait for space. */
+	o->overflow_block = false;
 	if (o->overflow_s) {
-		if (strcmp(o->overflow_s, "track") == 0) {
-			log_error("overflow=track: tracking dirty extents needs resync, which this"
-				  " build does not have yet; use overflow=block");
-			return -1;
-		} else if (strcmp(o->overflow_s, "block") != 0) {
+		if (strcmp(o->overflow_s, "block") == 0) {
+			o->overflow_block = true;
+		} else if (strcmp(o->overflow_s, "track") != 0) {
 			log_error("overflow=%s: must be \"track\" or \"block\"", o->overflow_s);
 			return -1;
 		}

@@ -6,6 +6,7 @@
 #include "status.h"
 #include "httpd.h"
 #include "journal.h"
+#include "resync.h"
 #include "segment.h"
 #include "strbuf.h"
 #include "transport.h"
@@ -34,6 +35,7 @@ static json_t *status_json(struct status *s)
 {
 	struct journal_stats js;
 	json_t *o = json_object(), *dests;
+	bool all_synced = true;
 	char group[37];
 	uint64_t now = now_ns();
 
@@ -63,11 +65,37 @@ static json_t *status_json(struct status *s)
 	json_object_set_new(o, "records_journaled", json_integer((json_int_t)js.records));
 	json_object_set_new(o, "bytes_journaled", json_integer((json_int_t)js.bytes));
 	dests = s->info.transport ? transport_status(s->info.transport) : json_array();
+	if (s->info.resync) {
+		size_t i;
+		json_t *d;
+
+		json_array_foreach(dests, i, d) {
+			const char *name = json_string_value(json_object_get(d, "name"));
+			const char *state = json_string_value(json_object_get(d, "state"));
+			json_t *sync = resync_status(s->info.resync, name);
+
+			if (!sync)
+				continue;
+			if (!resync_in_sync(s->info.resync, name)) {
+				const char *ys = json_string_value(json_object_get(sync, "state"));
+
+				all_synced = false;
+				/* retrying and stopped say more than "resyncing" */
+				if (!strcmp(state, "in_sync") || !strcmp(state, "shipping"))
+					json_object_set_new(d, "state",
+							    json_string(ys && !strcmp(ys, "tracking")
+									? "tracking" : "resyncing"));
+			}
+			json_object_set_new(d, "sync", sync);
+		}
+	}
 	json_object_set_new(o, "destinations", dests);
 	/* In sync: every destination has every record (none waits in the open
-	 * segment).  Without destinations there is nothing to be in sync with. */
+	 * segment) and none is resynchronising.  Without destinations there is
+	 * nothing to be in sync with. */
 	json_object_set_new(o, "in_sync", s->info.transport
-				? json_boolean(transport_has_all(s->info.transport, js.head_lsn))
+				? json_boolean(all_synced &&
+					       transport_has_all(s->info.transport, js.head_lsn))
 				: json_null());
 	return o;
 }
@@ -97,6 +125,30 @@ static void metrics_text(struct status *s, struct strbuf *sb)
 		      (unsigned long long)js.images);
 	if (s->info.transport)
 		transport_metrics(s->info.transport, sb);
+	if (s->info.resync) {
+		json_t *o = status_json(s), *d;
+		size_t i;
+
+		strbuf_printf(sb, "# HELP aimfs_destination_resync_remaining_bytes bytes still to"
+			      " compare or send to make the destination an exact copy\n"
+			      "# TYPE aimfs_destination_resync_remaining_bytes gauge\n");
+		json_array_foreach(json_object_get(o, "destinations"), i, d) {
+			json_t *sync = json_object_get(d, "sync");
+			const char *name = json_string_value(json_object_get(d, "name"));
+
+			strbuf_printf(sb, "aimfs_destination_resync_remaining_bytes{destination=\"%s\"}"
+				      " %lld\n", name,
+				      (long long)json_integer_value(json_object_get(sync,
+										 "remaining_bytes")));
+			strbuf_printf(sb, "aimfs_destination_resync_saved_bytes{destination=\"%s\"}"
+				      " %lld\n", name,
+				      (long long)json_integer_value(json_object_get(sync, "saved_bytes")));
+			strbuf_printf(sb, "aimfs_destination_in_sync{destination=\"%s\"} %d\n", name,
+				      !strcmp(json_string_value(json_object_get(sync, "state")) ?: "",
+					      "in_sync"));
+		}
+		json_decref(o);
+	}
 }
 
 static int handle(void *ctx, const char *path, struct httpd_response *resp)

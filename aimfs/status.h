@@ -18,6 +18,7 @@ struct status_info {
 	const char *overflow;
 	struct journal *journal;
 	struct transport *transport; /* NULL without destinations */
+	struct resync *resync;       /* likewise */
 };
 
 /* Starts serving on addr; returns 0 or -errno after logging why. */

@@ -66,7 +66,16 @@ static const char schema[] =
 	"  acked_lsn INTEGER NOT NULL DEFAULT 0,"
 	"  acked_ns INTEGER NOT NULL DEFAULT 0,"
 	"  dest_lsn INTEGER NOT NULL DEFAULT 0,"  /* last LSN in its own sequence */
-	"  last_error TEXT);"
+	"  last_error TEXT,"
+	"  number INTEGER UNIQUE,"              /* tags its resync records */
+	"  sync_state TEXT NOT NULL DEFAULT 'new',"  /* new, syncing, tracking, in_sync */
+	"  sync_phase TEXT NOT NULL DEFAULT '',"
+	"  sync_total INTEGER NOT NULL DEFAULT 0,"
+	"  sync_done INTEGER NOT NULL DEFAULT 0,"
+	"  sync_saved INTEGER NOT NULL DEFAULT 0,"
+	"  sync_lsn_a INTEGER NOT NULL DEFAULT 0,"
+	"  sync_lsn_b INTEGER NOT NULL DEFAULT 0,"
+	"  sync_started_ns INTEGER NOT NULL DEFAULT 0);"
 	"CREATE TABLE IF NOT EXISTS shipments("
 	"  destination TEXT NOT NULL, segment INTEGER NOT NULL,"
 	"  bytes INTEGER NOT NULL, acked_ns INTEGER NOT NULL,"
@@ -75,6 +84,7 @@ static const char schema[] =
 	"CREATE TABLE IF NOT EXISTS dirty_extents("
 	"  destination TEXT NOT NULL, image INTEGER NOT NULL,"
 	"  offset INTEGER NOT NULL, length INTEGER NOT NULL,"
+	"  hash INTEGER NOT NULL DEFAULT 1,"   /* compare before sending data */
 	"  PRIMARY KEY(destination, image, offset));";
 
 struct catalog {
@@ -540,17 +550,193 @@ int catalog_segment_set_state(struct catalog *c, uint64_t n, const char *state)
 
 /* ---- destinations ---- */
 
-int catalog_dest_register(struct catalog *c, const char *name, const char *url)
+int catalog_dest_register(struct catalog *c, const char *name, const char *url,
+			  uint64_t start_segment)
 {
 	sqlite3_stmt *st;
 	int r;
 
-	if (sqlite3_prepare_v2(c->db, "INSERT INTO destinations(name, url) VALUES(?1, ?2)"
+	/* A new destination starts after what is durable now: everything older
+	 * reaches it through its initial sync. */
+	if (sqlite3_prepare_v2(c->db, "INSERT INTO destinations(name, url, acked_segment, number)"
+				      " VALUES(?1, ?2, ?3, (SELECT coalesce(max(number), 0) + 1"
+				      " FROM destinations))"
 				      " ON CONFLICT(name) DO UPDATE SET url = ?2", -1, &st, NULL))
 		return db_fail(c, "destination register");
 	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, url, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, (sqlite3_int64)start_segment);
 	r = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, "destination register");
+	sqlite3_finalize(st);
+	return r;
+}
+
+int catalog_dest_sync_load(struct catalog *c, const char *name, struct catalog_sync *y)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	memset(y, 0, sizeof *y);
+	if (sqlite3_prepare_v2(c->db, "SELECT number, sync_state, sync_phase, sync_total, sync_done,"
+				      " sync_saved, sync_lsn_a, sync_lsn_b, sync_started_ns"
+				      " FROM destinations WHERE name = ?", -1, &st, NULL))
+		return db_fail(c, "sync load");
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	r = sqlite3_step(st);
+	if (r == SQLITE_ROW) {
+		y->number = (uint32_t)sqlite3_column_int64(st, 0);
+		snprintf(y->state, sizeof y->state, "%s", (const char *)sqlite3_column_text(st, 1));
+		snprintf(y->phase, sizeof y->phase, "%s", (const char *)sqlite3_column_text(st, 2));
+		y->total = (uint64_t)sqlite3_column_int64(st, 3);
+		y->done = (uint64_t)sqlite3_column_int64(st, 4);
+		y->saved = (uint64_t)sqlite3_column_int64(st, 5);
+		y->lsn_a = (uint64_t)sqlite3_column_int64(st, 6);
+		y->lsn_b = (uint64_t)sqlite3_column_int64(st, 7);
+		y->started_ns = (uint64_t)sqlite3_column_int64(st, 8);
+		r = 0;
+	} else {
+		r = r == SQLITE_DONE ? -ENOENT : db_fail(c, "sync load");
+	}
+	sqlite3_finalize(st);
+	return r;
+}
+
+int catalog_dest_sync_save(struct catalog *c, const char *name, const struct catalog_sync *y)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	if (sqlite3_prepare_v2(c->db, "UPDATE destinations SET sync_state = ?2, sync_phase = ?3,"
+				      " sync_total = ?4, sync_done = ?5, sync_saved = ?6,"
+				      " sync_lsn_a = ?7, sync_lsn_b = ?8, sync_started_ns = ?9"
+				      " WHERE name = ?1", -1, &st, NULL))
+		return db_fail(c, "sync save");
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, y->state, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, y->phase, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 4, (sqlite3_int64)y->total);
+	sqlite3_bind_int64(st, 5, (sqlite3_int64)y->done);
+	sqlite3_bind_int64(st, 6, (sqlite3_int64)y->saved);
+	sqlite3_bind_int64(st, 7, (sqlite3_int64)y->lsn_a);
+	sqlite3_bind_int64(st, 8, (sqlite3_int64)y->lsn_b);
+	sqlite3_bind_int64(st, 9, (sqlite3_int64)y->started_ns);
+	r = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, "sync save");
+	sqlite3_finalize(st);
+	return r;
+}
+
+int catalog_dirty_add(struct catalog *c, const char *dest, uint32_t image, uint64_t offset,
+		      uint64_t length, bool hash)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	/* The same start twice keeps the longer extent. */
+	if (sqlite3_prepare_v2(c->db, "INSERT INTO dirty_extents(destination, image, offset, length,"
+				      " hash) VALUES(?1, ?2, ?3, ?4, ?5) ON CONFLICT DO UPDATE SET"
+				      " length = max(length, ?4), hash = min(hash, ?5)", -1, &st, NULL))
+		return db_fail(c, "dirty add");
+	sqlite3_bind_text(st, 1, dest, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, image);
+	sqlite3_bind_int64(st, 3, (sqlite3_int64)offset);
+	sqlite3_bind_int64(st, 4, (sqlite3_int64)length);
+	sqlite3_bind_int(st, 5, hash);
+	r = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, "dirty add");
+	sqlite3_finalize(st);
+	return r;
+}
+
+int catalog_dirty_first(struct catalog *c, const char *dest, struct catalog_extent *e)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	if (sqlite3_prepare_v2(c->db, "SELECT image, offset, length, hash FROM dirty_extents"
+				      " WHERE destination = ? ORDER BY image, offset LIMIT 1",
+				      -1, &st, NULL))
+		return db_fail(c, "dirty first");
+	sqlite3_bind_text(st, 1, dest, -1, SQLITE_STATIC);
+	r = sqlite3_step(st);
+	if (r == SQLITE_ROW) {
+		e->image = (uint32_t)sqlite3_column_int64(st, 0);
+		e->offset = (uint64_t)sqlite3_column_int64(st, 1);
+		e->length = (uint64_t)sqlite3_column_int64(st, 2);
+		e->hash = sqlite3_column_int(st, 3) != 0;
+		r = 0;
+	} else {
+		r = r == SQLITE_DONE ? -ENOENT : db_fail(c, "dirty first");
+	}
+	sqlite3_finalize(st);
+	return r;
+}
+
+int catalog_dirty_advance(struct catalog *c, const char *dest, const struct catalog_extent *e,
+			  uint64_t done)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	r = catalog_begin(c);
+	if (r < 0)
+		return r;
+	if (sqlite3_prepare_v2(c->db, "DELETE FROM dirty_extents WHERE destination = ? AND"
+				      " image = ? AND offset = ?", -1, &st, NULL)) {
+		catalog_rollback(c);
+		return db_fail(c, "dirty advance");
+	}
+	sqlite3_bind_text(st, 1, dest, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, e->image);
+	sqlite3_bind_int64(st, 3, (sqlite3_int64)e->offset);
+	r = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, "dirty advance");
+	sqlite3_finalize(st);
+	if (r == 0 && done < e->length)
+		r = catalog_dirty_add(c, dest, e->image, e->offset + done, e->length - done, e->hash);
+	if (r) {
+		catalog_rollback(c);
+		return r;
+	}
+	return catalog_commit(c);
+}
+
+int catalog_dirty_bytes(struct catalog *c, const char *dest, uint64_t *bytes, uint64_t *count)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	*bytes = *count = 0;
+	if (sqlite3_prepare_v2(c->db, "SELECT coalesce(sum(min(length, 1 << 62)), 0), count(*)"
+				      " FROM dirty_extents WHERE destination = ?", -1, &st, NULL))
+		return db_fail(c, "dirty bytes");
+	sqlite3_bind_text(st, 1, dest, -1, SQLITE_STATIC);
+	r = sqlite3_step(st);
+	if (r == SQLITE_ROW) {
+		*bytes = (uint64_t)sqlite3_column_int64(st, 0);
+		*count = (uint64_t)sqlite3_column_int64(st, 1);
+	}
+	r = r == SQLITE_ROW ? 0 : db_fail(c, "dirty bytes");
+	sqlite3_finalize(st);
+	return r;
+}
+
+int catalog_shipment_range(struct catalog *c, const char *dest, uint64_t segment,
+			   uint64_t *dest_first, uint64_t *dest_last)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	if (sqlite3_prepare_v2(c->db, "SELECT dest_first_lsn, dest_last_lsn FROM shipments"
+				      " WHERE destination = ? AND segment = ?", -1, &st, NULL))
+		return db_fail(c, "shipment range");
+	sqlite3_bind_text(st, 1, dest, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)segment);
+	r = sqlite3_step(st);
+	if (r == SQLITE_ROW) {
+		*dest_first = (uint64_t)sqlite3_column_int64(st, 0);
+		*dest_last = (uint64_t)sqlite3_column_int64(st, 1);
+		r = 0;
+	} else {
+		r = r == SQLITE_DONE ? -ENOENT : db_fail(c, "shipment range");
+	}
 	sqlite3_finalize(st);
 	return r;
 }
@@ -663,4 +849,39 @@ int catalog_segment_pruned(struct catalog *c, uint64_t n)
 		return r;
 	}
 	return catalog_commit(c);
+}
+
+int catalog_dest_skip(struct catalog *c, const char *name, uint64_t segment)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	if (sqlite3_prepare_v2(c->db, "UPDATE destinations SET acked_segment ="
+				      " max(acked_segment, ?2) WHERE name = ?1", -1, &st, NULL))
+		return db_fail(c, "destination skip");
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)segment);
+	r = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, "destination skip");
+	sqlite3_finalize(st);
+	return r;
+}
+
+int catalog_segment_last_lsn(struct catalog *c, uint64_t n, uint64_t *lsn)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	if (sqlite3_prepare_v2(c->db, "SELECT last_lsn FROM segments WHERE number = ?", -1, &st,
+			       NULL))
+		return db_fail(c, "segment lsn");
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)n);
+	r = sqlite3_step(st);
+	if (r == SQLITE_ROW) {
+		*lsn = (uint64_t)sqlite3_column_int64(st, 0);
+		r = 0;
+	} else {
+		r = r == SQLITE_DONE ? -ENOENT : db_fail(c, "segment lsn");
+	}
+	sqlite3_finalize(st);
+	return r;
 }

@@ -63,6 +63,8 @@ int catalog_image_add(struct catalog *c, uint32_t id, const char *name, uint64_t
 /* Highest image id ever used (0 if none). */
 int catalog_max_image_id(struct catalog *c, uint32_t *id);
 
+/* Last LSN of indexed segment n; -ENOENT if unknown. */
+int catalog_segment_last_lsn(struct catalog *c, uint64_t n, uint64_t *lsn);
 /* Marks a segment's state ("sealed", "pruned", ...). */
 int catalog_segment_set_state(struct catalog *c, uint64_t n, const char *state);
 
@@ -75,8 +77,41 @@ struct catalog_dest {
 	uint64_t dest_lsn;      /* last LSN of the destination's own sequence */
 };
 
-/* Adds the destination if new (nothing acknowledged), updating its URL. */
-int catalog_dest_register(struct catalog *c, const char *name, const char *url);
+/* Adds the destination if new (as if it had acknowledged start_segment,
+ * state "new": it needs an initial sync), updating its URL. */
+int catalog_dest_register(struct catalog *c, const char *name, const char *url,
+			  uint64_t start_segment);
+
+/* A destination's resynchronisation (docs/RESYNC.md). */
+struct catalog_sync {
+	uint32_t number;     /* tags its resync records */
+	char state[16];      /* new, syncing, tracking, in_sync */
+	char phase[16];      /* the engine's step within syncing */
+	uint64_t total, done, saved; /* bytes to compare/send, done, found equal */
+	uint64_t lsn_a, lsn_b;       /* source LSNs the phase waits on */
+	uint64_t started_ns;
+};
+int catalog_dest_sync_load(struct catalog *c, const char *name, struct catalog_sync *y);
+int catalog_dest_sync_save(struct catalog *c, const char *name, const struct catalog_sync *y);
+
+struct catalog_extent {
+	uint32_t image;
+	uint64_t offset, length;
+	bool hash;           /* compare hashes before sending the data */
+};
+/* Marks [offset, offset+length) of image dirty for dest (length may run
+ * past the end of the image: "to the end"). */
+int catalog_dirty_add(struct catalog *c, const char *dest, uint32_t image, uint64_t offset,
+		      uint64_t length, bool hash);
+/* The first dirty extent (by image, offset); -ENOENT if none. */
+int catalog_dirty_first(struct catalog *c, const char *dest, struct catalog_extent *e);
+/* The first done bytes of extent e are covered: shrink or drop it. */
+int catalog_dirty_advance(struct catalog *c, const char *dest, const struct catalog_extent *e,
+			  uint64_t done);
+int catalog_dirty_bytes(struct catalog *c, const char *dest, uint64_t *bytes, uint64_t *count);
+/* The destination's own LSNs for source segment (from the acknowledgement). */
+int catalog_shipment_range(struct catalog *c, const char *dest, uint64_t segment,
+			   uint64_t *dest_first, uint64_t *dest_last);
 /* -ENOENT if unknown. */
 int catalog_dest_load(struct catalog *c, const char *name, struct catalog_dest *d);
 /* Records that name acknowledged segment (one transaction). */
@@ -84,6 +119,8 @@ int catalog_dest_ack(struct catalog *c, const char *name, uint64_t segment, uint
 		     uint64_t dest_first_lsn, uint64_t dest_last_lsn, uint64_t bytes,
 		     uint64_t now_ns);
 int catalog_dest_error(struct catalog *c, const char *name, const char *error);
+/* The destination continues after segment: what it skipped comes by resync. */
+int catalog_dest_skip(struct catalog *c, const char *name, uint64_t segment);
 /* Segment n's file was deleted: drop its per-write rows, mark it pruned. */
 int catalog_segment_pruned(struct catalog *c, uint64_t n);
 

@@ -226,7 +226,6 @@ def test_bad_destination_configuration_is_refused(workdir):
     empty = write_config(os.path.join(workdir, "empty.token"), "\n")
     refuse(["-o", conf(f"[destination x]\nurl = https://h/\ntoken_file = {empty}\n"), b, mnt],
            "must hold one line")
-    refuse(["-o", "overflow=track,dest=https://h/", b, mnt], "overflow=track")
     # the config file's values lose to the command line's
     refuse(["-o", conf("[aimfs]\nsegment_size = 64M\n") + ",segment_size=0", b, mnt],
            "segment_size=0")

@@ -105,6 +105,22 @@ static void print_destination(json_t *d)
 	       size_of(d, "bytes_shipped", b, sizeof b),
 	       format_size((uint64_t)json_number_value(json_object_get(d, "throughput_bytes_per_second")),
 			   c, sizeof c));
+	if (json_object_get(d, "sync") &&
+	    strcmp(str(json_object_get(d, "sync"), "state"), "in_sync") != 0) {
+		json_t *y = json_object_get(d, "sync");
+		double total = (double)num(y, "total_bytes"), done = (double)num(y, "done_bytes");
+		char pb[40], eta[32] = "unknown";
+
+		bar(total > 0 ? done / total : 0, pb, 30);
+		if (json_is_number(json_object_get(y, "eta_seconds")))
+			snprintf(eta, sizeof eta, "%.0f s", json_number_value(json_object_get(y, "eta_seconds")));
+		printf("  resync       %s %3.0f%%  %s of %s, %s left, about %s  (%s)\n", pb,
+		       total > 0 ? 100 * done / total : 0, size_of(y, "done_bytes", a, sizeof a),
+		       size_of(y, "total_bytes", b, sizeof b), size_of(y, "remaining_bytes", c, sizeof c),
+		       eta, str(y, "phase"));
+		printf("  compared     %s found equal on the remote%s\n", size_of(y, "saved_bytes", a, sizeof a),
+		       json_is_false(json_object_get(y, "compare")) ? " (the receiver cannot compare)" : "");
+	}
 	if (json_object_get(d, "last_error"))
 		printf("  last error   %s (%s)\n", str(d, "last_error"), str(d, "last_error_at"));
 	if (json_object_get(d, "next_attempt_in_seconds"))

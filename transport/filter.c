@@ -8,6 +8,11 @@
  * selected name joins, one renamed to an unselected name leaves (the
  * destination is told to unlink it), one renamed *into* the selection
  * has no content there and needs a resync (logged).
+ *
+ * The same re-encoding drops records tagged for other destinations'
+ * resyncs, and in skeleton mode (a destination tracking dirty extents after
+ * an overflow) every data record, keeping the namespace, truncates and
+ * barriers that the data will later be resynchronised against.
  */
 #include "transport_i.h"
 #include "log.h"
@@ -19,6 +24,8 @@
 
 struct filter {
 	const struct dest_config *d;
+	uint32_t number;
+	enum filter_mode mode;
 	struct names *tracked;   /* selected images and their names */
 	struct seg_builder *b;
 	bool failed;
@@ -76,15 +83,39 @@ static void on_rename(struct filter *f, const struct seg_record *r)
 	}
 }
 
-static void on_record(struct filter *f, const struct seg_record *r)
+bool record_is_foreign(const struct seg_record *r, uint32_t number)
 {
-	char name[SEG_NAME_MAX + 1];
-
 	switch (r->type) {
 	case SEG_WRITE:
 	case SEG_ZERO:
 	case SEG_TRUNCATE:
+		return (r->flags & SEG_F_RESYNC) && r->aux != number;
+	case SEG_SYNC_BEGIN:
+	case SEG_SYNC_END:
+		return r->aux != number;
+	case SEG_HASH:
+		return r->aux && r->aux != number;
+	default:
+		return false;
+	}
+}
+
+static void on_record(struct filter *f, const struct seg_record *r)
+{
+	char name[SEG_NAME_MAX + 1];
+
+	if (record_is_foreign(r, f->number))
+		return;
+	switch (r->type) {
+	case SEG_WRITE:
+	case SEG_ZERO:
 	case SEG_ALLOC:
+	case SEG_HASH:
+		/* A tracking destination gets these as dirty extents later. */
+		if (f->mode == FILTER_NORMAL && names_get(f->tracked, r->image))
+			emit(f, r);
+		break;
+	case SEG_TRUNCATE:
 		if (names_get(f->tracked, r->image))
 			emit(f, r);
 		break;
@@ -114,13 +145,14 @@ static void on_record(struct filter *f, const struct seg_record *r)
 	}
 }
 
-int filter_segment(const struct dest_config *d, struct seg_view *v, uint64_t first_lsn,
-		   uint8_t **out, size_t *len, uint64_t *last_lsn)
+int filter_segment(const struct dest_config *d, uint32_t number, enum filter_mode mode,
+		   struct seg_view *v, uint64_t first_lsn, uint8_t **out, size_t *len,
+		   uint64_t *last_lsn)
 {
 	const struct seg_header *src = seg_view_header(v);
 	struct seg_header h = *src;
 	struct seg_image *table = calloc(src->image_count ? src->image_count : 1, sizeof *table);
-	struct filter f = { .d = d };
+	struct filter f = { .d = d, .number = number, .mode = mode };
 	struct seg_record r;
 	uint32_t n = 0;
 	int ret = -ENOMEM;
@@ -145,6 +177,13 @@ int filter_segment(const struct dest_config *d, struct seg_view *v, uint64_t fir
 	f.b = seg_builder_new(&h);
 	if (!f.b)
 		goto out;
+	if (mode == FILTER_SKELETON_BEGIN) {
+		struct seg_record b = { .type = SEG_SYNC_BEGIN, .aux = number,
+					.time_ns = src->created_ns };
+
+		emit(&f, &b);
+		f.mode = FILTER_SKELETON;
+	}
 	seg_view_rewind(v);
 	while (!f.failed && seg_view_next(v, &r) == 1)
 		on_record(&f, &r);

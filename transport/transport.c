@@ -121,12 +121,23 @@ int transport_new(const struct transport_config *cfg, struct transport **out)
 		d->t = t;
 		r = copy_dest(&d->cfg, &cfg->dests[i]);
 		if (r == 0)
-			r = catalog_dest_register(cat, d->cfg.name, d->cfg.url);
+			r = catalog_dest_register(cat, d->cfg.name, d->cfg.url, cfg->start_segment);
 		if (r == 0)
 			r = catalog_dest_load(cat, d->cfg.name, &cd);
 		if (r < 0)
 			goto fail;
+		{
+			struct catalog_sync y;
+
+			r = catalog_dest_sync_load(cat, d->cfg.name, &y);
+			if (r < 0)
+				goto fail;
+			d->number = y.number;
+			d->tracking = strcmp(y.state, "tracking") == 0;
+			d->skel_need_begin = d->tracking && strcmp(y.phase, "") == 0;
+		}
 		d->acked_segment = cd.acked_segment;
+		d->skel_through = skeleton_scan(t, d, cd.acked_segment);
 		d->acked_src_lsn = cd.acked_lsn;
 		d->acked_ns = cd.acked_ns;
 		d->dest_last_lsn = cd.dest_lsn;
@@ -219,6 +230,80 @@ bool transport_in_sync(struct transport *t)
 	return acked;
 }
 
+size_t transport_dest_count(struct transport *t)
+{
+	return t->ndests;
+}
+
+bool transport_dest_wants(struct transport *t, size_t i, const char *name)
+{
+	return dest_wants_image(&t->dests[i].cfg, name);
+}
+
+void transport_dest_info(struct transport *t, size_t i, struct transport_dest_info *info)
+{
+	struct dest *d = &t->dests[i];
+
+	pthread_mutex_lock(&t->lock);
+	info->name = d->cfg.name;
+	info->number = d->number;
+	info->acked_segment = d->acked_segment;
+	info->acked_src_lsn = d->acked_src_lsn;
+	info->dest_last_lsn = d->dest_last_lsn;
+	info->durable_segment = t->durable_segment;
+	info->needs_resync = d->state == DEST_NEEDS_RESYNC;
+	info->reachable = d->state == DEST_IN_SYNC || d->state == DEST_SHIPPING;
+	info->tracking = d->tracking;
+	pthread_mutex_unlock(&t->lock);
+}
+
+int transport_skip_to(struct transport *t, size_t i, uint64_t segment, bool tracking)
+{
+	struct dest *d = &t->dests[i];
+	struct catalog *cat;
+	char path[4200];
+	int r;
+
+	snprintf(path, sizeof path, "%s/catalog.db", t->journal_dir);
+	r = catalog_open(path, &cat);
+	if (r < 0)
+		return r;
+	pthread_mutex_lock(&t->lock);
+	if (segment > d->acked_segment)
+		d->acked_segment = segment;
+	segment = d->acked_segment;
+	d->tracking = tracking;
+	if (d->state == DEST_NEEDS_RESYNC) {
+		d->state = DEST_SHIPPING;
+		d->last_error[0] = '\0';
+	}
+	pthread_cond_broadcast(&t->cond);
+	pthread_mutex_unlock(&t->lock);
+	r = catalog_dest_skip(cat, d->cfg.name, segment);
+	catalog_close(cat);
+	return r;
+}
+
+int transport_set_tracking(struct transport *t, size_t i, bool on, bool *begin_sent)
+{
+	struct dest *d = &t->dests[i];
+
+	pthread_mutex_lock(&t->lock);
+	if (on && !d->tracking)
+		d->skel_need_begin = true;
+	d->tracking = on;
+	if (begin_sent)
+		*begin_sent = !d->skel_need_begin;
+	pthread_cond_broadcast(&t->cond);
+	pthread_mutex_unlock(&t->lock);
+	return 0;
+}
+
+void transport_make_room(struct transport *t, struct catalog *cat)
+{
+	transport_prune(t, cat);
+}
+
 bool transport_has_all(struct transport *t, uint64_t head_lsn)
 {
 	bool all = true;
@@ -295,18 +380,42 @@ static int segment_facts(const char *dir, uint64_t n, uint64_t *size, uint64_t *
 	return 0;
 }
 
+/* A tracking destination needs no segment it has a skeleton of. */
+static void make_skeletons(struct transport *t, struct catalog *cat)
+{
+	for (size_t i = 0; i < t->ndests; i++) {
+		struct dest *d = &t->dests[i];
+		uint64_t from, to;
+
+		pthread_mutex_lock(&t->lock);
+		from = (d->skel_through > d->acked_segment ? d->skel_through : d->acked_segment) + 1;
+		to = d->tracking ? t->durable_segment : 0;
+		pthread_mutex_unlock(&t->lock);
+		for (uint64_t n = from; n <= to; n++)
+			if (skeleton_make(t, d, cat, n) < 0)
+				break;
+	}
+}
+
 void transport_prune(struct transport *t, struct catalog *cat)
 {
 	uint64_t low = UINT64_MAX, backing, n, now = transport_now_ns();
 
+	make_skeletons(t, cat);
 	pthread_mutex_lock(&t->lock);
 	if (t->pruning || t->ndests == 0) {
 		pthread_mutex_unlock(&t->lock);
 		return;
 	}
-	for (size_t i = 0; i < t->ndests; i++)
-		if (t->dests[i].acked_segment < low)
-			low = t->dests[i].acked_segment;
+	for (size_t i = 0; i < t->ndests; i++) {
+		struct dest *d = &t->dests[i];
+		uint64_t done = d->acked_segment;
+
+		if (d->tracking && d->skel_through > done)
+			done = d->skel_through;
+		if (done < low)
+			low = done;
+	}
 	backing = t->backing_lsn;
 	n = t->pruned_through + 1;
 	t->pruning = true;

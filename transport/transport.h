@@ -80,6 +80,7 @@ struct transport_config {
 	struct dest_config *dests;    /* checked; the transport copies what it needs */
 	size_t ndests;
 	uint64_t retain_ns;           /* keep acknowledged segments this long */
+	uint64_t start_segment;       /* a new destination starts after this one */
 	struct transport_hooks hooks;
 };
 
@@ -106,6 +107,39 @@ struct strbuf;
 void transport_metrics(struct transport *t, struct strbuf *sb);
 /* True if every destination has acknowledged everything durable. */
 bool transport_in_sync(struct transport *t);
+/* A destination as the resync engine sees it (name valid while t lives). */
+struct transport_dest_info {
+	const char *name;
+	uint32_t number;
+	uint64_t acked_segment;
+	uint64_t acked_src_lsn;   /* source LSN of the end of acked_segment */
+	uint64_t dest_last_lsn;   /* its own LSN sequence's end */
+	uint64_t durable_segment;
+	bool needs_resync;        /* its next segment is gone from the journal */
+	bool reachable;           /* last upload succeeded */
+	bool tracking;            /* receives skeletons */
+};
+size_t transport_dest_count(struct transport *t);
+/* True if destination i mirrors image name (its image patterns). */
+bool transport_dest_wants(struct transport *t, size_t i, const char *name);
+void transport_dest_info(struct transport *t, size_t i, struct transport_dest_info *info);
+/* Destination i continues after segment (what it missed comes by resync);
+ * tracking makes it receive skeletons from then on.  Thread-safe. */
+int transport_skip_to(struct transport *t, size_t i, uint64_t segment, bool tracking);
+/* Destination i starts (on) or stops tracking: it receives skeletons of
+ * segments, their data becoming dirty extents.  Stopping reports whether
+ * its SYNC_BEGIN already went out in a skeleton. */
+int transport_set_tracking(struct transport *t, size_t i, bool on, bool *begin_sent);
+/* Skeletonises for tracking destinations and prunes what can go now; cat
+ * is the caller's catalog connection. */
+struct catalog;
+void transport_make_room(struct transport *t, struct catalog *cat);
+/* GET <url>/<group>/<suffix> with destination i's TLS and token; returns
+ * 0 with the HTTP status, the body (malloc'd, NUL-terminated) and whether it
+ * is JSON, or -errno for a network failure. */
+int transport_get(struct transport *t, size_t i, const char *suffix, long *status, char **body,
+		  bool *json);
+
 /* True if every destination has acknowledged every record up to head_lsn. */
 bool transport_has_all(struct transport *t, uint64_t head_lsn);
 

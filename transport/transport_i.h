@@ -26,6 +26,7 @@ enum dest_state {
 struct dest {
 	struct transport *t;
 	struct dest_config cfg;
+	uint32_t number;            /* tags this destination's resync records */
 	pthread_t thread;
 	bool started;
 	/* (T) */
@@ -41,6 +42,9 @@ struct dest {
 	unsigned attempts;          /* consecutive failures */
 	uint64_t segments_sent, bytes_sent, bytes_raw;
 	double rate_bps;            /* moving average of upload throughput */
+	bool tracking;              /* overflowed: ships skeletons (T) */
+	bool skel_need_begin;       /* the next skeleton starts with SYNC_BEGIN (T) */
+	uint64_t skel_through;      /* skeletons stored up to this segment (T) */
 };
 
 struct transport {
@@ -69,10 +73,33 @@ uint64_t transport_now_ns(void);
 struct catalog;
 void transport_prune(struct transport *t, struct catalog *cat);
 
-/* filter.c: re-encodes v for a destination limited to some images.
- * first_lsn starts the destination's own sequence for this segment.
- * Returns 0 and a malloc'd sealed segment in *out. */
-int filter_segment(const struct dest_config *d, struct seg_view *v, uint64_t first_lsn,
-		   uint8_t **out, size_t *len, uint64_t *last_lsn);
+/* filter.c */
+enum filter_mode {
+	FILTER_NORMAL,   /* the records this destination should see */
+	FILTER_SKELETON, /* ... without their data: it is tracking dirty extents */
+	FILTER_SKELETON_BEGIN, /* ... and first a SYNC_BEGIN: tracking starts here */
+};
+/* True if r is tagged for a destination other than number. */
+bool record_is_foreign(const struct seg_record *r, uint32_t number);
+/*
+ * Re-encodes v as destination number (configured as d) sees it: only its
+ * images' records, none tagged for other destinations, no data records in
+ * skeleton mode.  first_lsn starts its own LSN sequence for this segment.
+ * Returns 0 and a malloc'd sealed segment in *out.
+ */
+int filter_segment(const struct dest_config *d, uint32_t number, enum filter_mode mode,
+		   struct seg_view *v, uint64_t first_lsn, uint8_t **out, size_t *len,
+		   uint64_t *last_lsn);
+
+/* skeleton.c */
+void skeleton_path(const struct transport *t, const struct dest *d, uint64_t n, char *buf,
+		   size_t len);
+bool skeleton_exists(const struct transport *t, const struct dest *d, uint64_t n);
+/* Stores d's skeleton of segment n (and records its data as dirty);
+ * -ENOENT if the segment is gone. */
+int skeleton_make(struct transport *t, struct dest *d, struct catalog *cat, uint64_t n);
+void skeleton_remove(const struct transport *t, const struct dest *d, uint64_t n);
+/* Last segment with a stored skeleton contiguous after after. */
+uint64_t skeleton_scan(const struct transport *t, const struct dest *d, uint64_t after);
 
 #endif

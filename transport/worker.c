@@ -213,13 +213,26 @@ static enum outcome put(struct dest *d, CURL *c, struct curl_slist *headers[2], 
 	return classify(d, cc, status, &u, errbuf);
 }
 
+/* True if v holds records tagged for a destination other than number. */
+static bool has_foreign_records(struct seg_view *v, uint32_t number)
+{
+	struct seg_record r;
+	bool foreign = false;
+
+	seg_view_rewind(v);
+	while (!foreign && seg_view_next(v, &r) == 1)
+		foreign = record_is_foreign(&r, number);
+	seg_view_rewind(v);
+	return foreign;
+}
+
 /*
  * Ships segment n.  Returns the outcome; on SHIP_OK fills the LSNs and
  * bytes to acknowledge.
  */
-static enum outcome ship(struct dest *d, CURL *c, struct curl_slist *headers[2], uint64_t n,
-			 uint64_t *src_last, uint64_t *dfirst, uint64_t *dlast, uint64_t *sent,
-			 char *errbuf)
+static enum outcome ship(struct dest *d, CURL *c, struct curl_slist *headers[2],
+			 struct catalog *cat, uint64_t n, uint64_t *src_last, uint64_t *dfirst,
+			 uint64_t *dlast, uint64_t *sent, bool *skeleton, char *errbuf)
 {
 	char file[SEG_FILE_NAME_LEN + 8], path[4200];
 	struct seg_view *v;
@@ -227,10 +240,38 @@ static enum outcome ship(struct dest *d, CURL *c, struct curl_slist *headers[2],
 	uint8_t *filtered = NULL, *packed = NULL;
 	const uint8_t *body;
 	size_t len, plen = 0;
+	uint64_t first;
+	enum filter_mode mode;
 	enum outcome o;
 	int r;
 
 	seg_file_name(n, SEG_FILE_SUFFIX, file);
+	pthread_mutex_lock(&d->t->lock);
+	mode = d->tracking ? FILTER_SKELETON : FILTER_NORMAL;
+	pthread_mutex_unlock(&d->t->lock);
+	if (mode == FILTER_SKELETON && !skeleton_exists(d->t, d, n) &&
+	    skeleton_make(d->t, d, cat, n) < 0) {
+		set_error(d, "cannot make the skeleton of segment %s", file);
+		return SHIP_RETRY;
+	}
+	if (skeleton_exists(d->t, d, n)) {
+		/* Stored while tracking: already in the destination's sequence. */
+		skeleton_path(d->t, d, n, path, sizeof path);
+		r = seg_view_open(path, &v, &err);
+		if (r < 0) {
+			set_error(d, "skeleton of segment %s is damaged: %s", file, err.msg);
+			return SHIP_FATAL;
+		}
+		*dfirst = seg_view_header(v)->first_lsn;
+		*dlast = seg_view_last_lsn(v);
+		if (catalog_segment_last_lsn(cat, n, src_last) < 0)
+			*src_last = 0;
+		*skeleton = true;
+		o = put(d, c, headers, file, seg_view_bytes(v), seg_view_size(v), false, v, errbuf);
+		*sent = seg_view_size(v);
+		seg_view_free(v);
+		return o;
+	}
 	snprintf(path, sizeof path, "%s/%s", d->t->journal_dir, file);
 	r = seg_view_open(path, &v, &err);
 	if (r == -ENOENT) {
@@ -246,13 +287,14 @@ static enum outcome ship(struct dest *d, CURL *c, struct curl_slist *headers[2],
 	*src_last = seg_view_last_lsn(v);
 	body = seg_view_bytes(v);
 	len = seg_view_size(v);
-	if (d->cfg.nimages) {
-		uint64_t first;
-
-		pthread_mutex_lock(&d->t->lock);
-		first = d->dest_last_lsn + 1;
-		pthread_mutex_unlock(&d->t->lock);
-		if (filter_segment(&d->cfg, v, first, &filtered, &len, dlast) < 0) {
+	pthread_mutex_lock(&d->t->lock);
+	first = d->dest_last_lsn + 1;
+	pthread_mutex_unlock(&d->t->lock);
+	/* Shipped as it is only when the destination's sequence is the
+	 * source's and nothing in it is for someone else. */
+	if (d->cfg.nimages || mode != FILTER_NORMAL || first != seg_view_header(v)->first_lsn ||
+	    has_foreign_records(v, d->number)) {
+		if (filter_segment(&d->cfg, d->number, mode, v, first, &filtered, &len, dlast) < 0) {
 			seg_view_free(v);
 			set_error(d, "out of memory filtering segment %s", file);
 			return SHIP_RETRY;
@@ -322,6 +364,7 @@ void *worker_main(void *arg)
 	while (!t->stopping && c) {
 		uint64_t n = d->acked_segment + 1, src_last = 0, dfirst = 0, dlast = 0, sent = 0;
 		uint64_t t0, now;
+		bool skeleton = false;
 		enum outcome o;
 
 		if (d->state == DEST_STOPPED || d->state == DEST_NEEDS_RESYNC) {
@@ -350,13 +393,15 @@ void *worker_main(void *arg)
 		pthread_mutex_unlock(&t->lock);
 
 		t0 = transport_now_ns();
-		o = ship(d, c, headers, n, &src_last, &dfirst, &dlast, &sent, errbuf);
+		o = ship(d, c, headers, cat, n, &src_last, &dfirst, &dlast, &sent, &skeleton, errbuf);
 		now = transport_now_ns();
 		if (o == SHIP_OK && catalog_dest_ack(cat, d->cfg.name, n, src_last, dfirst, dlast,
 						     sent, now) < 0) {
 			set_error(d, "cannot record the acknowledgement in the catalog");
 			o = SHIP_RETRY;
 		}
+		if (o == SHIP_OK && skeleton)
+			skeleton_remove(t, d, n);
 		pthread_mutex_lock(&t->lock);
 		if (o == SHIP_OK) {
 			double secs = (double)(now - t0) / 1e9, bps = secs > 0 ? (double)sent / secs : 0;
@@ -399,4 +444,64 @@ void *worker_main(void *arg)
 		curl_easy_cleanup(c);
 	catalog_close(cat);
 	return NULL;
+}
+
+struct get_body {
+	char *buf;
+	size_t len;
+};
+
+static size_t keep_body(char *p, size_t size, size_t n, void *ctx)
+{
+	struct get_body *b = ctx;
+	size_t add = size * n;
+	char *nb;
+
+	if (b->len + add > (64u << 20))
+		return 0;
+	nb = realloc(b->buf, b->len + add + 1);
+	if (!nb)
+		return 0;
+	memcpy(nb + b->len, p, add);
+	b->buf = nb;
+	b->len += add;
+	b->buf[b->len] = '\0';
+	return add;
+}
+
+int transport_get(struct transport *t, size_t i, const char *suffix, long *status, char **body,
+		  bool *json)
+{
+	struct dest *d = &t->dests[i];
+	struct curl_slist *headers[2] = { NULL, NULL };
+	struct get_body b = { 0 };
+	char url[8192], errbuf[CURL_ERROR_SIZE];
+	char *ctype = NULL;
+	CURLcode cc;
+	CURL *c;
+
+	c = make_handle(d, headers, errbuf);
+	if (!c)
+		return -ENOMEM;
+	snprintf(url, sizeof url, "%s/%s/%s", d->cfg.url, t->group_s, suffix);
+	curl_easy_setopt(c, CURLOPT_URL, url);
+	curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
+	curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers[0]);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, keep_body);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
+	cc = curl_easy_perform(c);
+	*status = 0;
+	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, status);
+	curl_easy_getinfo(c, CURLINFO_CONTENT_TYPE, &ctype);
+	*json = ctype && strncmp(ctype, "application/json", 16) == 0;
+	curl_easy_cleanup(c);
+	curl_slist_free_all(headers[0]);
+	curl_slist_free_all(headers[1]);
+	if (cc != CURLE_OK) {
+		free(b.buf);
+		return -EIO;
+	}
+	*body = b.buf ? b.buf : strdup("");
+	return 0;
 }

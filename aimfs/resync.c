@@ -1,0 +1,735 @@
+/*
+ * resync.c — the resynchronisation engine (docs/RESYNC.md).
+ *
+ * For each destination the catalog keeps a sync state and a set of dirty
+ * extents.  A destination is seeded with every image it mirrors when it is
+ * new, or when the segments it needed are gone.  Then, one chunk of one
+ * extent at a time and under the image's range lock (so the bytes read are
+ * exactly the image at the record's LSN), the engine journals:
+ *
+ *   SYNC_BEGIN                       the remote stops calling itself consistent
+ *   TRUNCATE to the current size     once per image
+ *   ZERO (punch) for holes           never shipped as data
+ *   HASH of the data, 64 KiB blocks  if the remote can compare (aim-remote)
+ *   ... or WRITE of the data         (an all-zero chunk as ZERO)
+ *   then, once the remote applied the HASH records, WRITE for the blocks
+ *   it found different
+ *   SYNC_END                         acknowledged: the destination is in sync
+ *
+ * All of these are tagged for the one destination; the transport keeps
+ * them from the others.  The engine runs only while the destination keeps
+ * up (backlog of at most MAX_BACKLOG segments) and the journal has room, so
+ * a resync never fills the journal it travels in or stalls the guests.
+ */
+#include "resync.h"
+#include "catalog.h"
+#include "journal.h"
+#include "log.h"
+#include "rangelock.h"
+#include "segment.h"
+#include "transport.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#define CHUNK (1u << 20)
+#define HASH_BLOCK (64u << 10)
+#define MAX_BACKLOG 2
+#define IDLE_NS 100000000ULL
+
+struct dest_sync {
+	char *name;
+	size_t index;              /* in the transport */
+	struct catalog_sync y;
+	int compare;               /* remote compares HASH records: -1 unknown, 0, 1 */
+	uint32_t truncated_image;  /* last image given its size in this pass */
+	uint64_t remaining;        /* dirty bytes, for the status */
+	uint64_t hashed;           /* bytes covered by HASH records in this pass */
+};
+
+struct resync {
+	struct journal *j;
+	struct transport *t;
+	int backing_fd;
+	char *journal_dir;
+	struct catalog *cat;       /* the engine thread's own connection */
+	pthread_t thread;
+	pthread_mutex_t lock;      /* protects ds[].y / remaining for the status */
+	pthread_cond_t cond;
+	bool stop;
+	struct dest_sync *ds;
+	size_t n;
+	uint8_t *buf;              /* CHUNK bytes */
+	bool track;                /* overflow=track */
+};
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+static int save(struct resync *r, struct dest_sync *ds)
+{
+	uint64_t bytes, count;
+
+	if (catalog_dirty_bytes(r->cat, ds->name, &bytes, &count) == 0) {
+		pthread_mutex_lock(&r->lock);
+		ds->remaining = bytes;
+		pthread_mutex_unlock(&r->lock);
+	}
+	return catalog_dest_sync_save(r->cat, ds->name, &ds->y);
+}
+
+static void set_state(struct resync *r, struct dest_sync *ds, const char *state, const char *phase)
+{
+	pthread_mutex_lock(&r->lock);
+	snprintf(ds->y.state, sizeof ds->y.state, "%s", state);
+	snprintf(ds->y.phase, sizeof ds->y.phase, "%s", phase);
+	pthread_mutex_unlock(&r->lock);
+}
+
+/* ---- seeding ---- */
+
+struct ids {
+	uint32_t *v;
+	size_t n, cap;
+};
+
+static void collect_id(void *ctx, uint32_t id)
+{
+	struct ids *ids = ctx;
+
+	if (ids->n == ids->cap) {
+		size_t cap = ids->cap ? ids->cap * 2 : 64;
+		uint32_t *nv = realloc(ids->v, cap * sizeof *nv);
+
+		if (!nv)
+			return;
+		ids->v = nv;
+		ids->cap = cap;
+	}
+	ids->v[ids->n++] = id;
+}
+
+/* Every image the destination mirrors becomes dirty, whole. */
+static int seed_full(struct resync *r, struct dest_sync *ds, const char *why)
+{
+	struct ids ids = { 0 };
+	uint64_t total = 0;
+	int ret = 0;
+
+	journal_each_image_id(r->j, collect_id, &ids);
+	ret = catalog_begin(r->cat);
+	for (size_t i = 0; i < ids.n && !ret; i++) {
+		struct image *im = journal_image_by_id(r->j, ids.v[i]);
+		struct stat st;
+		int fd;
+
+		if (!im)
+			continue;
+		char name[SEG_NAME_MAX + 1];
+
+		journal_image_name(r->j, im, name, sizeof name);
+		if (!transport_dest_wants(r->t, ds->index, name)) {
+			journal_image_put(r->j, im);
+			continue;
+		}
+		fd = journal_open_image(r->j, im, r->backing_fd);
+		if (fd >= 0 && fstat(fd, &st) == 0) {
+			/* at least one byte, so that an empty image gets its size */
+			uint64_t len = st.st_size > 0 ? (uint64_t)st.st_size : 1;
+
+			ret = catalog_dirty_add(r->cat, ds->name, ids.v[i], 0, len, true);
+			total += (uint64_t)st.st_size;
+		}
+		if (fd >= 0)
+			close(fd);
+		journal_image_put(r->j, im);
+	}
+	free(ids.v);
+	if (ret == 0)
+		ret = catalog_commit(r->cat);
+	else
+		catalog_rollback(r->cat);
+	if (ret < 0)
+		return ret;
+	pthread_mutex_lock(&r->lock);
+	ds->y.total = total;
+	ds->y.done = ds->y.saved = 0;
+	ds->y.lsn_a = ds->y.lsn_b = 0;
+	ds->y.started_ns = now_ns();
+	ds->truncated_image = 0;
+	ds->hashed = 0;
+	pthread_mutex_unlock(&r->lock);
+	set_state(r, ds, "syncing", "");
+	log_info("destination %s: %s; resynchronising %zu images (%" PRIu64 " bytes)", ds->name,
+		 why, ids.n, total);
+	return save(r, ds);
+}
+
+/* ---- one chunk ---- */
+
+static bool all_zero(const uint8_t *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (p[i])
+			return false;
+	return true;
+}
+
+static ssize_t read_full(int fd, uint8_t *buf, size_t len, uint64_t off)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t k = pread(fd, buf + done, len - done, (off_t)(off + done));
+
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0)
+			return -errno;
+		if (k == 0)
+			break;
+		done += (size_t)k;
+	}
+	return (ssize_t)done;
+}
+
+/* Journals [pos, end) of data: HASH records, or the data itself. */
+static int journal_data(struct resync *r, struct dest_sync *ds, struct image *im, int fd,
+			uint64_t pos, uint64_t end, bool hash)
+{
+	uint64_t lsn, seg;
+	int ret = 0;
+
+	while (pos < end && !ret) {
+		size_t len = end - pos > CHUNK ? CHUNK : (size_t)(end - pos);
+		ssize_t got = read_full(fd, r->buf, len, pos);
+
+		if (got < 0)
+			return (int)got;
+		if (got == 0)
+			break;
+		len = (size_t)got;
+		if (hash) {
+			uint64_t hashes[CHUNK / HASH_BLOCK], n = 0;
+
+			for (size_t o = 0; o < len; o += HASH_BLOCK)
+				hashes[n++] = XXH3_64bits(r->buf + o, len - o < HASH_BLOCK ? len - o
+											 : HASH_BLOCK);
+			ret = journal_hash(r->j, im, ds->y.number, pos, len, HASH_BLOCK, hashes, n, &lsn,
+					   &seg);
+			if (ret == 0) {
+				if (!ds->y.lsn_a)
+					ds->y.lsn_a = seg;
+				ds->y.lsn_b = seg;
+				ds->hashed += len;
+			}
+		} else if (all_zero(r->buf, len)) {
+			ret = journal_resync_zero(r->j, im, ds->y.number, pos, len, false, &lsn, &seg);
+		} else {
+			ret = journal_resync_write(r->j, im, ds->y.number, pos, r->buf, len, &lsn, &seg);
+		}
+		pos += len;
+	}
+	return ret;
+}
+
+/*
+ * Covers up to CHUNK bytes from the start of extent e; sets *done to the
+ * bytes of e now covered.
+ */
+static int process_extent(struct resync *r, struct dest_sync *ds, const struct catalog_extent *e,
+			  uint64_t *done)
+{
+	struct image *im = journal_image_by_id(r->j, e->image);
+	struct range_held h;
+	struct rangelock *rl;
+	uint64_t lsn, seg, end, pos, len;
+	bool hash = e->hash && ds->compare == 1;
+	struct stat st;
+	int fd, ret = 0;
+
+	*done = e->length;
+	if (!im)
+		return 0; /* gone: its UNLINK reaches the remote anyway */
+	fd = journal_open_image(r->j, im, r->backing_fd);
+	if (fd < 0) {
+		journal_image_put(r->j, im);
+		return 0;
+	}
+	rl = journal_image_rangelock(im);
+	if (ds->truncated_image != e->image) {
+		/* The size first, ordered against every in-flight write. */
+		rangelock_acquire(rl, &h, 0, RANGE_END);
+		ret = fstat(fd, &st) < 0 ? -errno
+					 : journal_resync_truncate(r->j, im, ds->y.number,
+								   (uint64_t)st.st_size, &lsn, &seg);
+		rangelock_release(rl, &h);
+		if (ret < 0)
+			goto out;
+		ds->truncated_image = e->image;
+	}
+	len = e->length < CHUNK ? e->length : CHUNK;
+	rangelock_acquire(rl, &h, e->offset, len);
+	if (fstat(fd, &st) < 0) {
+		ret = -errno;
+		goto unlock;
+	}
+	if (e->offset >= (uint64_t)st.st_size)
+		goto unlock; /* beyond the end: the TRUNCATE covered it */
+	end = e->offset + len < (uint64_t)st.st_size ? e->offset + len : (uint64_t)st.st_size;
+	for (pos = e->offset; pos < end && !ret;) {
+		off_t data = lseek(fd, (off_t)pos, SEEK_DATA), hole;
+
+		if (data < 0 || (uint64_t)data > end)
+			data = (off_t)end;
+		if ((uint64_t)data > pos) {
+			/* A hole is a ZERO record, never data on the wire. */
+			ret = journal_resync_zero(r->j, im, ds->y.number, pos, (uint64_t)data - pos,
+						  true, &lsn, &seg);
+			pos = (uint64_t)data;
+			continue;
+		}
+		hole = lseek(fd, (off_t)pos, SEEK_HOLE);
+		if (hole < 0 || (uint64_t)hole > end)
+			hole = (off_t)end;
+		ret = journal_data(r, ds, im, fd, pos, (uint64_t)hole, hash);
+		pos = (uint64_t)hole;
+	}
+	if (end < e->offset + e->length && end < (uint64_t)st.st_size)
+		*done = end - e->offset;
+unlock:
+	rangelock_release(rl, &h);
+out:
+	close(fd);
+	journal_image_put(r->j, im);
+	return ret;
+}
+
+/* ---- the remote's mismatch report ---- */
+
+static void probe_compare(struct resync *r, struct dest_sync *ds)
+{
+	char *body = NULL;
+	long status;
+	bool json;
+
+	if (transport_get(r->t, ds->index, "mismatches?after=0", &status, &body, &json) < 0)
+		return; /* unreachable: ask again later */
+	/* aim-remote answers JSON (404 for a group it has not seen yet); a
+	 * WebDAV server cannot compare. */
+	ds->compare = json && (status == 200 || status == 404) ? 1 : 0;
+	free(body);
+	log_info("destination %s %s compare block hashes", ds->name,
+		 ds->compare ? "can" : "cannot");
+}
+
+/* Turns the remote's report on the HASH records of this pass into dirty
+ * extents to send as data.  Returns 1 when done, 0 to wait, -errno. */
+static int collect_mismatches(struct resync *r, struct dest_sync *ds)
+{
+	uint64_t dfirst, dlast, x, after, mismatched = 0;
+	char suffix[64];
+	int ret;
+
+	if (catalog_shipment_range(r->cat, ds->name, ds->y.lsn_a, &dfirst, &x) < 0 ||
+	    catalog_shipment_range(r->cat, ds->name, ds->y.lsn_b, &x, &dlast) < 0)
+		return 0;
+	after = dfirst - 1;
+	for (;;) {
+		char *body = NULL;
+		json_error_t jerr;
+		json_t *o, *ranges, *rg;
+		long status;
+		bool json, more;
+		size_t i;
+
+		snprintf(suffix, sizeof suffix, "mismatches?after=%" PRIu64, after);
+		if (transport_get(r->t, ds->index, suffix, &status, &body, &json) < 0 || status != 200) {
+			free(body);
+			return 0;
+		}
+		o = json_loads(body, 0, &jerr);
+		free(body);
+		if (!o)
+			return 0;
+		if ((uint64_t)json_integer_value(json_object_get(o, "applied_lsn")) < dlast) {
+			json_decref(o);
+			return 0; /* not applied yet */
+		}
+		ranges = json_object_get(o, "ranges");
+		more = json_is_true(json_object_get(o, "more"));
+		ret = 0;
+		json_array_foreach(ranges, i, rg) {
+			uint64_t lsn = (uint64_t)json_integer_value(json_object_get(rg, "lsn"));
+			uint64_t off = (uint64_t)json_integer_value(json_object_get(rg, "offset"));
+			uint64_t len = (uint64_t)json_integer_value(json_object_get(rg, "length"));
+			json_t *idv = json_object_get(rg, "image_id");
+			uint32_t id = 0;
+
+			if (lsn > after)
+				after = lsn;
+			if (lsn < dfirst || lsn > dlast)
+				continue;
+			if (json_is_integer(idv)) {
+				id = (uint32_t)json_integer_value(idv);
+			} else {
+				struct image *im = journal_image_lookup_name(
+					r->j, json_string_value(json_object_get(rg, "image")));
+
+				if (im) {
+					id = journal_image_id(im);
+					journal_image_put(r->j, im);
+				}
+			}
+			if (id && !ret) {
+				ret = catalog_dirty_add(r->cat, ds->name, id, off, len, false);
+				mismatched += len;
+			}
+		}
+		json_decref(o);
+		if (ret < 0)
+			return ret;
+		if (!more || after >= dlast)
+			break;
+	}
+	pthread_mutex_lock(&r->lock);
+	ds->y.saved += ds->hashed > mismatched ? ds->hashed - mismatched : 0;
+	ds->y.total += mismatched;
+	ds->hashed = 0;
+	ds->y.lsn_a = ds->y.lsn_b = 0;
+	pthread_mutex_unlock(&r->lock);
+	log_info("destination %s: %" PRIu64 " bytes differ after comparison", ds->name, mismatched);
+	return 1;
+}
+
+/* ---- the state machine ---- */
+
+static bool keeping_up(struct resync *r, const struct transport_dest_info *info)
+{
+	uint64_t used, max;
+
+	journal_space(r->j, &used, &max);
+	return info->reachable && info->durable_segment <= info->acked_segment + MAX_BACKLOG &&
+	       (!max || used < max / 2);
+}
+
+/* One step for one syncing destination; true if it did something. */
+static bool step(struct resync *r, struct dest_sync *ds, const struct transport_dest_info *info)
+{
+	struct catalog_extent e;
+	uint64_t lsn, seg, done;
+	int ret;
+
+	if (strcmp(ds->y.phase, "") == 0) {
+		if (journal_sync_mark(r->j, ds->y.number, true, &lsn, &seg) < 0)
+			return false;
+		set_state(r, ds, "syncing", "copying");
+		save(r, ds);
+		return true;
+	}
+	if (strcmp(ds->y.phase, "copying") == 0) {
+		if (!keeping_up(r, info))
+			return false;
+		if (ds->compare < 0)
+			probe_compare(r, ds);
+		if (ds->compare < 0)
+			return false;
+		ret = catalog_dirty_first(r->cat, ds->name, &e);
+		if (ret == -ENOENT) {
+			if (ds->y.lsn_b) {
+				set_state(r, ds, "syncing", "comparing");
+			} else if (journal_sync_mark(r->j, ds->y.number, false, &lsn, &seg) == 0) {
+				pthread_mutex_lock(&r->lock);
+				ds->y.lsn_b = seg;
+				pthread_mutex_unlock(&r->lock);
+				set_state(r, ds, "syncing", "ending");
+			}
+			save(r, ds);
+			return true;
+		}
+		if (ret < 0)
+			return false;
+		ret = process_extent(r, ds, &e, &done);
+		if (ret < 0) {
+			log_error("destination %s: resync of image %u at %" PRIu64 ": %s", ds->name,
+				  e.image, e.offset, strerror(-ret));
+			return false;
+		}
+		catalog_dirty_advance(r->cat, ds->name, &e, done);
+		pthread_mutex_lock(&r->lock);
+		ds->y.done += done < CHUNK ? done : CHUNK;
+		if (ds->y.done > ds->y.total)
+			ds->y.total = ds->y.done;
+		pthread_mutex_unlock(&r->lock);
+		save(r, ds);
+		return true;
+	}
+	if (strcmp(ds->y.phase, "comparing") == 0) {
+		if (info->acked_segment < ds->y.lsn_b)
+			return false;
+		ret = collect_mismatches(r, ds);
+		if (ret <= 0)
+			return false;
+		ds->truncated_image = 0;
+		set_state(r, ds, "syncing", "copying");
+		save(r, ds);
+		return true;
+	}
+	if (strcmp(ds->y.phase, "ending") == 0) {
+		if (info->acked_segment < ds->y.lsn_b)
+			return false;
+		log_info("destination %s is in sync: %" PRIu64 " bytes resynchronised, %" PRIu64
+			 " found equal", ds->name, ds->y.total - ds->y.saved, ds->y.saved);
+		pthread_mutex_lock(&r->lock);
+		ds->y.lsn_a = ds->y.lsn_b = 0;
+		pthread_mutex_unlock(&r->lock);
+		set_state(r, ds, "in_sync", "");
+		save(r, ds);
+		return true;
+	}
+	return false;
+}
+
+/*
+ * overflow=track: the journal is full.  The destination holding the oldest
+ * segment goes tracking (skeletons instead of segments, its data becoming
+ * dirty extents) so that pruning makes room; guests never wait.
+ */
+static bool relieve_overflow(struct resync *r)
+{
+	struct dest_sync *victim = NULL;
+	uint64_t used, max, low = UINT64_MAX;
+
+	if (!r->track)
+		return false;
+	journal_space(r->j, &used, &max);
+	if (!max || used < max)
+		return false;
+	for (size_t i = 0; i < r->n; i++) {
+		struct transport_dest_info info;
+
+		transport_dest_info(r->t, r->ds[i].index, &info);
+		if (info.tracking || info.acked_segment >= info.durable_segment)
+			continue;
+		if (info.acked_segment < low) {
+			low = info.acked_segment;
+			victim = &r->ds[i];
+		}
+	}
+	if (victim) {
+		log_warn("destination %s fell behind and the journal is full (%" PRIu64 " of %" PRIu64
+			 " bytes): tracking its changes for a resync instead", victim->name, used, max);
+		transport_set_tracking(r->t, victim->index, true, NULL);
+		set_state(r, victim, "tracking", "");
+		save(r, victim);
+	}
+	transport_make_room(r->t, r->cat);
+	return victim != NULL;
+}
+
+/* A tracking destination that answers and keeps up again is resynced. */
+static bool end_tracking(struct resync *r, struct dest_sync *ds,
+			 const struct transport_dest_info *info)
+{
+	bool begin_sent;
+
+	if (!info->reachable || info->durable_segment > info->acked_segment + MAX_BACKLOG)
+		return false;
+	transport_set_tracking(r->t, ds->index, false, &begin_sent);
+	pthread_mutex_lock(&r->lock);
+	ds->y.started_ns = now_ns();
+	ds->y.done = ds->y.saved = 0;
+	ds->y.lsn_a = ds->y.lsn_b = 0;
+	ds->truncated_image = 0;
+	ds->hashed = 0;
+	pthread_mutex_unlock(&r->lock);
+	{
+		uint64_t bytes, count;
+
+		if (catalog_dirty_bytes(r->cat, ds->name, &bytes, &count) == 0)
+			ds->y.total = bytes;
+	}
+	/* Its SYNC_BEGIN went out with the first skeleton, if there was one. */
+	set_state(r, ds, "syncing", begin_sent ? "copying" : "");
+	log_info("destination %s is back; resynchronising what it missed (%" PRIu64 " bytes)",
+		 ds->name, ds->y.total);
+	save(r, ds);
+	return true;
+}
+
+static void *engine_main(void *arg)
+{
+	struct resync *r = arg;
+
+	pthread_mutex_lock(&r->lock);
+	while (!r->stop) {
+		bool worked = false;
+
+		pthread_mutex_unlock(&r->lock);
+		worked |= relieve_overflow(r);
+		for (size_t i = 0; i < r->n; i++) {
+			struct dest_sync *ds = &r->ds[i];
+			struct transport_dest_info info;
+
+			transport_dest_info(r->t, ds->index, &info);
+			if (info.needs_resync || strcmp(ds->y.state, "new") == 0) {
+				if (seed_full(r, ds, info.needs_resync ? "its journal segments are gone"
+								       : "new destination") == 0) {
+					transport_skip_to(r->t, ds->index, info.durable_segment, false);
+					worked = true;
+				}
+				continue;
+			}
+			if (strcmp(ds->y.state, "syncing") == 0)
+				worked |= step(r, ds, &info);
+			else if (strcmp(ds->y.state, "tracking") == 0)
+				worked |= end_tracking(r, ds, &info);
+		}
+		pthread_mutex_lock(&r->lock);
+		if (!worked && !r->stop) {
+			uint64_t deadline = now_ns() + IDLE_NS;
+			struct timespec ts = { .tv_sec = (time_t)(deadline / 1000000000ULL),
+					       .tv_nsec = (long)(deadline % 1000000000ULL) };
+
+			pthread_cond_timedwait(&r->cond, &r->lock, &ts);
+		}
+	}
+	pthread_mutex_unlock(&r->lock);
+	return NULL;
+}
+
+int resync_start(struct journal *j, struct transport *t, int backing_fd, const char *journal_dir,
+		 bool track, struct resync **out)
+{
+	struct resync *r = calloc(1, sizeof *r);
+	char path[4200];
+	int ret;
+
+	if (!r)
+		return -ENOMEM;
+	r->j = j;
+	r->t = t;
+	r->track = track;
+	r->backing_fd = backing_fd;
+	r->journal_dir = strdup(journal_dir);
+	r->n = transport_dest_count(t);
+	r->ds = calloc(r->n ? r->n : 1, sizeof *r->ds);
+	r->buf = malloc(CHUNK);
+	pthread_mutex_init(&r->lock, NULL);
+	pthread_cond_init(&r->cond, NULL);
+	if (!r->journal_dir || !r->ds || !r->buf) {
+		resync_stop(r);
+		return -ENOMEM;
+	}
+	snprintf(path, sizeof path, "%s/catalog.db", journal_dir);
+	ret = catalog_open(path, &r->cat);
+	for (size_t i = 0; i < r->n && !ret; i++) {
+		struct transport_dest_info info;
+
+		transport_dest_info(t, i, &info);
+		r->ds[i].index = i;
+		r->ds[i].compare = -1;
+		r->ds[i].name = strdup(info.name);
+		ret = r->ds[i].name ? catalog_dest_sync_load(r->cat, info.name, &r->ds[i].y) : -ENOMEM;
+		if (ret == 0 && strcmp(r->ds[i].y.phase, "comparing") == 0)
+			/* the hashes' pass restarts: the remote keeps its reports */
+			ret = 0;
+	}
+	if (ret == 0)
+		ret = -pthread_create(&r->thread, NULL, engine_main, r);
+	if (ret < 0) {
+		catalog_close(r->cat);
+		r->cat = NULL;
+		resync_stop(r);
+		return ret;
+	}
+	*out = r;
+	return 0;
+}
+
+void resync_stop(struct resync *r)
+{
+	if (!r)
+		return;
+	if (r->cat) {
+		pthread_mutex_lock(&r->lock);
+		r->stop = true;
+		pthread_cond_broadcast(&r->cond);
+		pthread_mutex_unlock(&r->lock);
+		pthread_join(r->thread, NULL);
+		catalog_close(r->cat);
+	}
+	for (size_t i = 0; i < r->n; i++)
+		free(r->ds[i].name);
+	free(r->ds);
+	free(r->buf);
+	free(r->journal_dir);
+	pthread_mutex_destroy(&r->lock);
+	pthread_cond_destroy(&r->cond);
+	free(r);
+}
+
+static struct dest_sync *find(struct resync *r, const char *name)
+{
+	for (size_t i = 0; i < r->n; i++)
+		if (strcmp(r->ds[i].name, name) == 0)
+			return &r->ds[i];
+	return NULL;
+}
+
+json_t *resync_status(struct resync *r, const char *name)
+{
+	struct dest_sync *ds = find(r, name);
+	struct catalog_sync y;
+	uint64_t remaining, now = now_ns();
+	json_t *o;
+	double secs, rate;
+
+	if (!ds)
+		return NULL;
+	pthread_mutex_lock(&r->lock);
+	y = ds->y;
+	remaining = ds->remaining;
+	pthread_mutex_unlock(&r->lock);
+	o = json_object();
+	json_object_set_new(o, "state", json_string(y.state));
+	if (strcmp(y.state, "in_sync") == 0)
+		return o;
+	json_object_set_new(o, "phase", json_string(y.phase));
+	json_object_set_new(o, "total_bytes", json_integer((json_int_t)y.total));
+	json_object_set_new(o, "done_bytes", json_integer((json_int_t)y.done));
+	json_object_set_new(o, "saved_bytes", json_integer((json_int_t)y.saved));
+	json_object_set_new(o, "remaining_bytes", json_integer((json_int_t)remaining));
+	json_object_set_new(o, "compare", ds->compare < 0 ? json_null() : json_boolean(ds->compare));
+	secs = y.started_ns && now > y.started_ns ? (double)(now - y.started_ns) / 1e9 : 0;
+	rate = secs > 0 ? (double)y.done / secs : 0;
+	json_object_set_new(o, "eta_seconds", rate > 0 ? json_real((double)remaining / rate)
+						       : json_null());
+	return o;
+}
+
+bool resync_in_sync(struct resync *r, const char *name)
+{
+	struct dest_sync *ds = find(r, name);
+	bool in;
+
+	if (!ds)
+		return true;
+	pthread_mutex_lock(&r->lock);
+	in = strcmp(ds->y.state, "in_sync") == 0;
+	pthread_mutex_unlock(&r->lock);
+	return in;
+}

@@ -1,0 +1,31 @@
+/*
+ * resync.h — the resynchronisation engine (docs/RESYNC.md): brings every
+ * destination that is new, was added later, or lost segments to an exact
+ * copy, by journaling resync records for its dirty extents while the
+ * guests keep writing.  One thread for all destinations.
+ */
+#ifndef AIM_RESYNC_H
+#define AIM_RESYNC_H
+
+#include <jansson.h>
+#include <stdbool.h>
+
+struct resync;
+struct journal;
+struct transport;
+
+/* Starts the engine; track: relieve a full journal by tracking a lagging
+ * destination's changes (overflow=track).  Returns 0 or -errno. */
+int resync_start(struct journal *j, struct transport *t, int backing_fd, const char *journal_dir,
+		 bool track, struct resync **out);
+void resync_stop(struct resync *r);
+
+/* Progress of destination name for the status: a new JSON object
+ * {state, phase, total_bytes, done_bytes, saved_bytes, remaining_bytes,
+ * eta_seconds, compare}, or NULL. */
+json_t *resync_status(struct resync *r, const char *name);
+/* True if destination name is an exact copy as far as the engine knows
+ * (no sync under way). */
+bool resync_in_sync(struct resync *r, const char *name);
+
+#endif

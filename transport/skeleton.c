@@ -1,0 +1,178 @@
+/*
+ * skeleton.c — what a destination receives while it is *tracking*: the
+ * journal overflowed while it lagged, so its segments are pruned before it
+ * gets them.  A skeleton keeps a segment's namespace, truncate and barrier
+ * records (the remote needs them in order) and drops its data, whose extents
+ * become dirty for the resync that follows (docs/RESYNC.md).
+ *
+ * Skeletons are re-encoded in the destination's own LSN sequence and
+ * stored under <journal>/skel/<destination number>/ until acknowledged, so
+ * the segments themselves can go.  The first skeleton of a tracking episode
+ * starts with SYNC_BEGIN: from then on the remote knows it is not a
+ * consistent copy.
+ */
+#include "transport_i.h"
+#include "catalog.h"
+#include "log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+void skeleton_path(const struct transport *t, const struct dest *d, uint64_t n, char *buf,
+		   size_t len)
+{
+	char name[SEG_FILE_NAME_LEN + 8];
+
+	seg_file_name(n, SEG_FILE_SUFFIX, name);
+	snprintf(buf, len, "%s/skel/%u/%s", t->journal_dir, d->number, name);
+}
+
+bool skeleton_exists(const struct transport *t, const struct dest *d, uint64_t n)
+{
+	char path[4300];
+
+	skeleton_path(t, d, n, path, sizeof path);
+	return access(path, F_OK) == 0;
+}
+
+/* Last LSN of the destination's sequence before skeleton n. */
+static int lsn_before(struct transport *t, struct dest *d, uint64_t n, uint64_t *lsn)
+{
+	char path[4300];
+	struct seg_view *v;
+	struct seg_err err;
+
+	pthread_mutex_lock(&t->lock);
+	if (n == d->acked_segment + 1) {
+		*lsn = d->dest_last_lsn;
+		pthread_mutex_unlock(&t->lock);
+		return 0;
+	}
+	pthread_mutex_unlock(&t->lock);
+	skeleton_path(t, d, n - 1, path, sizeof path);
+	if (seg_view_open(path, &v, &err) < 0)
+		return -ENOENT;
+	*lsn = seg_view_last_lsn(v);
+	seg_view_free(v);
+	return 0;
+}
+
+static int write_file(const char *path, const uint8_t *buf, size_t len)
+{
+	char tmp[4400];
+	int fd, r = 0;
+
+	snprintf(tmp, sizeof tmp, "%s.tmp", path);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+	if (fd < 0)
+		return -errno;
+	if (write(fd, buf, len) != (ssize_t)len || fsync(fd) < 0)
+		r = -EIO;
+	close(fd);
+	if (r == 0 && rename(tmp, path) < 0)
+		r = -errno;
+	if (r < 0)
+		unlink(tmp);
+	return r;
+}
+
+/* The data records of v that d mirrors become its dirty extents. */
+static int add_dirty(struct dest *d, struct catalog *cat, struct seg_view *v)
+{
+	struct seg_record r;
+	int ret = 0;
+
+	seg_view_rewind(v);
+	while (!ret && seg_view_next(v, &r) == 1) {
+		const char *name;
+
+		if (r.type != SEG_WRITE && r.type != SEG_ZERO && r.type != SEG_ALLOC)
+			continue;
+		if (record_is_foreign(&r, d->number))
+			continue;
+		name = seg_view_image_name(v, r.image);
+		if (!name || !dest_wants_image(&d->cfg, name))
+			continue;
+		ret = catalog_dirty_add(cat, d->cfg.name, r.image, r.offset, r.length, true);
+	}
+	seg_view_rewind(v);
+	return ret;
+}
+
+int skeleton_make(struct transport *t, struct dest *d, struct catalog *cat, uint64_t n)
+{
+	char path[4300], dir[4200], seg[SEG_FILE_NAME_LEN + 8], src[4300];
+	struct seg_view *v;
+	struct seg_err err;
+	uint8_t *buf = NULL;
+	size_t len;
+	uint64_t first, last;
+	bool begin;
+	int r;
+
+	if (skeleton_exists(t, d, n))
+		return 0;
+	seg_file_name(n, SEG_FILE_SUFFIX, seg);
+	snprintf(src, sizeof src, "%s/%s", t->journal_dir, seg);
+	r = seg_view_open(src, &v, &err);
+	if (r < 0)
+		return r;
+	r = lsn_before(t, d, n, &first);
+	if (r < 0) {
+		seg_view_free(v);
+		return r;
+	}
+	first++;
+	pthread_mutex_lock(&t->lock);
+	begin = d->skel_need_begin;
+	pthread_mutex_unlock(&t->lock);
+	r = add_dirty(d, cat, v);
+	if (r == 0)
+		r = filter_segment(&d->cfg, d->number, begin ? FILTER_SKELETON_BEGIN : FILTER_SKELETON,
+				   v, first, &buf, &len, &last);
+	seg_view_free(v);
+	if (r < 0)
+		return r;
+	snprintf(dir, sizeof dir, "%s/skel", t->journal_dir);
+	mkdir(dir, 0750);
+	snprintf(dir, sizeof dir, "%s/skel/%u", t->journal_dir, d->number);
+	mkdir(dir, 0750);
+	skeleton_path(t, d, n, path, sizeof path);
+	r = write_file(path, buf, len);
+	free(buf);
+	if (r < 0) {
+		log_error("destination %s: cannot store the skeleton of segment %" PRIu64 ": %s",
+			  d->cfg.name, n, strerror(-r));
+		return r;
+	}
+	pthread_mutex_lock(&t->lock);
+	if (begin)
+		d->skel_need_begin = false;
+	if (n > d->skel_through)
+		d->skel_through = n;
+	pthread_mutex_unlock(&t->lock);
+	return 0;
+}
+
+void skeleton_remove(const struct transport *t, const struct dest *d, uint64_t n)
+{
+	char path[4300];
+
+	skeleton_path(t, d, n, path, sizeof path);
+	unlink(path);
+}
+
+uint64_t skeleton_scan(const struct transport *t, const struct dest *d, uint64_t after)
+{
+	uint64_t n = after;
+
+	while (skeleton_exists(t, d, n + 1))
+		n++;
+	return n;
+}
