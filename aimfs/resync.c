@@ -55,6 +55,21 @@ struct dest_sync {
 	uint64_t hashed;           /* bytes covered by HASH records in this pass */
 };
 
+/* An `aimctl verify`: HASH records for every destination, then each
+ * remote's report on them. */
+struct verify {
+	uint64_t id;
+	char *image;              /* NULL: every image */
+	uint32_t *ids;
+	size_t nids, next;        /* images to hash, the one being hashed */
+	uint64_t offset;          /* next byte of it */
+	uint64_t seg_first, seg_last;
+	uint64_t bytes;
+	uint64_t started_ns;
+	bool hashing;
+	json_t *result;           /* {id, image, state, bytes, destinations: [...]} */
+};
+
 struct resync {
 	struct journal *j;
 	struct transport *t;
@@ -69,6 +84,8 @@ struct resync {
 	size_t n;
 	uint8_t *buf;              /* CHUNK bytes */
 	bool track;                /* overflow=track */
+	struct verify *verify;     /* the running or last verification (lock) */
+	uint64_t next_verify_id;
 };
 
 static uint64_t now_ns(void)
@@ -570,6 +587,154 @@ static bool end_tracking(struct resync *r, struct dest_sync *ds,
 	return true;
 }
 
+/* ---- aimctl verify ---- */
+
+static void verify_free(struct verify *v)
+{
+	if (!v)
+		return;
+	free(v->image);
+	free(v->ids);
+	json_decref(v->result);
+	free(v);
+}
+
+/* Hashes the next chunk of the images under verification (every block,
+ * holes included: a hole must read as zeros on the remote too). */
+static bool verify_hash_step(struct resync *r, struct verify *v)
+{
+	struct image *im;
+	struct range_held h;
+	struct stat st;
+	uint64_t lsn, seg, hashes[CHUNK / HASH_BLOCK], n = 0;
+	ssize_t got;
+	int fd;
+
+	while (v->next < v->nids) {
+		im = journal_image_by_id(r->j, v->ids[v->next]);
+		fd = im ? journal_open_image(r->j, im, r->backing_fd) : -1;
+		if (fd >= 0 && fstat(fd, &st) == 0 && v->offset < (uint64_t)st.st_size)
+			break;
+		if (fd >= 0)
+			close(fd);
+		journal_image_put(r->j, im);
+		v->next++;
+		v->offset = 0;
+	}
+	if (v->next >= v->nids) {
+		v->hashing = false;
+		return true;
+	}
+	rangelock_acquire(journal_image_rangelock(im), &h, v->offset, CHUNK);
+	got = read_full(fd, r->buf, CHUNK, v->offset);
+	if (got > 0) {
+		for (ssize_t o = 0; o < got; o += HASH_BLOCK)
+			hashes[n++] = XXH3_64bits(r->buf + o, (size_t)(got - o < HASH_BLOCK ? got - o
+											 : HASH_BLOCK));
+		if (journal_hash(r->j, im, 0, v->offset, (uint64_t)got, HASH_BLOCK, hashes, n, &lsn,
+				 &seg) == 0) {
+			if (!v->seg_first)
+				v->seg_first = seg;
+			v->seg_last = seg;
+			v->bytes += (uint64_t)got;
+		}
+	}
+	rangelock_release(journal_image_rangelock(im), &h);
+	close(fd);
+	journal_image_put(r->j, im);
+	if (got <= 0 || (size_t)got < CHUNK) {
+		v->next++;
+		v->offset = 0;
+	} else {
+		v->offset += (uint64_t)got;
+	}
+	return true;
+}
+
+/* Asks destination i for its report on the verification's HASH records. */
+static json_t *verify_ask(struct resync *r, struct verify *v, struct dest_sync *ds)
+{
+	struct transport_dest_info info;
+	uint64_t dfirst, dlast, x;
+	json_t *o = json_object(), *reply, *ranges = json_array(), *rg;
+	char suffix[64], *body = NULL;
+	json_error_t jerr;
+	long status = 0;
+	bool json = false;
+	size_t k;
+
+	json_object_set_new(o, "name", json_string(ds->name));
+	transport_dest_info(r->t, ds->index, &info);
+	if (!v->seg_first) {
+		json_object_set_new(o, "state", json_string("equal"));
+		json_decref(ranges);
+		return o;
+	}
+	if (info.acked_segment < v->seg_last ||
+	    catalog_shipment_range(r->cat, ds->name, v->seg_first, &dfirst, &x) < 0 ||
+	    catalog_shipment_range(r->cat, ds->name, v->seg_last, &x, &dlast) < 0) {
+		json_object_set_new(o, "state", json_string("shipping"));
+		json_decref(ranges);
+		return o;
+	}
+	snprintf(suffix, sizeof suffix, "mismatches?after=%" PRIu64, dfirst - 1);
+	if (transport_get(r->t, ds->index, suffix, &status, &body, &json) < 0 || !json) {
+		json_object_set_new(o, "state", json_string(status == 0 ? "unreachable"
+									: "cannot compare"));
+		free(body);
+		json_decref(ranges);
+		return o;
+	}
+	reply = status == 200 ? json_loads(body, 0, &jerr) : NULL;
+	free(body);
+	if (!reply || (uint64_t)json_integer_value(json_object_get(reply, "applied_lsn")) < dlast) {
+		json_object_set_new(o, "state", json_string("applying"));
+		json_decref(reply);
+		json_decref(ranges);
+		return o;
+	}
+	json_array_foreach(json_object_get(reply, "ranges"), k, rg) {
+		uint64_t lsn = (uint64_t)json_integer_value(json_object_get(rg, "lsn"));
+
+		if (lsn >= dfirst && lsn <= dlast)
+			json_array_append(ranges, rg);
+	}
+	json_decref(reply);
+	json_object_set_new(o, "state", json_string(json_array_size(ranges) ? "differs"
+									      : "equal"));
+	json_object_set_new(o, "ranges", ranges);
+	return o;
+}
+
+static bool verify_step(struct resync *r)
+{
+	struct verify *v = r->verify;
+	json_t *dests;
+	bool done = true;
+
+	if (!v || json_is_true(json_object_get(v->result, "done")))
+		return false;
+	if (v->hashing)
+		return verify_hash_step(r, v);
+	dests = json_array();
+	for (size_t i = 0; i < r->n; i++) {
+		json_t *d = verify_ask(r, v, &r->ds[i]);
+		const char *st = json_string_value(json_object_get(d, "state"));
+
+		if (!strcmp(st, "shipping") || !strcmp(st, "applying") || !strcmp(st, "unreachable"))
+			done = false;
+		json_array_append_new(dests, d);
+	}
+	pthread_mutex_lock(&r->lock);
+	json_object_set_new(v->result, "destinations", dests);
+	json_object_set_new(v->result, "bytes", json_integer((json_int_t)v->bytes));
+	json_object_set_new(v->result, "done", json_boolean(done));
+	pthread_mutex_unlock(&r->lock);
+	if (done)
+		log_info("verification %" PRIu64 " finished", v->id);
+	return false; /* waiting on remotes: let the loop idle */
+}
+
 static void *engine_main(void *arg)
 {
 	struct resync *r = arg;
@@ -580,6 +745,7 @@ static void *engine_main(void *arg)
 
 		pthread_mutex_unlock(&r->lock);
 		worked |= relieve_overflow(r);
+		worked |= verify_step(r);
 		for (size_t i = 0; i < r->n; i++) {
 			struct dest_sync *ds = &r->ds[i];
 			struct transport_dest_info info;
@@ -676,6 +842,7 @@ void resync_stop(struct resync *r)
 		free(r->ds[i].name);
 	free(r->ds);
 	free(r->buf);
+	verify_free(r->verify);
 	free(r->journal_dir);
 	pthread_mutex_destroy(&r->lock);
 	pthread_cond_destroy(&r->cond);
@@ -732,4 +899,53 @@ bool resync_in_sync(struct resync *r, const char *name)
 	in = strcmp(ds->y.state, "in_sync") == 0;
 	pthread_mutex_unlock(&r->lock);
 	return in;
+}
+
+int resync_verify(struct resync *r, const char *image, uint64_t *id)
+{
+	struct verify *v = calloc(1, sizeof *v);
+	struct ids ids = { 0 };
+
+	if (!v)
+		return -ENOMEM;
+	if (image) {
+		struct image *im = journal_image_lookup_name(r->j, image);
+
+		if (!im) {
+			free(v);
+			return -ENOENT;
+		}
+		collect_id(&ids, journal_image_id(im));
+		journal_image_put(r->j, im);
+		v->image = strdup(image);
+	} else {
+		journal_each_image_id(r->j, collect_id, &ids);
+	}
+	v->ids = ids.v;
+	v->nids = ids.n;
+	v->hashing = true;
+	v->started_ns = now_ns();
+	v->result = json_object();
+	pthread_mutex_lock(&r->lock);
+	v->id = ++r->next_verify_id;
+	json_object_set_new(v->result, "id", json_integer((json_int_t)v->id));
+	json_object_set_new(v->result, "image", image ? json_string(image) : json_null());
+	json_object_set_new(v->result, "done", json_false());
+	json_object_set_new(v->result, "destinations", json_array());
+	verify_free(r->verify);
+	r->verify = v;
+	pthread_cond_broadcast(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+	*id = v->id;
+	return 0;
+}
+
+json_t *resync_verify_status(struct resync *r)
+{
+	json_t *o;
+
+	pthread_mutex_lock(&r->lock);
+	o = r->verify ? json_deep_copy(r->verify->result) : NULL;
+	pthread_mutex_unlock(&r->lock);
+	return o;
 }

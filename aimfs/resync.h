@@ -9,6 +9,7 @@
 
 #include <jansson.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 struct resync;
 struct journal;
@@ -27,5 +28,14 @@ json_t *resync_status(struct resync *r, const char *name);
 /* True if destination name is an exact copy as far as the engine knows
  * (no sync under way). */
 bool resync_in_sync(struct resync *r, const char *name);
+
+/* Starts verifying image (NULL: every image) against every destination:
+ * HASH records for all of them, then each remote's report.  Replaces any
+ * earlier verification.  Returns 0 and its id, -ENOENT for no such image. */
+int resync_verify(struct resync *r, const char *image, uint64_t *id);
+/* The last verification: {id, image, done, bytes, destinations: [{name,
+ * state: equal|differs|shipping|applying|unreachable|cannot compare,
+ * ranges}]} (new reference), or NULL if none. */
+json_t *resync_verify_status(struct resync *r);
 
 #endif

@@ -151,6 +151,21 @@ static void metrics_text(struct status *s, struct strbuf *sb)
 	}
 }
 
+/* Takes o, answers it as JSON. */
+static int json_reply(struct httpd_response *resp, unsigned status, json_t *o)
+{
+	char *text = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(6));
+
+	json_decref(o);
+	if (!text)
+		return -ENOMEM;
+	resp->status = status;
+	resp->content_type = "application/json";
+	resp->len = strlen(text);
+	resp->body = text;
+	return 0;
+}
+
 static int handle(void *ctx, const char *path, struct httpd_response *resp)
 {
 	struct status *s = ctx;
@@ -178,7 +193,41 @@ static int handle(void *ctx, const char *path, struct httpd_response *resp)
 		resp->content_type = "text/plain; version=0.0.4";
 		return resp->body ? 0 : -ENOMEM;
 	}
+	if (strcmp(path, "/verify") == 0) {
+		json_t *o = s->info.resync ? resync_verify_status(s->info.resync) : NULL;
+
+		if (!o)
+			return httpd_text(resp, 404, "application/json",
+					  "{\"error\": \"no verification yet\"}\n");
+		return json_reply(resp, 200, o);
+	}
 	return httpd_text(resp, 404, "text/plain", "try /status or /metrics\n");
+}
+
+/* POST /verify or /verify/<image>: start verifying against every remote. */
+static int handle_post(void *ctx, const char *path, struct httpd_response *resp)
+{
+	struct status *s = ctx;
+	const char *image = NULL;
+	uint64_t id;
+	int r;
+
+	if (strcmp(path, "/verify") == 0)
+		image = NULL;
+	else if (strncmp(path, "/verify/", 8) == 0 && path[8])
+		image = path + 8;
+	else
+		return httpd_text(resp, 404, "text/plain", "POST /verify or /verify/<image>\n");
+	if (!s->info.resync)
+		return httpd_text(resp, 409, "application/json",
+				  "{\"error\": \"no destinations to verify against\"}\n");
+	r = resync_verify(s->info.resync, image, &id);
+	if (r == -ENOENT)
+		return httpd_text(resp, 404, "application/json",
+				  "{\"error\": \"no such image\"}\n");
+	if (r < 0)
+		return r;
+	return json_reply(resp, 202, json_pack("{s:I}", "id", (json_int_t)id));
 }
 
 int status_start(const char *addr, const struct status_info *info, struct status **out)
@@ -195,6 +244,7 @@ int status_start(const char *addr, const struct status_info *info, struct status
 		free(s);
 		return r;
 	}
+	httpd_on_post(s->httpd, handle_post);
 	*out = s;
 	return 0;
 }

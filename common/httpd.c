@@ -19,8 +19,14 @@
 struct httpd {
 	struct MHD_Daemon *mhd;
 	httpd_handler fn;
+	httpd_handler post;
 	void *ctx;
 };
+
+void httpd_on_post(struct httpd *h, httpd_handler fn)
+{
+	h->post = fn;
+}
 
 int httpd_text(struct httpd_response *resp, unsigned status, const char *type, const char *text)
 {
@@ -66,6 +72,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	if (*upload_size) {
 		*upload_size = 0; /* discard any body */
 		return MHD_YES;
+	}
+	if (strcmp(method, "POST") == 0 && h->post) {
+		if (h->post(h->ctx, url, &r) < 0 || !r.body) {
+			free(r.body);
+			httpd_text(&r, 500, "text/plain", "internal error\n");
+		}
+		return queue(conn, &r);
 	}
 	if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
 		httpd_text(&r, 405, "text/plain", "only GET is served here\n");

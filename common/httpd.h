@@ -24,6 +24,9 @@ typedef int (*httpd_handler)(void *ctx, const char *path, struct httpd_response 
 /* Listens on addr ("127.0.0.1:9380", "[::1]:9380").  Returns 0 or -errno
  * after logging why (address in use, bad address). */
 int httpd_start(const char *addr, httpd_handler fn, void *ctx, struct httpd **out);
+/* Also answers POST (bodies are ignored) with fn: for actions an operator
+ * triggers, like aimfs's /verify.  Call before the first request. */
+void httpd_on_post(struct httpd *h, httpd_handler fn);
 /* Stops the listener and its thread.  NULL is fine. */
 void httpd_stop(struct httpd *h);
 /* Convenience for handlers: a response with a copy of text. */

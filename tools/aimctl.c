@@ -49,6 +49,9 @@ static const struct command commands[] = {
 	  "show a daemon's status for people (default http://127.0.0.1:9380/status)" },
 	{ "ship", cmd_ship, "(--dest URL | --config FILE)... [--timeout DURATION] JOURNAL_DIR",
 	  "ship an unmounted journal's segments to its destinations, then exit" },
+	{ "verify", cmd_verify, "[--status ADDR:PORT] [--timeout DURATION] [IMAGE]",
+	  "compare a running aimfs's images with every replica, block hash by block hash;\n"
+	  "      exits 0 only if every replica is equal" },
 	{ "help", cmd_help, "", "show this help" },
 };
 
@@ -393,6 +396,33 @@ static int on_durable(void *ctx, const struct apply_progress *p)
 	return 0;
 }
 
+/* With -v, what SYNC_BEGIN, SYNC_END and HASH records found; ctx is the
+ * LSN of an unfinished resync's SYNC_BEGIN (0 if none). */
+static int on_event(void *ctx, const struct apply_event *e)
+{
+	uint64_t *sync_lsn = ctx;
+
+	switch (e->type) {
+	case APPLY_EV_SYNC_BEGIN:
+		log_debug("SYNC_BEGIN: segment %" PRIu64 ", LSN %" PRIu64 ": resync of destination %" PRIu32
+			  " begins; the targets are not a consistent copy until it ends",
+			  e->segment, e->lsn, e->dest);
+		if (!*sync_lsn)
+			*sync_lsn = e->lsn;
+		break;
+	case APPLY_EV_SYNC_END:
+		log_debug("SYNC_END: segment %" PRIu64 ", LSN %" PRIu64 ": resync of destination %" PRIu32
+			  " ends", e->segment, e->lsn, e->dest);
+		*sync_lsn = 0;
+		break;
+	case APPLY_EV_MISMATCH:
+		log_debug("HASH: segment %" PRIu64 ", LSN %" PRIu64 ": image %s differs at %" PRIu64 "+%" PRIu64,
+			  e->segment, e->lsn, e->image, e->offset, e->length);
+		break;
+	}
+	return 0;
+}
+
 static int cmd_replay(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -409,7 +439,7 @@ static int cmd_replay(int argc, char **argv)
 	struct seg_file *files = NULL;
 	struct applier *a = NULL;
 	struct apply_stats st;
-	uint64_t after = 0;
+	uint64_t after = 0, sync_lsn = 0;
 	char sbuf[32], err[1024], *end;
 	int c, r, status = 1;
 
@@ -521,6 +551,7 @@ static int cmd_replay(int argc, char **argv)
 			goto out;
 	}
 	applier_set_durable_cb(a, on_durable, NULL);
+	applier_set_event_cb(a, on_event, &sync_lsn);
 
 	/* 3. Apply, in order. */
 	for (size_t i = 0; i < nfiles; i++) {
@@ -544,6 +575,9 @@ static int cmd_replay(int argc, char **argv)
 	       nfiles, nfiles == 1 ? "" : "s", seg_view_header(files[0].view)->first_lsn,
 	       seg_view_last_lsn(files[nfiles - 1].view), target_dir, st.records, st.bytes_written,
 	       format_size(st.bytes_written, sbuf, sizeof sbuf), st.bytes_zeroed);
+	if (sync_lsn)
+		log_warn("the segments end inside a resynchronisation (SYNC_BEGIN at LSN %" PRIu64
+			 " has no SYNC_END): the targets are not a consistent copy", sync_lsn);
 	status = 0;
 out:
 	applier_free(a);

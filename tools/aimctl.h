@@ -8,5 +8,6 @@
 
 int cmd_status(int argc, char **argv);
 int cmd_ship(int argc, char **argv);
+int cmd_verify(int argc, char **argv);
 
 #endif
