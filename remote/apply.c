@@ -25,6 +25,16 @@
  * Block devices are never resized.  The part of a device beyond the
  * source's current image size is kept reading zeros (TRUNCATE and CREATE
  * zero it), so that a later growth of the image reads zeros on both sides.
+ *
+ * Resynchronisation.  A RESYNC-tagged data record is applied as any other.
+ * SYNC_BEGIN is a durable point of its own (preceded by one when records
+ * were applied since the last), so that the caller records "inconsistent"
+ * before a resync record can reach a target; SYNC_END is one too, so that
+ * "consistent again" is recorded only once the resync is durable.  A HASH
+ * record reads each block of its range from the target as the records
+ * before it left it (the page cache holds what was written since the last
+ * barrier: no fsync is needed to read it back), never creating a missing
+ * target, and reports the runs of blocks whose XXH3-64 differs.
  */
 #include "apply.h"
 #include "apply_i.h"
@@ -44,6 +54,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #define CACHE_MAX 64
 #define RESOLVE_SAFE (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
@@ -67,6 +78,11 @@ static int sys_ioctl(int fd, unsigned long req, void *arg)
 	return ioctl(fd, req, arg);
 }
 
+static ssize_t sys_pread(int fd, void *buf, size_t n, off_t off)
+{
+	return pread(fd, buf, n, off);
+}
+
 const struct apply_io apply_io_default = {
 	.pwrite_fn = sys_pwrite,
 	.fallocate_fn = fallocate,
@@ -74,6 +90,7 @@ const struct apply_io apply_io_default = {
 	.fsync_fn = fsync,
 	.fstat_fn = fstat,
 	.ioctl_fn = sys_ioctl,
+	.pread_fn = sys_pread,
 };
 
 struct apply_io apply_io = {
@@ -83,6 +100,7 @@ struct apply_io apply_io = {
 	.fsync_fn = fsync,
 	.fstat_fn = fstat,
 	.ioctl_fn = sys_ioctl,
+	.pread_fn = sys_pread,
 };
 
 /* ---- the applier ---- */
@@ -113,7 +131,11 @@ struct applier {
 	uint64_t clock;
 	apply_durable_fn durable;
 	void *durable_ctx;
+	apply_event_fn event;
+	void *event_ctx;
 	struct apply_stats stats;
+	uint8_t *hbuf;     /* a block of a HASH comparison */
+	size_t hbuf_len;
 	/* state of the current applier_apply */
 	uint64_t segment;
 	bool pending;      /* records applied since the last barrier */
@@ -509,6 +531,42 @@ static int target_get(struct applier *a, const char *name, mode_t mode, struct t
 	t->used = ++a->clock;
 	*out = t;
 	return 0;
+}
+
+/*
+ * The target of image name as target_get finds it, but never created:
+ * returns 0 and *out, 1 when it does not exist, or -errno with err set
+ * (a symlink or anything else target_get would refuse is refused here
+ * too).
+ */
+static int target_existing(struct applier *a, const char *name, struct target **out,
+			   char *err, size_t errlen)
+{
+	const struct mapping *m;
+	struct stat st;
+	int fd;
+
+	for (int i = 0; i < CACHE_MAX; i++)
+		if (a->cache[i].name && strcmp(a->cache[i].name, name) == 0)
+			return target_get(a, name, NEW_FILE_MODE, out, err, errlen);
+	m = find_map(a, name);
+	if (m) {
+		if (stat(m->path, &st) < 0) {
+			if (errno == ENOENT)
+				return 1;
+			return fail(err, errlen, -errno, "image %s: %s: %s", name, m->path,
+				    strerror(errno));
+		}
+	} else {
+		fd = open_beneath(a->dirfd, name, O_PATH | O_NOFOLLOW, 0);
+		if (fd == -ENOENT || fd == -ENOTDIR)
+			return 1;
+		if (fd < 0)
+			return fail(err, errlen, fd, "image %s: cannot open %s/%s: %s", name, a->dir,
+				    name, open_reason(fd));
+		close(fd);
+	}
+	return target_get(a, name, NEW_FILE_MODE, out, err, errlen);
 }
 
 /* ---- data records ---- */
@@ -986,6 +1044,172 @@ static int ns_rmdir(struct applier *a, const struct seg_record *rec, char *err, 
 	return 0;
 }
 
+/* ---- resynchronisation records ---- */
+
+static int report(struct applier *a, const struct apply_event *e, char *err, size_t errlen)
+{
+	int r;
+
+	if (e->type == APPLY_EV_MISMATCH) {
+		a->stats.mismatches++;
+		a->stats.bytes_differing += e->length;
+	}
+	if (!a->event)
+		return 0;
+	r = a->event(a->event_ctx, e);
+	if (r < 0)
+		return fail(err, errlen, r, "recording the %s at LSN %" PRIu64 ": %s",
+			    e->type == APPLY_EV_MISMATCH ? "differences found" : "resync state",
+			    e->lsn, strerror(-r));
+	return 0;
+}
+
+/* Reads up to n bytes at off; *got is what there was (less at the end of
+ * the file or device).  Returns 0 or -errno. */
+static int pread_upto(int fd, uint8_t *buf, size_t n, uint64_t off, size_t *got)
+{
+	*got = 0;
+	while (*got < n) {
+		ssize_t k = apply_io.pread_fn(fd, buf + *got, n - *got, (off_t)(off + *got));
+
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0)
+			return -errno;
+		if (k == 0)
+			break;
+		*got += (size_t)k;
+	}
+	return 0;
+}
+
+/* Runs of differing blocks of one HASH record, reported as they close; the
+ * APPLY_MISMATCH_RUNS_MAX-th is held and grows over every later run. */
+struct runs {
+	struct apply_event ev;
+	const struct seg_record *rec;
+	uint64_t count;
+	bool held;
+	uint64_t held_first, held_end; /* block numbers */
+};
+
+static int run_report(struct applier *a, struct runs *ru, uint64_t first, uint64_t end,
+		      char *err, size_t errlen)
+{
+	uint64_t block = ru->ev.block, range_end = ru->rec->offset + ru->rec->length;
+	uint64_t e = ru->rec->offset + end * block;
+
+	ru->ev.offset = ru->rec->offset + first * block;
+	ru->ev.length = (e < range_end ? e : range_end) - ru->ev.offset;
+	return report(a, &ru->ev, err, errlen);
+}
+
+static int run_close(struct applier *a, struct runs *ru, uint64_t first, uint64_t end,
+		     char *err, size_t errlen)
+{
+	if (++ru->count < APPLY_MISMATCH_RUNS_MAX)
+		return run_report(a, ru, first, end, err, errlen);
+	if (!ru->held) {
+		ru->held = true;
+		ru->held_first = first;
+	}
+	ru->held_end = end;
+	return 0;
+}
+
+static int hash_compare(struct applier *a, struct seg_view *v, const struct seg_record *rec,
+			char *err, size_t errlen)
+{
+	static const uint8_t nothing[1];
+	uint32_t block = seg_hash_block(rec);
+	uint64_t blocks = (rec->length + block - 1) / block, first = 0;
+	const char *name = seg_view_image_name(v, rec->image);
+	struct target *t = NULL;
+	struct runs ru;
+	bool missing, in_run = false;
+	struct data_ctx c;
+	int r;
+
+	if (!name) /* the decoder guarantees a binding */
+		return fail(err, errlen, -EINVAL, "image %u is not bound", rec->image);
+	r = target_existing(a, name, &t, err, errlen);
+	if (r < 0)
+		return r;
+	missing = r == 1;
+	if (!missing && a->hbuf_len < block) {
+		uint8_t *nb = realloc(a->hbuf, block);
+
+		if (!nb)
+			return fail(err, errlen, -ENOMEM, "out of memory");
+		a->hbuf = nb;
+		a->hbuf_len = block;
+	}
+	memset(&ru, 0, sizeof ru);
+	ru.rec = rec;
+	ru.ev.type = APPLY_EV_MISMATCH;
+	ru.ev.segment = a->segment;
+	ru.ev.lsn = rec->lsn;
+	ru.ev.time_ns = rec->time_ns;
+	ru.ev.dest = rec->aux;
+	ru.ev.image = name;
+	ru.ev.image_id = rec->image;
+	ru.ev.block = block;
+	for (uint64_t i = 0; i <= blocks; i++) {
+		bool differs = false;
+
+		if (i < blocks) {
+			uint64_t off = rec->offset + i * block, left = rec->offset + rec->length - off;
+			size_t want = left < block ? (size_t)left : block, got = 0;
+
+			if (!missing) {
+				r = pread_upto(t->fd, a->hbuf, want, off, &got);
+				if (r < 0) {
+					c.image = name;
+					c.path = t->path;
+					return dfail(&c, err, errlen, r,
+						     "reading %" PRIu64 "+%zu of %s to compare: %s", off,
+						     want, t->path, strerror(-r));
+				}
+			}
+			differs = XXH3_64bits(missing ? nothing : a->hbuf, got) != seg_hash_at(rec, i);
+		}
+		if (differs && !in_run) {
+			in_run = true;
+			first = i;
+		} else if (!differs && in_run) {
+			in_run = false;
+			r = run_close(a, &ru, first, i, err, errlen);
+			if (r < 0)
+				return r;
+		}
+	}
+	a->stats.bytes_hashed += rec->length;
+	return ru.held ? run_report(a, &ru, ru.held_first, ru.held_end, err, errlen) : 0;
+}
+
+static int sync_event(struct applier *a, const struct seg_record *rec, char *err, size_t errlen)
+{
+	struct apply_event e = {
+		.type = rec->type == SEG_SYNC_BEGIN ? APPLY_EV_SYNC_BEGIN : APPLY_EV_SYNC_END,
+		.segment = a->segment,
+		.lsn = rec->lsn,
+		.time_ns = rec->time_ns,
+		.dest = rec->aux,
+	};
+	int r;
+
+	/* The last consistent point, durable and recorded as such. */
+	if (rec->type == SEG_SYNC_BEGIN && a->pending) {
+		r = barrier(a, rec->lsn - 1, a->prev_time, err, errlen);
+		if (r < 0)
+			return r;
+	}
+	r = report(a, &e, err, errlen);
+	if (r < 0)
+		return r;
+	return barrier(a, rec->lsn, rec->time_ns, err, errlen);
+}
+
 /* ---- applying ---- */
 
 static int apply_one(struct applier *a, struct seg_view *v, const struct seg_record *rec,
@@ -1023,6 +1247,11 @@ static int apply_one(struct applier *a, struct seg_view *v, const struct seg_rec
 		return barrier(a, rec->lsn, rec->time_ns, err, errlen);
 	case SEG_MARK:
 		return 0;
+	case SEG_SYNC_BEGIN:
+	case SEG_SYNC_END:
+		return sync_event(a, rec, err, errlen);
+	case SEG_HASH:
+		return hash_compare(a, v, rec, err, errlen);
 	case SEG_CREATE:
 	case SEG_UNLINK:
 	case SEG_RENAME:
@@ -1227,6 +1456,12 @@ void applier_set_durable_cb(struct applier *a, apply_durable_fn fn, void *ctx)
 	a->durable_ctx = ctx;
 }
 
+void applier_set_event_cb(struct applier *a, apply_event_fn fn, void *ctx)
+{
+	a->event = fn;
+	a->event_ctx = ctx;
+}
+
 void applier_stats(const struct applier *a, struct apply_stats *st)
 {
 	*st = a->stats;
@@ -1249,5 +1484,6 @@ void applier_free(struct applier *a)
 	}
 	free(a->maps);
 	free(a->dir);
+	free(a->hbuf);
 	free(a);
 }

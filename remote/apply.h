@@ -21,6 +21,12 @@
  * and each namespace record is durable on its own, so only the last one can
  * run twice, and every namespace record tolerates being run twice.
  *
+ * Resynchronisation (docs/RESYNC.md).  RESYNC-tagged WRITE, ZERO and
+ * TRUNCATE records are applied as without the tag.  SYNC_BEGIN, SYNC_END
+ * and HASH change nothing on the targets; the applier tells the event
+ * callback about them, in stream order (see apply_event_fn for when, and
+ * what a caller must record to stay correct across a crash).
+ *
  * Thread safety: a struct applier belongs to one thread at a time.
  * apply_record_data is a pure function of its arguments and the fd.
  */
@@ -47,6 +53,58 @@ struct apply_progress {
  * (-errno) stops the apply, which returns it. */
 typedef int (*apply_durable_fn)(void *ctx, const struct apply_progress *p);
 
+enum apply_event_type {
+	APPLY_EV_SYNC_BEGIN = 1, /* a SYNC_BEGIN record: the targets stop being consistent */
+	APPLY_EV_SYNC_END,       /* a SYNC_END record: ... and are consistent again */
+	APPLY_EV_MISMATCH,       /* a run of blocks of a HASH record that differ */
+};
+
+/* Most MISMATCH events one HASH record yields: the last one then also
+ * covers every further differing block (and the equal ones in between). */
+#define APPLY_MISMATCH_RUNS_MAX 1024
+
+/* What a SYNC_BEGIN, SYNC_END or HASH record found.  Valid during the
+ * callback only. */
+struct apply_event {
+	enum apply_event_type type;
+	uint64_t segment;  /* segment number */
+	uint64_t lsn;      /* the record's LSN */
+	uint64_t time_ns;  /* the record's source time */
+	uint32_t dest;     /* the record's aux: destination number (HASH: 0 = all) */
+	/* MISMATCH only (NULL and 0 otherwise): */
+	const char *image; /* the image's name at this point of the stream */
+	uint32_t image_id; /* the record's image id (the source's) */
+	uint64_t offset;   /* the differing range: whole blocks, but the last */
+	uint64_t length;   /*   one clipped to the end of the HASH's range */
+	uint32_t block;    /* the HASH's block size */
+};
+
+/*
+ * Called for each event, in stream order.  A negative return (-errno)
+ * stops the apply, which returns it.  When, relative to the durable
+ * callback:
+ *   - SYNC_BEGIN at LSN L: the durable callback is called for L - 1 first
+ *     (if records were applied since the last one), then this event, then
+ *     the durable callback for L, before any later record touches a
+ *     target.  A caller that records "inconsistent since L" together with
+ *     the progress of the next durable callback therefore never claims a
+ *     consistent copy that has a resync record in it.
+ *   - SYNC_END at LSN L: this event, then the targets are made durable and
+ *     the durable callback is called for L: recorded with that progress,
+ *     "consistent" is only claimed once everything up to L is durable.
+ *   - MISMATCH for a HASH at LSN L: before the durable callback for any
+ *     LSN >= L.  The comparison reads what the targets hold at that point
+ *     of the stream (a missing target reads as empty, bytes past its end
+ *     as absent, so such blocks differ).
+ * An apply resumed after a crash reports again the events of the records
+ * it re-applies (those after the last recorded durable LSN): a caller that
+ * keys what it stores by LSN stays consistent, and one that stores
+ * MISMATCHes before their LSN is durable must drop those above its
+ * recorded progress when it resumes (they are reported again, and the
+ * target may then compare differently).
+ */
+typedef int (*apply_event_fn)(void *ctx, const struct apply_event *e);
+
 /* What an applier did since applier_new (for summaries and status). */
 struct apply_stats {
 	uint64_t segments;      /* segments applied to their end */
@@ -55,6 +113,9 @@ struct apply_stats {
 	uint64_t bytes_zeroed;  /* ZERO lengths */
 	uint64_t barriers;      /* durable callbacks made */
 	uint64_t last_lsn;      /* last LSN made durable, 0 if none */
+	uint64_t bytes_hashed;  /* HASH range bytes compared */
+	uint64_t bytes_differing; /* ... of which in MISMATCH events */
+	uint64_t mismatches;    /* MISMATCH events */
 };
 
 /*
@@ -77,6 +138,10 @@ int applier_map(struct applier *a, const char *image, const char *path);
 /* Sets the callback told of durable progress (NULL for none). */
 void applier_set_durable_cb(struct applier *a, apply_durable_fn fn, void *ctx);
 
+/* Sets the callback told of SYNC_BEGIN, SYNC_END and HASH mismatches
+ * (NULL for none: they are then only counted). */
+void applier_set_event_cb(struct applier *a, apply_event_fn fn, void *ctx);
+
 /*
  * Applies the records with lsn > after_lsn of the validated sealed view v,
  * in order (it rewinds v first and iterates it to the end).  Returns 0, or
@@ -97,7 +162,8 @@ void applier_stats(const struct applier *a, struct apply_stats *st);
 void applier_free(struct applier *a);
 
 /*
- * Applies one data record (WRITE, ZERO, TRUNCATE or ALLOC) to the open fd.
+ * Applies one data record (WRITE, ZERO, TRUNCATE or ALLOC, with or without
+ * the RESYNC tag, which changes nothing here) to the open fd.
  * block_device says fd is a block device of device_size bytes: it is never
  * resized, and a record reaching past its end fails with -ENOSPC.  Returns
  * 0, -EINVAL for another record type, or -errno with a reason in err.

@@ -33,6 +33,17 @@
  * (or kept under --retain).  So a crash anywhere leaves either the file
  * with the state pointing into or before it (resumed with after_lsn), or
  * the state past it with the file removed or about to be (a duplicate).
+ *
+ * Resynchronisation (docs/RESYNC.md).  The applier's events are kept here
+ * until the next durable callback, and recorded in its transaction: the
+ * group turns inconsistent with the durable point the applier makes at a
+ * SYNC_BEGIN (before any record after it reaches a target), consistent
+ * again with the one at the next SYNC_END (once the resync is durable).
+ * An apply resumed after a crash reports the events again, and gets the
+ * same state.  The mismatches of HASH records are recorded the same way,
+ * or earlier when many pile up (MISMATCH_BATCH): rows above applied_lsn
+ * are not served, and are dropped when the group starts, before the apply
+ * that reports them again.
  */
 #include "remote_i.h"
 #include "apply.h"
@@ -55,6 +66,8 @@
 /* How long a file under a segment's name must stay unchanged before a
  * failed validation counts (see still_settling). */
 #define SETTLE_NS (5ULL * 1000000000ULL)
+/* Mismatches kept in memory before they are recorded ahead of progress. */
+#define MISMATCH_BATCH 4096
 
 struct group {
 	struct group *next;
@@ -79,6 +92,10 @@ struct group {
 	enum group_state cur_state;
 	uint64_t cur_waiting;
 	struct state_segment cur; /* the segment being applied */
+	struct state_sync sync_next; /* resync state to record with the next progress */
+	bool sync_dirty;
+	struct state_mismatch *mm;   /* mismatches to record, nmm of mm_cap */
+	size_t nmm, mm_cap;
 };
 
 /* A segment file as mapped for validation. */
@@ -130,6 +147,10 @@ static void snap_progress(struct group_snapshot *s, const void *arg)
 	s->applied_segment = sg->applied_segment;
 	s->applied_lsn = sg->applied_lsn;
 	s->applied_time_ns = sg->applied_time_ns;
+	s->consistent = sg->sync.consistent;
+	s->sync_dest = sg->sync.dest;
+	s->sync_lsn = sg->sync.begin_lsn;
+	s->sync_time_ns = sg->sync.begin_ns;
 }
 
 static void snap_quarantine_push(struct group_snapshot *s, uint64_t segment, uint64_t time_ns,
@@ -448,22 +469,129 @@ static int scan(struct group *g, struct entry **out, size_t *n)
 
 /* ---- applying ---- */
 
+static void mismatches_clear(struct group *g)
+{
+	for (size_t i = 0; i < g->nmm; i++)
+		free(g->mm[i].image);
+	g->nmm = 0;
+}
+
+/* Records progress up to lsn with the events kept since the last time,
+ * and the whole segment done unless NULL; then updates g->sg and the
+ * snapshot.  Returns 0 or -errno (the state logged why). */
+static int record_progress(struct group *g, uint64_t lsn, uint64_t time_ns,
+			   const struct state_segment *done)
+{
+	int r;
+
+	r = state_progress(g->st, g->name, lsn, time_ns, done, g->sync_dirty ? &g->sync_next : NULL,
+			   g->mm, g->nmm);
+	if (r < 0)
+		return r;
+	mismatches_clear(g);
+	if (g->sync_dirty)
+		g->sg.sync = g->sync_next;
+	g->sync_dirty = false;
+	g->sg.applied_lsn = lsn;
+	g->sg.applied_time_ns = time_ns;
+	if (done) {
+		g->sg.applied_segment = done->number;
+		g->sg.segment_last_lsn = done->last_lsn;
+	}
+	snap_update(g, snap_progress, &g->sg);
+	return 0;
+}
+
+static void snap_mismatch(struct group_snapshot *s, const void *arg)
+{
+	const struct apply_event *e = arg;
+
+	s->mismatch_ranges++;
+	s->mismatch_bytes += e->length;
+}
+
+/* The applier's events: kept until the next durable callback records
+ * them (see the top of this file). */
+static int on_event(void *ctx, const struct apply_event *e)
+{
+	struct group *g = ctx;
+	struct state_sync *n = &g->sync_next;
+	struct state_mismatch *m;
+	int r;
+
+	if (!g->sync_dirty)
+		*n = g->sg.sync;
+	switch (e->type) {
+	case APPLY_EV_SYNC_BEGIN:
+		if (n->consistent) {
+			/* Inconsistent since the first SYNC_BEGIN, however many
+			 * follow before the SYNC_END. */
+			n->begin_lsn = e->lsn;
+			n->begin_ns = e->time_ns;
+			log_info("group %s: resynchronisation of destination %" PRIu32
+				 " begins at LSN %" PRIu64
+				 "; the targets are not a consistent copy until it ends",
+				 g->name, e->dest, e->lsn);
+		}
+		n->consistent = false;
+		n->dest = e->dest;
+		g->sync_dirty = true;
+		return 0;
+	case APPLY_EV_SYNC_END:
+		if (!n->consistent)
+			log_info("group %s: resynchronisation of destination %" PRIu32
+				 " ends at LSN %" PRIu64 " (it began at LSN %" PRIu64
+				 "); the targets are a consistent copy again",
+				 g->name, e->dest, e->lsn, n->begin_lsn);
+		n->consistent = true;
+		n->end_lsn = e->lsn;
+		g->sync_dirty = true;
+		return 0;
+	case APPLY_EV_MISMATCH:
+		break;
+	default:
+		return 0;
+	}
+	if (g->nmm == MISMATCH_BATCH) {
+		r = state_mismatches_add(g->st, g->name, g->mm, g->nmm);
+		if (r < 0)
+			return r;
+		mismatches_clear(g);
+	}
+	if (g->nmm == g->mm_cap) {
+		size_t cap = g->mm_cap ? g->mm_cap * 2 : 64;
+		struct state_mismatch *nm = realloc(g->mm, cap * sizeof *nm);
+
+		if (!nm)
+			return -ENOMEM;
+		g->mm = nm;
+		g->mm_cap = cap;
+	}
+	m = &g->mm[g->nmm];
+	m->image = strdup(e->image);
+	if (!m->image)
+		return -ENOMEM;
+	m->lsn = e->lsn;
+	m->dest = e->dest;
+	m->image_id = e->image_id;
+	m->offset = e->offset;
+	m->length = e->length;
+	g->nmm++;
+	log_debug("group %s: HASH at LSN %" PRIu64 ": image %s differs at %" PRIu64 "+%" PRIu64,
+		  g->name, e->lsn, e->image, e->offset, e->length);
+	snap_update(g, snap_mismatch, e);
+	return 0;
+}
+
 static int on_durable(void *ctx, const struct apply_progress *p)
 {
 	struct group *g = ctx;
 	bool whole = p->segment == g->cur.number && p->lsn == g->cur.last_lsn;
 	int r;
 
-	r = state_progress(g->st, g->name, p->lsn, p->time_ns, whole ? &g->cur : NULL);
+	r = record_progress(g, p->lsn, p->time_ns, whole ? &g->cur : NULL);
 	if (r < 0)
 		return r;
-	g->sg.applied_lsn = p->lsn;
-	g->sg.applied_time_ns = p->time_ns;
-	if (whole) {
-		g->sg.applied_segment = g->cur.number;
-		g->sg.segment_last_lsn = g->cur.last_lsn;
-	}
-	snap_update(g, snap_progress, &g->sg);
 	/* Shutting down: stop at this barrier, which is recorded. */
 	if (!whole && atomic_load(&g->r->quitting))
 		return -ECANCELED;
@@ -642,17 +770,9 @@ static int apply_next(struct group *g, uint64_t next)
 	/* Normally the durable callback recorded the whole segment; an apply
 	 * whose last barrier was reported before (a resumed one) did not. */
 	if (r == 0 && g->sg.applied_segment != next) {
-		uint64_t t = g->sg.applied_time_ns;
-
-		r = state_progress(g->st, g->name, last, t, &g->cur);
-		if (r == 0) {
-			g->sg.applied_segment = next;
-			g->sg.segment_last_lsn = last;
-			g->sg.applied_lsn = last;
-			snap_update(g, snap_progress, &g->sg);
-		} else {
+		r = record_progress(g, last, g->sg.applied_time_ns, &g->cur);
+		if (r < 0)
 			snprintf(why, sizeof why, "cannot record segment %" PRIu64 " as applied", next);
-		}
 	}
 	applier_stats(g->a, &as);
 	pthread_mutex_lock(&g->lock);
@@ -787,6 +907,15 @@ static int group_init(struct group *g)
 	r = state_group_load(g->st, g->name, &g->sg);
 	if (r < 0)
 		return r;
+	/* Mismatches recorded ahead of a progress that never came: the
+	 * apply resumed below reports them again. */
+	r = state_mismatches_forget(g->st, g->name, g->sg.applied_lsn);
+	if (r < 0)
+		return r;
+	if (!g->sg.sync.consistent)
+		log_info("group %s: a resynchronisation of destination %" PRIu32 " is in progress since LSN %" PRIu64
+			 "; the targets are not a consistent copy until it ends",
+			 g->name, g->sg.sync.dest, g->sg.sync.begin_lsn);
 	pthread_mutex_lock(&g->lock);
 	snap_progress(&g->snap, &g->sg);
 	pthread_mutex_unlock(&g->lock);
@@ -825,6 +954,7 @@ static int group_init(struct group *g)
 			return r;
 	}
 	applier_set_durable_cb(g->a, on_durable, g);
+	applier_set_event_cb(g->a, on_event, g);
 	return 0;
 }
 
@@ -868,6 +998,9 @@ static void *group_main(void *arg)
 	}
 	applier_free(g->a);
 	g->a = NULL;
+	mismatches_clear(g);
+	free(g->mm);
+	g->mm = NULL;
 	state_close(g->st);
 	g->st = NULL;
 	if (g->dirfd >= 0)

@@ -1,6 +1,7 @@
 /*
  * receiver.c — the built-in HTTPS receiver: libmicrohttpd with GnuTLS,
- * answering PUT and GET of <any prefix>/<group-uuid>/<segment file>.
+ * answering PUT and GET of <any prefix>/<group-uuid>/<segment file>, and
+ * GET of <any prefix>/<group-uuid>/mismatches.
  *
  * A PUT, in order, never touching the disk before step 5:
  *   1. method: PUT, GET or HEAD (405 otherwise);
@@ -23,6 +24,25 @@
  *      otherwise renamed into inbox/<group>/ without replacing anything,
  *      and the directory fsynced: 201.  The group's thread is kicked; the
  *      apply never runs here.
+ * GET <prefix>/<group>/mismatches[?after=LSN] passes the same checks (1 to
+ * 4: certificate, token, path) and answers, from the state, what the HASH
+ * records with an LSN above after found different (docs/RESYNC.md), as
+ * JSON:
+ *   {"group": G, "applied_lsn": N, "consistent": true|false,
+ *    "pruned_lsn": P, "more": false,
+ *    "ranges": [{"lsn": L, "image": NAME, "image_id": ID, "offset": O,
+ *                "length": X}, ...]}
+ * ordered by LSN then offset, for LSNs up to applied_lsn only (the HASH
+ * records applied so far).  NAME is the image's name at that LSN, ID its id
+ * in the segments (the source's); a range is whole blocks, the last one
+ * clipped to the end of the HASH's range; a HASH record with no range found
+ * its range equal.  At most MISMATCHES_ANSWER_MAX ranges, ending at a whole LSN, with
+ * "more": true when ranges were left out: ask again with after = the last
+ * LSN.  Rows far behind applied_lsn are dropped (state.c): the ranges of
+ * HASH records at or below pruned_lsn may be incomplete.  404 for a group
+ * the state does not know, 400 for any argument but one after of decimal
+ * digits.
+ *
  * A request refused before its body was read is answered at once when the
  * client waits for "100 Continue" (and for 413); otherwise its body is read
  * and dropped first (up to a bound), so that the client sees the answer
@@ -50,6 +70,7 @@
 #include <gnutls/crypto.h>
 #include <gnutls/x509.h>
 #include <inttypes.h>
+#include <jansson.h>
 #include <microhttpd.h>
 #include <netdb.h>
 #include <stdarg.h>
@@ -68,6 +89,7 @@
 #define TOKEN_MAX 4096
 #define DISCARD_MAX (16u << 20) /* body bytes read and dropped after a refusal */
 #define POOL_THREADS 4
+#define MISMATCHES "mismatches"   /* the one last path component besides segments */
 
 struct receiver {
 	struct remote *r;
@@ -88,6 +110,8 @@ struct upload {
 	bool respond_now;  /* answer a refusal without reading the body */
 	bool early;        /* answered before the body was read */
 	bool queued;       /* a response is already queued (GET) */
+	bool mismatches;   /* GET .../mismatches */
+	uint64_t after;    /* its after argument */
 	char method[16];
 	char group[37];
 	uint8_t gid[16];
@@ -131,12 +155,19 @@ static bool prefix_char(char c)
 	       c == '.' || c == '_' || c == '~' || c == '-';
 }
 
-int receiver_parse_path(const char *url, char group[37], uint8_t uuid[16],
-			char file[SEG_FILE_NAME_LEN + 1], uint64_t *number, const char **why)
+/*
+ * Checks every character of url and returns its last two components in
+ * comp[0] and comp[1] (comp[0] NULL when there is only one); shape is the
+ * reason given for a path that cannot end as it should.
+ */
+static int split_path(const char *url, const char *comp[2], size_t clen[2], const char *shape,
+		      const char **why)
 {
-	const char *comp[2] = { NULL, NULL }, *p;
-	size_t len = strlen(url), clen[2] = { 0, 0 };
+	size_t len = strlen(url);
+	const char *p;
 
+	comp[0] = comp[1] = NULL;
+	clen[0] = clen[1] = 0;
 	if (len > URL_MAX) {
 		*why = "the path is too long";
 		return -EINVAL;
@@ -146,7 +177,7 @@ int receiver_parse_path(const char *url, char group[37], uint8_t uuid[16],
 		return -EINVAL;
 	}
 	if (url[len - 1] == '/') {
-		*why = "the path must end in /<group>/<segment file>";
+		*why = shape;
 		return -EINVAL;
 	}
 	/* Every component: non-empty ones only of safe characters, never
@@ -186,20 +217,55 @@ int receiver_parse_path(const char *url, char group[37], uint8_t uuid[16],
 		clen[1] = n;
 	}
 	if (!comp[0]) {
-		*why = "the path must end in /<group>/<segment file>";
+		*why = shape;
 		return -EINVAL;
 	}
-	if (clen[0] != 36 || (memcpy(group, comp[0], 36), group[36] = '\0',
-			      !group_name_valid(group, uuid))) {
+	return 0;
+}
+
+/* The next-to-last component: a lowercase group UUID, into group and uuid. */
+static int path_group(const char *comp, size_t len, char group[37], uint8_t uuid[16],
+		      const char **why)
+{
+	if (len != 36 || (memcpy(group, comp, 36), group[36] = '\0', !group_name_valid(group, uuid))) {
 		*why = "the next-to-last path component is not a lowercase group UUID";
 		return -EINVAL;
 	}
+	return 0;
+}
+
+int receiver_parse_path(const char *url, char group[37], uint8_t uuid[16],
+			char file[SEG_FILE_NAME_LEN + 1], uint64_t *number, const char **why)
+{
+	const char *comp[2];
+	size_t clen[2];
+
+	if (split_path(url, comp, clen, "the path must end in /<group>/<segment file>", why) < 0 ||
+	    path_group(comp[0], clen[0], group, uuid, why) < 0)
+		return -EINVAL;
 	if (clen[1] != SEG_FILE_NAME_LEN ||
 	    (memcpy(file, comp[1], SEG_FILE_NAME_LEN), file[SEG_FILE_NAME_LEN] = '\0',
 	     seg_parse_file_name(file, number) < 0)) {
 		*why = "the last path component is not a segment file name (20 digits + \".aimj\")";
 		return -EINVAL;
 	}
+	return 0;
+}
+
+int receiver_parse_mismatches_path(const char *url, char group[37], uint8_t uuid[16],
+				   const char **why)
+{
+	size_t len = strlen(url), n = strlen(MISMATCHES);
+	const char *comp[2];
+	size_t clen[2];
+
+	if (len <= n || url[len - n - 1] != '/' || strcmp(url + len - n, MISMATCHES) != 0) {
+		*why = "the last path component is not \"" MISMATCHES "\"";
+		return -ENOENT;
+	}
+	if (split_path(url, comp, clen, "the path must end in /<group>/" MISMATCHES, why) < 0 ||
+	    path_group(comp[0], clen[0], group, uuid, why) < 0)
+		return -EINVAL;
 	return 0;
 }
 
@@ -259,7 +325,8 @@ static enum MHD_Result answer(struct receiver *rx, struct MHD_Connection *conn, 
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
 					"Bearer realm=\"aim-remote\"");
 	if (u->code == 405)
-		MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, "PUT, GET, HEAD");
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW,
+					u->mismatches ? "GET, HEAD" : "PUT, GET, HEAD");
 	if (u->early)
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
 	ret = MHD_queue_response(conn, u->code, resp);
@@ -670,6 +737,101 @@ static enum MHD_Result serve(struct receiver *rx, struct MHD_Connection *conn, s
 	return ret;
 }
 
+/* ---- GET .../mismatches ---- */
+
+/* The query: one "after" of decimal digits, nothing else (nothing is
+ * decoded: see no_unescape). */
+static enum MHD_Result query_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+				 const char *value)
+{
+	struct upload *u = cls;
+	char *end;
+
+	(void)kind;
+	if (u->code)
+		return MHD_NO;
+	if (strcmp(key, "after") != 0) {
+		decide(u, 400, "unknown argument; only after=<LSN> is accepted");
+		return MHD_NO;
+	}
+	if (u->after != UINT64_MAX) {
+		decide(u, 400, "after is given twice");
+		return MHD_NO;
+	}
+	errno = 0;
+	if (!value || !*value || strspn(value, "0123456789") != strlen(value) ||
+	    (u->after = strtoull(value, &end, 10), errno) || u->after == UINT64_MAX) {
+		decide(u, 400, "after takes an LSN in decimal digits");
+		return MHD_NO;
+	}
+	return MHD_YES;
+}
+
+struct ranges_ctx {
+	json_t *ranges;
+};
+
+static void add_range(void *ctx, const struct state_mismatch *m)
+{
+	struct ranges_ctx *c = ctx;
+	json_t *o = json_object();
+
+	json_object_set_new(o, "lsn", json_integer((json_int_t)m->lsn));
+	json_object_set_new(o, "image", json_string(m->image));
+	json_object_set_new(o, "image_id", json_integer((json_int_t)m->image_id));
+	json_object_set_new(o, "offset", json_integer((json_int_t)m->offset));
+	json_object_set_new(o, "length", json_integer((json_int_t)m->length));
+	json_array_append_new(c->ranges, o);
+}
+
+static enum MHD_Result serve_mismatches(struct receiver *rx, struct MHD_Connection *conn,
+					struct upload *u)
+{
+	struct ranges_ctx c = { json_array() };
+	struct MHD_Response *resp;
+	struct state_group g;
+	enum MHD_Result ret;
+	json_t *o;
+	char *text;
+	bool more = false;
+	int r;
+
+	pthread_mutex_lock(&rx->st_lock);
+	r = state_mismatches_each(rx->st, u->group, u->after, MISMATCHES_ANSWER_MAX, &g, add_range,
+				  &c, &more);
+	pthread_mutex_unlock(&rx->st_lock);
+	if (r < 0) {
+		json_decref(c.ranges);
+		if (r == -ENOENT)
+			decide(u, 404, "no group %s here", u->group);
+		else
+			decide(u, 500, "cannot read the state");
+		return answer(rx, conn, u);
+	}
+	o = json_object();
+	json_object_set_new(o, "group", json_string(u->group));
+	json_object_set_new(o, "applied_lsn", json_integer((json_int_t)g.applied_lsn));
+	json_object_set_new(o, "consistent", json_boolean(g.sync.consistent));
+	json_object_set_new(o, "pruned_lsn", json_integer((json_int_t)g.pruned_lsn));
+	json_object_set_new(o, "more", json_boolean(more));
+	json_object_set_new(o, "ranges", c.ranges);
+	text = json_dumps(o, JSON_COMPACT);
+	json_decref(o);
+	if (!text)
+		return MHD_NO;
+	resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+	if (!resp) {
+		free(text);
+		return MHD_NO;
+	}
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+	ret = MHD_queue_response(conn, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+	atomic_fetch_add_explicit(&rx->r->rx.gets, 1, memory_order_relaxed);
+	return ret;
+}
+
 /* ---- libmicrohttpd callbacks ---- */
 
 static void peer_name(struct MHD_Connection *conn, char *buf, size_t len)
@@ -693,6 +855,7 @@ static void begin(struct receiver *rx, struct MHD_Connection *conn, struct uploa
 		  const char *url, const char *method)
 {
 	const char *why = NULL, *expect;
+	int r;
 
 	printable(url, u->url, sizeof u->url);
 	printable(method, u->method, sizeof u->method);
@@ -709,6 +872,23 @@ static void begin(struct receiver *rx, struct MHD_Connection *conn, struct uploa
 		return;
 	if (rx->have_token && check_token(rx, conn, u) < 0)
 		return;
+	r = receiver_parse_mismatches_path(url, u->group, u->gid, &why);
+	if (r == 0) {
+		u->mismatches = true;
+		if (u->put) {
+			decide(u, 405, "%s is read-only: GET it", MISMATCHES);
+			return;
+		}
+		u->after = UINT64_MAX;
+		MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, query_arg, u);
+		if (u->after == UINT64_MAX)
+			u->after = 0;
+		return;
+	}
+	if (r != -ENOENT) {
+		decide(u, 400, "bad path: %s", why);
+		return;
+	}
 	if (receiver_parse_path(url, u->group, u->gid, u->file, &u->number, &why) < 0) {
 		decide(u, 400, "bad path: %s", why);
 		return;
@@ -736,7 +916,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 			if (u->code)
 				return answer(rx, conn, u);
 			u->queued = true;
-			return serve(rx, conn, u);
+			return u->mismatches ? serve_mismatches(rx, conn, u) : serve(rx, conn, u);
 		}
 		if (u->code && u->respond_now) {
 			u->early = true;

@@ -6,11 +6,12 @@
  *   main.c      options, start-up checks, the poll loop (signalfd, inotify,
  *               a slow rescan timer), orderly shutdown
  *   receiver.c  the HTTPS receiver (libmicrohttpd + GnuTLS): PUT/GET of
- *               <prefix>/<group>/<segment>, into inbox/<group>/
+ *               <prefix>/<group>/<segment>, into inbox/<group>/, and GET
+ *               of <prefix>/<group>/mismatches (HASH comparisons)
  *   watcher.c   inotify on the inbox (libinotifytools), the start-up scan
  *   groups.c    one thread per group: the in-order apply loop
- *   state.c     the SQLite state (remote.db): progress, applied segments,
- *               quarantine
+ *   state.c     the SQLite state (remote.db): progress, consistency,
+ *               applied segments, quarantine, mismatches
  *   status.c    GET /status (JSON) and /metrics (Prometheus text), and
  *               the clock helpers the others share
  *
@@ -44,6 +45,8 @@
 #define GROUP_QUARANTINE "quarantine" /* inbox/<group>/quarantine/: refused segments */
 #define GROUP_APPLIED "applied"    /* inbox/<group>/applied/: kept under --retain */
 #define QUARANTINE_SHOWN 16        /* quarantine entries kept in memory per group */
+#define MISMATCHES_ANSWER_MAX 10000 /* ranges in one answer to GET .../mismatches */
+#define MISMATCHES_KEEP_LSNS 1000000ULL /* rows this far behind applied_lsn are dropped */
 
 struct remote_config {
 	const char *inbox;
@@ -117,6 +120,12 @@ struct group_snapshot {
 	uint64_t segments_applied;  /* since start */
 	uint64_t records_applied;
 	uint64_t bytes_written;
+	bool consistent;            /* durable state: no resync in progress */
+	uint32_t sync_dest;         /* the resync's destination number, 0 if none */
+	uint64_t sync_lsn;          /* LSN of its SYNC_BEGIN, 0 if none */
+	uint64_t sync_time_ns;      /* source time of that SYNC_BEGIN */
+	uint64_t mismatch_ranges;   /* MISMATCH ranges found since start */
+	uint64_t mismatch_bytes;
 	char error[512];
 };
 
@@ -139,12 +148,33 @@ bool group_name_valid(const char *name, uint8_t uuid[16]);
 
 /* ---- state.c ---- */
 
+/* A group's resynchronisation state (docs/RESYNC.md), recorded with the
+ * progress that passes the SYNC_BEGIN or SYNC_END it comes from. */
+struct state_sync {
+	bool consistent;       /* false from a SYNC_BEGIN to the next SYNC_END */
+	uint32_t dest;         /* destination number of the last SYNC_BEGIN, 0 if none */
+	uint64_t begin_lsn;    /* LSN of the SYNC_BEGIN the inconsistency started at */
+	uint64_t begin_ns;     /* its source time */
+	uint64_t end_lsn;      /* LSN of the last SYNC_END, 0 if none */
+};
+
 /* A group's row. */
 struct state_group {
 	uint64_t applied_segment;  /* every record of segments <= this is durable */
 	uint64_t segment_last_lsn; /* last LSN of applied_segment (0 if none) */
 	uint64_t applied_lsn;      /* durable up to here; may lie inside applied_segment + 1 */
 	uint64_t applied_time_ns;  /* source time of the record at applied_lsn */
+	struct state_sync sync;
+	uint64_t pruned_lsn;       /* mismatch rows with lsn <= this may have been dropped */
+};
+
+/* A run of differing blocks found by a HASH record. */
+struct state_mismatch {
+	uint64_t lsn;
+	uint32_t dest;
+	uint32_t image_id; /* the source's id of the image */
+	char *image;
+	uint64_t offset, length;
 };
 
 /* A whole segment applied: what a later duplicate is compared with. */
@@ -162,10 +192,31 @@ void state_close(struct state *st);
 int state_group_load(struct state *st, const char *group, struct state_group *g);
 /* Reads a group's row without creating it: 0, or -ENOENT. */
 int state_group_get(struct state *st, const char *group, struct state_group *g);
-/* Records durable progress: the row, and when done is non-NULL the whole
- * segment too (applied_segment = done->number), in one transaction. */
+/* Records durable progress: the row, the resync state sync (unless NULL),
+ * the mismatches mm[0..nmm), and when done is non-NULL the whole segment
+ * too (applied_segment = done->number; mismatch rows more than
+ * MISMATCHES_KEEP_LSNS behind lsn are then dropped), in one transaction. */
 int state_progress(struct state *st, const char *group, uint64_t lsn, uint64_t time_ns,
-		   const struct state_segment *done);
+		   const struct state_segment *done, const struct state_sync *sync,
+		   const struct state_mismatch *mm, size_t nmm);
+/* Records mismatches ahead of the progress that passes them (they are
+ * served only once applied_lsn reaches their LSN). */
+int state_mismatches_add(struct state *st, const char *group, const struct state_mismatch *mm,
+			 size_t nmm);
+/* Drops the group's mismatch rows with lsn > after: recorded ahead of a
+ * progress that a crash or a failure never let happen. */
+int state_mismatches_forget(struct state *st, const char *group, uint64_t after);
+/*
+ * Reads, in one snapshot, the group's row into *g and calls fn for its
+ * mismatch rows with after < lsn <= applied_lsn, ordered by LSN then
+ * offset: at most max of them, and then only whole LSNs, *more telling
+ * whether rows were left out.  Returns 0, -ENOENT for a group the state
+ * does not know, or -EIO.
+ */
+int state_mismatches_each(struct state *st, const char *group, uint64_t after, size_t max,
+			  struct state_group *g,
+			  void (*fn)(void *ctx, const struct state_mismatch *m), void *ctx,
+			  bool *more);
 /* Records the group's state as shown in status (for sqlite3 readers). */
 int state_group_status(struct state *st, const char *group, const char *status,
 		       uint64_t waiting_for, const char *error);
@@ -201,6 +252,13 @@ void receiver_stop(struct receiver *rx);
  */
 int receiver_parse_path(const char *url, char group[37], uint8_t uuid[16],
 			char file[SEG_FILE_NAME_LEN + 1], uint64_t *number, const char **why);
+/*
+ * The same checks for "<prefix>/<group>/mismatches", the one other last
+ * component served.  Returns 0; -ENOENT when the last component is not
+ * "mismatches" (then try receiver_parse_path); -EINVAL with a reason.
+ */
+int receiver_parse_mismatches_path(const char *url, char group[37], uint8_t uuid[16],
+				   const char **why);
 
 /* ---- watcher.c ---- */
 

@@ -1,13 +1,28 @@
 /*
  * state.c — aim-remote's SQLite state, STATE_DIR/remote.db (WAL mode,
- * synchronous=FULL): per group, how far the targets are durable; every
- * whole segment applied (so that a segment sent again after its file was
- * deleted can be told identical or different); the segments put aside.
+ * synchronous=FULL): per group, how far the targets are durable and
+ * whether they are a consistent copy; every whole segment applied (so that
+ * a segment sent again after its file was deleted can be told identical or
+ * different); the segments put aside; the differences HASH records found.
  *
  *   groups(group, applied_segment, segment_last_lsn, applied_lsn,
- *          applied_time_ns, updated_ns, status, waiting_for, error)
+ *          applied_time_ns, updated_ns, status, waiting_for, error,
+ *          consistent, sync_dest, sync_begin_lsn, sync_begin_ns,
+ *          sync_end_lsn, mismatch_pruned_lsn)
  *   segments(group, number, first_lsn, last_lsn, size, digest, applied_ns)
  *   quarantine(id, group, segment, reason, file, time)
+ *   mismatches(group, lsn, image, offset, length, dest, image_id)
+ *
+ * consistent is 0 from a SYNC_BEGIN (sync_begin_lsn, with the source time
+ * sync_begin_ns and the destination number sync_dest) until the next
+ * SYNC_END (sync_end_lsn), and written in the progress transaction of the
+ * durable point the applier makes at each of them.  A mismatches row is a
+ * run of blocks of the HASH record at lsn whose content differed; rows
+ * above applied_lsn may exist (recorded ahead of their progress) and are
+ * not served; rows more than MISMATCHES_KEEP_LSNS behind applied_lsn are
+ * dropped as segments complete, and mismatch_pruned_lsn is the highest LSN
+ * dropped, so that a reader asking for older ones can tell.  Databases of
+ * earlier versions gain the new columns when opened.
  *
  * Progress is written only after the applier has made the targets
  * durable (its durable callback), so the row never claims more than the
@@ -43,7 +58,13 @@ static const char schema[] =
 	" updated_ns INTEGER NOT NULL DEFAULT 0,"
 	" status TEXT NOT NULL DEFAULT 'idle',"
 	" waiting_for INTEGER,"
-	" error TEXT);"
+	" error TEXT,"
+	" consistent INTEGER NOT NULL DEFAULT 1,"
+	" sync_dest INTEGER NOT NULL DEFAULT 0,"
+	" sync_begin_lsn INTEGER NOT NULL DEFAULT 0,"
+	" sync_begin_ns INTEGER NOT NULL DEFAULT 0,"
+	" sync_end_lsn INTEGER NOT NULL DEFAULT 0,"
+	" mismatch_pruned_lsn INTEGER NOT NULL DEFAULT 0);"
 	"CREATE TABLE IF NOT EXISTS segments ("
 	" \"group\" TEXT NOT NULL,"
 	" number INTEGER NOT NULL,"
@@ -60,7 +81,26 @@ static const char schema[] =
 	" reason TEXT NOT NULL,"
 	" file TEXT,"
 	" time INTEGER NOT NULL);"
-	"CREATE INDEX IF NOT EXISTS quarantine_group ON quarantine (\"group\", id);";
+	"CREATE INDEX IF NOT EXISTS quarantine_group ON quarantine (\"group\", id);"
+	"CREATE TABLE IF NOT EXISTS mismatches ("
+	" \"group\" TEXT NOT NULL,"
+	" lsn INTEGER NOT NULL,"
+	" image TEXT NOT NULL,"
+	" \"offset\" INTEGER NOT NULL,"
+	" length INTEGER NOT NULL,"
+	" dest INTEGER NOT NULL DEFAULT 0,"
+	" image_id INTEGER NOT NULL DEFAULT 0,"
+	" PRIMARY KEY (\"group\", lsn, \"offset\")) WITHOUT ROWID;";
+
+/* Columns added to groups since its first version, for older databases. */
+static const char *const group_columns[][2] = {
+	{ "consistent", "INTEGER NOT NULL DEFAULT 1" },
+	{ "sync_dest", "INTEGER NOT NULL DEFAULT 0" },
+	{ "sync_begin_lsn", "INTEGER NOT NULL DEFAULT 0" },
+	{ "sync_begin_ns", "INTEGER NOT NULL DEFAULT 0" },
+	{ "sync_end_lsn", "INTEGER NOT NULL DEFAULT 0" },
+	{ "mismatch_pruned_lsn", "INTEGER NOT NULL DEFAULT 0" },
+};
 
 static int db_fail(struct state *st, const char *what)
 {
@@ -98,6 +138,43 @@ static int run(struct state *st, sqlite3_stmt *s, const char *what)
 	return 0;
 }
 
+/* 1 if table groups has column name, 0 if not, or -EIO. */
+static int has_column(struct state *st, const char *name)
+{
+	sqlite3_stmt *s;
+	int rc, found = 0;
+
+	if (prepare(st, "SELECT name FROM pragma_table_info('groups')", &s) < 0)
+		return -EIO;
+	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+		const char *c = (const char *)sqlite3_column_text(s, 0);
+
+		if (c && strcmp(c, name) == 0)
+			found = 1;
+	}
+	sqlite3_finalize(s);
+	return rc == SQLITE_DONE ? found : db_fail(st, "reading the schema");
+}
+
+/* Adds the columns a database of an earlier version lacks. */
+static int upgrade(struct state *st)
+{
+	for (size_t i = 0; i < sizeof group_columns / sizeof group_columns[0]; i++) {
+		char sql[160];
+		int r = has_column(st, group_columns[i][0]);
+
+		if (r != 0)
+			continue; /* present, or the error was logged */
+		snprintf(sql, sizeof sql, "ALTER TABLE groups ADD COLUMN %s %s", group_columns[i][0],
+			 group_columns[i][1]);
+		/* Another connection may have added it meanwhile. */
+		if (sqlite3_exec(st->db, sql, NULL, NULL, NULL) != SQLITE_OK &&
+		    has_column(st, group_columns[i][0]) != 1)
+			return db_fail(st, "adding a column to the groups table");
+	}
+	return 0;
+}
+
 int state_open(const char *db_path, struct state **out)
 {
 	struct state *st = calloc(1, sizeof *st);
@@ -118,6 +195,8 @@ int state_open(const char *db_path, struct state **out)
 	r = exec(st, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;");
 	if (r == 0)
 		r = exec(st, schema);
+	if (r == 0)
+		r = upgrade(st);
 	if (r < 0) {
 		state_close(st);
 		return r;
@@ -140,8 +219,9 @@ int state_group_get(struct state *st, const char *group, struct state_group *g)
 	int rc, r;
 
 	memset(g, 0, sizeof *g);
-	r = prepare(st, "SELECT applied_segment, segment_last_lsn, applied_lsn, applied_time_ns"
-			" FROM groups WHERE \"group\" = ?", &s);
+	r = prepare(st, "SELECT applied_segment, segment_last_lsn, applied_lsn, applied_time_ns,"
+			" consistent, sync_dest, sync_begin_lsn, sync_begin_ns, sync_end_lsn,"
+			" mismatch_pruned_lsn FROM groups WHERE \"group\" = ?", &s);
 	if (r < 0)
 		return r;
 	sqlite3_bind_text(s, 1, group, -1, SQLITE_STATIC);
@@ -151,6 +231,12 @@ int state_group_get(struct state *st, const char *group, struct state_group *g)
 		g->segment_last_lsn = (uint64_t)sqlite3_column_int64(s, 1);
 		g->applied_lsn = (uint64_t)sqlite3_column_int64(s, 2);
 		g->applied_time_ns = (uint64_t)sqlite3_column_int64(s, 3);
+		g->sync.consistent = sqlite3_column_int64(s, 4) != 0;
+		g->sync.dest = (uint32_t)sqlite3_column_int64(s, 5);
+		g->sync.begin_lsn = (uint64_t)sqlite3_column_int64(s, 6);
+		g->sync.begin_ns = (uint64_t)sqlite3_column_int64(s, 7);
+		g->sync.end_lsn = (uint64_t)sqlite3_column_int64(s, 8);
+		g->pruned_lsn = (uint64_t)sqlite3_column_int64(s, 9);
 		r = 0;
 	} else {
 		r = rc == SQLITE_DONE ? -ENOENT : db_fail(st, "reading a group");
@@ -176,8 +262,69 @@ int state_group_load(struct state *st, const char *group, struct state_group *g)
 	return r == -ENOENT ? db_fail(st, "reading a group") : r;
 }
 
+/* Inserts mm[0..nmm) (replacing rows of the same LSN and offset: a
+ * comparison made again after a crash). */
+static int insert_mismatches(struct state *st, const char *group, const struct state_mismatch *mm,
+			     size_t nmm)
+{
+	sqlite3_stmt *s;
+	int r;
+
+	if (!nmm)
+		return 0;
+	r = prepare(st, "INSERT OR REPLACE INTO mismatches (\"group\", lsn, image, \"offset\","
+			" length, dest, image_id) VALUES (?, ?, ?, ?, ?, ?, ?)", &s);
+	if (r < 0)
+		return r;
+	for (size_t i = 0; i < nmm; i++) {
+		sqlite3_reset(s);
+		sqlite3_bind_text(s, 1, group, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(s, 2, (sqlite3_int64)mm[i].lsn);
+		sqlite3_bind_text(s, 3, mm[i].image, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(s, 4, (sqlite3_int64)mm[i].offset);
+		sqlite3_bind_int64(s, 5, (sqlite3_int64)mm[i].length);
+		sqlite3_bind_int64(s, 6, (sqlite3_int64)mm[i].dest);
+		sqlite3_bind_int64(s, 7, (sqlite3_int64)mm[i].image_id);
+		if (sqlite3_step(s) != SQLITE_DONE) {
+			r = db_fail(st, "recording mismatches");
+			break;
+		}
+	}
+	sqlite3_finalize(s);
+	return r;
+}
+
+/* Drops the mismatch rows more than MISMATCHES_KEEP_LSNS behind lsn and
+ * remembers the highest LSN dropped. */
+static int prune_mismatches(struct state *st, const char *group, uint64_t lsn)
+{
+	uint64_t cutoff = lsn > MISMATCHES_KEEP_LSNS ? lsn - MISMATCHES_KEEP_LSNS : 0;
+	sqlite3_stmt *s;
+	int r;
+
+	if (!cutoff)
+		return 0;
+	r = prepare(st, "UPDATE groups SET mismatch_pruned_lsn = max(mismatch_pruned_lsn,"
+			" (SELECT coalesce(max(lsn), 0) FROM mismatches WHERE \"group\" = ?1"
+			" AND lsn <= ?2)) WHERE \"group\" = ?1", &s);
+	if (r < 0)
+		return r;
+	sqlite3_bind_text(s, 1, group, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(s, 2, (sqlite3_int64)cutoff);
+	r = run(st, s, "pruning mismatches");
+	if (r < 0)
+		return r;
+	r = prepare(st, "DELETE FROM mismatches WHERE \"group\" = ? AND lsn <= ?", &s);
+	if (r < 0)
+		return r;
+	sqlite3_bind_text(s, 1, group, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(s, 2, (sqlite3_int64)cutoff);
+	return run(st, s, "pruning mismatches");
+}
+
 int state_progress(struct state *st, const char *group, uint64_t lsn, uint64_t time_ns,
-		   const struct state_segment *done)
+		   const struct state_segment *done, const struct state_sync *sync,
+		   const struct state_mismatch *mm, size_t nmm)
 {
 	uint64_t now = remote_now_ns();
 	char digest[17];
@@ -187,6 +334,24 @@ int state_progress(struct state *st, const char *group, uint64_t lsn, uint64_t t
 	r = exec(st, "BEGIN IMMEDIATE");
 	if (r < 0)
 		return r;
+	r = insert_mismatches(st, group, mm, nmm);
+	if (r < 0)
+		goto out;
+	if (sync) {
+		r = prepare(st, "UPDATE groups SET consistent = ?, sync_dest = ?, sync_begin_lsn = ?,"
+				" sync_begin_ns = ?, sync_end_lsn = ? WHERE \"group\" = ?", &s);
+		if (r < 0)
+			goto out;
+		sqlite3_bind_int(s, 1, sync->consistent);
+		sqlite3_bind_int64(s, 2, (sqlite3_int64)sync->dest);
+		sqlite3_bind_int64(s, 3, (sqlite3_int64)sync->begin_lsn);
+		sqlite3_bind_int64(s, 4, (sqlite3_int64)sync->begin_ns);
+		sqlite3_bind_int64(s, 5, (sqlite3_int64)sync->end_lsn);
+		sqlite3_bind_text(s, 6, group, -1, SQLITE_STATIC);
+		r = run(st, s, "recording the resync state");
+		if (r < 0)
+			goto out;
+	}
 	if (done) {
 		r = prepare(st, "UPDATE groups SET applied_segment = ?, segment_last_lsn = ?,"
 				" applied_lsn = ?, applied_time_ns = ?, updated_ns = ?"
@@ -215,6 +380,8 @@ int state_progress(struct state *st, const char *group, uint64_t lsn, uint64_t t
 		sqlite3_bind_text(s, 6, digest, -1, SQLITE_STATIC);
 		sqlite3_bind_int64(s, 7, (sqlite3_int64)now);
 		r = run(st, s, "recording an applied segment");
+		if (r == 0)
+			r = prune_mismatches(st, group, lsn);
 	} else {
 		r = prepare(st, "UPDATE groups SET applied_lsn = ?, applied_time_ns = ?,"
 				" updated_ns = ? WHERE \"group\" = ?", &s);
@@ -232,6 +399,110 @@ out:
 		return r;
 	}
 	return exec(st, "COMMIT");
+}
+
+int state_mismatches_add(struct state *st, const char *group, const struct state_mismatch *mm,
+			 size_t nmm)
+{
+	int r = exec(st, "BEGIN IMMEDIATE");
+
+	if (r < 0)
+		return r;
+	r = insert_mismatches(st, group, mm, nmm);
+	if (r < 0) {
+		exec(st, "ROLLBACK");
+		return r;
+	}
+	return exec(st, "COMMIT");
+}
+
+int state_mismatches_forget(struct state *st, const char *group, uint64_t after)
+{
+	sqlite3_stmt *s;
+	int r;
+
+	r = prepare(st, "DELETE FROM mismatches WHERE \"group\" = ? AND lsn > ?", &s);
+	if (r < 0)
+		return r;
+	sqlite3_bind_text(s, 1, group, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(s, 2, (sqlite3_int64)after);
+	return run(st, s, "dropping mismatches recorded ahead of progress");
+}
+
+int state_mismatches_each(struct state *st, const char *group, uint64_t after, size_t max,
+			  struct state_group *g,
+			  void (*fn)(void *ctx, const struct state_mismatch *m), void *ctx,
+			  bool *more)
+{
+	struct state_mismatch *rows = NULL;
+	size_t n = 0, keep;
+	sqlite3_stmt *s = NULL;
+	int rc, r;
+
+	*more = false;
+	/* One read transaction: the row and the ranges agree. */
+	r = exec(st, "BEGIN");
+	if (r < 0)
+		return r;
+	r = state_group_get(st, group, g);
+	if (r < 0)
+		goto out;
+	if (after >= g->applied_lsn)
+		goto out;
+	r = prepare(st, "SELECT lsn, image, \"offset\", length, dest, image_id FROM mismatches"
+			" WHERE \"group\" = ? AND lsn > ? AND lsn <= ?"
+			" ORDER BY lsn, \"offset\" LIMIT ?", &s);
+	if (r < 0)
+		goto out;
+	rows = calloc(max + 1, sizeof *rows);
+	if (!rows) {
+		r = -ENOMEM;
+		goto out;
+	}
+	sqlite3_bind_text(s, 1, group, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(s, 2, (sqlite3_int64)after);
+	sqlite3_bind_int64(s, 3, (sqlite3_int64)g->applied_lsn);
+	sqlite3_bind_int64(s, 4, (sqlite3_int64)max + 1);
+	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+		const char *img = (const char *)sqlite3_column_text(s, 1);
+
+		rows[n].lsn = (uint64_t)sqlite3_column_int64(s, 0);
+		rows[n].image = strdup(img ? img : "");
+		rows[n].offset = (uint64_t)sqlite3_column_int64(s, 2);
+		rows[n].length = (uint64_t)sqlite3_column_int64(s, 3);
+		rows[n].dest = (uint32_t)sqlite3_column_int64(s, 4);
+		rows[n].image_id = (uint32_t)sqlite3_column_int64(s, 5);
+		if (!rows[n++].image) {
+			r = -ENOMEM;
+			goto out;
+		}
+	}
+	if (rc != SQLITE_DONE) {
+		r = db_fail(st, "reading mismatches");
+		goto out;
+	}
+	keep = n;
+	if (n > max) {
+		/* Cut at an LSN boundary, so that the reader goes on from the
+		 * last LSN it saw; one HASH record's rows never fill an answer
+		 * (APPLY_MISMATCH_RUNS_MAX), but a cut inside one is better
+		 * than none. */
+		*more = true;
+		keep = max;
+		while (keep && rows[keep - 1].lsn == rows[max].lsn)
+			keep--;
+		if (!keep)
+			keep = max;
+	}
+	for (size_t i = 0; i < keep; i++)
+		fn(ctx, &rows[i]);
+out:
+	sqlite3_finalize(s);
+	for (size_t i = 0; i < n; i++)
+		free(rows[i].image);
+	free(rows);
+	exec(st, r < 0 ? "ROLLBACK" : "COMMIT");
+	return r;
 }
 
 int state_group_status(struct state *st, const char *group, const char *status,

@@ -11,6 +11,13 @@
  * since, because a later segment is here).  Before anything was applied it
  * counts from the arrival of the oldest pending segment.  Segments still
  * on their way are invisible here: the source's status shows those.
+ *
+ * consistent: false from the durable point of a SYNC_BEGIN to that of the
+ * next SYNC_END (docs/RESYNC.md): the targets are then being resynchronised
+ * and are not a crash-consistent copy of any point of the source, whatever
+ * applied_lsn says; sync_since (the SYNC_BEGIN's source time),
+ * sync_since_lsn and sync_destination say which resync.  A group whose
+ * state is not loaded yet is not claimed consistent either.
  */
 #include "remote_i.h"
 #include "httpd.h"
@@ -97,6 +104,13 @@ static void group_json(void *ctx, const struct group_snapshot *s)
 	json_object_set_new(o, "state", json_string(state_names[s->state]));
 	json_object_set_new(o, "applied_segment", u64(s->applied_segment));
 	json_object_set_new(o, "applied_lsn", u64(s->applied_lsn));
+	json_object_set_new(o, "consistent", json_boolean(s->consistent));
+	json_object_set_new(o, "sync_since",
+			    s->consistent ? json_null() : time_or_null(s->sync_time_ns));
+	json_object_set_new(o, "sync_since_lsn",
+			    s->consistent || !s->sync_lsn ? json_null() : u64(s->sync_lsn));
+	json_object_set_new(o, "sync_destination",
+			    s->consistent || !s->sync_dest ? json_null() : u64(s->sync_dest));
 	json_object_set_new(o, "last_applied_source_time", time_or_null(s->applied_time_ns));
 	json_object_set_new(o, "lag_seconds", json_real(lag_seconds(s, c->now)));
 	json_object_set_new(o, "applying", s->applying ? u64(s->applying) : json_null());
@@ -107,6 +121,8 @@ static void group_json(void *ctx, const struct group_snapshot *s)
 	json_object_set_new(o, "segments_applied", u64(s->segments_applied));
 	json_object_set_new(o, "records_applied", u64(s->records_applied));
 	json_object_set_new(o, "bytes_written", u64(s->bytes_written));
+	json_object_set_new(o, "mismatch_ranges", u64(s->mismatch_ranges));
+	json_object_set_new(o, "mismatch_bytes", u64(s->mismatch_bytes));
 	json_object_set_new(o, "quarantined_total", u64(s->quarantined));
 	for (size_t i = 0; i < s->nquarantine; i++) {
 		json_t *e = json_object();
@@ -216,6 +232,18 @@ static void group_metrics(void *ctx, const struct group_snapshot *s)
 		strbuf_printf(sb, "aim_remote_applied_bytes_total{group=\"%s\"} %" PRIu64 "\n", g,
 			      s->bytes_written);
 		break;
+	case 9:
+		strbuf_printf(sb, "aim_remote_group_consistent{group=\"%s\"} %d\n", g,
+			      s->consistent ? 1 : 0);
+		break;
+	case 10:
+		strbuf_printf(sb, "aim_remote_mismatch_ranges_total{group=\"%s\"} %" PRIu64 "\n",
+			      g, s->mismatch_ranges);
+		break;
+	case 11:
+		strbuf_printf(sb, "aim_remote_mismatch_bytes_total{group=\"%s\"} %" PRIu64 "\n",
+			      g, s->mismatch_bytes);
+		break;
 	}
 }
 
@@ -231,6 +259,9 @@ static void metrics_text(struct remote *r, struct strbuf *sb)
 		{ "aim_remote_group_state", "gauge" },
 		{ "aim_remote_quarantined_total", "counter" },
 		{ "aim_remote_applied_bytes_total", "counter" },
+		{ "aim_remote_group_consistent", "gauge" },
+		{ "aim_remote_mismatch_ranges_total", "counter" },
+		{ "aim_remote_mismatch_bytes_total", "counter" },
 	};
 	struct metrics_ctx c = { sb, remote_now_ns(), 0 };
 

@@ -26,6 +26,15 @@
  *   raw TYPE FLAGS ID AUX OFFSET LENGTH [HEXDATA]   (any record at all)
  *   raw-lsn N         force the next record's LSN (the ones after follow it)
  *   time NS           time_ns of the records that follow (default 0)
+ *
+ * Resynchronisation records (docs/RESYNC.md):
+ *
+ *   sync-begin DEST                       sync-end DEST
+ *   resync DEST write|zero|truncate ...   (the record tagged RESYNC, aux DEST)
+ *   hash ID OFFSET LENGTH BLOCK [dest=N] HEX16...   (the XXH3-64s, as given)
+ *   hash-of ID OFFSET LENGTH BLOCK FILE [dest=N]
+ *                     (the hashes of FILE's bytes in the range, each block
+ *                     clipped to what FILE holds)
  */
 #include "segment.h"
 
@@ -36,8 +45,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <xxhash.h>
 
-#define MAX_WORDS 16
+#define MAX_WORDS 1100
 
 struct rec {
 	struct seg_record r;
@@ -177,15 +187,74 @@ static void need(int n, int lo, int hi, const char *usage)
 		die("usage: %s", usage);
 }
 
+/* "dest=N" */
+static bool dest_word(const char *w, uint32_t *dest)
+{
+	if (strncmp(w, "dest=", 5) != 0)
+		return false;
+	*dest = num32(w + 5);
+	return true;
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* A HASH payload for count blocks of block bytes: header, hashes zeroed. */
+static uint8_t *hash_payload(uint32_t block, uint64_t count, uint32_t *len)
+{
+	uint64_t n = 8 + 8 * count;
+	uint8_t *p;
+
+	if (n > UINT32_MAX)
+		die("too many hashes");
+	p = xrealloc(NULL, (size_t)n);
+	memset(p, 0, (size_t)n);
+	put32(p, block);
+	*len = (uint32_t)n;
+	return p;
+}
+
+/* The hashes of FILE's bytes in [off, off+len), block by block, each
+ * clipped to what the file holds (a missing file holds nothing). */
+static void hash_file(uint8_t *payload, const char *path, uint64_t off, uint64_t len,
+		      uint32_t block)
+{
+	FILE *f = fopen(path, "rb");
+	uint8_t *buf = xrealloc(NULL, block);
+	uint64_t count = block ? (len + block - 1) / block : 0;
+
+	for (uint64_t i = 0; i < count; i++) {
+		uint64_t left = len - i * block;
+		size_t want = left < block ? (size_t)left : block, got = 0;
+
+		if (f && fseeko(f, (off_t)(off + i * block), SEEK_SET) == 0)
+			got = fread(buf, 1, want, f);
+		put64(payload + 8 + 8 * i, XXH3_64bits(buf, got));
+	}
+	if (f)
+		fclose(f);
+	free(buf);
+}
+
 int main(int argc, char **argv)
 {
 	struct seg_header h = { .number = 1, .first_lsn = 1 };
 	struct seg_image *imgs = NULL;
 	struct rec *recs = NULL;
-	size_t nrecs = 0, line_cap = 0;
+	size_t nrecs = 0, recs_cap = 0, line_cap = 0;
 	struct seg_trailer t = { 0 };
 	bool checked = true, sealed = true, forced_trailer = false, force_lsn = false;
 	uint64_t forced_lsn = 0, time_ns = 0, check;
+	uint32_t resync;
 	char *line = NULL, *orig = NULL;
 	size_t len, cap;
 	uint8_t *out;
@@ -279,10 +348,20 @@ int main(int argc, char **argv)
 		}
 
 		/* records */
-		recs = xrealloc(recs, (nrecs + 1) * sizeof *recs);
+		if (nrecs == recs_cap) {
+			recs_cap = recs_cap ? recs_cap * 2 : 64;
+			recs = xrealloc(recs, recs_cap * sizeof *recs);
+		}
 		rc = &recs[nrecs];
 		memset(rc, 0, sizeof *rc);
 		rc->r.time_ns = time_ns;
+		resync = 0;
+		if (strcmp(w[0], "resync") == 0) {
+			need(n, 3, MAX_WORDS, "resync DEST write|zero|truncate ...");
+			resync = num32(w[1]);
+			memmove(w, w + 2, (size_t)(n - 2) * sizeof w[0]);
+			n -= 2;
+		}
 		if (strcmp(w[0], "write") == 0) {
 			need(n, 4, 4, "write ID OFFSET HEXDATA|@LEN:BYTE");
 			rc->r.type = SEG_WRITE;
@@ -380,8 +459,58 @@ int main(int argc, char **argv)
 			rc->r.length = num(w[6]);
 			if (n == 8)
 				rc->payload = data(w[7], &rc->r.payload_len);
+		} else if (strcmp(w[0], "sync-begin") == 0 || strcmp(w[0], "sync-end") == 0) {
+			need(n, 2, 2, "sync-begin|sync-end DEST");
+			rc->r.type = w[0][5] == 'b' ? SEG_SYNC_BEGIN : SEG_SYNC_END;
+			rc->r.aux = num32(w[1]);
+		} else if (strcmp(w[0], "hash") == 0 || strcmp(w[0], "hash-of") == 0) {
+			bool of = w[0][4] == '-';
+			uint64_t count;
+			uint32_t block;
+			int i = 5;
+
+			need(n, of ? 6 : 5, of ? 7 : MAX_WORDS,
+			     of ? "hash-of ID OFFSET LENGTH BLOCK FILE [dest=N]"
+				: "hash ID OFFSET LENGTH BLOCK [dest=N] HEX16...");
+			rc->r.type = SEG_HASH;
+			rc->r.image = num32(w[1]);
+			rc->r.offset = num(w[2]);
+			rc->r.length = num(w[3]);
+			block = num32(w[4]);
+			if (of) {
+				if (n == 7 && !dest_word(w[6], &rc->r.aux))
+					die("unexpected '%s'", w[6]);
+				if (!block)
+					die("block size 0");
+				count = (rc->r.length + block - 1) / block;
+				rc->payload = hash_payload(block, count, &rc->r.payload_len);
+				hash_file(rc->payload, w[5], rc->r.offset, rc->r.length, block);
+			} else {
+				if (i < n && dest_word(w[i], &rc->r.aux))
+					i++;
+				count = (uint64_t)(n - i);
+				rc->payload = hash_payload(block, count, &rc->r.payload_len);
+				for (uint64_t k = 0; k < count; k++) {
+					uint32_t l;
+					uint8_t *hx = data(w[i + k], &l);
+
+					if (l != 8)
+						die("a hash is 16 hex digits, not '%s'", w[i + k]);
+					/* as written: the big-endian reading of the digits */
+					put64(rc->payload + 8 + 8 * k,
+					      (uint64_t)hx[0] << 56 | (uint64_t)hx[1] << 48 |
+					      (uint64_t)hx[2] << 40 | (uint64_t)hx[3] << 32 |
+					      (uint64_t)hx[4] << 24 | (uint64_t)hx[5] << 16 |
+					      (uint64_t)hx[6] << 8 | hx[7]);
+					free(hx);
+				}
+			}
 		} else {
 			die("unknown directive '%s'", w[0]);
+		}
+		if (resync) {
+			rc->r.flags |= SEG_F_RESYNC;
+			rc->r.aux = resync;
 		}
 		rc->r.lsn = force_lsn ? forced_lsn : nrecs ? recs[nrecs - 1].r.lsn + 1 : h.first_lsn;
 		force_lsn = false;

@@ -247,6 +247,18 @@ class Remote:
         name = name or os.path.basename(seg_path)
         return self.curl(f"{prefix}/{group}/{name}", upload=seg_path, **kw)
 
+    def mismatches(self, group, after=None, prefix="/aim", query=None, **kw):
+        """GET <prefix>/<group>/mismatches[?after=N]; returns (HTTP status,
+        the JSON answer or the text of a refusal).  query: the raw query
+        string instead of after."""
+        if query is None and after is not None:
+            query = f"after={after}"
+        path = f"{prefix}/{group}/mismatches" + (f"?{query}" if query is not None else "")
+        code, body, err = self.curl(path, **kw)
+        if code == 200:
+            return code, json.loads(body)
+        return code, body or err
+
 
 # ---- segments ----
 

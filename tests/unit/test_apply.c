@@ -8,7 +8,9 @@
  * the applier crashed there) and then the whole segment from a later
  * after_lsn, which must give the same tree.  The I/O table in apply_i.h
  * fakes what a test machine lacks: file systems without fallocate, failing
- * fsyncs, short writes, and a regular file posing as a block device.
+ * fsyncs, short writes, failing reads, and a regular file posing as a block
+ * device.  Resynchronisation records are checked through the event
+ * callback, interleaved with the durable one in one log.
  */
 #include "apply.h"
 #include "apply_i.h"
@@ -26,6 +28,7 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #define MAX_DIRS 64
 
@@ -1007,6 +1010,442 @@ static void test_block_device(void)
 	apply_io = apply_io_default;
 }
 
+/* ---- resynchronisation ---- */
+
+static ssize_t failing_pread(int fd, void *buf, size_t n, off_t off)
+{
+	(void)fd;
+	(void)buf;
+	(void)n;
+	(void)off;
+	errno = EIO;
+	return -1;
+}
+
+/* One log of durable callbacks (type 0) and events, in the order made. */
+struct evlog {
+	int n;
+	struct {
+		int type;
+		uint64_t seg, lsn, time, off, len;
+		uint32_t dest, block, image_id;
+		char image[64];
+	} e[2048];
+	int fail_type; /* an event type whose callback fails with -EIO */
+};
+
+static int log_durable(void *ctx, const struct apply_progress *p)
+{
+	struct evlog *l = ctx;
+
+	if (l->n < 2048) {
+		memset(&l->e[l->n], 0, sizeof l->e[0]);
+		l->e[l->n].seg = p->segment;
+		l->e[l->n].lsn = p->lsn;
+		l->e[l->n].time = p->time_ns;
+		l->n++;
+	}
+	return 0;
+}
+
+static int log_event(void *ctx, const struct apply_event *e)
+{
+	struct evlog *l = ctx;
+
+	if (l->n < 2048) {
+		memset(&l->e[l->n], 0, sizeof l->e[0]);
+		l->e[l->n].type = (int)e->type;
+		l->e[l->n].seg = e->segment;
+		l->e[l->n].lsn = e->lsn;
+		l->e[l->n].time = e->time_ns;
+		l->e[l->n].dest = e->dest;
+		l->e[l->n].off = e->offset;
+		l->e[l->n].len = e->length;
+		l->e[l->n].block = e->block;
+		l->e[l->n].image_id = e->image_id;
+		if (e->image)
+			snprintf(l->e[l->n].image, sizeof l->e[0].image, "%s", e->image);
+		l->n++;
+	}
+	return (int)e->type == l->fail_type ? -EIO : 0;
+}
+
+static int apply_logged(const char *dir, struct seg_view *v, uint64_t after, struct evlog *l,
+			char *err, size_t errlen)
+{
+	struct applier *a;
+	int r;
+
+	if (applier_new(dir, &a) < 0)
+		return -999;
+	applier_set_durable_cb(a, log_durable, l);
+	applier_set_event_cb(a, log_event, l);
+	r = applier_apply(a, v, after, err, errlen);
+	applier_free(a);
+	return r;
+}
+
+/* The log as "D1 B2/3 D2 M4:vm1.raw:0+4096 E5/3 ..." for one comparison. */
+static char *log_text(const struct evlog *l)
+{
+	static char buf[65536];
+	size_t n = 0;
+
+	buf[0] = '\0';
+	for (int i = 0; i < l->n && n < sizeof buf - 200; i++) {
+		int k;
+
+		switch (l->e[i].type) {
+		case 0:
+			k = snprintf(buf + n, sizeof buf - n, "D%llu ", (unsigned long long)l->e[i].lsn);
+			break;
+		case APPLY_EV_SYNC_BEGIN:
+		case APPLY_EV_SYNC_END:
+			k = snprintf(buf + n, sizeof buf - n, "%c%llu/%u ",
+				     l->e[i].type == APPLY_EV_SYNC_BEGIN ? 'B' : 'E',
+				     (unsigned long long)l->e[i].lsn, l->e[i].dest);
+			break;
+		default:
+			k = snprintf(buf + n, sizeof buf - n, "M%llu:%s:%llu+%llu ",
+				     (unsigned long long)l->e[i].lsn, l->e[i].image,
+				     (unsigned long long)l->e[i].off, (unsigned long long)l->e[i].len);
+			break;
+		}
+		n += (size_t)k;
+	}
+	if (n)
+		buf[n - 1] = '\0';
+	return buf;
+}
+
+/* RESYNC-tagged data records are applied as untagged ones. */
+static void test_resync_records(void)
+{
+	static uint8_t a[5000];
+	struct spec s[] = {
+		{ .type = SEG_WRITE, .image = 1, .off = 0, .len = 5000, .payload = a },
+		{ .type = SEG_SYNC_BEGIN, .aux = 3 },
+		{ .type = SEG_WRITE, .flags = SEG_F_RESYNC, .aux = 3, .image = 1, .off = 8000,
+		  .len = 3000, .payload = a + 7 },
+		{ .type = SEG_ZERO, .flags = SEG_F_RESYNC | SEG_F_PUNCH | SEG_F_KEEP_SIZE, .aux = 3,
+		  .image = 1, .off = 100, .len = 200 },
+		{ .type = SEG_ZERO, .flags = SEG_F_RESYNC, .aux = 3, .image = 2, .off = 0, .len = 9000 },
+		{ .type = SEG_TRUNCATE, .flags = SEG_F_RESYNC, .aux = 3, .image = 1, .off = 10000 },
+		{ .type = SEG_SYNC_END, .aux = 3 },
+	};
+	size_t n = sizeof s / sizeof s[0];
+	static struct model m1, m2;
+	static struct evlog l;
+	char *dir = temp_dir(), err[512];
+	struct seg_record r = { .type = SEG_WRITE, .flags = SEG_F_RESYNC, .aux = 3, .offset = 10,
+				.length = 20, .payload = a, .payload_len = 20 };
+	struct seg_view *v;
+	uint8_t *bytes, *buf;
+	int fd, rc;
+
+	for (size_t i = 0; i < sizeof a; i++)
+		a[i] = (uint8_t)(i * 7 + 1);
+	m1.size = m2.size = 0;
+	for (size_t i = 0; i < n; i++) {
+		struct spec u = s[i];
+
+		u.flags &= (uint8_t)~SEG_F_RESYNC;
+		model_apply(u.image == 2 ? &m2 : &m1, &u);
+	}
+	v = build(s, n, 1, 1, two_images, 2, &bytes);
+	memset(&l, 0, sizeof l);
+	rc = apply_logged(dir, v, 0, &l, err, sizeof err);
+	CHECK_MSG(rc == 0, "%d %s", rc, err);
+	CHECK(file_matches(dir, "vm1.raw", &m1));
+	CHECK(file_matches(dir, "disks/vm2.qcow2", &m2));
+	CHECK_MSG(strcmp(log_text(&l), "D1 B2/3 D2 E7/3 D7") == 0, "%s", log_text(&l));
+	seg_view_free(v);
+	free(bytes);
+
+	/* apply_record_data takes the tag too */
+	{
+		char p[4096];
+
+		snprintf(p, sizeof p, "%s/direct", dir);
+		fd = open(p, O_RDWR | O_CREAT, 0600);
+	}
+	CHECK(apply_record_data(fd, &r, false, 0, err, sizeof err) == 0);
+	r = (struct seg_record){ .type = SEG_ZERO, .flags = SEG_F_RESYNC, .aux = 3, .offset = 12,
+				 .length = 2 };
+	CHECK(apply_record_data(fd, &r, false, 0, err, sizeof err) == 0);
+	r = (struct seg_record){ .type = SEG_TRUNCATE, .flags = SEG_F_RESYNC, .aux = 3,
+				 .offset = 25 };
+	CHECK(apply_record_data(fd, &r, false, 0, err, sizeof err) == 0);
+	close(fd);
+	CHECK(read_file(dir, "direct", &buf) == 25);
+	CHECK(buf[0] == 0 && buf[10] == a[0] && buf[11] == a[1] && buf[12] == 0 && buf[13] == 0 &&
+	      buf[14] == a[4] && buf[24] == a[14]);
+	free(buf);
+}
+
+/* SYNC_BEGIN and SYNC_END: events between durable points, nothing on the
+ * targets, resume, and a failing callback. */
+static void test_sync_events(void)
+{
+	static uint8_t a[100];
+	struct spec s[] = {
+		{ .type = SEG_WRITE, .image = 1, .off = 0, .len = 100, .payload = a },   /* 1 */
+		{ .type = SEG_MARK, .payload = "m", .plen = 1 },                          /* 2 */
+		{ .type = SEG_SYNC_BEGIN, .aux = 2 },                                     /* 3 */
+		{ .type = SEG_WRITE, .flags = SEG_F_RESYNC, .aux = 2, .image = 1, .off = 50,
+		  .len = 100, .payload = a },                                             /* 4 */
+		{ .type = SEG_SYNC_BEGIN, .aux = 2 },                                     /* 5 */
+		{ .type = SEG_MARK, .payload = "n", .plen = 1 },                          /* 6 */
+		{ .type = SEG_SYNC_END, .aux = 2 },                                       /* 7 */
+		{ .type = SEG_WRITE, .image = 1, .off = 0, .len = 10, .payload = a },    /* 8 */
+	};
+	struct spec first[] = {
+		{ .type = SEG_SYNC_BEGIN, .aux = 7 },
+		{ .type = SEG_SYNC_END, .aux = 7 },
+	};
+	static struct evlog l;
+	char *dir = temp_dir(), *empty = temp_dir(), err[512], *before;
+	struct seg_view *v;
+	uint8_t *bytes;
+	int rc;
+
+	memset(a, 'x', sizeof a);
+	v = build(s, 8, 4, 1, two_images, 2, &bytes);
+	memset(&l, 0, sizeof l);
+	rc = apply_logged(dir, v, 0, &l, err, sizeof err);
+	CHECK_MSG(rc == 0, "%d %s", rc, err);
+	/* a durable point before the SYNC_BEGIN (records were applied), at
+	 * it, not before the second (nothing applied in between but a MARK),
+	 * at the SYNC_END, at the end */
+	CHECK_MSG(strcmp(log_text(&l), "D2 B3/2 D3 D4 B5/2 D5 E7/2 D7 D8") == 0, "%s", log_text(&l));
+	CHECK(l.e[1].seg == 4 && l.e[1].time == 1000 + 3 && l.e[1].off == 0 && !l.e[1].image[0]);
+	/* resumed after the first SYNC_BEGIN was recorded */
+	memset(&l, 0, sizeof l);
+	rc = apply_logged(dir, v, 3, &l, err, sizeof err);
+	CHECK_MSG(rc == 0 && strcmp(log_text(&l), "D4 B5/2 D5 E7/2 D7 D8") == 0, "%s",
+		  log_text(&l));
+	/* a failing callback stops the apply at the event, durable before it */
+	memset(&l, 0, sizeof l);
+	l.fail_type = APPLY_EV_SYNC_END;
+	rc = apply_logged(dir, v, 0, &l, err, sizeof err);
+	CHECK_MSG(rc == -EIO && strstr(err, "resync state") && strstr(err, "LSN 7"), "%d %s", rc,
+		  err);
+	CHECK_MSG(strcmp(log_text(&l), "D2 B3/2 D3 D4 B5/2 D5 E7/2") == 0, "%s", log_text(&l));
+	seg_view_free(v);
+	free(bytes);
+
+	/* first records of a segment: no durable point before; nothing on
+	 * the targets */
+	before = tree(empty);
+	v = build(first, 2, 1, 10, NULL, 0, &bytes);
+	memset(&l, 0, sizeof l);
+	rc = apply_logged(empty, v, 9, &l, err, sizeof err);
+	CHECK_MSG(rc == 0 && strcmp(log_text(&l), "B10/7 D10 E11/7 D11") == 0, "%s",
+		  log_text(&l));
+	{
+		char *after = tree(empty);
+
+		CHECK(strcmp(before, after) == 0);
+		free(after);
+	}
+	free(before);
+	seg_view_free(v);
+	free(bytes);
+}
+
+/* A HASH record's payload for the bytes src[off, off+len) of a source
+ * holding srclen bytes (blocks past it clipped as the source would). */
+static uint8_t *hash_of(const uint8_t *src, uint64_t srclen, uint64_t off, uint64_t len,
+			uint32_t block, uint32_t *plen)
+{
+	uint64_t count = (len + block - 1) / block;
+	uint8_t *p = calloc(1, 8 + 8 * count);
+
+	memcpy(p, &block, 4); /* little-endian hosts only, as the format */
+	for (uint64_t i = 0; i < count; i++) {
+		uint64_t b = off + i * block, want = len - i * block < block ? len - i * block : block;
+		uint64_t have = b >= srclen ? 0 : srclen - b < want ? srclen - b : want;
+		uint64_t h = XXH3_64bits(src + (b < srclen ? b : 0), have);
+
+		memcpy(p + 8 + 8 * i, &h, 8);
+	}
+	*plen = (uint32_t)(8 + 8 * count);
+	return p;
+}
+
+static void test_hash(void)
+{
+	enum { B = 4096, TLEN = 10 * B, SLEN = 10 * B + 1000 };
+	static uint8_t target[TLEN], src[SLEN], w[B];
+	static struct evlog l;
+	char *dir = temp_dir(), err[512], *before, *after, p[4096];
+	uint8_t *bytes, *h[8];
+	uint32_t hl[8];
+	struct seg_view *v;
+	int rc;
+
+	for (size_t i = 0; i < TLEN; i++)
+		target[i] = (uint8_t)(i * 13 + i / 4096);
+	memcpy(src, target, TLEN);
+	for (size_t i = TLEN; i < SLEN; i++)
+		src[i] = (uint8_t)i;
+	src[B + 5] ^= 1;      /* block 1 */
+	src[2 * B + 4095] ^= 1; /* block 2: adjacent, merged */
+	src[5 * B] ^= 1;      /* block 5 */
+	memset(w, 'w', sizeof w);
+	snprintf(p, sizeof p, "%s/vm1.raw", dir);
+	write_file(p, target, TLEN);
+	{
+		/* 0: the whole source range: blocks 1-2, 5, and 10 (short on the
+		 *    target: it has none of it);
+		 * 1: an unaligned range, equal;
+		 * 2: image 2 is missing: all of it differs, and it stays missing;
+		 * 3: after a WRITE to block 5 of the same bytes as the source's
+		 *    and to block 7 of others: the comparison sees both;
+		 * 4: a short last block, on both sides equal */
+		h[0] = hash_of(src, SLEN, 0, SLEN, B, &hl[0]);
+		h[1] = hash_of(src, SLEN, 6 * B + 100, 2 * B, B, &hl[1]);
+		h[2] = hash_of(src, SLEN, 0, 3 * B, B, &hl[2]);
+		h[3] = hash_of(src, SLEN, 4 * B, 4 * B, B, &hl[3]);
+		h[4] = hash_of(src, TLEN, 8 * B, 5 * B, 2 * B, &hl[4]);
+	}
+	{
+		struct spec s[] = {
+			{ .type = SEG_HASH, .image = 1, .aux = 0, .off = 0, .len = SLEN, .payload = h[0],
+			  .plen = hl[0] },                                                         /* 1 */
+			{ .type = SEG_HASH, .image = 1, .aux = 4, .off = 6 * B + 100, .len = 2 * B,
+			  .payload = h[1], .plen = hl[1] },                                        /* 2 */
+			{ .type = SEG_HASH, .image = 2, .off = 0, .len = 3 * B, .payload = h[2],
+			  .plen = hl[2] },                                                         /* 3 */
+			{ .type = SEG_HASH, .image = 1, .off = 8 * B, .len = 5 * B, .payload = h[4],
+			  .plen = hl[4] },                                                         /* 4 */
+		};
+
+		before = tree(dir);
+		v = build(s, 4, 1, 1, two_images, 2, &bytes);
+		memset(&l, 0, sizeof l);
+		rc = apply_logged(dir, v, 0, &l, err, sizeof err);
+		CHECK_MSG(rc == 0, "%d %s", rc, err);
+		CHECK_MSG(strcmp(log_text(&l), "M1:vm1.raw:4096+8192 M1:vm1.raw:20480+4096 "
+					       "M1:vm1.raw:40960+1000 M3:disks/vm2.qcow2:0+12288 D4") == 0,
+			  "%s", log_text(&l));
+		CHECK(l.e[0].block == B && l.e[0].dest == 0 && l.e[0].seg == 1 && l.e[0].time == 1001);
+		CHECK(l.e[0].image_id == 1 && l.e[3].image_id == 2);
+		after = tree(dir);
+		CHECK_MSG(strcmp(before, after) == 0, "the targets changed:\n%s\n%s", before, after);
+		CHECK(!path_exists(dir, "disks"));
+		free(before);
+		free(after);
+		seg_view_free(v);
+		free(bytes);
+	}
+	{
+		struct spec s[] = {
+			{ .type = SEG_WRITE, .image = 1, .off = 5 * B, .len = B, .payload = src + 5 * B },
+			{ .type = SEG_WRITE, .image = 1, .off = 7 * B + 10, .len = 1, .payload = w },
+			{ .type = SEG_HASH, .image = 1, .aux = 9, .off = 4 * B, .len = 4 * B,
+			  .payload = h[3], .plen = hl[3] },
+		};
+
+		v = build(s, 3, 2, 1, two_images, 2, &bytes);
+		memset(&l, 0, sizeof l);
+		rc = apply_logged(dir, v, 0, &l, err, sizeof err);
+		CHECK_MSG(rc == 0 && strcmp(log_text(&l), "M3:vm1.raw:28672+4096 D3") == 0, "%d %s %s",
+			  rc, err, log_text(&l));
+		CHECK(l.e[0].dest == 9);
+		/* a failing read stops the apply with the reason */
+		apply_io.pread_fn = failing_pread;
+		memset(&l, 0, sizeof l);
+		rc = apply_logged(dir, v, 0, &l, err, sizeof err);
+		apply_io = apply_io_default;
+		CHECK_MSG(rc == -EIO && strstr(err, "image vm1.raw: reading 16384+4096") &&
+			  strstr(err, "HASH record, LSN 3"), "%d %s", rc, err);
+		/* and a failing event callback */
+		memset(&l, 0, sizeof l);
+		l.fail_type = APPLY_EV_MISMATCH;
+		rc = apply_logged(dir, v, 0, &l, err, sizeof err);
+		CHECK_MSG(rc == -EIO && strstr(err, "differences found"), "%d %s", rc, err);
+		seg_view_free(v);
+		free(bytes);
+	}
+	{
+		/* a symlink planted as the target is refused, not followed */
+		char *far = temp_dir(), q[4096];
+		struct spec s[] = {
+			{ .type = SEG_HASH, .image = 2, .off = 0, .len = 3 * B, .payload = h[2],
+			  .plen = hl[2] },
+		};
+
+		snprintf(p, sizeof p, "%s/disks", dir);
+		mkdir(p, 0755);
+		snprintf(p, sizeof p, "%s/disks/vm2.qcow2", dir);
+		snprintf(q, sizeof q, "%s/secret", far);
+		write_file(q, src, 3 * B);
+		CHECK(symlink(q, p) == 0);
+		v = build(s, 1, 3, 1, two_images, 2, &bytes);
+		memset(&l, 0, sizeof l);
+		rc = apply_logged(dir, v, 0, &l, err, sizeof err);
+		CHECK_MSG(rc == -ELOOP && strstr(err, "symbolic link"), "%d %s", rc, err);
+		seg_view_free(v);
+		free(bytes);
+	}
+	for (int i = 0; i < 5; i++)
+		free(h[i]);
+}
+
+/* More differing runs than one HASH record reports: the last event covers
+ * the rest. */
+static void test_hash_runs_cap(void)
+{
+	enum { B = 4096, RUNS = APPLY_MISMATCH_RUNS_MAX + 76, BLOCKS = 2 * RUNS + 1 };
+	static struct evlog l;
+	static uint8_t zeros[B];
+	char *dir = temp_dir(), err[512], p[4096];
+	uint64_t hz = XXH3_64bits(zeros, B);
+	uint32_t plen = 8 + 8 * BLOCKS, block = B;
+	uint8_t *pl = calloc(1, plen), *bytes;
+	struct seg_view *v;
+	int fd, rc;
+
+	memcpy(pl, &block, 4);
+	for (uint64_t i = 0; i < BLOCKS; i++) {
+		uint64_t h = i % 2 ? hz + 1 : hz; /* the odd blocks differ */
+
+		memcpy(pl + 8 + 8 * i, &h, 8);
+	}
+	snprintf(p, sizeof p, "%s/vm1.raw", dir);
+	fd = open(p, O_RDWR | O_CREAT, 0600);
+	CHECK(ftruncate(fd, (off_t)BLOCKS * B) == 0);
+	close(fd);
+	{
+		struct spec s[] = {
+			{ .type = SEG_HASH, .image = 1, .off = 0, .len = (uint64_t)BLOCKS * B,
+			  .payload = pl, .plen = plen },
+		};
+
+		v = build(s, 1, 1, 1, two_images, 2, &bytes);
+	}
+	memset(&l, 0, sizeof l);
+	apply_io.fsync_fn = fast_fsync;
+	rc = apply_logged(dir, v, 0, &l, err, sizeof err);
+	apply_io.fsync_fn = apply_io_default.fsync_fn;
+	CHECK_MSG(rc == 0, "%d %s", rc, err);
+	CHECK_MSG(l.n == APPLY_MISMATCH_RUNS_MAX + 1, "%d events", l.n);
+	for (int i = 0; i < APPLY_MISMATCH_RUNS_MAX - 1 && i < l.n; i++)
+		CHECK(l.e[i].off == (uint64_t)(2 * i + 1) * B && l.e[i].len == B);
+	if (l.n == APPLY_MISMATCH_RUNS_MAX + 1) {
+		int k = APPLY_MISMATCH_RUNS_MAX - 1;
+
+		CHECK_MSG(l.e[k].off == (uint64_t)(2 * k + 1) * B &&
+			  l.e[k].off + l.e[k].len == (uint64_t)(2 * RUNS) * B, "%llu+%llu",
+			  (unsigned long long)l.e[k].off, (unsigned long long)l.e[k].len);
+		CHECK(l.e[k + 1].type == 0);
+	}
+	seg_view_free(v);
+	free(bytes);
+	free(pl);
+}
+
 /* More images than the fd cache holds, and no fd leaked. */
 static void test_cache(void)
 {
@@ -1087,5 +1526,9 @@ int main(void)
 	test_block_device();
 	test_cache();
 	test_new();
+	test_resync_records();
+	test_sync_events();
+	test_hash();
+	test_hash_runs_cap();
 	return check_done("test_apply");
 }
