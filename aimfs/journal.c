@@ -1040,12 +1040,24 @@ int journal_hash(struct journal *j, struct image *im, uint32_t dest, uint64_t of
 	return ret;
 }
 
-int journal_sync_mark(struct journal *j, uint32_t dest, bool begin, uint64_t *lsn,
+int journal_sync_mark(struct journal *j, uint32_t dest, bool begin, bool fresh, uint64_t *lsn,
 		      uint64_t *segment)
 {
 	struct seg_record r = { .type = begin ? SEG_SYNC_BEGIN : SEG_SYNC_END, .aux = dest };
+	int ret;
 
-	return tagged_record(j, NULL, &r, lsn, segment);
+	r.payload_hash = seg_payload_hash(NULL, 0);
+	pthread_mutex_lock(&j->lock);
+	ret = fresh && j->open && j->open->records ? journal_seal_locked(j) : 0;
+	if (ret == 0)
+		ret = journal_ensure_open_locked(j);
+	if (ret == 0) {
+		*segment = j->open->number;
+		ret = journal_append_locked(j, &r);
+		*lsn = r.lsn;
+	}
+	pthread_mutex_unlock(&j->lock);
+	return ret;
 }
 
 void journal_image_name(struct journal *j, struct image *im, char *buf, size_t len)

@@ -167,8 +167,10 @@ int journal_resync_truncate(struct journal *j, struct image *im, uint32_t dest, 
 int journal_hash(struct journal *j, struct image *im, uint32_t dest, uint64_t off, uint64_t len,
 		 uint32_t block, const uint64_t *hashes, uint64_t n, uint64_t *lsn,
 		 uint64_t *segment);
-/* SYNC_BEGIN (begin) or SYNC_END for destination dest. */
-int journal_sync_mark(struct journal *j, uint32_t dest, bool begin, uint64_t *lsn,
+/* SYNC_BEGIN (begin) or SYNC_END for destination dest.  fresh: seal the
+ * open segment first, so that the record is the first of a new segment (a
+ * destination that skipped segments resumes exactly there). */
+int journal_sync_mark(struct journal *j, uint32_t dest, bool begin, bool fresh, uint64_t *lsn,
 		      uint64_t *segment);
 /* Copies im's current name into buf. */
 void journal_image_name(struct journal *j, struct image *im, char *buf, size_t len);

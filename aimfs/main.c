@@ -260,6 +260,7 @@ int main(int argc, char *argv[])
 		tc.dests = o.dests;
 		tc.ndests = o.ndests;
 		tc.retain_ns = o.retain_ns;
+		tc.resync = true;
 		{
 			uint64_t seg, backing;
 

@@ -53,6 +53,7 @@ struct dest_sync {
 	uint32_t truncated_image;  /* last image given its size in this pass */
 	uint64_t remaining;        /* dirty bytes, for the status */
 	uint64_t hashed;           /* bytes covered by HASH records in this pass */
+	uint64_t sent;             /* data bytes journaled for it since the engine started */
 };
 
 /* An `aimctl verify`: HASH records for every destination, then each
@@ -189,6 +190,8 @@ static int seed_full(struct resync *r, struct dest_sync *ds, const char *why)
 	ds->truncated_image = 0;
 	ds->hashed = 0;
 	pthread_mutex_unlock(&r->lock);
+	/* Nothing ships until SYNC_BEGIN opens a segment of its own (step). */
+	transport_hold(r->t, ds->index);
 	set_state(r, ds, "syncing", "");
 	log_info("destination %s: %s; resynchronising %zu images (%" PRIu64 " bytes)", ds->name,
 		 why, ids.n, total);
@@ -257,6 +260,8 @@ static int journal_data(struct resync *r, struct dest_sync *ds, struct image *im
 			ret = journal_resync_zero(r->j, im, ds->y.number, pos, len, false, &lsn, &seg);
 		} else {
 			ret = journal_resync_write(r->j, im, ds->y.number, pos, r->buf, len, &lsn, &seg);
+			if (ret == 0)
+				ds->sent += len;
 		}
 		pos += len;
 	}
@@ -345,8 +350,12 @@ static void probe_compare(struct resync *r, struct dest_sync *ds)
 
 	if (transport_get(r->t, ds->index, "mismatches?after=0", &status, &body, &json) < 0)
 		return; /* unreachable: ask again later */
-	/* aim-remote answers JSON (404 for a group it has not seen yet); a
-	 * WebDAV server cannot compare. */
+	/* aim-remote answers JSON, or "no group ..." until the group's first
+	 * segment arrives (ask again then); a WebDAV server cannot compare. */
+	if (status == 404 && !json && strncmp(body, "no group ", 9) == 0) {
+		free(body);
+		return;
+	}
 	ds->compare = json && (status == 200 || status == 404) ? 1 : 0;
 	free(body);
 	log_info("destination %s %s compare block hashes", ds->name,
@@ -424,7 +433,6 @@ static int collect_mismatches(struct resync *r, struct dest_sync *ds)
 	}
 	pthread_mutex_lock(&r->lock);
 	ds->y.saved += ds->hashed > mismatched ? ds->hashed - mismatched : 0;
-	ds->y.total += mismatched;
 	ds->hashed = 0;
 	ds->y.lsn_a = ds->y.lsn_b = 0;
 	pthread_mutex_unlock(&r->lock);
@@ -451,7 +459,22 @@ static bool step(struct resync *r, struct dest_sync *ds, const struct transport_
 	int ret;
 
 	if (strcmp(ds->y.phase, "") == 0) {
-		if (journal_sync_mark(r->j, ds->y.number, true, &lsn, &seg) < 0)
+		/*
+		 * SYNC_BEGIN as the first record of a new segment, and the
+		 * destination resumes right there: whatever it missed before is
+		 * in its dirty extents, and the remote, seeing a gap that ends
+		 * at a segment starting with SYNC_BEGIN, may cross it.
+		 */
+		if (journal_sync_mark(r->j, ds->y.number, true, true, &lsn, &seg) < 0)
+			return false;
+		transport_skip_to(r->t, ds->index, seg - 1, lsn - 1, false);
+		set_state(r, ds, "syncing", "copying");
+		save(r, ds);
+		return true;
+	}
+	if (strcmp(ds->y.phase, "begin") == 0) {
+		/* back from tracking without a skeleton: nothing was skipped */
+		if (journal_sync_mark(r->j, ds->y.number, true, false, &lsn, &seg) < 0)
 			return false;
 		set_state(r, ds, "syncing", "copying");
 		save(r, ds);
@@ -468,7 +491,7 @@ static bool step(struct resync *r, struct dest_sync *ds, const struct transport_
 		if (ret == -ENOENT) {
 			if (ds->y.lsn_b) {
 				set_state(r, ds, "syncing", "comparing");
-			} else if (journal_sync_mark(r->j, ds->y.number, false, &lsn, &seg) == 0) {
+			} else if (journal_sync_mark(r->j, ds->y.number, false, false, &lsn, &seg) == 0) {
 				pthread_mutex_lock(&r->lock);
 				ds->y.lsn_b = seg;
 				pthread_mutex_unlock(&r->lock);
@@ -508,8 +531,8 @@ static bool step(struct resync *r, struct dest_sync *ds, const struct transport_
 	if (strcmp(ds->y.phase, "ending") == 0) {
 		if (info->acked_segment < ds->y.lsn_b)
 			return false;
-		log_info("destination %s is in sync: %" PRIu64 " bytes resynchronised, %" PRIu64
-			 " found equal", ds->name, ds->y.total - ds->y.saved, ds->y.saved);
+		log_info("destination %s is in sync: %" PRIu64 " bytes of data sent, %" PRIu64
+			 " found equal", ds->name, ds->sent, ds->y.saved);
 		pthread_mutex_lock(&r->lock);
 		ds->y.lsn_a = ds->y.lsn_b = 0;
 		pthread_mutex_unlock(&r->lock);
@@ -580,7 +603,7 @@ static bool end_tracking(struct resync *r, struct dest_sync *ds,
 			ds->y.total = bytes;
 	}
 	/* Its SYNC_BEGIN went out with the first skeleton, if there was one. */
-	set_state(r, ds, "syncing", begin_sent ? "copying" : "");
+	set_state(r, ds, "syncing", begin_sent ? "copying" : "begin");
 	log_info("destination %s is back; resynchronising what it missed (%" PRIu64 " bytes)",
 		 ds->name, ds->y.total);
 	save(r, ds);
@@ -751,12 +774,13 @@ static void *engine_main(void *arg)
 			struct transport_dest_info info;
 
 			transport_dest_info(r->t, ds->index, &info);
-			if (info.needs_resync || strcmp(ds->y.state, "new") == 0) {
+			bool begun = strcmp(ds->y.state, "syncing") == 0 &&
+				     strcmp(ds->y.phase, "") == 0;
+
+			if ((info.needs_resync && !begun) || strcmp(ds->y.state, "new") == 0) {
 				if (seed_full(r, ds, info.needs_resync ? "its journal segments are gone"
-								       : "new destination") == 0) {
-					transport_skip_to(r->t, ds->index, info.durable_segment, false);
+								       : "new destination") == 0)
 					worked = true;
-				}
 				continue;
 			}
 			if (strcmp(ds->y.state, "syncing") == 0)

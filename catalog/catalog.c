@@ -851,16 +851,17 @@ int catalog_segment_pruned(struct catalog *c, uint64_t n)
 	return catalog_commit(c);
 }
 
-int catalog_dest_skip(struct catalog *c, const char *name, uint64_t segment)
+int catalog_dest_skip(struct catalog *c, const char *name, uint64_t segment, uint64_t dest_lsn)
 {
 	sqlite3_stmt *st;
 	int r;
 
-	if (sqlite3_prepare_v2(c->db, "UPDATE destinations SET acked_segment ="
-				      " max(acked_segment, ?2) WHERE name = ?1", -1, &st, NULL))
+	if (sqlite3_prepare_v2(c->db, "UPDATE destinations SET acked_segment = ?2, dest_lsn = ?3"
+				      " WHERE name = ?1 AND acked_segment <= ?2", -1, &st, NULL))
 		return db_fail(c, "destination skip");
 	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 2, (sqlite3_int64)segment);
+	sqlite3_bind_int64(st, 3, (sqlite3_int64)dest_lsn);
 	r = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, "destination skip");
 	sqlite3_finalize(st);
 	return r;

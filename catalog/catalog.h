@@ -119,8 +119,9 @@ int catalog_dest_ack(struct catalog *c, const char *name, uint64_t segment, uint
 		     uint64_t dest_first_lsn, uint64_t dest_last_lsn, uint64_t bytes,
 		     uint64_t now_ns);
 int catalog_dest_error(struct catalog *c, const char *name, const char *error);
-/* The destination continues after segment: what it skipped comes by resync. */
-int catalog_dest_skip(struct catalog *c, const char *name, uint64_t segment);
+/* The destination continues after segment, its sequence at dest_lsn: what
+ * it skipped comes by resync. */
+int catalog_dest_skip(struct catalog *c, const char *name, uint64_t segment, uint64_t dest_lsn);
 /* Segment n's file was deleted: drop its per-write rows, mark it pruned. */
 int catalog_segment_pruned(struct catalog *c, uint64_t n);
 

@@ -146,7 +146,7 @@ const char *seg_type_name(uint8_t type)
 		[SEG_ALLOC] = "ALLOC", [SEG_FLUSH] = "FLUSH", [SEG_CREATE] = "CREATE",
 		[SEG_UNLINK] = "UNLINK", [SEG_RENAME] = "RENAME", [SEG_MKDIR] = "MKDIR",
 		[SEG_RMDIR] = "RMDIR", [SEG_MARK] = "MARK", [SEG_SYNC_BEGIN] = "SYNC_BEGIN",
-		[SEG_SYNC_END] = "SYNC_END", [SEG_HASH] = "HASH",
+		[SEG_SYNC_END] = "SYNC_END", [SEG_HASH] = "HASH", [SEG_SKIP] = "SKIP",
 	};
 
 	if (type == 0 || type > SEG_TYPE_MAX)
@@ -245,8 +245,14 @@ struct seg_builder {
 	uint8_t *buf;
 	size_t len, cap;
 	uint64_t first_lsn, count, check;
+	uint64_t sealed_ns;
 	bool failed;
 };
+
+void seg_builder_set_sealed(struct seg_builder *b, uint64_t sealed_ns)
+{
+	b->sealed_ns = sealed_ns;
+}
 
 static int builder_reserve(struct seg_builder *b, size_t extra)
 {
@@ -317,7 +323,8 @@ int seg_builder_finish(struct seg_builder *b, uint64_t backing_lsn, uint8_t **ou
 	if (b->failed || builder_reserve(b, SEG_TRAILER_SIZE) < 0)
 		return -ENOMEM;
 	clock_gettime(CLOCK_REALTIME, &ts);
-	t.sealed_ns = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+	t.sealed_ns = b->sealed_ns ? b->sealed_ns
+				   : (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 	seg_trailer_encode(&t, b->check, b->buf + b->len);
 	b->len += SEG_TRAILER_SIZE;
 	*out = b->buf;
@@ -495,6 +502,10 @@ static int apply_semantics(struct seg_view *v, const struct seg_record *r, uint6
 	case SEG_SYNC_END:
 		if (r->flags || r->image || r->aux == 0 || r->offset || r->length || r->payload_len)
 			return fail(err, off, "%s record is malformed", seg_type_name(r->type));
+		return 0;
+	case SEG_SKIP:
+		if (r->flags || r->image || r->offset || r->length || r->payload_len)
+			return fail(err, off, "SKIP record is malformed");
 		return 0;
 	case SEG_HASH: {
 		const uint8_t *p = r->payload;

@@ -52,7 +52,9 @@ enum seg_type {
 	SEG_SYNC_END = 13,   /* ... and are consistent again (docs/RESYNC.md) */
 	SEG_HASH = 14,    /* range's block hashes for comparison; aux = destination
 			     (0: all); payload = u32 block size, u32 0, XXH3-64s */
-	SEG_TYPE_MAX = SEG_HASH
+	SEG_SKIP = 15,    /* nothing: stands for a record meant for another
+			     destination, keeping this one's LSNs the source's */
+	SEG_TYPE_MAX = SEG_SKIP
 };
 
 #define SEG_F_PUNCH 0x01     /* ZERO: deallocate the range too */
@@ -151,6 +153,9 @@ uint64_t seg_builder_add(struct seg_builder *b, struct seg_record *r);
 uint64_t seg_builder_count(const struct seg_builder *b);
 size_t seg_builder_size(const struct seg_builder *b);
 int seg_builder_finish(struct seg_builder *b, uint64_t backing_lsn, uint8_t **out, size_t *len);
+/* The trailer's sealed time (default: when seg_builder_finish runs).  A
+ * re-encoding that must come out byte-identical every time sets it. */
+void seg_builder_set_sealed(struct seg_builder *b, uint64_t sealed_ns);
 void seg_builder_free(struct seg_builder *b);
 
 /* ---- decoding ---- */

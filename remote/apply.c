@@ -977,6 +977,19 @@ static int ns_rename(struct applier *a, const struct seg_record *rec, char *err,
 		/* Resuming after a crash: the rename may be done already. */
 		if (exists_beneath(a, new_name))
 			return 0;
+		if (dir) {
+			/* A directory the replica never had (made before it was
+			 * seeded, or emptied of this destination's images): the
+			 * source has it under the new name now, so does the replica. */
+			int pfd = open_parent(a, new_name, true, &nleaf, err, errlen);
+
+			if (pfd < 0)
+				return pfd;
+			r = mkdirat(pfd, nleaf, 0755) < 0 && errno != EEXIST ? -errno : fsync_fd(pfd);
+			close(pfd);
+			return r < 0 ? fail(err, errlen, r, "RENAME of directory %s to %s: %s",
+					    old_name, new_name, strerror(-r)) : 0;
+		}
 		log_warn("RENAME of %s to %s at LSN %" PRIu64 ": neither exists in %s; the replica never had %s",
 			 old_name, new_name, rec->lsn, a->dir, old_name);
 		return 0;
@@ -1246,6 +1259,7 @@ static int apply_one(struct applier *a, struct seg_view *v, const struct seg_rec
 	case SEG_FLUSH:
 		return barrier(a, rec->lsn, rec->time_ns, err, errlen);
 	case SEG_MARK:
+	case SEG_SKIP:
 		return 0;
 	case SEG_SYNC_BEGIN:
 	case SEG_SYNC_END:

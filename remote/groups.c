@@ -691,7 +691,13 @@ out:
 
 /* Applies segment number next (present as a file).  Returns 1 when it was
  * applied, 0 when the group stopped or the daemon is quitting. */
-static int apply_next(struct group *g, uint64_t next)
+/*
+ * Applies segment next.  jump: the segments between applied_segment and
+ * next never came, and next starts a resynchronisation (its first record is
+ * SYNC_BEGIN): the source skipped them for this destination and the resync
+ * brings back everything they held, so the LSN sequence may restart here.
+ */
+static int apply_next(struct group *g, uint64_t next, bool jump)
 {
 	char name[SEG_FILE_NAME_LEN + 6], why[1024], u[37];
 	const struct seg_header *h;
@@ -722,18 +728,23 @@ static int apply_next(struct group *g, uint64_t next)
 	}
 	h = seg_view_header(f.v);
 	last = seg_view_last_lsn(f.v);
+	if (jump) {
+		/* resuming inside it after a crash, or from its start */
+		if (after < h->first_lsn || after > last)
+			after = h->first_lsn - 1;
+	}
 	if (memcmp(h->group, g->id, 16) != 0) {
 		seg_uuid_format(h->group, u);
 		snprintf(why, sizeof why, "it belongs to group %s, not to this one", u);
 	} else if (h->number != next) {
 		snprintf(why, sizeof why, "its file name says segment %" PRIu64
 			 " but its header says %" PRIu64, next, h->number);
-	} else if (g->sg.applied_segment && h->first_lsn != g->sg.segment_last_lsn + 1) {
+	} else if (!jump && g->sg.applied_segment && h->first_lsn != g->sg.segment_last_lsn + 1) {
 		snprintf(why, sizeof why, "it starts at LSN %" PRIu64 " but segment %" PRIu64
 			 " ended at LSN %" PRIu64 " (expected %" PRIu64 ")", h->first_lsn,
 			 g->sg.applied_segment, g->sg.segment_last_lsn,
 			 g->sg.segment_last_lsn + 1);
-	} else if ((g->sg.applied_segment || after) &&
+	} else if (!jump && (g->sg.applied_segment || after) &&
 		   (after + 1 < h->first_lsn || after > last)) {
 		snprintf(why, sizeof why, "the targets are durable up to LSN %" PRIu64
 			 ", which is not within this segment (LSN %" PRIu64 "..%" PRIu64 ")",
@@ -838,8 +849,9 @@ static void duplicate(struct group *g, uint64_t number)
 
 /* Lists the group directory and publishes the backlog (segments numbered
  * above applied_segment).  dups: remove or put aside the others.  Returns
- * the backlog's count, *have_next whether applied_segment + 1 is there. */
-static uint64_t look(struct group *g, bool dups, bool *have_next)
+ * the backlog's count, *have_next whether applied_segment + 1 is there,
+ * *lowest the lowest segment number of the backlog (0 if none). */
+static uint64_t look(struct group *g, bool dups, bool *have_next, uint64_t *lowest)
 {
 	struct entry *e = NULL;
 	uint64_t bl_n = 0, bl_bytes = 0, oldest = 0;
@@ -847,6 +859,7 @@ static uint64_t look(struct group *g, bool dups, bool *have_next)
 	int r;
 
 	*have_next = false;
+	*lowest = 0;
 	r = scan(g, &e, &n);
 	if (r < 0) {
 		if (r != -ENOENT)
@@ -862,6 +875,8 @@ static uint64_t look(struct group *g, bool dups, bool *have_next)
 		}
 		if (e[i].number == g->sg.applied_segment + 1)
 			*have_next = true;
+		if (!*lowest || e[i].number < *lowest)
+			*lowest = e[i].number;
 		bl_n++;
 		bl_bytes += e[i].size;
 		if (!oldest || e[i].mtime_ns < oldest)
@@ -878,14 +893,54 @@ static uint64_t look(struct group *g, bool dups, bool *have_next)
 
 /* One look at the group directory.  Returns 1 when something was done and
  * another look is worth it, 0 when there is nothing to do now. */
+/* True if segment number starts with a SYNC_BEGIN record. */
+static bool starts_resync(struct group *g, uint64_t number)
+{
+	char name[SEG_FILE_NAME_LEN + 6], why[256];
+	struct seg_record rec;
+	struct seg_file f;
+	bool yes = false;
+
+	seg_file_name(number, SEG_FILE_SUFFIX, name);
+	if (seg_file_open(g, name, &f, why, sizeof why) < 0)
+		return false;
+	seg_view_rewind(f.v);
+	if (seg_view_next(f.v, &rec) == 1)
+		yes = rec.type == SEG_SYNC_BEGIN;
+	seg_file_close(&f);
+	return yes;
+}
+
 static int step(struct group *g)
 {
-	uint64_t next = g->sg.applied_segment + 1;
+	uint64_t next = g->sg.applied_segment + 1, lowest, backlog;
+	char name[SEG_FILE_NAME_LEN + 6];
+	struct stat st;
 	bool have_next;
-	uint64_t backlog = look(g, true, &have_next);
 
+	/* The common case, without listing the whole directory: a backlog of
+	 * thousands of segments must not cost a scan per segment. */
+	seg_file_name(next, SEG_FILE_SUFFIX, name);
+	if (fstatat(g->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode) &&
+	    !still_settling(g, name)) {
+		pthread_mutex_lock(&g->lock);
+		if (g->snap.backlog_segments) {
+			g->snap.backlog_segments--;
+			g->snap.backlog_bytes -= g->snap.backlog_bytes > (uint64_t)st.st_size
+						 ? (uint64_t)st.st_size : g->snap.backlog_bytes;
+		}
+		pthread_mutex_unlock(&g->lock);
+		return apply_next(g, next, false);
+	}
+	backlog = look(g, true, &have_next, &lowest);
 	if (have_next)
-		return apply_next(g, next);
+		return apply_next(g, next, false);
+	if (backlog && lowest > next && starts_resync(g, lowest)) {
+		log_info("group %s: segments %" PRIu64 "..%" PRIu64 " were skipped by the source;"
+			 " segment %" PRIu64 " starts a resynchronisation", g->name, next, lowest - 1,
+			 lowest);
+		return apply_next(g, lowest, true);
+	}
 	if (backlog)
 		set_state(g, GROUP_WAITING, next, NULL);
 	else
@@ -986,11 +1041,12 @@ static void *group_main(void *arg)
 		g->kicked = false;
 		pthread_mutex_unlock(&g->lock);
 		if (g->stopped) {
+			uint64_t lowest;
 			bool have_next;
 
 			/* Nothing is applied, but status shows what piles up. */
 			if (g->dirfd >= 0)
-				look(g, false, &have_next);
+				look(g, false, &have_next, &lowest);
 			continue;
 		}
 		while (!g->stopped && !atomic_load(&g->r->quitting) && step(g) > 0)

@@ -15,7 +15,7 @@ import pytest
 from aimtest import assert_trees_equal, copy_tree, run, wait_for
 from remote_helpers import PKI, Remote
 from servers import free_port, get_status
-from workload import Workload
+from workload import Workload, populate
 
 
 def sparse_image(path, size, extents, seed):
@@ -119,6 +119,7 @@ def test_initial_sync_of_existing_images_while_writing(aimfs, workdir, pki, remo
     run(["qemu-img", "create", "-q", "-f", "qcow2", os.path.join(backing, "vm2.qcow2"), "2G"])
     run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 8M", "-c", "write -P 0x33 1G 3M",
          os.path.join(backing, "vm2.qcow2")])
+    populate(backing, seed=7, threads=3)
     r = start_remote(workdir, pki, "dr1")
     remotes.append(r)
     status = f"127.0.0.1:{free_port()}"
@@ -128,6 +129,7 @@ def test_initial_sync_of_existing_images_while_writing(aimfs, workdir, pki, remo
         # the guests keep writing while the initial sync runs
         w = Workload(m.mountpoint, seed=7, threads=3)
         w.run(seconds=4)
+        w.close()
         run(["qemu-io", "-t", "none", "-f", "qcow2", "-c", "write -P 0x77 512M 1M",
              os.path.join(m.mountpoint, "vm2.qcow2")])
         st = wait_converged(status, [r])
@@ -148,6 +150,7 @@ def test_destination_added_later(aimfs, workdir, pki, remotes):
     backing = os.path.join(workdir, "backing")
     os.makedirs(backing)
     sparse_image(os.path.join(backing, "disk.raw"), 512 << 20, 20, 2)
+    populate(backing, seed=3, threads=2)
     start = os.path.join(workdir, "start")
     copy_tree(backing, start)
     r1 = start_remote(workdir, pki, "dr1")
@@ -155,7 +158,9 @@ def test_destination_added_later(aimfs, workdir, pki, remotes):
     status = f"127.0.0.1:{free_port()}"
     conf1 = source_conf(workdir, "one.conf", {"dr1": (r1, pki)}, status)
     m = aimfs(options=[f"config={conf1}"])
-    Workload(m.mountpoint, seed=3, threads=2, namespace=False).run(seconds=2)
+    w = Workload(m.mountpoint, seed=3, threads=2, namespace=False)
+    w.run(seconds=2)
+    w.close()
     wait_converged(status, [r1])
     assert m.unmount() == 0
 
@@ -166,7 +171,9 @@ def test_destination_added_later(aimfs, workdir, pki, remotes):
     m = aimfs(options=[f"config={conf2}"])
     log = StateLog(status)
     try:
-        Workload(m.mountpoint, seed=4, threads=2, namespace=False).run(seconds=3)
+        w = Workload(m.mountpoint, seed=4, threads=2, namespace=False)
+        w.run(seconds=3)
+        w.close()
         wait_converged(status, [r1, r2])
     finally:
         log.close()
@@ -181,6 +188,7 @@ def test_destination_added_later(aimfs, workdir, pki, remotes):
 def test_full_journal_tracks_without_stalling_guests(aimfs, workdir, pki, remotes):
     backing = os.path.join(workdir, "backing")
     os.makedirs(backing)
+    populate(backing, seed=9, threads=2)
     r = start_remote(workdir, pki, "dr1")
     remotes.append(r)
     status = f"127.0.0.1:{free_port()}"
@@ -202,7 +210,9 @@ def test_full_journal_tracks_without_stalling_guests(aimfs, workdir, pki, remote
                 os.fsync(fd)
             worst = max(worst, time.monotonic() - t0)
         os.close(fd)
-        Workload(m.mountpoint, seed=9, threads=2).run(seconds=2)
+        w = Workload(m.mountpoint, seed=9, threads=2)
+        w.run(seconds=2)
+        w.close()
         st = get_status(status)
         assert st["destinations"][0]["state"] in ("tracking", "retrying"), st
         assert st["writes_that_waited"] == 0, st

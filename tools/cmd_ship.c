@@ -46,6 +46,20 @@ static int scan_journal(const char *dir, uint64_t *newest, bool *unfinished)
 	return 0;
 }
 
+/* aimfs's own configuration file works here too: its [aimfs] section is
+ * for the mount, not for shipping. */
+static int other_section(void *ctx, const char *section, const char *key, const char *value)
+{
+	(void)ctx;
+	(void)key;
+	(void)value;
+	if (strcmp(section, "aimfs") == 0)
+		return 0;
+	log_error("ship: config: unknown section [%s] (expected [aimfs] or [destination NAME])",
+		  section);
+	return -1;
+}
+
 int cmd_ship(int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -75,7 +89,7 @@ int cmd_ship(int argc, char **argv)
 				goto out;
 			break;
 		case 'c':
-			if (dest_config_load(optarg, NULL, NULL, &dests, &ndests) < 0)
+			if (dest_config_load(optarg, other_section, NULL, &dests, &ndests) < 0)
 				goto out;
 			break;
 		case 't':
@@ -144,6 +158,19 @@ int cmd_ship(int argc, char **argv)
 		goto out;
 	ret = transport_drain(t, timeout_ns ? (unsigned)(timeout_ns / 1000000ULL) : UINT32_MAX) == 0
 		      ? 0 : 1;
+	if (ret == 0 && catalog_open(path, &cat) == 0) {
+		/* A destination new to this journal that got every segment from
+		 * the first one on holds an exact copy: no resync needed. */
+		for (size_t i = 0; i < ndests; i++) {
+			struct catalog_sync y;
+
+			if (catalog_dest_sync_load(cat, dests[i].name, &y) == 0 &&
+			    strcmp(y.state, "new") == 0) {
+				snprintf(y.state, sizeof y.state, "in_sync");
+				catalog_dest_sync_save(cat, dests[i].name, &y);
+			}
+		}
+	}
 	{
 		json_t *arr = transport_status(t), *d;
 		size_t i;

@@ -9,8 +9,9 @@
  * destination is told to unlink it), one renamed *into* the selection
  * has no content there and needs a resync (logged).
  *
- * The same re-encoding drops records tagged for other destinations'
- * resyncs, and in skeleton mode (a destination tracking dirty extents after
+ * The same re-encoding replaces records tagged for other destinations'
+ * resyncs with SKIP records (so that an unlimited destination's LSNs stay
+ * the source's), and in skeleton mode (a destination tracking dirty extents after
  * an overflow) every data record, keeping the namespace, truncates and
  * barriers that the data will later be resynchronised against.
  */
@@ -57,9 +58,13 @@ static void on_rename(struct filter *f, const struct seg_record *r)
 
 	seg_rename_names(r, old_name, new_name);
 	if (r->flags & SEG_F_DIR) {
-		if (names_rename_dir(f->tracked, old_name, strlen(old_name), new_name,
-				     strlen(new_name)) > 0)
-			emit(f, r);
+		long moved = names_rename_dir(f->tracked, old_name, strlen(old_name), new_name,
+					      strlen(new_name));
+
+		/* Every directory rename goes, as MKDIR and RMDIR do, so that the
+		 * replica's directories follow the source's. */
+		(void)moved;
+		emit(f, r);
 		return;
 	}
 	had = names_get(f->tracked, r->image) != NULL;
@@ -104,8 +109,14 @@ static void on_record(struct filter *f, const struct seg_record *r)
 {
 	char name[SEG_NAME_MAX + 1];
 
-	if (record_is_foreign(r, f->number))
+	if (record_is_foreign(r, f->number)) {
+		/* In its place a SKIP: the LSNs stay the source's, so the
+		 * segments after this one can be shipped as they are. */
+		struct seg_record k = { .type = SEG_SKIP, .aux = r->aux, .time_ns = r->time_ns };
+
+		emit(f, &k);
 		return;
+	}
 	switch (r->type) {
 	case SEG_WRITE:
 	case SEG_ZERO:
@@ -191,6 +202,10 @@ int filter_segment(const struct dest_config *d, uint32_t number, enum filter_mod
 	if (f.failed)
 		goto out;
 	*last_lsn = first_lsn + seg_builder_count(f.b) - 1;
+	/* The same segment re-encoded again (a resend after a lost reply) must
+	 * be the same bytes, or the receiver rightly refuses it. */
+	if (seg_view_trailer(v))
+		seg_builder_set_sealed(f.b, seg_view_trailer(v)->sealed_ns);
 	ret = seg_builder_finish(f.b, 0, out, len);
 out:
 	seg_builder_free(f.b);

@@ -134,6 +134,11 @@ int transport_new(const struct transport_config *cfg, struct transport **out)
 				goto fail;
 			d->number = y.number;
 			d->tracking = strcmp(y.state, "tracking") == 0;
+			/* A resync that has not begun yet: nothing ships until its
+			 * SYNC_BEGIN opens a segment of its own (transport_skip_to). */
+			d->hold = cfg->resync && (strcmp(y.state, "new") == 0 ||
+						  (strcmp(y.state, "syncing") == 0 &&
+						   strcmp(y.phase, "") == 0));
 			d->skel_need_begin = d->tracking && strcmp(y.phase, "") == 0;
 		}
 		d->acked_segment = cd.acked_segment;
@@ -257,7 +262,8 @@ void transport_dest_info(struct transport *t, size_t i, struct transport_dest_in
 	pthread_mutex_unlock(&t->lock);
 }
 
-int transport_skip_to(struct transport *t, size_t i, uint64_t segment, bool tracking)
+int transport_skip_to(struct transport *t, size_t i, uint64_t segment, uint64_t dest_lsn,
+		      bool tracking)
 {
 	struct dest *d = &t->dests[i];
 	struct catalog *cat;
@@ -269,19 +275,31 @@ int transport_skip_to(struct transport *t, size_t i, uint64_t segment, bool trac
 	if (r < 0)
 		return r;
 	pthread_mutex_lock(&t->lock);
-	if (segment > d->acked_segment)
+	if (segment > d->acked_segment) {
 		d->acked_segment = segment;
+		d->dest_last_lsn = dest_lsn;
+	}
 	segment = d->acked_segment;
+	dest_lsn = d->dest_last_lsn;
 	d->tracking = tracking;
+	d->hold = false;
 	if (d->state == DEST_NEEDS_RESYNC) {
 		d->state = DEST_SHIPPING;
 		d->last_error[0] = '\0';
 	}
 	pthread_cond_broadcast(&t->cond);
 	pthread_mutex_unlock(&t->lock);
-	r = catalog_dest_skip(cat, d->cfg.name, segment);
+	r = catalog_dest_skip(cat, d->cfg.name, segment, dest_lsn);
 	catalog_close(cat);
 	return r;
+}
+
+int transport_hold(struct transport *t, size_t i)
+{
+	pthread_mutex_lock(&t->lock);
+	t->dests[i].hold = true;
+	pthread_mutex_unlock(&t->lock);
+	return 0;
 }
 
 int transport_set_tracking(struct transport *t, size_t i, bool on, bool *begin_sent)

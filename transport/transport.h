@@ -81,6 +81,7 @@ struct transport_config {
 	size_t ndests;
 	uint64_t retain_ns;           /* keep acknowledged segments this long */
 	uint64_t start_segment;       /* a new destination starts after this one */
+	bool resync;                  /* a resync engine runs: hold new destinations for it */
 	struct transport_hooks hooks;
 };
 
@@ -123,9 +124,14 @@ size_t transport_dest_count(struct transport *t);
 /* True if destination i mirrors image name (its image patterns). */
 bool transport_dest_wants(struct transport *t, size_t i, const char *name);
 void transport_dest_info(struct transport *t, size_t i, struct transport_dest_info *info);
-/* Destination i continues after segment (what it missed comes by resync);
- * tracking makes it receive skeletons from then on.  Thread-safe. */
-int transport_skip_to(struct transport *t, size_t i, uint64_t segment, bool tracking);
+/* Destination i continues after segment, whose last LSN is dest_lsn (what
+ * it missed comes by resync), and ships again if held; tracking makes it
+ * receive skeletons from then on.  Thread-safe. */
+int transport_skip_to(struct transport *t, size_t i, uint64_t segment, uint64_t dest_lsn,
+		      bool tracking);
+/* Destination i ships nothing until transport_skip_to (a resync is about to
+ * begin with a segment of its own). */
+int transport_hold(struct transport *t, size_t i);
 /* Destination i starts (on) or stops tracking: it receives skeletons of
  * segments, their data becoming dirty extents.  Stopping reports whether
  * its SYNC_BEGIN already went out in a skeleton. */

@@ -44,6 +44,7 @@ struct dest {
 	double rate_bps;            /* moving average of upload throughput */
 	bool tracking;              /* overflowed: ships skeletons (T) */
 	bool skel_need_begin;       /* the next skeleton starts with SYNC_BEGIN (T) */
+	bool hold;                  /* ships nothing until the resync engine starts (T) */
 	uint64_t skel_through;      /* skeletons stored up to this segment (T) */
 };
 

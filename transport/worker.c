@@ -367,7 +367,7 @@ void *worker_main(void *arg)
 		bool skeleton = false;
 		enum outcome o;
 
-		if (d->state == DEST_STOPPED || d->state == DEST_NEEDS_RESYNC) {
+		if (d->state == DEST_STOPPED || d->state == DEST_NEEDS_RESYNC || d->hold) {
 			pthread_cond_wait(&t->cond, &t->lock);
 			continue;
 		}

@@ -506,6 +506,8 @@ static void test_round_trip(void)
 		  { "snap/new.img", "old-disks/vm2.raw", "vm3.img", "old-disks/sub/vm7.img" } },
 		{ { SEG_SYNC_END, 0, 0, 2, 0, 0, NULL, 0 },
 		  { "snap/new.img", "old-disks/vm2.raw", "vm3.img", "old-disks/sub/vm7.img" } },
+		{ { SEG_SKIP, 0, 0, 3, 0, 0, NULL, 0 },
+		  { "snap/new.img", "old-disks/vm2.raw", "vm3.img", "old-disks/sub/vm7.img" } },
 	};
 	enum { N = sizeof t / sizeof t[0] };
 	static const uint32_t ids[4] = { 1, 2, 3, 7 };
@@ -640,7 +642,7 @@ static void test_round_trip(void)
 		CHECK_MSG(seen[ty], "type %s not covered", seg_type_name((uint8_t)ty));
 		CHECK(strcmp(seg_type_name((uint8_t)ty), "UNKNOWN") != 0);
 	}
-	CHECK(strcmp(seg_type_name(0), "UNKNOWN") == 0 && strcmp(seg_type_name(15), "UNKNOWN") == 0);
+	CHECK(strcmp(seg_type_name(0), "UNKNOWN") == 0 && strcmp(seg_type_name(16), "UNKNOWN") == 0);
 	CHECK(strcmp(seg_type_name(SEG_WRITE), "WRITE") == 0);
 
 	/* the same bytes through the recovery decoder: sealed, whole */
@@ -987,7 +989,8 @@ static void test_forged_records(void)
 		struct spec recs[MAX_RECS];
 	} t[] = {
 		{ "unknown type 0", "unknown record type 0", { WR(1, 0, "x"), { 0, 0, 1, 0, 0, 0, NULL, 0 } } },
-		{ "unknown type 15", "unknown record type 15", { { 15, 0, 1, 0, 0, 0, NULL, 0 } } },
+		{ "unknown type 16", "unknown record type 16", { { 16, 0, 1, 0, 0, 0, NULL, 0 } } },
+		{ "SKIP with image", "SKIP record is malformed", { { SEG_SKIP, 0, 1, 0, 0, 0, NULL, 0 } } },
 		{ "WRITE resync without destination", "inconsistent",
 		  { { SEG_WRITE, SEG_F_RESYNC, 1, 0, 0, 1, "x", 0 } } },
 		{ "WRITE destination without resync", "inconsistent",
