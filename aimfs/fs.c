@@ -75,9 +75,17 @@ struct fs {
 	struct lo_inode *buckets[INODE_BUCKETS];
 };
 
-/* Per-thread staging buffer for O_DIRECT and reads. */
+/* Per-thread staging buffer for O_DIRECT and reads, freed when libfuse
+ * ends a worker thread (the key's destructor). */
 static __thread void *tbuf;
 static __thread size_t tbuf_size;
+static pthread_key_t tbuf_key;
+static pthread_once_t tbuf_once = PTHREAD_ONCE_INIT;
+
+static void tbuf_key_make(void)
+{
+	pthread_key_create(&tbuf_key, free);
+}
 
 static void *thread_buffer(size_t size)
 {
@@ -87,9 +95,11 @@ static void *thread_buffer(size_t size)
 
 		if (posix_memalign(&p, IO_ALIGN, want))
 			return NULL;
+		pthread_once(&tbuf_once, tbuf_key_make);
 		free(tbuf);
 		tbuf = p;
 		tbuf_size = want;
+		pthread_setspecific(tbuf_key, p);
 	}
 	return tbuf;
 }

@@ -29,7 +29,9 @@
 #include "segment.h"
 #include "transport.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -196,6 +198,67 @@ static int seed_full(struct resync *r, struct dest_sync *ds, const char *why)
 	log_info("destination %s: %s; resynchronising %zu images (%" PRIu64 " bytes)", ds->name,
 		 why, ids.n, total);
 	return save(r, ds);
+}
+
+/* ---- the directories ---- */
+
+/*
+ * A destination that skipped segments also skipped their MKDIRs and
+ * directory renames: journal a MKDIR for every directory the source has
+ * (idempotent on every remote), parents first, under the namespace lock so
+ * that none is removed between the scan and its record.
+ */
+static int mkdir_walk(struct resync *r, int rootfd, char *path, size_t len, dev_t jdev, ino_t jino,
+		      int depth)
+{
+	struct dirent *de;
+	DIR *d;
+	int fd, ret = 0;
+
+	if (depth > 64)
+		return 0;
+	fd = openat(rootfd, len ? path : ".", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	d = fdopendir(fd);
+	if (!d) {
+		close(fd);
+		return 0;
+	}
+	while (!ret && (de = readdir(d))) {
+		size_t nl = strlen(de->d_name), sub = len + (len ? 1 : 0) + nl;
+		struct stat st;
+
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") || sub > SEG_NAME_MAX)
+			continue;
+		if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+		    !S_ISDIR(st.st_mode) || (st.st_dev == jdev && st.st_ino == jino))
+			continue;
+		if (len)
+			path[len] = '/';
+		memcpy(path + len + (len ? 1 : 0), de->d_name, nl + 1);
+		if (seg_name_valid(path, sub)) {
+			ret = journal_mkdir(r->j, path, st.st_mode & 07777);
+			if (ret == 0)
+				ret = mkdir_walk(r, rootfd, path, sub, jdev, jino, depth + 1);
+		}
+		path[len] = '\0';
+	}
+	closedir(d);
+	return ret;
+}
+
+static int journal_directories(struct resync *r)
+{
+	char path[SEG_NAME_MAX + 2] = "";
+	struct stat js = { 0 };
+	int ret;
+
+	stat(r->journal_dir, &js);
+	journal_ns_lock(r->j);
+	ret = mkdir_walk(r, r->backing_fd, path, 0, js.st_dev, js.st_ino, 0);
+	journal_ns_unlock(r->j);
+	return ret;
 }
 
 /* ---- one chunk ---- */
@@ -465,7 +528,8 @@ static bool step(struct resync *r, struct dest_sync *ds, const struct transport_
 		 * in its dirty extents, and the remote, seeing a gap that ends
 		 * at a segment starting with SYNC_BEGIN, may cross it.
 		 */
-		if (journal_sync_mark(r->j, ds->y.number, true, true, &lsn, &seg) < 0)
+		if (journal_sync_mark(r->j, ds->y.number, true, true, &lsn, &seg) < 0 ||
+		    journal_directories(r) < 0)
 			return false;
 		transport_skip_to(r->t, ds->index, seg - 1, lsn - 1, false);
 		set_state(r, ds, "syncing", "copying");
