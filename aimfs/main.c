@@ -322,7 +322,8 @@ int main(int argc, char *argv[])
 			log_error("cannot start the destination workers");
 			goto out_unmount;
 		}
-		if (resync_start(j, t, backing_fd, p.journal, !o.overflow_block, &rs) < 0) {
+		if (resync_start(j, t, backing_fd, p.journal, !o.overflow_block, o.verify_every_ns,
+				 &rs) < 0) {
 			log_error("cannot start the resynchronisation engine");
 			goto out_unmount;
 		}

@@ -25,6 +25,7 @@ static const struct fuse_opt aimfs_opts[] = {
 	OPT("journal_max=%s", journal_max_s),
 	OPT("overflow=%s", overflow_s),
 	OPT("retain=%s", retain_s),
+	OPT("verify_every=%s", verify_every_s),
 	FUSE_OPT_KEY("dest=", KEY_DEST),
 	FUSE_OPT_KEY("-h", KEY_HELP),
 	FUSE_OPT_KEY("--help", KEY_HELP),
@@ -89,6 +90,7 @@ void options_usage(const char *prog)
 	       "  -o overflow=track|block  at the limit: track a lagging destination's changes\n"
 	       "                         for a resync (default), or make writes wait\n"
 	       "  -o retain=DURATION     keep acknowledged segments this long (default 0)\n"
+	       "  -o verify_every=DURATION  compare every image with every replica this often\n"
 	       "  -f                     stay in the foreground\n"
 	       "  -d                     FUSE debug output (implies -f)\n"
 	       "  -o allow_other, ...    standard FUSE options\n",
@@ -147,6 +149,14 @@ static int check_values(struct aimfs_options *o)
 			return -1;
 		}
 	}
+	if (o->verify_every_s) {
+		if (parse_duration(o->verify_every_s, &v) < 0 || (v && v < 10000000000ULL)) {
+			log_error("verify_every=%s: must be a duration of at least 10s (e.g. 6h), or 0",
+				  o->verify_every_s);
+			return -1;
+		}
+		o->verify_every_ns = v;
+	}
 	if (o->retain_s) {
 		if (parse_duration(o->retain_s, &v) < 0) {
 			log_error("retain=%s: must be a duration (e.g. 0, 30m, 24h)", o->retain_s);
@@ -179,6 +189,7 @@ static int set_aimfs_key(struct aimfs_options *o, const char *key, const char *v
 		{ "journal_max", offsetof(struct aimfs_options, journal_max_s) },
 		{ "overflow", offsetof(struct aimfs_options, overflow_s) },
 		{ "retain", offsetof(struct aimfs_options, retain_s) },
+		{ "verify_every", offsetof(struct aimfs_options, verify_every_s) },
 	};
 
 	for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
@@ -200,7 +211,7 @@ static int set_aimfs_key(struct aimfs_options *o, const char *key, const char *v
 		return o->dest_urls[o->ndest_urls++] ? 0 : -1;
 	}
 	log_error("config %s: [aimfs] has no key \"%s\" (known: journal, status, dest,"
-		  " segment_size, segment_age, segment_idle, journal_max, overflow, retain)",
+		  " segment_size, segment_age, segment_idle, journal_max, overflow, retain, verify_every)",
 		  o->config, key);
 	return -1;
 }
@@ -275,6 +286,7 @@ void options_free(struct aimfs_options *o)
 		dest_config_free(&o->dests[i]);
 	free(o->dests);
 	free(o->retain_s);
+	free(o->verify_every_s);
 	free(o->segment_size_s);
 	free(o->segment_age_s);
 	free(o->segment_idle_s);

@@ -33,6 +33,8 @@ struct aimfs_options {
 	struct dest_config *dests; /* all destinations, checked */
 	size_t ndests;
 	char *segment_size_s, *segment_age_s, *segment_idle_s, *journal_max_s, *overflow_s, *retain_s;
+	char *verify_every_s;
+	uint64_t verify_every_ns;
 	uint64_t segment_size;
 	uint64_t segment_age_ns;
 	uint64_t segment_idle_ns;

@@ -87,6 +87,8 @@ struct resync {
 	size_t n;
 	uint8_t *buf;              /* CHUNK bytes */
 	bool track;                /* overflow=track */
+	uint64_t verify_every_ns;  /* scheduled verification, 0: none */
+	uint64_t next_verify_ns;
 	struct verify *verify;     /* the running or last verification (lock) */
 	uint64_t next_verify_id;
 };
@@ -817,9 +819,43 @@ static bool verify_step(struct resync *r)
 	json_object_set_new(v->result, "bytes", json_integer((json_int_t)v->bytes));
 	json_object_set_new(v->result, "done", json_boolean(done));
 	pthread_mutex_unlock(&r->lock);
-	if (done)
-		log_info("verification %" PRIu64 " finished", v->id);
+	if (done) {
+		json_t *d;
+		size_t i;
+		bool equal = true;
+
+		json_array_foreach(dests, i, d)
+			if (strcmp(json_string_value(json_object_get(d, "state")), "equal") &&
+			    strcmp(json_string_value(json_object_get(d, "state")), "cannot compare")) {
+				equal = false;
+				log_warn("verification %" PRIu64 ": destination %s %s (%zu ranges)", v->id,
+					 json_string_value(json_object_get(d, "name")),
+					 json_string_value(json_object_get(d, "state")),
+					 json_array_size(json_object_get(d, "ranges")));
+			}
+		if (equal)
+			log_info("verification %" PRIu64 " finished: every replica is equal", v->id);
+	}
 	return false; /* waiting on remotes: let the loop idle */
+}
+
+/* verify_every: start a verification of every image when it is due and
+ * none runs; its result is in the status and differences are logged. */
+static void scheduled_verify(struct resync *r)
+{
+	uint64_t now = now_ns(), id;
+	bool idle;
+
+	if (!r->verify_every_ns || now < r->next_verify_ns)
+		return;
+	pthread_mutex_lock(&r->lock);
+	idle = !r->verify || json_is_true(json_object_get(r->verify->result, "done"));
+	pthread_mutex_unlock(&r->lock);
+	if (!idle)
+		return;
+	r->next_verify_ns = now + r->verify_every_ns;
+	if (resync_verify(r, NULL, &id) == 0)
+		log_info("scheduled verification %" PRIu64 " of every image started", id);
 }
 
 static void *engine_main(void *arg)
@@ -833,6 +869,7 @@ static void *engine_main(void *arg)
 		pthread_mutex_unlock(&r->lock);
 		worked |= relieve_overflow(r);
 		worked |= verify_step(r);
+		scheduled_verify(r);
 		for (size_t i = 0; i < r->n; i++) {
 			struct dest_sync *ds = &r->ds[i];
 			struct transport_dest_info info;
@@ -866,7 +903,7 @@ static void *engine_main(void *arg)
 }
 
 int resync_start(struct journal *j, struct transport *t, int backing_fd, const char *journal_dir,
-		 bool track, struct resync **out)
+		 bool track, uint64_t verify_every_ns, struct resync **out)
 {
 	struct resync *r = calloc(1, sizeof *r);
 	char path[4200];
@@ -877,6 +914,8 @@ int resync_start(struct journal *j, struct transport *t, int backing_fd, const c
 	r->j = j;
 	r->t = t;
 	r->track = track;
+	r->verify_every_ns = verify_every_ns;
+	r->next_verify_ns = now_ns() + verify_every_ns;
 	r->backing_fd = backing_fd;
 	r->journal_dir = strdup(journal_dir);
 	r->n = transport_dest_count(t);

@@ -16,9 +16,11 @@ struct journal;
 struct transport;
 
 /* Starts the engine; track: relieve a full journal by tracking a lagging
- * destination's changes (overflow=track).  Returns 0 or -errno. */
+ * destination's changes (overflow=track); verify_every_ns: verify every
+ * image against every destination that often (0: only on request).
+ * Returns 0 or -errno. */
 int resync_start(struct journal *j, struct transport *t, int backing_fd, const char *journal_dir,
-		 bool track, struct resync **out);
+		 bool track, uint64_t verify_every_ns, struct resync **out);
 void resync_stop(struct resync *r);
 
 /* Progress of destination name for the status: a new JSON object

@@ -287,3 +287,26 @@ def test_aimctl_verify_finds_a_byte_changed_behind_the_remotes_back(aimfs, workd
     block = (40 << 20) // 65536 * 65536
     assert f"vm.raw: 65536 bytes differ at offset {block}" in bad.stdout, bad.stdout
     assert m.unmount() == 0
+
+
+def test_scheduled_verification_reports_drift(aimfs, workdir, pki, remotes):
+    backing = os.path.join(workdir, "backing")
+    os.makedirs(backing)
+    sparse_image(os.path.join(backing, "vm.raw"), 16 << 20, 5, 4)
+    r = start_remote(workdir, pki, "dr1")
+    remotes.append(r)
+    status = f"127.0.0.1:{free_port()}"
+    conf = source_conf(workdir, "s.conf", {"dr1": (r, pki)}, status, "verify_every = 10s\n")
+    m = aimfs(options=[f"config={conf}"], expect_alarms=True)
+    wait_converged(status, [r])
+    with open(os.path.join(r.target, "vm.raw"), "r+b") as f:
+        f.seek(1 << 20)
+        f.write(b"drift")
+    wait_for(lambda: "destination dr1 differs" in m.output(), 90, 0.5,
+             what="a scheduled verification to find the drift")
+    import json
+    import urllib.request
+    with urllib.request.urlopen(f"http://{status}/verify", timeout=5) as resp:
+        v = json.load(resp)
+    assert v["done"] and v["destinations"][0]["state"] == "differs", v
+    assert m.unmount() == 0
