@@ -1060,6 +1060,16 @@ int journal_sync_mark(struct journal *j, uint32_t dest, bool begin, bool fresh, 
 	return ret;
 }
 
+int journal_seal(struct journal *j)
+{
+	int ret;
+
+	pthread_mutex_lock(&j->lock);
+	ret = j->open && j->open->records ? journal_seal_locked(j) : 0;
+	pthread_mutex_unlock(&j->lock);
+	return ret;
+}
+
 void journal_image_name(struct journal *j, struct image *im, char *buf, size_t len)
 {
 	pthread_mutex_lock(&j->lock);

@@ -172,6 +172,9 @@ int journal_hash(struct journal *j, struct image *im, uint32_t dest, uint64_t of
  * destination that skipped segments resumes exactly there). */
 int journal_sync_mark(struct journal *j, uint32_t dest, bool begin, bool fresh, uint64_t *lsn,
 		      uint64_t *segment);
+/* Seals the open segment now if it holds records, so that the transport
+ * can ship them without waiting for segment_age or segment_idle. */
+int journal_seal(struct journal *j);
 /* Copies im's current name into buf. */
 void journal_image_name(struct journal *j, struct image *im, char *buf, size_t len);
 /* The live image named name (reference taken), or NULL. */

@@ -44,18 +44,25 @@
 
 #define CHUNK (1u << 20)
 #define HASH_BLOCK (64u << 10)
-#define MAX_BACKLOG 2
+#define MAX_BACKLOG 4
 #define IDLE_NS 100000000ULL
+#define SYNCING_IDLE_NS 20000000ULL /* while a destination syncs: waits for acks */
+#define BATCH_NS 50000000ULL        /* copying: chunks per step, progress saved once */
+#define SEAL_HASHED (128ull << 20)  /* seal after HASH records of this much data, so
+				     * that the remote compares while we hash on */
 
 struct dest_sync {
 	char *name;
 	size_t index;              /* in the transport */
 	struct catalog_sync y;
 	int compare;               /* remote compares HASH records: -1 unknown, 0, 1 */
+	json_t *targets;           /* {image: size} the remote holds, from the probe */
 	uint32_t truncated_image;  /* last image given its size in this pass */
 	uint64_t remaining;        /* dirty bytes, for the status */
 	uint64_t hashed;           /* bytes covered by HASH records in this pass */
+	uint64_t hashed_unsealed;  /* ... of which not yet in a sealed segment */
 	uint64_t sent;             /* data bytes journaled for it since the engine started */
+	uint64_t hashed_all;       /* bytes covered by its HASH records since then */
 };
 
 /* An `aimctl verify`: HASH records for every destination, then each
@@ -320,6 +327,8 @@ static int journal_data(struct resync *r, struct dest_sync *ds, struct image *im
 					ds->y.lsn_a = seg;
 				ds->y.lsn_b = seg;
 				ds->hashed += len;
+				ds->hashed_unsealed += len;
+				ds->hashed_all += len;
 			}
 		} else if (all_zero(r->buf, len)) {
 			ret = journal_resync_zero(r->j, im, ds->y.number, pos, len, false, &lsn, &seg);
@@ -333,6 +342,21 @@ static int journal_data(struct resync *r, struct dest_sync *ds, struct image *im
 	return ret;
 }
 
+/* How many bytes of im the remote's target holds, as the probe saw it; all
+ * of it when the remote did not say (an older aim-remote): hashing is
+ * always correct, shipping data without hashing only saves time. */
+static uint64_t remote_holds(struct resync *r, struct dest_sync *ds, struct image *im)
+{
+	char name[4096];
+	json_t *v;
+
+	if (!ds->targets)
+		return UINT64_MAX;
+	journal_image_name(r->j, im, name, sizeof name);
+	v = json_object_get(ds->targets, name);
+	return json_is_integer(v) && json_integer_value(v) > 0 ? (uint64_t)json_integer_value(v) : 0;
+}
+
 /*
  * Covers up to CHUNK bytes from the start of extent e; sets *done to the
  * bytes of e now covered.
@@ -343,7 +367,7 @@ static int process_extent(struct resync *r, struct dest_sync *ds, const struct c
 	struct image *im = journal_image_by_id(r->j, e->image);
 	struct range_held h;
 	struct rangelock *rl;
-	uint64_t lsn, seg, end, pos, len;
+	uint64_t lsn, seg, end, pos, len, held, split;
 	bool hash = e->hash && ds->compare == 1;
 	struct stat st;
 	int fd, ret = 0;
@@ -392,7 +416,13 @@ static int process_extent(struct resync *r, struct dest_sync *ds, const struct c
 		hole = lseek(fd, (off_t)pos, SEEK_HOLE);
 		if (hole < 0 || (uint64_t)hole > end)
 			hole = (off_t)end;
-		ret = journal_data(r, ds, im, fd, pos, (uint64_t)hole, hash);
+		/* Hash only what the remote's target can hold; past its end
+		 * nothing can match, so that goes as data at once. */
+		held = hash ? remote_holds(r, ds, im) : 0;
+		split = held < (uint64_t)hole ? (held > pos ? held : pos) : (uint64_t)hole;
+		ret = journal_data(r, ds, im, fd, pos, split, true);
+		if (ret == 0)
+			ret = journal_data(r, ds, im, fd, split, (uint64_t)hole, false);
 		pos = (uint64_t)hole;
 	}
 	if (end < e->offset + e->length && end < (uint64_t)st.st_size)
@@ -422,6 +452,15 @@ static void probe_compare(struct resync *r, struct dest_sync *ds)
 		return;
 	}
 	ds->compare = json && (status == 200 || status == 404) ? 1 : 0;
+	json_decref(ds->targets);
+	ds->targets = NULL;
+	if (ds->compare && status == 200) {
+		json_t *o = json_loads(body, 0, NULL), *t = o ? json_object_get(o, "targets") : NULL;
+
+		if (json_is_object(t))
+			ds->targets = json_incref(t);
+		json_decref(o);
+	}
 	free(body);
 	log_info("destination %s %s compare block hashes", ds->name,
 		 ds->compare ? "can" : "cannot");
@@ -516,11 +555,82 @@ static bool keeping_up(struct resync *r, const struct transport_dest_info *info)
 	       (!max || used < max / 2);
 }
 
-/* One step for one syncing destination; true if it did something. */
-static bool step(struct resync *r, struct dest_sync *ds, const struct transport_dest_info *info)
+/* Journals the next chunk of the first dirty extent and records the
+ * progress in memory (the caller saves it).  1: done, 0: nothing dirty is
+ * left, -errno. */
+static int copy_chunk(struct resync *r, struct dest_sync *ds)
 {
 	struct catalog_extent e;
-	uint64_t lsn, seg, done;
+	uint64_t done;
+	int ret;
+
+	ret = catalog_dirty_first(r->cat, ds->name, &e);
+	if (ret == -ENOENT)
+		return 0;
+	if (ret < 0)
+		return ret;
+	ret = process_extent(r, ds, &e, &done);
+	if (ret < 0) {
+		log_error("destination %s: resync of image %u at %" PRIu64 ": %s", ds->name,
+			  e.image, e.offset, strerror(-ret));
+		return ret;
+	}
+	ret = catalog_dirty_advance(r->cat, ds->name, &e, done);
+	if (ret < 0)
+		return ret;
+	pthread_mutex_lock(&r->lock);
+	ds->y.done += done < CHUNK ? done : CHUNK;
+	if (ds->y.done > ds->y.total)
+		ds->y.total = ds->y.done;
+	pthread_mutex_unlock(&r->lock);
+	if (ds->hashed_unsealed >= SEAL_HASHED) {
+		/* HASH records are small: without this the remote would see
+		 * them only at segment_age, and compare only after we hashed
+		 * everything instead of alongside. */
+		journal_seal(r->j);
+		ds->hashed_unsealed = 0;
+	}
+	return 1;
+}
+
+/* The copying phase: chunks for up to BATCH_NS while the destination keeps
+ * up, then the progress is saved once (a crash redoes at most a batch,
+ * which is harmless: resync records are ordered like any other). */
+static bool copy_batch(struct resync *r, struct dest_sync *ds, struct transport_dest_info *info)
+{
+	uint64_t lsn, seg, start = now_ns();
+	bool worked = false;
+	int ret = 1;
+
+	while (ret > 0 && keeping_up(r, info) && now_ns() - start < BATCH_NS) {
+		ret = copy_chunk(r, ds);
+		worked |= ret > 0;
+		transport_dest_info(r->t, ds->index, info);
+	}
+	if (ret == 0) {
+		/* Nothing dirty is left: compare what was hashed, or end. */
+		if (ds->y.lsn_b) {
+			set_state(r, ds, "syncing", "comparing");
+		} else if (journal_sync_mark(r->j, ds->y.number, false, false, &lsn, &seg) == 0) {
+			pthread_mutex_lock(&r->lock);
+			ds->y.lsn_b = seg;
+			pthread_mutex_unlock(&r->lock);
+			set_state(r, ds, "syncing", "ending");
+		}
+		/* What the next phase waits for goes out now, not at segment_age. */
+		journal_seal(r->j);
+		ds->hashed_unsealed = 0;
+		worked = true;
+	}
+	if (worked)
+		save(r, ds);
+	return worked;
+}
+
+/* One step for one syncing destination; true if it did something. */
+static bool step(struct resync *r, struct dest_sync *ds, struct transport_dest_info *info)
+{
+	uint64_t lsn, seg;
 	int ret;
 
 	if (strcmp(ds->y.phase, "") == 0) {
@@ -533,6 +643,8 @@ static bool step(struct resync *r, struct dest_sync *ds, const struct transport_
 		if (journal_sync_mark(r->j, ds->y.number, true, true, &lsn, &seg) < 0 ||
 		    journal_directories(r) < 0)
 			return false;
+		journal_seal(r->j); /* the remote learns of the group now: the probe */
+		ds->compare = -1;   /* ask again what it can compare and holds */
 		transport_skip_to(r->t, ds->index, seg - 1, lsn - 1, false);
 		set_state(r, ds, "syncing", "copying");
 		save(r, ds);
@@ -542,6 +654,7 @@ static bool step(struct resync *r, struct dest_sync *ds, const struct transport_
 		/* back from tracking without a skeleton: nothing was skipped */
 		if (journal_sync_mark(r->j, ds->y.number, true, false, &lsn, &seg) < 0)
 			return false;
+		ds->compare = -1;
 		set_state(r, ds, "syncing", "copying");
 		save(r, ds);
 		return true;
@@ -553,35 +666,7 @@ static bool step(struct resync *r, struct dest_sync *ds, const struct transport_
 			probe_compare(r, ds);
 		if (ds->compare < 0)
 			return false;
-		ret = catalog_dirty_first(r->cat, ds->name, &e);
-		if (ret == -ENOENT) {
-			if (ds->y.lsn_b) {
-				set_state(r, ds, "syncing", "comparing");
-			} else if (journal_sync_mark(r->j, ds->y.number, false, false, &lsn, &seg) == 0) {
-				pthread_mutex_lock(&r->lock);
-				ds->y.lsn_b = seg;
-				pthread_mutex_unlock(&r->lock);
-				set_state(r, ds, "syncing", "ending");
-			}
-			save(r, ds);
-			return true;
-		}
-		if (ret < 0)
-			return false;
-		ret = process_extent(r, ds, &e, &done);
-		if (ret < 0) {
-			log_error("destination %s: resync of image %u at %" PRIu64 ": %s", ds->name,
-				  e.image, e.offset, strerror(-ret));
-			return false;
-		}
-		catalog_dirty_advance(r->cat, ds->name, &e, done);
-		pthread_mutex_lock(&r->lock);
-		ds->y.done += done < CHUNK ? done : CHUNK;
-		if (ds->y.done > ds->y.total)
-			ds->y.total = ds->y.done;
-		pthread_mutex_unlock(&r->lock);
-		save(r, ds);
-		return true;
+		return copy_batch(r, ds, info);
 	}
 	if (strcmp(ds->y.phase, "comparing") == 0) {
 		if (info->acked_segment < ds->y.lsn_b)
@@ -598,7 +683,8 @@ static bool step(struct resync *r, struct dest_sync *ds, const struct transport_
 		if (info->acked_segment < ds->y.lsn_b)
 			return false;
 		log_info("destination %s is in sync: %" PRIu64 " bytes of data sent, %" PRIu64
-			 " found equal", ds->name, ds->sent, ds->y.saved);
+			 " hashed, %" PRIu64 " found equal", ds->name, ds->sent, ds->hashed_all,
+			 ds->y.saved);
 		pthread_mutex_lock(&r->lock);
 		ds->y.lsn_a = ds->y.lsn_b = 0;
 		pthread_mutex_unlock(&r->lock);
@@ -864,7 +950,7 @@ static void *engine_main(void *arg)
 
 	pthread_mutex_lock(&r->lock);
 	while (!r->stop) {
-		bool worked = false;
+		bool worked = false, syncing = false;
 
 		pthread_mutex_unlock(&r->lock);
 		worked |= relieve_overflow(r);
@@ -884,14 +970,16 @@ static void *engine_main(void *arg)
 					worked = true;
 				continue;
 			}
-			if (strcmp(ds->y.state, "syncing") == 0)
+			if (strcmp(ds->y.state, "syncing") == 0) {
 				worked |= step(r, ds, &info);
+				syncing = true;
+			}
 			else if (strcmp(ds->y.state, "tracking") == 0)
 				worked |= end_tracking(r, ds, &info);
 		}
 		pthread_mutex_lock(&r->lock);
 		if (!worked && !r->stop) {
-			uint64_t deadline = now_ns() + IDLE_NS;
+			uint64_t deadline = now_ns() + (syncing ? SYNCING_IDLE_NS : IDLE_NS);
 			struct timespec ts = { .tv_sec = (time_t)(deadline / 1000000000ULL),
 					       .tv_nsec = (long)(deadline % 1000000000ULL) };
 
@@ -965,8 +1053,10 @@ void resync_stop(struct resync *r)
 		pthread_join(r->thread, NULL);
 		catalog_close(r->cat);
 	}
-	for (size_t i = 0; i < r->n; i++)
+	for (size_t i = 0; i < r->n; i++) {
 		free(r->ds[i].name);
+		json_decref(r->ds[i].targets);
+	}
 	free(r->ds);
 	free(r->buf);
 	verify_free(r->verify);

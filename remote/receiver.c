@@ -61,6 +61,7 @@
 #include "remote_i.h"
 #include "log.h"
 #include "parse.h"
+#include "targets.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -815,6 +816,10 @@ static enum MHD_Result serve_mismatches(struct receiver *rx, struct MHD_Connecti
 	json_object_set_new(o, "pruned_lsn", json_integer((json_int_t)g.pruned_lsn));
 	json_object_set_new(o, "more", json_boolean(more));
 	json_object_set_new(o, "ranges", c.ranges);
+	/* The first question of a resync: it also learns what we hold. */
+	if (u->after == 0 && rx->r->cfg.target_dir)
+		json_object_set_new(o, "targets", targets_list(rx->r->cfg.target_dir,
+							       rx->r->cfg.maps, rx->r->cfg.nmaps));
 	text = json_dumps(o, JSON_COMPACT);
 	json_decref(o);
 	if (!text)

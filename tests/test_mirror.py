@@ -515,7 +515,7 @@ def test_two_destinations_replicate_a_random_workload(aimfs, workdir, pki, clean
     # equal by hashes, instead of sending the images
     for name in m.remotes:
         found = re.search(rf"destination {name} is in sync: (\d+) bytes of data sent, "
-                          rf"(\d+) found equal", mnt.output())
+                          rf"\d+ hashed, (\d+) found equal", mnt.output())
         assert found, f"{m.what()}: no end of `{name}`'s initial sync in the log"
         sent, equal = int(found[1]), int(found[2])
         assert equal > 0 and sent < equal, f"{m.what()}: `{name}`: {found[0]}"

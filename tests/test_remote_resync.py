@@ -234,8 +234,11 @@ def test_hash_mismatches_served_over_https_with_authentication(workdir, pki, rem
 
     code, ans = r.mismatches(G)
     assert code == 200, ans
+    # the first question (after=0) also learns what the remote holds
     assert ans == {"group": G, "applied_lsn": 6, "consistent": False, "pruned_lsn": 0,
-                   "more": False, "ranges": want}, ans
+                   "more": False, "ranges": want,
+                   "targets": {"vm1.raw": len(t1), "vm2.raw": len(t2)}}, ans
+    assert "targets" not in r.mismatches(G, after=1)[1]
     assert r.mismatches(G, after=2)[1]["ranges"] == want[3:]
     assert r.mismatches(G, after=4)[1]["ranges"] == want[4:]
     assert r.mismatches(G, after=5)[1]["ranges"] == []

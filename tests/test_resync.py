@@ -6,6 +6,7 @@ ends with the replica byte-for-byte equal to the source and the remote
 saying its copy is consistent."""
 import os
 import random
+import re
 import subprocess
 import threading
 import time
@@ -143,6 +144,15 @@ def test_initial_sync_of_existing_images_while_writing(aimfs, workdir, pki, remo
     # holes travelled as ZERO records, not as data
     shipped = st["destinations"][0]["bytes_shipped"]
     assert shipped < 1 << 30, shipped
+    # the remote's target directory was empty when the sync began: the data
+    # went at once instead of being hashed first (only files the workload
+    # had already shipped by then could be compared)
+    with open(m.log_path, errors="replace") as f:
+        log_text = f.read()
+    assert "can compare block hashes" in log_text, log_text
+    sent, hashed = map(int, re.search(r"dr1 is in sync: (\d+) bytes of data sent, (\d+) hashed",
+                                      log_text).groups())
+    assert sent > 20 << 20 and hashed < sent // 4, log_text
     r.check_quiet()
 
 
@@ -255,6 +265,10 @@ def test_preseeded_replica_ships_only_the_differences(aimfs, workdir, pki, remot
     # on the wire: the changed blocks plus the hashes, and framing
     assert d["bytes_shipped"] <= 1.5 * (changed + 2 * 65536) + 2 * hashes + (256 << 10), d
     assert d["sync"]["state"] == "in_sync"
+    # exactly the 64 KiB blocks the drift touched (the first change spans two)
+    blocks = {o // 65536 for off in (4096, 50 << 20, 100 << 20) for o in (off, off + 65535)}
+    with open(m.log_path, errors="replace") as f:
+        assert f"dr1: {len(blocks) * 65536} bytes differ after comparison" in f.read()
 
 
 def test_aimctl_verify_finds_a_byte_changed_behind_the_remotes_back(aimfs, workdir, pki, remotes):

@@ -1,0 +1,26 @@
+/*
+ * targets.h — what the remote already holds: the size of every target
+ * (regular files under --target-dir, and the --map devices), for a source
+ * that decides whether comparing block hashes with a target can save it
+ * anything.  A missing target, or the part of an image beyond the end of
+ * its target, cannot match: the source ships that as data at once instead
+ * of hashing it first.
+ */
+#ifndef AIM_REMOTE_TARGETS_H
+#define AIM_REMOTE_TARGETS_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+/* Caps the walk, so that a huge target directory answers in bounded time. */
+#define TARGETS_MAX 100000
+
+/*
+ * {"image name": size in bytes, ...}: the regular files under target_dir
+ * (names relative to it, symlinks not followed, at most TARGETS_MAX) and
+ * each map "IMAGE=PATH" whose PATH opens (its size, a block device's too).
+ * Returns NULL only when out of memory.
+ */
+json_t *targets_list(const char *target_dir, char *const *maps, size_t nmaps);
+
+#endif
