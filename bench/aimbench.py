@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""aimbench.py - helper of bench/remote-bench.sh and bench/mirror-bench.sh.
+"""aimbench.py - helper of bench/remote-bench.sh, mirror-bench.sh and resync-bench.sh.
 
 Subcommands (the scripts call them; each prints JSON or writes files):
 
@@ -10,8 +10,12 @@ Subcommands (the scripts call them; each prints JSON or writes files):
   poll ...                   poll a /status URL into a JSON-lines file until SIGTERM
   rpo ...                    recovery point per write (source time -> applied time)
   fio ...                    write metrics of a fio JSON output
+  wait-sync ...              poll aimfs's /status until the destination is in sync,
+                             then wait until aim-remote applied the head LSN
+  layout ...                 write random data into scattered extents of files
+                             (a sparse image, or changes to a replica and its copy)
   record FILE k=v ...        append a run record to FILE (JSON lines)
-  report --kind remote|mirror --raw DIR --md FILE --json FILE [--partial]
+  report --kind remote|mirror|resync --raw DIR --md FILE --json FILE [--partial]
 
 Only the Python standard library; nothing here talks to anything but
 loopback addresses and local files.
@@ -298,6 +302,143 @@ def cmd_rpo(a):
     print()
 
 
+# ------------------------------------------------------------------ resync
+
+def cmd_wait_sync(a):
+    """Polls aimfs's /status every --interval s (a fresh connection each
+    time, as curl would) from before the mount until the source says
+    "in_sync": true with destination --dest in sync, then waits (state DB, no
+    network) until aim-remote applied the head LSN of that answer.  One JSON
+    line per answer in --out: the poll time, in_sync, the destination's state,
+    acked LSN, bytes shipped and its "sync" object (the progress)."""
+    deadline = time.monotonic() + a.timeout
+    first_answer = None
+    last_sync, phases, polls, head, group = None, [], 0, None, None
+    t_in_sync = None
+    with open(a.out, "w") as out:
+        while True:
+            t = time.time_ns()
+            st = None
+            try:
+                st = http_json(f"http://{a.status}/status", timeout=2)
+            except (OSError, ValueError):
+                pass
+            t_done = time.time_ns()
+            if st is not None:
+                polls += 1
+                first_answer = first_answer or t_done
+                d = next((x for x in st.get("destinations", []) if x.get("name") == a.dest), {})
+                sync = d.get("sync") or {}
+                out.write(json.dumps({"t": t, "t_done": t_done, "in_sync": st.get("in_sync"),
+                                      "head_lsn": st.get("head_lsn"), "state": d.get("state"),
+                                      "acked_lsn": d.get("acked_lsn"),
+                                      "bytes_shipped": d.get("bytes_shipped"),
+                                      "sync": sync}) + "\n")
+                ph = f"{sync.get('state', '?')}/{sync.get('phase', '')}".rstrip("/")
+                if not phases or phases[-1]["phase"] != ph:
+                    phases.append({"phase": ph, "first_ns": t_done})
+                if sync.get("state") not in (None, "in_sync"):
+                    last_sync = sync
+                if (st.get("in_sync") is True and d.get("state") == "in_sync"
+                        and sync.get("state") == "in_sync"):
+                    t_in_sync, head, group = t_done, st["head_lsn"], st["group"]
+                    break
+            for pid in (a.pid or []):
+                if not os.path.exists(f"/proc/{pid}"):
+                    die(f"PID {pid} is gone while waiting for the sync")
+            if time.monotonic() > deadline:
+                die(f"timed out after {a.timeout}s waiting for the destination to be in sync; "
+                    f"last sync object {last_sync}")
+            time.sleep(max(0.0, a.interval - (time.time_ns() - t) / 1e9))
+    poll_ns, row = wait_applied(a.state_db, group, head, a.timeout, 0.005,
+                                a.pid[-1] if a.pid else None)
+    applied_ns = row[3]
+    end = max(t_in_sync, applied_ns)
+    for i, p in enumerate(phases):
+        nxt = phases[i + 1]["first_ns"] if i + 1 < len(phases) else t_in_sync
+        p["seconds"] = (nxt - p["first_ns"]) / 1e9
+    res = {"t0_ns": a.t0, "first_answer_ns": first_answer, "in_sync_ns": t_in_sync,
+           "applied_ns": applied_ns, "end_ns": end, "seconds": (end - a.t0) / 1e9 if a.t0 else None,
+           "in_sync_seconds": (t_in_sync - a.t0) / 1e9 if a.t0 else None,
+           "applied_after_in_sync": (applied_ns - t_in_sync) / 1e9,
+           "head_lsn": head, "group": group, "applied_lsn": row[0], "polls": polls,
+           "phases": phases, "last_sync": last_sync}
+    json.dump(res, sys.stdout)
+    print()
+
+
+def extents_layout(size, total, lo, hi, align, rng):
+    """Non-overlapping extents (offset, length), all multiples of align, of
+    lengths in [lo, hi], adding up to total bytes, scattered over [0, size):
+    the holes between them are random cut points of the free space."""
+    units, free = [], (size - total) // align
+    left = total // align
+    while left > 0:
+        n = min(left, rng.randint(lo // align, hi // align))
+        units.append(n)
+        left -= n
+    rng.shuffle(units)
+    cuts = sorted(rng.randint(0, free) for _ in units)
+    ext, pos, prev = [], 0, 0
+    for n, c in zip(units, cuts):
+        pos += c - prev
+        prev = c
+        ext.append((pos * align, n * align))
+        pos += n
+    return ext
+
+
+def cmd_layout(a):
+    """Writes random bytes (os.urandom, the same bytes to every FILE) into the
+    extents of a seeded layout; fsyncs.  With --create the files are made
+    (sparse, --size).  Prints a JSON summary."""
+    import random
+    rng = random.Random(a.seed)
+    size, align = a.size, a.align
+    total = int(size * a.pct / 100) // align * align if a.bytes is None else a.bytes
+    ext = extents_layout(size, total, a.min, a.max, align, rng)
+    fds = []
+    for f in a.files:
+        fd = os.open(f, os.O_WRONLY | (os.O_CREAT | os.O_TRUNC if a.create else 0), 0o644)
+        if a.create:
+            os.ftruncate(fd, size)
+        elif os.fstat(fd).st_size != size:
+            die(f"{f} is not {size} bytes")
+        fds.append(fd)
+    for off, ln in ext:
+        done = 0
+        while done < ln:
+            n = min(ln - done, 4 << 20)
+            buf = os.urandom(n)
+            for fd in fds:
+                if os.pwrite(fd, buf, off + done) != n:
+                    die("short write")
+            done += n
+    for fd in fds:
+        os.fsync(fd)
+        os.close(fd)
+    # What the files hold as data (SEEK_DATA/SEEK_HOLE, as aimfs sees them).
+    alloc = 0
+    fd = os.open(a.files[0], os.O_RDONLY)
+    pos = 0
+    while pos < size:
+        try:
+            d = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:
+            break
+        h = os.lseek(fd, d, os.SEEK_HOLE)
+        alloc += h - d
+        pos = h
+    os.close(fd)
+    lens = sorted(x[1] for x in ext)
+    json.dump({"extents": len(ext), "bytes": sum(lens), "size": size, "align": align,
+               "min_extent": lens[0] if lens else 0, "max_extent": lens[-1] if lens else 0,
+               "median_extent": statistics.median(lens) if lens else 0,
+               "data_bytes_seek": alloc, "seed": a.seed,
+               "layout": [[o, n] for o, n in ext] if a.list else None}, sys.stdout)
+    print()
+
+
 # ------------------------------------------------------------------ fio, records
 
 def cmd_fio(a):
@@ -374,7 +515,8 @@ def fmt(v, unit):
 #   ratio_ge: aimfs/baseline >= v (higher is better)
 #   ratio_le: aimfs/baseline <= v (lower is better)
 #   abs_le:   aimfs <= v (no baseline)
-#   bytes_le: aimfs <= v x the bytes changed (key "changed" in the runs)
+#   bytes_le: aimfs <= v x the bytes changed (key "changed" in the runs; an
+#             optional 9th element names that reference, default "changed")
 SPECS = {
     "remote": [
         ("apply, file, sequential 1 MiB", "apply-file-seq", "mbps", "MB/s", "aim-remote", "fio", "ratio_ge", 0.8),
@@ -394,12 +536,20 @@ SPECS = {
         ("delta: time to converge", "delta", "seconds", "s", "aimfs", "rsync", "ratio_le", 0.2),
         ("delta: bytes on the wire", "delta", "wire_bytes", "B", "aimfs", "rsync", "bytes_le", 1.1),
     ],
+    "resync": [
+        ("initial sync: throughput (allocated bytes / time to in sync)", "initial", "mbps", "MB/s", "aimfs", "aimctl-ship", "ratio_ge", 0.8),
+        ("(info) initial sync: time to in sync, vs shipping the same bytes", "initial", "seconds", "s", "aimfs", "aimctl-ship", "ratio_info", None),
+        ("initial sync: bytes on the wire", "initial", "wire_bytes", "B", "aimfs", None, "bytes_le", 1.05, "allocated"),
+        ("hash comparison: time to in sync", "compare", "seconds", "s", "aimfs", "rsync", "ratio_le", 0.25),
+        ("hash comparison: bytes on the wire", "compare", "wire_bytes", "B", "aimfs", "rsync", "bytes_le", 1.1, "(differing + hashes)"),
+    ],
 }
 
 
 def summarize(kind, runs):
     rows = []
-    for label, test, key, unit, aside, bside, tkind, tval in SPECS[kind]:
+    for label, test, key, unit, aside, bside, tkind, tval, *ref in SPECS[kind]:
+        ref = ref[0] if ref else "changed"
         A = [r.get(key) for r in runs if r.get("test") == test and r.get("side") == aside]
         B = [r.get(key) for r in runs if r.get("test") == test and r.get("side") == bside] if bside else []
         if not A or (bside and not B):
@@ -407,7 +557,7 @@ def summarize(kind, runs):
         a, b = med(A), med(B)
         row = {"metric": label, "test": test, "key": key, "unit": unit, "aimfs_side": aside,
                "baseline_side": bside, "aimfs": a, "baseline": b, "aimfs_runs": A,
-               "baseline_runs": B, "ratio": None, "target": None, "met": None}
+               "baseline_runs": B, "ratio": None, "target": None, "met": None, "ref": ref}
         # Per-round ratios (same round, so the same state of the machine).
         rr = []
         for rnd in sorted({r.get("round") for r in runs if r.get("test") == test}):
@@ -441,7 +591,7 @@ def summarize(kind, runs):
             if b:
                 row["ratio"] = a / b
             row["vs_changed"] = a / ch if ch else None
-            row["target"] = f"≤ {tval} × changed ({fmt(ch * tval, 'B') if ch else '?'})"
+            row["target"] = f"≤ {tval} × {ref} ({fmt(ch * tval, 'B') if ch else '?'})"
             row["met"] = row["vs_changed"] is not None and row["vs_changed"] <= tval
         elif tkind == "ratio_info" and a is not None and b:
             row["ratio"] = a / b
@@ -457,7 +607,8 @@ def cmd_report(a):
     meta = load_meta(a.raw)
     rows = summarize(a.kind, runs)
     title = {"remote": "aim-remote: apply and receive throughput",
-             "mirror": "aimfs mirror: shipping, recovery point, delta"}[a.kind]
+             "mirror": "aimfs mirror: shipping, recovery point, delta",
+             "resync": "aimfs resynchronisation: initial sync, hash comparison"}[a.kind]
     md = [f"# {title}{' (PARTIAL: the run stopped early)' if a.partial else ''}", ""]
     m = dict(meta)
     md.append(f"{m.get('date', '?')} on {m.get('host', '?')}: {m.get('nproc', '?')} CPUs, "
@@ -469,7 +620,8 @@ def cmd_report(a):
     for r in rows:
         base = f"{fmt(r['baseline'], r['unit'])} ({r['baseline_side']})" if r["baseline_side"] else "–"
         if r.get("vs_changed") is not None:
-            ratio = f"{r['vs_changed']:.3f}× changed" + (f"; {r['ratio']:.3f}× rsync" if r["ratio"] else "")
+            ratio = (f"{r['vs_changed']:.3f}× {r.get('ref', 'changed')}" +
+                     (f"; {r['ratio']:.3f}× {r['baseline_side']}" if r["ratio"] else ""))
         else:
             ratio = f"{r['ratio']:.3f}" if r["ratio"] is not None else "–"
         met = {True: "yes", False: "**no**", None: "–"}[r["met"]]
@@ -482,7 +634,9 @@ def cmd_report(a):
     md.append("## Every run")
     md.append("")
     keys = ["round", "seq", "test", "side", "mbps", "iops", "seconds", "bytes", "p50", "p99",
-            "max", "fio_mbps", "fill_p50", "ship_p50", "apply_p50", "wire_bytes", "changed", "payload_bytes", "sync_after_seconds", "note"]
+            "max", "fio_mbps", "fill_p50", "ship_p50", "apply_p50", "wire_bytes", "changed", "payload_bytes", "sync_after_seconds",
+            "allocated", "differing", "hash_bytes", "saved_bytes", "ack_seconds",
+            "startup_seconds", "hash_seconds", "compare_seconds", "copy_seconds", "note"]
     present = [k for k in keys if any(k in r for r in runs)]
     md.append("| " + " | ".join(present) + " |")
     md.append("|" + "---|" * len(present))
@@ -566,6 +720,28 @@ def main():
     s.add_argument("--polls")
     s.add_argument("--catalog")
     s.set_defaults(fn=cmd_rpo)
+    s = sub.add_parser("wait-sync")
+    s.add_argument("--status", required=True)
+    s.add_argument("--dest", required=True)
+    s.add_argument("--state-db", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--t0", type=int, default=0)
+    s.add_argument("--interval", type=float, default=0.1)
+    s.add_argument("--timeout", type=float, default=1800)
+    s.add_argument("--pid", type=int, action="append", help="abort if gone (last: aim-remote)")
+    s.set_defaults(fn=cmd_wait_sync)
+    s = sub.add_parser("layout")
+    s.add_argument("--size", type=int, required=True)
+    s.add_argument("--pct", type=float, default=1)
+    s.add_argument("--bytes", type=int)
+    s.add_argument("--min", type=int, required=True)
+    s.add_argument("--max", type=int, required=True)
+    s.add_argument("--align", type=int, required=True)
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--create", action="store_true")
+    s.add_argument("--list", action="store_true")
+    s.add_argument("files", nargs="+")
+    s.set_defaults(fn=cmd_layout)
     s = sub.add_parser("fio")
     s.add_argument("file")
     s.set_defaults(fn=cmd_fio)
