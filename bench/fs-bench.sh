@@ -358,9 +358,9 @@ journal_account_and_trim() {
     [[ -d $JOURNAL ]] || return 0
     # Sealed segments are *.aimj; *.open is a segment that was not sealed (none after a
     # clean unmount, but count and remove them too so they cannot pile up).
-    J_SEG=$(find "$JOURNAL" -type f \( -name '*.aimj' -o -name '*.open' \) -printf '%s\n' | awk '{s+=$1} END{print s+0}')
+    J_SEG=$(find "$JOURNAL" -type f \( -name '*.aimj' -o -name '*.open' \) -printf '%s\n' | awk '{s+=$1} END{printf "%.0f\n", s}')
     J_FILES=$(find "$JOURNAL" -type f \( -name '*.aimj' -o -name '*.open' \) | wc -l)
-    J_DIR=$(find "$JOURNAL" -type f -printf '%s\n' | awk '{s+=$1} END{print s+0}')
+    J_DIR=$(find "$JOURNAL" -type f -printf '%s\n' | awk '{s+=$1} END{printf "%.0f\n", s}')
     find "$JOURNAL" -type f \( -name '*.aimj' -o -name '*.open' \) -delete
 }
 

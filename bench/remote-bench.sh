@@ -383,7 +383,7 @@ upload() { # BASE_URL LOGFILE -> CURL_SECONDS, CURL_BYTES; fails unless every an
     bad=$(awk '$1 ~ /^[0-9]+$/ && $1 != 201' "$lf" | head -n 3)
     [[ $n == $(wc -w <<<"${CURL_FILES//,/ }") && -z $bad ]] || { show_log "$lf"; fail "not every upload was answered 201 (log: $lf)"; }
     CURL_SECONDS=$(jq -n "($t1 - $t0) / 1e9")
-    CURL_BYTES=$(awk '$1 ~ /^[0-9]+$/ {s += $2} END {print s}' "$lf")
+    CURL_BYTES=$(awk '$1 ~ /^[0-9]+$/ {s += $2} END {printf "%.0f\n", s}' "$lf")
 }
 
 receive_aim() { # ROUND
