@@ -45,6 +45,8 @@ struct journal_config {
 	uint64_t journal_max;     /* data writes wait while the journal is this big */
 	bool enforce_max;         /* false: no one prunes, so no limit applies */
 	bool overflow_block;      /* writes wait at the limit (else: resync tracks) */
+	bool drop_behind;         /* no one reads segments soon (no destinations):
+				   * drop their pages once durable and indexed */
 	/* Called by the sealer thread once segment is fsynced and renamed;
 	 * every record up to backing_lsn is on the backing files. */
 	void (*on_durable)(void *ctx, uint64_t segment, uint64_t backing_lsn);

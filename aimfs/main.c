@@ -246,6 +246,7 @@ int main(int argc, char *argv[])
 	 * ever make room: the limit only applies when shipping. */
 	jc.enforce_max = o.ndests > 0;
 	jc.overflow_block = o.overflow_block;
+	jc.drop_behind = o.ndests == 0;
 	jc.on_durable = on_durable;
 	jc.hook_ctx = &glue;
 	if (journal_open(&jc, &j) < 0)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from aimtest import AIMCTL, AIMFS, assert_trees_equal, copy_tree, replay, run
+from aimtest import AIMCTL, AIMFS, assert_trees_equal, copy_tree, replay, run, wait_for
 
 
 def seed(backing):
@@ -137,6 +137,36 @@ def test_segments_sealed_by_size_and_age(aimfs, workdir):
                "select count(*), sum(length) from writes where kind='write';"]).stdout.split()
     assert out[0] == f"{len(nums)}|1|{len(nums)}"
     assert out[1] == f"40|{40 * 65536}"
+
+
+def resident_bytes(path):
+    """Bytes of path in the page cache (util-linux fincore)."""
+    return int(run(["fincore", "--bytes", "--noheadings", "--output", "RES", path]).stdout)
+
+
+def test_sealed_segments_leave_the_page_cache_without_destinations(aimfs, workdir):
+    """No destination reads the journal soon, so aimfs drops a segment's pages
+    once it is durable and indexed: the journal does not fill the page cache
+    (and the guests' cache) with write-once data."""
+    start = os.path.join(workdir, "start")
+    os.makedirs(os.path.join(workdir, "backing"))
+    copy_tree(os.path.join(workdir, "backing"), start)
+    m = aimfs(options=["segment_size=4M"])
+    data = os.urandom(1 << 20)
+    with open(os.path.join(m.mountpoint, "v.img"), "wb") as f:
+        for i in range(48):
+            f.write(data)
+        os.fsync(f.fileno())
+    wait_for(lambda: len([f for f in os.listdir(m.journal) if f.endswith(".aimj")]) >= 11,
+             what="sealed segments")
+    time.sleep(0.5)  # the sealer drops a segment right after indexing it
+    segs = sorted(f for f in os.listdir(m.journal) if f.endswith(".aimj"))
+    cached = sum(resident_bytes(os.path.join(m.journal, s)) for s in segs[:-1])
+    assert cached < (4 << 20), (cached, segs)
+    # the data are still there, read back from the disk
+    assert m.unmount() == 0
+    replay(m.journal, start)
+    assert_trees_equal(start, os.path.join(workdir, "backing"))
 
 
 def test_remount_continues_the_sequence(aimfs, workdir):
