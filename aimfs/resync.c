@@ -56,7 +56,7 @@ struct dest_sync {
 	size_t index;              /* in the transport */
 	struct catalog_sync y;
 	int compare;               /* remote compares HASH records: -1 unknown, 0, 1 */
-	json_t *targets;           /* {image: size} the remote holds, from the probe */
+	json_t *targets;           /* {image: size} the remote held at the probe */
 	uint32_t truncated_image;  /* last image given its size in this pass */
 	uint64_t remaining;        /* dirty bytes, for the status */
 	uint64_t hashed;           /* bytes covered by HASH records in this pass */
@@ -152,23 +152,29 @@ static void collect_id(void *ctx, uint32_t id)
 }
 
 /* Every image the destination mirrors becomes dirty, whole. */
-static int seed_full(struct resync *r, struct dest_sync *ds, const char *why)
+/*
+ * Marks every live image the destination mirrors dirty, whole, as it is now.
+ * Called right after SYNC_BEGIN is journaled: whatever the journal held
+ * before SYNC_BEGIN (which the destination skips) is in these images now,
+ * and everything after it travels in the stream.
+ */
+static int seed_images(struct resync *r, struct dest_sync *ds, size_t *nimages, uint64_t *total)
 {
 	struct ids ids = { 0 };
-	uint64_t total = 0;
 	int ret = 0;
 
+	*nimages = 0;
+	*total = 0;
 	journal_each_image_id(r->j, collect_id, &ids);
 	ret = catalog_begin(r->cat);
 	for (size_t i = 0; i < ids.n && !ret; i++) {
 		struct image *im = journal_image_by_id(r->j, ids.v[i]);
+		char name[SEG_NAME_MAX + 1];
 		struct stat st;
 		int fd;
 
 		if (!im)
 			continue;
-		char name[SEG_NAME_MAX + 1];
-
 		journal_image_name(r->j, im, name, sizeof name);
 		if (!transport_dest_wants(r->t, ds->index, name)) {
 			journal_image_put(r->j, im);
@@ -180,7 +186,8 @@ static int seed_full(struct resync *r, struct dest_sync *ds, const char *why)
 			uint64_t len = st.st_size > 0 ? (uint64_t)st.st_size : 1;
 
 			ret = catalog_dirty_add(r->cat, ds->name, ids.v[i], 0, len, true);
-			total += (uint64_t)st.st_size;
+			*total += (uint64_t)st.st_size;
+			(*nimages)++;
 		}
 		if (fd >= 0)
 			close(fd);
@@ -194,7 +201,17 @@ static int seed_full(struct resync *r, struct dest_sync *ds, const char *why)
 	if (ret < 0)
 		return ret;
 	pthread_mutex_lock(&r->lock);
-	ds->y.total = total;
+	ds->y.total = *total;
+	pthread_mutex_unlock(&r->lock);
+	return 0;
+}
+
+/* A full resync begins: the destination is held (ships nothing) until step
+ * journals SYNC_BEGIN and seeds its dirty extents. */
+static int seed_full(struct resync *r, struct dest_sync *ds, const char *why)
+{
+	pthread_mutex_lock(&r->lock);
+	ds->y.total = 0;
 	ds->y.done = ds->y.saved = 0;
 	ds->y.lsn_a = ds->y.lsn_b = 0;
 	ds->y.started_ns = now_ns();
@@ -204,8 +221,7 @@ static int seed_full(struct resync *r, struct dest_sync *ds, const char *why)
 	/* Nothing ships until SYNC_BEGIN opens a segment of its own (step). */
 	transport_hold(r->t, ds->index);
 	set_state(r, ds, "syncing", "");
-	log_info("destination %s: %s; resynchronising %zu images (%" PRIu64 " bytes)", ds->name,
-		 why, ids.n, total);
+	log_info("destination %s: %s; resynchronising every image", ds->name, why);
 	return save(r, ds);
 }
 
@@ -342,19 +358,18 @@ static int journal_data(struct resync *r, struct dest_sync *ds, struct image *im
 	return ret;
 }
 
-/* How many bytes of im the remote's target holds, as the probe saw it; all
- * of it when the remote did not say (an older aim-remote): hashing is
- * always correct, shipping data without hashing only saves time. */
-static uint64_t remote_holds(struct resync *r, struct dest_sync *ds, struct image *im)
+/*
+ * How many bytes of im the remote may hold.  Only a remote that listed no
+ * target at all (a new site, an empty target directory) is known to hold
+ * nothing: its data is shipped at once, without hashing it first.  Any
+ * other answer is taken as "maybe all of it": by the time a HASH record
+ * reaches the remote, the stream may have renamed, created or grown its
+ * targets, and hashing is always correct while a wrong guess would ship a
+ * whole image the remote already has.
+ */
+static uint64_t remote_holds(struct dest_sync *ds)
 {
-	char name[4096];
-	json_t *v;
-
-	if (!ds->targets)
-		return UINT64_MAX;
-	journal_image_name(r->j, im, name, sizeof name);
-	v = json_object_get(ds->targets, name);
-	return json_is_integer(v) && json_integer_value(v) > 0 ? (uint64_t)json_integer_value(v) : 0;
+	return ds->targets && json_object_size(ds->targets) == 0 ? 0 : UINT64_MAX;
 }
 
 /*
@@ -416,9 +431,8 @@ static int process_extent(struct resync *r, struct dest_sync *ds, const struct c
 		hole = lseek(fd, (off_t)pos, SEEK_HOLE);
 		if (hole < 0 || (uint64_t)hole > end)
 			hole = (off_t)end;
-		/* Hash only what the remote's target can hold; past its end
-		 * nothing can match, so that goes as data at once. */
-		held = hash ? remote_holds(r, ds, im) : 0;
+		/* Hash only what the remote may hold; the rest goes as data. */
+		held = hash ? remote_holds(ds) : 0;
 		split = held < (uint64_t)hole ? (held > pos ? held : pos) : (uint64_t)hole;
 		ret = journal_data(r, ds, im, fd, pos, split, true);
 		if (ret == 0)
@@ -640,9 +654,14 @@ static bool step(struct resync *r, struct dest_sync *ds, struct transport_dest_i
 		 * in its dirty extents, and the remote, seeing a gap that ends
 		 * at a segment starting with SYNC_BEGIN, may cross it.
 		 */
+		size_t nimages;
+		uint64_t total;
+
 		if (journal_sync_mark(r->j, ds->y.number, true, true, &lsn, &seg) < 0 ||
-		    journal_directories(r) < 0)
+		    journal_directories(r) < 0 || seed_images(r, ds, &nimages, &total) < 0)
 			return false;
+		log_info("destination %s: resynchronising %zu images (%" PRIu64 " bytes)", ds->name,
+			 nimages, total);
 		journal_seal(r->j); /* the remote learns of the group now: the probe */
 		ds->compare = -1;   /* ask again what it can compare and holds */
 		transport_skip_to(r->t, ds->index, seg - 1, lsn - 1, false);

@@ -144,15 +144,32 @@ def test_initial_sync_of_existing_images_while_writing(aimfs, workdir, pki, remo
     # holes travelled as ZERO records, not as data
     shipped = st["destinations"][0]["bytes_shipped"]
     assert shipped < 1 << 30, shipped
-    # the remote's target directory was empty when the sync began: the data
-    # went at once instead of being hashed first (only files the workload
-    # had already shipped by then could be compared)
+    r.check_quiet()
+
+
+def test_initial_sync_to_an_empty_remote_sends_data_without_hashing(aimfs, workdir, pki,
+                                                                    remotes):
+    """A remote that lists no target at all holds nothing to compare: the data
+    goes at once, and only the data (holes as ZERO records)."""
+    backing = os.path.join(workdir, "backing")
+    os.makedirs(os.path.join(backing, "pool"))
+    sparse_image(os.path.join(backing, "pool", "vm1.raw"), 1 << 30, 12, 1)
+    run(["qemu-img", "create", "-q", "-f", "qcow2", os.path.join(backing, "vm2.qcow2"), "1G"])
+    run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 4M", os.path.join(backing, "vm2.qcow2")])
+    r = start_remote(workdir, pki, "dr1")
+    remotes.append(r)
+    status = f"127.0.0.1:{free_port()}"
+    m = aimfs(options=[f"config={source_conf(workdir, 'e.conf', {'dr1': (r, pki)}, status)}"])
+    st = wait_converged(status, [r])
+    assert m.unmount() == 0
+    assert_trees_equal(backing, r.target)
     with open(m.log_path, errors="replace") as f:
         log_text = f.read()
-    assert "can compare block hashes" in log_text, log_text
+    assert "dr1 can compare block hashes" in log_text, log_text
     sent, hashed = map(int, re.search(r"dr1 is in sync: (\d+) bytes of data sent, (\d+) hashed",
                                       log_text).groups())
-    assert sent > 20 << 20 and hashed < sent // 4, log_text
+    assert hashed == 0 and sent > 4 << 20, log_text
+    assert st["destinations"][0]["bytes_shipped"] < sent + (2 << 20), st
     r.check_quiet()
 
 
