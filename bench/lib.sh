@@ -341,3 +341,45 @@ profile_stop() { # OUTFILE -> OUTFILE.txt: where PID spent its time (self, by sy
             grep -v '^#' | grep '%' | head -n 60
     } >"$1.txt" || true
 }
+
+# TESTS from the comma-separated TESTS_ARG, each one of ALL_TESTS; has_test NAME.
+select_tests() {
+    local t _t
+    TESTS=()
+    IFS=',' read -r -a _t <<<"$TESTS_ARG"
+    for t in "${_t[@]}"; do
+        [[ -z $t ]] && continue
+        [[ " $ALL_TESTS " == *" $t "* ]] || die "unknown test '$t' (known: ${ALL_TESTS// /,})"
+        TESTS+=("$t")
+    done
+    ((${#TESTS[@]})) || die "--tests is empty"
+}
+has_test() { [[ " ${TESTS[*]} " == *" $1 "* ]]; }
+
+# A fresh SCRATCH in BASE_DIR, the report OUT (default results/KIND-<date>.md)
+# with OUT_JSON and RAW next to it, RAW's SUBDIRS made, RUNS and META_TSV empty.
+# make_scratch_and_output KIND SUBDIR...
+make_scratch_and_output() {
+    local kind=$1 d
+    shift
+    SCRATCH=$(mktemp -d "$BASE_DIR/aimfs-$kind-bench.XXXXXX") || die "cannot create a scratch directory in $BASE_DIR"
+    SCRATCH=$(readlink -f "$SCRATCH")
+    STAMP=$(date +%Y%m%d-%H%M%S)
+    [[ -n $OUT ]] || OUT="$SCRIPT_DIR/results/$kind-$STAMP.md"
+    [[ $OUT == *.md ]] || OUT="$OUT.md"
+    mkdir -p "$(dirname "$OUT")" || die "cannot create $(dirname "$OUT")"
+    OUT=$(readlink -f "$OUT")
+    OUT_JSON="${OUT%.md}.json"
+    RAW="${OUT%.md}.raw"
+    if [[ -e $RAW ]]; then
+        [[ -f $RAW/runs.jsonl || -f $RAW/meta.tsv ]] || die "$RAW exists and is not from this script; choose another --out"
+        rm -rf "$RAW"
+    fi
+    for d in "$@"; do
+        mkdir -p "$RAW/$d" || die "cannot create $RAW/$d"
+    done
+    RUNS="$RAW/runs.jsonl"
+    META_TSV="$RAW/meta.tsv"
+    : >"$RUNS"
+    : >"$META_TSV"
+}

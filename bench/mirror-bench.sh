@@ -96,15 +96,7 @@ SHIP_BYTES=$(size_bytes "$SHIP_SIZE") IMG_BYTES=$(size_bytes "$IMG_SIZE")
 [[ $CHANGE_PCT =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "--change-pct must be a number"
 CHANGE_IOS=$(awk -v b="$IMG_BYTES" -v p="$CHANGE_PCT" 'BEGIN { printf "%d", b * p / 100 / 4096 + 0.5 }')
 ((CHANGE_IOS >= 1)) || die "--change-pct $CHANGE_PCT of $IMG_SIZE is less than one 4 KiB block"
-TESTS=()
-IFS=',' read -r -a _t <<<"$TESTS_ARG"
-for t in "${_t[@]}"; do
-    [[ -z $t ]] && continue
-    [[ " $ALL_TESTS " == *" $t "* ]] || die "unknown test '$t' (known: ${ALL_TESTS// /,})"
-    TESTS+=("$t")
-done
-((${#TESTS[@]})) || die "--tests is empty"
-has_test() { [[ " ${TESTS[*]} " == *" $1 "* ]]; }
+select_tests
 
 # ---------------------------------------------------------------- preflight
 [[ $EUID -eq 0 ]] || die "needs root (drop_caches, FUSE, network namespace): run 'sudo $0 $*'"
@@ -121,25 +113,8 @@ trap bench_cleanup EXIT
 trap 'log "interrupted (SIGINT)"; partial_report; exit 130' INT
 trap 'log "terminated (SIGTERM)"; partial_report; exit 143' TERM
 
-SCRATCH=$(mktemp -d "$BASE_DIR/aimfs-mirror-bench.XXXXXX") || die "cannot create a scratch directory in $BASE_DIR"
-SCRATCH=$(readlink -f "$SCRATCH")
-STAMP=$(date +%Y%m%d-%H%M%S)
-[[ -n $OUT ]] || OUT="$SCRIPT_DIR/results/mirror-$STAMP.md"
-[[ $OUT == *.md ]] || OUT="$OUT.md"
-mkdir -p "$(dirname "$OUT")" || die "cannot create $(dirname "$OUT")"
-OUT=$(readlink -f "$OUT")
-OUT_JSON="${OUT%.md}.json"
-RAW="${OUT%.md}.raw"
-if [[ -e $RAW ]]; then
-    [[ -f $RAW/runs.jsonl || -f $RAW/meta.tsv ]] || die "$RAW exists and is not from this script; choose another --out"
-    rm -rf "$RAW"
-fi
-mkdir -p "$RAW/fio" "$RAW/logs" "$RAW/ship" "$RAW/rpo" "$RAW/delta" || die "cannot create $RAW"
+make_scratch_and_output mirror fio logs ship rpo delta
 [[ $PROFILE == 1 ]] && mkdir -p "$RAW/prof"
-RUNS="$RAW/runs.jsonl"
-META_TSV="$RAW/meta.tsv"
-: >"$RUNS"
-: >"$META_TSV"
 
 partial_report() {
     if [[ -s $RUNS ]]; then

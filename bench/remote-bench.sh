@@ -88,15 +88,7 @@ for v in RAND_IOS SEQ_FSYNC RAND_FSYNC ROUNDS; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "--${v,,} must be a positive integer, not '${!v}'"
 done
 ((RAND_IOS * 4096 <= SIZE_BYTES)) || die "--rand-ios $RAND_IOS writes more than --size (fio's random map covers each block once)"
-TESTS=()
-IFS=',' read -r -a _t <<<"$TESTS_ARG"
-for t in "${_t[@]}"; do
-    [[ -z $t ]] && continue
-    [[ " $ALL_TESTS " == *" $t "* ]] || die "unknown test '$t' (known: ${ALL_TESTS// /,})"
-    TESTS+=("$t")
-done
-((${#TESTS[@]})) || die "--tests is empty"
-has_test() { [[ " ${TESTS[*]} " == *" $1 "* ]]; }
+select_tests
 has_re() { [[ " ${TESTS[*]} " =~ $1 ]]; }
 
 # ---------------------------------------------------------------- preflight
@@ -115,25 +107,7 @@ trap bench_cleanup EXIT
 trap 'log "interrupted (SIGINT)"; partial_report; exit 130' INT
 trap 'log "terminated (SIGTERM)"; partial_report; exit 143' TERM
 
-SCRATCH=$(mktemp -d "$BASE_DIR/aimfs-remote-bench.XXXXXX") || die "cannot create a scratch directory in $BASE_DIR"
-SCRATCH=$(readlink -f "$SCRATCH")
-
-STAMP=$(date +%Y%m%d-%H%M%S)
-[[ -n $OUT ]] || OUT="$SCRIPT_DIR/results/remote-$STAMP.md"
-[[ $OUT == *.md ]] || OUT="$OUT.md"
-mkdir -p "$(dirname "$OUT")" || die "cannot create $(dirname "$OUT")"
-OUT=$(readlink -f "$OUT")
-OUT_JSON="${OUT%.md}.json"
-RAW="${OUT%.md}.raw"
-if [[ -e $RAW ]]; then
-    [[ -f $RAW/runs.jsonl || -f $RAW/meta.tsv ]] || die "$RAW exists and is not from this script; choose another --out"
-    rm -rf "$RAW"
-fi
-mkdir -p "$RAW/fio" "$RAW/logs" "$RAW/apply" "$RAW/curl" || die "cannot create $RAW"
-RUNS="$RAW/runs.jsonl"
-META_TSV="$RAW/meta.tsv"
-: >"$RUNS"
-: >"$META_TSV"
+make_scratch_and_output remote fio logs apply curl
 
 partial_report() {
     if [[ -s $RUNS ]]; then

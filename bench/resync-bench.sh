@@ -102,15 +102,7 @@ CHANGE_BYTES=$(awk -v b="$IMG_BYTES" -v p="$CHANGE_PCT" 'BEGIN { printf "%d", in
 # What the HASH records of the whole image weigh in the segments: one record
 # per 1 MiB chunk (64-byte header, u32 block size + u32 0), 8 bytes per 64 KiB block.
 HASH_BYTES=$(((IMG_BYTES + 65535) / 65536 * 8 + (IMG_BYTES + 1048575) / 1048576 * (64 + 8)))
-TESTS=()
-IFS=',' read -r -a _t <<<"$TESTS_ARG"
-for t in "${_t[@]}"; do
-    [[ -z $t ]] && continue
-    [[ " $ALL_TESTS " == *" $t "* ]] || die "unknown test '$t' (known: ${ALL_TESTS// /,})"
-    TESTS+=("$t")
-done
-((${#TESTS[@]})) || die "--tests is empty"
-has_test() { [[ " ${TESTS[*]} " == *" $1 "* ]]; }
+select_tests
 
 # ---------------------------------------------------------------- preflight
 [[ $EUID -eq 0 ]] || die "needs root (drop_caches, FUSE, network namespace): run 'sudo $0 $*'"
@@ -138,25 +130,8 @@ trap resync_cleanup EXIT
 trap 'log "interrupted (SIGINT)"; partial_report; exit 130' INT
 trap 'log "terminated (SIGTERM)"; partial_report; exit 143' TERM
 
-SCRATCH=$(mktemp -d "$BASE_DIR/aimfs-resync-bench.XXXXXX") || die "cannot create a scratch directory in $BASE_DIR"
-SCRATCH=$(readlink -f "$SCRATCH")
-STAMP=$(date +%Y%m%d-%H%M%S)
-[[ -n $OUT ]] || OUT="$SCRIPT_DIR/results/resync-$STAMP.md"
-[[ $OUT == *.md ]] || OUT="$OUT.md"
-mkdir -p "$(dirname "$OUT")" || die "cannot create $(dirname "$OUT")"
-OUT=$(readlink -f "$OUT")
-OUT_JSON="${OUT%.md}.json"
-RAW="${OUT%.md}.raw"
-if [[ -e $RAW ]]; then
-    [[ -f $RAW/runs.jsonl || -f $RAW/meta.tsv ]] || die "$RAW exists and is not from this script; choose another --out"
-    rm -rf "$RAW"
-fi
-mkdir -p "$RAW/fio" "$RAW/logs" "$RAW/initial" "$RAW/compare" || die "cannot create $RAW"
+make_scratch_and_output resync fio logs initial compare
 [[ $PROFILE == 1 ]] && mkdir -p "$RAW/prof"
-RUNS="$RAW/runs.jsonl"
-META_TSV="$RAW/meta.tsv"
-: >"$RUNS"
-: >"$META_TSV"
 
 partial_report() {
     if [[ -s $RUNS ]]; then
