@@ -664,9 +664,19 @@ static bool step(struct resync *r, struct dest_sync *ds, struct transport_dest_i
 			 nimages, total);
 		journal_seal(r->j); /* the remote learns of the group now: the probe */
 		ds->compare = -1;   /* ask again what it can compare and holds */
-		transport_skip_to(r->t, ds->index, seg - 1, lsn - 1, false);
+		/*
+		 * The phase is saved before the skip: a crash after the skip
+		 * must not begin the resync again, whose second skip would
+		 * drop segments the destination may already be receiving (and
+		 * namespace records that recovery journals in them).  A crash
+		 * between the two resumes shipping where it was: harmless.
+		 */
 		set_state(r, ds, "syncing", "copying");
-		save(r, ds);
+		if (save(r, ds) < 0) {
+			set_state(r, ds, "syncing", ""); /* begin again */
+			return false;
+		}
+		transport_skip_to(r->t, ds->index, seg - 1, lsn - 1, false);
 		return true;
 	}
 	if (strcmp(ds->y.phase, "begin") == 0) {
