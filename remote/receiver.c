@@ -292,7 +292,9 @@ static enum MHD_Result answer(struct receiver *rx, struct MHD_Connection *conn, 
 	int n;
 
 	if (u->code >= 400) {
-		if (u->code < RX_CODES)
+		/* A GET answered 404 (a segment or group not here yet: the
+		 * source's first question of a resync) refuses nothing. */
+		if (u->code < RX_CODES && !(u->code == 404 && !u->put))
 			atomic_fetch_add_explicit(&rx->r->rx.by_code[u->code], 1, memory_order_relaxed);
 		/* The receiver's own failures are errors; refusals are not, and
 		 * a GET of a segment not here is an ordinary question. */

@@ -269,6 +269,9 @@ def test_hash_mismatches_served_over_https_with_authentication(workdir, pki, rem
     code, text, _ = r.curl(f"/aim/{G}/mismatches", upload=p2)
     assert code == 405, (code, text)
     assert r.mismatches("5e5e5e5e-0000-4000-8000-00000000ffff")[0] == 404
+    # a source asking before its group arrived is not refused anything
+    rejected = r.status()["receiver"]["rejected"]
+    assert "404" not in rejected and rejected.get("400", 0) >= 10, rejected
     assert snapshot(target) == before
     assert not os.path.exists(os.path.join(target, "vm3.raw"))
 
