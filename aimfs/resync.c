@@ -56,7 +56,7 @@ struct dest_sync {
 	size_t index;              /* in the transport */
 	struct catalog_sync y;
 	int compare;               /* remote compares HASH records: -1 unknown, 0, 1 */
-	json_t *targets;           /* {image: size} the remote held at the probe */
+	bool remote_empty;         /* the probe: the remote listed no target at all */
 	uint32_t truncated_image;  /* last image given its size in this pass */
 	uint64_t remaining;        /* dirty bytes, for the status */
 	uint64_t hashed;           /* bytes covered by HASH records in this pass */
@@ -151,7 +151,6 @@ static void collect_id(void *ctx, uint32_t id)
 	ids->v[ids->n++] = id;
 }
 
-/* Every image the destination mirrors becomes dirty, whole. */
 /*
  * Marks every live image the destination mirrors dirty, whole, as it is now.
  * Called right after SYNC_BEGIN is journaled: whatever the journal held
@@ -359,20 +358,6 @@ static int journal_data(struct resync *r, struct dest_sync *ds, struct image *im
 }
 
 /*
- * How many bytes of im the remote may hold.  Only a remote that listed no
- * target at all (a new site, an empty target directory) is known to hold
- * nothing: its data is shipped at once, without hashing it first.  Any
- * other answer is taken as "maybe all of it": by the time a HASH record
- * reaches the remote, the stream may have renamed, created or grown its
- * targets, and hashing is always correct while a wrong guess would ship a
- * whole image the remote already has.
- */
-static uint64_t remote_holds(struct dest_sync *ds)
-{
-	return ds->targets && json_object_size(ds->targets) == 0 ? 0 : UINT64_MAX;
-}
-
-/*
  * Covers up to CHUNK bytes from the start of extent e; sets *done to the
  * bytes of e now covered.
  */
@@ -382,8 +367,15 @@ static int process_extent(struct resync *r, struct dest_sync *ds, const struct c
 	struct image *im = journal_image_by_id(r->j, e->image);
 	struct range_held h;
 	struct rangelock *rl;
-	uint64_t lsn, seg, end, pos, len, held, split;
-	bool hash = e->hash && ds->compare == 1;
+	uint64_t lsn, seg, end, pos, len;
+	/*
+	 * Hashed first where the remote may already hold the data.  Only a
+	 * remote that listed no target at all (a new site) is known to hold
+	 * nothing; any other answer may be stale by the time a HASH record
+	 * reaches it (the stream renames, creates and grows its targets), and
+	 * a wrong guess would ship whole images it already has.
+	 */
+	bool hash = e->hash && ds->compare == 1 && !ds->remote_empty;
 	struct stat st;
 	int fd, ret = 0;
 
@@ -431,12 +423,7 @@ static int process_extent(struct resync *r, struct dest_sync *ds, const struct c
 		hole = lseek(fd, (off_t)pos, SEEK_HOLE);
 		if (hole < 0 || (uint64_t)hole > end)
 			hole = (off_t)end;
-		/* Hash only what the remote may hold; the rest goes as data. */
-		held = hash ? remote_holds(ds) : 0;
-		split = held < (uint64_t)hole ? (held > pos ? held : pos) : (uint64_t)hole;
-		ret = journal_data(r, ds, im, fd, pos, split, true);
-		if (ret == 0)
-			ret = journal_data(r, ds, im, fd, split, (uint64_t)hole, false);
+		ret = journal_data(r, ds, im, fd, pos, (uint64_t)hole, hash);
 		pos = (uint64_t)hole;
 	}
 	if (end < e->offset + e->length && end < (uint64_t)st.st_size)
@@ -466,13 +453,11 @@ static void probe_compare(struct resync *r, struct dest_sync *ds)
 		return;
 	}
 	ds->compare = json && (status == 200 || status == 404) ? 1 : 0;
-	json_decref(ds->targets);
-	ds->targets = NULL;
+	ds->remote_empty = false;
 	if (ds->compare && status == 200) {
 		json_t *o = json_loads(body, 0, NULL), *t = o ? json_object_get(o, "targets") : NULL;
 
-		if (json_is_object(t))
-			ds->targets = json_incref(t);
+		ds->remote_empty = json_is_object(t) && json_object_size(t) == 0;
 		json_decref(o);
 	}
 	free(body);
@@ -1082,10 +1067,8 @@ void resync_stop(struct resync *r)
 		pthread_join(r->thread, NULL);
 		catalog_close(r->cat);
 	}
-	for (size_t i = 0; i < r->n; i++) {
+	for (size_t i = 0; i < r->n; i++)
 		free(r->ds[i].name);
-		json_decref(r->ds[i].targets);
-	}
 	free(r->ds);
 	free(r->buf);
 	verify_free(r->verify);

@@ -342,6 +342,9 @@ profile_stop() { # OUTFILE -> OUTFILE.txt: where PID spent its time (self, by sy
     } >"$1.txt" || true
 }
 
+# In an option loop: dies unless the option ($1) has an argument ($2).
+need_arg() { [[ $# -ge 2 ]] || die "option $1 needs an argument (see --help)"; }
+
 # TESTS from the comma-separated TESTS_ARG, each one of ALL_TESTS; has_test NAME.
 select_tests() {
     local t _t

@@ -53,7 +53,6 @@ EOF
 BUILD_ARG=$(default_build) BASE_DIR=/var/tmp OUT="" QUICK=0 COLD=0 PROFILE=0
 MATCHED=1 OPT_SIZE="" OPT_RAND_IOS="" OPT_ROUNDS="" SEQ_FSYNC=64 RAND_FSYNC=1024 AIMFS_OPTS=""
 TESTS_ARG=${ALL_TESTS// /,}
-need_arg() { [[ $# -ge 2 ]] || die "option $1 needs an argument (see --help)"; }
 while [[ $# -gt 0 ]]; do
     opt=$1
     if [[ $opt == --*=* ]]; then set -- "${opt%%=*}" "${opt#*=}" "${@:2}"; opt=$1; fi

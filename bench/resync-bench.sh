@@ -57,7 +57,6 @@ EOF
 BUILD_ARG=$(default_build) BASE_DIR=/var/tmp OUT="" QUICK=0 PROFILE=0 COLD=0
 OPT_ROUNDS="" OPT_IMG="" ALLOC_PCT=25 CHANGE_PCT=1 POLL_INTERVAL=0.1 AIMFS_OPTS=""
 TESTS_ARG=${ALL_TESTS// /,}
-need_arg() { [[ $# -ge 2 ]] || die "option $1 needs an argument (see --help)"; }
 while [[ $# -gt 0 ]]; do
     opt=$1
     if [[ $opt == --*=* ]]; then set -- "${opt%%=*}" "${opt#*=}" "${@:2}"; opt=$1; fi

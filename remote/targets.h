@@ -1,10 +1,9 @@
 /*
  * targets.h — what the remote already holds: the size of every target
- * (regular files under --target-dir, and the --map devices), for a source
- * that decides whether comparing block hashes with a target can save it
- * anything.  A missing target, or the part of an image beyond the end of
- * its target, cannot match: the source ships that as data at once instead
- * of hashing it first.
+ * (regular files under --target-dir, and the --map devices), sent with the
+ * first mismatches answer of a resync.  A source whose remote holds no
+ * target at all has nothing to compare: it ships data at once instead of
+ * hashing it first (docs/RESYNC.md).
  */
 #ifndef AIM_REMOTE_TARGETS_H
 #define AIM_REMOTE_TARGETS_H
