@@ -132,6 +132,30 @@ static void walk(struct seg_view *v)
 		case SEG_FLUSH:
 			REQUIRE(r.image == 0 || seg_view_image_name(v, r.image) != NULL);
 			break;
+		case SEG_SYNC_BEGIN:
+		case SEG_SYNC_END:
+			REQUIRE(r.image == 0 && r.aux != 0 && r.payload_len == 0);
+			break;
+		case SEG_SKIP:
+			REQUIRE(r.image == 0 && r.payload_len == 0);
+			break;
+		case SEG_HASH: {
+			/* what an applier's comparison reads: a bound image, a
+			 * sane block size and one hash per block, all in bounds */
+			uint32_t block = seg_hash_block(&r);
+			uint64_t blocks, sum = 0;
+
+			REQUIRE(seg_view_image_name(v, r.image) != NULL);
+			REQUIRE(block >= SEG_HASH_BLOCK_MIN && block <= SEG_HASH_BLOCK_MAX &&
+				(block & (block - 1)) == 0);
+			REQUIRE(r.length > 0 && r.offset <= INT64_MAX && r.length <= INT64_MAX - r.offset);
+			blocks = (r.length + block - 1) / block;
+			REQUIRE(r.payload_len == SEG_HASH_HEADER + blocks * 8);
+			for (uint64_t i = 0; i < blocks; i++)
+				sum += seg_hash_at(&r, i);
+			(void)sum;
+			break;
+		}
 		default:
 			REQUIRE(!"unknown record type accepted");
 		}
