@@ -96,7 +96,9 @@ struct resync {
 	bool track;                /* overflow=track */
 	uint64_t verify_every_ns;  /* scheduled verification, 0: none */
 	uint64_t next_verify_ns;
-	struct verify *verify;     /* the running or last verification (lock) */
+	struct verify *verify;     /* the running or last verification: the engine
+				    * thread's; its result under lock */
+	struct verify *verify_next; /* asked for, not started yet (lock) */
 	uint64_t next_verify_id;
 };
 
@@ -897,9 +899,20 @@ static json_t *verify_ask(struct resync *r, struct verify *v, struct dest_sync *
 
 static bool verify_step(struct resync *r)
 {
-	struct verify *v = r->verify;
+	struct verify *v;
 	json_t *dests;
 	bool done = true;
+
+	/* Only this thread replaces the running verification: a request that
+	 * arrives meanwhile waits in verify_next instead of freeing it under us. */
+	pthread_mutex_lock(&r->lock);
+	if (r->verify_next) {
+		verify_free(r->verify);
+		r->verify = r->verify_next;
+		r->verify_next = NULL;
+	}
+	v = r->verify;
+	pthread_mutex_unlock(&r->lock);
 
 	if (!v || json_is_true(json_object_get(v->result, "done")))
 		return false;
@@ -949,7 +962,8 @@ static void scheduled_verify(struct resync *r)
 	if (!r->verify_every_ns || now < r->next_verify_ns)
 		return;
 	pthread_mutex_lock(&r->lock);
-	idle = !r->verify || json_is_true(json_object_get(r->verify->result, "done"));
+	idle = !r->verify_next &&
+	       (!r->verify || json_is_true(json_object_get(r->verify->result, "done")));
 	pthread_mutex_unlock(&r->lock);
 	if (!idle)
 		return;
@@ -1072,6 +1086,7 @@ void resync_stop(struct resync *r)
 	free(r->ds);
 	free(r->buf);
 	verify_free(r->verify);
+	verify_free(r->verify_next);
 	free(r->journal_dir);
 	pthread_mutex_destroy(&r->lock);
 	pthread_cond_destroy(&r->cond);
@@ -1161,8 +1176,8 @@ int resync_verify(struct resync *r, const char *image, uint64_t *id)
 	json_object_set_new(v->result, "image", image ? json_string(image) : json_null());
 	json_object_set_new(v->result, "done", json_false());
 	json_object_set_new(v->result, "destinations", json_array());
-	verify_free(r->verify);
-	r->verify = v;
+	verify_free(r->verify_next); /* asked twice before it started: the last one */
+	r->verify_next = v;
 	pthread_cond_broadcast(&r->cond);
 	pthread_mutex_unlock(&r->lock);
 	*id = v->id;
@@ -1174,7 +1189,8 @@ json_t *resync_verify_status(struct resync *r)
 	json_t *o;
 
 	pthread_mutex_lock(&r->lock);
-	o = r->verify ? json_deep_copy(r->verify->result) : NULL;
+	o = r->verify_next ? json_deep_copy(r->verify_next->result)
+			   : r->verify ? json_deep_copy(r->verify->result) : NULL;
 	pthread_mutex_unlock(&r->lock);
 	return o;
 }
