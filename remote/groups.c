@@ -324,6 +324,25 @@ static bool still_settling(struct group *g, const char *name)
 	return true;
 }
 
+/*
+ * seg_file_open for a file that may still be arriving: -EAGAIN if it fails
+ * validation while still being written (another look is arranged).  A
+ * file that failed while its writer was finishing is validated again once
+ * no one writes it, so a segment is never put aside for having been read
+ * a moment too early.
+ */
+static int seg_file_open_settled(struct group *g, const char *name, struct seg_file *f,
+				 char *why, size_t whylen)
+{
+	int r = seg_file_open(g, name, f, why, whylen);
+
+	if (r != -EBADMSG)
+		return r;
+	if (still_settling(g, name))
+		return -EAGAIN;
+	return seg_file_open(g, name, f, why, whylen);
+}
+
 /* Opens (creating) the subdirectory sub of the group directory. */
 static int open_subdir(struct group *g, const char *sub)
 {
@@ -707,14 +726,14 @@ static int apply_next(struct group *g, uint64_t next, bool jump)
 	int r;
 
 	seg_file_name(next, SEG_FILE_SUFFIX, name);
-	r = seg_file_open(g, name, &f, why, sizeof why);
+	r = seg_file_open_settled(g, name, &f, why, sizeof why);
 	if (r == -ENOENT)
 		return 1; /* gone meanwhile: look again */
+	if (r == -EAGAIN) {
+		set_state(g, GROUP_WAITING, next, NULL);
+		return 0;
+	}
 	if (r == -EBADMSG) {
-		if (still_settling(g, name)) {
-			set_state(g, GROUP_WAITING, next, NULL);
-			return 0;
-		}
 		quarantine(g, next, name, why, true);
 		return 0;
 	}
@@ -820,11 +839,11 @@ static void duplicate(struct group *g, uint64_t number)
 	int r;
 
 	seg_file_name(number, SEG_FILE_SUFFIX, name);
-	r = seg_file_open(g, name, &f, why, sizeof why);
+	r = seg_file_open_settled(g, name, &f, why, sizeof why);
 	if (r == -ENOENT)
 		return;
 	if (r < 0) {
-		if (r == -EBADMSG && !still_settling(g, name))
+		if (r == -EBADMSG)
 			quarantine(g, number, name, why, false);
 		return;
 	}
@@ -891,8 +910,6 @@ static uint64_t look(struct group *g, bool dups, bool *have_next, uint64_t *lowe
 	return bl_n;
 }
 
-/* One look at the group directory.  Returns 1 when something was done and
- * another look is worth it, 0 when there is nothing to do now. */
 /* True if segment number starts with a SYNC_BEGIN record. */
 static bool starts_resync(struct group *g, uint64_t number)
 {
@@ -911,6 +928,8 @@ static bool starts_resync(struct group *g, uint64_t number)
 	return yes;
 }
 
+/* One look at the group directory.  Returns 1 when something was done and
+ * another look is worth it, 0 when there is nothing to do now. */
 static int step(struct group *g)
 {
 	uint64_t next = g->sg.applied_segment + 1, lowest, backlog;

@@ -402,6 +402,45 @@ def test_watcher_applies_segments_put_there_by_others(aimfs, workdir, remotes):
     r.check_quiet()
 
 
+def test_segment_written_slowly_under_its_final_name_waits(aimfs, workdir, remotes):
+    """A writer that creates the segment under its final name (cp, a WebDAV
+    server without a temporary file) and is slow: the half-written file is
+    waited for while its writer holds it open, then applied, never put aside."""
+    src = make_source(aimfs, workdir, mixed_work(2, megabytes=1), seed_images, min_segs=3)
+    target = target_copy(src, workdir)
+    inbox = os.path.join(workdir, "inbox")
+    os.makedirs(inbox)
+    r = remotes(inbox=inbox, target=target).start()
+    gdir = os.path.join(inbox, src.group)
+    os.makedirs(gdir)
+    last = src.segs[-1]
+    with open(last, "rb") as f:
+        data = f.read()
+    partial = open(os.path.join(gdir, os.path.basename(last)), "wb")
+    try:
+        partial.write(data[:len(data) // 2])
+        partial.flush()
+        # the earlier segments arrive whole and make the group look at its
+        # directory, where it finds the half-written one
+        for s in src.segs[:-1]:
+            inbox_deliver(inbox, src.group, s)
+        n = len(src.segs)
+        g = r.wait_group(src.group, lambda g: g["applied_segment"] == n - 1,
+                         what=f"segments 1..{n - 1} applied")
+        time.sleep(1.5)     # several looks while the writer is still at work
+        g = r.group(src.group)
+        assert g["quarantined_total"] == 0, g
+        assert g["applied_segment"] == n - 1, g
+        partial.write(data[len(data) // 2:])
+    finally:
+        partial.close()
+    r.wait_applied(src.group, src.last_lsn)
+    assert r.group(src.group)["quarantined_total"] == 0
+    assert_trees_equal(target, src.backing)
+    assert r.stop() == 0
+    r.check_quiet()
+
+
 def test_aimfs_ships_to_aim_remote(aimfs, workdir, pki, remotes):
     """The whole pipeline: aimfs's own transport (zstd, client certificate,
     token) PUTs to aim-remote while the source is written."""
