@@ -881,6 +881,11 @@ const char *seg_view_image_name(const struct seg_view *v, uint32_t id)
 	return names_get(v->names, id);
 }
 
+const struct names *seg_view_names(const struct seg_view *v)
+{
+	return v->names;
+}
+
 uint32_t seg_hash_block(const struct seg_record *r)
 {
 	return get32(r->payload);

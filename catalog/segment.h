@@ -206,6 +206,11 @@ void seg_view_rewind(struct seg_view *v);
  * the id is not bound there.  The string is owned by the view. */
 const char *seg_view_image_name(const struct seg_view *v, uint32_t id);
 
+/* The whole namespace as of the record last returned by seg_view_next (the
+ * header's table after seg_view_rewind; every live image at the end). */
+struct names;
+const struct names *seg_view_names(const struct seg_view *v);
+
 /* For RENAME records: splits the payload into old and new names (copied,
  * NUL-terminated, into bufs of SEG_NAME_MAX + 1 bytes). */
 void seg_rename_names(const struct seg_record *r, char *old_name, char *new_name);

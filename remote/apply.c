@@ -886,11 +886,17 @@ static int ns_create(struct applier *a, const struct seg_record *rec, char *err,
 static int ns_unlink(struct applier *a, const struct seg_record *rec, char *err, size_t errlen)
 {
 	char name[SEG_NAME_MAX + 1];
+
+	seg_record_name(rec, name);
+	return applier_remove(a, name, err, errlen);
+}
+
+int applier_remove(struct applier *a, const char *name, char *err, size_t errlen)
+{
 	const struct mapping *m;
 	const char *leaf;
 	int pfd, r;
 
-	seg_record_name(rec, name);
 	r = target_drop(a, name, false, err, errlen);
 	if (r < 0)
 		return r;

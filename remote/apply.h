@@ -154,6 +154,14 @@ void applier_set_event_cb(struct applier *a, apply_event_fn fn, void *ctx);
 int applier_apply(struct applier *a, struct seg_view *v, uint64_t after_lsn, char *err,
 		  size_t errlen);
 
+/*
+ * Removes image name's target as an UNLINK record would (durably; a target
+ * already gone is fine; a target mapped onto a block device is left in
+ * place).  For names a gap in the segments made stale.  Returns 0 or
+ * -errno with err filled.
+ */
+int applier_remove(struct applier *a, const char *name, char *err, size_t errlen);
+
 /* Counters since applier_new; *st is a copy. */
 void applier_stats(const struct applier *a, struct apply_stats *st);
 

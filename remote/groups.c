@@ -48,6 +48,7 @@
 #include "remote_i.h"
 #include "apply.h"
 #include "log.h"
+#include "names.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -708,8 +709,53 @@ out:
 	return r;
 }
 
-/* Applies segment number next (present as a file).  Returns 1 when it was
- * applied, 0 when the group stopped or the daemon is quitting. */
+struct stale {
+	struct group *g;
+	const struct names *live;
+	unsigned removed;
+	char err[512];
+};
+
+static int remove_if_stale(void *ctx, const char *name)
+{
+	struct stale *st = ctx;
+
+	if (names_find(st->live, name, strlen(name)))
+		return 0;
+	if (applier_remove(st->g->a, name, st->err, sizeof st->err) < 0)
+		return -EIO;
+	log_info("group %s: removed %s: the source removed or renamed it in segments that"
+		 " never came", st->g->name, name);
+	st->removed++;
+	return 0;
+}
+
+/*
+ * Before a segment that starts a resync after a gap: the skipped segments
+ * may have held the UNLINK or RENAME of an image, and the resync sends only
+ * what exists.  The segment's header table lists every image live at its
+ * start, so a name the group had at the end of its last applied segment
+ * and that is not in the table is gone at the source: removed here, so the
+ * replica does not keep it.  Only names this group's own segments made
+ * live are considered: other groups' images and files put in the target
+ * directory by hand are never touched.
+ */
+static int remove_stale_names(struct group *g, struct seg_view *v, char *why, size_t whylen)
+{
+	struct stale st = { .g = g };
+	int r;
+
+	seg_view_rewind(v);
+	st.live = seg_view_names(v);
+	r = state_names_each(g->st, g->name, remove_if_stale, &st);
+	if (r < 0) {
+		snprintf(why, whylen, "cannot remove the images the skipped segments removed: %s",
+			 st.err[0] ? st.err : "the state database failed");
+		return r;
+	}
+	return 0;
+}
+
 /*
  * Applies segment next.  jump: the segments between applied_segment and
  * next never came, and next starts a resynchronisation (its first record is
@@ -784,11 +830,21 @@ static int apply_next(struct group *g, uint64_t next, bool jump)
 		stop_group(g, why);
 		return 0;
 	}
+	/* Only before the segment's first record is applied: once inside
+	 * it, a name it created may be one the old set held. */
+	if (jump && after + 1 == h->first_lsn && remove_stale_names(g, f.v, why, sizeof why) < 0) {
+		seg_file_close(&f);
+		stop_group(g, why);
+		return 0;
+	}
 	g->cur.number = next;
 	g->cur.first_lsn = h->first_lsn;
 	g->cur.last_lsn = last;
 	g->cur.size = f.len;
 	g->cur.digest = seg_view_digest(f.v);
+	/* The view's namespace as the apply unfolds it: every live image
+	 * once the whole segment is recorded. */
+	g->cur.names = seg_view_names(f.v);
 	set_state(g, GROUP_APPLYING, 0, NULL);
 	pthread_mutex_lock(&g->lock);
 	g->snap.applying = next;
@@ -804,6 +860,7 @@ static int apply_next(struct group *g, uint64_t next, bool jump)
 		if (r < 0)
 			snprintf(why, sizeof why, "cannot record segment %" PRIu64 " as applied", next);
 	}
+	g->cur.names = NULL; /* the view goes below */
 	applier_stats(g->a, &as);
 	pthread_mutex_lock(&g->lock);
 	g->snap.segments_applied = as.segments;

@@ -177,9 +177,12 @@ struct state_mismatch {
 	uint64_t offset, length;
 };
 
-/* A whole segment applied: what a later duplicate is compared with. */
+/* A whole segment applied: what a later duplicate is compared with, and
+ * the group's images at its end (names: NULL leaves them as they were). */
+struct names;
 struct state_segment {
 	uint64_t number, first_lsn, last_lsn, size, digest;
+	const struct names *names;
 };
 
 /* Opens (creating it and its schema) state_dir/remote.db, WAL mode.  One
@@ -195,10 +198,16 @@ int state_group_get(struct state *st, const char *group, struct state_group *g);
 /* Records durable progress: the row, the resync state sync (unless NULL),
  * the mismatches mm[0..nmm), and when done is non-NULL the whole segment
  * too (applied_segment = done->number; mismatch rows more than
- * MISMATCHES_KEEP_LSNS behind lsn are then dropped), in one transaction. */
+ * MISMATCHES_KEEP_LSNS behind lsn are then dropped; the group's live
+ * names replaced by done->names if set), in one transaction. */
 int state_progress(struct state *st, const char *group, uint64_t lsn, uint64_t time_ns,
 		   const struct state_segment *done, const struct state_sync *sync,
 		   const struct state_mismatch *mm, size_t nmm);
+/* Calls fn for every image name the group's last applied segment left live
+ * (as recorded by state_progress); stops at fn's non-zero return.
+ * Returns 0, fn's value, or -EIO. */
+int state_names_each(struct state *st, const char *group,
+		     int (*fn)(void *ctx, const char *name), void *ctx);
 /* Records mismatches ahead of the progress that passes them (they are
  * served only once applied_lsn reaches their LSN). */
 int state_mismatches_add(struct state *st, const char *group, const struct state_mismatch *mm,

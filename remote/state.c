@@ -36,6 +36,7 @@
  */
 #include "remote_i.h"
 #include "log.h"
+#include "names.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -90,7 +91,13 @@ static const char schema[] =
 	" length INTEGER NOT NULL,"
 	" dest INTEGER NOT NULL DEFAULT 0,"
 	" image_id INTEGER NOT NULL DEFAULT 0,"
-	" PRIMARY KEY (\"group\", lsn, \"offset\")) WITHOUT ROWID;";
+	" PRIMARY KEY (\"group\", lsn, \"offset\")) WITHOUT ROWID;"
+	/* The images live at the end of the group's last applied segment: what
+	 * a segment that starts a resync after a gap is compared with. */
+	"CREATE TABLE IF NOT EXISTS names ("
+	" \"group\" TEXT NOT NULL,"
+	" name TEXT NOT NULL,"
+	" PRIMARY KEY (\"group\", name)) WITHOUT ROWID;";
 
 /* Columns added to groups since its first version, for older databases. */
 static const char *const group_columns[][2] = {
@@ -322,6 +329,66 @@ static int prune_mismatches(struct state *st, const char *group, uint64_t lsn)
 	return run(st, s, "pruning mismatches");
 }
 
+struct names_insert {
+	struct state *st;
+	sqlite3_stmt *s;
+	const char *group;
+};
+
+static int insert_name(void *ctx, uint32_t id, const char *name)
+{
+	struct names_insert *ni = ctx;
+	int r;
+
+	(void)id;
+	sqlite3_bind_text(ni->s, 1, ni->group, -1, SQLITE_STATIC);
+	sqlite3_bind_text(ni->s, 2, name, -1, SQLITE_STATIC);
+	r = sqlite3_step(ni->s);
+	sqlite3_reset(ni->s);
+	return r == SQLITE_DONE ? 0 : db_fail(ni->st, "recording the live images");
+}
+
+/* Replaces the group's live names (inside the caller's transaction). */
+static int replace_names(struct state *st, const char *group, const struct names *names)
+{
+	struct names_insert ni = { st, NULL, group };
+	sqlite3_stmt *s;
+	int r;
+
+	r = prepare(st, "DELETE FROM names WHERE \"group\" = ?", &s);
+	if (r < 0)
+		return r;
+	sqlite3_bind_text(s, 1, group, -1, SQLITE_STATIC);
+	r = run(st, s, "forgetting the live images");
+	if (r < 0)
+		return r;
+	r = prepare(st, "INSERT OR IGNORE INTO names (\"group\", name) VALUES (?, ?)", &ni.s);
+	if (r < 0)
+		return r;
+	r = names_each(names, insert_name, &ni);
+	sqlite3_finalize(ni.s);
+	return r;
+}
+
+int state_names_each(struct state *st, const char *group,
+		     int (*fn)(void *ctx, const char *name), void *ctx)
+{
+	sqlite3_stmt *s;
+	int r, rc;
+
+	r = prepare(st, "SELECT name FROM names WHERE \"group\" = ?", &s);
+	if (r < 0)
+		return r;
+	sqlite3_bind_text(s, 1, group, -1, SQLITE_STATIC);
+	r = 0;
+	while (!r && (rc = sqlite3_step(s)) == SQLITE_ROW)
+		r = fn(ctx, (const char *)sqlite3_column_text(s, 0));
+	if (!r && rc != SQLITE_DONE)
+		r = db_fail(st, "reading the live images");
+	sqlite3_finalize(s);
+	return r;
+}
+
 int state_progress(struct state *st, const char *group, uint64_t lsn, uint64_t time_ns,
 		   const struct state_segment *done, const struct state_sync *sync,
 		   const struct state_mismatch *mm, size_t nmm)
@@ -382,6 +449,8 @@ int state_progress(struct state *st, const char *group, uint64_t lsn, uint64_t t
 		r = run(st, s, "recording an applied segment");
 		if (r == 0)
 			r = prune_mismatches(st, group, lsn);
+		if (r == 0 && done->names)
+			r = replace_names(st, group, done->names);
 	} else {
 		r = prepare(st, "UPDATE groups SET applied_lsn = ?, applied_time_ns = ?,"
 				" updated_ns = ? WHERE \"group\" = ?", &s);
@@ -550,6 +619,7 @@ int state_segment_get(struct state *st, const char *group, uint64_t number,
 		seg->last_lsn = (uint64_t)sqlite3_column_int64(s, 1);
 		seg->size = (uint64_t)sqlite3_column_int64(s, 2);
 		seg->digest = d ? strtoull(d, NULL, 16) : 0;
+		seg->names = NULL;
 		r = 0;
 	} else if (rc == SQLITE_DONE) {
 		r = -ENOENT;

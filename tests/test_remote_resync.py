@@ -185,6 +185,51 @@ def test_consistency_is_recorded_with_the_progress_across_kill9(workdir, remotes
     print(f"AIM_SEED={seed}: (applied_lsn, consistent) after each kill: {seen}")
 
 
+def test_a_resync_after_a_gap_removes_what_the_skipped_segments_removed(workdir, remotes):
+    """Segments 3 and 4 never come (the source skipped them for this
+    destination): they unlinked a.img and renamed c.img to e.img.  Segment 5
+    starts the resync; its header table lists the live images, so the
+    replica drops a.img and c.img, keeps b.img, gets e.img, and leaves a
+    file the group never made alone.  Across a restart too."""
+    target = os.path.join(workdir, "target")
+    inbox = os.path.join(workdir, "inbox")
+    os.makedirs(os.path.join(target, "pool"))
+    os.makedirs(inbox)
+    write_bytes(os.path.join(target, "operator.img"), b"mine")
+    s1 = seg(workdir, 1, 1, "create 1 0644 a.img\nwrite 1 0 @4096:1\n"
+                            "create 2 0644 b.img\nwrite 2 0 @4096:2\n"
+                            "create 3 0644 pool/c.img\nwrite 3 0 @4096:3\nflush\n", images="")
+    s2 = seg(workdir, 2, 8, "write 2 4096 @4096:4\nflush\n",
+             images="image 1 a.img\nimage 2 b.img\nimage 3 pool/c.img\n")
+    s5 = seg(workdir, 5, 30, "sync-begin 1\nresync 1 write 3 0 @4096:3\n"
+                             "resync 1 write 2 0 @8192:5\nsync-end 1\nflush\n",
+             images="image 2 b.img\nimage 3 pool/e.img\n")
+    r = remotes(inbox=inbox, target=target).start()
+    deliver(inbox, s1, 1)
+    deliver(inbox, s2, 2)
+    r.wait_applied(G, 9)
+    assert sorted(os.listdir(target)) == ["a.img", "b.img", "operator.img", "pool"]
+    # a restart between the two: the live names come from the state
+    assert r.stop() == 0
+    r.start()
+    deliver(inbox, s5, 5)
+    g = r.wait_applied(G, 34)
+    assert g["consistent"] is True, g
+    assert sorted(os.listdir(target)) == ["b.img", "operator.img", "pool"]
+    assert os.listdir(os.path.join(target, "pool")) == ["e.img"]
+    with open(os.path.join(target, "b.img"), "rb") as f:
+        assert f.read() == b"\x05" * 8192
+    with open(os.path.join(target, "pool", "e.img"), "rb") as f:
+        assert f.read() == b"\x03" * 4096
+    with open(os.path.join(target, "operator.img"), "rb") as f:
+        assert f.read() == b"mine"
+    out = r.output()
+    assert "removed a.img: the source removed or renamed it" in out
+    assert "removed pool/c.img" in out
+    assert r.stop() == 0
+    r.check_quiet()
+
+
 def write_bytes(path, data):
     with open(path, "wb") as f:
         f.write(data)
