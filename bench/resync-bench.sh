@@ -200,6 +200,7 @@ sstatus() { inpoll curl -sf "http://$AIMFS_STATUS/status"; }
 prepare_cache() { # FILES... : the same starting point for every measured step
     drop_caches
     [[ $COLD == 1 ]] || warm "$@"
+    settle_memory
 }
 cleanup_dir() { # DIR : delete what a run left, outside the measure
     rm -rf "$1"
