@@ -95,6 +95,74 @@ static int set_error_locked(struct journal *j, int err, const char *what)
 	return err;
 }
 
+/* ---- recycling pruned segment files ---- */
+
+bool journal_recycle(struct journal *j, uint64_t number)
+{
+	char from[SEG_FILE_NAME_LEN + 8], to[SEG_FILE_NAME_LEN + 8];
+
+	for (int i = 0; i < RECYCLE_SLOTS; i++) {
+		uint64_t zero = 0;
+
+		if (atomic_load(&j->free_files[i]) != 0)
+			continue;
+		seg_file_name(number, SEG_FILE_SUFFIX, from);
+		seg_file_name(number, SEG_FREE_SUFFIX, to);
+		if (renameat(j->dirfd, from, j->dirfd, to) < 0)
+			return false;
+		if (atomic_compare_exchange_strong(&j->free_files[i], &zero, number))
+			return true;
+		/* taken meanwhile: give the name back for the caller to delete */
+		renameat(j->dirfd, to, j->dirfd, from);
+		return false;
+	}
+	return false;
+}
+
+/*
+ * Takes a free file for segment file name (NNN.open): writes the new
+ * header over the old one *before* the rename, so that NNN.open never
+ * holds another segment's header; the old records after it fail the new
+ * check chain, which recovery treats as a torn tail, and sealing cuts
+ * them.  Returns the fd, or -1 (the caller creates a new file).
+ */
+static int reuse_free_file(struct journal *j, const char *name, const uint8_t *hdr, size_t hs)
+{
+	char old[SEG_FILE_NAME_LEN + 8];
+
+	for (int i = 0; i < RECYCLE_SLOTS; i++) {
+		uint64_t n = atomic_exchange(&j->free_files[i], 0);
+		int fd;
+
+		if (!n)
+			continue;
+		seg_file_name(n, SEG_FREE_SUFFIX, old);
+		fd = openat(j->dirfd, old, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
+		if (fd >= 0 && pwrite_all(fd, &(struct iovec){ (void *)hdr, hs }, 1, 0) == 0 &&
+		    renameat(j->dirfd, old, j->dirfd, name) == 0)
+			return fd;
+		if (fd >= 0)
+			close(fd);
+		unlinkat(j->dirfd, old, 0);
+	}
+	return -1;
+}
+
+/* Removes the free files at unmount (recovery removes any a crash left). */
+static void drop_free_files(struct journal *j)
+{
+	char name[SEG_FILE_NAME_LEN + 8];
+
+	for (int i = 0; i < RECYCLE_SLOTS; i++) {
+		uint64_t n = atomic_exchange(&j->free_files[i], 0);
+
+		if (!n)
+			continue;
+		seg_file_name(n, SEG_FREE_SUFFIX, name);
+		unlinkat(j->dirfd, name, 0);
+	}
+}
+
 int journal_ensure_open_locked(struct journal *j)
 {
 	struct seg_header h = { 0 };
@@ -137,6 +205,13 @@ int journal_ensure_open_locked(struct journal *j)
 	s->prev_check = seg_header_encode(&h, buf);
 	free(table);
 	seg_file_name(h.number, SEG_OPEN_SUFFIX, name);
+	fd = reuse_free_file(j, name, buf, hs);
+	if (fd >= 0) {
+		free(buf);
+		s->recycled = true;
+		j->recycled++;
+		goto opened;
+	}
 	fd = openat(j->dirfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
 	if (fd < 0) {
 		r = -errno;
@@ -152,6 +227,7 @@ int journal_ensure_open_locked(struct journal *j)
 		free(s);
 		return set_error_locked(j, r, "writing segment header");
 	}
+opened:
 	atomic_fetch_add(&j->disk_bytes, hs);
 	s->fd = fd;
 	s->number = h.number;
@@ -764,6 +840,7 @@ void journal_stats(struct journal *j, struct journal_stats *s)
 	s->images = j->nlive;
 	s->open_oldest_ns = j->open && j->open->records ? j->open->created_ns : 0;
 	s->backing_lsn = j->durable_backing_lsn;
+	s->recycled = j->recycled;
 	pthread_mutex_unlock(&j->lock);
 	s->journal_bytes = atomic_load(&j->disk_bytes);
 	s->journal_max = j->cfg.journal_max;
@@ -946,8 +1023,10 @@ void journal_close(struct journal *j)
 		j->open = NULL;
 	}
 	registry_free(j);
-	if (j->dirfd >= 0)
+	if (j->dirfd >= 0) {
+		drop_free_files(j);
 		close(j->dirfd);
+	}
 	if (j->lock_fd >= 0)
 		close(j->lock_fd);
 	pthread_mutex_destroy(&j->ns_lock);

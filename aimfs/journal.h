@@ -77,6 +77,7 @@ struct journal_stats {
 	uint64_t waits;           /* writes that ever waited, since mount */
 	uint64_t open_oldest_ns;  /* time of the open segment's first record, 0 if none */
 	uint64_t backing_lsn;     /* watermark of the newest durable segment */
+	uint64_t recycled;        /* segments written over a pruned one's file, since mount */
 };
 
 /*
@@ -194,6 +195,14 @@ void journal_space(struct journal *j, uint64_t *used, uint64_t *max);
 void journal_stats(struct journal *j, struct journal_stats *s);
 /* Time of the first record not yet in a sealed segment (0 if none). */
 uint64_t journal_open_oldest_ns(struct journal *j);
+/*
+ * The transport is about to prune sealed segment number: true if the
+ * journal took its file to write a later segment over (renamed NNN.free;
+ * on this page-cache-heavy path, overwriting cached pages is several times
+ * cheaper than filling new ones), false if the caller should delete it.
+ * Never blocks on the journal lock.
+ */
+bool journal_recycle(struct journal *j, uint64_t number);
 /* The transport pruned a segment of this many bytes: space for writes. */
 void journal_space_freed(struct journal *j, uint64_t bytes);
 /* Last durable segment and its backing watermark, for the transport's start. */

@@ -26,6 +26,7 @@
 
 struct catalog;
 
+#define RECYCLE_SLOTS 2
 #define INFLIGHT_SLOTS 256
 /* Start writeback of the open segment every this many bytes, so dirty
  * journal pages never pile up until the kernel throttles the writer that
@@ -59,6 +60,7 @@ struct segfile {
 	uint64_t flushed;        /* writeback started for bytes below this (L) */
 	unsigned refs;           /* (L) the journal/queue holds one; barriers take more */
 	bool sealed;
+	bool recycled;           /* written over a pruned segment's file: cut at sealing */
 	struct segfile *next;    /* seal queue (L) */
 };
 
@@ -94,6 +96,11 @@ struct journal {
 
 	/* LSNs whose backing syscall has not finished; 0 = free slot */
 	_Atomic uint64_t inflight[INFLIGHT_SLOTS];
+	/* Numbers of pruned segments whose files wait, as NNN.free, to be
+	 * written over (0: empty slot); lock-free so that the transport
+	 * never takes the journal lock. */
+	_Atomic uint64_t free_files[RECYCLE_SLOTS];
+	uint64_t recycled;       /* segments opened over a free file (L) */
 
 	uint64_t records, bytes; /* since mount (L) */
 	uint64_t last_append_ns; /* (L) */

@@ -45,6 +45,11 @@ static void on_freed(void *ctx, uint64_t bytes)
 	journal_space_freed(((struct glue *)ctx)->journal, bytes);
 }
 
+static bool on_recycle(void *ctx, uint64_t number)
+{
+	return journal_recycle(((struct glue *)ctx)->journal, number);
+}
+
 static uint64_t on_open_oldest(void *ctx)
 {
 	return journal_open_oldest_ns(((struct glue *)ctx)->journal);
@@ -270,6 +275,7 @@ int main(int argc, char *argv[])
 		}
 		tc.hooks.ctx = &glue;
 		tc.hooks.freed = on_freed;
+		tc.hooks.recycle = on_recycle;
 		tc.hooks.open_oldest_ns = on_open_oldest;
 		if (transport_new(&tc, &t) < 0) {
 			log_error("cannot set up the destinations");

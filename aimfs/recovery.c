@@ -69,13 +69,13 @@ static int cmp_u64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-static int parse_open_name(const char *name, uint64_t *n)
+/* NNN<suffix> for the .open and .free suffixes (as short as .aimj). */
+static int parse_suffixed_name(const char *name, const char *suffix, uint64_t *n)
 {
 	char buf[SEG_FILE_NAME_LEN + 1];
 	size_t len = strlen(name);
 
-	if (len != SEG_FILE_DIGITS + strlen(SEG_OPEN_SUFFIX) ||
-	    strcmp(name + SEG_FILE_DIGITS, SEG_OPEN_SUFFIX) != 0)
+	if (len != SEG_FILE_DIGITS + strlen(suffix) || strcmp(name + SEG_FILE_DIGITS, suffix) != 0)
 		return -EINVAL;
 	memcpy(buf, name, SEG_FILE_DIGITS);
 	strcpy(buf + SEG_FILE_DIGITS, SEG_FILE_SUFFIX);
@@ -102,8 +102,10 @@ static int list_segments(struct journal *j, struct numlist *sealed, struct numli
 
 		if (seg_parse_file_name(de->d_name, &n) == 0)
 			r = numlist_add(sealed, n);
-		else if (parse_open_name(de->d_name, &n) == 0)
+		else if (parse_suffixed_name(de->d_name, SEG_OPEN_SUFFIX, &n) == 0)
 			r = numlist_add(open, n);
+		else if (parse_suffixed_name(de->d_name, SEG_FREE_SUFFIX, &n) == 0)
+			unlinkat(j->dirfd, de->d_name, 0); /* kept for reuse by the last mount */
 	}
 	closedir(d);
 	if (sealed->n > 1)

@@ -79,7 +79,13 @@ static void drop_cached(struct journal *j, uint64_t number)
 static void finish_one(struct journal *j, struct catalog *cat, struct segfile *s)
 {
 	uint64_t number = s->number, backing_lsn = s->backing_lsn;
-	int r = sealer_finish_file(j->dirfd, s->fd, number);
+	int r = 0;
+
+	/* A recycled file still holds the old segment's bytes past the trailer. */
+	if (s->recycled && ftruncate(s->fd, (off_t)s->bytes) < 0)
+		r = -errno;
+	if (r == 0)
+		r = sealer_finish_file(j->dirfd, s->fd, number);
 
 	if (r < 0) {
 		pthread_mutex_lock(&j->lock);

@@ -64,6 +64,7 @@ static json_t *status_json(struct status *s)
 	json_object_set_new(o, "images", json_integer((json_int_t)js.images));
 	json_object_set_new(o, "records_journaled", json_integer((json_int_t)js.records));
 	json_object_set_new(o, "bytes_journaled", json_integer((json_int_t)js.bytes));
+	json_object_set_new(o, "segments_recycled", json_integer((json_int_t)js.recycled));
 	dests = s->info.transport ? transport_status(s->info.transport) : json_array();
 	if (s->info.resync) {
 		size_t i;
@@ -117,6 +118,8 @@ static void metrics_text(struct status *s, struct strbuf *sb)
 		      (unsigned long long)js.records);
 	strbuf_printf(sb, "# TYPE aimfs_journaled_bytes_total counter\n"
 			  "aimfs_journaled_bytes_total %llu\n", (unsigned long long)js.bytes);
+	strbuf_printf(sb, "# TYPE aimfs_segments_recycled_total counter\n"
+			  "aimfs_segments_recycled_total %llu\n", (unsigned long long)js.recycled);
 	strbuf_printf(sb, "# TYPE aimfs_open_segment gauge\naimfs_open_segment %llu\n",
 		      (unsigned long long)js.open_segment);
 	strbuf_printf(sb, "# TYPE aimfs_durable_segment gauge\naimfs_durable_segment %llu\n",

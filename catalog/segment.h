@@ -33,6 +33,9 @@
 #define SEG_FILE_DIGITS 20
 #define SEG_FILE_SUFFIX ".aimj"
 #define SEG_OPEN_SUFFIX ".open"
+/* A pruned segment file kept for the journal to write its next segment
+ * over (its pages are still cached); never read as a segment. */
+#define SEG_FREE_SUFFIX ".free"
 #define SEG_FILE_NAME_LEN (SEG_FILE_DIGITS + 5)
 
 enum seg_type {

@@ -453,7 +453,9 @@ void transport_prune(struct transport *t, struct catalog *cat)
 				break;
 			seg_file_name(n, SEG_FILE_SUFFIX, name);
 			snprintf(path, sizeof path, "%s/%s", t->journal_dir, name);
-			if (unlink(path) < 0) {
+			if (t->hooks.recycle && t->hooks.recycle(t->hooks.ctx, n)) {
+				/* the journal writes a later segment over it */
+			} else if (unlink(path) < 0) {
 				log_error("pruning %s: %m", path);
 				break;
 			}

@@ -70,6 +70,9 @@ struct transport_hooks {
 	void *ctx;
 	/* A pruned segment freed this many bytes of journal. */
 	void (*freed)(void *ctx, uint64_t bytes);
+	/* Segment number is about to be pruned: true if the journal took its
+	 * file for reuse (NULL, or false: it is deleted). */
+	bool (*recycle)(void *ctx, uint64_t number);
 	/* Source time of the oldest record not in a sealed segment (0 if none). */
 	uint64_t (*open_oldest_ns)(void *ctx);
 };
