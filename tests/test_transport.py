@@ -19,6 +19,13 @@ def write_config(path, text):
     return path
 
 
+def dav_config(workdir, ng, pki, status, aimfs_lines="", dest_lines=""):
+    """aimfs.conf: status on status, one destination: nginx's WebDAV over TLS."""
+    return write_config(os.path.join(workdir, "aimfs.conf"),
+                        f"[aimfs]\nstatus = {status}\n{aimfs_lines}\n[destination dav]\n"
+                        f"url = {ng.url}\nca_file = {pki['ca.pem']}\n{dest_lines}")
+
+
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
@@ -47,17 +54,8 @@ def test_ships_to_webdav_over_tls_and_prunes(aimfs, workdir):
         start = os.path.join(workdir, "start")
         copy_tree(backing, start)
         status = f"127.0.0.1:{free_port()}"
-        conf = write_config(os.path.join(workdir, "aimfs.conf"), f"""
-[aimfs]
-status = {status}
-segment_size = 512K
-segment_age = 200ms
-
-[destination dav]
-url = {ng.url}
-ca_file = {pki['ca.pem']}
-compress = zstd
-""")
+        conf = dav_config(workdir, ng, pki, status, "segment_size = 512K\nsegment_age = 200ms\n",
+                          "compress = zstd\n")
         m = aimfs(options=[f"config={conf}"])
         for i in range(3):
             with open(os.path.join(m.mountpoint, f"vm{i}.img"), "wb") as f:
@@ -101,16 +99,7 @@ def test_kill9_inside_a_recycled_segment_loses_nothing(aimfs, workdir):
         start = os.path.join(workdir, "start")
         copy_tree(backing, start)
         status = f"127.0.0.1:{free_port()}"
-        conf = write_config(os.path.join(workdir, "aimfs.conf"), f"""
-[aimfs]
-status = {status}
-segment_size = 256K
-segment_age = 60s
-
-[destination dav]
-url = {ng.url}
-ca_file = {pki['ca.pem']}
-""")
+        conf = dav_config(workdir, ng, pki, status, "segment_size = 256K\nsegment_age = 60s\n")
         m = aimfs(options=[f"config={conf}"])
 
         def open_file():
