@@ -111,13 +111,14 @@ def test_kill9_inside_a_recycled_segment_loses_nothing(aimfs, workdir):
             path = open_file()
             return (path is not None and st["segments_recycled"] > 0 and
                     os.path.getsize(path) > st["open_segment_bytes"] + 4096)
+        deadline = time.monotonic() + 30
         with open(os.path.join(m.mountpoint, "vm.img"), "wb") as f:
-            for i in range(64):
+            for i in range(400):
                 f.write(os.urandom(200000))
                 f.flush()
                 os.fsync(f.fileno())
                 time.sleep(0.02)        # let the transport ship and prune
-                if i > 8 and stale_tail():
+                if (i > 8 and stale_tail()) or time.monotonic() > deadline:
                     break
         assert stale_tail(), (get_status(status), os.listdir(m.journal))
         m.kill9()
