@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 from aimtest import wait_for
@@ -98,9 +99,23 @@ http {{
         return sorted(os.listdir(d)) if os.path.isdir(d) else []
 
 
+def get_json(addr, path, refused_for=10.0):
+    """GET http://ADDR/PATH as JSON.  aimfs starts its status listener just
+    after the mount appears (its threads start after the mount, as libfuse's
+    daemonizing requires), so a refused connection is retried for a while."""
+    deadline = time.monotonic() + refused_for
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://{addr}/{path}", timeout=5) as r:
+                return json.load(r)
+        except urllib.error.URLError as e:
+            if not isinstance(e.reason, ConnectionRefusedError) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
+
+
 def get_status(addr):
-    with urllib.request.urlopen(f"http://{addr}/status", timeout=5) as r:
-        return json.load(r)
+    return get_json(addr, "status")
 
 
 def wait_in_sync(addr, timeout=60, head=None):

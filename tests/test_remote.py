@@ -7,7 +7,6 @@ hostile requests and segments are refused with the right status, write
 nothing outside the inbox and apply nothing.
 
 Reproduce a failing kill -9 case with AIM_SEED=<seed> (in the message)."""
-import json
 import os
 import random
 import shutil
@@ -16,7 +15,6 @@ import sqlite3
 import ssl
 import subprocess
 import time
-import urllib.request
 from datetime import datetime
 
 import pytest
@@ -24,6 +22,7 @@ import pytest
 from aimtest import AIM_REMOTE, assert_trees_equal, copy_tree, run, wait_for
 from remote_helpers import (PKI, Remote, free_port, inbox_deliver, journal_segments, mkseg,
                             seg_info, snapshot)
+from servers import get_status
 
 ZSTD = shutil.which("zstd")
 
@@ -464,8 +463,7 @@ def test_aimfs_ships_to_aim_remote(aimfs, workdir, pki, remotes):
     mixed_work(5, megabytes=2)(m.mountpoint)
 
     def source():
-        with urllib.request.urlopen(f"http://{src_status}/status", timeout=5) as resp:
-            return json.loads(resp.read())
+        return get_status(src_status)
     last = {}
 
     def in_sync():

@@ -15,7 +15,7 @@ import pytest
 
 from aimtest import assert_trees_equal, copy_tree, run, wait_for
 from remote_helpers import PKI, Remote
-from servers import free_port, get_status
+from servers import free_port, get_json, get_status
 from workload import Workload, populate
 
 
@@ -344,11 +344,8 @@ def test_scheduled_verification_reports_drift(aimfs, workdir, pki, remotes):
         f.write(b"drift")
     wait_for(lambda: "destination dr1 differs" in m.output(), 90, 0.5,
              what="a scheduled verification to find the drift")
-    import json
-    import urllib.request
     try:
-        with urllib.request.urlopen(f"http://{status}/verify", timeout=5) as resp:
-            v = json.load(resp)
+        v = get_json(status, "verify")
     except OSError as e:
         # seen once under ASan in CI (connection refused): say what aimfs said
         raise AssertionError(f"GET /verify: {e}; aimfs alive: {m.proc.poll() is None}; "
