@@ -712,7 +712,6 @@ out:
 struct stale {
 	struct group *g;
 	const struct names *live;
-	unsigned removed;
 	char err[512];
 };
 
@@ -726,7 +725,6 @@ static int remove_if_stale(void *ctx, const char *name)
 		return -EIO;
 	log_info("group %s: removed %s: the source removed or renamed it in segments that"
 		 " never came", st->g->name, name);
-	st->removed++;
 	return 0;
 }
 
