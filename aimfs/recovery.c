@@ -162,6 +162,18 @@ static int finish_open_segment(struct journal *j, uint64_t n, uint64_t *last_lsn
 		r = seg_view_new_partial(map, (size_t)st.st_size, &v, &valid, &err);
 	else
 		r = -EBADMSG;
+	/* A header for another number or group: a recycled file whose new
+	 * header did not reach the disk before a power cut (it is written
+	 * before the rename, but nothing orders the two on disk).  What
+	 * follows it is the old segment's, pruned long ago. */
+	if (r == 0 && (seg_view_header(v)->number != n ||
+		       memcmp(seg_view_header(v)->group, j->group, 16) != 0)) {
+		log_info("journal %s: %s holds the header of segment %" PRIu64
+			 " (a recycled file's old content)", j->dir, name, seg_view_header(v)->number);
+		seg_view_free(v);
+		v = NULL;
+		r = -EBADMSG;
+	}
 	if (r < 0 || seg_view_count(v) == 0) {
 		/* Killed while writing the header, or before the first record. */
 		log_info("journal %s: removing %s, which holds no complete record", j->dir, name);

@@ -122,6 +122,37 @@ def test_kill9_mid_segment_recovers_quietly(aimfs, workdir):
     replay_equal(m, start, f"mid-segment kill seed={seed}")
 
 
+def test_open_segment_with_another_segments_header_is_dropped(aimfs, workdir):
+    """A recycled segment file whose new header never reached the disk (a
+    power cut: header write and rename are not ordered on disk) carries an
+    older segment's header under the open segment's name.  Recovery must
+    not seal it as that number: it drops it, says why, and the journal stays
+    whole (every segment dumps, numbers contiguous)."""
+    backing = os.path.join(workdir, "backing")
+    os.makedirs(backing)
+    options = ["segment_size=64K", "segment_age=1h"]
+    m = aimfs(options=options)
+    with open(os.path.join(m.mountpoint, "vm.img"), "wb") as f:
+        for _ in range(8):
+            f.write(os.urandom(30000))
+            f.flush()
+            os.fsync(f.fileno())
+    m.kill9()
+    opened = open_segments(m.journal)
+    assert opened, journal_segments(m.journal)
+    # what a power cut can leave: the old file's content under the new name
+    shutil.copyfile(os.path.join(m.journal, journal_segments(m.journal)[0]),
+                    os.path.join(m.journal, opened[-1]))
+    m = aimfs(options=options)
+    assert f"{opened[-1]} holds the header of segment 1" in m.output(), m.output()
+    assert m.unmount() == 0
+    segs = journal_segments(m.journal)
+    nums = [int(s[:20]) for s in segs]
+    assert nums == list(range(1, len(nums) + 1)), f"segment numbers not contiguous: {nums}"
+    for s in segs:
+        run([AIMCTL, "dump", os.path.join(m.journal, s)])
+
+
 # ---- kill -9 inside the windows of one operation (deterministic, with gdb) --
 #
 # aimfs does a namespace syscall before its journal record, and a data
