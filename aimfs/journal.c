@@ -97,26 +97,23 @@ static int set_error_locked(struct journal *j, int err, const char *what)
 
 /* ---- recycling pruned segment files ---- */
 
+/* Only the transport's pruning (one at a time) fills slots; the write path
+ * only empties them, so an empty slot found here stays empty. */
 bool journal_recycle(struct journal *j, uint64_t number)
 {
 	char from[SEG_FILE_NAME_LEN + 8], to[SEG_FILE_NAME_LEN + 8];
+	int i = 0;
 
-	for (int i = 0; i < RECYCLE_SLOTS; i++) {
-		uint64_t zero = 0;
-
-		if (atomic_load(&j->free_files[i]) != 0)
-			continue;
-		seg_file_name(number, SEG_FILE_SUFFIX, from);
-		seg_file_name(number, SEG_FREE_SUFFIX, to);
-		if (renameat(j->dirfd, from, j->dirfd, to) < 0)
-			return false;
-		if (atomic_compare_exchange_strong(&j->free_files[i], &zero, number))
-			return true;
-		/* taken meanwhile: give the name back for the caller to delete */
-		renameat(j->dirfd, to, j->dirfd, from);
+	while (i < RECYCLE_SLOTS && atomic_load(&j->free_files[i]) != 0)
+		i++;
+	if (i == RECYCLE_SLOTS)
 		return false;
-	}
-	return false;
+	seg_file_name(number, SEG_FILE_SUFFIX, from);
+	seg_file_name(number, SEG_FREE_SUFFIX, to);
+	if (renameat(j->dirfd, from, j->dirfd, to) < 0)
+		return false;
+	atomic_store(&j->free_files[i], number);
+	return true;
 }
 
 /*

@@ -43,6 +43,13 @@ def replica_from_inbox(nginx, group, start, target):
     run([AIMCTL, "replay", "--target-dir", target, *segs])
 
 
+def assert_replica_equal(nginx, group, start, backing, workdir):
+    """What nginx received, replayed onto a copy of start, equals backing."""
+    replica = os.path.join(workdir, "replica")
+    replica_from_inbox(nginx, group, start, replica)
+    assert_trees_equal(replica, backing)
+
+
 def test_ships_to_webdav_over_tls_and_prunes(aimfs, workdir):
     pki = make_pki(os.path.join(workdir, "pki"))
     ng = Nginx(workdir, pki).start()
@@ -79,9 +86,7 @@ def test_ships_to_webdav_over_tls_and_prunes(aimfs, workdir):
         assert m.unmount() == 0
         m.check_quiet()
         assert not [f for f in os.listdir(m.journal) if f.endswith(".free")]
-        replica = os.path.join(workdir, "replica")
-        replica_from_inbox(ng, st["group"], start, replica)
-        assert_trees_equal(replica, backing)
+        assert_replica_equal(ng, st["group"], start, backing, workdir)
     finally:
         ng.stop()
 
@@ -126,9 +131,7 @@ def test_kill9_inside_a_recycled_segment_loses_nothing(aimfs, workdir):
         assert "torn tail" in m2.output(), m2.output()
         st = wait_in_sync(status)
         assert m2.unmount() == 0
-        replica = os.path.join(workdir, "replica")
-        replica_from_inbox(ng, st["group"], start, replica)
-        assert_trees_equal(replica, backing)
+        assert_replica_equal(ng, st["group"], start, backing, workdir)
     finally:
         ng.stop()
 
@@ -162,9 +165,7 @@ def test_receiver_away_then_back(aimfs, workdir):
         assert m.unmount() == 0
         out = m.output()
         assert "retrying" in out and "reachable again" in out
-        replica = os.path.join(workdir, "replica")
-        replica_from_inbox(ng, st["group"], start, replica)
-        assert_trees_equal(replica, backing)
+        assert_replica_equal(ng, st["group"], start, backing, workdir)
     finally:
         ng.stop()
 
@@ -185,9 +186,7 @@ def test_ship_an_unmounted_journal_with_aimctl(aimfs, workdir):
         out = run([AIMCTL, "ship", "--dest", ng.url, "--timeout", "60s", m.journal]).stdout
         assert "in_sync" in out, out
         assert not [f for f in os.listdir(m.journal) if f.endswith(".aimj")]
-        replica = os.path.join(workdir, "replica")
-        replica_from_inbox(ng, group, start, replica)
-        assert_trees_equal(replica, backing)
+        assert_replica_equal(ng, group, start, backing, workdir)
         # a destination that never got the pruned segments is told so
         proc = subprocess.run([AIMCTL, "ship", "--dest", "http://127.0.0.1:1/aim", "--timeout",
                                "5s", m.journal], capture_output=True, text=True)
