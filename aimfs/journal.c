@@ -14,6 +14,7 @@
  * before the caller syncs the backing file.
  */
 #include "journal_i.h"
+#include "clock.h"
 #include "catalog.h"
 #include "log.h"
 
@@ -31,14 +32,6 @@
 #include <unistd.h>
 
 #define ADOPT_CHUNK (1u << 20)
-
-uint64_t journal_now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
 
 static int pwrite_all(int fd, const struct iovec *iov, int n, uint64_t off)
 {
@@ -187,7 +180,7 @@ int journal_ensure_open_locked(struct journal *j)
 	memcpy(h.group, j->group, 16);
 	h.number = j->next_segment;
 	h.first_lsn = j->next_lsn;
-	h.created_ns = journal_now_ns();
+	h.created_ns = clock_wall_ns();
 	h.image_count = (uint32_t)j->nlive;
 	h.images = table;
 	hs = seg_header_size(&h);
@@ -249,7 +242,7 @@ int journal_append_locked(struct journal *j, struct seg_record *r)
 		return ret;
 	s = j->open;
 	r->lsn = j->next_lsn;
-	r->time_ns = journal_now_ns();
+	r->time_ns = clock_wall_ns();
 	j->last_append_ns = r->time_ns;
 	check = seg_record_encode(r, s->prev_check, hdr);
 	ret = pwrite_all(s->fd, (struct iovec[]){ { hdr, sizeof hdr },
@@ -303,7 +296,7 @@ int journal_seal_locked(struct journal *j)
 	t.count = s->records;
 	t.last_lsn = s->first_lsn + s->records - 1;
 	t.backing_lsn = backing_lsn_locked(j);
-	t.sealed_ns = journal_now_ns();
+	t.sealed_ns = clock_wall_ns();
 	s->digest = seg_trailer_encode(&t, s->prev_check, buf);
 	r = pwrite_all(s->fd, &(struct iovec){ buf, sizeof buf }, 1, s->bytes);
 	if (r < 0)

@@ -18,7 +18,7 @@
 
 #include "journal.h"
 #include "rangelock.h"
-#include "segment.h"
+#include "format.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -131,7 +131,6 @@ int registry_rename_dir(struct journal *j, const char *old_name, const char *new
 void registry_put(struct journal *j, struct image *im);
 
 /* journal.c */
-uint64_t journal_now_ns(void);
 int journal_ensure_open_locked(struct journal *j);
 int journal_append_locked(struct journal *j, struct seg_record *r);
 int journal_seal_locked(struct journal *j);

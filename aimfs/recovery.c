@@ -27,6 +27,7 @@
  * during recovery redoes from the same place next time.
  */
 #include "journal_i.h"
+#include "clock.h"
 #include "catalog.h"
 #include "log.h"
 
@@ -192,7 +193,7 @@ static int finish_open_segment(struct journal *j, uint64_t n, uint64_t *last_lsn
 			.count = seg_view_count(v),
 			.last_lsn = seg_view_last_lsn(v),
 			.backing_lsn = seg_view_last_lsn(v), /* true once redo is done */
-			.sealed_ns = journal_now_ns(),
+			.sealed_ns = clock_wall_ns(),
 		};
 		uint8_t buf[SEG_TRAILER_SIZE];
 

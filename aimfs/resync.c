@@ -22,11 +22,12 @@
  * a resync never fills the journal it travels in or stalls the guests.
  */
 #include "resync.h"
+#include "clock.h"
 #include "catalog.h"
 #include "journal.h"
 #include "log.h"
 #include "rangelock.h"
-#include "segment.h"
+#include "format.h"
 #include "transport.h"
 
 #include <dirent.h>
@@ -101,14 +102,6 @@ struct resync {
 	struct verify *verify_next; /* asked for, not started yet (lock) */
 	uint64_t next_verify_id;
 };
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
 
 static int save(struct resync *r, struct dest_sync *ds)
 {
@@ -215,7 +208,7 @@ static int seed_full(struct resync *r, struct dest_sync *ds, const char *why)
 	ds->y.total = 0;
 	ds->y.done = ds->y.saved = 0;
 	ds->y.lsn_a = ds->y.lsn_b = 0;
-	ds->y.started_ns = now_ns();
+	ds->y.started_ns = clock_wall_ns();
 	ds->truncated_image = 0;
 	ds->hashed = 0;
 	pthread_mutex_unlock(&r->lock);
@@ -599,11 +592,11 @@ static int copy_chunk(struct resync *r, struct dest_sync *ds)
  * which is harmless: resync records are ordered like any other). */
 static bool copy_batch(struct resync *r, struct dest_sync *ds, struct transport_dest_info *info)
 {
-	uint64_t lsn, seg, start = now_ns();
+	uint64_t lsn, seg, start = clock_wall_ns();
 	bool worked = false;
 	int ret = 1;
 
-	while (ret > 0 && keeping_up(r, info) && now_ns() - start < BATCH_NS) {
+	while (ret > 0 && keeping_up(r, info) && clock_wall_ns() - start < BATCH_NS) {
 		ret = copy_chunk(r, ds);
 		worked |= ret > 0;
 		transport_dest_info(r->t, ds->index, info);
@@ -758,7 +751,7 @@ static bool end_tracking(struct resync *r, struct dest_sync *ds,
 		return false;
 	transport_set_tracking(r->t, ds->index, false, &begin_sent);
 	pthread_mutex_lock(&r->lock);
-	ds->y.started_ns = now_ns();
+	ds->y.started_ns = clock_wall_ns();
 	ds->y.done = ds->y.saved = 0;
 	ds->y.lsn_a = ds->y.lsn_b = 0;
 	ds->truncated_image = 0;
@@ -956,7 +949,7 @@ static bool verify_step(struct resync *r)
  * none runs; its result is in the status and differences are logged. */
 static void scheduled_verify(struct resync *r)
 {
-	uint64_t now = now_ns(), id;
+	uint64_t now = clock_wall_ns(), id;
 	bool idle;
 
 	if (!r->verify_every_ns || now < r->next_verify_ns)
@@ -1007,7 +1000,7 @@ static void *engine_main(void *arg)
 		}
 		pthread_mutex_lock(&r->lock);
 		if (!worked && !r->stop) {
-			uint64_t deadline = now_ns() + (syncing ? SYNCING_IDLE_NS : IDLE_NS);
+			uint64_t deadline = clock_wall_ns() + (syncing ? SYNCING_IDLE_NS : IDLE_NS);
 			struct timespec ts = { .tv_sec = (time_t)(deadline / 1000000000ULL),
 					       .tv_nsec = (long)(deadline % 1000000000ULL) };
 
@@ -1031,7 +1024,7 @@ int resync_start(struct journal *j, struct transport *t, int backing_fd, const c
 	r->t = t;
 	r->track = track;
 	r->verify_every_ns = verify_every_ns;
-	r->next_verify_ns = now_ns() + verify_every_ns;
+	r->next_verify_ns = clock_wall_ns() + verify_every_ns;
 	r->backing_fd = backing_fd;
 	r->journal_dir = strdup(journal_dir);
 	r->n = transport_dest_count(t);
@@ -1105,7 +1098,7 @@ json_t *resync_status(struct resync *r, const char *name)
 {
 	struct dest_sync *ds = find(r, name);
 	struct catalog_sync y;
-	uint64_t remaining, now = now_ns();
+	uint64_t remaining, now = clock_wall_ns();
 	json_t *o;
 	double secs, rate;
 
@@ -1168,7 +1161,7 @@ int resync_verify(struct resync *r, const char *image, uint64_t *id)
 	v->ids = ids.v;
 	v->nids = ids.n;
 	v->hashing = true;
-	v->started_ns = now_ns();
+	v->started_ns = clock_wall_ns();
 	v->result = json_object();
 	pthread_mutex_lock(&r->lock);
 	v->id = ++r->next_verify_id;

@@ -6,6 +6,7 @@
  * which moves only after the fsync and rename.
  */
 #include "journal_i.h"
+#include "clock.h"
 #include "catalog.h"
 #include "log.h"
 
@@ -154,7 +155,7 @@ static void *sealer_main(void *arg)
 			segfile_put_locked(j, o);
 			continue;
 		}
-		now = journal_now_ns();
+		now = clock_wall_ns();
 		/* Sealed by age, or as soon as writes pause: the recovery point
 		 * then does not wait out segment_age once the guest is quiet. */
 		if (j->open && j->open->records &&

@@ -4,10 +4,11 @@
  * so a reply is consistent per module and never blocks a write for long.
  */
 #include "status.h"
+#include "clock.h"
 #include "httpd.h"
 #include "journal.h"
 #include "resync.h"
-#include "segment.h"
+#include "format.h"
 #include "strbuf.h"
 #include "transport.h"
 
@@ -23,21 +24,13 @@ struct status {
 	uint64_t started_ns;
 };
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
-
 static json_t *status_json(struct status *s)
 {
 	struct journal_stats js;
 	json_t *o = json_object(), *dests;
 	bool all_synced = true;
 	char group[37];
-	uint64_t now = now_ns();
+	uint64_t now = clock_wall_ns();
 
 	journal_stats(s->info.journal, &js);
 	seg_uuid_format(js.group, group);
@@ -241,7 +234,7 @@ int status_start(const char *addr, const struct status_info *info, struct status
 	if (!s)
 		return -ENOMEM;
 	s->info = *info;
-	s->started_ns = now_ns();
+	s->started_ns = clock_wall_ns();
 	r = httpd_start(addr, handle, s, &s->httpd);
 	if (r < 0) {
 		free(s);

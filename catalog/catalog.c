@@ -9,7 +9,7 @@
  */
 #include "catalog.h"
 #include "log.h"
-#include "segment.h"
+#include "format.h"
 
 #include <errno.h>
 #include <inttypes.h>

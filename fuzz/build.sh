@@ -19,7 +19,7 @@ mkdir -p "$out"
 "$CC" -g -O1 -fno-omit-frame-pointer \
     -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
     -std=gnu11 -Wall -Wextra -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 \
-    -I"$root/catalog" -I"$root/common" ${CFLAGS:-} \
-    "$here/fuzz_segment.c" "$root/catalog/segment.c" "$root/catalog/names.c" \
-    "$root/common/log.c" -lxxhash -o "$out/fuzz_segment"
+    -I"$root/format" -I"$root/common" ${CFLAGS:-} \
+    "$here/fuzz_segment.c" "$root/format/segment.c" "$root/format/names.c" \
+    "$root/common/log.c" "$root/common/clock.c" -lxxhash -o "$out/fuzz_segment"
 echo "fuzz/build.sh: built $out/fuzz_segment"

@@ -16,7 +16,7 @@
  *
  * Build and run with fuzz/build.sh and fuzz/run.sh.
  */
-#include "segment.h"
+#include "format.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -46,9 +46,10 @@
  * that reports them again.
  */
 #include "remote_i.h"
+#include "clock.h"
 #include "apply.h"
 #include "log.h"
-#include "names.h"
+#include "format.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -64,9 +65,6 @@
 #include <time.h>
 #include <unistd.h>
 
-/* How long a file under a segment's name must stay unchanged before a
- * failed validation counts (see still_settling). */
-#define SETTLE_NS (5ULL * 1000000000ULL)
 /* Mismatches kept in memory before they are recorded ahead of progress. */
 #define MISMATCH_BATCH 4096
 
@@ -97,20 +95,6 @@ struct group {
 	bool sync_dirty;
 	struct state_mismatch *mm;   /* mismatches to record, nmm of mm_cap */
 	size_t nmm, mm_cap;
-};
-
-/* A segment file as mapped for validation. */
-struct seg_file {
-	void *map;
-	size_t len;
-	struct seg_view *v;
-};
-
-/* One segment file found in the group directory. */
-struct entry {
-	uint64_t number;
-	uint64_t size;
-	uint64_t mtime_ns;
 };
 
 static const char *const state_names[] = {
@@ -209,179 +193,6 @@ static void stop_group(struct group *g, const char *why)
 
 /* ---- files ---- */
 
-static void seg_file_close(struct seg_file *f)
-{
-	seg_view_free(f->v);
-	if (f->map && f->map != MAP_FAILED)
-		munmap(f->map, f->len);
-	memset(f, 0, sizeof *f);
-}
-
-/*
- * Maps and validates the segment file name of the group directory.
- * Returns 0 with f filled, -EBADMSG with the decoder's reason in why, or
- * another -errno (also explained in why).
- */
-static int seg_file_open(struct group *g, const char *name, struct seg_file *f, char *why,
-			 size_t whylen)
-{
-	static const uint8_t empty[1];
-	struct seg_err e;
-	struct stat st;
-	int fd, r;
-
-	memset(f, 0, sizeof *f);
-	fd = openat(g->dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-	if (fd < 0) {
-		r = -errno;
-		snprintf(why, whylen, "cannot open: %s", strerror(-r));
-		return r;
-	}
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-		close(fd);
-		snprintf(why, whylen, "not a regular file");
-		return -EBADMSG;
-	}
-	f->len = (size_t)st.st_size;
-	if (f->len) {
-		f->map = mmap(NULL, f->len, PROT_READ, MAP_SHARED, fd, 0);
-		if (f->map == MAP_FAILED) {
-			r = -errno;
-			close(fd);
-			f->map = NULL;
-			snprintf(why, whylen, "cannot map: %s", strerror(-r));
-			return r;
-		}
-	}
-	close(fd);
-	r = seg_view_new(f->len ? f->map : empty, f->len, &f->v, &e);
-	if (r < 0) {
-		snprintf(why, whylen, "not a valid segment: %s (at byte %" PRIu64 ")", e.msg,
-			 e.offset);
-		seg_file_close(f);
-		return -EBADMSG;
-	}
-	return 0;
-}
-
-static uint64_t mono_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
-
-/* 1 if some process has the file open for writing, 0 if not, -errno if
- * this cannot be told.  A read lease is granted only when no one has the
- * file open for writing; it is dropped at once (SIGIO is ignored, so a
- * writer opening it meanwhile waits microseconds, not for a signal). */
-static int has_writer(struct group *g, const char *name)
-{
-	int fd = openat(g->dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC), e;
-
-	if (fd < 0)
-		return -errno;
-	if (fcntl(fd, F_SETLEASE, F_RDLCK) == 0) {
-		fcntl(fd, F_SETLEASE, F_UNLCK);
-		close(fd);
-		return 0;
-	}
-	e = errno;
-	close(fd);
-	return e == EAGAIN ? 1 : -e;
-}
-
-/*
- * A file that fails validation may still be being written under its final
- * name (cp onto the inbox, a WebDAV server without a temporary name).
- * Returns true if it is, and arranges another look (its IN_CLOSE_WRITE
- * usually comes first).  Where leases are not available (not the file's
- * owner without CAP_LEASE, some file systems), a file that changed within
- * SETTLE_NS gets the benefit of the doubt instead.
- */
-static bool still_settling(struct group *g, const char *name)
-{
-	struct stat st;
-	uint64_t mtime, now;
-	int w = has_writer(g, name);
-
-	if (w == 0)
-		return false;
-	if (w == 1) {
-		g->recheck_ns = mono_ns() + 1000000000ULL;
-		log_debug("group %s: %s is still being written", g->name, name);
-		return true;
-	}
-	if (fstatat(g->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
-		return false;
-	mtime = (uint64_t)st.st_mtim.tv_sec * 1000000000ULL + (uint64_t)st.st_mtim.tv_nsec;
-	now = remote_now_ns();
-	if (mtime + SETTLE_NS <= now || mtime > now + SETTLE_NS)
-		return false;
-	g->recheck_ns = mono_ns() + (mtime + SETTLE_NS - now);
-	log_debug("group %s: %s is not a whole segment yet; looking again when it settles",
-		  g->name, name);
-	return true;
-}
-
-/*
- * seg_file_open for a file that may still be arriving: -EAGAIN if it fails
- * validation while still being written (another look is arranged).  A
- * file that failed while its writer was finishing is validated again once
- * no one writes it, so a segment is never put aside for having been read
- * a moment too early.
- */
-static int seg_file_open_settled(struct group *g, const char *name, struct seg_file *f,
-				 char *why, size_t whylen)
-{
-	int r = seg_file_open(g, name, f, why, whylen);
-
-	if (r != -EBADMSG)
-		return r;
-	if (still_settling(g, name))
-		return -EAGAIN;
-	return seg_file_open(g, name, f, why, whylen);
-}
-
-/* Opens (creating) the subdirectory sub of the group directory. */
-static int open_subdir(struct group *g, const char *sub)
-{
-	int fd;
-
-	if (mkdirat(g->dirfd, sub, 0750) < 0 && errno != EEXIST)
-		return -errno;
-	fd = openat(g->dirfd, sub, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	return fd < 0 ? -errno : fd;
-}
-
-/*
- * Moves name into the subdirectory sub under its own name, or under
- * name.<ns> if that is taken (quarantine keeps every copy).  Returns the
- * name used in out, 0 or -errno.
- */
-static int move_aside(struct group *g, const char *name, const char *sub, bool keep_all,
-		      char *out, size_t outlen)
-{
-	int dfd = open_subdir(g, sub), r;
-
-	if (dfd < 0)
-		return dfd;
-	snprintf(out, outlen, "%s", name);
-	r = renameat2(g->dirfd, name, dfd, out, keep_all ? RENAME_NOREPLACE : 0);
-	if (r < 0 && errno == EEXIST) {
-		snprintf(out, outlen, "%s.%" PRIu64, name, remote_now_ns());
-		r = renameat2(g->dirfd, name, dfd, out, RENAME_NOREPLACE);
-	}
-	r = r < 0 ? -errno : 0;
-	if (r == 0) {
-		fsync(dfd);
-		fsync(g->dirfd);
-	}
-	close(dfd);
-	return r;
-}
-
 /* An applied segment's file: kept under --retain, removed otherwise. */
 static void dispose(struct group *g, const char *name)
 {
@@ -389,7 +200,7 @@ static void dispose(struct group *g, const char *name)
 	int r;
 
 	if (g->r->cfg.retain) {
-		r = move_aside(g, name, GROUP_APPLIED, false, used, sizeof used);
+		r = inbox_move_aside(g->dirfd, name, GROUP_APPLIED, false, used, sizeof used);
 	} else {
 		r = unlinkat(g->dirfd, name, 0) < 0 ? -errno : 0;
 		if (r == 0)
@@ -406,10 +217,10 @@ static void quarantine(struct group *g, uint64_t number, const char *name, const
 		       bool stop)
 {
 	char used[SEG_FILE_NAME_LEN + 32], msg[768];
-	uint64_t now = remote_now_ns();
+	uint64_t now = clock_wall_ns();
 	int r;
 
-	r = move_aside(g, name, GROUP_QUARANTINE, true, used, sizeof used);
+	r = inbox_move_aside(g->dirfd, name, GROUP_QUARANTINE, true, used, sizeof used);
 	snprintf(msg, sizeof msg, "segment %" PRIu64 " (%s): %s", number, name, why);
 	if (r < 0)
 		log_error("group %s: cannot move %s aside into %s/: %s", g->name, name,
@@ -429,62 +240,6 @@ static void quarantine(struct group *g, uint64_t number, const char *name, const
 	} else {
 		log_error("group %s: %s; it was put aside in %s/", g->name, msg, GROUP_QUARANTINE);
 	}
-}
-
-static int by_number(const void *x, const void *y)
-{
-	const struct entry *a = x, *b = y;
-
-	return a->number < b->number ? -1 : a->number > b->number;
-}
-
-/* Lists the segment files of the group directory, in order. */
-static int scan(struct group *g, struct entry **out, size_t *n)
-{
-	struct entry *list = NULL;
-	size_t count = 0, cap = 0;
-	struct dirent *de;
-	DIR *d;
-	int fd = openat(g->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-
-	if (fd < 0 || !(d = fdopendir(fd))) {
-		int r = -errno;
-
-		if (fd >= 0)
-			close(fd);
-		return r;
-	}
-	while ((de = readdir(d))) {
-		struct stat st;
-		uint64_t num;
-
-		if (seg_parse_file_name(de->d_name, &num) < 0)
-			continue;
-		if (fstatat(g->dirfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
-			continue; /* gone meanwhile */
-		if (count == cap) {
-			struct entry *nl = realloc(list, (cap ? cap * 2 : 16) * sizeof *nl);
-
-			if (!nl) {
-				free(list);
-				closedir(d);
-				return -ENOMEM;
-			}
-			list = nl;
-			cap = cap ? cap * 2 : 16;
-		}
-		list[count].number = num;
-		list[count].size = (uint64_t)st.st_size;
-		list[count].mtime_ns = (uint64_t)st.st_mtim.tv_sec * 1000000000ULL +
-				       (uint64_t)st.st_mtim.tv_nsec;
-		count++;
-	}
-	closedir(d);
-	if (count > 1)
-		qsort(list, count, sizeof *list, by_number);
-	*out = list;
-	*n = count;
-	return 0;
 }
 
 /* ---- applying ---- */
@@ -765,12 +520,12 @@ static int apply_next(struct group *g, uint64_t next, bool jump)
 	char name[SEG_FILE_NAME_LEN + 6], why[1024], u[37];
 	const struct seg_header *h;
 	struct apply_stats as;
-	struct seg_file f;
+	struct inbox_file f;
 	uint64_t last, after = g->sg.applied_lsn;
 	int r;
 
 	seg_file_name(next, SEG_FILE_SUFFIX, name);
-	r = seg_file_open_settled(g, name, &f, why, sizeof why);
+	r = inbox_open_settled(g->dirfd, g->name, name, &f, &g->recheck_ns, why, sizeof why);
 	if (r == -ENOENT)
 		return 1; /* gone meanwhile: look again */
 	if (r == -EAGAIN) {
@@ -816,13 +571,13 @@ static int apply_next(struct group *g, uint64_t next, bool jump)
 		why[0] = '\0';
 	}
 	if (why[0]) {
-		seg_file_close(&f);
+		inbox_file_close(&f);
 		quarantine(g, next, name, why, true);
 		return 0;
 	}
 	r = preflight(g, f.v, after, why, sizeof why);
 	if (r < 0) {
-		seg_file_close(&f);
+		inbox_file_close(&f);
 		snprintf(why + strlen(why), sizeof why - strlen(why),
 			 "; the targets are unchanged (durable up to LSN %" PRIu64 ")", after);
 		stop_group(g, why);
@@ -831,7 +586,7 @@ static int apply_next(struct group *g, uint64_t next, bool jump)
 	/* Only before the segment's first record is applied: once inside
 	 * it, a name it created may be one the old set held. */
 	if (jump && after + 1 == h->first_lsn && remove_stale_names(g, f.v, why, sizeof why) < 0) {
-		seg_file_close(&f);
+		inbox_file_close(&f);
 		stop_group(g, why);
 		return 0;
 	}
@@ -865,7 +620,7 @@ static int apply_next(struct group *g, uint64_t next, bool jump)
 	g->snap.records_applied = as.records;
 	g->snap.bytes_written = as.bytes_written;
 	pthread_mutex_unlock(&g->lock);
-	seg_file_close(&f);
+	inbox_file_close(&f);
 	if (r < 0) {
 		if (r == -ECANCELED && atomic_load(&g->r->quitting)) {
 			log_info("group %s: interrupted in segment %" PRIu64
@@ -890,11 +645,11 @@ static void duplicate(struct group *g, uint64_t number)
 {
 	char name[SEG_FILE_NAME_LEN + 6], why[768];
 	struct state_segment s;
-	struct seg_file f;
+	struct inbox_file f;
 	int r;
 
 	seg_file_name(number, SEG_FILE_SUFFIX, name);
-	r = seg_file_open_settled(g, name, &f, why, sizeof why);
+	r = inbox_open_settled(g->dirfd, g->name, name, &f, &g->recheck_ns, why, sizeof why);
 	if (r == -ENOENT)
 		return;
 	if (r < 0) {
@@ -905,14 +660,14 @@ static void duplicate(struct group *g, uint64_t number)
 	r = state_segment_get(g->st, g->name, number, &s);
 	if (r == 0 && (s.digest != seg_view_digest(f.v) || s.size != f.len ||
 		       memcmp(seg_view_header(f.v)->group, g->id, 16) != 0)) {
-		seg_file_close(&f);
+		inbox_file_close(&f);
 		snprintf(why, sizeof why, "it differs from the segment %" PRIu64
 			 " applied before (digest %016" PRIx64 ", %" PRIu64 " bytes)", number,
 			 s.digest, s.size);
 		quarantine(g, number, name, why, false);
 		return;
 	}
-	seg_file_close(&f);
+	inbox_file_close(&f);
 	if (r < 0 && r != -ENOENT)
 		return; /* the state could not tell: leave it for the next look */
 	log_info("group %s: segment %" PRIu64 " was applied before; removing the copy", g->name,
@@ -927,14 +682,14 @@ static void duplicate(struct group *g, uint64_t number)
  * *lowest the lowest segment number of the backlog (0 if none). */
 static uint64_t look(struct group *g, bool dups, bool *have_next, uint64_t *lowest)
 {
-	struct entry *e = NULL;
+	struct inbox_entry *e = NULL;
 	uint64_t bl_n = 0, bl_bytes = 0, oldest = 0;
 	size_t n = 0;
 	int r;
 
 	*have_next = false;
 	*lowest = 0;
-	r = scan(g, &e, &n);
+	r = inbox_scan(g->dirfd, &e, &n);
 	if (r < 0) {
 		if (r != -ENOENT)
 			log_error("group %s: cannot list %s/%s: %s", g->name, g->r->cfg.inbox,
@@ -970,16 +725,16 @@ static bool starts_resync(struct group *g, uint64_t number)
 {
 	char name[SEG_FILE_NAME_LEN + 6], why[256];
 	struct seg_record rec;
-	struct seg_file f;
+	struct inbox_file f;
 	bool yes = false;
 
 	seg_file_name(number, SEG_FILE_SUFFIX, name);
-	if (seg_file_open(g, name, &f, why, sizeof why) < 0)
+	if (inbox_open(g->dirfd, name, &f, why, sizeof why) < 0)
 		return false;
 	seg_view_rewind(f.v);
 	if (seg_view_next(f.v, &rec) == 1)
 		yes = rec.type == SEG_SYNC_BEGIN;
-	seg_file_close(&f);
+	inbox_file_close(&f);
 	return yes;
 }
 
@@ -996,7 +751,7 @@ static int step(struct group *g)
 	 * thousands of segments must not cost a scan per segment. */
 	seg_file_name(next, SEG_FILE_SUFFIX, name);
 	if (fstatat(g->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode) &&
-	    !still_settling(g, name)) {
+	    !inbox_settling(g->dirfd, g->name, name, &g->recheck_ns)) {
 		pthread_mutex_lock(&g->lock);
 		if (g->snap.backlog_segments) {
 			g->snap.backlog_segments--;

@@ -16,6 +16,7 @@
  * their groups' threads (remote_i.h).
  */
 #include "remote_i.h"
+#include "clock.h"
 #include "apply.h"
 #include "log.h"
 #include "parse.h"
@@ -388,7 +389,7 @@ int main(int argc, char **argv)
 	r.cfg.status_addr = REMOTE_DEFAULT_STATUS;
 	r.cfg.max_segment = REMOTE_DEFAULT_MAX_SEGMENT;
 	r.inbox_fd = -1;
-	r.started_ns = remote_now_ns();
+	r.started_ns = clock_wall_ns();
 	pthread_mutex_init(&r.lock, NULL);
 
 	status = parse_args(argc, argv, &r.cfg, &done);

@@ -10,10 +10,10 @@
  *               of <prefix>/<group>/mismatches (HASH comparisons)
  *   watcher.c   inotify on the inbox (libinotifytools), the start-up scan
  *   groups.c    one thread per group: the in-order apply loop
+ *   inbox.c     a group directory's files: scan, validate, move aside
  *   state.c     the SQLite state (remote.db): progress, consistency,
  *               applied segments, quarantine, mismatches
- *   status.c    GET /status (JSON) and /metrics (Prometheus text), and
- *               the clock helpers the others share
+ *   status.c    GET /status (JSON) and /metrics (Prometheus text)
  *
  * Threads: the main thread (poll loop, the watcher: libinotifytools keeps
  * global state and is only ever called there), one thread per group,
@@ -35,7 +35,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "segment.h"
+#include "format.h"
 
 #define REMOTE_DEFAULT_STATUS "127.0.0.1:9381"
 #define REMOTE_DEFAULT_MAX_SEGMENT (1ULL << 30)
@@ -284,13 +284,48 @@ void watcher_drain(struct remote *r);
 void watcher_scan(struct remote *r);
 void watcher_stop(void);
 
+/* ---- inbox.c: the files of one group's inbox directory ---- */
+
+/* A segment file as mapped for validation. */
+struct inbox_file {
+	void *map;
+	size_t len;
+	struct seg_view *v;
+};
+
+/* One segment file found in a group directory. */
+struct inbox_entry {
+	uint64_t number;
+	uint64_t size;
+	uint64_t mtime_ns;
+};
+
+/* Maps and validates segment file name of directory dirfd.  Returns 0 with
+ * f filled, -EBADMSG with the decoder's reason in why, or another -errno
+ * (also explained in why). */
+int inbox_open(int dirfd, const char *name, struct inbox_file *f, char *why, size_t whylen);
+void inbox_file_close(struct inbox_file *f);
+/* True if name may still be being written under its final name (cp onto
+ * the inbox, a WebDAV server without a temporary name); *recheck_ns is set
+ * to the CLOCK_MONOTONIC time to look again.  group is for messages. */
+bool inbox_settling(int dirfd, const char *group, const char *name, uint64_t *recheck_ns);
+/* inbox_open for a file that may still be arriving: -EAGAIN if it fails
+ * validation while still being written (*recheck_ns says when to look
+ * again); a file that failed while its writer was finishing is validated
+ * again once no one writes it. */
+int inbox_open_settled(int dirfd, const char *group, const char *name, struct inbox_file *f,
+		       uint64_t *recheck_ns, char *why, size_t whylen);
+/* Moves name into subdirectory sub (created if needed) under its own name,
+ * or, with keep_all, under name.<ns> if that is taken.  The name used goes
+ * to out.  0 or -errno. */
+int inbox_move_aside(int dirfd, const char *name, const char *sub, bool keep_all, char *out,
+		     size_t outlen);
+/* The segment files of directory dirfd in number order (malloc'd). */
+int inbox_scan(int dirfd, struct inbox_entry **out, size_t *n);
+
 /* ---- status.c ---- */
 
 int status_start(struct remote *r, const char *addr, struct status **out);
 void status_stop(struct status *s);
-/* Wall-clock time in ns since the epoch (the source's clock domain). */
-uint64_t remote_now_ns(void);
-/* Formats ns since the epoch as ISO-8601 UTC with milliseconds. */
-const char *remote_iso8601(uint64_t ns, char *buf, size_t len);
 
 #endif

@@ -35,8 +35,9 @@
  * thread at a time (the receiver guards its own with a mutex).
  */
 #include "remote_i.h"
+#include "clock.h"
 #include "log.h"
-#include "names.h"
+#include "format.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -261,7 +262,7 @@ int state_group_load(struct state *st, const char *group, struct state_group *g)
 	if (r < 0)
 		return r;
 	sqlite3_bind_text(s, 1, group, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(s, 2, (sqlite3_int64)remote_now_ns());
+	sqlite3_bind_int64(s, 2, (sqlite3_int64)clock_wall_ns());
 	r = run(st, s, "adding a group");
 	if (r < 0)
 		return r;
@@ -393,7 +394,7 @@ int state_progress(struct state *st, const char *group, uint64_t lsn, uint64_t t
 		   const struct state_segment *done, const struct state_sync *sync,
 		   const struct state_mismatch *mm, size_t nmm)
 {
-	uint64_t now = remote_now_ns();
+	uint64_t now = clock_wall_ns();
 	char digest[17];
 	sqlite3_stmt *s;
 	int r;
@@ -593,7 +594,7 @@ int state_group_status(struct state *st, const char *group, const char *status,
 		sqlite3_bind_text(s, 3, error, -1, SQLITE_STATIC);
 	else
 		sqlite3_bind_null(s, 3);
-	sqlite3_bind_int64(s, 4, (sqlite3_int64)remote_now_ns());
+	sqlite3_bind_int64(s, 4, (sqlite3_int64)clock_wall_ns());
 	sqlite3_bind_text(s, 5, group, -1, SQLITE_STATIC);
 	return run(st, s, "recording a group's status");
 }
@@ -647,7 +648,7 @@ int state_quarantine_add(struct state *st, const char *group, uint64_t segment,
 		sqlite3_bind_text(s, 4, file, -1, SQLITE_STATIC);
 	else
 		sqlite3_bind_null(s, 4);
-	sqlite3_bind_int64(s, 5, (sqlite3_int64)remote_now_ns());
+	sqlite3_bind_int64(s, 5, (sqlite3_int64)clock_wall_ns());
 	return run(st, s, "recording a quarantined segment");
 }
 

@@ -20,6 +20,7 @@
  * state is not loaded yet is not claimed consistent either.
  */
 #include "remote_i.h"
+#include "clock.h"
 #include "httpd.h"
 #include "strbuf.h"
 
@@ -39,26 +40,6 @@ struct status {
 	struct remote *r;
 	struct httpd *httpd;
 };
-
-uint64_t remote_now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
-
-const char *remote_iso8601(uint64_t ns, char *buf, size_t len)
-{
-	time_t secs = (time_t)(ns / 1000000000ULL);
-	struct tm tm;
-	char base[32];
-
-	gmtime_r(&secs, &tm);
-	strftime(base, sizeof base, "%Y-%m-%dT%H:%M:%S", &tm);
-	snprintf(buf, len, "%s.%03uZ", base, (unsigned)(ns % 1000000000ULL / 1000000));
-	return buf;
-}
 
 static const char *const state_names[] = {
 	[GROUP_STARTING] = "starting",
@@ -87,7 +68,7 @@ static json_t *time_or_null(uint64_t ns)
 {
 	char buf[64];
 
-	return ns ? json_string(remote_iso8601(ns, buf, sizeof buf)) : json_null();
+	return ns ? json_string(clock_iso8601(ns, 3, buf, sizeof buf)) : json_null();
 }
 
 struct json_ctx {
@@ -164,7 +145,7 @@ static json_t *receiver_json(struct remote *r)
 
 static json_t *status_json(struct remote *r)
 {
-	struct json_ctx c = { json_array(), remote_now_ns() };
+	struct json_ctx c = { json_array(), clock_wall_ns() };
 	json_t *o = json_object();
 
 	json_object_set_new(o, "role", json_string("remote"));
@@ -263,7 +244,7 @@ static void metrics_text(struct remote *r, struct strbuf *sb)
 		{ "aim_remote_mismatch_ranges_total", "counter" },
 		{ "aim_remote_mismatch_bytes_total", "counter" },
 	};
-	struct metrics_ctx c = { sb, remote_now_ns(), 0 };
+	struct metrics_ctx c = { sb, clock_wall_ns(), 0 };
 
 	for (c.pass = 0; c.pass < (int)(sizeof families / sizeof families[0]); c.pass++) {
 		strbuf_printf(sb, "# TYPE %s %s\n", families[c.pass][0], families[c.pass][1]);

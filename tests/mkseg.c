@@ -36,7 +36,7 @@
  *                     (the hashes of FILE's bytes in the range, each block
  *                     clipped to what FILE holds)
  */
-#include "segment.h"
+#include "format.h"
 
 #include <errno.h>
 #include <inttypes.h>

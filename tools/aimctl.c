@@ -10,9 +10,10 @@
  */
 #include "aimctl.h"
 #include "apply.h"
+#include "clock.h"
 #include "log.h"
 #include "parse.h"
-#include "segment.h"
+#include "format.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -101,22 +102,6 @@ static void report_seg_err(const char *path, int r, const struct seg_err *e)
 
 /* ---- dump ---- */
 
-/* ISO-8601 UTC with nanoseconds, or "-" for an unset time. */
-static const char *format_time(uint64_t ns, char *buf, size_t len)
-{
-	time_t sec = (time_t)(ns / 1000000000u);
-	struct tm tm;
-	size_t n;
-
-	if (ns == 0 || !gmtime_r(&sec, &tm)) {
-		snprintf(buf, len, "-");
-		return buf;
-	}
-	n = strftime(buf, len, "%Y-%m-%dT%H:%M:%S", &tm);
-	snprintf(buf + n, len - n, ".%09" PRIu64 "Z", (uint64_t)(ns % 1000000000u));
-	return buf;
-}
-
 static const char *format_flags(uint8_t flags, char *buf, size_t len)
 {
 	static const struct { uint8_t bit; const char *word; } words[] = {
@@ -156,7 +141,7 @@ static void dump_record(struct seg_view *v, const struct seg_record *r)
 		snprintf(lbuf, sizeof lbuf, "-");
 	printf("%10" PRIu64 "  %-8s %14s %12s  %-15s %-30s  ", r->lsn, seg_type_name(r->type), obuf,
 	       lbuf, format_flags(r->flags, fbuf, sizeof fbuf),
-	       format_time(r->time_ns, tbuf, sizeof tbuf));
+	       clock_iso8601(r->time_ns, 9, tbuf, sizeof tbuf));
 	/* The image as the record sees it; UNLINK has unbound it already, and
 	 * RENAME shows both names. */
 	img = r->image ? seg_view_image_name(v, r->image) : NULL;
@@ -259,8 +244,8 @@ static int cmd_dump(int argc, char **argv)
 		       seg_view_last_lsn(v), seg_view_count(v));
 	else
 		printf("lsn      none (empty; next LSN %" PRIu64 ")\n", h->first_lsn);
-	printf("created  %s\n", format_time(h->created_ns, tbuf, sizeof tbuf));
-	printf("sealed   %s\n", format_time(t->sealed_ns, tbuf, sizeof tbuf));
+	printf("created  %s\n", clock_iso8601(h->created_ns, 9, tbuf, sizeof tbuf));
+	printf("sealed   %s\n", clock_iso8601(t->sealed_ns, 9, tbuf, sizeof tbuf));
 	printf("backing  LSN %" PRIu64 "\n", t->backing_lsn);
 	printf("digest   %016" PRIx64 "\n", seg_view_digest(v));
 	printf("size     %zu bytes", seg_view_size(v));
@@ -392,7 +377,7 @@ static int on_durable(void *ctx, const struct apply_progress *p)
 
 	(void)ctx;
 	log_debug("durable: segment %" PRIu64 ", LSN %" PRIu64 " (source time %s)", p->segment,
-		  p->lsn, format_time(p->time_ns, tbuf, sizeof tbuf));
+		  p->lsn, clock_iso8601(p->time_ns, 9, tbuf, sizeof tbuf));
 	return 0;
 }
 

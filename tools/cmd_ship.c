@@ -7,7 +7,7 @@
 #include "catalog.h"
 #include "log.h"
 #include "parse.h"
-#include "segment.h"
+#include "format.h"
 #include "transport.h"
 
 #include <dirent.h>

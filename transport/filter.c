@@ -17,7 +17,7 @@
  */
 #include "transport_i.h"
 #include "log.h"
-#include "names.h"
+#include "format.h"
 
 #include <errno.h>
 #include <stdlib.h>

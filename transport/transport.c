@@ -10,6 +10,7 @@
  * segment's row (state "pruned") but drops its per-write rows.
  */
 #include "transport_i.h"
+#include "clock.h"
 #include "catalog.h"
 #include "log.h"
 #include "strbuf.h"
@@ -156,7 +157,7 @@ int transport_new(const struct transport_config *cfg, struct transport **out)
 				 "it needs segment %" PRIu64 ", which the journal no longer holds"
 				 " (it starts at %" PRIu64 "): it needs a resync",
 				 d->acked_segment + 1, oldest ? oldest : last_known + 1);
-			d->last_error_ns = transport_now_ns();
+			d->last_error_ns = clock_wall_ns();
 			log_warn("destination %s: %s", d->cfg.name, d->last_error);
 		}
 	}
@@ -211,11 +212,11 @@ static bool all_done_locked(struct transport *t, bool *all_acked)
 
 int transport_drain(struct transport *t, unsigned timeout_ms)
 {
-	uint64_t deadline = transport_now_ns() + (uint64_t)timeout_ms * 1000000ULL;
+	uint64_t deadline = clock_wall_ns() + (uint64_t)timeout_ms * 1000000ULL;
 	bool acked = false;
 
 	pthread_mutex_lock(&t->lock);
-	while (!all_done_locked(t, &acked) && transport_now_ns() < deadline) {
+	while (!all_done_locked(t, &acked) && clock_wall_ns() < deadline) {
 		struct timespec ts = { .tv_sec = (time_t)(deadline / 1000000000ULL),
 				       .tv_nsec = (long)(deadline % 1000000000ULL) };
 
@@ -417,7 +418,7 @@ static void make_skeletons(struct transport *t, struct catalog *cat)
 
 void transport_prune(struct transport *t, struct catalog *cat)
 {
-	uint64_t low = UINT64_MAX, backing, n, now = transport_now_ns();
+	uint64_t low = UINT64_MAX, backing, n, now = clock_wall_ns();
 
 	make_skeletons(t, cat);
 	pthread_mutex_lock(&t->lock);
@@ -500,19 +501,10 @@ static void measure_backlog(struct transport *t, uint64_t acked, uint64_t durabl
 		b->seconds = (double)(now - open_oldest) / 1e9;
 }
 
-static void iso_time(uint64_t ns, char *buf, size_t len)
-{
-	time_t s = (time_t)(ns / 1000000000ULL);
-	struct tm tm;
-
-	gmtime_r(&s, &tm);
-	strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
-}
-
 json_t *transport_status(struct transport *t)
 {
 	json_t *arr = json_array();
-	uint64_t now = transport_now_ns();
+	uint64_t now = clock_wall_ns();
 
 	for (size_t i = 0; i < t->ndests; i++) {
 		struct dest *d = &t->dests[i];
@@ -543,7 +535,7 @@ json_t *transport_status(struct transport *t)
 		json_object_set_new(o, "acked_segment", json_integer((json_int_t)snap.acked_segment));
 		json_object_set_new(o, "acked_lsn", json_integer((json_int_t)snap.acked_src_lsn));
 		if (snap.acked_ns) {
-			iso_time(snap.acked_ns, when, sizeof when);
+			clock_iso8601(snap.acked_ns, 0, when, sizeof when);
 			json_object_set_new(o, "acked_at", json_string(when));
 		}
 		json_object_set_new(o, "backlog_segments", json_integer((json_int_t)b.segments));
@@ -557,7 +549,7 @@ json_t *transport_status(struct transport *t)
 					    json_real((double)snap.bytes_sent / (double)snap.bytes_raw));
 		if (snap.last_error[0] && snap.state != DEST_IN_SYNC && snap.state != DEST_SHIPPING) {
 			json_object_set_new(o, "last_error", json_string(snap.last_error));
-			iso_time(snap.last_error_ns, when, sizeof when);
+			clock_iso8601(snap.last_error_ns, 0, when, sizeof when);
 			json_object_set_new(o, "last_error_at", json_string(when));
 		}
 		if (snap.state == DEST_RETRYING) {

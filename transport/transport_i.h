@@ -11,7 +11,7 @@
 #define AIM_TRANSPORT_I_H
 
 #include "transport.h"
-#include "segment.h"
+#include "format.h"
 
 #include <pthread.h>
 
@@ -67,7 +67,6 @@ struct transport {
 
 /* worker.c */
 void *worker_main(void *arg);
-uint64_t transport_now_ns(void);
 
 /* transport.c: prunes what every destination acknowledged; cat is the
  * caller's own catalog connection. */

@@ -12,6 +12,7 @@
  * sessions and connections are kept between segments.
  */
 #include "transport_i.h"
+#include "clock.h"
 #include "catalog.h"
 #include "log.h"
 
@@ -32,14 +33,6 @@
 #define ZSTD_LEVEL 3
 
 enum outcome { SHIP_OK, SHIP_RETRY, SHIP_FATAL, SHIP_RESYNC };
-
-uint64_t transport_now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
 
 struct upload {
 	const uint8_t *data;
@@ -94,7 +87,7 @@ static void set_error(struct dest *d, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(d->last_error, sizeof d->last_error, fmt, ap);
 	va_end(ap);
-	d->last_error_ns = transport_now_ns();
+	d->last_error_ns = clock_wall_ns();
 	pthread_mutex_unlock(&d->t->lock);
 }
 
@@ -375,7 +368,7 @@ void *worker_main(void *arg)
 			d->state = DEST_IN_SYNC;
 			pthread_cond_broadcast(&t->cond); /* drainers */
 			/* Wake now and then: retention may let more be pruned. */
-			wait_until(t, transport_now_ns() + 1000000000ULL);
+			wait_until(t, clock_wall_ns() + 1000000000ULL);
 			if (t->retain_ns && !t->stopping) {
 				pthread_mutex_unlock(&t->lock);
 				transport_prune(t, cat);
@@ -383,7 +376,7 @@ void *worker_main(void *arg)
 			}
 			continue;
 		}
-		if (d->state == DEST_RETRYING && transport_now_ns() < d->next_attempt_ns) {
+		if (d->state == DEST_RETRYING && clock_wall_ns() < d->next_attempt_ns) {
 			wait_until(t, d->next_attempt_ns);
 			continue;
 		}
@@ -392,9 +385,9 @@ void *worker_main(void *arg)
 		d->shipping_segment = n;
 		pthread_mutex_unlock(&t->lock);
 
-		t0 = transport_now_ns();
+		t0 = clock_wall_ns();
 		o = ship(d, c, headers, cat, n, &src_last, &dfirst, &dlast, &sent, &skeleton, errbuf);
-		now = transport_now_ns();
+		now = clock_wall_ns();
 		if (o == SHIP_OK && catalog_dest_ack(cat, d->cfg.name, n, src_last, dfirst, dlast,
 						     sent, now) < 0) {
 			set_error(d, "cannot record the acknowledgement in the catalog");

@@ -15,7 +15,7 @@
 #include "apply.h"
 #include "apply_i.h"
 #include "check.h"
-#include "segment.h"
+#include "format.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -7,7 +7,7 @@
  * here instead of in a decoder fed a hostile segment.
  */
 #include "check.h"
-#include "names.h"
+#include "format.h"
 
 #include <errno.h>
 #include <stdio.h>

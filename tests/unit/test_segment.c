@@ -11,7 +11,7 @@
  * exactly before the first bad record.
  */
 #include "check.h"
-#include "segment.h"
+#include "format.h"
 
 #include <errno.h>
 #include <inttypes.h>

@@ -37,7 +37,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "segment.h"
+#include "format.h"
 
 struct applier;
 

@@ -19,8 +19,8 @@
  * means the whole segment is refused (a sealed segment has no torn tail);
  * for recovery of an unfinished one it marks where the good prefix ends.
  */
-#include "segment.h"
-#include "names.h"
+#include "format.h"
+#include "clock.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -318,13 +318,10 @@ int seg_builder_finish(struct seg_builder *b, uint64_t backing_lsn, uint8_t **ou
 		.last_lsn = b->first_lsn + b->count - 1,
 		.backing_lsn = backing_lsn,
 	};
-	struct timespec ts;
 
 	if (b->failed || builder_reserve(b, SEG_TRAILER_SIZE) < 0)
 		return -ENOMEM;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	t.sealed_ns = b->sealed_ns ? b->sealed_ns
-				   : (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+	t.sealed_ns = b->sealed_ns ? b->sealed_ns : clock_wall_ns();
 	seg_trailer_encode(&t, b->check, b->buf + b->len);
 	b->len += SEG_TRAILER_SIZE;
 	*out = b->buf;

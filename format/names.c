@@ -6,7 +6,7 @@
  * into its place and fixes that entry's two index slots, so the array stays
  * dense and iteration is cheap.
  */
-#include "names.h"
+#include "format.h"
 
 #include <errno.h>
 #include <stdbool.h>

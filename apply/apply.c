@@ -56,16 +56,6 @@
 #include <unistd.h>
 #include <xxhash.h>
 
-#define CACHE_MAX 64
-#define RESOLVE_SAFE (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
-#define NEW_DIR_MODE 0755  /* parents created on demand (before umask) */
-#define NEW_FILE_MODE 0600 /* images first seen in a data record: VM disks are private */
-/* CREATE and MKDIR modes: set-id bits are dropped, because a hostile
- * segment must not be able to plant a set-uid file owned by the applier. */
-#define FILE_MODE_MASK 0777
-#define DIR_MODE_MASK 01777
-#define ZERO_BUF 65536
-
 /* ---- system calls, through the table tests may replace ---- */
 
 static ssize_t sys_pwrite(int fd, const void *buf, size_t n, off_t off)
@@ -103,53 +93,14 @@ struct apply_io apply_io = {
 	.pread_fn = sys_pread,
 };
 
-/* ---- the applier ---- */
-
-struct mapping {
-	char *image;
-	char *path;
-};
-
-/* One open target, cached by image name. */
-struct target {
-	char *name;        /* image name, the key; NULL when the slot is free */
-	char *path;        /* what messages call it: the mapped path, or DIR/NAME */
-	int fd;
-	bool mapped;
-	bool blockdev;
-	bool dirty;        /* changed since the last barrier */
-	uint64_t dev_size; /* block devices only */
-	uint64_t used;     /* LRU clock */
-};
-
-struct applier {
-	int dirfd;
-	char *dir; /* target_dir as given, for messages */
-	struct mapping *maps;
-	size_t nmaps;
-	struct target cache[CACHE_MAX];
-	uint64_t clock;
-	apply_durable_fn durable;
-	void *durable_ctx;
-	apply_event_fn event;
-	void *event_ctx;
-	struct apply_stats stats;
-	uint8_t *hbuf;     /* a block of a HASH comparison */
-	size_t hbuf_len;
-	/* state of the current applier_apply */
-	uint64_t segment;
-	bool pending;      /* records applied since the last barrier */
-	bool reported;     /* a barrier was reported during this apply */
-	uint64_t reported_lsn;
-	uint64_t prev_time; /* time_ns of the record before the current one */
-};
+static bool unsupported(int e)
+{
+	return e == EOPNOTSUPP || e == ENOSYS;
+}
 
 /* Fills err with a reason and returns rc (a -errno), for one-line error
  * paths. */
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
+int apply_fail(char *err, size_t errlen, int rc, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -161,412 +112,9 @@ static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
 	return rc;
 }
 
-static bool unsupported(int e)
-{
-	return e == EOPNOTSUPP || e == ENOSYS;
-}
-
-/* Why an openat2 beneath the target directory failed, for a person. */
-static const char *open_reason(int rc)
-{
-	switch (rc) {
-	case -ELOOP:
-		return "a symbolic link is in the way (symlinks inside the target directory are never followed)";
-	case -EXDEV:
-		return "the path leads outside the target directory";
-	default:
-		return strerror(-rc);
-	}
-}
-
-/* openat2 confined beneath dirfd.  Returns an fd or -errno. */
-static int open_beneath(int dirfd, const char *path, int flags, mode_t mode)
-{
-	struct open_how how = {
-		.flags = (uint64_t)(flags | O_CLOEXEC),
-		.mode = (flags & O_CREAT) ? mode : 0,
-		.resolve = RESOLVE_SAFE,
-	};
-
-	for (int tries = 0;; tries++) {
-		long fd = syscall(SYS_openat2, dirfd, path, &how, sizeof how);
-
-		if (fd >= 0)
-			return (int)fd;
-		/* RESOLVE_BENEATH fails with EAGAIN when a rename elsewhere in
-		 * the tree raced with the lookup; the kernel asks us to retry. */
-		if (errno == EAGAIN && tries < 16)
-			continue;
-		return -errno;
-	}
-}
-
-static int fsync_fd(int fd)
+int apply_fsync_fd(int fd)
 {
 	return apply_io.fsync_fn(fd) < 0 ? -errno : 0;
-}
-
-/*
- * Opens the directory rel (a valid relative path) beneath the target
- * directory, creating missing components when create is set; each parent
- * that gains an entry is fsynced, so the new directory survives a crash.
- * Returns an fd the caller closes, or -errno with err set.
- */
-static int open_dir(struct applier *a, const char *rel, bool create, char *err, size_t errlen)
-{
-	char comp[SEG_COMPONENT_MAX + 1];
-	const char *p = rel;
-	int cur, next, r;
-
-	cur = open_beneath(a->dirfd, rel, O_RDONLY | O_DIRECTORY, 0);
-	if (cur >= 0 || cur != -ENOENT || !create) {
-		if (cur < 0)
-			fail(err, errlen, cur, "directory %s in %s: %s", rel, a->dir, open_reason(cur));
-		return cur;
-	}
-	/* One component at a time, each relative to a directory opened
-	 * beneath the target: mkdirat never follows a symlink in the leaf
-	 * and open_beneath refuses one. */
-	cur = a->dirfd;
-	while (*p) {
-		size_t len = strcspn(p, "/");
-
-		memcpy(comp, p, len);
-		comp[len] = '\0';
-		r = mkdirat(cur, comp, NEW_DIR_MODE) == 0 ? 1 : errno == EEXIST ? 0 : -errno;
-		if (r == 1)
-			r = fsync_fd(cur);
-		next = r < 0 ? r : open_beneath(cur, comp, O_RDONLY | O_DIRECTORY, 0);
-		if (cur != a->dirfd)
-			close(cur);
-		if (next < 0)
-			return fail(err, errlen, next, "creating directory %.*s in %s: %s",
-				    (int)(p - rel) + (int)len, rel, a->dir, open_reason(next));
-		cur = next;
-		p += len;
-		if (*p == '/')
-			p++;
-	}
-	return cur;
-}
-
-/*
- * Opens the directory holding name (the target directory itself for a
- * name without '/') and points *leaf at name's last component.  Returns
- * an fd the caller closes, or -errno with err set.
- */
-static int open_parent(struct applier *a, const char *name, bool create, const char **leaf,
-		       char *err, size_t errlen)
-{
-	const char *slash = strrchr(name, '/');
-	char dir[SEG_NAME_MAX + 1];
-	int fd;
-
-	if (!slash) {
-		*leaf = name;
-		fd = fcntl(a->dirfd, F_DUPFD_CLOEXEC, 0);
-		if (fd < 0)
-			return fail(err, errlen, -errno, "dup of %s: %s", a->dir, strerror(errno));
-		return fd;
-	}
-	*leaf = slash + 1;
-	memcpy(dir, name, (size_t)(slash - name));
-	dir[slash - name] = '\0';
-	return open_dir(a, dir, create, err, errlen);
-}
-
-static const struct mapping *find_map(const struct applier *a, const char *image)
-{
-	for (size_t i = 0; i < a->nmaps; i++)
-		if (strcmp(a->maps[i].image, image) == 0)
-			return &a->maps[i];
-	return NULL;
-}
-
-/* First mapped image under directory dir/, or NULL. */
-static const struct mapping *find_map_under(const struct applier *a, const char *dir)
-{
-	size_t n = strlen(dir);
-
-	for (size_t i = 0; i < a->nmaps; i++)
-		if (strncmp(a->maps[i].image, dir, n) == 0 && a->maps[i].image[n] == '/')
-			return &a->maps[i];
-	return NULL;
-}
-
-/* ---- the target cache ---- */
-
-static void slot_clear(struct target *t)
-{
-	free(t->name);
-	free(t->path);
-	memset(t, 0, sizeof *t);
-	t->fd = -1;
-}
-
-/* Closes a cached target; a dirty one is fsynced first so that dropping it
- * never loses a barrier.  Returns 0 or -errno with err set. */
-static int target_close(struct target *t, char *err, size_t errlen)
-{
-	int r = 0;
-
-	if (!t->name)
-		return 0;
-	if (t->dirty) {
-		r = fsync_fd(t->fd);
-		if (r < 0)
-			fail(err, errlen, r, "image %s: fsync %s: %s", t->name, t->path, strerror(-r));
-	}
-	close(t->fd);
-	slot_clear(t);
-	return r;
-}
-
-/* Drops the cache entry for name, and with under set every entry below
- * name/ as well (for directory renames). */
-static int target_drop(struct applier *a, const char *name, bool under, char *err, size_t errlen)
-{
-	size_t n = strlen(name);
-	int r = 0;
-
-	for (int i = 0; i < CACHE_MAX; i++) {
-		struct target *t = &a->cache[i];
-
-		if (!t->name)
-			continue;
-		if (strcmp(t->name, name) == 0 ||
-		    (under && strncmp(t->name, name, n) == 0 && t->name[n] == '/')) {
-			int k = target_close(t, err, errlen);
-
-			if (k < 0 && r == 0)
-				r = k;
-		}
-	}
-	return r;
-}
-
-/* Checks what fd turned out to be and fills t; closes fd on failure. */
-static int target_classify(struct target *t, int fd, bool in_dir, char *err, size_t errlen)
-{
-	struct stat st;
-
-	if (apply_io.fstat_fn(fd, &st) < 0) {
-		int r = -errno;
-
-		close(fd);
-		return fail(err, errlen, r, "image %s: fstat %s: %s", t->name, t->path, strerror(-r));
-	}
-	if (S_ISBLK(st.st_mode) && !in_dir) {
-		uint64_t size = 0;
-
-		if (apply_io.ioctl_fn(fd, BLKGETSIZE64, &size) < 0) {
-			int r = -errno;
-
-			close(fd);
-			return fail(err, errlen, r, "image %s: cannot read the size of %s: %s",
-				    t->name, t->path, strerror(-r));
-		}
-		t->blockdev = true;
-		t->dev_size = size;
-	} else if (!S_ISREG(st.st_mode)) {
-		close(fd);
-		return fail(err, errlen, -EINVAL, "image %s: %s is not a regular file%s", t->name,
-			    t->path, in_dir ? "" : " or a block device");
-	} else if (in_dir && st.st_nlink > 1) {
-		/* A second link may lead anywhere on this file system. */
-		close(fd);
-		return fail(err, errlen, -EPERM,
-			    "image %s: %s has %ju hard links; refusing to write through a link that may lead outside the target directory",
-			    t->name, t->path, (uintmax_t)st.st_nlink);
-	}
-	t->fd = fd;
-	return 0;
-}
-
-/* Opens (creating if missing, with mode) the image name inside the target
- * directory.  Returns an fd or -errno with err set. */
-static int open_in_dir(struct applier *a, const char *name, mode_t mode, char *err, size_t errlen)
-{
-	const int flags = O_RDWR | O_NONBLOCK | O_NOCTTY;
-	const char *leaf;
-	int fd, pfd, r;
-
-	/* O_NONBLOCK: a planted FIFO must not hang the applier before the
-	 * type check refuses it. */
-	fd = open_beneath(a->dirfd, name, flags, 0);
-	if (fd == -ENOENT) {
-		pfd = open_parent(a, name, true, &leaf, err, errlen);
-		if (pfd < 0)
-			return pfd;
-		fd = open_beneath(pfd, leaf, flags | O_CREAT | O_EXCL, mode);
-		if (fd >= 0) {
-			r = fsync_fd(pfd); /* the new entry must survive a crash */
-			if (r < 0) {
-				close(fd);
-				close(pfd);
-				return fail(err, errlen, r, "image %s: fsync of its directory in %s: %s",
-					    name, a->dir, strerror(-r));
-			}
-		} else if (fd == -EEXIST) {
-			fd = open_beneath(pfd, leaf, flags, 0);
-		}
-		close(pfd);
-	}
-	if (fd < 0)
-		return fail(err, errlen, fd, "image %s: cannot open %s/%s: %s", name, a->dir, name,
-			    open_reason(fd));
-	if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0) {
-		r = -errno;
-		close(fd);
-		return fail(err, errlen, r, "image %s: fcntl: %s", name, strerror(-r));
-	}
-	return fd;
-}
-
-/* fsyncs the directory holding path (an operator's path, outside the
- * target directory), after creating an entry in it. */
-static int fsync_dir_of(const char *path)
-{
-	char *dir = strdup(path), *slash;
-	int fd, r;
-
-	if (!dir)
-		return -ENOMEM;
-	slash = strrchr(dir, '/');
-	if (slash)
-		*(slash == dir ? slash + 1 : slash) = '\0';
-	fd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	free(dir);
-	if (fd < 0)
-		return -errno;
-	r = fsync_fd(fd);
-	close(fd);
-	return r;
-}
-
-static int open_mapped(const struct mapping *m, char *err, size_t errlen)
-{
-	int flags = O_RDWR | O_CLOEXEC | O_NOCTTY;
-	struct stat st;
-	int fd, r;
-
-	/* O_EXCL on a block device is an exclusive claim: it fails with
-	 * EBUSY while the device is mounted or claimed by another program
-	 * (a second applier, a running VM), which must never share it. */
-	if (stat(m->path, &st) == 0 && S_ISBLK(st.st_mode))
-		flags |= O_EXCL;
-	fd = open(m->path, flags);
-	if (fd < 0 && errno == ENOENT) {
-		fd = open(m->path, flags | O_CREAT | O_EXCL, NEW_FILE_MODE);
-		if (fd >= 0) {
-			r = fsync_dir_of(m->path);
-			if (r < 0) {
-				close(fd);
-				return fail(err, errlen, r, "image %s: fsync of the directory of %s: %s",
-					    m->image, m->path, strerror(-r));
-			}
-		}
-	}
-	if (fd < 0 && errno == EBUSY)
-		return fail(err, errlen, -EBUSY,
-			    "image %s: %s is in use (mounted, or opened exclusively by another program)",
-			    m->image, m->path);
-	if (fd < 0)
-		return fail(err, errlen, -errno, "image %s: cannot open %s: %s", m->image, m->path,
-			    strerror(errno));
-	return fd;
-}
-
-/*
- * Finds or opens the target of image name, creating it (with mode) if it
- * does not exist.  Returns 0 and *out, or -errno with err set.
- */
-static int target_get(struct applier *a, const char *name, mode_t mode, struct target **out,
-		      char *err, size_t errlen)
-{
-	const struct mapping *m;
-	struct target *t = NULL;
-	int fd, r;
-
-	for (int i = 0; i < CACHE_MAX; i++) {
-		if (a->cache[i].name && strcmp(a->cache[i].name, name) == 0) {
-			t = &a->cache[i];
-			t->used = ++a->clock;
-			*out = t;
-			return 0;
-		}
-	}
-	for (int i = 0; i < CACHE_MAX; i++)
-		if (!a->cache[i].name && !t)
-			t = &a->cache[i];
-	if (!t) {
-		t = &a->cache[0];
-		for (int i = 1; i < CACHE_MAX; i++)
-			if (a->cache[i].used < t->used)
-				t = &a->cache[i];
-		r = target_close(t, err, errlen);
-		if (r < 0)
-			return r;
-	}
-	m = find_map(a, name);
-	fd = m ? open_mapped(m, err, errlen) : open_in_dir(a, name, mode, err, errlen);
-	if (fd < 0)
-		return fd;
-	t->name = strdup(name);
-	if (m)
-		t->path = strdup(m->path);
-	else if (asprintf(&t->path, "%s/%s", a->dir, name) < 0)
-		t->path = NULL;
-	if (!t->name || !t->path) {
-		close(fd);
-		slot_clear(t);
-		return fail(err, errlen, -ENOMEM, "out of memory");
-	}
-	t->mapped = m != NULL;
-	r = target_classify(t, fd, !m, err, errlen);
-	if (r < 0) {
-		slot_clear(t);
-		return r;
-	}
-	t->used = ++a->clock;
-	*out = t;
-	return 0;
-}
-
-/*
- * The target of image name as target_get finds it, but never created:
- * returns 0 and *out, 1 when it does not exist, or -errno with err set
- * (a symlink or anything else target_get would refuse is refused here
- * too).
- */
-static int target_existing(struct applier *a, const char *name, struct target **out,
-			   char *err, size_t errlen)
-{
-	const struct mapping *m;
-	struct stat st;
-	int fd;
-
-	for (int i = 0; i < CACHE_MAX; i++)
-		if (a->cache[i].name && strcmp(a->cache[i].name, name) == 0)
-			return target_get(a, name, NEW_FILE_MODE, out, err, errlen);
-	m = find_map(a, name);
-	if (m) {
-		if (stat(m->path, &st) < 0) {
-			if (errno == ENOENT)
-				return 1;
-			return fail(err, errlen, -errno, "image %s: %s: %s", name, m->path,
-				    strerror(errno));
-		}
-	} else {
-		fd = open_beneath(a->dirfd, name, O_PATH | O_NOFOLLOW, 0);
-		if (fd == -ENOENT || fd == -ENOTDIR)
-			return 1;
-		if (fd < 0)
-			return fail(err, errlen, fd, "image %s: cannot open %s/%s: %s", name, a->dir,
-				    name, open_reason(fd));
-		close(fd);
-	}
-	return target_get(a, name, NEW_FILE_MODE, out, err, errlen);
 }
 
 /* ---- data records ---- */
@@ -828,9 +376,9 @@ static int barrier(struct applier *a, uint64_t lsn, uint64_t time_ns, char *err,
 
 		if (!t->name || !t->dirty)
 			continue;
-		r = fsync_fd(t->fd);
+		r = apply_fsync_fd(t->fd);
 		if (r < 0)
-			return fail(err, errlen, r, "image %s: fsync %s: %s", t->name, t->path,
+			return apply_fail(err, errlen, r, "image %s: fsync %s: %s", t->name, t->path,
 				    strerror(-r));
 		t->dirty = false;
 	}
@@ -842,7 +390,7 @@ static int barrier(struct applier *a, uint64_t lsn, uint64_t time_ns, char *err,
 	if (a->durable) {
 		r = a->durable(a->durable_ctx, &p);
 		if (r < 0)
-			return fail(err, errlen, r, "recording progress at LSN %" PRIu64 ": %s", lsn,
+			return apply_fail(err, errlen, r, "recording progress at LSN %" PRIu64 ": %s", lsn,
 				    strerror(-r));
 	}
 	return 0;
@@ -900,13 +448,13 @@ int applier_remove(struct applier *a, const char *name, char *err, size_t errlen
 	r = target_drop(a, name, false, err, errlen);
 	if (r < 0)
 		return r;
-	m = find_map(a, name);
+	m = apply_find_map(a, name);
 	if (m) {
 		log_info("image %s was removed at the source; leaving its mapped target %s in place",
 			 name, m->path);
 		return 0;
 	}
-	pfd = open_parent(a, name, false, &leaf, err, errlen);
+	pfd = apply_open_parent(a, name, false, &leaf, err, errlen);
 	if (pfd == -ENOENT)
 		return 0; /* no directory, no file: done already */
 	if (pfd < 0)
@@ -915,10 +463,10 @@ int applier_remove(struct applier *a, const char *name, char *err, size_t errlen
 	if (r == -ENOENT)
 		r = 0;
 	if (r == 0)
-		r = fsync_fd(pfd);
+		r = apply_fsync_fd(pfd);
 	close(pfd);
 	if (r < 0)
-		return fail(err, errlen, r, "UNLINK of %s in %s: %s", name, a->dir, strerror(-r));
+		return apply_fail(err, errlen, r, "UNLINK of %s in %s: %s", name, a->dir, strerror(-r));
 	return 0;
 }
 
@@ -926,7 +474,7 @@ int applier_remove(struct applier *a, const char *name, char *err, size_t errlen
  * directory. */
 static bool exists_beneath(struct applier *a, const char *name)
 {
-	int fd = open_beneath(a->dirfd, name, O_PATH | O_NOFOLLOW, 0);
+	int fd = apply_open_beneath(a->dirfd, name, O_PATH | O_NOFOLLOW, 0);
 
 	if (fd < 0)
 		return false;
@@ -943,16 +491,16 @@ static int ns_rename(struct applier *a, const struct seg_record *rec, char *err,
 	int opfd, npfd, r;
 
 	seg_rename_names(rec, old_name, new_name);
-	m = find_map(a, old_name);
+	m = apply_find_map(a, old_name);
 	if (!m)
-		m = find_map(a, new_name);
+		m = apply_find_map(a, new_name);
 	if (!m && dir) {
-		m = find_map_under(a, old_name);
+		m = apply_find_map_under(a, old_name);
 		if (!m)
-			m = find_map_under(a, new_name);
+			m = apply_find_map_under(a, new_name);
 	}
 	if (m)
-		return fail(err, errlen, -EXDEV,
+		return apply_fail(err, errlen, -EXDEV,
 			    "RENAME of %s to %s involves image %s, which is mapped to %s; a mapped target cannot follow a rename: map the new name and replay, or stop mirroring this image",
 			    old_name, new_name, m->image, m->path);
 	r = target_drop(a, old_name, dir, err, errlen);
@@ -960,22 +508,22 @@ static int ns_rename(struct applier *a, const struct seg_record *rec, char *err,
 		r = target_drop(a, new_name, dir, err, errlen);
 	if (r < 0)
 		return r;
-	opfd = open_parent(a, old_name, false, &oleaf, err, errlen);
+	opfd = apply_open_parent(a, old_name, false, &oleaf, err, errlen);
 	if (opfd < 0 && opfd != -ENOENT)
 		return opfd;
 	npfd = -1;
 	r = opfd;
 	if (opfd >= 0) {
-		npfd = open_parent(a, new_name, true, &nleaf, err, errlen);
+		npfd = apply_open_parent(a, new_name, true, &nleaf, err, errlen);
 		if (npfd < 0) {
 			close(opfd);
 			return npfd;
 		}
 		r = renameat(opfd, oleaf, npfd, nleaf) < 0 ? -errno : 0;
 		if (r == 0)
-			r = fsync_fd(npfd);
+			r = apply_fsync_fd(npfd);
 		if (r == 0)
-			r = fsync_fd(opfd);
+			r = apply_fsync_fd(opfd);
 		close(opfd);
 		close(npfd);
 	}
@@ -987,13 +535,13 @@ static int ns_rename(struct applier *a, const struct seg_record *rec, char *err,
 			/* A directory the replica never had (made before it was
 			 * seeded, or emptied of this destination's images): the
 			 * source has it under the new name now, so does the replica. */
-			int pfd = open_parent(a, new_name, true, &nleaf, err, errlen);
+			int pfd = apply_open_parent(a, new_name, true, &nleaf, err, errlen);
 
 			if (pfd < 0)
 				return pfd;
-			r = mkdirat(pfd, nleaf, 0755) < 0 && errno != EEXIST ? -errno : fsync_fd(pfd);
+			r = mkdirat(pfd, nleaf, 0755) < 0 && errno != EEXIST ? -errno : apply_fsync_fd(pfd);
 			close(pfd);
-			return r < 0 ? fail(err, errlen, r, "RENAME of directory %s to %s: %s",
+			return r < 0 ? apply_fail(err, errlen, r, "RENAME of directory %s to %s: %s",
 					    old_name, new_name, strerror(-r)) : 0;
 		}
 		log_warn("RENAME of %s to %s at LSN %" PRIu64 ": neither exists in %s; the replica never had %s",
@@ -1001,7 +549,7 @@ static int ns_rename(struct applier *a, const struct seg_record *rec, char *err,
 		return 0;
 	}
 	if (r < 0)
-		return fail(err, errlen, r, "RENAME of %s to %s in %s: %s", old_name, new_name,
+		return apply_fail(err, errlen, r, "RENAME of %s to %s in %s: %s", old_name, new_name,
 			    a->dir, strerror(-r));
 	return 0;
 }
@@ -1014,14 +562,14 @@ static int ns_mkdir(struct applier *a, const struct seg_record *rec, char *err, 
 	int pfd, fd, r;
 
 	seg_record_name(rec, name);
-	pfd = open_parent(a, name, true, &leaf, err, errlen);
+	pfd = apply_open_parent(a, name, true, &leaf, err, errlen);
 	if (pfd < 0)
 		return pfd;
 	r = mkdirat(pfd, leaf, mode) < 0 ? -errno : 0;
 	if (r == 0 || r == -EEXIST) {
 		/* Exactly the journaled mode, whatever our umask, also when a
 		 * resumed apply finds the directory made but not chmodded. */
-		fd = open_beneath(pfd, leaf, O_RDONLY | O_DIRECTORY, 0);
+		fd = apply_open_beneath(pfd, leaf, O_RDONLY | O_DIRECTORY, 0);
 		if (fd >= 0) {
 			r = fchmod(fd, mode) < 0 ? -errno : 0;
 			close(fd);
@@ -1030,10 +578,10 @@ static int ns_mkdir(struct applier *a, const struct seg_record *rec, char *err, 
 		}
 	}
 	if (r == 0)
-		r = fsync_fd(pfd);
+		r = apply_fsync_fd(pfd);
 	close(pfd);
 	if (r < 0)
-		return fail(err, errlen, r, "MKDIR of %s in %s: %s", name, a->dir, open_reason(r));
+		return apply_fail(err, errlen, r, "MKDIR of %s in %s: %s", name, a->dir, apply_open_reason(r));
 	return 0;
 }
 
@@ -1047,7 +595,7 @@ static int ns_rmdir(struct applier *a, const struct seg_record *rec, char *err, 
 	r = target_drop(a, name, true, err, errlen);
 	if (r < 0)
 		return r;
-	pfd = open_parent(a, name, false, &leaf, err, errlen);
+	pfd = apply_open_parent(a, name, false, &leaf, err, errlen);
 	if (pfd == -ENOENT)
 		return 0;
 	if (pfd < 0)
@@ -1056,10 +604,10 @@ static int ns_rmdir(struct applier *a, const struct seg_record *rec, char *err, 
 	if (r == -ENOENT)
 		r = 0;
 	if (r == 0)
-		r = fsync_fd(pfd);
+		r = apply_fsync_fd(pfd);
 	close(pfd);
 	if (r < 0)
-		return fail(err, errlen, r, "RMDIR of %s in %s: %s", name, a->dir, strerror(-r));
+		return apply_fail(err, errlen, r, "RMDIR of %s in %s: %s", name, a->dir, strerror(-r));
 	return 0;
 }
 
@@ -1077,7 +625,7 @@ static int report(struct applier *a, const struct apply_event *e, char *err, siz
 		return 0;
 	r = a->event(a->event_ctx, e);
 	if (r < 0)
-		return fail(err, errlen, r, "recording the %s at LSN %" PRIu64 ": %s",
+		return apply_fail(err, errlen, r, "recording the %s at LSN %" PRIu64 ": %s",
 			    e->type == APPLY_EV_MISMATCH ? "differences found" : "resync state",
 			    e->lsn, strerror(-r));
 	return 0;
@@ -1150,7 +698,7 @@ static int hash_compare(struct applier *a, struct seg_view *v, const struct seg_
 	int r;
 
 	if (!name) /* the decoder guarantees a binding */
-		return fail(err, errlen, -EINVAL, "image %u is not bound", rec->image);
+		return apply_fail(err, errlen, -EINVAL, "image %u is not bound", rec->image);
 	r = target_existing(a, name, &t, err, errlen);
 	if (r < 0)
 		return r;
@@ -1159,7 +707,7 @@ static int hash_compare(struct applier *a, struct seg_view *v, const struct seg_
 		uint8_t *nb = realloc(a->hbuf, block);
 
 		if (!nb)
-			return fail(err, errlen, -ENOMEM, "out of memory");
+			return apply_fail(err, errlen, -ENOMEM, "out of memory");
 		a->hbuf = nb;
 		a->hbuf_len = block;
 	}
@@ -1246,7 +794,7 @@ static int apply_one(struct applier *a, struct seg_view *v, const struct seg_rec
 	case SEG_ALLOC:
 		name = seg_view_image_name(v, rec->image);
 		if (!name) /* the decoder guarantees a binding */
-			return fail(err, errlen, -EINVAL, "image %u is not bound", rec->image);
+			return apply_fail(err, errlen, -EINVAL, "image %u is not bound", rec->image);
 		r = target_get(a, name, NEW_FILE_MODE, &t, err, errlen);
 		if (r < 0)
 			return r;
@@ -1279,7 +827,7 @@ static int apply_one(struct applier *a, struct seg_view *v, const struct seg_rec
 	case SEG_RMDIR:
 		break;
 	default:
-		return fail(err, errlen, -EINVAL, "unknown record type %u", rec->type);
+		return apply_fail(err, errlen, -EINVAL, "unknown record type %u", rec->type);
 	}
 	if (a->pending) {
 		r = barrier(a, rec->lsn - 1, a->prev_time, err, errlen);
@@ -1324,7 +872,7 @@ int applier_apply(struct applier *a, struct seg_view *v, uint64_t after_lsn, cha
 	}
 	err[0] = '\0';
 	if (!tr)
-		return fail(err, errlen, -EINVAL, "segment %" PRIu64 " is not sealed", h->number);
+		return apply_fail(err, errlen, -EINVAL, "segment %" PRIu64 " is not sealed", h->number);
 	a->segment = h->number;
 	a->pending = false;
 	a->reported = false;
@@ -1393,7 +941,7 @@ int applier_new(const char *target_dir, struct applier **out)
 	}
 	/* Refuse early on a kernel without openat2 (Linux < 5.6): there is
 	 * no safe fallback for confining paths. */
-	r = open_beneath(a->dirfd, ".", O_RDONLY | O_DIRECTORY, 0);
+	r = apply_open_beneath(a->dirfd, ".", O_RDONLY | O_DIRECTORY, 0);
 	if (r < 0) {
 		log_error("target directory %s: openat2: %s%s", target_dir, strerror(-r),
 			  r == -ENOSYS ? " (Linux 5.6 or later is needed)" : "");
@@ -1416,7 +964,7 @@ int applier_map(struct applier *a, const char *image, const char *path)
 			  image, path, image);
 		return -EINVAL;
 	}
-	if (find_map(a, image)) {
+	if (apply_find_map(a, image)) {
 		log_error("--map %s=%s: image %s is mapped twice", image, path, image);
 		return -EEXIST;
 	}

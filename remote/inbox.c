@@ -1,0 +1,246 @@
+/*
+ * inbox.c — the files of one group's inbox directory (inbox/<group>/):
+ * listing segment files in order, mapping and validating one, telling a
+ * file that is still being written from a damaged one, and moving a file
+ * aside into quarantine/ or applied/.  Every function works on the
+ * directory's fd, so that a rename of the inbox path cannot redirect it.
+ */
+#include "remote_i.h"
+#include "clock.h"
+#include "log.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* How long a file under a segment's name must stay unchanged before a
+ * failed validation counts (see inbox_settling). */
+#define SETTLE_NS (5ULL * 1000000000ULL)
+
+void inbox_file_close(struct inbox_file *f)
+{
+	seg_view_free(f->v);
+	if (f->map && f->map != MAP_FAILED)
+		munmap(f->map, f->len);
+	memset(f, 0, sizeof *f);
+}
+
+/*
+ * Maps and validates the segment file name of the group directory.
+ * Returns 0 with f filled, -EBADMSG with the decoder's reason in why, or
+ * another -errno (also explained in why).
+ */
+int inbox_open(int dirfd, const char *name, struct inbox_file *f, char *why, size_t whylen)
+{
+	static const uint8_t empty[1];
+	struct seg_err e;
+	struct stat st;
+	int fd, r;
+
+	memset(f, 0, sizeof *f);
+	fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0) {
+		r = -errno;
+		snprintf(why, whylen, "cannot open: %s", strerror(-r));
+		return r;
+	}
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		snprintf(why, whylen, "not a regular file");
+		return -EBADMSG;
+	}
+	f->len = (size_t)st.st_size;
+	if (f->len) {
+		f->map = mmap(NULL, f->len, PROT_READ, MAP_SHARED, fd, 0);
+		if (f->map == MAP_FAILED) {
+			r = -errno;
+			close(fd);
+			f->map = NULL;
+			snprintf(why, whylen, "cannot map: %s", strerror(-r));
+			return r;
+		}
+	}
+	close(fd);
+	r = seg_view_new(f->len ? f->map : empty, f->len, &f->v, &e);
+	if (r < 0) {
+		snprintf(why, whylen, "not a valid segment: %s (at byte %" PRIu64 ")", e.msg,
+			 e.offset);
+		inbox_file_close(f);
+		return -EBADMSG;
+	}
+	return 0;
+}
+
+/* 1 if some process has the file open for writing, 0 if not, -errno if
+ * this cannot be told.  A read lease is granted only when no one has the
+ * file open for writing; it is dropped at once (SIGIO is ignored, so a
+ * writer opening it meanwhile waits microseconds, not for a signal). */
+static int has_writer(int dirfd, const char *name)
+{
+	int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC), e;
+
+	if (fd < 0)
+		return -errno;
+	if (fcntl(fd, F_SETLEASE, F_RDLCK) == 0) {
+		fcntl(fd, F_SETLEASE, F_UNLCK);
+		close(fd);
+		return 0;
+	}
+	e = errno;
+	close(fd);
+	return e == EAGAIN ? 1 : -e;
+}
+
+/*
+ * A file that fails validation may still be being written under its final
+ * name (cp onto the inbox, a WebDAV server without a temporary name).
+ * Returns true if it is, and arranges another look (its IN_CLOSE_WRITE
+ * usually comes first).  Where leases are not available (not the file's
+ * owner without CAP_LEASE, some file systems), a file that changed within
+ * SETTLE_NS gets the benefit of the doubt instead.
+ */
+bool inbox_settling(int dirfd, const char *group, const char *name, uint64_t *recheck_ns)
+{
+	struct stat st;
+	uint64_t mtime, now;
+	int w = has_writer(dirfd, name);
+
+	if (w == 0)
+		return false;
+	if (w == 1) {
+		*recheck_ns = clock_mono_ns() + 1000000000ULL;
+		log_debug("group %s: %s is still being written", group, name);
+		return true;
+	}
+	if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return false;
+	mtime = (uint64_t)st.st_mtim.tv_sec * 1000000000ULL + (uint64_t)st.st_mtim.tv_nsec;
+	now = clock_wall_ns();
+	if (mtime + SETTLE_NS <= now || mtime > now + SETTLE_NS)
+		return false;
+	*recheck_ns = clock_mono_ns() + (mtime + SETTLE_NS - now);
+	log_debug("group %s: %s is not a whole segment yet; looking again when it settles",
+		  group, name);
+	return true;
+}
+
+/*
+ * seg_file_open for a file that may still be arriving: -EAGAIN if it fails
+ * validation while still being written (another look is arranged).  A
+ * file that failed while its writer was finishing is validated again once
+ * no one writes it, so a segment is never put aside for having been read
+ * a moment too early.
+ */
+int inbox_open_settled(int dirfd, const char *group, const char *name, struct inbox_file *f,
+		       uint64_t *recheck_ns, char *why, size_t whylen)
+{
+	int r = inbox_open(dirfd, name, f, why, whylen);
+
+	if (r != -EBADMSG)
+		return r;
+	if (inbox_settling(dirfd, group, name, recheck_ns))
+		return -EAGAIN;
+	return inbox_open(dirfd, name, f, why, whylen);
+}
+
+/* Opens (creating) the subdirectory sub of the group directory. */
+static int open_subdir(int dirfd, const char *sub)
+{
+	int fd;
+
+	if (mkdirat(dirfd, sub, 0750) < 0 && errno != EEXIST)
+		return -errno;
+	fd = openat(dirfd, sub, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	return fd < 0 ? -errno : fd;
+}
+
+/*
+ * Moves name into the subdirectory sub under its own name, or under
+ * name.<ns> if that is taken (quarantine keeps every copy).  Returns the
+ * name used in out, 0 or -errno.
+ */
+int inbox_move_aside(int dirfd, const char *name, const char *sub, bool keep_all, char *out,
+		     size_t outlen)
+{
+	int dfd = open_subdir(dirfd, sub), r;
+
+	if (dfd < 0)
+		return dfd;
+	snprintf(out, outlen, "%s", name);
+	r = renameat2(dirfd, name, dfd, out, keep_all ? RENAME_NOREPLACE : 0);
+	if (r < 0 && errno == EEXIST) {
+		snprintf(out, outlen, "%s.%" PRIu64, name, clock_wall_ns());
+		r = renameat2(dirfd, name, dfd, out, RENAME_NOREPLACE);
+	}
+	r = r < 0 ? -errno : 0;
+	if (r == 0) {
+		fsync(dfd);
+		fsync(dirfd);
+	}
+	close(dfd);
+	return r;
+}
+
+static int by_number(const void *x, const void *y)
+{
+	const struct inbox_entry *a = x, *b = y;
+
+	return a->number < b->number ? -1 : a->number > b->number;
+}
+
+/* Lists the segment files of the group directory, in order. */
+int inbox_scan(int dirfd, struct inbox_entry **out, size_t *n)
+{
+	struct inbox_entry *list = NULL;
+	size_t count = 0, cap = 0;
+	struct dirent *de;
+	DIR *d;
+	int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (fd < 0 || !(d = fdopendir(fd))) {
+		int r = -errno;
+
+		if (fd >= 0)
+			close(fd);
+		return r;
+	}
+	while ((de = readdir(d))) {
+		struct stat st;
+		uint64_t num;
+
+		if (seg_parse_file_name(de->d_name, &num) < 0)
+			continue;
+		if (fstatat(dirfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+			continue; /* gone meanwhile */
+		if (count == cap) {
+			struct inbox_entry *nl = realloc(list, (cap ? cap * 2 : 16) * sizeof *nl);
+
+			if (!nl) {
+				free(list);
+				closedir(d);
+				return -ENOMEM;
+			}
+			list = nl;
+			cap = cap ? cap * 2 : 16;
+		}
+		list[count].number = num;
+		list[count].size = (uint64_t)st.st_size;
+		list[count].mtime_ns = (uint64_t)st.st_mtim.tv_sec * 1000000000ULL +
+				       (uint64_t)st.st_mtim.tv_nsec;
+		count++;
+	}
+	closedir(d);
+	if (count > 1)
+		qsort(list, count, sizeof *list, by_number);
+	*out = list;
+	*n = count;
+	return 0;
+}
+
