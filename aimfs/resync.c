@@ -25,6 +25,7 @@
 #include "clock.h"
 #include "catalog.h"
 #include "journal.h"
+#include "protocol.h"
 #include "log.h"
 #include "rangelock.h"
 #include "format.h"
@@ -52,14 +53,14 @@
 #define SEAL_HASHED (128ull << 20)  /* seal after HASH records of this much data, so
 				     * that the remote compares while we hash on */
 
-struct dest_sync {
+struct engine_dest {
 	char *name;
 	size_t index;              /* in the transport */
-	struct catalog_sync y;
+	struct dest_record rec;    /* as the transport last told it (each pass) */
+	struct dest_progress p;    /* the engine's working copy; save() hands it over */
 	int compare;               /* remote compares HASH records: -1 unknown, 0, 1 */
 	bool remote_empty;         /* the probe: the remote listed no target at all */
 	uint32_t truncated_image;  /* last image given its size in this pass */
-	uint64_t remaining;        /* dirty bytes, for the status */
 	uint64_t hashed;           /* bytes covered by HASH records in this pass */
 	uint64_t hashed_unsealed;  /* ... of which not yet in a sealed segment */
 	uint64_t sent;             /* data bytes journaled for it since the engine started */
@@ -88,10 +89,10 @@ struct resync {
 	char *journal_dir;
 	struct catalog *cat;       /* the engine thread's own connection */
 	pthread_t thread;
-	pthread_mutex_t lock;      /* protects ds[].y / remaining for the status */
+	pthread_mutex_t lock;      /* protects stop and the verifications */
 	pthread_cond_t cond;
 	bool stop;
-	struct dest_sync *ds;
+	struct engine_dest *ds;
 	size_t n;
 	uint8_t *buf;              /* CHUNK bytes */
 	bool track;                /* overflow=track */
@@ -103,24 +104,48 @@ struct resync {
 	uint64_t next_verify_id;
 };
 
-static int save(struct resync *r, struct dest_sync *ds)
+/* Hands the progress to the transport, which persists it and shows it. */
+static int save(struct resync *r, struct engine_dest *ds)
 {
-	uint64_t bytes, count;
+	uint64_t bytes = 0, count;
 
-	if (catalog_dirty_bytes(r->cat, ds->name, &bytes, &count) == 0) {
-		pthread_mutex_lock(&r->lock);
-		ds->remaining = bytes;
-		pthread_mutex_unlock(&r->lock);
-	}
-	return catalog_dest_sync_save(r->cat, ds->name, &ds->y);
+	catalog_dirty_bytes(r->cat, ds->name, &bytes, &count);
+	return dest_state_progress(r->t, ds->index, r->cat, &ds->p, bytes, ds->compare);
 }
 
-static void set_state(struct resync *r, struct dest_sync *ds, const char *state, const char *phase)
+/*
+ * Moves the destination to sync/phase through the transport's one door
+ * (which persists it first, with the progress), and keeps the engine's
+ * copy in step.  c carries anything else the change needs (a skip, an
+ * expectation).  Returns 0, -EAGAIN or -errno (nothing changed).
+ */
+static int change(struct resync *r, struct engine_dest *ds, enum dest_sync sync,
+		  enum dest_phase phase, enum dest_reason why, struct dest_change c)
 {
-	pthread_mutex_lock(&r->lock);
-	snprintf(ds->y.state, sizeof ds->y.state, "%s", state);
-	snprintf(ds->y.phase, sizeof ds->y.phase, "%s", phase);
-	pthread_mutex_unlock(&r->lock);
+	int ret;
+
+	c.sync = sync;
+	c.phase = phase;
+	c.reason = why;
+	c.progress = &ds->p;
+	ret = dest_state_change(r->t, ds->index, r->cat, &c);
+	if (ret < 0)
+		return ret;
+	ds->rec.sync = sync;
+	ds->rec.phase = phase;
+	ds->rec.reason = sync == DEST_SYNC_IN_SYNC ? DEST_REASON_NONE : why;
+	save(r, ds);
+	return 0;
+}
+
+static const struct dest_change NO_MORE; /* a change with nothing else to it */
+
+static void progress_reset(struct engine_dest *ds)
+{
+	memset(&ds->p, 0, sizeof ds->p);
+	ds->p.started_ns = clock_wall_ns();
+	ds->truncated_image = 0;
+	ds->hashed = 0;
 }
 
 /* ---- seeding ---- */
@@ -152,7 +177,7 @@ static void collect_id(void *ctx, uint32_t id)
  * before SYNC_BEGIN (which the destination skips) is in these images now,
  * and everything after it travels in the stream.
  */
-static int seed_images(struct resync *r, struct dest_sync *ds, size_t *nimages, uint64_t *total)
+static int seed_images(struct resync *r, struct engine_dest *ds, size_t *nimages, uint64_t *total)
 {
 	struct ids ids = { 0 };
 	int ret = 0;
@@ -194,29 +219,24 @@ static int seed_images(struct resync *r, struct dest_sync *ds, size_t *nimages, 
 		catalog_rollback(r->cat);
 	if (ret < 0)
 		return ret;
-	pthread_mutex_lock(&r->lock);
-	ds->y.total = *total;
-	pthread_mutex_unlock(&r->lock);
+	ds->p.total = *total;
 	return 0;
 }
 
 /* A full resync begins: the destination is held (ships nothing) until step
  * journals SYNC_BEGIN and seeds its dirty extents. */
-static int seed_full(struct resync *r, struct dest_sync *ds, const char *why)
+static int seed_full(struct resync *r, struct engine_dest *ds, enum dest_reason why)
 {
-	pthread_mutex_lock(&r->lock);
-	ds->y.total = 0;
-	ds->y.done = ds->y.saved = 0;
-	ds->y.lsn_a = ds->y.lsn_b = 0;
-	ds->y.started_ns = clock_wall_ns();
-	ds->truncated_image = 0;
-	ds->hashed = 0;
-	pthread_mutex_unlock(&r->lock);
-	/* Nothing ships until SYNC_BEGIN opens a segment of its own (step). */
-	transport_hold(r->t, ds->index);
-	set_state(r, ds, "syncing", "");
-	log_info("destination %s: %s; resynchronising every image", ds->name, why);
-	return save(r, ds);
+	int ret;
+
+	progress_reset(ds);
+	/* Nothing ships until SYNC_BEGIN opens a segment of its own (step):
+	 * the transport holds a destination syncing in phase NONE. */
+	ret = change(r, ds, DEST_SYNC_SYNCING, DEST_PHASE_NONE, why, NO_MORE);
+	if (ret == 0)
+		log_info("destination %s: %s; resynchronising every image", ds->name,
+			 dest_reason_text(why));
+	return ret;
 }
 
 /* ---- the directories ---- */
@@ -309,7 +329,7 @@ static ssize_t read_full(int fd, uint8_t *buf, size_t len, uint64_t off)
 }
 
 /* Journals [pos, end) of data: HASH records, or the data itself. */
-static int journal_data(struct resync *r, struct dest_sync *ds, struct image *im, int fd,
+static int journal_data(struct resync *r, struct engine_dest *ds, struct image *im, int fd,
 			uint64_t pos, uint64_t end, bool hash)
 {
 	uint64_t lsn, seg;
@@ -330,20 +350,20 @@ static int journal_data(struct resync *r, struct dest_sync *ds, struct image *im
 			for (size_t o = 0; o < len; o += HASH_BLOCK)
 				hashes[n++] = XXH3_64bits(r->buf + o, len - o < HASH_BLOCK ? len - o
 											 : HASH_BLOCK);
-			ret = journal_hash(r->j, im, ds->y.number, pos, len, HASH_BLOCK, hashes, n, &lsn,
+			ret = journal_hash(r->j, im, ds->rec.number, pos, len, HASH_BLOCK, hashes, n, &lsn,
 					   &seg);
 			if (ret == 0) {
-				if (!ds->y.lsn_a)
-					ds->y.lsn_a = seg;
-				ds->y.lsn_b = seg;
+				if (!ds->p.lsn_a)
+					ds->p.lsn_a = seg;
+				ds->p.lsn_b = seg;
 				ds->hashed += len;
 				ds->hashed_unsealed += len;
 				ds->hashed_all += len;
 			}
 		} else if (all_zero(r->buf, len)) {
-			ret = journal_resync_zero(r->j, im, ds->y.number, pos, len, false, &lsn, &seg);
+			ret = journal_resync_zero(r->j, im, ds->rec.number, pos, len, false, &lsn, &seg);
 		} else {
-			ret = journal_resync_write(r->j, im, ds->y.number, pos, r->buf, len, &lsn, &seg);
+			ret = journal_resync_write(r->j, im, ds->rec.number, pos, r->buf, len, &lsn, &seg);
 			if (ret == 0)
 				ds->sent += len;
 		}
@@ -356,7 +376,7 @@ static int journal_data(struct resync *r, struct dest_sync *ds, struct image *im
  * Covers up to CHUNK bytes from the start of extent e; sets *done to the
  * bytes of e now covered.
  */
-static int process_extent(struct resync *r, struct dest_sync *ds, const struct catalog_extent *e,
+static int process_extent(struct resync *r, struct engine_dest *ds, const struct catalog_extent *e,
 			  uint64_t *done)
 {
 	struct image *im = journal_image_by_id(r->j, e->image);
@@ -387,7 +407,7 @@ static int process_extent(struct resync *r, struct dest_sync *ds, const struct c
 		/* The size first, ordered against every in-flight write. */
 		rangelock_acquire(rl, &h, 0, RANGE_END);
 		ret = fstat(fd, &st) < 0 ? -errno
-					 : journal_resync_truncate(r->j, im, ds->y.number,
+					 : journal_resync_truncate(r->j, im, ds->rec.number,
 								   (uint64_t)st.st_size, &lsn, &seg);
 		rangelock_release(rl, &h);
 		if (ret < 0)
@@ -410,7 +430,7 @@ static int process_extent(struct resync *r, struct dest_sync *ds, const struct c
 			data = (off_t)end;
 		if ((uint64_t)data > pos) {
 			/* A hole is a ZERO record, never data on the wire. */
-			ret = journal_resync_zero(r->j, im, ds->y.number, pos, (uint64_t)data - pos,
+			ret = journal_resync_zero(r->j, im, ds->rec.number, pos, (uint64_t)data - pos,
 						  true, &lsn, &seg);
 			pos = (uint64_t)data;
 			continue;
@@ -433,85 +453,87 @@ out:
 
 /* ---- the remote's mismatch report ---- */
 
-static void probe_compare(struct resync *r, struct dest_sync *ds)
+static void probe_compare(struct resync *r, struct engine_dest *ds)
 {
-	char *body = NULL;
+	struct proto_mismatches m;
+	char *body = NULL, path[64], why[128];
 	long status;
 	bool json;
 
-	if (transport_get(r->t, ds->index, "mismatches?after=0", &status, &body, &json) < 0)
+	if (transport_get(r->t, ds->index, proto_mismatches_path(0, path, sizeof path), &status,
+			  &body, &json) < 0)
 		return; /* unreachable: ask again later */
 	/* aim-remote answers JSON, or "no group ..." until the group's first
 	 * segment arrives (ask again then); a WebDAV server cannot compare. */
-	if (status == 404 && !json && strncmp(body, "no group ", 9) == 0) {
+	if (status == 404 && !json && strncmp(body, PROTO_NO_GROUP, strlen(PROTO_NO_GROUP)) == 0) {
 		free(body);
 		return;
 	}
 	ds->compare = json && (status == 200 || status == 404) ? 1 : 0;
 	ds->remote_empty = false;
-	if (ds->compare && status == 200) {
-		json_t *o = json_loads(body, 0, NULL), *t = o ? json_object_get(o, "targets") : NULL;
-
-		ds->remote_empty = json_is_object(t) && json_object_size(t) == 0;
-		json_decref(o);
+	if (ds->compare && status == 200 && proto_mismatches_parse(body, &m, why, sizeof why) == 0) {
+		ds->remote_empty = m.has_targets && m.ntargets == 0;
+		proto_mismatches_free(&m);
 	}
 	free(body);
 	log_info("destination %s %s compare block hashes", ds->name,
 		 ds->compare ? "can" : "cannot");
 }
 
-/* Turns the remote's report on the HASH records of this pass into dirty
- * extents to send as data.  Returns 1 when done, 0 to wait, -errno. */
-static int collect_mismatches(struct resync *r, struct dest_sync *ds)
+/* GET .../mismatches?after=after from destination ds, parsed.  0, or 1
+ * when there is no answer to use now (unreachable, not JSON, an error). */
+static int ask_mismatches(struct resync *r, struct engine_dest *ds, uint64_t after,
+			  struct proto_mismatches *m, long *status)
 {
-	uint64_t dfirst, dlast, x, after, mismatched = 0;
-	char suffix[64];
+	char *body = NULL, path[64], why[128];
+	bool json = false;
 	int ret;
 
-	if (catalog_shipment_range(r->cat, ds->name, ds->y.lsn_a, &dfirst, &x) < 0 ||
-	    catalog_shipment_range(r->cat, ds->name, ds->y.lsn_b, &x, &dlast) < 0)
+	*status = 0;
+	if (transport_get(r->t, ds->index, proto_mismatches_path(after, path, sizeof path), status,
+			  &body, &json) < 0)
+		return 1;
+	ret = *status == 200 && json ? proto_mismatches_parse(body, m, why, sizeof why) : 1;
+	if (ret < 0)
+		log_warn("destination %s: %s", ds->name, why);
+	free(body);
+	return ret == 0 ? 0 : 1;
+}
+
+/* Turns the remote's report on the HASH records of this pass into dirty
+ * extents to send as data.  Returns 1 when done, 0 to wait, -errno. */
+static int collect_mismatches(struct resync *r, struct engine_dest *ds)
+{
+	uint64_t dfirst, dlast, x, after, mismatched = 0;
+	int ret;
+
+	if (catalog_shipment_range(r->cat, ds->name, ds->p.lsn_a, &dfirst, &x) < 0 ||
+	    catalog_shipment_range(r->cat, ds->name, ds->p.lsn_b, &x, &dlast) < 0)
 		return 0;
 	after = dfirst - 1;
 	for (;;) {
-		char *body = NULL;
-		json_error_t jerr;
-		json_t *o, *ranges, *rg;
+		struct proto_mismatches m;
 		long status;
-		bool json, more;
-		size_t i;
+		bool more;
 
-		snprintf(suffix, sizeof suffix, "mismatches?after=%" PRIu64, after);
-		if (transport_get(r->t, ds->index, suffix, &status, &body, &json) < 0 || status != 200) {
-			free(body);
+		if (ask_mismatches(r, ds, after, &m, &status))
 			return 0;
-		}
-		o = json_loads(body, 0, &jerr);
-		free(body);
-		if (!o)
-			return 0;
-		if ((uint64_t)json_integer_value(json_object_get(o, "applied_lsn")) < dlast) {
-			json_decref(o);
+		if (m.applied_lsn < dlast) {
+			proto_mismatches_free(&m);
 			return 0; /* not applied yet */
 		}
-		ranges = json_object_get(o, "ranges");
-		more = json_is_true(json_object_get(o, "more"));
+		more = m.more;
 		ret = 0;
-		json_array_foreach(ranges, i, rg) {
-			uint64_t lsn = (uint64_t)json_integer_value(json_object_get(rg, "lsn"));
-			uint64_t off = (uint64_t)json_integer_value(json_object_get(rg, "offset"));
-			uint64_t len = (uint64_t)json_integer_value(json_object_get(rg, "length"));
-			json_t *idv = json_object_get(rg, "image_id");
-			uint32_t id = 0;
+		for (size_t i = 0; i < m.nranges; i++) {
+			const struct proto_range *rg = &m.ranges[i];
+			uint32_t id = rg->image_id;
 
-			if (lsn > after)
-				after = lsn;
-			if (lsn < dfirst || lsn > dlast)
+			if (rg->lsn > after)
+				after = rg->lsn;
+			if (rg->lsn < dfirst || rg->lsn > dlast)
 				continue;
-			if (json_is_integer(idv)) {
-				id = (uint32_t)json_integer_value(idv);
-			} else {
-				struct image *im = journal_image_lookup_name(
-					r->j, json_string_value(json_object_get(rg, "image")));
+			if (!id) {
+				struct image *im = journal_image_lookup_name(r->j, rg->image);
 
 				if (im) {
 					id = journal_image_id(im);
@@ -519,21 +541,20 @@ static int collect_mismatches(struct resync *r, struct dest_sync *ds)
 				}
 			}
 			if (id && !ret) {
-				ret = catalog_dirty_add(r->cat, ds->name, id, off, len, false);
-				mismatched += len;
+				ret = catalog_dirty_add(r->cat, ds->name, id, rg->offset, rg->length,
+							false);
+				mismatched += rg->length;
 			}
 		}
-		json_decref(o);
+		proto_mismatches_free(&m);
 		if (ret < 0)
 			return ret;
 		if (!more || after >= dlast)
 			break;
 	}
-	pthread_mutex_lock(&r->lock);
-	ds->y.saved += ds->hashed > mismatched ? ds->hashed - mismatched : 0;
+	ds->p.saved += ds->hashed > mismatched ? ds->hashed - mismatched : 0;
 	ds->hashed = 0;
-	ds->y.lsn_a = ds->y.lsn_b = 0;
-	pthread_mutex_unlock(&r->lock);
+	ds->p.lsn_a = ds->p.lsn_b = 0;
 	log_info("destination %s: %" PRIu64 " bytes differ after comparison", ds->name, mismatched);
 	return 1;
 }
@@ -552,7 +573,7 @@ static bool keeping_up(struct resync *r, const struct transport_dest_info *info)
 /* Journals the next chunk of the first dirty extent and records the
  * progress in memory (the caller saves it).  1: done, 0: nothing dirty is
  * left, -errno. */
-static int copy_chunk(struct resync *r, struct dest_sync *ds)
+static int copy_chunk(struct resync *r, struct engine_dest *ds)
 {
 	struct catalog_extent e;
 	uint64_t done;
@@ -572,11 +593,9 @@ static int copy_chunk(struct resync *r, struct dest_sync *ds)
 	ret = catalog_dirty_advance(r->cat, ds->name, &e, done);
 	if (ret < 0)
 		return ret;
-	pthread_mutex_lock(&r->lock);
-	ds->y.done += done < CHUNK ? done : CHUNK;
-	if (ds->y.done > ds->y.total)
-		ds->y.total = ds->y.done;
-	pthread_mutex_unlock(&r->lock);
+	ds->p.done += done < CHUNK ? done : CHUNK;
+	if (ds->p.done > ds->p.total)
+		ds->p.total = ds->p.done;
 	if (ds->hashed_unsealed >= SEAL_HASHED) {
 		/* HASH records are small: without this the remote would see
 		 * them only at segment_age, and compare only after we hashed
@@ -590,7 +609,7 @@ static int copy_chunk(struct resync *r, struct dest_sync *ds)
 /* The copying phase: chunks for up to BATCH_NS while the destination keeps
  * up, then the progress is saved once (a crash redoes at most a batch,
  * which is harmless: resync records are ordered like any other). */
-static bool copy_batch(struct resync *r, struct dest_sync *ds, struct transport_dest_info *info)
+static bool copy_batch(struct resync *r, struct engine_dest *ds, struct transport_dest_info *info)
 {
 	uint64_t lsn, seg, start = clock_wall_ns();
 	bool worked = false;
@@ -603,13 +622,11 @@ static bool copy_batch(struct resync *r, struct dest_sync *ds, struct transport_
 	}
 	if (ret == 0) {
 		/* Nothing dirty is left: compare what was hashed, or end. */
-		if (ds->y.lsn_b) {
-			set_state(r, ds, "syncing", "comparing");
-		} else if (journal_sync_mark(r->j, ds->y.number, false, false, &lsn, &seg) == 0) {
-			pthread_mutex_lock(&r->lock);
-			ds->y.lsn_b = seg;
-			pthread_mutex_unlock(&r->lock);
-			set_state(r, ds, "syncing", "ending");
+		if (ds->p.lsn_b) {
+			change(r, ds, DEST_SYNC_SYNCING, DEST_PHASE_COMPARING, ds->rec.reason, NO_MORE);
+		} else if (journal_sync_mark(r->j, ds->rec.number, false, false, &lsn, &seg) == 0) {
+			ds->p.lsn_b = seg;
+			change(r, ds, DEST_SYNC_SYNCING, DEST_PHASE_ENDING, ds->rec.reason, NO_MORE);
 		}
 		/* What the next phase waits for goes out now, not at segment_age. */
 		journal_seal(r->j);
@@ -622,22 +639,24 @@ static bool copy_batch(struct resync *r, struct dest_sync *ds, struct transport_
 }
 
 /* One step for one syncing destination; true if it did something. */
-static bool step(struct resync *r, struct dest_sync *ds, struct transport_dest_info *info)
+static bool step(struct resync *r, struct engine_dest *ds, struct transport_dest_info *info)
 {
 	uint64_t lsn, seg;
 	int ret;
 
-	if (strcmp(ds->y.phase, "") == 0) {
+	switch (ds->rec.phase) {
+	case DEST_PHASE_NONE: {
 		/*
 		 * SYNC_BEGIN as the first record of a new segment, and the
 		 * destination resumes right there: whatever it missed before is
 		 * in its dirty extents, and the remote, seeing a gap that ends
 		 * at a segment starting with SYNC_BEGIN, may cross it.
 		 */
+		struct dest_change skip = { .skip = true };
 		size_t nimages;
 		uint64_t total;
 
-		if (journal_sync_mark(r->j, ds->y.number, true, true, &lsn, &seg) < 0 ||
+		if (journal_sync_mark(r->j, ds->rec.number, true, true, &lsn, &seg) < 0 ||
 		    journal_directories(r) < 0 || seed_images(r, ds, &nimages, &total) < 0)
 			return false;
 		log_info("destination %s: resynchronising %zu images (%" PRIu64 " bytes)", ds->name,
@@ -645,30 +664,30 @@ static bool step(struct resync *r, struct dest_sync *ds, struct transport_dest_i
 		journal_seal(r->j); /* the remote learns of the group now: the probe */
 		ds->compare = -1;   /* ask again what it can compare and holds */
 		/*
-		 * The phase is saved before the skip: a crash after the skip
-		 * must not begin the resync again, whose second skip would
+		 * The copying phase and the skip are one change: a crash after
+		 * it must not begin the resync again, whose second skip would
 		 * drop segments the destination may already be receiving (and
-		 * namespace records that recovery journals in them).  A crash
-		 * between the two resumes shipping where it was: harmless.
+		 * namespace records that recovery journals in them).  If it
+		 * fails, the next pass begins again with a new SYNC_BEGIN.
 		 */
-		set_state(r, ds, "syncing", "copying");
-		if (save(r, ds) < 0) {
-			set_state(r, ds, "syncing", ""); /* begin again */
-			return false;
-		}
-		transport_skip_to(r->t, ds->index, seg - 1, lsn - 1, false);
-		return true;
+		skip.skip_segment = seg - 1;
+		skip.skip_dest_lsn = lsn - 1;
+		return change(r, ds, DEST_SYNC_SYNCING, DEST_PHASE_COPYING, ds->rec.reason, skip) == 0;
 	}
-	if (strcmp(ds->y.phase, "begin") == 0) {
-		/* back from tracking without a skeleton: nothing was skipped */
-		if (journal_sync_mark(r->j, ds->y.number, true, false, &lsn, &seg) < 0)
+	case DEST_PHASE_BEGIN:
+		/* nothing was skipped (back from tracking without a skeleton,
+		 * or a power loss): its dirty extents are already recorded */
+		if (journal_sync_mark(r->j, ds->rec.number, true, false, &lsn, &seg) < 0)
 			return false;
 		ds->compare = -1;
-		set_state(r, ds, "syncing", "copying");
-		save(r, ds);
+		if (!ds->p.total) {
+			uint64_t count;
+
+			catalog_dirty_bytes(r->cat, ds->name, &ds->p.total, &count);
+		}
+		change(r, ds, DEST_SYNC_SYNCING, DEST_PHASE_COPYING, ds->rec.reason, NO_MORE);
 		return true;
-	}
-	if (strcmp(ds->y.phase, "copying") == 0) {
+	case DEST_PHASE_COPYING:
 		if (!keeping_up(r, info))
 			return false;
 		if (ds->compare < 0)
@@ -676,30 +695,26 @@ static bool step(struct resync *r, struct dest_sync *ds, struct transport_dest_i
 		if (ds->compare < 0)
 			return false;
 		return copy_batch(r, ds, info);
-	}
-	if (strcmp(ds->y.phase, "comparing") == 0) {
-		if (info->acked_segment < ds->y.lsn_b)
+	case DEST_PHASE_COMPARING:
+		if (info->acked_segment < ds->p.lsn_b)
 			return false;
 		ret = collect_mismatches(r, ds);
 		if (ret <= 0)
 			return false;
 		ds->truncated_image = 0;
-		set_state(r, ds, "syncing", "copying");
-		save(r, ds);
+		change(r, ds, DEST_SYNC_SYNCING, DEST_PHASE_COPYING, ds->rec.reason, NO_MORE);
 		return true;
-	}
-	if (strcmp(ds->y.phase, "ending") == 0) {
-		if (info->acked_segment < ds->y.lsn_b)
+	case DEST_PHASE_ENDING:
+		if (info->acked_segment < ds->p.lsn_b)
 			return false;
 		log_info("destination %s is in sync: %" PRIu64 " bytes of data sent, %" PRIu64
 			 " hashed, %" PRIu64 " found equal", ds->name, ds->sent, ds->hashed_all,
-			 ds->y.saved);
-		pthread_mutex_lock(&r->lock);
-		ds->y.lsn_a = ds->y.lsn_b = 0;
-		pthread_mutex_unlock(&r->lock);
-		set_state(r, ds, "in_sync", "");
-		save(r, ds);
+			 ds->p.saved);
+		ds->p.lsn_a = ds->p.lsn_b = 0;
+		change(r, ds, DEST_SYNC_IN_SYNC, DEST_PHASE_NONE, DEST_REASON_NONE, NO_MORE);
 		return true;
+	case DEST_PHASE_BEGUN:
+		break; /* a tracking phase */
 	}
 	return false;
 }
@@ -711,7 +726,7 @@ static bool step(struct resync *r, struct dest_sync *ds, struct transport_dest_i
  */
 static bool relieve_overflow(struct resync *r)
 {
-	struct dest_sync *victim = NULL;
+	struct engine_dest *victim = NULL;
 	uint64_t used, max, low = UINT64_MAX;
 
 	if (!r->track)
@@ -723,7 +738,7 @@ static bool relieve_overflow(struct resync *r)
 		struct transport_dest_info info;
 
 		transport_dest_info(r->t, r->ds[i].index, &info);
-		if (info.tracking || info.acked_segment >= info.durable_segment)
+		if (info.rec.sync == DEST_SYNC_TRACKING || info.acked_segment >= info.durable_segment)
 			continue;
 		if (info.acked_segment < low) {
 			low = info.acked_segment;
@@ -733,41 +748,32 @@ static bool relieve_overflow(struct resync *r)
 	if (victim) {
 		log_warn("destination %s fell behind and the journal is full (%" PRIu64 " of %" PRIu64
 			 " bytes): tracking its changes for a resync instead", victim->name, used, max);
-		transport_set_tracking(r->t, victim->index, true, NULL);
-		set_state(r, victim, "tracking", "");
-		save(r, victim);
+		change(r, victim, DEST_SYNC_TRACKING, DEST_PHASE_NONE, DEST_REASON_OVERFLOW, NO_MORE);
 	}
 	transport_make_room(r->t, r->cat);
 	return victim != NULL;
 }
 
 /* A tracking destination that answers and keeps up again is resynced. */
-static bool end_tracking(struct resync *r, struct dest_sync *ds,
+static bool end_tracking(struct resync *r, struct engine_dest *ds,
 			 const struct transport_dest_info *info)
 {
-	bool begin_sent;
+	struct dest_change only_if = { .expect = true, .expect_sync = DEST_SYNC_TRACKING,
+				       .expect_phase = info->rec.phase };
+	bool begin_sent = info->rec.phase == DEST_PHASE_BEGUN;
+	uint64_t count;
 
 	if (!info->reachable || info->durable_segment > info->acked_segment + MAX_BACKLOG)
 		return false;
-	transport_set_tracking(r->t, ds->index, false, &begin_sent);
-	pthread_mutex_lock(&r->lock);
-	ds->y.started_ns = clock_wall_ns();
-	ds->y.done = ds->y.saved = 0;
-	ds->y.lsn_a = ds->y.lsn_b = 0;
-	ds->truncated_image = 0;
-	ds->hashed = 0;
-	pthread_mutex_unlock(&r->lock);
-	{
-		uint64_t bytes, count;
-
-		if (catalog_dirty_bytes(r->cat, ds->name, &bytes, &count) == 0)
-			ds->y.total = bytes;
-	}
-	/* Its SYNC_BEGIN went out with the first skeleton, if there was one. */
-	set_state(r, ds, "syncing", begin_sent ? "copying" : "begin");
+	progress_reset(ds);
+	catalog_dirty_bytes(r->cat, ds->name, &ds->p.total, &count);
+	/* Its SYNC_BEGIN went out with the first skeleton, if there was one.
+	 * A skeleton made meanwhile changes the phase: then look again. */
+	if (change(r, ds, DEST_SYNC_SYNCING, begin_sent ? DEST_PHASE_COPYING : DEST_PHASE_BEGIN,
+		   DEST_REASON_OVERFLOW, only_if) < 0)
+		return false;
 	log_info("destination %s is back; resynchronising what it missed (%" PRIu64 " bytes)",
-		 ds->name, ds->y.total);
-	save(r, ds);
+		 ds->name, ds->p.total);
 	return true;
 }
 
@@ -836,16 +842,14 @@ static bool verify_hash_step(struct resync *r, struct verify *v)
 }
 
 /* Asks destination i for its report on the verification's HASH records. */
-static json_t *verify_ask(struct resync *r, struct verify *v, struct dest_sync *ds)
+static json_t *verify_ask(struct resync *r, struct verify *v, struct engine_dest *ds)
 {
 	struct transport_dest_info info;
+	struct proto_mismatches m;
 	uint64_t dfirst, dlast, x;
-	json_t *o = json_object(), *reply, *ranges = json_array(), *rg;
-	char suffix[64], *body = NULL;
-	json_error_t jerr;
+	json_t *o = json_object(), *ranges = json_array();
 	long status = 0;
-	bool json = false;
-	size_t k;
+	int r_ask;
 
 	json_object_set_new(o, "name", json_string(ds->name));
 	transport_dest_info(r->t, ds->index, &info);
@@ -861,29 +865,30 @@ static json_t *verify_ask(struct resync *r, struct verify *v, struct dest_sync *
 		json_decref(ranges);
 		return o;
 	}
-	snprintf(suffix, sizeof suffix, "mismatches?after=%" PRIu64, dfirst - 1);
-	if (transport_get(r->t, ds->index, suffix, &status, &body, &json) < 0 || !json) {
+	r_ask = ask_mismatches(r, ds, dfirst - 1, &m, &status);
+	if (r_ask && status != 200) {
 		json_object_set_new(o, "state", json_string(status == 0 ? "unreachable"
 									: "cannot compare"));
-		free(body);
 		json_decref(ranges);
 		return o;
 	}
-	reply = status == 200 ? json_loads(body, 0, &jerr) : NULL;
-	free(body);
-	if (!reply || (uint64_t)json_integer_value(json_object_get(reply, "applied_lsn")) < dlast) {
-		json_object_set_new(o, "state", json_string("applying"));
-		json_decref(reply);
+	if (r_ask || m.applied_lsn < dlast) {
+		json_object_set_new(o, "state", json_string(r_ask ? "cannot compare" : "applying"));
+		if (!r_ask)
+			proto_mismatches_free(&m);
 		json_decref(ranges);
 		return o;
 	}
-	json_array_foreach(json_object_get(reply, "ranges"), k, rg) {
-		uint64_t lsn = (uint64_t)json_integer_value(json_object_get(rg, "lsn"));
+	for (size_t k = 0; k < m.nranges; k++) {
+		const struct proto_range *rg = &m.ranges[k];
 
-		if (lsn >= dfirst && lsn <= dlast)
-			json_array_append(ranges, rg);
+		if (rg->lsn >= dfirst && rg->lsn <= dlast)
+			json_array_append_new(ranges, json_pack("{s:I,s:s,s:I,s:I,s:I}",
+				"lsn", (json_int_t)rg->lsn, "image", rg->image,
+				"image_id", (json_int_t)rg->image_id,
+				"offset", (json_int_t)rg->offset, "length", (json_int_t)rg->length));
 	}
-	json_decref(reply);
+	proto_mismatches_free(&m);
 	json_object_set_new(o, "state", json_string(json_array_size(ranges) ? "differs"
 									      : "equal"));
 	json_object_set_new(o, "ranges", ranges);
@@ -965,6 +970,16 @@ static void scheduled_verify(struct resync *r)
 		log_info("scheduled verification %" PRIu64 " of every image started", id);
 }
 
+/* The transport changed a destination's state: look now. */
+static void wake(void *arg)
+{
+	struct resync *r = arg;
+
+	pthread_mutex_lock(&r->lock);
+	pthread_cond_broadcast(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+}
+
 static void *engine_main(void *arg)
 {
 	struct resync *r = arg;
@@ -978,31 +993,31 @@ static void *engine_main(void *arg)
 		worked |= verify_step(r);
 		scheduled_verify(r);
 		for (size_t i = 0; i < r->n; i++) {
-			struct dest_sync *ds = &r->ds[i];
+			struct engine_dest *ds = &r->ds[i];
 			struct transport_dest_info info;
 
 			transport_dest_info(r->t, ds->index, &info);
-			bool begun = strcmp(ds->y.state, "syncing") == 0 &&
-				     strcmp(ds->y.phase, "") == 0;
+			ds->rec = info.rec;
+			bool begun = info.rec.sync == DEST_SYNC_SYNCING &&
+				     info.rec.phase == DEST_PHASE_NONE;
 
-			if ((info.needs_resync && !begun) || strcmp(ds->y.state, "new") == 0) {
-				if (seed_full(r, ds, info.needs_resync ? "its journal segments are gone"
-								       : "new destination") == 0)
+			if ((info.segments_gone && !begun) || info.rec.sync == DEST_SYNC_NEW) {
+				if (seed_full(r, ds, info.segments_gone ? DEST_REASON_SEGMENTS_GONE
+									: DEST_REASON_NEW) == 0)
 					worked = true;
 				continue;
 			}
-			if (strcmp(ds->y.state, "syncing") == 0) {
+			if (info.rec.sync == DEST_SYNC_SYNCING) {
 				worked |= step(r, ds, &info);
 				syncing = true;
-			}
-			else if (strcmp(ds->y.state, "tracking") == 0)
+			} else if (info.rec.sync == DEST_SYNC_TRACKING) {
 				worked |= end_tracking(r, ds, &info);
+			}
 		}
 		pthread_mutex_lock(&r->lock);
 		if (!worked && !r->stop) {
-			uint64_t deadline = clock_wall_ns() + (syncing ? SYNCING_IDLE_NS : IDLE_NS);
-			struct timespec ts = { .tv_sec = (time_t)(deadline / 1000000000ULL),
-					       .tv_nsec = (long)(deadline % 1000000000ULL) };
+			struct timespec ts = clock_timespec(clock_wall_ns() +
+							    (syncing ? SYNCING_IDLE_NS : IDLE_NS));
 
 			pthread_cond_timedwait(&r->cond, &r->lock, &ts);
 		}
@@ -1045,13 +1060,16 @@ int resync_start(struct journal *j, struct transport *t, int backing_fd, const c
 		r->ds[i].index = i;
 		r->ds[i].compare = -1;
 		r->ds[i].name = strdup(info.name);
-		ret = r->ds[i].name ? catalog_dest_sync_load(r->cat, info.name, &r->ds[i].y) : -ENOMEM;
-		if (ret == 0 && strcmp(r->ds[i].y.phase, "comparing") == 0)
-			/* the hashes' pass restarts: the remote keeps its reports */
-			ret = 0;
+		r->ds[i].rec = info.rec;
+		/* a comparing phase resumes as it was: the remote keeps its reports */
+		r->ds[i].p = info.rec.progress;
+		if (!r->ds[i].name)
+			ret = -ENOMEM;
 	}
 	if (ret == 0)
 		ret = -pthread_create(&r->thread, NULL, engine_main, r);
+	if (ret == 0)
+		transport_on_change(t, wake, r);
 	if (ret < 0) {
 		catalog_close(r->cat);
 		r->cat = NULL;
@@ -1067,6 +1085,7 @@ void resync_stop(struct resync *r)
 	if (!r)
 		return;
 	if (r->cat) {
+		transport_on_change(r->t, NULL, NULL);
 		pthread_mutex_lock(&r->lock);
 		r->stop = true;
 		pthread_cond_broadcast(&r->cond);
@@ -1084,58 +1103,6 @@ void resync_stop(struct resync *r)
 	pthread_mutex_destroy(&r->lock);
 	pthread_cond_destroy(&r->cond);
 	free(r);
-}
-
-static struct dest_sync *find(struct resync *r, const char *name)
-{
-	for (size_t i = 0; i < r->n; i++)
-		if (strcmp(r->ds[i].name, name) == 0)
-			return &r->ds[i];
-	return NULL;
-}
-
-json_t *resync_status(struct resync *r, const char *name)
-{
-	struct dest_sync *ds = find(r, name);
-	struct catalog_sync y;
-	uint64_t remaining, now = clock_wall_ns();
-	json_t *o;
-	double secs, rate;
-
-	if (!ds)
-		return NULL;
-	pthread_mutex_lock(&r->lock);
-	y = ds->y;
-	remaining = ds->remaining;
-	pthread_mutex_unlock(&r->lock);
-	o = json_object();
-	json_object_set_new(o, "state", json_string(y.state));
-	if (strcmp(y.state, "in_sync") == 0)
-		return o;
-	json_object_set_new(o, "phase", json_string(y.phase));
-	json_object_set_new(o, "total_bytes", json_integer((json_int_t)y.total));
-	json_object_set_new(o, "done_bytes", json_integer((json_int_t)y.done));
-	json_object_set_new(o, "saved_bytes", json_integer((json_int_t)y.saved));
-	json_object_set_new(o, "remaining_bytes", json_integer((json_int_t)remaining));
-	json_object_set_new(o, "compare", ds->compare < 0 ? json_null() : json_boolean(ds->compare));
-	secs = y.started_ns && now > y.started_ns ? (double)(now - y.started_ns) / 1e9 : 0;
-	rate = secs > 0 ? (double)y.done / secs : 0;
-	json_object_set_new(o, "eta_seconds", rate > 0 ? json_real((double)remaining / rate)
-						       : json_null());
-	return o;
-}
-
-bool resync_in_sync(struct resync *r, const char *name)
-{
-	struct dest_sync *ds = find(r, name);
-	bool in;
-
-	if (!ds)
-		return true;
-	pthread_mutex_lock(&r->lock);
-	in = strcmp(ds->y.state, "in_sync") == 0;
-	pthread_mutex_unlock(&r->lock);
-	return in;
 }
 
 int resync_verify(struct resync *r, const char *image, uint64_t *id)

@@ -23,14 +23,6 @@ int resync_start(struct journal *j, struct transport *t, int backing_fd, const c
 		 bool track, uint64_t verify_every_ns, struct resync **out);
 void resync_stop(struct resync *r);
 
-/* Progress of destination name for the status: a new JSON object
- * {state, phase, total_bytes, done_bytes, saved_bytes, remaining_bytes,
- * eta_seconds, compare}, or NULL. */
-json_t *resync_status(struct resync *r, const char *name);
-/* True if destination name is an exact copy as far as the engine knows
- * (no sync under way). */
-bool resync_in_sync(struct resync *r, const char *name);
-
 /* Starts verifying image (NULL: every image) against every destination:
  * HASH records for all of them, then each remote's report.  Replaces any
  * earlier verification.  Returns 0 and its id, -ENOENT for no such image. */

@@ -2,6 +2,8 @@
  * status.c — aimfs's /status and /metrics.  JSON is made with jansson;
  * every number comes from a snapshot taken under the owning module's lock,
  * so a reply is consistent per module and never blocks a write for long.
+ * The destinations' part of both is printed from one snapshot each
+ * (transport_views), so /status and /metrics tell the same state.
  */
 #include "status.h"
 #include "clock.h"
@@ -27,8 +29,9 @@ struct status {
 static json_t *status_json(struct status *s)
 {
 	struct journal_stats js;
-	json_t *o = json_object(), *dests;
-	bool all_synced = true;
+	struct dest_view *views = NULL;
+	size_t nviews = 0;
+	json_t *o = json_object();
 	char group[37];
 	uint64_t now = clock_wall_ns();
 
@@ -58,45 +61,25 @@ static json_t *status_json(struct status *s)
 	json_object_set_new(o, "records_journaled", json_integer((json_int_t)js.records));
 	json_object_set_new(o, "bytes_journaled", json_integer((json_int_t)js.bytes));
 	json_object_set_new(o, "segments_recycled", json_integer((json_int_t)js.recycled));
-	dests = s->info.transport ? transport_status(s->info.transport) : json_array();
-	if (s->info.resync) {
-		size_t i;
-		json_t *d;
-
-		json_array_foreach(dests, i, d) {
-			const char *name = json_string_value(json_object_get(d, "name"));
-			const char *state = json_string_value(json_object_get(d, "state"));
-			json_t *sync = resync_status(s->info.resync, name);
-
-			if (!sync)
-				continue;
-			if (!resync_in_sync(s->info.resync, name)) {
-				const char *ys = json_string_value(json_object_get(sync, "state"));
-
-				all_synced = false;
-				/* retrying and stopped say more than "resyncing" */
-				if (!strcmp(state, "in_sync") || !strcmp(state, "shipping"))
-					json_object_set_new(d, "state",
-							    json_string(ys && !strcmp(ys, "tracking")
-									? "tracking" : "resyncing"));
-			}
-			json_object_set_new(d, "sync", sync);
-		}
-	}
-	json_object_set_new(o, "destinations", dests);
+	if (s->info.transport && transport_views(s->info.transport, &views, &nviews) < 0)
+		nviews = 0;
+	json_object_set_new(o, "destinations", dest_views_json(views, nviews));
 	/* In sync: every destination has every record (none waits in the open
 	 * segment) and none is resynchronising.  Without destinations there is
 	 * nothing to be in sync with. */
 	json_object_set_new(o, "in_sync", s->info.transport
-				? json_boolean(all_synced &&
+				? json_boolean(dest_views_in_sync(views, nviews) &&
 					       transport_has_all(s->info.transport, js.head_lsn))
 				: json_null());
+	free(views);
 	return o;
 }
 
 static void metrics_text(struct status *s, struct strbuf *sb)
 {
 	struct journal_stats js;
+	struct dest_view *views = NULL;
+	size_t nviews = 0;
 
 	journal_stats(s->info.journal, &js);
 	strbuf_printf(sb, "# TYPE aimfs_head_lsn gauge\naimfs_head_lsn %llu\n",
@@ -119,31 +102,9 @@ static void metrics_text(struct status *s, struct strbuf *sb)
 		      (unsigned long long)js.durable_segment);
 	strbuf_printf(sb, "# TYPE aimfs_images gauge\naimfs_images %llu\n",
 		      (unsigned long long)js.images);
-	if (s->info.transport)
-		transport_metrics(s->info.transport, sb);
-	if (s->info.resync) {
-		json_t *o = status_json(s), *d;
-		size_t i;
-
-		strbuf_printf(sb, "# HELP aimfs_destination_resync_remaining_bytes bytes still to"
-			      " compare or send to make the destination an exact copy\n"
-			      "# TYPE aimfs_destination_resync_remaining_bytes gauge\n");
-		json_array_foreach(json_object_get(o, "destinations"), i, d) {
-			json_t *sync = json_object_get(d, "sync");
-			const char *name = json_string_value(json_object_get(d, "name"));
-
-			strbuf_printf(sb, "aimfs_destination_resync_remaining_bytes{destination=\"%s\"}"
-				      " %lld\n", name,
-				      (long long)json_integer_value(json_object_get(sync,
-										 "remaining_bytes")));
-			strbuf_printf(sb, "aimfs_destination_resync_saved_bytes{destination=\"%s\"}"
-				      " %lld\n", name,
-				      (long long)json_integer_value(json_object_get(sync, "saved_bytes")));
-			strbuf_printf(sb, "aimfs_destination_in_sync{destination=\"%s\"} %d\n", name,
-				      !strcmp(json_string_value(json_object_get(sync, "state")) ?: "",
-					      "in_sync"));
-		}
-		json_decref(o);
+	if (s->info.transport && transport_views(s->info.transport, &views, &nviews) == 0) {
+		dest_views_metrics(views, nviews, sb);
+		free(views);
 	}
 }
 

@@ -61,7 +61,6 @@ static const char schema[] =
 	"CREATE TABLE IF NOT EXISTS destinations("
 	"  name TEXT PRIMARY KEY,"
 	"  url TEXT NOT NULL,"
-	"  state TEXT NOT NULL DEFAULT 'shipping',"
 	"  acked_segment INTEGER NOT NULL DEFAULT 0,"
 	"  acked_lsn INTEGER NOT NULL DEFAULT 0,"
 	"  acked_ns INTEGER NOT NULL DEFAULT 0,"
@@ -70,6 +69,7 @@ static const char schema[] =
 	"  number INTEGER UNIQUE,"              /* tags its resync records */
 	"  sync_state TEXT NOT NULL DEFAULT 'new',"  /* new, syncing, tracking, in_sync */
 	"  sync_phase TEXT NOT NULL DEFAULT '',"
+	"  sync_reason TEXT NOT NULL DEFAULT '',"
 	"  sync_total INTEGER NOT NULL DEFAULT 0,"
 	"  sync_done INTEGER NOT NULL DEFAULT 0,"
 	"  sync_saved INTEGER NOT NULL DEFAULT 0,"
@@ -106,6 +106,33 @@ static int prepare(struct catalog *c, const char *sql, sqlite3_stmt **st)
 	return 0;
 }
 
+/* True if table has column (PRAGMA table_info). */
+static bool has_column(struct catalog *c, const char *table, const char *column)
+{
+	sqlite3_stmt *st;
+	char sql[128];
+	bool found = false;
+
+	snprintf(sql, sizeof sql, "PRAGMA table_info(%s)", table);
+	if (sqlite3_prepare_v2(c->db, sql, -1, &st, NULL))
+		return false;
+	while (!found && sqlite3_step(st) == SQLITE_ROW)
+		found = strcmp((const char *)sqlite3_column_text(st, 1), column) == 0;
+	sqlite3_finalize(st);
+	return found;
+}
+
+/* Columns added after a catalog may have been made: CREATE TABLE IF NOT
+ * EXISTS leaves an old table as it was. */
+static int migrate(struct catalog *c)
+{
+	if (!has_column(c, "destinations", "sync_reason") &&
+	    sqlite3_exec(c->db, "ALTER TABLE destinations ADD COLUMN"
+			 " sync_reason TEXT NOT NULL DEFAULT ''", NULL, NULL, NULL) != SQLITE_OK)
+		return db_fail(c, "adding destinations.sync_reason");
+	return 0;
+}
+
 int catalog_open(const char *path, struct catalog **out)
 {
 	struct catalog *c = calloc(1, sizeof *c);
@@ -131,6 +158,11 @@ int catalog_open(const char *path, struct catalog **out)
 		sqlite3_free(errmsg);
 		catalog_close(c);
 		return -EIO;
+	}
+	r = migrate(c);
+	if (r < 0) {
+		catalog_close(c);
+		return r;
 	}
 	r = prepare(c, "INSERT OR REPLACE INTO writes(lsn, image, kind, offset, length, segment,"
 		       " position, time_ns) VALUES(?,?,?,?,?,?,?,?)", &c->ins_write);
@@ -578,8 +610,8 @@ int catalog_dest_sync_load(struct catalog *c, const char *name, struct catalog_s
 
 	memset(y, 0, sizeof *y);
 	if (sqlite3_prepare_v2(c->db, "SELECT number, sync_state, sync_phase, sync_total, sync_done,"
-				      " sync_saved, sync_lsn_a, sync_lsn_b, sync_started_ns"
-				      " FROM destinations WHERE name = ?", -1, &st, NULL))
+				      " sync_saved, sync_lsn_a, sync_lsn_b, sync_started_ns,"
+				      " sync_reason FROM destinations WHERE name = ?", -1, &st, NULL))
 		return db_fail(c, "sync load");
 	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
 	r = sqlite3_step(st);
@@ -593,6 +625,7 @@ int catalog_dest_sync_load(struct catalog *c, const char *name, struct catalog_s
 		y->lsn_a = (uint64_t)sqlite3_column_int64(st, 6);
 		y->lsn_b = (uint64_t)sqlite3_column_int64(st, 7);
 		y->started_ns = (uint64_t)sqlite3_column_int64(st, 8);
+		snprintf(y->reason, sizeof y->reason, "%s", (const char *)sqlite3_column_text(st, 9));
 		r = 0;
 	} else {
 		r = r == SQLITE_DONE ? -ENOENT : db_fail(c, "sync load");
@@ -608,8 +641,8 @@ int catalog_dest_sync_save(struct catalog *c, const char *name, const struct cat
 
 	if (sqlite3_prepare_v2(c->db, "UPDATE destinations SET sync_state = ?2, sync_phase = ?3,"
 				      " sync_total = ?4, sync_done = ?5, sync_saved = ?6,"
-				      " sync_lsn_a = ?7, sync_lsn_b = ?8, sync_started_ns = ?9"
-				      " WHERE name = ?1", -1, &st, NULL))
+				      " sync_lsn_a = ?7, sync_lsn_b = ?8, sync_started_ns = ?9,"
+				      " sync_reason = ?10 WHERE name = ?1", -1, &st, NULL))
 		return db_fail(c, "sync save");
 	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, y->state, -1, SQLITE_STATIC);
@@ -620,7 +653,24 @@ int catalog_dest_sync_save(struct catalog *c, const char *name, const struct cat
 	sqlite3_bind_int64(st, 7, (sqlite3_int64)y->lsn_a);
 	sqlite3_bind_int64(st, 8, (sqlite3_int64)y->lsn_b);
 	sqlite3_bind_int64(st, 9, (sqlite3_int64)y->started_ns);
+	sqlite3_bind_text(st, 10, y->reason, -1, SQLITE_STATIC);
 	r = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, "sync save");
+	sqlite3_finalize(st);
+	return r;
+}
+
+int catalog_dests_each(struct catalog *c, int (*fn)(void *ctx, const char *name), void *ctx)
+{
+	sqlite3_stmt *st;
+	int r = 0, step;
+
+	if (sqlite3_prepare_v2(c->db, "SELECT name FROM destinations ORDER BY number", -1, &st,
+			       NULL))
+		return db_fail(c, "destinations");
+	while (r == 0 && (step = sqlite3_step(st)) == SQLITE_ROW)
+		r = fn(ctx, (const char *)sqlite3_column_text(st, 0));
+	if (r == 0 && step != SQLITE_DONE)
+		r = db_fail(c, "destinations");
 	sqlite3_finalize(st);
 	return r;
 }

@@ -85,14 +85,19 @@ int catalog_dest_register(struct catalog *c, const char *name, const char *url,
 /* A destination's resynchronisation (docs/RESYNC.md). */
 struct catalog_sync {
 	uint32_t number;     /* tags its resync records */
-	char state[16];      /* new, syncing, tracking, in_sync */
-	char phase[16];      /* the engine's step within syncing */
+	/* The words of transport/dest_state.c, the only code that reads them. */
+	char state[16];      /* sync_state */
+	char phase[16];      /* sync_phase */
+	char reason[24];     /* sync_reason */
 	uint64_t total, done, saved; /* bytes to compare/send, done, found equal */
 	uint64_t lsn_a, lsn_b;       /* source LSNs the phase waits on */
 	uint64_t started_ns;
 };
 int catalog_dest_sync_load(struct catalog *c, const char *name, struct catalog_sync *y);
 int catalog_dest_sync_save(struct catalog *c, const char *name, const struct catalog_sync *y);
+/* Calls fn with every registered destination's name; a non-zero return
+ * stops and is returned. */
+int catalog_dests_each(struct catalog *c, int (*fn)(void *ctx, const char *name), void *ctx);
 
 struct catalog_extent {
 	uint32_t image;

@@ -27,12 +27,8 @@
  * GET <prefix>/<group>/mismatches[?after=LSN] passes the same checks (1 to
  * 4: certificate, token, path) and answers, from the state, what the HASH
  * records with an LSN above after found different (docs/RESYNC.md), as
- * JSON:
- *   {"group": G, "applied_lsn": N, "consistent": true|false,
- *    "pruned_lsn": P, "more": false,
- *    "ranges": [{"lsn": L, "image": NAME, "image_id": ID, "offset": O,
- *                "length": X}, ...]}
- * ordered by LSN then offset, for LSNs up to applied_lsn only (the HASH
+ * JSON (struct proto_mismatches in common/protocol.h), ordered by LSN then
+ * offset, for LSNs up to applied_lsn only (the HASH
  * records applied so far).  NAME is the image's name at that LSN, ID its id
  * in the segments (the source's); a range is whole blocks, the last one
  * clipped to the end of the HASH's range; a HASH record with no range found
@@ -61,6 +57,7 @@
 #include "remote_i.h"
 #include "log.h"
 #include "parse.h"
+#include "protocol.h"
 #include "targets.h"
 
 #include <arpa/inet.h>
@@ -90,7 +87,7 @@
 #define TOKEN_MAX 4096
 #define DISCARD_MAX (16u << 20) /* body bytes read and dropped after a refusal */
 #define POOL_THREADS 4
-#define MISMATCHES "mismatches"   /* the one last path component besides segments */
+#define MISMATCHES PROTO_MISMATCHES /* the one last path component besides segments */
 
 struct receiver {
 	struct remote *r;
@@ -390,11 +387,11 @@ static int check_token(struct receiver *rx, struct MHD_Connection *conn, struct 
 	uint8_t got[32];
 	unsigned diff = 0;
 
-	if (!h || strncasecmp(h, "Bearer ", 7) != 0) {
+	if (!h || strncasecmp(h, PROTO_BEARER, strlen(PROTO_BEARER)) != 0) {
 		decide(u, 401, "a bearer token is required (Authorization: Bearer <token>)");
 		return -EACCES;
 	}
-	h += 7;
+	h += strlen(PROTO_BEARER);
 	while (*h == ' ')
 		h++;
 	/* Digests of equal length, compared in constant time: neither the
@@ -438,7 +435,7 @@ static int start_upload(struct receiver *rx, struct MHD_Connection *conn, struct
 	uint64_t max = rx->r->cfg.max_segment;
 
 	if (enc && strcasecmp(enc, "identity") != 0) {
-		if (strcasecmp(enc, "zstd") != 0) {
+		if (strcasecmp(enc, PROTO_ENCODING_ZSTD) != 0) {
 			decide(u, 415, "Content-Encoding %.64s is not supported (zstd is)", enc);
 			return -EINVAL;
 		}
@@ -753,7 +750,7 @@ static enum MHD_Result query_arg(void *cls, enum MHD_ValueKind kind, const char 
 	(void)kind;
 	if (u->code)
 		return MHD_NO;
-	if (strcmp(key, "after") != 0) {
+	if (strcmp(key, PROTO_ARG_AFTER) != 0) {
 		decide(u, 400, "unknown argument; only after=<LSN> is accepted");
 		return MHD_NO;
 	}
@@ -771,57 +768,73 @@ static enum MHD_Result query_arg(void *cls, enum MHD_ValueKind kind, const char 
 }
 
 struct ranges_ctx {
-	json_t *ranges;
+	struct proto_mismatches m;
+	size_t cap;
+	bool failed;
 };
 
-static void add_range(void *ctx, const struct state_mismatch *m)
+static void add_range(void *ctx, const struct state_mismatch *sm)
 {
 	struct ranges_ctx *c = ctx;
-	json_t *o = json_object();
+	struct proto_range *r;
 
-	json_object_set_new(o, "lsn", json_integer((json_int_t)m->lsn));
-	json_object_set_new(o, "image", json_string(m->image));
-	json_object_set_new(o, "image_id", json_integer((json_int_t)m->image_id));
-	json_object_set_new(o, "offset", json_integer((json_int_t)m->offset));
-	json_object_set_new(o, "length", json_integer((json_int_t)m->length));
-	json_array_append_new(c->ranges, o);
+	if (c->m.nranges == c->cap) {
+		size_t cap = c->cap ? c->cap * 2 : 64;
+		struct proto_range *nr = realloc(c->m.ranges, cap * sizeof *nr);
+
+		if (!nr) {
+			c->failed = true;
+			return;
+		}
+		c->m.ranges = nr;
+		c->cap = cap;
+	}
+	r = &c->m.ranges[c->m.nranges];
+	r->image = strdup(sm->image);
+	if (!r->image) {
+		c->failed = true;
+		return;
+	}
+	r->lsn = sm->lsn;
+	r->image_id = sm->image_id;
+	r->offset = sm->offset;
+	r->length = sm->length;
+	c->m.nranges++;
 }
 
+/* The mismatch report (common/protocol.h defines its form). */
 static enum MHD_Result serve_mismatches(struct receiver *rx, struct MHD_Connection *conn,
 					struct upload *u)
 {
-	struct ranges_ctx c = { json_array() };
+	struct ranges_ctx c = { 0 };
 	struct MHD_Response *resp;
 	struct state_group g;
 	enum MHD_Result ret;
-	json_t *o;
+	json_t *o, *targets = NULL;
 	char *text;
-	bool more = false;
 	int r;
 
 	pthread_mutex_lock(&rx->st_lock);
 	r = state_mismatches_each(rx->st, u->group, u->after, MISMATCHES_ANSWER_MAX, &g, add_range,
-				  &c, &more);
+				  &c, &c.m.more);
 	pthread_mutex_unlock(&rx->st_lock);
-	if (r < 0) {
-		json_decref(c.ranges);
+	if (r < 0 || c.failed) {
+		proto_mismatches_free(&c.m);
 		if (r == -ENOENT)
-			decide(u, 404, "no group %s here", u->group);
+			decide(u, 404, PROTO_NO_GROUP "%s here", u->group);
 		else
-			decide(u, 500, "cannot read the state");
+			decide(u, 500, c.failed ? "out of memory" : "cannot read the state");
 		return answer(rx, conn, u);
 	}
-	o = json_object();
-	json_object_set_new(o, "group", json_string(u->group));
-	json_object_set_new(o, "applied_lsn", json_integer((json_int_t)g.applied_lsn));
-	json_object_set_new(o, "consistent", json_boolean(g.sync.consistent));
-	json_object_set_new(o, "pruned_lsn", json_integer((json_int_t)g.pruned_lsn));
-	json_object_set_new(o, "more", json_boolean(more));
-	json_object_set_new(o, "ranges", c.ranges);
+	snprintf(c.m.group, sizeof c.m.group, "%s", u->group);
+	c.m.applied_lsn = g.applied_lsn;
+	c.m.consistent = g.sync.consistent;
+	c.m.pruned_lsn = g.pruned_lsn;
 	/* The first question of a resync: it also learns what we hold. */
 	if (u->after == 0 && rx->r->cfg.target_dir)
-		json_object_set_new(o, "targets", targets_list(rx->r->cfg.target_dir,
-							       rx->r->cfg.maps, rx->r->cfg.nmaps));
+		targets = targets_list(rx->r->cfg.target_dir, rx->r->cfg.maps, rx->r->cfg.nmaps);
+	o = proto_mismatches_json(&c.m, targets);
+	proto_mismatches_free(&c.m);
 	text = json_dumps(o, JSON_COMPACT);
 	json_decref(o);
 	if (!text)
@@ -831,7 +844,7 @@ static enum MHD_Result serve_mismatches(struct receiver *rx, struct MHD_Connecti
 		free(text);
 		return MHD_NO;
 	}
-	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, PROTO_JSON_TYPE);
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
 	ret = MHD_queue_response(conn, MHD_HTTP_OK, resp);
 	MHD_destroy_response(resp);

@@ -15,7 +15,6 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -162,29 +161,31 @@ int cmd_ship(int argc, char **argv)
 		/* A destination new to this journal that got every segment from
 		 * the first one on holds an exact copy: no resync needed. */
 		for (size_t i = 0; i < ndests; i++) {
-			struct catalog_sync y;
+			struct transport_dest_info info;
+			struct dest_change c = { .sync = DEST_SYNC_IN_SYNC, .expect = true,
+						 .expect_sync = DEST_SYNC_NEW,
+						 .expect_phase = DEST_PHASE_NONE };
 
-			if (catalog_dest_sync_load(cat, dests[i].name, &y) == 0 &&
-			    strcmp(y.state, "new") == 0) {
-				snprintf(y.state, sizeof y.state, "in_sync");
-				catalog_dest_sync_save(cat, dests[i].name, &y);
-			}
+			transport_dest_info(t, i, &info);
+			if (info.rec.sync == DEST_SYNC_NEW)
+				dest_state_change(t, i, cat, &c);
 		}
 	}
 	{
-		json_t *arr = transport_status(t), *d;
-		size_t i;
+		struct dest_view *views = NULL;
+		size_t n = 0;
 
-		json_array_foreach(arr, i, d) {
-			json_t *err = json_object_get(d, "last_error");
+		if (transport_views(t, &views, &n) == 0)
+			for (size_t i = 0; i < n; i++) {
+				const struct dest_view *v = &views[i];
+				bool failed = v->state != DEST_VIEW_IN_SYNC &&
+					      v->state != DEST_VIEW_SHIPPING && v->last_error[0];
 
-			printf("%s: %s, acknowledged segment %lld of %" PRIu64 "%s%s\n",
-			       json_string_value(json_object_get(d, "name")),
-			       json_string_value(json_object_get(d, "state")),
-			       (long long)json_integer_value(json_object_get(d, "acked_segment")), newest,
-			       err ? "; " : "", err ? json_string_value(err) : "");
-		}
-		json_decref(arr);
+				printf("%s: %s, acknowledged segment %" PRIu64 " of %" PRIu64 "%s%s\n",
+				       v->name, dest_view_state_name(v->state), v->acked_segment,
+				       newest, failed ? "; " : "", failed ? v->last_error : "");
+			}
+		free(views);
 	}
 out:
 	transport_free(t);

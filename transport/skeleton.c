@@ -30,7 +30,7 @@ void skeleton_path(const struct transport *t, const struct dest *d, uint64_t n, 
 	char name[SEG_FILE_NAME_LEN + 8];
 
 	seg_file_name(n, SEG_FILE_SUFFIX, name);
-	snprintf(buf, len, "%s/skel/%u/%s", t->journal_dir, d->number, name);
+	snprintf(buf, len, "%s/skel/%u/%s", t->journal_dir, d->rec.number, name);
 }
 
 bool skeleton_exists(const struct transport *t, const struct dest *d, uint64_t n)
@@ -94,7 +94,7 @@ static int add_dirty(struct dest *d, struct catalog *cat, struct seg_view *v)
 
 		if (r.type != SEG_WRITE && r.type != SEG_ZERO && r.type != SEG_ALLOC)
 			continue;
-		if (record_is_foreign(&r, d->number))
+		if (record_is_foreign(&r, d->rec.number))
 			continue;
 		name = seg_view_image_name(v, r.image);
 		if (!name || !dest_wants_image(&d->cfg, name))
@@ -130,18 +130,18 @@ int skeleton_make(struct transport *t, struct dest *d, struct catalog *cat, uint
 	}
 	first++;
 	pthread_mutex_lock(&t->lock);
-	begin = d->skel_need_begin;
+	begin = dest_skeleton_needs_begin(d);
 	pthread_mutex_unlock(&t->lock);
 	r = add_dirty(d, cat, v);
 	if (r == 0)
-		r = filter_segment(&d->cfg, d->number, begin ? FILTER_SKELETON_BEGIN : FILTER_SKELETON,
+		r = filter_segment(&d->cfg, d->rec.number, begin ? FILTER_SKELETON_BEGIN : FILTER_SKELETON,
 				   v, first, &buf, &len, &last);
 	seg_view_free(v);
 	if (r < 0)
 		return r;
 	snprintf(dir, sizeof dir, "%s/skel", t->journal_dir);
 	mkdir(dir, 0750);
-	snprintf(dir, sizeof dir, "%s/skel/%u", t->journal_dir, d->number);
+	snprintf(dir, sizeof dir, "%s/skel/%u", t->journal_dir, d->rec.number);
 	mkdir(dir, 0750);
 	skeleton_path(t, d, n, path, sizeof path);
 	r = write_file(path, buf, len);
@@ -151,9 +151,20 @@ int skeleton_make(struct transport *t, struct dest *d, struct catalog *cat, uint
 			  d->cfg.name, n, strerror(-r));
 		return r;
 	}
+	if (begin) {
+		/* Its SYNC_BEGIN is stored: the resync that ends tracking need
+		 * not journal another.  Only if it is still tracking. */
+		struct dest_change c = {
+			.sync = DEST_SYNC_TRACKING, .phase = DEST_PHASE_BEGUN, .reason = DEST_REASON_OVERFLOW,
+			.expect = true, .expect_sync = DEST_SYNC_TRACKING,
+			.expect_phase = DEST_PHASE_NONE,
+		};
+
+		r = dest_state_change(t, (size_t)(d - t->dests), cat, &c);
+		if (r < 0 && r != -EAGAIN)
+			return r;
+	}
 	pthread_mutex_lock(&t->lock);
-	if (begin)
-		d->skel_need_begin = false;
 	if (n > d->skel_through)
 		d->skel_through = n;
 	pthread_mutex_unlock(&t->lock);

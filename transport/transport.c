@@ -1,7 +1,8 @@
 /*
  * transport.c — the transport's shared state: destinations and their
  * workers, what is durable, pruning of what everyone acknowledged, and the
- * status an operator reads.
+ * hooks the journal gave it.  (Destination state: dest_state.c; what
+ * operators see of it: dest_view.c.)
  *
  * Pruning rule: segment n is deleted once every destination acknowledged
  * it, its records are all on the backing files (last LSN <= the backing
@@ -25,14 +26,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-static const char *const state_names[] = {
-	[DEST_IN_SYNC] = "in_sync",
-	[DEST_SHIPPING] = "shipping",
-	[DEST_RETRYING] = "retrying",
-	[DEST_STOPPED] = "stopped",
-	[DEST_NEEDS_RESYNC] = "needs_resync",
-};
 
 static int copy_str(char **dst, const char *src)
 {
@@ -95,12 +88,14 @@ int transport_new(const struct transport_config *cfg, struct transport **out)
 
 	if (!t)
 		return -ENOMEM;
+	pthread_mutex_init(&t->change_lock, NULL);
 	pthread_mutex_init(&t->lock, NULL);
 	pthread_cond_init(&t->cond, NULL);
 	t->journal_dir = strdup(cfg->journal_dir);
 	memcpy(t->group, cfg->group, 16);
 	seg_uuid_format(t->group, t->group_s);
 	t->retain_ns = cfg->retain_ns;
+	t->resync = cfg->resync;
 	t->hooks = cfg->hooks;
 	t->dests = calloc(cfg->ndests ? cfg->ndests : 1, sizeof *t->dests);
 	if (!t->journal_dir || !t->dests)
@@ -125,40 +120,26 @@ int transport_new(const struct transport_config *cfg, struct transport **out)
 			r = catalog_dest_register(cat, d->cfg.name, d->cfg.url, cfg->start_segment);
 		if (r == 0)
 			r = catalog_dest_load(cat, d->cfg.name, &cd);
+		if (r == 0)
+			r = dest_state_load(d, cat);
 		if (r < 0)
 			goto fail;
-		{
-			struct catalog_sync y;
-
-			r = catalog_dest_sync_load(cat, d->cfg.name, &y);
-			if (r < 0)
-				goto fail;
-			d->number = y.number;
-			d->tracking = strcmp(y.state, "tracking") == 0;
-			/* A resync that has not begun yet: nothing ships until its
-			 * SYNC_BEGIN opens a segment of its own (transport_skip_to). */
-			d->hold = cfg->resync && (strcmp(y.state, "new") == 0 ||
-						  (strcmp(y.state, "syncing") == 0 &&
-						   strcmp(y.phase, "") == 0));
-			d->skel_need_begin = d->tracking && strcmp(y.phase, "") == 0;
-		}
 		d->acked_segment = cd.acked_segment;
 		d->skel_through = skeleton_scan(t, d, cd.acked_segment);
 		d->acked_src_lsn = cd.acked_lsn;
 		d->acked_ns = cd.acked_ns;
 		d->dest_last_lsn = cd.dest_lsn;
-		d->state = DEST_SHIPPING;
+		d->link = DEST_LINK_SHIPPING;
 		/* The next segment it needs was written once but is gone: pruned
 		 * before this destination existed, or lost. */
 		if (d->acked_segment + 1 <= last_known &&
 		    (oldest == 0 || d->acked_segment + 1 < oldest)) {
-			d->state = DEST_NEEDS_RESYNC;
 			snprintf(d->last_error, sizeof d->last_error,
 				 "it needs segment %" PRIu64 ", which the journal no longer holds"
 				 " (it starts at %" PRIu64 "): it needs a resync",
 				 d->acked_segment + 1, oldest ? oldest : last_known + 1);
 			d->last_error_ns = clock_wall_ns();
-			log_warn("destination %s: %s", d->cfg.name, d->last_error);
+			dest_link_set(d, DEST_LINK_GAP);
 		}
 	}
 	catalog_close(cat);
@@ -204,7 +185,7 @@ static bool all_done_locked(struct transport *t, bool *all_acked)
 		if (d->acked_segment >= t->durable_segment)
 			continue;
 		*all_acked = false;
-		if (d->state != DEST_STOPPED && d->state != DEST_NEEDS_RESYNC)
+		if (d->link != DEST_LINK_STOPPED && d->link != DEST_LINK_GAP)
 			return false;
 	}
 	return true;
@@ -226,16 +207,6 @@ int transport_drain(struct transport *t, unsigned timeout_ms)
 	return acked ? 0 : -ETIMEDOUT;
 }
 
-bool transport_in_sync(struct transport *t)
-{
-	bool acked;
-
-	pthread_mutex_lock(&t->lock);
-	all_done_locked(t, &acked);
-	pthread_mutex_unlock(&t->lock);
-	return acked;
-}
-
 size_t transport_dest_count(struct transport *t)
 {
 	return t->ndests;
@@ -252,70 +223,14 @@ void transport_dest_info(struct transport *t, size_t i, struct transport_dest_in
 
 	pthread_mutex_lock(&t->lock);
 	info->name = d->cfg.name;
-	info->number = d->number;
+	info->rec = d->rec;
 	info->acked_segment = d->acked_segment;
 	info->acked_src_lsn = d->acked_src_lsn;
 	info->dest_last_lsn = d->dest_last_lsn;
 	info->durable_segment = t->durable_segment;
-	info->needs_resync = d->state == DEST_NEEDS_RESYNC;
-	info->reachable = d->state == DEST_IN_SYNC || d->state == DEST_SHIPPING;
-	info->tracking = d->tracking;
+	info->segments_gone = d->link == DEST_LINK_GAP;
+	info->reachable = d->link == DEST_LINK_IDLE || d->link == DEST_LINK_SHIPPING;
 	pthread_mutex_unlock(&t->lock);
-}
-
-int transport_skip_to(struct transport *t, size_t i, uint64_t segment, uint64_t dest_lsn,
-		      bool tracking)
-{
-	struct dest *d = &t->dests[i];
-	struct catalog *cat;
-	char path[4200];
-	int r;
-
-	snprintf(path, sizeof path, "%s/catalog.db", t->journal_dir);
-	r = catalog_open(path, &cat);
-	if (r < 0)
-		return r;
-	pthread_mutex_lock(&t->lock);
-	if (segment > d->acked_segment) {
-		d->acked_segment = segment;
-		d->dest_last_lsn = dest_lsn;
-	}
-	segment = d->acked_segment;
-	dest_lsn = d->dest_last_lsn;
-	d->tracking = tracking;
-	d->hold = false;
-	if (d->state == DEST_NEEDS_RESYNC) {
-		d->state = DEST_SHIPPING;
-		d->last_error[0] = '\0';
-	}
-	pthread_cond_broadcast(&t->cond);
-	pthread_mutex_unlock(&t->lock);
-	r = catalog_dest_skip(cat, d->cfg.name, segment, dest_lsn);
-	catalog_close(cat);
-	return r;
-}
-
-int transport_hold(struct transport *t, size_t i)
-{
-	pthread_mutex_lock(&t->lock);
-	t->dests[i].hold = true;
-	pthread_mutex_unlock(&t->lock);
-	return 0;
-}
-
-int transport_set_tracking(struct transport *t, size_t i, bool on, bool *begin_sent)
-{
-	struct dest *d = &t->dests[i];
-
-	pthread_mutex_lock(&t->lock);
-	if (on && !d->tracking)
-		d->skel_need_begin = true;
-	d->tracking = on;
-	if (begin_sent)
-		*begin_sent = !d->skel_need_begin;
-	pthread_cond_broadcast(&t->cond);
-	pthread_mutex_unlock(&t->lock);
-	return 0;
 }
 
 void transport_make_room(struct transport *t, struct catalog *cat)
@@ -359,6 +274,7 @@ void transport_free(struct transport *t)
 		dest_config_free(&t->dests[i].cfg);
 	free(t->dests);
 	free(t->journal_dir);
+	pthread_mutex_destroy(&t->change_lock);
 	pthread_mutex_destroy(&t->lock);
 	pthread_cond_destroy(&t->cond);
 	free(t);
@@ -368,7 +284,7 @@ void transport_free(struct transport *t)
 
 /* Reads fields of a sealed segment from its header and trailer without
  * validating it (our own, already validated files). */
-static int segment_facts(const char *dir, uint64_t n, uint64_t *size, uint64_t *created_ns,
+int segment_facts(const char *dir, uint64_t n, uint64_t *size, uint64_t *created_ns,
 			 uint64_t *last_lsn, uint64_t *sealed_ns)
 {
 	char name[SEG_FILE_NAME_LEN + 8], path[4200];
@@ -408,7 +324,7 @@ static void make_skeletons(struct transport *t, struct catalog *cat)
 
 		pthread_mutex_lock(&t->lock);
 		from = (d->skel_through > d->acked_segment ? d->skel_through : d->acked_segment) + 1;
-		to = d->tracking ? t->durable_segment : 0;
+		to = dest_tracking(d) ? t->durable_segment : 0;
 		pthread_mutex_unlock(&t->lock);
 		for (uint64_t n = from; n <= to; n++)
 			if (skeleton_make(t, d, cat, n) < 0)
@@ -430,7 +346,7 @@ void transport_prune(struct transport *t, struct catalog *cat)
 		struct dest *d = &t->dests[i];
 		uint64_t done = d->acked_segment;
 
-		if (d->tracking && d->skel_through > done)
+		if (dest_tracking(d) && d->skel_through > done)
 			done = d->skel_through;
 		if (done < low)
 			low = done;
@@ -471,127 +387,4 @@ void transport_prune(struct transport *t, struct catalog *cat)
 	pthread_mutex_lock(&t->lock);
 	t->pruning = false;
 	pthread_mutex_unlock(&t->lock);
-}
-
-/* ---- status ---- */
-
-struct backlog {
-	uint64_t segments, bytes;
-	double seconds;
-};
-
-static void measure_backlog(struct transport *t, uint64_t acked, uint64_t durable,
-			    uint64_t now, struct backlog *b)
-{
-	uint64_t open_oldest = t->hooks.open_oldest_ns ? t->hooks.open_oldest_ns(t->hooks.ctx) : 0;
-
-	memset(b, 0, sizeof *b);
-	for (uint64_t n = acked + 1; n <= durable; n++) {
-		uint64_t size, created, last, sealed;
-
-		if (segment_facts(t->journal_dir, n, &size, &created, &last, &sealed) < 0)
-			continue;
-		b->segments++;
-		b->bytes += size;
-		if (b->segments == 1 && created && now > created)
-			b->seconds = (double)(now - created) / 1e9;
-	}
-	/* Writes not sealed yet are not on the remote either. */
-	if (b->segments == 0 && open_oldest && now > open_oldest)
-		b->seconds = (double)(now - open_oldest) / 1e9;
-}
-
-json_t *transport_status(struct transport *t)
-{
-	json_t *arr = json_array();
-	uint64_t now = clock_wall_ns();
-
-	for (size_t i = 0; i < t->ndests; i++) {
-		struct dest *d = &t->dests[i];
-		struct dest snap;
-		struct backlog b;
-		json_t *o, *images;
-		char when[32];
-
-		pthread_mutex_lock(&t->lock);
-		snap = *d;
-		snap.cfg.name = NULL;
-		uint64_t durable = t->durable_segment;
-		pthread_mutex_unlock(&t->lock);
-		/* Between the ack and the worker's next look, it is in sync already. */
-		if (snap.state == DEST_SHIPPING && snap.acked_segment >= durable)
-			snap.state = DEST_IN_SYNC;
-		measure_backlog(t, snap.acked_segment, durable, now, &b);
-		o = json_object();
-		json_object_set_new(o, "name", json_string(d->cfg.name));
-		json_object_set_new(o, "url", json_string(d->cfg.url));
-		json_object_set_new(o, "state", json_string(state_names[snap.state]));
-		if (d->cfg.nimages) {
-			images = json_array();
-			for (size_t k = 0; k < d->cfg.nimages; k++)
-				json_array_append_new(images, json_string(d->cfg.images[k]));
-			json_object_set_new(o, "images", images);
-		}
-		json_object_set_new(o, "acked_segment", json_integer((json_int_t)snap.acked_segment));
-		json_object_set_new(o, "acked_lsn", json_integer((json_int_t)snap.acked_src_lsn));
-		if (snap.acked_ns) {
-			clock_iso8601(snap.acked_ns, 0, when, sizeof when);
-			json_object_set_new(o, "acked_at", json_string(when));
-		}
-		json_object_set_new(o, "backlog_segments", json_integer((json_int_t)b.segments));
-		json_object_set_new(o, "backlog_bytes", json_integer((json_int_t)b.bytes));
-		json_object_set_new(o, "backlog_seconds", json_real(b.seconds));
-		json_object_set_new(o, "segments_shipped", json_integer((json_int_t)snap.segments_sent));
-		json_object_set_new(o, "bytes_shipped", json_integer((json_int_t)snap.bytes_sent));
-		json_object_set_new(o, "throughput_bytes_per_second", json_real(snap.rate_bps));
-		if (snap.bytes_raw && d->cfg.compress)
-			json_object_set_new(o, "compression_ratio",
-					    json_real((double)snap.bytes_sent / (double)snap.bytes_raw));
-		if (snap.last_error[0] && snap.state != DEST_IN_SYNC && snap.state != DEST_SHIPPING) {
-			json_object_set_new(o, "last_error", json_string(snap.last_error));
-			clock_iso8601(snap.last_error_ns, 0, when, sizeof when);
-			json_object_set_new(o, "last_error_at", json_string(when));
-		}
-		if (snap.state == DEST_RETRYING) {
-			json_object_set_new(o, "attempts", json_integer(snap.attempts));
-			json_object_set_new(o, "next_attempt_in_seconds",
-					    json_real(snap.next_attempt_ns > now
-							      ? (double)(snap.next_attempt_ns - now) / 1e9
-							      : 0));
-		}
-		json_array_append_new(arr, o);
-	}
-	return arr;
-}
-
-void transport_metrics(struct transport *t, struct strbuf *sb)
-{
-	json_t *arr = transport_status(t);
-	size_t i;
-	json_t *o;
-
-	strbuf_printf(sb, "# HELP aimfs_destination_up 1 if the destination is in sync or"
-		" shipping\n# TYPE aimfs_destination_up gauge\n");
-	json_array_foreach(arr, i, o) {
-		const char *name = json_string_value(json_object_get(o, "name"));
-		const char *state = json_string_value(json_object_get(o, "state"));
-
-		strbuf_printf(sb, "aimfs_destination_up{destination=\"%s\",state=\"%s\"} %d\n",
-			name, state, !strcmp(state, "in_sync") || !strcmp(state, "shipping"));
-		strbuf_printf(sb, "aimfs_destination_acked_segment{destination=\"%s\"} %lld\n",
-			name, json_integer_value(json_object_get(o, "acked_segment")));
-		strbuf_printf(sb, "aimfs_destination_acked_lsn{destination=\"%s\"} %lld\n",
-			name, json_integer_value(json_object_get(o, "acked_lsn")));
-		strbuf_printf(sb, "aimfs_destination_backlog_segments{destination=\"%s\"} %lld\n",
-			name, json_integer_value(json_object_get(o, "backlog_segments")));
-		strbuf_printf(sb, "aimfs_destination_backlog_bytes{destination=\"%s\"} %lld\n",
-			name, json_integer_value(json_object_get(o, "backlog_bytes")));
-		strbuf_printf(sb, "aimfs_destination_backlog_seconds{destination=\"%s\"} %.3f\n",
-			name, json_real_value(json_object_get(o, "backlog_seconds")));
-		strbuf_printf(sb, "aimfs_destination_shipped_bytes_total{destination=\"%s\"} %lld\n",
-			name, json_integer_value(json_object_get(o, "bytes_shipped")));
-		strbuf_printf(sb, "aimfs_destination_shipped_segments_total{destination=\"%s\"} %lld\n",
-			name, json_integer_value(json_object_get(o, "segments_shipped")));
-	}
-	json_decref(arr);
 }

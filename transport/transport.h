@@ -21,6 +21,8 @@
 #define AIM_TRANSPORT_H
 
 #include <jansson.h>
+
+struct catalog;
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -84,7 +86,7 @@ struct transport_config {
 	size_t ndests;
 	uint64_t retain_ns;           /* keep acknowledged segments this long */
 	uint64_t start_segment;       /* a new destination starts after this one */
-	bool resync;                  /* a resync engine runs: hold new destinations for it */
+	bool resync;                  /* a resync engine runs: new destinations wait for it */
 	struct transport_hooks hooks;
 };
 
@@ -104,44 +106,167 @@ int transport_drain(struct transport *t, unsigned timeout_ms);
 void transport_stop(struct transport *t);
 void transport_free(struct transport *t);
 
-/* Status: a JSON array of destinations (new reference). */
-json_t *transport_status(struct transport *t);
-/* Appends the destinations' Prometheus lines to sb. */
+/* ---- a destination's state (dest_state.c): one owner, one door ----
+ *
+ * What the catalog keeps of a destination, and what every part of aimfs
+ * reads, is one record: whether it is an exact copy (sync), where its
+ * resynchronisation stands (phase), why it is not in sync (reason), and the
+ * resync's progress.  It changes only through dest_state_change, which
+ * persists the new record first and then tells the workers (which derive
+ * from it whether to ship, hold or send skeletons) and the resync engine.
+ * The workers' own view of the link (shipping, retrying, stopped) is not
+ * persisted.  What operators see, in /status and /metrics alike, is
+ * derived from both by one function (transport_views).
+ */
+enum dest_sync {
+	DEST_SYNC_NEW,      /* never synced: needs an initial sync */
+	DEST_SYNC_IN_SYNC,  /* receives the stream: an exact copy at what it acknowledged */
+	DEST_SYNC_SYNCING,  /* being resynchronised; phase says where */
+	DEST_SYNC_TRACKING, /* fell behind a full journal: skeletons, data becomes dirty */
+};
+
+enum dest_phase {
+	/* syncing: SYNC_BEGIN not journaled yet; the destination ships
+	 * nothing until it is, then skips to it (a full resync).
+	 * tracking: its SYNC_BEGIN has not gone out in a skeleton yet. */
+	DEST_PHASE_NONE,
+	DEST_PHASE_BEGIN,     /* syncing: SYNC_BEGIN next, nothing skipped */
+	DEST_PHASE_COPYING,   /* syncing: journaling its dirty extents */
+	DEST_PHASE_COMPARING, /* syncing: waiting for the remote's hash report */
+	DEST_PHASE_ENDING,    /* syncing: SYNC_END journaled, waiting for its ack */
+	DEST_PHASE_BEGUN,     /* tracking: a skeleton carried its SYNC_BEGIN */
+};
+
+enum dest_reason {
+	DEST_REASON_NONE,
+	DEST_REASON_NEW,            /* a new destination */
+	DEST_REASON_SEGMENTS_GONE,  /* the segments it needed left the journal */
+	DEST_REASON_OVERFLOW,       /* it fell behind and the journal filled up */
+	DEST_REASON_POWER_LOSS,     /* the source lost power: hot extents are suspect */
+};
+
+/* A resync's progress, persisted with the state. */
+struct dest_progress {
+	uint64_t total, done, saved; /* bytes to compare/send, done, found equal */
+	uint64_t lsn_a, lsn_b;       /* source segments the phase waits on */
+	uint64_t started_ns;
+};
+
+struct dest_record {
+	enum dest_sync sync;
+	enum dest_phase phase;
+	enum dest_reason reason;
+	uint32_t number;             /* tags its resync records (stable) */
+	struct dest_progress progress;
+};
+
+/* A change of destination i's record.  With expect set, the change is
+ * made only if the record is still in expect_sync/expect_phase (-EAGAIN
+ * otherwise).  With skip set, the destination continues after
+ * skip_segment, its own sequence at skip_dest_lsn, in the same
+ * transaction (what it skipped comes by resync).  progress NULL keeps it. */
+struct dest_change {
+	enum dest_sync sync;
+	enum dest_phase phase;
+	enum dest_reason reason;
+	const struct dest_progress *progress;
+	bool expect;
+	enum dest_sync expect_sync;
+	enum dest_phase expect_phase;
+	bool skip;
+	uint64_t skip_segment, skip_dest_lsn;
+};
+
+/*
+ * The one door: persists the change in cat (the caller's connection), then
+ * applies it in memory, wakes the workers and calls the change listener.
+ * Thread-safe; changes of one transport are serialised.  Returns 0,
+ * -EAGAIN (expectation not met, nothing changed) or -errno (nothing
+ * changed in memory either).
+ */
+int dest_state_change(struct transport *t, size_t i, struct catalog *cat,
+		      const struct dest_change *c);
+/* Records a resync's progress (persisted when cat is given, in memory
+ * always), with what the status shows beside it: bytes still dirty and
+ * whether the remote compares hashes (-1 unknown, 0, 1). */
+int dest_state_progress(struct transport *t, size_t i, struct catalog *cat,
+			const struct dest_progress *p, uint64_t remaining, int compare);
+/* Called (without locks) after every change; one listener (the resync
+ * engine's wake-up). */
+void transport_on_change(struct transport *t, void (*fn)(void *ctx), void *ctx);
+/* Before any transport exists (crash recovery after a power loss): every
+ * registered destination that is in sync begins a resync without a skip,
+ * for why; one in any other state keeps it (its resync covers more). */
+int dest_state_mark_all(struct catalog *cat, enum dest_reason why);
+/* Names, for logs and status. */
+const char *dest_sync_name(enum dest_sync s);
+const char *dest_phase_name(enum dest_phase p);
+const char *dest_reason_text(enum dest_reason r);
+
+/* What operators see of a destination: one word, derived from the record
+ * and the link, the same in /status and /metrics. */
+enum dest_view_state {
+	DEST_VIEW_IN_SYNC,      /* has everything durable, nothing to resync */
+	DEST_VIEW_SHIPPING,
+	DEST_VIEW_RETRYING,     /* the last attempt failed; retried with back-off */
+	DEST_VIEW_STOPPED,      /* refused for good (4xx): needs an operator */
+	DEST_VIEW_TRACKING,
+	DEST_VIEW_RESYNCING,
+	DEST_VIEW_NEEDS_RESYNC, /* segments gone and no resync engine (aimctl ship) */
+};
+#define DEST_VIEW_STATES (DEST_VIEW_NEEDS_RESYNC + 1)
+const char *dest_view_state_name(enum dest_view_state s);
+
+/* A snapshot of one destination, everything /status and /metrics print. */
+struct dest_view {
+	const char *name, *url;        /* valid while the transport lives */
+	char *const *images;
+	size_t nimages;
+	bool compress;
+	enum dest_view_state state;
+	bool engine;                   /* a resync engine runs: the record is shown too */
+	struct dest_record rec;
+	uint64_t remaining;            /* resync: bytes still dirty */
+	int compare;                   /* resync: remote compares hashes (-1 unknown) */
+	uint64_t acked_segment, acked_src_lsn, acked_ns;
+	uint64_t backlog_segments, backlog_bytes;
+	double backlog_seconds;
+	uint64_t segments_sent, bytes_sent, bytes_raw;
+	double rate_bps;
+	char last_error[256];
+	uint64_t last_error_ns;
+	unsigned attempts;
+	uint64_t next_attempt_ns;
+	uint64_t now_ns;
+};
+/* Snapshots every destination (malloc'd array of *n, free()). */
+int transport_views(struct transport *t, struct dest_view **out, size_t *n);
+/* The JSON array /status prints (new reference). */
+json_t *dest_views_json(const struct dest_view *v, size_t n);
+/* The Prometheus lines /metrics prints. */
 struct strbuf;
-void transport_metrics(struct transport *t, struct strbuf *sb);
-/* True if every destination has acknowledged everything durable. */
-bool transport_in_sync(struct transport *t);
+void dest_views_metrics(const struct dest_view *v, size_t n, struct strbuf *sb);
+/* True if every destination is in sync (has everything durable, nothing
+ * left to resync). */
+bool dest_views_in_sync(const struct dest_view *v, size_t n);
+
+size_t transport_dest_count(struct transport *t);
+/* True if destination i mirrors image name (its image patterns). */
+bool transport_dest_wants(struct transport *t, size_t i, const char *name);
 /* A destination as the resync engine sees it (name valid while t lives). */
 struct transport_dest_info {
 	const char *name;
-	uint32_t number;
+	struct dest_record rec;
 	uint64_t acked_segment;
 	uint64_t acked_src_lsn;   /* source LSN of the end of acked_segment */
 	uint64_t dest_last_lsn;   /* its own LSN sequence's end */
 	uint64_t durable_segment;
-	bool needs_resync;        /* its next segment is gone from the journal */
+	bool segments_gone;       /* its next segment is gone from the journal */
 	bool reachable;           /* last upload succeeded */
-	bool tracking;            /* receives skeletons */
 };
-size_t transport_dest_count(struct transport *t);
-/* True if destination i mirrors image name (its image patterns). */
-bool transport_dest_wants(struct transport *t, size_t i, const char *name);
 void transport_dest_info(struct transport *t, size_t i, struct transport_dest_info *info);
-/* Destination i continues after segment, whose last LSN is dest_lsn (what
- * it missed comes by resync), and ships again if held; tracking makes it
- * receive skeletons from then on.  Thread-safe. */
-int transport_skip_to(struct transport *t, size_t i, uint64_t segment, uint64_t dest_lsn,
-		      bool tracking);
-/* Destination i ships nothing until transport_skip_to (a resync is about to
- * begin with a segment of its own). */
-int transport_hold(struct transport *t, size_t i);
-/* Destination i starts (on) or stops tracking: it receives skeletons of
- * segments, their data becoming dirty extents.  Stopping reports whether
- * its SYNC_BEGIN already went out in a skeleton. */
-int transport_set_tracking(struct transport *t, size_t i, bool on, bool *begin_sent);
 /* Skeletonises for tracking destinations and prunes what can go now; cat
  * is the caller's catalog connection. */
-struct catalog;
 void transport_make_room(struct transport *t, struct catalog *cat);
 /* GET <url>/<group>/<suffix> with destination i's TLS and token; returns
  * 0 with the HTTP status, the body (malloc'd, NUL-terminated) and whether it

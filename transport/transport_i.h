@@ -6,6 +6,8 @@
  * Locking: transport.lock protects the fields marked (T) in struct
  * transport and struct dest.  Workers never hold it across I/O (network,
  * files, catalog).  It is a leaf lock: nothing else is taken under it.
+ * transport.change_lock serialises state changes (dest_state.c), which
+ * write the catalog and then take transport.lock.
  */
 #ifndef AIM_TRANSPORT_I_H
 #define AIM_TRANSPORT_I_H
@@ -15,22 +17,26 @@
 
 #include <pthread.h>
 
-enum dest_state {
-	DEST_IN_SYNC,       /* acknowledged everything durable */
-	DEST_SHIPPING,      /* uploading */
-	DEST_RETRYING,      /* last attempt failed; next at next_attempt_ns */
-	DEST_STOPPED,       /* refused for good (4xx); reason in last_error */
-	DEST_NEEDS_RESYNC,  /* the journal no longer holds what it needs */
+/* The worker's view of the link: not persisted, set only through
+ * dest_link_set (dest_state.c), with the transport lock held. */
+enum dest_link {
+	DEST_LINK_IDLE,     /* acknowledged everything durable */
+	DEST_LINK_SHIPPING, /* uploading */
+	DEST_LINK_RETRYING, /* last attempt failed; next at next_attempt_ns */
+	DEST_LINK_STOPPED,  /* refused for good (4xx); reason in last_error */
+	DEST_LINK_GAP,      /* the journal no longer holds the segment it needs next */
 };
 
 struct dest {
 	struct transport *t;
 	struct dest_config cfg;
-	uint32_t number;            /* tags this destination's resync records */
 	pthread_t thread;
 	bool started;
 	/* (T) */
-	enum dest_state state;
+	struct dest_record rec;     /* owned by dest_state.c: changed by dest_state_change */
+	uint64_t remaining;         /* resync: bytes still dirty (status only) */
+	int compare;                /* resync: remote compares hashes, -1 unknown (status only) */
+	enum dest_link link;
 	uint64_t acked_segment;     /* last segment acknowledged */
 	uint64_t acked_ns;          /* when */
 	uint64_t acked_src_lsn;     /* source LSN that segment ends at */
@@ -42,11 +48,20 @@ struct dest {
 	unsigned attempts;          /* consecutive failures */
 	uint64_t segments_sent, bytes_sent, bytes_raw;
 	double rate_bps;            /* moving average of upload throughput */
-	bool tracking;              /* overflowed: ships skeletons (T) */
-	bool skel_need_begin;       /* the next skeleton starts with SYNC_BEGIN (T) */
-	bool hold;                  /* ships nothing until the resync engine starts (T) */
-	uint64_t skel_through;      /* skeletons stored up to this segment (T) */
+	uint64_t skel_through;      /* skeletons stored up to this segment */
 };
+
+/* What the record means for a worker (T).  Tracking: it ships skeletons. */
+static inline bool dest_tracking(const struct dest *d)
+{
+	return d->rec.sync == DEST_SYNC_TRACKING;
+}
+
+/* Its next skeleton must open with SYNC_BEGIN. */
+static inline bool dest_skeleton_needs_begin(const struct dest *d)
+{
+	return d->rec.sync == DEST_SYNC_TRACKING && d->rec.phase == DEST_PHASE_NONE;
+}
 
 struct transport {
 	char *journal_dir;
@@ -54,8 +69,12 @@ struct transport {
 	char group_s[37];
 	uint64_t retain_ns;
 	struct transport_hooks hooks;
+	bool resync;                /* a resync engine runs (not aimctl ship) */
+	pthread_mutex_t change_lock; /* serialises dest_state_change; taken before lock */
 	pthread_mutex_t lock;
 	pthread_cond_t cond;        /* new durable segments, stop, drain progress */
+	void (*on_change)(void *ctx); /* the resync engine's wake-up */
+	void *on_change_ctx;
 	uint64_t durable_segment;   /* (T) */
 	uint64_t backing_lsn;       /* (T) */
 	uint64_t pruned_through;    /* (T) */
@@ -68,10 +87,24 @@ struct transport {
 /* worker.c */
 void *worker_main(void *arg);
 
+/* dest_state.c */
+/* Loads destination d's record from cat into memory (transport_new). */
+int dest_state_load(struct dest *d, struct catalog *cat);
+/* Sets the link state, logging what an operator should hear of the change
+ * (T: called with transport.lock held). */
+void dest_link_set(struct dest *d, enum dest_link link);
+/* True while d must ship nothing: a resync is about to begin with a
+ * segment of its own (T). */
+bool dest_held(const struct dest *d);
+
 /* transport.c: prunes what every destination acknowledged; cat is the
  * caller's own catalog connection. */
 struct catalog;
 void transport_prune(struct transport *t, struct catalog *cat);
+/* Reads a sealed segment's size, creation time, last LSN and sealing time
+ * from its header and trailer (our own, already validated files). */
+int segment_facts(const char *dir, uint64_t n, uint64_t *size, uint64_t *created_ns,
+		  uint64_t *last_lsn, uint64_t *sealed_ns);
 
 /* filter.c */
 enum filter_mode {

@@ -2,8 +2,9 @@
  * worker.c — one thread per destination: ship the next segment, record the
  * acknowledgement, repeat; wait for new segments when in sync.
  *
- * A PUT's outcome decides the state (curl's CURLcode and the HTTP status,
- * converted once, in classify()):
+ * A PUT's outcome decides the link state (curl's CURLcode and the HTTP
+ * status, converted once, in classify(); the state changes in
+ * dest_link_set):
  *   2xx                 acknowledged: the catalog records it, then pruning
  *   network error, 5xx,
  *   408, 429            retry after 1, 2, 4 ... 60 s, +-20 % jitter
@@ -15,6 +16,7 @@
 #include "clock.h"
 #include "catalog.h"
 #include "log.h"
+#include "protocol.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -113,13 +115,11 @@ static enum outcome classify(struct dest *d, CURLcode cc, long status, const str
 		set_error(d, "%s", curl_err[0] ? curl_err : curl_easy_strerror(cc));
 		return SHIP_RETRY;
 	}
-	if (status >= 200 && status < 300)
+	if (proto_verdict(status) == PROTO_ACKED)
 		return SHIP_OK;
 	reply_line(u, why, sizeof why);
 	set_error(d, "HTTP %ld from %s%s%s", status, d->cfg.url, why[0] ? ": " : "", why);
-	if (status >= 500 || status == 408 || status == 429)
-		return SHIP_RETRY;
-	return SHIP_FATAL;
+	return proto_verdict(status) == PROTO_RETRY ? SHIP_RETRY : SHIP_FATAL;
 }
 
 /* headers[0] for plain bodies, headers[1] for zstd ones. */
@@ -152,11 +152,12 @@ static CURL *make_handle(struct dest *d, struct curl_slist *headers[2], char *er
 	if (d->cfg.rate)
 		curl_easy_setopt(c, CURLOPT_MAX_SEND_SPEED_LARGE, (curl_off_t)d->cfg.rate);
 	for (int i = 0; i < 2; i++) {
-		headers[i] = curl_slist_append(NULL, "Content-Type: application/octet-stream");
+		headers[i] = curl_slist_append(NULL, "Content-Type: " PROTO_SEGMENT_TYPE);
 		if (i == 1)
-			headers[i] = curl_slist_append(headers[i], "Content-Encoding: zstd");
+			headers[i] = curl_slist_append(headers[i],
+						       "Content-Encoding: " PROTO_ENCODING_ZSTD);
 		if (d->cfg.token) {
-			snprintf(auth, sizeof auth, "Authorization: Bearer %s", d->cfg.token);
+			snprintf(auth, sizeof auth, "Authorization: " PROTO_BEARER "%s", d->cfg.token);
 			headers[i] = curl_slist_append(headers[i], auth);
 			memset(auth, 0, sizeof auth);
 		}
@@ -240,7 +241,7 @@ static enum outcome ship(struct dest *d, CURL *c, struct curl_slist *headers[2],
 
 	seg_file_name(n, SEG_FILE_SUFFIX, file);
 	pthread_mutex_lock(&d->t->lock);
-	mode = d->tracking ? FILTER_SKELETON : FILTER_NORMAL;
+	mode = dest_tracking(d) ? FILTER_SKELETON : FILTER_NORMAL;
 	pthread_mutex_unlock(&d->t->lock);
 	if (mode == FILTER_SKELETON && !skeleton_exists(d->t, d, n) &&
 	    skeleton_make(d->t, d, cat, n) < 0) {
@@ -286,8 +287,8 @@ static enum outcome ship(struct dest *d, CURL *c, struct curl_slist *headers[2],
 	/* Shipped as it is only when the destination's sequence is the
 	 * source's and nothing in it is for someone else. */
 	if (d->cfg.nimages || mode != FILTER_NORMAL || first != seg_view_header(v)->first_lsn ||
-	    has_foreign_records(v, d->number)) {
-		if (filter_segment(&d->cfg, d->number, mode, v, first, &filtered, &len, dlast) < 0) {
+	    has_foreign_records(v, d->rec.number)) {
+		if (filter_segment(&d->cfg, d->rec.number, mode, v, first, &filtered, &len, dlast) < 0) {
 			seg_view_free(v);
 			set_error(d, "out of memory filtering segment %s", file);
 			return SHIP_RETRY;
@@ -348,7 +349,7 @@ void *worker_main(void *arg)
 	if (catalog_open(path, &cat) < 0) {
 		set_error(d, "cannot open the catalog");
 		pthread_mutex_lock(&t->lock);
-		d->state = DEST_STOPPED;
+		dest_link_set(d, DEST_LINK_STOPPED);
 		pthread_mutex_unlock(&t->lock);
 		return NULL;
 	}
@@ -360,12 +361,12 @@ void *worker_main(void *arg)
 		bool skeleton = false;
 		enum outcome o;
 
-		if (d->state == DEST_STOPPED || d->state == DEST_NEEDS_RESYNC || d->hold) {
+		if (d->link == DEST_LINK_STOPPED || d->link == DEST_LINK_GAP || dest_held(d)) {
 			pthread_cond_wait(&t->cond, &t->lock);
 			continue;
 		}
 		if (n > t->durable_segment) {
-			d->state = DEST_IN_SYNC;
+			dest_link_set(d, DEST_LINK_IDLE);
 			pthread_cond_broadcast(&t->cond); /* drainers */
 			/* Wake now and then: retention may let more be pruned. */
 			wait_until(t, clock_wall_ns() + 1000000000ULL);
@@ -376,12 +377,12 @@ void *worker_main(void *arg)
 			}
 			continue;
 		}
-		if (d->state == DEST_RETRYING && clock_wall_ns() < d->next_attempt_ns) {
+		if (d->link == DEST_LINK_RETRYING && clock_wall_ns() < d->next_attempt_ns) {
 			wait_until(t, d->next_attempt_ns);
 			continue;
 		}
-		if (d->state != DEST_RETRYING)
-			d->state = DEST_SHIPPING;
+		if (d->link != DEST_LINK_RETRYING)
+			dest_link_set(d, DEST_LINK_SHIPPING);
 		d->shipping_segment = n;
 		pthread_mutex_unlock(&t->lock);
 
@@ -399,18 +400,18 @@ void *worker_main(void *arg)
 		if (o == SHIP_OK) {
 			double secs = (double)(now - t0) / 1e9, bps = secs > 0 ? (double)sent / secs : 0;
 
-			d->acked_segment = n;
-			d->acked_ns = now;
-			d->acked_src_lsn = src_last;
-			d->dest_last_lsn = dlast;
+			/* A resync may have moved it past n meanwhile (a skip). */
+			if (n > d->acked_segment) {
+				d->acked_segment = n;
+				d->acked_ns = now;
+				d->acked_src_lsn = src_last;
+				d->dest_last_lsn = dlast;
+			}
 			d->segments_sent++;
 			d->bytes_sent += sent;
 			d->rate_bps = d->rate_bps ? 0.7 * d->rate_bps + 0.3 * bps : bps;
-			if (d->attempts)
-				log_info("destination %s: reachable again, shipped segment %" PRIu64,
-					 d->cfg.name, n);
 			d->attempts = 0;
-			d->state = DEST_SHIPPING;
+			dest_link_set(d, DEST_LINK_SHIPPING);
 			pthread_cond_broadcast(&t->cond);
 			pthread_mutex_unlock(&t->lock);
 			transport_prune(t, cat);
@@ -418,12 +419,9 @@ void *worker_main(void *arg)
 		} else if (o == SHIP_RETRY) {
 			d->attempts++;
 			d->next_attempt_ns = now + backoff_ns(d->attempts);
-			if (d->state != DEST_RETRYING)
-				log_info("destination %s: %s; retrying", d->cfg.name, d->last_error);
-			d->state = DEST_RETRYING;
+			dest_link_set(d, DEST_LINK_RETRYING);
 		} else {
-			d->state = o == SHIP_RESYNC ? DEST_NEEDS_RESYNC : DEST_STOPPED;
-			log_error("destination %s: stopped: %s", d->cfg.name, d->last_error);
+			dest_link_set(d, o == SHIP_RESYNC ? DEST_LINK_GAP : DEST_LINK_STOPPED);
 			pthread_mutex_unlock(&t->lock);
 			catalog_dest_error(cat, d->cfg.name, d->last_error);
 			pthread_mutex_lock(&t->lock);
@@ -487,7 +485,7 @@ int transport_get(struct transport *t, size_t i, const char *suffix, long *statu
 	*status = 0;
 	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, status);
 	curl_easy_getinfo(c, CURLINFO_CONTENT_TYPE, &ctype);
-	*json = ctype && strncmp(ctype, "application/json", 16) == 0;
+	*json = ctype && strncmp(ctype, PROTO_JSON_TYPE, strlen(PROTO_JSON_TYPE)) == 0;
 	curl_easy_cleanup(c);
 	curl_slist_free_all(headers[0]);
 	curl_slist_free_all(headers[1]);

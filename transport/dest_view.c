@@ -1,0 +1,244 @@
+/*
+ * dest_view.c — what operators see of each destination: one snapshot per
+ * destination (transport_views), taken under the transport lock, from
+ * which both /status (dest_views_json) and /metrics (dest_views_metrics)
+ * are printed, so the two can never disagree about a destination's state.
+ *
+ * The state word is derived here and nowhere else: a link that failed
+ * (stopped, retrying) says more than a resync in progress; then tracking
+ * and resyncing; then shipping until everything durable is acknowledged.
+ */
+#include "transport_i.h"
+#include "clock.h"
+#include "strbuf.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+static enum dest_view_state derive(const struct dest *d, uint64_t durable, bool engine)
+{
+	if (d->link == DEST_LINK_STOPPED)
+		return DEST_VIEW_STOPPED;
+	if (d->link == DEST_LINK_RETRYING)
+		return DEST_VIEW_RETRYING;
+	if (d->rec.sync == DEST_SYNC_TRACKING)
+		return DEST_VIEW_TRACKING;
+	if (d->link == DEST_LINK_GAP)
+		/* with an engine, its resync begins at once */
+		return engine ? DEST_VIEW_RESYNCING : DEST_VIEW_NEEDS_RESYNC;
+	if (engine && (d->rec.sync == DEST_SYNC_SYNCING || d->rec.sync == DEST_SYNC_NEW))
+		return DEST_VIEW_RESYNCING;
+	/* Between an ack and the worker's next look it is in sync already. */
+	return d->acked_segment >= durable ? DEST_VIEW_IN_SYNC : DEST_VIEW_SHIPPING;
+}
+
+static void measure_backlog(struct transport *t, struct dest_view *v, uint64_t durable)
+{
+	uint64_t open_oldest = t->hooks.open_oldest_ns ? t->hooks.open_oldest_ns(t->hooks.ctx) : 0;
+
+	for (uint64_t n = v->acked_segment + 1; n <= durable; n++) {
+		uint64_t size, created, last, sealed;
+
+		if (segment_facts(t->journal_dir, n, &size, &created, &last, &sealed) < 0)
+			continue;
+		v->backlog_segments++;
+		v->backlog_bytes += size;
+		if (v->backlog_segments == 1 && created && v->now_ns > created)
+			v->backlog_seconds = (double)(v->now_ns - created) / 1e9;
+	}
+	/* Writes not sealed yet are not on the remote either. */
+	if (v->backlog_segments == 0 && open_oldest && v->now_ns > open_oldest)
+		v->backlog_seconds = (double)(v->now_ns - open_oldest) / 1e9;
+}
+
+int transport_views(struct transport *t, struct dest_view **out, size_t *n)
+{
+	struct dest_view *views = calloc(t->ndests ? t->ndests : 1, sizeof *views);
+	uint64_t now = clock_wall_ns(), durable;
+
+	if (!views)
+		return -ENOMEM;
+	for (size_t i = 0; i < t->ndests; i++) {
+		struct dest *d = &t->dests[i];
+		struct dest_view *v = &views[i];
+
+		v->name = d->cfg.name;
+		v->url = d->cfg.url;
+		v->images = d->cfg.images;
+		v->nimages = d->cfg.nimages;
+		v->compress = d->cfg.compress;
+		v->now_ns = now;
+		v->engine = t->resync;
+		pthread_mutex_lock(&t->lock);
+		durable = t->durable_segment;
+		v->state = derive(d, durable, t->resync);
+		v->rec = d->rec;
+		v->remaining = d->remaining;
+		v->compare = d->compare;
+		v->acked_segment = d->acked_segment;
+		v->acked_src_lsn = d->acked_src_lsn;
+		v->acked_ns = d->acked_ns;
+		v->segments_sent = d->segments_sent;
+		v->bytes_sent = d->bytes_sent;
+		v->bytes_raw = d->bytes_raw;
+		v->rate_bps = d->rate_bps;
+		memcpy(v->last_error, d->last_error, sizeof v->last_error);
+		v->last_error_ns = d->last_error_ns;
+		v->attempts = d->attempts;
+		v->next_attempt_ns = d->next_attempt_ns;
+		pthread_mutex_unlock(&t->lock);
+		measure_backlog(t, v, durable);
+	}
+	*out = views;
+	*n = t->ndests;
+	return 0;
+}
+
+bool dest_views_in_sync(const struct dest_view *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (v[i].state != DEST_VIEW_IN_SYNC)
+			return false;
+	return true;
+}
+
+static json_t *sync_json(const struct dest_view *v)
+{
+	const struct dest_progress *p = &v->rec.progress;
+	json_t *o = json_object();
+	double secs, rate;
+
+	json_object_set_new(o, "state", json_string(dest_sync_name(v->rec.sync)));
+	if (v->rec.sync == DEST_SYNC_IN_SYNC)
+		return o;
+	json_object_set_new(o, "phase", json_string(dest_phase_name(v->rec.phase)));
+	json_object_set_new(o, "reason", json_string(dest_reason_text(v->rec.reason)));
+	json_object_set_new(o, "total_bytes", json_integer((json_int_t)p->total));
+	json_object_set_new(o, "done_bytes", json_integer((json_int_t)p->done));
+	json_object_set_new(o, "saved_bytes", json_integer((json_int_t)p->saved));
+	json_object_set_new(o, "remaining_bytes", json_integer((json_int_t)v->remaining));
+	json_object_set_new(o, "compare", v->compare < 0 ? json_null() : json_boolean(v->compare));
+	secs = p->started_ns && v->now_ns > p->started_ns
+		       ? (double)(v->now_ns - p->started_ns) / 1e9 : 0;
+	rate = secs > 0 ? (double)p->done / secs : 0;
+	json_object_set_new(o, "eta_seconds", rate > 0 ? json_real((double)v->remaining / rate)
+						       : json_null());
+	return o;
+}
+
+static json_t *view_json(const struct dest_view *v)
+{
+	json_t *o = json_object(), *images;
+	char when[40];
+
+	json_object_set_new(o, "name", json_string(v->name));
+	json_object_set_new(o, "url", json_string(v->url));
+	json_object_set_new(o, "state", json_string(dest_view_state_name(v->state)));
+	if (v->rec.reason != DEST_REASON_NONE && v->state != DEST_VIEW_IN_SYNC)
+		json_object_set_new(o, "reason", json_string(dest_reason_text(v->rec.reason)));
+	if (v->nimages) {
+		images = json_array();
+		for (size_t k = 0; k < v->nimages; k++)
+			json_array_append_new(images, json_string(v->images[k]));
+		json_object_set_new(o, "images", images);
+	}
+	json_object_set_new(o, "acked_segment", json_integer((json_int_t)v->acked_segment));
+	json_object_set_new(o, "acked_lsn", json_integer((json_int_t)v->acked_src_lsn));
+	if (v->acked_ns)
+		json_object_set_new(o, "acked_at",
+				    json_string(clock_iso8601(v->acked_ns, 0, when, sizeof when)));
+	json_object_set_new(o, "backlog_segments", json_integer((json_int_t)v->backlog_segments));
+	json_object_set_new(o, "backlog_bytes", json_integer((json_int_t)v->backlog_bytes));
+	json_object_set_new(o, "backlog_seconds", json_real(v->backlog_seconds));
+	json_object_set_new(o, "segments_shipped", json_integer((json_int_t)v->segments_sent));
+	json_object_set_new(o, "bytes_shipped", json_integer((json_int_t)v->bytes_sent));
+	json_object_set_new(o, "throughput_bytes_per_second", json_real(v->rate_bps));
+	if (v->bytes_raw && v->compress)
+		json_object_set_new(o, "compression_ratio",
+				    json_real((double)v->bytes_sent / (double)v->bytes_raw));
+	/* The link's last error while the link is what is wrong (a resync
+	 * that follows a failure says why in "reason"). */
+	if (v->last_error[0] && (v->state == DEST_VIEW_RETRYING || v->state == DEST_VIEW_STOPPED ||
+				 v->state == DEST_VIEW_NEEDS_RESYNC)) {
+		json_object_set_new(o, "last_error", json_string(v->last_error));
+		json_object_set_new(o, "last_error_at",
+				    json_string(clock_iso8601(v->last_error_ns, 0, when, sizeof when)));
+	}
+	if (v->state == DEST_VIEW_RETRYING) {
+		json_object_set_new(o, "attempts", json_integer(v->attempts));
+		json_object_set_new(o, "next_attempt_in_seconds",
+				    json_real(v->next_attempt_ns > v->now_ns
+						      ? (double)(v->next_attempt_ns - v->now_ns) / 1e9
+						      : 0));
+	}
+	if (v->engine)
+		json_object_set_new(o, "sync", sync_json(v));
+	return o;
+}
+
+json_t *dest_views_json(const struct dest_view *v, size_t n)
+{
+	json_t *arr = json_array();
+
+	for (size_t i = 0; i < n; i++)
+		json_array_append_new(arr, view_json(&v[i]));
+	return arr;
+}
+
+void dest_views_metrics(const struct dest_view *v, size_t n, struct strbuf *sb)
+{
+	if (!n)
+		return;
+	strbuf_printf(sb, "# HELP aimfs_destination_state 1 for the state the destination is in"
+		      " (the state of /status), 0 for the others\n"
+		      "# TYPE aimfs_destination_state gauge\n");
+	for (size_t i = 0; i < n; i++)
+		for (int s = 0; s < DEST_VIEW_STATES; s++)
+			strbuf_printf(sb, "aimfs_destination_state{destination=\"%s\",state=\"%s\"} %d\n",
+				      v[i].name, dest_view_state_name((enum dest_view_state)s),
+				      v[i].state == (enum dest_view_state)s);
+	strbuf_printf(sb, "# HELP aimfs_destination_up 1 if the destination is in sync or"
+		      " shipping\n# TYPE aimfs_destination_up gauge\n");
+	for (size_t i = 0; i < n; i++)
+		strbuf_printf(sb, "aimfs_destination_up{destination=\"%s\",state=\"%s\"} %d\n",
+			      v[i].name, dest_view_state_name(v[i].state),
+			      v[i].state == DEST_VIEW_IN_SYNC || v[i].state == DEST_VIEW_SHIPPING);
+#define GAUGE(metric, help, fmt, expr)                                                      \
+	do {                                                                                \
+		strbuf_printf(sb, "# HELP aimfs_destination_" metric " " help "\n"          \
+			      "# TYPE aimfs_destination_" metric " gauge\n");                 \
+		for (size_t i = 0; i < n; i++)                                              \
+			strbuf_printf(sb, "aimfs_destination_" metric "{destination=\"%s\"} " fmt \
+				      "\n", v[i].name, (expr));                               \
+	} while (0)
+#define COUNTER(metric, help, expr)                                                         \
+	do {                                                                                \
+		strbuf_printf(sb, "# HELP aimfs_destination_" metric " " help "\n"          \
+			      "# TYPE aimfs_destination_" metric " counter\n");               \
+		for (size_t i = 0; i < n; i++)                                              \
+			strbuf_printf(sb, "aimfs_destination_" metric "{destination=\"%s\"} %" \
+				      PRIu64 "\n", v[i].name, (uint64_t)(expr));              \
+	} while (0)
+	GAUGE("acked_segment", "last segment the destination acknowledged", "%" PRIu64,
+	      v[i].acked_segment);
+	GAUGE("acked_lsn", "source LSN the acknowledged segment ends at", "%" PRIu64,
+	      v[i].acked_src_lsn);
+	GAUGE("backlog_segments", "sealed segments not acknowledged yet", "%" PRIu64,
+	      v[i].backlog_segments);
+	GAUGE("backlog_bytes", "bytes of sealed segments not acknowledged yet", "%" PRIu64,
+	      v[i].backlog_bytes);
+	GAUGE("backlog_seconds", "age of the oldest write the destination does not have",
+	      "%.3f", v[i].backlog_seconds);
+	GAUGE("in_sync", "1 if the destination is an exact copy as of what it acknowledged",
+	      "%d", v[i].rec.sync == DEST_SYNC_IN_SYNC);
+	GAUGE("resync_remaining_bytes", "bytes still to compare or send to make the"
+	      " destination an exact copy", "%" PRIu64, v[i].remaining);
+	COUNTER("resync_saved_bytes_total", "bytes a resync found equal and did not send",
+		v[i].rec.progress.saved);
+	COUNTER("shipped_bytes_total", "bytes uploaded", v[i].bytes_sent);
+	COUNTER("shipped_segments_total", "segments uploaded", v[i].segments_sent);
+#undef GAUGE
+#undef COUNTER
+}
