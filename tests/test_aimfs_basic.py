@@ -264,3 +264,65 @@ def test_aimctl_dump_shows_records(aimfs):
     out = run([AIMCTL, "dump", os.path.join(m.journal, seg)]).stdout
     for word in ("CREATE", "WRITE", "FLUSH", "d.img", "group"):
         assert word in out, out
+
+
+def journal_records(journal):
+    """(type, rest of the line) of every record of every sealed segment, in
+    order, from aimctl dump."""
+    recs = []
+    for seg in sorted(f for f in os.listdir(journal) if f.endswith(".aimj")):
+        out = run([AIMCTL, "dump", os.path.join(journal, seg)]).stdout
+        lines = out.splitlines()
+        start = next(i for i, l in enumerate(lines) if l.split()[:2] == ["LSN", "TYPE"])
+        for line in lines[start + 1:]:
+            f = line.split()
+            recs.append((f[1], line))
+    return recs
+
+
+def test_directory_rename_past_the_name_limit_is_refused(aimfs, workdir):
+    """A directory rename that would give an image under it a name longer
+    than 4095 bytes (docs/FORMAT.md §9) fails with ENAMETOOLONG before it
+    happens, and nothing is journaled; up to the limit it is mirrored."""
+    backing = os.path.join(workdir, "backing")
+    os.makedirs(backing)
+    start = os.path.join(workdir, "start")
+    copy_tree(backing, start)
+    m = aimfs()
+    mnt = m.mountpoint
+    # a/ccc.../ccc.../.../x.img: 3900 bytes, components of at most 200
+    parts, length = ["a"], 1
+    while length + 201 < 3900 - 6:
+        parts.append("c" * 200)
+        length += 201
+    parts.append("c" * (3900 - 6 - length - 1))
+    deep_dir = "/".join(parts)
+    image = deep_dir + "/x.img"
+    assert len(image) == 3900
+    os.makedirs(os.path.join(mnt, deep_dir))
+    with open(os.path.join(mnt, image), "wb") as f:
+        f.write(b"long" * 1000)
+        os.fsync(f.fileno())
+    # "a" -> 196 bytes makes the image's name 4095 bytes: the limit
+    fits = "b" * 196
+    os.rename(os.path.join(mnt, "a"), os.path.join(mnt, fits))
+    # one byte more is refused, on the mount and in the backing directory
+    too_long = "d" * 197
+    with pytest.raises(OSError) as e:
+        os.rename(os.path.join(mnt, fits), os.path.join(mnt, too_long))
+    assert e.value.errno == errno.ENAMETOOLONG
+    assert os.path.isdir(os.path.join(mnt, fits)) and not os.path.exists(os.path.join(mnt, too_long))
+    assert not os.path.exists(os.path.join(backing, too_long))
+    # a rename of a file (not a directory) to the same name is not affected
+    with open(os.path.join(mnt, "short.img"), "wb") as f:
+        f.write(b"s")
+    os.rename(os.path.join(mnt, "short.img"), os.path.join(mnt, too_long))
+    assert m.unmount() == 0
+    m.check_quiet()
+    renames = [line for t, line in journal_records(m.journal) if t == "RENAME"]
+    assert len(renames) == 2, "\n".join(renames)
+    assert f"- a/ -> {fits}/" in renames[0], renames[0]
+    assert f"short.img -> {too_long}" in renames[1], renames[1]
+    assert not any(too_long + "/" in r for r in renames)
+    replay(m.journal, start)
+    assert_trees_equal(start, backing)
