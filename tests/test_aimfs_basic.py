@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from aimtest import AIMCTL, AIMFS, assert_trees_equal, copy_tree, replay, run, wait_for
+from aimtest import AIMCTL, AIMFS, MKSEG, assert_trees_equal, copy_tree, replay, run, wait_for
 
 
 def seed(backing):
@@ -264,6 +264,70 @@ def test_aimctl_dump_shows_records(aimfs):
     out = run([AIMCTL, "dump", os.path.join(m.journal, seg)]).stdout
     for word in ("CREATE", "WRITE", "FLUSH", "d.img", "group"):
         assert word in out, out
+
+
+def test_aimctl_dump_shows_every_flag_destination_and_hash(workdir):
+    """Every flag by name, the destination of each resync record (aux),
+    and a HASH record's range, block size and number of hashes."""
+    seg = os.path.join(workdir, "00000000000000000001.aimj")
+    spec = "\n".join([
+        "group 6c1f3a2e-9b4d-4e55-8a10-2f6d7c8e9a01", "number 1", "first_lsn 10",
+        "image 1 vm.img", "image 2 d/old.img",
+        "create 3 0100644 new.img",                 # any u32 mode: shown masked, and whole
+        "mkdir d2 01755",
+        "zero 1 0 4096",                            # flags 0
+        "zero 1 4096 8192 punch keep",
+        "alloc 1 0 65536 keep",
+        "resync 2 write 1 0 00ff",
+        "resync 2 zero 1 4096 4096 punch",
+        "resync 3 truncate 1 12288",
+        "sync-begin 2",
+        "hash 1 8192 70000 65536 dest=2 0000000000000001 0000000000000002",
+        "hash 1 0 4096 4096 1111111111111111",      # dest 0: every destination
+        "raw 15 0 0 7 0 0",                         # SKIP for destination 7
+        "sync-end 2",
+        "rename 2 d/old.img d/new.img replace",
+        "raw 8 12 0 1 0 0 646433",                  # RENAME d -> d3, DIR|REPLACE
+        "flush",
+    ]) + "\n"
+    p = subprocess.run([MKSEG, seg], input=spec, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    out = run([AIMCTL, "dump", seg]).stdout
+    recs = {}
+    for line in out.splitlines()[out.splitlines().index(
+            next(l for l in out.splitlines() if l.split()[:2] == ["LSN", "TYPE"])) + 1:]:
+        recs[int(line.split()[0])] = line
+    flags = {lsn: line.split()[4] for lsn, line in recs.items()}
+
+    def has(lsn, *words):
+        for w in words:
+            assert w in recs[lsn], f"{w!r} not in LSN {lsn}: {recs[lsn]}\n{out}"
+
+    has(10, "CREATE", "new.img", "mode 0644", "(aux 0x000081a4)")
+    has(11, "MKDIR", "d2/", "mode 1755")
+    assert "aux" not in recs[11]
+    assert flags[12] == "-"
+    assert flags[13] == "punch,keep-size"
+    assert flags[14] == "keep-size"
+    for lsn in (15, 16, 17):
+        assert flags[lsn].endswith("resync"), recs[lsn]
+    assert flags[16] == "punch,resync"
+    has(15, "WRITE", "vm.img", "destination 2")
+    has(16, "ZERO", "destination 2")
+    has(17, "TRUNCATE", "12288", "destination 3")
+    has(18, "SYNC_BEGIN", "destination 2")
+    has(19, "HASH", "8192", "70000", "vm.img", "block 65536, 2 hashes, destination 2")
+    has(20, "HASH", "block 4096, 1 hash, every destination")
+    has(21, "SKIP", "destination 7")
+    has(22, "SYNC_END", "destination 2")
+    assert flags[23] == "replace"
+    has(23, "d/old.img -> d/new.img")
+    assert flags[24] == "dir,replace"
+    has(24, "- d/ -> d3/")
+    has(25, "FLUSH", "(all images)")
+    # the columns other tools read stay where they were
+    f = recs[19].split()
+    assert f[1] == "HASH" and f[2] == "8192" and f[3] == "70000"
 
 
 def journal_records(journal):
