@@ -375,7 +375,8 @@ def test_directory_rename_past_the_name_limit_is_refused(aimfs, workdir):
     with pytest.raises(OSError) as e:
         os.rename(os.path.join(mnt, fits), os.path.join(mnt, too_long))
     assert e.value.errno == errno.ENAMETOOLONG
-    assert os.path.isdir(os.path.join(mnt, fits)) and not os.path.exists(os.path.join(mnt, too_long))
+    assert os.path.isdir(os.path.join(mnt, fits))
+    assert not os.path.exists(os.path.join(mnt, too_long))
     assert not os.path.exists(os.path.join(backing, too_long))
     # a rename of a file (not a directory) to the same name is not affected
     with open(os.path.join(mnt, "short.img"), "wb") as f:
