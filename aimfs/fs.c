@@ -717,7 +717,14 @@ static void lo_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 	journal_ns_lock(j);
 	im = image_at(fs, dir, name, &st);
 	replaced = image_at(fs, ndir, newname, &nst);
-	if (renameat2(dir->fd, name, ndir->fd, newname, flags) < 0) {
+	if (S_ISDIR(st.st_mode) && journal_rename_dir_check(j, from, to) < 0) {
+		/* An image under it would get a name longer than a record can
+		 * carry, so the journal could not describe the rename: refused
+		 * before it happens, as a hard link is. */
+		log_info("refused renaming directory %s to %s: an image's name under it would be too long to mirror",
+			 from, to);
+		err = ENAMETOOLONG;
+	} else if (renameat2(dir->fd, name, ndir->fd, newname, flags) < 0) {
 		err = errno;
 	} else {
 		if (S_ISDIR(st.st_mode))

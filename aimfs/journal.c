@@ -738,10 +738,23 @@ int journal_rename_dir(struct journal *j, const char *old_name, const char *new_
 	if (!seg_name_valid(old_name, strlen(old_name)) || !seg_name_valid(new_name, strlen(new_name)))
 		return -EINVAL;
 	pthread_mutex_lock(&j->lock);
-	r = name_record_locked(j, SEG_RENAME, 0, (uint32_t)strlen(old_name), SEG_F_DIR,
-			       old_name, new_name);
+	/* A record the decoder refuses would make the whole segment invalid. */
+	r = registry_rename_dir_check(j, old_name, new_name);
+	if (r == 0)
+		r = name_record_locked(j, SEG_RENAME, 0, (uint32_t)strlen(old_name), SEG_F_DIR,
+				       old_name, new_name);
 	if (r == 0)
 		r = registry_rename_dir(j, old_name, new_name);
+	pthread_mutex_unlock(&j->lock);
+	return r;
+}
+
+int journal_rename_dir_check(struct journal *j, const char *old_name, const char *new_name)
+{
+	int r;
+
+	pthread_mutex_lock(&j->lock);
+	r = registry_rename_dir_check(j, old_name, new_name);
 	pthread_mutex_unlock(&j->lock);
 	return r;
 }

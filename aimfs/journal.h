@@ -149,7 +149,15 @@ int journal_unlink(struct journal *j, struct image *im);
  * held before (NULL if none), now gone. */
 int journal_rename(struct journal *j, struct image *im, const char *new_name,
 		   struct image *replaced);
+/* Directory old_name was renamed to new_name: every image under it moves.
+ * -ENAMETOOLONG (nothing journaled) if an image's new name would be longer
+ * than an image name may be (docs/FORMAT.md §9). */
 int journal_rename_dir(struct journal *j, const char *old_name, const char *new_name);
+/* 0 if directory old_name can be renamed to new_name with every image under
+ * it keeping a valid name, else -ENAMETOOLONG.  Call under journal_ns_lock
+ * before the rename itself, so that a rename the journal cannot describe is
+ * refused before it happens. */
+int journal_rename_dir_check(struct journal *j, const char *old_name, const char *new_name);
 int journal_mkdir(struct journal *j, const char *name, mode_t mode);
 int journal_rmdir(struct journal *j, const char *name);
 int journal_mark(struct journal *j, const char *label);

@@ -127,6 +127,9 @@ struct image *registry_find_name(struct journal *j, const char *name);
 struct image *registry_find_id(struct journal *j, uint32_t id);
 void registry_remove(struct journal *j, struct image *im);
 int registry_rename(struct journal *j, struct image *im, const char *name);
+/* -ENAMETOOLONG if renaming directory old_name to new_name would give an
+ * image a name longer than SEG_NAME_MAX, else 0. */
+int registry_rename_dir_check(struct journal *j, const char *old_name, const char *new_name);
 int registry_rename_dir(struct journal *j, const char *old_name, const char *new_name);
 void registry_put(struct journal *j, struct image *im);
 

@@ -153,6 +153,21 @@ int registry_rename(struct journal *j, struct image *im, const char *name)
 	return 0;
 }
 
+int registry_rename_dir_check(struct journal *j, const char *old_name, const char *new_name)
+{
+	size_t ol = strlen(old_name), nl = strlen(new_name);
+
+	for (size_t i = 0; i < j->nlive; i++) {
+		const struct image *im = j->live[i];
+		size_t len = strlen(im->name);
+
+		if (len > ol && im->name[ol] == '/' && memcmp(im->name, old_name, ol) == 0 &&
+		    len - ol + nl > SEG_NAME_MAX)
+			return -ENAMETOOLONG;
+	}
+	return 0;
+}
+
 int registry_rename_dir(struct journal *j, const char *old_name, const char *new_name)
 {
 	size_t ol = strlen(old_name), nl = strlen(new_name);

@@ -262,7 +262,9 @@ int names_rename(struct names *n, uint32_t id, const char *new_name, size_t len,
 /* Renames every image under directory old_dir/ to the same path under
  * new_dir/.  Returns the number renamed (0 when old_dir equals new_dir), or
  * -EEXIST if an image is named new_dir or lies under it (POSIX renames a
- * directory only onto an empty one), or -ENOMEM. */
+ * directory only onto an empty one), -ENAMETOOLONG if an image's new name
+ * would be longer than SEG_NAME_MAX (both leave the table as it was), or
+ * -ENOMEM. */
 long names_rename_dir(struct names *n, const char *old_dir, size_t old_len,
 		      const char *new_dir, size_t new_len);
 size_t names_count(const struct names *n);

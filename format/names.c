@@ -303,8 +303,19 @@ long names_rename_dir(struct names *n, const char *old_dir, size_t old_len,
 			return -EEXIST;
 		}
 		if (e->len > old_len && e->name[old_len] == '/' &&
-		    memcmp(e->name, old_dir, old_len) == 0)
+		    memcmp(e->name, old_dir, old_len) == 0) {
+			/*
+			 * The rest of the name keeps its components, so only
+			 * the whole can outgrow the name rules: a name no
+			 * record could carry must not arise from a rename
+			 * either (a later UNLINK of it could not be written).
+			 */
+			if (e->len - old_len + new_len > SEG_NAME_MAX) {
+				free(ids);
+				return -ENAMETOOLONG;
+			}
 			ids[k++] = e->id;
+		}
 	}
 	for (size_t i = 0; i < k; i++) {
 		const char *cur = names_get(n, ids[i]);

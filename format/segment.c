@@ -390,7 +390,7 @@ static int parse_header(struct seg_view *v, struct seg_err *err)
 		return fail(err, 8, "unsupported format version %u (this program reads %u)",
 			    get16(b + 8), SEG_VERSION);
 	if (get16(b + 10) != 0 || get32(b + 60) != 0)
-		return fail(err, 10, "reserved header fields are not zero");
+		return fail(err, get16(b + 10) != 0 ? 10 : 60, "reserved header fields are not zero");
 	table = get32(b + 12);
 	if (table > SEG_TABLE_MAX || SEG_HEADER_FIXED + (size_t)table > v->len)
 		return fail(err, 12, "image table length %u runs past the end of the segment", table);
@@ -513,9 +513,10 @@ static int apply_semantics(struct seg_view *v, const struct seg_record *r, uint6
 		    r->payload_len < SEG_HASH_HEADER)
 			return fail(err, off, "HASH record is malformed");
 		block = get32(p);
-		if (get32(p + 4) != 0 || block < SEG_HASH_BLOCK_MIN || block > SEG_HASH_BLOCK_MAX ||
-		    (block & (block - 1)))
-			return fail(err, off, "HASH record has a bad block size");
+		if (get32(p + 4) != 0)
+			return fail(err, off, "HASH record's reserved field is not zero");
+		if (block < SEG_HASH_BLOCK_MIN || block > SEG_HASH_BLOCK_MAX || (block & (block - 1)))
+			return fail(err, off, "HASH record has a bad block size %u", block);
 		blocks = (r->length + block - 1) / block;
 		if (blocks > (SEG_PAYLOAD_MAX - SEG_HASH_HEADER) / 8 ||
 		    r->payload_len != SEG_HASH_HEADER + blocks * 8)
@@ -562,6 +563,9 @@ static int apply_semantics(struct seg_view *v, const struct seg_record *r, uint6
 				return fail(err, off, "too many directory renames in one segment");
 			v->dir_budget -= names_count(v->names);
 			moved = names_rename_dir(v->names, pl, ol, pl + ol, nl);
+			if (moved == -ENAMETOOLONG)
+				return fail(err, off, "directory RENAME makes an image name longer than %d bytes",
+					    SEG_NAME_MAX);
 			if (moved < 0)
 				return moved == -ENOMEM ? -ENOMEM : fail(err, off, "directory RENAME collides");
 			return 0;

@@ -9,7 +9,7 @@ PKGS="build-essential meson ninja-build pkg-config clang
   libfuse3-dev fuse3 libsqlite3-dev sqlite3 libcurl4-openssl-dev curl
   libmicrohttpd-dev libinotifytools0-dev libjansson-dev libzstd-dev
   libxxhash-dev libinih-dev libclang-rt-14-dev
-  python3 python3-pytest qemu-utils fio bindfs openssl jq nginx-light rsync
+  python3 python3-pytest python3-xxhash qemu-utils fio bindfs openssl jq nginx-light rsync
   iproute2 util-linux e2fsprogs gdb zstd"
 missing=
 for p in $PKGS; do

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from aimtest import AIMCTL, AIMFS, assert_trees_equal, copy_tree, replay, run, wait_for
+from aimtest import AIMCTL, AIMFS, MKSEG, assert_trees_equal, copy_tree, replay, run, wait_for
 
 
 def seed(backing):
@@ -264,3 +264,130 @@ def test_aimctl_dump_shows_records(aimfs):
     out = run([AIMCTL, "dump", os.path.join(m.journal, seg)]).stdout
     for word in ("CREATE", "WRITE", "FLUSH", "d.img", "group"):
         assert word in out, out
+
+
+def test_aimctl_dump_shows_every_flag_destination_and_hash(workdir):
+    """Every flag by name, the destination of each resync record (aux),
+    and a HASH record's range, block size and number of hashes."""
+    seg = os.path.join(workdir, "00000000000000000001.aimj")
+    spec = "\n".join([
+        "group 6c1f3a2e-9b4d-4e55-8a10-2f6d7c8e9a01", "number 1", "first_lsn 10",
+        "image 1 vm.img", "image 2 d/old.img",
+        "create 3 0100644 new.img",                 # any u32 mode: shown masked, and whole
+        "mkdir d2 01755",
+        "zero 1 0 4096",                            # flags 0
+        "zero 1 4096 8192 punch keep",
+        "alloc 1 0 65536 keep",
+        "resync 2 write 1 0 00ff",
+        "resync 2 zero 1 4096 4096 punch",
+        "resync 3 truncate 1 12288",
+        "sync-begin 2",
+        "hash 1 8192 70000 65536 dest=2 0000000000000001 0000000000000002",
+        "hash 1 0 4096 4096 1111111111111111",      # dest 0: every destination
+        "raw 15 0 0 7 0 0",                         # SKIP for destination 7
+        "sync-end 2",
+        "rename 2 d/old.img d/new.img replace",
+        "raw 8 12 0 1 0 0 646433",                  # RENAME d -> d3, DIR|REPLACE
+        "flush",
+    ]) + "\n"
+    p = subprocess.run([MKSEG, seg], input=spec, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    out = run([AIMCTL, "dump", seg]).stdout
+    recs = {}
+    for line in out.splitlines()[out.splitlines().index(
+            next(l for l in out.splitlines() if l.split()[:2] == ["LSN", "TYPE"])) + 1:]:
+        recs[int(line.split()[0])] = line
+    flags = {lsn: line.split()[4] for lsn, line in recs.items()}
+
+    def has(lsn, *words):
+        for w in words:
+            assert w in recs[lsn], f"{w!r} not in LSN {lsn}: {recs[lsn]}\n{out}"
+
+    has(10, "CREATE", "new.img", "mode 0644", "(aux 0x000081a4)")
+    has(11, "MKDIR", "d2/", "mode 1755")
+    assert "aux" not in recs[11]
+    assert flags[12] == "-"
+    assert flags[13] == "punch,keep-size"
+    assert flags[14] == "keep-size"
+    for lsn in (15, 16, 17):
+        assert flags[lsn].endswith("resync"), recs[lsn]
+    assert flags[16] == "punch,resync"
+    has(15, "WRITE", "vm.img", "destination 2")
+    has(16, "ZERO", "destination 2")
+    has(17, "TRUNCATE", "12288", "destination 3")
+    has(18, "SYNC_BEGIN", "destination 2")
+    has(19, "HASH", "8192", "70000", "vm.img", "block 65536, 2 hashes, destination 2")
+    has(20, "HASH", "block 4096, 1 hash, every destination")
+    has(21, "SKIP", "destination 7")
+    has(22, "SYNC_END", "destination 2")
+    assert flags[23] == "replace"
+    has(23, "d/old.img -> d/new.img")
+    assert flags[24] == "dir,replace"
+    has(24, "- d/ -> d3/")
+    has(25, "FLUSH", "(all images)")
+    # the columns other tools read stay where they were
+    f = recs[19].split()
+    assert f[1] == "HASH" and f[2] == "8192" and f[3] == "70000"
+
+
+def journal_records(journal):
+    """(type, rest of the line) of every record of every sealed segment, in
+    order, from aimctl dump."""
+    recs = []
+    for seg in sorted(f for f in os.listdir(journal) if f.endswith(".aimj")):
+        out = run([AIMCTL, "dump", os.path.join(journal, seg)]).stdout
+        lines = out.splitlines()
+        start = next(i for i, l in enumerate(lines) if l.split()[:2] == ["LSN", "TYPE"])
+        for line in lines[start + 1:]:
+            f = line.split()
+            recs.append((f[1], line))
+    return recs
+
+
+def test_directory_rename_past_the_name_limit_is_refused(aimfs, workdir):
+    """A directory rename that would give an image under it a name longer
+    than 4095 bytes (docs/FORMAT.md §9) fails with ENAMETOOLONG before it
+    happens, and nothing is journaled; up to the limit it is mirrored."""
+    backing = os.path.join(workdir, "backing")
+    os.makedirs(backing)
+    start = os.path.join(workdir, "start")
+    copy_tree(backing, start)
+    m = aimfs()
+    mnt = m.mountpoint
+    # a/ccc.../ccc.../.../x.img: 3900 bytes, components of at most 200
+    parts, length = ["a"], 1
+    while length + 201 < 3900 - 6:
+        parts.append("c" * 200)
+        length += 201
+    parts.append("c" * (3900 - 6 - length - 1))
+    deep_dir = "/".join(parts)
+    image = deep_dir + "/x.img"
+    assert len(image) == 3900
+    os.makedirs(os.path.join(mnt, deep_dir))
+    with open(os.path.join(mnt, image), "wb") as f:
+        f.write(b"long" * 1000)
+        os.fsync(f.fileno())
+    # "a" -> 196 bytes makes the image's name 4095 bytes: the limit
+    fits = "b" * 196
+    os.rename(os.path.join(mnt, "a"), os.path.join(mnt, fits))
+    # one byte more is refused, on the mount and in the backing directory
+    too_long = "d" * 197
+    with pytest.raises(OSError) as e:
+        os.rename(os.path.join(mnt, fits), os.path.join(mnt, too_long))
+    assert e.value.errno == errno.ENAMETOOLONG
+    assert os.path.isdir(os.path.join(mnt, fits))
+    assert not os.path.exists(os.path.join(mnt, too_long))
+    assert not os.path.exists(os.path.join(backing, too_long))
+    # a rename of a file (not a directory) to the same name is not affected
+    with open(os.path.join(mnt, "short.img"), "wb") as f:
+        f.write(b"s")
+    os.rename(os.path.join(mnt, "short.img"), os.path.join(mnt, too_long))
+    assert m.unmount() == 0
+    m.check_quiet()
+    renames = [line for t, line in journal_records(m.journal) if t == "RENAME"]
+    assert len(renames) == 2, "\n".join(renames)
+    assert f"- a/ -> {fits}/" in renames[0], renames[0]
+    assert f"short.img -> {too_long}" in renames[1], renames[1]
+    assert not any(too_long + "/" in r for r in renames)
+    replay(m.journal, start)
+    assert_trees_equal(start, backing)

@@ -106,7 +106,7 @@ static const char *format_flags(uint8_t flags, char *buf, size_t len)
 {
 	static const struct { uint8_t bit; const char *word; } words[] = {
 		{ SEG_F_PUNCH, "punch" }, { SEG_F_KEEP_SIZE, "keep-size" },
-		{ SEG_F_DIR, "dir" }, { SEG_F_REPLACE, "replace" },
+		{ SEG_F_DIR, "dir" }, { SEG_F_REPLACE, "replace" }, { SEG_F_RESYNC, "resync" },
 	};
 	size_t n = 0;
 
@@ -124,12 +124,32 @@ static const char *format_flags(uint8_t flags, char *buf, size_t len)
 	return buf;
 }
 
+/* A mode as the record carries it: the permission bits, and the whole u32
+ * when it has more (the decoder accepts any; appliers mask it). */
+static void print_mode(uint32_t aux)
+{
+	printf("  mode %04" PRIo32, aux & 07777);
+	if (aux & ~(uint32_t)07777)
+		printf(" (aux 0x%08" PRIx32 ")", aux);
+}
+
+/* The destination a resync record is for (its aux), after sep. */
+static void print_dest(const struct seg_record *r, const char *sep)
+{
+	if (r->type == SEG_HASH && r->aux == 0)
+		printf("%severy destination", sep);
+	else
+		printf("%sdestination %" PRIu32, sep, r->aux);
+}
+
 static void dump_record(struct seg_view *v, const struct seg_record *r)
 {
 	char name[SEG_NAME_MAX + 1], other[SEG_NAME_MAX + 1];
 	char tbuf[64], fbuf[64], obuf[24], lbuf[24];
 	const char *img;
-	bool data = r->type == SEG_WRITE || r->type == SEG_ZERO || r->type == SEG_ALLOC;
+	uint32_t hashes;
+	bool data = r->type == SEG_WRITE || r->type == SEG_ZERO || r->type == SEG_ALLOC ||
+		    r->type == SEG_HASH;
 
 	if (data || r->type == SEG_TRUNCATE)
 		snprintf(obuf, sizeof obuf, "%" PRIu64, r->offset);
@@ -158,12 +178,15 @@ static void dump_record(struct seg_view *v, const struct seg_record *r)
 			printf("- %s/ -> %s/\n", name, other);
 		break;
 	case SEG_CREATE:
-		printf("%" PRIu32 " %s  mode %04" PRIo32 "\n", r->image, img ? img : "?",
-		       r->aux & 07777);
+		printf("%" PRIu32 " %s", r->image, img ? img : "?");
+		print_mode(r->aux);
+		putchar('\n');
 		break;
 	case SEG_MKDIR:
 		seg_record_name(r, name);
-		printf("- %s/  mode %04" PRIo32 "\n", name, r->aux & 07777);
+		printf("- %s/", name);
+		print_mode(r->aux);
+		putchar('\n');
 		break;
 	case SEG_RMDIR:
 		seg_record_name(r, name);
@@ -177,9 +200,30 @@ static void dump_record(struct seg_view *v, const struct seg_record *r)
 			printf("- (all images)\n");
 			break;
 		}
-		/* fall through */
-	default:
 		printf("%" PRIu32 " %s\n", r->image, img ? img : "?");
+		break;
+	case SEG_SYNC_BEGIN:
+	case SEG_SYNC_END:
+		printf("-");
+		print_dest(r, " ");
+		putchar('\n');
+		break;
+	case SEG_SKIP:
+		/* stands for a record of another destination's resync */
+		printf("- left out a record for destination %" PRIu32 "\n", r->aux);
+		break;
+	case SEG_HASH:
+		hashes = (r->payload_len - SEG_HASH_HEADER) / 8;
+		printf("%" PRIu32 " %s  block %" PRIu32 ", %" PRIu32 " hash%s", r->image,
+		       img ? img : "?", seg_hash_block(r), hashes, hashes == 1 ? "" : "es");
+		print_dest(r, ", ");
+		putchar('\n');
+		break;
+	default: /* WRITE, ZERO, TRUNCATE, ALLOC */
+		printf("%" PRIu32 " %s", r->image, img ? img : "?");
+		if (r->flags & SEG_F_RESYNC)
+			print_dest(r, "  ");
+		putchar('\n');
 		break;
 	}
 }

@@ -200,6 +200,46 @@ static void test_rename_dir(void)
 	names_free(n);
 }
 
+/*
+ * A directory rename keeps every component of the names below it, so only
+ * their whole length can break the name rules: a new name over
+ * SEG_NAME_MAX bytes is refused, and the table is left as it was, whichever
+ * entry is the long one.
+ */
+static void test_rename_dir_name_limit(void)
+{
+	static char dir[4094], deep[4092], want[2 + sizeof deep];
+	struct names *n = names_new();
+
+	/* a/ holds a short image and one whose name is 4093 bytes ("a/" + 4091) */
+	for (size_t i = 0; i < 4091; i++)
+		deep[i] = i % 200 == 199 ? '/' : 'q';
+	deep[4091] = '\0';
+	snprintf(want, sizeof want, "a/%s", deep);
+	CHECK(strlen(want) == 4093);
+	CHECK(bind(n, 1, "a/short.img") == 0);
+	CHECK(bind(n, 2, want) == 0);
+	CHECK(bind(n, 3, "other.img") == 0);
+
+	/* "a" -> "abc": 4095 bytes, the limit, is fine */
+	CHECK(names_rename_dir(n, "a", 1, "abc", 3) == 2);
+	CHECK(strlen(names_get(n, 2)) == SEG_NAME_MAX);
+	/* "abc" -> "abcd": 4096 bytes, refused, nothing moved */
+	CHECK(names_rename_dir(n, "abc", 3, "abcd", 4) == -ENAMETOOLONG);
+	CHECK(name_is(n, 1, "abc/short.img") && strlen(names_get(n, 2)) == SEG_NAME_MAX);
+	CHECK(find(n, "abcd/short.img") == 0 && names_count(n) == 3);
+	/* a long directory name over a short image name: "s/x" under 4093
+	 * bytes is 4095, under 4094 it is refused */
+	for (size_t i = 0; i < sizeof dir; i++)
+		dir[i] = i % 200 == 199 ? '/' : 'z';
+	CHECK(bind(n, 4, "s/x") == 0);
+	CHECK(names_rename_dir(n, "s", 1, dir, 4094) == -ENAMETOOLONG);
+	CHECK(name_is(n, 4, "s/x"));
+	CHECK(names_rename_dir(n, "s", 1, dir, 4093) == 1);
+	CHECK(strlen(names_get(n, 4)) == SEG_NAME_MAX);
+	names_free(n);
+}
+
 /* Many entries: resizing, dense-array moves on unbind, tombstone reuse. */
 static void test_many(void)
 {
@@ -291,6 +331,7 @@ int main(void)
 	test_basics();
 	test_each();
 	test_rename_dir();
+	test_rename_dir_name_limit();
 	test_many();
 	test_churn();
 	return check_done("test_names");

@@ -968,6 +968,9 @@ static void forge_case(const char *what, const char *msg, const struct spec *rec
 static void test_forged_records(void)
 {
 	static char longlabel[257], longname[SEG_NAME_MAX + 2];
+	/* "dir" then a 4086-byte directory name; the images of dir/ under its
+	 * first 4085 bytes (4095 bytes for dir/sub/c.img, the longest name) */
+	static char dirlong[3 + 4086 + 1], dirlong_b[4085 + 6 + 1], dirlong_c[4085 + 10 + 1];
 	/* framing: a record damaged after encoding, then resealed */
 	static const struct {
 		const char *what, *msg;
@@ -1004,8 +1007,12 @@ static void test_forged_records(void)
 		  { { SEG_SYNC_END, 0, 1, 1, 0, 0, NULL, 0 } } },
 		{ "HASH short payload", "HASH record is malformed",
 		  { { SEG_HASH, 0, 1, 0, 0, 4096, "\x00\x10\x00", 3 } } },
-		{ "HASH block size 1000", "bad block size",
+		{ "HASH block size 1000", "bad block size 1000",
 		  { { SEG_HASH, 0, 1, 0, 0, 4096, "\xe8\x03\x00\x00\x00\x00\x00\x00" "ABCDEFGH", 16 } } },
+		{ "HASH block size 32 MiB", "bad block size",
+		  { { SEG_HASH, 0, 1, 0, 0, 4096, "\x00\x00\x00\x02\x00\x00\x00\x00" "ABCDEFGH", 16 } } },
+		{ "HASH reserved field", "HASH record's reserved field is not zero",
+		  { { SEG_HASH, 0, 1, 0, 0, 4096, "\x00\x10\x00\x00\x01\x00\x00\x00" "ABCDEFGH", 16 } } },
 		{ "HASH missing a hash", "one hash per block",
 		  { { SEG_HASH, 0, 1, 0, 0, 8192, "\x00\x10\x00\x00\x00\x00\x00\x00" "ABCDEFGH", 16 } } },
 		{ "HASH unbound image", "not bound",
@@ -1114,6 +1121,9 @@ static void test_forged_records(void)
 		{ "dir RENAME onto a file", "collides", { RENDIR("dir", "a.img") } },
 		{ "dir RENAME to /abs", "unsafe name", { RENDIR("dir", "/abs") } },
 		{ "dir RENAME from ..", "unsafe name", { RENDIR("..", "x") } },
+		/* dir/sub/c.img under a 4086-byte directory name would be 4096 bytes */
+		{ "dir RENAME past the name limit", "makes an image name longer than 4095 bytes",
+		  { { SEG_RENAME, SEG_F_DIR, 0, 3, 0, 0, dirlong, 3 + 4086 } } },
 		{ "WRITE after dir RENAME by old name's id", "names image 7",
 		  { RENDIR("dir", "moved"), WR(7, 0, "x") } },
 
@@ -1139,6 +1149,9 @@ static void test_forged_records(void)
 		  { RENDIR("dir/sub", "sub"), UNLINK(3, "sub/c.img"), UNLINK(2, "dir/b.img") } },
 		{ "dir RENAME onto itself", NULL, { RENDIR("dir", "dir"), UNLINK(2, "dir/b.img") } },
 		{ "dir RENAME of an empty directory", NULL, { RENDIR("empty", "dir/sub/x") } },
+		{ "dir RENAME up to the name limit", NULL,
+		  { { SEG_RENAME, SEG_F_DIR, 0, 3, 0, 0, dirlong, 3 + 4085 }, UNLINK(2, dirlong_b),
+		    UNLINK(3, dirlong_c) } },
 		{ "dir RENAME back and forth", NULL,
 		  { RENDIR("dir", "x"), RENDIR("x", "dir"), UNLINK(3, "dir/sub/c.img") } },
 		{ "FLUSH of each image", NULL,
@@ -1151,6 +1164,11 @@ static void test_forged_records(void)
 	memset(longname, 'n', sizeof longname);
 	for (size_t i = 100; i < sizeof longname; i += 200)
 		longname[i] = '/';
+	memcpy(dirlong, "dir", 3);
+	for (size_t i = 0; i < 4086; i++)
+		dirlong[3 + i] = i % 200 == 100 ? '/' : 'd';
+	snprintf(dirlong_b, sizeof dirlong_b, "%.4085s/b.img", dirlong + 3);
+	snprintf(dirlong_c, sizeof dirlong_c, "%.4085s/sub/c.img", dirlong + 3);
 	for (size_t c = 0; c < sizeof mt / sizeof mt[0]; c++)
 		forge_case(mt[c].what, mt[c].msg, mt[c].recs, mt[c].m);
 	for (size_t c = 0; c < sizeof t / sizeof t[0]; c++)
@@ -1197,7 +1215,7 @@ static void test_forged_header(void)
 		{ "version 2, old checksum", "unsupported format version 2", 8, 2, 2, 8, false },
 		{ "version 256", "unsupported format version 256", 8, 2, 256, 8, true },
 		{ "header flags", "reserved header fields are not zero", 10, 2, 1, 10, true },
-		{ "header reserved", "reserved header fields are not zero", 60, 4, 1u << 31, 10, true },
+		{ "header reserved", "reserved header fields are not zero", 60, 4, 1u << 31, 60, true },
 		{ "segment number 0", "segment number 0", 32, 8, 0, 32, true },
 		{ "first LSN 0", "first LSN 0 is out of range", 40, 8, 0, 40, true },
 		{ "first LSN 2^63", "out of range", 40, 8, 1ULL << 63, 40, true },
