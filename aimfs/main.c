@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #define MAX_THREADS 16
@@ -348,6 +349,10 @@ int main(int argc, char *argv[])
 			goto out_unmount;
 	}
 	log_info("serving %s on %s, journal %s", p.backing, p.mount, p.journal);
+	/* Type=notify: ready only now that the mount is visible and every
+	 * thread (sealer, workers, resync, status) runs.  Without
+	 * NOTIFY_SOCKET this does nothing. */
+	sd_notifyf(0, "READY=1\nSTATUS=serving %s on %s", p.backing, p.mount);
 	if (fopts.singlethread) {
 		ret = fuse_session_loop(se);
 	} else {
@@ -361,6 +366,7 @@ int main(int argc, char *argv[])
 		ret = fuse_session_loop_mt(se, lc);
 	}
 	ret = ret < 0 ? 1 : 0;
+	sd_notify(0, "STOPPING=1\nSTATUS=unmounting, sealing the journal");
 out_unmount:
 	fuse_session_unmount(se);
 out_signals:

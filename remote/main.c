@@ -34,6 +34,7 @@
 #include <sys/file.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #ifndef AIM_VERSION
@@ -426,7 +427,12 @@ int main(int argc, char **argv)
 		 r.cfg.target_dir, r.cfg.listen ? "; receiving on https://" : "",
 		 r.cfg.listen ? r.cfg.listen : "", r.cfg.status_addr ? "; status on http://" : "",
 		 r.cfg.status_addr ? r.cfg.status_addr : "", r.state_dir);
+	/* Type=notify: the receiver and the status listener are bound and
+	 * listening, the watcher and the groups run.  A no-op without
+	 * NOTIFY_SOCKET. */
+	sd_notify(0, "READY=1\nSTATUS=applying");
 	status = run(&r, sfd);
+	sd_notify(0, "STOPPING=1\nSTATUS=stopping");
 out:
 	/* The receiver first: no new segment, no new kick; then the appliers
 	 * stop at their next barrier. */

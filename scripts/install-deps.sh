@@ -10,7 +10,14 @@ PKGS="build-essential meson ninja-build pkg-config clang
   libmicrohttpd-dev libinotifytools0-dev libjansson-dev libzstd-dev
   libxxhash-dev libinih-dev libclang-rt-14-dev
   python3 python3-pytest python3-xxhash qemu-utils fio bindfs openssl jq nginx-light rsync
-  iproute2 util-linux e2fsprogs gdb zstd"
+  iproute2 util-linux e2fsprogs gdb zstd
+  libsystemd-dev libvirt-clients prometheus"
+# libsystemd-dev: sd_notify for the Type=notify units.  libvirt-clients:
+# virt-xml-validate (its schemas come with libvirt0) for the libvirt
+# examples.  prometheus: promtool, which checks the alert rules and the
+# /metrics text (Debian has no smaller package with promtool; without
+# recommends it is the server and promtool only — on a host booted with
+# systemd, installing it enables prometheus.service).
 missing=
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
