@@ -25,6 +25,7 @@
 
 #define MAX_THREADS 16
 #define UNMOUNT_DRAIN_MS 5000
+#define EXIT_USAGE 2
 
 /* Hooks between the journal and the transport, which know nothing of
  * each other. */
@@ -86,6 +87,52 @@ static void warn_unmatched_patterns(struct journal *j, const struct aimfs_option
 					 o->dests[i].name, pat);
 		}
 	}
+}
+
+/* After a usage error: where to look.  Returns the usage exit status. */
+static int usage_hint(void)
+{
+	fprintf(stderr, "Try '%s --help'.\n", log_progname());
+	return EXIT_USAGE;
+}
+
+/*
+ * libfuse checks its own options (allow_other, the mount options that
+ * mount.fuse3 passes: rw, dev, suid...) only in fuse_session_new, which
+ * runs after the journal is opened: try them on a throwaway session
+ * first, so that a typo refuses to start before anything is created.
+ */
+static int check_fuse_options(const struct fuse_args *args)
+{
+	struct fuse_args copy = FUSE_ARGS_INIT(0, NULL);
+	struct fuse_session *se = NULL;
+	int r = -1;
+
+	for (int i = 0; i < args->argc; i++)
+		if (fuse_opt_add_arg(&copy, args->argv[i]) < 0)
+			goto out;
+	se = fuse_session_new(&copy, fs_ops(), sizeof *fs_ops(), NULL);
+	r = se ? 0 : -1;
+	if (se)
+		fuse_session_destroy(se);
+out:
+	fuse_opt_free_args(&copy);
+	return r;
+}
+
+/* "-ofsname=DIR" with DIR's commas and backslashes escaped for fuse_opt
+ * (malloc'd), or NULL. */
+static char *fsname_option(const char *dir)
+{
+	char *opts = NULL, *arg = NULL, *name = NULL;
+
+	if (asprintf(&name, "fsname=%s", dir) < 0)
+		return NULL;
+	if (fuse_opt_add_opt_escaped(&opts, name) == 0 && asprintf(&arg, "-o%s", opts) < 0)
+		arg = NULL;
+	free(name);
+	free(opts);
+	return arg;
 }
 
 struct paths {
@@ -207,13 +254,18 @@ int main(int argc, char *argv[])
 	struct status *st = NULL;
 	struct status_info si = { 0 };
 	struct glue glue = { 0 };
+	char *fsname_opt = NULL;
 	int backing_fd = -1, ret = 1;
 
 	log_init(argv[0]);
-	if (options_parse(&args, &o) < 0)
+	ret = options_parse(&args, &o);
+	if (ret < 0) {
+		ret = ret == -EINVAL ? usage_hint() : 1;
 		goto out;
+	}
+	ret = 1;
 	if (o.show_help) {
-		options_usage(argv[0]);
+		options_usage(log_progname());
 		printf("\nFUSE options:\n");
 		fuse_lowlevel_help();
 		ret = 0;
@@ -226,8 +278,11 @@ int main(int argc, char *argv[])
 	}
 	if (check_paths(&o, &p) < 0)
 		goto out;
-	if (fuse_parse_cmdline(&args, &fopts) != 0)
+	if (fuse_parse_cmdline(&args, &fopts) != 0 || check_fuse_options(&args) < 0) {
+		log_error("libfuse refused the options above");
+		ret = usage_hint();
 		goto out;
+	}
 	backing_fd = open(p.backing, O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (backing_fd < 0) {
 		log_error("backing directory %s: %m", p.backing);
@@ -302,9 +357,11 @@ int main(int argc, char *argv[])
 		goto out;
 	}
 	/* The kernel checks permissions against the attributes we return: the
-	 * daemon itself runs as root and must not be the one checking. */
+	 * daemon itself runs as root and must not be the one checking.  The
+	 * mount's source is the backing directory, as an fstab line names it,
+	 * so that "mount -a" sees the line is mounted already. */
 	if (fuse_opt_add_arg(&args, "-odefault_permissions") < 0 ||
-	    fuse_opt_add_arg(&args, "-ofsname=aimfs") < 0)
+	    !(fsname_opt = fsname_option(p.backing)) || fuse_opt_add_arg(&args, fsname_opt) < 0)
 		goto out;
 	se = fuse_session_new(&args, fs_ops(), sizeof *fs_ops(), fs);
 	if (!se)
@@ -391,6 +448,7 @@ out:
 	if (backing_fd >= 0)
 		close(backing_fd);
 	free(fopts.mountpoint);
+	free(fsname_opt);
 	fuse_opt_free_args(&args);
 	options_free(&o);
 	return ret;

@@ -1,15 +1,20 @@
 /*
  * options.c — parsing and checking of aimfs's own -o options with
- * fuse_opt, so that they mix freely with libfuse's (allow_other, -d ...).
+ * fuse_opt, so that they mix freely with libfuse's (allow_other, -d ...),
+ * and of the configuration file (aimfs.conf(5)), whose [aimfs] section
+ * takes every -o option by its name plus backing_dir and mountpoint, so
+ * that one file can describe a whole mount (aimfs@.service).
  */
 #include "options.h"
 #include "log.h"
 #include "parse.h"
 
+#include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 enum { KEY_HELP, KEY_VERSION, KEY_DEST };
 
@@ -63,8 +68,7 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 			o->mount_arg = strdup(arg);
 			return 1; /* libfuse takes the mountpoint too */
 		}
-		log_error("unexpected argument \"%s\" (usage: aimfs [-f] [-o OPTS] BACKING_DIR"
-			  " MOUNTPOINT)", arg);
+		log_error("unexpected argument \"%s\"", arg);
 		return -1;
 	default:
 		return 1;
@@ -74,6 +78,7 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 void options_usage(const char *prog)
 {
 	printf("usage: %s [-f] [-o OPT[,OPT...]] BACKING_DIR MOUNTPOINT\n"
+	       "       %s [-f] -o config=FILE[,OPT...]   (FILE names backing_dir and mountpoint)\n"
 	       "\n"
 	       "Mirrors the images in BACKING_DIR through MOUNTPOINT, journaling every write.\n"
 	       "Unmount with: fusermount3 -u MOUNTPOINT\n"
@@ -81,7 +86,7 @@ void options_usage(const char *prog)
 	       "aimfs options:\n"
 	       "  -o journal=DIR         journal directory (default BACKING_DIR/%s)\n"
 	       "  -o dest=URL            a destination (repeatable)\n"
-	       "  -o config=FILE         INI configuration (destinations and any option)\n"
+	       "  -o config=FILE         INI configuration, see aimfs.conf(5)\n"
 	       "  -o status=ADDR:PORT    status listener (default %s; \"off\" disables)\n"
 	       "  -o segment_size=SIZE   seal a segment at this size (default 64M)\n"
 	       "  -o segment_age=TIME    ... or this long after its first record (default 2s)\n"
@@ -91,10 +96,14 @@ void options_usage(const char *prog)
 	       "                         for a resync (default), or make writes wait\n"
 	       "  -o retain=DURATION     keep acknowledged segments this long (default 0)\n"
 	       "  -o verify_every=DURATION  compare every image with every replica this often\n"
-	       "  -f                     stay in the foreground\n"
+	       "  -f                     stay in the foreground (as aimfs@.service runs it)\n"
 	       "  -d                     FUSE debug output (implies -f)\n"
-	       "  -o allow_other, ...    standard FUSE options\n",
-	       prog, DEFAULT_JOURNAL_NAME, DEFAULT_STATUS);
+	       "  -h, --help             this help\n"
+	       "  -V, --version          the version\n"
+	       "  -o allow_other, ...    standard FUSE options (below)\n"
+	       "\n"
+	       "Exit status: 0 after a clean unmount, 1 on failure, 2 for a usage error.\n",
+	       prog, prog, DEFAULT_JOURNAL_NAME, DEFAULT_STATUS);
 }
 
 static int check_values(struct aimfs_options *o)
@@ -190,6 +199,8 @@ static int set_aimfs_key(struct aimfs_options *o, const char *key, const char *v
 		{ "overflow", offsetof(struct aimfs_options, overflow_s) },
 		{ "retain", offsetof(struct aimfs_options, retain_s) },
 		{ "verify_every", offsetof(struct aimfs_options, verify_every_s) },
+		{ "backing_dir", offsetof(struct aimfs_options, backing_arg) },
+		{ "mountpoint", offsetof(struct aimfs_options, mount_arg) },
 	};
 
 	for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
@@ -210,9 +221,9 @@ static int set_aimfs_key(struct aimfs_options *o, const char *key, const char *v
 		o->dest_urls[o->ndest_urls] = strdup(value);
 		return o->dest_urls[o->ndest_urls++] ? 0 : -1;
 	}
-	log_error("config %s: [aimfs] has no key \"%s\" (known: journal, status, dest,"
-		  " segment_size, segment_age, segment_idle, journal_max, overflow, retain, verify_every)",
-		  o->config, key);
+	log_error("config %s: [aimfs] has no key \"%s\" (known: backing_dir, mountpoint, journal,"
+		  " status, dest, segment_size, segment_age, segment_idle, journal_max, overflow, retain,"
+		  " verify_every)", o->config, key);
 	return -1;
 }
 
@@ -227,9 +238,18 @@ static int other_section(void *ctx, const char *section, const char *key, const 
 	return -1;
 }
 
+/* A file that cannot be read is a failure (1); one that says something
+ * wrong is a usage error (2), as a bad option is. */
 static int load_config(struct aimfs_options *o)
 {
-	return dest_config_load(o->config, other_section, o, &o->dests, &o->ndests);
+	if (access(o->config, R_OK) < 0) {
+		int e = errno;
+
+		log_error("config %s: %m", o->config);
+		return -e;
+	}
+	return dest_config_load(o->config, other_section, o, &o->dests, &o->ndests) < 0 ? -EINVAL
+											: 0;
 }
 
 static int gather_dests(struct aimfs_options *o)
@@ -239,36 +259,48 @@ static int gather_dests(struct aimfs_options *o)
 
 		if (dest_config_find(&o->dests, &o->ndests, o->dest_urls[i], false)) {
 			log_error("dest=%s is given twice", o->dest_urls[i]);
-			return -1;
+			return -EINVAL;
 		}
 		d = dest_config_find(&o->dests, &o->ndests, o->dest_urls[i], true);
-		if (!d || dest_config_set(d, "url", o->dest_urls[i]) < 0)
-			return -1;
+		if (!d)
+			return -ENOMEM;
+		if (dest_config_set(d, "url", o->dest_urls[i]) < 0)
+			return -EINVAL;
 	}
+	/* An unreadable CA or token file is a failure, not a usage error. */
 	for (size_t i = 0; i < o->ndests; i++)
 		if (dest_config_check(&o->dests[i]) < 0)
-			return -1;
+			return -EIO;
 	return 0;
 }
 
 int options_parse(struct fuse_args *args, struct aimfs_options *o)
 {
+	int r;
+
 	memset(o, 0, sizeof *o);
 	if (fuse_opt_parse(args, o, aimfs_opts, opt_proc) < 0)
-		return -1;
+		return -EINVAL;
 	if (o->show_help || o->show_version)
 		return 0;
-	if (!o->backing_arg || !o->mount_arg) {
-		log_error("missing %s (usage: aimfs [-f] [-o OPTS] BACKING_DIR MOUNTPOINT)",
-			  o->backing_arg ? "MOUNTPOINT" : "BACKING_DIR and MOUNTPOINT");
-		return -1;
+	/* The config file may name the directories (the command line wins). */
+	if (o->config) {
+		r = load_config(o);
+		if (r < 0)
+			return r;
 	}
-	if (o->config && load_config(o) < 0)
-		return -1;
+	if (!o->backing_arg || !o->mount_arg) {
+		log_error("missing %s (on the command line or as %s in the config file's [aimfs])",
+			  o->backing_arg ? "MOUNTPOINT" : "BACKING_DIR and MOUNTPOINT",
+			  o->backing_arg ? "mountpoint" : "backing_dir and mountpoint");
+		return -EINVAL;
+	}
 	if (!o->status)
 		o->status = strdup(DEFAULT_STATUS);
+	if (!o->status)
+		return -ENOMEM;
 	if (check_values(o) < 0)
-		return -1;
+		return -EINVAL;
 	return gather_dests(o);
 }
 

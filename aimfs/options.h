@@ -47,8 +47,10 @@ struct aimfs_options {
 
 /* Parses argv (and the config file it names) into opts, leaving libfuse's
  * options (and the mountpoint) in args; checks every destination.  The
- * command line wins over the config file.  Returns 0, or -1 after printing
- * why to stderr. */
+ * command line wins over the config file.  Returns 0; -EINVAL for a usage
+ * error (a bad option, value, argument or config entry); another negative
+ * errno for a failure (an unreadable config, CA or token file) — after
+ * printing why to stderr. */
 int options_parse(struct fuse_args *args, struct aimfs_options *opts);
 void options_free(struct aimfs_options *opts);
 void options_usage(const char *prog);

@@ -66,7 +66,10 @@ static void usage(FILE *f)
 		"  --max-segment SIZE   largest segment accepted (default 1G)\n"
 		"  --retain             keep applied segments in <inbox>/<group>/applied/\n"
 		"  -v, --verbose        debug messages\n"
-		"  -h, --help           this help;  --version  the version\n",
+		"  -h, --help           this help\n"
+		"  -V, --version        the version\n"
+		"\n"
+		"Exit status: 0 after a clean stop, 1 on failure, 2 for a usage error.\n",
 		log_progname(), REMOTE_DEFAULT_STATUS);
 }
 
@@ -189,7 +192,7 @@ static int parse_args(int argc, char **argv, struct remote_config *c, bool *done
 	int ch;
 
 	opterr = 0;
-	while ((ch = getopt_long(argc, argv, ":vh", opts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, ":vhV", opts, NULL)) != -1) {
 		switch (ch) {
 		case 'i':
 			c->inbox = optarg;

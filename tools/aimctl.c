@@ -28,6 +28,10 @@
 
 #define EXIT_USAGE 2
 
+#ifndef AIM_VERSION
+#define AIM_VERSION "unknown"
+#endif
+
 struct command {
 	const char *name;
 	int (*fn)(int argc, char **argv);
@@ -58,10 +62,12 @@ static const struct command commands[] = {
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: %s COMMAND [ARGS...]\n\ncommands:\n", log_progname());
+	fprintf(f, "usage: %s COMMAND [ARGS...]\n       %s -h|--help | -V|--version\n\ncommands:\n",
+		log_progname(), log_progname());
 	for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
 		fprintf(f, "  %s%s%s\n      %s\n", commands[i].name, commands[i].args[0] ? " " : "",
 			commands[i].args, commands[i].help);
+	fprintf(f, "\nExit status: 0 success, 1 failure (or a difference found), 2 usage error.\n");
 }
 
 /* Reports a usage error and returns the usage exit status. */
@@ -631,6 +637,10 @@ int main(int argc, char **argv)
 	name = argv[1];
 	if (strcmp(name, "--help") == 0 || strcmp(name, "-h") == 0)
 		return cmd_help(0, NULL);
+	if (strcmp(name, "--version") == 0 || strcmp(name, "-V") == 0) {
+		printf("aimctl %s\n", AIM_VERSION);
+		return 0;
+	}
 	for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
 		if (strcmp(commands[i].name, name) == 0)
 			return commands[i].fn(argc - 1, argv + 1);
