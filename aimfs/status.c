@@ -75,6 +75,14 @@ static json_t *status_json(struct status *s)
 	return o;
 }
 
+/* One metric family of one unlabelled sample, with its HELP and TYPE. */
+static void metric(struct strbuf *sb, const char *name, const char *type, const char *help,
+		   uint64_t value)
+{
+	strbuf_printf(sb, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", name, help, name, type, name,
+		      (unsigned long long)value);
+}
+
 static void metrics_text(struct status *s, struct strbuf *sb)
 {
 	struct journal_stats js;
@@ -82,26 +90,22 @@ static void metrics_text(struct status *s, struct strbuf *sb)
 	size_t nviews = 0;
 
 	journal_stats(s->info.journal, &js);
-	strbuf_printf(sb, "# TYPE aimfs_head_lsn gauge\naimfs_head_lsn %llu\n",
-		      (unsigned long long)js.head_lsn);
-	strbuf_printf(sb, "# TYPE aimfs_journal_bytes gauge\naimfs_journal_bytes %llu\n",
-		      (unsigned long long)js.journal_bytes);
-	strbuf_printf(sb, "# TYPE aimfs_journal_max_bytes gauge\naimfs_journal_max_bytes %llu\n",
-		      (unsigned long long)js.journal_max);
-	strbuf_printf(sb, "# TYPE aimfs_writes_waiting gauge\naimfs_writes_waiting %u\n",
-		      js.writes_waiting);
-	strbuf_printf(sb, "# TYPE aimfs_records_total counter\naimfs_records_total %llu\n",
-		      (unsigned long long)js.records);
-	strbuf_printf(sb, "# TYPE aimfs_journaled_bytes_total counter\n"
-			  "aimfs_journaled_bytes_total %llu\n", (unsigned long long)js.bytes);
-	strbuf_printf(sb, "# TYPE aimfs_segments_recycled_total counter\n"
-			  "aimfs_segments_recycled_total %llu\n", (unsigned long long)js.recycled);
-	strbuf_printf(sb, "# TYPE aimfs_open_segment gauge\naimfs_open_segment %llu\n",
-		      (unsigned long long)js.open_segment);
-	strbuf_printf(sb, "# TYPE aimfs_durable_segment gauge\naimfs_durable_segment %llu\n",
-		      (unsigned long long)js.durable_segment);
-	strbuf_printf(sb, "# TYPE aimfs_images gauge\naimfs_images %llu\n",
-		      (unsigned long long)js.images);
+	metric(sb, "aimfs_head_lsn", "gauge", "LSN of the last record journaled", js.head_lsn);
+	metric(sb, "aimfs_journal_bytes", "gauge", "bytes of segments in the journal directory",
+	       js.journal_bytes);
+	metric(sb, "aimfs_journal_max_bytes", "gauge",
+	       "journal size limit (journal_max; applies with destinations)", js.journal_max);
+	metric(sb, "aimfs_writes_waiting", "gauge", "writes waiting for journal space (overflow=block)",
+	       js.writes_waiting);
+	metric(sb, "aimfs_records_total", "counter", "records journaled", js.records);
+	metric(sb, "aimfs_journaled_bytes_total", "counter", "bytes journaled", js.bytes);
+	metric(sb, "aimfs_segments_recycled_total", "counter",
+	       "segment files written over a pruned one", js.recycled);
+	metric(sb, "aimfs_open_segment", "gauge", "number of the segment being written",
+	       js.open_segment);
+	metric(sb, "aimfs_durable_segment", "gauge", "number of the last sealed, durable segment",
+	       js.durable_segment);
+	metric(sb, "aimfs_images", "gauge", "images the mount knows", js.images);
 	if (s->info.transport && transport_views(s->info.transport, &views, &nviews) == 0) {
 		dest_views_metrics(views, nviews, sb);
 		free(views);

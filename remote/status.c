@@ -230,36 +230,45 @@ static void group_metrics(void *ctx, const struct group_snapshot *s)
 
 static void metrics_text(struct remote *r, struct strbuf *sb)
 {
-	static const char *const families[][2] = {
-		{ "aim_remote_applied_segment", "gauge" },
-		{ "aim_remote_applied_lsn", "gauge" },
-		{ "aim_remote_lag_seconds", "gauge" },
-		{ "aim_remote_backlog_segments", "gauge" },
-		{ "aim_remote_backlog_bytes", "gauge" },
-		{ "aim_remote_waiting_for_segment", "gauge" },
-		{ "aim_remote_group_state", "gauge" },
-		{ "aim_remote_quarantined_total", "counter" },
-		{ "aim_remote_applied_bytes_total", "counter" },
-		{ "aim_remote_group_consistent", "gauge" },
-		{ "aim_remote_mismatch_ranges_total", "counter" },
-		{ "aim_remote_mismatch_bytes_total", "counter" },
+	static const char *const families[][3] = {
+		{ "aim_remote_applied_segment", "gauge", "last segment applied" },
+		{ "aim_remote_applied_lsn", "gauge", "source LSN the targets are durable at" },
+		{ "aim_remote_lag_seconds", "gauge",
+		  "how far the targets are behind the source (0 when nothing waits)" },
+		{ "aim_remote_backlog_segments", "gauge", "segments received and not applied yet" },
+		{ "aim_remote_backlog_bytes", "gauge", "bytes of segments received and not applied yet" },
+		{ "aim_remote_waiting_for_segment", "gauge",
+		  "segment the group waits for (0 if it waits for none)" },
+		{ "aim_remote_group_state", "gauge", "1 for the state the group is in, 0 for the others" },
+		{ "aim_remote_quarantined_total", "counter", "segments refused and moved to quarantine" },
+		{ "aim_remote_applied_bytes_total", "counter", "bytes written to the targets" },
+		{ "aim_remote_group_consistent", "gauge",
+		  "1 if the targets are a crash-consistent copy (0 during a resync)" },
+		{ "aim_remote_mismatch_ranges_total", "counter", "differing ranges HASH records found" },
+		{ "aim_remote_mismatch_bytes_total", "counter", "differing bytes HASH records found" },
 	};
 	struct metrics_ctx c = { sb, clock_wall_ns(), 0 };
 
 	for (c.pass = 0; c.pass < (int)(sizeof families / sizeof families[0]); c.pass++) {
-		strbuf_printf(sb, "# TYPE %s %s\n", families[c.pass][0], families[c.pass][1]);
+		strbuf_printf(sb, "# HELP %s %s\n# TYPE %s %s\n", families[c.pass][0],
+			      families[c.pass][2], families[c.pass][0], families[c.pass][1]);
 		groups_each(r, group_metrics, &c);
 	}
-	strbuf_printf(sb, "# TYPE aim_remote_received_segments_total counter\n"
+	strbuf_printf(sb, "# HELP aim_remote_received_segments_total segments the receiver stored\n"
+			  "# TYPE aim_remote_received_segments_total counter\n"
 			  "aim_remote_received_segments_total %" PRIu64 "\n",
 		      (uint64_t)atomic_load(&r->rx.accepted));
-	strbuf_printf(sb, "# TYPE aim_remote_duplicate_segments_total counter\n"
+	strbuf_printf(sb, "# HELP aim_remote_duplicate_segments_total uploads of a segment already"
+			  " here or applied\n"
+			  "# TYPE aim_remote_duplicate_segments_total counter\n"
 			  "aim_remote_duplicate_segments_total %" PRIu64 "\n",
 		      (uint64_t)atomic_load(&r->rx.duplicates));
-	strbuf_printf(sb, "# TYPE aim_remote_received_bytes_total counter\n"
+	strbuf_printf(sb, "# HELP aim_remote_received_bytes_total bytes the receiver stored\n"
+			  "# TYPE aim_remote_received_bytes_total counter\n"
 			  "aim_remote_received_bytes_total %" PRIu64 "\n",
 		      (uint64_t)atomic_load(&r->rx.bytes));
-	strbuf_printf(sb, "# TYPE aim_remote_rejected_total counter\n");
+	strbuf_printf(sb, "# HELP aim_remote_rejected_total uploads refused, by HTTP status\n"
+			  "# TYPE aim_remote_rejected_total counter\n");
 	for (unsigned code = 400; code < RX_CODES; code++) {
 		uint64_t n = atomic_load(&r->rx.by_code[code]);
 

@@ -24,7 +24,7 @@ from servers import free_port, get_status
 
 STATES = {"in_sync", "shipping", "retrying", "stopped", "tracking", "resyncing"}
 METRIC = re.compile(r'^aimfs_destination_state\{destination="([^"]+)",state="([^"]+)"\} 1$')
-UP = re.compile(r'^aimfs_destination_up\{destination="([^"]+)",state="([^"]+)"\} ([01])$')
+UP = re.compile(r'^aimfs_destination_up\{destination="([^"]+)"\} ([01])$')
 
 
 def metrics_states(addr):
@@ -38,7 +38,7 @@ def metrics_states(addr):
             states[m.group(1)] = m.group(2)
         m = UP.match(line)
         if m:
-            up[m.group(1)] = (m.group(2), m.group(3) == "1")
+            up[m.group(1)] = m.group(2) == "1"
     return states, up
 
 
@@ -71,7 +71,7 @@ class Sampler:
             for name, state in sa.items():
                 self.seen.setdefault(name, set()).add(state)
                 want_up = state in ("in_sync", "shipping")
-                if states.get(name) != state or up.get(name) != (state, want_up):
+                if states.get(name) != state or up.get(name) != want_up:
                     self.disagreements.append(
                         f"{name}: /status says {state}, /metrics says state "
                         f"{states.get(name)}, up {up.get(name)}")

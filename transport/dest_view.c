@@ -199,11 +199,12 @@ void dest_views_metrics(const struct dest_view *v, size_t n, struct strbuf *sb)
 			strbuf_printf(sb, "aimfs_destination_state{destination=\"%s\",state=\"%s\"} %d\n",
 				      v[i].name, dest_view_state_name((enum dest_view_state)s),
 				      v[i].state == (enum dest_view_state)s);
+	/* No state label here: a label whose value changes would make each
+	 * change a new series (aimfs_destination_state says which). */
 	strbuf_printf(sb, "# HELP aimfs_destination_up 1 if the destination is in sync or"
 		      " shipping\n# TYPE aimfs_destination_up gauge\n");
 	for (size_t i = 0; i < n; i++)
-		strbuf_printf(sb, "aimfs_destination_up{destination=\"%s\",state=\"%s\"} %d\n",
-			      v[i].name, dest_view_state_name(v[i].state),
+		strbuf_printf(sb, "aimfs_destination_up{destination=\"%s\"} %d\n", v[i].name,
 			      v[i].state == DEST_VIEW_IN_SYNC || v[i].state == DEST_VIEW_SHIPPING);
 #define GAUGE(metric, help, fmt, expr)                                                      \
 	do {                                                                                \
