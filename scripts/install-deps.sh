@@ -11,13 +11,15 @@ PKGS="build-essential meson ninja-build pkg-config clang
   libxxhash-dev libinih-dev libclang-rt-14-dev
   python3 python3-pytest python3-xxhash qemu-utils fio bindfs openssl jq nginx-light rsync
   iproute2 util-linux e2fsprogs gdb zstd
-  libsystemd-dev libvirt-clients prometheus"
+  libsystemd-dev libvirt-clients prometheus systemd libcap2-bin groff-base"
 # libsystemd-dev: sd_notify for the Type=notify units.  libvirt-clients:
 # virt-xml-validate (its schemas come with libvirt0) for the libvirt
 # examples.  prometheus: promtool, which checks the alert rules and the
 # /metrics text (Debian has no smaller package with promtool; without
 # recommends it is the server and promtool only — on a host booted with
-# systemd, installing it enables prometheus.service).
+# systemd, installing it enables prometheus.service).  systemd:
+# systemd-analyze and systemd-fstab-generator for the units and the fstab
+# line; libcap2-bin: capsh; groff-base: the man pages' format check.
 missing=
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
