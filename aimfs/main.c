@@ -374,6 +374,9 @@ int main(int argc, char *argv[])
 	}
 	if (fuse_daemonize(fopts.foreground) != 0)
 		goto out_unmount;
+	/* Detached (mount.fuse3, fstab): stderr is /dev/null now. */
+	if (!fopts.foreground)
+		log_to_syslog();
 	if (journal_start(j) < 0) {
 		log_error("cannot start the journal's sealer thread");
 		goto out_unmount;

@@ -1,18 +1,22 @@
 /*
  * log.c — stderr logging with the program's name and a level word for the
  * alarming levels ("error: ", "warning: ").  One write(2) per message so that
- * lines from different threads never interleave.
+ * lines from different threads never interleave.  A detached daemon logs to
+ * syslog instead, with the same words, at the matching priority.
  */
 #include "log.h"
 
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdatomic.h>
 #include <string.h>
+#include <syslog.h>
 #include <unistd.h>
 
 static const char *prog = "aim";
 static enum log_level max_level = LOG_LVL_INFO;
+static atomic_bool use_syslog;
 
 void log_init(const char *progname)
 {
@@ -34,6 +38,12 @@ bool log_enabled(enum log_level level)
 const char *log_progname(void)
 {
 	return prog;
+}
+
+void log_to_syslog(void)
+{
+	openlog(prog, LOG_PID | LOG_NDELAY, LOG_DAEMON);
+	atomic_store(&use_syslog, true);
 }
 
 void log_msg(enum log_level level, const char *fmt, ...)
@@ -58,6 +68,20 @@ void log_msg(enum log_level level, const char *fmt, ...)
 	va_end(ap);
 	if (n > (int)sizeof line - 2)
 		n = (int)sizeof line - 2;
+	if (atomic_load(&use_syslog)) {
+		static const int priority[] = {
+			[LOG_LVL_ERROR] = LOG_ERR,
+			[LOG_LVL_WARN] = LOG_WARNING,
+			[LOG_LVL_INFO] = LOG_INFO,
+			[LOG_LVL_DEBUG] = LOG_DEBUG,
+		};
+		size_t skip = strlen(prog) + 2; /* syslog names the program */
+
+		line[n] = '\0';
+		syslog(priority[level], "%s", line + skip);
+		errno = saved;
+		return;
+	}
 	line[n++] = '\n';
 	if (write(STDERR_FILENO, line, (size_t)n) < 0) {
 		/* nowhere left to report it */

@@ -19,6 +19,10 @@ void log_init(const char *progname);
 void log_set_level(enum log_level level);
 bool log_enabled(enum log_level level);
 const char *log_progname(void);
+/* From now on messages go to syslog (facility daemon, with the PID) instead
+ * of stderr: for a daemon whose stderr went to /dev/null when it detached
+ * (aimfs mounted without -f, as mount.fuse3 and fstab run it). */
+void log_to_syslog(void);
 
 void log_msg(enum log_level level, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));

@@ -527,6 +527,12 @@ cleanup() {
 }
 trap cleanup EXIT
 mount --bind "$BIN" /usr/local/sbin
+# A /dev whose log is the test's socket: a detached aimfs logs to syslog.
+mount -t tmpfs -o mode=755 tmpfs /dev
+mknod -m 666 /dev/null c 1 3; mknod -m 666 /dev/zero c 1 5
+mknod -m 666 /dev/random c 1 8; mknod -m 666 /dev/urandom c 1 9
+mknod -m 666 /dev/fuse c 10 229
+touch /dev/log && mount --bind "$LOGSOCK" /dev/log
 mount -a -T "$FSTAB" || exit 11
 line=$(grep " $MNT " /proc/self/mountinfo) || exit 12
 echo "MOUNTINFO $line"
@@ -563,8 +569,10 @@ def test_fstab_line_mounts_through_mount_fuse3(workdir):
     fstab = os.path.join(workdir, "fstab")
     with open(fstab, "w") as f:
         f.write(line)
+    syslog = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    syslog.bind(os.path.join(workdir, "log.sock"))
     env = dict(os.environ, BIN=bindir, FSTAB=fstab, MNT=mnt, BACKING=backing,
-               AIMFS=os.path.realpath(AIMFS))
+               AIMFS=os.path.realpath(AIMFS), LOGSOCK=os.path.join(workdir, "log.sock"))
     p = run(["unshare", "--mount", "--propagation", "private", "sh", "-c", FSTAB_SCRIPT],
             env=env, timeout=120)
     try:
@@ -579,6 +587,16 @@ def test_fstab_line_mounts_through_mount_fuse3(workdir):
         argv = re.search(r"^ARGV (.*)$", p.stdout, re.M).group(1)
         assert f"config={conf}" in argv and "_netdev" not in argv and "x-systemd" not in argv
         assert re.search(r"^MOUNTS 1$", p.stdout, re.M), "a second mount -a mounted again"
+        # Detached, aimfs told syslog what it would have told stderr.
+        syslog.setblocking(False)
+        logged = []
+        while True:
+            try:
+                logged.append(syslog.recv(4096).decode(errors="replace"))
+            except BlockingIOError:
+                break
+        assert any(re.search(rf"aimfs\[\d+\]: serving {backing} on {mnt}", m)
+                   for m in logged), logged
         with open(os.path.join(backing, "vm.raw")) as f:
             assert f.read() == "hello\n"
         # the journal has the write
@@ -589,6 +607,7 @@ def test_fstab_line_mounts_through_mount_fuse3(workdir):
         assert p.returncode == 0, p.stderr
         assert_trees_equal(backing, replayed)
     finally:
+        syslog.close()
         # the namespace's processes are gone with the script; nothing of
         # ours may survive it
         for pid in os.listdir("/proc"):
