@@ -101,6 +101,7 @@ static int usage_hint(void)
  * mount.fuse3 passes: rw, dev, suid...) only in fuse_session_new, which
  * runs after the journal is opened: try them on a throwaway session
  * first, so that a typo refuses to start before anything is created.
+ * Returns 0, or -1 after libfuse said why on stderr.
  */
 static int check_fuse_options(const struct fuse_args *args)
 {

@@ -101,8 +101,8 @@ def env_file(path):
 
 def unit_command(unit, instance, env=None, subst=()):
     """The command systemd runs for unit@instance: ExecStart with %i and
-    $VARS expanded (a $VAR splits into words), under setpriv with the
-    unit's CapabilityBoundingSet and NoNewPrivileges."""
+    $VARS expanded (a $VAR splits into words), with the unit's UMask, under
+    setpriv with its CapabilityBoundingSet and NoNewPrivileges."""
     s = unit_settings(os.path.join(UNIT_DIR, unit))
     assert s["Type"] == "notify"
     words = []
@@ -118,7 +118,8 @@ def unit_command(unit, instance, env=None, subst=()):
                "-all," + ",".join("+" + c[len("CAP_"):].lower() for c in caps)]
     if s.get("NoNewPrivileges") == "yes":
         setpriv.append("--no-new-privs")
-    return setpriv + ["--"] + words
+    umask = ["sh", "-c", f'umask {s.get("UMask", "0022")} && exec "$@"', "sh"]
+    return umask + setpriv + ["--"] + words
 
 
 class Service:
@@ -325,9 +326,16 @@ def written(site):
                  "-c", "discard 0 64k", local])
         assert p.returncode == 0 and "error" not in p.stdout.lower(), p.stdout + p.stderr
     other = os.path.join(site.mnt, "web1.raw")
-    with open(other, "wb") as f:
+    umask = os.umask(0o002)
+    try:
+        fd = os.open(other, os.O_CREAT | os.O_WRONLY, 0o666)
+    finally:
+        os.umask(umask)
+    with os.fdopen(fd, "wb") as f:
         f.write(os.urandom(256 * 1024))
         os.fsync(f.fileno())
+    # The caller's umask, not the unit's too.
+    assert os.stat(os.path.join(site.backing, "web1.raw")).st_mode & 0o777 == 0o664
     os.chmod(other, 0o640)
     os.chown(other, 65534, 65534)      # CAP_CHOWN of the unit's bounding set
     wait_in_sync(site.status_addr, timeout=90)
