@@ -30,9 +30,15 @@ is there with its hash; unmounted, `e2fsck -fn` finds it clean.  Each boot
 after a round must also SEE every file reported before it, with its hash.
 Finally both daemons stop cleanly and their logs hold no alarm word.
 
-The `soak` version (pytest -m soak) does many random rounds of a and b.
+The `soak` version (pytest -m soak; AIM_SOAK_ROUNDS, default 20) does
+many random rounds of a and b, some of them cut while the guest mounts
+(replaying the journals of the cut before).
 AIM_SEED=<n> reproduces the moments of the cuts (it is in every failure
-message).  Guest logs are kept on failure (see tests/guest.py)."""
+message).  Guest logs are kept on failure (see tests/guest.py).
+
+test_guest_runs_aimfs_carried_in_with_its_libraries proves the harness can
+carry aimfs itself into a guest (the start of a power-cut test of aimfs:
+its journal and backing files on a guest disk, the host cutting qemu)."""
 import hashlib
 import json
 import os
@@ -193,7 +199,11 @@ class Site:
                                extra_binaries=["/sbin/mke2fs"],
                                files={"/etc/mke2fs.conf": "/etc/mke2fs.conf"})
 
-    def boot(self, guests, name, round_no, fresh, files, stop_on_error=False, paused=False):
+    def boot(self, guests, name, round_no, fresh, files, stop_on_error=False, paused=False,
+             early=False):
+        """Boots a guest on the images.  Unless EARLY (the test cuts it
+        while it mounts), waits until it has reported what it finds, and
+        checks that."""
         g = guests(name, self.kern, self.initrd(name, round_no, fresh, files),
                    self.disks(stop_on_error), paused=paused)
         if paused:
@@ -203,6 +213,8 @@ class Site:
             g.qmp.cont()
             assert g.qmp.query_status()["running"]
         g.wait_result("BOOTED", BOOT_TIMEOUT)
+        if early:
+            return g
         g.wait_result("SEEN-END", STEP_TIMEOUT)
         self.check_seen(g)
         # after a cut the guest's kernel replays both journals (they were
@@ -334,9 +346,15 @@ class Site:
 
 # ---- the rounds ------------------------------------------------------------------------
 
-def wait_files(site, g, rng, what):
+def wait_files(site, g, rng, what, early=False):
     """Lets the guest's endless workload report a few files (at least one on
-    each disk), then a little more, so that the cut lands mid-workload."""
+    each disk), then a little more, so that the cut lands mid-workload.
+    EARLY: a moment in the first 1.5 s after the kernel booted instead,
+    while the guest mounts (replaying its journals) or starts writing."""
+    if early:
+        delay = rng.uniform(0.0, 1.5)
+        time.sleep(delay)
+        return f"{what} {delay:.2f}s after boot"
     n = rng.randint(2, 4) * len(DISKS)
     g.wait_count("FILE ", n, STEP_TIMEOUT)
     delay = rng.uniform(0.0, 1.0)
@@ -344,9 +362,11 @@ def wait_files(site, g, rng, what):
     return f"{what} after {n}+ files and {delay:.2f}s"
 
 
-def round_power_cut(site, guests, rng, round_no, fresh):
-    g = site.boot(guests, f"guest-{round_no}", round_no, fresh, files=0, paused=fresh)
-    how = wait_files(site, g, rng, "kill -9 qemu")
+def round_power_cut(site, guests, rng, round_no, fresh, early=False):
+    assert not (fresh and early), "a cut before mkfs leaves nothing to check"
+    g = site.boot(guests, f"guest-{round_no}", round_no, fresh, files=0, paused=fresh,
+                  early=early)
+    how = wait_files(site, g, rng, "kill -9 qemu", early)
     g.kill()
     site.dirty = True
     got = site.collect(g)
@@ -354,9 +374,10 @@ def round_power_cut(site, guests, rng, round_no, fresh):
     site.check_round(f"round {round_no} (power cut)")
 
 
-def round_aimfs_kill(site, guests, rng, round_no):
-    g = site.boot(guests, f"guest-{round_no}", round_no, False, files=0, stop_on_error=True)
-    how = wait_files(site, g, rng, "kill -9 aimfs")
+def round_aimfs_kill(site, guests, rng, round_no, early=False):
+    g = site.boot(guests, f"guest-{round_no}", round_no, False, files=0, stop_on_error=True,
+                  early=early)
+    how = wait_files(site, g, rng, "kill -9 aimfs", early)
     site.mount.kill9()
     # The guest goes on writing into the dead mount: QEMU stops it at the
     # first failed request (werror/rerror=stop).
@@ -400,10 +421,11 @@ def run_rounds(site, guests, kinds):
     t0 = time.monotonic()
     for i, kind in enumerate(kinds):
         t = time.monotonic()
-        if kind == "power-cut":
-            round_power_cut(site, guests, rng, i, fresh=(i == 0))
-        elif kind == "aimfs-kill9":
-            round_aimfs_kill(site, guests, rng, i)
+        early = kind.endswith("-early")
+        if kind.startswith("power-cut"):
+            round_power_cut(site, guests, rng, i, fresh=(i == 0), early=early)
+        elif kind.startswith("aimfs-kill9"):
+            round_aimfs_kill(site, guests, rng, i, early=early)
         else:
             round_clean(site, guests, i)
         print(f"round {i} ({kind}): {time.monotonic() - t:.1f}s")
@@ -429,8 +451,10 @@ def test_guest_soak_random_cuts(aimfs, workdir, pki, cleanup, guests):
     site.mount_aimfs()
     site.make_images()
     rng = random.Random(f"kinds:{seed}")
-    rounds = int(os.environ.get("AIM_SOAK_ROUNDS", 10))
-    kinds = ["power-cut"] + [rng.choice(["power-cut", "aimfs-kill9"]) for _ in range(rounds)]
+    rounds = int(os.environ.get("AIM_SOAK_ROUNDS", 20))
+    kinds = ["power-cut"] + [rng.choice(["power-cut", "aimfs-kill9"])
+                             + ("-early" if rng.random() < 0.3 else "")
+                             for _ in range(rounds)]
     run_rounds(site, guests, kinds + ["clean"])
     site.finish()
 
