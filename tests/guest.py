@@ -579,6 +579,7 @@ class Guest:
             try:
                 self.qmp = QMP(self.qmp_path)
             except Exception as e:
+                self.kill()     # a `with` whose __enter__ raises never exits
                 raise GuestError(f"{self.name}: no QMP: {e}\n{self.diagnostics()}") from None
         return self
 
