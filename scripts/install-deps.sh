@@ -10,7 +10,8 @@ PKGS="build-essential meson ninja-build pkg-config clang
   libmicrohttpd-dev libinotifytools0-dev libjansson-dev libzstd-dev
   libxxhash-dev libinih-dev libclang-rt-14-dev
   python3 python3-pytest python3-xxhash qemu-utils fio bindfs openssl jq nginx-light rsync
-  iproute2 util-linux e2fsprogs gdb zstd"
+  iproute2 util-linux e2fsprogs gdb zstd
+  qemu-system-x86 busybox-static cpio"
 missing=
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
