@@ -16,6 +16,7 @@
 #include "journal_i.h"
 #include "clock.h"
 #include "catalog.h"
+#include "fileio.h"
 #include "log.h"
 
 #include <errno.h>
@@ -440,24 +441,6 @@ void journal_done(struct journal *j, struct journal_ticket *t)
 	t->slot = -1;
 }
 
-static ssize_t pread_full(int fd, void *buf, size_t len, uint64_t off)
-{
-	size_t done = 0;
-
-	while (done < len) {
-		ssize_t n = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		if (n == 0)
-			break;
-		done += (size_t)n;
-	}
-	return (ssize_t)done;
-}
-
 /* Journals the current content of [off, off+len) of the file open as fd
  * (reading through a fresh, buffered descriptor: fd may be O_DIRECT). */
 static int journal_content(struct journal *j, struct image *im, int fd, uint64_t off,
@@ -495,7 +478,7 @@ static int journal_content(struct journal *j, struct image *im, int fd, uint64_t
 		n = (ssize_t)((uint64_t)hole - off < ADOPT_CHUNK ? (uint64_t)hole - off : ADOPT_CHUNK);
 		if ((uint64_t)n > len)
 			n = (ssize_t)len;
-		n = pread_full(rfd, buf, (size_t)n, off);
+		n = fileio_pread_full(NULL, rfd, buf, (size_t)n, off);
 		if (n < 0) {
 			r = (int)n;
 			break;

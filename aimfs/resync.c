@@ -24,6 +24,7 @@
 #include "resync.h"
 #include "clock.h"
 #include "catalog.h"
+#include "fileio.h"
 #include "journal.h"
 #include "protocol.h"
 #include "log.h"
@@ -310,24 +311,6 @@ static bool all_zero(const uint8_t *p, size_t n)
 	return true;
 }
 
-static ssize_t read_full(int fd, uint8_t *buf, size_t len, uint64_t off)
-{
-	size_t done = 0;
-
-	while (done < len) {
-		ssize_t k = pread(fd, buf + done, len - done, (off_t)(off + done));
-
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k < 0)
-			return -errno;
-		if (k == 0)
-			break;
-		done += (size_t)k;
-	}
-	return (ssize_t)done;
-}
-
 /* Journals [pos, end) of data: HASH records, or the data itself. */
 static int journal_data(struct resync *r, struct engine_dest *ds, struct image *im, int fd,
 			uint64_t pos, uint64_t end, bool hash)
@@ -337,7 +320,7 @@ static int journal_data(struct resync *r, struct engine_dest *ds, struct image *
 
 	while (pos < end && !ret) {
 		size_t len = end - pos > CHUNK ? CHUNK : (size_t)(end - pos);
-		ssize_t got = read_full(fd, r->buf, len, pos);
+		ssize_t got = fileio_pread_full(NULL, fd, r->buf, len, pos);
 
 		if (got < 0)
 			return (int)got;
@@ -816,7 +799,7 @@ static bool verify_hash_step(struct resync *r, struct verify *v)
 		return true;
 	}
 	rangelock_acquire(journal_image_rangelock(im), &h, v->offset, CHUNK);
-	got = read_full(fd, r->buf, CHUNK, v->offset);
+	got = fileio_pread_full(NULL, fd, r->buf, CHUNK, v->offset);
 	if (got > 0) {
 		for (ssize_t o = 0; o < got; o += HASH_BLOCK)
 			hashes[n++] = XXH3_64bits(r->buf + o, (size_t)(got - o < HASH_BLOCK ? got - o

@@ -38,6 +38,7 @@
  */
 #include "apply.h"
 #include "apply_i.h"
+#include "fileio.h"
 #include "log.h"
 
 #include <errno.h>
@@ -147,33 +148,13 @@ static int dfail(const struct data_ctx *c, char *err, size_t errlen, int rc, con
 	return rc;
 }
 
-static int pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
-{
-	const char *p = buf;
-
-	while (len) {
-		ssize_t n = apply_io.pwrite_fn(fd, p, len, (off_t)off);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		if (n == 0)
-			return -EIO;
-		p += n;
-		len -= (size_t)n;
-		off += (uint64_t)n;
-	}
-	return 0;
-}
-
 static int write_zeros(int fd, uint64_t off, uint64_t len)
 {
 	static char zeros[ZERO_BUF]; /* never written: .bss, not 64 KiB of .rodata */
 
 	while (len) {
 		size_t n = len < ZERO_BUF ? (size_t)len : ZERO_BUF;
-		int r = pwrite_all(fd, zeros, n, off);
+		int r = fileio_pwrite_full(apply_io.pwrite_fn, fd, zeros, n, off);
 
 		if (r < 0)
 			return r;
@@ -284,7 +265,7 @@ static int apply_data(int fd, const struct seg_record *rec, bool blockdev, uint6
 				     len, rec->payload_len);
 		if (blockdev && end > dev_size)
 			goto beyond;
-		r = pwrite_all(fd, rec->payload, len, off);
+		r = fileio_pwrite_full(apply_io.pwrite_fn, fd, rec->payload, len, off);
 		if (r < 0)
 			return dfail(c, err, errlen, r, "write at %" PRIu64 "+%" PRIu64 " to %s: %s",
 				     off, len, c->path, strerror(-r));
@@ -631,25 +612,6 @@ static int report(struct applier *a, const struct apply_event *e, char *err, siz
 	return 0;
 }
 
-/* Reads up to n bytes at off; *got is what there was (less at the end of
- * the file or device).  Returns 0 or -errno. */
-static int pread_upto(int fd, uint8_t *buf, size_t n, uint64_t off, size_t *got)
-{
-	*got = 0;
-	while (*got < n) {
-		ssize_t k = apply_io.pread_fn(fd, buf + *got, n - *got, (off_t)(off + *got));
-
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k < 0)
-			return -errno;
-		if (k == 0)
-			break;
-		*got += (size_t)k;
-	}
-	return 0;
-}
-
 /* Runs of differing blocks of one HASH record, reported as they close; the
  * APPLY_MISMATCH_RUNS_MAX-th is held and grows over every later run. */
 struct runs {
@@ -729,7 +691,11 @@ static int hash_compare(struct applier *a, struct seg_view *v, const struct seg_
 			size_t want = left < block ? (size_t)left : block, got = 0;
 
 			if (!missing) {
-				r = pread_upto(t->fd, a->hbuf, want, off, &got);
+				ssize_t k = fileio_pread_full(apply_io.pread_fn, t->fd, a->hbuf, want,
+							      off);
+
+				r = k < 0 ? (int)k : 0;
+				got = k < 0 ? 0 : (size_t)k;
 				if (r < 0) {
 					c.image = name;
 					c.path = t->path;

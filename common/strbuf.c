@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 void strbuf_printf(struct strbuf *sb, const char *fmt, ...)
 {
@@ -36,6 +37,34 @@ void strbuf_printf(struct strbuf *sb, const char *fmt, ...)
 		sb->cap = cap;
 		sb->buf[sb->len] = '\0';
 	}
+}
+
+bool strbuf_append(struct strbuf *sb, const void *p, size_t n)
+{
+	if (sb->failed || (sb->max && sb->len + n > sb->max)) {
+		sb->failed = true;
+		return false;
+	}
+	if (sb->len + n + 1 > sb->cap) {
+		size_t cap = (sb->cap ? sb->cap * 2 : 1024) + n + 1;
+		char *nb = realloc(sb->buf, cap);
+
+		if (!nb) {
+			sb->failed = true;
+			return false;
+		}
+		sb->buf = nb;
+		sb->cap = cap;
+	}
+	memcpy(sb->buf + sb->len, p, n);
+	sb->len += n;
+	sb->buf[sb->len] = '\0';
+	return true;
+}
+
+size_t strbuf_curl_write(char *p, size_t size, size_t nitems, void *sb)
+{
+	return strbuf_append(sb, p, size * nitems) ? size * nitems : 0;
 }
 
 char *strbuf_take(struct strbuf *sb, size_t *len)

@@ -11,6 +11,7 @@ PKGS="build-essential meson ninja-build pkg-config clang
   libxxhash-dev libinih-dev libclang-rt-14-dev
   python3 python3-pytest python3-xxhash qemu-utils fio bindfs openssl jq nginx-light rsync
   iproute2 util-linux e2fsprogs gdb zstd
+  qemu-system-x86 busybox-static cpio
   libsystemd-dev libvirt-clients prometheus systemd libcap2-bin groff-base"
 # libsystemd-dev: sd_notify for the Type=notify units.  libvirt-clients:
 # virt-xml-validate (its schemas come with libvirt0) for the libvirt

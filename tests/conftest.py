@@ -3,6 +3,12 @@
 `aimfs` makes mounts that are always torn down (even when the test fails),
 `workdir` is a fresh directory on a real filesystem (not tmpfs: O_DIRECT and
 fallocate must behave as they do for images).
+
+Tests marked `soak` (long, many rounds) run only when asked for with
+`-m soak` (or an -m expression that names it); a plain run deselects them.
+Each test item keeps its phase reports (item.rep_setup, rep_call,
+rep_teardown) so that fixtures can tell at teardown whether the test
+failed (tests/guest.py keeps a failed guest's logs).
 """
 import os
 import shutil
@@ -13,6 +19,26 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from aimtest import AIMFS, BUILD_DIR, Mount  # noqa: E402,F401
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "soak: long multi-round tests; run only with -m soak")
+
+
+def pytest_collection_modifyitems(config, items):
+    if "soak" in (config.getoption("markexpr") or ""):
+        return
+    soak = [it for it in items if it.get_closest_marker("soak")]
+    if soak:
+        config.hook.pytest_deselected(items=soak)
+        items[:] = [it for it in items if not it.get_closest_marker("soak")]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
 
 
 def pytest_report_header(config):

@@ -14,30 +14,6 @@
 #include <string.h>
 
 #define DEFAULT_URL "http://127.0.0.1:9380/status"
-#define BODY_MAX (16u << 20)
-
-struct body {
-	char *buf;
-	size_t len;
-};
-
-static size_t collect(char *p, size_t size, size_t n, void *ctx)
-{
-	struct body *b = ctx;
-	size_t add = size * n;
-	char *nb;
-
-	if (b->len + add > BODY_MAX)
-		return 0;
-	nb = realloc(b->buf, b->len + add + 1);
-	if (!nb)
-		return 0;
-	memcpy(nb + b->len, p, add);
-	b->buf = nb;
-	b->len += add;
-	b->buf[b->len] = '\0';
-	return add;
-}
 
 static const char *str(json_t *o, const char *key)
 {
@@ -210,13 +186,11 @@ static void print_remote(json_t *o)
 
 int cmd_status(int argc, char **argv)
 {
-	char url[2048], errbuf[CURL_ERROR_SIZE] = "";
-	struct body b = { 0 };
+	char url[2048], *body = NULL;
 	json_error_t jerr;
 	long code = 0;
+	size_t len = 0;
 	json_t *o;
-	CURL *c;
-	CURLcode cc;
 	bool raw = false;
 	const char *arg = NULL;
 
@@ -233,36 +207,22 @@ int cmd_status(int argc, char **argv)
 	}
 	if (!arg)
 		snprintf(url, sizeof url, "%s", DEFAULT_URL);
-	else if (strstr(arg, "://"))
-		snprintf(url, sizeof url, "%s%s", arg,
-			 strchr(strstr(arg, "://") + 3, '/') ? "" : "/status");
 	else
-		snprintf(url, sizeof url, "http://%s/status", arg);
-	c = curl_easy_init();
-	if (!c)
+		aimctl_status_url(arg, "/status", url, sizeof url);
+	if (aimctl_http("status", url, false, 15, &code, &body, &len) < 0)
 		return 1;
-	curl_easy_setopt(c, CURLOPT_URL, url);
-	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
-	curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
-	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
-	curl_easy_setopt(c, CURLOPT_TIMEOUT, 15L);
-	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-	cc = curl_easy_perform(c);
-	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
-	curl_easy_cleanup(c);
-	if (cc != CURLE_OK || code != 200) {
-		log_error("status: %s: %s", url, cc != CURLE_OK ? (errbuf[0] ? errbuf :
-				curl_easy_strerror(cc)) : "unexpected HTTP status");
-		free(b.buf);
+	if (code != 200) {
+		log_error("status: %s: unexpected HTTP status %ld", url, code);
+		free(body);
 		return 1;
 	}
 	if (raw) {
-		fwrite(b.buf, 1, b.len, stdout);
-		free(b.buf);
+		fwrite(body, 1, len, stdout);
+		free(body);
 		return 0;
 	}
-	o = json_loadb(b.buf ? b.buf : "", b.len, 0, &jerr);
-	free(b.buf);
+	o = json_loadb(body, len, 0, &jerr);
+	free(body);
 	if (!o) {
 		log_error("status: %s did not answer JSON: %s", url, jerr.text);
 		return 1;

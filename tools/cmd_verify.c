@@ -20,58 +20,6 @@
 
 #define DEFAULT_STATUS "127.0.0.1:9380"
 
-struct body {
-	char *buf;
-	size_t len;
-};
-
-static size_t collect(char *p, size_t size, size_t n, void *ctx)
-{
-	struct body *b = ctx;
-	size_t add = size * n;
-	char *nb = realloc(b->buf, b->len + add + 1);
-
-	if (!nb)
-		return 0;
-	memcpy(nb + b->len, p, add);
-	b->buf = nb;
-	b->len += add;
-	b->buf[b->len] = '\0';
-	return add;
-}
-
-/* One request to aimfs's status listener; returns the JSON reply or NULL. */
-static json_t *request(const char *url, bool post, long *code)
-{
-	struct body b = { 0 };
-	char errbuf[CURL_ERROR_SIZE] = "";
-	json_error_t jerr;
-	json_t *o = NULL;
-	CURL *c = curl_easy_init();
-	CURLcode cc;
-
-	if (!c)
-		return NULL;
-	curl_easy_setopt(c, CURLOPT_URL, url);
-	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
-	curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
-	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
-	curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
-	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-	if (post)
-		curl_easy_setopt(c, CURLOPT_POSTFIELDS, "");
-	cc = curl_easy_perform(c);
-	*code = 0;
-	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, code);
-	curl_easy_cleanup(c);
-	if (cc != CURLE_OK)
-		log_error("verify: %s: %s", url, errbuf[0] ? errbuf : curl_easy_strerror(cc));
-	else
-		o = json_loadb(b.buf ? b.buf : "", b.len, 0, &jerr);
-	free(b.buf);
-	return o;
-}
-
 int cmd_verify(int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -107,7 +55,7 @@ int cmd_verify(int argc, char **argv)
 	if (optind == argc - 1)
 		image = argv[optind];
 	snprintf(url, sizeof url, "http://%s/verify%s%s", addr, image ? "/" : "", image ? image : "");
-	o = request(url, true, &code);
+	o = aimctl_http_json("verify", url, true, 30, &code);
 	if (!o || code != 202) {
 		log_error("verify: aimfs at %s refused: %s", addr,
 			  o ? json_string_value(json_object_get(o, "error")) : "no answer");
@@ -119,7 +67,7 @@ int cmd_verify(int argc, char **argv)
 	snprintf(url, sizeof url, "http://%s/verify", addr);
 	deadline = time(NULL) + (time_t)(timeout_ns / 1000000000ULL);
 	for (;;) {
-		o = request(url, false, &code);
+		o = aimctl_http_json("verify", url, false, 30, &code);
 		if (o && (uint64_t)json_integer_value(json_object_get(o, "id")) != id) {
 			log_error("verify: another verification replaced this one");
 			json_decref(o);

@@ -17,6 +17,7 @@
 #include "catalog.h"
 #include "log.h"
 #include "protocol.h"
+#include "strbuf.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -437,35 +438,12 @@ void *worker_main(void *arg)
 	return NULL;
 }
 
-struct get_body {
-	char *buf;
-	size_t len;
-};
-
-static size_t keep_body(char *p, size_t size, size_t n, void *ctx)
-{
-	struct get_body *b = ctx;
-	size_t add = size * n;
-	char *nb;
-
-	if (b->len + add > (64u << 20))
-		return 0;
-	nb = realloc(b->buf, b->len + add + 1);
-	if (!nb)
-		return 0;
-	memcpy(nb + b->len, p, add);
-	b->buf = nb;
-	b->len += add;
-	b->buf[b->len] = '\0';
-	return add;
-}
-
 int transport_get(struct transport *t, size_t i, const char *suffix, long *status, char **body,
 		  bool *json)
 {
 	struct dest *d = &t->dests[i];
 	struct curl_slist *headers[2] = { NULL, NULL };
-	struct get_body b = { 0 };
+	struct strbuf b = { .max = 64u << 20 };
 	char url[8192], errbuf[CURL_ERROR_SIZE];
 	char *ctype = NULL;
 	CURLcode cc;
@@ -478,7 +456,7 @@ int transport_get(struct transport *t, size_t i, const char *suffix, long *statu
 	curl_easy_setopt(c, CURLOPT_URL, url);
 	curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
 	curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers[0]);
-	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, keep_body);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, strbuf_curl_write);
 	curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
 	curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
 	cc = curl_easy_perform(c);
@@ -490,9 +468,9 @@ int transport_get(struct transport *t, size_t i, const char *suffix, long *statu
 	curl_slist_free_all(headers[0]);
 	curl_slist_free_all(headers[1]);
 	if (cc != CURLE_OK) {
-		free(b.buf);
+		strbuf_free(&b);
 		return -EIO;
 	}
-	*body = b.buf ? b.buf : strdup("");
-	return 0;
+	*body = strbuf_take(&b, NULL);
+	return *body ? 0 : -ENOMEM;
 }

@@ -1,0 +1,24 @@
+/*
+ * fileio.h — whole reads and writes at an offset: the loops that retry
+ * EINTR and short transfers, written once.  A caller with a test seam (the
+ * applier's I/O table) passes its own pread/pwrite; NULL means the system
+ * call.  Thread-safe.
+ */
+#ifndef AIM_FILEIO_H
+#define AIM_FILEIO_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+typedef ssize_t (*fileio_pread_fn)(int fd, void *buf, size_t n, off_t off);
+typedef ssize_t (*fileio_pwrite_fn)(int fd, const void *buf, size_t n, off_t off);
+
+/* Reads len bytes at off, fewer only at the end of the file.  Returns the
+ * bytes read or -errno. */
+ssize_t fileio_pread_full(fileio_pread_fn fn, int fd, void *buf, size_t len, uint64_t off);
+/* Writes all len bytes at off.  Returns 0 or -errno (-EIO for a write that
+ * makes no progress). */
+int fileio_pwrite_full(fileio_pwrite_fn fn, int fd, const void *buf, size_t len, uint64_t off);
+
+#endif
