@@ -41,6 +41,14 @@ def wait_for(cond, timeout=20.0, interval=0.02, what="condition"):
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
+def _config_sets_status(path):
+    try:
+        with open(path) as f:
+            return any(line.split("=")[0].strip() == "status" for line in f)
+    except OSError:
+        return False
+
+
 class Mount:
     """One aimfs process serving BACKING on MOUNTPOINT."""
 
@@ -57,8 +65,11 @@ class Mount:
     def start(self, timeout=30.0):
         cmd = [AIMFS, "-f"]
         options = list(self.options)
-        # Tests run side by side: no status listener unless a test asks.
-        if not any(o.startswith(("status=", "config=")) for o in options):
+        # Tests run side by side: no status listener unless a test asks
+        # (an option, or a status key in its config file).
+        if not any(o.startswith("status=") or (o.startswith("config=") and
+                                               _config_sets_status(o[7:]))
+                   for o in options):
             options.append("status=off")
         cmd += ["-o", ",".join(options)]
         cmd += [self.backing, self.mountpoint]

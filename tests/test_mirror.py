@@ -859,6 +859,16 @@ def test_directory_renames_reach_every_destination(aimfs, workdir, pki, cleanup)
     remotes, conf = two_remotes_config(workdir, pki, cleanup, start, status)
     m = aimfs(options=[f"config={conf}"])
     mnt = m.mountpoint
+
+    def initial_sync_begun():
+        # Renames made before a destination's SYNC_BEGIN are in segments
+        # it skips: the pre-seeded `old/other-old.img` of `all` would then
+        # stay beside the resync's `new/other-old.img`.  The renames must
+        # travel in the stream, after it.
+        return all(d["sync"]["state"] == "in_sync" or
+                   (d["sync"]["state"] == "syncing" and d["sync"]["phase"] != "")
+                   for d in get_status(status)["destinations"])
+    wait_for(initial_sync_begun, 60, 0.05, what="every destination's SYNC_BEGIN")
     os.mkdir(os.path.join(mnt, "a"))                   # empty, renamed
     os.rename(os.path.join(mnt, "a"), os.path.join(mnt, "b"))
     os.mkdir(os.path.join(mnt, "c"))                   # holds an unselected image, renamed
