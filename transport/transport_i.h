@@ -46,6 +46,7 @@ struct dest {
 	bool skel_need_begin;       /* the next skeleton starts with SYNC_BEGIN (T) */
 	bool hold;                  /* ships nothing until the resync engine starts (T) */
 	uint64_t skel_through;      /* skeletons stored up to this segment (T) */
+	uint64_t retry_after_ns;    /* the last answer's Retry-After, 0 if none (worker) */
 };
 
 struct transport {
