@@ -47,6 +47,7 @@
 #define QUARANTINE_SHOWN 16        /* quarantine entries kept in memory per group */
 #define MISMATCHES_ANSWER_MAX 10000 /* ranges in one answer to GET .../mismatches */
 #define MISMATCHES_KEEP_LSNS 1000000ULL /* rows this far behind applied_lsn are dropped */
+#define SEGMENTS_KEEP 1024ULL      /* applied segments' rows kept per group (duplicates) */
 
 struct remote_config {
 	const char *inbox;
@@ -197,9 +198,10 @@ int state_group_load(struct state *st, const char *group, struct state_group *g)
 int state_group_get(struct state *st, const char *group, struct state_group *g);
 /* Records durable progress: the row, the resync state sync (unless NULL),
  * the mismatches mm[0..nmm), and when done is non-NULL the whole segment
- * too (applied_segment = done->number; mismatch rows more than
- * MISMATCHES_KEEP_LSNS behind lsn are then dropped; the group's live
- * names replaced by done->names if set), in one transaction. */
+ * too (applied_segment = done->number; segment rows more than
+ * SEGMENTS_KEEP and mismatch rows more than MISMATCHES_KEEP_LSNS behind
+ * are then dropped; the group's live names replaced by done->names if
+ * set), in one transaction. */
 int state_progress(struct state *st, const char *group, uint64_t lsn, uint64_t time_ns,
 		   const struct state_segment *done, const struct state_sync *sync,
 		   const struct state_mismatch *mm, size_t nmm);
