@@ -10,7 +10,8 @@
  * error).
  *
  * The main thread then waits in poll(2) on a signalfd (SIGINT/SIGTERM: stop
- * cleanly, exit 0; SIGHUP: rescan the inbox) and the inotify descriptor,
+ * cleanly, exit 0; SIGHUP: resume stopped groups, rescan the inbox) and the
+ * inotify descriptor,
  * with a slow timer that rescans the inbox as a safety net.  The receiver
  * and the status listener run on libmicrohttpd's threads, the appliers on
  * their groups' threads (remote_i.h).
@@ -367,7 +368,10 @@ static int run(struct remote *r, int sfd)
 			if (read(sfd, &si, sizeof si) != (ssize_t)sizeof si)
 				continue;
 			if (si.ssi_signo == SIGHUP) {
-				log_info("SIGHUP: rescanning the inbox");
+				int asked = groups_resume(r, NULL);
+
+				log_info("SIGHUP: %d stopped group%s asked to resume; rescanning the inbox",
+					 asked, asked == 1 ? "" : "s");
 				watcher_scan(r);
 				continue;
 			}

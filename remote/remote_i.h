@@ -139,6 +139,11 @@ int groups_start(struct remote *r);
 int groups_kick(struct remote *r, const char *name);
 /* Kicks every known group (after an inotify overflow, on the timer). */
 void groups_kick_all(struct remote *r);
+/* Asks group name (every group if NULL) to start again if it is stopped:
+ * it reloads its state and looks at its directory, and stops again if the
+ * cause is still there.  Thread-safe.  Returns how many stopped groups were
+ * asked, or -ENOENT for a name no group has. */
+int groups_resume(struct remote *r, const char *name);
 /* Asks every group thread to stop at its next barrier and joins them. */
 void groups_stop(struct remote *r);
 /* Calls fn for a snapshot of each group, in discovery order.  Thread-safe. */

@@ -18,6 +18,9 @@
  * applied_lsn says; sync_since (the SYNC_BEGIN's source time),
  * sync_since_lsn and sync_destination say which resync.  A group whose
  * state is not loaded yet is not claimed consistent either.
+ *
+ * POST /resume[/GROUP] asks every stopped group (or GROUP) to start again
+ * and answers {"resumed": N} (404 for a group not known here).
  */
 #include "remote_i.h"
 #include "clock.h"
@@ -298,6 +301,32 @@ static int handle(void *ctx, const char *path, struct httpd_response *resp)
 	return httpd_text(resp, 404, "text/plain", "try /status or /metrics\n");
 }
 
+/* POST /resume, POST /resume/<group>. */
+static int handle_post(void *ctx, const char *path, struct httpd_response *resp)
+{
+	struct status *s = ctx;
+	const char *name = NULL;
+	char text[128];
+	uint8_t id[16];
+	int n;
+
+	if (strncmp(path, "/resume", 7) != 0 || (path[7] && path[7] != '/'))
+		return httpd_text(resp, 404, "application/json",
+				  "{\"error\": \"POST /resume or /resume/GROUP\"}\n");
+	if (path[7] == '/') {
+		name = path + 8;
+		if (!group_name_valid(name, id))
+			return httpd_text(resp, 400, "application/json",
+					  "{\"error\": \"not a group: expected a lowercase UUID\"}\n");
+	}
+	n = groups_resume(s->r, name);
+	if (n < 0)
+		return httpd_text(resp, 404, "application/json",
+				  "{\"error\": \"no such group here\"}\n");
+	snprintf(text, sizeof text, "{\"resumed\": %d}\n", n);
+	return httpd_text(resp, 200, "application/json", text);
+}
+
 int status_start(struct remote *r, const char *addr, struct status **out)
 {
 	struct status *s = calloc(1, sizeof *s);
@@ -311,6 +340,7 @@ int status_start(struct remote *r, const char *addr, struct status **out)
 		free(s);
 		return rc;
 	}
+	httpd_on_post(s->httpd, handle_post);
 	*out = s;
 	return 0;
 }
