@@ -1000,6 +1000,24 @@ int groups_resume(struct remote *r, const char *name)
 	return name && !found ? -ENOENT : n;
 }
 
+void groups_note_inbox(struct remote *r, const char *name, const char *text)
+{
+	struct group *g;
+
+	if (text && groups_kick(r, name) < 0)
+		return;
+	pthread_mutex_lock(&r->lock);
+	for (g = r->groups; g; g = g->next)
+		if (strcmp(g->name, name) == 0)
+			break;
+	if (g) {
+		pthread_mutex_lock(&g->lock);
+		snprintf(g->snap.inbox_full, sizeof g->snap.inbox_full, "%s", text ? text : "");
+		pthread_mutex_unlock(&g->lock);
+	}
+	pthread_mutex_unlock(&r->lock);
+}
+
 void groups_kick_all(struct remote *r)
 {
 	pthread_mutex_lock(&r->lock);
