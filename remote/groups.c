@@ -8,7 +8,10 @@
  * pending), applying (a segment is being re-driven), waiting (later
  * segments are here, the next one is not: waiting_for says which), stopped
  * (something an operator must look at; the reason is in status and was
- * logged once).  A stopped group stays stopped until aim-remote restarts.
+ * logged once).  A stopped group stays stopped until it is asked to
+ * resume (SIGHUP, POST /resume on the status listener, `aimctl resume`) or
+ * aim-remote restarts: it then starts afresh from its state, as at start,
+ * and stops again if the cause is still there.
  *
  * What is refused, and how:
  *   - a file that is not a valid sealed segment, a segment of another
@@ -75,10 +78,11 @@ struct group {
 	uint8_t id[16];
 	pthread_t thread;
 
-	pthread_mutex_t lock; /* guards kicked, stop and snap */
+	pthread_mutex_t lock; /* guards kicked, stop, resume and snap */
 	pthread_cond_t cond;
 	bool kicked;
 	bool stop;
+	bool resume;          /* start again if stopped */
 	struct group_snapshot snap;
 
 	/* Owned by the group's thread. */
@@ -779,6 +783,20 @@ static int step(struct group *g)
 
 /* ---- the thread ---- */
 
+/* Closes what group_init opened. */
+static void group_fini(struct group *g)
+{
+	applier_free(g->a);
+	g->a = NULL;
+	mismatches_clear(g);
+	state_close(g->st);
+	g->st = NULL;
+	if (g->dirfd >= 0)
+		close(g->dirfd);
+	g->dirfd = -1;
+	g->sync_dirty = false;
+}
+
 static int group_init(struct group *g)
 {
 	const struct remote_config *c = &g->r->cfg;
@@ -845,6 +863,7 @@ static int group_init(struct group *g)
 static void *group_main(void *arg)
 {
 	struct group *g = arg;
+	bool resume;
 
 	if (group_init(g) < 0)
 		stop_group(g, "cannot start applying (see the messages before)");
@@ -868,7 +887,18 @@ static void *group_main(void *arg)
 			break;
 		}
 		g->kicked = false;
+		resume = g->resume;
+		g->resume = false;
 		pthread_mutex_unlock(&g->lock);
+		if (g->stopped && resume) {
+			/* As at start: the state again, the applier afresh. */
+			log_info("group %s: resuming", g->name);
+			group_fini(g);
+			g->stopped = false;
+			g->cur_state = GROUP_STARTING;
+			if (group_init(g) < 0)
+				stop_group(g, "cannot start applying (see the messages before)");
+		}
 		if (g->stopped) {
 			uint64_t lowest;
 			bool have_next;
@@ -881,16 +911,9 @@ static void *group_main(void *arg)
 		while (!g->stopped && !atomic_load(&g->r->quitting) && step(g) > 0)
 			;
 	}
-	applier_free(g->a);
-	g->a = NULL;
-	mismatches_clear(g);
+	group_fini(g);
 	free(g->mm);
 	g->mm = NULL;
-	state_close(g->st);
-	g->st = NULL;
-	if (g->dirfd >= 0)
-		close(g->dirfd);
-	g->dirfd = -1;
 	return NULL;
 }
 
@@ -953,6 +976,46 @@ int groups_kick(struct remote *r, const char *name)
 	pthread_mutex_unlock(&r->lock);
 	log_info("group %s: applying onto %s", name, r->cfg.target_dir);
 	return 0;
+}
+
+int groups_resume(struct remote *r, const char *name)
+{
+	int n = 0, found = 0;
+
+	pthread_mutex_lock(&r->lock);
+	for (struct group *g = r->groups; g; g = g->next) {
+		if (name && strcmp(g->name, name) != 0)
+			continue;
+		found++;
+		pthread_mutex_lock(&g->lock);
+		if (g->snap.state == GROUP_STOPPED) {
+			g->resume = true;
+			g->kicked = true;
+			pthread_cond_signal(&g->cond);
+			n++;
+		}
+		pthread_mutex_unlock(&g->lock);
+	}
+	pthread_mutex_unlock(&r->lock);
+	return name && !found ? -ENOENT : n;
+}
+
+void groups_note_inbox(struct remote *r, const char *name, const char *text)
+{
+	struct group *g;
+
+	if (text && groups_kick(r, name) < 0)
+		return;
+	pthread_mutex_lock(&r->lock);
+	for (g = r->groups; g; g = g->next)
+		if (strcmp(g->name, name) == 0)
+			break;
+	if (g) {
+		pthread_mutex_lock(&g->lock);
+		snprintf(g->snap.inbox_full, sizeof g->snap.inbox_full, "%s", text ? text : "");
+		pthread_mutex_unlock(&g->lock);
+	}
+	pthread_mutex_unlock(&r->lock);
 }
 
 void groups_kick_all(struct remote *r)

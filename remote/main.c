@@ -10,7 +10,8 @@
  * error).
  *
  * The main thread then waits in poll(2) on a signalfd (SIGINT/SIGTERM: stop
- * cleanly, exit 0; SIGHUP: rescan the inbox) and the inotify descriptor,
+ * cleanly, exit 0; SIGHUP: resume stopped groups, rescan the inbox) and the
+ * inotify descriptor,
  * with a slow timer that rescans the inbox as a safety net.  The receiver
  * and the status listener run on libmicrohttpd's threads, the appliers on
  * their groups' threads (remote_i.h).
@@ -49,7 +50,8 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: %s --inbox DIR --target-dir DIR [--map IMAGE=PATH]... [--state DIR]\n"
 		"       [--listen ADDR:PORT --tls-cert FILE --tls-key FILE [--client-ca FILE]]\n"
-		"       [--token-file FILE] [--status ADDR:PORT|off] [--max-segment SIZE] [--retain] [-v]\n"
+		"       [--token-file FILE] [--tls-priority STRING] [--status ADDR:PORT|off]\n"
+		"       [--max-segment SIZE] [--retain] [LIMITS...] [-v]\n"
 		"\n"
 		"Applies the segments of aimfs consistency groups, in order, onto their targets.\n"
 		"\n"
@@ -63,14 +65,30 @@ static void usage(FILE *f)
 		"  --client-ca FILE     require client certificates signed by this CA\n"
 		"  --token-file FILE    require \"Authorization: Bearer <token in FILE>\"\n"
 		"  --status ADDR:PORT   /status and /metrics (default %s; \"off\" disables)\n"
+		"  --tls-priority STR   GnuTLS priorities (default %s)\n"
 		"  --max-segment SIZE   largest segment accepted (default 1G)\n"
 		"  --retain             keep applied segments in <inbox>/<group>/applied/\n"
 		"  -v, --verbose        debug messages\n"
 		"  -h, --help           this help\n"
 		"  -V, --version        the version\n"
 		"\n"
+		"Limits of the receiver (see aim-remote(1), HOSTILE PEERS):\n"
+		"  --max-connections N        connections at once (default %u)\n"
+		"  --max-per-address N        from one client address (default %u)\n"
+		"  --max-unauthenticated N    not yet authenticated (default: half of --max-connections)\n"
+		"  --handshake-timeout DUR    for the TLS handshake (default 10s)\n"
+		"  --header-timeout DUR       for a whole request header (default 10s)\n"
+		"  --idle-timeout DUR         between requests (default 60s)\n"
+		"  --min-rate RATE            bytes/s a body keeps up, 0 for none (default 4K)\n"
+		"  --max-uploads N            bodies received at once (default %u)\n"
+		"  --max-group-uploads N      ... of one group (default %u)\n"
+		"  --max-temp SIZE            their temporary files (default 4G)\n"
+		"  --inbox-reserve SIZE       free space kept for the next segments (default: --max-segment)\n"
+		"\n"
 		"Exit status: 0 after a clean stop, 1 on failure, 2 for a usage error.\n",
-		log_progname(), REMOTE_DEFAULT_STATUS);
+		log_progname(), REMOTE_DEFAULT_STATUS, REMOTE_DEFAULT_TLS_PRIORITY,
+		REMOTE_DEFAULT_MAX_CONNECTIONS, REMOTE_DEFAULT_MAX_PER_ADDRESS,
+		REMOTE_DEFAULT_MAX_UPLOADS, REMOTE_DEFAULT_MAX_GROUP_UPLOADS);
 }
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -169,6 +187,53 @@ static int lock_dir(const char *what, const char *path, int *fd)
 	return 0;
 }
 
+/* A count of at least 1 for option opt. */
+static int parse_count(const char *opt, const char *arg, unsigned max, unsigned *out)
+{
+	char *end;
+	unsigned long n;
+
+	errno = 0;
+	n = strtoul(arg, &end, 10);
+	if (errno || end == arg || *end || n < 1 || n > max)
+		return usage_error("%s %s: expected a number from 1 to %u", opt, arg, max);
+	*out = (unsigned)n;
+	return 0;
+}
+
+/* A duration of at least 1 s for option opt. */
+static int parse_timeout(const char *opt, const char *arg, uint64_t *out)
+{
+	uint64_t ns;
+
+	if (parse_duration(arg, &ns) < 0 || ns < 1000000000ULL || ns > 86400000000000ULL)
+		return usage_error("%s %s: expected a duration from 1s to 24h (e.g. 10s, 2m)", opt,
+				   arg);
+	*out = ns;
+	return 0;
+}
+
+/* The limits given together must make sense together. */
+static int check_limits(struct remote_config *c)
+{
+	struct remote_limits *l = &c->lim;
+
+	if (!l->max_unauthenticated)
+		l->max_unauthenticated = l->max_connections > 1 ? l->max_connections / 2 : 1;
+	if (l->max_unauthenticated >= l->max_connections && l->max_connections > 1)
+		return usage_error("--max-unauthenticated %u must be below --max-connections %u,"
+				   " or authenticated senders may find no room",
+				   l->max_unauthenticated, l->max_connections);
+	if (l->max_group_uploads > l->max_uploads)
+		return usage_error("--max-group-uploads %u is more than --max-uploads %u",
+				   l->max_group_uploads, l->max_uploads);
+	if (l->max_temp < c->max_segment)
+		return usage_error("--max-temp must hold at least one segment of --max-segment");
+	if (l->inbox_reserve == UINT64_MAX)
+		l->inbox_reserve = c->max_segment;
+	return 0;
+}
+
 static int parse_args(int argc, char **argv, struct remote_config *c, bool *done)
 {
 	static const struct option opts[] = {
@@ -183,13 +248,26 @@ static int parse_args(int argc, char **argv, struct remote_config *c, bool *done
 		{ "token-file", required_argument, NULL, 'T' },
 		{ "status", required_argument, NULL, 'S' },
 		{ "max-segment", required_argument, NULL, 'M' },
+		{ "tls-priority", required_argument, NULL, 'P' },
+		{ "max-connections", required_argument, NULL, 1000 },
+		{ "max-per-address", required_argument, NULL, 1001 },
+		{ "max-unauthenticated", required_argument, NULL, 1002 },
+		{ "handshake-timeout", required_argument, NULL, 1003 },
+		{ "header-timeout", required_argument, NULL, 1004 },
+		{ "idle-timeout", required_argument, NULL, 1005 },
+		{ "min-rate", required_argument, NULL, 1006 },
+		{ "max-uploads", required_argument, NULL, 1007 },
+		{ "max-group-uploads", required_argument, NULL, 1008 },
+		{ "max-temp", required_argument, NULL, 1009 },
+		{ "inbox-reserve", required_argument, NULL, 1010 },
 		{ "retain", no_argument, NULL, 'R' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ NULL, 0, NULL, 0 },
 	};
-	int ch;
+	struct remote_limits *l = &c->lim;
+	int ch, r = 0;
 
 	opterr = 0;
 	while ((ch = getopt_long(argc, argv, ":vhV", opts, NULL)) != -1) {
@@ -242,6 +320,47 @@ static int parse_args(int argc, char **argv, struct remote_config *c, bool *done
 		case 'R':
 			c->retain = true;
 			break;
+		case 'P':
+			c->tls_priority = optarg;
+			break;
+		case 1000:
+			r = parse_count("--max-connections", optarg, 100000, &l->max_connections);
+			break;
+		case 1001:
+			r = parse_count("--max-per-address", optarg, 100000, &l->max_per_address);
+			break;
+		case 1002:
+			r = parse_count("--max-unauthenticated", optarg, 100000,
+					&l->max_unauthenticated);
+			break;
+		case 1003:
+			r = parse_timeout("--handshake-timeout", optarg, &l->handshake_ns);
+			break;
+		case 1004:
+			r = parse_timeout("--header-timeout", optarg, &l->header_ns);
+			break;
+		case 1005:
+			r = parse_timeout("--idle-timeout", optarg, &l->idle_ns);
+			break;
+		case 1006:
+			if (parse_size(optarg, &l->min_rate) < 0)
+				r = usage_error("--min-rate %s: expected bytes per second (e.g. 4K, 0)",
+						optarg);
+			break;
+		case 1007:
+			r = parse_count("--max-uploads", optarg, 10000, &l->max_uploads);
+			break;
+		case 1008:
+			r = parse_count("--max-group-uploads", optarg, 10000, &l->max_group_uploads);
+			break;
+		case 1009:
+			if (parse_size(optarg, &l->max_temp) < 0 || !l->max_temp)
+				r = usage_error("--max-temp %s: expected a size (e.g. 4G)", optarg);
+			break;
+		case 1010:
+			if (parse_size(optarg, &l->inbox_reserve) < 0)
+				r = usage_error("--inbox-reserve %s: expected a size (e.g. 1G, 0)", optarg);
+			break;
 		case 'v':
 			log_set_level(LOG_LVL_DEBUG);
 			break;
@@ -258,6 +377,8 @@ static int parse_args(int argc, char **argv, struct remote_config *c, bool *done
 		default:
 			return usage_error("unknown option %s", argv[optind - 1]);
 		}
+		if (r)
+			return r;
 	}
 	if (optind < argc)
 		return usage_error("unexpected argument \"%s\"", argv[optind]);
@@ -269,7 +390,7 @@ static int parse_args(int argc, char **argv, struct remote_config *c, bool *done
 		return usage_error("--listen needs --tls-cert and --tls-key (the receiver speaks HTTPS only)");
 	if (!c->listen && (c->tls_cert || c->tls_key || c->client_ca || c->token_file))
 		return usage_error("--tls-cert, --tls-key, --client-ca and --token-file are for the receiver: give --listen too");
-	return 0;
+	return check_limits(c);
 }
 
 /* Checks and opens everything the daemon needs, in an order that touches
@@ -371,7 +492,10 @@ static int run(struct remote *r, int sfd)
 			if (read(sfd, &si, sizeof si) != (ssize_t)sizeof si)
 				continue;
 			if (si.ssi_signo == SIGHUP) {
-				log_info("SIGHUP: rescanning the inbox");
+				int asked = groups_resume(r, NULL);
+
+				log_info("SIGHUP: %d stopped group%s asked to resume; rescanning the inbox",
+					 asked, asked == 1 ? "" : "s");
 				watcher_scan(r);
 				continue;
 			}
@@ -392,6 +516,19 @@ int main(int argc, char **argv)
 	log_init(argv[0]);
 	r.cfg.status_addr = REMOTE_DEFAULT_STATUS;
 	r.cfg.max_segment = REMOTE_DEFAULT_MAX_SEGMENT;
+	r.cfg.tls_priority = REMOTE_DEFAULT_TLS_PRIORITY;
+	r.cfg.lim = (struct remote_limits){
+		.max_connections = REMOTE_DEFAULT_MAX_CONNECTIONS,
+		.max_per_address = REMOTE_DEFAULT_MAX_PER_ADDRESS,
+		.handshake_ns = REMOTE_DEFAULT_HANDSHAKE_NS,
+		.header_ns = REMOTE_DEFAULT_HEADER_NS,
+		.idle_ns = REMOTE_DEFAULT_IDLE_NS,
+		.min_rate = REMOTE_DEFAULT_MIN_RATE,
+		.max_uploads = REMOTE_DEFAULT_MAX_UPLOADS,
+		.max_group_uploads = REMOTE_DEFAULT_MAX_GROUP_UPLOADS,
+		.max_temp = REMOTE_DEFAULT_MAX_TEMP,
+		.inbox_reserve = UINT64_MAX, /* --max-segment */
+	};
 	r.inbox_fd = -1;
 	r.started_ns = clock_wall_ns();
 	pthread_mutex_init(&r.lock, NULL);

@@ -6,14 +6,17 @@
  * A PUT, in order, never touching the disk before step 5:
  *   1. method: PUT, GET or HEAD (405 otherwise);
  *   2. with --client-ca, a client certificate that chains to that CA and
- *      is fit for TLS client authentication (403 otherwise: libmicrohttpd
- *      asks for a certificate but lets the handshake finish without one,
- *      so the refusal is an HTTP answer);
+ *      is fit for TLS client authentication, required by the handshake
+ *      itself (GNUTLS_CERT_REQUIRE and GnuTLS's verification, set on each
+ *      session as it is accepted): a peer without one never gets past the
+ *      handshake.  The certificate is checked again per request (403);
  *   3. with --token-file, "Authorization: Bearer <token>" (401 when
  *      missing, 403 when wrong), compared as SHA-256 digests in constant
  *      time;
  *   4. the path, character by character (receiver_parse_path; 400), the
- *      encoding (none or zstd; 415), the declared length (413);
+ *      encoding (none or zstd; 415), the declared length (413), and the
+ *      budget: uploads at once in all and per group, temporary space, room
+ *      in the inbox (503 or 507 with Retry-After, see below);
  *   5. the body streams into inbox/.tmp/ (decompressed on the fly for
  *      Content-Encoding: zstd), never more than --max-segment bytes (413);
  *   6. fsync, then the whole segment is validated by the shared decoder,
@@ -39,10 +42,33 @@
  * the state does not know, 400 for any argument but one after of decimal
  * digits.
  *
- * A request refused before its body was read is answered at once when the
- * client waits for "100 Continue" (and for 413); otherwise its body is read
- * and dropped first (up to a bound), so that the client sees the answer
- * instead of a connection reset.
+ * Every refusal is answered, at once, and counted.  A refusal decided
+ * before the body carries "Connection: close" and is queued through
+ * libmicrohttpd when no body follows or the client waits for "100
+ * Continue".  Otherwise, and for every refusal decided in the middle of a
+ * body (disk full, too large once decompressed, a corrupt stream, too
+ * slow), the answer is written straight onto the TLS session: libmicrohttpd
+ * 0.9.75 refuses MHD_queue_response while a body is being received (only
+ * before it and after it).  The connection then lingers (LINGER_NS,
+ * LINGER_MAX), reading and dropping what still comes, so that the client
+ * reads the answer before a reset could destroy it, and is closed.
+ *
+ * Hostile peers (guard.c does the rest): libmicrohttpd limits connections
+ * in all and per address; the TLS priority string is --tls-priority (TLS
+ * 1.2 and 1.3 by default).  A zstd body may use a window of at most
+ * ZSTD_WINDOW_LOG (what the transport's level uses), so each stream needs
+ * a few MiB at most; bodies being received at once are limited in all
+ * (--max-uploads) and per group (--max-group-uploads), and the bytes they
+ * hold in inbox/.tmp by --max-temp: over either, 503 with Retry-After,
+ * which the transport honours.  The inbox's free space below
+ * --inbox-reserve is kept for segments their group can apply without
+ * waiting for another (the next after the last applied, and those that
+ * follow it without a gap; any when the group holds none): a segment after
+ * a gap that would eat into it is refused with 507 and Retry-After, so
+ * that a full inbox of segments that cannot be applied yet never blocks
+ * the one that would let them be; the group's status says so with the
+ * figures.  An acknowledged segment is never deleted to make room: its
+ * source may have pruned it.
  *
  * Every file this module creates is inbox/.tmp/<name it chose>, renamed
  * into inbox/<uuid>/<segment name>: names from the request are used only
@@ -52,9 +78,10 @@
  *
  * Threads: libmicrohttpd's pool runs the handlers; a request's struct
  * upload belongs to the thread that runs it.  The state connection used
- * for "was it applied?" has its own mutex.
+ * for "was it applied?" has its own mutex, the upload slots theirs.
  */
 #include "remote_i.h"
+#include "clock.h"
 #include "log.h"
 #include "parse.h"
 #include "protocol.h"
@@ -71,6 +98,7 @@
 #include <jansson.h>
 #include <microhttpd.h>
 #include <netdb.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,19 +107,36 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 #include <zstd.h>
+#include <zstd_errors.h>
 
 #define URL_MAX 1024            /* longest accepted path */
 #define PEM_MAX (1 << 20)       /* largest certificate, key or CA file */
 #define TOKEN_MAX 4096
-#define DISCARD_MAX (16u << 20) /* body bytes read and dropped after a refusal */
+#define LINGER_MAX (16u << 20) /* body bytes read and dropped after an early answer */
+#define LINGER_NS (2ULL * 1000000000ULL) /* ... for at most this long */
+#define SEND_NS (2ULL * 1000000000ULL)   /* to write an answer onto the session */
 #define POOL_THREADS 4
+/* The largest zstd window accepted: the transport compresses at level 3,
+ * whose window is 2^21 bytes at most (less for smaller segments). */
+#define ZSTD_WINDOW_LOG 21
+#define ROOM_STEP (1u << 20)     /* the inbox's room is looked at every MiB */
+#define RETRY_BUSY_S 5           /* Retry-After of 503s: uploads, temporary space */
+#define RETRY_FULL_S 10          /* ... and of 507s */
 #define MISMATCHES PROTO_MISMATCHES /* the one last path component besides segments */
+
+/* Bodies being received for one group. */
+struct group_uploads {
+	char group[37];
+	unsigned n;
+};
 
 struct receiver {
 	struct remote *r;
 	struct MHD_Daemon *mhd;
+	struct guard *guard;
 	char *cert, *key, *ca;     /* PEM text, alive while mhd runs */
 	uint8_t token_hash[32];
 	bool have_token;
@@ -99,16 +144,31 @@ struct receiver {
 	atomic_uint_fast64_t seq;  /* temporary names */
 	pthread_mutex_t st_lock;   /* guards st */
 	struct state *st;
+	pthread_mutex_t up_lock;   /* guards uploads, gu */
+	unsigned uploads;          /* bodies being received */
+	struct group_uploads *gu;  /* max_uploads entries; n == 0 is free */
 };
 
 struct upload {
 	unsigned code;     /* the answer once decided, 0 before */
 	char msg[640];     /* its one-line body */
+	unsigned retry_after; /* seconds, for Retry-After; 0 for none */
 	bool put;
-	bool respond_now;  /* answer a refusal without reading the body */
-	bool early;        /* answered before the body was read */
+	bool begun;        /* the access handler saw the whole header */
+	bool respond_now;  /* the client waits for "100 Continue" */
+	bool early;        /* answered before the body was read: Connection: close */
+	bool answered;     /* answered onto the session before the body's end */
+	bool counted;      /* the answer is in the status counters */
 	bool queued;       /* a response is already queued (GET) */
 	bool mismatches;   /* GET .../mismatches */
+	bool slot;         /* holds an upload slot */
+	int usable;        /* whether its group can apply it without waiting for
+			    * another segment; -1 not known yet */
+	uint64_t length;   /* Content-Length, UINT64_MAX if none */
+	uint64_t temp;     /* bytes charged to --max-temp */
+	uint64_t room_at;  /* size at which the inbox's room is looked at again */
+	uint64_t linger_until; /* CLOCK_MONOTONIC */
+	struct guard_conn *gc;
 	uint64_t after;    /* its after argument */
 	char method[16];
 	char group[37];
@@ -281,21 +341,21 @@ static void printable(const char *in, char *out, size_t len)
 		out[i] = '\0';
 }
 
-static enum MHD_Result answer(struct receiver *rx, struct MHD_Connection *conn, struct upload *u)
+/* Logs and counts the answer, once. */
+static void account(struct receiver *rx, struct upload *u)
 {
-	struct MHD_Response *resp;
-	enum MHD_Result ret;
-	char *body;
-	int n;
-
+	if (u->counted)
+		return;
+	u->counted = true;
 	if (u->code >= 400) {
 		/* A GET answered 404 (a segment or group not here yet: the
 		 * source's first question of a resync) refuses nothing. */
 		if (u->code < RX_CODES && !(u->code == 404 && !u->put))
 			atomic_fetch_add_explicit(&rx->r->rx.by_code[u->code], 1, memory_order_relaxed);
 		/* The receiver's own failures are errors; refusals are not, and
-		 * a GET of a segment not here is an ordinary question. */
-		if (u->code >= 500)
+		 * a GET of a segment not here is an ordinary question.  A full
+		 * inbox or a busy receiver is the sender's to wait for. */
+		if (u->code >= 500 && !u->retry_after)
 			log_error("%s %s from %s: %u %s", u->method, u->url, u->peer, u->code, u->msg);
 		else if (u->code == 404)
 			log_debug("%s %s from %s: %u %s", u->method, u->url, u->peer, u->code, u->msg);
@@ -311,6 +371,37 @@ static enum MHD_Result answer(struct receiver *rx, struct MHD_Connection *conn, 
 		atomic_fetch_add_explicit(&rx->r->rx.duplicates, 1, memory_order_relaxed);
 		log_debug("%s/%s from %s: %s", u->group, u->file, u->peer, u->msg);
 	}
+}
+
+/* The headers of a direct answer beyond the type and the length, as text. */
+static void direct_headers(const struct upload *u, char *buf, size_t len)
+{
+	size_t n = 0;
+
+	buf[0] = '\0';
+	if (u->code == 401)
+		n += (size_t)snprintf(buf + n, len - n, "%s: Bearer realm=\"aim-remote\"\r\n",
+				      MHD_HTTP_HEADER_WWW_AUTHENTICATE);
+	if (u->code == 405 && n < len)
+		n += (size_t)snprintf(buf + n, len - n, "%s: %s\r\n", MHD_HTTP_HEADER_ALLOW,
+				      u->mismatches ? "GET, HEAD" : "PUT, GET, HEAD");
+	if (u->retry_after && n < len)
+		n += (size_t)snprintf(buf + n, len - n, "%s: %u\r\n", MHD_HTTP_HEADER_RETRY_AFTER,
+				      u->retry_after);
+	if (n < len)
+		snprintf(buf + n, len - n, "%s: close\r\n", MHD_HTTP_HEADER_CONNECTION);
+}
+
+/* Queues the answer through libmicrohttpd: before a body (early) or after
+ * the whole of it. */
+static enum MHD_Result answer(struct receiver *rx, struct MHD_Connection *conn, struct upload *u)
+{
+	struct MHD_Response *resp;
+	enum MHD_Result ret;
+	char *body;
+	int n;
+
+	account(rx, u);
 	n = asprintf(&body, "%s\n", u->msg);
 	if (n < 0)
 		return MHD_NO;
@@ -327,11 +418,70 @@ static enum MHD_Result answer(struct receiver *rx, struct MHD_Connection *conn, 
 	if (u->code == 405)
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW,
 					u->mismatches ? "GET, HEAD" : "PUT, GET, HEAD");
+	if (u->retry_after) {
+		char ra[16];
+
+		snprintf(ra, sizeof ra, "%u", u->retry_after);
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, ra);
+	}
 	if (u->early)
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
 	ret = MHD_queue_response(conn, u->code, resp);
 	MHD_destroy_response(resp);
 	return ret;
+}
+
+/*
+ * Writes the answer straight onto the connection's TLS session, with
+ * "Connection: close", while a body is still coming (see the top of this
+ * file).  Nothing else is ever written on that session but libmicrohttpd's
+ * close_notify when the connection is closed.  Returns 0 or -errno.
+ */
+static int answer_direct(struct receiver *rx, struct MHD_Connection *conn, struct upload *u)
+{
+	const union MHD_ConnectionInfo *si =
+		MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+	const union MHD_ConnectionInfo *fi =
+		MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+	gnutls_session_t s = si ? (gnutls_session_t)si->tls_session : NULL;
+	uint64_t deadline = clock_mono_ns() + SEND_NS;
+	const char *reason = MHD_get_reason_phrase_for(u->code);
+	char extra[256], *text, *p;
+	int n;
+
+	account(rx, u);
+	if (!s || !fi)
+		return -ENOTCONN;
+	direct_headers(u, extra, sizeof extra);
+	n = asprintf(&text, "HTTP/1.1 %u %s\r\n%s: text/plain; charset=utf-8\r\n"
+		     "%s: no-store\r\n%s%s: %zu\r\n\r\n%s\n", u->code, reason ? reason : "",
+		     MHD_HTTP_HEADER_CONTENT_TYPE, MHD_HTTP_HEADER_CACHE_CONTROL, extra,
+		     MHD_HTTP_HEADER_CONTENT_LENGTH, strlen(u->msg) + 1, u->msg);
+	if (n < 0)
+		return -ENOMEM;
+	for (p = text; n > 0;) {
+		ssize_t w = gnutls_record_send(s, p, (size_t)n);
+
+		if (w == GNUTLS_E_AGAIN || w == GNUTLS_E_INTERRUPTED) {
+			struct pollfd pfd = { .fd = fi->connect_fd, .events = POLLOUT };
+
+			if (clock_mono_ns() >= deadline)
+				break;
+			poll(&pfd, 1, 100);
+			continue; /* again with the same arguments, as GnuTLS asks */
+		}
+		if (w < 0)
+			break;
+		p += w;
+		n -= (int)w;
+	}
+	free(text);
+	if (n > 0)
+		return -EIO;
+	u->answered = true;
+	u->linger_until = clock_mono_ns() + LINGER_NS;
+	guard_linger(u->gc, u->linger_until);
+	return 0;
 }
 
 /* ---- authentication ---- */
@@ -426,6 +576,183 @@ static int open_group_dir(struct receiver *rx, const char *group, bool create)
 	return fd < 0 ? -errno : fd;
 }
 
+/* ---- the budget: uploads at once, temporary space, room in the inbox ---- */
+
+/* Takes one of the upload slots (in all, and of u's group): 0, or decides
+ * 503. */
+static int take_slot(struct receiver *rx, struct upload *u)
+{
+	const struct remote_limits *lim = &rx->r->cfg.lim;
+	struct group_uploads *mine = NULL, *spare = NULL;
+	int r = 0;
+
+	pthread_mutex_lock(&rx->up_lock);
+	for (unsigned i = 0; i < lim->max_uploads; i++) {
+		if (rx->gu[i].n && strcmp(rx->gu[i].group, u->group) == 0)
+			mine = &rx->gu[i];
+		else if (!rx->gu[i].n && !spare)
+			spare = &rx->gu[i];
+	}
+	if (rx->uploads >= lim->max_uploads) {
+		decide(u, 503, "%u uploads are being received, the limit (--max-uploads); retry later",
+		       rx->uploads);
+		r = -EBUSY;
+	} else if (mine && mine->n >= lim->max_group_uploads) {
+		decide(u, 503, "%u uploads of group %s are being received, the limit"
+		       " (--max-group-uploads); retry later", mine->n, u->group);
+		r = -EBUSY;
+	} else {
+		if (!mine) {
+			mine = spare; /* fewer groups than uploads: one is free */
+			snprintf(mine->group, sizeof mine->group, "%s", u->group);
+		}
+		mine->n++;
+		rx->uploads++;
+		u->slot = true;
+		atomic_store_explicit(&rx->r->rx.uploads, rx->uploads, memory_order_relaxed);
+	}
+	pthread_mutex_unlock(&rx->up_lock);
+	if (r < 0)
+		u->retry_after = RETRY_BUSY_S;
+	return r;
+}
+
+static void release_slot(struct receiver *rx, struct upload *u)
+{
+	if (!u->slot)
+		return;
+	pthread_mutex_lock(&rx->up_lock);
+	for (unsigned i = 0; i < rx->r->cfg.lim.max_uploads; i++) {
+		if (rx->gu[i].n && strcmp(rx->gu[i].group, u->group) == 0) {
+			rx->gu[i].n--;
+			break;
+		}
+	}
+	rx->uploads--;
+	atomic_store_explicit(&rx->r->rx.uploads, rx->uploads, memory_order_relaxed);
+	pthread_mutex_unlock(&rx->up_lock);
+	u->slot = false;
+}
+
+/* Charges n more bytes of inbox/.tmp to u: 0, or decides 503. */
+static int charge_temp(struct receiver *rx, struct upload *u, uint64_t n)
+{
+	uint64_t max = rx->r->cfg.lim.max_temp;
+	uint64_t now = atomic_fetch_add(&rx->r->rx.temp_bytes, n) + n;
+	char a[32], b[32];
+
+	if (now > max) {
+		atomic_fetch_sub(&rx->r->rx.temp_bytes, n);
+		decide(u, 503, "the uploads being received hold %s of temporary space, the limit is %s"
+		       " (--max-temp); retry later", format_size(now - n, a, sizeof a),
+		       format_size(max, b, sizeof b));
+		u->retry_after = RETRY_BUSY_S;
+		return -ENOSPC;
+	}
+	u->temp += n;
+	return 0;
+}
+
+static void release_temp(struct receiver *rx, struct upload *u)
+{
+	atomic_fetch_sub(&rx->r->rx.temp_bytes, u->temp);
+	u->temp = 0;
+}
+
+/* Whether u's group can apply its segment without waiting for another
+ * one: it is the next after the last applied, or every segment between
+ * that one and it is in the inbox already, or it is older (a duplicate,
+ * compared and never stored), or the group holds none (a resync after a
+ * gap starts with it). */
+static bool applies_next(struct receiver *rx, struct upload *u)
+{
+	struct inbox_entry *e = NULL;
+	struct state_group sg;
+	uint64_t expect;
+	size_t n = 0;
+	int gfd;
+
+	if (u->usable >= 0)
+		return u->usable;
+	pthread_mutex_lock(&rx->st_lock);
+	if (state_group_get(rx->st, u->group, &sg) < 0)
+		sg.applied_segment = 0;
+	pthread_mutex_unlock(&rx->st_lock);
+	expect = sg.applied_segment + 1;
+	u->usable = u->number <= expect;
+	if (u->usable)
+		return true;
+	gfd = open_group_dir(rx, u->group, false);
+	if (gfd >= 0 && inbox_scan(gfd, &e, &n) == 0) {
+		bool held = false;
+
+		/* in number order: walk the run that starts at expect */
+		for (size_t i = 0; i < n; i++) {
+			if (e[i].number <= sg.applied_segment || e[i].number >= u->number)
+				continue;
+			held = true;
+			if (e[i].number == expect)
+				expect++;
+		}
+		u->usable = !held || expect == u->number;
+		free(e);
+	} else {
+		u->usable = 1;
+	}
+	if (gfd >= 0)
+		close(gfd);
+	return u->usable;
+}
+
+/* Refuses u for want of room in the inbox: 507, retried later, and said
+ * in its group's status. */
+static void no_room(struct receiver *rx, struct upload *u, uint64_t avail, uint64_t more,
+		    const char *cause)
+{
+	char note[384], a[32], b[32], c[32];
+
+	if (applies_next(rx, u))
+		snprintf(note, sizeof note, "inbox full: segment %" PRIu64 ", which the group can"
+			 " apply next, does not fit in %s: %s free, %s more to store (%s)", u->number,
+			 rx->r->cfg.inbox, format_size(avail, a, sizeof a),
+			 format_size(more, b, sizeof b), cause);
+	else
+		snprintf(note, sizeof note, "inbox full: segment %" PRIu64 " refused until the"
+			 " segments missing before it are here: %s free in %s, %s kept for those"
+			 " (--inbox-reserve), %s more to store", u->number,
+			 format_size(avail, a, sizeof a), rx->r->cfg.inbox,
+			 format_size(rx->r->cfg.lim.inbox_reserve, b, sizeof b),
+			 format_size(more, c, sizeof c));
+	decide(u, 507, "%s; retry later", note);
+	u->retry_after = RETRY_FULL_S;
+	groups_note_inbox(rx->r, u->group, note);
+}
+
+/* Free bytes of the inbox's file system, or UINT64_MAX if unknown. */
+static uint64_t inbox_avail(struct receiver *rx)
+{
+	struct statvfs sv;
+
+	if (fstatvfs(rx->tmp_fd, &sv) < 0)
+		return UINT64_MAX;
+	return (uint64_t)sv.f_bavail * sv.f_frsize;
+}
+
+/* Whether more bytes of u's segment may go to the inbox's file system:
+ * into --inbox-reserve only for a segment its group needs next.  0, or
+ * decides 507. */
+static int check_room(struct receiver *rx, struct upload *u, uint64_t more)
+{
+	uint64_t reserve = rx->r->cfg.lim.inbox_reserve, avail = inbox_avail(rx);
+
+	if (avail == UINT64_MAX || avail >= more + reserve)
+		return 0;
+	if (avail >= more && applies_next(rx, u))
+		return 0;
+	no_room(rx, u, avail, more, "below --inbox-reserve");
+	return -ENOSPC;
+}
+
 static int start_upload(struct receiver *rx, struct MHD_Connection *conn, struct upload *u)
 {
 	const char *enc = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
@@ -434,6 +761,16 @@ static int start_upload(struct receiver *rx, struct MHD_Connection *conn, struct
 						      MHD_HTTP_HEADER_CONTENT_LENGTH);
 	uint64_t max = rx->r->cfg.max_segment;
 
+	u->length = UINT64_MAX;
+	if (cl) {
+		char *end;
+		unsigned long long n;
+
+		errno = 0;
+		n = strtoull(cl, &end, 10);
+		if (!errno && end != cl && !*end)
+			u->length = n;
+	}
 	if (enc && strcasecmp(enc, "identity") != 0) {
 		if (strcasecmp(enc, PROTO_ENCODING_ZSTD) != 0) {
 			decide(u, 415, "Content-Encoding %.64s is not supported (zstd is)", enc);
@@ -447,30 +784,34 @@ static int start_upload(struct receiver *rx, struct MHD_Connection *conn, struct
 			return -ENOMEM;
 		}
 		ZSTD_initDStream(u->zs);
-		/* 128 MiB windows at most: a small frame cannot make us
-		 * allocate gigabytes. */
-		ZSTD_DCtx_setParameter(u->zs, ZSTD_d_windowLogMax, 27);
+		/* Windows no larger than the transport's: each stream holds a
+		 * few MiB, whatever its frame header asks for. */
+		ZSTD_DCtx_setParameter(u->zs, ZSTD_d_windowLogMax, ZSTD_WINDOW_LOG);
 	}
-	if (cl) {
-		char *end;
-		unsigned long long n;
-
-		errno = 0;
-		n = strtoull(cl, &end, 10);
-		if (!errno && end != cl && !*end && n > max && !u->zs) {
-			decide(u, 413, "the segment is larger than the limit of %" PRIu64 " bytes", max);
-			u->respond_now = true;
-			return -EFBIG;
-		}
+	if (u->length != UINT64_MAX && u->length > max && !u->zs) {
+		decide(u, 413, "the segment is larger than the limit of %" PRIu64 " bytes", max);
+		return -EFBIG;
 	}
+	if (take_slot(rx, u) < 0)
+		return -EBUSY;
+	/* What a plain body will take is known now: refuse it before it comes. */
+	if (!u->zs && u->length != UINT64_MAX) {
+		if (charge_temp(rx, u, u->length) < 0 || check_room(rx, u, u->length) < 0)
+			return -ENOSPC;
+	}
+	/* A plain body of known length had its room above; others are
+	 * looked at as they grow. */
+	u->room_at = u->zs || u->length == UINT64_MAX ? 0 : UINT64_MAX;
 	snprintf(u->tmp, sizeof u->tmp, "%s.%020" PRIu64 ".%d.%" PRIu64 ".part", u->group, u->number,
 		 (int)getpid(), (uint64_t)atomic_fetch_add(&rx->seq, 1));
 	u->fd = openat(rx->tmp_fd, u->tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
 		       0640);
 	if (u->fd < 0) {
-		decide(u, errno == ENOSPC || errno == EDQUOT ? 507 : 500,
-		       "cannot create a temporary file in %s/%s: %s", rx->r->cfg.inbox, INBOX_TMP,
-		       strerror(errno));
+		if (errno == ENOSPC || errno == EDQUOT)
+			no_room(rx, u, inbox_avail(rx), 0, strerror(errno));
+		else
+			decide(u, 500, "cannot create a temporary file in %s/%s: %s",
+			       rx->r->cfg.inbox, INBOX_TMP, strerror(errno));
 		return -errno;
 	}
 	u->tmp_live = true;
@@ -486,6 +827,14 @@ static int write_out(struct receiver *rx, struct upload *u, const void *data, si
 		       rx->r->cfg.max_segment);
 		return -EFBIG;
 	}
+	/* A plain body was charged and given room for its whole length. */
+	if (u->size + n > u->temp && charge_temp(rx, u, u->size + n - u->temp) < 0)
+		return -ENOSPC;
+	if (u->size + n >= u->room_at) {
+		if (check_room(rx, u, ROOM_STEP) < 0)
+			return -ENOSPC;
+		u->room_at = u->size + n + ROOM_STEP;
+	}
 	u->size += n;
 	while (n) {
 		ssize_t w = write(u->fd, p, n);
@@ -493,9 +842,11 @@ static int write_out(struct receiver *rx, struct upload *u, const void *data, si
 		if (w < 0) {
 			if (errno == EINTR)
 				continue;
-			decide(u, errno == ENOSPC || errno == EDQUOT ? 507 : 500,
-			       "cannot write the segment to %s/%s: %s", rx->r->cfg.inbox, INBOX_TMP,
-			       strerror(errno));
+			if (errno == ENOSPC || errno == EDQUOT)
+				no_room(rx, u, inbox_avail(rx), n, strerror(errno));
+			else
+				decide(u, 500, "cannot write the segment to %s/%s: %s",
+				       rx->r->cfg.inbox, INBOX_TMP, strerror(errno));
 			return -errno;
 		}
 		p += w;
@@ -524,7 +875,12 @@ static void consume(struct receiver *rx, struct upload *u, const char *data, siz
 		size_t ret = ZSTD_decompressStream(u->zs, &out, &in);
 
 		if (ZSTD_isError(ret)) {
-			decide(u, 400, "the zstd stream is corrupt: %s", ZSTD_getErrorName(ret));
+			if (ZSTD_getErrorCode(ret) == ZSTD_error_frameParameter_windowTooLarge)
+				decide(u, 400, "the zstd frame needs a window larger than %u bytes,"
+				       " the largest accepted", 1u << ZSTD_WINDOW_LOG);
+			else
+				decide(u, 400, "the zstd stream is corrupt: %s",
+				       ZSTD_getErrorName(ret));
 			return;
 		}
 		u->zlast = ret;
@@ -688,8 +1044,10 @@ static void finish(struct receiver *rx, struct upload *u)
 		decide(u, 500, "fsync of %s/%s: %s", rx->r->cfg.inbox, u->group, strerror(errno));
 		goto out;
 	}
+	release_temp(rx, u);
 	decide(u, 201, "stored segment %s of group %s", u->file, u->group);
 	groups_kick(rx->r, u->group);
+	groups_note_inbox(rx->r, u->group, NULL);
 out:
 	if (gfd >= 0)
 		close(gfd);
@@ -892,6 +1250,7 @@ static void begin(struct receiver *rx, struct MHD_Connection *conn, struct uploa
 		return;
 	if (rx->have_token && check_token(rx, conn, u) < 0)
 		return;
+	guard_authenticated(u->gc);
 	r = receiver_parse_mismatches_path(url, u->group, u->gid, &why);
 	if (r == 0) {
 		u->mismatches = true;
@@ -917,47 +1276,104 @@ static void begin(struct receiver *rx, struct MHD_Connection *conn, struct uploa
 		start_upload(rx, conn, u);
 }
 
+/* The connection's record in the guard (NULL if it has none). */
+static struct guard_conn *conn_guard(struct MHD_Connection *conn)
+{
+	const union MHD_ConnectionInfo *ci =
+		MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+
+	return ci ? ci->socket_context : NULL;
+}
+
+/* True if a body follows the header. */
+static bool has_body(struct MHD_Connection *conn)
+{
+	const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+						      MHD_HTTP_HEADER_CONTENT_LENGTH);
+
+	return MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+					   MHD_HTTP_HEADER_TRANSFER_ENCODING) ||
+	       (cl && strcmp(cl, "0") != 0);
+}
+
+static struct upload *upload_new(struct MHD_Connection *conn)
+{
+	struct upload *u = calloc(1, sizeof *u);
+
+	if (!u)
+		return NULL;
+	u->fd = -1;
+	u->usable = -1;
+	u->gc = conn_guard(conn);
+	return u;
+}
+
+/* A refusal decided before the body: through libmicrohttpd with
+ * "Connection: close" when no body follows or the client waits for "100
+ * Continue", otherwise onto the session, then lingering. */
+static enum MHD_Result refuse_early(struct receiver *rx, struct MHD_Connection *conn,
+				    struct upload *u)
+{
+	bool body = has_body(conn);
+
+	if (!body || u->respond_now) {
+		u->early = body;
+		return answer(rx, conn, u);
+	}
+	return answer_direct(rx, conn, u) == 0 ? MHD_YES : MHD_NO;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
 				  const char *method, const char *version, const char *data,
 				  size_t *data_size, void **req_cls)
 {
 	struct receiver *rx = cls;
 	struct upload *u = *req_cls;
+	size_t n;
 
 	(void)version;
 	if (!u) {
-		u = calloc(1, sizeof *u);
+		/* Made at the request line (on_uri); this is the fallback. */
+		u = upload_new(conn);
 		if (!u)
 			return MHD_NO;
-		u->fd = -1;
 		*req_cls = u;
+	}
+	if (!u->begun) {
+		u->begun = true;
 		begin(rx, conn, u, url, method);
+		guard_headers_done(u->gc, u->put && !u->code && has_body(conn));
 		if (!u->put) {
 			if (u->code)
 				return answer(rx, conn, u);
 			u->queued = true;
 			return u->mismatches ? serve_mismatches(rx, conn, u) : serve(rx, conn, u);
 		}
-		if (u->code && u->respond_now) {
-			u->early = true;
-			return answer(rx, conn, u);
-		}
+		if (u->code)
+			return refuse_early(rx, conn, u);
 		return MHD_YES;
 	}
 	if (u->queued) {
 		*data_size = 0;
 		return MHD_YES;
 	}
-	if (*data_size) {
-		if (!u->code) {
-			consume(rx, u, data, *data_size);
-		} else {
-			/* Refused: read and drop, within reason. */
-			u->dropped += *data_size;
-			if (u->dropped > DISCARD_MAX)
-				return MHD_NO;
-		}
-		*data_size = 0;
+	n = *data_size;
+	*data_size = 0;
+	if (u->answered) {
+		/* Answered already: read and drop for a while, then close. */
+		u->dropped += n;
+		if (!n || u->dropped > LINGER_MAX || clock_mono_ns() >= u->linger_until)
+			return MHD_NO;
+		return MHD_YES;
+	}
+	if (n) {
+		if (!guard_body(u->gc, n))
+			decide(u, 408, "the upload is slower than the minimum rate of %" PRIu64
+			       " bytes per second (--min-rate)", rx->r->cfg.lim.min_rate);
+		else
+			consume(rx, u, data, n);
+		if (u->code)
+			return answer_direct(rx, conn, u) == 0 ? MHD_YES : MHD_NO;
 		return MHD_YES;
 	}
 	if (!u->code)
@@ -971,7 +1387,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
 	struct receiver *rx = cls;
 	struct upload *u = *req_cls;
 
-	(void)conn;
+	guard_request_done(conn_guard(conn));
 	if (!u)
 		return;
 	if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && u->put && !u->code)
@@ -981,10 +1397,78 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
 		close(u->fd);
 	if (u->tmp_live)
 		unlinkat(rx->tmp_fd, u->tmp, 0);
+	release_temp(rx, u);
+	release_slot(rx, u);
 	ZSTD_freeDStream(u->zs);
 	free(u->zbuf);
 	free(u);
 	*req_cls = NULL;
+}
+
+/* The request line arrived: the header's deadline starts (for a later
+ * request of the connection), and the request's record is made. */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+	(void)cls;
+	(void)uri;
+	guard_request_line(conn_guard(conn));
+	return upload_new(conn);
+}
+
+/* The client's Finished message: the handshake is over (in TLS 1.2 the
+ * server's own Finished follows at once, without waiting for the peer). */
+static int on_finished(gnutls_session_t s, unsigned htype, unsigned when, unsigned incoming,
+		       const gnutls_datum_t *msg)
+{
+	struct MHD_Connection *conn = gnutls_session_get_ptr(s);
+
+	(void)htype;
+	(void)when;
+	(void)msg;
+	if (incoming && conn)
+		guard_handshake_done(conn_guard(conn));
+	return 0;
+}
+
+/* What a client certificate must be fit for; GnuTLS keeps a pointer. */
+static gnutls_typed_vdata_st client_purpose = {
+	.type = GNUTLS_DT_KEY_PURPOSE_OID,
+	.data = (unsigned char *)GNUTLS_KP_TLS_WWW_CLIENT,
+};
+
+/*
+ * A connection accepted, before its handshake: the guard tracks it, and
+ * with --client-ca its TLS session requires a certificate that GnuTLS
+ * verifies against the CA during the handshake (libmicrohttpd only asks
+ * for one).  Closed: the guard forgets it, before its socket is closed.
+ */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+			  enum MHD_ConnectionNotificationCode code)
+{
+	struct receiver *rx = cls;
+	const union MHD_ConnectionInfo *fd, *addr, *tls;
+	gnutls_session_t s;
+
+	if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+		guard_close(*socket_context);
+		*socket_context = NULL;
+		return;
+	}
+	fd = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+	addr = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	tls = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+	if (fd)
+		*socket_context = guard_open(rx->guard, fd->connect_fd,
+					     addr ? addr->client_addr : NULL);
+	s = tls ? (gnutls_session_t)tls->tls_session : NULL;
+	if (!s)
+		return;
+	if (rx->ca) {
+		gnutls_certificate_server_set_request(s, GNUTLS_CERT_REQUIRE);
+		gnutls_session_set_verify_cert2(s, &client_purpose, 1, 0);
+	}
+	gnutls_handshake_set_hook_function(s, GNUTLS_HANDSHAKE_FINISHED, GNUTLS_HOOK_POST,
+					   on_finished);
 }
 
 /* Nothing is decoded: receiver_parse_path refuses '%' instead. */
@@ -1084,15 +1568,24 @@ out:
 	return r;
 }
 
-/* Loads the TLS material the way libmicrohttpd will, to say precisely
- * what is wrong with it before listening. */
+/* Loads the TLS material and the priority string the way libmicrohttpd
+ * will, to say precisely what is wrong with them before listening. */
 static int check_tls(const struct remote_config *c, struct receiver *rx)
 {
 	gnutls_certificate_credentials_t cred;
 	gnutls_datum_t cert = { (unsigned char *)rx->cert, (unsigned)strlen(rx->cert) };
 	gnutls_datum_t key = { (unsigned char *)rx->key, (unsigned)strlen(rx->key) };
+	gnutls_priority_t prio;
+	const char *at = NULL;
 	int r;
 
+	r = gnutls_priority_init(&prio, c->tls_priority, &at);
+	if (r < 0) {
+		log_error("--tls-priority %s: %s%s%s", c->tls_priority, gnutls_strerror(r),
+			  at ? " at " : "", at ? at : "");
+		return -EINVAL;
+	}
+	gnutls_priority_deinit(prio);
 	if (gnutls_certificate_allocate_credentials(&cred) < 0)
 		return -ENOMEM;
 	r = gnutls_certificate_set_x509_key_mem(cred, &cert, &key, GNUTLS_X509_FMT_PEM);
@@ -1172,9 +1665,23 @@ int receiver_check(const struct remote_config *c)
 		return -ENOMEM;
 	rx->tmp_fd = -1;
 	pthread_mutex_init(&rx->st_lock, NULL);
+	pthread_mutex_init(&rx->up_lock, NULL);
 	rc = load_material(c, rx);
 	receiver_stop(rx);
 	return rc;
+}
+
+/* libmicrohttpd's idle timeout, in seconds: later than any of guard.c's
+ * deadlines, for a connection no deadline covers (an answer being sent). */
+static unsigned backstop_s(const struct remote_limits *l)
+{
+	uint64_t ns = l->idle_ns;
+
+	if (l->handshake_ns > ns)
+		ns = l->handshake_ns;
+	if (2 * l->header_ns > ns)
+		ns = 2 * l->header_ns;
+	return (unsigned)(ns / 1000000000ULL) + 5;
 }
 
 int receiver_start(struct remote *r, struct receiver **out)
@@ -1198,7 +1705,16 @@ int receiver_start(struct remote *r, struct receiver **out)
 	rx->r = r;
 	rx->tmp_fd = -1;
 	pthread_mutex_init(&rx->st_lock, NULL);
+	pthread_mutex_init(&rx->up_lock, NULL);
+	rx->gu = calloc(c->lim.max_uploads, sizeof *rx->gu);
+	if (!rx->gu) {
+		rc = -ENOMEM;
+		goto fail;
+	}
 	rc = load_material(c, rx);
+	if (rc < 0)
+		goto fail;
+	rc = guard_start(&c->lim, &r->rx, &rx->guard);
 	if (rc < 0)
 		goto fail;
 	rc = state_open(r->db_path, &rx->st);
@@ -1218,19 +1734,24 @@ int receiver_start(struct remote *r, struct receiver **out)
 	flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_TLS | MHD_USE_ERROR_LOG |
 		(ai->ai_family == AF_INET6 ? MHD_USE_IPv6 : 0);
 	rx->mhd = MHD_start_daemon(flags, port, NULL, NULL, on_request, rx,
+				   MHD_OPTION_EXTERNAL_LOGGER, mhd_log, rx, /* first: all go there */
 				   MHD_OPTION_SOCK_ADDR, ai->ai_addr,
 				   MHD_OPTION_HTTPS_MEM_CERT, rx->cert,
 				   MHD_OPTION_HTTPS_MEM_KEY, rx->key,
 				   /* without a CA, the key again: a no-op in the list */
 				   rx->ca ? MHD_OPTION_HTTPS_MEM_TRUST : MHD_OPTION_HTTPS_MEM_KEY,
 				   rx->ca ? rx->ca : rx->key,
+				   MHD_OPTION_HTTPS_PRIORITIES, c->tls_priority,
 				   MHD_OPTION_THREAD_POOL_SIZE, (unsigned)POOL_THREADS,
-				   MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
-				   MHD_OPTION_CONNECTION_LIMIT, (unsigned)256,
+				   /* a backstop: guard.c's deadlines come first */
+				   MHD_OPTION_CONNECTION_TIMEOUT, backstop_s(&c->lim),
+				   MHD_OPTION_CONNECTION_LIMIT, c->lim.max_connections,
+				   MHD_OPTION_PER_IP_CONNECTION_LIMIT, c->lim.max_per_address,
 				   MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(256 * 1024),
+				   MHD_OPTION_NOTIFY_CONNECTION, on_connection, rx,
+				   MHD_OPTION_URI_LOG_CALLBACK, on_uri, rx,
 				   MHD_OPTION_NOTIFY_COMPLETED, on_completed, rx,
 				   MHD_OPTION_UNESCAPE_CALLBACK, no_unescape, rx,
-				   MHD_OPTION_EXTERNAL_LOGGER, mhd_log, rx,
 				   MHD_OPTION_END);
 	freeaddrinfo(ai);
 	if (!rx->mhd) {
@@ -1255,6 +1776,7 @@ void receiver_stop(struct receiver *rx)
 		return;
 	if (rx->mhd)
 		MHD_stop_daemon(rx->mhd);
+	guard_stop(rx->guard);
 	state_close(rx->st);
 	if (rx->tmp_fd >= 0)
 		close(rx->tmp_fd);
@@ -1264,6 +1786,8 @@ void receiver_stop(struct receiver *rx)
 		free(rx->key);
 	}
 	free(rx->ca);
+	free(rx->gu);
 	pthread_mutex_destroy(&rx->st_lock);
+	pthread_mutex_destroy(&rx->up_lock);
 	free(rx);
 }

@@ -8,6 +8,8 @@
  *   receiver.c  the HTTPS receiver (libmicrohttpd + GnuTLS): PUT/GET of
  *               <prefix>/<group>/<segment>, into inbox/<group>/, and GET
  *               of <prefix>/<group>/mismatches (HASH comparisons)
+ *   guard.c     the receiver's connections: deadlines, the minimum upload
+ *               rate, and the slots unauthenticated peers may hold
  *   watcher.c   inotify on the inbox (libinotifytools), the start-up scan
  *   groups.c    one thread per group: the in-order apply loop
  *   inbox.c     a group directory's files: scan, validate, move aside
@@ -47,6 +49,34 @@
 #define QUARANTINE_SHOWN 16        /* quarantine entries kept in memory per group */
 #define MISMATCHES_ANSWER_MAX 10000 /* ranges in one answer to GET .../mismatches */
 #define MISMATCHES_KEEP_LSNS 1000000ULL /* rows this far behind applied_lsn are dropped */
+#define SEGMENTS_KEEP 1024ULL      /* applied segments' rows kept per group (duplicates) */
+
+/* The receiver's limits' defaults (man aim-remote, HOSTILE PEERS). */
+#define REMOTE_DEFAULT_TLS_PRIORITY "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"
+#define REMOTE_DEFAULT_MAX_CONNECTIONS 256
+#define REMOTE_DEFAULT_MAX_PER_ADDRESS 16
+#define REMOTE_DEFAULT_HANDSHAKE_NS (10ULL * 1000000000ULL)
+#define REMOTE_DEFAULT_HEADER_NS (10ULL * 1000000000ULL)
+#define REMOTE_DEFAULT_IDLE_NS (60ULL * 1000000000ULL)
+#define REMOTE_DEFAULT_MIN_RATE 4096ULL /* bytes per second */
+#define REMOTE_DEFAULT_MAX_UPLOADS 16
+#define REMOTE_DEFAULT_MAX_GROUP_UPLOADS 4
+#define REMOTE_DEFAULT_MAX_TEMP (4ULL << 30)
+
+/* What hostile or broken peers may cost the receiver. */
+struct remote_limits {
+	unsigned max_connections;     /* all connections at once */
+	unsigned max_per_address;     /* from one client address */
+	unsigned max_unauthenticated; /* not yet past the certificate and the token */
+	uint64_t handshake_ns;        /* accept to the end of the TLS handshake */
+	uint64_t header_ns;           /* the whole request header; also the body's grace */
+	uint64_t idle_ns;             /* a kept-alive connection between requests */
+	uint64_t min_rate;            /* bytes/s a body must keep up, 0 for no minimum */
+	unsigned max_uploads;         /* PUT bodies being received at once */
+	unsigned max_group_uploads;   /* ... for one group */
+	uint64_t max_temp;            /* bytes in inbox/.tmp at once */
+	uint64_t inbox_reserve;       /* free space only a group's next segment may use */
+};
 
 struct remote_config {
 	const char *inbox;
@@ -56,6 +86,8 @@ struct remote_config {
 	size_t nmaps;
 	const char *listen;        /* NULL: watch only */
 	const char *tls_cert, *tls_key, *client_ca, *token_file;
+	const char *tls_priority;  /* GnuTLS priority string of the receiver */
+	struct remote_limits lim;
 	const char *status_addr;   /* NULL when "off" */
 	uint64_t max_segment;
 	bool retain;
@@ -69,6 +101,20 @@ struct rx_stats {
 	atomic_uint_fast64_t bytes;      /* segment bytes stored (after decompression) */
 	atomic_uint_fast64_t gets;       /* GETs answered 200 */
 	atomic_uint_fast64_t by_code[RX_CODES]; /* every 4xx/5xx answer, by code */
+	/* Connections (guard.c): gauges first, then counters. */
+	atomic_uint_fast64_t conns_open;         /* connections now */
+	atomic_uint_fast64_t conns_unauth;       /* of which not yet authenticated */
+	atomic_uint_fast64_t conns_accepted;     /* since start */
+	atomic_uint_fast64_t handshake_failures; /* the handshake failed (no or bad
+						  * certificate, old TLS, not TLS) */
+	atomic_uint_fast64_t handshake_timeouts; /* closed: no handshake in time */
+	atomic_uint_fast64_t header_timeouts;    /* closed: no whole header in time */
+	atomic_uint_fast64_t idle_closed;        /* closed: idle between requests */
+	atomic_uint_fast64_t slow_uploads;       /* closed or 408: below --min-rate */
+	atomic_uint_fast64_t evicted;            /* closed: unauthenticated, over the limit */
+	/* Uploads (receiver.c). */
+	atomic_uint_fast64_t uploads;            /* PUT bodies being received now */
+	atomic_uint_fast64_t temp_bytes;         /* bytes they hold in inbox/.tmp */
 };
 
 struct group;
@@ -127,6 +173,8 @@ struct group_snapshot {
 	uint64_t mismatch_ranges;   /* MISMATCH ranges found since start */
 	uint64_t mismatch_bytes;
 	char error[512];
+	char inbox_full[384];       /* why the receiver refused its last segment for
+				     * lack of space, with the figures; "" if none */
 };
 
 /* Starts a thread for every group the state knows and every group
@@ -138,6 +186,15 @@ int groups_start(struct remote *r);
 int groups_kick(struct remote *r, const char *name);
 /* Kicks every known group (after an inotify overflow, on the timer). */
 void groups_kick_all(struct remote *r);
+/* Asks group name (every group if NULL) to start again if it is stopped:
+ * it reloads its state and looks at its directory, and stops again if the
+ * cause is still there.  Thread-safe.  Returns how many stopped groups were
+ * asked, or -ENOENT for a name no group has. */
+int groups_resume(struct remote *r, const char *name);
+/* Sets (text) or clears (NULL) what the receiver says about the room in
+ * the inbox for group name, shown in its status.  Starts the group if it
+ * is new.  Thread-safe. */
+void groups_note_inbox(struct remote *r, const char *name, const char *text);
 /* Asks every group thread to stop at its next barrier and joins them. */
 void groups_stop(struct remote *r);
 /* Calls fn for a snapshot of each group, in discovery order.  Thread-safe. */
@@ -197,9 +254,10 @@ int state_group_load(struct state *st, const char *group, struct state_group *g)
 int state_group_get(struct state *st, const char *group, struct state_group *g);
 /* Records durable progress: the row, the resync state sync (unless NULL),
  * the mismatches mm[0..nmm), and when done is non-NULL the whole segment
- * too (applied_segment = done->number; mismatch rows more than
- * MISMATCHES_KEEP_LSNS behind lsn are then dropped; the group's live
- * names replaced by done->names if set), in one transaction. */
+ * too (applied_segment = done->number; segment rows more than
+ * SEGMENTS_KEEP and mismatch rows more than MISMATCHES_KEEP_LSNS behind
+ * are then dropped; the group's live names replaced by done->names if
+ * set), in one transaction. */
 int state_progress(struct state *st, const char *group, uint64_t lsn, uint64_t time_ns,
 		   const struct state_segment *done, const struct state_sync *sync,
 		   const struct state_mismatch *mm, size_t nmm);
@@ -268,6 +326,48 @@ int receiver_parse_path(const char *url, char group[37], uint8_t uuid[16],
  */
 int receiver_parse_mismatches_path(const char *url, char group[37], uint8_t uuid[16],
 				   const char **why);
+
+/* ---- guard.c: the receiver's connections ---- */
+
+/*
+ * Every connection of the receiver is tracked from accept to close, and at
+ * every moment it has one deadline: the end of its TLS handshake, of its
+ * whole request header, of its idle time between requests, of the body at
+ * the minimum rate, or of the lingering after an early answer.  A thread
+ * closes (shutdown(2)) the connections past theirs.  Connections not yet
+ * authenticated are counted; over max_unauthenticated the oldest one of the
+ * address holding the most of them is closed.  All functions are
+ * thread-safe; a struct guard_conn is freed by guard_close only.
+ */
+struct guard;
+struct guard_conn;
+struct sockaddr;
+
+int guard_start(const struct remote_limits *lim, struct rx_stats *rx, struct guard **out);
+void guard_stop(struct guard *g);
+/* A new connection on socket fd from addr.  Returns its record, or NULL
+ * when out of memory (the connection then has libmicrohttpd's idle
+ * timeout only). */
+struct guard_conn *guard_open(struct guard *g, int fd, const struct sockaddr *addr);
+/* The connection is gone (its socket is about to be closed). */
+void guard_close(struct guard_conn *c);
+/* The TLS handshake is over: the first request header is due. */
+void guard_handshake_done(struct guard_conn *c);
+/* A request line arrived: the rest of its header is due. */
+void guard_request_line(struct guard_conn *c);
+/* The request passed authentication (certificate, token). */
+void guard_authenticated(struct guard_conn *c);
+/* The header is complete; body: a body is to be received (the minimum rate
+ * applies), otherwise the request is being answered (no deadline). */
+void guard_headers_done(struct guard_conn *c, bool body);
+/* n more bytes of body.  Returns false when the body has fallen below the
+ * minimum rate. */
+bool guard_body(struct guard_conn *c, size_t n);
+/* An early answer was sent: the connection lingers until until_ns
+ * (CLOCK_MONOTONIC), reading and dropping, then is closed. */
+void guard_linger(struct guard_conn *c, uint64_t until_ns);
+/* The request is over: the connection may idle until the next one. */
+void guard_request_done(struct guard_conn *c);
 
 /* ---- watcher.c ---- */
 

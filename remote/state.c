@@ -24,6 +24,12 @@
  * dropped, so that a reader asking for older ones can tell.  Databases of
  * earlier versions gain the new columns when opened.
  *
+ * A segments row is what a copy sent again is compared with; a source only
+ * sends again what it has not seen acknowledged, so rows more than
+ * SEGMENTS_KEEP segments behind the last applied are dropped as segments
+ * complete (a copy older than that is still known applied from
+ * applied_segment, only no longer compared byte for byte).
+ *
  * Progress is written only after the applier has made the targets
  * durable (its durable callback), so the row never claims more than the
  * targets hold.  applied_lsn may run ahead of segment_last_lsn: the targets
@@ -302,6 +308,22 @@ static int insert_mismatches(struct state *st, const char *group, const struct s
 	return r;
 }
 
+/* Drops the segments rows more than SEGMENTS_KEEP behind number. */
+static int prune_segments(struct state *st, const char *group, uint64_t number)
+{
+	sqlite3_stmt *s;
+	int r;
+
+	if (number <= SEGMENTS_KEEP)
+		return 0;
+	r = prepare(st, "DELETE FROM segments WHERE \"group\" = ? AND number <= ?", &s);
+	if (r < 0)
+		return r;
+	sqlite3_bind_text(s, 1, group, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(s, 2, (sqlite3_int64)(number - SEGMENTS_KEEP));
+	return run(st, s, "pruning applied segments");
+}
+
 /* Drops the mismatch rows more than MISMATCHES_KEEP_LSNS behind lsn and
  * remembers the highest LSN dropped. */
 static int prune_mismatches(struct state *st, const char *group, uint64_t lsn)
@@ -448,6 +470,8 @@ int state_progress(struct state *st, const char *group, uint64_t lsn, uint64_t t
 		sqlite3_bind_text(s, 6, digest, -1, SQLITE_STATIC);
 		sqlite3_bind_int64(s, 7, (sqlite3_int64)now);
 		r = run(st, s, "recording an applied segment");
+		if (r == 0)
+			r = prune_segments(st, group, done->number);
 		if (r == 0)
 			r = prune_mismatches(st, group, lsn);
 		if (r == 0 && done->names)

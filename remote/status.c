@@ -18,6 +18,14 @@
  * applied_lsn says; sync_since (the SYNC_BEGIN's source time),
  * sync_since_lsn and sync_destination say which resync.  A group whose
  * state is not loaded yet is not claimed consistent either.
+ *
+ * inbox_full: why the receiver last refused a segment of the group for
+ * want of room in the inbox, with the figures; null once a segment was
+ * stored with room to spare.  The receiver object counts connections and
+ * what the guard closed (guard.c), and the uploads being received.
+ *
+ * POST /resume[/GROUP] asks every stopped group (or GROUP) to start again
+ * and answers {"resumed": N} (404 for a group not known here).
  */
 #include "remote_i.h"
 #include "clock.h"
@@ -27,6 +35,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,6 +106,8 @@ static void group_json(void *ctx, const struct group_snapshot *s)
 	json_object_set_new(o, "applying", s->applying ? u64(s->applying) : json_null());
 	json_object_set_new(o, "waiting_for", s->waiting_for ? u64(s->waiting_for) : json_null());
 	json_object_set_new(o, "error", s->error[0] ? json_string(s->error) : json_null());
+	json_object_set_new(o, "inbox_full",
+			    s->inbox_full[0] ? json_string(s->inbox_full) : json_null());
 	json_object_set_new(o, "backlog_segments", u64(s->backlog_segments));
 	json_object_set_new(o, "backlog_bytes", u64(s->backlog_bytes));
 	json_object_set_new(o, "segments_applied", u64(s->segments_applied));
@@ -115,6 +126,44 @@ static void group_json(void *ctx, const struct group_snapshot *s)
 	}
 	json_object_set_new(o, "quarantined", q);
 	json_array_append_new(c->groups, o);
+}
+
+#define LOAD(field) u64(atomic_load(&r->rx.field))
+
+static json_t *limits_json(const struct remote *r)
+{
+	const struct remote_limits *l = &r->cfg.lim;
+	json_t *o = json_object();
+
+	json_object_set_new(o, "tls_priority", json_string(r->cfg.tls_priority));
+	json_object_set_new(o, "max_connections", u64(l->max_connections));
+	json_object_set_new(o, "max_per_address", u64(l->max_per_address));
+	json_object_set_new(o, "max_unauthenticated", u64(l->max_unauthenticated));
+	json_object_set_new(o, "handshake_timeout_seconds", json_real((double)l->handshake_ns / 1e9));
+	json_object_set_new(o, "header_timeout_seconds", json_real((double)l->header_ns / 1e9));
+	json_object_set_new(o, "idle_timeout_seconds", json_real((double)l->idle_ns / 1e9));
+	json_object_set_new(o, "min_rate", u64(l->min_rate));
+	json_object_set_new(o, "max_uploads", u64(l->max_uploads));
+	json_object_set_new(o, "max_group_uploads", u64(l->max_group_uploads));
+	json_object_set_new(o, "max_temp", u64(l->max_temp));
+	json_object_set_new(o, "inbox_reserve", u64(l->inbox_reserve));
+	return o;
+}
+
+static json_t *connections_json(struct remote *r)
+{
+	json_t *o = json_object();
+
+	json_object_set_new(o, "open", LOAD(conns_open));
+	json_object_set_new(o, "unauthenticated", LOAD(conns_unauth));
+	json_object_set_new(o, "accepted", LOAD(conns_accepted));
+	json_object_set_new(o, "handshake_failures", LOAD(handshake_failures));
+	json_object_set_new(o, "handshake_timeouts", LOAD(handshake_timeouts));
+	json_object_set_new(o, "header_timeouts", LOAD(header_timeouts));
+	json_object_set_new(o, "idle_closed", LOAD(idle_closed));
+	json_object_set_new(o, "slow_uploads", LOAD(slow_uploads));
+	json_object_set_new(o, "evicted", LOAD(evicted));
+	return o;
 }
 
 static json_t *receiver_json(struct remote *r)
@@ -140,6 +189,11 @@ static json_t *receiver_json(struct remote *r)
 	}
 	json_object_set_new(o, "rejected", rej);
 	json_object_set_new(o, "rejected_total", u64(total));
+	json_object_set_new(o, "uploads", LOAD(uploads));
+	json_object_set_new(o, "temp_bytes", LOAD(temp_bytes));
+	json_object_set_new(o, "connections", connections_json(r));
+	if (r->cfg.listen)
+		json_object_set_new(o, "limits", limits_json(r));
 	return o;
 }
 
@@ -267,6 +321,36 @@ static void metrics_text(struct remote *r, struct strbuf *sb)
 			  "# TYPE aim_remote_received_bytes_total counter\n"
 			  "aim_remote_received_bytes_total %" PRIu64 "\n",
 		      (uint64_t)atomic_load(&r->rx.bytes));
+	{
+		static const struct {
+			const char *name, *type, *help;
+			size_t off;
+		} conns[] = {
+			{ "aim_remote_connections", "gauge", "connections open now", offsetof(struct rx_stats, conns_open) },
+			{ "aim_remote_connections_unauthenticated", "gauge", "connections open that have not authenticated yet",
+			  offsetof(struct rx_stats, conns_unauth) },
+			{ "aim_remote_connections_accepted_total", "counter", "connections accepted",
+			  offsetof(struct rx_stats, conns_accepted) },
+			{ "aim_remote_handshake_failures_total", "counter", "TLS handshakes that failed (no or bad client certificate, old TLS)",
+			  offsetof(struct rx_stats, handshake_failures) },
+			{ "aim_remote_handshake_timeouts_total", "counter", "connections closed for a TLS handshake past its deadline",
+			  offsetof(struct rx_stats, handshake_timeouts) },
+			{ "aim_remote_header_timeouts_total", "counter", "connections closed for a request header past its deadline",
+			  offsetof(struct rx_stats, header_timeouts) },
+			{ "aim_remote_idle_closed_total", "counter", "idle connections closed", offsetof(struct rx_stats, idle_closed) },
+			{ "aim_remote_slow_uploads_total", "counter", "uploads cut off for a body slower than the minimum rate",
+			  offsetof(struct rx_stats, slow_uploads) },
+			{ "aim_remote_evicted_total", "counter", "unauthenticated connections closed to make room", offsetof(struct rx_stats, evicted) },
+			{ "aim_remote_uploads", "gauge", "request bodies being received now", offsetof(struct rx_stats, uploads) },
+			{ "aim_remote_temp_bytes", "gauge", "bytes of temporary files of uploads under way", offsetof(struct rx_stats, temp_bytes) },
+		};
+
+		for (size_t i = 0; i < sizeof conns / sizeof conns[0]; i++)
+			strbuf_printf(sb, "# HELP %s %s\n# TYPE %s %s\n%s %" PRIu64 "\n", conns[i].name,
+				      conns[i].help, conns[i].name, conns[i].type, conns[i].name,
+				      (uint64_t)atomic_load((atomic_uint_fast64_t *)((char *)&r->rx +
+										  conns[i].off)));
+	}
 	strbuf_printf(sb, "# HELP aim_remote_rejected_total uploads refused, by HTTP status\n"
 			  "# TYPE aim_remote_rejected_total counter\n");
 	for (unsigned code = 400; code < RX_CODES; code++) {
@@ -307,6 +391,32 @@ static int handle(void *ctx, const char *path, struct httpd_response *resp)
 	return httpd_text(resp, 404, "text/plain", "try /status or /metrics\n");
 }
 
+/* POST /resume, POST /resume/<group>. */
+static int handle_post(void *ctx, const char *path, struct httpd_response *resp)
+{
+	struct status *s = ctx;
+	const char *name = NULL;
+	char text[128];
+	uint8_t id[16];
+	int n;
+
+	if (strncmp(path, "/resume", 7) != 0 || (path[7] && path[7] != '/'))
+		return httpd_text(resp, 404, "application/json",
+				  "{\"error\": \"POST /resume or /resume/GROUP\"}\n");
+	if (path[7] == '/') {
+		name = path + 8;
+		if (!group_name_valid(name, id))
+			return httpd_text(resp, 400, "application/json",
+					  "{\"error\": \"not a group: expected a lowercase UUID\"}\n");
+	}
+	n = groups_resume(s->r, name);
+	if (n < 0)
+		return httpd_text(resp, 404, "application/json",
+				  "{\"error\": \"no such group here\"}\n");
+	snprintf(text, sizeof text, "{\"resumed\": %d}\n", n);
+	return httpd_text(resp, 200, "application/json", text);
+}
+
 int status_start(struct remote *r, const char *addr, struct status **out)
 {
 	struct status *s = calloc(1, sizeof *s);
@@ -320,6 +430,7 @@ int status_start(struct remote *r, const char *addr, struct status **out)
 		free(s);
 		return rc;
 	}
+	httpd_on_post(s->httpd, handle_post);
 	*out = s;
 	return 0;
 }

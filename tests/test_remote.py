@@ -586,11 +586,16 @@ def test_hostile_requests_are_refused_and_write_nothing(workdir, pki, remotes):
     # authentication
     expect(401, "no token", f"/aim/{G}/{seg1}", token=None)
     expect(403, "wrong token", f"/aim/{G}/{seg1}", token="not-the-token")
-    expect(403, "no client certificate", f"/aim/{G}/{seg1}", cert=None)
-    expect(403, "untrusted client certificate", f"/aim/{G}/{seg1}",
-           cert=(pki.rogue, pki.rogue_key))
-    expect(403, "server certificate as client", f"/aim/{G}/{seg1}",
-           cert=(pki.server, pki.server_key))
+    # a client certificate is required by the handshake itself: without a
+    # good one there is no HTTP at all, and the connection is gone
+    failures = r.status()["receiver"]["connections"]["handshake_failures"]
+    for what, cert in (("no client certificate", None),
+                       ("untrusted client certificate", (pki.rogue, pki.rogue_key)),
+                       ("server certificate as client", (pki.server, pki.server_key))):
+        got, text, err = r.curl(f"/aim/{G}/{seg1}", upload=good, cert=cert)
+        assert got == 0 and not text, f"{what}: got HTTP {got} ({text!r} {err!r})"
+    wait_for(lambda: r.status()["receiver"]["connections"]["handshake_failures"] >= failures + 3,
+             10, what="the three handshake failures to be counted")
     # size and encoding
     expect(413, "oversize", f"/aim/{G}/{seg1}", upload=big)
     if ZSTD:
@@ -725,6 +730,18 @@ def test_bad_options_are_refused(workdir, pki):
         (base + ["--map", "../x=/tmp/x"], "not a valid image name"),
         (base + ["--map", f"a.img={workdir}/no/such/dir/a.img"], "does not exist"),
         (base + ["--max-segment", "12Q"], "--max-segment"),
+        (base + tls + ["--tls-priority", "NORMAL:+NONSENSE"], "--tls-priority"),
+        (base + ["--max-connections", "0"], "--max-connections 0"),
+        (base + ["--max-per-address", "x"], "--max-per-address x"),
+        (base + ["--max-connections", "10", "--max-unauthenticated", "10"],
+         "must be below --max-connections"),
+        (base + ["--handshake-timeout", "0"], "--handshake-timeout"),
+        (base + ["--header-timeout", "10q"], "--header-timeout"),
+        (base + ["--idle-timeout", "500ms"], "--idle-timeout"),
+        (base + ["--min-rate", "fast"], "--min-rate"),
+        (base + ["--max-uploads", "2", "--max-group-uploads", "3"], "--max-group-uploads 3"),
+        (base + ["--max-temp", "1M", "--max-segment", "2M"], "--max-temp"),
+        (base + ["--inbox-reserve", "-1"], "--inbox-reserve"),
         (base + ["extra"], "unexpected argument"),
     ]
     for args, needle in cases:

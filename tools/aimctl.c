@@ -4,7 +4,8 @@
  * shared decoder, `replay` applies segments offline with the very applier
  * aim-remote uses (remote/apply.h), after validating all of them as a set.
  * `status` (cmd_status.c) reads a daemon's /status for people, `ship`
- * (cmd_ship.c) drains an unmounted journal with the transport.
+ * (cmd_ship.c) drains an unmounted journal with the transport, `resume`
+ * asks an aim-remote to start its stopped groups again.
  *
  * Exit status: 0 success, 1 failure (the reason is on stderr), 2 usage.
  */
@@ -15,10 +16,12 @@
 #include "parse.h"
 #include "format.h"
 
+#include <curl/curl.h>
 #include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +44,7 @@ struct command {
 
 static int cmd_dump(int argc, char **argv);
 static int cmd_replay(int argc, char **argv);
+static int cmd_resume(int argc, char **argv);
 static int cmd_help(int argc, char **argv);
 
 static const struct command commands[] = {
@@ -57,6 +61,9 @@ static const struct command commands[] = {
 	{ "verify", cmd_verify, "[--status ADDR:PORT] [--timeout DURATION] [IMAGE]",
 	  "compare a running aimfs's images with every replica, block hash by block hash;\n"
 	  "      exits 0 only if every replica is equal" },
+	{ "resume", cmd_resume, "[--status ADDR:PORT] [GROUP]",
+	  "ask a running aim-remote to start its stopped groups (or GROUP) again,\n"
+	  "      once their cause is fixed (default status 127.0.0.1:9381)" },
 	{ "help", cmd_help, "", "show this help" },
 };
 
@@ -623,6 +630,87 @@ out:
 	free(files);
 	free(maps);
 	return status;
+}
+
+/* ---- resume ---- */
+
+#define REMOTE_STATUS "127.0.0.1:9381" /* aim-remote's default --status */
+
+struct reply {
+	char text[1024];
+	size_t len;
+};
+
+static size_t keep_reply(char *p, size_t size, size_t n, void *ctx)
+{
+	struct reply *r = ctx;
+	size_t add = size * n, room = sizeof r->text - 1 - r->len;
+
+	memcpy(r->text + r->len, p, add < room ? add : room);
+	r->len += add < room ? add : room;
+	r->text[r->len] = '\0';
+	return add;
+}
+
+/* POST /resume[/GROUP] to aim-remote's status listener. */
+static int cmd_resume(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "status", required_argument, NULL, 's' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *addr = REMOTE_STATUS, *group = NULL;
+	char url[512], errbuf[CURL_ERROR_SIZE] = "";
+	struct reply rep = { .len = 0 };
+	json_t *o, *n;
+	long code = 0;
+	CURLcode cc;
+	CURL *c;
+	int ch;
+
+	optind = 1;
+	while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		if (ch != 's')
+			return usage_error("resume: unknown option %s", argv[optind - 1]);
+		addr = optarg;
+	}
+	if (optind < argc - 1)
+		return usage_error("resume: give at most one GROUP");
+	if (optind == argc - 1)
+		group = argv[optind];
+	snprintf(url, sizeof url, "http://%s/resume%s%s", addr, group ? "/" : "",
+		 group ? group : "");
+	c = curl_easy_init();
+	if (!c)
+		return 1;
+	curl_easy_setopt(c, CURLOPT_URL, url);
+	curl_easy_setopt(c, CURLOPT_POSTFIELDS, "");
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, keep_reply);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, &rep);
+	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
+	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	cc = curl_easy_perform(c);
+	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
+	curl_easy_cleanup(c);
+	if (cc != CURLE_OK) {
+		log_error("resume: %s: %s", url, errbuf[0] ? errbuf : curl_easy_strerror(cc));
+		return 1;
+	}
+	o = json_loads(rep.text, 0, NULL);
+	n = o ? json_object_get(o, "resumed") : NULL;
+	if (code != 200 || !json_is_integer(n)) {
+		json_t *e = o ? json_object_get(o, "error") : NULL;
+
+		log_error("resume: aim-remote at %s answered %ld: %s", addr, code,
+			  json_is_string(e) ? json_string_value(e) : rep.text);
+		json_decref(o);
+		return 1;
+	}
+	printf("%lld stopped group%s asked to resume\n", (long long)json_integer_value(n),
+	       json_integer_value(n) == 1 ? "" : "s");
+	json_decref(o);
+	return 0;
 }
 
 /* ---- main ---- */

@@ -49,6 +49,7 @@ struct dest {
 	uint64_t segments_sent, bytes_sent, bytes_raw;
 	double rate_bps;            /* moving average of upload throughput */
 	uint64_t skel_through;      /* skeletons stored up to this segment */
+	uint64_t retry_after_ns;    /* the last answer's Retry-After, 0 if none (worker) */
 };
 
 /* What the record means for a worker (T).  Tracking: it ships skeletons. */

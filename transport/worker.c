@@ -7,8 +7,13 @@
  * dest_link_set):
  *   2xx                 acknowledged: the catalog records it, then pruning
  *   network error, 5xx,
- *   408, 429            retry after 1, 2, 4 ... 60 s, +-20 % jitter
+ *   408, 429            retry after 1, 2, 4 ... 60 s, +-20 % jitter, or after
+ *                       the receiver's Retry-After when it gives one
  *   other 4xx           stopped, with the status and the receiver's reason
+ * An answer that arrives before the whole body was sent (a receiver that
+ * refuses in the middle, then closes) counts as that answer, not as the
+ * network error that the closing may cause next.  TLS 1.2 is the least
+ * version accepted, whatever the system's OpenSSL configuration allows.
  * The libcurl easy handle belongs to this thread and is reused, so TLS
  * sessions and connections are kept between segments.
  */
@@ -109,7 +114,7 @@ static enum outcome classify(struct dest *d, CURLcode cc, long status, const str
 {
 	char why[200];
 
-	if (cc != CURLE_OK) {
+	if (cc != CURLE_OK && status < 400) {
 		/* Network and TLS failures are retried, TLS ones included: a
 		 * certificate can be fixed on the remote without touching the
 		 * source, and the status shows the reason meanwhile. */
@@ -140,6 +145,7 @@ static CURL *make_handle(struct dest *d, struct curl_slist *headers[2], char *er
 	curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, 60L);
 	curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
 	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https,http");
+	curl_easy_setopt(c, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
 	curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
 	curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
 	if (d->cfg.ca_file)
@@ -188,6 +194,7 @@ static enum outcome put(struct dest *d, CURL *c, struct curl_slist *headers[2], 
 			char *errbuf)
 {
 	struct upload u = { .data = body, .len = len, .view = view };
+	curl_off_t retry_after = 0;
 	char url[8192];
 	long status = 0;
 	CURLcode cc;
@@ -205,6 +212,12 @@ static enum outcome put(struct dest *d, CURL *c, struct curl_slist *headers[2], 
 	curl_easy_setopt(c, CURLOPT_INFILESIZE_LARGE, (curl_off_t)len);
 	cc = curl_easy_perform(c);
 	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+	if (curl_easy_getinfo(c, CURLINFO_RETRY_AFTER, &retry_after) != CURLE_OK || retry_after < 0)
+		retry_after = 0;
+	/* The receiver says when to come back (a full inbox, too many uploads). */
+	d->retry_after_ns = status >= 500 || status == 429 ? (uint64_t)retry_after * 1000000000ULL : 0;
+	if (d->retry_after_ns > BACKOFF_MAX_NS)
+		d->retry_after_ns = BACKOFF_MAX_NS;
 	return classify(d, cc, status, &u, errbuf);
 }
 
@@ -419,7 +432,8 @@ void *worker_main(void *arg)
 			pthread_mutex_lock(&t->lock);
 		} else if (o == SHIP_RETRY) {
 			d->attempts++;
-			d->next_attempt_ns = now + backoff_ns(d->attempts);
+			d->next_attempt_ns = now + (d->retry_after_ns ? d->retry_after_ns
+								      : backoff_ns(d->attempts));
 			dest_link_set(d, DEST_LINK_RETRYING);
 		} else {
 			dest_link_set(d, o == SHIP_RESYNC ? DEST_LINK_GAP : DEST_LINK_STOPPED);
