@@ -247,6 +247,31 @@ static int zero_file(int fd, const struct seg_record *rec)
 	return r;
 }
 
+/* What of data record rec does not fit a block device of size bytes, or
+ * NULL: the one rule both applying and applier_check enforce.  With
+ * KEEP_SIZE the source's size did not change, so a ZERO or ALLOC running
+ * past the end of the device lies past the source's end too. */
+static const char *beyond_device(const struct seg_record *rec, uint64_t size)
+{
+	bool keep = rec->flags & SEG_F_KEEP_SIZE;
+	uint64_t end = rec->offset + rec->length;
+
+	if (end < rec->offset)
+		return "range";
+	switch (rec->type) {
+	case SEG_WRITE:
+		return end > size ? "write" : NULL;
+	case SEG_ZERO:
+		return end > size && !keep ? "zero" : NULL;
+	case SEG_ALLOC:
+		return end > size && !keep ? "allocation" : NULL;
+	case SEG_TRUNCATE:
+		return rec->offset > size ? "truncate" : NULL;
+	default:
+		return NULL;
+	}
+}
+
 static int apply_data(int fd, const struct seg_record *rec, bool blockdev, uint64_t dev_size,
 		      const struct data_ctx *c, char *err, size_t errlen)
 {
@@ -258,13 +283,16 @@ static int apply_data(int fd, const struct seg_record *rec, bool blockdev, uint6
 		return dfail(c, err, errlen, -EINVAL, "%s at %" PRIu64 "+%" PRIu64 " is out of range",
 			     seg_type_name(rec->type), off, len);
 	end = off + len;
+	if (blockdev && beyond_device(rec, dev_size))
+		return dfail(c, err, errlen, -ENOSPC,
+			     "%s at %" PRIu64 "+%" PRIu64 " is beyond the end of %s (%" PRIu64
+			     " bytes); block devices are never resized",
+			     beyond_device(rec, dev_size), off, len, c->path, dev_size);
 	switch (rec->type) {
 	case SEG_WRITE:
 		if (rec->payload_len != len)
 			return dfail(c, err, errlen, -EINVAL, "WRITE of %" PRIu64 " bytes carries %u",
 				     len, rec->payload_len);
-		if (blockdev && end > dev_size)
-			goto beyond;
 		r = fileio_pwrite_full(apply_io.pwrite_fn, fd, rec->payload, len, off);
 		if (r < 0)
 			return dfail(c, err, errlen, r, "write at %" PRIu64 "+%" PRIu64 " to %s: %s",
@@ -272,11 +300,8 @@ static int apply_data(int fd, const struct seg_record *rec, bool blockdev, uint6
 		return 0;
 	case SEG_ZERO:
 		if (blockdev) {
-			/* With KEEP_SIZE the source's size did not change, so
-			 * the part past the device end lies past the source's
-			 * end too and is invisible there: clip it. */
-			if (end > dev_size && !keep)
-				goto beyond;
+			/* past the device end with KEEP_SIZE: invisible at the
+			 * source too (beyond_device); clip it */
 			if (off >= dev_size)
 				return 0;
 			r = zero_blockdev(fd, off, (end < dev_size ? end : dev_size) - off,
@@ -290,11 +315,6 @@ static int apply_data(int fd, const struct seg_record *rec, bool blockdev, uint6
 		return 0;
 	case SEG_TRUNCATE:
 		if (blockdev) {
-			if (off > dev_size)
-				return dfail(c, err, errlen, -ENOSPC,
-					     "truncate to %" PRIu64 " is beyond the end of %s (%" PRIu64
-					     " bytes); block devices are never resized",
-					     off, c->path, dev_size);
 			/* What lies past the new size must read zeros when
 			 * the image grows again, as it does on the source. */
 			r = off < dev_size ? zero_blockdev(fd, off, dev_size - off, false) : 0;
@@ -306,13 +326,8 @@ static int apply_data(int fd, const struct seg_record *rec, bool blockdev, uint6
 				     off, strerror(-r));
 		return 0;
 	case SEG_ALLOC:
-		if (blockdev) {
-			/* A device is allocated already; only a growth past
-			 * its end matters. */
-			if (end > dev_size && !keep)
-				goto beyond;
-			return 0;
-		}
+		if (blockdev)
+			return 0; /* allocated already; a growth past its end: beyond_device */
 		if (apply_io.fallocate_fn(fd, keep ? FALLOC_FL_KEEP_SIZE : 0, (off_t)off,
 					  (off_t)len) < 0) {
 			r = -errno;
@@ -327,11 +342,6 @@ static int apply_data(int fd, const struct seg_record *rec, bool blockdev, uint6
 		return dfail(c, err, errlen, -EINVAL, "%s is not a data record",
 			     seg_type_name(rec->type));
 	}
-beyond:
-	return dfail(c, err, errlen, -ENOSPC,
-		     "%s at %" PRIu64 "+%" PRIu64 " is beyond the end of %s (%" PRIu64 " bytes)",
-		     rec->type == SEG_WRITE ? "write" : rec->type == SEG_ZERO ? "zero" : "allocation",
-		     off, len, c->path, dev_size);
 }
 
 int apply_record_data(int fd, const struct seg_record *r, bool block_device,
@@ -982,6 +992,103 @@ int applier_map(struct applier *a, const char *image, const char *path)
 	a->maps[a->nmaps].path = p;
 	a->nmaps++;
 	return 0;
+}
+
+int apply_map_parse(const char *arg, struct apply_map *m, const char **why)
+{
+	const char *eq = strchr(arg, '=');
+
+	memset(m, 0, sizeof *m);
+	if (!eq || eq == arg || !eq[1]) {
+		*why = "expected IMAGE=PATH";
+		return -EINVAL;
+	}
+	m->image = strndup(arg, (size_t)(eq - arg));
+	m->path = strdup(eq + 1);
+	if (!m->image || !m->path) {
+		apply_map_free(m);
+		*why = "out of memory";
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+void apply_map_free(struct apply_map *m)
+{
+	free(m->image);
+	free(m->path);
+	m->image = m->path = NULL;
+}
+
+int applier_map_all(struct applier *a, const struct apply_map *maps, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		int r = applier_map(a, maps[i].image, maps[i].path);
+
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+/* The size of the block device at path, UINT64_MAX if path is not one
+ * (a file grows).  0 or -errno with err set. */
+static int device_size(const char *path, uint64_t *size, char *err, size_t errlen)
+{
+	struct stat st;
+	int fd, r = 0;
+
+	*size = UINT64_MAX;
+	if (stat(path, &st) < 0 || !S_ISBLK(st.st_mode))
+		return 0;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || apply_io.ioctl_fn(fd, BLKGETSIZE64, size) < 0)
+		r = apply_fail(err, errlen, -errno, "cannot read the size of %s: %s", path,
+			       strerror(errno));
+	if (fd >= 0)
+		close(fd);
+	return r;
+}
+
+int applier_check(struct applier *a, struct seg_view *v, uint64_t after, char *err,
+		  size_t errlen)
+{
+	struct seg_record rec;
+	uint64_t *sizes;
+	int r = 0;
+
+	if (!a->nmaps)
+		return 0;
+	sizes = calloc(a->nmaps, sizeof *sizes);
+	if (!sizes)
+		return apply_fail(err, errlen, -ENOMEM, "out of memory");
+	for (size_t i = 0; i < a->nmaps && r == 0; i++)
+		r = device_size(a->maps[i].path, &sizes[i], err, errlen);
+	seg_view_rewind(v);
+	while (r == 0 && seg_view_next(v, &rec) == 1) {
+		const struct mapping *m;
+		const char *name, *what;
+		size_t i;
+
+		if (rec.lsn <= after || rec.type < SEG_WRITE || rec.type > SEG_ALLOC)
+			continue;
+		name = seg_view_image_name(v, rec.image);
+		m = name ? apply_find_map(a, name) : NULL;
+		if (!m)
+			continue;
+		i = (size_t)(m - a->maps);
+		what = sizes[i] == UINT64_MAX ? NULL : beyond_device(&rec, sizes[i]);
+		if (what)
+			r = apply_fail(err, errlen, -ENOSPC,
+				       "%s at %" PRIu64 "+%" PRIu64 " (LSN %" PRIu64 ") of image %s is"
+				       " beyond the end of %s (%" PRIu64 " bytes); block devices are"
+				       " never resized, so nothing of segment %" PRIu64 " was applied",
+				       what, rec.offset, rec.length, rec.lsn, name, m->path, sizes[i],
+				       seg_view_header(v)->number);
+	}
+	seg_view_rewind(v);
+	free(sizes);
+	return r;
 }
 
 void applier_set_durable_cb(struct applier *a, apply_durable_fn fn, void *ctx)

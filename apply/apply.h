@@ -135,6 +135,28 @@ int applier_new(const char *target_dir, struct applier **out);
  */
 int applier_map(struct applier *a, const char *image, const char *path);
 
+/* An operator's --map IMAGE=PATH, parsed once: the image's name as the
+ * segments say it, and the path of its target (a file or block device). */
+struct apply_map {
+	char *image;
+	char *path;
+};
+/* Parses "IMAGE=PATH" into m (malloc'd; apply_map_free).  Returns 0,
+ * -EINVAL with *why saying what is wrong, or -ENOMEM. */
+int apply_map_parse(const char *arg, struct apply_map *m, const char **why);
+void apply_map_free(struct apply_map *m);
+/* applier_map for each of maps.  Returns 0 or the first error. */
+int applier_map_all(struct applier *a, const struct apply_map *maps, size_t n);
+/*
+ * Checks, before anything of it is applied, that every data record of v
+ * after LSN after fits its target: a record beyond the end of a mapped
+ * block device (which is never resized) is refused, with the record, the
+ * device and its size in err.  Returns 0, -ENOSPC, or -errno when a
+ * device's size cannot be read.
+ */
+int applier_check(struct applier *a, struct seg_view *v, uint64_t after, char *err,
+		  size_t errlen);
+
 /* Sets the callback told of durable progress (NULL for none). */
 void applier_set_durable_cb(struct applier *a, apply_durable_fn fn, void *ctx);
 

@@ -109,6 +109,11 @@ static const char *const state_names[] = {
 	[GROUP_STOPPED] = "stopped",
 };
 
+const char *group_state_name(enum group_state s)
+{
+	return (size_t)s < sizeof state_names / sizeof state_names[0] ? state_names[s] : "?";
+}
+
 bool group_name_valid(const char *name, uint8_t uuid[16])
 {
 	char again[37];
@@ -377,97 +382,6 @@ static int on_durable(void *ctx, const struct apply_progress *p)
 	return 0;
 }
 
-/* Where a record of an image mapped onto a block device would end up
- * beyond the device: the same rules as the applier, checked for the whole
- * segment before anything is applied. */
-static const char *beyond_device(const struct seg_record *rec, uint64_t size)
-{
-	bool keep = rec->flags & SEG_F_KEEP_SIZE;
-	uint64_t end = rec->offset + rec->length;
-
-	if (end < rec->offset)
-		return "range";
-	switch (rec->type) {
-	case SEG_WRITE:
-		return end > size ? "write" : NULL;
-	case SEG_ZERO:
-		return end > size && !keep ? "zero" : NULL;
-	case SEG_ALLOC:
-		return end > size && !keep ? "allocation" : NULL;
-	case SEG_TRUNCATE:
-		return rec->offset > size ? "truncate" : NULL;
-	default:
-		return NULL;
-	}
-}
-
-static int preflight(struct group *g, struct seg_view *v, uint64_t after, char *why,
-		     size_t whylen)
-{
-	const struct remote_config *c = &g->r->cfg;
-	uint64_t *sizes;
-	struct seg_record rec;
-	int r = 0;
-
-	if (!c->nmaps)
-		return 0;
-	sizes = calloc(c->nmaps, sizeof *sizes);
-	if (!sizes) {
-		snprintf(why, whylen, "out of memory");
-		return -ENOMEM;
-	}
-	for (size_t i = 0; i < c->nmaps; i++) {
-		const char *path = strchr(c->maps[i], '=') + 1;
-		struct stat st;
-		int fd;
-
-		sizes[i] = UINT64_MAX; /* not a block device: files grow */
-		if (stat(path, &st) < 0 || !S_ISBLK(st.st_mode))
-			continue;
-		fd = open(path, O_RDONLY | O_CLOEXEC);
-		if (fd < 0 || ioctl(fd, BLKGETSIZE64, &sizes[i]) < 0) {
-			r = -errno;
-			snprintf(why, whylen, "cannot read the size of %s: %s", path, strerror(-r));
-			if (fd >= 0)
-				close(fd);
-			goto out;
-		}
-		close(fd);
-	}
-	seg_view_rewind(v);
-	while (seg_view_next(v, &rec) == 1) {
-		const char *name, *what;
-
-		if (rec.lsn <= after || rec.type < SEG_WRITE || rec.type > SEG_ALLOC)
-			continue;
-		name = seg_view_image_name(v, rec.image);
-		if (!name)
-			continue;
-		for (size_t i = 0; i < c->nmaps; i++) {
-			const char *eq = strchr(c->maps[i], '=');
-
-			if (sizes[i] == UINT64_MAX || strlen(name) != (size_t)(eq - c->maps[i]) ||
-			    strncmp(name, c->maps[i], (size_t)(eq - c->maps[i])) != 0)
-				continue;
-			what = beyond_device(&rec, sizes[i]);
-			if (what) {
-				snprintf(why, whylen,
-					 "%s at %" PRIu64 "+%" PRIu64 " (LSN %" PRIu64 ") of image %s is beyond the end of %s (%" PRIu64
-					 " bytes); block devices are never resized, so nothing of segment %" PRIu64
-					 " was applied",
-					 what, rec.offset, rec.length, rec.lsn, name, eq + 1, sizes[i],
-					 seg_view_header(v)->number);
-				r = -ENOSPC;
-				goto out;
-			}
-		}
-	}
-out:
-	seg_view_rewind(v);
-	free(sizes);
-	return r;
-}
-
 struct stale {
 	struct group *g;
 	const struct names *live;
@@ -579,7 +493,7 @@ static int apply_next(struct group *g, uint64_t next, bool jump)
 		quarantine(g, next, name, why, true);
 		return 0;
 	}
-	r = preflight(g, f.v, after, why, sizeof why);
+	r = applier_check(g->a, f.v, after, why, sizeof why);
 	if (r < 0) {
 		inbox_file_close(&f);
 		snprintf(why + strlen(why), sizeof why - strlen(why),
@@ -847,14 +761,9 @@ static int group_init(struct group *g)
 	r = applier_new(c->target_dir, &g->a);
 	if (r < 0)
 		return r;
-	for (size_t i = 0; i < c->nmaps; i++) {
-		char *eq = strchr(c->maps[i], '='), image[SEG_NAME_MAX + 1];
-
-		snprintf(image, sizeof image, "%.*s", (int)(eq - c->maps[i]), c->maps[i]);
-		r = applier_map(g->a, image, eq + 1);
-		if (r < 0)
-			return r;
-	}
+	r = applier_map_all(g->a, c->maps, c->nmaps);
+	if (r < 0)
+		return r;
 	applier_set_durable_cb(g->a, on_durable, g);
 	applier_set_event_cb(g->a, on_event, g);
 	return 0;

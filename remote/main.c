@@ -158,13 +158,7 @@ static int check_maps(const struct remote_config *c)
 	r = applier_new(c->target_dir, &a);
 	if (r < 0)
 		return r;
-	for (size_t i = 0; i < c->nmaps && r == 0; i++) {
-		char *eq = strchr(c->maps[i], '=');
-
-		*eq = '\0';
-		r = applier_map(a, c->maps[i], eq + 1);
-		*eq = '=';
-	}
+	r = applier_map_all(a, c->maps, c->nmaps);
 	applier_free(a);
 	return r;
 }
@@ -279,16 +273,15 @@ static int parse_args(int argc, char **argv, struct remote_config *c, bool *done
 			c->target_dir = optarg;
 			break;
 		case 'm': {
-			const char *eq = strchr(optarg, '=');
-			char **nm;
+			struct apply_map *nm = realloc(c->maps, (c->nmaps + 1) * sizeof *nm);
+			const char *why;
 
-			if (!eq || eq == optarg || !eq[1])
-				return usage_error("--map takes IMAGE=PATH, not \"%s\"", optarg);
-			nm = realloc(c->maps, (c->nmaps + 1) * sizeof *nm);
 			if (!nm)
 				return 1;
 			c->maps = nm;
-			c->maps[c->nmaps++] = optarg;
+			if (apply_map_parse(optarg, &c->maps[c->nmaps], &why) < 0)
+				return usage_error("--map takes IMAGE=PATH, not \"%s\": %s", optarg, why);
+			c->nmaps++;
 			break;
 		}
 		case 's':
@@ -591,6 +584,8 @@ out:
 	free(owned[1]);
 	free(r.state_dir);
 	free(r.db_path);
+	for (size_t i = 0; i < r.cfg.nmaps; i++)
+		apply_map_free(&r.cfg.maps[i]);
 	free(r.cfg.maps);
 	pthread_mutex_destroy(&r.lock);
 	return status;

@@ -37,6 +37,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "apply.h"
 #include "format.h"
 
 #define REMOTE_DEFAULT_STATUS "127.0.0.1:9381"
@@ -82,7 +83,7 @@ struct remote_config {
 	const char *inbox;
 	const char *target_dir;
 	const char *state_dir;     /* default: <inbox>.state */
-	char **maps;               /* "IMAGE=PATH" as given */
+	struct apply_map *maps;    /* --map IMAGE=PATH, parsed */
 	size_t nmaps;
 	const char *listen;        /* NULL: watch only */
 	const char *tls_cert, *tls_key, *client_ca, *token_file;
@@ -141,6 +142,9 @@ struct remote {
 /* ---- groups.c ---- */
 
 enum group_state { GROUP_STARTING, GROUP_IDLE, GROUP_APPLYING, GROUP_WAITING, GROUP_STOPPED };
+#define GROUP_STATES (GROUP_STOPPED + 1)
+/* The word status and the state database use for s. */
+const char *group_state_name(enum group_state s);
 
 struct quarantine_entry {
 	uint64_t segment;

@@ -50,14 +50,6 @@ struct status {
 	struct httpd *httpd;
 };
 
-static const char *const state_names[] = {
-	[GROUP_STARTING] = "starting",
-	[GROUP_IDLE] = "idle",
-	[GROUP_APPLYING] = "applying",
-	[GROUP_WAITING] = "waiting",
-	[GROUP_STOPPED] = "stopped",
-};
-
 static double lag_seconds(const struct group_snapshot *s, uint64_t now)
 {
 	uint64_t since;
@@ -91,7 +83,7 @@ static void group_json(void *ctx, const struct group_snapshot *s)
 	json_t *o = json_object(), *q = json_array();
 
 	json_object_set_new(o, "group", json_string(s->name));
-	json_object_set_new(o, "state", json_string(state_names[s->state]));
+	json_object_set_new(o, "state", json_string(group_state_name(s->state)));
 	json_object_set_new(o, "applied_segment", u64(s->applied_segment));
 	json_object_set_new(o, "applied_lsn", u64(s->applied_lsn));
 	json_object_set_new(o, "consistent", json_boolean(s->consistent));
@@ -255,9 +247,9 @@ static void group_metrics(void *ctx, const struct group_snapshot *s)
 			      s->waiting_for);
 		break;
 	case 6:
-		for (int i = 0; i <= GROUP_STOPPED; i++)
+		for (int i = 0; i < GROUP_STATES; i++)
 			strbuf_printf(sb, "aim_remote_group_state{group=\"%s\",state=\"%s\"} %d\n", g,
-				      state_names[i], (int)s->state == i);
+				      group_state_name((enum group_state)i), (int)s->state == i);
 		break;
 	case 7:
 		strbuf_printf(sb, "aim_remote_quarantined_total{group=\"%s\"} %" PRIu64 "\n", g,

@@ -2,6 +2,7 @@
  * targets.c — the sizes of the targets the remote holds (see targets.h).
  */
 #include "targets.h"
+#include "apply.h"
 
 #include <fcntl.h>
 #include <fts.h>
@@ -32,29 +33,22 @@ static void add_files(json_t *out, const char *target_dir)
 	fts_close(fts);
 }
 
-static void add_maps(json_t *out, char *const *maps, size_t nmaps)
+static void add_maps(json_t *out, const struct apply_map *maps, size_t nmaps)
 {
 	for (size_t i = 0; i < nmaps; i++) {
-		const char *eq = strchr(maps[i], '=');
-		char image[4096];
+		int fd = open(maps[i].path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 		off_t size;
-		int fd;
 
-		if (!eq || (size_t)(eq - maps[i]) >= sizeof image)
-			continue;
-		memcpy(image, maps[i], (size_t)(eq - maps[i]));
-		image[eq - maps[i]] = '\0';
-		fd = open(eq + 1, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 		if (fd < 0)
 			continue;
 		size = lseek(fd, 0, SEEK_END); /* a block device's size too */
 		close(fd);
 		if (size >= 0)
-			json_object_set_new(out, image, json_integer(size));
+			json_object_set_new(out, maps[i].image, json_integer(size));
 	}
 }
 
-json_t *targets_list(const char *target_dir, char *const *maps, size_t nmaps)
+json_t *targets_list(const char *target_dir, const struct apply_map *maps, size_t nmaps)
 {
 	json_t *out = json_object();
 

@@ -11,6 +11,8 @@
 #include <jansson.h>
 #include <stddef.h>
 
+struct apply_map;
+
 /* Caps the walk, so that a huge target directory answers in bounded time. */
 #define TARGETS_MAX 100000
 
@@ -20,6 +22,6 @@
  * each map "IMAGE=PATH" whose PATH opens (its size, a block device's too).
  * Returns NULL only when out of memory.
  */
-json_t *targets_list(const char *target_dir, char *const *maps, size_t nmaps);
+json_t *targets_list(const char *target_dir, const struct apply_map *maps, size_t nmaps);
 
 #endif
