@@ -832,6 +832,27 @@ static int apply_one(struct applier *a, struct seg_view *v, const struct seg_rec
 	return barrier(a, rec->lsn, rec->time_ns, err, errlen);
 }
 
+/* Tells the record callback about rec; on APPLY_STOP makes the targets
+ * durable up to rec first (unless rec's own barrier just did). */
+static int record_hook(struct applier *a, struct seg_view *v, const struct seg_record *rec,
+		       char *err, size_t errlen)
+{
+	int r = a->record(a->record_ctx, v, rec);
+
+	if (r < 0)
+		return apply_fail(err, errlen, r, "at LSN %" PRIu64 " of segment %" PRIu64 ": %s",
+				  rec->lsn, a->segment, strerror(-r));
+	if (r != APPLY_STOP)
+		return 0;
+	if (!(a->reported && a->reported_lsn == rec->lsn)) {
+		r = barrier(a, rec->lsn, rec->time_ns, err, errlen);
+		if (r < 0)
+			return r;
+	}
+	err[0] = '\0';
+	return APPLY_STOP;
+}
+
 int applier_apply(struct applier *a, struct seg_view *v, uint64_t after_lsn, char *err,
 		  size_t errlen)
 {
@@ -870,6 +891,11 @@ int applier_apply(struct applier *a, struct seg_view *v, uint64_t after_lsn, cha
 				return r;
 			}
 			a->stats.records++;
+			if (a->record) {
+				r = record_hook(a, v, &rec, err, errlen);
+				if (r != 0)
+					return r;
+			}
 		}
 		a->prev_time = rec.time_ns;
 	}
@@ -1101,6 +1127,12 @@ void applier_set_event_cb(struct applier *a, apply_event_fn fn, void *ctx)
 {
 	a->event = fn;
 	a->event_ctx = ctx;
+}
+
+void applier_set_record_cb(struct applier *a, apply_record_fn fn, void *ctx)
+{
+	a->record = fn;
+	a->record_ctx = ctx;
 }
 
 void applier_stats(const struct applier *a, struct apply_stats *st)

@@ -105,6 +105,24 @@ struct apply_event {
  */
 typedef int (*apply_event_fn)(void *ctx, const struct apply_event *e);
 
+/*
+ * Called right after each record with lsn > after_lsn has been applied,
+ * whatever its type (FLUSH, MARK and SKIP included), in stream order.  v
+ * is the view being applied, positioned at r: seg_view_image_name and
+ * seg_view_names answer as of r, r's own namespace change included.  The
+ * targets then hold exactly the state after r -- in the page cache:
+ * another process that reads the target files now sees that state, but it
+ * is durable only at barriers.  Returns 0 to go on, APPLY_STOP to stop
+ * right after r (the applier makes the targets durable up to r, tells the
+ * durable callback, and applier_apply returns APPLY_STOP), or -errno to
+ * fail the apply, which returns it.  For `aimctl replay --until` (stop at
+ * a record) and `aimctl check` (examine the targets at chosen records).
+ */
+typedef int (*apply_record_fn)(void *ctx, struct seg_view *v, const struct seg_record *r);
+
+/* What a record callback returns to stop, and applier_apply then. */
+#define APPLY_STOP 1
+
 /* What an applier did since applier_new (for summaries and status). */
 struct apply_stats {
 	uint64_t segments;      /* segments applied to their end */
@@ -164,9 +182,13 @@ void applier_set_durable_cb(struct applier *a, apply_durable_fn fn, void *ctx);
  * (NULL for none: they are then only counted). */
 void applier_set_event_cb(struct applier *a, apply_event_fn fn, void *ctx);
 
+/* Sets the callback called after each applied record (NULL for none). */
+void applier_set_record_cb(struct applier *a, apply_record_fn fn, void *ctx);
+
 /*
  * Applies the records with lsn > after_lsn of the validated sealed view v,
- * in order (it rewinds v first and iterates it to the end).  Returns 0, or
+ * in order (it rewinds v first and iterates it to the end).  Returns 0,
+ * APPLY_STOP when the record callback stopped it (durable up to there), or
  * -errno with a reason a person can act on in err (errlen bytes, always
  * NUL-terminated), e.g. -ENOSPC for a record beyond the end of a block
  * device.  After an error the targets are durable up to the last LSN

@@ -81,6 +81,8 @@ struct applier {
 	void *durable_ctx;
 	apply_event_fn event;
 	void *event_ctx;
+	apply_record_fn record;
+	void *record_ctx;
 	struct apply_stats stats;
 	uint8_t *hbuf;     /* a block of a HASH comparison */
 	size_t hbuf_len;
