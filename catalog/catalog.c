@@ -130,6 +130,13 @@ static int migrate(struct catalog *c)
 	    sqlite3_exec(c->db, "ALTER TABLE destinations ADD COLUMN"
 			 " sync_reason TEXT NOT NULL DEFAULT ''", NULL, NULL, NULL) != SQLITE_OK)
 		return db_fail(c, "adding destinations.sync_reason");
+	/* A mark's name names one point of the group (aimctl replay --until
+	 * MARK:NAME).  aimfs refuses a name in use before it journals it; the
+	 * index makes the catalog say so too. */
+	if (sqlite3_exec(c->db, "CREATE UNIQUE INDEX IF NOT EXISTS marks_by_name ON marks(name)",
+			 NULL, NULL, NULL) != SQLITE_OK)
+		log_warn("catalog %s: mark names are not unique (%s); they are kept as they are",
+			 c->path, sqlite3_errmsg(c->db));
 	return 0;
 }
 
@@ -357,6 +364,41 @@ static const char *write_kind(const struct seg_record *r)
 	}
 }
 
+/*
+ * A MARK record.  Indexing a segment again finds its marks there already
+ * (same LSN): nothing to do.  A name that another LSN holds (a segment
+ * not written by aimfs, which refuses such names) keeps its first point;
+ * the later MARK stays in the segment, but the catalog does not name it.
+ */
+static int index_mark(struct catalog *c, const struct seg_record *r)
+{
+	struct catalog_mark m;
+	char name[SEG_MARK_MAX + 1];
+	sqlite3_stmt *st;
+	int ret;
+
+	snprintf(name, sizeof name, "%.*s", (int)r->payload_len, (const char *)r->payload);
+	ret = catalog_mark_find(c, name, &m);
+	if (ret == 0) {
+		if (m.lsn != r->lsn)
+			log_warn("catalog %s: MARK \"%s\" at LSN %" PRIu64 " reuses the name of the"
+				 " mark at LSN %" PRIu64 "; the catalog keeps the first", c->path,
+				 name, r->lsn, m.lsn);
+		return 0;
+	}
+	if (ret != -ENOENT)
+		return ret;
+	if (sqlite3_prepare_v2(c->db, "INSERT OR IGNORE INTO marks(name, lsn, time_ns)"
+				      " VALUES(?, ?, ?)", -1, &st, NULL))
+		return db_fail(c, "mark");
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)r->lsn);
+	sqlite3_bind_int64(st, 3, (sqlite3_int64)r->time_ns);
+	ret = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, "mark");
+	sqlite3_finalize(st);
+	return ret;
+}
+
 static int index_record(struct catalog *c, const struct seg_record *r, uint64_t segment)
 {
 	const char *kind = write_kind(r);
@@ -401,15 +443,7 @@ static int index_record(struct catalog *c, const struct seg_record *r, uint64_t 
 		sqlite3_finalize(st);
 		return ret ? ret : image_rename(c, r->image, b);
 	case SEG_MARK:
-		if (sqlite3_prepare_v2(c->db, "INSERT OR REPLACE INTO marks(name, lsn, time_ns)"
-					      " VALUES(?, ?, ?)", -1, &st, NULL))
-			return db_fail(c, "mark");
-		sqlite3_bind_text(st, 1, r->payload, (int)r->payload_len, SQLITE_STATIC);
-		sqlite3_bind_int64(st, 2, (sqlite3_int64)r->lsn);
-		sqlite3_bind_int64(st, 3, (sqlite3_int64)r->time_ns);
-		ret = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, "mark");
-		sqlite3_finalize(st);
-		return ret;
+		return index_mark(c, r);
 	default:
 		return 0;
 	}
@@ -933,6 +967,55 @@ int catalog_segment_last_lsn(struct catalog *c, uint64_t n, uint64_t *lsn)
 	} else {
 		r = r == SQLITE_DONE ? -ENOENT : db_fail(c, "segment lsn");
 	}
+	sqlite3_finalize(st);
+	return r;
+}
+
+/* ---- marks ---- */
+
+static void mark_row(sqlite3_stmt *st, struct catalog_mark *m)
+{
+	snprintf(m->name, sizeof m->name, "%s", (const char *)sqlite3_column_text(st, 0));
+	m->lsn = (uint64_t)sqlite3_column_int64(st, 1);
+	m->time_ns = (uint64_t)sqlite3_column_int64(st, 2);
+}
+
+int catalog_mark_find(struct catalog *c, const char *name, struct catalog_mark *m)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	if (sqlite3_prepare_v2(c->db, "SELECT name, lsn, time_ns FROM marks WHERE name = ?"
+				      " ORDER BY lsn LIMIT 1", -1, &st, NULL))
+		return db_fail(c, "mark lookup");
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	r = sqlite3_step(st);
+	if (r == SQLITE_ROW) {
+		mark_row(st, m);
+		r = 0;
+	} else {
+		r = r == SQLITE_DONE ? -ENOENT : db_fail(c, "mark lookup");
+	}
+	sqlite3_finalize(st);
+	return r;
+}
+
+int catalog_marks_each(struct catalog *c, int (*fn)(void *ctx, const struct catalog_mark *m),
+		       void *ctx)
+{
+	struct catalog_mark m;
+	sqlite3_stmt *st;
+	int r = 0, step;
+
+	if (sqlite3_prepare_v2(c->db, "SELECT name, lsn, time_ns FROM marks ORDER BY lsn", -1, &st,
+			       NULL))
+		return db_fail(c, "marks");
+	while (r == 0 && (step = sqlite3_step(st)) == SQLITE_ROW) {
+		mark_row(st, &m);
+		r = fn(ctx, &m);
+	}
+	if (r == 0 && step != SQLITE_DONE)
+		r = db_fail(c, "marks");
 	sqlite3_finalize(st);
 	return r;
 }

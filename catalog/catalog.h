@@ -20,6 +20,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "format.h"
+
 struct catalog;
 struct seg_view;
 
@@ -67,6 +69,21 @@ int catalog_max_image_id(struct catalog *c, uint32_t *id);
 int catalog_segment_last_lsn(struct catalog *c, uint64_t n, uint64_t *lsn);
 /* Marks a segment's state ("sealed", "pruned", ...). */
 int catalog_segment_set_state(struct catalog *c, uint64_t n, const char *state);
+
+/* ---- marks (MARK records, indexed with their segment) ---- */
+
+struct catalog_mark {
+	char name[SEG_MARK_MAX + 1];
+	uint64_t lsn;
+	uint64_t time_ns; /* the record's source time */
+};
+
+/* The mark named name; -ENOENT if none. */
+int catalog_mark_find(struct catalog *c, const char *name, struct catalog_mark *m);
+/* Calls fn for every mark in LSN order; a non-zero return stops and is
+ * returned. */
+int catalog_marks_each(struct catalog *c, int (*fn)(void *ctx, const struct catalog_mark *m),
+		       void *ctx);
 
 /* ---- destinations (the transport) ---- */
 

@@ -30,6 +30,7 @@
 #define SEG_TRAILER_SIZE 56
 #define SEG_NAME_MAX 4095       /* longest image path, bytes */
 #define SEG_COMPONENT_MAX 255   /* longest path component, bytes */
+#define SEG_MARK_MAX 255        /* longest MARK label, bytes */
 #define SEG_TABLE_MAX (16u << 20) /* largest image table, bytes */
 #define SEG_PAYLOAD_MAX (1u << 30) /* largest record payload, bytes */
 #define SEG_FILE_DIGITS 20
@@ -128,6 +129,9 @@ int seg_parse_file_name(const char *name, uint64_t *n);
  * 1..255 bytes separated by single '/', none "." or "..", no NUL, no
  * control characters, 1..SEG_NAME_MAX bytes. */
 bool seg_name_valid(const char *name, size_t len);
+/* True if label (len bytes) may be a MARK's payload: 1..SEG_MARK_MAX
+ * bytes, none below 0x20 and no 0x7f (docs/FORMAT.md, MARK). */
+bool seg_mark_label_valid(const char *label, size_t len);
 /* Formats a 16-byte group UUID as 36 characters + NUL; parses it back. */
 void seg_uuid_format(const uint8_t uuid[16], char out[37]);
 int seg_uuid_parse(const char *s, uint8_t uuid[16]);

@@ -139,6 +139,16 @@ int seg_uuid_parse(const char *s, uint8_t u[16])
 	return 0;
 }
 
+bool seg_mark_label_valid(const char *label, size_t len)
+{
+	if (len == 0 || len > SEG_MARK_MAX)
+		return false;
+	for (size_t i = 0; i < len; i++)
+		if ((unsigned char)label[i] < 0x20 || label[i] == 0x7f)
+			return false;
+	return true;
+}
+
 const char *seg_type_name(uint8_t type)
 {
 	static const char *const names[] = {
@@ -586,11 +596,10 @@ static int apply_semantics(struct seg_view *v, const struct seg_record *r, uint6
 		return 0;
 	case SEG_MARK:
 		if (r->flags || r->image || r->aux || r->offset || r->length ||
-		    r->payload_len == 0 || r->payload_len > 255)
+		    r->payload_len == 0 || r->payload_len > SEG_MARK_MAX)
 			return fail(err, off, "MARK record is malformed");
-		for (uint32_t i = 0; i < r->payload_len; i++)
-			if ((unsigned char)pl[i] < 0x20 || pl[i] == 0x7f)
-				return fail(err, off, "MARK label has control characters");
+		if (!seg_mark_label_valid(pl, r->payload_len))
+			return fail(err, off, "MARK label has control characters");
 		return 0;
 	default:
 		return fail(err, off, "unknown record type %u", r->type);
