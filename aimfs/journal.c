@@ -766,17 +766,28 @@ int journal_rmdir(struct journal *j, const char *name)
 	return r;
 }
 
-int journal_mark(struct journal *j, const char *label)
+int journal_mark(struct journal *j, const char *label, uint64_t *lsn, uint64_t *segment,
+		 uint64_t *time_ns)
 {
 	size_t len = strlen(label);
-	int r;
+	struct seg_record r = { .type = SEG_MARK, .payload = label, .payload_len = (uint32_t)len };
+	int ret;
 
-	if (len == 0 || len > 255)
+	/* A label the decoder refuses would make the whole segment invalid. */
+	if (!seg_mark_label_valid(label, len))
 		return -EINVAL;
+	r.payload_hash = seg_payload_hash(label, len);
 	pthread_mutex_lock(&j->lock);
-	r = name_record_locked(j, SEG_MARK, 0, 0, 0, label, NULL);
+	/* The append may seal the segment when it fills it: ask first. */
+	ret = journal_ensure_open_locked(j);
+	if (ret == 0) {
+		*segment = j->open->number;
+		ret = journal_append_locked(j, &r);
+		*lsn = r.lsn;
+		*time_ns = r.time_ns;
+	}
 	pthread_mutex_unlock(&j->lock);
-	return r;
+	return ret;
 }
 
 /* ---- registry access ---- */

@@ -160,7 +160,10 @@ int journal_rename_dir(struct journal *j, const char *old_name, const char *new_
 int journal_rename_dir_check(struct journal *j, const char *old_name, const char *new_name);
 int journal_mkdir(struct journal *j, const char *name, mode_t mode);
 int journal_rmdir(struct journal *j, const char *name);
-int journal_mark(struct journal *j, const char *label);
+/* A MARK record labelled label (seg_mark_label_valid, else -EINVAL); its
+ * LSN, the segment it went to and its time are returned. */
+int journal_mark(struct journal *j, const char *label, uint64_t *lsn, uint64_t *segment,
+		 uint64_t *time_ns);
 
 /*
  * Resynchronisation records (docs/RESYNC.md), tagged for destination
