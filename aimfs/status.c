@@ -1,30 +1,146 @@
 /*
- * status.c — aimfs's /status and /metrics.  JSON is made with jansson;
- * every number comes from a snapshot taken under the owning module's lock,
- * so a reply is consistent per module and never blocks a write for long.
- * The destinations' part of both is printed from one snapshot each
- * (transport_views), so /status and /metrics tell the same state.
+ * status.c — aimfs's /status and /metrics, and the operator's actions:
+ * POST /verify (compare with every replica) and POST /mark/NAME (journal
+ * a MARK now).  JSON is made with jansson; every number comes from a
+ * snapshot taken under the owning module's lock, so a reply is consistent
+ * per module and never blocks a write for long.  The destinations' part of
+ * both is printed from one snapshot each (transport_views), so /status and
+ * /metrics tell the same state.
+ *
+ * Marks.  A mark's name names one point of the group, so a name is
+ * refused if any mark ever had it.  The catalog holds every mark of
+ * segments sealed before this mount (recovery indexed them all before the
+ * listener starts); this file keeps that list in memory, loaded once at
+ * start, and adds every mark it journals: the list is complete without
+ * waiting for the sealer to index, and GET /marks needs no SQLite on the
+ * listener's thread.  mark_lock serialises marks (they are rare); it is
+ * taken before any journal lock and never inside one.
  */
 #include "status.h"
+#include "catalog.h"
 #include "clock.h"
 #include "httpd.h"
 #include "journal.h"
+#include "log.h"
 #include "resync.h"
 #include "format.h"
 #include "strbuf.h"
 #include "transport.h"
 
 #include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
 #include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+
+/* How long POST /mark waits for the MARK's segment to be sealed, fsynced
+ * and renamed (it is sealed at once; this is only a bound). */
+#define MARK_DURABLE_WAIT_NS (5ULL * 1000000000ULL)
+
+struct mark {
+	char name[SEG_MARK_MAX + 1];
+	uint64_t lsn;
+	uint64_t time_ns;
+};
 
 struct status {
 	struct status_info info;
 	struct httpd *httpd;
 	uint64_t started_ns;
+	pthread_mutex_t mark_lock;
+	struct mark *marks; /* every mark of the group, in LSN order */
+	size_t nmarks, marks_cap;
+	bool marks_known;   /* false: the catalog could not be read; no new marks */
 };
+
+/* ---- marks ---- */
+
+/* Appends a mark (under mark_lock, or before the listener starts). */
+static int marks_add(struct status *s, const char *name, uint64_t lsn, uint64_t time_ns)
+{
+	if (s->nmarks == s->marks_cap) {
+		size_t cap = s->marks_cap ? 2 * s->marks_cap : 16;
+		struct mark *nm = realloc(s->marks, cap * sizeof *nm);
+
+		if (!nm)
+			return -ENOMEM;
+		s->marks = nm;
+		s->marks_cap = cap;
+	}
+	snprintf(s->marks[s->nmarks].name, sizeof s->marks[0].name, "%s", name);
+	s->marks[s->nmarks].lsn = lsn;
+	s->marks[s->nmarks].time_ns = time_ns;
+	s->nmarks++;
+	return 0;
+}
+
+static const struct mark *marks_find(const struct status *s, const char *name)
+{
+	for (size_t i = 0; i < s->nmarks; i++)
+		if (strcmp(s->marks[i].name, name) == 0)
+			return &s->marks[i];
+	return NULL;
+}
+
+static int load_mark(void *ctx, const struct catalog_mark *m)
+{
+	return marks_add(ctx, m->name, m->lsn, m->time_ns);
+}
+
+/* The marks the catalog holds: every one journaled before this mount. */
+static void marks_load(struct status *s)
+{
+	struct catalog *cat;
+	char path[4200];
+
+	snprintf(path, sizeof path, "%s/catalog.db", s->info.journal_dir);
+	if (catalog_open(path, &cat) < 0) {
+		log_warn("marks: cannot read %s: POST /mark is refused until the next mount", path);
+		return;
+	}
+	s->marks_known = catalog_marks_each(cat, load_mark, s) == 0;
+	catalog_close(cat);
+	if (!s->marks_known)
+		log_warn("marks: cannot list the marks in %s: POST /mark is refused until the next"
+			 " mount", path);
+}
+
+static json_t *mark_json(const struct mark *m)
+{
+	char tbuf[64];
+
+	return json_pack("{s:s, s:I, s:s, s:I}", "name", m->name, "lsn", (json_int_t)m->lsn,
+			 "time", clock_iso8601(m->time_ns, 9, tbuf, sizeof tbuf), "time_ns",
+			 (json_int_t)m->time_ns);
+}
+
+/* GET /status's summary: how many, and the last one. */
+static json_t *marks_summary(struct status *s)
+{
+	json_t *o;
+
+	pthread_mutex_lock(&s->mark_lock);
+	o = json_pack("{s:I, s:o}", "count", (json_int_t)s->nmarks, "last",
+		      s->nmarks ? mark_json(&s->marks[s->nmarks - 1]) : json_null());
+	pthread_mutex_unlock(&s->mark_lock);
+	return o;
+}
+
+static json_t *marks_list(struct status *s)
+{
+	json_t *a = json_array();
+
+	pthread_mutex_lock(&s->mark_lock);
+	for (size_t i = 0; i < s->nmarks; i++)
+		json_array_append_new(a, mark_json(&s->marks[i]));
+	pthread_mutex_unlock(&s->mark_lock);
+	return json_pack("{s:o}", "marks", a);
+}
 
 static json_t *status_json(struct status *s)
 {
@@ -61,6 +177,7 @@ static json_t *status_json(struct status *s)
 	json_object_set_new(o, "records_journaled", json_integer((json_int_t)js.records));
 	json_object_set_new(o, "bytes_journaled", json_integer((json_int_t)js.bytes));
 	json_object_set_new(o, "segments_recycled", json_integer((json_int_t)js.recycled));
+	json_object_set_new(o, "marks", marks_summary(s));
 	if (s->info.transport && transport_views(s->info.transport, &views, &nviews) < 0)
 		nviews = 0;
 	json_object_set_new(o, "destinations", dest_views_json(views, nviews));
@@ -154,6 +271,8 @@ static int handle(void *ctx, const char *path, struct httpd_response *resp)
 		resp->content_type = "text/plain; version=0.0.4";
 		return resp->body ? 0 : -ENOMEM;
 	}
+	if (strcmp(path, "/marks") == 0)
+		return json_reply(resp, 200, marks_list(s));
 	if (strcmp(path, "/verify") == 0) {
 		json_t *o = s->info.resync ? resync_verify_status(s->info.resync) : NULL;
 
@@ -162,10 +281,98 @@ static int handle(void *ctx, const char *path, struct httpd_response *resp)
 					  "{\"error\": \"no verification yet\"}\n");
 		return json_reply(resp, 200, o);
 	}
-	return httpd_text(resp, 404, "text/plain", "try /status or /metrics\n");
+	return httpd_text(resp, 404, "text/plain", "try /status, /metrics or /marks\n");
 }
 
-/* POST /verify or /verify/<image>: start verifying against every remote. */
+static int error_reply(struct httpd_response *resp, unsigned status, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static int error_reply(struct httpd_response *resp, unsigned status, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	return json_reply(resp, status, json_pack("{s:s}", "error", msg));
+}
+
+/* Waits until segment is durable (sealed, fsynced, renamed); false if it
+ * is not within MARK_DURABLE_WAIT_NS. */
+static bool wait_durable(struct journal *j, uint64_t segment)
+{
+	uint64_t deadline = clock_mono_ns() + MARK_DURABLE_WAIT_NS;
+	struct journal_stats js;
+
+	for (;;) {
+		journal_stats(j, &js);
+		if (js.durable_segment >= segment)
+			return true;
+		if (clock_mono_ns() > deadline)
+			return false;
+		usleep(2000);
+	}
+}
+
+/*
+ * POST /mark/NAME: journals a MARK labelled NAME now, seals its segment so
+ * that it ships without waiting for segment_age, and answers once the
+ * segment is durable: 201 {"name", "lsn", "segment", "time", "time_ns",
+ * "durable"}.  400 for a name a MARK cannot carry, 409 for a name in use.
+ */
+static int handle_mark(struct status *s, const char *name, struct httpd_response *resp)
+{
+	const struct mark *old;
+	struct mark m;
+	uint64_t segment = 0;
+	bool durable;
+	json_t *o;
+	int r;
+
+	if (!seg_mark_label_valid(name, strlen(name)))
+		return error_reply(resp, 400, "a mark's name is 1 to %d bytes, without control"
+				   " characters", SEG_MARK_MAX);
+	pthread_mutex_lock(&s->mark_lock);
+	if (!s->marks_known) {
+		pthread_mutex_unlock(&s->mark_lock);
+		return error_reply(resp, 503, "the marks in the catalog could not be read at mount,"
+				   " so a new name cannot be checked; see aimfs's log");
+	}
+	old = marks_find(s, name);
+	if (old) {
+		char tbuf[64];
+
+		r = error_reply(resp, 409, "mark \"%s\" exists already (LSN %" PRIu64 ", %s);"
+				" a mark's name names one point: choose another", name, old->lsn,
+				clock_iso8601(old->time_ns, 3, tbuf, sizeof tbuf));
+		pthread_mutex_unlock(&s->mark_lock);
+		return r;
+	}
+	snprintf(m.name, sizeof m.name, "%s", name);
+	r = journal_mark(s->info.journal, name, &m.lsn, &segment, &m.time_ns);
+	if (r == 0)
+		r = marks_add(s, m.name, m.lsn, m.time_ns);
+	pthread_mutex_unlock(&s->mark_lock);
+	if (r < 0) {
+		log_error("mark \"%s\": %s", name, strerror(-r));
+		return error_reply(resp, 503, "journaling the mark failed: %s", strerror(-r));
+	}
+	/* Ship it now, not when segment_age or idleness would seal it. */
+	if (journal_seal(s->info.journal) < 0)
+		log_warn("mark \"%s\" at LSN %" PRIu64 ": sealing its segment failed; it ships"
+			 " when the journal seals it", name, m.lsn);
+	durable = wait_durable(s->info.journal, segment);
+	log_info("mark \"%s\" at LSN %" PRIu64 " (segment %" PRIu64 ")%s", name, m.lsn, segment,
+		 durable ? "" : "; its segment is not durable yet");
+	o = mark_json(&m);
+	json_object_set_new(o, "segment", json_integer((json_int_t)segment));
+	json_object_set_new(o, "durable", json_boolean(durable));
+	return json_reply(resp, 201, o);
+}
+
+/* POST /verify or /verify/<image>: start verifying against every remote;
+ * POST /mark/<name>: journal a mark. */
 static int handle_post(void *ctx, const char *path, struct httpd_response *resp)
 {
 	struct status *s = ctx;
@@ -173,12 +380,15 @@ static int handle_post(void *ctx, const char *path, struct httpd_response *resp)
 	uint64_t id;
 	int r;
 
+	if (strncmp(path, "/mark/", 6) == 0)
+		return handle_mark(s, path + 6, resp);
 	if (strcmp(path, "/verify") == 0)
 		image = NULL;
 	else if (strncmp(path, "/verify/", 8) == 0 && path[8])
 		image = path + 8;
 	else
-		return httpd_text(resp, 404, "text/plain", "POST /verify or /verify/<image>\n");
+		return httpd_text(resp, 404, "text/plain",
+				  "POST /verify, /verify/<image> or /mark/<name>\n");
 	if (!s->info.resync)
 		return httpd_text(resp, 409, "application/json",
 				  "{\"error\": \"no destinations to verify against\"}\n");
@@ -200,8 +410,12 @@ int status_start(const char *addr, const struct status_info *info, struct status
 		return -ENOMEM;
 	s->info = *info;
 	s->started_ns = clock_wall_ns();
+	pthread_mutex_init(&s->mark_lock, NULL);
+	marks_load(s);
 	r = httpd_start(addr, handle, s, &s->httpd);
 	if (r < 0) {
+		pthread_mutex_destroy(&s->mark_lock);
+		free(s->marks);
 		free(s);
 		return r;
 	}
@@ -215,5 +429,7 @@ void status_stop(struct status *s)
 	if (!s)
 		return;
 	httpd_stop(s->httpd);
+	pthread_mutex_destroy(&s->mark_lock);
+	free(s->marks);
 	free(s);
 }
