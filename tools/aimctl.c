@@ -1,11 +1,13 @@
 /*
  * aimctl.c — the operator's command-line tool.  One program, one table of
  * subcommands: `dump` lists a segment's header and records through the
- * shared decoder, `replay` applies segments offline with the very applier
- * aim-remote uses (remote/apply.h), after validating all of them as a set.
- * `status` (cmd_status.c) reads a daemon's /status for people, `ship`
- * (cmd_ship.c) drains an unmounted journal with the transport, `resume`
- * asks an aim-remote to start its stopped groups again.
+ * shared decoder; `resume` asks an aim-remote to start its stopped groups
+ * again.  The others live in a file each: `replay` (cmd_replay.c) applies
+ * segments offline with the very applier aim-remote uses, to their end or
+ * until a point; `status` (cmd_status.c) reads a daemon's /status for
+ * people; `ship` (cmd_ship.c) drains an unmounted journal with the
+ * transport; `verify` (cmd_verify.c) compares live images with every
+ * replica.
  *
  * Exit status: 0 success, 1 failure (the reason is on stderr), 2 usage.
  */
@@ -29,8 +31,6 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#define EXIT_USAGE 2
-
 #ifndef AIM_VERSION
 #define AIM_VERSION "unknown"
 #endif
@@ -43,7 +43,6 @@ struct command {
 };
 
 static int cmd_dump(int argc, char **argv);
-static int cmd_replay(int argc, char **argv);
 static int cmd_resume(int argc, char **argv);
 static int cmd_help(int argc, char **argv);
 
@@ -51,8 +50,10 @@ static const struct command commands[] = {
 	{ "dump", cmd_dump, "[--records=yes|no] SEGMENT",
 	  "list a segment's header and records" },
 	{ "replay", cmd_replay,
-	  "--target-dir DIR [--map IMAGE=PATH]... [--after-lsn N] [-v] SEGMENT... | JOURNAL_DIR",
+	  "--target-dir DIR [--map IMAGE=PATH]... [--after-lsn N] [--until LSN|TIME|MARK:NAME]\n"
+	  "         [-v] SEGMENT... | JOURNAL_DIR",
 	  "validate segments, then apply them in order onto DIR (as aim-remote does);\n"
+	  "      --until stops right after that record (a TIME: at the last barrier by then),\n"
 	  "      --after-lsn resumes a replay that stopped, -v shows each durable point" },
 	{ "status", cmd_status, "[--json] [URL]",
 	  "show a daemon's status for people (default http://127.0.0.1:9380/status)" },
@@ -77,10 +78,7 @@ static void usage(FILE *f)
 	fprintf(f, "\nExit status: 0 success, 1 failure (or a difference found), 2 usage error.\n");
 }
 
-/* Reports a usage error and returns the usage exit status. */
-static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static int usage_error(const char *fmt, ...)
+int usage_error(const char *fmt, ...)
 {
 	char msg[512];
 	va_list ap;
@@ -101,9 +99,8 @@ static int cmd_help(int argc, char **argv)
 	return 0;
 }
 
-/* Reports why a segment was refused; the byte offset only for format
- * problems, where it locates the damage. */
-static void report_seg_err(const char *path, int r, const struct seg_err *e)
+/* The byte offset only for format problems, where it locates the damage. */
+void report_seg_err(const char *path, int r, const struct seg_err *e)
 {
 	if (r == -EBADMSG)
 		log_error("%s: %s (at byte %" PRIu64 ")", path, e->msg, e->offset);
@@ -326,310 +323,6 @@ static int cmd_dump(int argc, char **argv)
 		return 1;
 	}
 	return 0;
-}
-
-/* ---- replay ---- */
-
-struct seg_file {
-	char *path;
-	struct seg_view *view;
-};
-
-static int by_number(const void *x, const void *y)
-{
-	const struct seg_file *a = x, *b = y;
-	uint64_t na = seg_view_header(a->view)->number, nb = seg_view_header(b->view)->number;
-
-	return na < nb ? -1 : na > nb;
-}
-
-static int add_file(struct seg_file **files, size_t *n, char *path)
-{
-	struct seg_file *nf = realloc(*files, (*n + 1) * sizeof *nf);
-
-	if (!nf) {
-		free(path);
-		return -ENOMEM;
-	}
-	*files = nf;
-	nf[*n].path = path;
-	nf[*n].view = NULL;
-	(*n)++;
-	return 0;
-}
-
-/* Adds the sealed segment files of a journal directory; ".open" files and
- * anything else are ignored.  The numeric order comes from sorting later. */
-static int add_dir(struct seg_file **files, size_t *n, const char *dir)
-{
-	struct dirent *de;
-	size_t before = *n;
-	DIR *d = opendir(dir);
-
-	if (!d) {
-		log_error("%s: %m", dir);
-		return -errno;
-	}
-	while ((de = readdir(d))) {
-		uint64_t num;
-		char *p;
-
-		if (seg_parse_file_name(de->d_name, &num) < 0)
-			continue;
-		if (asprintf(&p, "%s/%s", dir, de->d_name) < 0 || add_file(files, n, p) < 0) {
-			closedir(d);
-			log_error("out of memory");
-			return -ENOMEM;
-		}
-	}
-	closedir(d);
-	if (*n == before) {
-		log_error("%s: no sealed segments (*%s) in this directory", dir, SEG_FILE_SUFFIX);
-		return -ENOENT;
-	}
-	return 0;
-}
-
-/*
- * Checks that the validated segments form one run: one group, increasing
- * numbers, contiguous LSNs.  Logs the first problem.
- */
-static int check_run(const struct seg_file *f, size_t n)
-{
-	const struct seg_header *h0 = seg_view_header(f[0].view);
-	char u0[37], u1[37];
-
-	for (size_t i = 1; i < n; i++) {
-		const struct seg_header *h = seg_view_header(f[i].view);
-		const struct seg_header *p = seg_view_header(f[i - 1].view);
-		uint64_t prev_last = seg_view_last_lsn(f[i - 1].view);
-
-		if (memcmp(h->group, h0->group, 16) != 0) {
-			seg_uuid_format(h0->group, u0);
-			seg_uuid_format(h->group, u1);
-			log_error("%s belongs to group %s but %s to group %s: replay one group at a time",
-				  f[i].path, u1, f[0].path, u0);
-			return -EINVAL;
-		}
-		if (h->number == p->number) {
-			log_error("segment %" PRIu64 " is given twice: %s and %s", h->number,
-				  f[i - 1].path, f[i].path);
-			return -EINVAL;
-		}
-		if (h->first_lsn != prev_last + 1) {
-			log_error("%s starts at LSN %" PRIu64 " but %s ends at LSN %" PRIu64
-				  " (expected %" PRIu64 "): %s",
-				  f[i].path, h->first_lsn, f[i - 1].path, prev_last, prev_last + 1,
-				  h->first_lsn > prev_last + 1 ? "segments are missing in between"
-							      : "the segments overlap");
-			return -EINVAL;
-		}
-	}
-	return 0;
-}
-
-static int on_durable(void *ctx, const struct apply_progress *p)
-{
-	char tbuf[64];
-
-	(void)ctx;
-	log_debug("durable: segment %" PRIu64 ", LSN %" PRIu64 " (source time %s)", p->segment,
-		  p->lsn, clock_iso8601(p->time_ns, 9, tbuf, sizeof tbuf));
-	return 0;
-}
-
-/* With -v, what SYNC_BEGIN, SYNC_END and HASH records found; ctx is the
- * LSN of an unfinished resync's SYNC_BEGIN (0 if none). */
-static int on_event(void *ctx, const struct apply_event *e)
-{
-	uint64_t *sync_lsn = ctx;
-
-	switch (e->type) {
-	case APPLY_EV_SYNC_BEGIN:
-		log_debug("SYNC_BEGIN: segment %" PRIu64 ", LSN %" PRIu64 ": resync of destination %" PRIu32
-			  " begins; the targets are not a consistent copy until it ends",
-			  e->segment, e->lsn, e->dest);
-		if (!*sync_lsn)
-			*sync_lsn = e->lsn;
-		break;
-	case APPLY_EV_SYNC_END:
-		log_debug("SYNC_END: segment %" PRIu64 ", LSN %" PRIu64 ": resync of destination %" PRIu32
-			  " ends", e->segment, e->lsn, e->dest);
-		*sync_lsn = 0;
-		break;
-	case APPLY_EV_MISMATCH:
-		log_debug("HASH: segment %" PRIu64 ", LSN %" PRIu64 ": image %s differs at %" PRIu64 "+%" PRIu64,
-			  e->segment, e->lsn, e->image, e->offset, e->length);
-		break;
-	}
-	return 0;
-}
-
-static int cmd_replay(int argc, char **argv)
-{
-	static const struct option opts[] = {
-		{ "target-dir", required_argument, NULL, 't' },
-		{ "map", required_argument, NULL, 'm' },
-		{ "after-lsn", required_argument, NULL, 'a' },
-		{ "verbose", no_argument, NULL, 'v' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
-	};
-	const char *target_dir = NULL;
-	char **maps = NULL;
-	size_t nmaps = 0, nfiles = 0;
-	struct seg_file *files = NULL;
-	struct applier *a = NULL;
-	struct apply_stats st;
-	uint64_t after = 0, sync_lsn = 0;
-	char sbuf[32], err[1024], *end;
-	int c, r, status = 1;
-
-	opterr = 0;
-	while ((c = getopt_long(argc, argv, ":t:m:vh", opts, NULL)) != -1) {
-		switch (c) {
-		case 't':
-			if (target_dir) {
-				status = usage_error("replay: --target-dir is given twice");
-				goto out;
-			}
-			target_dir = optarg;
-			break;
-		case 'm': {
-			const char *eq = strchr(optarg, '=');
-			char **nm;
-
-			if (!eq || eq == optarg || !eq[1]) {
-				status = usage_error("replay: --map takes IMAGE=PATH, not \"%s\"", optarg);
-				goto out;
-			}
-			nm = realloc(maps, (nmaps + 1) * sizeof *nm);
-			if (!nm) {
-				log_error("out of memory");
-				goto out;
-			}
-			maps = nm;
-			maps[nmaps++] = optarg;
-			break;
-		}
-		case 'a':
-			errno = 0;
-			after = strtoull(optarg, &end, 10);
-			if (errno || end == optarg || *end || optarg[0] == '-') {
-				status = usage_error("replay: --after-lsn takes an LSN, not \"%s\"", optarg);
-				goto out;
-			}
-			break;
-		case 'v':
-			log_set_level(LOG_LVL_DEBUG);
-			break;
-		case 'h':
-			usage(stdout);
-			status = 0;
-			goto out;
-		case ':':
-			status = usage_error("replay: %s needs an argument", argv[optind - 1]);
-			goto out;
-		default:
-			status = usage_error("replay: unknown option %s", argv[optind - 1]);
-			goto out;
-		}
-	}
-	if (!target_dir) {
-		status = usage_error("replay: --target-dir DIR is required");
-		goto out;
-	}
-	if (optind == argc) {
-		status = usage_error("replay: give SEGMENT files or a JOURNAL_DIR");
-		goto out;
-	}
-
-	/* 1. Collect and validate every segment before touching anything. */
-	for (int i = optind; i < argc; i++) {
-		struct stat sb;
-		char *p;
-
-		if (stat(argv[i], &sb) < 0) {
-			log_error("%s: %m", argv[i]);
-			goto out;
-		}
-		if (S_ISDIR(sb.st_mode)) {
-			if (add_dir(&files, &nfiles, argv[i]) < 0)
-				goto out;
-			continue;
-		}
-		p = strdup(argv[i]);
-		if (!p || add_file(&files, &nfiles, p) < 0) {
-			log_error("out of memory");
-			goto out;
-		}
-	}
-	for (size_t i = 0; i < nfiles; i++) {
-		struct seg_err e;
-
-		r = seg_view_open(files[i].path, &files[i].view, &e);
-		if (r < 0) {
-			report_seg_err(files[i].path, r, &e);
-			log_error("nothing was applied");
-			goto out;
-		}
-	}
-	qsort(files, nfiles, sizeof *files, by_number);
-	if (check_run(files, nfiles) < 0) {
-		log_error("nothing was applied");
-		goto out;
-	}
-
-	/* 2. The target directory and the mappings must be usable too. */
-	if (applier_new(target_dir, &a) < 0)
-		goto out;
-	for (size_t i = 0; i < nmaps; i++) {
-		char *eq = strchr(maps[i], '=');
-
-		*eq = '\0';
-		r = applier_map(a, maps[i], eq + 1);
-		*eq = '=';
-		if (r < 0)
-			goto out;
-	}
-	applier_set_durable_cb(a, on_durable, NULL);
-	applier_set_event_cb(a, on_event, &sync_lsn);
-
-	/* 3. Apply, in order. */
-	for (size_t i = 0; i < nfiles; i++) {
-		/* The applier skips records up to after, so segments wholly
-		 * before it cost only their iteration. */
-		r = applier_apply(a, files[i].view, after, err, sizeof err);
-		if (r < 0) {
-			applier_stats(a, &st);
-			log_error("%s: %s", files[i].path, err);
-			if (st.last_lsn > after)
-				after = st.last_lsn;
-			log_error("replay stopped in segment %" PRIu64 "; the targets are durable up to LSN %" PRIu64
-				  ": once the cause is fixed, resume with --after-lsn %" PRIu64,
-				  seg_view_header(files[i].view)->number, after, after);
-			goto out;
-		}
-	}
-	applier_stats(a, &st);
-	printf("replayed %zu segment%s (LSN %" PRIu64 "..%" PRIu64 ") into %s: %" PRIu64
-	       " records, %" PRIu64 " bytes written (%s), %" PRIu64 " bytes zeroed\n",
-	       nfiles, nfiles == 1 ? "" : "s", seg_view_header(files[0].view)->first_lsn,
-	       seg_view_last_lsn(files[nfiles - 1].view), target_dir, st.records, st.bytes_written,
-	       format_size(st.bytes_written, sbuf, sizeof sbuf), st.bytes_zeroed);
-	if (sync_lsn)
-		log_warn("the segments end inside a resynchronisation (SYNC_BEGIN at LSN %" PRIu64
-			 " has no SYNC_END): the targets are not a consistent copy", sync_lsn);
-	status = 0;
-out:
-	applier_free(a);
-	for (size_t i = 0; i < nfiles; i++) {
-		seg_view_free(files[i].view);
-		free(files[i].path);
-	}
-	free(files);
-	free(maps);
-	return status;
 }
 
 /* ---- resume ---- */

@@ -1,7 +1,9 @@
 /*
- * aimctl.h — the subcommands that live outside aimctl.c, one file each.
- * Each takes the arguments after its name and returns the exit status
- * (0 success, 1 failure with the reason on stderr, 2 usage).
+ * aimctl.h — aimctl's private header: the subcommands that live outside
+ * aimctl.c, one file each, and the pieces several of them share (the
+ * replay engine of `replay` and `check`).  Each command takes the arguments after its
+ * name and returns the exit status (0 success, 1 failure with the reason on
+ * stderr, 2 usage).  Nothing here is thread-safe: aimctl is one thread.
  */
 #ifndef AIM_AIMCTL_H
 #define AIM_AIMCTL_H
@@ -9,10 +11,106 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+
+#include "apply.h"
+#include "format.h"
+
+#define EXIT_USAGE 2
 
 int cmd_status(int argc, char **argv);
 int cmd_ship(int argc, char **argv);
 int cmd_verify(int argc, char **argv);
+int cmd_replay(int argc, char **argv);
+
+/* aimctl.c: reports a usage error (and the usage) and returns EXIT_USAGE. */
+int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* aimctl.c: logs why a segment was refused (the byte offset for format
+ * problems). */
+void report_seg_err(const char *path, int r, const struct seg_err *e);
+
+/* ---- replay.c: the replay engine of `replay` and `check` ---- */
+
+struct seg_file {
+	char *path;
+	struct seg_view *view;
+};
+
+/* The segments a replay reads, validated, in order. */
+struct series {
+	struct seg_file *files;
+	size_t n;
+};
+
+/*
+ * Collects the segments that args name (segment files, or directories
+ * whose sealed segment files are taken; ".open" files are not), validates
+ * each whole, sorts them by number and, with one_run, checks that they form
+ * one run: one group, each segment starting at the LSN after the previous
+ * one's last (a gap or an overlap is refused).  Returns 0, or -errno after
+ * logging the first problem (s is then empty).
+ */
+int series_open(struct series *s, char *const *args, int nargs, bool one_run);
+void series_close(struct series *s);
+uint64_t series_first_lsn(const struct series *s);
+uint64_t series_last_lsn(const struct series *s);
+const uint8_t *series_group(const struct series *s);
+
+/* A point of the stream as an operator names it (--until, --from). */
+enum point_kind { POINT_LSN = 1, POINT_TIME, POINT_MARK };
+
+struct point_spec {
+	enum point_kind kind;
+	uint64_t lsn;                 /* POINT_LSN */
+	uint64_t time_ns;             /* POINT_TIME, ns since the epoch */
+	char mark[SEG_MARK_MAX + 1];  /* POINT_MARK */
+	char text[320];               /* as given, for messages */
+};
+
+/*
+ * Parses a point: "LSN" or "lsn:LSN" (a record's LSN); "mark:NAME" or
+ * "MARK:NAME"; a time, ISO 8601 ("2024-05-01T12:00:00.5Z", with "Z", a
+ * "+02:00" offset, or no zone for UTC; a space may replace the "T") or
+ * epoch seconds "@1714564800.5", optionally after "time:".  Returns 0, or
+ * -EINVAL with the reason in err.
+ */
+int point_parse(const char *text, struct point_spec *p, char *err, size_t errlen);
+
+/* The record a point names, after which a replay stops. */
+struct point {
+	uint64_t lsn;
+	uint64_t segment;
+	uint64_t time_ns;
+	uint8_t type;
+	char label[SEG_MARK_MAX + 1]; /* a MARK's name */
+	bool after_end;               /* a TIME after the series' last record */
+	uint64_t next_time_ns;        /* a TIME: the first record after it (0: none) */
+};
+
+/*
+ * Finds where spec lies in s: the record of that LSN, the MARK of that
+ * name, or for a TIME the last FLUSH (barrier) journaled at or before it
+ * (records after the first one journaled later do not count, so a clock
+ * that stepped back cannot pull the point past that record).  Returns 0,
+ * or -ENOENT (no such record, no barrier by that time) or -EINVAL (a mark
+ * name that two MARKs carry) after logging why.
+ */
+int series_find(struct series *s, const struct point_spec *spec, struct point *out);
+
+/* "LSN 42 (FLUSH, segment 3, 2024-05-01T12:00:00.123Z)" or with the
+ * mark's name; returns buf. */
+const char *point_describe(const struct point *p, char *buf, size_t len);
+
+/*
+ * Applies the records of s with after < LSN <= until (until 0: all), in
+ * order, calling fn (NULL for none) after each one as the applier's record
+ * callback; fn may return APPLY_STOP to stop there.  The targets are
+ * durable up to where it stopped.  Returns 0, or -errno after logging the
+ * segment and the reason; *durable is then the LSN the targets are durable
+ * up to (for --after-lsn).
+ */
+int series_apply(struct series *s, struct applier *a, uint64_t after, uint64_t until,
+		 apply_record_fn fn, void *ctx, uint64_t *durable);
 
 /* ---- daemon_http.c: asking a running daemon ---- */
 

@@ -1,0 +1,225 @@
+/*
+ * cmd_replay.c — `aimctl replay`: applies segments offline with the very
+ * applier aim-remote uses, after validating all of them as one run, to
+ * their end or until a point (an LSN, a time, a mark), where it stops
+ * exactly after that record with the targets durable.
+ */
+#include "aimctl.h"
+#include "clock.h"
+#include "log.h"
+#include "parse.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int on_durable(void *ctx, const struct apply_progress *p)
+{
+	char tbuf[64];
+
+	(void)ctx;
+	log_debug("durable: segment %" PRIu64 ", LSN %" PRIu64 " (source time %s)", p->segment,
+		  p->lsn, clock_iso8601(p->time_ns, 9, tbuf, sizeof tbuf));
+	return 0;
+}
+
+/* With -v, what SYNC_BEGIN, SYNC_END and HASH records found; ctx is the
+ * LSN of an unfinished resync's SYNC_BEGIN (0 if none). */
+static int on_event(void *ctx, const struct apply_event *e)
+{
+	uint64_t *sync_lsn = ctx;
+
+	switch (e->type) {
+	case APPLY_EV_SYNC_BEGIN:
+		log_debug("SYNC_BEGIN: segment %" PRIu64 ", LSN %" PRIu64 ": resync of destination %" PRIu32
+			  " begins; the targets are not a consistent copy until it ends",
+			  e->segment, e->lsn, e->dest);
+		if (!*sync_lsn)
+			*sync_lsn = e->lsn;
+		break;
+	case APPLY_EV_SYNC_END:
+		log_debug("SYNC_END: segment %" PRIu64 ", LSN %" PRIu64 ": resync of destination %" PRIu32
+			  " ends", e->segment, e->lsn, e->dest);
+		*sync_lsn = 0;
+		break;
+	case APPLY_EV_MISMATCH:
+		log_debug("HASH: segment %" PRIu64 ", LSN %" PRIu64 ": image %s differs at %" PRIu64 "+%" PRIu64,
+			  e->segment, e->lsn, e->image, e->offset, e->length);
+		break;
+	}
+	return 0;
+}
+
+/* Says where --until stopped, and for a time why there. */
+static void print_stop(const struct point_spec *spec, const struct point *pt)
+{
+	char pbuf[400], tbuf[64];
+
+	printf("stopped after %s", point_describe(pt, pbuf, sizeof pbuf));
+	if (spec->kind == POINT_TIME) {
+		printf(": the last barrier at or before %s",
+		       clock_iso8601(spec->time_ns, 9, tbuf, sizeof tbuf));
+		if (pt->after_end)
+			printf(" (which is after the last record of these segments)");
+		else
+			printf(" (the next record was journaled at %s)",
+			       clock_iso8601(pt->next_time_ns, 9, tbuf, sizeof tbuf));
+	}
+	putchar('\n');
+}
+
+int cmd_replay(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "target-dir", required_argument, NULL, 't' },
+		{ "map", required_argument, NULL, 'm' },
+		{ "after-lsn", required_argument, NULL, 'a' },
+		{ "until", required_argument, NULL, 'u' },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *target_dir = NULL, *until_arg = NULL;
+	char **maps = NULL;
+	size_t nmaps = 0, nsegs;
+	struct series s = { 0 };
+	struct applier *a = NULL;
+	struct apply_stats st;
+	struct point_spec spec;
+	struct point pt = { 0 };
+	uint64_t after = 0, sync_lsn = 0, durable, until = 0;
+	char sbuf[32], err[512], *end;
+	int c, r, status = 1;
+
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":t:m:u:vh", opts, NULL)) != -1) {
+		switch (c) {
+		case 't':
+			if (target_dir) {
+				status = usage_error("replay: --target-dir is given twice");
+				goto out;
+			}
+			target_dir = optarg;
+			break;
+		case 'm': {
+			const char *eq = strchr(optarg, '=');
+			char **nm;
+
+			if (!eq || eq == optarg || !eq[1]) {
+				status = usage_error("replay: --map takes IMAGE=PATH, not \"%s\"", optarg);
+				goto out;
+			}
+			nm = realloc(maps, (nmaps + 1) * sizeof *nm);
+			if (!nm) {
+				log_error("out of memory");
+				goto out;
+			}
+			maps = nm;
+			maps[nmaps++] = optarg;
+			break;
+		}
+		case 'a':
+			errno = 0;
+			after = strtoull(optarg, &end, 10);
+			if (errno || end == optarg || *end || optarg[0] == '-') {
+				status = usage_error("replay: --after-lsn takes an LSN, not \"%s\"", optarg);
+				goto out;
+			}
+			break;
+		case 'u':
+			until_arg = optarg;
+			break;
+		case 'v':
+			log_set_level(LOG_LVL_DEBUG);
+			break;
+		case 'h':
+			status = 0;
+			printf("usage: aimctl replay --target-dir DIR [--map IMAGE=PATH]... [--after-lsn N]\n"
+			       "                    [--until LSN|TIME|MARK:NAME] [-v] SEGMENT... | JOURNAL_DIR\n");
+			goto out;
+		case ':':
+			status = usage_error("replay: %s needs an argument", argv[optind - 1]);
+			goto out;
+		default:
+			status = usage_error("replay: unknown option %s", argv[optind - 1]);
+			goto out;
+		}
+	}
+	if (!target_dir) {
+		status = usage_error("replay: --target-dir DIR is required");
+		goto out;
+	}
+	if (optind == argc) {
+		status = usage_error("replay: give SEGMENT files or a JOURNAL_DIR");
+		goto out;
+	}
+	if (until_arg && point_parse(until_arg, &spec, err, sizeof err) < 0) {
+		status = usage_error("replay: --until: %s", err);
+		goto out;
+	}
+
+	/* 1. Collect and validate every segment, and find the point, before
+	 * touching anything. */
+	if (series_open(&s, argv + optind, argc - optind, true) < 0) {
+		log_error("nothing was applied");
+		goto out;
+	}
+	if (until_arg) {
+		if (series_find(&s, &spec, &pt) < 0) {
+			log_error("nothing was applied");
+			goto out;
+		}
+		if (pt.lsn <= after) {
+			log_error("--until %s is LSN %" PRIu64 ", not after --after-lsn %" PRIu64
+				  ": nothing to apply; nothing was applied", until_arg, pt.lsn, after);
+			goto out;
+		}
+		until = pt.lsn;
+	}
+
+	/* 2. The target directory and the mappings must be usable too. */
+	if (applier_new(target_dir, &a) < 0)
+		goto out;
+	for (size_t i = 0; i < nmaps; i++) {
+		char *eq = strchr(maps[i], '=');
+
+		*eq = '\0';
+		r = applier_map(a, maps[i], eq + 1);
+		*eq = '=';
+		if (r < 0)
+			goto out;
+	}
+	applier_set_durable_cb(a, on_durable, NULL);
+	applier_set_event_cb(a, on_event, &sync_lsn);
+
+	/* 3. Apply, in order. */
+	if (series_apply(&s, a, after, until, NULL, NULL, &durable) < 0) {
+		log_error("once the cause is fixed, resume with --after-lsn %" PRIu64, durable);
+		goto out;
+	}
+	applier_stats(a, &st);
+	nsegs = s.n;
+	if (until)
+		for (nsegs = 0; nsegs < s.n &&
+		     seg_view_header(s.files[nsegs].view)->number <= pt.segment; nsegs++)
+			;
+	printf("replayed %zu segment%s (LSN %" PRIu64 "..%" PRIu64 ") into %s: %" PRIu64
+	       " records, %" PRIu64 " bytes written (%s), %" PRIu64 " bytes zeroed\n",
+	       nsegs, nsegs == 1 ? "" : "s", series_first_lsn(&s), until ? until : series_last_lsn(&s),
+	       target_dir, st.records, st.bytes_written,
+	       format_size(st.bytes_written, sbuf, sizeof sbuf), st.bytes_zeroed);
+	if (until)
+		print_stop(&spec, &pt);
+	if (sync_lsn)
+		log_warn("the replay ends inside a resynchronisation (SYNC_BEGIN at LSN %" PRIu64
+			 " has no SYNC_END by then): the targets are not a consistent copy", sync_lsn);
+	status = 0;
+out:
+	applier_free(a);
+	series_close(&s);
+	free(maps);
+	return status;
+}
