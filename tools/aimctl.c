@@ -4,10 +4,10 @@
  * shared decoder; `resume` asks an aim-remote to start its stopped groups
  * again.  The others live in a file each: `replay` (cmd_replay.c) applies
  * segments offline with the very applier aim-remote uses, to their end or
- * until a point; `status` (cmd_status.c) reads a daemon's /status for
- * people; `ship` (cmd_ship.c) drains an unmounted journal with the
- * transport; `verify` (cmd_verify.c) compares live images with every
- * replica.
+ * until a point; `mark` and `marks` (cmd_mark.c) make and list named
+ * points; `status` (cmd_status.c) reads a daemon's /status for people;
+ * `ship` (cmd_ship.c) drains an unmounted journal with the transport;
+ * `verify` (cmd_verify.c) compares live images with every replica.
  *
  * Exit status: 0 success, 1 failure (the reason is on stderr), 2 usage.
  */
@@ -55,6 +55,10 @@ static const struct command commands[] = {
 	  "validate segments, then apply them in order onto DIR (as aim-remote does);\n"
 	  "      --until stops right after that record (a TIME: at the last barrier by then),\n"
 	  "      --after-lsn resumes a replay that stopped, -v shows each durable point" },
+	{ "mark", cmd_mark, "[--status ADDR:PORT] NAME",
+	  "ask a running aimfs to journal a MARK named NAME now; prints its LSN" },
+	{ "marks", cmd_marks, "[--json] [--status ADDR:PORT | JOURNAL_DIR | SEGMENT...]",
+	  "list the marks: a running aimfs's, a journal's catalog's, or those in segments" },
 	{ "status", cmd_status, "[--json] [URL]",
 	  "show a daemon's status for people (default http://127.0.0.1:9380/status)" },
 	{ "ship", cmd_ship, "(--dest URL | --config FILE)... [--timeout DURATION] JOURNAL_DIR",

@@ -1,7 +1,8 @@
 /*
  * aimctl.h — aimctl's private header: the subcommands that live outside
  * aimctl.c, one file each, and the pieces several of them share (the
- * replay engine of `replay` and `check`).  Each command takes the arguments after its
+ * replay engine of `replay` and `check`, the HTTP client of the commands
+ * that talk to a daemon).  Each command takes the arguments after its
  * name and returns the exit status (0 success, 1 failure with the reason on
  * stderr, 2 usage).  Nothing here is thread-safe: aimctl is one thread.
  */
@@ -17,11 +18,14 @@
 #include "format.h"
 
 #define EXIT_USAGE 2
+#define DEFAULT_STATUS_ADDR "127.0.0.1:9380"
 
 int cmd_status(int argc, char **argv);
 int cmd_ship(int argc, char **argv);
 int cmd_verify(int argc, char **argv);
 int cmd_replay(int argc, char **argv);
+int cmd_mark(int argc, char **argv);
+int cmd_marks(int argc, char **argv);
 
 /* aimctl.c: reports a usage error (and the usage) and returns EXIT_USAGE. */
 int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -124,5 +128,8 @@ int aimctl_http(const char *cmd, const char *url, bool post, long timeout_s, lon
 		char **body, size_t *len);
 /* The same, parsed as JSON: a new reference, or NULL after logging why. */
 json_t *aimctl_http_json(const char *cmd, const char *url, bool post, long timeout_s, long *code);
+/* Percent-encodes s as one segment of a URL's path into buf (len bytes);
+ * false if it does not fit. */
+bool aimctl_url_escape(const char *s, char *buf, size_t len);
 
 #endif

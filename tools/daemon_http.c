@@ -74,3 +74,27 @@ json_t *aimctl_http_json(const char *cmd, const char *url, bool post, long timeo
 	free(body);
 	return o;
 }
+
+bool aimctl_url_escape(const char *s, char *buf, size_t len)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	size_t n = 0;
+
+	for (; *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+		bool plain = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+			     (ch >= '0' && ch <= '9') || strchr("-._~", ch);
+
+		if (n + (plain ? 1 : 3) >= len)
+			return false;
+		if (plain) {
+			buf[n++] = (char)ch;
+		} else {
+			buf[n++] = '%';
+			buf[n++] = hex[ch >> 4];
+			buf[n++] = hex[ch & 15];
+		}
+	}
+	buf[n] = '\0';
+	return true;
+}
