@@ -4,10 +4,12 @@
  * shared decoder; `resume` asks an aim-remote to start its stopped groups
  * again.  The others live in a file each: `replay` (cmd_replay.c) applies
  * segments offline with the very applier aim-remote uses, to their end or
- * until a point; `mark` and `marks` (cmd_mark.c) make and list named
- * points; `status` (cmd_status.c) reads a daemon's /status for people;
- * `ship` (cmd_ship.c) drains an unmounted journal with the transport;
- * `verify` (cmd_verify.c) compares live images with every replica.
+ * until a point; `check` (cmd_check.c) replays onto a scratch copy of a
+ * base and checks the images at every barrier; `mark` and `marks`
+ * (cmd_mark.c) make and list named points; `status` (cmd_status.c) reads a
+ * daemon's /status for people; `ship` (cmd_ship.c) drains an unmounted
+ * journal with the transport; `verify` (cmd_verify.c) compares live images
+ * with every replica.
  *
  * Exit status: 0 success, 1 failure (the reason is on stderr), 2 usage.
  */
@@ -55,6 +57,12 @@ static const struct command commands[] = {
 	  "validate segments, then apply them in order onto DIR (as aim-remote does);\n"
 	  "      --until stops right after that record (a TIME: at the last barrier by then),\n"
 	  "      --after-lsn resumes a replay that stopped, -v shows each durable point" },
+	{ "check", cmd_check,
+	  "--base DIR [--fsck CMD] [--every N | --marks] [--from POINT] [--until POINT]\n"
+	  "         [--image GLOB]... [--scratch DIR] [--save DIR] [--json] SEGMENT... | JOURNAL_DIR",
+	  "replay onto a scratch copy of DIR and check every image at every FLUSH and MARK\n"
+	  "      (qemu-img check for qcow2, CMD with {} for the image's path for the others);\n"
+	  "      one line per point with the images' hashes; exits 1 if any point fails" },
 	{ "mark", cmd_mark, "[--status ADDR:PORT] NAME",
 	  "ask a running aimfs to journal a MARK named NAME now; prints its LSN" },
 	{ "marks", cmd_marks, "[--json] [--status ADDR:PORT | JOURNAL_DIR | SEGMENT...]",

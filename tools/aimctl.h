@@ -2,7 +2,8 @@
  * aimctl.h — aimctl's private header: the subcommands that live outside
  * aimctl.c, one file each, and the pieces several of them share (the
  * replay engine of `replay` and `check`, the HTTP client of the commands
- * that talk to a daemon).  Each command takes the arguments after its
+ * that talk to a daemon, the base and scratch copy of `check`, and the
+ * examination of one image).  Each command takes the arguments after its
  * name and returns the exit status (0 success, 1 failure with the reason on
  * stderr, 2 usage).  Nothing here is thread-safe: aimctl is one thread.
  */
@@ -26,6 +27,7 @@ int cmd_verify(int argc, char **argv);
 int cmd_replay(int argc, char **argv);
 int cmd_mark(int argc, char **argv);
 int cmd_marks(int argc, char **argv);
+int cmd_check(int argc, char **argv);
 
 /* aimctl.c: reports a usage error (and the usage) and returns EXIT_USAGE. */
 int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -131,5 +133,68 @@ json_t *aimctl_http_json(const char *cmd, const char *url, bool post, long timeo
 /* Percent-encodes s as one segment of a URL's path into buf (len bytes);
  * false if it does not fit. */
 bool aimctl_url_escape(const char *s, char *buf, size_t len);
+
+/* ---- scratch.c: the base of a check, and its scratch copy ---- */
+
+/* A directory that records which group and LSN a base holds (written by
+ * `check --save`). */
+#define BASE_STAMP ".aim-base"
+
+/*
+ * Checks that directory base can start s: its stamp (if any) names s's
+ * group and the LSN before s's first; a copy of a backing directory with
+ * its journal (".aimfs") is of s's group; every regular file is an image of
+ * the first segment's table, and every image of that table is there (unless
+ * the first record is a SYNC_BEGIN, which brings them).  Returns 0, or
+ * -EINVAL after logging the first mismatch.  Reads base only.
+ */
+int base_match(const char *base, const struct series *s);
+
+/*
+ * Makes a new directory in parent (NULL: next to base, or /var/tmp if that
+ * is not writable) and copies base's tree into it, image files by reflink
+ * where the file system can and as sparse copies otherwise.  *dir is the
+ * absolute path (free it); *how says "reflink", "sparse copy" or "reflink
+ * and sparse copy".  Returns 0 or -errno after logging (and removing what
+ * it made).
+ */
+int scratch_make(const char *base, const char *parent, char **dir, const char **how);
+/* Removes a scratch directory and everything in it. */
+void scratch_remove(const char *dir);
+/* Writes dir/BASE_STAMP: dir holds group's images as of LSN lsn. */
+int stamp_write(const char *dir, const uint8_t group[16], uint64_t lsn);
+
+/* ---- imgcheck.c: one image at one point ---- */
+
+enum img_state {
+	IMG_OK = 0,     /* its check passed (or no check applies) */
+	IMG_FAILED,     /* its check failed */
+	IMG_ABSENT,     /* no file yet (a data record creates it) */
+	IMG_EMPTY,      /* 0 bytes: nothing to check */
+};
+
+struct img_result {
+	enum img_state state;
+	char checker[16];   /* "qemu-img", "fsck" or "-" */
+	int exit_code;      /* the checker's, -1 if none ran */
+	uint64_t size;
+	uint64_t hash;      /* XXH3-64 of the bytes */
+	char note[64];      /* e.g. "leaked clusters" */
+	char *output;       /* the checker's output when it failed (malloc'd) */
+};
+
+/*
+ * Examines image name, the file at path: hashes it, then checks it -- with
+ * `qemu-img check` if it is a qcow2 image (by its magic, or a .qcow2 name),
+ * else with fsck_cmd (NULL: no check), a shell command in which "{}" stands
+ * for the quoted path (appended when absent), run with AIM_IMAGE (the
+ * path), AIM_IMAGE_NAME and AIM_LSN in its environment.  A check must not
+ * change the image: one that does is a fatal error (-EPERM), because the
+ * replay is no longer the stream's.  Returns 0 with *r filled (free
+ * r->output), or -errno after logging.
+ */
+int img_examine(const char *name, const char *path, const char *fsck_cmd, uint64_t lsn,
+		bool run_check, struct img_result *r);
+void img_result_clear(struct img_result *r);
 
 #endif
