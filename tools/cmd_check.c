@@ -711,8 +711,9 @@ int cmd_check(int argc, char **argv)
 			log_error("check: --save %s: %m; the end state stays in %s", save, scratch);
 			keep = true;
 		} else {
-			printf("check: saved the images as of LSN %" PRIu64 " in %s (a base for the"
-			       " segments from LSN %" PRIu64 " on)\n", last, save, last + 1);
+			fprintf(c.json ? stderr : stdout, "check: saved the images as of LSN %" PRIu64
+				" in %s (a base for the segments from LSN %" PRIu64 " on)\n", last, save,
+				last + 1);
 			free(scratch);
 			scratch = NULL;
 		}
