@@ -28,9 +28,11 @@ def make_pki(directory):
 
 
 class Nginx:
-    """nginx serving PUT into inbox/ at https://127.0.0.1:PORT/aim/ (or http)."""
+    """nginx serving PUT into inbox/ at https://127.0.0.1:PORT/aim/ (or http).
+    single_process: no master process (master_process off), so that a kill
+    -9 of the one PID is the receiver's death, with no orphaned worker."""
 
-    def __init__(self, workdir, pki=None, port=None):
+    def __init__(self, workdir, pki=None, port=None, single_process=False):
         self.dir = os.path.join(workdir, "nginx")
         self.inbox = os.path.join(self.dir, "inbox")
         os.makedirs(os.path.join(self.dir, "tmp"), exist_ok=True)
@@ -45,6 +47,7 @@ class Nginx:
             tls = (f"ssl_certificate {pki['server.pem']}; ssl_certificate_key {pki['server.key']};")
         conf = f"""
 daemon off;
+{'master_process off;' if single_process else ''}
 user root;
 worker_processes 1;
 pid {self.dir}/nginx.pid;
@@ -92,6 +95,13 @@ http {{
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.proc = None
+
+    def kill9(self):
+        """kill -9 by PID (with single_process, nginx is that one process)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
         self.proc = None
 
     def segments(self, group):
