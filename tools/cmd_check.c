@@ -118,7 +118,7 @@ static void entry_drop(struct check *c, struct entry *e)
 	c->e[i] = c->e[--c->n];
 }
 
-static int entry_rename(struct check *c, struct entry *e, const char *name)
+static int entry_rename(struct entry *e, const char *name)
 {
 	char *n = strdup(name);
 
@@ -127,7 +127,6 @@ static int entry_rename(struct check *c, struct entry *e, const char *name)
 	free(e->name);
 	e->name = n;
 	e->dirty = true;
-	(void)c;
 	return 0;
 }
 
@@ -175,7 +174,7 @@ static int follow(struct check *c, struct seg_view *v, const struct seg_record *
 			if (e)
 				entry_drop(c, e);
 			e = entry_find(c, a);
-			return e ? entry_rename(c, e, b) : 0;
+			return e ? entry_rename(e, b) : 0;
 		}
 		la = strlen(a);
 		for (size_t i = 0; i < c->n; i++) {
@@ -184,7 +183,7 @@ static int follow(struct check *c, struct seg_view *v, const struct seg_record *
 			if (strncmp(c->e[i].name, a, la) != 0 || c->e[i].name[la] != '/')
 				continue;
 			snprintf(nn, sizeof nn, "%s%s", b, c->e[i].name + la);
-			if (entry_rename(c, &c->e[i], nn) < 0)
+			if (entry_rename(&c->e[i], nn) < 0)
 				return -ENOMEM;
 		}
 		return 0;

@@ -241,8 +241,9 @@ int base_match(const char *base, const struct series *s)
  * kernel cannot. */
 static int copy_range(int in, int out, off_t off, off_t len)
 {
-	static char *buf;
+	char *buf = NULL;
 	off_t done = 0;
+	int r = 0;
 
 	while (done < len) {
 		size_t want = (size_t)(len - done < COPY_CHUNK ? len - done : COPY_CHUNK);
@@ -251,19 +252,24 @@ static int copy_range(int in, int out, off_t off, off_t len)
 
 		if (n < 0 && (errno == EXDEV || errno == ENOSYS || errno == EINVAL ||
 			      errno == EOPNOTSUPP)) {
-			if (!buf && !(buf = malloc(COPY_CHUNK)))
-				return -ENOMEM;
+			if (!buf && !(buf = malloc(COPY_CHUNK))) {
+				r = -ENOMEM;
+				break;
+			}
 			n = pread(in, buf, want, off + done);
 			if (n > 0 && pwrite(out, buf, (size_t)n, off + done) != n)
 				n = -1;
 		}
-		if (n < 0)
-			return -errno;
+		if (n < 0) {
+			r = -errno;
+			break;
+		}
 		if (n == 0)
 			break; /* the file shrank under us */
 		done += n;
 	}
-	return 0;
+	free(buf);
+	return r;
 }
 
 /* Copies in to out: reflink, else the data extents only. */
