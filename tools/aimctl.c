@@ -59,7 +59,8 @@ static const struct command commands[] = {
 	  "      --after-lsn resumes a replay that stopped, -v shows each durable point" },
 	{ "check", cmd_check,
 	  "--base DIR [--fsck CMD] [--every N | --marks] [--from POINT] [--until POINT]\n"
-	  "         [--image GLOB]... [--scratch DIR] [--save DIR] [--json] SEGMENT... | JOURNAL_DIR",
+	  "         [--image GLOB]... [--scratch DIR] [--save DIR] [--keep-scratch] [--json]\n"
+	  "         SEGMENT... | JOURNAL_DIR",
 	  "replay onto a scratch copy of DIR and check every image at every FLUSH and MARK\n"
 	  "      (qemu-img check for qcow2, CMD with {} for the image's path for the others);\n"
 	  "      one line per point with the images' hashes; exits 1 if any point fails" },
