@@ -23,6 +23,7 @@
     writes -- is a clear error and writes nothing to the base."""
 import json
 import os
+import shutil
 import struct
 import urllib.error
 import urllib.request
@@ -454,3 +455,37 @@ def test_bad_input_is_refused_and_writes_nothing(aimfs, workdir):
     p = run([AIMCTL, "replay", "--target-dir", target, segs[0], *segs[2:]], check=False)
     assert p.returncode == 1 and "missing in between" in p.stderr
     assert "nothing was applied" in p.stderr and snapshot(target) == before
+
+
+# ---- check: the scratch copy shares the base's blocks where it can ----------
+
+@pytest.mark.skipif(not shutil.which("mkfs.xfs"), reason="mkfs.xfs is not installed")
+def test_check_copies_the_base_by_reflink_where_it_can(aimfs, workdir):
+    backing = os.path.join(workdir, "backing")
+    os.makedirs(backing)
+    run(["qemu-img", "create", "-q", "-f", "qcow2", os.path.join(backing, "vm.qcow2"), "16M"])
+    with open(os.path.join(backing, "raw.img"), "wb") as f:
+        f.write(os.urandom(3 << 20))
+    xfs_img, xfs = os.path.join(workdir, "xfs.img"), os.path.join(workdir, "xfs")
+    run(["truncate", "-s", "320M", xfs_img])
+    run(["mkfs.xfs", "-q", "-m", "reflink=1", xfs_img])
+    os.makedirs(xfs)
+    run(["mount", "-o", "loop", xfs_img, xfs])
+    try:
+        base = os.path.join(xfs, "base")
+        copy_tree(backing, base)
+        m = aimfs()
+        qemu_io("-f", "qcow2", "-c", "write -P 3 0 1M", "-c", "flush",
+                os.path.join(m.mountpoint, "vm.qcow2"))
+        with open(os.path.join(m.mountpoint, "raw.img"), "r+b") as f:
+            f.write(os.urandom(1 << 20))
+            os.fsync(f.fileno())
+        assert m.unmount() == 0
+        before = snapshot(base)
+        c = CheckRun(["--base", base, m.journal])
+        assert c.rc == 0 and len(c.points) >= 2, c
+        assert "(reflink)" in c.err, c.err
+        assert snapshot(base) == before
+        assert sorted(os.listdir(xfs)) == ["base"], os.listdir(xfs)
+    finally:
+        run(["umount", xfs], check=False)
