@@ -82,6 +82,8 @@ def test_marks_are_journaled_named_once_and_listed_everywhere(aimfs, workdir):
     assert lsn2 > lsn1
     out = run([AIMCTL, "marks", "--status", addr]).stdout
     assert "before upgrade" in out and "after/ü" in out
+    out = run([AIMCTL, "status", addr]).stdout
+    assert f'marks        2, the last "after/ü" at LSN {lsn2}' in out, out
     assert m.unmount() == 0
     m.check_quiet()
 

@@ -109,7 +109,7 @@ static void print_source(json_t *o)
 	char a[32], b[32], c[32], pb[40];
 	double max = (double)num(o, "journal_max"), used = (double)num(o, "journal_bytes");
 	size_t i;
-	json_t *d;
+	json_t *d, *marks, *last;
 
 	printf("aimfs source  group %s  %s\n", str(o, "group"),
 	       json_is_null(json_object_get(o, "in_sync")) ? "JOURNAL ONLY (no destinations)" :
@@ -126,6 +126,13 @@ static void print_source(json_t *o)
 	       num(o, "records_journaled"), size_of(o, "bytes_journaled", a, sizeof a),
 	       num(o, "writes_waiting"),
 	       json_is_true(json_object_get(o, "journal_full")) ? " (JOURNAL FULL)" : "");
+	marks = json_object_get(o, "marks");
+	last = json_object_get(marks, "last");
+	if (json_is_object(last))
+		printf("  marks        %lld, the last \"%s\" at LSN %lld (%s)\n", num(marks, "count"),
+		       str(last, "name"), num(last, "lsn"), str(last, "time"));
+	else if (json_is_object(marks))
+		printf("  marks        none (aimctl mark NAME)\n");
 	if (json_array_size(json_object_get(o, "destinations")) == 0)
 		printf("\nno destinations\n");
 	json_array_foreach(json_object_get(o, "destinations"), i, d)
