@@ -415,6 +415,10 @@ def test_bad_input_is_refused_and_writes_nothing(aimfs, workdir):
     ok = CheckRun(["--base", saved, *segs[1:]])
     assert ok.rc == 0 and ok.points, ok
 
+    # a copy of the other group's backing directory, journal included
+    other_copy = os.path.join(workdir, "other-copy")
+    copy_tree(os.path.join(workdir, "two"), other_copy)
+    assert os.path.isdir(os.path.join(other_copy, ".aimfs"))
     lacking = os.path.join(workdir, "lacking")
     os.makedirs(lacking)
     extra = os.path.join(workdir, "extra")
@@ -424,6 +428,7 @@ def test_bad_input_is_refused_and_writes_nothing(aimfs, workdir):
 
     cases = [
         (["--base", other_saved, journal], "holds group"),
+        (["--base", other_copy, journal], "is a copy of a backing directory of group"),
         (["--base", saved, journal], f"as of LSN {first_seg_last}, but these segments start at LSN 1"),
         (["--base", lacking, journal], "it lacks image seed.raw"),
         (["--base", extra, journal], "stray.img is not an image of the group"),

@@ -470,6 +470,15 @@ static int on_record(void *ctx, struct seg_view *v, const struct seg_record *r)
 
 /* ---- the command ---- */
 
+/* 0 if base has a stamp (which base_match compared with the segments). */
+static int access_stamp(const char *base)
+{
+	char path[PATH_MAX];
+
+	snprintf(path, sizeof path, "%s/%s", base, BASE_STAMP);
+	return access(path, F_OK);
+}
+
 static int find_point(struct series *s, const char *opt, const char *arg, struct point *pt)
 {
 	struct point_spec spec;
@@ -679,6 +688,10 @@ int cmd_check(int argc, char **argv)
 		fprintf(info, "check: group %s, %zu segment%s, LSN %" PRIu64 "..%" PRIu64 "; base %s;"
 			" scratch %s (%s)\n", uuid, s.n, s.n == 1 ? "" : "s", series_first_lsn(&s),
 			c.until_lsn, base, scratch, how);
+		if (series_first_lsn(&s) > 1 && access_stamp(base) != 0)
+			fprintf(info, "check: the segments start at LSN %" PRIu64 ": the base must hold"
+				" the images as they were after LSN %" PRIu64 "\n", series_first_lsn(&s),
+				series_first_lsn(&s) - 1);
 		if (c.every == AT_EVERY_N)
 			fprintf(info, "check: after every %" PRIu64 " record%s and the last;",
 				c.every_n, c.every_n == 1 ? "" : "s");

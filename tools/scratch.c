@@ -14,7 +14,6 @@
  * the data extents, SEEK_DATA/SEEK_HOLE, with copy_file_range).
  */
 #include "aimctl.h"
-#include "catalog.h"
 #include "log.h"
 
 #include <dirent.h>
@@ -135,30 +134,44 @@ static int walk_one(const char *path, const struct stat *st, int flag, struct FT
 	return FTW_STOP;
 }
 
-/* A copy of a backing directory with its journal names its group. */
+/* A copy of a backing directory with its journal names its group: in the
+ * header of any of its segments (read only: the catalog could not be
+ * opened without writing to it). */
 static int journal_group_matches(const char *base, const uint8_t group[16])
 {
-	char db[PATH_MAX], text[64], want[37];
-	struct catalog *c;
-	int r;
+	char dir[PATH_MAX], path[PATH_MAX + 300], have[37], want[37];
+	const struct seg_header *h;
+	struct seg_view *v = NULL;
+	struct dirent *de;
+	struct seg_err e;
+	uint64_t n;
+	DIR *d;
+	int r = 0;
 
-	snprintf(db, sizeof db, "%s/%s/catalog.db", base, JOURNAL_DEFAULT);
-	if (access(db, R_OK) < 0)
+	snprintf(dir, sizeof dir, "%s/%s", base, JOURNAL_DEFAULT);
+	d = opendir(dir);
+	if (!d)
 		return 0;
-	if (catalog_open(db, &c) < 0)
-		return -EINVAL;
-	r = catalog_meta_get(c, "group", text, sizeof text);
-	catalog_close(c);
-	if (r < 0)
+	while (!v && (de = readdir(d)))
+		if (seg_parse_file_name(de->d_name, &n) == 0) {
+			snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+			if (seg_view_open(path, &v, &e) < 0)
+				v = NULL;
+		}
+	closedir(d);
+	if (!v)
 		return 0;
-	seg_uuid_format(group, want);
-	if (strcmp(text, want) != 0) {
-		log_error("base %s is a copy of a backing directory of group %s (its %s/catalog.db"
-			  " says so), not of group %s, which these segments belong to", base, text,
+	h = seg_view_header(v);
+	if (memcmp(h->group, group, 16) != 0) {
+		seg_uuid_format(h->group, have);
+		seg_uuid_format(group, want);
+		log_error("base %s is a copy of a backing directory of group %s (its %s journal"
+			  " says so), not of group %s, which these segments belong to", base, have,
 			  JOURNAL_DEFAULT, want);
-		return -EINVAL;
+		r = -EINVAL;
 	}
-	return 0;
+	seg_view_free(v);
+	return r;
 }
 
 int base_match(const char *base, const struct series *s)
