@@ -12,6 +12,7 @@
  * change stops the check.
  */
 #include "aimctl.h"
+#include "fileio.h"
 #include "log.h"
 
 #include <errno.h>
@@ -53,12 +54,10 @@ static int hash_file(int fd, uint64_t *hash, bool *qcow2)
 	}
 	XXH3_64bits_reset(st);
 	for (;;) {
-		ssize_t n = pread(fd, buf, HASH_CHUNK, off);
+		ssize_t n = fileio_pread_full(NULL, fd, buf, HASH_CHUNK, (uint64_t)off);
 
-		if (n < 0 && errno == EINTR)
-			continue;
 		if (n < 0) {
-			r = -errno;
+			r = (int)n;
 			break;
 		}
 		if (n == 0)

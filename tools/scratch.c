@@ -14,6 +14,7 @@
  * the data extents, SEEK_DATA/SEEK_HOLE, with copy_file_range).
  */
 #include "aimctl.h"
+#include "fileio.h"
 #include "log.h"
 
 #include <dirent.h>
@@ -269,12 +270,17 @@ static int copy_range(int in, int out, off_t off, off_t len)
 				r = -ENOMEM;
 				break;
 			}
-			n = pread(in, buf, want, off + done);
-			if (n > 0 && pwrite(out, buf, (size_t)n, off + done) != n)
-				n = -1;
+			n = fileio_pread_full(NULL, in, buf, want, (uint64_t)(off + done));
+			if (n > 0) {
+				r = fileio_pwrite_full(NULL, out, buf, (size_t)n, (uint64_t)(off + done));
+				if (r < 0)
+					break;
+			}
+		} else if (n < 0) {
+			n = -errno;
 		}
 		if (n < 0) {
-			r = -errno;
+			r = (int)n;
 			break;
 		}
 		if (n == 0)
