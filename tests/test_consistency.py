@@ -177,7 +177,7 @@ def test_replay_until_each_mark_reproduces_the_source(aimfs, workdir):
     copy_tree(start, target)
     before = snapshot(target)
     last = recs[-1]["lsn"]
-    for until, words in ((f"MARK:no such mark", "names no record"),
+    for until, words in (("MARK:no such mark", "names no record"),
                          (str(last + 1), f"LSN {last + 1} names no record"),
                          ("2001-01-01T00:00:00Z", "no barrier (FLUSH) was journaled"),
                          ("yesterday", "is not a time")):
