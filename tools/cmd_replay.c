@@ -83,7 +83,7 @@ int cmd_replay(int argc, char **argv)
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *target_dir = NULL, *until_arg = NULL;
-	char **maps = NULL;
+	struct apply_map *maps = NULL;
 	size_t nmaps = 0, nsegs;
 	struct series s = { 0 };
 	struct applier *a = NULL;
@@ -105,20 +105,20 @@ int cmd_replay(int argc, char **argv)
 			target_dir = optarg;
 			break;
 		case 'm': {
-			const char *eq = strchr(optarg, '=');
-			char **nm;
+			struct apply_map *nm = realloc(maps, (nmaps + 1) * sizeof *nm);
+			const char *why;
 
-			if (!eq || eq == optarg || !eq[1]) {
-				status = usage_error("replay: --map takes IMAGE=PATH, not \"%s\"", optarg);
-				goto out;
-			}
-			nm = realloc(maps, (nmaps + 1) * sizeof *nm);
 			if (!nm) {
 				log_error("out of memory");
 				goto out;
 			}
 			maps = nm;
-			maps[nmaps++] = optarg;
+			if (apply_map_parse(optarg, &maps[nmaps], &why) < 0) {
+				status = usage_error("replay: --map takes IMAGE=PATH, not \"%s\": %s",
+						     optarg, why);
+				goto out;
+			}
+			nmaps++;
 			break;
 		}
 		case 'a':
@@ -180,17 +180,20 @@ int cmd_replay(int argc, char **argv)
 		until = pt.lsn;
 	}
 
-	/* 2. The target directory and the mappings must be usable too. */
-	if (applier_new(target_dir, &a) < 0)
+	/* 2. The target directory and the mappings must be usable too, and
+	 * every record must fit its target (a mapped block device is never
+	 * resized). */
+	if (applier_new(target_dir, &a) < 0 || applier_map_all(a, maps, nmaps) < 0)
 		goto out;
-	for (size_t i = 0; i < nmaps; i++) {
-		char *eq = strchr(maps[i], '=');
-
-		*eq = '\0';
-		r = applier_map(a, maps[i], eq + 1);
-		*eq = '=';
-		if (r < 0)
+	for (size_t i = 0; i < s.n; i++) {
+		if (until && seg_view_header(s.files[i].view)->first_lsn > until)
+			break;
+		r = applier_check(a, s.files[i].view, after, err, sizeof err);
+		if (r < 0) {
+			log_error("%s: %s", s.files[i].path, err);
+			log_error("nothing was applied");
 			goto out;
+		}
 	}
 	applier_set_durable_cb(a, on_durable, NULL);
 	applier_set_event_cb(a, on_event, &sync_lsn);
@@ -220,6 +223,8 @@ int cmd_replay(int argc, char **argv)
 out:
 	applier_free(a);
 	series_close(&s);
+	for (size_t i = 0; i < nmaps; i++)
+		apply_map_free(&maps[i]);
 	free(maps);
 	return status;
 }
