@@ -350,7 +350,7 @@ def test_hash_mismatches_served_over_https_with_authentication(workdir, pki, rem
     assert f"LSN 2: image vm1.raw differs at {B}+{2 * B}" in p.stderr, p.stderr
     assert "LSN 4: image vm3.raw differs at 0+131072" in p.stderr
     assert "resync of destination 2 begins" in p.stderr
-    assert "end inside a resynchronisation (SYNC_BEGIN at LSN 1" in p.stderr
+    assert "ends inside a resynchronisation (SYNC_BEGIN at LSN 1" in p.stderr
     assert not os.path.exists(os.path.join(copy, "vm3.raw"))
 
 
