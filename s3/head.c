@@ -6,7 +6,7 @@
  * segment it downloads is validated whole anyway).
  *
  *   {"format": 1, "group": "<uuid>", "segment": N, "lsn": L,
- *    "sealed_ns": T, "oldest": O, "written_ns": W,
+ *    "sealed_ns": T, "oldest": O, "purge_from": P, "written_ns": W,
  *    "bases": [{"segment": S, "lsn": L, "time_ns": T, "end_segment": E,
  *               "end_lsn": L2, "end_time_ns": T2}, ...],
  *    "pending": {"segment": S, "lsn": L, "time_ns": T} | null}
@@ -44,6 +44,7 @@ char *s3_head_dump(const struct s3_head *h)
 	json_object_set_new(o, "lsn", json_integer((json_int_t)h->lsn));
 	json_object_set_new(o, "sealed_ns", json_integer((json_int_t)h->sealed_ns));
 	json_object_set_new(o, "oldest", json_integer((json_int_t)h->oldest));
+	json_object_set_new(o, "purge_from", json_integer((json_int_t)h->purge_from));
 	json_object_set_new(o, "written_ns", json_integer((json_int_t)h->written_ns));
 	for (size_t i = 0; i < h->nbases; i++)
 		json_array_append_new(bases, base_json(&h->bases[i], true));
@@ -103,6 +104,12 @@ int s3_head_parse(const char *text, size_t len, struct s3_head *h, char *why, si
 	    !get_u64(o, "sealed_ns", &h->sealed_ns) || !get_u64(o, "written_ns", &h->written_ns) ||
 	    (h->oldest && h->oldest > h->segment)) {
 		snprintf(why, whylen, "HEAD lacks a group, segment, lsn or oldest, or they disagree");
+		goto bad;
+	}
+	/* optional: older HEADs have none */
+	if (json_object_get(o, "purge_from") && (!get_u64(o, "purge_from", &h->purge_from) ||
+						 h->purge_from > h->oldest)) {
+		snprintf(why, whylen, "HEAD's purge_from is past its oldest segment");
 		goto bad;
 	}
 	h->format = (unsigned)format;

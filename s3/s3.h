@@ -161,6 +161,7 @@ struct s3_head {
 	uint64_t lsn;            /* the last LSN of segment (the destination's sequence) */
 	uint64_t sealed_ns;      /* when the source sealed it */
 	uint64_t oldest;         /* the oldest segment kept (0: none yet) */
+	uint64_t purge_from;     /* segments purge_from..oldest-1 are being deleted (0: none) */
 	uint64_t written_ns;     /* when this HEAD was written */
 	struct s3_base bases[S3_BASES_MAX]; /* complete bases, oldest first */
 	size_t nbases;
