@@ -60,7 +60,8 @@
 #define MIN_INTERVAL_NS 50000000ULL
 #define BACKOFF_MAX 4                    /* idle rounds wait at most this many intervals */
 #define RETRY_MAX_NS 30000000000ULL      /* failing rounds wait at most this long */
-#define DISCOVER_NS 30000000000ULL       /* list the groups this often */
+#define DISCOVER_NS 10000000000ULL       /* list the groups this often (every round
+					  * while none is known) */
 #define HEAD_MAX (1u << 20)
 #define TMP_PREFIX "pull."
 
@@ -672,7 +673,7 @@ static int round_once(struct puller *p)
 			fail(p, "%s", rep.error);
 			return rc;
 		}
-		p->next_discover_ns = clock_mono_ns() + DISCOVER_NS;
+		p->next_discover_ns = p->ngroups ? clock_mono_ns() + DISCOVER_NS : 0;
 		changed = p->ngroups != before;
 		pthread_mutex_lock(&p->all->lock);
 		p->groups_seen = p->ngroups;
