@@ -54,7 +54,6 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <zstd.h>
 
 #define DEFAULT_INTERVAL_NS 1000000000ULL
 #define MIN_INTERVAL_NS 50000000ULL
@@ -345,59 +344,24 @@ static void fail(struct puller *p, const char *fmt, ...)
 
 struct download {
 	int fd;
-	struct s3_reply *rep;     /* its encoding header arrives before the body */
-	ZSTD_DStream *z;
-	uint8_t *zbuf;
-	size_t zlen, zlast;
-	uint64_t written, limit;
-	int err;
+	uint64_t written;
 };
-
-static int write_all(struct download *dl, const void *p, size_t n)
-{
-	const uint8_t *b = p;
-
-	if (dl->written + n > dl->limit)
-		return dl->err = -EFBIG;
-	while (n) {
-		ssize_t w = write(dl->fd, b, n);
-
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0)
-			return dl->err = -errno;
-		b += w;
-		n -= (size_t)w;
-		dl->written += (uint64_t)w;
-	}
-	return 0;
-}
 
 static int dl_sink(void *ctx, const void *data, size_t len)
 {
 	struct download *dl = ctx;
-	ZSTD_inBuffer in = { data, len, 0 };
+	const uint8_t *b = data;
 
-	if (!dl->z && strcmp(dl->rep->encoding, "zstd") == 0) {
-		dl->z = ZSTD_createDStream();
-		dl->zlen = ZSTD_DStreamOutSize();
-		dl->zbuf = malloc(dl->zlen);
-		if (!dl->z || !dl->zbuf)
-			return dl->err = -ENOMEM;
-		ZSTD_initDStream(dl->z);
-		ZSTD_DCtx_setParameter(dl->z, ZSTD_d_windowLogMax, 27);
-	}
-	if (!dl->z)
-		return write_all(dl, data, len);
-	while (in.pos < in.size) {
-		ZSTD_outBuffer out = { dl->zbuf, dl->zlen, 0 };
-		size_t r = ZSTD_decompressStream(dl->z, &out, &in);
+	while (len) {
+		ssize_t w = write(dl->fd, b, len);
 
-		if (ZSTD_isError(r))
-			return dl->err = -EBADMSG;
-		dl->zlast = r;
-		if (write_all(dl, dl->zbuf, out.pos) < 0)
-			return dl->err;
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0)
+			return -errno;
+		b += w;
+		len -= (size_t)w;
+		dl->written += (uint64_t)w;
 	}
 	return 0;
 }
@@ -454,7 +418,7 @@ static int pull_segment(struct puller *p, struct pull_group *g, uint64_t n)
 {
 	struct remote *r = p->all->r;
 	struct s3_reply rep;
-	struct download dl = { .fd = -1, .rep = &rep, .limit = r->cfg.max_segment };
+	struct download dl = { .fd = -1 };
 	char file[SEG_FILE_NAME_LEN + 8], key[128], tmp[128], why[300];
 	uint8_t gid[16];
 	int gfd = -1, rc;
@@ -470,17 +434,13 @@ static int pull_segment(struct puller *p, struct pull_group *g, uint64_t n)
 		fail(p, "cannot create %s/%s/%s: %s", r->cfg.inbox, INBOX_TMP, tmp, strerror(errno));
 		return rc;
 	}
-	rc = s3_get(p->s3, key, NULL, dl_sink, &dl, &rep);
-	if (rc == 0 && dl.z && dl.zlast != 0)
-		rc = dl.err = -EBADMSG;
+	rc = s3_fetch(p->s3, key, dl_sink, &dl, r->cfg.max_segment, &rep);
 	if (rc < 0) {
-		if (dl.err == -EFBIG)
+		if (rc == -EFBIG)
 			fail(p, "%s: larger than --max-segment", key);
-		else if (dl.err == -EBADMSG)
-			fail(p, "%s: its zstd stream is corrupt or cut", key);
-		else if (dl.err)
+		else if (rc != -EIO && rc != -ENOENT && rc != -EBADMSG)
 			fail(p, "cannot write %s/%s/%s: %s", r->cfg.inbox, INBOX_TMP, tmp,
-			     strerror(-dl.err));
+			     strerror(-rc));
 		else
 			fail(p, "%s", rep.error);
 		goto out;
@@ -523,8 +483,6 @@ out:
 	if (gfd >= 0)
 		close(gfd);
 	close(dl.fd);
-	ZSTD_freeDStream(dl.z);
-	free(dl.zbuf);
 	return rc;
 }
 

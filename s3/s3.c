@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <zstd.h>
 
 #define EMPTY_SHA256 "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 #define ERRBODY_MAX 4096   /* an error body kept for its code and message */
@@ -752,6 +753,88 @@ int s3_get(struct s3 *s, const char *key, const char *if_none_match, s3_sink_fn 
 	r = finish(s, &x, headers, "GET", key);
 	free(x.in);
 	return r;
+}
+
+struct fetch {
+	s3_sink_fn sink;
+	void *ctx;
+	struct s3_reply *rep;    /* its encoding arrives before the body */
+	bool started;
+	ZSTD_DStream *z;
+	uint8_t *zbuf;
+	size_t zlen, zlast;
+	uint64_t out, max;
+	int err;
+};
+
+static int fetch_out(struct fetch *f, const void *p, size_t n)
+{
+	int r;
+
+	if (f->out + n > f->max)
+		return f->err = -EFBIG;
+	f->out += n;
+	r = n ? f->sink(f->ctx, p, n) : 0;
+	return r < 0 ? (f->err = r) : 0;
+}
+
+static int fetch_sink(void *ctx, const void *data, size_t len)
+{
+	struct fetch *f = ctx;
+	ZSTD_inBuffer in = { data, len, 0 };
+
+	if (!f->started) {
+		f->started = true;
+		if (strcmp(f->rep->encoding, "zstd") == 0) {
+			f->z = ZSTD_createDStream();
+			f->zlen = ZSTD_DStreamOutSize();
+			f->zbuf = malloc(f->zlen);
+			if (!f->z || !f->zbuf)
+				return f->err = -ENOMEM;
+			ZSTD_initDStream(f->z);
+			/* 128 MiB windows at most: a small object cannot make us
+			 * allocate gigabytes */
+			ZSTD_DCtx_setParameter(f->z, ZSTD_d_windowLogMax, 27);
+		} else if (f->rep->encoding[0]) {
+			return f->err = -EBADMSG;
+		}
+	}
+	if (!f->z)
+		return fetch_out(f, data, len);
+	while (in.pos < in.size) {
+		ZSTD_outBuffer o = { f->zbuf, f->zlen, 0 };
+		size_t r = ZSTD_decompressStream(f->z, &o, &in);
+
+		if (ZSTD_isError(r))
+			return f->err = -EBADMSG;
+		f->zlast = r;
+		if (fetch_out(f, f->zbuf, o.pos) < 0)
+			return f->err;
+	}
+	return 0;
+}
+
+int s3_fetch(struct s3 *s, const char *key, s3_sink_fn sink, void *ctx, uint64_t max,
+	     struct s3_reply *rep)
+{
+	struct fetch f = { .sink = sink, .ctx = ctx, .rep = rep, .max = max };
+	int r = s3_get(s, key, NULL, fetch_sink, &f, rep);
+
+	if (r == 0 && f.z && f.zlast != 0)
+		f.err = -EBADMSG;
+	ZSTD_freeDStream(f.z);
+	free(f.zbuf);
+	if (f.err) {
+		if (f.err == -EBADMSG)
+			snprintf(rep->error, sizeof rep->error, "%s: %s", key, rep->encoding[0] &&
+				 strcmp(rep->encoding, "zstd") ? "an encoding this program does not"
+				 " know" : "its zstd stream is corrupt or cut");
+		else if (f.err == -EFBIG)
+			snprintf(rep->error, sizeof rep->error, "%s: larger than %" PRIu64 " bytes",
+				 key, max);
+		return f.err;
+	}
+	return r == 1 ? -EIO : r;
 }
 
 struct small {

@@ -119,6 +119,15 @@ typedef int (*s3_sink_fn)(void *ctx, const void *data, size_t len);
  */
 int s3_get(struct s3 *s, const char *key, const char *if_none_match, s3_sink_fn sink,
 	   void *ctx, struct s3_reply *rep);
+/*
+ * GET of a segment object as its bucket layout says: sink gets the
+ * segment's own bytes, decompressed when the object's aim-encoding says
+ * zstd; at most max of them.  Returns 0, -ENOENT, -EIO (rep says why),
+ * -EBADMSG (a corrupt or cut zstd stream), -EFBIG (more than max), or the
+ * sink's error.
+ */
+int s3_fetch(struct s3 *s, const char *key, s3_sink_fn sink, void *ctx, uint64_t max,
+	     struct s3_reply *rep);
 /* GET of a small object (at most max bytes) into a malloc'd,
  * NUL-terminated buffer.  Returns as s3_get. */
 int s3_get_small(struct s3 *s, const char *key, const char *if_none_match, size_t max,

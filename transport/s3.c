@@ -46,7 +46,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <zstd.h>
 
 #define HEAD_MAX (1u << 20)              /* the largest HEAD we read */
 #define HEAD_LAG_NS 1000000000ULL        /* HEAD at most this late during a backlog */
@@ -222,7 +221,6 @@ static int write_head(struct s3_dest *sd)
 struct grow {
 	uint8_t *buf;
 	size_t len, cap;
-	ZSTD_DStream *z;
 };
 
 static int grow_add(struct grow *g, const void *p, size_t n)
@@ -254,41 +252,17 @@ static int grow_sink(void *ctx, const void *data, size_t len)
 /* Segment n as the bucket holds it, uncompressed (malloc'd). */
 static int fetch_segment(struct s3_dest *sd, uint64_t n, uint8_t **out, size_t *len)
 {
-	struct grow g = { 0 }, plain = { 0 };
+	struct grow g = { 0 };
 	struct s3_reply rep;
 	char key[128];
 	int r;
 
 	segment_key(sd, n, key, sizeof key);
-	r = s3_get(sd->s3, key, NULL, grow_sink, &g, &rep);
+	r = s3_fetch(sd->s3, key, grow_sink, &g, SEGMENT_MAX, &rep);
 	if (r < 0) {
-		set_error(sd->d, "%s", rep.error);
+		set_error(sd->d, "%s", r == -ENOMEM ? "out of memory" : rep.error);
 		free(g.buf);
 		return r;
-	}
-	if (strcmp(rep.encoding, "zstd") == 0) {
-		ZSTD_DCtx *z = ZSTD_createDCtx();
-		ZSTD_inBuffer in = { g.buf, g.len, 0 };
-		uint8_t tmp[1 << 16];
-		size_t ret = 1;
-
-		while (z && ret != 0 && (in.pos < in.size || ret)) {
-			ZSTD_outBuffer o = { tmp, sizeof tmp, 0 };
-
-			ret = ZSTD_decompressStream(z, &o, &in);
-			if (ZSTD_isError(ret) || grow_add(&plain, tmp, o.pos) < 0)
-				break;
-			if (in.pos == in.size && o.pos < o.size)
-				break;
-		}
-		ZSTD_freeDCtx(z);
-		free(g.buf);
-		if (!z || ZSTD_isError(ret) || ret != 0) {
-			free(plain.buf);
-			set_error(sd->d, "segment %" PRIu64 " in the bucket is not valid zstd", n);
-			return -EBADMSG;
-		}
-		g = plain;
 	}
 	*out = g.buf;
 	*len = g.len;
