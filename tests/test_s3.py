@@ -428,3 +428,74 @@ def test_twenty_mounts_into_one_bucket_one_puller(ceph, workdir, aimfs, cleanup)
     assert len(r.status()["groups"]) == 20
     assert r.status()["pulls"][0]["groups"] == 20
     r.check_quiet()
+
+
+# ---- restore ---------------------------------------------------------------------
+
+def tree_hashes(root):
+    """{relative path: sha256 | 'dir'} of everything under root but .aimfs."""
+    import hashlib
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        if dirpath == root:
+            dirnames[:] = [d for d in dirnames if d != ".aimfs"]
+        for d in dirnames:
+            out[os.path.relpath(os.path.join(dirpath, d), root)] = "dir"
+        for f in filenames:
+            with open(os.path.join(dirpath, f), "rb") as fh:
+                out[os.path.relpath(os.path.join(dirpath, f), root)] = \
+                    hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def test_restore_until_a_mark_gives_the_state_at_the_mark(ceph, workdir, aimfs, cleanup):
+    from aimtest import AIMCTL, run
+    seed = int(os.environ.get("AIM_SEED", 1505))
+    bucket = new_bucket(ceph)
+    site = Site(workdir, ceph, bucket, extra="compress = zstd\nsnapshot_every = 2s\n")
+    populate(site.backing, seed, 2)
+    m = site.start(aimfs)
+    site.wait_in_sync()
+    w = Workload(m.mountpoint, seed, threads=2, max_len=128 << 10)
+    marks = {}
+    for k in range(3):
+        w.run(seconds=1.5)
+        # the workload is paused: the source as it is at the mark
+        marks[f"m{k}"] = tree_hashes(m.mountpoint)
+        out = run([AIMCTL, "mark", "--status", site.status_addr, f"m{k}"]).stdout
+        assert "LSN" in out or out.strip(), out
+    w.run(seconds=1)
+    st = site.wait_in_sync()
+    w.close()
+    head = site.head()
+    assert len(head["bases"]) >= 2, head
+    for name, want in marks.items():
+        target = os.path.join(workdir, f"restored-{name}")
+        p = run([AIMCTL, "restore", "--from", site.url, "--until", f"MARK:{name}",
+                 "--target-dir", target, "--access-key-file", site.ak,
+                 "--secret-key-file", site.sk])
+        assert "base: segment" in p.stdout and f'MARK "{name}"' in p.stdout, p.stdout
+        have = tree_hashes(target)
+        assert have == want, (f"restore at {name} differs: only restored "
+                              f"{sorted(set(have) - set(want))}, only source "
+                              f"{sorted(set(want) - set(have))}, different "
+                              f"{sorted(k for k in want if k in have and have[k] != want[k])}"
+                              f"\n{p.stdout}")
+    # the newest base reached the last mark; the first mark needed an older one
+    bases = [int(re.search(r"base: segment (\d+)", run(
+        [AIMCTL, "restore", "--from", site.url, "--until", f"MARK:{n}", "--target-dir",
+         os.path.join(workdir, f"again-{n}"), "--access-key-file", site.ak,
+         "--secret-key-file", site.sk]).stdout).group(1)) for n in ("m0", "m2")]
+    assert bases[0] <= bases[1]
+    # the head LSN restores the source as it is now
+    target = os.path.join(workdir, "restored-head")
+    run([AIMCTL, "restore", "--from", site.url, "--until", str(st["head_lsn"]), "--target-dir",
+         target, "--access-key-file", site.ak, "--secret-key-file", site.sk])
+    m.unmount()
+    assert tree_hashes(target) == tree_hashes(site.backing)
+    # a point before the first base is complete is refused, saying why
+    p = run([AIMCTL, "restore", "--from", site.url, "--until", "1", "--target-dir",
+             os.path.join(workdir, "too-early"), "--access-key-file", site.ak,
+             "--secret-key-file", site.sk], check=False)
+    assert p.returncode == 1 and "no base" in p.stderr, p.stderr
+    m.check_quiet()
