@@ -499,3 +499,60 @@ def test_restore_until_a_mark_gives_the_state_at_the_mark(ceph, workdir, aimfs, 
              "--secret-key-file", site.sk], check=False)
     assert p.returncode == 1 and "no base" in p.stderr, p.stderr
     m.check_quiet()
+
+
+# ---- refusals at start (no store needed) ----------------------------------------------
+
+@pytest.mark.parametrize("lines,why", [
+    ("url = https://s3.example/b\n", "not a valid bucket name"),
+    ("url = https://s3.example\n", "names no bucket"),
+    ("url = https://s3.example/bkt\ntoken_file = /etc/hostname\n", "token_file is for https"),
+    ("url = https://s3.example/bkt\nkeep = forever\n", "keep = forever"),
+    ("url = https://s3.example/bkt\nmultipart_size = 1M\n", "at least 5M"),
+    ("url = https://s3.example/bkt\naccess_key_file = /nonexistent\n", "/nonexistent"),
+])
+def test_bad_object_store_destinations_refuse_the_mount(workdir, lines, why):
+    from aimtest import AIMFS
+    conf = os.path.join(workdir, "bad.conf")
+    with open(conf, "w") as f:
+        f.write("[destination store]\ntype = s3\nsecret_key_file = /etc/hostname\n"
+                "access_key_file = /etc/hostname\n" + lines)
+    os.makedirs(os.path.join(workdir, "b"))
+    os.makedirs(os.path.join(workdir, "m"))
+    p = subprocess.run([AIMFS, "-f", "-o", f"config={conf}", os.path.join(workdir, "b"),
+                        os.path.join(workdir, "m")], capture_output=True, text=True, timeout=30)
+    assert p.returncode != 0 and why in p.stderr, p.stderr
+
+
+def test_https_destinations_refuse_object_store_keys(workdir):
+    from aimtest import AIMFS
+    conf = os.path.join(workdir, "bad.conf")
+    with open(conf, "w") as f:
+        f.write("[destination dr]\nurl = https://dr.example/aim\nkeep = 7d\n")
+    os.makedirs(os.path.join(workdir, "b"))
+    os.makedirs(os.path.join(workdir, "m"))
+    p = subprocess.run([AIMFS, "-f", "-o", f"config={conf}", os.path.join(workdir, "b"),
+                        os.path.join(workdir, "m")], capture_output=True, text=True, timeout=30)
+    assert p.returncode != 0 and "are for object stores (type = s3)" in p.stderr, p.stderr
+
+
+def test_bad_pulls_refuse_to_start(workdir):
+    from aimtest import AIM_REMOTE
+    inbox, target = os.path.join(workdir, "in"), os.path.join(workdir, "t")
+    os.makedirs(inbox)
+    os.makedirs(target)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    for args, why in ((["--pull", "https://s3.example"], "names no bucket"),
+                      (["--pull", "https://s3.example/bkt"], "no access key"),
+                      (["--pull", "https://s3.example/bkt", "--pull-interval", "1ms"],
+                       "at least 50ms")):
+        p = subprocess.run([AIM_REMOTE, "--inbox", inbox, "--target-dir", target,
+                            "--status", "off", *args], capture_output=True, text=True,
+                           timeout=30, env=env)
+        assert p.returncode != 0 and why in p.stderr, (args, p.stderr)
+    conf = os.path.join(workdir, "pull.conf")
+    with open(conf, "w") as f:
+        f.write("[pull a]\nurl = https://s3.example/bkt\nbogus = 1\n")
+    p = subprocess.run([AIM_REMOTE, "--inbox", inbox, "--target-dir", target, "--status", "off",
+                        "--config", conf], capture_output=True, text=True, timeout=30, env=env)
+    assert p.returncode == 2 and 'unknown key "bogus"' in p.stderr, p.stderr
