@@ -3,13 +3,17 @@
  * (docs/OBJECT-STORES.md) into the inbox, where the watcher and the
  * groups apply them exactly as if the receiver had stored them.
  *
- * One thread per --pull URL.  Each round it reads PREFIX/GROUP/HEAD of
- * every group (a conditional GET: an unchanged HEAD costs a 304), finds
- * the groups by listing the prefix's "directories" at start and now and
- * then, and downloads every segment between what this site already has
- * and what HEAD says is complete.  A round that found nothing new makes
- * the next one wait longer (up to BACKOFF_MAX times --pull-interval); any
- * news brings it back to the interval.
+ * Per --pull URL, one thread finds the groups by listing the prefix's
+ * "directories" (every round until it knows one, then every DISCOVER_NS),
+ * and each group it finds gets a thread of its own, with its own
+ * connection: groups pull in parallel, as they apply in parallel, so that
+ * twenty groups are not twenty times one group's round trips and fsyncs in
+ * a row.  A group's thread, each round, reads PREFIX/GROUP/HEAD (a
+ * conditional GET: an unchanged HEAD costs a 304) and downloads every
+ * segment between what this site already has and what HEAD says is
+ * complete.  Rounds that find nothing new three times in a row make the
+ * next ones wait longer, up to BACKOFF_MAX times --pull-interval; any news
+ * brings it back to the interval.
  *
  * Where a group starts: after the segment its state says was applied, or
  * the last one lying in the inbox; a group this site never saw starts at
@@ -22,18 +26,22 @@
  * A download goes to inbox/.tmp/pull.*, is fsynced, validated whole (its
  * group and number too), and only then renamed into inbox/<group>/
  * without replacing anything (the receiver may have stored the same
- * segment meanwhile); then the group is kicked.  So a puller killed at any
- * point leaves nothing but a temporary file, removed at the next start,
- * and resumes from the inbox and the state.  Each pulling site keeps its
- * own progress: nothing is ever written to the bucket.
+ * segment meanwhile); the group is kicked at once, and the directory
+ * fsynced once the round's downloads are in (no one is told of a pulled
+ * segment, so a rename lost in a crash only means downloading it again).
+ * A puller killed at any point leaves nothing but a temporary file,
+ * removed at the next start, and resumes from the inbox and the state.
+ * Each pulling site keeps its own progress: nothing is ever written to the
+ * bucket.
  *
- * Status: what each puller is doing, its last error with the store's
- * error code (a wrong key, a missing bucket, a skewed clock), what it
- * pulled; the groups' own status says what was applied.
+ * Status: per puller, what it is doing (retrying when its discovery or any
+ * of its groups failed last), the last error with the store's error code
+ * (a wrong key, a missing bucket, a skewed clock), what it pulled; the
+ * groups' own status says what was applied.
  *
- * Threads: each puller's thread owns its S3 client, its state connection
- * and its groups; the snapshot the status listener reads is under
- * pullers.lock.
+ * Threads: the discovery thread owns the list of groups (appended under
+ * pullers.lock, which also guards every loop's status fields and the
+ * counters); each group's thread owns its S3 client and state connection.
  */
 #include "remote_i.h"
 #include "clock.h"
@@ -73,11 +81,28 @@ static const char *const pull_state_names[] = {
 	[PULL_RETRYING] = "retrying",
 };
 
+/* What a loop (the discovery, or a group's) shows: (pullers.lock). */
+struct pull_loop {
+	enum pull_state state;
+	char last_error[400];
+	uint64_t last_error_ns;
+	unsigned failures;
+	unsigned idle;             /* rounds in a row without news */
+	uint64_t rounds, last_round_ns, next_round_ns, interval_ns;
+};
+
 struct pull_group {
+	struct puller *p;
 	char name[37];
-	char etag[128];          /* of the last HEAD read */
-	struct s3_head head;
+	pthread_t thread;
+	bool started;
+	/* the group thread's own */
+	struct s3 *s3;
+	struct state *st;
+	char etag[128];            /* of the last HEAD read */
 	bool have_head;
+	unsigned seq;
+	struct pull_loop loop;     /* (pullers.lock) */
 };
 
 struct puller {
@@ -85,22 +110,13 @@ struct puller {
 	struct pull_config *cfg;
 	pthread_t thread;
 	bool started;
-	/* the thread's own */
-	struct s3 *s3;
-	struct state *st;
-	int tmp_fd;
-	struct pull_group *groups;
-	size_t ngroups;
+	struct s3 *s3;             /* the discovery thread's */
+	int tmp_fd;                /* inbox/.tmp, shared by the group threads */
 	uint64_t next_discover_ns;
-	unsigned seq;
-	/* (pullers.lock) what status shows */
-	enum pull_state state;
-	char last_error[400];
-	uint64_t last_error_ns;
-	unsigned failures;
-	uint64_t segments, bytes, rounds;
-	uint64_t last_round_ns, next_round_ns, interval_ns;
-	size_t groups_seen;
+	struct pull_loop loop;     /* the discovery's (pullers.lock) */
+	struct pull_group **groups; /* appended by the discovery thread under pullers.lock */
+	size_t ngroups;
+	uint64_t segments, bytes;  /* (pullers.lock) */
 };
 
 struct pullers {
@@ -310,18 +326,19 @@ void puller_config_free(struct remote_config *c)
 
 /* ---- what status shows ---- */
 
-static void set_state(struct puller *p, enum pull_state s)
+static void set_state(struct puller *p, struct pull_loop *l, enum pull_state s)
 {
 	pthread_mutex_lock(&p->all->lock);
-	p->state = s;
+	l->state = s;
 	pthread_mutex_unlock(&p->all->lock);
 }
 
-static void fail(struct puller *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void fail(struct puller *p, struct pull_loop *l, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
 
-static void fail(struct puller *p, const char *fmt, ...)
+static void fail(struct puller *p, struct pull_loop *l, const char *fmt, ...)
 {
-	char msg[sizeof p->last_error];
+	char msg[sizeof l->last_error];
 	bool changed;
 	va_list ap;
 
@@ -329,11 +346,11 @@ static void fail(struct puller *p, const char *fmt, ...)
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
 	pthread_mutex_lock(&p->all->lock);
-	changed = strcmp(msg, p->last_error) != 0 || p->state != PULL_RETRYING;
-	memcpy(p->last_error, msg, sizeof msg);
-	p->last_error_ns = clock_wall_ns();
-	p->state = PULL_RETRYING;
-	p->failures++;
+	changed = strcmp(msg, l->last_error) != 0 || l->state != PULL_RETRYING;
+	memcpy(l->last_error, msg, sizeof msg);
+	l->last_error_ns = clock_wall_ns();
+	l->state = PULL_RETRYING;
+	l->failures++;
 	pthread_mutex_unlock(&p->all->lock);
 	/* said once per new reason, not every round */
 	if (changed)
@@ -413,63 +430,56 @@ static int validate(int fd, uint64_t size, const uint8_t gid[16], uint64_t numbe
 	return r;
 }
 
-/* Segment n of group g into the inbox.  0, or -errno after fail(). */
-static int pull_segment(struct puller *p, struct pull_group *g, uint64_t n)
+/* Segment n of group g into inbox/<group> (gfd).  0, or -errno after
+ * fail(). */
+static int pull_segment(struct pull_group *g, int gfd, uint64_t n)
 {
+	struct puller *p = g->p;
 	struct remote *r = p->all->r;
 	struct s3_reply rep;
 	struct download dl = { .fd = -1 };
-	char file[SEG_FILE_NAME_LEN + 8], key[128], tmp[128], why[300];
+	char file[SEG_FILE_NAME_LEN + 8], key[128], tmp[160], why[300];
 	uint8_t gid[16];
-	int gfd = -1, rc;
+	int rc;
 
 	seg_file_name(n, SEG_FILE_SUFFIX, file);
 	snprintf(key, sizeof key, "%s/%s", g->name, file);
 	snprintf(tmp, sizeof tmp, TMP_PREFIX "%s.%s.%d.%u.part", g->name, file, (int)getpid(),
-		 p->seq++);
+		 g->seq++);
 	group_name_valid(g->name, gid);
 	dl.fd = openat(p->tmp_fd, tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
 	if (dl.fd < 0) {
 		rc = -errno;
-		fail(p, "cannot create %s/%s/%s: %s", r->cfg.inbox, INBOX_TMP, tmp, strerror(errno));
+		fail(p, &g->loop, "cannot create %s/%s/%s: %s", r->cfg.inbox, INBOX_TMP, tmp,
+		     strerror(errno));
 		return rc;
 	}
-	rc = s3_fetch(p->s3, key, dl_sink, &dl, r->cfg.max_segment, &rep);
+	rc = s3_fetch(g->s3, key, dl_sink, &dl, r->cfg.max_segment, &rep);
 	if (rc < 0) {
 		if (rc == -EFBIG)
-			fail(p, "%s: larger than --max-segment", key);
+			fail(p, &g->loop, "%s: larger than --max-segment", key);
 		else if (rc != -EIO && rc != -ENOENT && rc != -EBADMSG)
-			fail(p, "cannot write %s/%s/%s: %s", r->cfg.inbox, INBOX_TMP, tmp,
+			fail(p, &g->loop, "cannot write %s/%s/%s: %s", r->cfg.inbox, INBOX_TMP, tmp,
 			     strerror(-rc));
 		else
-			fail(p, "%s", rep.error);
+			fail(p, &g->loop, "%s", rep.error);
 		goto out;
 	}
 	if (fsync(dl.fd) < 0) {
 		rc = -errno;
-		fail(p, "fsync of %s/%s/%s: %s", r->cfg.inbox, INBOX_TMP, tmp, strerror(errno));
+		fail(p, &g->loop, "fsync of %s/%s/%s: %s", r->cfg.inbox, INBOX_TMP, tmp,
+		     strerror(errno));
 		goto out;
 	}
 	rc = validate(dl.fd, dl.written, gid, n, why, sizeof why);
 	if (rc < 0) {
-		fail(p, "%s in the bucket: %s", key, why);
-		goto out;
-	}
-	gfd = group_dir(p, g->name);
-	if (gfd < 0) {
-		rc = gfd;
-		fail(p, "cannot open %s/%s: %s", r->cfg.inbox, g->name, strerror(-gfd));
+		fail(p, &g->loop, "%s in the bucket: %s", key, why);
 		goto out;
 	}
 	if (renameat2(p->tmp_fd, tmp, gfd, file, RENAME_NOREPLACE) < 0 && errno != EEXIST) {
 		rc = -errno;
-		fail(p, "cannot move %s into %s/%s: %s", file, r->cfg.inbox, g->name,
+		fail(p, &g->loop, "cannot move %s into %s/%s: %s", file, r->cfg.inbox, g->name,
 		     strerror(errno));
-		goto out;
-	}
-	if (fsync(gfd) < 0) {
-		rc = -errno;
-		fail(p, "fsync of %s/%s: %s", r->cfg.inbox, g->name, strerror(errno));
 		goto out;
 	}
 	pthread_mutex_lock(&p->all->lock);
@@ -480,8 +490,6 @@ static int pull_segment(struct puller *p, struct pull_group *g, uint64_t n)
 	rc = 0;
 out:
 	unlinkat(p->tmp_fd, tmp, 0); /* gone already if it was renamed */
-	if (gfd >= 0)
-		close(gfd);
 	close(dl.fd);
 	return rc;
 }
@@ -491,7 +499,7 @@ out:
 /* The last segment this site holds of group g without a gap: applied
  * (the state) or lying in the inbox after it.  Sets *known when the
  * site ever saw the group. */
-static uint64_t held_through(struct puller *p, const char *group, bool *known)
+static uint64_t held_through(struct pull_group *g, bool *known)
 {
 	struct state_group sg;
 	struct inbox_entry *list = NULL;
@@ -500,11 +508,12 @@ static uint64_t held_through(struct puller *p, const char *group, bool *known)
 	int gfd;
 
 	*known = false;
-	if (state_group_get(p->st, group, &sg) == 0 && sg.applied_segment) {
+	if (state_group_get(g->st, g->name, &sg) == 0 && sg.applied_segment) {
 		have = sg.applied_segment;
 		*known = true;
 	}
-	gfd = openat(p->all->r->inbox_fd, group, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	gfd = openat(g->p->all->r->inbox_fd, g->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+		     O_CLOEXEC);
 	if (gfd >= 0) {
 		if (inbox_scan(gfd, &list, &n) == 0) {
 			for (size_t i = 0; i < n; i++) {
@@ -534,24 +543,25 @@ static uint64_t base_after(const struct s3_head *h, uint64_t from)
 
 /* Reads g's HEAD and downloads what is new.  1 if anything changed, 0 if
  * not, -errno after fail(). */
-static int poll_group(struct puller *p, struct pull_group *g)
+static int poll_group(struct pull_group *g)
 {
+	struct puller *p = g->p;
 	struct s3_reply rep;
 	struct s3_head h;
 	char key[128], why[200], *text = NULL;
 	uint64_t have, from;
 	bool known;
 	size_t len;
-	int rc;
+	int rc, gfd;
 
 	snprintf(key, sizeof key, "%s/%s", g->name, S3_HEAD_KEY);
-	rc = s3_get_small(p->s3, key, g->have_head ? g->etag : NULL, HEAD_MAX, &text, &len, &rep);
+	rc = s3_get_small(g->s3, key, g->have_head ? g->etag : NULL, HEAD_MAX, &text, &len, &rep);
 	if (rc == 1)
 		return 0;
 	if (rc == -ENOENT && strcmp(rep.code, "NoSuchKey") == 0)
 		return 0; /* its first segment is on its way */
 	if (rc < 0) {
-		fail(p, "%s", rep.error);
+		fail(p, &g->loop, "%s", rep.error);
 		return rc;
 	}
 	rc = s3_head_parse(text, len, &h, why, sizeof why);
@@ -561,18 +571,18 @@ static int poll_group(struct puller *p, struct pull_group *g)
 		rc = -EBADMSG;
 	}
 	if (rc < 0) {
-		fail(p, "%s: %s", key, why);
+		fail(p, &g->loop, "%s: %s", key, why);
 		return rc;
 	}
-	have = held_through(p, g->name, &known);
+	have = held_through(g, &known);
 	from = known ? have + 1 : s3_head_start(&h);
 	if (known && h.oldest && from < h.oldest) {
 		uint64_t b = base_after(&h, from);
 
 		if (!b) {
-			fail(p, "group %s needs segment %" PRIu64 ", which the bucket no longer holds"
-			     " (it keeps %" PRIu64 "..%" PRIu64 ", with no base after it)", g->name, from,
-			     h.oldest, h.segment);
+			fail(p, &g->loop, "group %s needs segment %" PRIu64 ", which the bucket no"
+			     " longer holds (it keeps %" PRIu64 "..%" PRIu64 ", with no base after it)",
+			     g->name, from, h.oldest, h.segment);
 			return -ENOENT;
 		}
 		log_warn("pull %s: group %s needs segment %" PRIu64 ", which the bucket no longer"
@@ -581,70 +591,134 @@ static int poll_group(struct puller *p, struct pull_group *g)
 		from = b;
 	}
 	if (from && from <= h.segment) {
-		set_state(p, PULL_DOWNLOADING);
-		for (uint64_t n = from; n <= h.segment; n++) {
-			rc = pull_segment(p, g, n);
-			if (rc < 0)
-				return rc; /* the HEAD is read again next round */
+		gfd = group_dir(p, g->name);
+		if (gfd < 0) {
+			fail(p, &g->loop, "cannot open %s/%s: %s", p->all->r->cfg.inbox, g->name,
+			     strerror(-gfd));
+			return gfd;
 		}
+		set_state(p, &g->loop, PULL_DOWNLOADING);
+		for (uint64_t n = from; n <= h.segment && rc == 0; n++)
+			rc = pull_segment(g, gfd, n);
+		/* the names of this round's segments, durable at once */
+		if (fsync(gfd) < 0 && rc == 0) {
+			rc = -errno;
+			fail(p, &g->loop, "fsync of %s/%s: %s", p->all->r->cfg.inbox, g->name,
+			     strerror(errno));
+		}
+		close(gfd);
+		if (rc < 0)
+			return rc; /* the HEAD is read again next round */
 	}
-	g->head = h;
-	g->have_head = true;
 	memcpy(g->etag, rep.etag, sizeof g->etag);
+	g->have_head = true;
 	return 1;
 }
 
+/* After a round of loop l that came to rc: the status, and when the next
+ * round is.  News: at the interval; nothing new three times in a row:
+ * slower and slower, up to BACKOFF_MAX intervals; failures: doubling, up to
+ * RETRY_MAX_NS.  Returns the next round's time.  (pullers.lock held.) */
+static struct timespec next_round(struct puller *p, struct pull_loop *l, int rc)
+{
+	uint64_t base = p->cfg->interval_ns, wait = l->interval_ns ? l->interval_ns : base;
+
+	l->rounds++;
+	l->last_round_ns = clock_wall_ns();
+	if (rc >= 0) {
+		if (l->state == PULL_RETRYING)
+			log_info("pull %s: the store answers again", p->cfg->name);
+		l->state = PULL_POLLING;
+		l->failures = 0;
+		l->last_error[0] = '\0';
+	}
+	if (rc > 0) {
+		l->idle = 0;
+		wait = base;
+	} else if (rc == 0) {
+		if (++l->idle >= 3)
+			wait = wait * 3 / 2 > base * BACKOFF_MAX ? base * BACKOFF_MAX : wait * 3 / 2;
+	} else {
+		wait = wait * 2 > RETRY_MAX_NS ? RETRY_MAX_NS : wait * 2;
+	}
+	if (wait < base)
+		wait = base;
+	l->interval_ns = wait;
+	l->next_round_ns = clock_wall_ns() + wait;
+	return clock_timespec(l->next_round_ns);
+}
+
+static void *group_main(void *arg)
+{
+	struct pull_group *g = arg;
+	struct pullers *all = g->p->all;
+
+	pthread_mutex_lock(&all->lock);
+	while (!all->stop) {
+		struct timespec ts;
+		int rc;
+
+		pthread_mutex_unlock(&all->lock);
+		rc = poll_group(g);
+		pthread_mutex_lock(&all->lock);
+		ts = next_round(g->p, &g->loop, rc);
+		while (!all->stop && pthread_cond_timedwait(&all->cond, &all->lock, &ts) == 0)
+			;
+	}
+	pthread_mutex_unlock(&all->lock);
+	return NULL;
+}
+
+/* A group found under the prefix: a thread of its own. */
 static int add_group(void *ctx, const char *name)
 {
 	struct puller *p = ctx;
-	struct pull_group *ng;
+	struct remote *r = p->all->r;
+	struct pull_config *c = p->cfg;
+	struct s3_options o = { .url = c->url, .region = c->region, .access_key = c->access_key,
+				.secret_key = c->secret_key, .ca_file = c->ca_file };
+	struct pull_group *g, **ng;
+	char why[300];
 	uint8_t id[16];
+	int rc;
 
 	if (!group_name_valid(name, id))
 		return 0; /* not ours: other objects under the prefix */
 	for (size_t i = 0; i < p->ngroups; i++)
-		if (strcmp(p->groups[i].name, name) == 0)
+		if (strcmp(p->groups[i]->name, name) == 0)
 			return 0;
-	ng = realloc(p->groups, (p->ngroups + 1) * sizeof *ng);
-	if (!ng)
+	g = calloc(1, sizeof *g);
+	if (!g)
 		return -ENOMEM;
-	p->groups = ng;
-	memset(&ng[p->ngroups], 0, sizeof *ng);
-	memcpy(ng[p->ngroups].name, name, 37);
-	p->ngroups++;
-	log_info("pull %s: found group %s", p->cfg->name, name);
+	pthread_mutex_lock(&p->all->lock); /* status walks the array */
+	ng = realloc(p->groups, (p->ngroups + 1) * sizeof *ng);
+	if (ng)
+		p->groups = ng;
+	pthread_mutex_unlock(&p->all->lock);
+	if (!ng) {
+		free(g);
+		return -ENOMEM;
+	}
+	g->p = p;
+	memcpy(g->name, name, 37);
+	rc = s3_new(&o, &g->s3, why, sizeof why);
+	if (rc == 0)
+		rc = state_open(r->db_path, &g->st);
+	if (rc == 0)
+		rc = -pthread_create(&g->thread, NULL, group_main, g);
+	if (rc < 0) {
+		log_error("pull %s: group %s: cannot start: %s", c->name, name, strerror(-rc));
+		s3_free(g->s3);
+		state_close(g->st);
+		free(g);
+		return rc;
+	}
+	g->started = true;
+	pthread_mutex_lock(&p->all->lock);
+	p->groups[p->ngroups++] = g;
+	pthread_mutex_unlock(&p->all->lock);
+	log_info("pull %s: found group %s", c->name, name);
 	return 0;
-}
-
-/* One round: the groups (now and then), then every group's HEAD.
- * 1 if anything changed, 0 if not, -errno if something failed. */
-static int round_once(struct puller *p)
-{
-	struct s3_reply rep;
-	int rc, changed = 0, failed = 0;
-
-	if (clock_mono_ns() >= p->next_discover_ns) {
-		size_t before = p->ngroups;
-
-		rc = s3_list_dirs(p->s3, add_group, p, &rep);
-		if (rc < 0) {
-			fail(p, "%s", rep.error);
-			return rc;
-		}
-		p->next_discover_ns = p->ngroups ? clock_mono_ns() + DISCOVER_NS : 0;
-		changed = p->ngroups != before;
-		pthread_mutex_lock(&p->all->lock);
-		p->groups_seen = p->ngroups;
-		pthread_mutex_unlock(&p->all->lock);
-	}
-	for (size_t i = 0; i < p->ngroups; i++) {
-		rc = poll_group(p, &p->groups[i]);
-		if (rc < 0)
-			failed = rc;
-		else
-			changed |= rc;
-	}
-	return failed ? failed : changed;
 }
 
 /* Empties inbox/.tmp of a killed puller's downloads. */
@@ -665,43 +739,28 @@ static void clean_tmp(int fd)
 	closedir(d);
 }
 
+/* The discovery thread: lists the prefix's groups. */
 static void *puller_main(void *arg)
 {
 	struct puller *p = arg;
 	struct pullers *all = p->all;
-	uint64_t wait = p->cfg->interval_ns;
 
 	pthread_mutex_lock(&all->lock);
 	while (!all->stop) {
 		struct timespec ts;
-		int rc;
+		struct s3_reply rep;
+		int rc = 0;
 
 		pthread_mutex_unlock(&all->lock);
-		rc = round_once(p);
-		pthread_mutex_lock(&all->lock);
-		p->rounds++;
-		p->last_round_ns = clock_wall_ns();
-		if (rc >= 0) {
-			if (p->state == PULL_RETRYING)
-				log_info("pull %s: the store answers again", p->cfg->name);
-			p->state = PULL_POLLING;
-			p->failures = 0;
-			p->last_error[0] = '\0';
+		if (clock_mono_ns() >= p->next_discover_ns) {
+			rc = s3_list_dirs(p->s3, add_group, p, &rep);
+			if (rc < 0 && rc != -ENOMEM)
+				fail(p, &p->loop, "%s", rep.error);
+			else if (rc == 0)
+				p->next_discover_ns = p->ngroups ? clock_mono_ns() + DISCOVER_NS : 0;
 		}
-		/* news: at the interval; nothing new: slower and slower, up to
-		 * BACKOFF_MAX intervals; failures: doubling, up to RETRY_MAX_NS */
-		if (rc > 0)
-			wait = p->cfg->interval_ns;
-		else if (rc == 0)
-			wait = wait * 3 / 2 > p->cfg->interval_ns * BACKOFF_MAX
-				       ? p->cfg->interval_ns * BACKOFF_MAX : wait * 3 / 2;
-		else
-			wait = wait * 2 > RETRY_MAX_NS ? RETRY_MAX_NS : wait * 2;
-		if (wait < p->cfg->interval_ns)
-			wait = p->cfg->interval_ns;
-		p->interval_ns = wait;
-		p->next_round_ns = clock_wall_ns() + wait;
-		ts = clock_timespec(p->next_round_ns);
+		pthread_mutex_lock(&all->lock);
+		ts = next_round(p, &p->loop, rc < 0 ? rc : 0);
 		while (!all->stop && pthread_cond_timedwait(&all->cond, &all->lock, &ts) == 0)
 			;
 	}
@@ -727,6 +786,8 @@ int puller_start(struct remote *r)
 	if (!all->p)
 		return -ENOMEM;
 	all->n = r->cfg.npulls;
+	for (size_t i = 0; i < all->n; i++)
+		all->p[i].tmp_fd = -1;
 	if (mkdirat(r->inbox_fd, INBOX_TMP, 0750) < 0 && errno != EEXIST) {
 		log_error("cannot create %s/%s: %m", r->cfg.inbox, INBOX_TMP);
 		return -errno;
@@ -749,7 +810,6 @@ int puller_start(struct remote *r)
 
 		p->all = all;
 		p->cfg = c;
-		p->interval_ns = c->interval_ns;
 		p->tmp_fd = openat(r->inbox_fd, INBOX_TMP, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
 				   O_CLOEXEC);
 		if (p->tmp_fd < 0) {
@@ -761,9 +821,6 @@ int puller_start(struct remote *r)
 			log_error("pull %s: %s", c->name, why);
 			return rc;
 		}
-		rc = state_open(r->db_path, &p->st);
-		if (rc < 0)
-			return rc;
 		rc = pthread_create(&p->thread, NULL, puller_main, p);
 		if (rc) {
 			log_error("pull %s: cannot start a thread: %s", c->name, strerror(rc));
@@ -788,19 +845,48 @@ void puller_stop(struct remote *r)
 	for (size_t i = 0; all->p && i < all->n; i++) {
 		struct puller *p = &all->p[i];
 
+		/* the discovery first: then nobody adds a group */
 		if (p->started)
 			pthread_join(p->thread, NULL);
-		s3_free(p->s3);
-		state_close(p->st);
-		if (p->tmp_fd > 0)
-			close(p->tmp_fd);
+		for (size_t k = 0; k < p->ngroups; k++) {
+			struct pull_group *g = p->groups[k];
+
+			if (g->started)
+				pthread_join(g->thread, NULL);
+			s3_free(g->s3);
+			state_close(g->st);
+			free(g);
+		}
 		free(p->groups);
+		s3_free(p->s3);
+		if (p->tmp_fd >= 0)
+			close(p->tmp_fd);
 	}
 	free(all->p);
 	pthread_mutex_destroy(&all->lock);
 	pthread_cond_destroy(&all->cond);
 	free(all);
 	r->pullers = NULL;
+}
+
+/* The loop that says most about p: a failing one (the latest failure),
+ * else one downloading, else the discovery.  (pullers.lock held.) */
+static const struct pull_loop *worst(const struct puller *p, unsigned *retrying)
+{
+	const struct pull_loop *w = &p->loop;
+
+	*retrying = 0;
+	for (size_t k = 0; k < p->ngroups; k++) {
+		const struct pull_loop *l = &p->groups[k]->loop;
+
+		if (l->state == PULL_RETRYING)
+			(*retrying)++;
+		if (l->state > w->state ||
+		    (l->state == PULL_RETRYING && w->state == PULL_RETRYING &&
+		     l->last_error_ns > w->last_error_ns))
+			w = l;
+	}
+	return w;
 }
 
 json_t *puller_status_json(struct remote *r)
@@ -815,27 +901,32 @@ json_t *puller_status_json(struct remote *r)
 	pthread_mutex_lock(&all->lock);
 	for (size_t i = 0; i < all->n; i++) {
 		struct puller *p = &all->p[i];
+		unsigned retrying;
+		const struct pull_loop *w = worst(p, &retrying);
 		json_t *o = json_object();
 
 		json_object_set_new(o, "name", json_string(p->cfg->name));
 		json_object_set_new(o, "url", json_string(p->cfg->url));
-		json_object_set_new(o, "state", json_string(pull_state_names[p->state]));
-		json_object_set_new(o, "groups", json_integer((json_int_t)p->groups_seen));
+		json_object_set_new(o, "state", json_string(pull_state_names[w->state]));
+		json_object_set_new(o, "groups", json_integer((json_int_t)p->ngroups));
+		json_object_set_new(o, "groups_retrying", json_integer(retrying));
 		json_object_set_new(o, "segments_pulled", json_integer((json_int_t)p->segments));
 		json_object_set_new(o, "bytes_pulled", json_integer((json_int_t)p->bytes));
-		json_object_set_new(o, "rounds", json_integer((json_int_t)p->rounds));
-		json_object_set_new(o, "interval_seconds", json_real((double)p->interval_ns / 1e9));
+		json_object_set_new(o, "rounds", json_integer((json_int_t)p->loop.rounds));
+		json_object_set_new(o, "interval_seconds",
+				    json_real((double)p->cfg->interval_ns / 1e9));
 		json_object_set_new(o, "last_round_at",
-				    json_string(clock_iso8601(p->last_round_ns, 0, when, sizeof when)));
+				    json_string(clock_iso8601(p->loop.last_round_ns, 0, when,
+							      sizeof when)));
 		json_object_set_new(o, "next_round_in_seconds",
-				    json_real(p->next_round_ns > now
-						      ? (double)(p->next_round_ns - now) / 1e9 : 0));
-		if (p->state == PULL_RETRYING) {
-			json_object_set_new(o, "last_error", json_string(p->last_error));
+				    json_real(w->next_round_ns > now
+						      ? (double)(w->next_round_ns - now) / 1e9 : 0));
+		if (w->state == PULL_RETRYING) {
+			json_object_set_new(o, "last_error", json_string(w->last_error));
 			json_object_set_new(o, "last_error_at",
-					    json_string(clock_iso8601(p->last_error_ns, 0, when,
+					    json_string(clock_iso8601(w->last_error_ns, 0, when,
 								      sizeof when)));
-			json_object_set_new(o, "attempts", json_integer(p->failures));
+			json_object_set_new(o, "attempts", json_integer(w->failures));
 		}
 		json_array_append_new(arr, o);
 	}
@@ -851,10 +942,14 @@ void puller_metrics(struct remote *r, struct strbuf *sb)
 		return;
 	pthread_mutex_lock(&all->lock);
 	strbuf_printf(sb, "# TYPE aim_remote_pull_state gauge\n");
-	for (size_t i = 0; i < all->n; i++)
+	for (size_t i = 0; i < all->n; i++) {
+		unsigned retrying;
+		const struct pull_loop *w = worst(&all->p[i], &retrying);
+
 		for (int s = 0; s <= PULL_RETRYING; s++)
 			strbuf_printf(sb, "aim_remote_pull_state{pull=\"%s\",state=\"%s\"} %d\n",
-				      all->p[i].cfg->name, pull_state_names[s], (int)all->p[i].state == s);
+				      all->p[i].cfg->name, pull_state_names[s], (int)w->state == s);
+	}
 	strbuf_printf(sb, "# TYPE aim_remote_pulled_segments_total counter\n");
 	for (size_t i = 0; i < all->n; i++)
 		strbuf_printf(sb, "aim_remote_pulled_segments_total{pull=\"%s\"} %" PRIu64 "\n",

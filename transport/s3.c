@@ -9,10 +9,11 @@
  *     when compress = zstd saves bytes).  The successful PUT is the
  *     acknowledgement.
  *   - PREFIX/GROUP/HEAD is written after the segment it names: at once
- *     when nothing else waits, and when the segment opened or completed a
- *     base; at most a second late while a backlog drains (then once the
- *     worker is idle: s3_dest_chores).  A HEAD that fails to be written
- *     is owed, and the worker retries it like a segment.
+ *     when nothing else waits, when the segment opened or completed a
+ *     base, or when it is 8 MiB or more; at most a second late while a
+ *     backlog of small segments drains (then once the worker is idle:
+ *     s3_dest_chores).  A HEAD that fails to be written is owed, and the
+ *     worker retries it like a segment.
  *   - Bases.  A segment whose first record is this destination's
  *     SYNC_BEGIN, shipped while its resync is a full one (a new
  *     destination, lost segments, snapshot_every), opens a base; the next
@@ -49,6 +50,7 @@
 
 #define HEAD_MAX (1u << 20)              /* the largest HEAD we read */
 #define HEAD_LAG_NS 1000000000ULL        /* HEAD at most this late during a backlog */
+#define HEAD_EVERY_SIZE (8u << 20)       /* ... of segments smaller than this */
 #define RETENTION_EVERY_NS 60000000000ULL
 #define PURGE_BATCH 256                  /* deletions per chore */
 #define CATCH_UP_MAX 256                 /* segments re-read after a crash */
@@ -392,10 +394,12 @@ enum outcome s3_dest_put(struct s3_dest *sd, uint64_t n, const uint8_t *raw, siz
 	pthread_mutex_lock(&sd->t->lock);
 	more = n < sd->t->durable_segment;
 	pthread_mutex_unlock(&sd->t->lock);
-	/* HEAD follows at once unless a backlog drains (then at most a second
-	 * late); a HEAD that fails here is owed, not a failed segment. */
-	if (sd->head_owed &&
-	    (!more || sd->head_urgent || clock_mono_ns() - sd->head_written_ns >= HEAD_LAG_NS))
+	/* HEAD follows at once, unless a backlog of small segments drains
+	 * (then it is at most a second late: a HEAD per small segment would
+	 * double the requests); a HEAD that fails here is owed, not a failed
+	 * segment. */
+	if (sd->head_owed && (!more || sd->head_urgent || raw_len >= HEAD_EVERY_SIZE ||
+			      clock_mono_ns() - sd->head_written_ns >= HEAD_LAG_NS))
 		write_head(sd);
 	return SHIP_OK;
 }
