@@ -161,9 +161,8 @@ int dest_config_set(struct dest_config *d, const char *key, const char *value)
 		return 0;
 	}
 	log_error("destination %s: unknown key \"%s\" (known: type, url, ca_file, cert_file,"
-		  " key_file, pin, token_file, images, rate, compress; for type = s3 also region,"
-		  " access_key_file, secret_key_file, multipart_size, keep, snapshot_every)",
-		  d->name, key);
+		  " key_file, pin, token_file, images, rate, compress, region, access_key_file,"
+		  " secret_key_file, multipart_size, keep, snapshot_every)", d->name, key);
 	return -EINVAL;
 }
 
