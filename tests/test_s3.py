@@ -188,8 +188,8 @@ def test_mirror_through_a_bucket_to_two_pullers(ceph, workdir, aimfs, cleanup):
     group = site.status()["group"]
     w = Workload(m.mountpoint, seed, threads=3, max_len=256 << 10)
     w.run(seconds=3)
-    # one segment above multipart_size: 7 MiB of random data, one fsync
-    subprocess.run(["dd", "if=/dev/urandom", f"of={m.mountpoint}/big.raw", "bs=1M", "count=7",
+    # one segment well above multipart_size: 9 MiB of random data, one fsync
+    subprocess.run(["dd", "if=/dev/urandom", f"of={m.mountpoint}/big.raw", "bs=1M", "count=9",
                     "conv=fsync", "status=none"], check=True)
     st = site.wait_in_sync()
     for r in (a, b):
@@ -203,9 +203,12 @@ def test_mirror_through_a_bucket_to_two_pullers(ceph, workdir, aimfs, cleanup):
     check_bucket(ceph, bucket, head)
     assert head["lsn"] == st["head_lsn"] and head["bases"], head
     assert head["bases"][0]["segment"] == head["oldest"], head
-    sizes = [len(ceph.s3().get(bucket, f"mirror/{group}/{k}")[1])
-             for k in bucket_keys(ceph, bucket, group) if k.endswith(".aimj")]
-    assert max(sizes) > 5 << 20, f"no segment went multipart: {sizes}"
+    # a multipart object's ETag is "<md5 of the parts' md5s>-<parts>"
+    objs = [ceph.s3().get(bucket, f"mirror/{group}/{k}")
+            for k in bucket_keys(ceph, bucket, group) if k.endswith(".aimj")]
+    assert any("-" in h["etag"] for h, _ in objs), \
+        f"no segment went multipart: {[(h['etag'], len(d)) for h, d in objs if len(d) > 4 << 20]}"
+    assert any(h.get("x-amz-meta-aim-encoding") == "zstd" for h, _ in objs), "nothing compressed"
     for r in (a, b):
         pulls = r.status()["pulls"]
         assert pulls[0]["state"] == "polling" and pulls[0]["segments_pulled"] > 0, pulls
