@@ -615,11 +615,14 @@ static int poll_group(struct pull_group *g)
 	return 1;
 }
 
-/* After a round of loop l that came to rc: the status, and when the next
- * round is.  News: at the interval; nothing new three times in a row:
- * slower and slower, up to BACKOFF_MAX intervals; failures: doubling, up to
- * RETRY_MAX_NS.  Returns the next round's time.  (pullers.lock held.) */
-static struct timespec next_round(struct puller *p, struct pull_loop *l, int rc)
+/* After a round of loop l, begun at started_ns, that came to rc: the
+ * status, and when the next round is.  News: an interval after this one
+ * began (so a round that downloaded does not push the next one back);
+ * nothing new three times in a row: slower and slower, up to BACKOFF_MAX
+ * intervals; failures: doubling, up to RETRY_MAX_NS.  Returns the next
+ * round's time.  (pullers.lock held.) */
+static struct timespec next_round(struct puller *p, struct pull_loop *l, int rc,
+				  uint64_t started_ns)
 {
 	uint64_t base = p->cfg->interval_ns, wait = l->interval_ns ? l->interval_ns : base;
 
@@ -644,7 +647,7 @@ static struct timespec next_round(struct puller *p, struct pull_loop *l, int rc)
 	if (wait < base)
 		wait = base;
 	l->interval_ns = wait;
-	l->next_round_ns = clock_wall_ns() + wait;
+	l->next_round_ns = (rc >= 0 ? started_ns : clock_wall_ns()) + wait;
 	return clock_timespec(l->next_round_ns);
 }
 
@@ -655,13 +658,14 @@ static void *group_main(void *arg)
 
 	pthread_mutex_lock(&all->lock);
 	while (!all->stop) {
+		uint64_t started = clock_wall_ns();
 		struct timespec ts;
 		int rc;
 
 		pthread_mutex_unlock(&all->lock);
 		rc = poll_group(g);
 		pthread_mutex_lock(&all->lock);
-		ts = next_round(g->p, &g->loop, rc);
+		ts = next_round(g->p, &g->loop, rc, started);
 		while (!all->stop && pthread_cond_timedwait(&all->cond, &all->lock, &ts) == 0)
 			;
 	}
@@ -749,6 +753,7 @@ static void *puller_main(void *arg)
 	while (!all->stop) {
 		struct timespec ts;
 		struct s3_reply rep;
+		uint64_t started = clock_wall_ns();
 		int rc = 0;
 
 		pthread_mutex_unlock(&all->lock);
@@ -760,7 +765,7 @@ static void *puller_main(void *arg)
 				p->next_discover_ns = p->ngroups ? clock_mono_ns() + DISCOVER_NS : 0;
 		}
 		pthread_mutex_lock(&all->lock);
-		ts = next_round(p, &p->loop, rc < 0 ? rc : 0);
+		ts = next_round(p, &p->loop, rc < 0 ? rc : 0, started);
 		while (!all->stop && pthread_cond_timedwait(&all->cond, &all->lock, &ts) == 0)
 			;
 	}
