@@ -238,8 +238,9 @@ def test_radosgw_and_puller_killed_lose_nothing_and_apply_nothing_twice(ceph, wo
                    "uploads in flight", 30)
     ceph.kill_rgw()
     d = site.wait_dest(lambda d: d["state"] == "retrying", "the source to say retrying", 30)
-    # cut mid-upload ("reset by peer"), or at the next connection
-    assert re.search(r"reset|refused|connect", d["last_error"]), d
+    # cut mid-upload ("reset by peer", "Empty reply"), or at the next connection
+    assert re.search(r"reset|refused|connect|Empty reply|Recv failure|Send failure",
+                     d["last_error"]), d
     # the puller too, while the source is cut off and the workload goes on
     time.sleep(1)
     r.kill9()
