@@ -658,6 +658,23 @@ static bool step(struct resync *r, struct engine_dest *ds, struct transport_dest
 		return change(r, ds, DEST_SYNC_SYNCING, DEST_PHASE_COPYING, ds->rec.reason, skip) == 0;
 	}
 	case DEST_PHASE_BEGIN:
+		if (ds->rec.reason == DEST_REASON_SNAPSHOT) {
+			/* A new base for an object store (snapshot_every): its
+			 * SYNC_BEGIN opens a segment of its own, then every image
+			 * is sent whole; nothing is skipped, so the bucket keeps
+			 * every segment before it too. */
+			size_t nimages;
+			uint64_t total;
+
+			if (journal_sync_mark(r->j, ds->rec.number, true, true, &lsn, &seg) < 0 ||
+			    journal_directories(r) < 0 || seed_images(r, ds, &nimages, &total) < 0)
+				return false;
+			log_info("destination %s: a new base: %zu images (%" PRIu64 " bytes)", ds->name,
+				 nimages, total);
+			ds->compare = -1;
+			change(r, ds, DEST_SYNC_SYNCING, DEST_PHASE_COPYING, ds->rec.reason, NO_MORE);
+			return true;
+		}
 		/* nothing was skipped (back from tracking without a skeleton,
 		 * or a power loss): its dirty extents are already recorded */
 		if (journal_sync_mark(r->j, ds->rec.number, true, false, &lsn, &seg) < 0)
@@ -735,6 +752,20 @@ static bool relieve_overflow(struct resync *r)
 	}
 	transport_make_room(r->t, r->cat);
 	return victim != NULL;
+}
+
+/* snapshot_every: an object store in sync whose newest base is that old
+ * gets a new one (step, phase BEGIN). */
+static bool start_snapshot(struct resync *r, struct engine_dest *ds)
+{
+	struct dest_change only_if = { .expect = true, .expect_sync = DEST_SYNC_IN_SYNC,
+				       .expect_phase = DEST_PHASE_NONE };
+
+	progress_reset(ds);
+	if (change(r, ds, DEST_SYNC_SYNCING, DEST_PHASE_BEGIN, DEST_REASON_SNAPSHOT, only_if) < 0)
+		return false;
+	log_info("destination %s: snapshot_every: starting a new base", ds->name);
+	return true;
 }
 
 /* A tracking destination that answers and keeps up again is resynced. */
@@ -995,6 +1026,8 @@ static void *engine_main(void *arg)
 				syncing = true;
 			} else if (info.rec.sync == DEST_SYNC_TRACKING) {
 				worked |= end_tracking(r, ds, &info);
+			} else if (info.rec.sync == DEST_SYNC_IN_SYNC && info.snapshot_due) {
+				worked |= start_snapshot(r, ds);
 			}
 		}
 		pthread_mutex_lock(&r->lock);

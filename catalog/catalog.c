@@ -951,6 +951,26 @@ int catalog_dest_skip(struct catalog *c, const char *name, uint64_t segment, uin
 	return r;
 }
 
+int catalog_segment_sealed_before(struct catalog *c, uint64_t ns, uint64_t *n)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	if (sqlite3_prepare_v2(c->db, "SELECT coalesce(max(number), 0) FROM segments"
+			       " WHERE sealed_ns < ?", -1, &st, NULL))
+		return db_fail(c, "segments sealed before");
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)ns);
+	r = sqlite3_step(st);
+	if (r == SQLITE_ROW) {
+		*n = (uint64_t)sqlite3_column_int64(st, 0);
+		r = 0;
+	} else {
+		r = db_fail(c, "segments sealed before");
+	}
+	sqlite3_finalize(st);
+	return r;
+}
+
 int catalog_segment_last_lsn(struct catalog *c, uint64_t n, uint64_t *lsn)
 {
 	sqlite3_stmt *st;

@@ -67,6 +67,9 @@ int catalog_max_image_id(struct catalog *c, uint32_t *id);
 
 /* Last LSN of indexed segment n; -ENOENT if unknown. */
 int catalog_segment_last_lsn(struct catalog *c, uint64_t n, uint64_t *lsn);
+/* The highest segment sealed before time ns (0 if none), pruned ones
+ * included (an object store's retention: `keep = 7d`). */
+int catalog_segment_sealed_before(struct catalog *c, uint64_t ns, uint64_t *n);
 /* Marks a segment's state ("sealed", "pruned", ...). */
 int catalog_segment_set_state(struct catalog *c, uint64_t n, const char *state);
 

@@ -59,7 +59,7 @@ int parse_duration(const char *s, uint64_t *out_ns)
 {
 	static const struct { const char *suffix; uint64_t mult; } units[] = {
 		{ "", 1000000000ULL }, { "s", 1000000000ULL }, { "ms", 1000000ULL },
-		{ "m", 60000000000ULL }, { "h", 3600000000000ULL },
+		{ "m", 60000000000ULL }, { "h", 3600000000000ULL }, { "d", 86400000000000ULL },
 	};
 	const char *rest;
 	uint64_t v;

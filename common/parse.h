@@ -11,7 +11,7 @@
 
 /* Binary suffixes K, M, G, T (also KiB, MiB...; "k" accepted), bytes if none. */
 int parse_size(const char *s, uint64_t *out);
-/* Suffixes ms, s, m, h; seconds if none.  Result in nanoseconds. */
+/* Suffixes ms, s, m, h, d; seconds if none.  Result in nanoseconds. */
 int parse_duration(const char *s, uint64_t *out_ns);
 /* "127.0.0.1:9380", "[::1]:9380", "localhost:80". host gets a NUL-terminated copy. */
 int parse_hostport(const char *s, char *host, unsigned hostlen, uint16_t *port);

@@ -52,6 +52,8 @@ static void usage(FILE *f)
 		"       [--listen ADDR:PORT --tls-cert FILE --tls-key FILE [--client-ca FILE]]\n"
 		"       [--token-file FILE] [--tls-priority STRING] [--status ADDR:PORT|off]\n"
 		"       [--max-segment SIZE] [--retain] [LIMITS...] [-v]\n"
+		"       [--pull URL [--access-key-file FILE --secret-key-file FILE] [--region R]\n"
+		"        [--pull-interval DURATION] [--pull-ca-file FILE]]... [--config FILE]\n"
 		"\n"
 		"Applies the segments of aimfs consistency groups, in order, onto their targets.\n"
 		"\n"
@@ -68,6 +70,16 @@ static void usage(FILE *f)
 		"  --tls-priority STR   GnuTLS priorities (default %s)\n"
 		"  --max-segment SIZE   largest segment accepted (default 1G)\n"
 		"  --retain             keep applied segments in <inbox>/<group>/applied/\n"
+		"  --pull URL           also take segments from an object store,\n"
+		"                       http(s)://ENDPOINT/BUCKET[/PREFIX] (repeatable); the options\n"
+		"                       below apply to the pull given before them, or to all if first:\n"
+		"  --access-key-file F  its access key (default: the AWS_ACCESS_KEY_ID variable)\n"
+		"  --secret-key-file F  its secret key (default: the AWS_SECRET_ACCESS_KEY variable)\n"
+		"  --region R           its SigV4 region (default us-east-1)\n"
+		"  --pull-interval D    how often to look at its HEAD objects (default 1s)\n"
+		"  --pull-ca-file F     the CAs its HTTPS endpoint is checked against\n"
+		"  --config FILE        [pull NAME] sections with the same keys (url, access_key_file,\n"
+		"                       secret_key_file, region, pull_interval, ca_file)\n"
 		"  -v, --verbose        debug messages\n"
 		"  -h, --help           this help\n"
 		"  -V, --version        the version\n"
@@ -255,16 +267,23 @@ static int parse_args(int argc, char **argv, struct remote_config *c, bool *done
 		{ "max-temp", required_argument, NULL, 1009 },
 		{ "inbox-reserve", required_argument, NULL, 1010 },
 		{ "retain", no_argument, NULL, 'R' },
+		{ "pull", required_argument, NULL, 2000 },
+		{ "access-key-file", required_argument, NULL, 2000 },
+		{ "secret-key-file", required_argument, NULL, 2000 },
+		{ "region", required_argument, NULL, 2000 },
+		{ "pull-interval", required_argument, NULL, 2000 },
+		{ "pull-ca-file", required_argument, NULL, 2000 },
+		{ "config", required_argument, NULL, 2001 },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct remote_limits *l = &c->lim;
-	int ch, r = 0;
+	int ch, r = 0, li = 0;
 
 	opterr = 0;
-	while ((ch = getopt_long(argc, argv, ":vhV", opts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, ":vhV", opts, &li)) != -1) {
 		switch (ch) {
 		case 'i':
 			c->inbox = optarg;
@@ -354,6 +373,14 @@ static int parse_args(int argc, char **argv, struct remote_config *c, bool *done
 			if (parse_size(optarg, &l->inbox_reserve) < 0)
 				r = usage_error("--inbox-reserve %s: expected a size (e.g. 1G, 0)", optarg);
 			break;
+		case 2000: /* puller.c knows the pull options */
+			if (puller_option(c, opts[li].name, optarg) < 0)
+				return usage_error("--%s %s: see above", opts[li].name, optarg);
+			break;
+		case 2001:
+			if (puller_config_load(c, optarg) < 0)
+				return EXIT_USAGE;
+			break;
 		case 'v':
 			log_set_level(LOG_LVL_DEBUG);
 			break;
@@ -417,7 +444,7 @@ static int prepare(struct remote *r, int *lock_fds, char **owned)
 		return 1;
 	if (c->listen && receiver_check(c) < 0)
 		return 1;
-	if (check_maps(c) < 0)
+	if (check_maps(c) < 0 || puller_check(c) < 0)
 		return 1;
 	if (c->state_dir) {
 		r->state_dir = strdup(c->state_dir);
@@ -554,7 +581,7 @@ int main(int argc, char **argv)
 		goto out;
 	if (watcher_start(&r) < 0)
 		goto out;
-	if (groups_start(&r) < 0)
+	if (groups_start(&r) < 0 || puller_start(&r) < 0)
 		goto out;
 	log_info("applying segments from %s onto %s%s%s%s%s; state in %s", r.cfg.inbox,
 		 r.cfg.target_dir, r.cfg.listen ? "; receiving on https://" : "",
@@ -570,6 +597,7 @@ out:
 	/* The receiver first: no new segment, no new kick; then the appliers
 	 * stop at their next barrier. */
 	receiver_stop(r.receiver);
+	puller_stop(&r);
 	groups_stop(&r);
 	status_stop(r.status);
 	watcher_stop();
@@ -587,6 +615,7 @@ out:
 	for (size_t i = 0; i < r.cfg.nmaps; i++)
 		apply_map_free(&r.cfg.maps[i]);
 	free(r.cfg.maps);
+	puller_config_free(&r.cfg);
 	pthread_mutex_destroy(&r.lock);
 	return status;
 }

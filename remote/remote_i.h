@@ -16,6 +16,7 @@
  *   state.c     the SQLite state (remote.db): progress, consistency,
  *               applied segments, quarantine, mismatches
  *   status.c    GET /status (JSON) and /metrics (Prometheus text)
+ *   puller.c    --pull: segments from an object store into the inbox
  *
  * Threads: the main thread (poll loop, the watcher: libinotifytools keeps
  * global state and is only ever called there), one thread per group,
@@ -31,6 +32,7 @@
 #ifndef AIM_REMOTE_I_H
 #define AIM_REMOTE_I_H
 
+#include <jansson.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -79,6 +81,16 @@ struct remote_limits {
 	uint64_t inbox_reserve;       /* free space only a group's next segment may use */
 };
 
+/* One --pull URL (or [pull NAME] of --config). */
+struct pull_config {
+	char *name;                /* the URL, or NAME */
+	char *url;                 /* http(s)://ENDPOINT/BUCKET[/PREFIX] */
+	char *access_key_file, *secret_key_file; /* NULL: AWS_ACCESS_KEY_ID, ... */
+	char *region, *ca_file;
+	uint64_t interval_ns;      /* --pull-interval (default 1 s) */
+	char *access_key, *secret_key; /* loaded by puller_check */
+};
+
 struct remote_config {
 	const char *inbox;
 	const char *target_dir;
@@ -92,6 +104,9 @@ struct remote_config {
 	const char *status_addr;   /* NULL when "off" */
 	uint64_t max_segment;
 	bool retain;
+	struct pull_config *pulls;
+	size_t npulls;
+	struct pull_config pull_defaults; /* pull options given before any --pull */
 };
 
 /* Receiver counters, for status.  Updated with relaxed atomics. */
@@ -119,6 +134,7 @@ struct rx_stats {
 };
 
 struct group;
+struct pullers;
 struct receiver;
 struct status;
 struct state;
@@ -137,6 +153,7 @@ struct remote {
 
 	struct receiver *receiver;
 	struct status *status;
+	struct pullers *pullers;
 };
 
 /* ---- groups.c ---- */
@@ -426,6 +443,26 @@ int inbox_move_aside(int dirfd, const char *name, const char *sub, bool keep_all
 		     size_t outlen);
 /* The segment files of directory dirfd in number order (malloc'd). */
 int inbox_scan(int dirfd, struct inbox_entry **out, size_t *n);
+
+/* ---- puller.c ---- */
+
+/* A pull option from the command line: opt is the long option's name
+ * ("pull", "access-key-file", "secret-key-file", "region",
+ * "pull-interval", "pull-ca-file"); options before any --pull hold for
+ * every pull.  0, or -EINVAL after logging. */
+int puller_option(struct remote_config *c, const char *opt, const char *arg);
+/* Adds the [pull NAME] sections of an INI file.  0 or -EINVAL (logged). */
+int puller_config_load(struct remote_config *c, const char *path);
+/* Checks every pull's URL and loads its keys.  0 or -EINVAL (logged). */
+int puller_check(struct remote_config *c);
+void puller_config_free(struct remote_config *c);
+/* Starts one thread per pull (after the groups).  0 or -errno (logged). */
+int puller_start(struct remote *r);
+void puller_stop(struct remote *r);
+/* For status: the pulls' array (new reference), their metrics. */
+struct strbuf;
+json_t *puller_status_json(struct remote *r);
+void puller_metrics(struct remote *r, struct strbuf *sb);
 
 /* ---- status.c ---- */
 

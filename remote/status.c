@@ -204,6 +204,8 @@ static json_t *status_json(struct remote *r)
 	groups_each(r, group_json, &c);
 	json_object_set_new(o, "groups", c.groups);
 	json_object_set_new(o, "receiver", receiver_json(r));
+	if (r->cfg.npulls)
+		json_object_set_new(o, "pulls", puller_status_json(r));
 	return o;
 }
 
@@ -352,6 +354,7 @@ static void metrics_text(struct remote *r, struct strbuf *sb)
 			strbuf_printf(sb, "aim_remote_rejected_total{code=\"%u\"} %" PRIu64 "\n", code,
 				      n);
 	}
+	puller_metrics(r, sb);
 }
 
 static int handle(void *ctx, const char *path, struct httpd_response *resp)

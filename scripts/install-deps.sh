@@ -1,6 +1,10 @@
 #!/bin/sh
 # Installs every build, test and benchmark dependency of aimfs from Debian 12's
 # packages. Safe to run again; needs root (or sudo).
+# ceph-mon, ceph-osd and radosgw (~35 s, without recommends) run the
+# throwaway single-node Ceph cluster whose RADOS Gateway the object-store
+# tests and bench/s3-bench.sh use (tests/ceph_rgw.py); faketime puts that
+# gateway's clock off for the clock-skew test.
 set -eu
 SUDO=
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -12,7 +16,8 @@ PKGS="build-essential meson ninja-build pkg-config clang
   python3 python3-pytest python3-xxhash qemu-utils fio bindfs openssl jq nginx-light rsync
   iproute2 util-linux e2fsprogs gdb zstd
   qemu-system-x86 busybox-static cpio
-  libsystemd-dev libvirt-clients prometheus systemd libcap2-bin groff-base"
+  libsystemd-dev libvirt-clients prometheus systemd libcap2-bin groff-base
+  ceph-mon ceph-osd radosgw faketime"
 # libsystemd-dev: sd_notify for the Type=notify units.  libvirt-clients:
 # virt-xml-validate (its schemas come with libvirt0) for the libvirt
 # examples.  prometheus: promtool, which checks the alert rules and the

@@ -5,7 +5,8 @@
  * again.  The others live in a file each: `replay` (cmd_replay.c) applies
  * segments offline with the very applier aim-remote uses, to their end or
  * until a point; `check` (cmd_check.c) replays onto a scratch copy of a
- * base and checks the images at every barrier; `mark` and `marks`
+ * base and checks the images at every barrier; `restore` (cmd_restore.c)
+ * rebuilds images at a point from an object store; `mark` and `marks`
  * (cmd_mark.c) make and list named points; `status` (cmd_status.c) reads a
  * daemon's /status for people; `ship` (cmd_ship.c) drains an unmounted
  * journal with the transport; `verify` (cmd_verify.c) compares live images
@@ -64,6 +65,13 @@ static const struct command commands[] = {
 	  "replay onto a scratch copy of DIR and check every image at every FLUSH and MARK\n"
 	  "      (qemu-img check for qcow2, CMD with {} for the image's path for the others);\n"
 	  "      one line per point with the images' hashes; exits 1 if any point fails" },
+	{ "restore", cmd_restore,
+	  "--from URL --until LSN|TIME|MARK:NAME --target-dir DIR [--group UUID]\n"
+	  "         [--access-key-file F --secret-key-file F] [--region R] [--ca-file F]\n"
+	  "         [--segments-dir DIR] [-v]",
+	  "rebuild a group's images at a point from an object store (type = s3\n"
+	  "      destination): the newest base that reaches it, then the segments after it;\n"
+	  "      says which base and which last record it used" },
 	{ "mark", cmd_mark, "[--status ADDR:PORT] NAME",
 	  "ask a running aimfs to journal a MARK named NAME now; prints its LSN" },
 	{ "marks", cmd_marks, "[--json] [--status ADDR:PORT | JOURNAL_DIR | SEGMENT...]",

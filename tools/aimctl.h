@@ -28,6 +28,7 @@ int cmd_replay(int argc, char **argv);
 int cmd_mark(int argc, char **argv);
 int cmd_marks(int argc, char **argv);
 int cmd_check(int argc, char **argv);
+int cmd_restore(int argc, char **argv);
 
 /* aimctl.c: reports a usage error (and the usage) and returns EXIT_USAGE. */
 int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

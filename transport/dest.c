@@ -6,6 +6,7 @@
 #include "transport.h"
 #include "log.h"
 #include "parse.h"
+#include "s3.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -54,8 +55,78 @@ static int set_images(struct dest_config *d, const char *value)
 	return r;
 }
 
+/* keep = 7d | 1000 segments | all */
+static int set_keep(struct dest_config *d, const char *value)
+{
+	uint64_t n;
+	char *end;
+
+	d->keep_ns = d->keep_segments = 0;
+	if (strcmp(value, "all") == 0)
+		return 0;
+	if (parse_duration(value, &d->keep_ns) == 0 && d->keep_ns)
+		return 0;
+	errno = 0;
+	n = strtoull(value, &end, 10);
+	while (*end == ' ' || *end == '\t')
+		end++;
+	if (!errno && end != value && n > 0 && strcmp(end, "segments") == 0) {
+		d->keep_segments = n;
+		return 0;
+	}
+	log_error("destination %s: keep = %s: expected a duration (7d, 12h) or a count (1000"
+		  " segments), or all", d->name, value);
+	return -EINVAL;
+}
+
+/* The keys only an object-store destination takes. */
+static int set_s3_key(struct dest_config *d, const char *key, const char *value)
+{
+	if (strcmp(key, "region") == 0)
+		return set_str(&d->region, value);
+	if (strcmp(key, "access_key_file") == 0)
+		return set_str(&d->access_key_file, value);
+	if (strcmp(key, "secret_key_file") == 0)
+		return set_str(&d->secret_key_file, value);
+	if (strcmp(key, "keep") == 0)
+		return set_keep(d, value);
+	if (strcmp(key, "multipart_size") == 0) {
+		if (parse_size(value, &d->multipart_size) < 0 || d->multipart_size < S3_MIN_PART) {
+			log_error("destination %s: multipart_size = %s: expected a size of at least 5M",
+				  d->name, value);
+			return -EINVAL;
+		}
+		return 0;
+	}
+	if (strcmp(key, "snapshot_every") == 0) {
+		if (parse_duration(value, &d->snapshot_every_ns) < 0) {
+			log_error("destination %s: snapshot_every = %s: expected a duration, e.g. 1d",
+				  d->name, value);
+			return -EINVAL;
+		}
+		return 0;
+	}
+	return 1;
+}
+
 int dest_config_set(struct dest_config *d, const char *key, const char *value)
 {
+	int r;
+
+	if (strcmp(key, "type") == 0) {
+		if (strcmp(value, "s3") == 0) {
+			d->type = DEST_TYPE_S3;
+		} else if (strcmp(value, "https") == 0 || strcmp(value, "http") == 0) {
+			d->type = DEST_TYPE_HTTPS;
+		} else {
+			log_error("destination %s: type = %s: expected https or s3", d->name, value);
+			return -EINVAL;
+		}
+		return 0;
+	}
+	r = set_s3_key(d, key, value);
+	if (r <= 0)
+		return r;
 	if (strcmp(key, "url") == 0)
 		return set_str(&d->url, value);
 	if (strcmp(key, "ca_file") == 0)
@@ -89,8 +160,9 @@ int dest_config_set(struct dest_config *d, const char *key, const char *value)
 		}
 		return 0;
 	}
-	log_error("destination %s: unknown key \"%s\" (known: url, ca_file, cert_file, key_file,"
-		  " pin, token_file, images, rate, compress)", d->name, key);
+	log_error("destination %s: unknown key \"%s\" (known: type, url, ca_file, cert_file,"
+		  " key_file, pin, token_file, images, rate, compress, region, access_key_file,"
+		  " secret_key_file, multipart_size, keep, snapshot_every)", d->name, key);
 	return -EINVAL;
 }
 
@@ -162,10 +234,44 @@ static int load_token(struct dest_config *d)
 	return d->token ? 0 : -ENOMEM;
 }
 
+/* An object store: its URL names a bucket, its keys load, and the keys of
+ * the other type are not given by mistake. */
+static int check_s3(struct dest_config *d)
+{
+	struct s3_url u;
+	char why[300];
+
+	if (d->token_file) {
+		log_error("destination %s: token_file is for https destinations; an s3 destination"
+			  " signs its requests with access_key_file and secret_key_file", d->name);
+		return -EINVAL;
+	}
+	if (s3_url_parse(d->url, &u, why, sizeof why) < 0) {
+		log_error("destination %s: url %s %s", d->name, d->url, why);
+		return -EINVAL;
+	}
+	s3_url_free(&u);
+	free(d->access_key);
+	free(d->secret_key);
+	if (s3_keys_load(d->access_key_file, d->secret_key_file, &d->access_key, &d->secret_key,
+			 why, sizeof why) < 0) {
+		log_error("destination %s: %s", d->name, why);
+		return -EINVAL;
+	}
+	return 0;
+}
+
 int dest_config_check(struct dest_config *d)
 {
 	size_t n;
 
+	if (d->type != DEST_TYPE_S3 &&
+	    (d->region || d->access_key_file || d->secret_key_file || d->multipart_size ||
+	     d->keep_ns || d->keep_segments || d->snapshot_every_ns)) {
+		log_error("destination %s: region, access_key_file, secret_key_file, multipart_size,"
+			  " keep and snapshot_every are for object stores (type = s3)", d->name);
+		return -EINVAL;
+	}
 	if (check_url(d) < 0)
 		return -EINVAL;
 	n = strlen(d->url);
@@ -184,6 +290,8 @@ int dest_config_check(struct dest_config *d)
 			  d->name, d->pin);
 		return -EINVAL;
 	}
+	if (d->type == DEST_TYPE_S3)
+		return check_s3(d);
 	return load_token(d);
 }
 
@@ -204,6 +312,15 @@ void dest_config_free(struct dest_config *d)
 	for (size_t i = 0; i < d->nimages; i++)
 		free(d->images[i]);
 	free(d->images);
+	free(d->region);
+	free(d->access_key_file);
+	free(d->secret_key_file);
+	if (d->access_key)
+		memset(d->access_key, 0, strlen(d->access_key));
+	free(d->access_key);
+	if (d->secret_key)
+		memset(d->secret_key, 0, strlen(d->secret_key));
+	free(d->secret_key);
 	memset(d, 0, sizeof *d);
 }
 

@@ -51,6 +51,16 @@ static int copy_dest(struct dest_config *dst, const struct dest_config *src)
 	r |= copy_str(&dst->token, src->token);
 	dst->rate = src->rate;
 	dst->compress = src->compress;
+	dst->type = src->type;
+	r |= copy_str(&dst->region, src->region);
+	r |= copy_str(&dst->access_key_file, src->access_key_file);
+	r |= copy_str(&dst->secret_key_file, src->secret_key_file);
+	r |= copy_str(&dst->access_key, src->access_key);
+	r |= copy_str(&dst->secret_key, src->secret_key);
+	dst->multipart_size = src->multipart_size;
+	dst->keep_ns = src->keep_ns;
+	dst->keep_segments = src->keep_segments;
+	dst->snapshot_every_ns = src->snapshot_every_ns;
 	if (src->nimages) {
 		dst->images = calloc(src->nimages, sizeof *dst->images);
 		if (!dst->images)
@@ -230,6 +240,8 @@ void transport_dest_info(struct transport *t, size_t i, struct transport_dest_in
 	info->durable_segment = t->durable_segment;
 	info->segments_gone = d->link == DEST_LINK_GAP;
 	info->reachable = d->link == DEST_LINK_IDLE || d->link == DEST_LINK_SHIPPING;
+	info->snapshot_due = d->cfg.snapshot_every_ns && d->base_known &&
+			     clock_wall_ns() >= d->base_ns + d->cfg.snapshot_every_ns;
 	pthread_mutex_unlock(&t->lock);
 }
 

@@ -29,9 +29,18 @@ struct catalog;
 
 struct transport;
 
+/* What a destination is: a receiver of HTTPS PUTs (aim-remote, any WebDAV
+ * server), or an object store (S3: transport/s3.c, docs/OBJECT-STORES.md). */
+enum dest_type {
+	DEST_TYPE_HTTPS,
+	DEST_TYPE_S3,
+};
+
 struct dest_config {
 	char *name;        /* [destination NAME], or the URL for -o dest=URL */
-	char *url;         /* base URL: segments go to url/<group>/<file> */
+	enum dest_type type;
+	char *url;         /* base URL: segments go to url/<group>/<file>
+			    * (s3: http(s)://ENDPOINT/BUCKET[/PREFIX]) */
 	char *ca_file;     /* NULL: the system's CAs */
 	char *cert_file;   /* client certificate (optional) */
 	char *key_file;
@@ -42,6 +51,14 @@ struct dest_config {
 	uint64_t rate;     /* bytes per second, 0: no cap */
 	bool compress;     /* zstd when it saves bytes */
 	char *token;       /* loaded by dest_config_check */
+	/* s3 only */
+	char *region;      /* NULL: us-east-1 */
+	char *access_key_file, *secret_key_file; /* NULL: AWS_ACCESS_KEY_ID, ... */
+	uint64_t multipart_size;    /* 0: 64M */
+	uint64_t keep_ns;           /* delete segments sealed longer ago (0: keep) */
+	uint64_t keep_segments;     /* ... or all but this many (0: keep) */
+	uint64_t snapshot_every_ns; /* start a new full sync (a base) this often */
+	char *access_key, *secret_key; /* loaded by dest_config_check */
 };
 
 /* Checks a destination (URL scheme and form, readable CA, certificate, key
@@ -143,6 +160,7 @@ enum dest_reason {
 	DEST_REASON_SEGMENTS_GONE,  /* the segments it needed left the journal */
 	DEST_REASON_OVERFLOW,       /* it fell behind and the journal filled up */
 	DEST_REASON_POWER_LOSS,     /* the source lost power: hot extents are suspect */
+	DEST_REASON_SNAPSHOT,       /* snapshot_every: a new base for restores (object stores) */
 };
 
 /* A resync's progress, persisted with the state. */
@@ -263,6 +281,7 @@ struct transport_dest_info {
 	uint64_t durable_segment;
 	bool segments_gone;       /* its next segment is gone from the journal */
 	bool reachable;           /* last upload succeeded */
+	bool snapshot_due;        /* snapshot_every: its newest base is that old */
 };
 void transport_dest_info(struct transport *t, size_t i, struct transport_dest_info *info);
 /* Skeletonises for tracking destinations and prunes what can go now; cat

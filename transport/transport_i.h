@@ -15,6 +15,7 @@
 #include "transport.h"
 #include "format.h"
 
+struct catalog;
 #include <pthread.h>
 
 /* The worker's view of the link: not persisted, set only through
@@ -50,6 +51,8 @@ struct dest {
 	double rate_bps;            /* moving average of upload throughput */
 	uint64_t skel_through;      /* skeletons stored up to this segment */
 	uint64_t retry_after_ns;    /* the last answer's Retry-After, 0 if none (worker) */
+	uint64_t base_ns;           /* s3: when its newest base began (s3.c) */
+	bool base_known;            /* s3: base_ns was read from the bucket */
 };
 
 /* What the record means for a worker (T).  Tracking: it ships skeletons. */
@@ -87,6 +90,27 @@ struct transport {
 
 /* worker.c */
 void *worker_main(void *arg);
+
+/* What one attempt to ship a segment (or to do an object store's chores)
+ * came to; the worker turns it into the link state. */
+enum outcome { SHIP_OK, SHIP_RETRY, SHIP_FATAL, SHIP_RESYNC };
+
+/* s3.c: an object-store destination (type = s3).  A struct s3_dest
+ * belongs to the destination's worker thread; failures are explained in
+ * the destination's last_error. */
+struct s3_dest;
+int s3_dest_open(struct dest *d, struct catalog *cat, struct s3_dest **out);
+void s3_dest_close(struct s3_dest *sd);
+/* Uploads segment n: raw is the destination's segment, packed (when not
+ * NULL) its zstd form, which is what the bucket gets.  Writes HEAD after
+ * it when due.  SHIP_OK (the acknowledgement) or SHIP_RETRY. */
+enum outcome s3_dest_put(struct s3_dest *sd, uint64_t n, const uint8_t *raw, size_t raw_len,
+			 const uint8_t *packed, size_t packed_len);
+/* True if the store is owed work when nothing waits to be shipped: HEAD
+ * not read or not written yet, retention due, deletions unfinished. */
+bool s3_dest_owes(const struct s3_dest *sd);
+/* Does that work: SHIP_OK, or SHIP_RETRY. */
+enum outcome s3_dest_chores(struct s3_dest *sd);
 
 /* dest_state.c */
 /* Loads destination d's record from cat into memory (transport_new). */

@@ -1,6 +1,9 @@
 /*
  * worker.c — one thread per destination: ship the next segment, record the
- * acknowledgement, repeat; wait for new segments when in sync.
+ * acknowledgement, repeat; wait for new segments when in sync.  An https
+ * destination gets a PUT from here; an object store (type = s3) gets its
+ * segments through s3.c, which also owes the store chores (HEAD,
+ * retention) that the worker runs like a shipment when nothing waits.
  *
  * A PUT's outcome decides the link state (curl's CURLcode and the HTTP
  * status, converted once, in classify(); the state changes in
@@ -39,8 +42,6 @@
 #define BACKOFF_MAX_NS 60000000000ULL
 #define REPLY_MAX 512
 #define ZSTD_LEVEL 3
-
-enum outcome { SHIP_OK, SHIP_RETRY, SHIP_FATAL, SHIP_RESYNC };
 
 struct upload {
 	const uint8_t *data;
@@ -239,8 +240,9 @@ static bool has_foreign_records(struct seg_view *v, uint32_t number)
  * bytes to acknowledge.
  */
 static enum outcome ship(struct dest *d, CURL *c, struct curl_slist *headers[2],
-			 struct catalog *cat, uint64_t n, uint64_t *src_last, uint64_t *dfirst,
-			 uint64_t *dlast, uint64_t *sent, bool *skeleton, char *errbuf)
+			 struct s3_dest *sd, struct catalog *cat, uint64_t n, uint64_t *src_last,
+			 uint64_t *dfirst, uint64_t *dlast, uint64_t *sent, bool *skeleton,
+			 char *errbuf)
 {
 	char file[SEG_FILE_NAME_LEN + 8], path[4200];
 	struct seg_view *v;
@@ -275,7 +277,11 @@ static enum outcome ship(struct dest *d, CURL *c, struct curl_slist *headers[2],
 		if (catalog_segment_last_lsn(cat, n, src_last) < 0)
 			*src_last = 0;
 		*skeleton = true;
-		o = put(d, c, headers, file, seg_view_bytes(v), seg_view_size(v), false, v, errbuf);
+		if (sd)
+			o = s3_dest_put(sd, n, seg_view_bytes(v), seg_view_size(v), NULL, 0);
+		else
+			o = put(d, c, headers, file, seg_view_bytes(v), seg_view_size(v), false, v,
+				errbuf);
 		*sent = seg_view_size(v);
 		seg_view_free(v);
 		return o;
@@ -315,8 +321,11 @@ static enum outcome ship(struct dest *d, CURL *c, struct curl_slist *headers[2],
 	}
 	if (d->cfg.compress)
 		packed = maybe_compress(body, len, &plen);
-	o = put(d, c, headers, file, packed ? packed : body, packed ? plen : len, packed != NULL,
-		body == seg_view_bytes(v) && !packed ? v : NULL, errbuf);
+	if (sd)
+		o = s3_dest_put(sd, n, body, len, packed, plen);
+	else
+		o = put(d, c, headers, file, packed ? packed : body, packed ? plen : len,
+			packed != NULL, body == seg_view_bytes(v) && !packed ? v : NULL, errbuf);
 	*sent = packed ? plen : len;
 	pthread_mutex_lock(&d->t->lock);
 	d->bytes_raw += len;
@@ -356,8 +365,9 @@ void *worker_main(void *arg)
 	struct transport *t = d->t;
 	struct curl_slist *headers[2] = { NULL, NULL };
 	struct catalog *cat = NULL;
+	struct s3_dest *sd = NULL;
 	char path[4200], errbuf[CURL_ERROR_SIZE];
-	CURL *c;
+	CURL *c = NULL;
 
 	snprintf(path, sizeof path, "%s/catalog.db", t->journal_dir);
 	if (catalog_open(path, &cat) < 0) {
@@ -367,19 +377,29 @@ void *worker_main(void *arg)
 		pthread_mutex_unlock(&t->lock);
 		return NULL;
 	}
-	c = make_handle(d, headers, errbuf);
+	if (d->cfg.type == DEST_TYPE_S3)
+		s3_dest_open(d, cat, &sd);
+	else
+		c = make_handle(d, headers, errbuf);
 	pthread_mutex_lock(&t->lock);
-	while (!t->stopping && c) {
+	if (!c && !sd) {
+		if (!d->last_error[0])
+			snprintf(d->last_error, sizeof d->last_error, "out of memory");
+		dest_link_set(d, DEST_LINK_STOPPED);
+	}
+	while (!t->stopping && (c || sd)) {
 		uint64_t n = d->acked_segment + 1, src_last = 0, dfirst = 0, dlast = 0, sent = 0;
 		uint64_t t0, now;
-		bool skeleton = false;
+		bool skeleton = false, chores;
 		enum outcome o;
 
 		if (d->link == DEST_LINK_STOPPED || d->link == DEST_LINK_GAP || dest_held(d)) {
 			pthread_cond_wait(&t->cond, &t->lock);
 			continue;
 		}
-		if (n > t->durable_segment) {
+		/* An object store's chores run when nothing waits to be shipped. */
+		chores = sd && n > t->durable_segment && s3_dest_owes(sd);
+		if (n > t->durable_segment && !chores) {
 			dest_link_set(d, DEST_LINK_IDLE);
 			pthread_cond_broadcast(&t->cond); /* drainers */
 			/* Wake now and then: retention may let more be pruned. */
@@ -401,8 +421,18 @@ void *worker_main(void *arg)
 		pthread_mutex_unlock(&t->lock);
 
 		t0 = clock_wall_ns();
-		o = ship(d, c, headers, cat, n, &src_last, &dfirst, &dlast, &sent, &skeleton, errbuf);
+		if (chores)
+			o = s3_dest_chores(sd);
+		else
+			o = ship(d, c, headers, sd, cat, n, &src_last, &dfirst, &dlast, &sent,
+				 &skeleton, errbuf);
 		now = clock_wall_ns();
+		if (o == SHIP_OK && chores) {
+			pthread_mutex_lock(&t->lock);
+			d->attempts = 0;
+			dest_link_set(d, DEST_LINK_SHIPPING);
+			continue;
+		}
 		if (o == SHIP_OK && catalog_dest_ack(cat, d->cfg.name, n, src_last, dfirst, dlast,
 						     sent, now) < 0) {
 			set_error(d, "cannot record the acknowledgement in the catalog");
@@ -448,6 +478,7 @@ void *worker_main(void *arg)
 	curl_slist_free_all(headers[1]);
 	if (c)
 		curl_easy_cleanup(c);
+	s3_dest_close(sd);
 	catalog_close(cat);
 	return NULL;
 }
@@ -463,6 +494,14 @@ int transport_get(struct transport *t, size_t i, const char *suffix, long *statu
 	CURLcode cc;
 	CURL *c;
 
+	if (d->cfg.type == DEST_TYPE_S3) {
+		/* An object store answers nothing of aim-remote's protocol: the
+		 * resync engine sends data, not hashes. */
+		*status = 501;
+		*json = false;
+		*body = strdup("an object store does not compare block hashes");
+		return *body ? 0 : -ENOMEM;
+	}
 	c = make_handle(d, headers, errbuf);
 	if (!c)
 		return -ENOMEM;

@@ -16,7 +16,8 @@ int main(void)
 	static const struct { const char *in; int ok; uint64_t out; } durs[] = {
 		{ "2", 1, 2000000000ULL }, { "2s", 1, 2000000000ULL }, { "500ms", 1, 500000000ULL },
 		{ "1m", 1, 60000000000ULL }, { "1h", 1, 3600000000000ULL },
-		{ "2 s", 0, 0 }, { "s", 0, 0 }, { "1d", 0, 0 },
+		{ "7d", 1, 7 * 86400000000000ULL },
+		{ "2 s", 0, 0 }, { "s", 0, 0 }, { "1w", 0, 0 },
 	};
 	char host[64], buf[32];
 	uint16_t port;

@@ -1,0 +1,562 @@
+"""Object-store destinations, proven against a real single-node Ceph RADOS
+Gateway (tests/ceph_rgw.py, one cluster for the module, a bucket per test):
+
+  * aimfs (through the kernel, a random multi-threaded workload with
+    renames, truncates, punched holes and zero ranges) ships to a bucket;
+    two `aim-remote --pull` sites apply it independently; both replicas
+    equal the source; the bucket holds HEAD and a contiguous run of
+    segments, one multipart-uploaded, with a base recorded in HEAD;
+  * radosgw killed -9 during uploads and restarted: the source says
+    `retrying`, retries, and loses nothing; the puller killed -9 and
+    restarted resumes; no segment is applied twice (every "applied
+    segment N" line of the remote's log, across its restarts, is unique);
+  * wrong credentials, a missing bucket, a skewed clock (radosgw under
+    libfaketime) and a full OSD each show `retrying` with the store's
+    error code in the source's status, and the pull side says the same;
+    fixing each lets it converge;
+  * retention and snapshots: snapshot_every makes new bases, keep deletes
+    old segments but never the newest base the kept ones need; a new site
+    starts at the newest base and still converges;
+  * 20 mounts (20 groups) into one bucket, one puller applies them all.
+
+Every daemon is stopped by PID at teardown, even on failure; a failed test
+prints the command lines and the daemons' logs."""
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from aimtest import assert_trees_equal, wait_for
+from ceph_rgw import CephError, CephRGW, S3Error
+from remote_helpers import Remote, free_port
+from servers import get_status
+from workload import Workload, populate
+
+
+@pytest.fixture(scope="module")
+def ceph():
+    d = tempfile.mkdtemp(prefix="aimfs-ceph-", dir=os.environ.get("AIM_TEST_TMP", "/var/tmp"))
+    c = CephRGW(d)
+    try:
+        c.start()
+    except CephError as e:
+        c.stop()
+        pytest.fail(f"cannot start the Ceph test cluster: {e}")
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def cleanup():
+    todo = []
+    yield todo
+    for fn in reversed(todo):
+        try:
+            fn()
+        except Exception:   # noqa: BLE001 - teardown goes on
+            pass
+
+
+_buckets = iter(range(1, 10000))
+
+
+def new_bucket(ceph, create=True):
+    name = f"aimtest-{os.getpid()}-{next(_buckets)}"
+    if create:
+        ceph.s3().create_bucket(name)
+    return name
+
+
+class Site:
+    """Credentials and config of one source mounting into one bucket."""
+
+    def __init__(self, workdir, ceph, bucket, name="src", prefix="mirror", extra="",
+                 secret=None, aimfs_opts=""):
+        self.workdir, self.ceph, self.bucket, self.name = workdir, ceph, bucket, name
+        self.url = f"{ceph.endpoint}/{bucket}/{prefix}"
+        self.ak = os.path.join(workdir, "access_key")
+        self.sk = os.path.join(workdir, f"secret_key-{name}")
+        with open(self.ak, "w") as f:
+            f.write(ceph.access_key + "\n")
+        with open(self.sk, "w") as f:
+            f.write((secret or ceph.secret_key) + "\n")
+        self.status_addr = f"127.0.0.1:{free_port()}"
+        self.backing = os.path.join(workdir, f"backing-{name}")
+        self.mnt = os.path.join(workdir, f"mnt-{name}")
+        os.makedirs(self.backing, exist_ok=True)
+        os.makedirs(self.mnt, exist_ok=True)
+        self.conf = os.path.join(workdir, f"aimfs-{name}.conf")
+        with open(self.conf, "w") as f:
+            f.write(f"[aimfs]\nstatus = {self.status_addr}\n"
+                    f"{aimfs_opts or 'segment_size = 256K'}\nsegment_age = 200ms\n\n"
+                    f"[destination store]\ntype = s3\nurl = {self.url}\n"
+                    f"access_key_file = {self.ak}\nsecret_key_file = {self.sk}\n{extra}")
+        self.mount = None
+
+    def start(self, aimfs, **kw):
+        self.mount = aimfs(backing=self.backing, mountpoint=self.mnt,
+                           options=[f"config={self.conf}"], **kw)
+        self.group = self.status()["group"]
+        return self.mount
+
+    def status(self):
+        return get_status(self.status_addr)
+
+    def dest(self):
+        return self.status()["destinations"][0]
+
+    def wait_dest(self, cond, what, timeout=60):
+        last = [None]
+
+        def ok():
+            last[0] = self.dest()
+            return cond(last[0])
+        try:
+            wait_for(ok, timeout, 0.1, what=what)
+        except TimeoutError:
+            raise AssertionError(f"timed out waiting for {what}; destination: "
+                                 f"{json.dumps(last[0], indent=1)}\n{self.mount.output()[-3000:]}")
+        return last[0]
+
+    def wait_in_sync(self, timeout=90):
+        def ok(d):
+            assert d["state"] not in ("stopped", "needs_resync"), d
+            st = self.status()
+            return st["in_sync"] and d["acked_lsn"] >= st["head_lsn"]
+        self.wait_dest(ok, "the source to be in sync with the bucket", timeout)
+        return self.status()
+
+    def head(self):
+        if not getattr(self, "group", None):
+            self.group = self.status()["group"]
+        return json.loads(self.ceph.s3().get(self.bucket, f"mirror/{self.group}/HEAD")[1])
+
+    def pull_args(self, interval="200ms"):
+        return ["--pull", self.url, "--access-key-file", self.ak, "--secret-key-file", self.sk,
+                "--pull-interval", interval]
+
+
+def start_remote(workdir, name, args, cleanup, expect_alarms=False):
+    inbox = os.path.join(workdir, f"inbox-{name}")
+    target = os.path.join(workdir, f"replica-{name}")
+    os.makedirs(inbox, exist_ok=True)
+    os.makedirs(target, exist_ok=True)
+    r = Remote(workdir, inbox, target, args=args, name=f"remote-{name}",
+               state=os.path.join(workdir, f"state-{name}"), expect_alarms=expect_alarms)
+    cleanup.append(r.close)
+    return r.start()
+
+
+def wait_applied(remote, group, lsn, timeout=90):
+    return remote.wait_applied(group, lsn, timeout)
+
+
+def applied_lines(remote):
+    """The segments the remote's log says it applied, across its restarts."""
+    return [int(m) for m in re.findall(r"applied segment (\d+) ", remote.output())]
+
+
+def bucket_keys(ceph, bucket, group):
+    return sorted(k.rsplit("/", 1)[1] for k in ceph.s3().list(bucket, f"mirror/{group}/"))
+
+
+def check_bucket(ceph, bucket, head):
+    """HEAD names a contiguous run oldest..segment, all present."""
+    keys = bucket_keys(ceph, bucket, head["group"])
+    assert "HEAD" in keys
+    segs = sorted(int(k.split(".")[0]) for k in keys if k.endswith(".aimj"))
+    want = list(range(head["oldest"], head["segment"] + 1))
+    assert [n for n in segs if n >= head["oldest"]] == want, (segs, head)
+    return segs
+
+
+# ---- the mirror, end to end ---------------------------------------------------
+
+def test_mirror_through_a_bucket_to_two_pullers(ceph, workdir, aimfs, cleanup):
+    seed = int(os.environ.get("AIM_SEED", 1501))
+    bucket = new_bucket(ceph)
+    site = Site(workdir, ceph, bucket, extra="compress = zstd\nmultipart_size = 5M\n",
+                aimfs_opts="segment_size = 16M\n")
+    populate(site.backing, seed, 3)
+    a = start_remote(workdir, "a", site.pull_args(), cleanup)
+    b = start_remote(workdir, "b", site.pull_args("300ms"), cleanup)
+    m = site.start(aimfs)
+    group = site.status()["group"]
+    w = Workload(m.mountpoint, seed, threads=3, max_len=256 << 10)
+    w.run(seconds=3)
+    # one segment well above multipart_size: 9 MiB of random data, one fsync
+    subprocess.run(["dd", "if=/dev/urandom", f"of={m.mountpoint}/big.raw", "bs=1M", "count=9",
+                    "conv=fsync", "status=none"], check=True)
+    st = site.wait_in_sync()
+    for r in (a, b):
+        wait_applied(r, group, st["head_lsn"])
+    w.close()
+    m.unmount()
+    for r in (a, b):
+        assert_trees_equal(r.target, site.backing)
+        assert r.group(group)["consistent"] is True
+    head = site.head()
+    check_bucket(ceph, bucket, head)
+    assert head["lsn"] == st["head_lsn"] and head["bases"], head
+    assert head["bases"][0]["segment"] == head["oldest"], head
+    # a multipart object's ETag is "<md5 of the parts' md5s>-<parts>"
+    objs = [ceph.s3().get(bucket, f"mirror/{group}/{k}")
+            for k in bucket_keys(ceph, bucket, group) if k.endswith(".aimj")]
+    assert any("-" in h["etag"] for h, _ in objs), \
+        f"no segment went multipart: {[(h['etag'], len(d)) for h, d in objs if len(d) > 4 << 20]}"
+    assert any(h.get("x-amz-meta-aim-encoding") == "zstd" for h, _ in objs), "nothing compressed"
+    for r in (a, b):
+        pulls = r.status()["pulls"]
+        assert pulls[0]["state"] == "polling" and pulls[0]["segments_pulled"] > 0, pulls
+        assert sorted(set(applied_lines(r))) == sorted(applied_lines(r))
+    m.check_quiet()
+    a.check_quiet()
+    b.check_quiet()
+
+
+# ---- crashes ------------------------------------------------------------------
+
+def test_radosgw_and_puller_killed_lose_nothing_and_apply_nothing_twice(ceph, workdir, aimfs,
+                                                                        cleanup):
+    seed = int(os.environ.get("AIM_SEED", 1502))
+    bucket = new_bucket(ceph)
+    # a rate cap keeps uploads in flight long enough to be cut
+    site = Site(workdir, ceph, bucket, extra="rate = 8M\n")
+    populate(site.backing, seed, 2)
+    r = start_remote(workdir, "a", site.pull_args(), cleanup)
+    m = site.start(aimfs, expect_alarms=True)
+    cleanup.append(lambda: ceph.start_rgw() if "rgw" not in ceph.procs else None)
+    group = site.status()["group"]
+    site.wait_in_sync()
+    w = Workload(m.mountpoint, seed, threads=2, max_len=128 << 10)
+    w.start(seconds=3)
+    site.wait_dest(lambda d: d["state"] == "shipping" and d["backlog_segments"] > 1,
+                   "uploads in flight", 30)
+    ceph.kill_rgw()
+    d = site.wait_dest(lambda d: d["state"] == "retrying", "the source to say retrying", 30)
+    # cut mid-upload ("reset by peer", "Empty reply"), or at the next connection
+    assert re.search(r"reset|refused|connect|Empty reply|Recv failure|Send failure",
+                     d["last_error"]), d
+    # the puller too, while the source is cut off and the workload goes on
+    time.sleep(1)
+    r.kill9()
+    ceph.start_rgw()
+    w.join()
+    r.start()
+    t0 = time.monotonic()
+    st = site.wait_in_sync(120)
+    wait_applied(r, group, st["head_lsn"], 120)
+    print(f"converged {time.monotonic() - t0:.1f} s after the restarts")
+    # and once more, in the middle of pulling a backlog
+    w.start(seconds=1)
+    w.join()
+    r.kill9()
+    st = site.wait_in_sync(120)
+    r.start()
+    wait_applied(r, group, st["head_lsn"], 120)
+    w.close()
+    m.unmount()
+    assert_trees_equal(r.target, site.backing)
+    lines = applied_lines(r)
+    dups = sorted({n for n in lines if lines.count(n) > 1})
+    assert not dups, f"segments applied twice: {dups}"
+    check_bucket(ceph, bucket, site.head())
+
+
+# ---- what the status says when the store is wrong ----------------------------------
+
+def test_store_errors_show_as_retrying_with_the_store_code(ceph, workdir, aimfs, cleanup):
+    bucket = new_bucket(ceph, create=False)
+    site = Site(workdir, ceph, bucket, secret="not-the-secret-key")
+    with open(os.path.join(site.backing, "vm.img"), "wb") as f:
+        f.write(os.urandom(1 << 20))
+    # the pull side: a wrong secret, then a missing bucket
+    bad = start_remote(workdir, "bad", site.pull_args(), cleanup, expect_alarms=True)
+    gone_args = site.pull_args()
+    gone_args[1] = f"{ceph.endpoint}/nosuchbucket-{os.getpid()}/mirror"
+    good_sk = os.path.join(workdir, "good_sk")
+    with open(good_sk, "w") as f:
+        f.write(ceph.secret_key)
+    gone_args[5] = good_sk
+    gone = start_remote(workdir, "gone", gone_args, cleanup, expect_alarms=True)
+
+    def pull_error(remote, code):
+        last = [None]
+
+        def ok():
+            last[0] = remote.status()["pulls"][0]
+            return last[0]["state"] == "retrying" and code in last[0].get("last_error", "")
+        try:
+            wait_for(ok, 30, 0.1, what=f"the puller to say {code}")
+        except TimeoutError:
+            raise AssertionError(f"pull status: {last[0]}")
+    pull_error(bad, "SignatureDoesNotMatch")
+    pull_error(gone, "NoSuchBucket")
+
+    # the source: wrong secret (the bucket does not exist either: the
+    # signature is checked first)
+    m = site.start(aimfs, expect_alarms=True)
+    d = site.wait_dest(lambda d: d["state"] == "retrying", "retrying", 60)
+    assert "SignatureDoesNotMatch" in d["last_error"], d
+    assert isinstance(d["next_attempt_in_seconds"], (int, float)) and d["attempts"] >= 1
+    m.unmount()
+    with open(site.sk, "w") as f:
+        f.write(ceph.secret_key)
+    # the right key, no bucket
+    m = site.start(aimfs, expect_alarms=True)
+    d = site.wait_dest(lambda d: d["state"] == "retrying" and "NoSuchBucket" in d["last_error"],
+                       "retrying with NoSuchBucket", 60)
+    # the operator creates the bucket: it converges without a restart
+    ceph.s3().create_bucket(bucket)
+    site.wait_in_sync(90)
+
+    # a skewed clock: radosgw an hour ahead
+    cleanup.append(lambda: (ceph.stop_daemon("rgw"), ceph.start_rgw()))
+    ceph.stop_daemon("rgw")
+    ceph.start_rgw(clock_offset="+1h")
+    skew = start_remote(workdir, "skew", site.pull_args(), cleanup, expect_alarms=True)
+    with open(os.path.join(m.mountpoint, "vm.img"), "r+b") as f:
+        f.write(os.urandom(64 << 10))
+        os.fsync(f.fileno())
+    site.wait_dest(lambda d: d["state"] == "retrying" and
+                   "RequestTimeTooSkewed" in d.get("last_error", ""),
+                   "retrying with RequestTimeTooSkewed", 60)
+    pull_error(skew, "RequestTimeTooSkewed")
+    ceph.stop_daemon("rgw")
+    ceph.start_rgw()
+    site.wait_in_sync(90)
+
+    # a full OSD: radosgw answers 408 RequestTimeout (its op timeout)
+    cleanup.append(lambda: ceph.set_full(False))
+    ceph.set_full(True)
+    with open(os.path.join(m.mountpoint, "vm.img"), "r+b") as f:
+        f.write(os.urandom(64 << 10))
+        os.fsync(f.fileno())
+    site.wait_dest(lambda d: d["state"] == "retrying" and
+                   "RequestTimeout" in d.get("last_error", ""),
+                   "retrying with RequestTimeout", 60)
+    ceph.set_full(False)
+    st = site.wait_in_sync(120)
+    # metrics say the same as status
+    assert 'aimfs_destination_state{destination="store",state="in_sync"} 1' in \
+        subprocess.run(["curl", "-s", f"http://{site.status_addr}/metrics"],
+                       capture_output=True, text=True).stdout
+    # the skewed site catches up once the clock is right
+    wait_applied(skew, st["group"], st["head_lsn"], 60)
+    m.unmount()
+    assert_trees_equal(skew.target, site.backing)
+
+
+# ---- bases, snapshots, retention ---------------------------------------------------
+
+def test_snapshots_and_retention_keep_the_base_the_kept_segments_need(ceph, workdir, aimfs,
+                                                                     cleanup):
+    bucket = new_bucket(ceph)
+    site = Site(workdir, ceph, bucket, extra="snapshot_every = 3s\nkeep = 4 segments\n")
+    with open(os.path.join(site.backing, "vm.img"), "wb") as f:
+        f.write(os.urandom(2 << 20))
+    m = site.start(aimfs)
+    group = site.status()["group"]
+    site.wait_in_sync()
+    deadline = time.monotonic() + 30
+    n = 0
+    while time.monotonic() < deadline and len(site.head()["bases"]) < 3:
+        with open(os.path.join(m.mountpoint, "vm.img"), "r+b") as f:
+            f.seek((n * 4096) % (2 << 20))
+            f.write(os.urandom(4096))
+            os.fsync(f.fileno())
+        n += 1
+        time.sleep(0.3)
+    st = site.wait_in_sync()
+    head = site.head()
+    assert len(head["bases"]) >= 2, head
+    newest = head["bases"][-1]
+    segs = check_bucket(ceph, bucket, head)
+    # kept: at most 4 segments, except back to the newest base they need
+    assert head["oldest"] <= head["segment"] - 3 or head["oldest"] == newest["segment"] or \
+        any(b["segment"] == head["oldest"] for b in head["bases"]), head
+    assert all(b["segment"] >= head["oldest"] for b in head["bases"]), head
+    # deleted from the bucket: everything before oldest (give the purge a moment)
+    wait_for(lambda: min(int(k.split(".")[0]) for k in bucket_keys(ceph, bucket, group)
+                         if k.endswith(".aimj")) == site.head()["oldest"], 90, 0.5,
+             what="old segments to be deleted")
+    assert segs[0] >= 1
+    # a new site starts at the newest base and converges
+    r = start_remote(workdir, "late", site.pull_args(), cleanup)
+    wait_applied(r, group, st["head_lsn"])
+    m.unmount()
+    assert_trees_equal(r.target, site.backing)
+    log = m.output()
+    assert "snapshot_every: starting a new base" in log
+    m.check_quiet()
+    r.check_quiet()
+
+
+# ---- scale ---------------------------------------------------------------------------
+
+def test_twenty_mounts_into_one_bucket_one_puller(ceph, workdir, aimfs, cleanup):
+    bucket = new_bucket(ceph)
+    sites = []
+    for i in range(20):
+        s = Site(workdir, ceph, bucket, name=f"m{i:02d}")
+        with open(os.path.join(s.backing, f"vm{i}.img"), "wb") as f:
+            f.write(os.urandom(1 << 20))
+        sites.append(s)
+    r = start_remote(workdir, "all", sites[0].pull_args(), cleanup)
+    for s in sites:
+        s.start(aimfs)
+    for i, s in enumerate(sites):
+        with open(os.path.join(s.mnt, f"vm{i}.img"), "r+b") as f:
+            for k in range(8):
+                f.seek(k * 128 << 10)
+                f.write(os.urandom(64 << 10))
+            os.fsync(f.fileno())
+        os.rename(os.path.join(s.mnt, f"vm{i}.img"), os.path.join(s.mnt, f"disk{i}.img"))
+        os.truncate(os.path.join(s.mnt, f"disk{i}.img"), 768 << 10)
+    heads = {}
+    for s in sites:
+        st = s.wait_in_sync(120)
+        heads[st["group"]] = st["head_lsn"]
+    for g, lsn in heads.items():
+        wait_applied(r, g, lsn, 120)
+    for s in sites:
+        s.mount.unmount()
+    for i, s in enumerate(sites):
+        with open(os.path.join(s.backing, f"disk{i}.img"), "rb") as a, \
+                open(os.path.join(r.target, f"disk{i}.img"), "rb") as b:
+            assert a.read() == b.read(), f"group of mount {i} differs"
+    assert len(r.status()["groups"]) == 20
+    assert r.status()["pulls"][0]["groups"] == 20
+    r.check_quiet()
+
+
+# ---- restore ---------------------------------------------------------------------
+
+def tree_hashes(root):
+    """{relative path: sha256 | 'dir'} of everything under root but .aimfs."""
+    import hashlib
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        if dirpath == root:
+            dirnames[:] = [d for d in dirnames if d != ".aimfs"]
+        for d in dirnames:
+            out[os.path.relpath(os.path.join(dirpath, d), root)] = "dir"
+        for f in filenames:
+            with open(os.path.join(dirpath, f), "rb") as fh:
+                out[os.path.relpath(os.path.join(dirpath, f), root)] = \
+                    hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def test_restore_until_a_mark_gives_the_state_at_the_mark(ceph, workdir, aimfs, cleanup):
+    from aimtest import AIMCTL, run
+    seed = int(os.environ.get("AIM_SEED", 1505))
+    bucket = new_bucket(ceph)
+    site = Site(workdir, ceph, bucket, extra="compress = zstd\nsnapshot_every = 2s\n")
+    populate(site.backing, seed, 2)
+    m = site.start(aimfs)
+    site.wait_in_sync()
+    w = Workload(m.mountpoint, seed, threads=2, max_len=128 << 10)
+    marks = {}
+    for k in range(3):
+        w.run(seconds=1.5)
+        # the workload is paused: the source as it is at the mark
+        marks[f"m{k}"] = tree_hashes(m.mountpoint)
+        out = run([AIMCTL, "mark", "--status", site.status_addr, f"m{k}"]).stdout
+        assert "LSN" in out or out.strip(), out
+    w.run(seconds=1)
+    st = site.wait_in_sync()
+    w.close()
+    head = site.head()
+    assert len(head["bases"]) >= 2, head
+    for name, want in marks.items():
+        target = os.path.join(workdir, f"restored-{name}")
+        p = run([AIMCTL, "restore", "--from", site.url, "--until", f"MARK:{name}",
+                 "--target-dir", target, "--access-key-file", site.ak,
+                 "--secret-key-file", site.sk])
+        assert "base: segment" in p.stdout and f'MARK "{name}"' in p.stdout, p.stdout
+        have = tree_hashes(target)
+        assert have == want, (f"restore at {name} differs: only restored "
+                              f"{sorted(set(have) - set(want))}, only source "
+                              f"{sorted(set(want) - set(have))}, different "
+                              f"{sorted(k for k in want if k in have and have[k] != want[k])}"
+                              f"\n{p.stdout}")
+    # the newest base reached the last mark; the first mark needed an older one
+    bases = [int(re.search(r"base: segment (\d+)", run(
+        [AIMCTL, "restore", "--from", site.url, "--until", f"MARK:{n}", "--target-dir",
+         os.path.join(workdir, f"again-{n}"), "--access-key-file", site.ak,
+         "--secret-key-file", site.sk]).stdout).group(1)) for n in ("m0", "m2")]
+    assert bases[0] <= bases[1]
+    # the head LSN restores the source as it is now
+    target = os.path.join(workdir, "restored-head")
+    run([AIMCTL, "restore", "--from", site.url, "--until", str(st["head_lsn"]), "--target-dir",
+         target, "--access-key-file", site.ak, "--secret-key-file", site.sk])
+    m.unmount()
+    assert tree_hashes(target) == tree_hashes(site.backing)
+    # a point before the first base is complete is refused, saying why
+    p = run([AIMCTL, "restore", "--from", site.url, "--until", "1", "--target-dir",
+             os.path.join(workdir, "too-early"), "--access-key-file", site.ak,
+             "--secret-key-file", site.sk], check=False)
+    assert p.returncode == 1 and "no base" in p.stderr, p.stderr
+    m.check_quiet()
+
+
+# ---- refusals at start (no store needed) ----------------------------------------------
+
+@pytest.mark.parametrize("lines,why", [
+    ("url = https://s3.example/b\n", "not a valid bucket name"),
+    ("url = https://s3.example\n", "names no bucket"),
+    ("url = https://s3.example/bkt\ntoken_file = /etc/hostname\n", "token_file is for https"),
+    ("url = https://s3.example/bkt\nkeep = forever\n", "keep = forever"),
+    ("url = https://s3.example/bkt\nmultipart_size = 1M\n", "at least 5M"),
+    ("url = https://s3.example/bkt\naccess_key_file = /nonexistent\n", "/nonexistent"),
+])
+def test_bad_object_store_destinations_refuse_the_mount(workdir, lines, why):
+    from aimtest import AIMFS
+    conf = os.path.join(workdir, "bad.conf")
+    with open(conf, "w") as f:
+        f.write("[destination store]\ntype = s3\nsecret_key_file = /etc/hostname\n"
+                "access_key_file = /etc/hostname\n" + lines)
+    os.makedirs(os.path.join(workdir, "b"))
+    os.makedirs(os.path.join(workdir, "m"))
+    p = subprocess.run([AIMFS, "-f", "-o", f"config={conf}", os.path.join(workdir, "b"),
+                        os.path.join(workdir, "m")], capture_output=True, text=True, timeout=30)
+    assert p.returncode != 0 and why in p.stderr, p.stderr
+
+
+def test_https_destinations_refuse_object_store_keys(workdir):
+    from aimtest import AIMFS
+    conf = os.path.join(workdir, "bad.conf")
+    with open(conf, "w") as f:
+        f.write("[destination dr]\nurl = https://dr.example/aim\nkeep = 7d\n")
+    os.makedirs(os.path.join(workdir, "b"))
+    os.makedirs(os.path.join(workdir, "m"))
+    p = subprocess.run([AIMFS, "-f", "-o", f"config={conf}", os.path.join(workdir, "b"),
+                        os.path.join(workdir, "m")], capture_output=True, text=True, timeout=30)
+    assert p.returncode != 0 and "are for object stores (type = s3)" in p.stderr, p.stderr
+
+
+def test_bad_pulls_refuse_to_start(workdir):
+    from aimtest import AIM_REMOTE
+    inbox, target = os.path.join(workdir, "in"), os.path.join(workdir, "t")
+    os.makedirs(inbox)
+    os.makedirs(target)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    for args, why in ((["--pull", "https://s3.example"], "names no bucket"),
+                      (["--pull", "https://s3.example/bkt"], "no access key"),
+                      (["--pull", "https://s3.example/bkt", "--pull-interval", "1ms"],
+                       "at least 50ms")):
+        p = subprocess.run([AIM_REMOTE, "--inbox", inbox, "--target-dir", target,
+                            "--status", "off", *args], capture_output=True, text=True,
+                           timeout=30, env=env)
+        assert p.returncode != 0 and why in p.stderr, (args, p.stderr)
+    conf = os.path.join(workdir, "pull.conf")
+    with open(conf, "w") as f:
+        f.write("[pull a]\nurl = https://s3.example/bkt\nbogus = 1\n")
+    p = subprocess.run([AIM_REMOTE, "--inbox", inbox, "--target-dir", target, "--status", "off",
+                        "--config", conf], capture_output=True, text=True, timeout=30, env=env)
+    assert p.returncode == 2 and 'unknown key "bogus"' in p.stderr, p.stderr
