@@ -116,6 +116,11 @@ class Mount:
         finally:
             self.log.close()
         self.proc = None
+        if rc != 0:
+            # pytest shows what a failed test printed: the reason is here
+            # (a sanitizer's report, say), not in the exit status
+            print(f"aimfs exited with {rc} after unmount:\n  {' '.join(self.cmdline)}\n"
+                  f"{self.output()[-20000:]}")
         return rc
 
     def kill9(self):

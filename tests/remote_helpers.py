@@ -183,6 +183,9 @@ class Remote:
         finally:
             self.log.close()
         self.proc = None
+        if rc != 0:
+            print(f"aim-remote exited with {rc} after SIGTERM:\n  {' '.join(self.cmdline)}\n"
+                  f"{self.output()[-20000:]}")
         return rc
 
     def kill9(self):
