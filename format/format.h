@@ -3,8 +3,10 @@
  * one encoder and decoder that the journal writer, the indexer, the shipper,
  * the remote applier, aimctl and the fuzzer all use (segment.c), and the
  * image name table that follows an image namespace through a segment's
- * records (names.c).  No program owns it; every one links it.  docs/FORMAT.md is the byte-level specification; this header is the C
- * view of it.
+ * records (names.c), and the parser of the points an operator names in a
+ * stream: an LSN, a time, a mark (point.c).  No program owns it; every one
+ * links it.  docs/FORMAT.md is the byte-level specification; this header is
+ * the C view of it.
  *
  * A segment is header + image table, a run of records, and a trailer that
  * seals it.  Every record carries a check that chains to the one before it
@@ -276,5 +278,28 @@ size_t names_count(const struct names *n);
  * non-zero and returns that value. */
 int names_each(const struct names *n, int (*fn)(void *ctx, uint32_t id, const char *name),
 	       void *ctx);
+
+/* ---- points (point.c) ---- */
+
+/* A point of a group's stream as an operator names it (aimctl replay
+ * --until, check --from, aim-remote's hold and promote --at). */
+enum point_kind { POINT_LSN = 1, POINT_TIME, POINT_MARK };
+
+struct point_spec {
+	enum point_kind kind;
+	uint64_t lsn;                 /* POINT_LSN */
+	uint64_t time_ns;             /* POINT_TIME, ns since the epoch */
+	char mark[SEG_MARK_MAX + 1];  /* POINT_MARK */
+	char text[320];               /* as given, for messages */
+};
+
+/*
+ * Parses a point: "LSN" or "lsn:LSN" (a record's LSN); "mark:NAME" or
+ * "MARK:NAME"; a time, ISO 8601 ("2024-05-01T12:00:00.5Z", with "Z", a
+ * "+02:00" offset, or no zone for UTC; a space may replace the "T") or
+ * epoch seconds "@1714564800.5", optionally after "time:".  Returns 0, or
+ * -EINVAL with the reason in err.
+ */
+int point_parse(const char *text, struct point_spec *p, char *err, size_t errlen);
 
 #endif

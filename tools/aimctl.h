@@ -63,26 +63,6 @@ uint64_t series_first_lsn(const struct series *s);
 uint64_t series_last_lsn(const struct series *s);
 const uint8_t *series_group(const struct series *s);
 
-/* A point of the stream as an operator names it (--until, --from). */
-enum point_kind { POINT_LSN = 1, POINT_TIME, POINT_MARK };
-
-struct point_spec {
-	enum point_kind kind;
-	uint64_t lsn;                 /* POINT_LSN */
-	uint64_t time_ns;             /* POINT_TIME, ns since the epoch */
-	char mark[SEG_MARK_MAX + 1];  /* POINT_MARK */
-	char text[320];               /* as given, for messages */
-};
-
-/*
- * Parses a point: "LSN" or "lsn:LSN" (a record's LSN); "mark:NAME" or
- * "MARK:NAME"; a time, ISO 8601 ("2024-05-01T12:00:00.5Z", with "Z", a
- * "+02:00" offset, or no zone for UTC; a space may replace the "T") or
- * epoch seconds "@1714564800.5", optionally after "time:".  Returns 0, or
- * -EINVAL with the reason in err.
- */
-int point_parse(const char *text, struct point_spec *p, char *err, size_t errlen);
-
 /* The record a point names, after which a replay stops. */
 struct point {
 	uint64_t lsn;
