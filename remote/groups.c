@@ -8,7 +8,9 @@
  * pending), applying (a segment is being re-driven), waiting (later
  * segments are here, the next one is not: waiting_for says which), stopped
  * (something an operator must look at; the reason is in status and was
- * logged once).  A stopped group stays stopped until it is asked to
+ * logged once), held (an operator's hold was reached: segments wait in
+ * the inbox), promoted (failed over, for good).  A stopped group stays
+ * stopped until it is asked to
  * resume (SIGHUP, POST /resume on the status listener, `aimctl resume`) or
  * aim-remote restarts: it then starts afresh from its state, as at start,
  * and stops again if the cause is still there.
@@ -36,6 +38,17 @@
  * (or kept under --retain).  So a crash anywhere leaves either the file
  * with the state pointing into or before it (resumed with after_lsn), or
  * the state past it with the file removed or about to be (a duplicate).
+ *
+ * Holds and promotion (failover.c has the rules).  An operator's request
+ * (POST /hold, /release, /promote) is handed to the group's thread
+ * (groups_request), which answers it between two records: a group in the
+ * middle of a segment pauses right after the record it applied (the
+ * applier makes that durable, as at a barrier) and goes on after
+ * answering.  While a hold is pending, each segment is applied only as far
+ * as the hold allows (plan): up to its point's last barrier, or wholly
+ * when a later barrier before the point is known to be here; the record
+ * callback stops the applier right after the chosen record.  A held or
+ * promoted group applies nothing; a promoted one has no applier at all.
  *
  * Resynchronisation (docs/RESYNC.md).  The applier's events are kept here
  * until the next durable callback, and recorded in its transaction: the
@@ -78,11 +91,13 @@ struct group {
 	uint8_t id[16];
 	pthread_t thread;
 
-	pthread_mutex_t lock; /* guards kicked, stop, resume and snap */
+	pthread_mutex_t lock; /* guards kicked, stop, resume, posted and snap */
 	pthread_cond_t cond;
 	bool kicked;
 	bool stop;
 	bool resume;          /* start again if stopped */
+	struct posted *posted; /* an operator's request not taken yet */
+	atomic_bool req_posted; /* posted != NULL, for the record callback */
 	struct group_snapshot snap;
 
 	/* Owned by the group's thread. */
@@ -99,7 +114,24 @@ struct group {
 	bool sync_dirty;
 	struct state_mismatch *mm;   /* mismatches to record, nmm of mm_cap */
 	size_t nmm, mm_cap;
+	struct hold hold;     /* the hold, as recorded (snap.hold is its copy) */
+	uint64_t rec_lsn;     /* the last record applied, and its type */
+	uint8_t rec_type;
+	uint64_t limit;       /* the record callback stops right after this LSN (0: none) */
+	bool paused;          /* it stopped for a request */
 };
+
+/* A request handed to a group's thread and its answer (groups_request). */
+struct posted {
+	struct failover_req *req;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool taken, done;
+};
+
+/* How long groups_request waits for a group's thread to take a request:
+ * it does between two records, so only a long fsync delays it. */
+#define REQUEST_WAIT_NS (20ULL * 1000000000ULL)
 
 static const char *const state_names[] = {
 	[GROUP_STARTING] = "starting",
@@ -107,6 +139,8 @@ static const char *const state_names[] = {
 	[GROUP_APPLYING] = "applying",
 	[GROUP_WAITING] = "waiting",
 	[GROUP_STOPPED] = "stopped",
+	[GROUP_HELD] = "held",
+	[GROUP_PROMOTED] = "promoted",
 };
 
 const char *group_state_name(enum group_state s)
@@ -382,6 +416,39 @@ static int on_durable(void *ctx, const struct apply_progress *p)
 	return 0;
 }
 
+/* The applier's record callback: remembers the record (its type tells
+ * whether the targets stand at a barrier), records MARKs, and stops right
+ * after the hold's record or for a request. */
+static int on_record(void *ctx, struct seg_view *v, const struct seg_record *r)
+{
+	struct group *g = ctx;
+	char name[SEG_MARK_MAX + 1];
+	int rc;
+
+	(void)v;
+	g->rec_lsn = r->lsn;
+	g->rec_type = r->type;
+	if (r->type == SEG_MARK) {
+		snprintf(name, sizeof name, "%.*s", (int)r->payload_len, (const char *)r->payload);
+		rc = state_mark_add(g->st, g->name, name, r->lsn, r->time_ns);
+		if (rc < 0)
+			return rc;
+	}
+	if (g->limit && r->lsn >= g->limit)
+		return APPLY_STOP;
+	if (atomic_load(&g->req_posted)) {
+		g->paused = true;
+		return APPLY_STOP;
+	}
+	return 0;
+}
+
+/* The type of the record the targets stand after, 0 if unknown. */
+static uint8_t pos_type(const struct group *g)
+{
+	return g->rec_lsn && g->rec_lsn == g->sg.applied_lsn ? g->rec_type : 0;
+}
+
 struct stale {
 	struct group *g;
 	const struct names *live;
@@ -427,6 +494,225 @@ static int remove_stale_names(struct group *g, struct seg_view *v, char *why, si
 	return 0;
 }
 
+/* ---- holds (the rules are in failover.c) ---- */
+
+static bool hold_pending(const struct group *g)
+{
+	return g->hold.active && !g->hold.reached;
+}
+
+static void snap_hold(struct group *g)
+{
+	pthread_mutex_lock(&g->lock);
+	g->snap.hold = g->hold;
+	pthread_mutex_unlock(&g->lock);
+}
+
+/* What failover.c is told about the group. */
+static void view_of(struct group *g, struct failover_view *fv)
+{
+	memset(fv, 0, sizeof *fv);
+	fv->group = g->name;
+	fv->st = g->st;
+	fv->applied_lsn = g->sg.applied_lsn;
+	fv->applied_time_ns = g->sg.applied_time_ns;
+	fv->applied_type = pos_type(g);
+	fv->sync = &g->sg.sync;
+	pthread_mutex_lock(&g->lock);
+	fv->backlog_segments = g->snap.backlog_segments;
+	fv->backlog_bytes = g->snap.backlog_bytes;
+	pthread_mutex_unlock(&g->lock);
+}
+
+/* The hold is reached right after record lsn: recorded, shown, and for a
+ * promoted group the applier is let go. */
+static void reach(struct group *g, uint64_t lsn, uint64_t time_ns, uint8_t type, const char *note)
+{
+	struct failover_view fv;
+
+	view_of(g, &fv);
+	if (hold_reach(&fv, &g->hold, lsn, time_ns, type, note) < 0) {
+		stop_group(g, "cannot record in the state database that the hold was reached");
+		return;
+	}
+	snap_hold(g);
+	if (g->hold.role == FO_PROMOTED) {
+		applier_free(g->a);
+		g->a = NULL;
+		set_state(g, GROUP_PROMOTED, 0, NULL);
+	} else if (!g->stopped) {
+		set_state(g, GROUP_HELD, 0, NULL);
+	}
+}
+
+/* The hold is reached where the targets stand; why: how it came to that. */
+static void reach_here(struct group *g, const char *why)
+{
+	uint8_t type = pos_type(g);
+	char note[320];
+
+	if (type == SEG_FLUSH || type == SEG_MARK)
+		snprintf(note, sizeof note, "%s: held at LSN %" PRIu64 ", where the group stood",
+			 why, g->sg.applied_lsn);
+	else
+		snprintf(note, sizeof note, "%s: held at LSN %" PRIu64 ", where the group stood,"
+			 " which is %s", why, g->sg.applied_lsn,
+			 type ? "not a barrier" : "not known to be a barrier (the end of a segment"
+			 " or of an earlier run)");
+	reach(g, g->sg.applied_lsn, g->sg.applied_time_ns, type, note);
+}
+
+/* How the record a hold stopped at relates to its point, for status. */
+static void stop_note(const struct group *g, const struct hold_scan *sc, char *buf, size_t len)
+{
+	const struct hold *h = &g->hold;
+	char t[64];
+
+	buf[0] = '\0';
+	switch (h->kind) {
+	case HOLD_LSN:
+		if (sc->stop_lsn != h->pt.lsn)
+			snprintf(buf, len, "LSN %" PRIu64 " is not a barrier: held at the last FLUSH"
+				 " before it", h->pt.lsn);
+		break;
+	case HOLD_TIME:
+		snprintf(buf, len, "the last FLUSH journaled at or before %s",
+			 clock_iso8601(h->pt.time_ns, 9, t, sizeof t));
+		break;
+	case HOLD_NOW:
+		snprintf(buf, len, "the first FLUSH after LSN %" PRIu64 ", where the group was when"
+			 " the hold was asked", h->asked_lsn);
+		break;
+	case HOLD_LAST:
+		snprintf(buf, len, "the last FLUSH of the segments that arrived");
+		break;
+	default:
+		break;
+	}
+}
+
+/*
+ * Whether a record the hold may stop at lies in the segments from number
+ * on (those here, in order, up to the first one missing): 1 yes; 0 no (the
+ * point ends first, or, for a hold that ends with what arrived, the
+ * segments do); -1 not known yet, *missing being the segment to wait for.
+ */
+static int later_barrier(struct group *g, uint64_t number, uint64_t *missing)
+{
+	char name[SEG_FILE_NAME_LEN + 6], why[256];
+	struct hold_scan sc;
+	struct inbox_file f;
+
+	for (;; number++) {
+		seg_file_name(number, SEG_FILE_SUFFIX, name);
+		if (inbox_open(g->dirfd, name, &f, why, sizeof why) < 0) {
+			if (hold_ends_with_arrivals(&g->hold))
+				return 0;
+			*missing = number;
+			return -1;
+		}
+		hold_scan(&g->hold, f.v, 0, &sc);
+		inbox_file_close(&f);
+		if (sc.stop_lsn)
+			return 1;
+		if (sc.ended)
+			return 0;
+	}
+}
+
+enum plan {
+	PLAN_ALL,  /* the whole segment: a later barrier before the point is here */
+	PLAN_UPTO, /* up to sc->stop_lsn */
+	PLAN_NONE, /* nothing of it */
+};
+
+/* How much of segment next (view v, targets durable up to after) a pending
+ * hold lets the group apply; *final: stopping there reaches the hold (else
+ * the group waits for segment *missing to know more). */
+static enum plan plan(struct group *g, struct seg_view *v, uint64_t next, uint64_t after,
+		      struct hold_scan *sc, bool *final, uint64_t *missing)
+{
+	*final = true;
+	*missing = 0;
+	hold_scan(&g->hold, v, after, sc);
+	if (!sc->ended) {
+		int more = later_barrier(g, next + 1, missing);
+
+		if (more == 1)
+			return PLAN_ALL;
+		*final = more == 0;
+	}
+	return sc->stop_lsn ? PLAN_UPTO : PLAN_NONE;
+}
+
+/* Answers an operator's request handed over by groups_request, if any. */
+static void serve_request(struct group *g)
+{
+	struct failover_view fv;
+	struct group_snapshot *snap;
+	struct posted *p;
+	bool changed;
+
+	pthread_mutex_lock(&g->lock);
+	p = g->posted;
+	if (p) {
+		g->posted = NULL;
+		atomic_store(&g->req_posted, false);
+		pthread_mutex_lock(&p->lock);
+		p->taken = true;
+		pthread_mutex_unlock(&p->lock);
+	}
+	pthread_mutex_unlock(&g->lock);
+	if (!p)
+		return;
+	view_of(g, &fv);
+	changed = failover_decide(&fv, &g->hold, p->req);
+	if (changed) {
+		char name[SEG_FILE_NAME_LEN + 6];
+		struct stat st;
+
+		snap_hold(g);
+		seg_file_name(g->sg.applied_segment + 1, SEG_FILE_SUFFIX, name);
+		if (!g->hold.active && g->cur_state == GROUP_HELD)
+			set_state(g, GROUP_IDLE, 0, NULL); /* released: the next step applies */
+		else if (hold_pending(g) &&
+			 (g->stopped || (hold_ends_with_arrivals(&g->hold) && g->dirfd >= 0 &&
+					 fstatat(g->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)))
+			/* nothing to apply (or a stopped group, which applies
+			 * nothing): it holds, or is promoted, where it stands */
+			reach_here(g, g->stopped ? "the group was stopped"
+						 : "no segment was waiting to be applied");
+	}
+	if (p->req->code == 200) {
+		snap = malloc(sizeof *snap);
+		if (snap) {
+			pthread_mutex_lock(&g->lock);
+			*snap = g->snap;
+			pthread_mutex_unlock(&g->lock);
+			failover_answer(p->req, snap);
+			free(snap);
+		}
+	}
+	pthread_mutex_lock(&p->lock);
+	p->done = true;
+	pthread_cond_signal(&p->cond);
+	pthread_mutex_unlock(&p->lock);
+}
+
+/* Answers a request that will never be served (the group is going). */
+static void cancel_posted(struct posted *p)
+{
+	json_t *o = json_pack("{s:s}", "error", "aim-remote is stopping; nothing changed");
+
+	pthread_mutex_lock(&p->lock);
+	p->req->code = 503;
+	p->req->body = json_dumps(o, 0);
+	p->done = true;
+	pthread_cond_signal(&p->cond);
+	pthread_mutex_unlock(&p->lock);
+	json_decref(o);
+}
+
 /*
  * Applies segment next.  jump: the segments between applied_segment and
  * next never came, and next starts a resynchronisation (its first record is
@@ -439,7 +725,10 @@ static int apply_next(struct group *g, uint64_t next, bool jump)
 	const struct seg_header *h;
 	struct apply_stats as;
 	struct inbox_file f;
-	uint64_t last, after = g->sg.applied_lsn;
+	struct hold_scan sc = { 0 };
+	enum plan pl = PLAN_ALL;
+	uint64_t last, after = g->sg.applied_lsn, missing = 0;
+	bool final = false, hit_limit, paused;
 	int r;
 
 	seg_file_name(next, SEG_FILE_SUFFIX, name);
@@ -501,6 +790,18 @@ static int apply_next(struct group *g, uint64_t next, bool jump)
 		stop_group(g, why);
 		return 0;
 	}
+	if (hold_pending(g)) {
+		pl = plan(g, f.v, next, after, &sc, &final, &missing);
+		if (pl == PLAN_NONE) {
+			inbox_file_close(&f);
+			if (final)
+				reach_here(g, "no barrier lies between the group's position and the"
+					   " hold's point");
+			else
+				set_state(g, GROUP_WAITING, missing, NULL);
+			return 0;
+		}
+	}
 	/* Only before the segment's first record is applied: once inside
 	 * it, a name it created may be one the old set held. */
 	if (jump && after + 1 == h->first_lsn && remove_stale_names(g, f.v, why, sizeof why) < 0) {
@@ -523,7 +824,13 @@ static int apply_next(struct group *g, uint64_t next, bool jump)
 	if (after >= h->first_lsn)
 		log_info("group %s: resuming segment %" PRIu64 " after LSN %" PRIu64, g->name, next,
 			 after);
+	g->limit = pl == PLAN_UPTO ? sc.stop_lsn : 0;
+	g->paused = false;
 	r = applier_apply(g->a, f.v, after, why, sizeof why);
+	hit_limit = r == APPLY_STOP && g->limit && g->rec_lsn == g->limit;
+	paused = r == APPLY_STOP && !hit_limit;
+	g->limit = 0;
+	g->paused = false;
 	/* Normally the durable callback recorded the whole segment; an apply
 	 * whose last barrier was reported before (a resumed one) did not. */
 	if (r == 0 && g->sg.applied_segment != next) {
@@ -551,9 +858,27 @@ static int apply_next(struct group *g, uint64_t next, bool jump)
 		stop_group(g, why);
 		return 0;
 	}
+	if (r == APPLY_STOP && g->sg.applied_segment != next) {
+		/* Stopped inside the segment, durable up to there. */
+		if (paused)
+			return 1; /* for a request: answer it, then go on */
+		if (final) {
+			stop_note(g, &sc, why, sizeof why);
+			reach(g, sc.stop_lsn, sc.stop_time_ns, sc.stop_type, why);
+		} else {
+			set_state(g, GROUP_WAITING, missing, NULL);
+		}
+		return 0;
+	}
 	log_info("group %s: applied segment %" PRIu64 " (LSN %" PRIu64 "..%" PRIu64 ")", g->name,
 		 next, g->cur.first_lsn <= after ? after + 1 : g->cur.first_lsn, last);
 	dispose(g, name);
+	if (hit_limit && final) {
+		/* its last record is where the hold stops */
+		stop_note(g, &sc, why, sizeof why);
+		reach(g, sc.stop_lsn, sc.stop_time_ns, sc.stop_type, why);
+		return 0;
+	}
 	return 1;
 }
 
@@ -665,10 +990,21 @@ static int step(struct group *g)
 	struct stat st;
 	bool have_next;
 
+	serve_request(g);
+	if (g->stopped)
+		return 0;
+	if (g->hold.active && g->hold.reached) {
+		/* Held or promoted: nothing is applied; status shows what waits. */
+		look(g, true, &have_next, &lowest);
+		set_state(g, g->hold.role == FO_PROMOTED ? GROUP_PROMOTED : GROUP_HELD, 0, NULL);
+		return 0;
+	}
 	/* The common case, without listing the whole directory: a backlog of
-	 * thousands of segments must not cost a scan per segment. */
+	 * thousands of segments must not cost a scan per segment (a pending
+	 * hold may leave the next segment where it is: it lists). */
 	seg_file_name(next, SEG_FILE_SUFFIX, name);
-	if (fstatat(g->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode) &&
+	if (!hold_pending(g) &&
+	    fstatat(g->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode) &&
 	    !inbox_settling(g->dirfd, g->name, name, &g->recheck_ns)) {
 		pthread_mutex_lock(&g->lock);
 		if (g->snap.backlog_segments) {
@@ -687,6 +1023,12 @@ static int step(struct group *g)
 			 " segment %" PRIu64 " starts a resynchronisation", g->name, next, lowest - 1,
 			 lowest);
 		return apply_next(g, lowest, true);
+	}
+	if (hold_pending(g) && hold_ends_with_arrivals(&g->hold)) {
+		/* "now", or a promote's last barrier: nothing more arrived */
+		reach_here(g, g->hold.kind == HOLD_NOW ? "no segment was waiting to be applied"
+						       : "no more segments arrived");
+		return 0;
 	}
 	if (backlog)
 		set_state(g, GROUP_WAITING, next, NULL);
@@ -747,6 +1089,10 @@ static int group_init(struct group *g)
 			pthread_mutex_unlock(&g->lock);
 		}
 	}
+	r = state_hold_get(g->st, g->name, &g->hold);
+	if (r < 0)
+		return r;
+	snap_hold(g);
 	/* Whatever an earlier run recorded, this run starts afresh. */
 	state_group_status(g->st, g->name, "idle", 0, NULL);
 	if (mkdirat(g->r->inbox_fd, g->name, 0750) < 0 && errno != EEXIST) {
@@ -758,6 +1104,13 @@ static int group_init(struct group *g)
 		log_error("group %s: cannot open %s/%s: %m", g->name, c->inbox, g->name);
 		return -errno;
 	}
+	if (g->hold.role == FO_PROMOTED) {
+		char t[64];
+
+		log_info("group %s: promoted at %s (LSN %" PRIu64 "): nothing is applied", g->name,
+			 clock_iso8601(g->hold.promoted_ns, 3, t, sizeof t), g->hold.stop_lsn);
+		return 0; /* no applier: its targets are someone else's now */
+	}
 	r = applier_new(c->target_dir, &g->a);
 	if (r < 0)
 		return r;
@@ -766,7 +1119,21 @@ static int group_init(struct group *g)
 		return r;
 	applier_set_durable_cb(g->a, on_durable, g);
 	applier_set_event_cb(g->a, on_event, g);
+	applier_set_record_cb(g->a, on_record, g);
+	if (hold_pending(g))
+		log_info("group %s: %s at %s pending since %s; the targets are at LSN %" PRIu64,
+			 g->name, g->hold.role == FO_PROMOTING ? "promote" : "hold", g->hold.pt.text,
+			 clock_iso8601(g->hold.set_ns, 3, (char[64]){ 0 }, 64), g->sg.applied_lsn);
 	return 0;
+}
+
+/* A group (re)started with a hold asked "now" and not reached: it holds
+ * where its targets are durable, which is where it stood when it was
+ * asked or further at a barrier. */
+static void hold_after_start(struct group *g)
+{
+	if (hold_pending(g) && g->hold.kind == HOLD_NOW)
+		reach_here(g, "aim-remote restarted before the hold was reached");
 }
 
 static void *group_main(void *arg)
@@ -776,6 +1143,8 @@ static void *group_main(void *arg)
 
 	if (group_init(g) < 0)
 		stop_group(g, "cannot start applying (see the messages before)");
+	else
+		hold_after_start(g);
 	for (;;) {
 		pthread_mutex_lock(&g->lock);
 		while (!g->kicked && !g->stop) {
@@ -807,12 +1176,16 @@ static void *group_main(void *arg)
 			g->cur_state = GROUP_STARTING;
 			if (group_init(g) < 0)
 				stop_group(g, "cannot start applying (see the messages before)");
+			else
+				hold_after_start(g);
 		}
 		if (g->stopped) {
 			uint64_t lowest;
 			bool have_next;
 
-			/* Nothing is applied, but status shows what piles up. */
+			/* Nothing is applied, but status shows what piles up,
+			 * and an operator may still hold or promote it. */
+			serve_request(g);
 			if (g->dirfd >= 0)
 				look(g, false, &have_next, &lowest);
 			continue;
@@ -820,6 +1193,12 @@ static void *group_main(void *arg)
 		while (!g->stopped && !atomic_load(&g->r->quitting) && step(g) > 0)
 			;
 	}
+	pthread_mutex_lock(&g->lock);
+	if (g->posted)
+		cancel_posted(g->posted);
+	g->posted = NULL;
+	atomic_store(&g->req_posted, false);
+	pthread_mutex_unlock(&g->lock);
 	group_fini(g);
 	free(g->mm);
 	g->mm = NULL;
@@ -909,6 +1288,102 @@ int groups_resume(struct remote *r, const char *name)
 	return name && !found ? -ENOENT : n;
 }
 
+int groups_only(struct remote *r, char name[37])
+{
+	int n = 0;
+
+	pthread_mutex_lock(&r->lock);
+	for (struct group *g = r->groups; g; g = g->next)
+		if (n++ == 0)
+			memcpy(name, g->name, 37);
+	pthread_mutex_unlock(&r->lock);
+	return n == 1 ? 0 : n == 0 ? -ENOENT : -E2BIG;
+}
+
+/* The group named name, with r->lock held. */
+static struct group *find_locked(struct remote *r, const char *name)
+{
+	for (struct group *g = r->groups; g; g = g->next)
+		if (strcmp(g->name, name) == 0)
+			return g;
+	return NULL;
+}
+
+int groups_request(struct remote *r, const char *name, struct failover_req *req)
+{
+	struct posted p = { .req = req };
+	pthread_condattr_t ca;
+	struct timespec ts;
+	struct group *g;
+	uint64_t until;
+	int rc = 0;
+
+	pthread_mutex_init(&p.lock, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&p.cond, &ca);
+	pthread_condattr_destroy(&ca);
+	pthread_mutex_lock(&r->lock);
+	g = atomic_load(&r->quitting) ? NULL : find_locked(r, name);
+	if (g) {
+		pthread_mutex_lock(&g->lock);
+		if (g->posted) {
+			rc = -EBUSY;
+		} else {
+			g->posted = &p;
+			atomic_store(&g->req_posted, true);
+			g->kicked = true;
+			pthread_cond_signal(&g->cond);
+		}
+		pthread_mutex_unlock(&g->lock);
+	}
+	pthread_mutex_unlock(&r->lock);
+	if (!g || rc < 0) {
+		rc = g ? rc : atomic_load(&r->quitting) ? -ECANCELED : -ENOENT;
+		goto out;
+	}
+	until = clock_mono_ns() + REQUEST_WAIT_NS;
+	ts.tv_sec = (time_t)(until / 1000000000ULL);
+	ts.tv_nsec = (long)(until % 1000000000ULL);
+	pthread_mutex_lock(&p.lock);
+	while (!p.taken && !p.done)
+		if (pthread_cond_timedwait(&p.cond, &p.lock, &ts) == ETIMEDOUT)
+			break;
+	if (!p.taken && !p.done) {
+		bool retracted = false;
+
+		/* Take it back, unless the group took it meanwhile (or is
+		 * going, and answered it). */
+		pthread_mutex_unlock(&p.lock);
+		pthread_mutex_lock(&r->lock);
+		g = find_locked(r, name);
+		if (g) {
+			pthread_mutex_lock(&g->lock);
+			if (g->posted == &p) {
+				g->posted = NULL;
+				atomic_store(&g->req_posted, false);
+				retracted = true;
+			}
+			pthread_mutex_unlock(&g->lock);
+		}
+		pthread_mutex_unlock(&r->lock);
+		pthread_mutex_lock(&p.lock);
+		if (retracted) {
+			pthread_mutex_unlock(&p.lock);
+			rc = -ETIMEDOUT;
+			goto out;
+		}
+	}
+	/* Taken: the group's thread answers without waiting for anything. */
+	while (!p.done)
+		pthread_cond_wait(&p.cond, &p.lock);
+	pthread_mutex_unlock(&p.lock);
+out:
+	pthread_cond_destroy(&p.cond);
+	pthread_mutex_destroy(&p.lock);
+	return rc;
+}
+
 void groups_note_inbox(struct remote *r, const char *name, const char *text)
 {
 	struct group *g;
@@ -967,6 +1442,12 @@ void groups_stop(struct remote *r)
 	for (g = r->groups; g; g = g->next) {
 		pthread_mutex_lock(&g->lock);
 		g->stop = true;
+		/* A request not taken yet is answered here: once the list is
+		 * gone its sender could not take it back. */
+		if (g->posted)
+			cancel_posted(g->posted);
+		g->posted = NULL;
+		atomic_store(&g->req_posted, false);
 		pthread_cond_signal(&g->cond);
 		pthread_mutex_unlock(&g->lock);
 	}

@@ -22,7 +22,10 @@
  *   6. fsync, then the whole segment is validated by the shared decoder,
  *      and its header must name the URL's group and number (422, with the
  *      reason as a one-line body);
- *   7. a copy already held (in the inbox, kept under --retain, or recorded
+ *   7. a group promoted here (failed over), or being promoted, takes no
+ *      segment: 409 with the reason, decided before the body (step 4) and
+ *      again right before the rename;
+ *      a copy already held (in the inbox, kept under --retain, or recorded
  *      as applied in the state) is compared: identical 200, different 409;
  *      otherwise renamed into inbox/<group>/ without replacing anything,
  *      and the directory fsynced: 201.  The group's thread is kicked; the
@@ -923,6 +926,38 @@ static int same_file(int dfd, const char *name, const void *buf, size_t len)
 	return r;
 }
 
+/* A group promoted here, or being promoted, takes no segment: decides
+ * 409 with the reason (500 if the state cannot tell) and returns -EPERM;
+ * 0 for a group that replicates. */
+static int refuse_promoted(struct receiver *rx, struct upload *u)
+{
+	enum failover_role role;
+	uint64_t at, lsn;
+	char t[64];
+	int r;
+
+	pthread_mutex_lock(&rx->st_lock);
+	r = state_role(rx->st, u->group, &role, &at, &lsn);
+	pthread_mutex_unlock(&rx->st_lock);
+	if (r < 0) {
+		decide(u, 500, "cannot read the state");
+		return -EIO;
+	}
+	if (role == FO_PROMOTED) {
+		decide(u, 409, "group %s was promoted here (failed over) at %s, at LSN %" PRIu64
+		       ": this site applies none of its segments any more; replicate from the"
+		       " promoted site with a new mount (README, Failover)", u->group,
+		       clock_iso8601(at, 3, t, sizeof t), lsn);
+		return -EPERM;
+	}
+	if (role == FO_PROMOTING) {
+		decide(u, 409, "group %s is being promoted here (failed over): it takes no more"
+		       " segments", u->group);
+		return -EPERM;
+	}
+	return 0;
+}
+
 /* Looks for a copy already held; decides 200/409 and returns 1 if one
  * was found, 0 if not, -errno on failure (decided too). */
 static int held_copy(struct receiver *rx, struct upload *u, int gfd, const void *buf, size_t len,
@@ -1026,6 +1061,8 @@ static void finish(struct receiver *rx, struct upload *u)
 		decide(u, 500, "cannot open %s/%s: %s", rx->r->cfg.inbox, u->group, strerror(-gfd));
 		goto out;
 	}
+	if (refuse_promoted(rx, u) < 0)
+		goto out;
 	r = held_copy(rx, u, gfd, m, u->size, seg_view_digest(v));
 	if (r != 0)
 		goto out;
@@ -1272,7 +1309,7 @@ static void begin(struct receiver *rx, struct MHD_Connection *conn, struct uploa
 		decide(u, 400, "bad path: %s", why);
 		return;
 	}
-	if (u->put)
+	if (u->put && refuse_promoted(rx, u) == 0)
 		start_upload(rx, conn, u);
 }
 

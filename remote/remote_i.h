@@ -14,9 +14,11 @@
  *   groups.c    one thread per group: the in-order apply loop
  *   inbox.c     a group directory's files: scan, validate, move aside
  *   state.c     the SQLite state (remote.db): progress, consistency,
- *               applied segments, quarantine, mismatches
+ *               applied segments, quarantine, mismatches, holds, marks
  *   status.c    GET /status (JSON) and /metrics (Prometheus text)
  *   puller.c    --pull: segments from an object store into the inbox
+ *   failover.c  holds and promotion: where a held group may stop in a
+ *               segment, the rules of POST /hold, /release, /promote
  *
  * Threads: the main thread (poll loop, the watcher: libinotifytools keeps
  * global state and is only ever called there), one thread per group,
@@ -25,9 +27,10 @@
  * reading of segments for applying, every target write and every progress
  * record happen on the group's own thread.
  *
- * Lock order: remote.lock, then group.lock; state.c's receiver connection
- * has its own mutex, taken with neither held.  No lock is held across I/O
- * on targets or segments.
+ * Lock order: remote.lock, then group.lock, then the lock of an
+ * operator's request handed to a group (groups.c, struct posted); state.c's
+ * receiver connection has its own mutex, taken with none of them held.  No
+ * lock is held across I/O on targets or segments.
  */
 #ifndef AIM_REMOTE_I_H
 #define AIM_REMOTE_I_H
@@ -38,6 +41,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <jansson.h>
 
 #include "apply.h"
 #include "format.h"
@@ -158,10 +162,54 @@ struct remote {
 
 /* ---- groups.c ---- */
 
-enum group_state { GROUP_STARTING, GROUP_IDLE, GROUP_APPLYING, GROUP_WAITING, GROUP_STOPPED };
-#define GROUP_STATES (GROUP_STOPPED + 1)
+enum group_state {
+	GROUP_STARTING, GROUP_IDLE, GROUP_APPLYING, GROUP_WAITING, GROUP_STOPPED,
+	GROUP_HELD,     /* a hold was reached: segments wait, nothing is applied */
+	GROUP_PROMOTED, /* failed over: nothing is applied or received, for good */
+};
+#define GROUP_STATES (GROUP_PROMOTED + 1)
 /* The word status and the state database use for s. */
 const char *group_state_name(enum group_state s);
+
+/* Where a hold stops a group (failover.c). */
+enum hold_kind {
+	HOLD_NOW = 1, /* at the next FLUSH of what is here, else where the group is */
+	HOLD_LSN,     /* at the last FLUSH at or before that LSN (or at it, if a MARK) */
+	HOLD_TIME,    /* at the last FLUSH journaled at or before that time */
+	HOLD_MARK,    /* at that MARK */
+	HOLD_LAST,    /* promote's default: the last FLUSH of what arrived */
+};
+
+/* A group's failover role: replicating (a promote may have been refused,
+ * the group then stays held), or being / having been promoted.  The
+ * receiver refuses the segments of a group from FO_PROMOTING on. */
+enum failover_role { FO_NONE = 0, FO_REFUSED, FO_PROMOTING, FO_PROMOTED };
+
+/*
+ * A group's hold, as recorded in the state (table holds) and shown in
+ * status.  A hold is set by POST /hold or /promote; until it is reached the
+ * group applies from barrier to barrier, never past one unless it knows of
+ * a later one before the point (failover.c); once reached it applies
+ * nothing until released.  A promoted group keeps its reached hold for
+ * good.
+ */
+struct hold {
+	bool active;               /* a hold is set */
+	enum hold_kind kind;
+	struct point_spec pt;      /* the point (HOLD_LSN, _TIME, _MARK); pt.text always */
+	uint64_t set_ns;           /* when it was asked (wall clock) */
+	uint64_t asked_lsn;        /* the group's applied LSN then */
+	bool reached;              /* the group stopped there */
+	uint64_t stop_lsn;         /* ... after this record (valid once reached) */
+	uint64_t stop_time_ns;     /* its source time */
+	uint8_t stop_type;         /* its type: SEG_FLUSH or SEG_MARK, another one where
+				    * the group stood between barriers, 0 unknown */
+	char note[320];            /* how the point was resolved, or why a promote was refused */
+	enum failover_role role;
+	bool force;                /* promote even an inconsistent copy */
+	uint64_t promoted_ns;      /* when the promotion was done */
+	bool promoted_consistent;  /* the copy was consistent then */
+};
 
 struct quarantine_entry {
 	uint64_t segment;
@@ -196,6 +244,7 @@ struct group_snapshot {
 	char error[512];
 	char inbox_full[384];       /* why the receiver refused its last segment for
 				     * lack of space, with the figures; "" if none */
+	struct hold hold;           /* hold.active: a hold is set or the group was promoted */
 };
 
 /* Starts a thread for every group the state knows and every group
@@ -212,6 +261,28 @@ void groups_kick_all(struct remote *r);
  * cause is still there.  Thread-safe.  Returns how many stopped groups were
  * asked, or -ENOENT for a name no group has. */
 int groups_resume(struct remote *r, const char *name);
+/* One operator's request to a group (POST /hold, /release, /promote),
+ * answered by the group's own thread (failover_decide). */
+enum failover_op { FO_HOLD = 1, FO_RELEASE, FO_PROMOTE };
+struct failover_req {
+	enum failover_op op;
+	enum hold_kind kind;       /* FO_HOLD, FO_PROMOTE */
+	struct point_spec pt;
+	bool force;                /* FO_PROMOTE */
+	/* The answer, filled by the group's thread. */
+	unsigned code;             /* HTTP status */
+	char *body;                /* JSON text (malloc'd; the caller frees it) */
+};
+/*
+ * Hands req to group name's thread and waits for its answer: 0 with
+ * req->code and req->body set, -ENOENT for a group not known here, -EBUSY
+ * when another request to it is being answered, -ETIMEDOUT when its thread
+ * did not take it in time (then it never will).  Thread-safe; blocks.
+ */
+int groups_request(struct remote *r, const char *name, struct failover_req *req);
+/* The name of the one group known here, into name: 0, -ENOENT (none) or
+ * -E2BIG (several). */
+int groups_only(struct remote *r, char name[37]);
 /* Sets (text) or clears (NULL) what the receiver says about the room in
  * the inbox for group name, shown in its status.  Starts the group if it
  * is new.  Thread-safe. */
@@ -320,6 +391,19 @@ int state_quarantine_each(struct state *st, const char *group,
 			  void *ctx, uint64_t *total);
 /* Calls fn with every group name the state knows. */
 int state_groups_each(struct state *st, int (*fn)(void *ctx, const char *group), void *ctx);
+/* Reads the group's hold (h->active false if it has none): 0 or -EIO. */
+int state_hold_get(struct state *st, const char *group, struct hold *h);
+/* Records h as the group's hold, or forgets it if !h->active. */
+int state_hold_put(struct state *st, const char *group, const struct hold *h);
+/* The group's failover role as recorded, with the promotion's time and
+ * LSN: 0, or -EIO.  For the receiver. */
+int state_role(struct state *st, const char *group, enum failover_role *role,
+	       uint64_t *promoted_ns, uint64_t *lsn);
+/* Records a MARK the group applied (again after a crash: the same row). */
+int state_mark_add(struct state *st, const char *group, const char *name, uint64_t lsn,
+		   uint64_t time_ns);
+/* The LSN of the group's MARK name as applied: 0 and *lsn, -ENOENT, -EIO. */
+int state_mark_get(struct state *st, const char *group, const char *name, uint64_t *lsn);
 
 /* ---- receiver.c ---- */
 
@@ -463,6 +547,74 @@ void puller_stop(struct remote *r);
 struct strbuf;
 json_t *puller_status_json(struct remote *r);
 void puller_metrics(struct remote *r, struct strbuf *sb);
+/* ---- failover.c: holds and promotion ---- */
+
+/* "now", "lsn", "time", "mark", "last". */
+const char *hold_kind_name(enum hold_kind k);
+/* "", "promoting", "promoted". */
+const char *failover_role_name(enum failover_role r);
+/* Sets h's kind and point from a recorded point text and kind (0 and h
+ * filled, or -EINVAL). */
+int hold_set_point(struct hold *h, enum hold_kind kind, const char *text);
+
+/* Where a pending hold may stop within one segment. */
+struct hold_scan {
+	uint64_t stop_lsn;     /* the last record it may stop after, 0 if none */
+	uint64_t stop_time_ns; /* its source time */
+	uint8_t stop_type;     /* its type */
+	bool ended;            /* the point lies in this segment: nothing after counts */
+};
+/*
+ * Reads the records of v with lsn > after as the hold h sees them: the
+ * barriers it may stop at (FLUSH records; a MARK it names) before its point
+ * ends, and whether the point ends in v.  Rewinds v.  Pure.
+ */
+void hold_scan(const struct hold *h, struct seg_view *v, uint64_t after, struct hold_scan *out);
+/* True if the end of what arrived (the next segment is not here) is the
+ * end of h's point: a hold "now" and a promote's "last barrier". */
+bool hold_ends_with_arrivals(const struct hold *h);
+
+/* What a group's thread knows when it answers a request. */
+struct failover_view {
+	const char *group;
+	struct state *st;            /* the group's connection; NULL if it has none */
+	uint64_t applied_lsn, applied_time_ns;
+	uint8_t applied_type;        /* type of the record at applied_lsn, 0 if unknown */
+	const struct state_sync *sync;
+	const char *error;           /* why the group is stopped, NULL if it is not */
+	bool next_here;              /* the segment it would apply next is in the inbox */
+	uint64_t backlog_segments, backlog_bytes;
+};
+/*
+ * Applies the rules of req (hold, release, promote) to the group's hold h:
+ * refuses with the right status and a reason (an unknown point kind, a
+ * point already applied, release without a hold, a second promote, an
+ * inconsistent copy without force), or changes h and records it in the
+ * state before answering.  Fills req->code and req->body.  Returns true if
+ * h changed.
+ */
+bool failover_decide(const struct failover_view *fv, struct hold *h, struct failover_req *req);
+/*
+ * The group stopped at its hold: records h as reached after lsn (of type
+ * type, at source time time_ns; note says how, or NULL), and for a
+ * promoting group decides the promotion: promoted if the copy is
+ * consistent (or forced), else refused (the hold stays, with the reason in
+ * note).  Logs what happened.  Returns 0 or -EIO (the state failed; h is
+ * unchanged in the state then, and the group tries again).
+ */
+int hold_reach(const struct failover_view *fv, struct hold *h, uint64_t lsn, uint64_t time_ns,
+	       uint8_t type, const char *note);
+/* The "hold" object of a group's status (a new reference). */
+json_t *hold_json(const struct hold *h, const struct group_snapshot *s, uint64_t now);
+/* The answer to a request failover_decide accepted (req->code 200), from
+ * the group as it is after it acted: 202 for a promote still applying. */
+void failover_answer(struct failover_req *req, const struct group_snapshot *s);
+/* True if path is one of failover_post's. */
+bool failover_path(const char *path);
+/* Answers POST /hold/GROUP[/at/POINT], /release/GROUP,
+ * /promote/GROUP[/force][/at/POINT] on the status listener. */
+struct httpd_response;
+int failover_post(struct remote *r, const char *path, struct httpd_response *resp);
 
 /* ---- status.c ---- */
 

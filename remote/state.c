@@ -12,6 +12,11 @@
  *   segments(group, number, first_lsn, last_lsn, size, digest, applied_ns)
  *   quarantine(id, group, segment, reason, file, time)
  *   mismatches(group, lsn, image, offset, length, dest, image_id)
+ *   names(group, name)
+ *   holds(group, kind, point, set_ns, asked_lsn, reached, stop_lsn,
+ *         stop_time_ns, stop_type, note, role, force, promoted_ns,
+ *         promoted_consistent)
+ *   marks(group, lsn, name, time_ns)
  *
  * consistent is 0 from a SYNC_BEGIN (sync_begin_lsn, with the source time
  * sync_begin_ns and the destination number sync_dest) until the next
@@ -36,6 +41,14 @@
  * are durable part-way into segment applied_segment + 1, and a restart
  * resumes there.  Times are nanoseconds since the epoch; digests are the
  * segment trailer's check, in hex.
+ *
+ * A holds row is a group's hold or promotion (failover.c): it is written
+ * when an operator asks (before the answer), when the hold is reached and
+ * when the promotion is decided, and removed by a release; a promoted
+ * group's row stays for good, which is how the receiver knows to refuse its
+ * segments.  A marks row is a MARK record the group applied (written as the
+ * applier passes it, so a row may run ahead of applied_lsn after a crash:
+ * readers compare its LSN with applied_lsn).
  *
  * Thread safety: a struct state is one connection and belongs to one
  * thread at a time (the receiver guards its own with a mutex).
@@ -104,7 +117,29 @@ static const char schema[] =
 	"CREATE TABLE IF NOT EXISTS names ("
 	" \"group\" TEXT NOT NULL,"
 	" name TEXT NOT NULL,"
-	" PRIMARY KEY (\"group\", name)) WITHOUT ROWID;";
+	" PRIMARY KEY (\"group\", name)) WITHOUT ROWID;"
+	"CREATE TABLE IF NOT EXISTS holds ("
+	" \"group\" TEXT PRIMARY KEY,"
+	" kind TEXT NOT NULL,"
+	" point TEXT NOT NULL,"
+	" set_ns INTEGER NOT NULL,"
+	" asked_lsn INTEGER NOT NULL,"
+	" reached INTEGER NOT NULL DEFAULT 0,"
+	" stop_lsn INTEGER NOT NULL DEFAULT 0,"
+	" stop_time_ns INTEGER NOT NULL DEFAULT 0,"
+	" stop_type INTEGER NOT NULL DEFAULT 0,"
+	" note TEXT NOT NULL DEFAULT '',"
+	" role TEXT NOT NULL DEFAULT '',"
+	" force INTEGER NOT NULL DEFAULT 0,"
+	" promoted_ns INTEGER NOT NULL DEFAULT 0,"
+	" promoted_consistent INTEGER NOT NULL DEFAULT 0);"
+	"CREATE TABLE IF NOT EXISTS marks ("
+	" \"group\" TEXT NOT NULL,"
+	" lsn INTEGER NOT NULL,"
+	" name TEXT NOT NULL,"
+	" time_ns INTEGER NOT NULL,"
+	" PRIMARY KEY (\"group\", lsn)) WITHOUT ROWID;"
+	"CREATE INDEX IF NOT EXISTS marks_name ON marks (\"group\", name);";
 
 /* Columns added to groups since its first version, for older databases. */
 static const char *const group_columns[][2] = {
@@ -726,4 +761,172 @@ int state_groups_each(struct state *st, int (*fn)(void *ctx, const char *group),
 	if (rc != SQLITE_DONE)
 		return db_fail(st, "listing groups");
 	return 0;
+}
+
+/* ---- holds and promotion (failover.c) ---- */
+
+static enum hold_kind kind_of(const char *word)
+{
+	static const enum hold_kind kinds[] = { HOLD_NOW, HOLD_LSN, HOLD_TIME, HOLD_MARK,
+						HOLD_LAST };
+
+	for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
+		if (strcmp(word, hold_kind_name(kinds[i])) == 0)
+			return kinds[i];
+	return 0;
+}
+
+static enum failover_role role_of(const char *word)
+{
+	static const enum failover_role roles[] = { FO_REFUSED, FO_PROMOTING, FO_PROMOTED };
+
+	for (size_t i = 0; i < sizeof roles / sizeof roles[0]; i++)
+		if (strcmp(word, failover_role_name(roles[i])) == 0)
+			return roles[i];
+	return FO_NONE;
+}
+
+static const char *text_col(sqlite3_stmt *s, int col)
+{
+	const char *t = (const char *)sqlite3_column_text(s, col);
+
+	return t ? t : "";
+}
+
+int state_hold_get(struct state *st, const char *group, struct hold *h)
+{
+	sqlite3_stmt *s;
+	int rc, r;
+
+	memset(h, 0, sizeof *h);
+	r = prepare(st, "SELECT kind, point, set_ns, asked_lsn, reached, stop_lsn, stop_time_ns,"
+			" stop_type, note, role, force, promoted_ns, promoted_consistent FROM holds"
+			" WHERE \"group\" = ?", &s);
+	if (r < 0)
+		return r;
+	sqlite3_bind_text(s, 1, group, -1, SQLITE_STATIC);
+	rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW) {
+		enum hold_kind kind = kind_of(text_col(s, 0));
+
+		if (!kind || hold_set_point(h, kind, text_col(s, 1)) < 0) {
+			/* Not one this version wrote: held where the group is,
+			 * which is the safe reading. */
+			log_error("state database: group %s has a hold this aim-remote cannot read"
+				  " (%s %s); it is kept where the group is", group, text_col(s, 0),
+				  text_col(s, 1));
+			hold_set_point(h, HOLD_NOW, NULL);
+		}
+		h->active = true;
+		h->set_ns = (uint64_t)sqlite3_column_int64(s, 2);
+		h->asked_lsn = (uint64_t)sqlite3_column_int64(s, 3);
+		h->reached = sqlite3_column_int64(s, 4) != 0;
+		h->stop_lsn = (uint64_t)sqlite3_column_int64(s, 5);
+		h->stop_time_ns = (uint64_t)sqlite3_column_int64(s, 6);
+		h->stop_type = (uint8_t)sqlite3_column_int64(s, 7);
+		snprintf(h->note, sizeof h->note, "%s", text_col(s, 8));
+		h->role = role_of(text_col(s, 9));
+		h->force = sqlite3_column_int64(s, 10) != 0;
+		h->promoted_ns = (uint64_t)sqlite3_column_int64(s, 11);
+		h->promoted_consistent = sqlite3_column_int64(s, 12) != 0;
+		r = 0;
+	} else {
+		r = rc == SQLITE_DONE ? 0 : db_fail(st, "reading a hold");
+	}
+	sqlite3_finalize(s);
+	return r;
+}
+
+int state_hold_put(struct state *st, const char *group, const struct hold *h)
+{
+	sqlite3_stmt *s;
+	int r;
+
+	if (!h->active) {
+		r = prepare(st, "DELETE FROM holds WHERE \"group\" = ?", &s);
+		if (r < 0)
+			return r;
+		sqlite3_bind_text(s, 1, group, -1, SQLITE_STATIC);
+		return run(st, s, "forgetting a hold");
+	}
+	r = prepare(st, "INSERT OR REPLACE INTO holds (\"group\", kind, point, set_ns, asked_lsn,"
+			" reached, stop_lsn, stop_time_ns, stop_type, note, role, force, promoted_ns,"
+			" promoted_consistent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", &s);
+	if (r < 0)
+		return r;
+	sqlite3_bind_text(s, 1, group, -1, SQLITE_STATIC);
+	sqlite3_bind_text(s, 2, hold_kind_name(h->kind), -1, SQLITE_STATIC);
+	sqlite3_bind_text(s, 3, h->pt.text, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(s, 4, (sqlite3_int64)h->set_ns);
+	sqlite3_bind_int64(s, 5, (sqlite3_int64)h->asked_lsn);
+	sqlite3_bind_int(s, 6, h->reached);
+	sqlite3_bind_int64(s, 7, (sqlite3_int64)h->stop_lsn);
+	sqlite3_bind_int64(s, 8, (sqlite3_int64)h->stop_time_ns);
+	sqlite3_bind_int(s, 9, h->stop_type);
+	sqlite3_bind_text(s, 10, h->note, -1, SQLITE_STATIC);
+	sqlite3_bind_text(s, 11, failover_role_name(h->role), -1, SQLITE_STATIC);
+	sqlite3_bind_int(s, 12, h->force);
+	sqlite3_bind_int64(s, 13, (sqlite3_int64)h->promoted_ns);
+	sqlite3_bind_int(s, 14, h->promoted_consistent);
+	return run(st, s, "recording a hold");
+}
+
+int state_role(struct state *st, const char *group, enum failover_role *role,
+	       uint64_t *promoted_ns, uint64_t *lsn)
+{
+	sqlite3_stmt *s;
+	int rc, r;
+
+	*role = FO_NONE;
+	*promoted_ns = *lsn = 0;
+	r = prepare(st, "SELECT role, promoted_ns, stop_lsn FROM holds WHERE \"group\" = ?", &s);
+	if (r < 0)
+		return r;
+	sqlite3_bind_text(s, 1, group, -1, SQLITE_STATIC);
+	rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW) {
+		*role = role_of(text_col(s, 0));
+		*promoted_ns = (uint64_t)sqlite3_column_int64(s, 1);
+		*lsn = (uint64_t)sqlite3_column_int64(s, 2);
+	}
+	sqlite3_finalize(s);
+	return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : db_fail(st, "reading a group's role");
+}
+
+int state_mark_add(struct state *st, const char *group, const char *name, uint64_t lsn,
+		   uint64_t time_ns)
+{
+	sqlite3_stmt *s;
+	int r;
+
+	r = prepare(st, "INSERT OR REPLACE INTO marks (\"group\", lsn, name, time_ns)"
+			" VALUES (?, ?, ?, ?)", &s);
+	if (r < 0)
+		return r;
+	sqlite3_bind_text(s, 1, group, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(s, 2, (sqlite3_int64)lsn);
+	sqlite3_bind_text(s, 3, name, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(s, 4, (sqlite3_int64)time_ns);
+	return run(st, s, "recording a mark");
+}
+
+int state_mark_get(struct state *st, const char *group, const char *name, uint64_t *lsn)
+{
+	sqlite3_stmt *s;
+	int rc, r;
+
+	r = prepare(st, "SELECT min(lsn) FROM marks WHERE \"group\" = ? AND name = ?", &s);
+	if (r < 0)
+		return r;
+	sqlite3_bind_text(s, 1, group, -1, SQLITE_STATIC);
+	sqlite3_bind_text(s, 2, name, -1, SQLITE_STATIC);
+	rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL) {
+		*lsn = (uint64_t)sqlite3_column_int64(s, 0);
+		r = 0;
+	} else {
+		r = rc == SQLITE_ROW || rc == SQLITE_DONE ? -ENOENT : db_fail(st, "reading a mark");
+	}
+	sqlite3_finalize(s);
+	return r;
 }

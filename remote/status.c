@@ -25,7 +25,13 @@
  * what the guard closed (guard.c), and the uploads being received.
  *
  * POST /resume[/GROUP] asks every stopped group (or GROUP) to start again
- * and answers {"resumed": N} (404 for a group not known here).
+ * and answers {"resumed": N} (404 for a group not known here).  POST
+ * /hold, /release and /promote are failover.c's (failover_post).
+ *
+ * hold: null, or the group's hold (failover.c, hold_json): the point as
+ * asked, whether it is reached and at which record, the recovery point
+ * the held copy represents, what waits in the inbox, and a promotion's
+ * progress ("promoting", "promoted", "refused" with the reason in note).
  */
 #include "remote_i.h"
 #include "clock.h"
@@ -117,6 +123,7 @@ static void group_json(void *ctx, const struct group_snapshot *s)
 		json_array_append_new(q, e);
 	}
 	json_object_set_new(o, "quarantined", q);
+	json_object_set_new(o, "hold", s->hold.active ? hold_json(&s->hold, s, c->now) : json_null());
 	json_array_append_new(c->groups, o);
 }
 
@@ -386,7 +393,7 @@ static int handle(void *ctx, const char *path, struct httpd_response *resp)
 	return httpd_text(resp, 404, "text/plain", "try /status or /metrics\n");
 }
 
-/* POST /resume, POST /resume/<group>. */
+/* POST /resume, POST /resume/<group>; /hold, /release, /promote. */
 static int handle_post(void *ctx, const char *path, struct httpd_response *resp)
 {
 	struct status *s = ctx;
@@ -395,9 +402,12 @@ static int handle_post(void *ctx, const char *path, struct httpd_response *resp)
 	uint8_t id[16];
 	int n;
 
+	if (failover_path(path))
+		return failover_post(s->r, path, resp);
 	if (strncmp(path, "/resume", 7) != 0 || (path[7] && path[7] != '/'))
 		return httpd_text(resp, 404, "application/json",
-				  "{\"error\": \"POST /resume or /resume/GROUP\"}\n");
+				  "{\"error\": \"POST /resume[/GROUP], /hold[/GROUP][/at/POINT],"
+				  " /release[/GROUP] or /promote[/GROUP][/force][/at/POINT]\"}\n");
 	if (path[7] == '/') {
 		name = path + 8;
 		if (!group_name_valid(name, id))
