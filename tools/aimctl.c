@@ -1,16 +1,17 @@
 /*
  * aimctl.c — the operator's command-line tool.  One program, one table of
  * subcommands: `dump` lists a segment's header and records through the
- * shared decoder; `resume` asks an aim-remote to start its stopped groups
- * again.  The others live in a file each: `replay` (cmd_replay.c) applies
- * segments offline with the very applier aim-remote uses, to their end or
- * until a point; `check` (cmd_check.c) replays onto a scratch copy of a
- * base and checks the images at every barrier; `restore` (cmd_restore.c)
+ * shared decoder.  The others live in a file each: `replay` (cmd_replay.c)
+ * applies segments offline with the very applier aim-remote uses, to their
+ * end or until a point; `check` (cmd_check.c) replays onto a scratch copy of
+ * a base and checks the images at every barrier; `restore` (cmd_restore.c)
  * rebuilds images at a point from an object store; `mark` and `marks`
  * (cmd_mark.c) make and list named points; `status` (cmd_status.c) reads a
  * daemon's /status for people; `ship` (cmd_ship.c) drains an unmounted
  * journal with the transport; `verify` (cmd_verify.c) compares live images
- * with every replica.
+ * with every replica; `hold`, `release`, `promote` and `resume`
+ * (cmd_failover.c) steer an aim-remote's groups for test failovers and
+ * failovers.
  *
  * Exit status: 0 success, 1 failure (the reason is on stderr), 2 usage.
  */
@@ -46,7 +47,6 @@ struct command {
 };
 
 static int cmd_dump(int argc, char **argv);
-static int cmd_resume(int argc, char **argv);
 static int cmd_help(int argc, char **argv);
 
 static const struct command commands[] = {
@@ -86,6 +86,19 @@ static const struct command commands[] = {
 	{ "resume", cmd_resume, "[--status ADDR:PORT] [GROUP]",
 	  "ask a running aim-remote to start its stopped groups (or GROUP) again,\n"
 	  "      once their cause is fixed (default status 127.0.0.1:9381)" },
+	{ "hold", cmd_hold,
+	  "[--status ADDR:PORT] [--group GROUP] [--at LSN|TIME|MARK:NAME] [--timeout DURATION]",
+	  "make a running aim-remote stop applying GROUP now (at the next barrier) or at the\n"
+	  "      last barrier at or before a point; segments keep arriving and wait; waits\n"
+	  "      until it is held and prints the recovery point (for a test failover)" },
+	{ "release", cmd_release, "[--status ADDR:PORT] [--group GROUP]",
+	  "let a held group apply again: it catches up with what waited" },
+	{ "promote", cmd_promote,
+	  "[--status ADDR:PORT] [--group GROUP] [--at LSN|TIME|MARK:NAME] [--force]\n"
+	  "         [--timeout DURATION]",
+	  "fail over: apply what arrived up to its last barrier (or the point), then stop\n"
+	  "      the group for good (its segments are refused); prints the recovery point;\n"
+	  "      refuses a copy in the middle of a resync unless --force" },
 	{ "help", cmd_help, "", "show this help" },
 };
 
@@ -343,87 +356,6 @@ static int cmd_dump(int argc, char **argv)
 		log_error("writing the listing: %m");
 		return 1;
 	}
-	return 0;
-}
-
-/* ---- resume ---- */
-
-#define REMOTE_STATUS "127.0.0.1:9381" /* aim-remote's default --status */
-
-struct reply {
-	char text[1024];
-	size_t len;
-};
-
-static size_t keep_reply(char *p, size_t size, size_t n, void *ctx)
-{
-	struct reply *r = ctx;
-	size_t add = size * n, room = sizeof r->text - 1 - r->len;
-
-	memcpy(r->text + r->len, p, add < room ? add : room);
-	r->len += add < room ? add : room;
-	r->text[r->len] = '\0';
-	return add;
-}
-
-/* POST /resume[/GROUP] to aim-remote's status listener. */
-static int cmd_resume(int argc, char **argv)
-{
-	static const struct option opts[] = {
-		{ "status", required_argument, NULL, 's' },
-		{ NULL, 0, NULL, 0 },
-	};
-	const char *addr = REMOTE_STATUS, *group = NULL;
-	char url[512], errbuf[CURL_ERROR_SIZE] = "";
-	struct reply rep = { .len = 0 };
-	json_t *o, *n;
-	long code = 0;
-	CURLcode cc;
-	CURL *c;
-	int ch;
-
-	optind = 1;
-	while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-		if (ch != 's')
-			return usage_error("resume: unknown option %s", argv[optind - 1]);
-		addr = optarg;
-	}
-	if (optind < argc - 1)
-		return usage_error("resume: give at most one GROUP");
-	if (optind == argc - 1)
-		group = argv[optind];
-	snprintf(url, sizeof url, "http://%s/resume%s%s", addr, group ? "/" : "",
-		 group ? group : "");
-	c = curl_easy_init();
-	if (!c)
-		return 1;
-	curl_easy_setopt(c, CURLOPT_URL, url);
-	curl_easy_setopt(c, CURLOPT_POSTFIELDS, "");
-	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, keep_reply);
-	curl_easy_setopt(c, CURLOPT_WRITEDATA, &rep);
-	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
-	curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
-	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-	cc = curl_easy_perform(c);
-	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
-	curl_easy_cleanup(c);
-	if (cc != CURLE_OK) {
-		log_error("resume: %s: %s", url, errbuf[0] ? errbuf : curl_easy_strerror(cc));
-		return 1;
-	}
-	o = json_loads(rep.text, 0, NULL);
-	n = o ? json_object_get(o, "resumed") : NULL;
-	if (code != 200 || !json_is_integer(n)) {
-		json_t *e = o ? json_object_get(o, "error") : NULL;
-
-		log_error("resume: aim-remote at %s answered %ld: %s", addr, code,
-			  json_is_string(e) ? json_string_value(e) : rep.text);
-		json_decref(o);
-		return 1;
-	}
-	printf("%lld stopped group%s asked to resume\n", (long long)json_integer_value(n),
-	       json_integer_value(n) == 1 ? "" : "s");
-	json_decref(o);
 	return 0;
 }
 

@@ -29,6 +29,10 @@ int cmd_mark(int argc, char **argv);
 int cmd_marks(int argc, char **argv);
 int cmd_check(int argc, char **argv);
 int cmd_restore(int argc, char **argv);
+int cmd_hold(int argc, char **argv);
+int cmd_release(int argc, char **argv);
+int cmd_promote(int argc, char **argv);
+int cmd_resume(int argc, char **argv);
 
 /* aimctl.c: reports a usage error (and the usage) and returns EXIT_USAGE. */
 int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
