@@ -1,0 +1,440 @@
+"""Hold, release and promote (issue 13, items 1 and 2): aim-remote stops a
+group at a point of its stream, never between two barriers; segments keep
+arriving and wait; the targets do not change while held; release catches
+up; promote applies what arrived up to the last barrier (or the point),
+stops the group for good and refuses its segments with 409.  Every
+refusal (an unknown group, a point already applied, release without a
+hold, a second promote, an inconsistent copy) changes nothing.
+
+The segments are forged with tests/mkseg (valid checksums, records and
+times chosen by the test), so that every point's barrier is known; the
+commands are aimctl's, as an operator types them.  The end-to-end walk
+with aimfs (failover and failback, bytes on the wire) and the README's
+procedure are in test_failback.py; the test failover of a real guest on
+overlays of a held replica in test_guest.py."""
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import urllib.error
+import urllib.request
+
+import pytest
+
+from aimtest import AIM_REMOTE, AIMCTL, wait_for
+from remote_helpers import PKI, Remote, mkseg
+
+G = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
+H = "11111111-2222-4333-8444-555555555555"
+BLOCK = 4096
+T0 = 1_700_000_000_000_000_000      # source times of the forged records (ns)
+
+
+@pytest.fixture(autouse=True)
+def _need_remote():
+    if not os.path.exists(AIM_REMOTE):
+        pytest.fail(f"{AIM_REMOTE} is not built (set AIM_BUILD)")
+
+
+@pytest.fixture
+def remotes(workdir):
+    made = []
+
+    def make(**kw):
+        kw.setdefault("inbox", os.path.join(workdir, "inbox"))
+        kw.setdefault("target", os.path.join(workdir, "target"))
+        os.makedirs(kw["inbox"], exist_ok=True)
+        os.makedirs(kw["target"], exist_ok=True)
+        r = Remote(workdir, **kw)
+        made.append(r)
+        return r
+    yield make
+    for r in made:
+        r.close()
+
+
+def seg_name(n):
+    return f"{n:020d}.aimj"
+
+
+class Stream:
+    """A forged stream of one group: a list of records (one per LSN), cut
+    into segments at chosen LSNs.  Record kinds: 'w' (a WRITE of block
+    LSN % 8 filled with the LSN's byte), 'f' (FLUSH), ('m', NAME) (MARK).
+    Record i has source time T0 + i seconds."""
+
+    def __init__(self, workdir, group, records, cuts):
+        self.workdir = workdir
+        self.group = group
+        self.records = records            # index 0 is LSN 1
+        self.cuts = cuts                  # first LSN of each segment after the first
+        self.bounds = []
+        first = 1
+        for last in [c - 1 for c in cuts] + [len(records)]:
+            self.bounds.append((first, last))
+            first = last + 1
+
+    def spec(self, n):
+        first, last = self.bounds[n - 1]
+        lines = [f"group {self.group}", f"number {n}", f"first_lsn {first}", "image 1 vm.img"]
+        for lsn in range(first, last + 1):
+            rec = self.records[lsn - 1]
+            lines.append(f"time {T0 + lsn * 1_000_000_000}")
+            if rec == "w":
+                lines.append(f"write 1 {(lsn % 8) * BLOCK} @{BLOCK}:{lsn % 256}")
+            elif rec == "f":
+                lines.append("flush")
+            else:
+                lines.append(f"mark {rec[1]}")
+        return "\n".join(lines) + "\n"
+
+    def deliver(self, inbox, n):
+        path = os.path.join(self.workdir, f"{self.group[:8]}-{n}.aimj")
+        mkseg(path, self.spec(n))
+        gdir = os.path.join(inbox, self.group)
+        os.makedirs(gdir, exist_ok=True)
+        os.rename(path, os.path.join(gdir, seg_name(n)))
+
+    def image_at(self, lsn):
+        """The target's bytes once every record up to lsn is applied."""
+        img = bytearray()
+        for i in range(1, lsn + 1):
+            if self.records[i - 1] == "w":
+                off = (i % 8) * BLOCK
+                if len(img) < off + BLOCK:
+                    img.extend(b"\0" * (off + BLOCK - len(img)))
+                img[off:off + BLOCK] = bytes([i % 256]) * BLOCK
+        return bytes(img)
+
+    def time_of(self, lsn):
+        return T0 + lsn * 1_000_000_000
+
+
+# LSN:      1   2   3   4   5   6          7   | 8   9   10  11  | 12  13  14  15
+RECORDS = ["w", "f", "w", "w", "f", ("m", "m1"), "w", "w", "f", "w", "w", "w", "f", "w", "w"]
+CUTS = [8, 12]                     # segments: 1..7, 8..11, 12..15
+
+
+def image(r):
+    p = os.path.join(r.target, "vm.img")
+    if not os.path.exists(p):
+        return b""
+    with open(p, "rb") as f:
+        return f.read()
+
+
+def aimctl(r, *args, timeout=60):
+    return subprocess.run([AIMCTL, *args, "--status", f"127.0.0.1:{r.status_port}"],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def post(r, path):
+    """POST to the status listener; (HTTP status, JSON answer)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{r.status_port}{path}", data=b"",
+                                 method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def held(r, group=G, lsn=None, timeout=30):
+    def ok(g):
+        h = g.get("hold")
+        return g["state"] == "held" and h and h["reached"] and (lsn is None or h["lsn"] == lsn)
+    return r.wait_group(group, ok, timeout, what=f"group held at LSN {lsn}")
+
+
+def test_hold_at_an_lsn_stops_at_the_last_barrier_before_it_and_release_catches_up(
+        workdir, remotes):
+    s = Stream(workdir, G, RECORDS, CUTS)
+    r = remotes().start()
+    s.deliver(r.inbox, 1)
+    r.wait_applied(G, 7)
+    # LSN 10 is a WRITE in segment 2, which has not arrived: the group may
+    # not go past a barrier it cannot prove is the last one before LSN 10
+    p = aimctl(r, "hold", "--at", "10", "--timeout", "0")
+    assert p.returncode == 0, p.stderr
+    g = r.group(G)
+    assert g["hold"]["point"] == "10" and not g["hold"]["reached"], g
+    s.deliver(r.inbox, 2)
+    s.deliver(r.inbox, 3)
+    g = held(r, lsn=9)
+    assert g["applied_lsn"] == 9 and g["hold"]["record"] == "FLUSH", g
+    assert "LSN 10 is not a barrier" in g["hold"]["note"], g
+    assert image(r) == s.image_at(9)
+    # what waits, and the recovery point the held copy is
+    rp = g["hold"]["recovery_point"]
+    assert rp["lsn"] == 9 and rp["consistent"] is True, g
+    assert g["backlog_segments"] == 2 and g["hold"]["backlog_segments"] == 2, g
+    assert r.metrics().count(f'aim_remote_group_state{{group="{G}",state="held"}} 1') == 1
+    # a point behind the held one is applied already
+    p = aimctl(r, "hold", "--at", "9")
+    assert p.returncode == 1 and "applied already" in p.stderr, p.stderr
+    # asked again, the same hold lands at the same barrier, and says how
+    p = aimctl(r, "hold", "--at", "10")
+    assert p.returncode == 0 and "held at LSN 9 (FLUSH" in p.stdout, p.stdout + p.stderr
+    assert f"group {G}: held at LSN 9" in p.stdout and "recovery point  LSN 9" in p.stdout
+    p = aimctl(r, "release")
+    assert p.returncode == 0 and f"group {G}: released" in p.stdout, p.stdout + p.stderr
+    r.wait_applied(G, 15)
+    assert image(r) == s.image_at(15)
+    assert r.group(G)["hold"] is None
+    r.check_quiet()
+
+
+def test_hold_waits_at_a_barrier_for_a_point_that_has_not_arrived(workdir, remotes):
+    """The hold is at LSN 14, in segment 3, which has not arrived: once
+    segment 2 is here the group applies up to its FLUSH at LSN 9 and waits
+    there (not at the end of segment 2, between two barriers); segment 3
+    brings the FLUSH at LSN 13, the last one before LSN 14."""
+    s = Stream(workdir, G, RECORDS, CUTS)
+    r = remotes().start()
+    s.deliver(r.inbox, 1)
+    r.wait_applied(G, 7)
+    # a new stream position: hold before anything of segment 2 arrives
+    p = aimctl(r, "hold", "--at", "14", "--timeout", "0")
+    assert p.returncode == 0, p.stderr
+    s.deliver(r.inbox, 2)
+    g = r.wait_group(G, lambda g: g["applied_lsn"] == 9 and g["state"] == "waiting",
+                     what="the group to wait at the FLUSH at LSN 9")
+    assert not g["hold"]["reached"] and g["waiting_for"] == 3, g
+    assert image(r) == s.image_at(9)
+    s.deliver(r.inbox, 3)
+    g = held(r, lsn=13)
+    assert image(r) == s.image_at(13)
+    p = aimctl(r, "hold", "--at", "mark:m1")
+    assert p.returncode == 1 and 'MARK (LSN 6) is applied already' in p.stderr, p.stderr
+    r.check_quiet()
+
+
+# LSN:       1   2  | 3   4   5           6   7   8  | 9   10  11  12  13  14
+RECORDS2 = ["w", "f", "w", "w", ("m", "x"), "w", "f", "w", "w", "f", "w", "w", "f", "w"]
+CUTS2 = [3, 9]
+
+
+def test_hold_at_a_mark_now_and_at_a_time(workdir, remotes):
+    s = Stream(workdir, G, RECORDS2, CUTS2)
+    r = remotes().start()
+    p = aimctl(r, "hold", "--at", "mark:x", "--timeout", "0")
+    assert p.returncode == 1 and "no group here yet" in p.stderr, p.stderr
+    s.deliver(r.inbox, 1)
+    r.wait_applied(G, 2)
+    # at a mark: right after it, a point its maker chose
+    p = aimctl(r, "hold", "--at", "mark:x", "--timeout", "0")
+    assert p.returncode == 0, p.stderr
+    s.deliver(r.inbox, 2)
+    g = held(r, lsn=5)
+    assert g["hold"]["record"] == "MARK" and g["hold"]["note"] is None, g
+    assert image(r) == s.image_at(5)
+    # "now" on a held group: at the next barrier of what is here (LSN 7)
+    p = aimctl(r, "hold")
+    assert p.returncode == 0 and "held at LSN 7 (FLUSH" in p.stdout, p.stdout + p.stderr
+    assert image(r) == s.image_at(7)
+    assert aimctl(r, "release").returncode == 0
+    r.wait_applied(G, 8)
+    # "now" with nothing to apply: where the group stands, and it says
+    # that this is no barrier
+    p = aimctl(r, "hold")
+    assert p.returncode == 0 and "held at LSN 8 (WRITE" in p.stdout, p.stdout + p.stderr
+    assert "not a barrier" in p.stdout, p.stdout
+    assert aimctl(r, "release").returncode == 0
+    # at a time between two barriers: the last FLUSH journaled by then, as
+    # aimctl replay --until TIME finds it
+    t = s.time_of(12) + 500_000_000
+    at = f"@{t // 10**9}.{t % 10**9:09d}"
+    p = aimctl(r, "hold", "--at", at, "--timeout", "0")
+    assert p.returncode == 0, p.stderr
+    s.deliver(r.inbox, 3)
+    g = held(r, lsn=10)
+    assert g["hold"]["record"] == "FLUSH" and "at or before" in g["hold"]["note"], g
+    assert image(r) == s.image_at(10)
+    assert aimctl(r, "release").returncode == 0
+    r.wait_applied(G, 14)
+    assert image(r) == s.image_at(14)
+    r.check_quiet()
+
+
+def test_a_hold_survives_a_restart_and_the_targets_do_not_change_while_held(workdir, remotes):
+    s = Stream(workdir, G, RECORDS, CUTS)
+    r = remotes().start()
+    s.deliver(r.inbox, 1)
+    r.wait_applied(G, 7)
+    p = aimctl(r, "hold")
+    assert p.returncode == 0 and "held at LSN 7" in p.stdout, p.stdout + p.stderr
+    st = os.stat(os.path.join(r.target, "vm.img"))
+    held_bytes = image(r)
+    s.deliver(r.inbox, 2)
+    r.wait_group(G, lambda g: g["backlog_segments"] == 1, what="segment 2 to wait")
+    assert r.stop() == 0
+    s.deliver(r.inbox, 3)
+    r.start()
+    g = held(r, lsn=7)
+    assert g["backlog_segments"] == 2, g
+    after = os.stat(os.path.join(r.target, "vm.img"))
+    assert image(r) == held_bytes and (after.st_mtime_ns, after.st_size) == \
+        (st.st_mtime_ns, st.st_size)
+    db = sqlite3.connect(os.path.join(r.workdir, "inbox.state", "remote.db"))
+    row = db.execute("SELECT kind, reached, stop_lsn, role FROM holds WHERE \"group\" = ?",
+                     (G,)).fetchone()
+    db.close()
+    assert row == ("now", 1, 7, ""), row
+    assert aimctl(r, "release").returncode == 0
+    r.wait_applied(G, 15)
+    assert image(r) == s.image_at(15)
+    r.check_quiet()
+
+
+def test_refusals_change_nothing(workdir, remotes):
+    s = Stream(workdir, G, RECORDS, CUTS)
+    r = remotes().start()
+    s.deliver(r.inbox, 1)
+    r.wait_applied(G, 7)
+    before = image(r)
+    # an unknown group, a malformed one, a bad point
+    code, o = post(r, f"/hold/{H}")
+    assert code == 404 and f"no group {H} here" in o["error"], o
+    code, o = post(r, "/hold/Not-A-Group")
+    assert code == 400 and "not a group" in o["error"], o
+    code, o = post(r, f"/hold/{G}/at/yesterday")
+    assert code == 400 and "is not a time" in o["error"], o
+    code, o = post(r, f"/promote/{H}")
+    assert code == 404, o
+    p = aimctl(r, "hold", "--group", H)
+    assert p.returncode == 1 and "HTTP 404" in p.stderr, p.stderr
+    # a point already applied: by LSN, by time, by mark
+    for at, why in (("5", "that record is applied already"),
+                    (f"@{(T0 + 3 * 10**9) // 10**9}", "journaled after it are applied"),
+                    ("mark:m1", "is applied already")):
+        p = aimctl(r, "hold", "--at", at)
+        assert p.returncode == 1 and "HTTP 409" in p.stderr and why in p.stderr, (at, p.stderr)
+    # release without a hold
+    p = aimctl(r, "release")
+    assert p.returncode == 1 and "is not held" in p.stderr, p.stderr
+    code, _ = post(r, f"/release/{G}")
+    assert code == 409
+    # nothing changed, nothing is held, the stream goes on
+    g = r.group(G)
+    assert g["hold"] is None and g["state"] == "idle" and image(r) == before, g
+    s.deliver(r.inbox, 2)
+    r.wait_applied(G, 11)
+    r.check_quiet()
+
+
+@pytest.fixture
+def pki(workdir):
+    return PKI(os.path.join(workdir, "pki"))
+
+
+def receiving(remotes, pki):
+    return remotes(listen=True, pki=pki, args=["--token-file", pki.token_file])
+
+
+def put(r, s, n):
+    """PUT segment n of stream s to the receiver: (HTTP status, reason)."""
+    path = os.path.join(s.workdir, f"put-{n}.aimj")
+    mkseg(path, s.spec(n))
+    code, body, _ = r.put(s.group, path, name=seg_name(n), cert=None)
+    return code, body
+
+
+def test_promote_applies_what_arrived_up_to_the_last_barrier_then_refuses_everything(
+        workdir, remotes, pki):
+    s = Stream(workdir, G, RECORDS, CUTS)
+    r = receiving(remotes, pki).start()
+    assert put(r, s, 1)[0] == 201
+    r.wait_applied(G, 7)
+    p = aimctl(r, "hold")
+    assert p.returncode == 0, p.stderr
+    assert put(r, s, 2)[0] == 201          # arrives while held
+    # promote: what arrived, up to its last barrier (the FLUSH at LSN 9;
+    # LSN 10 and 11 are writes after it)
+    p = aimctl(r, "promote")
+    assert p.returncode == 0, p.stderr
+    assert f"group {G}: promoted at LSN 9 (FLUSH, source time" in p.stdout, p.stdout
+    assert "the copy is     consistent" in p.stdout, p.stdout
+    assert image(r) == s.image_at(9)
+    g = r.group(G)
+    assert g["state"] == "promoted" and g["hold"]["promote"] == "promoted", g
+    assert g["hold"]["lsn"] == 9 and g["hold"]["record"] == "FLUSH", g
+    # segment 2's file stays (nothing is lost); its records after 9 are not applied
+    assert os.path.exists(os.path.join(r.inbox, G, seg_name(2)))
+    # the group's segments are refused with the reason; nothing is stored
+    code, body = put(r, s, 3)
+    assert code == 409 and "was promoted here" in body, (code, body)
+    assert not os.path.exists(os.path.join(r.inbox, G, seg_name(3)))
+    # a second promote, a hold, a release: refused, nothing changes
+    p = aimctl(r, "promote")
+    assert p.returncode == 1 and "HTTP 409" in p.stderr and "was promoted at" in p.stderr, \
+        p.stderr
+    for cmd in (["hold"], ["release"], ["hold", "--at", "12"]):
+        p = aimctl(r, *cmd)
+        assert p.returncode == 1 and "was promoted at" in p.stderr, (cmd, p.stderr)
+    # for good: across a restart too
+    assert r.stop() == 0
+    r.start()
+    g = r.wait_group(G, lambda g: g["state"] == "promoted", what="promoted after a restart")
+    assert g["applied_lsn"] == 9 and image(r) == s.image_at(9), g
+    code, body = put(r, s, 3)
+    assert code == 409 and "was promoted here" in body, (code, body)
+    m = r.metrics()
+    assert f'aim_remote_group_state{{group="{G}",state="promoted"}} 1' in m
+    assert f'aim_remote_rejected_total{{code="409"}} 1' in m, m  # since the restart
+    # other groups go on
+    other = Stream(workdir, H, RECORDS, CUTS)
+    assert put(r, other, 1)[0] == 201
+    r.wait_applied(H, 7)
+    assert "promoted here" in r.output()
+    r.check_quiet()
+
+
+def test_promote_at_a_point_and_of_a_stopped_group(workdir, remotes):
+    s = Stream(workdir, G, RECORDS, CUTS)
+    r = remotes().start()
+    s.deliver(r.inbox, 1)
+    r.wait_applied(G, 7)
+    assert aimctl(r, "hold").returncode == 0
+    s.deliver(r.inbox, 2)
+    s.deliver(r.inbox, 3)
+    r.wait_group(G, lambda g: g["backlog_segments"] == 2, what="two segments waiting")
+    p = aimctl(r, "promote", "--at", "12")
+    assert p.returncode == 0 and "promoted at LSN 9 (FLUSH" in p.stdout, p.stdout + p.stderr
+    assert "LSN 12 is not a barrier" in p.stdout, p.stdout
+    assert image(r) == s.image_at(9)
+    assert os.path.exists(os.path.join(r.inbox, G, seg_name(3)))
+    # a stopped group (its next segment is not its own) can be failed over
+    # as it stands
+    other = Stream(workdir, H, RECORDS, CUTS)
+    other.deliver(r.inbox, 1)
+    r.wait_applied(H, 7)
+    bad = os.path.join(workdir, "bad.aimj")
+    mkseg(bad, other.spec(2).replace("first_lsn 8", "first_lsn 9"))
+    os.rename(bad, os.path.join(r.inbox, H, seg_name(2)))
+    r.expect_alarms = True
+    r.wait_group(H, lambda g: g["state"] == "stopped", what="H to stop")
+    p = aimctl(r, "promote", "--group", H)
+    assert p.returncode == 0 and "promoted at LSN 7 (WRITE" in p.stdout, p.stdout + p.stderr
+    assert "the group was stopped" in p.stdout, p.stdout
+
+
+def test_promote_refuses_a_copy_in_the_middle_of_a_resync_unless_forced(workdir, remotes):
+    r = remotes().start()
+    path = os.path.join(workdir, "sync.aimj")
+    mkseg(path, f"group {G}\nnumber 1\nfirst_lsn 1\nimage 1 vm.img\nsync-begin 1\n"
+                f"resync 1 write 1 0 @{BLOCK}:7\nflush\n")
+    os.makedirs(os.path.join(r.inbox, G))
+    os.rename(path, os.path.join(r.inbox, G, seg_name(1)))
+    g = r.wait_applied(G, 3)
+    assert g["consistent"] is False, g
+    before = image(r)
+    p = aimctl(r, "promote")
+    assert p.returncode == 1 and "HTTP 409" in p.stderr, p.stderr
+    assert "is not a consistent copy" in p.stderr and "LSN 1" in p.stderr, p.stderr
+    g = r.group(G)
+    assert g["hold"] is None and g["state"] == "idle" and image(r) == before, g
+    p = aimctl(r, "promote", "--force")
+    assert p.returncode == 0 and "NOT consistent" in p.stdout, p.stdout + p.stderr
+    assert r.group(G)["state"] == "promoted"
+    r.check_quiet()
