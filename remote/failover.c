@@ -6,21 +6,27 @@
  * A hold stops a group at a point of its stream; segments keep arriving,
  * are validated by the receiver and wait in the inbox.  A point is never
  * in the middle of a barrier interval: a held group stops right after a
- * FLUSH record (a barrier of the source), or after a MARK the operator
- * named, so that the held targets are a copy of the source as it was at a
- * barrier and a test VM can boot on them (on overlays: nothing writes the
- * targets while held).  Which record, for each kind of point:
+ * barrier, or after a MARK the operator named, so that the held targets
+ * are a crash-consistent copy of the source as it was at a barrier and a
+ * test VM can boot on them (on overlays: nothing writes the targets while
+ * held).  A barrier here is a FLUSH record (the source's) or a SYNC_END
+ * (the end of a resynchronisation, from which the targets are a copy of
+ * the source again; after a quiesced VM's last FLUSH it is the last point
+ * of the stream), where the targets are a consistent copy: not one inside
+ * a resynchronisation, unless a forced promote takes the copy as it is.
+ * Which record, for each kind of point:
  *
- *   now     the next FLUSH among the segments already here, or where the
+ *   now     the next barrier among the segments already here, or where the
  *           group is if none is here (it is then only as consistent as
  *           the end of the last segment applied: see the status's record);
- *   LSN     the last FLUSH at or before it, or the record itself if it is
- *           a MARK or a FLUSH;
- *   TIME    the last FLUSH journaled at or before it (records after the
+ *   LSN     the last barrier at or before it, or the record itself if it
+ *           is a MARK;
+ *   TIME    the last barrier journaled at or before it (records after the
  *           first one journaled later do not count), as `aimctl replay
- *           --until TIME` finds it;
+ *           --until TIME` finds its FLUSH;
  *   MARK    that MARK;
- *   last    (promote's default) the last FLUSH of what arrived.
+ *   last    (promote's default) the last barrier of what arrived: the
+ *           latest consistent point a failover can have.
  *
  * The group cannot look back: records it applied are applied.  So while a
  * hold is pending it applies from barrier to barrier, and goes past a
@@ -124,56 +130,41 @@ static bool names_mark(const struct hold *h, const struct seg_record *r)
 	return r->type == SEG_MARK && r->payload_len == len && memcmp(r->payload, h->pt.mark, len) == 0;
 }
 
-void hold_scan(const struct hold *h, struct seg_view *v, uint64_t after, struct hold_scan *out)
+void hold_scan(const struct hold *h, struct seg_view *v, uint64_t after, bool consistent,
+	       struct hold_scan *out)
 {
 	struct seg_record r;
+	bool barrier, named, ends;
 
 	memset(out, 0, sizeof *out);
+	out->consistent = consistent;
 	seg_view_rewind(v);
 	while (seg_view_next(v, &r) == 1) {
 		if (r.lsn <= after)
 			continue;
-		switch (h->kind) {
-		case HOLD_LSN:
-			if (r.lsn > h->pt.lsn) {
-				out->ended = true;
-				return;
-			}
-			if (r.type == SEG_FLUSH || (r.lsn == h->pt.lsn && r.type == SEG_MARK))
-				take(out, &r);
-			if (r.lsn == h->pt.lsn) {
-				out->ended = true;
-				return;
-			}
-			break;
-		case HOLD_TIME:
-			if (r.time_ns > h->pt.time_ns) {
-				out->ended = true;
-				return;
-			}
-			if (r.type == SEG_FLUSH)
-				take(out, &r);
-			break;
-		case HOLD_MARK:
-			if (names_mark(h, &r)) {
-				take(out, &r);
-				out->ended = true;
-				return;
-			}
-			if (r.type == SEG_FLUSH)
-				take(out, &r);
-			break;
-		case HOLD_NOW:
-			if (r.type == SEG_FLUSH) {
-				take(out, &r);
-				out->ended = true;
-				return;
-			}
-			break;
-		case HOLD_LAST:
-			if (r.type == SEG_FLUSH)
-				take(out, &r);
-			break;
+		/* Points that end before this record. */
+		if ((h->kind == HOLD_LSN && r.lsn > h->pt.lsn) ||
+		    (h->kind == HOLD_TIME && r.time_ns > h->pt.time_ns)) {
+			out->ended = true;
+			return;
+		}
+		if (r.type == SEG_SYNC_BEGIN)
+			out->consistent = false;
+		else if (r.type == SEG_SYNC_END)
+			out->consistent = true;
+		/* A barrier where the targets are a consistent copy (any, for
+		 * a forced promote); the record a point names. */
+		barrier = (r.type == SEG_FLUSH || r.type == SEG_SYNC_END) &&
+			  (out->consistent || h->force);
+		named = (h->kind == HOLD_LSN && r.lsn == h->pt.lsn && r.type == SEG_MARK) ||
+			(h->kind == HOLD_MARK && names_mark(h, &r));
+		if (barrier || named)
+			take(out, &r);
+		ends = named || (h->kind == HOLD_LSN && r.lsn == h->pt.lsn) ||
+		       (h->kind == HOLD_NOW && barrier);
+		if (ends) {
+			out->ended = true;
+			return;
 		}
 	}
 }

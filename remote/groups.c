@@ -572,19 +572,19 @@ static void stop_note(const struct group *g, const struct hold_scan *sc, char *b
 	switch (h->kind) {
 	case HOLD_LSN:
 		if (sc->stop_lsn != h->pt.lsn)
-			snprintf(buf, len, "LSN %" PRIu64 " is not a barrier: held at the last FLUSH"
-				 " before it", h->pt.lsn);
+			snprintf(buf, len, "LSN %" PRIu64 " is not a barrier: held at the last"
+				 " barrier before it", h->pt.lsn);
 		break;
 	case HOLD_TIME:
-		snprintf(buf, len, "the last FLUSH journaled at or before %s",
+		snprintf(buf, len, "the last barrier journaled at or before %s",
 			 clock_iso8601(h->pt.time_ns, 9, t, sizeof t));
 		break;
 	case HOLD_NOW:
-		snprintf(buf, len, "the first FLUSH after LSN %" PRIu64 ", where the group was when"
-			 " the hold was asked", h->asked_lsn);
+		snprintf(buf, len, "the first barrier after LSN %" PRIu64 ", where the group was"
+			 " when the hold was asked", h->asked_lsn);
 		break;
 	case HOLD_LAST:
-		snprintf(buf, len, "the last FLUSH of the segments that arrived");
+		snprintf(buf, len, "the last barrier of the segments that arrived");
 		break;
 	default:
 		break;
@@ -597,7 +597,7 @@ static void stop_note(const struct group *g, const struct hold_scan *sc, char *b
  * point ends first, or, for a hold that ends with what arrived, the
  * segments do); -1 not known yet, *missing being the segment to wait for.
  */
-static int later_barrier(struct group *g, uint64_t number, uint64_t *missing)
+static int later_barrier(struct group *g, uint64_t number, bool consistent, uint64_t *missing)
 {
 	char name[SEG_FILE_NAME_LEN + 6], why[256];
 	struct hold_scan sc;
@@ -611,12 +611,13 @@ static int later_barrier(struct group *g, uint64_t number, uint64_t *missing)
 			*missing = number;
 			return -1;
 		}
-		hold_scan(&g->hold, f.v, 0, &sc);
+		hold_scan(&g->hold, f.v, 0, consistent, &sc);
 		inbox_file_close(&f);
 		if (sc.stop_lsn)
 			return 1;
 		if (sc.ended)
 			return 0;
+		consistent = sc.consistent;
 	}
 }
 
@@ -634,9 +635,9 @@ static enum plan plan(struct group *g, struct seg_view *v, uint64_t next, uint64
 {
 	*final = true;
 	*missing = 0;
-	hold_scan(&g->hold, v, after, sc);
+	hold_scan(&g->hold, v, after, g->sg.sync.consistent, sc);
 	if (!sc->ended) {
-		int more = later_barrier(g, next + 1, missing);
+		int more = later_barrier(g, next + 1, sc->consistent, missing);
 
 		if (more == 1)
 			return PLAN_ALL;
@@ -795,8 +796,10 @@ static int apply_next(struct group *g, uint64_t next, bool jump)
 		if (pl == PLAN_NONE) {
 			inbox_file_close(&f);
 			if (final)
-				reach_here(g, "no barrier lies between the group's position and the"
-					   " hold's point");
+				reach_here(g, g->hold.kind == HOLD_LAST
+					   ? "no later barrier where the copy is consistent arrived"
+					   : "no barrier lies between the group's position and the"
+					     " hold's point");
 			else
 				set_state(g, GROUP_WAITING, missing, NULL);
 			return 0;

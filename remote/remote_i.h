@@ -173,11 +173,11 @@ const char *group_state_name(enum group_state s);
 
 /* Where a hold stops a group (failover.c). */
 enum hold_kind {
-	HOLD_NOW = 1, /* at the next FLUSH of what is here, else where the group is */
-	HOLD_LSN,     /* at the last FLUSH at or before that LSN (or at it, if a MARK) */
-	HOLD_TIME,    /* at the last FLUSH journaled at or before that time */
+	HOLD_NOW = 1, /* at the next barrier of what is here, else where the group is */
+	HOLD_LSN,     /* at the last barrier at or before that LSN (or at it, if a MARK) */
+	HOLD_TIME,    /* at the last barrier journaled at or before that time */
 	HOLD_MARK,    /* at that MARK */
-	HOLD_LAST,    /* promote's default: the last FLUSH of what arrived */
+	HOLD_LAST,    /* promote's default: the last barrier of what arrived */
 };
 
 /* A group's failover role: replicating (a promote may have been refused,
@@ -563,13 +563,18 @@ struct hold_scan {
 	uint64_t stop_time_ns; /* its source time */
 	uint8_t stop_type;     /* its type */
 	bool ended;            /* the point lies in this segment: nothing after counts */
+	bool consistent;       /* whether the targets are a consistent copy after
+				* the last record read (for the next segment) */
 };
 /*
- * Reads the records of v with lsn > after as the hold h sees them: the
- * barriers it may stop at (FLUSH records; a MARK it names) before its point
- * ends, and whether the point ends in v.  Rewinds v.  Pure.
+ * Reads the records of v with lsn > after as the hold h sees them, the
+ * targets being a consistent copy at after if consistent: the barriers it
+ * may stop at (FLUSH and SYNC_END records where the copy is consistent,
+ * any with a forced promote; a MARK it names) before its point ends, and
+ * whether the point ends in v.  Rewinds v.  Pure.
  */
-void hold_scan(const struct hold *h, struct seg_view *v, uint64_t after, struct hold_scan *out);
+void hold_scan(const struct hold *h, struct seg_view *v, uint64_t after, bool consistent,
+	       struct hold_scan *out);
 /* True if the end of what arrived (the next segment is not here) is the
  * end of h's point: a hold "now" and a promote's "last barrier". */
 bool hold_ends_with_arrivals(const struct hold *h);

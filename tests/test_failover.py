@@ -438,3 +438,40 @@ def test_promote_refuses_a_copy_in_the_middle_of_a_resync_unless_forced(workdir,
     assert p.returncode == 0 and "NOT consistent" in p.stdout, p.stdout + p.stderr
     assert r.group(G)["state"] == "promoted"
     r.check_quiet()
+
+
+def forged(r, workdir, group, n, first, body):
+    path = os.path.join(workdir, f"{group[:8]}-{n}.aimj")
+    mkseg(path, f"group {group}\nnumber {n}\nfirst_lsn {first}\nimage 1 {group[:4]}.img\n{body}")
+    os.makedirs(os.path.join(r.inbox, group), exist_ok=True)
+    os.rename(path, os.path.join(r.inbox, group, seg_name(n)))
+
+
+def test_promote_stops_at_the_latest_consistent_point(workdir, remotes):
+    """An unplanned failover in the middle of a resynchronisation: promote
+    stops at the last barrier where the copy is consistent -- before the
+    SYNC_BEGIN if the SYNC_END has not arrived, at the SYNC_END if it has
+    (after a quiesced VM's last FLUSH it is the last point there is)."""
+    r = remotes().start()
+    for g in (G, H):
+        forged(r, workdir, g, 1, 1, f"write 1 0 @{BLOCK}:1\nflush\n")
+        r.wait_applied(g, 2)
+        assert aimctl(r, "hold", "--group", g).returncode == 0
+    resync = f"sync-begin 1\nresync 1 write 1 0 @{BLOCK}:9\nflush\n"
+    forged(r, workdir, G, 2, 3, resync + f"write 1 {BLOCK} @{BLOCK}:3\n")
+    forged(r, workdir, H, 2, 3, resync + f"sync-end 1\nwrite 1 {BLOCK} @{BLOCK}:3\n")
+    for g in (G, H):
+        r.wait_group(g, lambda s: s["backlog_segments"] == 1, what="segment 2 to wait")
+    # G: the FLUSH at LSN 5 is inside the resync; the SYNC_END never came
+    p = aimctl(r, "promote", "--group", G)
+    assert p.returncode == 0 and "promoted at LSN 2 (FLUSH" in p.stdout, p.stdout + p.stderr
+    assert "the copy is     consistent" in p.stdout, p.stdout
+    with open(os.path.join(r.target, f"{G[:4]}.img"), "rb") as f:
+        assert f.read() == b"\1" * BLOCK          # nothing of the resync
+    # H: the SYNC_END at LSN 6 is the last consistent barrier
+    p = aimctl(r, "promote", "--group", H)
+    assert p.returncode == 0 and "promoted at LSN 6 (SYNC_END" in p.stdout, p.stdout + p.stderr
+    assert r.group(H)["consistent"] is True and r.group(G)["consistent"] is True
+    with open(os.path.join(r.target, f"{H[:4]}.img"), "rb") as f:
+        assert f.read() == b"\x09" * BLOCK        # the resync, not the write after it
+    r.check_quiet()
