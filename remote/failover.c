@@ -258,7 +258,7 @@ static bool already_applied(const struct failover_view *fv, const struct failove
 
 	switch (req->kind) {
 	case HOLD_LSN:
-		if (req->pt.lsn > fv->applied_lsn)
+		if (req->pt.lsn >= fv->applied_lsn)
 			return false;
 		refuse((struct failover_req *)req, 409, "%s of group %s at LSN %" PRIu64 ": that record"
 		       " is applied already (the targets are at LSN %" PRIu64 "); nothing changed",
@@ -275,7 +275,7 @@ static bool already_applied(const struct failover_view *fv, const struct failove
 		return true;
 	case HOLD_MARK:
 		r = state_mark_get(fv->st, fv->group, req->pt.mark, &lsn);
-		if (r == -ENOENT || (r == 0 && lsn > fv->applied_lsn))
+		if (r == -ENOENT || (r == 0 && lsn >= fv->applied_lsn))
 			return false;
 		if (r < 0) {
 			refuse((struct failover_req *)req, 500, "cannot read the state database");
@@ -340,6 +340,12 @@ bool failover_decide(const struct failover_view *fv, struct hold *h, struct fail
 	}
 	if (already_applied(fv, req))
 		return false;
+	if (req->op == FO_HOLD && h->active && h->role == FO_NONE && h->kind == req->kind &&
+	    strcmp(h->pt.text, req->pt.text) == 0) {
+		/* The same hold again: nothing changes (aimctl waits for it). */
+		req->code = 200;
+		return false;
+	}
 	memset(&n, 0, sizeof n);
 	n.active = true;
 	n.kind = req->kind;
@@ -365,6 +371,21 @@ bool failover_decide(const struct failover_view *fv, struct hold *h, struct fail
 	*h = n;
 	req->code = 200;
 	return true;
+}
+
+bool hold_at_position(const struct failover_view *fv, const struct hold *h)
+{
+	uint64_t lsn;
+
+	switch (h->kind) {
+	case HOLD_LSN:
+		return h->pt.lsn == fv->applied_lsn;
+	case HOLD_MARK:
+		return state_mark_get(fv->st, fv->group, h->pt.mark, &lsn) == 0 &&
+		       lsn == fv->applied_lsn;
+	default:
+		return false;
+	}
 }
 
 int hold_reach(const struct failover_view *fv, struct hold *h, uint64_t lsn, uint64_t time_ns,

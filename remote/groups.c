@@ -551,7 +551,7 @@ static void reach_here(struct group *g, const char *why)
 	uint8_t type = pos_type(g);
 	char note[320];
 
-	if (type == SEG_FLUSH || type == SEG_MARK)
+	if (type == SEG_FLUSH || type == SEG_SYNC_END || type == SEG_MARK)
 		snprintf(note, sizeof note, "%s: held at LSN %" PRIu64 ", where the group stood",
 			 why, g->sg.applied_lsn);
 	else
@@ -676,6 +676,9 @@ static void serve_request(struct group *g)
 		seg_file_name(g->sg.applied_segment + 1, SEG_FILE_SUFFIX, name);
 		if (!g->hold.active && g->cur_state == GROUP_HELD)
 			set_state(g, GROUP_IDLE, 0, NULL); /* released: the next step applies */
+		else if (hold_pending(g) && hold_at_position(&fv, &g->hold))
+			/* the point is the record the group stands after */
+			reach_here(g, "the group stood right after the point");
 		else if (hold_pending(g) &&
 			 (g->stopped || (hold_ends_with_arrivals(&g->hold) && g->dirfd >= 0 &&
 					 fstatat(g->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)))

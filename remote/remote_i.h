@@ -595,10 +595,14 @@ struct failover_view {
  * refuses with the right status and a reason (an unknown point kind, a
  * point already applied, release without a hold, a second promote, an
  * inconsistent copy without force), or changes h and records it in the
- * state before answering.  Fills req->code and req->body.  Returns true if
+ * state before answering; the hold h already has, asked again, changes
+ * nothing.  Fills req->code (and req->body for a refusal).  Returns true if
  * h changed.
  */
 bool failover_decide(const struct failover_view *fv, struct hold *h, struct failover_req *req);
+/* True if the group stands right after the record h's point names (an
+ * LSN or a MARK it applied last): the hold is reached where it is. */
+bool hold_at_position(const struct failover_view *fv, const struct hold *h);
 /*
  * The group stopped at its hold: records h as reached after lsn (of type
  * type, at source time time_ns; note says how, or NULL), and for a
