@@ -1,4 +1,4 @@
-"""A real guest on an aimfs mount (issue 13 item 4, first part): one
+"""A real guest on an aimfs mount (issue 13 item 4): one
 QEMU guest with two disks on one mount, so one consistency group, a raw
 image opened `cache=none,aio=native` and a qcow2 image opened
 `cache=writeback`, the mount shipping over HTTPS (TLS, client certificate,
@@ -30,6 +30,12 @@ is there with its hash; unmounted, `e2fsck -fn` finds it clean.  Each boot
 after a round must also SEE every file reported before it, with its hash.
 Finally both daemons stop cleanly and their logs hold no alarm word.
 
+A test failover (issue 13 item 1, test_guest_test_failover_on_overlays_of_
+a_held_replica): while the source guest writes, the replica is held at a
+mark; a second guest boots on qcow2 overlays of the held images and finds
+every file fsynced before the mark; the replica does not change until it
+is released, and then converges.
+
 The `soak` version (pytest -m soak; AIM_SOAK_ROUNDS, default 20) does
 many random rounds of a and b, some of them cut while the guest mounts
 (replaying the journals of the cut before).
@@ -49,7 +55,7 @@ import time
 
 import pytest
 
-from aimtest import AIM_REMOTE, AIMFS, assert_trees_equal, run, wait_for
+from aimtest import AIM_REMOTE, AIMCTL, AIMFS, assert_trees_equal, run, wait_for
 from guest import Disk, build_initramfs, guests, kernel, pick_accel  # noqa: F401 (fixture)
 from remote_helpers import PKI, Remote, free_port
 from servers import get_status
@@ -294,10 +300,14 @@ class Site:
                         f"({time.monotonic() - t0:.1f}s)")
         return checked
 
-    def check_image(self, label, serial, image, fmt):
+    def check_image(self, label, serial, image, fmt, reported=None, dirty=None):
         """A copy of the replica image: raw, its ext4 journal replayed by a
-        mount (loop device), every reported file there with its hash, then
-        e2fsck -fn clean.  Returns how many files it checked."""
+        mount (loop device), every reported file there with its hash (those
+        of REPORTED, by default every one), then e2fsck -fn clean.  DIRTY:
+        whether its ext4 needs recovery (default: whether the last round
+        cut the guest).  Returns how many files it checked."""
+        reported = self.reported[serial] if reported is None else reported
+        dirty_expected = self.dirty if dirty is None else dirty
         where = f"{self.what()}: after {label}: replica {os.path.basename(image)}"
         copy = os.path.join(self.workdir, f"check-{serial}.raw")
         if fmt == "qcow2":
@@ -314,12 +324,13 @@ class Site:
         # source did; of a cleanly unmounted one, not
         feats = run(["dumpe2fs", "-h", copy]).stdout
         dirty = "needs_recovery" in feats.split("Filesystem features:")[1].split("\n")[0]
-        assert dirty == self.dirty, f"{where}: needs_recovery is {dirty}, expected {self.dirty}"
+        assert dirty == dirty_expected, \
+            f"{where}: needs_recovery is {dirty}, expected {dirty_expected}"
         loop = run(["losetup", "-f", "--show", copy]).stdout.strip()
         try:
             run(["mount", "-t", "ext4", loop, mnt])
             try:
-                for name, sha in sorted(self.reported[serial].items()):
+                for name, sha in sorted(reported.items()):
                     p = os.path.join(mnt, name)
                     assert os.path.exists(p), f"{where}: fsynced file {name} is missing"
                     with open(p, "rb") as f:
@@ -334,7 +345,7 @@ class Site:
         finally:
             subprocess.run(["losetup", "-d", loop], check=False)
             os.unlink(copy)
-        return len(self.reported[serial])
+        return len(reported)
 
     def finish(self):
         assert self.mount.unmount() == 0
@@ -456,6 +467,121 @@ def test_guest_soak_random_cuts(aimfs, workdir, pki, cleanup, guests):
                              + ("-early" if rng.random() < 0.3 else "")
                              for _ in range(rounds)]
     run_rounds(site, guests, kinds + ["clean"])
+    site.finish()
+
+
+# ---- a test failover: a second guest on overlays of a held replica ------------------------
+
+def aimctl(*args, timeout=STEP_TIMEOUT):
+    return subprocess.run([AIMCTL, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def image_digests(d):
+    """{image: (sha256, size, mtime_ns)} of the guest's images in d."""
+    out = {}
+    for _, name, _, _ in DISKS:
+        p = os.path.join(d, name)
+        st = os.stat(p)
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        out[name] = (h.hexdigest(), st.st_size, st.st_mtime_ns)
+    return out
+
+
+def reported_files(g):
+    out = {s: {} for s, *_ in DISKS}
+    g.poll()
+    for line in g.results:
+        if line.startswith("FILE "):
+            _, disk, name, sha, _size = line.split()
+            out[disk][name] = sha
+    return out
+
+
+def test_guest_test_failover_on_overlays_of_a_held_replica(aimfs, workdir, pki, cleanup,
+                                                           guests):
+    """While the source guest keeps writing, aim-remote holds the replica at
+    a mark made on the source.  The held images, checked as the next boot
+    would see them, hold every file reported fsynced before the mark; a
+    test guest boots on qcow2 overlays of them (`qemu-img create -f qcow2
+    -b REPLICA -F raw|qcow2`), its kernel replays both ext4 journals, it
+    sees those files with their hashes and writes files of its own; the
+    replica's bytes and times do not change while segments pile up.
+    Released, the replica catches up and, after a power cut of the source
+    guest, equals the source with every fsynced file in it."""
+    site = Site(workdir, pki, aimfs, cleanup, seed_for(1414))
+    site.mount_aimfs()
+    site.make_images()
+    remote = f"127.0.0.1:{site.remote.status_port}"
+    src = site.boot(guests, "source", 0, True, files=0)
+    src.wait_count("FILE ", 4 * len(DISKS), STEP_TIMEOUT)
+    group = site.status()["group"]
+    p = aimctl("hold", "--status", remote, "--group", group, "--at", "mark:test-failover",
+               "--timeout", "0")
+    assert p.returncode == 0, p.stderr
+    # every file reported before the mark is asked for is journaled before it
+    before = reported_files(src)
+    p = aimctl("mark", "--status", site.status_addr, "test-failover")
+    assert p.returncode == 0, p.stderr
+    t0 = time.monotonic()
+    p = aimctl("hold", "--status", remote, "--group", group, "--at", "mark:test-failover")
+    assert p.returncode == 0 and "(MARK, source time" in p.stdout, p.stdout + p.stderr
+    site.log.append(f"held at the mark after {time.monotonic() - t0:.1f}s: "
+                    f"{p.stdout.splitlines()[0]}")
+    held = image_digests(site.replica)
+    n_before = sum(map(len, before.values()))
+    for serial, name, fmt, _ in DISKS:
+        site.check_image("the hold", serial, os.path.join(site.replica, name), fmt,
+                         reported=before[serial], dirty=True)
+    # the source keeps writing; its segments arrive and wait
+    src.wait_count("FILE ", n_before + 2 * len(DISKS), STEP_TIMEOUT)
+    wait_for(lambda: site.remote.group(group)["backlog_segments"] > 0, STEP_TIMEOUT, 0.2,
+             what="segments to wait at the held remote")
+    # the test guest, on overlays of the held images
+    ovdir = os.path.join(workdir, "overlays")
+    os.makedirs(ovdir)
+    disks = []
+    for serial, name, fmt, _ in DISKS:
+        ov = os.path.join(ovdir, f"{serial}.qcow2")
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", os.path.join(site.replica, name),
+             "-F", fmt, ov])
+        disks.append(Disk(ov, fmt="qcow2", cache="writeback", serial=serial))
+    t = guests("test-vm", site.kern, site.initrd("test-vm", 99, False, 1), disks)
+    rc, status = t.wait_exit(STEP_TIMEOUT)
+    assert (rc, status) == (0, 0) and "DONE" in t.results, \
+        f"{site.what()}: the test guest ended with qemu {rc}, init {status}\n{t.diagnostics()}"
+    replayed = sorted(x.split()[1] for x in t.results if x.startswith("REPLAYED "))
+    assert replayed == sorted(s for s, *_ in DISKS), \
+        f"{site.what()}: the test guest replayed the journals of {replayed}\n{t.diagnostics()}"
+    seen = {s: {} for s, *_ in DISKS}
+    for line in t.results:
+        if line.startswith("SEEN "):
+            _, disk, name, sha = line.split()
+            seen[disk][name] = sha
+    for disk, files in before.items():
+        for name, sha in files.items():
+            assert seen[disk].get(name) == sha, (f"{site.what()}: the test guest sees {disk}:"
+                                                 f"{name} as {seen[disk].get(name)}, reported "
+                                                 f"fsynced before the mark as {sha}")
+    wrote = [x for x in t.results if x.startswith("FILE ")]
+    assert len(wrote) == len(DISKS), t.results
+    # nothing of this touched the held replica, whatever piled up meanwhile
+    g = site.remote.group(group)
+    assert g["state"] == "held" and g["backlog_segments"] > 0, g
+    assert image_digests(site.replica) == held, f"{site.what()}: the held replica changed"
+    site.log.append(f"test guest: {n_before} files reported before the mark seen, "
+                    f"{len(wrote)} written to the overlays; {g['backlog_segments']} segments "
+                    f"waited")
+    p = aimctl("release", "--status", remote, "--group", group)
+    assert p.returncode == 0, p.stderr
+    # the end of the source guest: a power cut, then the round's checks
+    src.kill()
+    site.dirty = True
+    site.collect(src)
+    site.check_round("the release after the test failover")
+    print(site.what())
     site.finish()
 
 
