@@ -250,7 +250,7 @@ static const char *verb(enum failover_op op)
 }
 
 /* Refuses (409) a point the group applied already.  Returns true if it did. */
-static bool already_applied(const struct failover_view *fv, const struct failover_req *req)
+static bool already_applied(const struct failover_view *fv, struct failover_req *req)
 {
 	char t1[64], t2[64];
 	uint64_t lsn;
@@ -260,16 +260,16 @@ static bool already_applied(const struct failover_view *fv, const struct failove
 	case HOLD_LSN:
 		if (req->pt.lsn >= fv->applied_lsn)
 			return false;
-		refuse((struct failover_req *)req, 409, "%s of group %s at LSN %" PRIu64 ": that record"
-		       " is applied already (the targets are at LSN %" PRIu64 "); nothing changed",
+		refuse(req, 409, "%s of group %s at LSN %" PRIu64 ": that record is applied"
+		       " already (the targets are at LSN %" PRIu64 "); nothing changed",
 		       verb(req->op), fv->group, req->pt.lsn, fv->applied_lsn);
 		return true;
 	case HOLD_TIME:
 		if (!fv->applied_time_ns || req->pt.time_ns >= fv->applied_time_ns)
 			return false;
-		refuse((struct failover_req *)req, 409, "%s of group %s at %s: records journaled"
-		       " after it are applied already (the targets are at LSN %" PRIu64
-		       ", journaled at %s); nothing changed", verb(req->op), fv->group,
+		refuse(req, 409, "%s of group %s at %s: records journaled after it are"
+		       " applied already (the targets are at LSN %" PRIu64 ", journaled at %s);"
+		       " nothing changed", verb(req->op), fv->group,
 		       clock_iso8601(req->pt.time_ns, 9, t1, sizeof t1), fv->applied_lsn,
 		       clock_iso8601(fv->applied_time_ns, 9, t2, sizeof t2));
 		return true;
@@ -278,13 +278,12 @@ static bool already_applied(const struct failover_view *fv, const struct failove
 		if (r == -ENOENT || (r == 0 && lsn >= fv->applied_lsn))
 			return false;
 		if (r < 0) {
-			refuse((struct failover_req *)req, 500, "cannot read the state database");
+			refuse(req, 500, "cannot read the state database");
 			return true;
 		}
-		refuse((struct failover_req *)req, 409, "%s of group %s at mark \"%s\": that MARK"
-		       " (LSN %" PRIu64 ") is applied already (the targets are at LSN %" PRIu64
-		       "); nothing changed", verb(req->op), fv->group, req->pt.mark, lsn,
-		       fv->applied_lsn);
+		refuse(req, 409, "%s of group %s at mark \"%s\": that MARK (LSN %" PRIu64
+		       ") is applied already (the targets are at LSN %" PRIu64 "); nothing"
+		       " changed", verb(req->op), fv->group, req->pt.mark, lsn, fv->applied_lsn);
 		return true;
 	default:
 		return false;

@@ -516,7 +516,6 @@ static void view_of(struct group *g, struct failover_view *fv)
 	fv->st = g->st;
 	fv->applied_lsn = g->sg.applied_lsn;
 	fv->applied_time_ns = g->sg.applied_time_ns;
-	fv->applied_type = pos_type(g);
 	fv->sync = &g->sg.sync;
 	pthread_mutex_lock(&g->lock);
 	fv->backlog_segments = g->snap.backlog_segments;

@@ -584,10 +584,7 @@ struct failover_view {
 	const char *group;
 	struct state *st;            /* the group's connection; NULL if it has none */
 	uint64_t applied_lsn, applied_time_ns;
-	uint8_t applied_type;        /* type of the record at applied_lsn, 0 if unknown */
 	const struct state_sync *sync;
-	const char *error;           /* why the group is stopped, NULL if it is not */
-	bool next_here;              /* the segment it would apply next is in the inbox */
 	uint64_t backlog_segments, backlog_bytes;
 };
 /*

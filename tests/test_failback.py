@@ -23,7 +23,6 @@ import hashlib
 import os
 import random
 import re
-import shlex
 import signal
 import subprocess
 import sys

@@ -14,7 +14,6 @@ procedure are in test_failback.py; the test failover of a real guest on
 overlays of a held replica in test_guest.py."""
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import urllib.error
@@ -22,7 +21,7 @@ import urllib.request
 
 import pytest
 
-from aimtest import AIM_REMOTE, AIMCTL, wait_for
+from aimtest import AIM_REMOTE, AIMCTL
 from remote_helpers import PKI, Remote, mkseg
 
 G = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
@@ -384,7 +383,7 @@ def test_promote_applies_what_arrived_up_to_the_last_barrier_then_refuses_everyt
     assert code == 409 and "was promoted here" in body, (code, body)
     m = r.metrics()
     assert f'aim_remote_group_state{{group="{G}",state="promoted"}} 1' in m
-    assert f'aim_remote_rejected_total{{code="409"}} 1' in m, m  # since the restart
+    assert 'aim_remote_rejected_total{code="409"} 1' in m, m  # since the restart
     # other groups go on
     other = Stream(workdir, H, RECORDS, CUTS)
     assert put(r, other, 1)[0] == 201

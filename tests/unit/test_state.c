@@ -2,7 +2,10 @@
  * test_state.c — aim-remote's state database keeps what it needs and no
  * more: the rows of applied segments (what a copy sent again is compared
  * with) are dropped once SEGMENTS_KEEP newer ones are recorded, for each
- * group on its own, while the group's progress stays.
+ * group on its own, while the group's progress stays.  A hold of every
+ * kind reads back as it was recorded, the receiver reads a promoted
+ * group's role, a release forgets the hold, and applied marks are found
+ * by name.
  */
 #include "check.h"
 #include "remote_i.h"
@@ -35,6 +38,57 @@ static long long rows(const char *db_path, const char *group)
 	}
 	sqlite3_close(db);
 	return n;
+}
+
+static void check_holds(struct state *st)
+{
+	static const struct {
+		enum hold_kind kind;
+		const char *text;
+	} kinds[] = {
+		{ HOLD_NOW, NULL }, { HOLD_LSN, "1234" }, { HOLD_TIME, "@1700000000.5" },
+		{ HOLD_MARK, "mark:before test" }, { HOLD_LAST, NULL },
+	};
+	enum failover_role role;
+	uint64_t at, stop, lsn;
+	struct hold h, r;
+
+	CHECK(state_hold_get(st, G1, &r) == 0 && !r.active);
+	for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+		memset(&h, 0, sizeof h);
+		CHECK(hold_set_point(&h, kinds[i].kind, kinds[i].text) == 0);
+		h.active = true;
+		h.set_ns = 5 + i;
+		h.asked_lsn = 7;
+		h.reached = i % 2;
+		h.stop_lsn = 9;
+		h.stop_time_ns = 11;
+		h.stop_type = SEG_FLUSH;
+		snprintf(h.note, sizeof h.note, "note %zu", i);
+		h.role = i == 4 ? FO_PROMOTED : FO_NONE;
+		h.force = i == 4;
+		h.promoted_ns = i == 4 ? 13 : 0;
+		CHECK(state_hold_put(st, G1, &h) == 0);
+		CHECK(state_hold_get(st, G1, &r) == 0);
+		CHECK_MSG(memcmp(&h, &r, sizeof h) == 0, "hold %zu (%s) reads back otherwise", i,
+			  h.pt.text);
+	}
+	CHECK(hold_set_point(&h, HOLD_LSN, "mark:x") == -EINVAL);
+	CHECK(hold_set_point(&h, HOLD_TIME, "yesterday") == -EINVAL);
+	/* the receiver's question */
+	CHECK(state_role(st, G1, &role, &at, &stop) == 0 && role == FO_PROMOTED && at == 13 &&
+	      stop == 9);
+	CHECK(state_role(st, G2, &role, &at, &stop) == 0 && role == FO_NONE && !at && !stop);
+	/* a release forgets it */
+	memset(&h, 0, sizeof h);
+	CHECK(state_hold_put(st, G1, &h) == 0);
+	CHECK(state_hold_get(st, G1, &r) == 0 && !r.active);
+	CHECK(state_role(st, G1, &role, &at, &stop) == 0 && role == FO_NONE);
+	/* marks, recorded again after a crash as the same row */
+	CHECK(state_mark_get(st, G1, "m", &lsn) == -ENOENT);
+	CHECK(state_mark_add(st, G1, "m", 42, 1) == 0 && state_mark_add(st, G1, "m", 42, 1) == 0);
+	CHECK(state_mark_get(st, G1, "m", &lsn) == 0 && lsn == 42);
+	CHECK(state_mark_get(st, G2, "m", &lsn) == -ENOENT);
 }
 
 int main(void)
@@ -73,6 +127,7 @@ int main(void)
 	/* the progress itself is whole */
 	CHECK(state_group_get(st, G1, &g) == 0 && g.applied_segment == SEGMENTS_KEEP + EXTRA &&
 	      g.applied_lsn == lsn && g.segment_last_lsn == lsn);
+	check_holds(st);
 	state_close(st);
 	unlink(path);
 	snprintf(path, sizeof path, "%s/%s-wal", dir, REMOTE_STATE_DB);
