@@ -517,3 +517,78 @@ def test_readme_failover_failback_walk(sites, workdir):
     figures.append(f"whole walk {time.monotonic() - t_start:.1f} s")
     print("\n".join(figures))
     sys.stdout.flush()
+
+
+def test_unplanned_failover_lands_on_the_latest_consistent_barrier(aimfs, workdir):
+    """The source dies (kill -9 of aimfs) in the middle of fsynced writes,
+    while dr holds its replica for a test failover, so segments wait there:
+    promote applies what arrived up to its last FLUSH, and the promoted copy
+    is exactly the source's images at that record -- a replay of the
+    source's own journal up to it gives the same bytes."""
+    from remote_helpers import Remote
+    pki = PKI(os.path.join(workdir, "pki"))
+    inbox, target = os.path.join(workdir, "inbox"), os.path.join(workdir, "replica")
+    os.makedirs(inbox)
+    os.makedirs(target)
+    r = Remote(workdir, inbox, target, listen=True, pki=pki,
+               args=["--client-ca", pki.ca, "--token-file", pki.token_file])
+    remote = ["--status", f"127.0.0.1:{r.status_port}"]
+    try:
+        r.start()
+        status = f"127.0.0.1:{free_port()}"
+        conf = os.path.join(workdir, "a.conf")
+        with open(conf, "w") as f:
+            f.write(f"[aimfs]\nstatus = {status}\nsegment_size = 256K\nsegment_age = 200ms\n"
+                    f"retain = 1h\n[destination dr]\nurl = {r.base_url}/aim\n"
+                    f"ca_file = {pki.ca}\ncert_file = {pki.client}\n"
+                    f"key_file = {pki.client_key}\ntoken_file = {pki.token_file}\n")
+        m = aimfs(options=[f"config={conf}"])
+        rng = random.Random(7)
+        fds = []
+        for name in ("vm-a.raw", "vm-b.raw"):
+            fd = os.open(os.path.join(m.mountpoint, name), os.O_RDWR | os.O_CREAT, 0o644)
+            os.ftruncate(fd, 16 << 20)
+            fds.append(fd)
+
+        def write_for(seconds):
+            n, deadline = 0, time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                fd = fds[n % 2]
+                os.pwrite(fd, rng.randbytes(4096 * rng.randrange(1, 16)),
+                          rng.randrange(16 << 20 >> 12) << 12)
+                n += 1
+                if n % 7 == 0:
+                    os.fsync(fd)
+            return n
+        n = write_for(1.5)
+        group = get_status(status)["group"]
+        p = subprocess.run([AIMCTL, "hold", *remote], capture_output=True, text=True,
+                           timeout=120)
+        assert p.returncode == 0, p.stdout + p.stderr
+        n += write_for(1.5)
+        wait_for(lambda: r.group(group)["backlog_segments"] > 2, 60, what="segments to wait")
+        m.kill9()                               # unplanned: the source is gone
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        p = subprocess.run([AIMCTL, "promote", *remote], capture_output=True, text=True,
+                           timeout=120)
+        assert p.returncode == 0, p.stdout + p.stderr
+        got = re.search(r"promoted at LSN (\d+) \(FLUSH, source time", p.stdout)
+        assert got and "the last barrier of the segments that arrived" in p.stdout, p.stdout
+        lsn = int(got.group(1))
+        # the source's own journal, replayed from nothing up to that record
+        again = os.path.join(workdir, "again")
+        os.makedirs(again)
+        run([AIMCTL, "replay", "--target-dir", again, "--until", str(lsn),
+             os.path.join(m.backing, ".aimfs")])
+        assert_trees_equal(again, target)
+        g = r.group(group)
+        assert g["state"] == "promoted" and g["applied_lsn"] == lsn, g
+        print(f"{n} writes; promoted at LSN {lsn} (FLUSH), {g['backlog_segments']} segment(s)"
+              f" left unapplied; the source's journal replayed to it is equal")
+        r.check_quiet()
+    finally:
+        r.close()
