@@ -500,47 +500,49 @@ def reported_files(g):
     return out
 
 
-def test_guest_test_failover_on_overlays_of_a_held_replica(aimfs, workdir, pki, cleanup,
-                                                           guests):
-    """While the source guest keeps writing, aim-remote holds the replica at
-    a mark made on the source.  The held images, checked as the next boot
-    would see them, hold every file reported fsynced before the mark; a
-    test guest boots on qcow2 overlays of them (`qemu-img create -f qcow2
-    -b REPLICA -F raw|qcow2`), its kernel replays both ext4 journals, it
-    sees those files with their hashes and writes files of its own; the
-    replica's bytes and times do not change while segments pile up.
-    Released, the replica catches up and, after a power cut of the source
-    guest, equals the source with every fsynced file in it."""
-    site = Site(workdir, pki, aimfs, cleanup, seed_for(1414))
-    site.mount_aimfs()
-    site.make_images()
+def failover_round(site, guests, src, label, kill_remote=False):
+    """One test failover while guest SRC writes: the replica held at a mark
+    made on the source; the held images checked as the next boot would see
+    them (every file reported fsynced before the mark, by SRC or a guest
+    before it); with KILL_REMOTE, aim-remote killed -9 and restarted while
+    held (it stays held, and the images do not change); a test guest on
+    qcow2 overlays of the held images that replays both ext4 journals,
+    sees those files with their hashes and writes its own; the replica's
+    bytes and times unchanged while segments pile up; then released.
+    Returns a line for the log."""
     remote = f"127.0.0.1:{site.remote.status_port}"
-    src = site.boot(guests, "source", 0, True, files=0)
-    src.wait_count("FILE ", 4 * len(DISKS), STEP_TIMEOUT)
     group = site.status()["group"]
-    p = aimctl("hold", "--status", remote, "--group", group, "--at", "mark:test-failover",
+    mark = f"test-failover-{label}"
+    p = aimctl("hold", "--status", remote, "--group", group, "--at", f"mark:{mark}",
                "--timeout", "0")
     assert p.returncode == 0, p.stderr
     # every file reported before the mark is asked for is journaled before it
-    before = reported_files(src)
-    p = aimctl("mark", "--status", site.status_addr, "test-failover")
+    before = {disk: dict(files) for disk, files in site.reported.items()}
+    for disk, files in reported_files(src).items():
+        before[disk].update(files)
+    p = aimctl("mark", "--status", site.status_addr, mark)
     assert p.returncode == 0, p.stderr
     t0 = time.monotonic()
-    p = aimctl("hold", "--status", remote, "--group", group, "--at", "mark:test-failover")
+    p = aimctl("hold", "--status", remote, "--group", group, "--at", f"mark:{mark}")
     assert p.returncode == 0 and "(MARK, source time" in p.stdout, p.stdout + p.stderr
-    site.log.append(f"held at the mark after {time.monotonic() - t0:.1f}s: "
-                    f"{p.stdout.splitlines()[0]}")
+    held_after = time.monotonic() - t0
     held = image_digests(site.replica)
     n_before = sum(map(len, before.values()))
     for serial, name, fmt, _ in DISKS:
-        site.check_image("the hold", serial, os.path.join(site.replica, name), fmt,
+        site.check_image(f"the hold at {mark}", serial, os.path.join(site.replica, name), fmt,
                          reported=before[serial], dirty=True)
     # the source keeps writing; its segments arrive and wait
-    src.wait_count("FILE ", n_before + 2 * len(DISKS), STEP_TIMEOUT)
+    src.wait_count("FILE ", len(reported_files(src)["raw"]) * len(DISKS) + 2 * len(DISKS),
+                   STEP_TIMEOUT)
     wait_for(lambda: site.remote.group(group)["backlog_segments"] > 0, STEP_TIMEOUT, 0.2,
              what="segments to wait at the held remote")
+    if kill_remote:
+        site.remote.kill9()
+        site.remote.start()
+        site.remote.wait_group(group, lambda g: g["state"] == "held", STEP_TIMEOUT,
+                               what="the group held again after a kill -9 of aim-remote")
     # the test guest, on overlays of the held images
-    ovdir = os.path.join(workdir, "overlays")
+    ovdir = os.path.join(site.workdir, f"overlays-{label}")
     os.makedirs(ovdir)
     disks = []
     for serial, name, fmt, _ in DISKS:
@@ -548,7 +550,8 @@ def test_guest_test_failover_on_overlays_of_a_held_replica(aimfs, workdir, pki, 
         run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", os.path.join(site.replica, name),
              "-F", fmt, ov])
         disks.append(Disk(ov, fmt="qcow2", cache="writeback", serial=serial))
-    t = guests("test-vm", site.kern, site.initrd("test-vm", 99, False, 1), disks)
+    t = guests(f"test-vm-{label}", site.kern, site.initrd(f"test-vm-{label}", 900, False, 1),
+               disks)
     rc, status = t.wait_exit(STEP_TIMEOUT)
     assert (rc, status) == (0, 0) and "DONE" in t.results, \
         f"{site.what()}: the test guest ended with qemu {rc}, init {status}\n{t.diagnostics()}"
@@ -571,16 +574,61 @@ def test_guest_test_failover_on_overlays_of_a_held_replica(aimfs, workdir, pki, 
     g = site.remote.group(group)
     assert g["state"] == "held" and g["backlog_segments"] > 0, g
     assert image_digests(site.replica) == held, f"{site.what()}: the held replica changed"
-    site.log.append(f"test guest: {n_before} files reported before the mark seen, "
-                    f"{len(wrote)} written to the overlays; {g['backlog_segments']} segments "
-                    f"waited")
     p = aimctl("release", "--status", remote, "--group", group)
     assert p.returncode == 0, p.stderr
-    # the end of the source guest: a power cut, then the round's checks
+    shutil.rmtree(ovdir)
+    return (f"test failover at {mark}: held after {held_after:.1f}s"
+            f"{', aim-remote killed -9 while held' if kill_remote else ''}; the test guest saw"
+            f" the {n_before} files fsynced before the mark and wrote {len(wrote)};"
+            f" {g['backlog_segments']} segments waited")
+
+
+def test_guest_test_failover_on_overlays_of_a_held_replica(aimfs, workdir, pki, cleanup,
+                                                           guests):
+    """While the source guest keeps writing, aim-remote holds the replica at
+    a mark made on the source, survives a kill -9 held, and a test guest
+    boots on qcow2 overlays of the held images (`qemu-img create -f qcow2 -b
+    REPLICA -F raw|qcow2`): failover_round.  Released, the replica
+    catches up and, after a power cut of the source guest, equals the
+    source with every fsynced file in it."""
+    site = Site(workdir, pki, aimfs, cleanup, seed_for(1414))
+    site.mount_aimfs()
+    site.make_images()
+    src = site.boot(guests, "source", 0, True, files=0)
+    src.wait_count("FILE ", 4 * len(DISKS), STEP_TIMEOUT)
+    site.log.append(failover_round(site, guests, src, "0", kill_remote=True))
     src.kill()
     site.dirty = True
     site.collect(src)
     site.check_round("the release after the test failover")
+    print(site.what())
+    site.finish()
+
+
+@pytest.mark.soak
+def test_guest_soak_test_failovers(aimfs, workdir, pki, cleanup, guests):
+    """Round after round (AIM_SOAK_ROUNDS, default 6): a source guest boots
+    on what the last power cut left, writes, a test failover runs on
+    overlays of the held replica (aim-remote killed -9 while held in some
+    rounds), it is released, and the source guest's power is cut; after
+    each round the replica equals the source and holds every fsynced
+    file."""
+    seed = seed_for(int(time.time()) % 100000)
+    site = Site(workdir, pki, aimfs, cleanup, seed)
+    site.mount_aimfs()
+    site.make_images()
+    rng = random.Random(f"failovers:{seed}")
+    for i in range(int(os.environ.get("AIM_SOAK_ROUNDS", 6))):
+        t = time.monotonic()
+        src = site.boot(guests, f"source-{i}", i, i == 0, files=0)
+        src.wait_count("FILE ", rng.randint(1, 4) * len(DISKS), STEP_TIMEOUT)
+        site.log.append(failover_round(site, guests, src, str(i),
+                                            kill_remote=rng.random() < 0.5))
+        src.kill()
+        site.dirty = True
+        site.collect(src)
+        site.check_round(f"round {i} (test failover, then a power cut)")
+        print(f"round {i}: {time.monotonic() - t:.1f}s")
     print(site.what())
     site.finish()
 
