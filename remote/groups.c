@@ -10,10 +10,9 @@
  * (something an operator must look at; the reason is in status and was
  * logged once), held (an operator's hold was reached: segments wait in
  * the inbox), promoted (failed over, for good).  A stopped group stays
- * stopped until it is asked to
- * resume (SIGHUP, POST /resume on the status listener, `aimctl resume`) or
- * aim-remote restarts: it then starts afresh from its state, as at start,
- * and stops again if the cause is still there.
+ * stopped until it is asked to resume (SIGHUP, POST /resume on the status
+ * listener, `aimctl resume`) or aim-remote restarts: it then starts afresh
+ * from its state, as at start, and stops again if the cause is still there.
  *
  * What is refused, and how:
  *   - a file that is not a valid sealed segment, a segment of another
@@ -118,7 +117,6 @@ struct group {
 	uint64_t rec_lsn;     /* the last record applied, and its type */
 	uint8_t rec_type;
 	uint64_t limit;       /* the record callback stops right after this LSN (0: none) */
-	bool paused;          /* it stopped for a request */
 };
 
 /* A request handed to a group's thread and its answer (groups_request). */
@@ -436,11 +434,8 @@ static int on_record(void *ctx, struct seg_view *v, const struct seg_record *r)
 	}
 	if (g->limit && r->lsn >= g->limit)
 		return APPLY_STOP;
-	if (atomic_load(&g->req_posted)) {
-		g->paused = true;
-		return APPLY_STOP;
-	}
-	return 0;
+	/* A request: pause here, durable, answer it, then go on. */
+	return atomic_load(&g->req_posted) ? APPLY_STOP : 0;
 }
 
 /* The type of the record the targets stand after, 0 if unknown. */
@@ -830,12 +825,10 @@ static int apply_next(struct group *g, uint64_t next, bool jump)
 		log_info("group %s: resuming segment %" PRIu64 " after LSN %" PRIu64, g->name, next,
 			 after);
 	g->limit = pl == PLAN_UPTO ? sc.stop_lsn : 0;
-	g->paused = false;
 	r = applier_apply(g->a, f.v, after, why, sizeof why);
 	hit_limit = r == APPLY_STOP && g->limit && g->rec_lsn == g->limit;
 	paused = r == APPLY_STOP && !hit_limit;
 	g->limit = 0;
-	g->paused = false;
 	/* Normally the durable callback recorded the whole segment; an apply
 	 * whose last barrier was reported before (a resumed one) did not. */
 	if (r == 0 && g->sg.applied_segment != next) {

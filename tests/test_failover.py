@@ -477,3 +477,43 @@ def test_promote_stops_at_the_latest_consistent_point(workdir, remotes):
     with open(os.path.join(r.target, f"{H[:4]}.img"), "rb") as f:
         assert f.read() == b"\x09" * BLOCK        # the resync, not the write after it
     r.check_quiet()
+
+
+def test_a_hold_asked_in_the_middle_of_a_segment_stops_at_its_next_flush(workdir, remotes):
+    """A long segment (3000 writes of 64 KiB, a FLUSH every 50) is being
+    applied when `hold` comes: the group pauses right after the record it
+    applied, answers, and stops at the next FLUSH -- never between two."""
+    r = remotes().start()
+    big = 65536
+    lines = [f"group {G}", "number 1", "first_lsn 1", "image 1 vm.img"]
+    kinds = []
+    for i in range(1, 3061):
+        if i % 51 == 0:
+            lines.append("flush")
+            kinds.append("f")
+        else:
+            lines.append(f"write 1 {(i % 16) * big} @{big}:{i % 256}")
+            kinds.append("w")
+    path = os.path.join(workdir, "big.aimj")
+    mkseg(path, "\n".join(lines) + "\n")
+    os.makedirs(os.path.join(r.inbox, G))
+    os.rename(path, os.path.join(r.inbox, G, seg_name(1)))
+    r.wait_group(G, lambda g: g["state"] == "applying" or g["applied_lsn"] > 0,
+                 what="the apply to start", interval=0.005)
+    code, o = post(r, f"/hold/{G}")
+    assert code == 200, (code, o)
+    g = held(r, timeout=120)
+    lsn = g["hold"]["lsn"]
+    assert g["hold"]["record"] == "FLUSH" and kinds[lsn - 1] == "f", g
+    want = bytearray(16 * big)
+    for i in range(1, lsn + 1):
+        if kinds[i - 1] == "w":
+            want[(i % 16) * big:(i % 16 + 1) * big] = bytes([i % 256]) * big
+    got = image(r)
+    assert got == bytes(want[:len(got)]) and len(got) == max(
+        ((i % 16) + 1) * big for i in range(1, lsn + 1) if kinds[i - 1] == "w"), lsn
+    paused = "resuming segment 1 after LSN" in r.output()
+    print(f"held at LSN {lsn} of 3060; the request {'paused the apply' if paused else 'came first'}")
+    assert aimctl(r, "release").returncode == 0
+    r.wait_applied(G, 3060)
+    r.check_quiet()
