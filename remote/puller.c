@@ -549,11 +549,16 @@ static int poll_group(struct pull_group *g)
 	struct s3_reply rep;
 	struct s3_head h;
 	char key[128], why[200], *text = NULL;
-	uint64_t have, from;
+	uint64_t have, from, at, stop;
+	enum failover_role role;
 	bool known;
 	size_t len;
 	int rc, gfd;
 
+	/* A group promoted here (failover.c), or being promoted, takes no
+	 * segment, from the store either. */
+	if (state_role(g->st, g->name, &role, &at, &stop) == 0 && role >= FO_PROMOTING)
+		return 0;
 	snprintf(key, sizeof key, "%s/%s", g->name, S3_HEAD_KEY);
 	rc = s3_get_small(g->s3, key, g->have_head ? g->etag : NULL, HEAD_MAX, &text, &len, &rep);
 	if (rc == 1)
