@@ -14,6 +14,7 @@
  * before the caller syncs the backing file.
  */
 #include "journal_i.h"
+#include "io_i.h"
 #include "clock.h"
 #include "catalog.h"
 #include "fileio.h"
@@ -43,7 +44,7 @@ static int pwrite_all(int fd, const struct iovec *iov, int n, uint64_t off)
 	for (int i = 0; i < n; i++)
 		total += v[i].iov_len;
 	while (total) {
-		ssize_t w = pwritev(fd, v, n, (off_t)off);
+		ssize_t w = aimfs_io.pwritev_fn(fd, v, n, (off_t)off);
 
 		if (w < 0) {
 			if (errno == EINTR)
@@ -251,7 +252,7 @@ int journal_append_locked(struct journal *j, struct seg_record *r)
 			 r->payload_len ? 2 : 1, s->bytes);
 	if (ret < 0) {
 		/* Cut what may have landed so the segment ends at a record. */
-		if (ftruncate(s->fd, (off_t)s->bytes) < 0)
+		if (aimfs_io.ftruncate_fn(s->fd, (off_t)s->bytes) < 0)
 			return set_error_locked(j, ret, "appending a record");
 		log_error("journal %s: appending a record: %s", j->dir, strerror(-ret));
 		return ret;
@@ -547,7 +548,7 @@ int journal_barrier(struct journal *j, struct image *im, bool durable)
 	}
 	pthread_mutex_unlock(&j->lock);
 	if (s) {
-		if (ret == 0 && fdatasync(s->fd) < 0)
+		if (ret == 0 && aimfs_io.fdatasync_fn(s->fd) < 0)
 			ret = -errno;
 		pthread_mutex_lock(&j->lock);
 		segfile_put_locked(j, s);

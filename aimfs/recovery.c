@@ -27,6 +27,7 @@
  * during recovery redoes from the same place next time.
  */
 #include "journal_i.h"
+#include "io_i.h"
 #include "clock.h"
 #include "catalog.h"
 #include "log.h"
@@ -201,8 +202,8 @@ static int finish_open_segment(struct journal *j, uint64_t n, uint64_t *last_lsn
 		if ((uint64_t)st.st_size != valid)
 			log_info("journal %s: cutting %s at byte %zu (torn tail of %" PRIu64 " bytes)",
 				 j->dir, name, valid, (uint64_t)st.st_size - valid);
-		if (ftruncate(fd, (off_t)valid) < 0 ||
-		    pwrite(fd, buf, sizeof buf, (off_t)valid) != (ssize_t)sizeof buf) {
+		if (aimfs_io.ftruncate_fn(fd, (off_t)valid) < 0 ||
+		    aimfs_io.pwrite_fn(fd, buf, sizeof buf, (off_t)valid) != (ssize_t)sizeof buf) {
 			r = -errno;
 			log_error("journal %s: cannot seal %s: %m", j->dir, name);
 			goto out;
