@@ -365,7 +365,7 @@ static void lo_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 static int journaled_truncate(struct fs *fs, struct lo_inode *in, int fd, uint64_t size)
 {
 	struct journal *j = fs->cfg.journal;
-	struct journal_ticket t = { 0, -1 };
+	struct journal_ticket t = { .slot = -1 };
 	struct range_held h;
 	int r, err = 0;
 
@@ -916,7 +916,7 @@ static void lo_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	struct journal *j = fs->cfg.journal;
 	struct lo_inode *in = inode_of(req, ino);
 	struct lo_fh *fh = fh_of(fi);
-	struct journal_ticket t = { 0, -1 };
+	struct journal_ticket t = { .slot = -1 };
 	struct range_held h;
 	const char *src = buf;
 	size_t done = 0;
@@ -1005,7 +1005,7 @@ static void lo_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, of
 	struct journal *j = fs->cfg.journal;
 	struct lo_inode *in = inode_of(req, ino);
 	struct lo_fh *fh = fh_of(fi);
-	struct journal_ticket t = { 0, -1 };
+	struct journal_ticket t = { .slot = -1 };
 	struct range_held h;
 	bool keep = (mode & FALLOC_FL_KEEP_SIZE) != 0;
 	int r = 0, err = 0;

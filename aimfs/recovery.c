@@ -21,7 +21,13 @@
  *     without their records (killed between a namespace syscall and its
  *     record, or done behind the mount's back), directories included —
  *     except on the first mount of a group, where what is found is the
- *     starting point.
+ *     starting point;
+ *  6. if the activity log (actlog.h) says the last mount ended unclean in
+ *     another boot — a power loss, not a daemon crash, so the page cache
+ *     was lost and the journal and backing files may disagree inside the
+ *     hot extents — hands those to the destinations (powerloss.c);
+ *  7. checkpoints (journal durable, backing filesystem synced) and marks
+ *     the activity log "unclean, this boot" before anything is served.
  *
  * Until step 4 completes, the catalog keeps W as "redo_from", so a crash
  * during recovery redoes from the same place next time.
@@ -242,14 +248,37 @@ static int set_meta_u64(struct catalog *cat, const char *key, uint64_t v)
 	return catalog_meta_set(cat, key, buf);
 }
 
+static int open_actlog(struct journal *j, struct actlog_found *found)
+{
+	struct actlog_config c = {
+		.dirfd = j->dirfd,
+		.backing_fd = j->cfg.backing_fd,
+		.group = j->group,
+		.slots = j->cfg.al_slots ? j->cfg.al_slots : ACTLOG_DEFAULT_SLOTS,
+		.extent_shift = j->cfg.al_extent_shift ? j->cfg.al_extent_shift
+						      : ACTLOG_DEFAULT_SHIFT,
+		.journal_sync = journal_sync_all,
+		.ctx = j,
+	};
+
+	return actlog_open(&c, &j->al, found);
+}
+
 int journal_recover(struct journal *j, struct catalog *cat)
 {
 	struct numlist sealed = { 0 }, open = { 0 }, redo = { 0 };
+	struct actlog_found found = { 0 };
 	uint64_t w = 0, stored_w, last_lsn = 0, cat_seg, cat_lsn;
 	bool baseline, have_stored_w;
 	char buf[16];
 	int r;
 
+	r = open_actlog(j, &found);
+	if (r < 0)
+		goto out;
+	if (found.present && !found.clean && found.same_boot)
+		log_info("journal %s: aimfs stopped without unmounting during this boot; the page"
+			 " cache kept every write, recovery is exact", j->dir);
 	r = list_segments(j, &sealed, &open);
 	if (r < 0)
 		goto out;
@@ -360,7 +389,13 @@ int journal_recover(struct journal *j, struct catalog *cat)
 		}
 		atomic_fetch_add(&j->disk_bytes, total);
 	}
+	/* 6 and 7. */
+	if (r == 0 && found.present && !found.clean && !found.same_boot)
+		r = powerloss_recover(j, cat, &found);
+	if (r == 0)
+		r = actlog_begin(j->al);
 out:
+	actlog_found_free(&found);
 	free(sealed.v);
 	free(open.v);
 	free(redo.v);
