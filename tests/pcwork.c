@@ -18,6 +18,8 @@
  * with the thread's next version number; or an fsync/fdatasync of one file.
  * `run` prints "S <thread> <op>" on stdout (flushed) each time a sync
  * returned, and nothing else; the ack log may be cut anywhere after a line.
+ * With PCWORK_PREFIX set, each line starts with it (a guest prints them
+ * on a serial port among other lines).
  *
  * `check` reads the files and the ack log and regenerates each thread's
  * stream: a sector must hold the version that the last acknowledged sync of
@@ -205,6 +207,7 @@ struct runner {
 };
 
 static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
+static const char *out_prefix = "";
 
 static uint64_t now_ns(void)
 {
@@ -248,7 +251,7 @@ static void *run_thread(void *arg)
 				break;
 			}
 			pthread_mutex_lock(&out_lock);
-			printf("S %u %" PRIu64 "\n", rn->t, i);
+			printf("%sS %u %" PRIu64 "\n", out_prefix, rn->t, i);
 			fflush(stdout);
 			pthread_mutex_unlock(&out_lock);
 			continue;
@@ -277,6 +280,8 @@ static int cmd_run(const struct cfg *c, double seconds)
 	struct runner *rn = calloc(c->threads, sizeof *rn);
 	int status = 0;
 
+	if (getenv("PCWORK_PREFIX"))
+		out_prefix = getenv("PCWORK_PREFIX");
 	for (unsigned t = 0; t < c->threads; t++) {
 		rn[t] = (struct runner){ c, t, now_ns() + (uint64_t)(seconds * 1e9), 0 };
 		pthread_create(&th[t], NULL, run_thread, &rn[t]);
