@@ -19,6 +19,7 @@
  * cold at once (nothing was written to them).
  */
 #include "actlog.h"
+#include "fileio.h"
 #include "io_i.h"
 #include "log.h"
 
@@ -118,20 +119,7 @@ static size_t area_bytes(unsigned slots)
 
 static int write_full(int fd, const void *buf, size_t len, uint64_t off)
 {
-	const uint8_t *p = buf;
-
-	while (len) {
-		ssize_t w = aimfs_io.pwrite_fn(fd, p, len, (off_t)off);
-
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return w < 0 ? -errno : -EIO;
-		p += w;
-		off += (uint64_t)w;
-		len -= (size_t)w;
-	}
-	return 0;
+	return fileio_pwrite_full(aimfs_io.pwrite_fn, fd, buf, len, off);
 }
 
 /* Writes the header page (clean or not) and makes it durable. */
@@ -453,22 +441,12 @@ void actlog_release(struct actlog *al, struct actlog_hold *h)
 
 /* ---- open, begin, close ---- */
 
+/* All len bytes at off, or -errno (-EIO if the file is shorter). */
 static int read_full(int fd, void *buf, size_t len, uint64_t off)
 {
-	size_t done = 0;
+	ssize_t n = fileio_pread_full(NULL, fd, buf, len, off);
 
-	while (done < len) {
-		ssize_t n = pread(fd, (uint8_t *)buf + done, len - done, (off_t)(off + done));
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		if (n == 0)
-			return -EIO;
-		done += (size_t)n;
-	}
-	return 0;
+	return n < 0 ? (int)n : (size_t)n < len ? -EIO : 0;
 }
 
 void actlog_found_free(struct actlog_found *found)
