@@ -139,11 +139,12 @@ static int open_view(struct journal *j, uint64_t n, struct seg_view **v)
 }
 
 /*
- * Finishes one NNN.open file.  Sets *last_lsn to its last LSN (0 if it was
- * deleted) and *backing_lsn to the trailer's claim if it was already sealed.
+ * Finishes one NNN.open file whose first record should be LSN expect.  Sets
+ * *last_lsn to its last LSN (0 if it was deleted) and *backing_lsn to the
+ * trailer's claim if it was already sealed.
  */
-static int finish_open_segment(struct journal *j, uint64_t n, uint64_t *last_lsn,
-			       bool *was_sealed, uint64_t *backing_lsn)
+static int finish_open_segment(struct journal *j, uint64_t n, uint64_t expect,
+			       uint64_t *last_lsn, bool *was_sealed, uint64_t *backing_lsn)
 {
 	char name[SEG_FILE_NAME_LEN + 8];
 	struct seg_view *v = NULL;
@@ -178,6 +179,19 @@ static int finish_open_segment(struct journal *j, uint64_t n, uint64_t *last_lsn
 		       memcmp(seg_view_header(v)->group, j->group, 16) != 0)) {
 		log_info("journal %s: %s holds the header of segment %" PRIu64
 			 " (a recycled file's old content)", j->dir, name, seg_view_header(v)->number);
+		seg_view_free(v);
+		v = NULL;
+		r = -EBADMSG;
+	}
+	/* After a gap: a power cut lost the end of the segment before this one
+	 * (sealed in the page cache, not yet fsynced) and kept this one's
+	 * first pages.  The journal is a prefix of what happened or nothing:
+	 * what follows the gap goes (its writes are in the activity log's hot
+	 * extents, which the next step hands to the destinations). */
+	if (r == 0 && seg_view_header(v)->first_lsn > expect) {
+		log_info("journal %s: %s starts at LSN %" PRIu64 " but the journal before it ends"
+			 " at %" PRIu64 "; what a power cut left after the gap is dropped", j->dir,
+			 name, seg_view_header(v)->first_lsn, expect - 1);
 		seg_view_free(v);
 		v = NULL;
 		r = -EBADMSG;
@@ -282,6 +296,9 @@ int journal_recover(struct journal *j, struct catalog *cat)
 	r = list_segments(j, &sealed, &open);
 	if (r < 0)
 		goto out;
+	r = catalog_last_segment(cat, &cat_seg, &cat_lsn);
+	if (r < 0)
+		goto out;
 
 	/* 1. W from the newest sealed trailer. */
 	if (sealed.n) {
@@ -309,7 +326,8 @@ int journal_recover(struct journal *j, struct catalog *cat)
 			have_stored_w = true;
 			stored_w = w;
 		}
-		r = finish_open_segment(j, open.v[i], &l, &was_sealed, &b);
+		r = finish_open_segment(j, open.v[i], (last_lsn > cat_lsn ? last_lsn : cat_lsn) + 1,
+					&l, &was_sealed, &b);
 		if (r < 0)
 			goto out;
 		if (was_sealed && b > w)

@@ -25,7 +25,7 @@ import uuid
 
 import pytest
 
-from aimtest import BUILD_DIR, assert_trees_equal, copy_tree, replay, run
+from aimtest import BUILD_DIR, MKSEG, assert_trees_equal, copy_tree, replay, run
 from powercut import power_cut
 from servers import free_port, get_status
 from test_resync import pki, remotes, source_conf, start_remote, wait_converged  # noqa: F401
@@ -222,3 +222,66 @@ def test_power_cut_in_process_soak(aimfs, workdir, pki, remotes):  # noqa: F811
         extra = "al_extents = 128\nal_extent_size = 64K\n" if k % 3 == 2 else ""
         power_cut_scenario(aimfs, sub, pki, remotes, seed, 1 + k % 3, extra=extra)
 
+
+
+def test_segment_after_a_gap_is_dropped_and_a_mount_without_destinations_journals_hot_extents(
+        aimfs, workdir):
+    """A power cut can keep the first pages of segment N+1 and lose the end
+    of segment N (sealed in the page cache, not fsynced yet).  Recovery must
+    keep the journal a prefix: it seals N where it ends and drops N+1 (forged
+    here with tests/mkseg: N ends at LSN L+1, N+1 starts at L+4).  With no
+    destination the power loss is repaired in the journal itself: the hot
+    extents' content is journaled, so a replay equals the backing files."""
+    import sqlite3
+
+    backing = os.path.join(workdir, "backing")
+    os.makedirs(backing)
+    run([PCWORK, "init", backing, str(FILES), SIZE, "7"])
+    start = os.path.join(workdir, "start")
+    copy_tree(backing, start)
+    mnt = os.path.join(workdir, "mnt")
+    env = {"AIM_TEST_BOOT_ID": str(uuid.UUID(int=1, version=4))}
+    m = aimfs(backing=backing, mountpoint=mnt, binary=AIMFS_POWERCUT, env=env,
+              options=["segment_idle=100ms"])
+    with open(os.path.join(mnt, "pc-0.img"), "r+b") as f:
+        for k in range(8):
+            f.seek(k * 3000)
+            f.write(os.urandom(2000))
+    with open(os.path.join(mnt, "pc-1.img"), "r+b") as f:
+        f.seek(5 << 20)
+        f.write(os.urandom(5000))
+    time.sleep(1)                       # sealed and durable: no .open left
+    m.kill9()
+    journal = m.journal
+    assert not [f for f in os.listdir(journal) if f.endswith(".open")]
+    db = sqlite3.connect(os.path.join(journal, "catalog.db"))
+    group = db.execute("SELECT value FROM meta WHERE key = 'group'").fetchone()[0]
+    number, last = db.execute("SELECT max(number), max(last_lsn) FROM segments").fetchone()
+    ids = dict(db.execute("SELECT name, id FROM images WHERE live"))
+    db.close()
+    table = "".join(f"image {ids[n]} {n}\n" for n in sorted(ids, key=ids.get))
+    pc0 = ids["pc-0.img"]
+    for n, first, data in ((number + 1, last + 1, "@4096:0x11"), (number + 2, last + 4, "@4096:0x22")):
+        spec = (f"group {group}\nnumber {n}\nfirst_lsn {first}\n{table}"
+                f"write {pc0} {4096 * (n - number)} {data}\nunsealed\n")
+        path = os.path.join(journal, f"{n:020d}.open")
+        subprocess.run([MKSEG, path], input=spec, text=True, check=True)
+    # the next boot
+    env = {"AIM_TEST_BOOT_ID": str(uuid.UUID(int=2, version=4))}
+    m = aimfs(backing=backing, mountpoint=mnt, binary=AIMFS_POWERCUT, env=env,
+              log_path=os.path.join(workdir, "after.log"))
+    with open(os.path.join(mnt, "pc-0.img"), "rb") as f:
+        f.seek(4096)
+        assert f.read(4096) == b"\x11" * 4096, "the record before the gap was not redone"
+        assert f.read(4096) != b"\x22" * 4096, "the record after the gap was redone"
+    assert m.unmount() == 0
+    out = m.output()
+    assert f"{number + 2:020d}.open starts at LSN {last + 4}" in out, out
+    assert "power loss without destinations" in out, out
+    segs = sorted(f for f in os.listdir(journal) if f.endswith(".aimj"))
+    nums = [int(s[:20]) for s in segs]
+    assert nums == list(range(1, len(nums) + 1)), f"segment numbers not contiguous: {nums}"
+    target = os.path.join(workdir, "replayed")
+    copy_tree(start, target)
+    replay(journal, target)
+    assert_trees_equal(backing, target)
