@@ -714,9 +714,15 @@ int actlog_close(struct actlog *al, bool clean)
 		return 0;
 	actlog_stop(al);
 	if (clean && al->begun && !al->error) {
+		struct actlog_stats st;
+
 		r = actlog_checkpoint(al);
 		if (r == 0)
 			r = write_header(al, true);
+		actlog_stats(al, &st);
+		log_info("activity log: %u of %u extents in it; %" PRIu64 " log writes (%" PRIu64
+			 " of them waited for), %" PRIu64 " checkpoints since the mount", st.resident,
+			 st.slots, st.transactions, st.waits, st.checkpoints);
 		if (r < 0)
 			log_error("activity log: cannot mark it clean: %s; the next mount after a"
 				  " reboot will compare its extents with every destination",
