@@ -721,7 +721,7 @@ int actlog_close(struct actlog *al, bool clean)
 			r = write_header(al, true);
 		actlog_stats(al, &st);
 		log_info("activity log: %u of %u extents in it; %" PRIu64 " log writes (%" PRIu64
-			 " of them waited for), %" PRIu64 " checkpoints since the mount", st.resident,
+			 " joined by another writer), %" PRIu64 " checkpoints since the mount", st.resident,
 			 st.slots, st.transactions, st.waits, st.checkpoints);
 		if (r < 0)
 			log_error("activity log: cannot mark it clean: %s; the next mount after a"
