@@ -39,7 +39,7 @@ from test_powercut import PCWORK, check_synced, differing_blocks, snapshot_image
 from test_resync import remotes, source_conf, start_remote, wait_converged  # noqa: F401
 
 FILES, SIZE, THREADS = 3, "8M", 2
-DISK_MB = 256
+DISK_MB_PER_ROUND = 512      # sparse; the journal keeps every segment (retain) for the replay
 BOOT_TIMEOUT = 600           # TCG on a shared machine
 NET = ["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"]
 
@@ -126,7 +126,7 @@ def power_cut_rounds(loopdisks, aimfs, workdir, remotes, guests, seed, rounds): 
     # mount (on the host) starts the group and syncs the replica.
     image = os.path.join(workdir, "data.img")
     with open(image, "wb") as f:
-        f.truncate(DISK_MB << 20)
+        f.truncate((256 + DISK_MB_PER_ROUND * rounds) << 20)
     run(["mkfs.ext4", "-q", "-F", image])
     path = os.path.join(workdir, "disk")          # the same path in the guest
     disk = LoopDisk(image, path)
