@@ -78,6 +78,7 @@ struct actlog {
 	size_t area_bytes;
 	uint8_t *dirty;           /* per page: changed since the last write */
 	uint8_t *snap;            /* pages being written */
+	uint8_t *snap_dirty;      /* ... and which of them */
 	uint64_t epoch, clock;
 	bool writing, checkpointing, begun;
 	int error;                /* sticky: the log cannot be written */
@@ -235,28 +236,18 @@ static int commit_locked(struct actlog *al, int32_t i)
 		}
 		al->writing = true;
 		memcpy(al->snap, al->area, al->area_bytes);
+		memcpy(al->snap_dirty, al->dirty, npages);
+		memset(al->dirty, 0, npages);
 		for (unsigned k = 0; k < al->n; k++)
 			if (al->s[k].state == S_PENDING)
 				al->s[k].state = S_WRITING;
-		{
-			uint8_t *pages = malloc(npages);
-
-			if (!pages) {
-				al->writing = false;
-				return -ENOMEM;
-			}
-			memcpy(pages, al->dirty, npages);
-			memset(al->dirty, 0, npages);
-			pthread_mutex_unlock(&al->lock);
-			for (size_t p = 0; p < npages && !r; p++)
-				if (pages[p])
-					r = write_full(al->fd, al->snap + p * PAGE, PAGE,
-						       PAGE + p * (uint64_t)PAGE);
-			if (r == 0 && aimfs_io.fdatasync_fn(al->fd) < 0)
-				r = -errno;
-			free(pages);
-			pthread_mutex_lock(&al->lock);
-		}
+		pthread_mutex_unlock(&al->lock);
+		for (size_t p = 0; p < npages && !r; p++)
+			if (al->snap_dirty[p])
+				r = write_full(al->fd, al->snap + p * PAGE, PAGE, PAGE + p * (uint64_t)PAGE);
+		if (r == 0 && aimfs_io.fdatasync_fn(al->fd) < 0)
+			r = -errno;
+		pthread_mutex_lock(&al->lock);
 		if (r < 0) {
 			log_error("activity log: %s; refusing writes until remount", strerror(-r));
 			al->error = r;
@@ -541,10 +532,11 @@ int actlog_open(const struct actlog_config *cfg, struct actlog **out, struct act
 	al->area = calloc(1, al->area_bytes);
 	al->snap = malloc(al->area_bytes);
 	al->dirty = calloc(al->area_bytes / PAGE, 1);
+	al->snap_dirty = calloc(al->area_bytes / PAGE, 1);
 	pthread_mutex_init(&al->lock, NULL);
 	pthread_cond_init(&al->cond, NULL);
 	pthread_cond_init(&al->cool, NULL);
-	if (!al->s || !al->bucket || !al->area || !al->snap || !al->dirty) {
+	if (!al->s || !al->bucket || !al->area || !al->snap || !al->dirty || !al->snap_dirty) {
 		actlog_close(al, false);
 		return -ENOMEM;
 	}
@@ -742,6 +734,7 @@ int actlog_close(struct actlog *al, bool clean)
 	free(al->area);
 	free(al->snap);
 	free(al->dirty);
+	free(al->snap_dirty);
 	free(al);
 	return r;
 }
