@@ -20,6 +20,7 @@
  * carries images and the directories they live in.
  */
 #include "fs.h"
+#include "io_i.h"
 #include "journal.h"
 #include "log.h"
 #include "rangelock.h"
@@ -364,7 +365,7 @@ static void lo_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 static int journaled_truncate(struct fs *fs, struct lo_inode *in, int fd, uint64_t size)
 {
 	struct journal *j = fs->cfg.journal;
-	struct journal_ticket t = { 0, -1 };
+	struct journal_ticket t = { .slot = -1 };
 	struct range_held h;
 	int r, err = 0;
 
@@ -376,7 +377,7 @@ static int journaled_truncate(struct fs *fs, struct lo_inode *in, int fd, uint64
 			return EIO;
 		}
 	}
-	if (ftruncate(fd, (off_t)size) < 0) {
+	if (aimfs_io.ftruncate_fn(fd, (off_t)size) < 0) {
 		err = errno;
 		if (in->image && t.lsn)
 			journal_correct(j, in->image, fd, 0, 0);
@@ -915,7 +916,7 @@ static void lo_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	struct journal *j = fs->cfg.journal;
 	struct lo_inode *in = inode_of(req, ino);
 	struct lo_fh *fh = fh_of(fi);
-	struct journal_ticket t = { 0, -1 };
+	struct journal_ticket t = { .slot = -1 };
 	struct range_held h;
 	const char *src = buf;
 	size_t done = 0;
@@ -938,7 +939,7 @@ static void lo_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		return;
 	}
 	while (done < size) {
-		ssize_t n = pwrite(fh->fd, src + done, size - done, off + (off_t)done);
+		ssize_t n = aimfs_io.pwrite_fn(fh->fd, src + done, size - done, off + (off_t)done);
 
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -992,7 +993,7 @@ static void lo_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 			return;
 		}
 	}
-	if ((datasync ? fdatasync(fh->fd) : fsync(fh->fd)) < 0)
+	if ((datasync ? aimfs_io.fdatasync_fn(fh->fd) : aimfs_io.fsync_fn(fh->fd)) < 0)
 		err = errno;
 	fuse_reply_err(req, err);
 }
@@ -1004,7 +1005,7 @@ static void lo_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, of
 	struct journal *j = fs->cfg.journal;
 	struct lo_inode *in = inode_of(req, ino);
 	struct lo_fh *fh = fh_of(fi);
-	struct journal_ticket t = { 0, -1 };
+	struct journal_ticket t = { .slot = -1 };
 	struct range_held h;
 	bool keep = (mode & FALLOC_FL_KEEP_SIZE) != 0;
 	int r = 0, err = 0;
@@ -1037,7 +1038,7 @@ static void lo_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, of
 		fuse_reply_err(req, r == -EOPNOTSUPP ? EOPNOTSUPP : EIO);
 		return;
 	}
-	if (fallocate(fh->fd, mode, off, len) < 0)
+	if (aimfs_io.fallocate_fn(fh->fd, mode, off, len) < 0)
 		err = errno;
 	rangelock_release(lock_of(in), &h);
 	if (err && t.lsn) {
@@ -1160,7 +1161,7 @@ static void lo_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fus
 	int fd = dirfd(d->dp);
 
 	(void)ino;
-	fuse_reply_err(req, (datasync ? fdatasync(fd) : fsync(fd)) < 0 ? errno : 0);
+	fuse_reply_err(req, (datasync ? aimfs_io.fdatasync_fn(fd) : aimfs_io.fsync_fn(fd)) < 0 ? errno : 0);
 }
 
 static void lo_statfs(fuse_req_t req, fuse_ino_t ino)

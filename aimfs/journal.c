@@ -14,6 +14,7 @@
  * before the caller syncs the backing file.
  */
 #include "journal_i.h"
+#include "io_i.h"
 #include "clock.h"
 #include "catalog.h"
 #include "fileio.h"
@@ -43,7 +44,7 @@ static int pwrite_all(int fd, const struct iovec *iov, int n, uint64_t off)
 	for (int i = 0; i < n; i++)
 		total += v[i].iov_len;
 	while (total) {
-		ssize_t w = pwritev(fd, v, n, (off_t)off);
+		ssize_t w = aimfs_io.pwritev_fn(fd, v, n, (off_t)off);
 
 		if (w < 0) {
 			if (errno == EINTR)
@@ -251,7 +252,7 @@ int journal_append_locked(struct journal *j, struct seg_record *r)
 			 r->payload_len ? 2 : 1, s->bytes);
 	if (ret < 0) {
 		/* Cut what may have landed so the segment ends at a record. */
-		if (ftruncate(s->fd, (off_t)s->bytes) < 0)
+		if (aimfs_io.ftruncate_fn(s->fd, (off_t)s->bytes) < 0)
 			return set_error_locked(j, ret, "appending a record");
 		log_error("journal %s: appending a record: %s", j->dir, strerror(-ret));
 		return ret;
@@ -363,19 +364,28 @@ void journal_space_freed(struct journal *j, uint64_t bytes)
 	pthread_mutex_unlock(&j->space_lock);
 }
 
-static int data_record(struct journal *j, struct image *im, struct seg_record *r,
+/* whole: the record may change the image anywhere (a truncate). */
+static int data_record(struct journal *j, struct image *im, struct seg_record *r, bool whole,
 		       struct journal_ticket *t)
 {
 	int ret = 0;
 
 	t->lsn = 0;
 	t->slot = -1;
+	t->al.n = 0;
 	wait_for_space(j, SEG_RECORD_HEADER + r->payload_len);
 	r->payload_hash = seg_payload_hash(r->payload, r->payload_len);
+	/* Before the backing file can hold any of it, the range is in the
+	 * activity log's durable set: a power cut that keeps the bytes and
+	 * loses this record is then found at the next mount. */
+	ret = actlog_touch(j->al, im->id, r->offset, r->length, whole, &t->al);
+	if (ret < 0)
+		return ret;
 	pthread_mutex_lock(&j->lock);
 	if (!im->live) {
 		/* unlinked but still open: nothing to mirror */
 		pthread_mutex_unlock(&j->lock);
+		actlog_release(j->al, &t->al);
 		return 0;
 	}
 	r->image = im->id;
@@ -389,6 +399,8 @@ static int data_record(struct journal *j, struct image *im, struct seg_record *r
 			atomic_store(&j->inflight[t->slot], 0);
 	}
 	pthread_mutex_unlock(&j->lock);
+	if (ret < 0)
+		actlog_release(j->al, &t->al);
 	return ret;
 }
 
@@ -401,9 +413,10 @@ int journal_write(struct journal *j, struct image *im, uint64_t off, const void 
 	if (len == 0) {
 		t->lsn = 0;
 		t->slot = -1;
+		t->al.n = 0;
 		return 0;
 	}
-	return data_record(j, im, &r, t);
+	return data_record(j, im, &r, false, t);
 }
 
 int journal_zero(struct journal *j, struct image *im, uint64_t off, uint64_t len,
@@ -413,7 +426,7 @@ int journal_zero(struct journal *j, struct image *im, uint64_t off, uint64_t len
 				.flags = (uint8_t)((punch ? SEG_F_PUNCH : 0) |
 						   (keep_size ? SEG_F_KEEP_SIZE : 0)) };
 
-	return data_record(j, im, &r, t);
+	return data_record(j, im, &r, false, t);
 }
 
 int journal_truncate(struct journal *j, struct image *im, uint64_t size,
@@ -421,7 +434,7 @@ int journal_truncate(struct journal *j, struct image *im, uint64_t size,
 {
 	struct seg_record r = { .type = SEG_TRUNCATE, .offset = size };
 
-	return data_record(j, im, &r, t);
+	return data_record(j, im, &r, true, t);
 }
 
 int journal_alloc(struct journal *j, struct image *im, uint64_t off, uint64_t len,
@@ -430,15 +443,15 @@ int journal_alloc(struct journal *j, struct image *im, uint64_t off, uint64_t le
 	struct seg_record r = { .type = SEG_ALLOC, .offset = off, .length = len,
 				.flags = keep_size ? SEG_F_KEEP_SIZE : 0 };
 
-	return data_record(j, im, &r, t);
+	return data_record(j, im, &r, false, t);
 }
 
 void journal_done(struct journal *j, struct journal_ticket *t)
 {
 	if (t->slot >= 0)
 		atomic_store_explicit(&j->inflight[t->slot], 0, memory_order_release);
-	(void)j;
 	t->slot = -1;
+	actlog_release(j->al, &t->al);
 }
 
 /* Journals the current content of [off, off+len) of the file open as fd
@@ -495,7 +508,8 @@ static int journal_content(struct journal *j, struct image *im, int fd, uint64_t
 	return r;
 }
 
-int journal_correct(struct journal *j, struct image *im, int fd, uint64_t off, uint64_t len)
+int journal_record_truth(struct journal *j, struct image *im, int fd, uint64_t off,
+			 uint64_t len)
 {
 	struct journal_ticket t;
 	struct stat st;
@@ -513,6 +527,13 @@ int journal_correct(struct journal *j, struct image *im, int fd, uint64_t off, u
 		if (r == 0)
 			r = journal_content(j, im, fd, off, len);
 	}
+	return r;
+}
+
+int journal_correct(struct journal *j, struct image *im, int fd, uint64_t off, uint64_t len)
+{
+	int r = journal_record_truth(j, im, fd, off, len);
+
 	if (r < 0)
 		log_error("journal %s: cannot record the true content of %s after a failed"
 			  " write: %s; its replicas need a resync", j->dir, im->name, strerror(-r));
@@ -547,7 +568,7 @@ int journal_barrier(struct journal *j, struct image *im, bool durable)
 	}
 	pthread_mutex_unlock(&j->lock);
 	if (s) {
-		if (ret == 0 && fdatasync(s->fd) < 0)
+		if (ret == 0 && aimfs_io.fdatasync_fn(s->fd) < 0)
 			ret = -errno;
 		pthread_mutex_lock(&j->lock);
 		segfile_put_locked(j, s);
@@ -985,7 +1006,54 @@ fail:
 
 int journal_start(struct journal *j)
 {
-	return sealer_start(j);
+	int r = sealer_start(j);
+
+	return r < 0 ? r : actlog_start(j->al);
+}
+
+int journal_sync_all(void *journal)
+{
+	struct journal *j = journal;
+	struct segfile *s, **queued = NULL;
+	size_t nq = 0;
+	int r;
+
+	pthread_mutex_lock(&j->lock);
+	s = j->open;
+	if (s)
+		s->refs++;
+	if (j->sealer_started) {
+		/* The sealer fsyncs sealed segments in order: wait for it, as a
+		 * barrier does. */
+		uint64_t need = s ? s->number - 1 : j->sealed_segment;
+
+		while (j->durable_segment < need && !j->error)
+			pthread_cond_wait(&j->durable, &j->lock);
+	} else {
+		/* Recovery: no sealer yet, the queued segments are ours to sync. */
+		for (struct segfile *q = j->queue_head; q; q = q->next)
+			nq++;
+		queued = nq ? calloc(nq, sizeof *queued) : NULL;
+		nq = 0;
+		for (struct segfile *q = j->queue_head; q && queued; q = q->next) {
+			q->refs++;
+			queued[nq++] = q;
+		}
+	}
+	r = j->error;
+	pthread_mutex_unlock(&j->lock);
+	for (size_t i = 0; i < nq; i++)
+		if (r == 0 && aimfs_io.fdatasync_fn(queued[i]->fd) < 0)
+			r = -errno;
+	if (s && r == 0 && aimfs_io.fdatasync_fn(s->fd) < 0)
+		r = -errno;
+	pthread_mutex_lock(&j->lock);
+	for (size_t i = 0; i < nq; i++)
+		segfile_put_locked(j, queued[i]);
+	segfile_put_locked(j, s);
+	pthread_mutex_unlock(&j->lock);
+	free(queued);
+	return r;
 }
 
 void journal_each_image(struct journal *j, void (*fn)(void *ctx, const char *name), void *ctx)
@@ -998,6 +1066,7 @@ void journal_each_image(struct journal *j, void (*fn)(void *ctx, const char *nam
 
 void journal_stop(struct journal *j)
 {
+	actlog_stop(j->al);
 	if (j->sealer_started) {
 		pthread_mutex_lock(&j->lock);
 		journal_seal_locked(j);
@@ -1019,6 +1088,9 @@ void journal_close(struct journal *j)
 		segfile_put_locked(j, j->open);
 		j->open = NULL;
 	}
+	/* Everything is sealed and durable: the activity log is clean (unless
+	 * the journal failed, or recovery never finished). */
+	actlog_close(j->al, !j->error);
 	registry_free(j);
 	if (j->dirfd >= 0) {
 		drop_free_files(j);

@@ -29,6 +29,8 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 
+#include "actlog.h"
+
 struct journal;
 struct image;
 
@@ -47,6 +49,12 @@ struct journal_config {
 	bool overflow_block;      /* writes wait at the limit (else: resync tracks) */
 	bool drop_behind;         /* no one reads segments soon (no destinations):
 				   * drop their pages once durable and indexed */
+	unsigned al_slots;        /* activity log: extents in the hot set (actlog.h) */
+	unsigned al_extent_shift; /* ... and their size, log2 */
+	/* After a power loss: does destination dest (a name in the catalog)
+	 * mirror image?  NULL: every destination every image.  A destination
+	 * not configured any more answers false. */
+	bool (*dest_wants)(void *ctx, const char *dest, const char *image);
 	/* Called by the sealer thread once segment is fsynced and renamed;
 	 * every record up to backing_lsn is on the backing files. */
 	void (*on_durable)(void *ctx, uint64_t segment, uint64_t backing_lsn);
@@ -57,6 +65,7 @@ struct journal_config {
 struct journal_ticket {
 	uint64_t lsn; /* 0: nothing was journaled (image not mirrored) */
 	int slot;
+	struct actlog_hold al; /* the activity log's extents, held until done */
 };
 
 /* Journal statistics for status output; a consistent snapshot. */
@@ -84,7 +93,9 @@ struct journal_stats {
  * Opens the journal directory, creating the group on first use, and runs
  * crash recovery (torn tails cut, unfinished segments sealed, the catalog
  * caught up, the journal's tail redone onto the backing files, the backing
- * tree reconciled with the catalog).  Returns 0 or -errno after logging why.
+ * tree reconciled with the catalog; after a power loss, the activity log's
+ * hot extents handed to every destination's resync, see powerloss.c).
+ * Returns 0 or -errno after logging why.
  */
 int journal_open(const struct journal_config *cfg, struct journal **out);
 /* Starts the sealer thread (sealing by age, fsync + rename + indexing). */
@@ -109,7 +120,9 @@ uint32_t journal_image_id(const struct image *im);
 struct rangelock *journal_image_rangelock(struct image *im);
 
 /* Data records, phase 1.  Return 0 with a ticket, or -errno (the journal
- * could not record it; the caller must not touch the backing file). */
+ * could not record it; the caller must not touch the backing file).  The
+ * range is in the activity log's durable set when they return (which may
+ * wait for a write of the log). */
 int journal_write(struct journal *j, struct image *im, uint64_t off, const void *buf,
 		  size_t len, struct journal_ticket *t);
 int journal_zero(struct journal *j, struct image *im, uint64_t off, uint64_t len,
@@ -118,7 +131,8 @@ int journal_truncate(struct journal *j, struct image *im, uint64_t size,
 		     struct journal_ticket *t);
 int journal_alloc(struct journal *j, struct image *im, uint64_t off, uint64_t len,
 		  bool keep_size, struct journal_ticket *t);
-/* Phase 2: the backing syscall has finished (successfully or not). */
+/* Phase 2: the backing syscall has finished (successfully or not).  Call
+ * it for every ticket, whatever phase 1 returned. */
 void journal_done(struct journal *j, struct journal_ticket *t);
 /*
  * The backing syscall of ticket t failed or was short: records what the

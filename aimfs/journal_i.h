@@ -1,13 +1,17 @@
 /*
  * journal_i.h — private declarations shared by the journal's files:
  * journal.c (append, seal, public API), registry.c (images), sealer.c (the
- * background thread) and recovery.c (mount-time repair).
+ * background thread), recovery.c (mount-time repair) and powerloss.c (what
+ * a power loss hands to the destinations).
  *
  * Lock order, outermost first:
  *
  *   journal.ns_lock      namespace syscall + its record (fs.c holds it)
  *   inode rangelock      one image's byte range (fs.c holds it)
  *   journal.lock         LSNs, the open segment, the registry, the queue
+ *   actlog.lock          the activity log's set (a leaf; data records take
+ *                        their extents before journal.lock, and a
+ *                        checkpoint calls journal_sync_all without it)
  *
  * Nothing is called while journal.lock is held that could block on another
  * lock, the catalog or the network; the only syscalls under it are the
@@ -116,6 +120,8 @@ struct journal {
 
 	pthread_t sealer;
 	bool sealer_started;
+
+	struct actlog *al;       /* the hot extents (actlog.h) */
 };
 
 /* registry.c — all called with j->lock held unless noted */
@@ -147,8 +153,21 @@ int sealer_finish_file(int dirfd, int fd, uint64_t number);
 /* Indexes sealed segment n (dir/NNN.aimj) in the catalog. */
 int sealer_index(struct catalog *cat, const char *dir, uint64_t number);
 
+/* Makes every record appended so far durable (the activity log's
+ * checkpoints); with the sealer stopped, fsyncs the sealed segments itself.
+ * 0 or -errno. */
+int journal_sync_all(void *journal);
+/* Journals what [off, off + len) of the backing file open as fd holds now
+ * (its size, zeros, and data), so that the journal agrees with it again. */
+int journal_record_truth(struct journal *j, struct image *im, int fd, uint64_t off,
+			 uint64_t len);
+
 /* recovery.c — runs before anything is served, single-threaded */
 int journal_recover(struct journal *j, struct catalog *cat);
+
+/* powerloss.c — part of recovery: the last mount ended in a power loss, and
+ * found holds its activity log's extents.  0 or -errno. */
+int powerloss_recover(struct journal *j, struct catalog *cat, const struct actlog_found *found);
 /* reconcile.c: builds the registry from the catalog and the backing tree,
  * redoes records after w from the sealed segments listed, and journals the
  * differences (or, for a new group's first mount, records the starting

@@ -32,6 +32,7 @@
 struct glue {
 	struct journal *journal;
 	struct transport *transport;
+	const struct aimfs_options *options;
 };
 
 static void on_durable(void *ctx, uint64_t segment, uint64_t backing_lsn)
@@ -55,6 +56,18 @@ static bool on_recycle(void *ctx, uint64_t number)
 static uint64_t on_open_oldest(void *ctx)
 {
 	return journal_open_oldest_ns(((struct glue *)ctx)->journal);
+}
+
+/* After a power loss, recovery asks which destinations mirror an image
+ * (a destination only in the catalog any more mirrors nothing). */
+static bool on_dest_wants(void *ctx, const char *dest, const char *image)
+{
+	const struct aimfs_options *o = ((struct glue *)ctx)->options;
+
+	for (size_t i = 0; i < o->ndests; i++)
+		if (strcmp(o->dests[i].name, dest) == 0)
+			return dest_wants_image(&o->dests[i], image);
+	return false;
 }
 
 struct pattern_check {
@@ -310,7 +323,11 @@ int main(int argc, char *argv[])
 	jc.overflow_block = o.overflow_block;
 	jc.drop_behind = o.ndests == 0;
 	jc.on_durable = on_durable;
+	jc.dest_wants = on_dest_wants;
+	jc.al_slots = o.al_extents;
+	jc.al_extent_shift = o.al_extent_shift;
 	jc.hook_ctx = &glue;
+	glue.options = &o;
 	if (journal_open(&jc, &j) < 0)
 		goto out;
 	glue.journal = j;

@@ -31,6 +31,8 @@ static const struct fuse_opt aimfs_opts[] = {
 	OPT("overflow=%s", overflow_s),
 	OPT("retain=%s", retain_s),
 	OPT("verify_every=%s", verify_every_s),
+	OPT("al_extents=%s", al_extents_s),
+	OPT("al_extent_size=%s", al_extent_size_s),
 	FUSE_OPT_KEY("dest=", KEY_DEST),
 	FUSE_OPT_KEY("-h", KEY_HELP),
 	FUSE_OPT_KEY("--help", KEY_HELP),
@@ -96,6 +98,9 @@ void options_usage(const char *prog)
 	       "                         for a resync (default), or make writes wait\n"
 	       "  -o retain=DURATION     keep acknowledged segments this long (default 0)\n"
 	       "  -o verify_every=DURATION  compare every image with every replica this often\n"
+	       "  -o al_extents=N        activity log: extents that may be hot at once\n"
+	       "                         (default 1024; compared after a power loss)\n"
+	       "  -o al_extent_size=SIZE ... and their size, a power of two (default 4M)\n"
 	       "  -f                     stay in the foreground (as aimfs@.service runs it)\n"
 	       "  -d                     FUSE debug output (implies -f)\n"
 	       "  -h, --help             this help\n"
@@ -173,6 +178,28 @@ static int check_values(struct aimfs_options *o)
 		}
 		o->retain_ns = v;
 	}
+	o->al_extents = ACTLOG_DEFAULT_SLOTS;
+	o->al_extent_shift = ACTLOG_DEFAULT_SHIFT;
+	if (o->al_extents_s) {
+		char *end;
+		unsigned long n = strtoul(o->al_extents_s, &end, 10);
+
+		if (*end || n < ACTLOG_MIN_SLOTS || n > 65536) {
+			log_error("al_extents=%s: must be a number from %d to 65536", o->al_extents_s,
+				  ACTLOG_MIN_SLOTS);
+			return -1;
+		}
+		o->al_extents = (unsigned)n;
+	}
+	if (o->al_extent_size_s) {
+		if (parse_size(o->al_extent_size_s, &v) < 0 || v < (64ULL << 10) ||
+		    v > (1ULL << 30) || (v & (v - 1))) {
+			log_error("al_extent_size=%s: must be a power of two from 64K to 1G (e.g. 4M)",
+				  o->al_extent_size_s);
+			return -1;
+		}
+		o->al_extent_shift = (unsigned)__builtin_ctzll(v);
+	}
 	if (o->status && strcmp(o->status, "off") != 0) {
 		char host[256];
 		uint16_t port;
@@ -201,6 +228,8 @@ static int set_aimfs_key(struct aimfs_options *o, const char *key, const char *v
 		{ "verify_every", offsetof(struct aimfs_options, verify_every_s) },
 		{ "backing_dir", offsetof(struct aimfs_options, backing_arg) },
 		{ "mountpoint", offsetof(struct aimfs_options, mount_arg) },
+		{ "al_extents", offsetof(struct aimfs_options, al_extents_s) },
+		{ "al_extent_size", offsetof(struct aimfs_options, al_extent_size_s) },
 	};
 
 	for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
@@ -223,7 +252,7 @@ static int set_aimfs_key(struct aimfs_options *o, const char *key, const char *v
 	}
 	log_error("config %s: [aimfs] has no key \"%s\" (known: backing_dir, mountpoint, journal,"
 		  " status, dest, segment_size, segment_age, segment_idle, journal_max, overflow, retain,"
-		  " verify_every)", o->config, key);
+		  " verify_every, al_extents, al_extent_size)", o->config, key);
 	return -1;
 }
 
@@ -324,4 +353,6 @@ void options_free(struct aimfs_options *o)
 	free(o->segment_idle_s);
 	free(o->journal_max_s);
 	free(o->overflow_s);
+	free(o->al_extents_s);
+	free(o->al_extent_size_s);
 }

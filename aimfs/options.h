@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "actlog.h"
 #include "transport.h"
 
 #define DEFAULT_SEGMENT_SIZE (64ULL << 20)
@@ -35,6 +36,9 @@ struct aimfs_options {
 	char *segment_size_s, *segment_age_s, *segment_idle_s, *journal_max_s, *overflow_s, *retain_s;
 	char *verify_every_s;
 	uint64_t verify_every_ns;
+	char *al_extents_s, *al_extent_size_s;
+	unsigned al_extents;          /* activity log slots */
+	unsigned al_extent_shift;     /* log2 of its extent size */
 	uint64_t segment_size;
 	uint64_t segment_age_ns;
 	uint64_t segment_idle_ns;

@@ -19,6 +19,7 @@
  *   RMDIR of directories that are gone (children first).
  */
 #include "journal_i.h"
+#include "io_i.h"
 #include "apply.h"
 #include "catalog.h"
 #include "log.h"
@@ -271,7 +272,7 @@ static int redo_segment(struct recon *rc, uint64_t n, uint64_t w, uint64_t *redo
 			const char *p;
 
 			if (fd >= 0) {
-				fsync(fd);
+				aimfs_io.fsync_fn(fd);
 				close(fd);
 			}
 			fd = -1;
@@ -292,7 +293,7 @@ static int redo_segment(struct recon *rc, uint64_t n, uint64_t w, uint64_t *redo
 		(*redone)++;
 	}
 	if (fd >= 0) {
-		if (fsync(fd) < 0 && r == 0)
+		if (aimfs_io.fsync_fn(fd) < 0 && r == 0)
 			r = -errno;
 		close(fd);
 	}

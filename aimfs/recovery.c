@@ -21,12 +21,19 @@
  *     without their records (killed between a namespace syscall and its
  *     record, or done behind the mount's back), directories included —
  *     except on the first mount of a group, where what is found is the
- *     starting point.
+ *     starting point;
+ *  6. if the activity log (actlog.h) says the last mount ended unclean in
+ *     another boot — a power loss, not a daemon crash, so the page cache
+ *     was lost and the journal and backing files may disagree inside the
+ *     hot extents — hands those to the destinations (powerloss.c);
+ *  7. checkpoints (journal durable, backing filesystem synced) and marks
+ *     the activity log "unclean, this boot" before anything is served.
  *
  * Until step 4 completes, the catalog keeps W as "redo_from", so a crash
  * during recovery redoes from the same place next time.
  */
 #include "journal_i.h"
+#include "io_i.h"
 #include "clock.h"
 #include "catalog.h"
 #include "log.h"
@@ -132,11 +139,12 @@ static int open_view(struct journal *j, uint64_t n, struct seg_view **v)
 }
 
 /*
- * Finishes one NNN.open file.  Sets *last_lsn to its last LSN (0 if it was
- * deleted) and *backing_lsn to the trailer's claim if it was already sealed.
+ * Finishes one NNN.open file whose first record should be LSN expect.  Sets
+ * *last_lsn to its last LSN (0 if it was deleted) and *backing_lsn to the
+ * trailer's claim if it was already sealed.
  */
-static int finish_open_segment(struct journal *j, uint64_t n, uint64_t *last_lsn,
-			       bool *was_sealed, uint64_t *backing_lsn)
+static int finish_open_segment(struct journal *j, uint64_t n, uint64_t expect,
+			       uint64_t *last_lsn, bool *was_sealed, uint64_t *backing_lsn)
 {
 	char name[SEG_FILE_NAME_LEN + 8];
 	struct seg_view *v = NULL;
@@ -175,6 +183,19 @@ static int finish_open_segment(struct journal *j, uint64_t n, uint64_t *last_lsn
 		v = NULL;
 		r = -EBADMSG;
 	}
+	/* After a gap: a power cut lost the end of the segment before this one
+	 * (sealed in the page cache, not yet fsynced) and kept this one's
+	 * first pages.  The journal is a prefix of what happened or nothing:
+	 * what follows the gap goes (its writes are in the activity log's hot
+	 * extents, which the next step hands to the destinations). */
+	if (r == 0 && seg_view_header(v)->first_lsn > expect) {
+		log_info("journal %s: %s starts at LSN %" PRIu64 " but the journal before it ends"
+			 " at %" PRIu64 "; what a power cut left after the gap is dropped", j->dir,
+			 name, seg_view_header(v)->first_lsn, expect - 1);
+		seg_view_free(v);
+		v = NULL;
+		r = -EBADMSG;
+	}
 	if (r < 0 || seg_view_count(v) == 0) {
 		/* Killed while writing the header, or before the first record. */
 		log_info("journal %s: removing %s, which holds no complete record", j->dir, name);
@@ -201,8 +222,8 @@ static int finish_open_segment(struct journal *j, uint64_t n, uint64_t *last_lsn
 		if ((uint64_t)st.st_size != valid)
 			log_info("journal %s: cutting %s at byte %zu (torn tail of %" PRIu64 " bytes)",
 				 j->dir, name, valid, (uint64_t)st.st_size - valid);
-		if (ftruncate(fd, (off_t)valid) < 0 ||
-		    pwrite(fd, buf, sizeof buf, (off_t)valid) != (ssize_t)sizeof buf) {
+		if (aimfs_io.ftruncate_fn(fd, (off_t)valid) < 0 ||
+		    aimfs_io.pwrite_fn(fd, buf, sizeof buf, (off_t)valid) != (ssize_t)sizeof buf) {
 			r = -errno;
 			log_error("journal %s: cannot seal %s: %m", j->dir, name);
 			goto out;
@@ -241,15 +262,41 @@ static int set_meta_u64(struct catalog *cat, const char *key, uint64_t v)
 	return catalog_meta_set(cat, key, buf);
 }
 
+static int open_actlog(struct journal *j, struct actlog_found *found)
+{
+	struct actlog_config c = {
+		.dirfd = j->dirfd,
+		.backing_fd = j->cfg.backing_fd,
+		.group = j->group,
+		.slots = j->cfg.al_slots ? j->cfg.al_slots : ACTLOG_DEFAULT_SLOTS,
+		.extent_shift = j->cfg.al_extent_shift ? j->cfg.al_extent_shift
+						      : ACTLOG_DEFAULT_SHIFT,
+		.journal_sync = journal_sync_all,
+		.ctx = j,
+	};
+
+	return actlog_open(&c, &j->al, found);
+}
+
 int journal_recover(struct journal *j, struct catalog *cat)
 {
 	struct numlist sealed = { 0 }, open = { 0 }, redo = { 0 };
+	struct actlog_found found = { 0 };
 	uint64_t w = 0, stored_w, last_lsn = 0, cat_seg, cat_lsn;
 	bool baseline, have_stored_w;
 	char buf[16];
 	int r;
 
+	r = open_actlog(j, &found);
+	if (r < 0)
+		goto out;
+	if (found.present && !found.clean && found.same_boot)
+		log_info("journal %s: aimfs stopped without unmounting during this boot; the page"
+			 " cache kept every write, recovery is exact", j->dir);
 	r = list_segments(j, &sealed, &open);
+	if (r < 0)
+		goto out;
+	r = catalog_last_segment(cat, &cat_seg, &cat_lsn);
 	if (r < 0)
 		goto out;
 
@@ -279,7 +326,8 @@ int journal_recover(struct journal *j, struct catalog *cat)
 			have_stored_w = true;
 			stored_w = w;
 		}
-		r = finish_open_segment(j, open.v[i], &l, &was_sealed, &b);
+		r = finish_open_segment(j, open.v[i], (last_lsn > cat_lsn ? last_lsn : cat_lsn) + 1,
+					&l, &was_sealed, &b);
 		if (r < 0)
 			goto out;
 		if (was_sealed && b > w)
@@ -359,7 +407,13 @@ int journal_recover(struct journal *j, struct catalog *cat)
 		}
 		atomic_fetch_add(&j->disk_bytes, total);
 	}
+	/* 6 and 7. */
+	if (r == 0 && found.present && !found.clean && !found.same_boot)
+		r = powerloss_recover(j, cat, &found);
+	if (r == 0)
+		r = actlog_begin(j->al);
 out:
+	actlog_found_free(&found);
 	free(sealed.v);
 	free(open.v);
 	free(redo.v);

@@ -6,6 +6,7 @@
  * which moves only after the fsync and rename.
  */
 #include "journal_i.h"
+#include "io_i.h"
 #include "clock.h"
 #include "catalog.h"
 #include "log.h"
@@ -26,13 +27,13 @@ int sealer_finish_file(int dirfd, int fd, uint64_t number)
 {
 	char from[SEG_FILE_NAME_LEN + 8], to[SEG_FILE_NAME_LEN + 8];
 
-	if (fsync(fd) < 0)
+	if (aimfs_io.fsync_fn(fd) < 0)
 		return -errno;
 	seg_file_name(number, SEG_OPEN_SUFFIX, from);
 	seg_file_name(number, SEG_FILE_SUFFIX, to);
 	if (renameat(dirfd, from, dirfd, to) < 0)
 		return -errno;
-	if (fsync(dirfd) < 0)
+	if (aimfs_io.fsync_fn(dirfd) < 0)
 		return -errno;
 	return 0;
 }
@@ -83,7 +84,7 @@ static void finish_one(struct journal *j, struct catalog *cat, struct segfile *s
 	int r = 0;
 
 	/* A recycled file still holds the old segment's bytes past the trailer. */
-	if (s->recycled && ftruncate(s->fd, (off_t)s->bytes) < 0)
+	if (s->recycled && aimfs_io.ftruncate_fn(s->fd, (off_t)s->bytes) < 0)
 		r = -errno;
 	if (r == 0)
 		r = sealer_finish_file(j->dirfd, s->fd, number);
@@ -150,7 +151,8 @@ static void *sealer_main(void *arg)
 			o->flushed = to;
 			pthread_mutex_unlock(&j->lock);
 			/* Asynchronous: starts writeback, waits for nothing. */
-			sync_file_range(o->fd, (off_t)from, (off_t)(to - from), SYNC_FILE_RANGE_WRITE);
+			aimfs_io.sync_file_range_fn(o->fd, (off_t)from, (off_t)(to - from),
+						    SYNC_FILE_RANGE_WRITE);
 			pthread_mutex_lock(&j->lock);
 			segfile_put_locked(j, o);
 			continue;

@@ -17,8 +17,8 @@ import statistics
 import sys
 from pathlib import Path
 
-TARGET_ORDER = ["direct", "aimfs", "bindfs", "bindfs-odirect"]
-FUSE_TARGETS = ["aimfs", "bindfs", "bindfs-odirect"]
+TARGET_ORDER = ["direct", "aimfs", "aimfs-base", "bindfs", "bindfs-odirect"]
+FUSE_TARGETS = ["aimfs", "aimfs-base", "bindfs", "bindfs-odirect"]
 
 MODE_TEXT = {
     "odirect-psync": "O_DIRECT, psync (QD1)",
@@ -173,6 +173,16 @@ def cmd_report(args):
         d = results[job].get("direct")
         for t, cell in results[job].items():
             cell["ratio_to_direct"] = (cell["median"] / d["median"]) if d and d["median"] else None
+        # aimfs against another build of itself: the median of each round's
+        # ratio (the two ran back to back, so the pair shares the machine's mood)
+        if "aimfs" in results[job] and "aimfs-base" in results[job]:
+            pairs = [by_key[(k, job, "aimfs")]["value"] / by_key[(k, job, "aimfs-base")]["value"]
+                     for k in sorted({r["round"] for r in runs})
+                     if (k, job, "aimfs") in by_key and (k, job, "aimfs-base") in by_key
+                     and by_key[(k, job, "aimfs-base")]["value"]]
+            if pairs:
+                results[job]["aimfs"]["ratio_to_base"] = statistics.median(pairs)
+                results[job]["aimfs"]["ratio_to_base_rounds"] = pairs
 
     rounds_done = max((r["round"] for r in runs), default=0)
     warnings = []
@@ -214,9 +224,10 @@ def render_md(meta, targets, jobs, results, runs, warnings, rounds_done, rounds_
     L.append("Median over the rounds; sequential jobs in MB/s (10^6 bytes/s), random jobs in IOPS. "
              "In brackets: the ratio to `direct` (median of the target / median of direct, same run). "
              "Higher is better.\n")
-    heads = ["job", "unit"] + targets
+    base = "aimfs" in targets and "aimfs-base" in targets
+    heads = ["job", "unit"] + targets + (["aimfs / aimfs-base"] if base else [])
     L.append("| " + " | ".join(heads) + " |")
-    L.append("|" + "|".join(["---"] * 2 + ["---:"] * len(targets)) + "|")
+    L.append("|" + "|".join(["---"] * 2 + ["---:"] * (len(heads) - 2)) + "|")
     dagger = False
     for job in jobs:
         cells = results.get(job, {})
@@ -236,8 +247,16 @@ def render_md(meta, targets, jobs, results, runs, warnings, rounds_done, rounds_
                 s += " †"
                 dagger = True
             row.append(s)
+        if base:
+            r = cells.get("aimfs", {}).get("ratio_to_base")
+            row.append("–" if r is None else
+                       f"{r:.3f} (" + ", ".join(f"{x:.2f}" for x in
+                                                cells["aimfs"]["ratio_to_base_rounds"]) + ")")
         L.append("| " + " | ".join(row) + " |")
     L.append("")
+    if base:
+        L.append("aimfs / aimfs-base: median over the rounds of each round's ratio (the two ran "
+                 "one after the other in every round), and each round's ratio in brackets.\n")
     if dagger:
         L.append("† bindfs without `--forward-odirect` clears O_DIRECT when it opens the backing "
                  "file: these numbers come from the page cache, not from the disk.\n")
@@ -313,6 +332,8 @@ def render_md(meta, targets, jobs, results, runs, warnings, rounds_done, rounds_
                        ("fio", "fio"), ("bindfs", "bindfs"), ("aimfs", "aimfs binary"),
                        ("aimfs_git", "aimfs source (git describe)"),
                        ("aimfs_binary", "aimfs binary file"), ("aimfs_opts", "aimfs -o options"),
+                       ("aimfs_base", "aimfs-base binary"),
+                       ("aimfs_base_binary", "aimfs-base binary file"),
                        ("journal", "aimfs journal directory")]:
         if key in meta:
             L.append(f"- {label}: `{meta[key]}`")

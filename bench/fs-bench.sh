@@ -29,6 +29,9 @@ usage: sudo $0 [options]
 
   --aimfs PATH       aimfs binary (default: $REPO_DIR/build/aimfs/aimfs)
   --aimfs-opts OPTS  extra -o options for aimfs, e.g. status=off (default: none)
+  --aimfs-base PATH  another aimfs binary (e.g. the build before a change), measured
+                     as target aimfs-base in the same rounds, with the same options;
+                     the report adds each job's aimfs / aimfs-base ratio
   --dir DIR          create the scratch directory inside DIR, which must be on the
                      filesystem under test (default: a fresh directory under /var/tmp)
   --runtime SECONDS  measured time per fio job (default 20; plus --ramp-time)
@@ -53,6 +56,7 @@ log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 
 # ---------------------------------------------------------------- options
 AIMFS="$REPO_DIR/build/aimfs/aimfs"
+AIMFS_BASE=""
 AIMFS_OPTS=""
 BASE_DIR=""
 OPT_RUNTIME="" OPT_ROUNDS="" OPT_SIZE="" QUICK=0
@@ -71,6 +75,7 @@ while [[ $# -gt 0 ]]; do
     case $opt in
     --aimfs) need_arg "$@"; AIMFS=$2; shift 2 ;;
     --aimfs-opts) need_arg "$@"; AIMFS_OPTS=$2; shift 2 ;;
+    --aimfs-base) need_arg "$@"; AIMFS_BASE=$2; shift 2 ;;
     --dir) need_arg "$@"; BASE_DIR=$2; shift 2 ;;
     --runtime) need_arg "$@"; OPT_RUNTIME=$2; shift 2 ;;
     --ramp-time) need_arg "$@"; RAMP=$2; shift 2 ;;
@@ -100,7 +105,7 @@ TARGETS=()
 IFS=',' read -r -a _t <<<"$TARGETS_ARG"
 for t in "${_t[@]}"; do
     [[ -z $t ]] && continue
-    [[ " $ALL_TARGETS " == *" $t "* ]] || die "unknown target '$t' (known: ${ALL_TARGETS// /,})"
+    [[ " $ALL_TARGETS aimfs-base " == *" $t "* ]] || die "unknown target '$t' (known: ${ALL_TARGETS// /,})"
     [[ " ${TARGETS[*]-} " == *" $t "* ]] && die "target '$t' given twice"
     TARGETS+=("$t")
 done
@@ -149,11 +154,19 @@ fio_job_args() { # JOB_ID -> fio arguments (word-split by the caller)
 for c in fio fusermount3 mountpoint findmnt numfmt; do
     command -v "$c" >/dev/null || die "'$c' not found (apt-get install -y fio fuse3 util-linux coreutils)"
 done
-if { has_target aimfs || has_target bindfs || has_target bindfs-odirect; } && [[ ! -c /dev/fuse ]]; then
+if { has_target aimfs || has_target aimfs-base || has_target bindfs || has_target bindfs-odirect; } && [[ ! -c /dev/fuse ]]; then
     die "/dev/fuse is missing: the FUSE targets cannot be mounted"
 fi
 if has_target bindfs || has_target bindfs-odirect; then
     command -v bindfs >/dev/null || die "bindfs not found (apt-get install -y bindfs), or leave the bindfs targets out of --targets"
+fi
+if [[ -n $AIMFS_BASE ]] && ! has_target aimfs-base; then
+    TARGETS+=(aimfs-base)
+fi
+if has_target aimfs-base; then
+    [[ -n $AIMFS_BASE ]] || die "target aimfs-base needs --aimfs-base PATH"
+    [[ -x $AIMFS_BASE && -f $AIMFS_BASE ]] || die "--aimfs-base $AIMFS_BASE is not an executable file"
+    AIMFS_BASE=$(readlink -f "$AIMFS_BASE")
 fi
 if has_target aimfs; then
     if [[ ! -e $AIMFS ]]; then
@@ -306,8 +319,8 @@ mount_fuse() { # TARGET MOUNTPOINT LOGFILE -> sets MNT_PID
     is_mounted "$mnt" && fail "$mnt is already a mount point"
     local -a cmd
     case $target in
-    aimfs)
-        cmd=("$AIMFS" -f)
+    aimfs | aimfs-base)
+        if [[ $target == aimfs ]]; then cmd=("$AIMFS" -f); else cmd=("$AIMFS_BASE" -f); fi
         [[ -n $AIMFS_OPTS ]] && cmd+=(-o "$AIMFS_OPTS")
         cmd+=("$BACKING" "$mnt")
         ;;
@@ -439,7 +452,7 @@ run_one() { # ROUND JOB TARGET
         fi
     fi
     local js="-" jd="-" jf="-"
-    if [[ $target == aimfs ]]; then
+    if [[ $target == aimfs || $target == aimfs-base ]]; then
         journal_account_and_trim
         js=$J_SEG jd=$J_DIR jf=$J_FILES
     fi
@@ -477,6 +490,10 @@ if has_target aimfs; then
     meta aimfs_git "$(git -C "$REPO_DIR" describe --always --dirty 2>/dev/null || echo unknown)"
     meta aimfs_binary "$(stat -c '%s bytes, modified %y' "$AIMFS")"
     meta aimfs_opts "${AIMFS_OPTS:-(none)}"
+fi
+if has_target aimfs-base; then
+    meta aimfs_base "$AIMFS_BASE"
+    meta aimfs_base_binary "$(stat -c '%s bytes, modified %y' "$AIMFS_BASE")"
     meta journal "$JOURNAL"
 fi
 meta runtime "$RUNTIME"
@@ -521,7 +538,7 @@ for t in "${TARGETS[@]}"; do
     done
     unmount_fuse "$SCRATCH/mnt-$t"
     [[ $DAEMON_RC == 0 ]] || { show_log "$(daemon_log "$t")"; fail "$t exited with status $DAEMON_RC after a plain mount/unmount"; }
-    if [[ $t == aimfs ]]; then
+    if [[ $t == aimfs || $t == aimfs-base ]]; then
         journal_account_and_trim
         log "preflight: aimfs mounts and unmounts cleanly (journaled $((J_SEG / 1000000)) MB while adopting the files, deleted)"
     else

@@ -213,6 +213,17 @@ int catalog_begin(struct catalog *c) { return exec(c, "BEGIN IMMEDIATE"); }
 int catalog_commit(struct catalog *c) { return exec(c, "COMMIT"); }
 int catalog_rollback(struct catalog *c) { return exec(c, "ROLLBACK"); }
 
+int catalog_make_durable(struct catalog *c)
+{
+	int busy = 0;
+
+	/* busy: another connection's reader held part of the log back; the
+	 * log itself, holding this connection's commits, is synced anyway. */
+	if (sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_FULL, NULL, &busy) != SQLITE_OK)
+		return db_fail(c, "checkpoint");
+	return 0;
+}
+
 int catalog_meta_get(struct catalog *c, const char *key, char *buf, unsigned buflen)
 {
 	sqlite3_stmt *st;

@@ -32,6 +32,10 @@ void catalog_close(struct catalog *c);
 int catalog_begin(struct catalog *c);
 int catalog_commit(struct catalog *c);
 int catalog_rollback(struct catalog *c);
+/* Makes every committed transaction durable (synchronous=NORMAL leaves the
+ * last ones to a power cut): a checkpoint of the write-ahead log, which
+ * syncs it and the database. */
+int catalog_make_durable(struct catalog *c);
 
 /* Key/value metadata ("group", "format", ...).  get returns -ENOENT if the
  * key is absent; value is copied into buf (NUL-terminated). */

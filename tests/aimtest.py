@@ -52,8 +52,13 @@ def _config_sets_status(path):
 class Mount:
     """One aimfs process serving BACKING on MOUNTPOINT."""
 
-    def __init__(self, backing, mountpoint, options=(), log_path=None, expect_alarms=False):
+    def __init__(self, backing, mountpoint, options=(), log_path=None, expect_alarms=False,
+                 binary=None, env=None):
+        """binary: another build of aimfs (default AIMFS); env: variables added
+        to its environment."""
         self.backing = str(backing)
+        self.binary = binary or AIMFS
+        self.env = dict(env or {})
         self.mountpoint = str(mountpoint)
         self.options = list(options)
         self.log_path = log_path or os.path.join(os.path.dirname(self.mountpoint),
@@ -63,7 +68,7 @@ class Mount:
         self.cmdline = None
 
     def start(self, timeout=30.0):
-        cmd = [AIMFS, "-f"]
+        cmd = [self.binary, "-f"]
         options = list(self.options)
         # Tests run side by side: no status listener unless a test asks
         # (an option, or a status key in its config file).
@@ -76,13 +81,15 @@ class Mount:
         self.cmdline = cmd
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL,
+                                     env={**os.environ, **self.env} if self.env else None)
 
         def ready():
             if self.proc.poll() is not None:
+                envs = "".join(f"{k}={v} " for k, v in self.env.items())
                 raise RuntimeError(
                     f"aimfs exited with {self.proc.returncode} before mounting:\n"
-                    f"  {' '.join(cmd)}\n{self.output()}")
+                    f"  {envs}{' '.join(cmd)}\n{self.output()}")
             return is_mounted(self.mountpoint)
         wait_for(ready, timeout, what=f"aimfs to mount {self.mountpoint}")
         return self
@@ -160,6 +167,10 @@ class Mount:
             return
         bad = [l for l in out.splitlines() if any(w in l for w in ALARM_WORDS)]
         assert not bad, f"aimfs complained:\n" + "\n".join(bad) + f"\ncommand: {' '.join(self.cmdline)}"
+
+    def command_line(self):
+        """The command line that reproduces this mount, environment included."""
+        return "".join(f"{k}={v} " for k, v in self.env.items()) + " ".join(self.cmdline or [])
 
 
 def run(cmd, check=True, **kw):

@@ -31,11 +31,11 @@ def free_port():
 # ---- a throwaway PKI ----
 
 class PKI:
-    """A CA, a server certificate for 127.0.0.1 (SAN IP:127.0.0.1), a client
-    certificate signed by the CA, a self-signed client certificate nobody
-    trusts, and a bearer token."""
+    """A CA, a server certificate for 127.0.0.1 (SAN IP:127.0.0.1, and any
+    other addresses in ips), a client certificate signed by the CA, a
+    self-signed client certificate nobody trusts, and a bearer token."""
 
-    def __init__(self, d):
+    def __init__(self, d, ips=("127.0.0.1",)):
         self.dir = d
         os.makedirs(d, exist_ok=True)
         p = lambda name: os.path.join(d, name)  # noqa: E731
@@ -49,7 +49,8 @@ class PKI:
              "-keyout", self.ca_key, "-out", self.ca])
         for who, cert, key, ext in (
                 ("server", self.server, self.server_key,
-                 "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
+                 "subjectAltName=" + ",".join(f"IP:{a}" for a in ips) +
+                 "\nextendedKeyUsage=serverAuth\n"),
                 ("client", self.client, self.client_key, "extendedKeyUsage=clientAuth\n")):
             csr, extfile = p(who + ".csr"), p(who + ".ext")
             with open(extfile, "w") as f:

@@ -330,6 +330,25 @@ static int mark_one(void *arg, const char *name)
 		if (r == 0)
 			log_warn("destination %s: %s; resynchronising what may differ", name,
 				 dest_reason_text(m->why));
+	} else if (r == 0 && rec.sync == DEST_SYNC_SYNCING &&
+		   (rec.phase == DEST_PHASE_COPYING || rec.phase == DEST_PHASE_COMPARING ||
+		    rec.phase == DEST_PHASE_ENDING)) {
+		/*
+		 * Mid-resync: the engine saves what it consumed of the dirty
+		 * extents as soon as it journaled their records, not once they
+		 * are durable, and SYNC_END may be lost too; the catalog can be
+		 * ahead of the journal that survived.  Only a full resync is
+		 * sure to cover what the lost records carried.
+		 */
+		rec.phase = DEST_PHASE_NONE;
+		rec.reason = m->why;
+		memset(&rec.progress, 0, sizeof rec.progress);
+		rec.progress.started_ns = clock_wall_ns();
+		record_to_catalog(&rec, &y);
+		r = catalog_dest_sync_save(m->cat, name, &y);
+		if (r == 0)
+			log_warn("destination %s: %s in the middle of its resync; resynchronising"
+				 " every image", name, dest_reason_text(m->why));
 	}
 	if (r < 0 && !m->err)
 		m->err = r;

@@ -214,7 +214,10 @@ int dest_state_progress(struct transport *t, size_t i, struct catalog *cat,
 void transport_on_change(struct transport *t, void (*fn)(void *ctx), void *ctx);
 /* Before any transport exists (crash recovery after a power loss): every
  * registered destination that is in sync begins a resync without a skip,
- * for why; one in any other state keeps it (its resync covers more). */
+ * for why; one that was copying, comparing or ending a resync begins a
+ * full one (its saved progress may be ahead of the journal that survived);
+ * one that is new, about to begin, or tracking keeps its state (what it
+ * will resync covers the hot extents added to its dirty set). */
 int dest_state_mark_all(struct catalog *cat, enum dest_reason why);
 /* Names, for logs and status. */
 const char *dest_sync_name(enum dest_sync s);

@@ -163,6 +163,16 @@ static void test_changes(void)
 	CHECK(strcmp(y.state, "syncing") == 0 && strcmp(y.phase, "begin") == 0 &&
 	      strcmp(y.reason, "power_loss") == 0);
 	CHECK(catalog_dest_sync_load(cat, "d2", &y) == 0 && strcmp(y.state, "tracking") == 0);
+	/* another power loss while d1 copies its resync: what the engine saved
+	 * as done may not have survived in the journal, so a full resync */
+	CHECK(catalog_dest_sync_load(cat, "d1", &y) == 0);
+	snprintf(y.phase, sizeof y.phase, "copying");
+	y.done = 12345;
+	CHECK(catalog_dest_sync_save(cat, "d1", &y) == 0);
+	CHECK(dest_state_mark_all(cat, DEST_REASON_POWER_LOSS) == 0);
+	CHECK(catalog_dest_sync_load(cat, "d1", &y) == 0);
+	CHECK(strcmp(y.state, "syncing") == 0 && strcmp(y.phase, "") == 0 &&
+	      strcmp(y.reason, "power_loss") == 0 && y.done == 0);
 	catalog_close(cat);
 	t = start(dc, 2, true);
 	expect_view(t, 0, "d1", "resyncing");
