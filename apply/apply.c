@@ -430,11 +430,36 @@ static int ns_unlink(struct applier *a, const struct seg_record *rec, char *err,
 	return applier_remove(a, name, err, errlen);
 }
 
+/* Removes name (a file, or a directory with AT_REMOVEDIR) beneath the
+ * target directory and makes its parent durable; what is gone already is
+ * done (a namespace record may run twice, see the top of this file). */
+static int remove_entry(struct applier *a, const char *name, int flags, const char *what,
+			char *err, size_t errlen)
+{
+	const char *leaf;
+	int pfd, r;
+
+	pfd = apply_open_parent(a, name, false, &leaf, err, errlen);
+	if (pfd == -ENOENT)
+		return 0; /* no directory, no entry: done already */
+	if (pfd < 0)
+		return pfd;
+	r = unlinkat(pfd, leaf, flags) < 0 ? -errno : 0;
+	if (r == -ENOENT)
+		r = 0;
+	if (r == 0)
+		r = apply_fsync_fd(pfd);
+	close(pfd);
+	if (r < 0)
+		return apply_fail(err, errlen, r, "%s of %s in %s: %s", what, name, a->dir,
+				  strerror(-r));
+	return 0;
+}
+
 int applier_remove(struct applier *a, const char *name, char *err, size_t errlen)
 {
 	const struct mapping *m;
-	const char *leaf;
-	int pfd, r;
+	int r;
 
 	r = target_drop(a, name, false, err, errlen);
 	if (r < 0)
@@ -445,20 +470,7 @@ int applier_remove(struct applier *a, const char *name, char *err, size_t errlen
 			 name, m->path);
 		return 0;
 	}
-	pfd = apply_open_parent(a, name, false, &leaf, err, errlen);
-	if (pfd == -ENOENT)
-		return 0; /* no directory, no file: done already */
-	if (pfd < 0)
-		return pfd;
-	r = unlinkat(pfd, leaf, 0) < 0 ? -errno : 0;
-	if (r == -ENOENT)
-		r = 0;
-	if (r == 0)
-		r = apply_fsync_fd(pfd);
-	close(pfd);
-	if (r < 0)
-		return apply_fail(err, errlen, r, "UNLINK of %s in %s: %s", name, a->dir, strerror(-r));
-	return 0;
+	return remove_entry(a, name, 0, "UNLINK", err, errlen);
 }
 
 /* True if name exists (of any type, a symlink too) beneath the target
@@ -579,27 +591,13 @@ static int ns_mkdir(struct applier *a, const struct seg_record *rec, char *err, 
 static int ns_rmdir(struct applier *a, const struct seg_record *rec, char *err, size_t errlen)
 {
 	char name[SEG_NAME_MAX + 1];
-	const char *leaf;
-	int pfd, r;
+	int r;
 
 	seg_record_name(rec, name);
 	r = target_drop(a, name, true, err, errlen);
 	if (r < 0)
 		return r;
-	pfd = apply_open_parent(a, name, false, &leaf, err, errlen);
-	if (pfd == -ENOENT)
-		return 0;
-	if (pfd < 0)
-		return pfd;
-	r = unlinkat(pfd, leaf, AT_REMOVEDIR) < 0 ? -errno : 0;
-	if (r == -ENOENT)
-		r = 0;
-	if (r == 0)
-		r = apply_fsync_fd(pfd);
-	close(pfd);
-	if (r < 0)
-		return apply_fail(err, errlen, r, "RMDIR of %s in %s: %s", name, a->dir, strerror(-r));
-	return 0;
+	return remove_entry(a, name, AT_REMOVEDIR, "RMDIR", err, errlen);
 }
 
 /* ---- resynchronisation records ---- */

@@ -44,3 +44,22 @@ int fileio_pwrite_full(fileio_pwrite_fn fn, int fd, const void *buf, size_t len,
 	}
 	return 0;
 }
+
+int fileio_write_full(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+
+	while (len) {
+		ssize_t n = write(fd, p, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			return -EIO;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}

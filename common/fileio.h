@@ -21,4 +21,8 @@ ssize_t fileio_pread_full(fileio_pread_fn fn, int fd, void *buf, size_t len, uin
  * makes no progress). */
 int fileio_pwrite_full(fileio_pwrite_fn fn, int fd, const void *buf, size_t len, uint64_t off);
 
+/* Writes all len bytes at the file's position (a pipe, a file being
+ * filled in order).  Returns 0 or -errno. */
+int fileio_write_full(int fd, const void *buf, size_t len);
+
 #endif

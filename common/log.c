@@ -48,6 +48,15 @@ void log_to_syslog(void)
 
 void log_msg(enum log_level level, const char *fmt, ...)
 {
+	va_list ap;
+
+	va_start(ap, fmt);
+	log_vmsg(level, fmt, ap);
+	va_end(ap);
+}
+
+void log_vmsg(enum log_level level, const char *fmt, va_list ap)
+{
 	static const char *const prefix[] = {
 		[LOG_LVL_ERROR] = "error: ",
 		[LOG_LVL_WARN] = "warning: ",
@@ -57,15 +66,12 @@ void log_msg(enum log_level level, const char *fmt, ...)
 	char line[2048];
 	int saved = errno;
 	int n;
-	va_list ap;
 
 	if (!log_enabled(level))
 		return;
 	n = snprintf(line, sizeof line, "%s: %s", prog, prefix[level]);
-	va_start(ap, fmt);
 	errno = saved; /* keep %m meaningful */
 	n += vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
-	va_end(ap);
 	if (n > (int)sizeof line - 2)
 		n = (int)sizeof line - 2;
 	if (atomic_load(&use_syslog)) {

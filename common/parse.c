@@ -35,41 +35,46 @@ static int mul_checked(uint64_t a, uint64_t b, uint64_t *out)
 	return 0;
 }
 
+struct unit {
+	const char *suffix;
+	uint64_t mult;
+};
+
+/* A number followed by exactly one of units' suffixes. */
+static int parse_with_units(const char *s, const struct unit *units, size_t n, uint64_t *out)
+{
+	const char *rest;
+	uint64_t v;
+
+	if (parse_number(s, &v, &rest) < 0)
+		return -EINVAL;
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(rest, units[i].suffix) == 0)
+			return mul_checked(v, units[i].mult, out);
+	return -EINVAL;
+}
+
 int parse_size(const char *s, uint64_t *out)
 {
-	static const struct { const char *suffix; uint64_t mult; } units[] = {
+	static const struct unit units[] = {
 		{ "", 1 }, { "B", 1 },
 		{ "K", 1ULL << 10 }, { "k", 1ULL << 10 }, { "KiB", 1ULL << 10 },
 		{ "M", 1ULL << 20 }, { "MiB", 1ULL << 20 },
 		{ "G", 1ULL << 30 }, { "GiB", 1ULL << 30 },
 		{ "T", 1ULL << 40 }, { "TiB", 1ULL << 40 },
 	};
-	const char *rest;
-	uint64_t v;
 
-	if (parse_number(s, &v, &rest) < 0)
-		return -EINVAL;
-	for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
-		if (strcmp(rest, units[i].suffix) == 0)
-			return mul_checked(v, units[i].mult, out);
-	return -EINVAL;
+	return parse_with_units(s, units, sizeof units / sizeof units[0], out);
 }
 
 int parse_duration(const char *s, uint64_t *out_ns)
 {
-	static const struct { const char *suffix; uint64_t mult; } units[] = {
+	static const struct unit units[] = {
 		{ "", 1000000000ULL }, { "s", 1000000000ULL }, { "ms", 1000000ULL },
 		{ "m", 60000000000ULL }, { "h", 3600000000000ULL }, { "d", 86400000000000ULL },
 	};
-	const char *rest;
-	uint64_t v;
 
-	if (parse_number(s, &v, &rest) < 0)
-		return -EINVAL;
-	for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
-		if (strcmp(rest, units[i].suffix) == 0)
-			return mul_checked(v, units[i].mult, out_ns);
-	return -EINVAL;
+	return parse_with_units(s, units, sizeof units / sizeof units[0], out_ns);
 }
 
 int parse_hostport(const char *s, char *host, unsigned hostlen, uint16_t *port)
@@ -119,4 +124,29 @@ const char *format_size(uint64_t bytes, char *buf, unsigned buflen)
 	else
 		snprintf(buf, buflen, "%.1f %s", v, unit[u]);
 	return buf;
+}
+
+int parse_secret_file(const char *path, size_t max, char **out)
+{
+	char buf[8192 + 2];
+	size_t n;
+	FILE *f;
+	int r = 0;
+
+	if (max > sizeof buf - 2)
+		max = sizeof buf - 2;
+	f = fopen(path, "re");
+	if (!f)
+		return -errno;
+	n = fread(buf, 1, max + 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	while (n && isspace((unsigned char)buf[n - 1]))
+		buf[--n] = '\0';
+	if (n == 0 || n > max || strpbrk(buf, "\r\n"))
+		r = -EINVAL;
+	else if (!(*out = strdup(buf)))
+		r = -ENOMEM;
+	memset(buf, 0, sizeof buf);
+	return r;
 }

@@ -244,3 +244,18 @@ int inbox_scan(int dirfd, struct inbox_entry **out, size_t *n)
 	return 0;
 }
 
+int inbox_tmp_open(struct remote *r)
+{
+	int fd;
+
+	if (mkdirat(r->inbox_fd, INBOX_TMP, 0750) < 0 && errno != EEXIST) {
+		log_error("cannot create %s/%s: %m", r->cfg.inbox, INBOX_TMP);
+		return -errno;
+	}
+	fd = openat(r->inbox_fd, INBOX_TMP, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0) {
+		log_error("cannot open %s/%s: %m", r->cfg.inbox, INBOX_TMP);
+		return -errno;
+	}
+	return fd;
+}

@@ -107,13 +107,11 @@ static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)
 
 static int usage_error(const char *fmt, ...)
 {
-	char msg[512];
 	va_list ap;
 
 	va_start(ap, fmt);
-	vsnprintf(msg, sizeof msg, fmt, ap);
+	log_vmsg(LOG_LVL_ERROR, fmt, ap);
 	va_end(ap);
-	log_error("%s", msg);
 	fprintf(stderr, "Try '%s --help'.\n", log_progname());
 	return EXIT_USAGE;
 }

@@ -44,6 +44,7 @@
  * counters); each group's thread owns its S3 client and state connection.
  */
 #include "remote_i.h"
+#include "fileio.h"
 #include "clock.h"
 #include "log.h"
 #include "parse.h"
@@ -367,20 +368,11 @@ struct download {
 static int dl_sink(void *ctx, const void *data, size_t len)
 {
 	struct download *dl = ctx;
-	const uint8_t *b = data;
+	int r = fileio_write_full(dl->fd, data, len);
 
-	while (len) {
-		ssize_t w = write(dl->fd, b, len);
-
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0)
-			return -errno;
-		b += w;
-		len -= (size_t)w;
-		dl->written += (uint64_t)w;
-	}
-	return 0;
+	if (r == 0)
+		dl->written += len;
+	return r;
 }
 
 /* Opens (creating) inbox/<group>. */
@@ -798,15 +790,9 @@ int puller_start(struct remote *r)
 	all->n = r->cfg.npulls;
 	for (size_t i = 0; i < all->n; i++)
 		all->p[i].tmp_fd = -1;
-	if (mkdirat(r->inbox_fd, INBOX_TMP, 0750) < 0 && errno != EEXIST) {
-		log_error("cannot create %s/%s: %m", r->cfg.inbox, INBOX_TMP);
-		return -errno;
-	}
-	fd = openat(r->inbox_fd, INBOX_TMP, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0) {
-		log_error("cannot open %s/%s: %m", r->cfg.inbox, INBOX_TMP);
-		return -errno;
-	}
+	fd = inbox_tmp_open(r);
+	if (fd < 0)
+		return fd;
 	clean_tmp(fd);
 	close(fd);
 	for (size_t i = 0; i < all->n; i++) {

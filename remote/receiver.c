@@ -1655,15 +1655,9 @@ static int open_tmp_dir(struct remote *r)
 	DIR *d;
 	int fd, dfd;
 
-	if (mkdirat(r->inbox_fd, INBOX_TMP, 0750) < 0 && errno != EEXIST) {
-		log_error("cannot create %s/%s: %m", r->cfg.inbox, INBOX_TMP);
-		return -errno;
-	}
-	fd = openat(r->inbox_fd, INBOX_TMP, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0) {
-		log_error("cannot open %s/%s: %m", r->cfg.inbox, INBOX_TMP);
-		return -errno;
-	}
+	fd = inbox_tmp_open(r);
+	if (fd < 0)
+		return fd;
 	dfd = dup(fd);
 	d = dfd >= 0 ? fdopendir(dfd) : NULL;
 	if (d) {

@@ -526,6 +526,9 @@ int inbox_move_aside(int dirfd, const char *name, const char *sub, bool keep_all
 		     size_t outlen);
 /* The segment files of directory dirfd in number order (malloc'd). */
 int inbox_scan(int dirfd, struct inbox_entry **out, size_t *n);
+/* Opens (creating) inbox/.tmp, where the receiver and the pullers write
+ * what they are receiving.  Returns an fd or -errno (logged). */
+int inbox_tmp_open(struct remote *r);
 
 /* ---- puller.c ---- */
 

@@ -14,6 +14,7 @@
  */
 #include "s3.h"
 #include "log.h"
+#include "parse.h"
 
 #include <ctype.h>
 #include <curl/curl.h>
@@ -185,28 +186,14 @@ void s3_url_free(struct s3_url *u)
 static int read_key_file(const char *what, const char *path, char **out, char *why,
 			 size_t whylen)
 {
-	char buf[KEY_FILE_MAX + 2];
-	size_t n;
-	FILE *f = fopen(path, "re");
+	int r = parse_secret_file(path, KEY_FILE_MAX, out);
 
-	if (!f) {
-		snprintf(why, whylen, "%s %s: %s", what, path, strerror(errno));
-		return -EINVAL;
-	}
-	n = fread(buf, 1, sizeof buf - 1, f);
-	fclose(f);
-	buf[n] = '\0';
-	while (n && isspace((unsigned char)buf[n - 1]))
-		buf[--n] = '\0';
-	if (n == 0 || n > KEY_FILE_MAX || strpbrk(buf, "\r\n")) {
+	if (r == -EINVAL)
 		snprintf(why, whylen, "%s %s must hold one line of 1..%d characters", what, path,
 			 KEY_FILE_MAX);
-		memset(buf, 0, sizeof buf);
-		return -EINVAL;
-	}
-	*out = strdup(buf);
-	memset(buf, 0, sizeof buf);
-	return *out ? 0 : -ENOMEM;
+	else if (r < 0 && r != -ENOMEM)
+		snprintf(why, whylen, "%s %s: %s", what, path, strerror(-r));
+	return r == -ENOMEM ? r : r < 0 ? -EINVAL : 0;
 }
 
 int s3_keys_load(const char *access_key_file, const char *secret_key_file, char **access_key,

@@ -114,13 +114,11 @@ static void usage(FILE *f)
 
 int usage_error(const char *fmt, ...)
 {
-	char msg[512];
 	va_list ap;
 
 	va_start(ap, fmt);
-	vsnprintf(msg, sizeof msg, fmt, ap);
+	log_vmsg(LOG_LVL_ERROR, fmt, ap);
 	va_end(ap);
-	log_error("%s", msg);
 	usage(stderr);
 	return EXIT_USAGE;
 }

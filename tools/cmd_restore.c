@@ -22,6 +22,7 @@
  * 2 usage.
  */
 #include "aimctl.h"
+#include "fileio.h"
 #include "clock.h"
 #include "log.h"
 #include "parse.h"
@@ -52,20 +53,7 @@ struct restore {
 
 static int fd_sink(void *ctx, const void *data, size_t len)
 {
-	int fd = *(int *)ctx;
-	const uint8_t *b = data;
-
-	while (len) {
-		ssize_t w = write(fd, b, len);
-
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0)
-			return -errno;
-		b += w;
-		len -= (size_t)w;
-	}
-	return 0;
+	return fileio_write_full(*(int *)ctx, data, len);
 }
 
 /* Downloads segment n into the work directory and opens it. */

@@ -208,30 +208,23 @@ static int check_url(const struct dest_config *d)
 
 static int load_token(struct dest_config *d)
 {
-	char buf[TOKEN_MAX + 2];
-	size_t n;
-	FILE *f;
+	char *token = NULL;
+	int r;
 
 	if (!d->token_file)
 		return 0;
-	f = fopen(d->token_file, "re");
-	if (!f) {
-		log_error("destination %s: token_file %s: %m", d->name, d->token_file);
-		return -EINVAL;
-	}
-	n = fread(buf, 1, sizeof buf - 1, f);
-	fclose(f);
-	buf[n] = '\0';
-	while (n && isspace((unsigned char)buf[n - 1]))
-		buf[--n] = '\0';
-	if (n == 0 || n > TOKEN_MAX || strpbrk(buf, "\r\n")) {
+	r = parse_secret_file(d->token_file, TOKEN_MAX, &token);
+	if (r == -EINVAL)
 		log_error("destination %s: token_file %s must hold one line of 1..%d characters",
 			  d->name, d->token_file, TOKEN_MAX);
-		return -EINVAL;
-	}
+	else if (r < 0 && r != -ENOMEM)
+		log_error("destination %s: token_file %s: %s", d->name, d->token_file,
+			  strerror(-r));
+	if (r < 0)
+		return r == -ENOMEM ? r : -EINVAL;
 	free(d->token);
-	d->token = strdup(buf);
-	return d->token ? 0 : -ENOMEM;
+	d->token = token;
+	return 0;
 }
 
 /* An object store: its URL names a bucket, its keys load, and the keys of

@@ -24,6 +24,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -361,6 +362,18 @@ int dest_state_mark_all(struct catalog *cat, enum dest_reason why)
 	int r = catalog_dests_each(cat, mark_one, &m);
 
 	return r < 0 ? r : m.err;
+}
+
+void dest_set_error(struct dest *d, const char *fmt, ...)
+{
+	va_list ap;
+
+	pthread_mutex_lock(&d->t->lock);
+	va_start(ap, fmt);
+	vsnprintf(d->last_error, sizeof d->last_error, fmt, ap);
+	va_end(ap);
+	d->last_error_ns = clock_wall_ns();
+	pthread_mutex_unlock(&d->t->lock);
 }
 
 void dest_link_set(struct dest *d, enum dest_link link)

@@ -71,19 +71,6 @@ struct s3_dest {
 	uint64_t next_retention_ns; /* monotonic */
 };
 
-static void set_error(struct dest *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void set_error(struct dest *d, const char *fmt, ...)
-{
-	va_list ap;
-
-	pthread_mutex_lock(&d->t->lock);
-	va_start(ap, fmt);
-	vsnprintf(d->last_error, sizeof d->last_error, fmt, ap);
-	va_end(ap);
-	d->last_error_ns = clock_wall_ns();
-	pthread_mutex_unlock(&d->t->lock);
-}
 
 static void segment_key(const struct s3_dest *sd, uint64_t n, char *key, size_t len)
 {
@@ -205,14 +192,14 @@ static int write_head(struct s3_dest *sd)
 	sd->head.written_ns = clock_wall_ns();
 	text = s3_head_dump(&sd->head);
 	if (!text) {
-		set_error(sd->d, "out of memory writing HEAD");
+		dest_set_error(sd->d, "out of memory writing HEAD");
 		return -ENOMEM;
 	}
 	head_key(sd, key, sizeof key);
 	r = s3_put(sd->s3, key, text, strlen(text), NULL, &rep);
 	free(text);
 	if (r < 0) {
-		set_error(sd->d, "%s", rep.error);
+		dest_set_error(sd->d, "%s", rep.error);
 		return r;
 	}
 	sd->head_owed = sd->head_urgent = false;
@@ -264,7 +251,7 @@ static int fetch_segment(struct s3_dest *sd, uint64_t n, uint8_t **out, size_t *
 	segment_key(sd, n, key, sizeof key);
 	r = s3_fetch(sd->s3, key, grow_sink, &g, SEGMENT_MAX, &rep);
 	if (r < 0) {
-		set_error(sd->d, "%s", r == -ENOMEM ? "out of memory" : rep.error);
+		dest_set_error(sd->d, "%s", r == -ENOMEM ? "out of memory" : rep.error);
 		free(g.buf);
 		return r;
 	}
@@ -292,7 +279,7 @@ static int load_head(struct s3_dest *sd)
 		memset(&sd->head, 0, sizeof sd->head);
 		memcpy(sd->head.group, sd->t->group_s, 37);
 	} else if (r < 0) {
-		set_error(sd->d, "%s", rep.error);
+		dest_set_error(sd->d, "%s", rep.error);
 		return r;
 	} else {
 		r = s3_head_parse(text, len, &sd->head, why, sizeof why);
@@ -302,7 +289,7 @@ static int load_head(struct s3_dest *sd)
 			r = -EBADMSG;
 		}
 		if (r < 0) {
-			set_error(sd->d, "%s/%s in the bucket is not a HEAD this aimfs can keep: %s"
+			dest_set_error(sd->d, "%s/%s in the bucket is not a HEAD this aimfs can keep: %s"
 				  " (move it away to start the group's record afresh)",
 				  s3_url(sd->s3), key, why);
 			return r;
@@ -366,7 +353,7 @@ int s3_dest_open(struct dest *d, struct catalog *cat, struct s3_dest **out)
 	sd->cat = cat;
 	r = s3_new(&o, &sd->s3, why, sizeof why);
 	if (r < 0) {
-		set_error(d, "%s", why);
+		dest_set_error(d, "%s", why);
 		free(sd);
 		return r;
 	}
@@ -395,7 +382,7 @@ enum outcome s3_dest_put(struct s3_dest *sd, uint64_t n, const uint8_t *raw, siz
 	segment_key(sd, n, key, sizeof key);
 	if (s3_put(sd->s3, key, packed ? packed : raw, packed ? packed_len : raw_len,
 		   packed ? "zstd" : NULL, &rep) < 0) {
-		set_error(sd->d, "%s", rep.error);
+		dest_set_error(sd->d, "%s", rep.error);
 		return SHIP_RETRY;
 	}
 	note_segment(sd, n, raw, raw_len, full);
@@ -486,7 +473,7 @@ enum outcome s3_dest_chores(struct s3_dest *sd)
 		for (int i = 0; i < PURGE_BATCH && h->purge_from < h->oldest; i++) {
 			segment_key(sd, h->purge_from, key, sizeof key);
 			if (s3_delete(sd->s3, key, &rep) < 0) {
-				set_error(sd->d, "%s", rep.error);
+				dest_set_error(sd->d, "%s", rep.error);
 				return SHIP_RETRY;
 			}
 			h->purge_from++;

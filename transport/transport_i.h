@@ -118,6 +118,8 @@ int dest_state_load(struct dest *d, struct catalog *cat);
 /* Sets the link state, logging what an operator should hear of the change
  * (T: called with transport.lock held). */
 void dest_link_set(struct dest *d, enum dest_link link);
+/* Records why the link failed, for status (takes transport.lock). */
+void dest_set_error(struct dest *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* True while d must ship nothing: a resync is about to begin with a
  * segment of its own (T). */
 bool dest_held(const struct dest *d);

@@ -86,19 +86,6 @@ static size_t keep_reply(char *buf, size_t size, size_t nitems, void *ctx)
 	return n;
 }
 
-static void set_error(struct dest *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void set_error(struct dest *d, const char *fmt, ...)
-{
-	va_list ap;
-
-	pthread_mutex_lock(&d->t->lock);
-	va_start(ap, fmt);
-	vsnprintf(d->last_error, sizeof d->last_error, fmt, ap);
-	va_end(ap);
-	d->last_error_ns = clock_wall_ns();
-	pthread_mutex_unlock(&d->t->lock);
-}
 
 /* First line of a receiver's reply, printable, for error messages. */
 static void reply_line(const struct upload *u, char *out, size_t len)
@@ -119,13 +106,13 @@ static enum outcome classify(struct dest *d, CURLcode cc, long status, const str
 		/* Network and TLS failures are retried, TLS ones included: a
 		 * certificate can be fixed on the remote without touching the
 		 * source, and the status shows the reason meanwhile. */
-		set_error(d, "%s", curl_err[0] ? curl_err : curl_easy_strerror(cc));
+		dest_set_error(d, "%s", curl_err[0] ? curl_err : curl_easy_strerror(cc));
 		return SHIP_RETRY;
 	}
 	if (proto_verdict(status) == PROTO_ACKED)
 		return SHIP_OK;
 	reply_line(u, why, sizeof why);
-	set_error(d, "HTTP %ld from %s%s%s", status, d->cfg.url, why[0] ? ": " : "", why);
+	dest_set_error(d, "HTTP %ld from %s%s%s", status, d->cfg.url, why[0] ? ": " : "", why);
 	return proto_verdict(status) == PROTO_RETRY ? SHIP_RETRY : SHIP_FATAL;
 }
 
@@ -261,7 +248,7 @@ static enum outcome ship(struct dest *d, CURL *c, struct curl_slist *headers[2],
 	pthread_mutex_unlock(&d->t->lock);
 	if (mode == FILTER_SKELETON && !skeleton_exists(d->t, d, n) &&
 	    skeleton_make(d->t, d, cat, n) < 0) {
-		set_error(d, "cannot make the skeleton of segment %s", file);
+		dest_set_error(d, "cannot make the skeleton of segment %s", file);
 		return SHIP_RETRY;
 	}
 	if (skeleton_exists(d->t, d, n)) {
@@ -269,7 +256,7 @@ static enum outcome ship(struct dest *d, CURL *c, struct curl_slist *headers[2],
 		skeleton_path(d->t, d, n, path, sizeof path);
 		r = seg_view_open(path, &v, &err);
 		if (r < 0) {
-			set_error(d, "skeleton of segment %s is damaged: %s", file, err.msg);
+			dest_set_error(d, "skeleton of segment %s is damaged: %s", file, err.msg);
 			return SHIP_FATAL;
 		}
 		*dfirst = seg_view_header(v)->first_lsn;
@@ -289,13 +276,13 @@ static enum outcome ship(struct dest *d, CURL *c, struct curl_slist *headers[2],
 	snprintf(path, sizeof path, "%s/%s", d->t->journal_dir, file);
 	r = seg_view_open(path, &v, &err);
 	if (r == -ENOENT) {
-		set_error(d, "segment %s is no longer in the journal; this destination needs a"
+		dest_set_error(d, "segment %s is no longer in the journal; this destination needs a"
 			     " resync", file);
 		return SHIP_RESYNC;
 	}
 	if (r < 0) {
 		/* Never ship something the receiver would refuse anyway. */
-		set_error(d, "segment %s is damaged: %s", file, err.msg);
+		dest_set_error(d, "segment %s is damaged: %s", file, err.msg);
 		return SHIP_FATAL;
 	}
 	*src_last = seg_view_last_lsn(v);
@@ -310,7 +297,7 @@ static enum outcome ship(struct dest *d, CURL *c, struct curl_slist *headers[2],
 	    has_foreign_records(v, d->rec.number)) {
 		if (filter_segment(&d->cfg, d->rec.number, mode, v, first, &filtered, &len, dlast) < 0) {
 			seg_view_free(v);
-			set_error(d, "out of memory filtering segment %s", file);
+			dest_set_error(d, "out of memory filtering segment %s", file);
 			return SHIP_RETRY;
 		}
 		body = filtered;
@@ -371,7 +358,7 @@ void *worker_main(void *arg)
 
 	snprintf(path, sizeof path, "%s/catalog.db", t->journal_dir);
 	if (catalog_open(path, &cat) < 0) {
-		set_error(d, "cannot open the catalog");
+		dest_set_error(d, "cannot open the catalog");
 		pthread_mutex_lock(&t->lock);
 		dest_link_set(d, DEST_LINK_STOPPED);
 		pthread_mutex_unlock(&t->lock);
@@ -435,7 +422,7 @@ void *worker_main(void *arg)
 		}
 		if (o == SHIP_OK && catalog_dest_ack(cat, d->cfg.name, n, src_last, dfirst, dlast,
 						     sent, now) < 0) {
-			set_error(d, "cannot record the acknowledgement in the catalog");
+			dest_set_error(d, "cannot record the acknowledgement in the catalog");
 			o = SHIP_RETRY;
 		}
 		if (o == SHIP_OK && skeleton)
