@@ -82,6 +82,10 @@
 
 /* Mismatches kept in memory before they are recorded ahead of progress. */
 #define MISMATCH_BATCH 4096
+/* MARKs applied are recorded with the next progress, or earlier in one
+ * transaction per this many: one commit each made a segment of marks
+ * apply at the disk's fsync rate. */
+#define MARK_BATCH 1024
 
 struct group {
 	struct group *next;
@@ -113,6 +117,8 @@ struct group {
 	bool sync_dirty;
 	struct state_mismatch *mm;   /* mismatches to record, nmm of mm_cap */
 	size_t nmm, mm_cap;
+	struct state_mark *marks;    /* MARKs to record, nmarks of MARK_BATCH */
+	size_t nmarks;
 	struct hold hold;     /* the hold, as recorded (snap.hold is its copy) */
 	uint64_t rec_lsn;     /* the last record applied, and its type */
 	uint8_t rec_type;
@@ -292,6 +298,39 @@ static void mismatches_clear(struct group *g)
 	g->nmm = 0;
 }
 
+/* Records the MARKs kept since the last time. */
+static int marks_flush(struct group *g)
+{
+	int r = state_marks_add(g->st, g->name, g->marks, g->nmarks);
+
+	if (r == 0)
+		g->nmarks = 0;
+	return r;
+}
+
+/* Keeps a MARK the group applied, to record with the next progress. */
+static int mark_keep(struct group *g, const struct seg_record *r)
+{
+	struct state_mark *m;
+
+	if (!g->marks) {
+		g->marks = calloc(MARK_BATCH, sizeof *g->marks);
+		if (!g->marks)
+			return -ENOMEM;
+	}
+	if (g->nmarks == MARK_BATCH) {
+		int rc = marks_flush(g);
+
+		if (rc < 0)
+			return rc;
+	}
+	m = &g->marks[g->nmarks++];
+	m->lsn = r->lsn;
+	m->time_ns = r->time_ns;
+	snprintf(m->name, sizeof m->name, "%.*s", (int)r->payload_len, (const char *)r->payload);
+	return 0;
+}
+
 /* Records progress up to lsn with the events kept since the last time,
  * and the whole segment done unless NULL; then updates g->sg and the
  * snapshot.  Returns 0 or -errno (the state logged why). */
@@ -300,6 +339,9 @@ static int record_progress(struct group *g, uint64_t lsn, uint64_t time_ns,
 {
 	int r;
 
+	r = marks_flush(g);
+	if (r < 0)
+		return r;
 	r = state_progress(g->st, g->name, lsn, time_ns, done, g->sync_dirty ? &g->sync_next : NULL,
 			   g->mm, g->nmm);
 	if (r < 0)
@@ -420,15 +462,13 @@ static int on_durable(void *ctx, const struct apply_progress *p)
 static int on_record(void *ctx, struct seg_view *v, const struct seg_record *r)
 {
 	struct group *g = ctx;
-	char name[SEG_MARK_MAX + 1];
 	int rc;
 
 	(void)v;
 	g->rec_lsn = r->lsn;
 	g->rec_type = r->type;
 	if (r->type == SEG_MARK) {
-		snprintf(name, sizeof name, "%.*s", (int)r->payload_len, (const char *)r->payload);
-		rc = state_mark_add(g->st, g->name, name, r->lsn, r->time_ns);
+		rc = mark_keep(g, r);
 		if (rc < 0)
 			return rc;
 	}
@@ -1200,6 +1240,8 @@ static void *group_main(void *arg)
 	group_fini(g);
 	free(g->mm);
 	g->mm = NULL;
+	free(g->marks);
+	g->marks = NULL;
 	return NULL;
 }
 

@@ -398,9 +398,16 @@ int state_hold_put(struct state *st, const char *group, const struct hold *h);
  * LSN: 0, or -EIO.  For the receiver. */
 int state_role(struct state *st, const char *group, enum failover_role *role,
 	       uint64_t *promoted_ns, uint64_t *lsn);
-/* Records a MARK the group applied (again after a crash: the same row). */
-int state_mark_add(struct state *st, const char *group, const char *name, uint64_t lsn,
-		   uint64_t time_ns);
+/* A MARK record a group applied. */
+struct state_mark {
+	uint64_t lsn, time_ns;
+	char name[SEG_MARK_MAX + 1];
+};
+/* Records MARKs the group applied, marks[0..n), in one transaction (again
+ * after a crash: the same rows; rows may precede the progress that passes
+ * them).  0, or -EIO. */
+int state_marks_add(struct state *st, const char *group, const struct state_mark *marks,
+		    size_t n);
 /* The LSN of the group's MARK name as applied: 0 and *lsn, -ENOENT, -EIO. */
 int state_mark_get(struct state *st, const char *group, const char *name, uint64_t *lsn);
 

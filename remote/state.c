@@ -893,21 +893,34 @@ int state_role(struct state *st, const char *group, enum failover_role *role,
 	return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : db_fail(st, "reading a group's role");
 }
 
-int state_mark_add(struct state *st, const char *group, const char *name, uint64_t lsn,
-		   uint64_t time_ns)
+int state_marks_add(struct state *st, const char *group, const struct state_mark *marks,
+		    size_t n)
 {
-	sqlite3_stmt *s;
+	sqlite3_stmt *s = NULL;
 	int r;
 
-	r = prepare(st, "INSERT OR REPLACE INTO marks (\"group\", lsn, name, time_ns)"
-			" VALUES (?, ?, ?, ?)", &s);
+	if (!n)
+		return 0;
+	r = exec(st, "BEGIN IMMEDIATE");
 	if (r < 0)
 		return r;
-	sqlite3_bind_text(s, 1, group, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(s, 2, (sqlite3_int64)lsn);
-	sqlite3_bind_text(s, 3, name, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(s, 4, (sqlite3_int64)time_ns);
-	return run(st, s, "recording a mark");
+	r = prepare(st, "INSERT OR REPLACE INTO marks (\"group\", lsn, name, time_ns)"
+			" VALUES (?, ?, ?, ?)", &s);
+	for (size_t i = 0; r == 0 && i < n; i++) {
+		sqlite3_reset(s);
+		sqlite3_bind_text(s, 1, group, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(s, 2, (sqlite3_int64)marks[i].lsn);
+		sqlite3_bind_text(s, 3, marks[i].name, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(s, 4, (sqlite3_int64)marks[i].time_ns);
+		if (sqlite3_step(s) != SQLITE_DONE)
+			r = db_fail(st, "recording marks");
+	}
+	sqlite3_finalize(s); /* NULL if prepare failed */
+	if (r < 0) {
+		exec(st, "ROLLBACK");
+		return r;
+	}
+	return exec(st, "COMMIT");
 }
 
 int state_mark_get(struct state *st, const char *group, const char *name, uint64_t *lsn)

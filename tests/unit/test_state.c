@@ -86,7 +86,8 @@ static void check_holds(struct state *st)
 	CHECK(state_role(st, G1, &role, &at, &stop) == 0 && role == FO_NONE);
 	/* marks, recorded again after a crash as the same row */
 	CHECK(state_mark_get(st, G1, "m", &lsn) == -ENOENT);
-	CHECK(state_mark_add(st, G1, "m", 42, 1) == 0 && state_mark_add(st, G1, "m", 42, 1) == 0);
+	struct state_mark m = { .lsn = 42, .time_ns = 1, .name = "m" };
+	CHECK(state_marks_add(st, G1, &m, 1) == 0 && state_marks_add(st, G1, &m, 1) == 0);
 	CHECK(state_mark_get(st, G1, "m", &lsn) == 0 && lsn == 42);
 	CHECK(state_mark_get(st, G2, "m", &lsn) == -ENOENT);
 }
