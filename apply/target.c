@@ -6,6 +6,7 @@
  * entries; a dirty target is fsynced before it leaves the cache, so that
  * dropping one never loses a barrier).
  */
+#include "fileio.h"
 #include "apply_i.h"
 
 #include <errno.h>
@@ -272,27 +273,6 @@ static int open_in_dir(struct applier *a, const char *name, mode_t mode, char *e
 	return fd;
 }
 
-/* fsyncs the directory holding path (an operator's path, outside the
- * target directory), after creating an entry in it. */
-static int fsync_dir_of(const char *path)
-{
-	char *dir = strdup(path), *slash;
-	int fd, r;
-
-	if (!dir)
-		return -ENOMEM;
-	slash = strrchr(dir, '/');
-	if (slash)
-		*(slash == dir ? slash + 1 : slash) = '\0';
-	fd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	free(dir);
-	if (fd < 0)
-		return -errno;
-	r = apply_fsync_fd(fd);
-	close(fd);
-	return r;
-}
-
 static int open_mapped(const struct mapping *m, char *err, size_t errlen)
 {
 	int flags = O_RDWR | O_CLOEXEC | O_NOCTTY;
@@ -308,7 +288,7 @@ static int open_mapped(const struct mapping *m, char *err, size_t errlen)
 	if (fd < 0 && errno == ENOENT) {
 		fd = open(m->path, flags | O_CREAT | O_EXCL, NEW_FILE_MODE);
 		if (fd >= 0) {
-			r = fsync_dir_of(m->path);
+			r = fileio_fsync_dir_of(m->path, apply_fsync_fd); /* an operator's path */
 			if (r < 0) {
 				close(fd);
 				return apply_fail(err, errlen, r, "image %s: fsync of the directory of %s: %s",

@@ -5,7 +5,10 @@
  * acknowledgements and dirty extents can be rebuilt from the segments still
  * on disk, which is what recovery does for segments sealed but not yet
  * indexed when the daemon died.  synchronous=NORMAL in WAL mode is therefore
- * enough: a lost last transaction is re-derived at the next mount.
+ * enough: a lost last transaction is re-derived at the next mount.  The
+ * exceptions are made durable before anything depends on them: dirty
+ * extents before the segments they stand for are deleted
+ * (catalog_make_durable, transport/transport.c).
  */
 #include "catalog.h"
 #include "log.h"

@@ -4,6 +4,9 @@
 #include "fileio.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 ssize_t fileio_pread_full(fileio_pread_fn fn, int fd, void *buf, size_t len, uint64_t off)
@@ -62,4 +65,26 @@ int fileio_write_full(int fd, const void *buf, size_t len)
 		len -= (size_t)n;
 	}
 	return 0;
+}
+
+int fileio_fsync_dir_of(const char *path, int (*fsync_fn)(int fd))
+{
+	char *dir = strdup(path), *slash;
+	int fd, r;
+
+	if (!dir)
+		return -ENOMEM;
+	slash = strrchr(dir, '/');
+	if (slash)
+		*(slash == dir ? slash + 1 : slash) = '\0';
+	fd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	free(dir);
+	if (fd < 0)
+		return -errno;
+	if (fsync_fn)
+		r = fsync_fn(fd);
+	else
+		r = fsync(fd) < 0 ? -errno : 0;
+	close(fd);
+	return r;
 }

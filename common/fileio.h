@@ -25,4 +25,8 @@ int fileio_pwrite_full(fileio_pwrite_fn fn, int fd, const void *buf, size_t len,
  * filled in order).  Returns 0 or -errno. */
 int fileio_write_full(int fd, const void *buf, size_t len);
 
+/* fsyncs the directory holding path, after creating or renaming an entry
+ * in it, with fsync_fn (NULL: fsync(2)).  Returns 0 or -errno. */
+int fileio_fsync_dir_of(const char *path, int (*fsync_fn)(int fd));
+
 #endif

@@ -11,6 +11,7 @@
  * starts with SYNC_BEGIN: from then on the remote knows it is not a
  * consistent copy.
  */
+#include "fileio.h"
 #include "transport_i.h"
 #include "catalog.h"
 #include "log.h"
@@ -77,9 +78,12 @@ static int write_file(const char *path, const uint8_t *buf, size_t len)
 	close(fd);
 	if (r == 0 && rename(tmp, path) < 0)
 		r = -errno;
-	if (r < 0)
+	if (r < 0) {
 		unlink(tmp);
-	return r;
+		return r;
+	}
+	/* the name too: the segment it stands for is deleted next */
+	return fileio_fsync_dir_of(path, NULL);
 }
 
 /* The data records of v that d mirrors become its dirty extents. */

@@ -327,9 +327,17 @@ int segment_facts(const char *dir, uint64_t n, uint64_t *size, uint64_t *created
 	return 0;
 }
 
-/* A tracking destination needs no segment it has a skeleton of. */
-static void make_skeletons(struct transport *t, struct catalog *cat)
+/*
+ * A tracking destination needs no segment it has a skeleton of.  The
+ * catalog commits with synchronous=NORMAL: the dirty extents a skeleton
+ * added are made durable here, before the segments they stand for can be
+ * deleted (a power cut could otherwise keep the deletion and lose them).
+ * Returns 0, or -errno when nothing may be pruned now.
+ */
+static int make_skeletons(struct transport *t, struct catalog *cat)
 {
+	bool made = false;
+
 	for (size_t i = 0; i < t->ndests; i++) {
 		struct dest *d = &t->dests[i];
 		uint64_t from, to;
@@ -338,17 +346,21 @@ static void make_skeletons(struct transport *t, struct catalog *cat)
 		from = (d->skel_through > d->acked_segment ? d->skel_through : d->acked_segment) + 1;
 		to = dest_tracking(d) ? t->durable_segment : 0;
 		pthread_mutex_unlock(&t->lock);
-		for (uint64_t n = from; n <= to; n++)
+		for (uint64_t n = from; n <= to; n++) {
 			if (skeleton_make(t, d, cat, n) < 0)
 				break;
+			made = true;
+		}
 	}
+	return made ? catalog_make_durable(cat) : 0;
 }
 
 void transport_prune(struct transport *t, struct catalog *cat)
 {
 	uint64_t low = UINT64_MAX, backing, n, now = clock_wall_ns();
 
-	make_skeletons(t, cat);
+	if (make_skeletons(t, cat) < 0)
+		return;
 	pthread_mutex_lock(&t->lock);
 	if (t->pruning || t->ndests == 0) {
 		pthread_mutex_unlock(&t->lock);
