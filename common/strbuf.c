@@ -87,3 +87,28 @@ void strbuf_free(struct strbuf *sb)
 	sb->buf = NULL;
 	sb->len = sb->cap = 0;
 }
+
+char *prom_label_value(const char *s)
+{
+	size_t n = 0;
+	char *out, *o;
+
+	for (const char *p = s; *p; p++)
+		n += (*p == '\\' || *p == '"' || *p == '\n') ? 2 : 1;
+	out = o = malloc(n + 1);
+	if (!out)
+		return NULL;
+	for (const char *p = s; *p; p++) {
+		if (*p == '\\' || *p == '"') {
+			*o++ = '\\';
+			*o++ = *p;
+		} else if (*p == '\n') {
+			*o++ = '\\';
+			*o++ = 'n';
+		} else {
+			*o++ = *p;
+		}
+	}
+	*o = '\0';
+	return out;
+}

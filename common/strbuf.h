@@ -23,6 +23,9 @@ bool strbuf_append(struct strbuf *sb, const void *p, size_t n);
  * as CURLOPT_WRITEDATA (set max first to bound it): the transfer fails
  * when the body would pass max. */
 size_t strbuf_curl_write(char *p, size_t size, size_t nitems, void *sb);
+/* s as a Prometheus label value (backslash, double quote and newline
+ * escaped), in a new string to free(); NULL when out of memory. */
+char *prom_label_value(const char *s);
 /* Hands the text to the caller (free() it) and resets sb. */
 char *strbuf_take(struct strbuf *sb, size_t *len);
 void strbuf_free(struct strbuf *sb);

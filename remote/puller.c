@@ -932,27 +932,43 @@ json_t *puller_status_json(struct remote *r)
 
 void puller_metrics(struct remote *r, struct strbuf *sb)
 {
+	static const char *const types[] = {
+		"# TYPE aim_remote_pull_state gauge\n",
+		"# TYPE aim_remote_pulled_segments_total counter\n",
+		"# TYPE aim_remote_pulled_bytes_total counter\n",
+	};
 	struct pullers *all = r->pullers;
+	struct strbuf fam[3] = { 0 };
 
 	if (!all || !all->n)
 		return;
+	for (int f = 0; f < 3; f++)
+		strbuf_printf(&fam[f], "%s", types[f]);
 	pthread_mutex_lock(&all->lock);
-	strbuf_printf(sb, "# TYPE aim_remote_pull_state gauge\n");
 	for (size_t i = 0; i < all->n; i++) {
 		unsigned retrying;
 		const struct pull_loop *w = worst(&all->p[i], &retrying);
+		char *label = prom_label_value(all->p[i].cfg->name);
 
+		if (!label) {
+			sb->failed = true;
+			break;
+		}
+		/* one family after the other, as the text format asks */
 		for (int s = 0; s <= PULL_RETRYING; s++)
-			strbuf_printf(sb, "aim_remote_pull_state{pull=\"%s\",state=\"%s\"} %d\n",
-				      all->p[i].cfg->name, pull_state_names[s], (int)w->state == s);
+			strbuf_printf(&fam[0], "aim_remote_pull_state{pull=\"%s\",state=\"%s\"} %d\n",
+				      label, pull_state_names[s], (int)w->state == s);
+		strbuf_printf(&fam[1], "aim_remote_pulled_segments_total{pull=\"%s\"} %" PRIu64 "\n",
+			      label, all->p[i].segments);
+		strbuf_printf(&fam[2], "aim_remote_pulled_bytes_total{pull=\"%s\"} %" PRIu64 "\n",
+			      label, all->p[i].bytes);
+		free(label);
 	}
-	strbuf_printf(sb, "# TYPE aim_remote_pulled_segments_total counter\n");
-	for (size_t i = 0; i < all->n; i++)
-		strbuf_printf(sb, "aim_remote_pulled_segments_total{pull=\"%s\"} %" PRIu64 "\n",
-			      all->p[i].cfg->name, all->p[i].segments);
-	strbuf_printf(sb, "# TYPE aim_remote_pulled_bytes_total counter\n");
-	for (size_t i = 0; i < all->n; i++)
-		strbuf_printf(sb, "aim_remote_pulled_bytes_total{pull=\"%s\"} %" PRIu64 "\n",
-			      all->p[i].cfg->name, all->p[i].bytes);
+	for (int f = 0; f < 3; f++) {
+		if (fam[f].len)
+			strbuf_append(sb, fam[f].buf, fam[f].len);
+		sb->failed |= fam[f].failed;
+		strbuf_free(&fam[f]);
+	}
 	pthread_mutex_unlock(&all->lock);
 }

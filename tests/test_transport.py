@@ -4,8 +4,10 @@ the source; a receiver that goes away makes the source say "retrying" with
 the reason and converges when it comes back; bad configurations are
 refused at start with a reason."""
 import os
+import re
 import subprocess
 import time
+import urllib.request
 
 import pytest
 
@@ -288,3 +290,32 @@ images = nothing-like-this*.raw
     m = aimfs(options=[f"config={conf}"], expect_alarms=True)
     assert m.unmount() == 0
     assert 'image pattern "nothing-like-this*.raw" matches no image' in m.output()
+
+
+SAMPLE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*'
+                    r'(\{[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
+                    r'(,[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*")*\})? \S+$')
+
+
+def test_a_destination_name_with_quotes_keeps_metrics_well_formed(aimfs, workdir):
+    """A name is the operator's word: quotes and backslashes in it are
+    escaped in /metrics, which Prometheus would otherwise reject whole."""
+    name = 'dr "east" \\ 1'
+    status = f"127.0.0.1:{free_port()}"
+    conf = write_config(os.path.join(workdir, "c.conf"), f"""
+[aimfs]
+status = {status}
+[destination {name}]
+url = http://127.0.0.1:{free_port()}/aim
+""")
+    m = aimfs(options=[f"config={conf}"], expect_alarms=True)
+    try:
+        assert [d["name"] for d in get_status(status)["destinations"]] == [name]
+        with urllib.request.urlopen(f"http://{status}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        bad = [line for line in text.splitlines()
+               if line and not line.startswith("#") and not SAMPLE.match(line)]
+        assert not bad, "\n".join(bad)
+        assert 'aimfs_destination_up{destination="dr \\"east\\" \\\\ 1"} 0' in text, text
+    finally:
+        assert m.unmount() == 0

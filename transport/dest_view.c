@@ -187,24 +187,45 @@ json_t *dest_views_json(const struct dest_view *v, size_t n)
 	return arr;
 }
 
+static void labels_free(char **label, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(label[i]);
+	free(label);
+}
+
 void dest_views_metrics(const struct dest_view *v, size_t n, struct strbuf *sb)
 {
+	char **label;
+
 	if (!n)
 		return;
+	/* A name is an operator's word (or a URL): escaped, it cannot break
+	 * the exposition of every other series. */
+	label = calloc(n, sizeof *label);
+	for (size_t i = 0; label && i < n; i++)
+		if (!(label[i] = prom_label_value(v[i].name))) {
+			labels_free(label, i);
+			label = NULL;
+		}
+	if (!label) {
+		sb->failed = true;
+		return;
+	}
 	strbuf_printf(sb, "# HELP aimfs_destination_state 1 for the state the destination is in"
 		      " (the state of /status), 0 for the others\n"
 		      "# TYPE aimfs_destination_state gauge\n");
 	for (size_t i = 0; i < n; i++)
 		for (int s = 0; s < DEST_VIEW_STATES; s++)
 			strbuf_printf(sb, "aimfs_destination_state{destination=\"%s\",state=\"%s\"} %d\n",
-				      v[i].name, dest_view_state_name((enum dest_view_state)s),
+				      label[i], dest_view_state_name((enum dest_view_state)s),
 				      v[i].state == (enum dest_view_state)s);
 	/* No state label here: a label whose value changes would make each
 	 * change a new series (aimfs_destination_state says which). */
 	strbuf_printf(sb, "# HELP aimfs_destination_up 1 if the destination is in sync or"
 		      " shipping\n# TYPE aimfs_destination_up gauge\n");
 	for (size_t i = 0; i < n; i++)
-		strbuf_printf(sb, "aimfs_destination_up{destination=\"%s\"} %d\n", v[i].name,
+		strbuf_printf(sb, "aimfs_destination_up{destination=\"%s\"} %d\n", label[i],
 			      v[i].state == DEST_VIEW_IN_SYNC || v[i].state == DEST_VIEW_SHIPPING);
 #define GAUGE(metric, help, fmt, expr)                                                      \
 	do {                                                                                \
@@ -212,7 +233,7 @@ void dest_views_metrics(const struct dest_view *v, size_t n, struct strbuf *sb)
 			      "# TYPE aimfs_destination_" metric " gauge\n");                 \
 		for (size_t i = 0; i < n; i++)                                              \
 			strbuf_printf(sb, "aimfs_destination_" metric "{destination=\"%s\"} " fmt \
-				      "\n", v[i].name, (expr));                               \
+				      "\n", label[i], (expr));                               \
 	} while (0)
 #define COUNTER(metric, help, expr)                                                         \
 	do {                                                                                \
@@ -220,7 +241,7 @@ void dest_views_metrics(const struct dest_view *v, size_t n, struct strbuf *sb)
 			      "# TYPE aimfs_destination_" metric " counter\n");               \
 		for (size_t i = 0; i < n; i++)                                              \
 			strbuf_printf(sb, "aimfs_destination_" metric "{destination=\"%s\"} %" \
-				      PRIu64 "\n", v[i].name, (uint64_t)(expr));              \
+				      PRIu64 "\n", label[i], (uint64_t)(expr));              \
 	} while (0)
 	GAUGE("acked_segment", "last segment the destination acknowledged", "%" PRIu64,
 	      v[i].acked_segment);
@@ -242,4 +263,5 @@ void dest_views_metrics(const struct dest_view *v, size_t n, struct strbuf *sb)
 	COUNTER("shipped_segments_total", "segments uploaded", v[i].segments_sent);
 #undef GAUGE
 #undef COUNTER
+	labels_free(label, n);
 }
