@@ -163,6 +163,26 @@ static int rel_path(struct fs *fs, struct lo_inode *dir, const char *name, char 
 	return len < 0 || (size_t)len >= outlen ? -ENAMETOOLONG : 0;
 }
 
+/*
+ * The one place where a journal error becomes a FUSE reply.  A full disk,
+ * an exhausted quota or a read-only filesystem is told as itself, so that
+ * the writer can act on it (QEMU's werror=enospc pauses the guest on
+ * ENOSPC, and "cont" resumes it once space is freed); so is a lack of
+ * memory.  Anything else the journal could not do is EIO.
+ */
+static int journal_errno(int r)
+{
+	switch (-r) {
+	case ENOSPC:
+	case EDQUOT:
+	case EROFS:
+	case ENOMEM:
+		return -r;
+	default:
+		return EIO;
+	}
+}
+
 /* The range lock of an image lives with the image (the resync engine takes
  * it too); a regular file the journal does not mirror uses its inode's. */
 static struct rangelock *lock_of(struct lo_inode *in)
@@ -207,13 +227,13 @@ static void unref_inode(struct fs *fs, struct lo_inode *in, uint64_t n)
  * The image of a regular file the journal has never seen (made in the
  * backing directory behind the mount's back): adopt it, content and all.
  */
-static struct image *adopt(struct fs *fs, struct lo_inode *dir, const char *name, int fd,
-			   const struct stat *st)
+static int adopt(struct fs *fs, struct lo_inode *dir, const char *name, int fd,
+		 const struct stat *st, struct image **out)
 {
 	struct journal *j = fs->cfg.journal;
 	struct image *im;
 	char path[PATH_MAX];
-	int rfd;
+	int rfd, r = -EIO;
 
 	journal_ns_lock(j);
 	im = journal_image_lookup(j, st->st_dev, st->st_ino);
@@ -223,13 +243,15 @@ static struct image *adopt(struct fs *fs, struct lo_inode *dir, const char *name
 		snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
 		rfd = open(proc, O_RDONLY | O_CLOEXEC);
 		if (rfd >= 0) {
-			if (journal_adopt(j, path, rfd, st, &im) < 0)
+			r = journal_adopt(j, path, rfd, st, &im);
+			if (r < 0)
 				im = NULL;
 			close(rfd);
 		}
 	}
 	journal_ns_unlock(j);
-	return im;
+	*out = im;
+	return im ? 0 : r;
 }
 
 /* Looks name up in dir and fills e; takes one lookup reference. */
@@ -270,12 +292,14 @@ static int do_lookup(struct fs *fs, struct lo_inode *dir, const char *name,
 
 	/* New inode: resolve its image before anyone can write through it. */
 	if (S_ISREG(e->attr.st_mode)) {
+		int r = 0;
+
 		im = journal_image_lookup(fs->cfg.journal, e->attr.st_dev, e->attr.st_ino);
 		if (!im)
-			im = adopt(fs, dir, name, fd, &e->attr);
+			r = adopt(fs, dir, name, fd, &e->attr, &im);
 		if (!im) {
 			close(fd);
-			return EIO;
+			return journal_errno(r);
 		}
 	}
 	in = calloc(1, sizeof *in);
@@ -369,18 +393,20 @@ static int journaled_truncate(struct fs *fs, struct lo_inode *in, int fd, uint64
 	struct range_held h;
 	int r, err = 0;
 
+	if (in->image && (r = journal_settle(j)) < 0)
+		return journal_errno(r);
 	rangelock_acquire(lock_of(in), &h, 0, RANGE_END);
 	if (in->image) {
 		r = journal_truncate(j, in->image, size, &t);
 		if (r < 0) {
 			rangelock_release(lock_of(in), &h);
-			return EIO;
+			return journal_errno(r);
 		}
 	}
 	if (aimfs_io.ftruncate_fn(fd, (off_t)size) < 0) {
 		err = errno;
 		if (in->image && t.lsn)
-			journal_correct(j, in->image, fd, 0, 0);
+			journal_correct(j, in->image, fd, 0, 0, &t);
 	}
 	rangelock_release(lock_of(in), &h);
 	journal_done(j, &t);
@@ -473,6 +499,24 @@ static void lo_readlink(fuse_req_t req, fuse_ino_t ino)
 
 /* ---- namespace ---- */
 
+/*
+ * Takes the namespace lock for a namespace change, after journaling what
+ * the journal still owes (an owed record must not be overtaken).  Returns
+ * 0 with the lock held, or -errno for the reply (lock not held).
+ */
+static int ns_begin(struct journal *j)
+{
+	int r;
+
+	journal_ns_lock(j);
+	r = journal_owes(j) ? journal_settle_locked(j) : 0;
+	if (r < 0) {
+		journal_ns_unlock(j);
+		return -journal_errno(r);
+	}
+	return 0;
+}
+
 /* Gives a file made by root on behalf of another user to that user. */
 static void give_to_caller(fuse_req_t req, int dirfd, const char *name)
 {
@@ -506,7 +550,9 @@ static int create_regular(fuse_req_t req, struct lo_inode *dir, const char *name
 	r = rel_path(fs, dir, name, path, sizeof path);
 	if (r < 0)
 		return r;
-	journal_ns_lock(j);
+	r = ns_begin(j);
+	if (r < 0)
+		return r;
 	fd = openat(dir->fd, name, (flags < 0 ? O_WRONLY : flags & ~(O_TRUNC | O_APPEND)) |
 		    O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, caller_mode(req, mode));
 	if (fd < 0) {
@@ -515,10 +561,10 @@ static int create_regular(fuse_req_t req, struct lo_inode *dir, const char *name
 		return r;
 	}
 	give_to_caller(req, dir->fd, name);
-	if (fstat(fd, &st) < 0 ||
-	    journal_create(j, path, st.st_mode, st.st_dev, st.st_ino, &im) < 0) {
+	r = fstat(fd, &st) < 0 ? -EIO : journal_create(j, path, st.st_mode, st.st_dev, st.st_ino, &im);
+	if (r < 0) {
 		/* Not journaled: undo, so that source and journal agree. */
-		r = -EIO;
+		r = -journal_errno(r);
 		unlinkat(dir->fd, name, 0);
 		close(fd);
 		journal_ns_unlock(j);
@@ -585,7 +631,11 @@ static void lo_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 		fuse_reply_err(req, -r);
 		return;
 	}
-	journal_ns_lock(fs->cfg.journal);
+	r = ns_begin(fs->cfg.journal);
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+		return;
+	}
 	if (mkdirat(dir->fd, name, caller_mode(req, mode)) < 0) {
 		r = errno;
 		journal_ns_unlock(fs->cfg.journal);
@@ -593,10 +643,12 @@ static void lo_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 		return;
 	}
 	give_to_caller(req, dir->fd, name);
-	if (journal_mkdir(fs->cfg.journal, path, caller_mode(req, mode)) < 0) {
+	r = journal_mkdir(fs->cfg.journal, path, caller_mode(req, mode));
+	if (r < 0) {
+		/* Not journaled: undone, so that source and journal agree. */
 		unlinkat(dir->fd, name, AT_REMOVEDIR);
 		journal_ns_unlock(fs->cfg.journal);
-		fuse_reply_err(req, EIO);
+		fuse_reply_err(req, journal_errno(r));
 		return;
 	}
 	journal_ns_unlock(fs->cfg.journal);
@@ -654,12 +706,16 @@ static void lo_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 		fuse_reply_err(req, EPERM);
 		return;
 	}
-	journal_ns_lock(j);
+	err = -ns_begin(j);
+	if (err) {
+		fuse_reply_err(req, err);
+		return;
+	}
 	im = image_at(fs, dir, name, &st);
 	if (unlinkat(dir->fd, name, 0) < 0)
 		err = errno;
 	else if (im && journal_unlink(j, im) < 0)
-		err = EIO; /* removed but not journaled: recovery reconciles */
+		err = EIO; /* removed, neither journaled nor owed: recovery reconciles */
 	journal_ns_unlock(j);
 	journal_image_put(j, im);
 	fuse_reply_err(req, err);
@@ -681,7 +737,11 @@ static void lo_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
-	journal_ns_lock(j);
+	err = -ns_begin(j);
+	if (err) {
+		fuse_reply_err(req, err);
+		return;
+	}
 	if (unlinkat(dir->fd, name, AT_REMOVEDIR) < 0)
 		err = errno;
 	else if (journal_rmdir(j, path) < 0)
@@ -715,7 +775,11 @@ static void lo_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
-	journal_ns_lock(j);
+	err = -ns_begin(j);
+	if (err) {
+		fuse_reply_err(req, err);
+		return;
+	}
 	im = image_at(fs, dir, name, &st);
 	replaced = image_at(fs, ndir, newname, &nst);
 	if (S_ISDIR(st.st_mode) && journal_rename_dir_check(j, from, to) < 0) {
@@ -737,7 +801,7 @@ static void lo_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 		else
 			r = 0;
 		if (r < 0)
-			err = EIO; /* done but not journaled: recovery reconciles */
+			err = EIO; /* done, neither journaled nor owed: recovery reconciles */
 	}
 	journal_ns_unlock(j);
 	journal_image_put(j, im);
@@ -920,8 +984,13 @@ static void lo_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	struct range_held h;
 	const char *src = buf;
 	size_t done = 0;
-	int err = 0;
+	int err = 0, r;
 
+	/* What a full disk left owed goes first (a failed write's truth). */
+	if (in->image && journal_owes(j) && (r = journal_settle(j)) < 0) {
+		fuse_reply_err(req, journal_errno(r));
+		return;
+	}
 	if (fh->direct) {
 		void *aligned = thread_buffer(size);
 
@@ -933,9 +1002,9 @@ static void lo_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		src = aligned;
 	}
 	rangelock_acquire(lock_of(in), &h, (uint64_t)off, size);
-	if (in->image && journal_write(j, in->image, (uint64_t)off, buf, size, &t) < 0) {
+	if (in->image && (r = journal_write(j, in->image, (uint64_t)off, buf, size, &t)) < 0) {
 		rangelock_release(lock_of(in), &h);
-		fuse_reply_err(req, EIO);
+		fuse_reply_err(req, journal_errno(r));
 		return;
 	}
 	while (done < size) {
@@ -954,7 +1023,7 @@ static void lo_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		/* The journal holds all of it, the file maybe less: tell the
 		 * journal the truth, under the whole-file lock. */
 		rangelock_acquire(lock_of(in), &h, 0, RANGE_END);
-		journal_correct(j, in->image, fh->fd, (uint64_t)off, size);
+		journal_correct(j, in->image, fh->fd, (uint64_t)off, size, &t);
 		rangelock_release(lock_of(in), &h);
 	}
 	journal_done(j, &t);
@@ -973,9 +1042,11 @@ static void lo_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
 	/* close(): an ordering point for the remote, not a durability one. */
 	if (fh->written && in->image) {
+		int r = journal_barrier(fs_of(req)->cfg.journal, in->image, false);
+
 		fh->written = false;
-		if (journal_barrier(fs_of(req)->cfg.journal, in->image, false) < 0)
-			err = EIO;
+		if (r < 0)
+			err = journal_errno(r);
 	}
 	fuse_reply_err(req, err);
 }
@@ -987,11 +1058,16 @@ static void lo_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 	int err = 0;
 
 	if (in->image) {
-		fh->written = false;
-		if (journal_barrier(fs_of(req)->cfg.journal, in->image, true) < 0) {
-			fuse_reply_err(req, EIO);
+		struct journal *j = fs_of(req)->cfg.journal;
+		int r = journal_settle(j);
+
+		if (r == 0)
+			r = journal_barrier(j, in->image, true);
+		if (r < 0) {
+			fuse_reply_err(req, journal_errno(r));
 			return;
 		}
+		fh->written = false;
 	}
 	if ((datasync ? aimfs_io.fdatasync_fn(fh->fd) : aimfs_io.fsync_fn(fh->fd)) < 0)
 		err = errno;
@@ -1012,6 +1088,10 @@ static void lo_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, of
 
 	if (off < 0 || len <= 0) {
 		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	if (in->image && (r = journal_settle(j)) < 0) {
+		fuse_reply_err(req, journal_errno(r));
 		return;
 	}
 	rangelock_acquire(lock_of(in), &h, (uint64_t)off, (uint64_t)len);
@@ -1035,7 +1115,7 @@ static void lo_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, of
 	}
 	if (r < 0) {
 		rangelock_release(lock_of(in), &h);
-		fuse_reply_err(req, r == -EOPNOTSUPP ? EOPNOTSUPP : EIO);
+		fuse_reply_err(req, r == -EOPNOTSUPP ? EOPNOTSUPP : journal_errno(r));
 		return;
 	}
 	if (aimfs_io.fallocate_fn(fh->fd, mode, off, len) < 0)
@@ -1043,7 +1123,7 @@ static void lo_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, of
 	rangelock_release(lock_of(in), &h);
 	if (err && t.lsn) {
 		rangelock_acquire(lock_of(in), &h, 0, RANGE_END);
-		journal_correct(j, in->image, fh->fd, (uint64_t)off, (uint64_t)len);
+		journal_correct(j, in->image, fh->fd, (uint64_t)off, (uint64_t)len, &t);
 		rangelock_release(lock_of(in), &h);
 	}
 	journal_done(j, &t);
