@@ -24,6 +24,11 @@
 #include <unistd.h>
 
 #define MAX_THREADS 16
+/* In-flight data records: two per FUSE thread (a write and the records of
+ * its correction), plus the other threads that journal data (recovery,
+ * the resync engine). */
+#define INFLIGHT_PER_THREAD 2
+#define INFLIGHT_SPARE 16
 #define UNMOUNT_DRAIN_MS 5000
 #define EXIT_USAGE 2
 
@@ -147,6 +152,16 @@ static char *fsname_option(const char *dir)
 	free(name);
 	free(opts);
 	return arg;
+}
+
+/* How many FUSE worker threads may run at once: -s, -o max_threads, or
+ * ours (libfuse's default of 10 counts as unset). */
+static unsigned fuse_threads(const struct fuse_cmdline_opts *fopts)
+{
+	if (fopts->singlethread)
+		return 1;
+	return fopts->max_threads > 0 && fopts->max_threads != 10 ? fopts->max_threads
+								  : MAX_THREADS;
 }
 
 struct paths {
@@ -324,6 +339,7 @@ int main(int argc, char *argv[])
 	jc.drop_behind = o.ndests == 0;
 	jc.on_durable = on_durable;
 	jc.dest_wants = on_dest_wants;
+	jc.inflight_slots = INFLIGHT_PER_THREAD * fuse_threads(&fopts) + INFLIGHT_SPARE;
 	jc.al_slots = o.al_extents;
 	jc.al_extent_shift = o.al_extent_shift;
 	jc.hook_ctx = &glue;
@@ -436,9 +452,7 @@ int main(int argc, char *argv[])
 	} else {
 		lc = fuse_loop_cfg_create();
 		fuse_loop_cfg_set_clone_fd(lc, fopts.clone_fd);
-		fuse_loop_cfg_set_max_threads(lc, fopts.max_threads > 0 &&
-						  fopts.max_threads != 10 ? fopts.max_threads
-									  : MAX_THREADS);
+		fuse_loop_cfg_set_max_threads(lc, fuse_threads(&fopts));
 		if (fopts.max_idle_threads != UINT_MAX)
 			fuse_loop_cfg_set_idle_threads(lc, fopts.max_idle_threads);
 		ret = fuse_session_loop_mt(se, lc);
