@@ -31,6 +31,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,6 +52,7 @@ struct lo_inode {
 	ino_t ino;
 	mode_t type;             /* S_IFMT bits */
 	uint64_t nlookup;        /* (fs->lock) */
+	unsigned nopen;          /* open file handles (fs->lock): what a stop reports */
 	struct image *image;     /* regular files known to the journal; fixed at creation */
 	struct rangelock rl;
 };
@@ -74,6 +76,7 @@ struct fs {
 	pthread_mutex_t lock;    /* inode table */
 	struct lo_inode root;
 	struct lo_inode *buckets[INODE_BUCKETS];
+	_Atomic unsigned open_handles;
 };
 
 /* Per-thread staging buffer for O_DIRECT and reads, freed when libfuse
@@ -818,12 +821,36 @@ static int open_flags(int flags)
 	return (flags & ~(O_TRUNC | O_APPEND | O_CREAT | O_EXCL | O_NOCTTY)) | O_CLOEXEC;
 }
 
-static int make_fh(struct fuse_file_info *fi, int fd, int flags)
+/* Counts the file handles open on in (delta +1 or -1). */
+static void count_open(struct fs *fs, struct lo_inode *in, int delta)
+{
+	pthread_mutex_lock(&fs->lock);
+	in->nopen += (unsigned)delta;
+	atomic_fetch_add(&fs->open_handles, (unsigned)delta);
+	pthread_mutex_unlock(&fs->lock);
+}
+
+unsigned fs_open_count(struct fs *fs)
+{
+	return atomic_load(&fs->open_handles);
+}
+
+/* Closes a file handle of in (released, or its open was interrupted). */
+static void drop_fh(struct fs *fs, struct lo_inode *in, struct lo_fh *fh)
+{
+	close(fh->fd);
+	free(fh);
+	count_open(fs, in, -1);
+}
+
+static int make_fh(struct fs *fs, struct lo_inode *in, struct fuse_file_info *fi, int fd,
+		   int flags)
 {
 	struct lo_fh *fh = calloc(1, sizeof *fh);
 
 	if (!fh)
 		return -ENOMEM;
+	count_open(fs, in, 1);
 	fh->fd = fd;
 	fh->direct = (flags & O_DIRECT) != 0;
 	fi->fh = (uint64_t)(uintptr_t)fh;
@@ -889,7 +916,7 @@ static void lo_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		return;
 	}
 reply:
-	if (make_fh(fi, fd, fi->flags) < 0) {
+	if (make_fh(fs, inode_of(req, e.ino), fi, fd, fi->flags) < 0) {
 		close(fd);
 		unref_inode(fs, inode_of(req, e.ino), 1);
 		fuse_reply_err(req, ENOMEM);
@@ -897,8 +924,7 @@ reply:
 	}
 	if (fuse_reply_create(req, &e, fi) == -ENOENT) {
 		/* interrupted: the kernel will not release it */
-		close(fd);
-		free(fh_of(fi));
+		drop_fh(fs, inode_of(req, e.ino), fh_of(fi));
 		unref_inode(fs, inode_of(req, e.ino), 1);
 	}
 }
@@ -920,24 +946,18 @@ static void lo_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, err);
 		return;
 	}
-	if (make_fh(fi, fd, fi->flags) < 0) {
+	if (make_fh(fs, in, fi, fd, fi->flags) < 0) {
 		close(fd);
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	if (fuse_reply_open(req, fi) == -ENOENT) {
-		close(fd);
-		free(fh_of(fi));
-	}
+	if (fuse_reply_open(req, fi) == -ENOENT)
+		drop_fh(fs, in, fh_of(fi));
 }
 
 static void lo_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	struct lo_fh *fh = fh_of(fi);
-
-	(void)ino;
-	close(fh->fd);
-	free(fh);
+	drop_fh(fs_of(req), inode_of(req, ino), fh_of(fi));
 	fuse_reply_err(req, 0);
 }
 
@@ -1400,6 +1420,37 @@ struct fs *fs_new(const struct fs_config *cfg)
 	fs->root.nlookup = 2;
 	rangelock_init(&fs->root.rl);
 	return fs;
+}
+
+unsigned fs_open_files(struct fs *fs, char *names, size_t len)
+{
+	unsigned n = 0;
+	size_t used = 0;
+
+	if (len)
+		names[0] = '\0';
+	pthread_mutex_lock(&fs->lock);
+	for (size_t b = 0; b < INODE_BUCKETS; b++) {
+		for (struct lo_inode *in = fs->buckets[b]; in; in = in->next) {
+			char rel[PATH_MAX];
+			int w;
+
+			if (!in->nopen)
+				continue;
+			n += in->nopen;
+			if (used + 1 >= len || rel_path(fs, in, NULL, rel, sizeof rel) < 0)
+				continue;
+			w = snprintf(names + used, len - used, "%s%s", used ? ", " : "", rel);
+			if (w < 0 || (size_t)w >= len - used) {
+				names[used] = '\0';
+				used = len; /* full: count the rest only */
+			} else {
+				used += (size_t)w;
+			}
+		}
+	}
+	pthread_mutex_unlock(&fs->lock);
+	return n;
 }
 
 void fs_free(struct fs *fs)
