@@ -408,8 +408,10 @@ static int journaled_truncate(struct fs *fs, struct lo_inode *in, int fd, uint64
 	}
 	if (aimfs_io.ftruncate_fn(fd, (off_t)size) < 0) {
 		err = errno;
-		if (in->image && t.lsn)
+		if (in->image && t.lsn) {
+			journal_backing_failed(j, -err);
 			journal_correct(j, in->image, fd, 0, 0, &t);
+		}
 	}
 	rangelock_release(lock_of(in), &h);
 	journal_done(j, &t);
@@ -1042,6 +1044,7 @@ static void lo_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	if (done < size && t.lsn) {
 		/* The journal holds all of it, the file maybe less: tell the
 		 * journal the truth, under the whole-file lock. */
+		journal_backing_failed(j, err ? -err : -EIO);
 		rangelock_acquire(lock_of(in), &h, 0, RANGE_END);
 		journal_correct(j, in->image, fh->fd, (uint64_t)off, size, &t);
 		rangelock_release(lock_of(in), &h);
@@ -1142,6 +1145,7 @@ static void lo_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, of
 		err = errno;
 	rangelock_release(lock_of(in), &h);
 	if (err && t.lsn) {
+		journal_backing_failed(j, -err);
 		rangelock_acquire(lock_of(in), &h, 0, RANGE_END);
 		journal_correct(j, in->image, fh->fd, (uint64_t)off, (uint64_t)len, &t);
 		rangelock_release(lock_of(in), &h);

@@ -116,6 +116,13 @@ void journal_healthy_locked(struct journal *j)
 		 j->episode_failures, j->last_error_what, strerror(-j->last_error));
 }
 
+void journal_backing_failed(struct journal *j, int err)
+{
+	pthread_mutex_lock(&j->lock);
+	journal_fail_locked(j, err, "writing to an image's backing file");
+	pthread_mutex_unlock(&j->lock);
+}
+
 /* After a failed write at s->bytes: cuts what may have landed, so that the
  * segment ends at its last record.  If the truncate fails too, the next
  * record (or trailer) is written over those bytes, and the sealer cuts the

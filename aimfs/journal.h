@@ -168,6 +168,9 @@ void journal_done(struct journal *j, struct journal_ticket *t);
  */
 int journal_correct(struct journal *j, struct image *im, int fd, uint64_t off, uint64_t len,
 		    const struct journal_ticket *t);
+/* A backing syscall failed with err (a full disk): shown in /status with
+ * the journal's own failures until an operation succeeds again. */
+void journal_backing_failed(struct journal *j, int err);
 /*
  * Journals what is owed, in order (corrections take their image's whole
  * range lock): 0 when nothing is owed any more, else the -errno that
