@@ -1051,7 +1051,14 @@ static void lo_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	}
 	journal_done(j, &t);
 	fh->written = true;
-	if (done == 0 && err)
+	/* A short count is what a buffered writer expects (its next call gets
+	 * the errno), but the kernel answers a short asynchronous direct write
+	 * (QEMU's cache=none,aio=native) with EIO, and QEMU's werror=enospc
+	 * then reports an I/O error to the guest instead of pausing it.  So a
+	 * direct write that failed part way answers its errno: what landed is
+	 * in the journal (the correction above), as a failed write may have
+	 * changed the file. */
+	if (err && (done == 0 || fh->direct))
 		fuse_reply_err(req, err);
 	else
 		fuse_reply_write(req, done);

@@ -21,6 +21,7 @@ cleared.
 The QEMU guest on such a disk is tests/test_full_disk_guest.py; more
 threads than the old in-flight table had is test_inflight_slots.py."""
 import errno
+import mmap
 import os
 import shutil
 import subprocess
@@ -223,12 +224,13 @@ def test_a_record_cut_in_half_never_precedes_another(aimfs, workdir, end):
 
 # ---- a failed backing write: the journal ends up saying what the file holds ----
 
-@pytest.mark.parametrize("how", ["nothing-written", "short", "kill9-while-owed"])
+@pytest.mark.parametrize("how", ["nothing-written", "short", "short-direct", "kill9-while-owed"])
 def test_a_failed_backing_write_is_not_left_in_the_journal(aimfs, workdir, how):
     """The record is journaled, then the backing write fails (ENOSPC; or
     writes half: a short write), and the records of what the file really
     holds cannot be journaled either (the disk is full).  The writer gets
-    ENOSPC (or the short count); they are owed, /status says so, and the
+    ENOSPC (or the short count; a direct writer gets ENOSPC, since the
+    kernel turns a short asynchronous direct write into EIO); they are owed, /status says so, and the
     next write gets ENOSPC too while they cannot be journaled.  Once the
     disk has room, the next write journals them first.  Or aimfs is killed
     while they are owed, after a seal: the next mount redoes the record.
@@ -238,12 +240,13 @@ def test_a_failed_backing_write_is_not_left_in_the_journal(aimfs, workdir, how):
     s.mount()
     img = os.path.join(s.mnt, "vm.raw")
     write_file(img, os.urandom(256 * 1024))
-    fd = os.open(img, os.O_RDWR)
-    partial = " partial" if how == "short" else ""
+    fd = os.open(img, os.O_RDWR | (os.O_DIRECT if how == "short-direct" else 0))
+    partial = " partial" if how.startswith("short") else ""
     # the backing write fails; then every header-only record (TRUNCATE,
     # ZERO: the start of the correction) cannot be journaled
     s.faults.set(f"pwrite */backing/vm.raw ENOSPC count=1{partial}", "pwritev *.open ENOSPC len=64")
-    data = os.urandom(192 * 1024)
+    data = mmap.mmap(-1, 192 * 1024)            # aligned, for O_DIRECT
+    data.write(os.urandom(192 * 1024))
     if how == "short":
         n = os.pwrite(fd, data, 200 * 1024)
         assert n == len(data) // 2, n
