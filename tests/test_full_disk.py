@@ -25,7 +25,6 @@ import mmap
 import os
 import shutil
 import subprocess
-import threading
 import time
 import urllib.request
 
@@ -150,7 +149,8 @@ def test_full_quota_and_readonly_reach_the_writer_and_nothing_is_sticky(aimfs, w
     assert st["journal_error"] is None and st["journal_error_cleared_at"], st
     assert os.strerror(err) in st["journal_last_error"], st
     mt = metrics(s.status)
-    assert mt["aimfs_journal_failing"] == 0 and mt["aimfs_journal_error_cleared_timestamp_seconds"] > 0
+    assert mt["aimfs_journal_failing"] == 0, mt
+    assert mt["aimfs_journal_error_cleared_timestamp_seconds"] > 0, mt
     assert s.m.unmount() == 0
     s.replay_equal(name)
 
@@ -181,7 +181,7 @@ def test_a_failed_segment_header_or_seal_is_not_sticky(aimfs, workdir):
     assert s.st()["journal_error"] is None
 
     durable = s.st()["durable_segment"]
-    s.faults.set(f"pwritev *.open ENOSPC len=56")        # SEG_TRAILER_SIZE: only trailers
+    s.faults.set("pwritev *.open ENOSPC len=56")        # SEG_TRAILER_SIZE: only trailers
     write_file(img, b"s" * 4096, os.O_WRONLY, 4096)
     wait_for(lambda: (s.st()["journal_error"] or "").startswith("sealing"), 10,
              what="a seal to fail")
@@ -230,8 +230,9 @@ def test_a_failed_backing_write_is_not_left_in_the_journal(aimfs, workdir, how):
     writes half: a short write), and the records of what the file really
     holds cannot be journaled either (the disk is full).  The writer gets
     ENOSPC (or the short count; a direct writer gets ENOSPC, since the
-    kernel turns a short asynchronous direct write into EIO); they are owed, /status says so, and the
-    next write gets ENOSPC too while they cannot be journaled.  Once the
+    kernel turns a short asynchronous direct write into EIO); they are
+    owed, /status says so, and the next write gets ENOSPC too while they
+    cannot be journaled.  Once the
     disk has room, the next write journals them first.  Or aimfs is killed
     while they are owed, after a seal: the next mount redoes the record.
     Either way the journal replays to the backing files (before: 'its
