@@ -81,7 +81,8 @@ struct actlog {
 	uint8_t *snap_dirty;      /* ... and which of them */
 	uint64_t epoch, clock;
 	bool writing, checkpointing, begun;
-	int error;                /* sticky: the log cannot be written */
+	bool failing;             /* the last log write or checkpoint failed: the
+				   * cooler waits a tick before trying again */
 	uint64_t transactions, checkpoints, waits;
 
 	pthread_t cooler;
@@ -221,11 +222,13 @@ static int32_t victim(struct actlog *al)
 /*
  * Until slot i is DURABLE: writes the pending slots' pages and fdatasyncs
  * (one writer at a time; the others wait and share its write).  Called and
- * returns with the lock held.
+ * returns with the lock held.  A failed write is not sticky: its pages are
+ * dirty again and its slots pending, so the next commit writes them again
+ * (after a failed fdatasync too, whose pages may have been dropped clean).
  */
 static int commit_locked(struct actlog *al, int32_t i)
 {
-	while (al->s[i].state != S_DURABLE && !al->error) {
+	while (al->s[i].state != S_DURABLE) {
 		size_t npages = al->area_bytes / PAGE;
 		int r = 0;
 
@@ -249,8 +252,15 @@ static int commit_locked(struct actlog *al, int32_t i)
 			r = -errno;
 		pthread_mutex_lock(&al->lock);
 		if (r < 0) {
-			log_error("activity log: %s; refusing writes until remount", strerror(-r));
-			al->error = r;
+			if (!al->failing)
+				log_error("activity log: %s; writes to new extents fail with it until"
+					  " it clears", strerror(-r));
+			al->failing = true;
+			for (size_t p = 0; p < npages; p++)
+				al->dirty[p] |= al->snap_dirty[p];
+		} else if (al->failing) {
+			log_info("activity log: writing again");
+			al->failing = false;
 		}
 		for (unsigned k = 0; k < al->n; k++)
 			if (al->s[k].state == S_WRITING)
@@ -258,8 +268,10 @@ static int commit_locked(struct actlog *al, int32_t i)
 		al->transactions++;
 		al->writing = false;
 		pthread_cond_broadcast(&al->cond);
+		if (r < 0)
+			return r;
 	}
-	return al->error;
+	return 0;
 }
 
 /* ---- checkpoints ---- */
@@ -294,12 +306,13 @@ int actlog_checkpoint(struct actlog *al)
 			if (al->s[i].candidate && al->s[i].touched < e)
 				al->s[i].cold = true;
 		al->checkpoints++;
-	} else if (!al->error) {
-		/* Nothing can be made cold any more: writes to new extents would
-		 * wait for ever.  Like a journal error, it lasts until remount. */
-		log_error("activity log: checkpoint: %s; refusing writes to new extents until"
-			  " remount", strerror(-r));
-		al->error = r;
+	} else {
+		/* Nothing is made cold this time: a writer that needs a slot gets
+		 * the error, the next checkpoint tries again. */
+		if (!al->failing)
+			log_error("activity log: checkpoint: %s; writes to new extents fail with it"
+				  " until it clears", strerror(-r));
+		al->failing = true;
 	}
 	al->checkpointing = false;
 	pthread_cond_broadcast(&al->cond);
@@ -326,11 +339,14 @@ static void *cooler_main(void *arg)
 	while (!al->stop) {
 		struct timespec ts;
 
-		if (!al->error && short_of_slots_locked(al) && !al->checkpointing) {
+		if (short_of_slots_locked(al) && !al->checkpointing) {
+			int r;
+
 			pthread_mutex_unlock(&al->lock);
-			actlog_checkpoint(al);
+			r = actlog_checkpoint(al);
 			pthread_mutex_lock(&al->lock);
-			if (!short_of_slots_locked(al))
+			/* After a failure, a tick before the next try. */
+			if (r == 0 && !short_of_slots_locked(al))
 				continue;
 		}
 		clock_gettime(CLOCK_REALTIME, &ts);
@@ -354,8 +370,6 @@ static int hold_one(struct actlog *al, uint32_t image, uint32_t extent, struct a
 		int32_t i = extent == ACTLOG_WHOLE ? -1 : find(al, image, ACTLOG_WHOLE);
 		int r;
 
-		if (al->error)
-			return al->error;
 		if (i < 0)
 			i = find(al, image, extent);
 		if (i >= 0) {
@@ -705,7 +719,7 @@ int actlog_close(struct actlog *al, bool clean)
 	if (!al)
 		return 0;
 	actlog_stop(al);
-	if (clean && al->begun && !al->error) {
+	if (clean && al->begun) {
 		struct actlog_stats st;
 
 		r = actlog_checkpoint(al);
@@ -719,8 +733,6 @@ int actlog_close(struct actlog *al, bool clean)
 			log_error("activity log: cannot mark it clean: %s; the next mount after a"
 				  " reboot will compare its extents with every destination",
 				  strerror(-r));
-	} else if (clean && al->begun) {
-		r = al->error; /* stays unclean */
 	}
 	if (al->fd >= 0)
 		close(al->fd);

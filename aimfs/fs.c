@@ -31,6 +31,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,6 +52,7 @@ struct lo_inode {
 	ino_t ino;
 	mode_t type;             /* S_IFMT bits */
 	uint64_t nlookup;        /* (fs->lock) */
+	unsigned nopen;          /* open file handles (fs->lock): what a stop reports */
 	struct image *image;     /* regular files known to the journal; fixed at creation */
 	struct rangelock rl;
 };
@@ -74,6 +76,7 @@ struct fs {
 	pthread_mutex_t lock;    /* inode table */
 	struct lo_inode root;
 	struct lo_inode *buckets[INODE_BUCKETS];
+	_Atomic unsigned open_handles;
 };
 
 /* Per-thread staging buffer for O_DIRECT and reads, freed when libfuse
@@ -163,6 +166,26 @@ static int rel_path(struct fs *fs, struct lo_inode *dir, const char *name, char 
 	return len < 0 || (size_t)len >= outlen ? -ENAMETOOLONG : 0;
 }
 
+/*
+ * The one place where a journal error becomes a FUSE reply.  A full disk,
+ * an exhausted quota or a read-only filesystem is told as itself, so that
+ * the writer can act on it (QEMU's werror=enospc pauses the guest on
+ * ENOSPC, and "cont" resumes it once space is freed); so is a lack of
+ * memory.  Anything else the journal could not do is EIO.
+ */
+static int journal_errno(int r)
+{
+	switch (-r) {
+	case ENOSPC:
+	case EDQUOT:
+	case EROFS:
+	case ENOMEM:
+		return -r;
+	default:
+		return EIO;
+	}
+}
+
 /* The range lock of an image lives with the image (the resync engine takes
  * it too); a regular file the journal does not mirror uses its inode's. */
 static struct rangelock *lock_of(struct lo_inode *in)
@@ -207,13 +230,13 @@ static void unref_inode(struct fs *fs, struct lo_inode *in, uint64_t n)
  * The image of a regular file the journal has never seen (made in the
  * backing directory behind the mount's back): adopt it, content and all.
  */
-static struct image *adopt(struct fs *fs, struct lo_inode *dir, const char *name, int fd,
-			   const struct stat *st)
+static int adopt(struct fs *fs, struct lo_inode *dir, const char *name, int fd,
+		 const struct stat *st, struct image **out)
 {
 	struct journal *j = fs->cfg.journal;
 	struct image *im;
 	char path[PATH_MAX];
-	int rfd;
+	int rfd, r = -EIO;
 
 	journal_ns_lock(j);
 	im = journal_image_lookup(j, st->st_dev, st->st_ino);
@@ -223,13 +246,15 @@ static struct image *adopt(struct fs *fs, struct lo_inode *dir, const char *name
 		snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
 		rfd = open(proc, O_RDONLY | O_CLOEXEC);
 		if (rfd >= 0) {
-			if (journal_adopt(j, path, rfd, st, &im) < 0)
+			r = journal_adopt(j, path, rfd, st, &im);
+			if (r < 0)
 				im = NULL;
 			close(rfd);
 		}
 	}
 	journal_ns_unlock(j);
-	return im;
+	*out = im;
+	return im ? 0 : r;
 }
 
 /* Looks name up in dir and fills e; takes one lookup reference. */
@@ -270,12 +295,14 @@ static int do_lookup(struct fs *fs, struct lo_inode *dir, const char *name,
 
 	/* New inode: resolve its image before anyone can write through it. */
 	if (S_ISREG(e->attr.st_mode)) {
+		int r = 0;
+
 		im = journal_image_lookup(fs->cfg.journal, e->attr.st_dev, e->attr.st_ino);
 		if (!im)
-			im = adopt(fs, dir, name, fd, &e->attr);
+			r = adopt(fs, dir, name, fd, &e->attr, &im);
 		if (!im) {
 			close(fd);
-			return EIO;
+			return journal_errno(r);
 		}
 	}
 	in = calloc(1, sizeof *in);
@@ -369,18 +396,22 @@ static int journaled_truncate(struct fs *fs, struct lo_inode *in, int fd, uint64
 	struct range_held h;
 	int r, err = 0;
 
+	if (in->image && (r = journal_settle(j)) < 0)
+		return journal_errno(r);
 	rangelock_acquire(lock_of(in), &h, 0, RANGE_END);
 	if (in->image) {
 		r = journal_truncate(j, in->image, size, &t);
 		if (r < 0) {
 			rangelock_release(lock_of(in), &h);
-			return EIO;
+			return journal_errno(r);
 		}
 	}
 	if (aimfs_io.ftruncate_fn(fd, (off_t)size) < 0) {
 		err = errno;
-		if (in->image && t.lsn)
-			journal_correct(j, in->image, fd, 0, 0);
+		if (in->image && t.lsn) {
+			journal_backing_failed(j, -err);
+			journal_correct(j, in->image, fd, 0, 0, &t);
+		}
 	}
 	rangelock_release(lock_of(in), &h);
 	journal_done(j, &t);
@@ -473,6 +504,24 @@ static void lo_readlink(fuse_req_t req, fuse_ino_t ino)
 
 /* ---- namespace ---- */
 
+/*
+ * Takes the namespace lock for a namespace change, after journaling what
+ * the journal still owes (an owed record must not be overtaken).  Returns
+ * 0 with the lock held, or -errno for the reply (lock not held).
+ */
+static int ns_begin(struct journal *j)
+{
+	int r;
+
+	journal_ns_lock(j);
+	r = journal_owes(j) ? journal_settle_locked(j) : 0;
+	if (r < 0) {
+		journal_ns_unlock(j);
+		return -journal_errno(r);
+	}
+	return 0;
+}
+
 /* Gives a file made by root on behalf of another user to that user. */
 static void give_to_caller(fuse_req_t req, int dirfd, const char *name)
 {
@@ -506,7 +555,9 @@ static int create_regular(fuse_req_t req, struct lo_inode *dir, const char *name
 	r = rel_path(fs, dir, name, path, sizeof path);
 	if (r < 0)
 		return r;
-	journal_ns_lock(j);
+	r = ns_begin(j);
+	if (r < 0)
+		return r;
 	fd = openat(dir->fd, name, (flags < 0 ? O_WRONLY : flags & ~(O_TRUNC | O_APPEND)) |
 		    O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, caller_mode(req, mode));
 	if (fd < 0) {
@@ -515,10 +566,10 @@ static int create_regular(fuse_req_t req, struct lo_inode *dir, const char *name
 		return r;
 	}
 	give_to_caller(req, dir->fd, name);
-	if (fstat(fd, &st) < 0 ||
-	    journal_create(j, path, st.st_mode, st.st_dev, st.st_ino, &im) < 0) {
+	r = fstat(fd, &st) < 0 ? -EIO : journal_create(j, path, st.st_mode, st.st_dev, st.st_ino, &im);
+	if (r < 0) {
 		/* Not journaled: undo, so that source and journal agree. */
-		r = -EIO;
+		r = -journal_errno(r);
 		unlinkat(dir->fd, name, 0);
 		close(fd);
 		journal_ns_unlock(j);
@@ -585,7 +636,11 @@ static void lo_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 		fuse_reply_err(req, -r);
 		return;
 	}
-	journal_ns_lock(fs->cfg.journal);
+	r = ns_begin(fs->cfg.journal);
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+		return;
+	}
 	if (mkdirat(dir->fd, name, caller_mode(req, mode)) < 0) {
 		r = errno;
 		journal_ns_unlock(fs->cfg.journal);
@@ -593,10 +648,12 @@ static void lo_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 		return;
 	}
 	give_to_caller(req, dir->fd, name);
-	if (journal_mkdir(fs->cfg.journal, path, caller_mode(req, mode)) < 0) {
+	r = journal_mkdir(fs->cfg.journal, path, caller_mode(req, mode));
+	if (r < 0) {
+		/* Not journaled: undone, so that source and journal agree. */
 		unlinkat(dir->fd, name, AT_REMOVEDIR);
 		journal_ns_unlock(fs->cfg.journal);
-		fuse_reply_err(req, EIO);
+		fuse_reply_err(req, journal_errno(r));
 		return;
 	}
 	journal_ns_unlock(fs->cfg.journal);
@@ -654,12 +711,16 @@ static void lo_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 		fuse_reply_err(req, EPERM);
 		return;
 	}
-	journal_ns_lock(j);
+	err = -ns_begin(j);
+	if (err) {
+		fuse_reply_err(req, err);
+		return;
+	}
 	im = image_at(fs, dir, name, &st);
 	if (unlinkat(dir->fd, name, 0) < 0)
 		err = errno;
 	else if (im && journal_unlink(j, im) < 0)
-		err = EIO; /* removed but not journaled: recovery reconciles */
+		err = EIO; /* removed, neither journaled nor owed: recovery reconciles */
 	journal_ns_unlock(j);
 	journal_image_put(j, im);
 	fuse_reply_err(req, err);
@@ -681,7 +742,11 @@ static void lo_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
-	journal_ns_lock(j);
+	err = -ns_begin(j);
+	if (err) {
+		fuse_reply_err(req, err);
+		return;
+	}
 	if (unlinkat(dir->fd, name, AT_REMOVEDIR) < 0)
 		err = errno;
 	else if (journal_rmdir(j, path) < 0)
@@ -715,7 +780,11 @@ static void lo_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
-	journal_ns_lock(j);
+	err = -ns_begin(j);
+	if (err) {
+		fuse_reply_err(req, err);
+		return;
+	}
 	im = image_at(fs, dir, name, &st);
 	replaced = image_at(fs, ndir, newname, &nst);
 	if (S_ISDIR(st.st_mode) && journal_rename_dir_check(j, from, to) < 0) {
@@ -737,7 +806,7 @@ static void lo_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 		else
 			r = 0;
 		if (r < 0)
-			err = EIO; /* done but not journaled: recovery reconciles */
+			err = EIO; /* done, neither journaled nor owed: recovery reconciles */
 	}
 	journal_ns_unlock(j);
 	journal_image_put(j, im);
@@ -754,12 +823,36 @@ static int open_flags(int flags)
 	return (flags & ~(O_TRUNC | O_APPEND | O_CREAT | O_EXCL | O_NOCTTY)) | O_CLOEXEC;
 }
 
-static int make_fh(struct fuse_file_info *fi, int fd, int flags)
+/* Counts the file handles open on in (delta +1 or -1). */
+static void count_open(struct fs *fs, struct lo_inode *in, int delta)
+{
+	pthread_mutex_lock(&fs->lock);
+	in->nopen += (unsigned)delta;
+	atomic_fetch_add(&fs->open_handles, (unsigned)delta);
+	pthread_mutex_unlock(&fs->lock);
+}
+
+unsigned fs_open_count(struct fs *fs)
+{
+	return atomic_load(&fs->open_handles);
+}
+
+/* Closes a file handle of in (released, or its open was interrupted). */
+static void drop_fh(struct fs *fs, struct lo_inode *in, struct lo_fh *fh)
+{
+	close(fh->fd);
+	free(fh);
+	count_open(fs, in, -1);
+}
+
+static int make_fh(struct fs *fs, struct lo_inode *in, struct fuse_file_info *fi, int fd,
+		   int flags)
 {
 	struct lo_fh *fh = calloc(1, sizeof *fh);
 
 	if (!fh)
 		return -ENOMEM;
+	count_open(fs, in, 1);
 	fh->fd = fd;
 	fh->direct = (flags & O_DIRECT) != 0;
 	fi->fh = (uint64_t)(uintptr_t)fh;
@@ -825,7 +918,7 @@ static void lo_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		return;
 	}
 reply:
-	if (make_fh(fi, fd, fi->flags) < 0) {
+	if (make_fh(fs, inode_of(req, e.ino), fi, fd, fi->flags) < 0) {
 		close(fd);
 		unref_inode(fs, inode_of(req, e.ino), 1);
 		fuse_reply_err(req, ENOMEM);
@@ -833,8 +926,7 @@ reply:
 	}
 	if (fuse_reply_create(req, &e, fi) == -ENOENT) {
 		/* interrupted: the kernel will not release it */
-		close(fd);
-		free(fh_of(fi));
+		drop_fh(fs, inode_of(req, e.ino), fh_of(fi));
 		unref_inode(fs, inode_of(req, e.ino), 1);
 	}
 }
@@ -856,24 +948,18 @@ static void lo_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, err);
 		return;
 	}
-	if (make_fh(fi, fd, fi->flags) < 0) {
+	if (make_fh(fs, in, fi, fd, fi->flags) < 0) {
 		close(fd);
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	if (fuse_reply_open(req, fi) == -ENOENT) {
-		close(fd);
-		free(fh_of(fi));
-	}
+	if (fuse_reply_open(req, fi) == -ENOENT)
+		drop_fh(fs, in, fh_of(fi));
 }
 
 static void lo_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	struct lo_fh *fh = fh_of(fi);
-
-	(void)ino;
-	close(fh->fd);
-	free(fh);
+	drop_fh(fs_of(req), inode_of(req, ino), fh_of(fi));
 	fuse_reply_err(req, 0);
 }
 
@@ -920,8 +1006,13 @@ static void lo_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	struct range_held h;
 	const char *src = buf;
 	size_t done = 0;
-	int err = 0;
+	int err = 0, r;
 
+	/* What a full disk left owed goes first (a failed write's truth). */
+	if (in->image && journal_owes(j) && (r = journal_settle(j)) < 0) {
+		fuse_reply_err(req, journal_errno(r));
+		return;
+	}
 	if (fh->direct) {
 		void *aligned = thread_buffer(size);
 
@@ -933,9 +1024,9 @@ static void lo_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		src = aligned;
 	}
 	rangelock_acquire(lock_of(in), &h, (uint64_t)off, size);
-	if (in->image && journal_write(j, in->image, (uint64_t)off, buf, size, &t) < 0) {
+	if (in->image && (r = journal_write(j, in->image, (uint64_t)off, buf, size, &t)) < 0) {
 		rangelock_release(lock_of(in), &h);
-		fuse_reply_err(req, EIO);
+		fuse_reply_err(req, journal_errno(r));
 		return;
 	}
 	while (done < size) {
@@ -953,13 +1044,21 @@ static void lo_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	if (done < size && t.lsn) {
 		/* The journal holds all of it, the file maybe less: tell the
 		 * journal the truth, under the whole-file lock. */
+		journal_backing_failed(j, err ? -err : -EIO);
 		rangelock_acquire(lock_of(in), &h, 0, RANGE_END);
-		journal_correct(j, in->image, fh->fd, (uint64_t)off, size);
+		journal_correct(j, in->image, fh->fd, (uint64_t)off, size, &t);
 		rangelock_release(lock_of(in), &h);
 	}
 	journal_done(j, &t);
 	fh->written = true;
-	if (done == 0 && err)
+	/* A short count is what a buffered writer expects (its next call gets
+	 * the errno), but the kernel answers a short asynchronous direct write
+	 * (QEMU's cache=none,aio=native) with EIO, and QEMU's werror=enospc
+	 * then reports an I/O error to the guest instead of pausing it.  So a
+	 * direct write that failed part way answers its errno: what landed is
+	 * in the journal (the correction above), as a failed write may have
+	 * changed the file. */
+	if (err && (done == 0 || fh->direct))
 		fuse_reply_err(req, err);
 	else
 		fuse_reply_write(req, done);
@@ -973,9 +1072,11 @@ static void lo_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
 	/* close(): an ordering point for the remote, not a durability one. */
 	if (fh->written && in->image) {
+		int r = journal_barrier(fs_of(req)->cfg.journal, in->image, false);
+
 		fh->written = false;
-		if (journal_barrier(fs_of(req)->cfg.journal, in->image, false) < 0)
-			err = EIO;
+		if (r < 0)
+			err = journal_errno(r);
 	}
 	fuse_reply_err(req, err);
 }
@@ -987,11 +1088,16 @@ static void lo_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 	int err = 0;
 
 	if (in->image) {
-		fh->written = false;
-		if (journal_barrier(fs_of(req)->cfg.journal, in->image, true) < 0) {
-			fuse_reply_err(req, EIO);
+		struct journal *j = fs_of(req)->cfg.journal;
+		int r = journal_settle(j);
+
+		if (r == 0)
+			r = journal_barrier(j, in->image, true);
+		if (r < 0) {
+			fuse_reply_err(req, journal_errno(r));
 			return;
 		}
+		fh->written = false;
 	}
 	if ((datasync ? aimfs_io.fdatasync_fn(fh->fd) : aimfs_io.fsync_fn(fh->fd)) < 0)
 		err = errno;
@@ -1012,6 +1118,10 @@ static void lo_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, of
 
 	if (off < 0 || len <= 0) {
 		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	if (in->image && (r = journal_settle(j)) < 0) {
+		fuse_reply_err(req, journal_errno(r));
 		return;
 	}
 	rangelock_acquire(lock_of(in), &h, (uint64_t)off, (uint64_t)len);
@@ -1035,15 +1145,16 @@ static void lo_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, of
 	}
 	if (r < 0) {
 		rangelock_release(lock_of(in), &h);
-		fuse_reply_err(req, r == -EOPNOTSUPP ? EOPNOTSUPP : EIO);
+		fuse_reply_err(req, r == -EOPNOTSUPP ? EOPNOTSUPP : journal_errno(r));
 		return;
 	}
 	if (aimfs_io.fallocate_fn(fh->fd, mode, off, len) < 0)
 		err = errno;
 	rangelock_release(lock_of(in), &h);
 	if (err && t.lsn) {
+		journal_backing_failed(j, -err);
 		rangelock_acquire(lock_of(in), &h, 0, RANGE_END);
-		journal_correct(j, in->image, fh->fd, (uint64_t)off, (uint64_t)len);
+		journal_correct(j, in->image, fh->fd, (uint64_t)off, (uint64_t)len, &t);
 		rangelock_release(lock_of(in), &h);
 	}
 	journal_done(j, &t);
@@ -1320,6 +1431,37 @@ struct fs *fs_new(const struct fs_config *cfg)
 	fs->root.nlookup = 2;
 	rangelock_init(&fs->root.rl);
 	return fs;
+}
+
+unsigned fs_open_files(struct fs *fs, char *names, size_t len)
+{
+	unsigned n = 0;
+	size_t used = 0;
+
+	if (len)
+		names[0] = '\0';
+	pthread_mutex_lock(&fs->lock);
+	for (size_t b = 0; b < INODE_BUCKETS; b++) {
+		for (struct lo_inode *in = fs->buckets[b]; in; in = in->next) {
+			char rel[PATH_MAX];
+			int w;
+
+			if (!in->nopen)
+				continue;
+			n += in->nopen;
+			if (used + 1 >= len || rel_path(fs, in, NULL, rel, sizeof rel) < 0)
+				continue;
+			w = snprintf(names + used, len - used, "%s%s", used ? ", " : "", rel);
+			if (w < 0 || (size_t)w >= len - used) {
+				names[used] = '\0';
+				used = len; /* full: count the rest only */
+			} else {
+				used += (size_t)w;
+			}
+		}
+	}
+	pthread_mutex_unlock(&fs->lock);
+	return n;
 }
 
 void fs_free(struct fs *fs)

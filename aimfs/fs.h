@@ -34,6 +34,11 @@ struct fs_config {
 /* Returns a new fs or NULL (errno set). */
 struct fs *fs_new(const struct fs_config *cfg);
 void fs_free(struct fs *fs);
+/* How many file handles are open through the mount, and (as much as fits
+ * in names, comma-separated) the files they are open on.  Thread-safe. */
+unsigned fs_open_files(struct fs *fs, char *names, size_t len);
+/* The same count, lock-free (async-signal-safe). */
+unsigned fs_open_count(struct fs *fs);
 const struct fuse_lowlevel_ops *fs_ops(void);
 
 #endif

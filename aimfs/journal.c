@@ -78,16 +78,59 @@ void segfile_put_locked(struct journal *j, struct segfile *s)
 	}
 }
 
-/* A journal I/O failure leaves the open segment in an unknown state; every
- * later operation fails until the mount is restarted and recovery runs. */
-static int set_error_locked(struct journal *j, int err, const char *what)
+/* ---- health ----
+ *
+ * No journal error is sticky.  Every way a journal write can fail leaves
+ * the journal as it was before the call: a segment whose header could not
+ * be written is removed; a record or trailer that could not be written is
+ * cut off (or, if even the truncate fails, written over by the next one
+ * and cut by the sealer), so the segment still ends at its last record —
+ * the first invalid record ends the log, and no record ever follows
+ * garbage.  So the failed operation answers its caller with the errno and
+ * the next one simply tries again: a full disk heals when space is freed.
+ * What follows only tells the operator (log once per episode, /status).
+ */
+int journal_fail_locked(struct journal *j, int err, const char *what)
 {
-	if (!j->error) {
-		log_error("journal %s: %s: %s; refusing further writes until remount",
-			  j->dir, what, strerror(-err));
-		j->error = err;
+	j->failures++;
+	j->episode_failures++;
+	j->last_error = err;
+	snprintf(j->last_error_what, sizeof j->last_error_what, "%s", what);
+	if (!j->failing) {
+		j->failing = true;
+		j->failed_ns = clock_wall_ns();
+		j->episode_failures = 1;
+		log_error("journal %s: %s: %s; what needs the journal fails with this error until"
+			  " it clears (nothing needs a remount)", j->dir, what, strerror(-err));
 	}
 	return err;
+}
+
+void journal_healthy_locked(struct journal *j)
+{
+	if (!j->failing || j->owed_head || j->finish_error)
+		return;
+	j->failing = false;
+	j->cleared_ns = clock_wall_ns();
+	log_info("journal %s: writing again after %" PRIu64 " failed operations (%s: %s)", j->dir,
+		 j->episode_failures, j->last_error_what, strerror(-j->last_error));
+}
+
+void journal_backing_failed(struct journal *j, int err)
+{
+	pthread_mutex_lock(&j->lock);
+	journal_fail_locked(j, err, "writing to an image's backing file");
+	pthread_mutex_unlock(&j->lock);
+}
+
+/* After a failed write at s->bytes: cuts what may have landed, so that the
+ * segment ends at its last record.  If the truncate fails too, the next
+ * record (or trailer) is written over those bytes, and the sealer cuts the
+ * file at its end. */
+static void undo_tail_locked(struct segfile *s)
+{
+	if (aimfs_io.ftruncate_fn(s->fd, (off_t)s->bytes) < 0)
+		s->cut = true;
 }
 
 /* ---- recycling pruned segment files ---- */
@@ -165,8 +208,6 @@ int journal_ensure_open_locked(struct journal *j)
 	size_t hs;
 	int fd, r;
 
-	if (j->error)
-		return j->error;
 	if (j->open)
 		return 0;
 	if (j->nlive) {
@@ -209,7 +250,7 @@ int journal_ensure_open_locked(struct journal *j)
 		r = -errno;
 		free(buf);
 		free(s);
-		return set_error_locked(j, r, "creating segment");
+		return journal_fail_locked(j, r, "creating a segment");
 	}
 	r = pwrite_all(fd, &(struct iovec){ buf, hs }, 1, 0);
 	free(buf);
@@ -217,7 +258,7 @@ int journal_ensure_open_locked(struct journal *j)
 		close(fd);
 		unlinkat(j->dirfd, name, 0);
 		free(s);
-		return set_error_locked(j, r, "writing segment header");
+		return journal_fail_locked(j, r, "writing a segment's header");
 	}
 opened:
 	atomic_fetch_add(&j->disk_bytes, hs);
@@ -251,11 +292,9 @@ int journal_append_locked(struct journal *j, struct seg_record *r)
 						 { (void *)r->payload, r->payload_len } },
 			 r->payload_len ? 2 : 1, s->bytes);
 	if (ret < 0) {
-		/* Cut what may have landed so the segment ends at a record. */
-		if (aimfs_io.ftruncate_fn(s->fd, (off_t)s->bytes) < 0)
-			return set_error_locked(j, ret, "appending a record");
-		log_error("journal %s: appending a record: %s", j->dir, strerror(-ret));
-		return ret;
+		/* Nothing of it counts: the LSN goes to the next record. */
+		undo_tail_locked(s);
+		return journal_fail_locked(j, ret, "appending a record");
 	}
 	atomic_fetch_add(&j->disk_bytes, SEG_RECORD_HEADER + r->payload_len);
 	s->prev_check = check;
@@ -264,7 +303,10 @@ int journal_append_locked(struct journal *j, struct seg_record *r)
 	j->next_lsn++;
 	j->records++;
 	j->bytes += SEG_RECORD_HEADER + r->payload_len;
-	/* A failed seal is sticky in j->error; this record itself is safe. */
+	if (j->failing)
+		journal_healthy_locked(j);
+	/* A seal that fails leaves the segment open; this record is safe, and
+	 * the next one tries to seal again. */
 	if (s->bytes >= j->cfg.segment_size)
 		journal_seal_locked(j);
 	else if (s->bytes - s->flushed >= WRITEBACK_STEP)
@@ -277,7 +319,10 @@ static uint64_t backing_lsn_locked(struct journal *j)
 {
 	uint64_t low = j->next_lsn;
 
-	for (int i = 0; i < INFLIGHT_SLOTS; i++) {
+	/* A record whose correction is owed is not on the backing file. */
+	if (j->owed_lsn && j->owed_lsn < low)
+		low = j->owed_lsn;
+	for (unsigned i = 0; i < j->ninflight; i++) {
 		uint64_t v = atomic_load_explicit(&j->inflight[i], memory_order_acquire);
 
 		if (v && v < low)
@@ -301,8 +346,15 @@ int journal_seal_locked(struct journal *j)
 	t.sealed_ns = clock_wall_ns();
 	s->digest = seg_trailer_encode(&t, s->prev_check, buf);
 	r = pwrite_all(s->fd, &(struct iovec){ buf, sizeof buf }, 1, s->bytes);
-	if (r < 0)
-		return set_error_locked(j, r, "sealing a segment");
+	if (r < 0) {
+		/* Still open: the next record, or the sealer after RETRY_NS,
+		 * seals it (a trailer is written over what landed of this one). */
+		undo_tail_locked(s);
+		j->seal_retry_ns = clock_mono_ns() + RETRY_NS;
+		return journal_fail_locked(j, r, "sealing a segment");
+	}
+	if (j->failing)
+		journal_healthy_locked(j);
 	atomic_fetch_add(&j->disk_bytes, sizeof buf);
 	s->backing_lsn = t.backing_lsn;
 	s->bytes += sizeof buf;
@@ -320,15 +372,46 @@ int journal_seal_locked(struct journal *j)
 
 /* ---- data records ---- */
 
-static int claim_slot_locked(struct journal *j, uint64_t lsn)
+static int try_claim(struct journal *j)
 {
-	for (int i = 0; i < INFLIGHT_SLOTS; i++) {
+	for (unsigned i = 0; i < j->ninflight; i++) {
 		uint64_t zero = 0;
 
-		if (atomic_compare_exchange_strong(&j->inflight[i], &zero, lsn))
-			return i;
+		if (atomic_compare_exchange_strong(&j->inflight[i], &zero, SLOT_CLAIMED))
+			return (int)i;
 	}
 	return -1;
+}
+
+/*
+ * A slot of the in-flight table, taken before the journal lock; the record
+ * gives it its LSN under the lock.  A write is never journaled untracked:
+ * if every slot is taken (more threads journal data than the table was
+ * sized for) it waits for journal_done to free one.
+ */
+static int claim_slot(struct journal *j)
+{
+	int i = try_claim(j);
+
+	if (i >= 0)
+		return i;
+	pthread_mutex_lock(&j->slot_lock);
+	atomic_fetch_add(&j->slot_waiters, 1);
+	while ((i = try_claim(j)) < 0)
+		pthread_cond_wait(&j->slot_freed, &j->slot_lock);
+	atomic_fetch_sub(&j->slot_waiters, 1);
+	pthread_mutex_unlock(&j->slot_lock);
+	return i;
+}
+
+static void free_slot(struct journal *j, int i)
+{
+	atomic_store(&j->inflight[i], 0);
+	if (atomic_load(&j->slot_waiters)) {
+		pthread_mutex_lock(&j->slot_lock);
+		pthread_cond_broadcast(&j->slot_freed);
+		pthread_mutex_unlock(&j->slot_lock);
+	}
 }
 
 /*
@@ -336,10 +419,14 @@ static int claim_slot_locked(struct journal *j, uint64_t lsn)
  * the transport prunes acknowledged segments.  Namespace and barrier records
  * never wait (they are tiny, and some are made under the namespace lock).
  */
+/* Set while this thread journals what a backing file really holds: that
+ * keeps the journal true and never waits for journal space. */
+static __thread bool telling_truth;
+
 static void wait_for_space(struct journal *j, uint64_t need)
 {
 	/* overflow=track: never wait; the resync engine relieves the journal */
-	if (!j->cfg.enforce_max || !j->cfg.overflow_block ||
+	if (!j->cfg.enforce_max || !j->cfg.overflow_block || telling_truth ||
 	    atomic_load(&j->disk_bytes) + need <= j->cfg.journal_max)
 		return;
 	pthread_mutex_lock(&j->space_lock);
@@ -381,26 +468,25 @@ static int data_record(struct journal *j, struct image *im, struct seg_record *r
 	ret = actlog_touch(j->al, im->id, r->offset, r->length, whole, &t->al);
 	if (ret < 0)
 		return ret;
+	t->slot = claim_slot(j);
 	pthread_mutex_lock(&j->lock);
 	if (!im->live) {
 		/* unlinked but still open: nothing to mirror */
 		pthread_mutex_unlock(&j->lock);
-		actlog_release(j->al, &t->al);
+		journal_done(j, t);
 		return 0;
 	}
 	r->image = im->id;
 	ret = journal_ensure_open_locked(j);
 	if (ret == 0) {
-		t->slot = claim_slot_locked(j, j->next_lsn);
+		atomic_store(&j->inflight[t->slot], j->next_lsn);
 		ret = journal_append_locked(j, r);
 		if (ret == 0)
 			t->lsn = r->lsn;
-		else if (t->slot >= 0)
-			atomic_store(&j->inflight[t->slot], 0);
 	}
 	pthread_mutex_unlock(&j->lock);
 	if (ret < 0)
-		actlog_release(j->al, &t->al);
+		journal_done(j, t);
 	return ret;
 }
 
@@ -449,7 +535,7 @@ int journal_alloc(struct journal *j, struct image *im, uint64_t off, uint64_t le
 void journal_done(struct journal *j, struct journal_ticket *t)
 {
 	if (t->slot >= 0)
-		atomic_store_explicit(&j->inflight[t->slot], 0, memory_order_release);
+		free_slot(j, t->slot);
 	t->slot = -1;
 	actlog_release(j->al, &t->al);
 }
@@ -513,10 +599,12 @@ int journal_record_truth(struct journal *j, struct image *im, int fd, uint64_t o
 {
 	struct journal_ticket t;
 	struct stat st;
+	bool was = telling_truth;
 	int r;
 
 	if (fstat(fd, &st) < 0)
 		return -errno;
+	telling_truth = true;
 	r = journal_truncate(j, im, (uint64_t)st.st_size, &t);
 	journal_done(j, &t);
 	if (r == 0 && off < (uint64_t)st.st_size) {
@@ -527,20 +615,159 @@ int journal_record_truth(struct journal *j, struct image *im, int fd, uint64_t o
 		if (r == 0)
 			r = journal_content(j, im, fd, off, len);
 	}
+	telling_truth = was;
 	return r;
 }
 
-int journal_correct(struct journal *j, struct image *im, int fd, uint64_t off, uint64_t len)
+/* ---- owed records ----
+ *
+ * What happened to the backing tree that the journal could not say at
+ * once, because it could not append (a full disk, mostly):
+ *
+ *  - TRUTH: a backing write failed after its record was journaled, and
+ *    the records of what the file really holds could not be appended.
+ *    Until they are, the stale record's LSN holds the backing watermark
+ *    (backing_lsn_locked), so no trailer claims the file holds it: a crash
+ *    or an unmount before then makes the next mount redo the record and
+ *    everything after it, after which the file holds what the journal
+ *    says.  A replica that applies the stale record meanwhile shows the
+ *    failed write as done, which the writer cannot tell from a crash state
+ *    (a write that failed leaves its range unspecified); the records of
+ *    the truth, in order, bring it back to the source.
+ *  - UNLINK, RENAME, RENAME_DIR, RMDIR: the syscall was done and cannot
+ *    be undone; the record is journaled as soon as it can be.  (A create
+ *    or mkdir that cannot be journaled is undone instead.)
+ *
+ * Each is journaled by journal_settle, in order, under the namespace lock,
+ * before the next operation that journals: one that cannot settle fails
+ * with the same errno.  So the list holds at most what was in flight when
+ * the disk filled, and records never overtake an owed namespace change.
+ */
+enum owed_kind { OWED_TRUTH, OWED_UNLINK, OWED_RENAME, OWED_RENAME_DIR, OWED_RMDIR };
+
+struct owed {
+	enum owed_kind kind;
+	struct image *im;        /* TRUTH, UNLINK, RENAME: a reference */
+	struct image *replaced;  /* RENAME: a reference, or NULL */
+	int fd;                  /* TRUTH: the backing file (a dup), or -1 */
+	uint64_t off, len, lsn;  /* TRUTH: the range and the stale record's LSN */
+	char *a, *b;             /* RENAME: new name; RENAME_DIR: old, new; RMDIR: name */
+	struct owed *next;
+};
+
+static void owed_free(struct journal *j, struct owed *e)
+{
+	if (!e)
+		return;
+	if (e->fd >= 0)
+		close(e->fd);
+	journal_image_put(j, e->im);
+	journal_image_put(j, e->replaced);
+	free(e->a);
+	free(e->b);
+	free(e);
+}
+
+static void owe_locked(struct journal *j, struct owed *e, int err, const char *what)
+{
+	if (j->owed_tail)
+		j->owed_tail->next = e;
+	else
+		j->owed_head = e;
+	j->owed_tail = e;
+	j->nowed++;
+	atomic_store(&j->owes, true);
+	if (e->kind == OWED_TRUTH && e->lsn && (!j->owed_lsn || e->lsn < j->owed_lsn))
+		j->owed_lsn = e->lsn;
+	journal_fail_locked(j, err, what);
+}
+
+/* A new owed entry with references on im and replaced (NULL if out of memory). */
+static struct owed *owed_new(struct journal *j, enum owed_kind kind, struct image *im,
+			     struct image *replaced, const char *a, const char *b)
+{
+	struct owed *e = calloc(1, sizeof *e);
+
+	if (!e)
+		return NULL;
+	e->kind = kind;
+	e->fd = -1;
+	e->a = a ? strdup(a) : NULL;
+	e->b = b ? strdup(b) : NULL;
+	if ((a && !e->a) || (b && !e->b)) {
+		owed_free(j, e);
+		return NULL;
+	}
+	pthread_mutex_lock(&j->lock);
+	if (im) {
+		im->refs++;
+		e->im = im;
+	}
+	if (replaced) {
+		replaced->refs++;
+		e->replaced = replaced;
+	}
+	pthread_mutex_unlock(&j->lock);
+	return e;
+}
+
+int journal_correct(struct journal *j, struct image *im, int fd, uint64_t off, uint64_t len,
+		    const struct journal_ticket *t)
 {
 	int r = journal_record_truth(j, im, fd, off, len);
+	struct owed *e;
 
-	if (r < 0)
-		log_error("journal %s: cannot record the true content of %s after a failed"
-			  " write: %s; its replicas need a resync", j->dir, im->name, strerror(-r));
-	else
+	if (r == 0) {
 		log_info("image %s: recorded its true content at %" PRIu64 "+%" PRIu64
 			 " after a failed backing write", im->name, off, len);
+		return 0;
+	}
+	e = owed_new(j, OWED_TRUTH, im, NULL, NULL, NULL);
+	if (e) {
+		e->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+		e->off = off;
+		e->len = len;
+		e->lsn = t ? t->lsn : 0;
+	}
+	pthread_mutex_lock(&j->lock);
+	if (e)
+		owe_locked(j, e, r, "recording what an image holds after a failed write");
+	else
+		log_error("journal %s: cannot record the true content of %s after a failed write,"
+			  " nor remember to: %s; the next mount redoes it", j->dir, im->name,
+			  strerror(-r));
+	pthread_mutex_unlock(&j->lock);
 	return r;
+}
+
+/* Waits until segment need is durable; 0, or the error that keeps the
+ * sealer from finishing segments (it retries; the next caller waits again). */
+static int wait_durable_locked(struct journal *j, uint64_t need)
+{
+	while (j->durable_segment < need && !j->finish_error)
+		pthread_cond_wait(&j->durable, &j->lock);
+	return j->durable_segment < need ? j->finish_error : 0;
+}
+
+/*
+ * A sync of segment s failed with err.  A failed fsync may drop the dirty
+ * pages it could not write while marking them clean, so that the next sync
+ * of the same file says nothing ("fsyncgate"): s must not count as durable
+ * by a later sync of it.  It is sealed now, and the sealer reads it back,
+ * checks it and writes it again before its own fsync (sealer.c).  Returns
+ * err.
+ */
+static int sync_failed(struct journal *j, struct segfile *s, int err)
+{
+	pthread_mutex_lock(&j->lock);
+	if (j->durable_segment < s->number) {
+		s->verify = true;
+		if (j->open == s)
+			journal_seal_locked(j);
+	}
+	journal_fail_locked(j, err, "syncing the journal");
+	pthread_mutex_unlock(&j->lock);
+	return err;
 }
 
 int journal_barrier(struct journal *j, struct image *im, bool durable)
@@ -556,20 +783,22 @@ int journal_barrier(struct journal *j, struct image *im, bool durable)
 		im = NULL;
 	r.image = im ? im->id : 0;
 	ret = journal_append_locked(j, &r);
+	/* An open segment whose sync failed cannot be trusted to a sync of it:
+	 * sealed, the sealer makes it durable (sync_failed). */
+	if (ret == 0 && durable && j->open && j->open->verify && journal_seal_locked(j) < 0)
+		ret = j->last_error;
 	if (ret == 0 && durable) {
 		s = j->open;
 		if (s)
 			s->refs++;
 		/* Every segment before the open one must be durable too. */
 		need = s ? s->number - 1 : j->sealed_segment;
-		while (j->durable_segment < need && !j->error)
-			pthread_cond_wait(&j->durable, &j->lock);
-		ret = j->error;
+		ret = wait_durable_locked(j, need);
 	}
 	pthread_mutex_unlock(&j->lock);
 	if (s) {
 		if (ret == 0 && aimfs_io.fdatasync_fn(s->fd) < 0)
-			ret = -errno;
+			ret = sync_failed(j, s, -errno);
 		pthread_mutex_lock(&j->lock);
 		segfile_put_locked(j, s);
 		pthread_mutex_unlock(&j->lock);
@@ -689,29 +918,24 @@ int journal_adopt(struct journal *j, const char *name, int fd, const struct stat
 	return 0;
 }
 
-int journal_unlink(struct journal *j, struct image *im)
+/* The records of a namespace change that was done (journal lock held). */
+static int unlink_locked(struct journal *j, struct image *im)
 {
 	int r = 0;
 
-	pthread_mutex_lock(&j->lock);
 	if (im->live) {
 		r = name_record_locked(j, SEG_UNLINK, im->id, 0, 0, im->name, NULL);
 		if (r == 0)
 			registry_remove(j, im);
 	}
-	pthread_mutex_unlock(&j->lock);
 	return r;
 }
 
-int journal_rename(struct journal *j, struct image *im, const char *new_name,
-		   struct image *replaced)
+static int rename_locked(struct journal *j, struct image *im, const char *new_name,
+			 struct image *replaced)
 {
-	int r;
+	int r = journal_ensure_open_locked(j);
 
-	if (!seg_name_valid(new_name, strlen(new_name)))
-		return -EINVAL;
-	pthread_mutex_lock(&j->lock);
-	r = journal_ensure_open_locked(j);
 	if (r == 0 && im->live) {
 		size_t ol = strlen(im->name);
 
@@ -731,8 +955,70 @@ int journal_rename(struct journal *j, struct image *im, const char *new_name,
 		if (r == 0)
 			registry_remove(j, replaced);
 	}
-	pthread_mutex_unlock(&j->lock);
 	return r;
+}
+
+static int rename_dir_locked(struct journal *j, const char *old_name, const char *new_name)
+{
+	/* A record the decoder refuses would make the whole segment invalid. */
+	int r = registry_rename_dir_check(j, old_name, new_name);
+
+	if (r == 0)
+		r = name_record_locked(j, SEG_RENAME, 0, (uint32_t)strlen(old_name), SEG_F_DIR,
+				       old_name, new_name);
+	if (r == 0)
+		r = registry_rename_dir(j, old_name, new_name);
+	return r;
+}
+
+static int rmdir_locked(struct journal *j, const char *name)
+{
+	return name_record_locked(j, SEG_RMDIR, 0, 0, 0, name, NULL);
+}
+
+/* A refusal of the names themselves, which no retry changes. */
+static bool refused_names(int r)
+{
+	return r == -EINVAL || r == -ENAMETOOLONG;
+}
+
+/* The syscall was done but its record could not be appended (err): owe it.
+ * Returns 0, or err if even that fails (then the next mount's recovery
+ * reconciles the tree). */
+static int owe_namespace(struct journal *j, int err, enum owed_kind kind, struct image *im,
+			 struct image *replaced, const char *a, const char *b)
+{
+	struct owed *e = refused_names(err) ? NULL : owed_new(j, kind, im, replaced, a, b);
+
+	if (!e)
+		return err;
+	pthread_mutex_lock(&j->lock);
+	owe_locked(j, e, err, "journaling a namespace change");
+	pthread_mutex_unlock(&j->lock);
+	return 0;
+}
+
+int journal_unlink(struct journal *j, struct image *im)
+{
+	int r;
+
+	pthread_mutex_lock(&j->lock);
+	r = unlink_locked(j, im);
+	pthread_mutex_unlock(&j->lock);
+	return r < 0 ? owe_namespace(j, r, OWED_UNLINK, im, NULL, NULL, NULL) : 0;
+}
+
+int journal_rename(struct journal *j, struct image *im, const char *new_name,
+		   struct image *replaced)
+{
+	int r;
+
+	if (!seg_name_valid(new_name, strlen(new_name)))
+		return -EINVAL;
+	pthread_mutex_lock(&j->lock);
+	r = rename_locked(j, im, new_name, replaced);
+	pthread_mutex_unlock(&j->lock);
+	return r < 0 ? owe_namespace(j, r, OWED_RENAME, im, replaced, new_name, NULL) : 0;
 }
 
 int journal_rename_dir(struct journal *j, const char *old_name, const char *new_name)
@@ -742,15 +1028,9 @@ int journal_rename_dir(struct journal *j, const char *old_name, const char *new_
 	if (!seg_name_valid(old_name, strlen(old_name)) || !seg_name_valid(new_name, strlen(new_name)))
 		return -EINVAL;
 	pthread_mutex_lock(&j->lock);
-	/* A record the decoder refuses would make the whole segment invalid. */
-	r = registry_rename_dir_check(j, old_name, new_name);
-	if (r == 0)
-		r = name_record_locked(j, SEG_RENAME, 0, (uint32_t)strlen(old_name), SEG_F_DIR,
-				       old_name, new_name);
-	if (r == 0)
-		r = registry_rename_dir(j, old_name, new_name);
+	r = rename_dir_locked(j, old_name, new_name);
 	pthread_mutex_unlock(&j->lock);
-	return r;
+	return r < 0 ? owe_namespace(j, r, OWED_RENAME_DIR, NULL, NULL, old_name, new_name) : 0;
 }
 
 int journal_rename_dir_check(struct journal *j, const char *old_name, const char *new_name)
@@ -782,9 +1062,118 @@ int journal_rmdir(struct journal *j, const char *name)
 	if (!seg_name_valid(name, strlen(name)))
 		return -EINVAL;
 	pthread_mutex_lock(&j->lock);
-	r = name_record_locked(j, SEG_RMDIR, 0, 0, 0, name, NULL);
+	r = rmdir_locked(j, name);
 	pthread_mutex_unlock(&j->lock);
+	return r < 0 ? owe_namespace(j, r, OWED_RMDIR, NULL, NULL, name, NULL) : 0;
+}
+
+/* ---- settling what is owed ---- */
+
+/* Journals one owed entry.  Namespace lock held, nothing else. */
+static int settle_one(struct journal *j, struct owed *e)
+{
+	struct range_held h;
+	int r;
+
+	switch (e->kind) {
+	case OWED_TRUTH:
+		if (e->fd < 0) {
+			/* No descriptor was left to dup then: open it by name. */
+			char name[SEG_NAME_MAX + 1];
+
+			pthread_mutex_lock(&j->lock);
+			snprintf(name, sizeof name, "%s", e->im->name);
+			pthread_mutex_unlock(&j->lock);
+			e->fd = openat(j->cfg.backing_fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+			if (e->fd < 0)
+				return e->im->live ? -errno : 0;
+		}
+		rangelock_acquire(&e->im->rl, &h, 0, RANGE_END);
+		r = journal_record_truth(j, e->im, e->fd, e->off, e->len);
+		rangelock_release(&e->im->rl, &h);
+		if (r == 0)
+			log_info("image %s: recorded its true content at %" PRIu64 "+%" PRIu64
+				 ", owed since a failed backing write", e->im->name, e->off, e->len);
+		return r;
+	case OWED_UNLINK:
+		pthread_mutex_lock(&j->lock);
+		r = unlink_locked(j, e->im);
+		pthread_mutex_unlock(&j->lock);
+		return r;
+	case OWED_RENAME:
+		pthread_mutex_lock(&j->lock);
+		r = rename_locked(j, e->im, e->a, e->replaced);
+		pthread_mutex_unlock(&j->lock);
+		return r;
+	case OWED_RENAME_DIR:
+		pthread_mutex_lock(&j->lock);
+		r = rename_dir_locked(j, e->a, e->b);
+		pthread_mutex_unlock(&j->lock);
+		return r;
+	case OWED_RMDIR:
+		pthread_mutex_lock(&j->lock);
+		r = rmdir_locked(j, e->a);
+		pthread_mutex_unlock(&j->lock);
+		return r;
+	}
+	return -EINVAL;
+}
+
+int journal_settle_locked(struct journal *j)
+{
+	for (;;) {
+		struct owed *e;
+		int r;
+
+		/* Only a holder of the namespace lock takes entries off, so the
+		 * head stays the head; others only append. */
+		pthread_mutex_lock(&j->lock);
+		e = j->owed_head;
+		pthread_mutex_unlock(&j->lock);
+		if (!e)
+			return 0;
+		r = settle_one(j, e);
+		pthread_mutex_lock(&j->lock);
+		if (r < 0 && !refused_names(r)) {
+			journal_fail_locked(j, r, "journaling what is owed");
+			pthread_mutex_unlock(&j->lock);
+			return r;
+		}
+		if (r < 0)
+			log_error("journal %s: an owed namespace record cannot be journaled any more"
+				  " (%s); the next mount reconciles the tree", j->dir, strerror(-r));
+		j->owed_head = e->next;
+		if (!j->owed_head)
+			j->owed_tail = NULL;
+		j->nowed--;
+		j->owed_lsn = 0;
+		for (struct owed *o = j->owed_head; o; o = o->next)
+			if (o->kind == OWED_TRUTH && o->lsn && (!j->owed_lsn || o->lsn < j->owed_lsn))
+				j->owed_lsn = o->lsn;
+		if (!j->owed_head) {
+			atomic_store(&j->owes, false);
+			journal_healthy_locked(j);
+		}
+		pthread_mutex_unlock(&j->lock);
+		owed_free(j, e);
+	}
+}
+
+int journal_settle(struct journal *j)
+{
+	int r;
+
+	if (!journal_owes(j))
+		return 0;
+	journal_ns_lock(j);
+	r = journal_settle_locked(j);
+	journal_ns_unlock(j);
 	return r;
+}
+
+bool journal_owes(struct journal *j)
+{
+	return atomic_load_explicit(&j->owes, memory_order_relaxed);
 }
 
 int journal_mark(struct journal *j, const char *label, uint64_t *lsn, uint64_t *segment,
@@ -859,6 +1248,13 @@ void journal_stats(struct journal *j, struct journal_stats *s)
 	s->open_oldest_ns = j->open && j->open->records ? j->open->created_ns : 0;
 	s->backing_lsn = j->durable_backing_lsn;
 	s->recycled = j->recycled;
+	s->failing = j->failing;
+	s->last_error = j->last_error;
+	snprintf(s->last_error_what, sizeof s->last_error_what, "%s", j->last_error_what);
+	s->failed_ns = j->failed_ns;
+	s->cleared_ns = j->cleared_ns;
+	s->failures = j->failures;
+	s->owed = j->nowed;
 	pthread_mutex_unlock(&j->lock);
 	s->journal_bytes = atomic_load(&j->disk_bytes);
 	s->journal_max = j->cfg.journal_max;
@@ -960,8 +1356,12 @@ int journal_open(const struct journal_config *cfg, struct journal **out)
 	pthread_cond_init(&j->durable, NULL);
 	pthread_mutex_init(&j->space_lock, NULL);
 	pthread_cond_init(&j->space_cond, NULL);
+	pthread_mutex_init(&j->slot_lock, NULL);
+	pthread_cond_init(&j->slot_freed, NULL);
+	j->ninflight = cfg->inflight_slots ? cfg->inflight_slots : INFLIGHT_SLOTS;
+	j->inflight = calloc(j->ninflight, sizeof *j->inflight);
 	r = registry_init(j);
-	if (r < 0 || !j->dir || !j->backing_dir)
+	if (r < 0 || !j->dir || !j->backing_dir || !j->inflight)
 		goto fail;
 	if (mkdir(cfg->dir, 0750) < 0 && errno != EEXIST) {
 		r = -errno;
@@ -1016,7 +1416,7 @@ int journal_sync_all(void *journal)
 	struct journal *j = journal;
 	struct segfile *s, **queued = NULL;
 	size_t nq = 0;
-	int r;
+	int r = 0;
 
 	pthread_mutex_lock(&j->lock);
 	s = j->open;
@@ -1027,8 +1427,7 @@ int journal_sync_all(void *journal)
 		 * barrier does. */
 		uint64_t need = s ? s->number - 1 : j->sealed_segment;
 
-		while (j->durable_segment < need && !j->error)
-			pthread_cond_wait(&j->durable, &j->lock);
+		r = wait_durable_locked(j, need);
 	} else {
 		/* Recovery: no sealer yet, the queued segments are ours to sync. */
 		for (struct segfile *q = j->queue_head; q; q = q->next)
@@ -1040,13 +1439,14 @@ int journal_sync_all(void *journal)
 			queued[nq++] = q;
 		}
 	}
-	r = j->error;
+	if (s && s->verify)
+		r = j->last_error ? j->last_error : -EIO;
 	pthread_mutex_unlock(&j->lock);
 	for (size_t i = 0; i < nq; i++)
 		if (r == 0 && aimfs_io.fdatasync_fn(queued[i]->fd) < 0)
 			r = -errno;
 	if (s && r == 0 && aimfs_io.fdatasync_fn(s->fd) < 0)
-		r = -errno;
+		r = sync_failed(j, s, -errno);
 	pthread_mutex_lock(&j->lock);
 	for (size_t i = 0; i < nq; i++)
 		segfile_put_locked(j, queued[i]);
@@ -1068,7 +1468,15 @@ void journal_stop(struct journal *j)
 {
 	actlog_stop(j->al);
 	if (j->sealer_started) {
+		/* Whatever is still owed: now, or the next mount's redo and
+		 * reconciliation make the journal and the files agree. */
+		int r = journal_settle(j);
+
 		pthread_mutex_lock(&j->lock);
+		if (r < 0)
+			log_warn("journal %s: %zu records owed since the disk failed could not be"
+				 " journaled before unmounting (%s); the next mount redoes and"
+				 " reconciles what they describe", j->dir, j->nowed, strerror(-r));
 		journal_seal_locked(j);
 		pthread_mutex_unlock(&j->lock);
 		sealer_stop(j);
@@ -1084,13 +1492,30 @@ void journal_close(struct journal *j)
 		return;
 	journal_stop(j);
 	if (j->open) {
-		/* never started: recovery left nothing open, but be safe */
+		/* A seal that failed at unmount (the next mount seals it), or
+		 * never started: recovery left nothing open, but be safe. */
 		segfile_put_locked(j, j->open);
 		j->open = NULL;
 	}
-	/* Everything is sealed and durable: the activity log is clean (unless
-	 * the journal failed, or recovery never finished). */
-	actlog_close(j->al, !j->error);
+	/* Segments the sealer could not finish stay NNN.open, sealed: the next
+	 * mount finishes them. */
+	while (j->queue_head) {
+		struct segfile *q = j->queue_head;
+
+		j->queue_head = q->next;
+		segfile_put_locked(j, q);
+	}
+	j->queue_tail = NULL;
+	while (j->owed_head) {
+		struct owed *e = j->owed_head;
+
+		j->owed_head = e->next;
+		owed_free(j, e);
+	}
+	/* The activity log is clean if its checkpoint makes everything
+	 * durable (unless recovery never finished: it knows).  What was owed
+	 * is redone or reconciled by the next mount either way. */
+	actlog_close(j->al, true);
 	registry_free(j);
 	if (j->dirfd >= 0) {
 		drop_free_files(j);
@@ -1104,6 +1529,9 @@ void journal_close(struct journal *j)
 	pthread_cond_destroy(&j->durable);
 	pthread_mutex_destroy(&j->space_lock);
 	pthread_cond_destroy(&j->space_cond);
+	pthread_mutex_destroy(&j->slot_lock);
+	pthread_cond_destroy(&j->slot_freed);
+	free(j->inflight);
 	free(j->dir);
 	free(j->backing_dir);
 	free(j->hide_name);

@@ -17,6 +17,16 @@
  * that records describe what really happened; a crash between the two is
  * repaired by recovery's comparison of the backing tree with the catalog.
  *
+ * Errors are never sticky.  A record the journal cannot append (a full,
+ * over-quota or read-only disk) fails its operation with that errno and
+ * leaves nothing behind; the next operation tries again.  What happened to
+ * the backing tree but could not be journaled at once — the true content
+ * after a failed backing write, a namespace change whose syscall was done
+ * — is *owed*: kept in order and journaled by journal_settle before the
+ * next operation that needs the journal, so that the journal and the
+ * backing files agree again as soon as the disk has room (docs/NOTES.md,
+ * "Full disks").
+ *
  * Thread safety: every function is thread-safe.  Lock order (see
  * journal_i.h): namespace lock -> range lock -> journal lock.  Nothing here
  * calls into the transport or the catalog while holding the journal lock.
@@ -49,6 +59,9 @@ struct journal_config {
 	bool overflow_block;      /* writes wait at the limit (else: resync tracks) */
 	bool drop_behind;         /* no one reads segments soon (no destinations):
 				   * drop their pages once durable and indexed */
+	unsigned inflight_slots;  /* data records that may be in flight at once: at
+				   * least two per thread that journals them (a
+				   * record and its correction); 0: INFLIGHT_SLOTS */
 	unsigned al_slots;        /* activity log: extents in the hot set (actlog.h) */
 	unsigned al_extent_shift; /* ... and their size, log2 */
 	/* After a power loss: does destination dest (a name in the catalog)
@@ -87,6 +100,14 @@ struct journal_stats {
 	uint64_t open_oldest_ns;  /* time of the open segment's first record, 0 if none */
 	uint64_t backing_lsn;     /* watermark of the newest durable segment */
 	uint64_t recycled;        /* segments written over a pruned one's file, since mount */
+	/* health: no error is sticky; this says what failed and when */
+	bool failing;             /* the journal's I/O fails now */
+	int last_error;           /* -errno of the last failure, 0 if none since mount */
+	char last_error_what[64]; /* what it was doing */
+	uint64_t failed_ns;       /* when the current or last episode began (0: never) */
+	uint64_t cleared_ns;      /* when the last episode ended (0: none has) */
+	uint64_t failures;        /* failed journal I/O calls since mount */
+	uint64_t owed;            /* records owed (journal_settle) */
 };
 
 /*
@@ -138,16 +159,42 @@ void journal_done(struct journal *j, struct journal_ticket *t);
  * The backing syscall of ticket t failed or was short: records what the
  * backing file really holds over [off, off + len) now (its size and bytes,
  * read back through fd), so that the journal again agrees with it.  Call
- * before journal_done, with the range lock still held.
+ * before journal_done, with the range lock still held (the whole file).
+ * If the journal cannot take those records now (the disk is full), they
+ * are owed: t's record stays under the backing watermark (so a crash or an
+ * unmount before they are journaled redoes it, which makes the file agree)
+ * and journal_settle journals them.  Returns 0, or the -errno that made
+ * them owed.
  */
-int journal_correct(struct journal *j, struct image *im, int fd, uint64_t off, uint64_t len);
+int journal_correct(struct journal *j, struct image *im, int fd, uint64_t off, uint64_t len,
+		    const struct journal_ticket *t);
+/* A backing syscall failed with err (a full disk): shown in /status with
+ * the journal's own failures until an operation succeeds again. */
+void journal_backing_failed(struct journal *j, int err);
+/*
+ * Journals what is owed, in order (corrections take their image's whole
+ * range lock): 0 when nothing is owed any more, else the -errno that
+ * stopped it.  Call before an operation that journals, holding no lock
+ * (journal_settle) or the namespace lock (journal_settle_locked); an
+ * operation that cannot settle fails with that errno, which is what keeps
+ * the owed records few and in order.
+ */
+int journal_settle(struct journal *j);
+int journal_settle_locked(struct journal *j);
+/* True if something is owed (lock-free: for the FUSE handlers' fast path). */
+bool journal_owes(struct journal *j);
 
 /* Barrier: appends FLUSH (im may be NULL for all images); if durable, also
  * makes the journal durable through it.  The caller then syncs the backing
  * file. */
 int journal_barrier(struct journal *j, struct image *im, bool durable);
 
-/* Namespace.  Hold journal_ns_lock across the syscall and the call. */
+/* Namespace.  Hold journal_ns_lock across the syscall and the call.
+ * Unlink, rename and rmdir describe a syscall that was done: if their
+ * record cannot be appended now it is owed (journal_settle) and they
+ * return 0; they fail only for a name a record cannot carry or when even
+ * that bookkeeping runs out of memory.  Create and mkdir fail instead, and
+ * the caller undoes the syscall. */
 void journal_ns_lock(struct journal *j);
 void journal_ns_unlock(struct journal *j);
 /* A new regular file `name` exists now (created through the mount); returns

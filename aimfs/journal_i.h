@@ -31,7 +31,15 @@
 struct catalog;
 
 #define RECYCLE_SLOTS 2
+/* In-flight table size when the configuration does not say (main.c sizes
+ * it from the FUSE thread count); a data record waits for a free slot
+ * rather than go untracked. */
 #define INFLIGHT_SLOTS 256
+/* A slot taken but not yet given its LSN: lower than no LSN. */
+#define SLOT_CLAIMED UINT64_MAX
+/* A seal or the sealer's finishing that failed is tried again after this
+ * long (a full disk must not make them spin). */
+#define RETRY_NS 100000000ULL
 /* Start writeback of the open segment every this many bytes, so dirty
  * journal pages never pile up until the kernel throttles the writer that
  * happens to hold the journal lock. */
@@ -65,6 +73,11 @@ struct segfile {
 	unsigned refs;           /* (L) the journal/queue holds one; barriers take more */
 	bool sealed;
 	bool recycled;           /* written over a pruned segment's file: cut at sealing */
+	bool cut;                /* a failed write may have left bytes past `bytes`
+				  * that no truncate removed: the sealer cuts them (L) */
+	bool verify;             /* a sync of it failed: the sealer reads it back,
+				  * checks it and writes it again first (L) */
+	bool lost;               /* ... and found it was not what was written */
 	struct segfile *next;    /* seal queue (L) */
 };
 
@@ -88,8 +101,31 @@ struct journal {
 	uint64_t next_lsn;       /* (L) */
 	uint64_t sealed_segment; /* (L) */
 	uint64_t durable_segment;/* (L) */
-	int error;               /* sticky journal I/O error, -errno (L) */
 	bool stopping;           /* (L) */
+
+	/* Health (L): no failure is sticky; these only say what happened,
+	 * for /status and the log (journal.c, "health"). */
+	bool failing;            /* a journal I/O call failed since the last success */
+	int last_error;          /* -errno of the last failure (0: none since mount) */
+	char last_error_what[64];
+	uint64_t failed_ns;      /* when the current (or last) episode began */
+	uint64_t cleared_ns;     /* when the last episode ended (0: none has) */
+	uint64_t failures;       /* failed calls since mount */
+	uint64_t episode_failures;
+	int finish_error;        /* the sealer cannot finish the head of its queue */
+	uint64_t finish_retry_ns;/* ... and tries again from then (monotonic) */
+	unsigned finish_attempts;
+	uint64_t seal_retry_ns;  /* a failed seal by age is tried again from then */
+
+	/* Owed records (journal.c, "owed"): what happened to the backing tree
+	 * that the journal could not say yet.  Appended by any thread (L);
+	 * journaled, in order, only under ns_lock (journal_settle). */
+	struct owed *owed_head, *owed_tail;
+	size_t nowed;
+	_Atomic bool owes;       /* owed_head != NULL, for a lock-free look */
+	uint64_t owed_lsn;       /* lowest LSN whose record the backing file may
+				  * not hold (a correction is owed): the backing
+				  * watermark stays below it (0: none) */
 
 	/* registry (L) */
 	struct image **by_ino;
@@ -98,8 +134,15 @@ struct journal {
 	size_t nlive, caplive;
 	uint32_t next_image_id;
 
-	/* LSNs whose backing syscall has not finished; 0 = free slot */
-	_Atomic uint64_t inflight[INFLIGHT_SLOTS];
+	/* LSNs whose backing syscall has not finished; 0 = free slot,
+	 * SLOT_CLAIMED = taken, LSN not given yet.  ninflight covers every
+	 * thread that can hold a data record (main.c), so claiming waits only
+	 * if that count is wrong; slot_lock/slot_freed serve those waits. */
+	_Atomic uint64_t *inflight;
+	unsigned ninflight;
+	_Atomic unsigned slot_waiters;
+	pthread_mutex_t slot_lock;
+	pthread_cond_t slot_freed;
 	/* Numbers of pruned segments whose files wait, as NNN.free, to be
 	 * written over (0: empty slot); lock-free so that the transport
 	 * never takes the journal lock. */
@@ -140,6 +183,12 @@ int registry_rename_dir(struct journal *j, const char *old_name, const char *new
 void registry_put(struct journal *j, struct image *im);
 
 /* journal.c */
+/* Health: a journal I/O call failed (logged once per episode, shown in
+ * /status; refuses nothing).  Returns err. */
+int journal_fail_locked(struct journal *j, int err, const char *what);
+/* A journal I/O call succeeded: the episode ends if nothing is owed and
+ * the sealer finishes segments again. */
+void journal_healthy_locked(struct journal *j);
 int journal_ensure_open_locked(struct journal *j);
 int journal_append_locked(struct journal *j, struct seg_record *r);
 int journal_seal_locked(struct journal *j);
@@ -148,8 +197,10 @@ void segfile_put_locked(struct journal *j, struct segfile *s);
 /* sealer.c */
 int sealer_start(struct journal *j);
 void sealer_stop(struct journal *j);
-/* Makes a sealed segment final: fsync, rename .open -> .aimj, fsync dir. */
-int sealer_finish_file(int dirfd, int fd, uint64_t number);
+/* Makes a sealed segment final: fsync, rename .open -> .aimj, fsync dir
+ * (again after a failure: a rename already done is found done).  Sets
+ * *fsync_failed (if given) when the fsync failed. */
+int sealer_finish_file(int dirfd, int fd, uint64_t number, bool *fsync_failed);
 /* Indexes sealed segment n (dir/NNN.aimj) in the catalog. */
 int sealer_index(struct catalog *cat, const char *dir, uint64_t number);
 

@@ -16,16 +16,35 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include "clock.h"
+
 #define MAX_THREADS 16
+/* In-flight data records: two per FUSE thread (a write and the records of
+ * its correction), plus the other threads that journal data (recovery,
+ * the resync engine). */
+#define INFLIGHT_PER_THREAD 2
+#define INFLIGHT_SPARE 16
 #define UNMOUNT_DRAIN_MS 5000
 #define EXIT_USAGE 2
+
+/* A second stop signal this soon after a refusal forces the stop. */
+#define FORCE_WINDOW_S 10
+
+extern char **environ;
 
 /* Hooks between the journal and the transport, which know nothing of
  * each other. */
@@ -102,6 +121,175 @@ static void warn_unmatched_patterns(struct journal *j, const struct aimfs_option
 	}
 }
 
+/* ---- stopping ----
+ *
+ * SIGTERM, SIGINT and SIGHUP ask for a stop, and a stop is an unmount as
+ * umount(8) does it: the kernel refuses it (EBUSY) while anything on the
+ * mount is open — a running guest's image above all.  Then aimfs says which
+ * files are open and keeps serving: pulling the disks from under running
+ * guests is never what "stop" means.  The same signal again within
+ * FORCE_WINDOW_S seconds of a refusal, while files are still open, forces
+ * the stop (libfuse's own handling): the session ends, the mount is
+ * detached, and the open files fail from then on.  The handler only writes the signal into a pipe (or,
+ * forcing, ends the session as libfuse's handler does); the stopper thread
+ * does the rest.  The kernel hands a process's signals to the main thread,
+ * which blocks none, so a forcing signal interrupts the FUSE loop's wait.
+ */
+static struct fuse_session *stop_session;
+static struct fs *stop_fs;
+static int stop_pipe[2] = { -1, -1 };
+static _Atomic uint64_t refused_ns;   /* monotonic time of the last refusal, 0: none */
+static volatile sig_atomic_t forced;  /* the signal that forced the stop */
+
+static void on_stop_signal(int sig)
+{
+	int saved = errno;
+	uint64_t r = atomic_load(&refused_ns);
+	unsigned char c = (unsigned char)sig;
+
+	if (r && clock_mono_ns() - r < FORCE_WINDOW_S * 1000000000ULL && stop_fs &&
+	    fs_open_count(stop_fs)) {
+		forced = sig;
+		fuse_session_exit(stop_session);
+	} else if (write(stop_pipe[1], &c, 1) < 0) {
+		/* the pipe is full of stop requests already */
+	}
+	errno = saved;
+}
+
+static int install_stop_signals(struct fuse_session *se, struct fs *fs)
+{
+	struct sigaction sa = { .sa_handler = on_stop_signal };
+	struct sigaction ign = { .sa_handler = SIG_IGN };
+	const int sigs[] = { SIGTERM, SIGINT, SIGHUP };
+
+	stop_session = se;
+	stop_fs = fs;
+	if (pipe2(stop_pipe, O_CLOEXEC | O_NONBLOCK) < 0)
+		return -1;
+	/* no SA_RESTART: a forcing signal must interrupt the loop's wait */
+	sigemptyset(&sa.sa_mask);
+	for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+		if (sigaction(sigs[i], &sa, NULL) < 0)
+			return -1;
+	return sigaction(SIGPIPE, &ign, NULL);
+}
+
+/* Once the loop is over: later signals change nothing (the journal is
+ * being sealed and the destinations drained, for a bounded time). */
+static void ignore_stop_signals(void)
+{
+	struct sigaction ign = { .sa_handler = SIG_IGN };
+
+	sigaction(SIGTERM, &ign, NULL);
+	sigaction(SIGINT, &ign, NULL);
+	sigaction(SIGHUP, &ign, NULL);
+}
+
+/* umount(8) without -l: 0, or -errno (-EBUSY while anything is open).  An
+ * aimfs that is not root asks fusermount3 -u, which does the same. */
+static int unmount_now(const char *mount)
+{
+	char *argv[] = { "fusermount3", "-u", "-q", (char *)mount, NULL };
+	pid_t pid;
+	int st;
+
+	if (umount2(mount, UMOUNT_NOFOLLOW) == 0)
+		return 0;
+	if (errno != EPERM)
+		return -errno;
+	if (posix_spawnp(&pid, "fusermount3", NULL, NULL, argv, environ) != 0)
+		return -EPERM;
+	while (waitpid(pid, &st, 0) < 0)
+		if (errno != EINTR)
+			return -errno;
+	/* fusermount3 says why on stderr; busy is what makes it fail here */
+	return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -EBUSY;
+}
+
+struct stopper {
+	struct fs *fs;
+	const char *mount;
+	pthread_t thread;
+	bool started;
+};
+
+static void stop_requested(struct stopper *sp, int sig)
+{
+	char names[1024];
+	unsigned n = fs_open_files(sp->fs, names, sizeof names);
+	int r = unmount_now(sp->mount);
+
+	if (r == 0) {
+		log_info("SIG%s: unmounting %s", sigabbrev_np(sig), sp->mount);
+		return;
+	}
+	if (r != -EBUSY) {
+		log_error("SIG%s: cannot unmount %s: %s", sigabbrev_np(sig), sp->mount, strerror(-r));
+		return;
+	}
+	atomic_store(&refused_ns, clock_mono_ns());
+	if (n)
+		log_warn("SIG%s: not unmounting %s: %u file%s open through it (%s); stop what uses"
+			 " %s (the guests) first, or send the signal again within %d seconds to"
+			 " force the stop, which makes %s I/O fail", sigabbrev_np(sig), sp->mount,
+			 n, n == 1 ? " is" : "s are", names, n == 1 ? "it" : "them", FORCE_WINDOW_S,
+			 n == 1 ? "its" : "their");
+	else
+		log_warn("SIG%s: not unmounting %s: it is busy (a working directory or an open"
+			 " directory in it); send the signal again within %d seconds to force the"
+			 " stop", sigabbrev_np(sig), sp->mount, FORCE_WINDOW_S);
+	sd_notifyf(0, "STATUS=refused to stop: %u files open on %s", n, sp->mount);
+}
+
+static void *stopper_main(void *arg)
+{
+	struct stopper *sp = arg;
+	sigset_t set;
+
+	/* its signals are the main thread's to take */
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	for (;;) {
+		struct pollfd pfd = { .fd = stop_pipe[0], .events = POLLIN };
+		unsigned char c;
+		ssize_t n;
+
+		if (poll(&pfd, 1, -1) < 0 && errno != EINTR)
+			break;
+		n = read(stop_pipe[0], &c, 1);
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			continue;
+		if (n <= 0 || c == 0)
+			break;
+		stop_requested(sp, c);
+	}
+	return NULL;
+}
+
+static int stopper_start(struct stopper *sp)
+{
+	if (pthread_create(&sp->thread, NULL, stopper_main, sp) != 0)
+		return -1;
+	sp->started = true;
+	return 0;
+}
+
+static void stopper_stop(struct stopper *sp)
+{
+	unsigned char quit = 0;
+
+	if (!sp->started)
+		return;
+	while (write(stop_pipe[1], &quit, 1) < 0 && errno == EAGAIN)
+		usleep(1000); /* full of requests: the thread empties it */
+	pthread_join(sp->thread, NULL);
+	sp->started = false;
+}
+
 /* After a usage error: where to look.  Returns the usage exit status. */
 static int usage_hint(void)
 {
@@ -147,6 +335,16 @@ static char *fsname_option(const char *dir)
 	free(name);
 	free(opts);
 	return arg;
+}
+
+/* How many FUSE worker threads may run at once: -s, -o max_threads, or
+ * ours (libfuse's default of 10 counts as unset). */
+static unsigned fuse_threads(const struct fuse_cmdline_opts *fopts)
+{
+	if (fopts->singlethread)
+		return 1;
+	return fopts->max_threads > 0 && fopts->max_threads != 10 ? fopts->max_threads
+								  : MAX_THREADS;
 }
 
 struct paths {
@@ -268,6 +466,7 @@ int main(int argc, char *argv[])
 	struct status *st = NULL;
 	struct status_info si = { 0 };
 	struct glue glue = { 0 };
+	struct stopper stopper = { 0 };
 	char *fsname_opt = NULL;
 	int backing_fd = -1, ret = 1;
 
@@ -324,6 +523,7 @@ int main(int argc, char *argv[])
 	jc.drop_behind = o.ndests == 0;
 	jc.on_durable = on_durable;
 	jc.dest_wants = on_dest_wants;
+	jc.inflight_slots = INFLIGHT_PER_THREAD * fuse_threads(&fopts) + INFLIGHT_SPARE;
 	jc.al_slots = o.al_extents;
 	jc.al_extent_shift = o.al_extent_shift;
 	jc.hook_ctx = &glue;
@@ -384,11 +584,13 @@ int main(int argc, char *argv[])
 	se = fuse_session_new(&args, fs_ops(), sizeof *fs_ops(), fs);
 	if (!se)
 		goto out;
-	if (fuse_set_signal_handlers(se) != 0)
+	if (install_stop_signals(se, fs) < 0) {
+		log_error("cannot handle signals: %m");
 		goto out;
+	}
 	if (fuse_session_mount(se, p.mount) != 0) {
 		log_error("cannot mount on %s", p.mount);
-		goto out_signals;
+		goto out;
 	}
 	if (fuse_daemonize(fopts.foreground) != 0)
 		goto out_unmount;
@@ -397,6 +599,12 @@ int main(int argc, char *argv[])
 		log_to_syslog();
 	if (journal_start(j) < 0) {
 		log_error("cannot start the journal's sealer thread");
+		goto out_unmount;
+	}
+	stopper.fs = fs;
+	stopper.mount = p.mount;
+	if (stopper_start(&stopper) < 0) {
+		log_error("cannot start the thread that handles stop signals");
 		goto out_unmount;
 	}
 	if (t) {
@@ -436,19 +644,29 @@ int main(int argc, char *argv[])
 	} else {
 		lc = fuse_loop_cfg_create();
 		fuse_loop_cfg_set_clone_fd(lc, fopts.clone_fd);
-		fuse_loop_cfg_set_max_threads(lc, fopts.max_threads > 0 &&
-						  fopts.max_threads != 10 ? fopts.max_threads
-									  : MAX_THREADS);
+		fuse_loop_cfg_set_max_threads(lc, fuse_threads(&fopts));
 		if (fopts.max_idle_threads != UINT_MAX)
 			fuse_loop_cfg_set_idle_threads(lc, fopts.max_idle_threads);
 		ret = fuse_session_loop_mt(se, lc);
 	}
 	ret = ret < 0 ? 1 : 0;
+	ignore_stop_signals();
+	if (forced) {
+		char names[1024];
+		unsigned n = fs_open_files(fs, names, sizeof names);
+
+		if (n)
+			log_warn("SIG%s again: forced stop with %u file%s open (%s); %s I/O fails"
+				 " from now on", sigabbrev_np(forced), n, n == 1 ? "" : "s", names,
+				 n == 1 ? "its" : "their");
+		else
+			log_info("SIG%s again: forced stop", sigabbrev_np(forced));
+	}
 	sd_notify(0, "STOPPING=1\nSTATUS=unmounting, sealing the journal");
 out_unmount:
+	ignore_stop_signals();
+	stopper_stop(&stopper);
 	fuse_session_unmount(se);
-out_signals:
-	fuse_remove_signal_handlers(se);
 out:
 	status_stop(st);
 	if (se)

@@ -229,7 +229,7 @@ static int finish_open_segment(struct journal *j, uint64_t n, uint64_t expect,
 			goto out;
 		}
 	}
-	r = sealer_finish_file(j->dirfd, fd, n);
+	r = sealer_finish_file(j->dirfd, fd, n, NULL);
 	if (r < 0)
 		log_error("journal %s: cannot finish %s: %s", j->dir, name, strerror(-r));
 out:

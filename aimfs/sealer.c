@@ -4,11 +4,18 @@
  * rename NNN.open -> NNN.aimj, fsync of the directory, then indexing in the
  * catalog with its own SQLite connection.  Barriers wait on durable_segment,
  * which moves only after the fsync and rename.
+ *
+ * A segment it cannot finish (a failed fsync, rename or directory sync)
+ * stays at the head of its queue and is tried again after RETRY_NS;
+ * barriers meanwhile fail with the error instead of waiting, and succeed
+ * again once it is finished.  After a failed fsync the segment is read
+ * back, checked and written again first (rewrite_checked).
  */
 #include "journal_i.h"
 #include "io_i.h"
 #include "clock.h"
 #include "catalog.h"
+#include "fileio.h"
 #include "log.h"
 
 #include <errno.h>
@@ -17,25 +24,84 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #define TICK_NS 50000000ULL /* how often an idle sealer looks at the age */
 
-int sealer_finish_file(int dirfd, int fd, uint64_t number)
+/* Renames NNN.open to NNN.aimj and syncs the directory; done again after
+ * a failure, it finds the rename done. */
+static int publish(int dirfd, uint64_t number)
 {
 	char from[SEG_FILE_NAME_LEN + 8], to[SEG_FILE_NAME_LEN + 8];
 
-	if (aimfs_io.fsync_fn(fd) < 0)
-		return -errno;
 	seg_file_name(number, SEG_OPEN_SUFFIX, from);
 	seg_file_name(number, SEG_FILE_SUFFIX, to);
-	if (renameat(dirfd, from, dirfd, to) < 0)
+	if (renameat(dirfd, from, dirfd, to) < 0 &&
+	    !(errno == ENOENT && faccessat(dirfd, to, F_OK, AT_SYMLINK_NOFOLLOW) == 0))
 		return -errno;
 	if (aimfs_io.fsync_fn(dirfd) < 0)
 		return -errno;
 	return 0;
+}
+
+int sealer_finish_file(int dirfd, int fd, uint64_t number, bool *fsync_failed)
+{
+	if (aimfs_io.fsync_fn(fd) < 0) {
+		if (fsync_failed)
+			*fsync_failed = true;
+		return -errno;
+	}
+	return publish(dirfd, number);
+}
+
+/*
+ * After a failed sync of sealed segment s: a failed fsync may have dropped
+ * pages it could not write while marking them clean, so that the next
+ * fsync has nothing to write and says all is well.  Reads the segment back
+ * (the page cache, or the disk), checks it is the segment that was sealed
+ * (every record's check, the trailer's digest and count) and writes it
+ * again, so that the next fsync writes real bytes.  0, or -EIO when what is
+ * there is not the segment any more: its records are lost to the journal,
+ * and it is never made durable (barriers keep failing) until a remount's
+ * recovery cuts it at its first invalid record.
+ */
+static int rewrite_checked(struct journal *j, struct segfile *s)
+{
+	char name[SEG_FILE_NAME_LEN + 8];
+	struct seg_view *v = NULL;
+	struct seg_err err;
+	void *map;
+	int fd, r;
+
+	seg_file_name(s->number, SEG_OPEN_SUFFIX, name);
+	fd = openat(j->dirfd, name, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	map = mmap(NULL, (size_t)s->bytes, PROT_READ, MAP_SHARED, fd, 0);
+	close(fd);
+	if (map == MAP_FAILED)
+		return -errno;
+	r = seg_view_new(map, (size_t)s->bytes, &v, &err);
+	if (r == 0 && (!seg_view_sealed(v) || seg_view_digest(v) != s->digest ||
+		       seg_view_count(v) != s->records))
+		r = -EBADMSG;
+	if (r < 0) {
+		if (!s->lost)
+			log_error("journal %s: segment %" PRIu64 " is not what was written any more"
+				  " after a failed sync (%s); its records are lost to the journal:"
+				  " remount, and verify the replicas (aimctl verify)", j->dir,
+				  s->number, v ? "its seal does not match" : err.msg);
+		s->lost = true;
+		r = -EIO;
+	} else {
+		r = fileio_pwrite_full(aimfs_io.pwrite_fn, s->fd, map, (size_t)s->bytes, 0);
+	}
+	seg_view_free(v);
+	munmap(map, (size_t)s->bytes);
+	return r;
 }
 
 int sealer_index(struct catalog *cat, const char *dir, uint64_t number)
@@ -78,49 +144,101 @@ static void drop_cached(struct journal *j, uint64_t number)
 	close(fd);
 }
 
-static void finish_one(struct journal *j, struct catalog *cat, struct segfile *s)
+/*
+ * Indexes every finished segment from *from (0: none waits) through
+ * number.  A catalog on a full disk cannot take them; they wait, and go in
+ * with the first segment finished after space was freed (a segment pruned
+ * meanwhile needs no row).  Recovery indexes what a mount left out.
+ */
+static void index_through(struct journal *j, struct catalog *cat, uint64_t *from,
+			  uint64_t number)
+{
+	uint64_t n = *from ? *from : number;
+
+	for (; n <= number; n++) {
+		char name[SEG_FILE_NAME_LEN + 8];
+
+		seg_file_name(n, SEG_FILE_SUFFIX, name);
+		if (faccessat(j->dirfd, name, F_OK, 0) < 0)
+			continue; /* pruned */
+		if (sealer_index(cat, j->dir, n) < 0) {
+			if (!*from)
+				log_warn("journal %s: segment %" PRIu64 " is not in the catalog yet;"
+					 " it goes in with the next segment that can", j->dir, n);
+			*from = n;
+			return;
+		}
+	}
+	if (*from)
+		log_info("journal %s: the catalog has every segment again (from %" PRIu64 ")",
+			 j->dir, *from);
+	*from = 0;
+}
+
+/* Finishes s (taken off the queue); false if it failed (s is back at the
+ * head of the queue). */
+static bool finish_one(struct journal *j, struct catalog *cat, uint64_t *index_from,
+		       struct segfile *s)
 {
 	uint64_t number = s->number, backing_lsn = s->backing_lsn;
+	bool verify, cut, fsync_failed = false;
 	int r = 0;
 
-	/* A recycled file still holds the old segment's bytes past the trailer. */
-	if (s->recycled && aimfs_io.ftruncate_fn(s->fd, (off_t)s->bytes) < 0)
+	pthread_mutex_lock(&j->lock);
+	verify = s->verify;
+	/* A recycled file still holds the old segment's bytes past the
+	 * trailer; a failed write may have left some there too. */
+	cut = s->recycled || s->cut;
+	pthread_mutex_unlock(&j->lock);
+	if (verify)
+		r = rewrite_checked(j, s);
+	if (r == 0 && cut && aimfs_io.ftruncate_fn(s->fd, (off_t)s->bytes) < 0)
 		r = -errno;
 	if (r == 0)
-		r = sealer_finish_file(j->dirfd, s->fd, number);
+		r = sealer_finish_file(j->dirfd, s->fd, number, &fsync_failed);
 
 	if (r < 0) {
 		pthread_mutex_lock(&j->lock);
-		if (!j->error) {
-			log_error("journal %s: finishing segment %" PRIu64 ": %s; refusing further"
-				  " writes until remount", j->dir, number, strerror(-r));
-			j->error = r;
-		}
+		if (fsync_failed)
+			s->verify = true;
+		j->finish_error = r;
+		/* 0.1 s, doubling to 6.4 s while it keeps failing */
+		j->finish_retry_ns = clock_mono_ns() + (RETRY_NS << (j->finish_attempts < 6 ?
+								     j->finish_attempts : 6));
+		j->finish_attempts++;
+		journal_fail_locked(j, r, "finishing a segment");
+		s->next = j->queue_head;
+		j->queue_head = s;
+		if (!j->queue_tail)
+			j->queue_tail = s;
 		pthread_cond_broadcast(&j->durable);
-		segfile_put_locked(j, s);
 		pthread_mutex_unlock(&j->lock);
-		return;
+		return false;
 	}
 	pthread_mutex_lock(&j->lock);
+	s->verify = false;
 	j->durable_segment = number;
 	j->durable_backing_lsn = backing_lsn;
+	j->finish_error = 0;
+	j->finish_attempts = 0;
+	journal_healthy_locked(j);
 	pthread_cond_broadcast(&j->durable);
 	segfile_put_locked(j, s);
 	pthread_mutex_unlock(&j->lock);
-	/* Indexing failures are repaired by recovery at the next mount. */
-	if (cat && sealer_index(cat, j->dir, number) < 0)
-		log_warn("segment %" PRIu64 " is not indexed yet; the next mount will index it",
-			 number);
+	if (cat)
+		index_through(j, cat, index_from, number);
 	if (j->cfg.drop_behind)
 		drop_cached(j, number);
 	if (j->cfg.on_durable)
 		j->cfg.on_durable(j->cfg.hook_ctx, number, backing_lsn);
+	return true;
 }
 
 static void *sealer_main(void *arg)
 {
 	struct journal *j = arg;
 	struct catalog *cat = NULL;
+	uint64_t index_from = 0;
 	char path[4200];
 
 	snprintf(path, sizeof path, "%s/%s", j->dir, CATALOG_FILE);
@@ -132,16 +250,23 @@ static void *sealer_main(void *arg)
 		struct timespec deadline;
 		uint64_t now;
 
-		if (s) {
+		now = clock_mono_ns();
+		if (s && (!j->finish_error || now >= j->finish_retry_ns)) {
+			bool ok;
+
 			j->queue_head = s->next;
 			if (!j->queue_head)
 				j->queue_tail = NULL;
 			pthread_mutex_unlock(&j->lock);
-			finish_one(j, cat, s);
+			ok = finish_one(j, cat, &index_from, s);
 			pthread_mutex_lock(&j->lock);
+			/* At unmount one more try is all: what is left stays
+			 * NNN.open, sealed, for the next mount to finish. */
+			if (!ok && j->stopping)
+				break;
 			continue;
 		}
-		if (j->stopping)
+		if (j->stopping && (!s || j->finish_error))
 			break;
 		if (j->open && j->open->bytes - j->open->flushed >= WRITEBACK_STEP) {
 			struct segfile *o = j->open;
@@ -157,14 +282,17 @@ static void *sealer_main(void *arg)
 			segfile_put_locked(j, o);
 			continue;
 		}
-		now = clock_wall_ns();
 		/* Sealed by age, or as soon as writes pause: the recovery point
-		 * then does not wait out segment_age once the guest is quiet. */
-		if (j->open && j->open->records &&
-		    (now - j->open->created_ns >= j->cfg.segment_age_ns ||
-		     (j->cfg.segment_idle_ns && now - j->last_append_ns >= j->cfg.segment_idle_ns))) {
-			journal_seal_locked(j);
-			continue;
+		 * then does not wait out segment_age once the guest is quiet.  A
+		 * seal that failed waits RETRY_NS before the next try. */
+		if (j->open && j->open->records && clock_mono_ns() >= j->seal_retry_ns) {
+			now = clock_wall_ns();
+			if (now - j->open->created_ns >= j->cfg.segment_age_ns ||
+			    (j->cfg.segment_idle_ns &&
+			     now - j->last_append_ns >= j->cfg.segment_idle_ns)) {
+				journal_seal_locked(j);
+				continue;
+			}
 		}
 		clock_gettime(CLOCK_REALTIME, &deadline);
 		deadline.tv_nsec += (long)TICK_NS;

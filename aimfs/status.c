@@ -142,6 +142,35 @@ static json_t *marks_list(struct status *s)
 	return json_pack("{s:o}", "marks", a);
 }
 
+static json_t *time_or_null(uint64_t ns)
+{
+	char tbuf[64];
+
+	return ns ? json_string(clock_iso8601(ns, 3, tbuf, sizeof tbuf)) : json_null();
+}
+
+/*
+ * The journal's health: journal_error says what fails now (null when
+ * nothing does), journal_last_error what failed last even after it
+ * cleared, journal_error_at when the current or last episode began and
+ * journal_error_cleared_at when the last one ended (null while it lasts).
+ * No error is sticky: each clears by itself when the disk has room again.
+ */
+static void journal_health_json(json_t *o, const struct journal_stats *js)
+{
+	char text[160] = "";
+
+	if (js->last_error)
+		snprintf(text, sizeof text, "%s: %s", js->last_error_what, strerror(-js->last_error));
+	json_object_set_new(o, "journal_error", js->failing ? json_string(text) : json_null());
+	json_object_set_new(o, "journal_last_error", text[0] ? json_string(text) : json_null());
+	json_object_set_new(o, "journal_error_at", time_or_null(js->failed_ns));
+	json_object_set_new(o, "journal_error_cleared_at",
+			    time_or_null(js->failing ? 0 : js->cleared_ns));
+	json_object_set_new(o, "journal_errors", json_integer((json_int_t)js->failures));
+	json_object_set_new(o, "journal_owed_records", json_integer((json_int_t)js->owed));
+}
+
 static json_t *status_json(struct status *s)
 {
 	struct journal_stats js;
@@ -177,6 +206,7 @@ static json_t *status_json(struct status *s)
 	json_object_set_new(o, "records_journaled", json_integer((json_int_t)js.records));
 	json_object_set_new(o, "bytes_journaled", json_integer((json_int_t)js.bytes));
 	json_object_set_new(o, "segments_recycled", json_integer((json_int_t)js.recycled));
+	journal_health_json(o, &js);
 	json_object_set_new(o, "marks", marks_summary(s));
 	if (s->info.transport && transport_views(s->info.transport, &views, &nviews) < 0)
 		nviews = 0;
@@ -223,6 +253,22 @@ static void metrics_text(struct status *s, struct strbuf *sb)
 	metric(sb, "aimfs_durable_segment", "gauge", "number of the last sealed, durable segment",
 	       js.durable_segment);
 	metric(sb, "aimfs_images", "gauge", "images the mount knows", js.images);
+	metric(sb, "aimfs_journal_failing", "gauge",
+	       "1 while the journal's writes fail (a full or read-only disk); see journal_error in"
+	       " /status", js.failing);
+	metric(sb, "aimfs_journal_error_errno", "gauge",
+	       "errno of the journal's last failure (28 ENOSPC, 122 EDQUOT, 30 EROFS; 0 none)",
+	       (uint64_t)-js.last_error);
+	metric(sb, "aimfs_journal_errors_total", "counter", "journal writes and syncs that failed",
+	       js.failures);
+	metric(sb, "aimfs_journal_error_timestamp_seconds", "gauge",
+	       "when the current or last journal failure began (0 never)", js.failed_ns / 1000000000ULL);
+	metric(sb, "aimfs_journal_error_cleared_timestamp_seconds", "gauge",
+	       "when the last journal failure cleared (0 while it lasts, or never)",
+	       js.failing ? 0 : js.cleared_ns / 1000000000ULL);
+	metric(sb, "aimfs_journal_owed_records", "gauge",
+	       "records the journal owes since its disk failed (journaled as soon as it can)",
+	       js.owed);
 	if (s->info.transport && transport_views(s->info.transport, &views, &nviews) == 0) {
 		dest_views_metrics(views, nviews, sb);
 		free(views);

@@ -1,0 +1,485 @@
+"""A full source disk loses nothing and heals by itself (issue 12).
+
+Two kinds of full disk:
+
+  * the fault-injection build (tests/aimfs-faults, tests/faultio.c) fails
+    chosen calls of aimfs's I/O table with ENOSPC, EDQUOT or EROFS: a
+    segment's header, a record, a trailer, a backing write, a sync; a write
+    cut in half; a truncate that fails too;
+  * a real small filesystem (tmpfs with size=, an ext4 on a loop device)
+    holding the backing directory and its journal, filled by a writer until
+    it is full, then given space back by removing a ballast file.
+
+What every case proves: the errno reaches the writer as itself (never EIO);
+nothing is sticky (once the fault is gone, writes, opens and mkdir work on
+the same mount); the journal and the backing files agree (an offline replay
+of the journal onto the starting files equals them, after a clean unmount
+and after a kill -9 and the recovery that follows); a replica equals the
+source; /status and /metrics say what failed, since when, and when it
+cleared.
+
+The QEMU guest on such a disk is tests/test_full_disk_guest.py; more
+threads than the old in-flight table had is test_inflight_slots.py."""
+import errno
+import mmap
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from aimtest import AIMCTL, AIMFS, assert_trees_equal, is_mounted, replay, run, wait_for
+from faults import AIMFS_FAULTS, Faults
+from servers import free_port, get_status
+from test_resync import pki, remotes, source_conf, start_remote, wait_converged  # noqa: F401
+
+ERRNOS = {"ENOSPC": errno.ENOSPC, "EDQUOT": errno.EDQUOT, "EROFS": errno.EROFS}
+MiB = 1 << 20
+
+
+def metrics(addr):
+    with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def expect_errno(err, fn, *args):
+    """fn(*args) must fail with err (the errno, not EIO)."""
+    try:
+        fn(*args)
+    except OSError as e:
+        assert e.errno == err, f"{fn.__name__}{args[:1]}: {errno.errorcode[e.errno]}, " \
+                               f"expected {errno.errorcode[err]}"
+        return
+    raise AssertionError(f"{fn.__name__}{args[:1]} succeeded, expected {errno.errorcode[err]}")
+
+
+class Site:
+    """aimfs-faults on workdir/backing, a status listener, an empty start
+    directory to replay the journal onto."""
+
+    def __init__(self, aimfs, workdir, options=(), remote_conf=None):
+        self.workdir = workdir
+        self.faults = Faults(os.path.join(workdir, "faults"))
+        self.status = f"127.0.0.1:{free_port()}"
+        self.start = os.path.join(workdir, "start")
+        os.makedirs(self.start)
+        self.aimfs = aimfs
+        opts = [f"status={self.status}"] if not remote_conf else [f"config={remote_conf}"]
+        self.options = opts + list(options)
+        self.m = None
+
+    def mount(self, binary=AIMFS_FAULTS):
+        self.m = self.aimfs(options=self.options, binary=binary, env=self.faults.env,
+                            expect_alarms=True)
+        return self.m
+
+    @property
+    def mnt(self):
+        return self.m.mountpoint
+
+    def st(self):
+        return get_status(self.status)
+
+    def replay_equal(self, what):
+        assert not [f for f in os.listdir(self.m.journal) if f.endswith(".open")], \
+            f"{what}: an unsealed segment after a clean unmount"
+        target = os.path.join(self.workdir, f"replayed-{time.monotonic_ns()}")
+        shutil.copytree(self.start, target)
+        replay(self.m.journal, target)
+        try:
+            assert_trees_equal(target, self.m.backing)
+        except AssertionError as e:
+            raise AssertionError(f"{what}: the journal replayed differs from the backing "
+                                 f"files: {e}\n{self.m.output()[-4000:]}") from None
+
+
+def write_file(path, data, flags=os.O_WRONLY | os.O_CREAT, off=0):
+    fd = os.open(path, flags, 0o644)
+    try:
+        os.pwrite(fd, data, off)
+    finally:
+        os.close(fd)
+
+
+# ---- the errno reaches the writer, and nothing is sticky ----------------------------
+
+@pytest.mark.parametrize("name", ERRNOS)
+def test_full_quota_and_readonly_reach_the_writer_and_nothing_is_sticky(aimfs, workdir, name):
+    """Every journal append fails with NAME: a write, an fsync, a create, a
+    truncate and a mkdir get NAME (not EIO); /status and /metrics say so.
+    The fault goes: the same mount takes all of them again, /status says
+    when it cleared, and the journal replays to the backing files."""
+    err = ERRNOS[name]
+    s = Site(aimfs, workdir)
+    s.mount()
+    img = os.path.join(s.mnt, "vm.raw")
+    write_file(img, os.urandom(64 * 1024))
+    fd = os.open(img, os.O_RDWR)
+    s.faults.set(f"pwritev *.open {name}")
+    expect_errno(err, os.pwrite, fd, b"x" * 4096, 8192)
+    expect_errno(err, os.fsync, fd)
+    expect_errno(err, os.truncate, img, 4096)
+    expect_errno(err, os.mkdir, os.path.join(s.mnt, "dir"))
+    expect_errno(err, write_file, os.path.join(s.mnt, "new.raw"), b"n")
+    assert not os.path.exists(os.path.join(s.m.backing, "new.raw")), "an unjournaled create stayed"
+    assert not os.path.exists(os.path.join(s.m.backing, "dir")), "an unjournaled mkdir stayed"
+    st = s.st()
+    assert st["journal_error"] and os.strerror(err) in st["journal_error"], st
+    assert st["journal_error_at"] and st["journal_error_cleared_at"] is None, st
+    mt = metrics(s.status)
+    assert mt["aimfs_journal_failing"] == 1 and mt["aimfs_journal_error_errno"] == err, mt
+    assert mt["aimfs_journal_error_timestamp_seconds"] > 0, mt
+
+    s.faults.clear()
+    os.pwrite(fd, b"y" * 4096, 8192)
+    os.fsync(fd)
+    os.truncate(img, 48 * 1024)
+    os.mkdir(os.path.join(s.mnt, "dir"))
+    write_file(os.path.join(s.mnt, "dir", "new.raw"), os.urandom(10000))
+    os.close(fd)
+    st = s.st()
+    assert st["journal_error"] is None and st["journal_error_cleared_at"], st
+    assert os.strerror(err) in st["journal_last_error"], st
+    mt = metrics(s.status)
+    assert mt["aimfs_journal_failing"] == 0, mt
+    assert mt["aimfs_journal_error_cleared_timestamp_seconds"] > 0, mt
+    assert s.m.unmount() == 0
+    s.replay_equal(name)
+
+
+def test_a_failed_segment_header_or_seal_is_not_sticky(aimfs, workdir):
+    """tmpfs's finding: the header of a new segment cannot be written (the
+    write gets ENOSPC, and no empty segment is left), then a trailer cannot
+    be (the segment stays open and takes records; the seal is retried).
+    After each, writes, opens and mkdir work on the same mount, and the
+    segment seals once the trailer fits."""
+    s = Site(aimfs, workdir, options=["segment_idle=100ms"])
+    s.mount()
+    img = os.path.join(s.mnt, "vm.raw")
+    write_file(img, os.urandom(8192))
+    # sealed: no open segment, and its file renamed (the sealer does that
+    # after it lets go of the segment)
+    wait_for(lambda: s.st()["open_segment"] == 0 and
+             not [f for f in os.listdir(s.m.journal) if f.endswith(".open")], 10,
+             what="the idle segment to seal")
+    s.faults.set("pwritev *.open ENOSPC off=0")
+    expect_errno(errno.ENOSPC, write_file, img, b"h" * 4096, os.O_WRONLY, 0)
+    assert not [f for f in os.listdir(s.m.journal) if f.endswith(".open")]
+    assert "header" in s.st()["journal_error"]
+    s.faults.clear()
+    write_file(img, b"H" * 4096, os.O_WRONLY, 0)
+    write_file(os.path.join(s.mnt, "b.raw"), b"b" * 5000)
+    os.mkdir(os.path.join(s.mnt, "d1"))
+    assert s.st()["journal_error"] is None
+
+    durable = s.st()["durable_segment"]
+    s.faults.set("pwritev *.open ENOSPC len=56")        # SEG_TRAILER_SIZE: only trailers
+    write_file(img, b"s" * 4096, os.O_WRONLY, 4096)
+    wait_for(lambda: (s.st()["journal_error"] or "").startswith("sealing"), 10,
+             what="a seal to fail")
+    write_file(img, b"t" * 4096, os.O_WRONLY, 8192)      # the open segment takes records
+    os.mkdir(os.path.join(s.mnt, "d2"))
+    assert s.st()["durable_segment"] == durable
+    s.faults.clear()
+    wait_for(lambda: s.st()["durable_segment"] > durable and s.st()["journal_error"] is None,
+             10, what="the seal to be retried")
+    write_file(os.path.join(s.mnt, "d2", "c.raw"), b"c" * 3000)
+    assert s.m.unmount() == 0
+    s.replay_equal("after a failed header and a failed seal")
+
+
+@pytest.mark.parametrize("end", ["unmount", "kill9"])
+def test_a_record_cut_in_half_never_precedes_another(aimfs, workdir, end):
+    """A record whose append writes half and then fails, and whose undo
+    (the truncate) fails too: the write gets ENOSPC, the next record is
+    written over the half, and the sealer cuts the file at its end.  Every
+    segment validates, and the journal replays to the backing files, after a
+    clean unmount or after kill -9 and recovery."""
+    s = Site(aimfs, workdir, options=["segment_idle=0", "segment_age=1h"])
+    s.mount()
+    img = os.path.join(s.mnt, "vm.raw")
+    write_file(img, os.urandom(64 * 1024))
+    s.faults.set("pwritev *.open ENOSPC partial count=1", "ftruncate *.open EIO count=1")
+    expect_errno(errno.ENOSPC, write_file, img, b"P" * 32768, os.O_WRONLY, 0)
+    s.faults.clear()
+    write_file(img, b"q" * 512, os.O_WRONLY, 100)          # shorter than the half left there
+    write_file(img, os.urandom(20000), os.O_WRONLY, 30000)
+    if end == "kill9":
+        s.m.kill9()
+        s.mount(binary=AIMFS)
+    assert s.m.unmount() == 0
+    for f in sorted(os.listdir(s.m.journal)):
+        if f.endswith(".aimj"):
+            run([AIMCTL, "dump", os.path.join(s.m.journal, f)])
+    s.replay_equal(f"a half record, then {end}")
+
+
+# ---- a failed backing write: the journal ends up saying what the file holds ----
+
+@pytest.mark.parametrize("how", ["nothing-written", "short", "short-direct", "kill9-while-owed"])
+def test_a_failed_backing_write_is_not_left_in_the_journal(aimfs, workdir, how):
+    """The record is journaled, then the backing write fails (ENOSPC; or
+    writes half: a short write), and the records of what the file really
+    holds cannot be journaled either (the disk is full).  The writer gets
+    ENOSPC (or the short count; a direct writer gets ENOSPC, since the
+    kernel turns a short asynchronous direct write into EIO); they are
+    owed, /status says so, and the next write gets ENOSPC too while they
+    cannot be journaled.  Once the
+    disk has room, the next write journals them first.  Or aimfs is killed
+    while they are owed, after a seal: the next mount redoes the record.
+    Either way the journal replays to the backing files (before: 'its
+    replicas need a resync' in the log, and a replay 767 KiB off)."""
+    s = Site(aimfs, workdir, options=["segment_idle=100ms"])
+    s.mount()
+    img = os.path.join(s.mnt, "vm.raw")
+    write_file(img, os.urandom(256 * 1024))
+    fd = os.open(img, os.O_RDWR | (os.O_DIRECT if how == "short-direct" else 0))
+    partial = " partial" if how.startswith("short") else ""
+    # the backing write fails; then every header-only record (TRUNCATE,
+    # ZERO: the start of the correction) cannot be journaled
+    s.faults.set(f"pwrite */backing/vm.raw ENOSPC count=1{partial}", "pwritev *.open ENOSPC len=64")
+    data = mmap.mmap(-1, 192 * 1024)            # aligned, for O_DIRECT
+    data.write(os.urandom(192 * 1024))
+    if how == "short":
+        n = os.pwrite(fd, data, 200 * 1024)
+        assert n == len(data) // 2, n
+    else:
+        expect_errno(errno.ENOSPC, os.pwrite, fd, data, 200 * 1024)
+    st = s.st()
+    assert st["journal_owed_records"] == 1 and "after a failed write" in st["journal_error"], st
+    expect_errno(errno.ENOSPC, os.pwrite, fd, b"z" * 4096, 0)
+    if how == "kill9-while-owed":
+        # a seal claims how far the backing files are complete: not past
+        # the record they do not hold
+        seg = st["open_segment"]
+        wait_for(lambda: s.st()["durable_segment"] >= seg, 10, what="the segment to seal")
+        # close's barrier record cannot be journaled either (the fd goes)
+        expect_errno(errno.ENOSPC, os.close, fd)
+        s.m.kill9()
+        s.faults.clear()
+        s.mount(binary=AIMFS)
+    else:
+        s.faults.clear()
+        os.pwrite(fd, b"w" * 4096, 0)
+        st = s.st()
+        assert st["journal_owed_records"] == 0 and st["journal_error"] is None, st
+        os.close(fd)
+    assert s.m.unmount() == 0
+    s.replay_equal(how)
+
+
+def test_an_unlink_or_rename_done_on_a_full_disk_is_journaled_later(aimfs, workdir):
+    """rm, mv and rmdir on a full disk: the syscall is done (rm frees
+    space; it succeeds, as it would without aimfs), its record is owed, and
+    a later namespace change fails with ENOSPC, undone, rather than overtake
+    it.  Once the disk has room, the next operation journals what is owed
+    before its own."""
+    s = Site(aimfs, workdir)
+    s.mount()
+    for n in ("a.raw", "b.raw", "c.raw"):
+        write_file(os.path.join(s.mnt, n), os.urandom(30000))
+    os.mkdir(os.path.join(s.mnt, "d"))
+    os.mkdir(os.path.join(s.mnt, "e"))
+    s.faults.set("pwritev *.open ENOSPC")
+    os.unlink(os.path.join(s.mnt, "a.raw"))
+    assert s.st()["journal_owed_records"] == 1
+    expect_errno(errno.ENOSPC, os.rename, os.path.join(s.mnt, "b.raw"),
+                 os.path.join(s.mnt, "d", "b2.raw"))
+    assert os.path.exists(os.path.join(s.m.backing, "b.raw"))
+    s.faults.clear()
+    os.rename(os.path.join(s.mnt, "b.raw"), os.path.join(s.mnt, "d", "b2.raw"))
+    assert s.st()["journal_owed_records"] == 0
+    s.faults.set("pwritev *.open ENOSPC")
+    os.rename(os.path.join(s.mnt, "c.raw"), os.path.join(s.mnt, "c2.raw"))
+    expect_errno(errno.ENOSPC, os.rmdir, os.path.join(s.mnt, "e"))
+    s.faults.clear()
+    os.rmdir(os.path.join(s.mnt, "e"))
+    s.faults.set("pwritev *.open ENOSPC")
+    os.rename(os.path.join(s.mnt, "d"), os.path.join(s.mnt, "d2"))
+    assert s.st()["journal_owed_records"] == 1
+    s.faults.clear()
+    write_file(os.path.join(s.mnt, "a.raw"), b"a new a" * 1000)
+    write_file(os.path.join(s.mnt, "d2", "b2.raw"), b"more" * 1000, os.O_WRONLY, 50000)
+    assert s.st()["journal_owed_records"] == 0
+    assert s.m.unmount() == 0
+    s.replay_equal("owed namespace records")
+
+
+def test_a_failed_sync_is_retried_and_the_segment_rewritten(aimfs, workdir):
+    """The sealer's fsync of a segment fails once, and so does a guest's
+    fsync of the open segment: that fsync gets EIO, the segment is read
+    back, checked and written again before it counts as durable, the next
+    fsync succeeds, and nothing needs a remount."""
+    s = Site(aimfs, workdir, options=["segment_idle=100ms"])
+    s.mount()
+    img = os.path.join(s.mnt, "vm.raw")
+    fd = os.open(img, os.O_RDWR | os.O_CREAT)
+    os.pwrite(fd, os.urandom(100000), 0)
+    s.faults.set("fsync *.open EIO count=1")
+    durable = s.st()["durable_segment"]
+    wait_for(lambda: s.st()["durable_segment"] > durable, 10, what="the segment, retried")
+    assert "finishing a segment" in s.st()["journal_last_error"]
+    os.pwrite(fd, os.urandom(50000), 4096)
+    s.faults.set("fdatasync *.open EIO count=1")
+    expect_errno(errno.EIO, os.fsync, fd)
+    s.faults.clear()
+    os.pwrite(fd, os.urandom(5000), 200000)
+    os.fsync(fd)
+    os.close(fd)
+    assert s.st()["journal_error"] is None
+    assert s.m.unmount() == 0
+    s.replay_equal("failed syncs")
+
+
+# ---- a real filesystem that fills up -------------------------------------------------
+
+class SmallFs:
+    """A filesystem of SIZE MiB at DIR: tmpfs (size=), or ext4 on a loop
+    device.  close() unmounts it and detaches the loop device, always."""
+
+    def __init__(self, workdir, kind, size_mb):
+        self.dir = os.path.join(workdir, f"small-{kind}")
+        os.makedirs(self.dir)
+        self.loop = None
+        self.kind = kind
+        if kind == "tmpfs":
+            run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", self.dir])
+        else:
+            img = os.path.join(workdir, "small.ext4")
+            with open(img, "wb") as f:
+                f.truncate(size_mb * MiB)
+            run(["mkfs.ext4", "-q", "-F", "-m", "0", img])
+            self.loop = run(["losetup", "-f", "--show", img]).stdout.strip()
+            run(["mount", "-t", "ext4", self.loop, self.dir])
+
+    def free(self):
+        st = os.statvfs(self.dir)
+        return st.f_bavail * st.f_frsize
+
+    def close(self):
+        if is_mounted(self.dir):
+            subprocess.run(["umount", self.dir], check=False)
+        if is_mounted(self.dir):
+            subprocess.run(["umount", "-l", self.dir], check=False)
+        if self.loop:
+            subprocess.run(["losetup", "-d", self.loop], check=False)
+            self.loop = None
+
+
+@pytest.fixture
+def small_fs(workdir):
+    made = []
+
+    def make(kind, size_mb):
+        fs = SmallFs(workdir, kind, size_mb)
+        made.append(fs)
+        return fs
+    yield make
+    for fs in reversed(made):
+        fs.close()
+
+
+def fill(path, nbytes):
+    """A ballast file of nbytes, written (not sparse)."""
+    with open(path, "wb") as f:
+        chunk = b"\xee" * MiB
+        while nbytes > 0:
+            f.write(chunk[:min(nbytes, MiB)])
+            nbytes -= MiB
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def chunk_data(i):
+    return (i.to_bytes(4, "little") * (MiB // 4))[:MiB]
+
+
+@pytest.mark.parametrize("kind", ["tmpfs", "ext4"])
+def test_a_real_disk_fills_up_and_heals(small_fs, aimfs, workdir, pki, remotes, kind):
+    """The backing directory and its journal on a small filesystem, mirrored
+    to an aim-remote elsewhere.  A writer writes 1 MiB chunks with an fsync
+    every 4 until the disk is full: it gets ENOSPC (never EIO), /status says
+    the journal fails; a mkdir or create meanwhile fails cleanly or works.
+    The ballast is removed: on the same mount the writer's next chunk,
+    mkdir and create work, /status says when the error cleared, and the
+    writer finishes.  The image holds every chunk, the replica equals the
+    source and the journal replays to it."""
+    fs = small_fs(kind, 128)
+    backing = os.path.join(fs.dir, "backing")
+    os.makedirs(backing)
+    r = start_remote(workdir, pki, "dr1")
+    remotes.append(r)
+    status = f"127.0.0.1:{free_port()}"
+    conf = source_conf(workdir, "src.conf", {"dr1": (r, pki)}, status)
+    # retain: the journal keeps acknowledged segments, to replay them all
+    m = aimfs(backing=backing, options=[f"config={conf}", "retain=1h"], expect_alarms=True)
+    start = os.path.join(workdir, "start")
+    os.makedirs(start)
+    ballast = os.path.join(fs.dir, "ballast")
+    fill(ballast, fs.free() - 40 * MiB)
+    img = os.path.join(m.mountpoint, "vm.raw")
+    fd = os.open(img, os.O_RDWR | os.O_CREAT, 0o644)
+    # 40 MiB free: full after ~20 chunks (the image and the journal both
+    # grow); the ballast gives back ~88 MiB, room for the rest of 40 twice
+    chunks, i, done, enospc, full_at = 40, 0, 0, 0, None
+    while i < chunks:
+        try:
+            # a short write (the backing file took part of it) is told
+            # as such; the writer goes on with the rest, as QEMU does
+            done += os.pwrite(fd, chunk_data(i)[done:], i * MiB + done)
+            if done < MiB:
+                continue
+            if i % 4 == 3:
+                os.fsync(fd)
+            i, done = i + 1, 0
+            continue
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, \
+                f"chunk {i}: {errno.errorcode[e.errno]}, not ENOSPC\n{m.output()[-3000:]}"
+        enospc += 1
+        if enospc == 1:
+            full_at = i
+            st = get_status(status)
+            # the error is shown, or shown as cleared if an operation
+            # succeeded since (the correction of a failed backing write,
+            # once ext4 found room for it)
+            assert st["journal_error_at"], st
+            assert os.strerror(errno.ENOSPC) in (st["journal_error"] or
+                                                 st["journal_last_error"]), st
+            # the disk is full: a mkdir and a create fail cleanly, or work
+            for what, fn in (("mkdir", lambda: os.mkdir(os.path.join(m.mountpoint, "full-dir"))),
+                             ("create", lambda: write_file(os.path.join(m.mountpoint,
+                                                                        "full.raw"), b"f" * 8192))):
+                try:
+                    fn()
+                except OSError as e:
+                    assert e.errno == errno.ENOSPC, f"{what}: {e}"
+        elif enospc == 2:
+            # still full, still ENOSPC; now free the space
+            os.unlink(ballast)
+        else:
+            raise AssertionError(f"chunk {i}: ENOSPC after space was freed\n{m.output()[-3000:]}")
+    assert full_at is not None, "the disk never filled up"
+    os.fsync(fd)
+    os.close(fd)
+    os.makedirs(os.path.join(m.mountpoint, "after"), exist_ok=True)
+    write_file(os.path.join(m.mountpoint, "after", "new.raw"), os.urandom(100000))
+    st = get_status(status)
+    assert st["journal_error"] is None and st["journal_error_cleared_at"], st
+    with open(os.path.join(backing, "vm.raw"), "rb") as f:
+        for k in range(chunks):
+            assert f.read(MiB) == chunk_data(k), f"chunk {k} of the image is not what was written"
+    wait_converged(status, [r], timeout=300)
+    assert_trees_equal(backing, r.target)
+    assert m.unmount() == 0
+    replay(m.journal, start)
+    assert_trees_equal(start, backing)
+    r.stop()
