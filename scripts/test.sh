@@ -89,8 +89,10 @@ if [ $sanitize -eq 1 ]; then
 	dirs+=(build-asan)
 	# Both passes at once: most of a test's time is waiting (for a
 	# receiver, a seal, a guest), so two passes take little longer than one.
-	run_suite "normal build" build &
+	# Each pass starts its servers on ports of its own (tests/aimtest.py).
+	AIM_PORT_RANGE=20000-26000 run_suite "normal build" build &
 	pid_normal=$!
+	AIM_PORT_RANGE=26000-32000 \
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=66 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=67 \
 		run_suite "ASan+UBSan build" build-asan "${ASAN_SKIP[@]}" &

@@ -7,6 +7,8 @@ test prints the command lines that reproduce it.
 """
 import filecmp
 import os
+import random
+import socket
 import signal
 import subprocess
 import time
@@ -20,6 +22,32 @@ MKSEG = os.path.join(BUILD_DIR, "tests", "mkseg")
 
 # Words that must not appear in a daemon's output during normal operation.
 ALARM_WORDS = ("error", "warning", "runtime error", "AddressSanitizer", "LeakSanitizer")
+
+
+# Ports for the servers a test starts: from AIM_PORT_RANGE ("LO-HI"), which
+# scripts/test.sh gives each of its side-by-side passes, below the kernel's
+# ephemeral range so that no outgoing connection holds one.  A port is
+# handed out once per process and only if nothing listens on it now.
+_PORT_LO, _PORT_HI = (int(x) for x in os.environ.get("AIM_PORT_RANGE", "20000-32000").split("-"))
+_ports_given = set()
+_port_next = random.randrange(_PORT_LO, _PORT_HI)
+
+
+def free_port():
+    global _port_next
+    for _ in range(_PORT_HI - _PORT_LO):
+        port = _port_next
+        _port_next = _PORT_LO + (_port_next + 1 - _PORT_LO) % (_PORT_HI - _PORT_LO)
+        if port in _ports_given:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _ports_given.add(port)
+        return port
+    raise RuntimeError(f"no free port left in {_PORT_LO}-{_PORT_HI}")
 
 
 def is_mounted(path):

@@ -42,7 +42,6 @@ import http.client
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -50,17 +49,13 @@ import urllib.parse
 import uuid
 import xml.etree.ElementTree as ET
 
+from aimtest import free_port
+
 PACKAGES = ("ceph-mon", "ceph-osd", "radosgw")
 ACCESS_KEY = "AIMTESTACCESSKEY0001"
 SECRET_KEY = "aimtestsecretkey0000000000000000000000001"
 REGION = "us-east-1"
 FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def missing_packages():

@@ -17,15 +17,9 @@ import socket
 import subprocess
 import urllib.request
 
-from aimtest import AIM_REMOTE, AIMCTL, ALARM_WORDS, MKSEG, run, wait_for
+from aimtest import AIM_REMOTE, AIMCTL, ALARM_WORDS, MKSEG, free_port, run, wait_for
 
 CURL = shutil.which("curl") or "curl"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- a throwaway PKI ----

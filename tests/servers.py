@@ -9,15 +9,9 @@ import time
 import urllib.error
 import urllib.request
 
-from aimtest import wait_for
+from aimtest import free_port, wait_for  # noqa: F401 (free_port: for the tests)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_pki(directory):
