@@ -787,9 +787,15 @@ int puller_start(struct remote *r)
 	r->pullers = all;
 	if (!all->p)
 		return -ENOMEM;
-	all->n = r->cfg.npulls;
-	for (size_t i = 0; i < all->n; i++)
+	for (size_t i = 0; i < r->cfg.npulls; i++) {
+		all->p[i].all = all;
+		all->p[i].cfg = &r->cfg.pulls[i];
 		all->p[i].tmp_fd = -1;
+	}
+	/* /status may read them from now on (the status listener is up) */
+	pthread_mutex_lock(&all->lock);
+	all->n = r->cfg.npulls;
+	pthread_mutex_unlock(&all->lock);
 	fd = inbox_tmp_open(r);
 	if (fd < 0)
 		return fd;
@@ -804,8 +810,6 @@ int puller_start(struct remote *r)
 		char why[300];
 		int rc;
 
-		p->all = all;
-		p->cfg = c;
 		p->tmp_fd = openat(r->inbox_fd, INBOX_TMP, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
 				   O_CLOEXEC);
 		if (p->tmp_fd < 0) {
