@@ -604,10 +604,12 @@ def test_link_cut_and_restored_during_writes(aimfs, workdir, pki, cleanup):
                 if mode == "reset":
                     time.sleep(rng.uniform(2.0, 3.0))
                 else:
-                    # until curl's connect timeout (10 s) has fired once
+                    # until curl's connect timeout (10 s) has fired once and
+                    # the status says so (the watcher, sampling slower, may
+                    # miss that moment: this is the check)
                     wait_for(lambda: timed_out(dest(m.status(), "all").get(
                         "last_error", "")), 40, 0.05,
-                        what="the blackholed connection to time out")
+                        what="the status to report the blackholed connection's timeout")
                     time.sleep(0.2)
                 t1 = watch.now()
                 m.proxy.restore()
@@ -627,9 +629,6 @@ def test_link_cut_and_restored_during_writes(aimfs, workdir, pki, cleanup):
         away = check_outage(watch, t0, t1, "all", "one", f"{m.what()} cut {mode}")
         errors = {dest(s, "all")["last_error"] for s in away}
         print(f"cut {mode}: errors {sorted(errors)}")
-        if mode == "blackhole":
-            assert any(timed_out(e) for e in errors), \
-                f"{m.what()}: no timeout reported while blackholed: {errors}"
     stats = m.proxy.stats
     assert stats["cuts"] == 3 and stats["reset_new"] > 0 and stats["blackholed"] > 0, \
         dict(stats)

@@ -83,7 +83,14 @@ def test_ships_to_webdav_over_tls_and_prunes(aimfs, workdir):
         # segments were written over pruned ones' files (at most two wait)
         wait_for(lambda: not [f for f in os.listdir(m.journal) if f.endswith(".aimj")], 10,
                  what="pruning")
+        # the pruned files wait for the next segments (when the burst was
+        # all sealed before the first prune, none was written over yet)
+        with open(os.path.join(m.mountpoint, "vm0.img"), "r+b") as f:
+            f.write(os.urandom(1 << 20))
+        st = wait_in_sync(status, head=st["head_lsn"] + 1)
         assert st["segments_recycled"] > 0, st
+        wait_for(lambda: not [f for f in os.listdir(m.journal) if f.endswith(".aimj")], 10,
+                 what="pruning")
         assert len([f for f in os.listdir(m.journal) if f.endswith(".free")]) <= 2
         assert m.unmount() == 0
         m.check_quiet()
