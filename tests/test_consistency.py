@@ -29,6 +29,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+import xxhash
 
 from aimtest import AIMCTL, copy_tree, run, wait_for
 from crash_helpers import (CHECK_EXT4, CheckRun, Ext4Loop, hash_tree, make_ext4, mark,
@@ -44,6 +45,15 @@ def status_opt():
 
 def qemu_io(*args, check=True):
     return run(["qemu-io", *args], check=check)
+
+
+def xxh3_file(path):
+    """The hash `aimctl check` prints for an image: XXH3-64 of the file."""
+    h = xxhash.xxh3_64()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return f"{h.intdigest():016x}"
 
 
 # ---- marks -----------------------------------------------------------------
@@ -314,6 +324,15 @@ def test_qcow2_inconsistent_between_flushes_fails_only_between_them(aimfs, workd
     assert out["checker"] == "qemu-img" and out["exit"] == 2, out
     assert next(p for p in every.points if p["lsn"] == repaired)["result"] == "ok"
 
+    # after every 3rd record, and the last: the same verdicts at those LSNs
+    lsns = [r["lsn"] for r in recs]
+    third = CheckRun(["--base", base, "--every", "3", m.journal])
+    want = sorted(set(lsns[2::3]) | {lsns[-1]})
+    assert [p["lsn"] for p in third.points] == want, third
+    verdict = {p["lsn"]: p["result"] for p in every.points}
+    assert all(p["result"] == verdict[p["lsn"]] for p in third.points), third
+    assert third.rc == (1 if any(broken <= x < repaired for x in want) else 0), third
+
 
 # ---- check on a remote's retained segments ----------------------------------
 
@@ -366,7 +385,8 @@ def test_check_runs_on_a_remotes_retained_segments(aimfs, workdir):
         assert everywhere.rc == 0 and len(everywhere.points) > 3, everywhere
         # the last point's hashes are the replica's
         last = everywhere.points[-1]
-        assert {i["name"] for i in last["images"]} == {"vm.qcow2", "raw.img"}
+        assert {i["name"]: i["hash"] for i in last["images"]} == \
+            {name: xxh3_file(os.path.join(target, name)) for name in ("vm.qcow2", "raw.img")}
         assert not os.listdir(workdir + "/empty")
     finally:
         r.close()
@@ -496,3 +516,36 @@ def test_check_copies_the_base_by_reflink_where_it_can(aimfs, workdir):
         assert sorted(os.listdir(xfs)) == ["base"], os.listdir(xfs)
     finally:
         run(["umount", xfs], check=False)
+
+
+def test_check_copies_the_base_sparsely_where_reflinks_cannot(aimfs, workdir):
+    """On a file system without reflinks (tmpfs) the scratch copy holds the
+    base's data extents only: a 1 GiB image with 1 MiB of data fits a 32 MiB
+    scratch, and the replayed image hashes as the source's."""
+    backing = os.path.join(workdir, "backing")
+    os.makedirs(backing)
+    raw = os.path.join(backing, "raw.img")
+    with open(raw, "wb") as f:
+        f.truncate(1 << 30)
+        f.seek(512 << 20)
+        f.write(os.urandom(1 << 20))
+    base = os.path.join(workdir, "base")
+    copy_tree(backing, base)
+    m = aimfs()
+    with open(os.path.join(m.mountpoint, "raw.img"), "r+b") as f:
+        f.write(os.urandom(1 << 20))
+        os.fsync(f.fileno())
+    assert m.unmount() == 0
+    scratch = os.path.join(workdir, "scratch")
+    os.makedirs(scratch)
+    run(["mount", "-t", "tmpfs", "-o", "size=32M", "tmpfs", scratch])
+    try:
+        before = snapshot(base)
+        c = CheckRun(["--base", base, "--scratch", scratch, m.journal])
+        assert c.rc == 0 and c.points, c
+        assert "(sparse copy)" in c.err, c.err
+        assert c.points[-1]["images"][0]["hash"] == xxh3_file(raw), c
+        assert snapshot(base) == before
+        assert not os.listdir(scratch), os.listdir(scratch)
+    finally:
+        run(["umount", scratch], check=False)
