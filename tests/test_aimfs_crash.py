@@ -265,7 +265,13 @@ def kill_inside(m, function, finish, action):
                  what="gdb to attach")
         assert gdb.poll() is None, open(log, errors="replace").read()
         th.start()
-        gdb.wait(30)
+        # gdb stops, finishes and kills in well under a second; 120 s is
+        # for an ASan build under a loaded machine (30 s was once too few)
+        try:
+            gdb.wait(120)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"gdb did not stop aimfs inside {function} within 120 s:\n"
+                                 + open(log, errors="replace").read()) from None
     finally:
         if gdb.poll() is None:
             gdb.kill()
