@@ -75,7 +75,7 @@ class Site:
     """Credentials and config of one source mounting into one bucket."""
 
     def __init__(self, workdir, ceph, bucket, name="src", prefix="mirror", extra="",
-                 secret=None, aimfs_opts=""):
+                 secret=None, aimfs_opts="", creds=True):
         self.workdir, self.ceph, self.bucket, self.name = workdir, ceph, bucket, name
         self.url = f"{ceph.endpoint}/{bucket}/{prefix}"
         self.ak = os.path.join(workdir, "access_key")
@@ -90,12 +90,18 @@ class Site:
         os.makedirs(self.backing, exist_ok=True)
         os.makedirs(self.mnt, exist_ok=True)
         self.conf = os.path.join(workdir, f"aimfs-{name}.conf")
+        self.aimfs_opts, self.creds = aimfs_opts, creds
+        self.write_conf(extra)
+        self.mount = None
+
+    def write_conf(self, extra):
+        """creds=False: no key files (the AWS_* variables then hold them)."""
+        keys = (f"access_key_file = {self.ak}\nsecret_key_file = {self.sk}\n"
+                if self.creds else "")
         with open(self.conf, "w") as f:
             f.write(f"[aimfs]\nstatus = {self.status_addr}\n"
-                    f"{aimfs_opts or 'segment_size = 256K'}\nsegment_age = 200ms\n\n"
-                    f"[destination store]\ntype = s3\nurl = {self.url}\n"
-                    f"access_key_file = {self.ak}\nsecret_key_file = {self.sk}\n{extra}")
-        self.mount = None
+                    f"{self.aimfs_opts or 'segment_size = 256K'}\nsegment_age = 200ms\n\n"
+                    f"[destination store]\ntype = s3\nurl = {self.url}\n{keys}{extra}")
 
     def start(self, aimfs, **kw):
         self.mount = aimfs(backing=self.backing, mountpoint=self.mnt,
@@ -353,47 +359,197 @@ def test_store_errors_show_as_retrying_with_the_store_code(ceph, workdir, aimfs,
 
 # ---- bases, snapshots, retention ---------------------------------------------------
 
+KEEP_LINE = re.compile(r"destination store: keeping segments (\d+)\.\.(\d+), deleting (\d+)\.\.(\d+)")
+
+
+def bucket_segments(ceph, bucket, group):
+    return [int(k.split(".")[0]) for k in bucket_keys(ceph, bucket, group) if k.endswith(".aimj")]
+
+
+def base_starts(head):
+    """The first segments of HEAD's bases, the pending one included."""
+    starts = [b["segment"] for b in head["bases"]]
+    if (head.get("pending") or {}).get("segment"):
+        starts.append(head["pending"]["segment"])
+    return sorted(starts)
+
+
+def kept_from(starts, frm):
+    """The first segment kept when a policy keeps from segment frm: the
+    newest base at or before it, so that the kept segments can be used."""
+    return max((b for b in starts if b <= frm), default=frm)
+
+
+def catalog_sealed(journal):
+    """{segment: sealed_ns} of every segment the source ever sealed (its
+    catalog keeps the rows of pruned ones)."""
+    import sqlite3
+    db = sqlite3.connect(f"file:{os.path.join(journal, 'catalog.db')}?mode=ro", uri=True,
+                         timeout=10)
+    try:
+        return dict(db.execute("SELECT number, sealed_ns FROM segments"))
+    finally:
+        db.close()
+
+
+def wait_retention(site, m, passes_before):
+    """Waits for a retention pass that deleted something to finish (its
+    HEAD forgot purge_from); returns HEAD and the pass's (kept from, kept
+    to, deleted from, deleted to) from the source's log."""
+    def done():
+        lines = KEEP_LINE.findall(m.output())
+        return len(lines) > passes_before and not site.head().get("purge_from")
+    try:
+        wait_for(done, 30, 0.2, what="a retention pass that deletes")
+    except TimeoutError:
+        raise AssertionError(f"no retention pass deleted anything; HEAD {site.head()}\n"
+                             f"{m.output()[-3000:]}") from None
+    return site.head(), tuple(int(x) for x in KEEP_LINE.findall(m.output())[-1])
+
+
+def restore_and_compare(site, workdir, name, lsn, oldest):
+    """aimctl restore from what the bucket still holds, at lsn; returns the
+    directory (compare it once the source is unmounted)."""
+    from aimtest import AIMCTL, run
+    target = os.path.join(workdir, f"restored-{name}")
+    p = run([AIMCTL, "restore", "--from", site.url, "--until", str(lsn), "--target-dir", target,
+             "--access-key-file", site.ak, "--secret-key-file", site.sk])
+    base = int(re.search(r"base: segment (\d+)", p.stdout).group(1))
+    assert base >= oldest, p.stdout
+    return target
+
+
 def test_snapshots_and_retention_keep_the_base_the_kept_segments_need(ceph, workdir, aimfs,
                                                                      cleanup):
+    """keep = 4 segments: the segments and the bases older than what the
+    last 4 need are deleted, the newest base they need and everything after
+    it stays, and the bucket still restores the source and starts a new
+    site.  Retention passes run at a destination's start and then once a
+    minute: the source is restarted (without its snapshot schedule, so
+    that no new base begins meanwhile) to run one now."""
+    KEEP = 4
     bucket = new_bucket(ceph)
-    site = Site(workdir, ceph, bucket, extra="snapshot_every = 3s\nkeep = 4 segments\n")
+    site = Site(workdir, ceph, bucket, extra=f"snapshot_every = 2s\nkeep = {KEEP} segments\n")
     with open(os.path.join(site.backing, "vm.img"), "wb") as f:
-        f.write(os.urandom(2 << 20))
+        f.write(os.urandom(1 << 20))
     m = site.start(aimfs)
-    group = site.status()["group"]
+    group = site.group
     site.wait_in_sync()
-    deadline = time.monotonic() + 30
+
+    def enough(h):
+        # three complete bases, the second one well before the last KEEP segments
+        return len(h["bases"]) >= 3 and h["bases"][1]["segment"] < h["segment"] - KEEP - 1
+    deadline = time.monotonic() + 40
     n = 0
-    while time.monotonic() < deadline and len(site.head()["bases"]) < 3:
+    while not enough(site.head()):
+        assert time.monotonic() < deadline, f"no three bases: {site.head()}"
         with open(os.path.join(m.mountpoint, "vm.img"), "r+b") as f:
-            f.seek((n * 4096) % (2 << 20))
+            f.seek((n * 4096) % (1 << 20))
             f.write(os.urandom(4096))
             os.fsync(f.fileno())
         n += 1
-        time.sleep(0.3)
+        time.sleep(0.2)
+    site.wait_in_sync()
+    before = site.head()
+    # the pass at the start found nothing to delete; the source's journal
+    # pruned what was uploaded, the bucket did not
+    assert bucket_segments(ceph, bucket, group) == list(range(1, before["segment"] + 1)), before
+    assert before["oldest"] == 1 and before["bases"][0]["segment"] == 1, before
+    assert "00000000000000000001.aimj" not in os.listdir(m.journal)
+    m.unmount()
+    site.write_conf(f"keep = {KEEP} segments\n")
+    m = site.start(aimfs)
+    head, (kfrom, kto, dfrom, dto) = wait_retention(site, m, 0)
+    want = kept_from(base_starts(before), kto - KEEP + 1)
+    assert want > 1, (before, kto)
+    assert (kfrom, dfrom, dto) == (want, 1, want - 1), (kfrom, kto, dfrom, dto, before)
+    assert head["oldest"] == want, head
+    # old segments and the bases in them are gone; the newest base the kept
+    # segments need is kept, and every segment from it to HEAD's
+    assert bucket_segments(ceph, bucket, group) == list(range(want, head["segment"] + 1)), head
+    assert [b for b in base_starts(before) if b < want], before
+    assert base_starts(head)[0] == want and all(b >= want for b in base_starts(head)), head
+    # what remains restores the source, and starts a new site
     st = site.wait_in_sync()
-    head = site.head()
-    assert len(head["bases"]) >= 2, head
-    newest = head["bases"][-1]
-    segs = check_bucket(ceph, bucket, head)
-    # kept: at most 4 segments, except back to the newest base they need
-    assert head["oldest"] <= head["segment"] - 3 or head["oldest"] == newest["segment"] or \
-        any(b["segment"] == head["oldest"] for b in head["bases"]), head
-    assert all(b["segment"] >= head["oldest"] for b in head["bases"]), head
-    # deleted from the bucket: everything before oldest (give the purge a moment)
-    wait_for(lambda: min(int(k.split(".")[0]) for k in bucket_keys(ceph, bucket, group)
-                         if k.endswith(".aimj")) == site.head()["oldest"], 90, 0.5,
-             what="old segments to be deleted")
-    assert segs[0] >= 1
-    # a new site starts at the newest base and converges
     r = start_remote(workdir, "late", site.pull_args(), cleanup)
+    restored = restore_and_compare(site, workdir, "count", st["head_lsn"], want)
     wait_applied(r, group, st["head_lsn"])
     m.unmount()
+    assert tree_hashes(restored) == tree_hashes(site.backing)
     assert_trees_equal(r.target, site.backing)
-    log = m.output()
-    assert "snapshot_every: starting a new base" in log
+    assert "snapshot_every: starting a new base" in m.output()
     m.check_quiet()
     r.check_quiet()
+
+
+def test_keep_by_age_deletes_what_is_older_and_keeps_what_is_younger(ceph, workdir, aimfs,
+                                                                     cleanup):
+    """keep = 4s: a retention pass deletes the segments sealed more than 4 s
+    before it (back to the newest base the younger ones need), keeps the
+    younger ones, and deletes those at a later pass once they are older.
+    The source is restarted to run a pass (one at start, then once a
+    minute), without its snapshot schedule then."""
+    KEEP = 4
+    KEEP_NS = KEEP * 10**9
+    bucket = new_bucket(ceph)
+    site = Site(workdir, ceph, bucket, extra=f"snapshot_every = 1s\nkeep = {KEEP}s\n")
+    with open(os.path.join(site.backing, "vm.img"), "wb") as f:
+        f.write(os.urandom(512 << 10))
+    m = site.start(aimfs)
+    group = site.group
+    site.wait_in_sync()
+    t_end = time.monotonic() + 2 * KEEP
+    n = 0
+    while time.monotonic() < t_end:
+        with open(os.path.join(m.mountpoint, "vm.img"), "r+b") as f:
+            f.seek((n * 4096) % (512 << 10))
+            f.write(os.urandom(4096))
+            os.fsync(f.fileno())
+        n += 1
+        time.sleep(0.2)
+    site.wait_in_sync()
+    before = site.head()
+    assert len(before["bases"]) >= 3, before
+    # kept before the age: the pass at the start deleted nothing
+    assert bucket_segments(ceph, bucket, group) == list(range(1, before["segment"] + 1)), before
+    m.unmount()
+    sealed = catalog_sealed(m.journal)
+    assert max(sealed) == before["segment"], (sealed, before)
+    site.write_conf(f"keep = {KEEP}s\n")
+    t1 = time.time_ns()
+    m = site.start(aimfs)
+    head, (kfrom, kto, dfrom, dto) = wait_retention(site, m, 0)
+    t2 = time.time_ns()
+
+    def expect(t):
+        cut = max((n for n, s in sealed.items() if s < t - KEEP_NS), default=0)
+        return kept_from(base_starts(before), min(cut + 1, kto))
+    assert expect(t1) <= kfrom <= expect(t2) and kfrom > 1, (kfrom, sealed, before, t1, t2)
+    assert (dfrom, dto) == (1, kfrom - 1) and head["oldest"] == kfrom, head
+    assert all(sealed[n] < t2 - KEEP_NS for n in range(1, kfrom)), "deleted a young segment"
+    young = [n for n, s in sealed.items() if s >= t2 - KEEP_NS]
+    assert young, f"no segment younger than {KEEP} s at the pass: {sealed} {t2}"
+    segs = bucket_segments(ceph, bucket, group)
+    assert segs == list(range(kfrom, head["segment"] + 1)) and set(young) <= set(segs), \
+        (segs, young, head)
+    first_pass = kfrom
+    # later, every segment from before the restart is older than the age:
+    # the next pass deletes up to the newest base (the young ones too)
+    time.sleep(max(0, (max(sealed.values()) + KEEP_NS - time.time_ns()) / 1e9 + 0.5))
+    m.unmount()
+    m = site.start(aimfs)
+    head, (kfrom, kto, dfrom, dto) = wait_retention(site, m, 1)
+    want = base_starts(before)[-1]
+    assert want > first_pass and kfrom == want and (dfrom, dto) == (first_pass, want - 1), \
+        (kfrom, kto, dfrom, dto, before, first_pass)
+    assert set(young) & set(range(first_pass, want)), "none of the young ones were deleted"
+    assert bucket_segments(ceph, bucket, group) == list(range(want, head["segment"] + 1)), head
+    # what remains restores the source
+    st = site.wait_in_sync()
+    restored = restore_and_compare(site, workdir, "age", st["head_lsn"], want)
+    m.unmount()
+    assert tree_hashes(restored) == tree_hashes(site.backing)
+    m.check_quiet()
 
 
 # ---- scale ---------------------------------------------------------------------------
