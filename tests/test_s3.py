@@ -514,7 +514,7 @@ def test_keep_by_age_deletes_what_is_older_and_keeps_what_is_younger(ceph, workd
     assert bucket_segments(ceph, bucket, group) == list(range(1, before["segment"] + 1)), before
     m.unmount()
     sealed = catalog_sealed(m.journal)
-    assert max(sealed) == before["segment"], (sealed, before)
+    assert max(sealed) >= before["segment"], (sealed, before)   # (+ those sealed at unmount)
     site.write_conf(f"keep = {KEEP}s\n")
     t1 = time.time_ns()
     m = site.start(aimfs)
