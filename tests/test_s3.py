@@ -208,6 +208,11 @@ def test_mirror_through_a_bucket_to_two_pullers(ceph, workdir, aimfs, cleanup):
     head = site.head()
     check_bucket(ceph, bucket, head)
     assert head["lsn"] == st["head_lsn"] and head["bases"], head
+    # the source's journal pruned what the bucket acknowledged; the bucket,
+    # with no keep, still holds every segment from the first
+    pruned = catalog_states(m.journal)
+    assert pruned[1] == "pruned" and head["oldest"] == 1, (pruned, head)
+    assert bucket_segments(ceph, bucket, group) == list(range(1, head["segment"] + 1)), head
     assert head["bases"][0]["segment"] == head["oldest"], head
     # a multipart object's ETag is "<md5 of the parts' md5s>-<parts>"
     objs = [ceph.s3().get(bucket, f"mirror/{group}/{k}")
@@ -392,6 +397,18 @@ def catalog_sealed(journal):
         db.close()
 
 
+def catalog_states(journal):
+    """{segment: state} from the source's catalog ('pruned' once the
+    journal deleted it)."""
+    import sqlite3
+    db = sqlite3.connect(f"file:{os.path.join(journal, 'catalog.db')}?mode=ro", uri=True,
+                         timeout=10)
+    try:
+        return dict(db.execute("SELECT number, state FROM segments"))
+    finally:
+        db.close()
+
+
 def wait_retention(site, m, passes_before):
     """Waits for a retention pass that deleted something to finish (its
     HEAD forgot purge_from); returns HEAD and the pass's (kept from, kept
@@ -455,8 +472,8 @@ def test_snapshots_and_retention_keep_the_base_the_kept_segments_need(ceph, work
     # pruned what was uploaded, the bucket did not
     assert bucket_segments(ceph, bucket, group) == list(range(1, before["segment"] + 1)), before
     assert before["oldest"] == 1 and before["bases"][0]["segment"] == 1, before
-    assert "00000000000000000001.aimj" not in os.listdir(m.journal)
     m.unmount()
+    assert catalog_states(m.journal)[1] == "pruned"
     site.write_conf(f"keep = {KEEP} segments\n")
     m = site.start(aimfs)
     head, (kfrom, kto, dfrom, dto) = wait_retention(site, m, 0)
@@ -587,6 +604,93 @@ def test_twenty_mounts_into_one_bucket_one_puller(ceph, workdir, aimfs, cleanup)
             assert a.read() == b.read(), f"group of mount {i} differs"
     assert len(r.status()["groups"]) == 20
     assert r.status()["pulls"][0]["groups"] == 20
+    r.check_quiet()
+
+
+# ---- one aim-remote, every way of configuring pulls, and a receiver ---------------------
+
+def test_one_remote_pulls_by_two_flags_and_a_config_section_and_receives_https(
+        ceph, workdir, aimfs, cleanup, monkeypatch):
+    """One aim-remote applies four groups at once: two `--pull` flags (the
+    first with key files, the second with no key options: the
+    AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY variables, which the second
+    source's destination uses too), a `[pull NAME]` section of its
+    --config file, and an aimfs shipping to its --listen receiver over
+    HTTPS.  Each group's images on the replica end byte-equal to its
+    source's."""
+    from remote_helpers import PKI
+    for k, v in ceph.env().items():
+        monkeypatch.setenv(k, v)
+    sites = {k: Site(workdir, ceph, new_bucket(ceph), name=k, creds=(k != "env"))
+             for k in ("flag", "env", "conf")}
+    pki = PKI(os.path.join(workdir, "pki"))
+    conf = os.path.join(workdir, "remote.conf")
+    c = sites["conf"]
+    with open(conf, "w") as f:
+        f.write(f"[pull from-config]\nurl = {c.url}\naccess_key_file = {c.ak}\n"
+                f"secret_key_file = {c.sk}\npull_interval = 200ms\n")
+    inbox, target = os.path.join(workdir, "inbox-all"), os.path.join(workdir, "replica-all")
+    os.makedirs(inbox)
+    os.makedirs(target)
+    r = Remote(workdir, inbox, target, name="remote-all", listen=True, pki=pki,
+               state=os.path.join(workdir, "state-all"),
+               args=["--token-file", pki.token_file,
+                     *sites["flag"].pull_args(), "--pull", sites["env"].url,
+                     "--pull-interval", "200ms", "--config", conf])
+    cleanup.append(r.close)
+    r.start()
+    # the https source
+    https = os.path.join(workdir, "aimfs-https.conf")
+    https_status = f"127.0.0.1:{free_port()}"
+    with open(https, "w") as f:
+        f.write(f"[aimfs]\nstatus = {https_status}\nsegment_size = 256K\nsegment_age = 200ms\n"
+                f"[destination dr]\nurl = {r.base_url}/aim\nca_file = {pki.ca}\n"
+                f"token_file = {pki.token_file}\n")
+    backings = {k: s.backing for k, s in sites.items()}
+    backings["https"] = os.path.join(workdir, "backing-https")
+    os.makedirs(backings["https"])
+    for k, b in backings.items():
+        with open(os.path.join(b, f"{k}.img"), "wb") as f:
+            f.write(os.urandom(1 << 20))
+    mounts = {k: s.start(aimfs) for k, s in sites.items()}
+    mounts["https"] = aimfs(backing=backings["https"],
+                            mountpoint=os.path.join(workdir, "mnt-https"),
+                            options=[f"config={https}"])
+    for k, m in mounts.items():
+        img = os.path.join(m.mountpoint, f"{k}.img")
+        with open(img, "r+b") as f:
+            for i in range(6):
+                f.seek(i * 160 << 10)
+                f.write(os.urandom(48 << 10))
+            os.fsync(f.fileno())
+        os.rename(img, os.path.join(m.mountpoint, f"{k}-disk.img"))
+        os.truncate(os.path.join(m.mountpoint, f"{k}-disk.img"), 700 << 10)
+    heads = {}
+    for k, s in sites.items():
+        st = s.wait_in_sync()
+        heads[k] = (st["group"], st["head_lsn"])
+    wait_for(lambda: get_status(https_status)["in_sync"], 60, 0.1, what="the https source in sync")
+    st = get_status(https_status)
+    heads["https"] = (st["group"], st["head_lsn"])
+    for k, (g, lsn) in heads.items():
+        wait_applied(r, g, lsn)
+    for m in mounts.values():
+        m.unmount()
+    for k, b in backings.items():
+        assert sorted(os.listdir(b)) == [".aimfs", f"{k}-disk.img"], os.listdir(b)
+        with open(os.path.join(b, f"{k}-disk.img"), "rb") as a, \
+                open(os.path.join(target, f"{k}-disk.img"), "rb") as t:
+            assert a.read() == t.read(), f"the {k} group differs"
+        assert not os.path.exists(os.path.join(target, f"{k}.img")), k
+    pulls = {p["name"]: p for p in r.status()["pulls"]}
+    assert set(pulls) == {sites["flag"].url, sites["env"].url, "from-config"}, pulls
+    for p in pulls.values():
+        assert p["state"] == "polling" and p["groups"] == 1 and p["segments_pulled"] > 0, p
+    assert pulls["from-config"]["interval_seconds"] == 0.2, pulls
+    rx = r.status()["receiver"]
+    assert rx["enabled"] and rx["accepted"] > 0 and rx["rejected_total"] == 0, rx
+    for m in mounts.values():
+        m.check_quiet()
     r.check_quiet()
 
 
