@@ -14,9 +14,15 @@ Gateway (tests/ceph_rgw.py, one cluster for the module, a bucket per test):
     libfaketime) and a full OSD each show `retrying` with the store's
     error code in the source's status, and the pull side says the same;
     fixing each lets it converge;
-  * retention and snapshots: snapshot_every makes new bases, keep deletes
-    old segments but never the newest base the kept ones need; a new site
-    starts at the newest base and still converges;
+  * retention and snapshots: snapshot_every makes new bases; keep = N
+    segments and keep = 4s delete exactly the old segments and old bases,
+    never the newest base the kept ones need nor a segment younger than
+    the age; what remains restores the source, and a new site starts at
+    the newest base and converges; without keep, the bucket keeps segment
+    1 after the source's journal pruned it;
+  * one aim-remote pulls by two --pull flags (keys from files, and from
+    AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and a [pull NAME] section,
+    and receives a fourth group by HTTPS: all four converge;
   * 20 mounts (20 groups) into one bucket, one puller applies them all.
 
 Every daemon is stopped by PID at teardown, even on failure; a failed test
