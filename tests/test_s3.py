@@ -14,9 +14,15 @@ Gateway (tests/ceph_rgw.py, one cluster for the module, a bucket per test):
     libfaketime) and a full OSD each show `retrying` with the store's
     error code in the source's status, and the pull side says the same;
     fixing each lets it converge;
-  * retention and snapshots: snapshot_every makes new bases, keep deletes
-    old segments but never the newest base the kept ones need; a new site
-    starts at the newest base and still converges;
+  * retention and snapshots: snapshot_every makes new bases; keep = N
+    segments and keep = 4s delete exactly the old segments and old bases,
+    never the newest base the kept ones need nor a segment younger than
+    the age; what remains restores the source, and a new site starts at
+    the newest base and converges; without keep, the bucket keeps segment
+    1 after the source's journal pruned it;
+  * one aim-remote pulls by two --pull flags (keys from files, and from
+    AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and a [pull NAME] section,
+    and receives a fourth group by HTTPS: all four converge;
   * 20 mounts (20 groups) into one bucket, one puller applies them all.
 
 Every daemon is stopped by PID at teardown, even on failure; a failed test
@@ -75,7 +81,7 @@ class Site:
     """Credentials and config of one source mounting into one bucket."""
 
     def __init__(self, workdir, ceph, bucket, name="src", prefix="mirror", extra="",
-                 secret=None, aimfs_opts=""):
+                 secret=None, aimfs_opts="", creds=True):
         self.workdir, self.ceph, self.bucket, self.name = workdir, ceph, bucket, name
         self.url = f"{ceph.endpoint}/{bucket}/{prefix}"
         self.ak = os.path.join(workdir, "access_key")
@@ -90,12 +96,18 @@ class Site:
         os.makedirs(self.backing, exist_ok=True)
         os.makedirs(self.mnt, exist_ok=True)
         self.conf = os.path.join(workdir, f"aimfs-{name}.conf")
+        self.aimfs_opts, self.creds = aimfs_opts, creds
+        self.write_conf(extra)
+        self.mount = None
+
+    def write_conf(self, extra):
+        """creds=False: no key files (the AWS_* variables then hold them)."""
+        keys = (f"access_key_file = {self.ak}\nsecret_key_file = {self.sk}\n"
+                if self.creds else "")
         with open(self.conf, "w") as f:
             f.write(f"[aimfs]\nstatus = {self.status_addr}\n"
-                    f"{aimfs_opts or 'segment_size = 256K'}\nsegment_age = 200ms\n\n"
-                    f"[destination store]\ntype = s3\nurl = {self.url}\n"
-                    f"access_key_file = {self.ak}\nsecret_key_file = {self.sk}\n{extra}")
-        self.mount = None
+                    f"{self.aimfs_opts or 'segment_size = 256K'}\nsegment_age = 200ms\n\n"
+                    f"[destination store]\ntype = s3\nurl = {self.url}\n{keys}{extra}")
 
     def start(self, aimfs, **kw):
         self.mount = aimfs(backing=self.backing, mountpoint=self.mnt,
@@ -202,6 +214,11 @@ def test_mirror_through_a_bucket_to_two_pullers(ceph, workdir, aimfs, cleanup):
     head = site.head()
     check_bucket(ceph, bucket, head)
     assert head["lsn"] == st["head_lsn"] and head["bases"], head
+    # the source's journal pruned what the bucket acknowledged; the bucket,
+    # with no keep, still holds every segment from the first
+    pruned = catalog_states(m.journal)
+    assert pruned[1] == "pruned" and head["oldest"] == 1, (pruned, head)
+    assert bucket_segments(ceph, bucket, group) == list(range(1, head["segment"] + 1)), head
     assert head["bases"][0]["segment"] == head["oldest"], head
     # a multipart object's ETag is "<md5 of the parts' md5s>-<parts>"
     objs = [ceph.s3().get(bucket, f"mirror/{group}/{k}")
@@ -353,47 +370,209 @@ def test_store_errors_show_as_retrying_with_the_store_code(ceph, workdir, aimfs,
 
 # ---- bases, snapshots, retention ---------------------------------------------------
 
+KEEP_LINE = re.compile(r"destination store: keeping segments (\d+)\.\.(\d+), deleting (\d+)\.\.(\d+)")
+
+
+def bucket_segments(ceph, bucket, group):
+    return [int(k.split(".")[0]) for k in bucket_keys(ceph, bucket, group) if k.endswith(".aimj")]
+
+
+def base_starts(head):
+    """The first segments of HEAD's bases, the pending one included."""
+    starts = [b["segment"] for b in head["bases"]]
+    if (head.get("pending") or {}).get("segment"):
+        starts.append(head["pending"]["segment"])
+    return sorted(starts)
+
+
+def kept_from(starts, frm):
+    """The first segment kept when a policy keeps from segment frm: the
+    newest base at or before it, so that the kept segments can be used."""
+    return max((b for b in starts if b <= frm), default=frm)
+
+
+def catalog_sealed(journal):
+    """{segment: sealed_ns} of every segment the source ever sealed (its
+    catalog keeps the rows of pruned ones)."""
+    import sqlite3
+    db = sqlite3.connect(f"file:{os.path.join(journal, 'catalog.db')}?mode=ro", uri=True,
+                         timeout=10)
+    try:
+        return dict(db.execute("SELECT number, sealed_ns FROM segments"))
+    finally:
+        db.close()
+
+
+def catalog_states(journal):
+    """{segment: state} from the source's catalog ('pruned' once the
+    journal deleted it)."""
+    import sqlite3
+    db = sqlite3.connect(f"file:{os.path.join(journal, 'catalog.db')}?mode=ro", uri=True,
+                         timeout=10)
+    try:
+        return dict(db.execute("SELECT number, state FROM segments"))
+    finally:
+        db.close()
+
+
+def wait_retention(site, m, passes_before):
+    """Waits for a retention pass that deleted something to finish (its
+    HEAD forgot purge_from); returns HEAD and the pass's (kept from, kept
+    to, deleted from, deleted to) from the source's log."""
+    def done():
+        lines = KEEP_LINE.findall(m.output())
+        return len(lines) > passes_before and not site.head().get("purge_from")
+    try:
+        wait_for(done, 30, 0.2, what="a retention pass that deletes")
+    except TimeoutError:
+        raise AssertionError(f"no retention pass deleted anything; HEAD {site.head()}\n"
+                             f"{m.output()[-3000:]}") from None
+    return site.head(), tuple(int(x) for x in KEEP_LINE.findall(m.output())[-1])
+
+
+def restore_and_compare(site, workdir, name, lsn, oldest):
+    """aimctl restore from what the bucket still holds, at lsn; returns the
+    directory (compare it once the source is unmounted)."""
+    from aimtest import AIMCTL, run
+    target = os.path.join(workdir, f"restored-{name}")
+    p = run([AIMCTL, "restore", "--from", site.url, "--until", str(lsn), "--target-dir", target,
+             "--access-key-file", site.ak, "--secret-key-file", site.sk])
+    base = int(re.search(r"base: segment (\d+)", p.stdout).group(1))
+    assert base >= oldest, p.stdout
+    return target
+
+
 def test_snapshots_and_retention_keep_the_base_the_kept_segments_need(ceph, workdir, aimfs,
                                                                      cleanup):
+    """keep = 4 segments: the segments and the bases older than what the
+    last 4 need are deleted, the newest base they need and everything after
+    it stays, and the bucket still restores the source and starts a new
+    site.  Retention passes run at a destination's start and then once a
+    minute: the source is restarted (without its snapshot schedule, so
+    that no new base begins meanwhile) to run one now."""
+    KEEP = 4
     bucket = new_bucket(ceph)
-    site = Site(workdir, ceph, bucket, extra="snapshot_every = 3s\nkeep = 4 segments\n")
+    site = Site(workdir, ceph, bucket, extra=f"snapshot_every = 2s\nkeep = {KEEP} segments\n")
     with open(os.path.join(site.backing, "vm.img"), "wb") as f:
-        f.write(os.urandom(2 << 20))
+        f.write(os.urandom(1 << 20))
     m = site.start(aimfs)
-    group = site.status()["group"]
+    group = site.group
     site.wait_in_sync()
-    deadline = time.monotonic() + 30
+
+    def enough(h):
+        # three complete bases, the second one well before the last KEEP segments
+        return len(h["bases"]) >= 3 and h["bases"][1]["segment"] < h["segment"] - KEEP - 1
+    deadline = time.monotonic() + 40
     n = 0
-    while time.monotonic() < deadline and len(site.head()["bases"]) < 3:
+    while not enough(site.head()):
+        assert time.monotonic() < deadline, f"no three bases: {site.head()}"
         with open(os.path.join(m.mountpoint, "vm.img"), "r+b") as f:
-            f.seek((n * 4096) % (2 << 20))
+            f.seek((n * 4096) % (1 << 20))
             f.write(os.urandom(4096))
             os.fsync(f.fileno())
         n += 1
-        time.sleep(0.3)
+        time.sleep(0.2)
+    site.wait_in_sync()
+    before = site.head()
+    # the pass at the start found nothing to delete; the source's journal
+    # pruned what was uploaded, the bucket did not
+    assert bucket_segments(ceph, bucket, group) == list(range(1, before["segment"] + 1)), before
+    assert before["oldest"] == 1 and before["bases"][0]["segment"] == 1, before
+    m.unmount()
+    assert catalog_states(m.journal)[1] == "pruned"
+    site.write_conf(f"keep = {KEEP} segments\n")
+    m = site.start(aimfs)
+    head, (kfrom, kto, dfrom, dto) = wait_retention(site, m, 0)
+    want = kept_from(base_starts(before), kto - KEEP + 1)
+    assert want > 1, (before, kto)
+    assert (kfrom, dfrom, dto) == (want, 1, want - 1), (kfrom, kto, dfrom, dto, before)
+    assert head["oldest"] == want, head
+    # old segments and the bases in them are gone; the newest base the kept
+    # segments need is kept, and every segment from it to HEAD's
+    assert bucket_segments(ceph, bucket, group) == list(range(want, head["segment"] + 1)), head
+    assert [b for b in base_starts(before) if b < want], before
+    assert base_starts(head)[0] == want and all(b >= want for b in base_starts(head)), head
+    # what remains restores the source, and starts a new site
     st = site.wait_in_sync()
-    head = site.head()
-    assert len(head["bases"]) >= 2, head
-    newest = head["bases"][-1]
-    segs = check_bucket(ceph, bucket, head)
-    # kept: at most 4 segments, except back to the newest base they need
-    assert head["oldest"] <= head["segment"] - 3 or head["oldest"] == newest["segment"] or \
-        any(b["segment"] == head["oldest"] for b in head["bases"]), head
-    assert all(b["segment"] >= head["oldest"] for b in head["bases"]), head
-    # deleted from the bucket: everything before oldest (give the purge a moment)
-    wait_for(lambda: min(int(k.split(".")[0]) for k in bucket_keys(ceph, bucket, group)
-                         if k.endswith(".aimj")) == site.head()["oldest"], 90, 0.5,
-             what="old segments to be deleted")
-    assert segs[0] >= 1
-    # a new site starts at the newest base and converges
     r = start_remote(workdir, "late", site.pull_args(), cleanup)
+    restored = restore_and_compare(site, workdir, "count", st["head_lsn"], want)
     wait_applied(r, group, st["head_lsn"])
     m.unmount()
+    assert tree_hashes(restored) == tree_hashes(site.backing)
     assert_trees_equal(r.target, site.backing)
-    log = m.output()
-    assert "snapshot_every: starting a new base" in log
+    assert "snapshot_every: starting a new base" in m.output()
     m.check_quiet()
     r.check_quiet()
+
+
+def test_keep_by_age_deletes_what_is_older_and_keeps_what_is_younger(ceph, workdir, aimfs,
+                                                                     cleanup):
+    """keep = 4s: a retention pass deletes the segments sealed more than 4 s
+    before it (back to the newest base the younger ones need), keeps the
+    younger ones, and deletes those at a later pass once they are older.
+    The source is restarted to run a pass (one at start, then once a
+    minute), without its snapshot schedule then."""
+    KEEP = 4
+    KEEP_NS = KEEP * 10**9
+    bucket = new_bucket(ceph)
+    site = Site(workdir, ceph, bucket, extra=f"snapshot_every = 1s\nkeep = {KEEP}s\n")
+    with open(os.path.join(site.backing, "vm.img"), "wb") as f:
+        f.write(os.urandom(512 << 10))
+    m = site.start(aimfs)
+    group = site.group
+    site.wait_in_sync()
+    t_end = time.monotonic() + 2 * KEEP
+    n = 0
+    while time.monotonic() < t_end:
+        with open(os.path.join(m.mountpoint, "vm.img"), "r+b") as f:
+            f.seek((n * 4096) % (512 << 10))
+            f.write(os.urandom(4096))
+            os.fsync(f.fileno())
+        n += 1
+        time.sleep(0.2)
+    site.wait_in_sync()
+    before = site.head()
+    assert len(before["bases"]) >= 3, before
+    # kept before the age: the pass at the start deleted nothing
+    assert bucket_segments(ceph, bucket, group) == list(range(1, before["segment"] + 1)), before
+    m.unmount()
+    sealed = catalog_sealed(m.journal)
+    assert max(sealed) >= before["segment"], (sealed, before)   # (+ those sealed at unmount)
+    site.write_conf(f"keep = {KEEP}s\n")
+    t1 = time.time_ns()
+    m = site.start(aimfs)
+    head, (kfrom, kto, dfrom, dto) = wait_retention(site, m, 0)
+    t2 = time.time_ns()
+
+    def expect(t):
+        cut = max((n for n, s in sealed.items() if s < t - KEEP_NS), default=0)
+        return kept_from(base_starts(before), min(cut + 1, kto))
+    assert expect(t1) <= kfrom <= expect(t2) and kfrom > 1, (kfrom, sealed, before, t1, t2)
+    assert (dfrom, dto) == (1, kfrom - 1) and head["oldest"] == kfrom, head
+    assert all(sealed[n] < t2 - KEEP_NS for n in range(1, kfrom)), "deleted a young segment"
+    young = [n for n, s in sealed.items() if s >= t2 - KEEP_NS]
+    assert young, f"no segment younger than {KEEP} s at the pass: {sealed} {t2}"
+    segs = bucket_segments(ceph, bucket, group)
+    assert segs == list(range(kfrom, head["segment"] + 1)) and set(young) <= set(segs), \
+        (segs, young, head)
+    first_pass = kfrom
+    # later, every segment from before the restart is older than the age:
+    # the next pass deletes up to the newest base (the young ones too)
+    time.sleep(max(0, (max(sealed.values()) + KEEP_NS - time.time_ns()) / 1e9 + 0.5))
+    m.unmount()
+    m = site.start(aimfs)
+    head, (kfrom, kto, dfrom, dto) = wait_retention(site, m, 1)
+    want = base_starts(before)[-1]
+    assert want > first_pass and kfrom == want and (dfrom, dto) == (first_pass, want - 1), \
+        (kfrom, kto, dfrom, dto, before, first_pass)
+    assert set(young) & set(range(first_pass, want)), "none of the young ones were deleted"
+    assert bucket_segments(ceph, bucket, group) == list(range(want, head["segment"] + 1)), head
+    # what remains restores the source
+    st = site.wait_in_sync()
+    restored = restore_and_compare(site, workdir, "age", st["head_lsn"], want)
+    m.unmount()
+    assert tree_hashes(restored) == tree_hashes(site.backing)
+    m.check_quiet()
 
 
 # ---- scale ---------------------------------------------------------------------------
@@ -431,6 +610,93 @@ def test_twenty_mounts_into_one_bucket_one_puller(ceph, workdir, aimfs, cleanup)
             assert a.read() == b.read(), f"group of mount {i} differs"
     assert len(r.status()["groups"]) == 20
     assert r.status()["pulls"][0]["groups"] == 20
+    r.check_quiet()
+
+
+# ---- one aim-remote, every way of configuring pulls, and a receiver ---------------------
+
+def test_one_remote_pulls_by_two_flags_and_a_config_section_and_receives_https(
+        ceph, workdir, aimfs, cleanup, monkeypatch):
+    """One aim-remote applies four groups at once: two `--pull` flags (the
+    first with key files, the second with no key options: the
+    AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY variables, which the second
+    source's destination uses too), a `[pull NAME]` section of its
+    --config file, and an aimfs shipping to its --listen receiver over
+    HTTPS.  Each group's images on the replica end byte-equal to its
+    source's."""
+    from remote_helpers import PKI
+    for k, v in ceph.env().items():
+        monkeypatch.setenv(k, v)
+    sites = {k: Site(workdir, ceph, new_bucket(ceph), name=k, creds=(k != "env"))
+             for k in ("flag", "env", "conf")}
+    pki = PKI(os.path.join(workdir, "pki"))
+    conf = os.path.join(workdir, "remote.conf")
+    c = sites["conf"]
+    with open(conf, "w") as f:
+        f.write(f"[pull from-config]\nurl = {c.url}\naccess_key_file = {c.ak}\n"
+                f"secret_key_file = {c.sk}\npull_interval = 200ms\n")
+    inbox, target = os.path.join(workdir, "inbox-all"), os.path.join(workdir, "replica-all")
+    os.makedirs(inbox)
+    os.makedirs(target)
+    r = Remote(workdir, inbox, target, name="remote-all", listen=True, pki=pki,
+               state=os.path.join(workdir, "state-all"),
+               args=["--token-file", pki.token_file,
+                     *sites["flag"].pull_args(), "--pull", sites["env"].url,
+                     "--pull-interval", "200ms", "--config", conf])
+    cleanup.append(r.close)
+    r.start()
+    # the https source
+    https = os.path.join(workdir, "aimfs-https.conf")
+    https_status = f"127.0.0.1:{free_port()}"
+    with open(https, "w") as f:
+        f.write(f"[aimfs]\nstatus = {https_status}\nsegment_size = 256K\nsegment_age = 200ms\n"
+                f"[destination dr]\nurl = {r.base_url}/aim\nca_file = {pki.ca}\n"
+                f"token_file = {pki.token_file}\n")
+    backings = {k: s.backing for k, s in sites.items()}
+    backings["https"] = os.path.join(workdir, "backing-https")
+    os.makedirs(backings["https"])
+    for k, b in backings.items():
+        with open(os.path.join(b, f"{k}.img"), "wb") as f:
+            f.write(os.urandom(1 << 20))
+    mounts = {k: s.start(aimfs) for k, s in sites.items()}
+    mounts["https"] = aimfs(backing=backings["https"],
+                            mountpoint=os.path.join(workdir, "mnt-https"),
+                            options=[f"config={https}"])
+    for k, m in mounts.items():
+        img = os.path.join(m.mountpoint, f"{k}.img")
+        with open(img, "r+b") as f:
+            for i in range(6):
+                f.seek(i * 160 << 10)
+                f.write(os.urandom(48 << 10))
+            os.fsync(f.fileno())
+        os.rename(img, os.path.join(m.mountpoint, f"{k}-disk.img"))
+        os.truncate(os.path.join(m.mountpoint, f"{k}-disk.img"), 700 << 10)
+    heads = {}
+    for k, s in sites.items():
+        st = s.wait_in_sync()
+        heads[k] = (st["group"], st["head_lsn"])
+    wait_for(lambda: get_status(https_status)["in_sync"], 60, 0.1, what="the https source in sync")
+    st = get_status(https_status)
+    heads["https"] = (st["group"], st["head_lsn"])
+    for k, (g, lsn) in heads.items():
+        wait_applied(r, g, lsn)
+    for m in mounts.values():
+        m.unmount()
+    for k, b in backings.items():
+        assert sorted(os.listdir(b)) == [".aimfs", f"{k}-disk.img"], os.listdir(b)
+        with open(os.path.join(b, f"{k}-disk.img"), "rb") as a, \
+                open(os.path.join(target, f"{k}-disk.img"), "rb") as t:
+            assert a.read() == t.read(), f"the {k} group differs"
+        assert not os.path.exists(os.path.join(target, f"{k}.img")), k
+    pulls = {p["name"]: p for p in r.status()["pulls"]}
+    assert set(pulls) == {sites["flag"].url, sites["env"].url, "from-config"}, pulls
+    for p in pulls.values():
+        assert p["state"] == "polling" and p["groups"] == 1 and p["segments_pulled"] > 0, p
+    assert pulls["from-config"]["interval_seconds"] == 0.2, pulls
+    rx = r.status()["receiver"]
+    assert rx["enabled"] and rx["accepted"] > 0 and rx["rejected_total"] == 0, rx
+    for m in mounts.values():
+        m.check_quiet()
     r.check_quiet()
 
 
