@@ -327,10 +327,15 @@ def test_power_cut_remote_is_inconsistent_until_the_resync_ends_and_only_differe
         snapshot_images(backing, before)
         acks = os.path.join(workdir, "acks")
         w = workload(m.mountpoint, seed, acks)
-        delay = rng.uniform(1.0, 2.5)
-        time.sleep(delay)
-        mode = src.power_cut(rng)
-        w.wait(60)
+        try:
+            delay = rng.uniform(1.0, 2.5)
+            time.sleep(delay)
+            mode = src.power_cut(rng)
+            w.wait(60)
+        finally:
+            if w.poll() is None:        # by its PID, whatever went wrong
+                w.kill()
+                w.wait()
         what = f"AIM_SEED={seed}: cut after {delay:.2f}s ({mode} undone)"
         r.stop()
         m = src.boot()
