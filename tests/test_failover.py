@@ -21,7 +21,7 @@ import urllib.request
 
 import pytest
 
-from aimtest import AIM_REMOTE, AIMCTL
+from aimtest import AIM_REMOTE, AIMCTL, wait_for
 from remote_helpers import PKI, Remote, mkseg
 
 G = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
@@ -546,6 +546,7 @@ def test_promote_of_an_unknown_or_malformed_group_is_a_clear_error(workdir, remo
     s.deliver(r.inbox, 2)
     r.wait_applied(G, 11)
     r.check_quiet()
+    assert r.stop() == 0, r.output()[-5000:]
 
 
 def test_segments_put_to_a_held_group_are_validated_and_bad_ones_change_nothing(
@@ -625,7 +626,13 @@ def test_segments_put_to_a_held_group_are_validated_and_bad_ones_change_nothing(
     # nothing stored, nothing applied, still held where it was
     assert sorted(os.listdir(os.path.join(r.inbox, G))) == [seg_name(2), seg_name(4)], \
         os.listdir(os.path.join(r.inbox, G))
-    assert not os.listdir(os.path.join(r.inbox, ".tmp")), os.listdir(os.path.join(r.inbox, ".tmp"))
+    # a refused body's temporary file goes when its request completes,
+    # which may be a moment after the answer
+    tmp = os.path.join(r.inbox, ".tmp")
+    try:
+        wait_for(lambda: not os.listdir(tmp), 10, what="refused uploads' temporary files to go")
+    except TimeoutError:
+        raise AssertionError(f"left in {tmp}: {os.listdir(tmp)}") from None
     g = r.group(G)
     assert g["state"] == "held" and g["applied_lsn"] == g0["applied_lsn"], g
     assert g["hold"]["lsn"] == g0["hold"]["lsn"] and g["quarantined_total"] == 0, g
@@ -640,3 +647,4 @@ def test_segments_put_to_a_held_group_are_validated_and_bad_ones_change_nothing(
     g = r.wait_applied(G, 15)
     assert image(r) == s.image_at(15) and g["quarantined_total"] == 0, g
     r.check_quiet()
+    assert r.stop() == 0, r.output()[-5000:]
