@@ -27,6 +27,10 @@
  *      again right before the rename;
  *      a copy already held (in the inbox, kept under --retain, or recorded
  *      as applied in the state) is compared: identical 200, different 409;
+ *      a segment whose LSNs cannot follow segment number - 1 (the one
+ *      applied last, or one waiting in the inbox) or precede number + 1
+ *      waiting there is refused with 422, as the group would put it aside
+ *      (refuse_discontinuous: a held group would only see it at release);
  *      otherwise renamed into inbox/<group>/ without replacing anything,
  *      and the directory fsynced: 201.  The group's thread is kicked; the
  *      apply never runs here.
@@ -1017,6 +1021,66 @@ static int held_copy(struct receiver *rx, struct upload *u, int gfd, const void 
 	return 0;
 }
 
+/* The LSNs of segment number - 1 (its last) or number + 1 (its first), as
+ * far as this host knows them: from the state for the segment applied
+ * last, from the inbox for one waiting there.  0 and *lsn set, or -ENOENT
+ * when unknown (not here, not valid yet: the group's own checks decide). */
+static int neighbour_lsn(struct receiver *rx, struct upload *u, int gfd, uint64_t number,
+			 bool last, uint64_t *lsn)
+{
+	char name[SEG_FILE_NAME_LEN + 6], why[256];
+	struct state_group sg;
+	struct inbox_file f;
+	int r;
+
+	if (number == 0)
+		return -ENOENT;
+	if (last) {
+		pthread_mutex_lock(&rx->st_lock);
+		r = state_group_get(rx->st, u->group, &sg);
+		pthread_mutex_unlock(&rx->st_lock);
+		if (r == 0 && sg.applied_segment && sg.applied_segment == number) {
+			*lsn = sg.segment_last_lsn;
+			return 0;
+		}
+		if (r == 0 && sg.applied_segment > number)
+			return -ENOENT;
+	}
+	seg_file_name(number, SEG_FILE_SUFFIX, name);
+	if (inbox_open(gfd, name, &f, why, sizeof why) < 0)
+		return -ENOENT;
+	*lsn = last ? seg_view_last_lsn(f.v) : seg_view_header(f.v)->first_lsn;
+	inbox_file_close(&f);
+	return 0;
+}
+
+/* A segment the group could never apply after the one before it, or
+ * before the one after it, that is here already (the group would put it
+ * aside and stop, but only when it gets there: a held group gets there
+ * when it is released, and meanwhile the genuine segment of that number
+ * would be refused as a different copy).  Refused at once with 422, as
+ * the group's own check would (groups.c, apply_next).  Returns -EPROTO
+ * once decided, 0 to go on. */
+static int refuse_discontinuous(struct receiver *rx, struct upload *u, int gfd,
+				const struct seg_view *v)
+{
+	uint64_t first = seg_view_header(v)->first_lsn, last = seg_view_last_lsn(v), lsn;
+
+	if (neighbour_lsn(rx, u, gfd, u->number - 1, true, &lsn) == 0 && first != lsn + 1) {
+		decide(u, 422, "segment %" PRIu64 " starts at LSN %" PRIu64 " but segment %" PRIu64
+		       " of group %s ends at LSN %" PRIu64 " (expected %" PRIu64 "): it cannot"
+		       " follow it", u->number, first, u->number - 1, u->group, lsn, lsn + 1);
+		return -EPROTO;
+	}
+	if (neighbour_lsn(rx, u, gfd, u->number + 1, false, &lsn) == 0 && lsn != last + 1) {
+		decide(u, 422, "segment %" PRIu64 " ends at LSN %" PRIu64 " but segment %" PRIu64
+		       " of group %s, here already, starts at LSN %" PRIu64 ": it cannot precede it",
+		       u->number, last, u->number + 1, u->group, lsn);
+		return -EPROTO;
+	}
+	return 0;
+}
+
 static void finish(struct receiver *rx, struct upload *u)
 {
 	struct seg_view *v = NULL;
@@ -1065,6 +1129,8 @@ static void finish(struct receiver *rx, struct upload *u)
 		goto out;
 	r = held_copy(rx, u, gfd, m, u->size, seg_view_digest(v));
 	if (r != 0)
+		goto out;
+	if (refuse_discontinuous(rx, u, gfd, v) < 0)
 		goto out;
 	if (renameat2(rx->tmp_fd, u->tmp, gfd, u->file, RENAME_NOREPLACE) < 0) {
 		if (errno == EEXIST) {

@@ -21,7 +21,7 @@ import urllib.request
 
 import pytest
 
-from aimtest import AIM_REMOTE, AIMCTL
+from aimtest import AIM_REMOTE, AIMCTL, wait_for
 from remote_helpers import PKI, Remote, mkseg
 
 G = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
@@ -520,3 +520,131 @@ def test_a_hold_asked_in_the_middle_of_a_segment_stops_at_its_next_flush(workdir
     assert aimctl(r, "release").returncode == 0
     r.wait_applied(G, 3060)
     r.check_quiet()
+
+
+def test_promote_of_an_unknown_or_malformed_group_is_a_clear_error(workdir, remotes):
+    """`aimctl promote --group` of a group this remote does not know, or of
+    something that is not a group: non-zero exit, a message that names the
+    group and says nothing changed, and nothing is promoted."""
+    s = Stream(workdir, G, RECORDS, CUTS)
+    r = remotes().start()
+    s.deliver(r.inbox, 1)
+    r.wait_applied(G, 7)
+    before = image(r)
+    p = aimctl(r, "promote", "--group", H)
+    assert p.returncode != 0, p.stdout + p.stderr
+    assert f"no group {H} here" in p.stderr and "nothing changed" in p.stderr, p.stderr
+    assert "HTTP 404" in p.stderr and "promoted" not in p.stdout, p.stdout + p.stderr
+    p = aimctl(r, "promote", "--group", "Not-A-Group")
+    assert p.returncode != 0 and "not a group" in p.stderr, p.stdout + p.stderr
+    p = aimctl(r, "promote", "--group", H, "--force")
+    assert p.returncode != 0 and f"no group {H} here" in p.stderr, p.stdout + p.stderr
+    assert [g["group"] for g in r.status()["groups"]] == [G]
+    g = r.group(G)
+    assert g["state"] == "idle" and g["hold"] is None and image(r) == before, g
+    # the known group goes on
+    s.deliver(r.inbox, 2)
+    r.wait_applied(G, 11)
+    r.check_quiet()
+    assert r.stop() == 0, r.output()[-5000:]
+
+
+def test_segments_put_to_a_held_group_are_validated_and_bad_ones_change_nothing(
+        workdir, remotes, pki):
+    """While a group is held its segments keep arriving through the
+    receiver and are validated as ever: a corrupt one, a truncated one,
+    another group's, one whose header names another number, a different
+    copy of the segment waiting in the inbox and of the segment applied
+    already, and forged ones with valid checksums whose LSNs cannot follow
+    the segment before them or precede the one after them, both waiting
+    in the inbox (the group would only find out at release, and the
+    genuine segment would meanwhile be refused as a different copy) --
+    each is refused (422 or 409 with the reason), nothing of them is
+    stored, the held replica does not change, and after release the group
+    applies the good stream to its end."""
+    s = Stream(workdir, G, RECORDS, [8, 12, 14])     # 1..7, 8..11, 12..13, 14..15
+    r = receiving(remotes, pki).start()
+    assert put(r, s, 1)[0] == 201
+    r.wait_applied(G, 7)
+    assert aimctl(r, "hold").returncode == 0
+    g0 = held(r)
+    before = image(r)
+    assert put(r, s, 2)[0] == 201                      # the good ones wait
+    assert put(r, s, 4)[0] == 201
+    r.wait_group(G, lambda g: g["backlog_segments"] == 2, what="segments 2 and 4 to wait")
+
+    good3 = os.path.join(workdir, "good-3.aimj")
+    mkseg(good3, s.spec(3))
+    with open(good3, "rb") as f:
+        data = f.read()
+
+    def upload(name, body, number):
+        path = os.path.join(workdir, name)
+        with open(path, "wb") as f:
+            f.write(body)
+        code, reply, err = r.put(G, path, name=seg_name(number), cert=None)
+        return code, reply + err
+
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x40
+    other = Stream(workdir, H, RECORDS, CUTS)
+    other3 = os.path.join(workdir, "other-3.aimj")
+    mkseg(other3, other.spec(3))
+    with open(other3, "rb") as f:
+        other_data = f.read()
+    # valid checksums, the right group and number, other bytes
+    spec2 = s.spec(2).replace(f"@{BLOCK}:8", f"@{BLOCK}:99")
+    spec1 = s.spec(1).replace(f"@{BLOCK}:7", f"@{BLOCK}:99")
+    assert spec2 != s.spec(2) and spec1 != s.spec(1)
+    forged2 = os.path.join(workdir, "forged-2.aimj")
+    mkseg(forged2, spec2)
+    forged1 = os.path.join(workdir, "forged-1.aimj")
+    mkseg(forged1, spec1)
+    with open(forged2, "rb") as f:
+        forged2_data = f.read()
+    with open(forged1, "rb") as f:
+        forged1_data = f.read()
+    gap = os.path.join(workdir, "gap-3.aimj")          # starts at 13, not 12
+    mkseg(gap, s.spec(3).replace("first_lsn 12", "first_lsn 13"))
+    long3 = os.path.join(workdir, "long-3.aimj")       # 12..14, segment 4 starts at 14
+    mkseg(long3, Stream(workdir, G, RECORDS, [8, 12, 15]).spec(3))
+    with open(gap, "rb") as f:
+        gap_data = f.read()
+    with open(long3, "rb") as f:
+        long_data = f.read()
+    for name, body, number, want, why in (
+            ("flipped", bytes(flipped), 3, 422, "not a valid segment"),
+            ("truncated", data[:len(data) - 7], 3, 422, "not a valid segment"),
+            ("other-group", other_data, 3, 422, f"belongs to group {H}"),
+            ("misnumbered", data, 4, 422, "the path names segment 4"),
+            ("different-2", forged2_data, 2, 409, "a different segment"),
+            ("different-1", forged1_data, 1, 409, "a different segment"),
+            ("gap", gap_data, 3, 422, "starts at LSN 13 but segment 2"),
+            ("too-long", long_data, 3, 422, "ends at LSN 14 but segment 4")):
+        code, reply = upload(name, body, number)
+        assert code == want and why in reply, (name, code, reply)
+    # nothing stored, nothing applied, still held where it was
+    assert sorted(os.listdir(os.path.join(r.inbox, G))) == [seg_name(2), seg_name(4)], \
+        os.listdir(os.path.join(r.inbox, G))
+    # a refused body's temporary file goes when its request completes,
+    # which may be a moment after the answer
+    tmp = os.path.join(r.inbox, ".tmp")
+    try:
+        wait_for(lambda: not os.listdir(tmp), 10, what="refused uploads' temporary files to go")
+    except TimeoutError:
+        raise AssertionError(f"left in {tmp}: {os.listdir(tmp)}") from None
+    g = r.group(G)
+    assert g["state"] == "held" and g["applied_lsn"] == g0["applied_lsn"], g
+    assert g["hold"]["lsn"] == g0["hold"]["lsn"] and g["quarantined_total"] == 0, g
+    assert image(r) == before
+    assert 'aim_remote_rejected_total{code="422"} 6' in r.metrics(), r.metrics()
+    # the good stream goes on
+    code, body, _ = r.put(G, good3, name=seg_name(3), cert=None)
+    assert code == 201, (code, body)
+    assert image(r) == before
+    p = aimctl(r, "release")
+    assert p.returncode == 0, p.stderr
+    g = r.wait_applied(G, 15)
+    assert image(r) == s.image_at(15) and g["quarantined_total"] == 0, g
+    r.check_quiet()
+    assert r.stop() == 0, r.output()[-5000:]

@@ -285,3 +285,111 @@ def test_segment_after_a_gap_is_dropped_and_a_mount_without_destinations_journal
     copy_tree(start, target)
     replay(journal, target)
     assert_trees_equal(backing, target)
+
+
+def test_power_cut_remote_is_inconsistent_until_the_resync_ends_and_only_differences_ship(
+        aimfs, workdir, pki, remotes):
+    """What the remote says, and what travels, during the resync a power cut
+    starts.  The source reboots with its receiver away; the receiver comes
+    back through a proxy.  As soon as it applied the resync's SYNC_BEGIN
+    its group says consistent == false; the link is cut right then, so that
+    the window stays open (the source cannot fetch the comparison or send
+    SYNC_END): the remote still says not consistent once it applied all it
+    has, and the source does not say in sync.  What it holds then is the
+    replica the resync starts from: the 64 KiB blocks where it differs from
+    the backing files are all the resync may send.  After the link is back:
+    consistent == true, the replica equals the backing files, and the
+    segments shipped after that point (sizes on the wire, from the catalog)
+    are bounded by the differing blocks plus hashes and framing -- far below
+    the hot extents a full copy would send."""
+    import sqlite3
+    import types
+
+    from proxy import Proxy
+
+    seed = int(os.environ.get("AIM_SEED", 61))
+    rng = random.Random(f"powercut-remote:{seed}")
+    backing = os.path.join(workdir, "backing")
+    os.makedirs(backing)
+    run([PCWORK, "init", backing, str(FILES), SIZE, str(seed)])
+    r = start_remote(workdir, pki, "dr1")
+    remotes.append(r)
+    proxy = Proxy(r.listen_port).start()
+    try:
+        status = f"127.0.0.1:{free_port()}"
+        via = types.SimpleNamespace(base_url=f"https://127.0.0.1:{proxy.port}")
+        conf = source_conf(workdir, "src.conf", {"dr1": (via, pki)}, status,
+                           extra="retain = 1h\n")
+        src = Source(aimfs, workdir, conf, seed)
+        m = src.boot()
+        wait_converged(status, [r])
+        before = os.path.join(workdir, "before")
+        snapshot_images(backing, before)
+        acks = os.path.join(workdir, "acks")
+        w = workload(m.mountpoint, seed, acks)
+        try:
+            delay = rng.uniform(1.0, 2.5)
+            time.sleep(delay)
+            mode = src.power_cut(rng)
+            w.wait(60)
+        finally:
+            if w.poll() is None:        # by its PID, whatever went wrong
+                w.kill()
+                w.wait()
+        what = f"AIM_SEED={seed}: cut after {delay:.2f}s ({mode} undone)"
+        r.stop()
+        m = src.boot()
+        check_synced(backing, seed, acks, before, what)
+        st = get_status(status)
+        gid = st["group"]
+        sync = st["destinations"][0]["sync"]
+        assert sync["reason"] == "source power loss", f"{what}: {sync}"
+        hot = sync["total_bytes"]
+        # the remote comes back; the first moment its group is inconsistent
+        # because of a resync (a group still loading its state is not
+        # claimed consistent either, without a SYNC_BEGIN), the link goes down
+        r.start()
+        g = r.wait_group(gid, lambda g: g["consistent"] is False and
+                         g["sync_since_lsn"] is not None, timeout=60, interval=0.005,
+                         what="the remote to say its copy is not consistent")
+        proxy.cut()
+        since = g["sync_since_lsn"]
+        g = r.wait_group(gid, lambda g: g["state"] in ("idle", "waiting") and not g["applying"],
+                         what="the remote to apply what it has")
+        assert g["consistent"] is False and g["sync_since_lsn"] == since, \
+            f"{what}: consistent before the resync ended: {g}"
+        frozen = g["applied_segment"]
+        pre = os.path.join(workdir, "pre-resync")
+        copy_tree(r.target, pre)
+        time.sleep(0.5)
+        g = r.group(gid)
+        assert g["consistent"] is False and g["applied_segment"] == frozen, \
+            f"{what}: the remote went on without a link: {g}"
+        st = get_status(status)
+        assert st.get("in_sync") is not True and \
+            st["destinations"][0]["sync"]["reason"] == "source power loss", f"{what}: {st}"
+        differ = sum(differing_blocks(pre, backing).values()) * (64 << 10)
+        proxy.restore()
+        wait_converged(status, [r], timeout=120)
+        g = r.group(gid)
+        assert g["consistent"] is True and g["sync_since_lsn"] is None, f"{what}: {g}"
+        assert m.unmount() == 0
+        assert_trees_equal(backing, r.target)
+        db = sqlite3.connect(os.path.join(m.journal, "catalog.db"))
+        after, segs = db.execute("SELECT coalesce(sum(bytes), 0), count(*) FROM shipments"
+                                 " WHERE destination = 'dr1' AND segment > ?",
+                                 (frozen,)).fetchone()
+        db.close()
+        hashes = (hot // (64 << 10) + 1) * 32
+        bound = 1.1 * differ + hashes + segs * 4096 + (256 << 10)
+        print(f"{what}: hot extents {hot} bytes, {differ} bytes in blocks that differ, "
+              f"{after} bytes in {segs} segments after the remote stood inconsistent "
+              f"(bound {bound:.0f})")
+        assert after <= bound, \
+            f"{what}: the resync shipped {after} bytes in {segs} segments for {differ} bytes" \
+            f" of differing blocks ({hot} bytes of hot extents)"
+        assert hot >= 4 * bound, f"{what}: too few hot extents ({hot} bytes) to tell a full" \
+                                 f" copy from differences (bound {bound:.0f})"
+    finally:
+        proxy.stop()
+    assert r.stop() == 0, r.output()[-5000:]
