@@ -24,6 +24,7 @@
 #include "journal.h"
 #include "log.h"
 #include "rangelock.h"
+#include "session.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -350,6 +351,11 @@ static void lo_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_ASYNC_DIO;
 	conn->max_write = 1u << 20;
 	conn->max_readahead = 1u << 20;
+	/* Asynchronous requests (O_DIRECT through libaio or io_uring, the
+	 * writeback of cached pages, readahead) in flight at once: the
+	 * kernel's default of 12 throttled a queue depth of 16. */
+	conn->max_background = 64;
+	conn->congestion_threshold = 48;
 }
 
 static void lo_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -388,6 +394,24 @@ static void lo_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		fuse_reply_attr(req, &st, fs_of(req)->cfg.timeout);
 }
 
+/*
+ * The kernel left clearing the setuid and setgid bits to us for this
+ * request (session_kill_suidgid: FUSE_HANDLE_KILLPRIV_V2): aimfs writes as
+ * root, which keeps them, so clear them as the caller's own write would
+ * have (setgid only with group execute, as the kernel does).
+ */
+static void kill_suidgid(int fd)
+{
+	struct stat st;
+	mode_t kill;
+
+	if (!session_kill_suidgid() || fstat(fd, &st) < 0)
+		return;
+	kill = st.st_mode & (S_ISUID | ((st.st_mode & S_IXGRP) ? S_ISGID : 0));
+	if (kill && fchmod(fd, st.st_mode & ~kill & 07777) < 0)
+		log_debug("clearing setuid/setgid: %m");
+}
+
 /* Truncate through the journal; fd is open for writing. */
 static int journaled_truncate(struct fs *fs, struct lo_inode *in, int fd, uint64_t size)
 {
@@ -406,6 +430,7 @@ static int journaled_truncate(struct fs *fs, struct lo_inode *in, int fd, uint64
 			return journal_errno(r);
 		}
 	}
+	kill_suidgid(fd);
 	if (aimfs_io.ftruncate_fn(fd, (off_t)size) < 0) {
 		err = errno;
 		if (in->image && t.lsn) {
@@ -862,8 +887,12 @@ static int make_fh(struct fs *fs, struct lo_inode *in, struct fuse_file_info *fi
 	 * a round trip per write: on the cached path the kernel asks for the
 	 * security.capability xattr before every write.
 	 */
-	if (fh->direct)
+	if (fh->direct) {
 		fi->direct_io = 1;
+		/* Overlapping writes are ordered by the range lock: the kernel
+		 * need not hold the inode lock across one. */
+		session_parallel_direct_writes();
+	}
 	return 0;
 }
 
@@ -1006,14 +1035,16 @@ static void lo_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	struct range_held h;
 	const char *src = buf;
 	size_t done = 0;
-	int err = 0, r;
+	int fd = fh->fd, err = 0, r;
 
 	/* What a full disk left owed goes first (a failed write's truth). */
 	if (in->image && journal_owes(j) && (r = journal_settle(j)) < 0) {
 		fuse_reply_err(req, journal_errno(r));
 		return;
 	}
-	if (fh->direct) {
+	if (fh->direct && ((uintptr_t)buf & (IO_ALIGN - 1))) {
+		/* session.c lays requests out with the payload aligned; a
+		 * loop that does not (-s, clone_fd) needs the copy */
 		void *aligned = thread_buffer(size);
 
 		if (!aligned) {
@@ -1023,6 +1054,7 @@ static void lo_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		memcpy(aligned, buf, size);
 		src = aligned;
 	}
+	kill_suidgid(fd);
 	rangelock_acquire(lock_of(in), &h, (uint64_t)off, size);
 	if (in->image && (r = journal_write(j, in->image, (uint64_t)off, buf, size, &t)) < 0) {
 		rangelock_release(lock_of(in), &h);
@@ -1030,7 +1062,7 @@ static void lo_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		return;
 	}
 	while (done < size) {
-		ssize_t n = aimfs_io.pwrite_fn(fh->fd, src + done, size - done, off + (off_t)done);
+		ssize_t n = aimfs_io.pwrite_fn(fd, src + done, size - done, off + (off_t)done);
 
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -1046,7 +1078,7 @@ static void lo_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		 * journal the truth, under the whole-file lock. */
 		journal_backing_failed(j, err ? -err : -EIO);
 		rangelock_acquire(lock_of(in), &h, 0, RANGE_END);
-		journal_correct(j, in->image, fh->fd, (uint64_t)off, size, &t);
+		journal_correct(j, in->image, fd, (uint64_t)off, size, &t);
 		rangelock_release(lock_of(in), &h);
 	}
 	journal_done(j, &t);

@@ -9,6 +9,7 @@
 #include "log.h"
 #include "options.h"
 #include "resync.h"
+#include "session.h"
 #include "status.h"
 #include "transport.h"
 
@@ -592,6 +593,8 @@ int main(int argc, char *argv[])
 		log_error("cannot mount on %s", p.mount);
 		goto out;
 	}
+	if (session_hook(se) < 0)
+		goto out_unmount;
 	if (fuse_daemonize(fopts.foreground) != 0)
 		goto out_unmount;
 	/* Detached (mount.fuse3, fstab): stderr is /dev/null now. */
@@ -641,6 +644,9 @@ int main(int argc, char *argv[])
 	sd_notifyf(0, "READY=1\nSTATUS=serving %s on %s", p.backing, p.mount);
 	if (fopts.singlethread) {
 		ret = fuse_session_loop(se);
+	} else if (!fopts.clone_fd) {
+		ret = session_loop(se, fopts.max_threads > 0 && fopts.max_threads != 10
+					       ? fopts.max_threads : MAX_THREADS);
 	} else {
 		lc = fuse_loop_cfg_create();
 		fuse_loop_cfg_set_clone_fd(lc, fopts.clone_fd);
