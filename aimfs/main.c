@@ -570,6 +570,7 @@ int main(int argc, char *argv[])
 	fc.hide_dev = p.hide_dev;
 	fc.hide_ino = p.hide_ino;
 	fc.timeout = 1.0;
+	fc.writeback_cache = !o.strict_cache;
 	fs = fs_new(&fc);
 	if (!fs) {
 		log_error("cannot set up the filesystem: %m");

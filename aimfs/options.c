@@ -33,6 +33,7 @@ static const struct fuse_opt aimfs_opts[] = {
 	OPT("verify_every=%s", verify_every_s),
 	OPT("al_extents=%s", al_extents_s),
 	OPT("al_extent_size=%s", al_extent_size_s),
+	OPT("cache=%s", cache_s),
 	FUSE_OPT_KEY("dest=", KEY_DEST),
 	FUSE_OPT_KEY("-h", KEY_HELP),
 	FUSE_OPT_KEY("--help", KEY_HELP),
@@ -101,6 +102,9 @@ void options_usage(const char *prog)
 	       "  -o al_extents=N        activity log: extents that may be hot at once\n"
 	       "                         (default 1024; compared after a power loss)\n"
 	       "  -o al_extent_size=SIZE ... and their size, a power of two (default 4M)\n"
+	       "  -o cache=writeback|strict  buffered writes: coalesced in the kernel's page\n"
+	       "                         cache until writeback, fsync or close (default), or\n"
+	       "                         each sent to aimfs as it is written\n"
 	       "  -f                     stay in the foreground (as aimfs@.service runs it)\n"
 	       "  -d                     FUSE debug output (implies -f)\n"
 	       "  -h, --help             this help\n"
@@ -151,6 +155,15 @@ static int check_values(struct aimfs_options *o)
 			return -1;
 		}
 		o->journal_max = v;
+	}
+	o->strict_cache = false;
+	if (o->cache_s) {
+		if (strcmp(o->cache_s, "strict") == 0) {
+			o->strict_cache = true;
+		} else if (strcmp(o->cache_s, "writeback") != 0) {
+			log_error("cache=%s: must be \"writeback\" or \"strict\"", o->cache_s);
+			return -1;
+		}
 	}
 	/* track: a full journal turns a lagging destination's changes into
 	 * dirty extents (guests never wait); block: writes wait for space. */
@@ -230,6 +243,7 @@ static int set_aimfs_key(struct aimfs_options *o, const char *key, const char *v
 		{ "mountpoint", offsetof(struct aimfs_options, mount_arg) },
 		{ "al_extents", offsetof(struct aimfs_options, al_extents_s) },
 		{ "al_extent_size", offsetof(struct aimfs_options, al_extent_size_s) },
+		{ "cache", offsetof(struct aimfs_options, cache_s) },
 	};
 
 	for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
@@ -252,7 +266,7 @@ static int set_aimfs_key(struct aimfs_options *o, const char *key, const char *v
 	}
 	log_error("config %s: [aimfs] has no key \"%s\" (known: backing_dir, mountpoint, journal,"
 		  " status, dest, segment_size, segment_age, segment_idle, journal_max, overflow, retain,"
-		  " verify_every, al_extents, al_extent_size)", o->config, key);
+		  " verify_every, al_extents, al_extent_size, cache)", o->config, key);
 	return -1;
 }
 
@@ -355,4 +369,5 @@ void options_free(struct aimfs_options *o)
 	free(o->overflow_s);
 	free(o->al_extents_s);
 	free(o->al_extent_size_s);
+	free(o->cache_s);
 }

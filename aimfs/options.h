@@ -45,6 +45,8 @@ struct aimfs_options {
 	uint64_t journal_max;
 	uint64_t retain_ns;
 	bool overflow_block;
+	char *cache_s;
+	bool strict_cache;            /* cache=strict: no FUSE writeback cache */
 	int show_help;
 	int show_version;
 };
