@@ -63,6 +63,13 @@ static void on_durable(void *ctx, uint64_t segment, uint64_t backing_lsn)
 		transport_notify(g->transport, segment, backing_lsn);
 }
 
+static bool on_dests_idle(void *ctx)
+{
+	struct glue *g = ctx;
+
+	return g->transport && transport_idle(g->transport);
+}
+
 static void on_freed(void *ctx, uint64_t bytes)
 {
 	journal_space_freed(((struct glue *)ctx)->journal, bytes);
@@ -516,6 +523,7 @@ int main(int argc, char *argv[])
 	jc.segment_size = o.segment_size;
 	jc.segment_age_ns = o.segment_age_ns;
 	jc.segment_idle_ns = o.segment_idle_ns;
+	jc.segment_eager_ns = o.segment_eager_ns;
 	jc.journal_max = o.journal_max;
 	/* Without destinations nothing prunes the journal, so nothing could
 	 * ever make room: the limit only applies when shipping. */
@@ -523,6 +531,7 @@ int main(int argc, char *argv[])
 	jc.overflow_block = o.overflow_block;
 	jc.drop_behind = o.ndests == 0;
 	jc.on_durable = on_durable;
+	jc.dests_idle = o.ndests ? on_dests_idle : NULL;
 	jc.dest_wants = on_dest_wants;
 	jc.inflight_slots = INFLIGHT_PER_THREAD * fuse_threads(&fopts) + INFLIGHT_SPARE;
 	jc.al_slots = o.al_extents;

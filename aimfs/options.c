@@ -27,6 +27,7 @@ static const struct fuse_opt aimfs_opts[] = {
 	OPT("segment_size=%s", segment_size_s),
 	OPT("segment_age=%s", segment_age_s),
 	OPT("segment_idle=%s", segment_idle_s),
+	OPT("segment_eager=%s", segment_eager_s),
 	OPT("journal_max=%s", journal_max_s),
 	OPT("overflow=%s", overflow_s),
 	OPT("retain=%s", retain_s),
@@ -94,6 +95,8 @@ void options_usage(const char *prog)
 	       "  -o segment_size=SIZE   seal a segment at this size (default 64M)\n"
 	       "  -o segment_age=TIME    ... or this long after its first record (default 2s)\n"
 	       "  -o segment_idle=TIME   ... or when writes pause this long (default 200ms; 0: never)\n"
+	       "  -o segment_eager=TIME  ... or when this old if the destinations have shipped\n"
+	       "                         everything before it (default 100ms; 0: never)\n"
 	       "  -o journal_max=SIZE    journal size limit (default 8G)\n"
 	       "  -o overflow=track|block  at the limit: track a lagging destination's changes\n"
 	       "                         for a resync (default), or make writes wait\n"
@@ -122,6 +125,7 @@ static int check_values(struct aimfs_options *o)
 	o->segment_size = DEFAULT_SEGMENT_SIZE;
 	o->segment_age_ns = DEFAULT_SEGMENT_AGE_NS;
 	o->segment_idle_ns = DEFAULT_SEGMENT_IDLE_NS;
+	o->segment_eager_ns = DEFAULT_SEGMENT_EAGER_NS;
 	o->journal_max = DEFAULT_JOURNAL_MAX;
 	if (o->segment_size_s) {
 		if (parse_size(o->segment_size_s, &v) < 0 || v < 4096 || v > (1ULL << 30)) {
@@ -147,6 +151,14 @@ static int check_values(struct aimfs_options *o)
 			return -1;
 		}
 		o->segment_idle_ns = v;
+	}
+	if (o->segment_eager_s) {
+		if (parse_duration(o->segment_eager_s, &v) < 0 || v > 3600000000000ULL) {
+			log_error("segment_eager=%s: must be a duration up to 1h (e.g. 100ms; 0 never"
+				  " seals for an idle link)", o->segment_eager_s);
+			return -1;
+		}
+		o->segment_eager_ns = v;
 	}
 	if (o->journal_max_s) {
 		if (parse_size(o->journal_max_s, &v) < 0 || v < (1ULL << 20)) {
@@ -235,6 +247,7 @@ static int set_aimfs_key(struct aimfs_options *o, const char *key, const char *v
 		{ "segment_size", offsetof(struct aimfs_options, segment_size_s) },
 		{ "segment_age", offsetof(struct aimfs_options, segment_age_s) },
 		{ "segment_idle", offsetof(struct aimfs_options, segment_idle_s) },
+		{ "segment_eager", offsetof(struct aimfs_options, segment_eager_s) },
 		{ "journal_max", offsetof(struct aimfs_options, journal_max_s) },
 		{ "overflow", offsetof(struct aimfs_options, overflow_s) },
 		{ "retain", offsetof(struct aimfs_options, retain_s) },
@@ -265,7 +278,7 @@ static int set_aimfs_key(struct aimfs_options *o, const char *key, const char *v
 		return o->dest_urls[o->ndest_urls++] ? 0 : -1;
 	}
 	log_error("config %s: [aimfs] has no key \"%s\" (known: backing_dir, mountpoint, journal,"
-		  " status, dest, segment_size, segment_age, segment_idle, journal_max, overflow, retain,"
+		  " status, dest, segment_size, segment_age, segment_idle, segment_eager, journal_max, overflow, retain,"
 		  " verify_every, al_extents, al_extent_size, cache)", o->config, key);
 	return -1;
 }
@@ -365,6 +378,7 @@ void options_free(struct aimfs_options *o)
 	free(o->segment_size_s);
 	free(o->segment_age_s);
 	free(o->segment_idle_s);
+	free(o->segment_eager_s);
 	free(o->journal_max_s);
 	free(o->overflow_s);
 	free(o->al_extents_s);
