@@ -105,9 +105,9 @@ void options_usage(const char *prog)
 	       "  -o al_extents=N        activity log: extents that may be hot at once\n"
 	       "                         (default 1024; compared after a power loss)\n"
 	       "  -o al_extent_size=SIZE ... and their size, a power of two (default 4M)\n"
-	       "  -o cache=writeback|strict  buffered writes: coalesced in the kernel's page\n"
-	       "                         cache until writeback, fsync or close (default), or\n"
-	       "                         each sent to aimfs as it is written\n"
+	       "  -o cache=strict|writeback  buffered writes: each sent to aimfs as it is\n"
+	       "                         written (default), or coalesced in the kernel's page\n"
+	       "                         cache until writeback, fsync or close\n"
 	       "  -f                     stay in the foreground (as aimfs@.service runs it)\n"
 	       "  -d                     FUSE debug output (implies -f)\n"
 	       "  -h, --help             this help\n"
@@ -168,11 +168,16 @@ static int check_values(struct aimfs_options *o)
 		}
 		o->journal_max = v;
 	}
-	o->strict_cache = false;
+	/* strict by default: under the writeback cache a full backing disk
+	 * surfaces at fsync, after the page cache dropped the writes (see
+	 * README, Guarantees) */
+	o->strict_cache = true;
 	if (o->cache_s) {
 		if (strcmp(o->cache_s, "strict") == 0) {
 			o->strict_cache = true;
-		} else if (strcmp(o->cache_s, "writeback") != 0) {
+		} else if (strcmp(o->cache_s, "writeback") == 0) {
+			o->strict_cache = false;
+		} else {
 			log_error("cache=%s: must be \"writeback\" or \"strict\"", o->cache_s);
 			return -1;
 		}

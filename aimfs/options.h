@@ -49,7 +49,7 @@ struct aimfs_options {
 	uint64_t retain_ns;
 	bool overflow_block;
 	char *cache_s;
-	bool strict_cache;            /* cache=strict: no FUSE writeback cache */
+	bool strict_cache;            /* cache=strict (default): no FUSE writeback cache */
 	int show_help;
 	int show_version;
 };

@@ -50,10 +50,10 @@ def free_port():
     raise RuntimeError(f"no free port left in {_PORT_LO}-{_PORT_HI}")
 
 
-# aimfs's buffered-write modes (-o cache=): "writeback" (the default: the
+# aimfs's buffered-write modes (-o cache=): "writeback" (opt-in: the
 # kernel's FUSE writeback cache; a buffered write is acknowledged by the
-# fsync that covers it) and "strict" (each write reaches aimfs before it
-# returns).  AIM_CACHE sets the mode of every Mount that does not name one;
+# fsync that covers it) and "strict" (the default: each write reaches aimfs
+# before it returns).  AIM_CACHE sets the mode of every Mount that does not name one;
 # the crash and replay tests run in both (conftest.py: cache_mode).
 CACHE_MODES = ("writeback", "strict")
 DEFAULT_CACHE = os.environ.get("AIM_CACHE", "")
@@ -62,8 +62,8 @@ _cache_of_mount = {}
 
 def cache_mode(mountpoint):
     """The cache mode of the aimfs started by a Mount on mountpoint
-    (writeback, aimfs's default, for a mount made some other way)."""
-    return _cache_of_mount.get(os.path.realpath(mountpoint), "writeback")
+    (strict, aimfs's default, for a mount made some other way)."""
+    return _cache_of_mount.get(os.path.realpath(mountpoint), "strict")
 
 
 def is_mounted(path):
@@ -124,7 +124,7 @@ class Mount:
         if cache is None and DEFAULT_CACHE:
             cache = DEFAULT_CACHE
             options.append(f"cache={cache}")
-        _cache_of_mount[os.path.realpath(self.mountpoint)] = cache or "writeback"
+        _cache_of_mount[os.path.realpath(self.mountpoint)] = cache or "strict"
         cmd += ["-o", ",".join(options)]
         cmd += [self.backing, self.mountpoint]
         self.cmdline = cmd
