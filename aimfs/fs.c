@@ -24,6 +24,7 @@
 #include "journal.h"
 #include "log.h"
 #include "rangelock.h"
+#include "session.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -55,6 +56,7 @@ struct lo_inode {
 	unsigned nopen;          /* open file handles (fs->lock): what a stop reports */
 	struct image *image;     /* regular files known to the journal; fixed at creation */
 	struct rangelock rl;
+	bool cache_written;      /* written back from the page cache since the last close barrier */
 };
 
 struct lo_fh {
@@ -341,15 +343,27 @@ static int do_lookup(struct fs *fs, struct lo_inode *dir, const char *name,
 
 static void lo_init(void *userdata, struct fuse_conn_info *conn)
 {
-	(void)userdata;
+	struct fs *fs = userdata;
+
 	/* Plain readdir keeps lookups (and nlookup accounting) in one place. */
 	conn->want &= ~(unsigned)FUSE_CAP_READDIRPLUS;
-	/* The kernel must send every write as it happens, in order. */
-	conn->want &= ~(unsigned)FUSE_CAP_WRITEBACK_CACHE;
+	/* Strict (cache=strict): the kernel sends every write as it happens.
+	 * Writeback: it coalesces buffered writes in the page cache and sends
+	 * them at writeback, fsync and close; the journal still records exactly
+	 * what the backing files receive, in the order they receive it. */
+	if (fs->cfg.writeback_cache && (conn->capable & FUSE_CAP_WRITEBACK_CACHE))
+		conn->want |= FUSE_CAP_WRITEBACK_CACHE;
+	else
+		conn->want &= ~(unsigned)FUSE_CAP_WRITEBACK_CACHE;
 	if (conn->capable & FUSE_CAP_ASYNC_DIO)
 		conn->want |= FUSE_CAP_ASYNC_DIO;
 	conn->max_write = 1u << 20;
 	conn->max_readahead = 1u << 20;
+	/* Asynchronous requests (O_DIRECT through libaio or io_uring, the
+	 * writeback of cached pages, readahead) in flight at once: the
+	 * kernel's default of 12 throttled a queue depth of 16. */
+	conn->max_background = 64;
+	conn->congestion_threshold = 48;
 }
 
 static void lo_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -388,6 +402,24 @@ static void lo_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		fuse_reply_attr(req, &st, fs_of(req)->cfg.timeout);
 }
 
+/*
+ * The kernel left clearing the setuid and setgid bits to us for this
+ * request (session_kill_suidgid: FUSE_HANDLE_KILLPRIV_V2): aimfs writes as
+ * root, which keeps them, so clear them as the caller's own write would
+ * have (setgid only with group execute, as the kernel does).
+ */
+static void kill_suidgid(int fd)
+{
+	struct stat st;
+	mode_t kill;
+
+	if (!session_kill_suidgid() || fstat(fd, &st) < 0)
+		return;
+	kill = st.st_mode & (S_ISUID | ((st.st_mode & S_IXGRP) ? S_ISGID : 0));
+	if (kill && fchmod(fd, st.st_mode & ~kill & 07777) < 0)
+		log_debug("clearing setuid/setgid: %m");
+}
+
 /* Truncate through the journal; fd is open for writing. */
 static int journaled_truncate(struct fs *fs, struct lo_inode *in, int fd, uint64_t size)
 {
@@ -406,6 +438,7 @@ static int journaled_truncate(struct fs *fs, struct lo_inode *in, int fd, uint64
 			return journal_errno(r);
 		}
 	}
+	kill_suidgid(fd);
 	if (aimfs_io.ftruncate_fn(fd, (off_t)size) < 0) {
 		err = errno;
 		if (in->image && t.lsn) {
@@ -845,6 +878,30 @@ static void drop_fh(struct fs *fs, struct lo_inode *in, struct lo_fh *fh)
 	count_open(fs, in, -1);
 }
 
+/*
+ * With the writeback cache the kernel reads the rest of a page a write only
+ * partly covers, and writes cached pages back through any handle open for
+ * writing: an O_WRONLY open must be able to read (libfuse's passthrough_ll
+ * does the same).  O_APPEND is the kernel's business then, as always here.
+ */
+static int cache_flags(const struct fs *fs, int flags)
+{
+	if (fs->cfg.writeback_cache && !(flags & O_DIRECT) && (flags & O_ACCMODE) == O_WRONLY)
+		flags = (flags & ~O_ACCMODE) | O_RDWR;
+	return flags;
+}
+
+/* proc_open with cache_flags; falls back to the caller's own access mode
+ * where reading is refused (aimfs not running as root). */
+static int proc_open_cached(const struct fs *fs, struct lo_inode *in, int flags)
+{
+	int fd = proc_open(in, cache_flags(fs, flags));
+
+	if (fd < 0 && errno == EACCES && cache_flags(fs, flags) != flags)
+		fd = proc_open(in, flags);
+	return fd;
+}
+
 static int make_fh(struct fs *fs, struct lo_inode *in, struct fuse_file_info *fi, int fd,
 		   int flags)
 {
@@ -862,8 +919,12 @@ static int make_fh(struct fs *fs, struct lo_inode *in, struct fuse_file_info *fi
 	 * a round trip per write: on the cached path the kernel asks for the
 	 * security.capability xattr before every write.
 	 */
-	if (fh->direct)
+	if (fh->direct) {
 		fi->direct_io = 1;
+		/* Overlapping writes are ordered by the range lock: the kernel
+		 * need not hold the inode lock across one. */
+		session_parallel_direct_writes();
+	}
 	return 0;
 }
 
@@ -880,7 +941,7 @@ static void lo_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		fuse_reply_err(req, EPERM);
 		return;
 	}
-	fd = create_regular(req, dir, name, mode, open_flags(fi->flags), &created);
+	fd = create_regular(req, dir, name, mode, cache_flags(fs, open_flags(fi->flags)), &created);
 	if (fd == -EEXIST && !(fi->flags & O_EXCL)) {
 		/* Exists: an ordinary open (the kernel sends create for O_CREAT). */
 		struct lo_inode *in;
@@ -891,7 +952,7 @@ static void lo_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 			return;
 		}
 		in = inode_of(req, e.ino);
-		fd = proc_open(in, open_flags(fi->flags));
+		fd = proc_open_cached(fs, in, open_flags(fi->flags));
 		if (fd < 0) {
 			err = errno;
 			unref_inode(fs, in, 1);
@@ -937,7 +998,7 @@ static void lo_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct lo_inode *in = inode_of(req, ino);
 	int fd, err;
 
-	fd = proc_open(in, open_flags(fi->flags));
+	fd = proc_open_cached(fs, in, open_flags(fi->flags));
 	if (fd < 0) {
 		fuse_reply_err(req, errno);
 		return;
@@ -1006,14 +1067,29 @@ static void lo_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	struct range_held h;
 	const char *src = buf;
 	size_t done = 0;
-	int err = 0, r;
+	int fd = fh->fd, own_fd = -1, err = 0, r;
 
 	/* What a full disk left owed goes first (a failed write's truth). */
 	if (in->image && journal_owes(j) && (r = journal_settle(j)) < 0) {
 		fuse_reply_err(req, journal_errno(r));
 		return;
 	}
-	if (fh->direct) {
+	if (fi->writepage) {
+		/* The page cache's writeback comes through any handle open for
+		 * writing, an O_DIRECT one too, and its last page ends at the
+		 * end of the file: that one goes through a buffered descriptor. */
+		__atomic_store_n(&in->cache_written, true, __ATOMIC_RELAXED);
+		if (fh->direct && (((uint64_t)off | size) & (IO_ALIGN - 1))) {
+			own_fd = fd = proc_open(in, O_WRONLY);
+			if (fd < 0) {
+				fuse_reply_err(req, errno);
+				return;
+			}
+		}
+	}
+	if (fh->direct && own_fd < 0 && ((uintptr_t)buf & (IO_ALIGN - 1))) {
+		/* session.c lays requests out with the payload aligned; a
+		 * loop that does not (-s, clone_fd) needs the copy */
 		void *aligned = thread_buffer(size);
 
 		if (!aligned) {
@@ -1023,14 +1099,17 @@ static void lo_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		memcpy(aligned, buf, size);
 		src = aligned;
 	}
+	kill_suidgid(fd);
 	rangelock_acquire(lock_of(in), &h, (uint64_t)off, size);
 	if (in->image && (r = journal_write(j, in->image, (uint64_t)off, buf, size, &t)) < 0) {
 		rangelock_release(lock_of(in), &h);
+		if (own_fd >= 0)
+			close(own_fd);
 		fuse_reply_err(req, journal_errno(r));
 		return;
 	}
 	while (done < size) {
-		ssize_t n = aimfs_io.pwrite_fn(fh->fd, src + done, size - done, off + (off_t)done);
+		ssize_t n = aimfs_io.pwrite_fn(fd, src + done, size - done, off + (off_t)done);
 
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -1046,10 +1125,12 @@ static void lo_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		 * journal the truth, under the whole-file lock. */
 		journal_backing_failed(j, err ? -err : -EIO);
 		rangelock_acquire(lock_of(in), &h, 0, RANGE_END);
-		journal_correct(j, in->image, fh->fd, (uint64_t)off, size, &t);
+		journal_correct(j, in->image, fd, (uint64_t)off, size, &t);
 		rangelock_release(lock_of(in), &h);
 	}
 	journal_done(j, &t);
+	if (own_fd >= 0)
+		close(own_fd);
 	fh->written = true;
 	/* A short count is what a buffered writer expects (its next call gets
 	 * the errno), but the kernel answers a short asynchronous direct write
@@ -1070,8 +1151,10 @@ static void lo_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct lo_fh *fh = fh_of(fi);
 	int err = 0;
 
-	/* close(): an ordering point for the remote, not a durability one. */
-	if (fh->written && in->image) {
+	/* close(): an ordering point for the remote, not a durability one.
+	 * The kernel wrote this file's cached pages back before asking. */
+	if ((fh->written || __atomic_exchange_n(&in->cache_written, false, __ATOMIC_RELAXED)) &&
+	    in->image) {
 		int r = journal_barrier(fs_of(req)->cfg.journal, in->image, false);
 
 		fh->written = false;

@@ -29,6 +29,10 @@ struct fs_config {
 	dev_t hide_dev;
 	ino_t hide_ino;
 	double timeout;           /* attribute and entry cache, seconds */
+	/* The kernel's FUSE writeback cache for files not opened O_DIRECT:
+	 * buffered writes are acknowledged from the page cache and reach aimfs
+	 * when the kernel writes them back, and at every fsync and close. */
+	bool writeback_cache;
 };
 
 /* Returns a new fs or NULL (errno set). */

@@ -54,6 +54,7 @@ struct journal_config {
 	uint64_t segment_size;    /* seal when a segment reaches this many bytes */
 	uint64_t segment_age_ns;  /* ... or when its first record is this old */
 	uint64_t segment_idle_ns; /* ... or when no record came for this long (0: never) */
+	uint64_t segment_eager_ns; /* ... or when this old and dests_idle says so (0: never) */
 	uint64_t journal_max;     /* data writes wait while the journal is this big */
 	bool enforce_max;         /* false: no one prunes, so no limit applies */
 	bool overflow_block;      /* writes wait at the limit (else: resync tracks) */
@@ -71,6 +72,10 @@ struct journal_config {
 	/* Called by the sealer thread once segment is fsynced and renamed;
 	 * every record up to backing_lsn is on the backing files. */
 	void (*on_durable)(void *ctx, uint64_t segment, uint64_t backing_lsn);
+	/* Every destination has acknowledged every durable segment: nothing
+	 * is being shipped.  NULL: no destinations.  Called by the sealer
+	 * thread with the journal's lock held. */
+	bool (*dests_idle)(void *ctx);
 	void *hook_ctx;
 };
 

@@ -9,6 +9,7 @@
 #include "log.h"
 #include "options.h"
 #include "resync.h"
+#include "session.h"
 #include "status.h"
 #include "transport.h"
 
@@ -60,6 +61,13 @@ static void on_durable(void *ctx, uint64_t segment, uint64_t backing_lsn)
 
 	if (g->transport)
 		transport_notify(g->transport, segment, backing_lsn);
+}
+
+static bool on_dests_idle(void *ctx)
+{
+	struct glue *g = ctx;
+
+	return g->transport && transport_idle(g->transport);
 }
 
 static void on_freed(void *ctx, uint64_t bytes)
@@ -515,6 +523,7 @@ int main(int argc, char *argv[])
 	jc.segment_size = o.segment_size;
 	jc.segment_age_ns = o.segment_age_ns;
 	jc.segment_idle_ns = o.segment_idle_ns;
+	jc.segment_eager_ns = o.segment_eager_ns;
 	jc.journal_max = o.journal_max;
 	/* Without destinations nothing prunes the journal, so nothing could
 	 * ever make room: the limit only applies when shipping. */
@@ -522,6 +531,7 @@ int main(int argc, char *argv[])
 	jc.overflow_block = o.overflow_block;
 	jc.drop_behind = o.ndests == 0;
 	jc.on_durable = on_durable;
+	jc.dests_idle = o.ndests ? on_dests_idle : NULL;
 	jc.dest_wants = on_dest_wants;
 	jc.inflight_slots = INFLIGHT_PER_THREAD * fuse_threads(&fopts) + INFLIGHT_SPARE;
 	jc.al_slots = o.al_extents;
@@ -569,6 +579,7 @@ int main(int argc, char *argv[])
 	fc.hide_dev = p.hide_dev;
 	fc.hide_ino = p.hide_ino;
 	fc.timeout = 1.0;
+	fc.writeback_cache = !o.strict_cache;
 	fs = fs_new(&fc);
 	if (!fs) {
 		log_error("cannot set up the filesystem: %m");
@@ -592,6 +603,8 @@ int main(int argc, char *argv[])
 		log_error("cannot mount on %s", p.mount);
 		goto out;
 	}
+	if (session_hook(se) < 0)
+		goto out_unmount;
 	if (fuse_daemonize(fopts.foreground) != 0)
 		goto out_unmount;
 	/* Detached (mount.fuse3, fstab): stderr is /dev/null now. */
@@ -641,6 +654,9 @@ int main(int argc, char *argv[])
 	sd_notifyf(0, "READY=1\nSTATUS=serving %s on %s", p.backing, p.mount);
 	if (fopts.singlethread) {
 		ret = fuse_session_loop(se);
+	} else if (!fopts.clone_fd) {
+		ret = session_loop(se, fopts.max_threads > 0 && fopts.max_threads != 10
+					       ? fopts.max_threads : MAX_THREADS);
 	} else {
 		lc = fuse_loop_cfg_create();
 		fuse_loop_cfg_set_clone_fd(lc, fopts.clone_fd);

@@ -27,12 +27,14 @@ static const struct fuse_opt aimfs_opts[] = {
 	OPT("segment_size=%s", segment_size_s),
 	OPT("segment_age=%s", segment_age_s),
 	OPT("segment_idle=%s", segment_idle_s),
+	OPT("segment_eager=%s", segment_eager_s),
 	OPT("journal_max=%s", journal_max_s),
 	OPT("overflow=%s", overflow_s),
 	OPT("retain=%s", retain_s),
 	OPT("verify_every=%s", verify_every_s),
 	OPT("al_extents=%s", al_extents_s),
 	OPT("al_extent_size=%s", al_extent_size_s),
+	OPT("cache=%s", cache_s),
 	FUSE_OPT_KEY("dest=", KEY_DEST),
 	FUSE_OPT_KEY("-h", KEY_HELP),
 	FUSE_OPT_KEY("--help", KEY_HELP),
@@ -93,6 +95,8 @@ void options_usage(const char *prog)
 	       "  -o segment_size=SIZE   seal a segment at this size (default 64M)\n"
 	       "  -o segment_age=TIME    ... or this long after its first record (default 2s)\n"
 	       "  -o segment_idle=TIME   ... or when writes pause this long (default 200ms; 0: never)\n"
+	       "  -o segment_eager=TIME  ... or when this old if the destinations have shipped\n"
+	       "                         everything before it (default 100ms; 0: never)\n"
 	       "  -o journal_max=SIZE    journal size limit (default 8G)\n"
 	       "  -o overflow=track|block  at the limit: track a lagging destination's changes\n"
 	       "                         for a resync (default), or make writes wait\n"
@@ -101,6 +105,9 @@ void options_usage(const char *prog)
 	       "  -o al_extents=N        activity log: extents that may be hot at once\n"
 	       "                         (default 1024; compared after a power loss)\n"
 	       "  -o al_extent_size=SIZE ... and their size, a power of two (default 4M)\n"
+	       "  -o cache=strict|writeback  buffered writes: each sent to aimfs as it is\n"
+	       "                         written (default), or coalesced in the kernel's page\n"
+	       "                         cache until writeback, fsync or close\n"
 	       "  -f                     stay in the foreground (as aimfs@.service runs it)\n"
 	       "  -d                     FUSE debug output (implies -f)\n"
 	       "  -h, --help             this help\n"
@@ -118,6 +125,7 @@ static int check_values(struct aimfs_options *o)
 	o->segment_size = DEFAULT_SEGMENT_SIZE;
 	o->segment_age_ns = DEFAULT_SEGMENT_AGE_NS;
 	o->segment_idle_ns = DEFAULT_SEGMENT_IDLE_NS;
+	o->segment_eager_ns = DEFAULT_SEGMENT_EAGER_NS;
 	o->journal_max = DEFAULT_JOURNAL_MAX;
 	if (o->segment_size_s) {
 		if (parse_size(o->segment_size_s, &v) < 0 || v < 4096 || v > (1ULL << 30)) {
@@ -144,6 +152,14 @@ static int check_values(struct aimfs_options *o)
 		}
 		o->segment_idle_ns = v;
 	}
+	if (o->segment_eager_s) {
+		if (parse_duration(o->segment_eager_s, &v) < 0 || v > 3600000000000ULL) {
+			log_error("segment_eager=%s: must be a duration up to 1h (e.g. 100ms; 0 never"
+				  " seals for an idle link)", o->segment_eager_s);
+			return -1;
+		}
+		o->segment_eager_ns = v;
+	}
 	if (o->journal_max_s) {
 		if (parse_size(o->journal_max_s, &v) < 0 || v < (1ULL << 20)) {
 			log_error("journal_max=%s: must be a size of at least 1M (e.g. 8G)",
@@ -151,6 +167,20 @@ static int check_values(struct aimfs_options *o)
 			return -1;
 		}
 		o->journal_max = v;
+	}
+	/* strict by default: under the writeback cache a full backing disk
+	 * surfaces at fsync, after the page cache dropped the writes (see
+	 * README, Guarantees) */
+	o->strict_cache = true;
+	if (o->cache_s) {
+		if (strcmp(o->cache_s, "strict") == 0) {
+			o->strict_cache = true;
+		} else if (strcmp(o->cache_s, "writeback") == 0) {
+			o->strict_cache = false;
+		} else {
+			log_error("cache=%s: must be \"writeback\" or \"strict\"", o->cache_s);
+			return -1;
+		}
 	}
 	/* track: a full journal turns a lagging destination's changes into
 	 * dirty extents (guests never wait); block: writes wait for space. */
@@ -222,6 +252,7 @@ static int set_aimfs_key(struct aimfs_options *o, const char *key, const char *v
 		{ "segment_size", offsetof(struct aimfs_options, segment_size_s) },
 		{ "segment_age", offsetof(struct aimfs_options, segment_age_s) },
 		{ "segment_idle", offsetof(struct aimfs_options, segment_idle_s) },
+		{ "segment_eager", offsetof(struct aimfs_options, segment_eager_s) },
 		{ "journal_max", offsetof(struct aimfs_options, journal_max_s) },
 		{ "overflow", offsetof(struct aimfs_options, overflow_s) },
 		{ "retain", offsetof(struct aimfs_options, retain_s) },
@@ -230,6 +261,7 @@ static int set_aimfs_key(struct aimfs_options *o, const char *key, const char *v
 		{ "mountpoint", offsetof(struct aimfs_options, mount_arg) },
 		{ "al_extents", offsetof(struct aimfs_options, al_extents_s) },
 		{ "al_extent_size", offsetof(struct aimfs_options, al_extent_size_s) },
+		{ "cache", offsetof(struct aimfs_options, cache_s) },
 	};
 
 	for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
@@ -251,8 +283,8 @@ static int set_aimfs_key(struct aimfs_options *o, const char *key, const char *v
 		return o->dest_urls[o->ndest_urls++] ? 0 : -1;
 	}
 	log_error("config %s: [aimfs] has no key \"%s\" (known: backing_dir, mountpoint, journal,"
-		  " status, dest, segment_size, segment_age, segment_idle, journal_max, overflow, retain,"
-		  " verify_every, al_extents, al_extent_size)", o->config, key);
+		  " status, dest, segment_size, segment_age, segment_idle, segment_eager, journal_max, overflow, retain,"
+		  " verify_every, al_extents, al_extent_size, cache)", o->config, key);
 	return -1;
 }
 
@@ -351,8 +383,10 @@ void options_free(struct aimfs_options *o)
 	free(o->segment_size_s);
 	free(o->segment_age_s);
 	free(o->segment_idle_s);
+	free(o->segment_eager_s);
 	free(o->journal_max_s);
 	free(o->overflow_s);
 	free(o->al_extents_s);
 	free(o->al_extent_size_s);
+	free(o->cache_s);
 }

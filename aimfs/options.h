@@ -19,6 +19,7 @@
 #define DEFAULT_SEGMENT_SIZE (64ULL << 20)
 #define DEFAULT_SEGMENT_AGE_NS 2000000000ULL
 #define DEFAULT_SEGMENT_IDLE_NS 200000000ULL
+#define DEFAULT_SEGMENT_EAGER_NS 100000000ULL
 #define DEFAULT_JOURNAL_MAX (8ULL << 30)
 #define DEFAULT_STATUS "127.0.0.1:9380"
 #define DEFAULT_JOURNAL_NAME ".aimfs"
@@ -42,9 +43,13 @@ struct aimfs_options {
 	uint64_t segment_size;
 	uint64_t segment_age_ns;
 	uint64_t segment_idle_ns;
+	uint64_t segment_eager_ns;
+	char *segment_eager_s;
 	uint64_t journal_max;
 	uint64_t retain_ns;
 	bool overflow_block;
+	char *cache_s;
+	bool strict_cache;            /* cache=strict (default): no FUSE writeback cache */
 	int show_help;
 	int show_version;
 };

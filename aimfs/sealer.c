@@ -283,13 +283,20 @@ static void *sealer_main(void *arg)
 			continue;
 		}
 		/* Sealed by age, or as soon as writes pause: the recovery point
-		 * then does not wait out segment_age once the guest is quiet.  A
+		 * then does not wait out segment_age once the guest is quiet.
+		 * And as soon as it is segment_eager old if the destinations
+		 * have shipped everything else: while the link keeps up,
+		 * segments stay small and the recovery point short; when it
+		 * does not, they grow, up to segment_size or segment_age.  A
 		 * seal that failed waits RETRY_NS before the next try. */
 		if (j->open && j->open->records && clock_mono_ns() >= j->seal_retry_ns) {
 			now = clock_wall_ns();
 			if (now - j->open->created_ns >= j->cfg.segment_age_ns ||
 			    (j->cfg.segment_idle_ns &&
-			     now - j->last_append_ns >= j->cfg.segment_idle_ns)) {
+			     now - j->last_append_ns >= j->cfg.segment_idle_ns) ||
+			    (j->cfg.segment_eager_ns && j->cfg.dests_idle &&
+			     now - j->open->created_ns >= j->cfg.segment_eager_ns &&
+			     j->cfg.dests_idle(j->cfg.hook_ctx))) {
 				journal_seal_locked(j);
 				continue;
 			}

@@ -532,7 +532,7 @@ SPECS = {
     "mirror": [
         ("shipping throughput", "ship", "mbps", "MB/s", "aimctl-ship", "curl", "ratio_ge", 0.9),
         ("recovery point p50 (per write)", "rpo", "p50", "s", "aimfs", None, "info", None),
-        ("recovery point p99 (per write)", "rpo", "p99", "s", "aimfs", None, "abs_le", 3.0),
+        ("recovery point p99 (per write)", "rpo", "p99", "s", "aimfs", None, "abs_le", 0.5),
         ("delta: time to converge", "delta", "seconds", "s", "aimfs", "rsync", "ratio_le", 0.2),
         ("delta: bytes on the wire", "delta", "wire_bytes", "B", "aimfs", "rsync", "bytes_le", 1.1),
     ],

@@ -50,6 +50,22 @@ def free_port():
     raise RuntimeError(f"no free port left in {_PORT_LO}-{_PORT_HI}")
 
 
+# aimfs's buffered-write modes (-o cache=): "writeback" (opt-in: the
+# kernel's FUSE writeback cache; a buffered write is acknowledged by the
+# fsync that covers it) and "strict" (the default: each write reaches aimfs
+# before it returns).  AIM_CACHE sets the mode of every Mount that does not name one;
+# the crash and replay tests run in both (conftest.py: cache_mode).
+CACHE_MODES = ("writeback", "strict")
+DEFAULT_CACHE = os.environ.get("AIM_CACHE", "")
+_cache_of_mount = {}
+
+
+def cache_mode(mountpoint):
+    """The cache mode of the aimfs started by a Mount on mountpoint
+    (strict, aimfs's default, for a mount made some other way)."""
+    return _cache_of_mount.get(os.path.realpath(mountpoint), "strict")
+
+
 def is_mounted(path):
     path = os.path.realpath(path)
     with open("/proc/self/mountinfo") as f:
@@ -104,6 +120,11 @@ class Mount:
                                                _config_sets_status(o[7:]))
                    for o in options):
             options.append("status=off")
+        cache = next((o[6:] for o in options if o.startswith("cache=")), None)
+        if cache is None and DEFAULT_CACHE:
+            cache = DEFAULT_CACHE
+            options.append(f"cache={cache}")
+        _cache_of_mount[os.path.realpath(self.mountpoint)] = cache or "strict"
         cmd += ["-o", ",".join(options)]
         cmd += [self.backing, self.mountpoint]
         self.cmdline = cmd

@@ -18,7 +18,11 @@ import tempfile
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from aimtest import AIMFS, BUILD_DIR, Mount  # noqa: E402,F401
+from aimtest import AIMFS, BUILD_DIR, CACHE_MODES, Mount  # noqa: E402,F401
+
+# Modules whose every test that mounts aimfs runs once per cache mode
+# (aimtest.CACHE_MODES): the crash and replay tests.
+BOTH_CACHE_MODES = {"test_aimfs_crash", "test_aimfs_workloads", "test_powercut"}
 
 
 def pytest_configure(config):
@@ -53,8 +57,22 @@ def workdir():
     shutil.rmtree(d, ignore_errors=True)
 
 
+def pytest_generate_tests(metafunc):
+    if "aimfs" in metafunc.fixturenames and \
+            metafunc.module.__name__.rpartition(".")[2] in BOTH_CACHE_MODES:
+        metafunc.parametrize("cache_mode", CACHE_MODES, indirect=True)
+
+
 @pytest.fixture
-def aimfs(workdir):
+def cache_mode(request):
+    """-o cache= for the aimfs fixture's mounts: a mode of aimtest.CACHE_MODES
+    in the modules of BOTH_CACHE_MODES, else None (AIM_CACHE, or aimfs's
+    default)."""
+    return getattr(request, "param", None)
+
+
+@pytest.fixture
+def aimfs(workdir, cache_mode):
     """Factory: aimfs(backing, mountpoint, options=[...]) -> started Mount."""
     mounts = []
 
@@ -63,6 +81,9 @@ def aimfs(workdir):
         mountpoint = mountpoint or os.path.join(workdir, "mnt")
         os.makedirs(backing, exist_ok=True)
         os.makedirs(mountpoint, exist_ok=True)
+        options = list(options)
+        if cache_mode and not any(o.startswith("cache=") for o in options):
+            options.append(f"cache={cache_mode}")
         m = Mount(backing, mountpoint, options, **kw)
         mounts.append(m)
         return m.start()

@@ -263,12 +263,19 @@ class _Thread:
             data = bytes(n)
         self.inflight = (off, data)
         if kind in ("write", "dwrite"):
-            done = self._pwrite(self.fds["ad" if direct else "a"], data, self.base + off, direct)
+            fd = self.fds["ad" if direct else "a"]
+            cached = self.w.volatile_cache and not direct
+            done = self._pwrite(fd, data, self.base + off, direct)
             if done != n:
                 # the first `done` bytes are acknowledged, the rest is not
-                self.model[off:off + done] = data[:done]
-                self.inflight = (off + done, data[done:])
+                # (in the page cache, none of it until an fdatasync)
+                if not cached:
+                    self.model[off:off + done] = data[:done]
+                    self.inflight = (off + done, data[done:])
                 raise ShortWrite(f"short write {done} of {n} at {self.base + off}")
+            if cached:
+                # acknowledged by the fdatasync that covers it
+                os.fdatasync(fd)
         else:
             mode = (FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE if kind == "zero"
                     else FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)
@@ -466,9 +473,17 @@ class Workload:
     """N threads of random image I/O on root (a mountpoint whose tree was
     made by populate()).  See the module docstring."""
 
-    def __init__(self, root, seed, threads=4, namespace=True, max_len=1 << 20):
+    def __init__(self, root, seed, threads=4, namespace=True, max_len=1 << 20,
+                 volatile_cache=None):
         """max_len caps the length of every write (O_DIRECT ones stay at
-        least 4 KiB); namespace=False leaves names alone."""
+        least 4 KiB); namespace=False leaves names alone.  volatile_cache:
+        a buffered write into acks.img counts as acknowledged only once an
+        fdatasync covers it (aimfs's writeback cache, as a disk's volatile
+        cache); None: so if root is a mount made with cache=writeback."""
+        if volatile_cache is None:
+            from aimtest import cache_mode
+            volatile_cache = cache_mode(root) == "writeback"
+        self.volatile_cache = volatile_cache
         self.seed = seed
         self.nthreads = threads
         self.namespace = namespace

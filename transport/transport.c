@@ -262,6 +262,18 @@ bool transport_has_all(struct transport *t, uint64_t head_lsn)
 	return all;
 }
 
+bool transport_idle(struct transport *t)
+{
+	bool idle = true;
+
+	pthread_mutex_lock(&t->lock);
+	for (size_t i = 0; i < t->ndests; i++)
+		if (t->dests[i].acked_segment < t->durable_segment)
+			idle = false;
+	pthread_mutex_unlock(&t->lock);
+	return idle;
+}
+
 void transport_stop(struct transport *t)
 {
 	if (!t)

@@ -298,5 +298,8 @@ int transport_get(struct transport *t, size_t i, const char *suffix, long *statu
 
 /* True if every destination has acknowledged every record up to head_lsn. */
 bool transport_has_all(struct transport *t, uint64_t head_lsn);
+/* Every destination has acknowledged every durable segment it was told
+ * of: no upload is waiting or in flight. */
+bool transport_idle(struct transport *t);
 
 #endif
