@@ -25,7 +25,7 @@ import uuid
 
 import pytest
 
-from aimtest import BUILD_DIR, MKSEG, assert_trees_equal, copy_tree, replay, run
+from aimtest import BUILD_DIR, MKSEG, assert_trees_equal, copy_tree, replay, run, wait_for
 from powercut import power_cut
 from servers import free_port, get_status
 from test_resync import pki, remotes, source_conf, start_remote, wait_converged  # noqa: F401
@@ -354,14 +354,26 @@ def test_power_cut_remote_is_inconsistent_until_the_resync_ends_and_only_differe
                          what="the remote to say its copy is not consistent")
         proxy.cut()
         since = g["sync_since_lsn"]
-        g = r.wait_group(gid, lambda g: g["state"] in ("idle", "waiting") and not g["applying"],
-                         what="the remote to apply what it has")
+        # an upload the cut caught at its very end may still land: the
+        # remote has applied all it has once it stood still for 0.5 s
+        last = {}
+
+        def still():
+            g = r.group(gid)
+            if g["state"] not in ("idle", "waiting") or g["applying"]:
+                last.clear()
+                return False
+            if last.get("applied_segment") != g["applied_segment"]:
+                last.update(g, at=time.monotonic())
+                return False
+            return time.monotonic() - last["at"] >= 0.5
+        wait_for(still, 30, 0.05, what="the remote to apply what it has and stand still")
+        g = r.group(gid)
         assert g["consistent"] is False and g["sync_since_lsn"] == since, \
             f"{what}: consistent before the resync ended: {g}"
         frozen = g["applied_segment"]
         pre = os.path.join(workdir, "pre-resync")
         copy_tree(r.target, pre)
-        time.sleep(0.5)
         g = r.group(gid)
         assert g["consistent"] is False and g["applied_segment"] == frozen, \
             f"{what}: the remote went on without a link: {g}"
