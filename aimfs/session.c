@@ -10,7 +10,11 @@
  * to the backing file (and to the journal).  The loop is libfuse's own
  * (fuse_loop_mt.c, 3.14): a worker is started whenever every worker is busy,
  * up to max_threads, FORGETs do not count, and the main thread waits for
- * the session to end, then cancels the workers blocked in read().
+ * the session to end, then wakes the workers blocked in read() with
+ * WAKE_SIGNAL (a handler that does nothing, without SA_RESTART: the read
+ * fails with EINTR and the worker sees the session has ended).  Not
+ * pthread_cancel as libfuse does: a cancelled thread's instrumented frames
+ * stay poisoned under AddressSanitizer, which then trips on its own exit.
  *
  * The reply hook (fuse_session_custom_io) asks the kernel for what libfuse
  * 3.14 does not know about, in the bytes of the replies, as <linux/fuse.h>
@@ -39,6 +43,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef FUSE_DIRECT_IO_ALLOW_MMAP
@@ -52,6 +57,8 @@
  * (256) pages of payload plus FUSE_BUFFER_HEADER_SIZE (one page). */
 #define RECV_MAX (257u * PAGE)
 #define REGION (PAGE + RECV_MAX + PAGE)
+/* Interrupts a worker's read() at the end (see the top of this file). */
+#define WAKE_SIGNAL SIGUSR2
 
 struct worker {
 	pthread_t tid;
@@ -168,9 +175,7 @@ static void *worker_main(void *arg)
 		bool forget;
 		int r;
 
-		pthread_setcancelstate(PTHREAD_CANCEL_ENABLE, NULL);
 		r = fuse_session_receive_buf(se, &buf);
-		pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
 		if (r == -EINTR || r == -EAGAIN)
 			continue;
 		if (r <= 0) {
@@ -246,11 +251,38 @@ static int start_worker(struct loop *lp)
 	return 0;
 }
 
+static void wake(int sig)
+{
+	(void)sig;
+}
+
+/* Joins w, waking it until it notices the end: a signal sent just before
+ * it entered read() would not interrupt that read. */
+static void join_worker(struct worker *w)
+{
+	for (;;) {
+		struct timespec until;
+
+		pthread_kill(w->tid, WAKE_SIGNAL);
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_nsec += 50 * 1000000L;
+		if (until.tv_nsec >= 1000000000L) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000L;
+		}
+		if (pthread_timedjoin_np(w->tid, NULL, &until) == 0)
+			return;
+	}
+}
+
 int session_loop(struct fuse_session *se, unsigned max_threads)
 {
 	struct loop lp = { .se = se, .max = max_threads ? max_threads : 1 };
+	struct sigaction sa = { .sa_handler = wake }, old_sa;
 	int r;
 
+	sigemptyset(&sa.sa_mask);
+	sigaction(WAKE_SIGNAL, &sa, &old_sa); /* no SA_RESTART */
 	pthread_mutex_init(&lp.lock, NULL);
 	sem_init(&lp.finish, 0, 0);
 	pthread_mutex_lock(&lp.lock);
@@ -260,15 +292,14 @@ int session_loop(struct fuse_session *se, unsigned max_threads)
 		/* sem_wait returns early on a signal: the handler ends the session */
 		while (!fuse_session_exited(se))
 			sem_wait(&lp.finish);
+		/* no worker starts another from now on */
 		pthread_mutex_lock(&lp.lock);
-		for (struct worker *w = lp.workers; w; w = w->next)
-			pthread_cancel(w->tid);
 		lp.exit = true;
 		pthread_mutex_unlock(&lp.lock);
 		while (lp.workers) {
 			struct worker *w = lp.workers;
 
-			pthread_join(w->tid, NULL);
+			join_worker(w);
 			lp.workers = w->next;
 			free(w->region);
 			free(w);
@@ -280,5 +311,6 @@ int session_loop(struct fuse_session *se, unsigned max_threads)
 	fuse_session_reset(se);
 	sem_destroy(&lp.finish);
 	pthread_mutex_destroy(&lp.lock);
+	sigaction(WAKE_SIGNAL, &old_sa, NULL);
 	return r;
 }
