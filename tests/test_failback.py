@@ -33,7 +33,7 @@ import pytest
 from aimtest import AIM_REMOTE, AIMCTL, AIMFS, ALARM_WORDS, assert_trees_equal, is_mounted, \
     run, wait_for
 from remote_helpers import PKI, free_port
-from servers import get_status
+from servers import get_status, wait_in_sync
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOSTS = ("prod", "dr1")
@@ -560,6 +560,8 @@ def test_unplanned_failover_lands_on_the_latest_consistent_barrier(aimfs, workdi
                 if n % 7 == 0:
                     os.fsync(fd)
             return n
+        # from a copy that is consistent: the initial sync is over
+        wait_in_sync(status)
         n = write_for(1.5)
         group = get_status(status)["group"]
         p = subprocess.run([AIMCTL, "hold", *remote], capture_output=True, text=True,
