@@ -97,3 +97,24 @@ def aimfs(workdir, cache_mode):
 def _need_binaries():
     if not os.path.exists(AIMFS):
         pytest.fail(f"{AIMFS} is not built (run scripts/test.sh, or set AIM_BUILD)")
+
+
+@pytest.fixture
+def remotes(workdir):
+    """Factory: remotes(**Remote's arguments) -> Remote (not started), with
+    workdir/inbox and workdir/target made unless given; every one is stopped
+    at teardown.  (Some test files keep a factory of their own.)"""
+    from remote_helpers import Remote
+    made = []
+
+    def make(**kw):
+        kw.setdefault("inbox", os.path.join(workdir, "inbox"))
+        kw.setdefault("target", os.path.join(workdir, "target"))
+        os.makedirs(kw["inbox"], exist_ok=True)
+        os.makedirs(kw["target"], exist_ok=True)
+        r = Remote(workdir, **kw)
+        made.append(r)
+        return r
+    yield make
+    for r in made:
+        r.close()

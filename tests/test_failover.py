@@ -22,7 +22,7 @@ import urllib.request
 import pytest
 
 from aimtest import AIM_REMOTE, AIMCTL, wait_for
-from remote_helpers import PKI, Remote, mkseg
+from remote_helpers import PKI, mkseg
 
 G = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
 H = "11111111-2222-4333-8444-555555555555"
@@ -34,23 +34,6 @@ T0 = 1_700_000_000_000_000_000      # source times of the forged records (ns)
 def _need_remote():
     if not os.path.exists(AIM_REMOTE):
         pytest.fail(f"{AIM_REMOTE} is not built (set AIM_BUILD)")
-
-
-@pytest.fixture
-def remotes(workdir):
-    made = []
-
-    def make(**kw):
-        kw.setdefault("inbox", os.path.join(workdir, "inbox"))
-        kw.setdefault("target", os.path.join(workdir, "target"))
-        os.makedirs(kw["inbox"], exist_ok=True)
-        os.makedirs(kw["target"], exist_ok=True)
-        r = Remote(workdir, **kw)
-        made.append(r)
-        return r
-    yield make
-    for r in made:
-        r.close()
 
 
 def seg_name(n):

@@ -21,7 +21,7 @@ import time
 import pytest
 
 from aimtest import AIM_REMOTE, wait_for
-from remote_helpers import PKI, Remote, free_port, mkseg
+from remote_helpers import PKI, free_port, mkseg
 from servers import get_status, wait_in_sync
 
 G = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
@@ -37,23 +37,6 @@ def _need_remote():
 @pytest.fixture
 def pki(workdir):
     return PKI(os.path.join(workdir, "pki"))
-
-
-@pytest.fixture
-def remotes(workdir):
-    made = []
-
-    def make(**kw):
-        kw.setdefault("inbox", os.path.join(workdir, "inbox"))
-        kw.setdefault("target", os.path.join(workdir, "target"))
-        os.makedirs(kw["inbox"], exist_ok=True)
-        os.makedirs(kw["target"], exist_ok=True)
-        r = Remote(workdir, **kw)
-        made.append(r)
-        return r
-    yield make
-    for r in made:
-        r.close()
 
 
 def segments(workdir, n, group=G, size=64, first=1):
