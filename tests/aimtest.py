@@ -215,7 +215,7 @@ class Mount:
         if self.expect_alarms:
             return
         bad = [l for l in out.splitlines() if any(w in l for w in ALARM_WORDS)]
-        assert not bad, f"aimfs complained:\n" + "\n".join(bad) + f"\ncommand: {' '.join(self.cmdline)}"
+        assert not bad, "aimfs complained:\n" + "\n".join(bad) + f"\ncommand: {' '.join(self.cmdline)}"
 
     def command_line(self):
         """The command line that reproduces this mount, environment included."""

@@ -43,7 +43,6 @@ def test_every_operation_replays_exactly(aimfs, workdir):
     fd = os.open(os.path.join(mnt, "pool", "disk.img"), os.O_RDWR)
     os.pwrite(fd, os.urandom(4096), 4 << 20)
     # fallocate: punch hole, zero range, preallocate beyond EOF
-    import fcntl  # noqa: F401  (documents that fallocate comes from libc below)
     subprocess.run(["fallocate", "-p", "-o", str(1 << 20), "-l", "8192",
                     os.path.join(mnt, "pool", "disk.img")], check=True)
     subprocess.run(["fallocate", "-z", "-o", str(4 << 20), "-l", "2048",

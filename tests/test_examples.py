@@ -23,7 +23,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 import urllib.request
 import xml.etree.ElementTree as ET
 

@@ -587,7 +587,7 @@ def test_link_cut_and_restored_during_writes(aimfs, workdir, pki, cleanup):
     seed = seed_for(3003)
     rng = random.Random(f"faults:{seed}")
     m = Mirror(workdir, pki, seed, threads=2, cleanup=cleanup, aimfs=aimfs, proxy=True)
-    mnt = m.mount_aimfs()
+    m.mount_aimfs()
     w = m.new_workload()
     outages = []
     with StatusWatch(m) as watch:
@@ -728,7 +728,7 @@ def test_reply_lost_on_the_link_then_reship_is_accepted(aimfs, workdir, pki, cle
     seed = seed_for(7007)
     m = Mirror(workdir, pki, seed, threads=2, cleanup=cleanup, aimfs=aimfs, proxy=True,
                limited=limited)
-    mnt = m.mount_aimfs()
+    m.mount_aimfs()
     w = m.new_workload(namespace=False)
     with StatusWatch(m) as watch:
         w.run(ops=60)

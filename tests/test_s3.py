@@ -37,7 +37,7 @@ import time
 import pytest
 
 from aimtest import assert_trees_equal, wait_for
-from ceph_rgw import CephError, CephRGW, S3Error
+from ceph_rgw import CephError, CephRGW
 from remote_helpers import Remote, free_port
 from servers import get_status
 from workload import Workload, populate

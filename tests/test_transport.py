@@ -9,7 +9,6 @@ import subprocess
 import time
 import urllib.request
 
-import pytest
 
 from aimtest import AIMCTL, AIMFS, assert_trees_equal, copy_tree, run, wait_for
 from servers import Nginx, free_port, get_status, make_pki, wait_in_sync
