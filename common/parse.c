@@ -77,6 +77,14 @@ int parse_duration(const char *s, uint64_t *out_ns)
 	return parse_with_units(s, units, sizeof units / sizeof units[0], out_ns);
 }
 
+bool parse_has_inline_comment(const char *value)
+{
+	for (const char *p = strchr(value, '#'); p; p = strchr(p + 1, '#'))
+		if (p > value && (p[-1] == ' ' || p[-1] == '\t'))
+			return true;
+	return false;
+}
+
 int parse_hostport(const char *s, char *host, unsigned hostlen, uint16_t *port)
 {
 	const char *colon, *hstart = s, *hend;

@@ -8,6 +8,7 @@
 #ifndef AIM_PARSE_H
 #define AIM_PARSE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -23,6 +24,11 @@ int parse_hostport(const char *s, char *host, unsigned hostlen, uint16_t *port);
  * when it holds something else, -ENOMEM.  The buffer it read into is
  * wiped. */
 int parse_secret_file(const char *path, size_t max, char **out);
+/* True when a config value holds white space followed by '#': inih keeps
+ * it in the value (only a line that starts with '#' is a comment), so
+ * "rate = 50M   # cap" would mean something else or be refused for the
+ * wrong reason.  Config loaders refuse such a value, naming the line. */
+bool parse_has_inline_comment(const char *value);
 /* Renders bytes as "1.5 GiB" into buf; returns buf. */
 const char *format_size(uint64_t bytes, char *buf, unsigned buflen);
 

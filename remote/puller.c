@@ -219,6 +219,12 @@ static int ini_line(void *user, const char *section, const char *key, const char
 	char where[300];
 
 	snprintf(where, sizeof where, "config %s [%s]", x->path, section);
+	if (parse_has_inline_comment(value)) {
+		log_error("%s %s = \"%s\": a '#' after a value is part of the value;"
+			  " put the comment on a line of its own", where, key, value);
+		x->errors++;
+		return 1;
+	}
 	if (strncmp(section, "pull ", 5) != 0 || !section[5]) {
 		log_error("config %s: unknown section [%s] (expected [pull NAME])", x->path, section);
 		x->errors++;

@@ -200,3 +200,38 @@ def test_aimfs_conf_man_page_lists_exactly_the_keys_aimfs_accepts():
 def test_man_pages_format_without_warnings(page):
     p = run(["groff", "-man", "-ww", "-z", os.path.join(MAN, page)])
     assert p.returncode == 0 and not p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("prog,section,line", [
+    ("aimfs", "aimfs", "segment_size = 64M   # the default"),
+    ("aimfs", "destination dr1", "url = https://127.0.0.1:9/aim\t# the receiver"),
+    ("aim-remote", "pull site1", "url = http://127.0.0.1:9/bucket  # the bucket"),
+])
+def test_a_comment_after_a_config_value_is_refused_naming_the_line(prog, section, line, workdir):
+    """inih keeps "# ..." after a value in the value: refused, not misread."""
+    conf = os.path.join(workdir, "c.conf")
+    with open(conf, "w") as f:
+        f.write(f"[{section}]\n{line}\n")
+    if prog == "aimfs":
+        p = run([AIMFS, "-o", f"config={conf}", os.path.join(workdir, "b"), os.path.join(workdir, "m")])
+    else:
+        p = run([AIM_REMOTE, "--inbox", os.path.join(workdir, "in"), "--config", conf])
+    assert p.returncode == 2, p
+    key, value = line.split(" = ", 1)
+    assert f'{key} = "{value}"' in p.stderr and "a line of its own" in p.stderr, p.stderr
+
+
+def test_documented_config_examples_have_no_comment_after_a_value():
+    """Every ```ini block of the docs can be copied as it is."""
+    root = ROOT
+    docs = [os.path.join(root, "README.md")] + [
+        os.path.join(root, "docs", n) for n in os.listdir(os.path.join(root, "docs")) if n.endswith(".md")]
+    bad = []
+    for path in docs:
+        inside = False
+        for n, line in enumerate(open(path), 1):
+            if line.startswith("```"):
+                inside = line.strip() == "```ini" if not inside else False
+            elif inside and not line.lstrip().startswith("#") and re.search(r"\s#", line):
+                bad.append(f"{os.path.relpath(path, root)}:{n}: {line.rstrip()}")
+    assert not bad, "\n".join(bad)

@@ -170,7 +170,7 @@ static int check_readable(const struct dest_config *d, const char *what, const c
 {
 	if (path && access(path, R_OK) < 0) {
 		log_error("destination %s: %s %s: %m", d->name, what, path);
-		return -EINVAL;
+		return -EIO;
 	}
 	return 0;
 }
@@ -221,7 +221,7 @@ static int load_token(struct dest_config *d)
 		log_error("destination %s: token_file %s: %s", d->name, d->token_file,
 			  strerror(-r));
 	if (r < 0)
-		return r == -ENOMEM ? r : -EINVAL;
+		return r == -ENOMEM || r == -EINVAL ? r : -EIO;
 	free(d->token);
 	d->token = token;
 	return 0;
@@ -244,6 +244,9 @@ static int check_s3(struct dest_config *d)
 		return -EINVAL;
 	}
 	s3_url_free(&u);
+	if (check_readable(d, "access_key_file", d->access_key_file) < 0 ||
+	    check_readable(d, "secret_key_file", d->secret_key_file) < 0)
+		return -EIO;
 	free(d->access_key);
 	free(d->secret_key);
 	if (s3_keys_load(d->access_key_file, d->secret_key_file, &d->access_key, &d->secret_key,
@@ -273,7 +276,7 @@ int dest_config_check(struct dest_config *d)
 	if (check_readable(d, "ca_file", d->ca_file) < 0 ||
 	    check_readable(d, "cert_file", d->cert_file) < 0 ||
 	    check_readable(d, "key_file", d->key_file) < 0)
-		return -EINVAL;
+		return -EIO;
 	if (d->key_file && !d->cert_file) {
 		log_error("destination %s: key_file needs cert_file", d->name);
 		return -EINVAL;
@@ -367,6 +370,12 @@ static int ini_line(void *user, const char *section, const char *key, const char
 	struct ini_state *st = user;
 	struct dest_config *d;
 
+	if (parse_has_inline_comment(value)) {
+		log_error("config %s: [%s] %s = \"%s\": a '#' after a value is part of the value;"
+			  " put the comment on a line of its own", st->path, section, key, value);
+		st->errors++;
+		return 1;
+	}
 	if (strncmp(section, "destination ", 12) == 0 && section[12]) {
 		d = dest_config_find(st->dests, st->ndests, section + 12, true);
 		if (!d || dest_config_set(d, key, value) < 0)

@@ -46,5 +46,10 @@ int main(void)
 	CHECK(parse_hostport("h:99999", host, sizeof host, &port) == -EINVAL);
 	CHECK(parse_hostport(":80", host, sizeof host, &port) == -EINVAL);
 	CHECK(strcmp(format_size(1536, buf, sizeof buf), "1.5 KiB") == 0);
+	CHECK(parse_has_inline_comment("50M   # cap"));
+	CHECK(parse_has_inline_comment("a\t#b"));
+	CHECK(!parse_has_inline_comment("https://h/a#frag"));
+	CHECK(!parse_has_inline_comment("#only"));
+	CHECK(!parse_has_inline_comment("vm1*.qcow2 vm7.raw"));
 	return check_done("test_parse");
 }
