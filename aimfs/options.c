@@ -328,10 +328,14 @@ static int gather_dests(struct aimfs_options *o)
 		if (dest_config_set(d, "url", o->dest_urls[i]) < 0)
 			return -EINVAL;
 	}
-	/* An unreadable CA or token file is a failure, not a usage error. */
-	for (size_t i = 0; i < o->ndests; i++)
-		if (dest_config_check(&o->dests[i]) < 0)
-			return -EIO;
+	/* A bad value is a usage error (-EINVAL); an unreadable CA or token
+	 * file is a failure (-EIO). */
+	for (size_t i = 0; i < o->ndests; i++) {
+		int r = dest_config_check(&o->dests[i]);
+
+		if (r < 0)
+			return r == -EINVAL ? r : -EIO;
+	}
 	return 0;
 }
 

@@ -773,15 +773,16 @@ def test_restore_until_a_mark_gives_the_state_at_the_mark(ceph, workdir, aimfs, 
 
 # ---- refusals at start (no store needed) ----------------------------------------------
 
-@pytest.mark.parametrize("lines,why", [
-    ("url = https://s3.example/b\n", "not a valid bucket name"),
-    ("url = https://s3.example\n", "names no bucket"),
-    ("url = https://s3.example/bkt\ntoken_file = /etc/hostname\n", "token_file is for https"),
-    ("url = https://s3.example/bkt\nkeep = forever\n", "keep = forever"),
-    ("url = https://s3.example/bkt\nmultipart_size = 1M\n", "at least 5M"),
-    ("url = https://s3.example/bkt\naccess_key_file = /nonexistent\n", "/nonexistent"),
+@pytest.mark.parametrize("lines,why,status", [
+    ("url = https://s3.example/b\n", "not a valid bucket name", 2),
+    ("url = https://s3.example\n", "names no bucket", 2),
+    ("url = https://s3.example/bkt\ntoken_file = /etc/hostname\n", "token_file is for https", 2),
+    ("url = https://s3.example/bkt\nkeep = forever\n", "keep = forever", 2),
+    ("url = https://s3.example/bkt\nmultipart_size = 1M\n", "at least 5M", 2),
+    ("url = https://s3.example/bkt\naccess_key_file = /nonexistent\n", "/nonexistent", 1),
 ])
-def test_bad_object_store_destinations_refuse_the_mount(workdir, lines, why):
+def test_bad_object_store_destinations_refuse_the_mount(workdir, lines, why, status):
+    """2 for a bad value (a usage error), 1 for a key file that cannot be read."""
     from aimtest import AIMFS
     conf = os.path.join(workdir, "bad.conf")
     with open(conf, "w") as f:
@@ -791,7 +792,7 @@ def test_bad_object_store_destinations_refuse_the_mount(workdir, lines, why):
     os.makedirs(os.path.join(workdir, "m"))
     p = subprocess.run([AIMFS, "-f", "-o", f"config={conf}", os.path.join(workdir, "b"),
                         os.path.join(workdir, "m")], capture_output=True, text=True, timeout=30)
-    assert p.returncode != 0 and why in p.stderr, p.stderr
+    assert p.returncode == status and why in p.stderr, (p.returncode, p.stderr)
 
 
 def test_https_destinations_refuse_object_store_keys(workdir):
@@ -803,7 +804,7 @@ def test_https_destinations_refuse_object_store_keys(workdir):
     os.makedirs(os.path.join(workdir, "m"))
     p = subprocess.run([AIMFS, "-f", "-o", f"config={conf}", os.path.join(workdir, "b"),
                         os.path.join(workdir, "m")], capture_output=True, text=True, timeout=30)
-    assert p.returncode != 0 and "are for object stores (type = s3)" in p.stderr, p.stderr
+    assert p.returncode == 2 and "are for object stores (type = s3)" in p.stderr, p.stderr
 
 
 def test_bad_pulls_refuse_to_start(workdir):

@@ -199,6 +199,15 @@ def test_ship_an_unmounted_journal_with_aimctl(aimfs, workdir):
         proc = subprocess.run([AIMCTL, "ship", "--dest", "http://127.0.0.1:1/aim", "--timeout",
                                "5s", m.journal], capture_output=True, text=True)
         assert proc.returncode == 1 and "needs_resync" in proc.stdout
+        # a bad destination is a usage error (2), an unreadable CA a failure (1)
+        proc = subprocess.run([AIMCTL, "ship", "--dest", "ftp://h/aim", m.journal],
+                              capture_output=True, text=True)
+        assert proc.returncode == 2 and "must start with" in proc.stderr, proc
+        conf = write_config(os.path.join(workdir, "ship.conf"),
+                            "[destination x]\nurl = https://h/aim\nca_file = /nonexistent\n")
+        proc = subprocess.run([AIMCTL, "ship", "--config", conf, m.journal],
+                              capture_output=True, text=True)
+        assert proc.returncode == 1 and "ca_file /nonexistent" in proc.stderr, proc
     finally:
         ng.stop()
 
@@ -248,10 +257,11 @@ images = vm1*.qcow2 keep.raw
         ng_one.stop()
 
 
-def refuse(args, needle):
+def refuse(args, needle, status=2):
+    """aimfs refuses to start: 2 for a bad value, 1 for a file it cannot read."""
     proc = subprocess.run([AIMFS, "-f", *args], capture_output=True, text=True, timeout=30,
                           stdin=subprocess.DEVNULL)
-    assert proc.returncode != 0, f"aimfs {' '.join(args)} started"
+    assert proc.returncode == status, f"aimfs {' '.join(args)}: {proc.returncode}\n{proc.stderr}"
     assert needle in proc.stderr, f"expected '{needle}' in: {proc.stderr!r}"
 
 
@@ -267,7 +277,7 @@ def test_bad_destination_configuration_is_refused(workdir):
     refuse(["-o", "dest=https://", b, mnt], "has no host")
     refuse(["-o", "dest=https://h/a,dest=https://h/a", b, mnt], "given twice")
     refuse(["-o", conf("[destination x]\nurl = https://h/\nca_file = /nonexistent/ca.pem\n"),
-            b, mnt], "ca_file /nonexistent/ca.pem")
+            b, mnt], "ca_file /nonexistent/ca.pem", status=1)
     refuse(["-o", conf("[destination x]\nurl = https://h/\ncolour = blue\n"), b, mnt],
            'unknown key "colour"')
     refuse(["-o", conf("[destination x]\nurl = https://h/\nrate = fast\n"), b, mnt], "rate = fast")
@@ -276,9 +286,9 @@ def test_bad_destination_configuration_is_refused(workdir):
     refuse(["-o", conf("[elsewhere]\nx = 1\n"), b, mnt], "unknown section [elsewhere]")
     refuse(["-o", conf("[aimfs]\nspeed = 1\n"), b, mnt], 'has no key "speed"')
     refuse(["-o", conf("this is not ini\n"), b, mnt], "line 1")
-    refuse(["-o", "config=/nonexistent.conf", b, mnt], "/nonexistent.conf")
+    refuse(["-o", "config=/nonexistent.conf", b, mnt], "/nonexistent.conf", status=1)
     refuse(["-o", conf("[destination x]\nurl = https://h/\ntoken_file = /nonexistent\n"), b, mnt],
-           "token_file /nonexistent")
+           "token_file /nonexistent", status=1)
     empty = write_config(os.path.join(workdir, "empty.token"), "\n")
     refuse(["-o", conf(f"[destination x]\nurl = https://h/\ntoken_file = {empty}\n"), b, mnt],
            "must hold one line")

@@ -109,9 +109,14 @@ int cmd_ship(int argc, char **argv)
 		ret = 2;
 		goto out;
 	}
-	for (size_t i = 0; i < ndests; i++)
-		if (dest_config_check(&dests[i]) < 0)
+	for (size_t i = 0; i < ndests; i++) {
+		int r = dest_config_check(&dests[i]);
+
+		if (r < 0) {
+			ret = r == -EINVAL ? 2 : 1;
 			goto out;
+		}
+	}
 	tc.journal_dir = argv[optind];
 	snprintf(path, sizeof path, "%s/lock", tc.journal_dir);
 	lock_fd = open(path, O_RDWR | O_CLOEXEC);

@@ -62,8 +62,9 @@ struct dest_config {
 };
 
 /* Checks a destination (URL scheme and form, readable CA, certificate, key
- * and token files) and loads its token.  Returns 0 or -EINVAL after
- * logging a reason an operator can act on. */
+ * and token files) and loads its token.  Returns 0, or after logging a
+ * reason an operator can act on -EINVAL (a bad value: a usage error) or
+ * -EIO (a file it names cannot be read). */
 int dest_config_check(struct dest_config *d);
 void dest_config_free(struct dest_config *d);
 /* Sets a [destination] key from a config file; -EINVAL for an unknown key
