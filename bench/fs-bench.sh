@@ -32,6 +32,10 @@ usage: sudo $0 [options]
   --aimfs-base PATH  another aimfs binary (e.g. the build before a change), measured
                      as target aimfs-base in the same rounds, with the same options;
                      the report adds each job's aimfs / aimfs-base ratio
+  --aimfs-base-opts OPTS
+                     -o options for aimfs-base instead of --aimfs-opts, to compare
+                     two settings of one binary (e.g. --aimfs-base build/aimfs/aimfs
+                     --aimfs-base-opts max_threads=2)
   --dir DIR          create the scratch directory inside DIR, which must be on the
                      filesystem under test (default: a fresh directory under /var/tmp)
   --runtime SECONDS  measured time per fio job (default 20; plus --ramp-time)
@@ -58,6 +62,8 @@ log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 AIMFS="$REPO_DIR/build/aimfs/aimfs"
 AIMFS_BASE=""
 AIMFS_OPTS=""
+AIMFS_BASE_OPTS=""
+AIMFS_BASE_OPTS_SET=""
 BASE_DIR=""
 OPT_RUNTIME="" OPT_ROUNDS="" OPT_SIZE="" QUICK=0
 RAMP=2
@@ -76,6 +82,7 @@ while [[ $# -gt 0 ]]; do
     --aimfs) need_arg "$@"; AIMFS=$2; shift 2 ;;
     --aimfs-opts) need_arg "$@"; AIMFS_OPTS=$2; shift 2 ;;
     --aimfs-base) need_arg "$@"; AIMFS_BASE=$2; shift 2 ;;
+    --aimfs-base-opts) need_arg "$@"; AIMFS_BASE_OPTS=$2; AIMFS_BASE_OPTS_SET=1; shift 2 ;;
     --dir) need_arg "$@"; BASE_DIR=$2; shift 2 ;;
     --runtime) need_arg "$@"; OPT_RUNTIME=$2; shift 2 ;;
     --ramp-time) need_arg "$@"; RAMP=$2; shift 2 ;;
@@ -320,8 +327,14 @@ mount_fuse() { # TARGET MOUNTPOINT LOGFILE -> sets MNT_PID
     local -a cmd
     case $target in
     aimfs | aimfs-base)
-        if [[ $target == aimfs ]]; then cmd=("$AIMFS" -f); else cmd=("$AIMFS_BASE" -f); fi
-        [[ -n $AIMFS_OPTS ]] && cmd+=(-o "$AIMFS_OPTS")
+        local opts=$AIMFS_OPTS
+        if [[ $target == aimfs ]]; then
+            cmd=("$AIMFS" -f)
+        else
+            cmd=("$AIMFS_BASE" -f)
+            [[ -n $AIMFS_BASE_OPTS_SET ]] && opts=$AIMFS_BASE_OPTS
+        fi
+        [[ -n $opts ]] && cmd+=(-o "$opts")
         cmd+=("$BACKING" "$mnt")
         ;;
     bindfs) cmd=(bindfs -f "$BACKING" "$mnt") ;;
@@ -493,6 +506,7 @@ if has_target aimfs; then
 fi
 if has_target aimfs-base; then
     meta aimfs_base "$AIMFS_BASE"
+    [[ -n $AIMFS_BASE_OPTS_SET ]] && meta aimfs_base_opts "${AIMFS_BASE_OPTS:-(none)}"
     meta aimfs_base_binary "$(stat -c '%s bytes, modified %y' "$AIMFS_BASE")"
     meta journal "$JOURNAL"
 fi

@@ -243,7 +243,10 @@ def test_full_journal_tracks_without_stalling_guests(aimfs, workdir, pki, remote
         st = get_status(status)
         assert st["destinations"][0]["state"] in ("tracking", "retrying"), st
         assert st["writes_that_waited"] == 0, st
-        assert st["journal_bytes"] < 40 << 20, st  # pruned although dr1 has nothing
+        # pruned although dr1 has nothing: the resync engine's next rounds
+        # prune what the last writes sealed (slow under ASan on 2 CPUs)
+        wait_for(lambda: get_status(status)["journal_bytes"] < 40 << 20, timeout=60,
+                 what="the journal pruned below 40 MiB while dr1 is away")
         r.start()  # the WAN is back
         st = wait_converged(status, [r])
     finally:
