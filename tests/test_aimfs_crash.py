@@ -231,18 +231,35 @@ WINDOWS = {
 }
 
 
-def _traced_and_running(pid):
-    """gdb has attached, set its breakpoint and let aimfs run again."""
-    with open(f"/proc/{pid}/status") as f:
-        st = dict(l.split(":\t", 1) for l in f.read().splitlines() if ":\t" in l)
-    return st.get("TracerPid", "0").strip() != "0" and not st["State"].startswith("t")
+BREAK_SET = "AIMTEST-BREAKPOINT-SET"
+
+
+def _traced_and_running(pid, log):
+    """gdb has attached, set its breakpoint and let aimfs run again: the
+    marker it echoes after the breakpoint is in its log, and every thread
+    is traced and out of the stop.  (Reading the main thread's state alone
+    could catch the moment between PTRACE_ATTACH and its stop, before the
+    breakpoint existed: the action then ran unobserved and gdb waited.)"""
+    with open(log, errors="replace") as f:
+        if BREAK_SET not in f.read():
+            return False
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                st = dict(l.split(":\t", 1) for l in f.read().splitlines() if ":\t" in l)
+        except FileNotFoundError:
+            continue
+        if st.get("TracerPid", "0").strip() == "0" or st["State"].startswith("t"):
+            return False
+    return True
 
 
 def kill_inside(m, function, finish, action):
     """Run action(mountpoint) with aimfs stopped by gdb at function (or on
     its return) and killed -9 there.  Returns the action's exception."""
     log = m.log_path + ".gdb"
-    cmds = ["set pagination off", "set confirm off", f"break {function}", "continue"]
+    cmds = ["set pagination off", "set confirm off", f"break {function}",
+            f"echo {BREAK_SET}\\n", "continue"]
     if finish:
         cmds.append("finish")
     cmds.append("kill")
@@ -261,7 +278,7 @@ def kill_inside(m, function, finish, action):
             result["error"] = e
     th = threading.Thread(target=act, daemon=True)
     try:
-        wait_for(lambda: _traced_and_running(m.proc.pid) or gdb.poll() is not None, 30,
+        wait_for(lambda: _traced_and_running(m.proc.pid, log) or gdb.poll() is not None, 30,
                  what="gdb to attach")
         assert gdb.poll() is None, open(log, errors="replace").read()
         th.start()
