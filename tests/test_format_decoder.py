@@ -7,6 +7,7 @@ the reference decoder (`aimctl dump`) refuses, blaming the same offset."""
 import os
 import random
 import re
+import shutil
 import struct
 import subprocess
 
@@ -127,10 +128,12 @@ def test_decoder_replays_a_real_mount_byte_for_byte(aimfs, workdir, seed):
     assert_same_modes(replica, backing)
 
 
-def test_decoder_follows_resync_and_hash_records(aimfs, workdir):
+@pytest.mark.parametrize("remote_had", ["nothing", "an old copy"])
+def test_decoder_follows_resync_and_hash_records(aimfs, workdir, remote_had):
     """SYNC_BEGIN, RESYNC-flagged WRITE/ZERO/TRUNCATE, SYNC_END (an initial
-    sync to a new remote) and HASH records for every destination (aimctl
-    verify): decoded, and the HASH records agree with the replay."""
+    sync to a new remote, or to one holding an old copy: hashed first) and
+    HASH records for every destination (aimctl verify): decoded, and the
+    HASH records agree with the replay or are answered by data."""
     backing = os.path.join(workdir, "backing")
     os.makedirs(os.path.join(backing, "pool"))
     rnd = random.Random(5)
@@ -143,6 +146,16 @@ def test_decoder_follows_resync_and_hash_records(aimfs, workdir):
     inbox, target = os.path.join(workdir, "dr1", "inbox"), os.path.join(workdir, "dr1", "images")
     os.makedirs(inbox)
     os.makedirs(target)
+    replica = os.path.join(workdir, "replica")
+    os.makedirs(replica)
+    if remote_had == "an old copy":
+        # the source's image with its first MiB different
+        for d in (target, replica):
+            os.makedirs(os.path.join(d, "pool"))
+            shutil.copyfile(os.path.join(backing, "pool", "old.raw"),
+                            os.path.join(d, "pool", "old.raw"))
+            with open(os.path.join(d, "pool", "old.raw"), "r+b") as f:
+                f.write(random.Random(7).randbytes(1 << 20))
     r = Remote(workdir, inbox, target, name="dr1", listen=True, pki=pki,
                args=["--client-ca", pki.ca, "--token-file", pki.token_file])
     try:
@@ -177,10 +190,25 @@ def test_decoder_follows_resync_and_hash_records(aimfs, workdir):
     dest = next(x.aux for x in records if x.type == fd.SYNC_BEGIN)
     assert dest >= 1 and all(x.aux == dest for x in resync)
     assert any(x.type == fd.HASH and x.aux == 0 for x in records), "verify's HASH records"
-    replica = os.path.join(workdir, "replica")
-    os.makedirs(replica)
-    rp = fd.replay(segs, replica)
-    assert rp.mismatches == []
+    if remote_had == "an old copy":
+        assert any(x.type == fd.HASH and x.aux == dest for x in records), "hashed first"
+    rp = fd.replay(segs, replica)   # onto what the remote held
+    # verify's HASH records (every destination) came once in sync: equal.
+    # The initial sync's own (hashed first when the remote already listed
+    # a target, e.g. after the live write's segment reached it) hold the
+    # source's bytes the replica is still missing (FORMAT §14: an applier
+    # reports them): each such block is sent again later in the stream.
+    aux = {x.lsn: x.aux for x in records if x.type == fd.HASH}
+    assert [mm for mm in rp.mismatches if aux[mm[0]] == 0] == []
+    for lsn, name, off, n in rp.mismatches:
+        assert aux[lsn] == dest, (lsn, name, off, n)
+        later = sorted((x.offset, x.offset + x.length) for x in resync
+                       if x.lsn > lsn and x.name == name and x.type in (fd.WRITE, fd.ZERO))
+        pos = off
+        for a, b in later:
+            if a <= pos < b:
+                pos = b
+        assert pos >= off + n, f"block {name!r} {off}+{n} differed at LSN {lsn}, never resent"
     assert_trees_equal(replica, backing)
 
 
