@@ -144,20 +144,9 @@ trap bench_cleanup EXIT
 trap 'log "interrupted (SIGINT)"; exit 130' INT
 trap 'log "terminated (SIGTERM)"; exit 143' TERM
 
-SCRATCH=$(mktemp -d "$BASE_DIR/aimfs-qemu-bench.XXXXXX") || die "cannot create a scratch directory in $BASE_DIR"
-SCRATCH=$(readlink -f "$SCRATCH")
-STAMP=$(date +%Y%m%d-%H%M%S)
-[[ -n $OUT ]] || OUT="$SCRIPT_DIR/results/qemu-$STAMP.md"
-[[ $OUT == *.md ]] || OUT="$OUT.md"
-mkdir -p "$(dirname "$OUT")" || die "cannot create $(dirname "$OUT")"
-OUT=$(readlink -f "$OUT")
-OUT_JSON="${OUT%.md}.json"
-RAW="${OUT%.md}.raw"
-rm -rf "$RAW"
-mkdir -p "$RAW/logs" "$RAW/qemu" || die "cannot create $RAW"
+make_scratch_and_output qemu logs qemu
+rm -f "$RUNS"   # this script keeps its runs as a table
 RUNS="$RAW/runs.tsv"
-META_TSV="$RAW/meta.tsv"
-: >"$META_TSV"
 printf 'round\tformat\tmode\top\ttarget\tcount\tbytes\tseconds\n' >"$RUNS"
 
 netns_create
