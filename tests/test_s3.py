@@ -17,7 +17,9 @@ Gateway (tests/ceph_rgw.py, one cluster for the module, a bucket per test):
   * retention and snapshots: snapshot_every makes new bases; keep = N
     segments and keep = 4s delete exactly the old segments and old bases,
     never the newest base the kept ones need nor a segment younger than
-    the age; what remains restores the source, and a new site starts at
+    the age (also for a destination limited to one image, whose segments
+    of the other image's writes alone reach the bucket empty); what
+    remains restores the source, and a new site starts at
     the newest base and converges; without keep, the bucket keeps segment
     1 after the source's journal pruned it;
   * one aim-remote pulls by two --pull flags (keys from files, and from
@@ -403,6 +405,20 @@ def catalog_sealed(journal):
         db.close()
 
 
+def segments_without(journal, name):
+    """Segments that hold writes, none of them to the image called name."""
+    import sqlite3
+    db = sqlite3.connect(f"file:{os.path.join(journal, 'catalog.db')}?mode=ro", uri=True,
+                         timeout=10)
+    try:
+        return {n for (n,) in db.execute(
+            "SELECT DISTINCT segment FROM writes WHERE segment NOT IN"
+            " (SELECT w.segment FROM writes w JOIN images i ON w.image = i.id"
+            "  WHERE i.name = ?)", (name,))}
+    finally:
+        db.close()
+
+
 def catalog_states(journal):
     """{segment: state} from the source's catalog ('pruned' once the
     journal deleted it)."""
@@ -505,26 +521,39 @@ def test_snapshots_and_retention_keep_the_base_the_kept_segments_need(ceph, work
     r.check_quiet()
 
 
+@pytest.mark.parametrize("limited", [False, True], ids=["all-images", "one-image"])
 def test_keep_by_age_deletes_what_is_older_and_keeps_what_is_younger(ceph, workdir, aimfs,
-                                                                     cleanup):
+                                                                     cleanup, limited):
     """keep = 4s: a retention pass deletes the segments sealed more than 4 s
     before it (back to the newest base the younger ones need), keeps the
     younger ones, and deletes those at a later pass once they are older.
     The source is restarted to run a pass (one at start, then once a
-    minute), without its snapshot schedule then."""
+    minute), without its snapshot schedule then.  one-image: the
+    destination mirrors vm.img only and the guest writes other.img as much
+    (segments that hold only other.img's records reach the bucket empty):
+    ages still come from the source's seal times, the bucket is still a
+    contiguous run, and a restore gives vm.img alone."""
     KEEP = 4
     KEEP_NS = KEEP * 10**9
+    only = "images = vm.img\n" if limited else ""
+    files = ["vm.img", "other.img"] if limited else ["vm.img"]
     bucket = new_bucket(ceph)
-    site = Site(workdir, ceph, bucket, extra=f"snapshot_every = 1s\nkeep = {KEEP}s\n")
-    with open(os.path.join(site.backing, "vm.img"), "wb") as f:
-        f.write(os.urandom(512 << 10))
+    # one-image: the journal keeps its segments (and the catalog their
+    # writes) so that the test can tell which segments held vm.img's
+    site = Site(workdir, ceph, bucket, extra=f"snapshot_every = 1s\nkeep = {KEEP}s\n{only}",
+                aimfs_opts="segment_size = 256K\nretain = 1h" if limited else "")
+    for name in files:
+        with open(os.path.join(site.backing, name), "wb") as f:
+            f.write(os.urandom(512 << 10))
     m = site.start(aimfs)
     group = site.group
     site.wait_in_sync()
     t_end = time.monotonic() + 2 * KEEP
     n = 0
     while time.monotonic() < t_end:
-        with open(os.path.join(m.mountpoint, "vm.img"), "r+b") as f:
+        # one-image: runs of other.img only, so whole segments hold none of vm.img
+        name = files[(n // 3) % len(files)]
+        with open(os.path.join(m.mountpoint, name), "r+b") as f:
             f.seek((n * 4096) % (512 << 10))
             f.write(os.urandom(4096))
             os.fsync(f.fileno())
@@ -538,7 +567,7 @@ def test_keep_by_age_deletes_what_is_older_and_keeps_what_is_younger(ceph, workd
     m.unmount()
     sealed = catalog_sealed(m.journal)
     assert max(sealed) >= before["segment"], (sealed, before)   # (+ those sealed at unmount)
-    site.write_conf(f"keep = {KEEP}s\n")
+    site.write_conf(f"keep = {KEEP}s\n{only}")
     t1 = time.time_ns()
     m = site.start(aimfs)
     head, (kfrom, kto, dfrom, dto) = wait_retention(site, m, 0)
@@ -566,12 +595,27 @@ def test_keep_by_age_deletes_what_is_older_and_keeps_what_is_younger(ceph, workd
     assert want > first_pass and kfrom == want and (dfrom, dto) == (first_pass, want - 1), \
         (kfrom, kto, dfrom, dto, before, first_pass)
     assert set(young) & set(range(first_pass, want)), "none of the young ones were deleted"
+    if limited:
+        # segments of other.img alone were shipped (empty), aged and deleted like the rest
+        lone = segments_without(m.journal, "vm.img")
+        assert lone & set(range(1, want)), (lone, want)
     assert bucket_segments(ceph, bucket, group) == list(range(want, head["segment"] + 1)), head
     # what remains restores the source
     st = site.wait_in_sync()
-    restored = restore_and_compare(site, workdir, "age", st["head_lsn"], want)
+    lsn = st["head_lsn"]
+    if limited:
+        # the bucket numbers vm.img's records alone (FORMAT.md: a filtered
+        # destination has its own gap-free LSNs); HEAD says up to where
+        last = max(catalog_sealed(m.journal))
+        wait_for(lambda: site.head()["segment"] >= last, 10, 0.2,
+                 what="HEAD to name the last segment")
+        lsn = site.head()["lsn"]
+        assert lsn < st["head_lsn"], (lsn, st)
+    restored = restore_and_compare(site, workdir, "age", lsn, want)
     m.unmount()
-    assert tree_hashes(restored) == tree_hashes(site.backing)
+    source = tree_hashes(site.backing)
+    assert set(source) == set(files)
+    assert tree_hashes(restored) == ({"vm.img": source["vm.img"]} if limited else source)
     m.check_quiet()
 
 
