@@ -4,6 +4,7 @@
  * the journal, mounts, serves until unmounted or signalled, then seals the
  * journal.
  */
+#include "bdi.h"
 #include "fs.h"
 #include "journal.h"
 #include "log.h"
@@ -605,6 +606,14 @@ int main(int argc, char *argv[])
 	}
 	if (session_hook(se) < 0)
 		goto out_unmount;
+	if (!o.strict_cache) {
+		int r = bdi_lift_strict_limit(p.mount);
+
+		if (r < 0)
+			log_warn("cache=writeback: cannot lift the kernel's per-mount dirty limit"
+				 " (%s; Linux 6.2+ and root needed): sustained buffered writes"
+				 " will be throttled", strerror(-r));
+	}
 	if (fuse_daemonize(fopts.foreground) != 0)
 		goto out_unmount;
 	/* Detached (mount.fuse3, fstab): stderr is /dev/null now. */

@@ -8,6 +8,7 @@ test prints the command lines that reproduce it.
 import filecmp
 import os
 import random
+import re
 import socket
 import signal
 import subprocess
@@ -71,7 +72,8 @@ def is_mounted(path):
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()
-            if fields[4].replace("\\040", " ") == path:
+            # mountinfo writes space, tab, newline and backslash as \ooo
+            if re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]) == path:
                 return True
     return False
 

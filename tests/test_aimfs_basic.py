@@ -390,3 +390,38 @@ def test_directory_rename_past_the_name_limit_is_refused(aimfs, workdir):
     assert not any(too_long + "/" in r for r in renames)
     replay(m.journal, start)
     assert_trees_equal(start, backing)
+
+
+def bdi_strict_limit(mountpoint):
+    """The kernel's strict dirty limit of the mount's bdi: '1', '0', or None
+    on a kernel without the knob (before Linux 6.2)."""
+    dev = os.stat(mountpoint).st_dev
+    path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/strict_limit"
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return None
+
+
+def test_writeback_cache_lifts_the_per_mount_dirty_limit(aimfs, workdir):
+    """cache=writeback turns off the kernel's strict per-FUSE-mount dirty
+    limit (which throttled a sustained buffered writer to one round trip
+    per page); found through mountinfo, so a mount point whose name needs
+    escaping there works too.  cache=strict leaves the kernel's default."""
+    odd = os.path.join(workdir, "mount point\twith\\odd names")
+    m = aimfs(mountpoint=odd, options=["cache=writeback"])
+    limit = bdi_strict_limit(odd)
+    if limit is None:
+        assert "cannot lift the kernel's per-mount dirty limit" in m.output()
+    else:
+        assert limit == "0", m.output()
+        assert "dirty limit" not in m.output()
+    with open(os.path.join(odd, "v.img"), "wb") as f:
+        f.write(os.urandom(8 << 20))
+        os.fsync(f.fileno())
+    assert m.unmount() == 0
+    m = aimfs(mountpoint=os.path.join(workdir, "strict"), options=["cache=strict"])
+    assert bdi_strict_limit(m.mountpoint) in ("1", None)
+    assert "dirty limit" not in m.output()
+    assert m.unmount() == 0
