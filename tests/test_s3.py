@@ -393,42 +393,35 @@ def kept_from(starts, frm):
     return max((b for b in starts if b <= frm), default=frm)
 
 
-def catalog_sealed(journal):
-    """{segment: sealed_ns} of every segment the source ever sealed (its
-    catalog keeps the rows of pruned ones)."""
+def catalog_rows(journal, sql, *args):
+    """The rows of a query on the source's catalog, opened read-only."""
     import sqlite3
     db = sqlite3.connect(f"file:{os.path.join(journal, 'catalog.db')}?mode=ro", uri=True,
                          timeout=10)
     try:
-        return dict(db.execute("SELECT number, sealed_ns FROM segments"))
+        return db.execute(sql, args).fetchall()
     finally:
         db.close()
+
+
+def catalog_sealed(journal):
+    """{segment: sealed_ns} of every segment the source ever sealed (its
+    catalog keeps the rows of pruned ones)."""
+    return dict(catalog_rows(journal, "SELECT number, sealed_ns FROM segments"))
 
 
 def segments_without(journal, name):
     """Segments that hold writes, none of them to the image called name."""
-    import sqlite3
-    db = sqlite3.connect(f"file:{os.path.join(journal, 'catalog.db')}?mode=ro", uri=True,
-                         timeout=10)
-    try:
-        return {n for (n,) in db.execute(
-            "SELECT DISTINCT segment FROM writes WHERE segment NOT IN"
-            " (SELECT w.segment FROM writes w JOIN images i ON w.image = i.id"
-            "  WHERE i.name = ?)", (name,))}
-    finally:
-        db.close()
+    return {n for (n,) in catalog_rows(
+        journal, "SELECT DISTINCT segment FROM writes WHERE segment NOT IN"
+        " (SELECT w.segment FROM writes w JOIN images i ON w.image = i.id"
+        "  WHERE i.name = ?)", name)}
 
 
 def catalog_states(journal):
     """{segment: state} from the source's catalog ('pruned' once the
     journal deleted it)."""
-    import sqlite3
-    db = sqlite3.connect(f"file:{os.path.join(journal, 'catalog.db')}?mode=ro", uri=True,
-                         timeout=10)
-    try:
-        return dict(db.execute("SELECT number, state FROM segments"))
-    finally:
-        db.close()
+    return dict(catalog_rows(journal, "SELECT number, state FROM segments"))
 
 
 def wait_retention(site, m, passes_before):
