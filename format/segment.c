@@ -629,6 +629,15 @@ static void release_below(struct seg_view *v, size_t off)
 	v->released = end;
 }
 
+/* The same for the whole mapping, once a walk has read it to its end. */
+static void release_all(struct seg_view *v)
+{
+	if (!v->map || v->released >= v->map_len)
+		return;
+	madvise((char *)v->map + v->released, v->map_len - v->released, MADV_DONTNEED);
+	v->released = v->map_len;
+}
+
 void seg_view_release(struct seg_view *v, size_t off)
 {
 	release_below(v, off);
@@ -784,6 +793,10 @@ static int view_init(const void *buf, size_t len, bool partial, void *map,
 		return r;
 	}
 	seg_view_rewind(v);
+	/* A tool opens a whole series before it reads any: what validation
+	 * (and the rewind's look at the header) touched must not stay
+	 * resident, segment after segment. */
+	release_all(v);
 	*out = v;
 	return 0;
 }
@@ -874,8 +887,10 @@ void seg_view_rewind(struct seg_view *v)
 
 int seg_view_next(struct seg_view *v, struct seg_record *r)
 {
-	if (v->pos >= v->records_end)
+	if (v->pos >= v->records_end) {
+		release_all(v);
 		return 0;
+	}
 	release_below(v, v->pos);
 	decode_record(v->buf + v->pos, r);
 	r->file_offset = v->pos;

@@ -18,6 +18,8 @@
     and fails with `--every 1` exactly at the record that broke it;
   * check runs on a remote's retained segments (aim-remote --retain), where
     the marks arrive like any record;
+  * check keeps a long series' segments out of its memory (under 64 MiB
+    over 256 MiB of segments);
   * bad input -- a point that names no record, a base of another group or
     other images or another LSN, a gap in the segments, a checker that
     writes -- is a clear error and writes nothing to the base."""
@@ -25,6 +27,8 @@ import json
 import os
 import shutil
 import struct
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 
@@ -549,3 +553,45 @@ def test_check_copies_the_base_sparsely_where_reflinks_cannot(aimfs, workdir):
         assert not os.listdir(scratch), os.listdir(scratch)
     finally:
         run(["umount", scratch], check=False)
+
+
+MEASURE_RSS = """
+import resource, subprocess, sys
+p = subprocess.run(sys.argv[1:])
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+sys.exit(p.returncode)
+"""
+
+
+def test_check_holds_little_memory_over_many_segments(aimfs, workdir):
+    """aimctl check opens (and validates) the whole series before it
+    replays a record: 256 MiB of segments must not stay mapped in its
+    memory (it held them all once: ~1.5 GB resident over 1.6 GB of a
+    soak's segments), and the check still reaches the same end."""
+    backing = os.path.join(workdir, "backing")
+    os.makedirs(backing)
+    raw = os.path.join(backing, "raw.img")
+    with open(raw, "wb") as f:
+        f.truncate(32 << 20)
+    base = os.path.join(workdir, "base")
+    copy_tree(backing, base)
+    m = aimfs(options=["segment_size=1M"])
+    chunk = os.urandom(1 << 20)
+    with open(os.path.join(m.mountpoint, "raw.img"), "r+b") as f:
+        for i in range(256):
+            f.seek((i * 7 % 32) << 20)
+            f.write(chunk)
+            if i % 64 == 63:
+                os.fsync(f.fileno())
+    assert m.unmount() == 0
+    segs = segments(m.journal)
+    assert sum(os.path.getsize(s) for s in segs) > 256 << 20 and len(segs) > 200
+    # Through a small parent: a child's ru_maxrss starts from the RSS of the
+    # process it was forked from, and pytest's can be large.
+    p = subprocess.run([sys.executable, "-c", MEASURE_RSS, AIMCTL, "check", "--json",
+                        "--base", base, m.journal], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    *lines, max_rss = p.stdout.splitlines()
+    points = [json.loads(line) for line in lines if '"summary"' not in line]
+    assert len(points) >= 4 and points[-1]["images"][0]["hash"] == xxh3_file(raw), points[-1]
+    assert int(max_rss) < 64 << 10, f"aimctl check held {max_rss} KiB"
