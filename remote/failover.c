@@ -47,7 +47,9 @@
  * group that was in the middle of a resynchronisation is not a consistent
  * copy: promote refuses it at once without --force; one that turned
  * inconsistent in the segments it applied to get there stays held, and the
- * refusal is in its status.
+ * refusal is in its status.  So does one whose point needs a segment that
+ * had not arrived when it was asked (groups.c): it would never come, and a
+ * promote at another point than the one asked would be a surprise.
  *
  * The rules run on the group's own thread (groups.c hands it each request),
  * so they see the group as it is between two records, and every change is

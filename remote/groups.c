@@ -596,6 +596,28 @@ static void reach_here(struct group *g, const char *why)
 	reach(g, g->sg.applied_lsn, g->sg.applied_time_ns, type, note);
 }
 
+/*
+ * A promote takes no more segments, so a point that needs segment missing
+ * (not here) is never reached.  Rather than promote at another point than
+ * the one asked, the promote is refused: the group stays held where it
+ * stands (after a barrier, as any pending hold) and takes its segments
+ * again; release lets it apply, a new promote picks a point that arrived.
+ * Returns true if g was such a promote.
+ */
+static bool refuse_unreachable_promote(struct group *g, uint64_t missing)
+{
+	char why[480];
+
+	if (!hold_pending(g) || g->hold.role != FO_PROMOTING)
+		return false;
+	snprintf(why, sizeof why, "promote refused: its point %.200s is not in the segments that"
+		 " arrived (segment %" PRIu64 " is not here, and a promote takes no more)",
+		 g->hold.pt.text, missing);
+	g->hold.role = FO_REFUSED;
+	reach_here(g, why);
+	return true;
+}
+
 /* How the record a hold stopped at relates to its point, for status. */
 static void stop_note(const struct group *g, const struct hold_scan *sc, char *buf, size_t len)
 {
@@ -837,7 +859,7 @@ static int apply_next(struct group *g, uint64_t next, bool jump)
 					   ? "no later barrier where the copy is consistent arrived"
 					   : "no barrier lies between the group's position and the"
 					     " hold's point");
-			else
+			else if (!refuse_unreachable_promote(g, missing))
 				set_state(g, GROUP_WAITING, missing, NULL);
 			return 0;
 		}
@@ -903,7 +925,7 @@ static int apply_next(struct group *g, uint64_t next, bool jump)
 		if (final) {
 			stop_note(g, &sc, why, sizeof why);
 			reach(g, sc.stop_lsn, sc.stop_time_ns, sc.stop_type, why);
-		} else {
+		} else if (!refuse_unreachable_promote(g, missing)) {
 			set_state(g, GROUP_WAITING, missing, NULL);
 		}
 		return 0;
@@ -1068,6 +1090,8 @@ static int step(struct group *g)
 						       : "no more segments arrived");
 		return 0;
 	}
+	if (refuse_unreachable_promote(g, next))
+		return 0;
 	if (backlog)
 		set_state(g, GROUP_WAITING, next, NULL);
 	else

@@ -407,6 +407,44 @@ def test_promote_at_a_point_and_of_a_stopped_group(workdir, remotes):
     assert "the group was stopped" in p.stdout, p.stdout
 
 
+def test_promote_at_a_point_that_did_not_arrive_is_refused_and_segments_come_again(
+        workdir, remotes, pki):
+    """A promote takes no more segments, so a point beyond what arrived (a
+    mistyped mark, an LSN not here yet) would never be reached: it is
+    refused, the group stays held at a barrier and takes its segments
+    again, and a later promote at a point that arrived succeeds.  (It once
+    stayed "promoting" for good, refusing every request and segment.)"""
+    s = Stream(workdir, G, RECORDS, CUTS)
+    r = receiving(remotes, pki).start()
+    assert put(r, s, 1)[0] == 201
+    r.wait_applied(G, 7)
+    p = aimctl(r, "promote", "--at", "mark:typo")
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "was not promoted" in p.stderr and "is not in the segments that arrived" in p.stderr \
+        and "segment 2 is not here" in p.stderr, p.stderr
+    g = r.group(G)
+    assert g["state"] == "held" and g["hold"]["promote"] == "refused", g
+    assert g["applied_lsn"] == 7 and image(r) == s.image_at(7), g
+    # segments are taken again (and wait: the group is held)
+    assert put(r, s, 2)[0] == 201
+    r.wait_group(G, lambda g: g["backlog_segments"] == 1, what="segment 2 waiting")
+    # LSN 12 is in segment 3, which has not arrived: refused again, after
+    # the group went on to the last barrier it knows is before the point
+    p = aimctl(r, "promote", "--at", "12")
+    assert p.returncode == 1 and "segment 3 is not here" in p.stderr, p.stdout + p.stderr
+    g = held(r, lsn=9)
+    assert g["hold"]["promote"] == "refused" and image(r) == s.image_at(9), g
+    assert put(r, s, 3)[0] == 201
+    r.wait_group(G, lambda g: g["backlog_segments"] == 2, what="segments 2 and 3 waiting")
+    p = aimctl(r, "promote", "--at", "12")
+    assert p.returncode == 0 and "promoted at LSN 9 (FLUSH" in p.stdout, p.stdout + p.stderr
+    assert r.group(G)["state"] == "promoted" and image(r) == s.image_at(9)
+    code, body = put(r, s, 3)
+    assert code == 409 and "was promoted here" in body, (code, body)
+    assert "promote refused: its point mark:typo is not in the segments that arrived" \
+        in r.output()
+
+
 def test_promote_refuses_a_copy_in_the_middle_of_a_resync_unless_forced(workdir, remotes):
     r = remotes().start()
     path = os.path.join(workdir, "sync.aimj")
