@@ -479,6 +479,15 @@ def test_bad_input_is_refused_and_writes_nothing(aimfs, workdir):
     assert snapshot(start) == before
     assert not [f for f in os.listdir(workdir) if "aimctl-check" in f], os.listdir(workdir)
 
+    # a --save that cannot be made fails the command (it once exited 0);
+    # the end state is kept for the operator, the base is untouched
+    c = CheckRun(["--base", start, "--save", os.path.join(workdir, "no", "such"), journal])
+    assert c.rc == 1 and c.points and "the end state stays in" in c.err, c
+    assert snapshot(start) == before
+    kept = [f for f in os.listdir(workdir) if "aimctl-check" in f]
+    assert len(kept) == 1 and os.path.exists(os.path.join(workdir, kept[0], ".aim-base")), kept
+    shutil.rmtree(os.path.join(workdir, kept[0]))
+
     # replay refuses a gap before applying anything
     target = os.path.join(workdir, "target")
     copy_tree(start, target)

@@ -716,12 +716,16 @@ int cmd_check(int argc, char **argv)
 			  c.from_lsn ? c.from_lsn : series_first_lsn(&s), last);
 		goto out;
 	}
+	status = c.failed ? 1 : 0;
 	if (save) {
 		applier_free(a);
 		a = NULL;
 		if (stamp_write(scratch, series_group(&s), last) < 0 || rename(scratch, save) < 0) {
-			log_error("check: --save %s: %m; the end state stays in %s", save, scratch);
+			log_error("check: --save %s: %m; the end state stays in %s%s", save, scratch,
+				  errno == EXDEV ? " (--scratch on the file system of --save lets it"
+						   " be moved there)" : "");
 			keep = true;
+			status = 1;
 		} else {
 			fprintf(c.json ? stderr : stdout, "check: saved the images as of LSN %" PRIu64
 				" in %s (a base for the segments from LSN %" PRIu64 " on)\n", last, save,
@@ -730,7 +734,6 @@ int cmd_check(int argc, char **argv)
 			scratch = NULL;
 		}
 	}
-	status = c.failed ? 1 : 0;
 	goto out;
 nothing:
 	log_error("check: nothing was checked, nothing was written");
