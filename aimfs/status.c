@@ -20,6 +20,7 @@
 #include "catalog.h"
 #include "clock.h"
 #include "httpd.h"
+#include "jsontext.h"
 #include "journal.h"
 #include "log.h"
 #include "resync.h"
@@ -114,7 +115,7 @@ static json_t *mark_json(const struct mark *m)
 {
 	char tbuf[64];
 
-	return json_pack("{s:s, s:I, s:s, s:I}", "name", m->name, "lsn", (json_int_t)m->lsn,
+	return json_pack("{s:o, s:I, s:s, s:I}", "name", json_text(m->name), "lsn", (json_int_t)m->lsn,
 			 "time", clock_iso8601(m->time_ns, 9, tbuf, sizeof tbuf), "time_ns",
 			 (json_int_t)m->time_ns);
 }
@@ -146,7 +147,7 @@ static json_t *time_or_null(uint64_t ns)
 {
 	char tbuf[64];
 
-	return ns ? json_string(clock_iso8601(ns, 3, tbuf, sizeof tbuf)) : json_null();
+	return ns ? json_text(clock_iso8601(ns, 3, tbuf, sizeof tbuf)) : json_null();
 }
 
 /*
@@ -162,8 +163,8 @@ static void journal_health_json(json_t *o, const struct journal_stats *js)
 
 	if (js->last_error)
 		snprintf(text, sizeof text, "%s: %s", js->last_error_what, strerror(-js->last_error));
-	json_object_set_new(o, "journal_error", js->failing ? json_string(text) : json_null());
-	json_object_set_new(o, "journal_last_error", text[0] ? json_string(text) : json_null());
+	json_object_set_new(o, "journal_error", js->failing ? json_text(text) : json_null());
+	json_object_set_new(o, "journal_last_error", text[0] ? json_text(text) : json_null());
 	json_object_set_new(o, "journal_error_at", time_or_null(js->failed_ns));
 	json_object_set_new(o, "journal_error_cleared_at",
 			    time_or_null(js->failing ? 0 : js->cleared_ns));
@@ -182,12 +183,12 @@ static json_t *status_json(struct status *s)
 
 	journal_stats(s->info.journal, &js);
 	seg_uuid_format(js.group, group);
-	json_object_set_new(o, "role", json_string("source"));
-	json_object_set_new(o, "version", json_string(s->info.version));
-	json_object_set_new(o, "group", json_string(group));
-	json_object_set_new(o, "backing_dir", json_string(s->info.backing_dir));
-	json_object_set_new(o, "mountpoint", json_string(s->info.mountpoint));
-	json_object_set_new(o, "journal_dir", json_string(s->info.journal_dir));
+	json_object_set_new(o, "role", json_text("source"));
+	json_object_set_new(o, "version", json_text(s->info.version));
+	json_object_set_new(o, "group", json_text(group));
+	json_object_set_new(o, "backing_dir", json_text(s->info.backing_dir));
+	json_object_set_new(o, "mountpoint", json_text(s->info.mountpoint));
+	json_object_set_new(o, "journal_dir", json_text(s->info.journal_dir));
 	json_object_set_new(o, "uptime_seconds", json_real((double)(now - s->started_ns) / 1e9));
 	json_object_set_new(o, "head_lsn", json_integer((json_int_t)js.head_lsn));
 	json_object_set_new(o, "open_segment", json_integer((json_int_t)js.open_segment));
@@ -197,7 +198,7 @@ static json_t *status_json(struct status *s)
 	json_object_set_new(o, "journal_bytes", json_integer((json_int_t)js.journal_bytes));
 	json_object_set_new(o, "journal_max", json_integer((json_int_t)js.journal_max));
 	json_object_set_new(o, "journal_limit_enforced", json_boolean(js.enforce_max));
-	json_object_set_new(o, "overflow", json_string(s->info.overflow));
+	json_object_set_new(o, "overflow", json_text(s->info.overflow));
 	json_object_set_new(o, "journal_full",
 			    json_boolean(js.enforce_max && js.journal_bytes >= js.journal_max));
 	json_object_set_new(o, "writes_waiting", json_integer(js.writes_waiting));
@@ -341,7 +342,7 @@ static int error_reply(struct httpd_response *resp, unsigned status, const char 
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
-	return json_reply(resp, status, json_pack("{s:s}", "error", msg));
+	return json_reply(resp, status, json_pack("{s:o}", "error", json_text(msg)));
 }
 
 /* Waits until segment is durable (sealed, fsynced, renamed); false if it
@@ -376,9 +377,11 @@ static int handle_mark(struct status *s, const char *name, struct httpd_response
 	json_t *o;
 	int r;
 
-	if (!seg_mark_label_valid(name, strlen(name)))
-		return error_reply(resp, 400, "a mark's name is 1 to %d bytes, without control"
-				   " characters", SEG_MARK_MAX);
+	/* UTF-8 too, since every listing of marks is JSON (the format
+	 * itself takes any bytes but control characters). */
+	if (!seg_mark_label_valid(name, strlen(name)) || !text_is_utf8(name, strlen(name)))
+		return error_reply(resp, 400, "a mark's name is 1 to %d bytes of UTF-8, without"
+				   " control characters", SEG_MARK_MAX);
 	pthread_mutex_lock(&s->mark_lock);
 	if (!s->marks_known) {
 		pthread_mutex_unlock(&s->mark_lock);

@@ -36,6 +36,7 @@
 #include "remote_i.h"
 #include "clock.h"
 #include "httpd.h"
+#include "jsontext.h"
 #include "strbuf.h"
 
 #include <errno.h>
@@ -75,7 +76,7 @@ static json_t *time_or_null(uint64_t ns)
 {
 	char buf[64];
 
-	return ns ? json_string(clock_iso8601(ns, 3, buf, sizeof buf)) : json_null();
+	return ns ? json_text(clock_iso8601(ns, 3, buf, sizeof buf)) : json_null();
 }
 
 struct json_ctx {
@@ -88,8 +89,8 @@ static void group_json(void *ctx, const struct group_snapshot *s)
 	struct json_ctx *c = ctx;
 	json_t *o = json_object(), *q = json_array();
 
-	json_object_set_new(o, "group", json_string(s->name));
-	json_object_set_new(o, "state", json_string(group_state_name(s->state)));
+	json_object_set_new(o, "group", json_text(s->name));
+	json_object_set_new(o, "state", json_text(group_state_name(s->state)));
 	json_object_set_new(o, "applied_segment", u64(s->applied_segment));
 	json_object_set_new(o, "applied_lsn", u64(s->applied_lsn));
 	json_object_set_new(o, "consistent", json_boolean(s->consistent));
@@ -103,9 +104,9 @@ static void group_json(void *ctx, const struct group_snapshot *s)
 	json_object_set_new(o, "lag_seconds", json_real(lag_seconds(s, c->now)));
 	json_object_set_new(o, "applying", s->applying ? u64(s->applying) : json_null());
 	json_object_set_new(o, "waiting_for", s->waiting_for ? u64(s->waiting_for) : json_null());
-	json_object_set_new(o, "error", s->error[0] ? json_string(s->error) : json_null());
+	json_object_set_new(o, "error", s->error[0] ? json_text(s->error) : json_null());
 	json_object_set_new(o, "inbox_full",
-			    s->inbox_full[0] ? json_string(s->inbox_full) : json_null());
+			    s->inbox_full[0] ? json_text(s->inbox_full) : json_null());
 	json_object_set_new(o, "backlog_segments", u64(s->backlog_segments));
 	json_object_set_new(o, "backlog_bytes", u64(s->backlog_bytes));
 	json_object_set_new(o, "segments_applied", u64(s->segments_applied));
@@ -118,7 +119,7 @@ static void group_json(void *ctx, const struct group_snapshot *s)
 		json_t *e = json_object();
 
 		json_object_set_new(e, "segment", u64(s->q[i].segment));
-		json_object_set_new(e, "reason", json_string(s->q[i].reason));
+		json_object_set_new(e, "reason", json_text(s->q[i].reason));
 		json_object_set_new(e, "time", time_or_null(s->q[i].time_ns));
 		json_array_append_new(q, e);
 	}
@@ -134,7 +135,7 @@ static json_t *limits_json(const struct remote *r)
 	const struct remote_limits *l = &r->cfg.lim;
 	json_t *o = json_object();
 
-	json_object_set_new(o, "tls_priority", json_string(r->cfg.tls_priority));
+	json_object_set_new(o, "tls_priority", json_text(r->cfg.tls_priority));
 	json_object_set_new(o, "max_connections", u64(l->max_connections));
 	json_object_set_new(o, "max_per_address", u64(l->max_per_address));
 	json_object_set_new(o, "max_unauthenticated", u64(l->max_unauthenticated));
@@ -171,7 +172,7 @@ static json_t *receiver_json(struct remote *r)
 	uint64_t total = 0;
 
 	json_object_set_new(o, "enabled", json_boolean(r->cfg.listen != NULL));
-	json_object_set_new(o, "listen", r->cfg.listen ? json_string(r->cfg.listen) : json_null());
+	json_object_set_new(o, "listen", r->cfg.listen ? json_text(r->cfg.listen) : json_null());
 	json_object_set_new(o, "accepted", u64(atomic_load(&r->rx.accepted)));
 	json_object_set_new(o, "duplicates", u64(atomic_load(&r->rx.duplicates)));
 	json_object_set_new(o, "bytes_received", u64(atomic_load(&r->rx.bytes)));
@@ -201,11 +202,11 @@ static json_t *status_json(struct remote *r)
 	struct json_ctx c = { json_array(), clock_wall_ns() };
 	json_t *o = json_object();
 
-	json_object_set_new(o, "role", json_string("remote"));
-	json_object_set_new(o, "version", json_string(AIM_VERSION));
-	json_object_set_new(o, "inbox", json_string(r->cfg.inbox));
-	json_object_set_new(o, "target_dir", json_string(r->cfg.target_dir));
-	json_object_set_new(o, "state_dir", json_string(r->state_dir));
+	json_object_set_new(o, "role", json_text("remote"));
+	json_object_set_new(o, "version", json_text(AIM_VERSION));
+	json_object_set_new(o, "inbox", json_text(r->cfg.inbox));
+	json_object_set_new(o, "target_dir", json_text(r->cfg.target_dir));
+	json_object_set_new(o, "state_dir", json_text(r->state_dir));
 	json_object_set_new(o, "retain", json_boolean(r->cfg.retain));
 	json_object_set_new(o, "uptime_seconds", json_real((double)(c.now - r->started_ns) / 1e9));
 	groups_each(r, group_json, &c);

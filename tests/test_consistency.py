@@ -35,7 +35,7 @@ import urllib.request
 import pytest
 import xxhash
 
-from aimtest import AIMCTL, copy_tree, run, wait_for
+from aimtest import AIMCTL, MKSEG, copy_tree, run, wait_for
 from crash_helpers import (CHECK_EXT4, CheckRun, Ext4Loop, hash_tree, make_ext4, mark,
                            ns_iso, records, segments)
 from remote_helpers import PKI, Remote, free_port, snapshot
@@ -88,6 +88,15 @@ def test_marks_are_journaled_named_once_and_listed_everywhere(aimfs, workdir):
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(req, timeout=10)
         assert e.value.code == 400 and b"control characters" in e.value.read()
+    assert get_status(addr)["head_lsn"] == lsn1
+    # every listing of marks is JSON: a name must be UTF-8 (one that was not
+    # was once journaled while aimctl said it failed, and dropped from /marks)
+    p = subprocess.run([AIMCTL, "mark", "--status", addr, b"bad\xff\xfe"], capture_output=True)
+    assert p.returncode == 2 and b"UTF-8" in p.stderr, p.stderr
+    req = urllib.request.Request(f"http://{addr}/mark/bad%FF%FE", data=b"", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=10)
+    assert e.value.code == 400 and b"UTF-8" in e.value.read()
     assert get_status(addr)["head_lsn"] == lsn1
 
     with open(os.path.join(m.mountpoint, "a.img"), "r+b") as f:
@@ -604,3 +613,32 @@ def test_check_holds_little_memory_over_many_segments(aimfs, workdir):
     points = [json.loads(line) for line in lines if '"summary"' not in line]
     assert len(points) >= 4 and points[-1]["images"][0]["hash"] == xxh3_file(raw), points[-1]
     assert int(max_rss) < 64 << 10, f"aimctl check held {max_rss} KiB"
+
+
+def test_names_that_are_not_utf8_stay_in_the_json(aimfs, workdir):
+    """File names are bytes, and so are the labels of MARKs in segments
+    written before names had to be UTF-8; JSON listings show them with
+    U+FFFD for each bad byte instead of dropping them (check --json once
+    left such an image out of every point, and marks --json failed
+    without a word)."""
+    base = os.path.join(workdir, "base")
+    os.makedirs(base)
+    m = aimfs()
+    fd = os.open(os.path.join(os.fsencode(m.mountpoint), b"vm\xff.img"),
+                 os.O_CREAT | os.O_WRONLY, 0o644)
+    os.write(fd, os.urandom(8192))
+    os.fsync(fd)
+    os.close(fd)
+    assert m.unmount() == 0
+    c = CheckRun(["--base", base, m.journal])
+    assert c.rc == 0 and c.points, c
+    assert [i["name"] for i in c.points[-1]["images"]] == ["vm\ufffd.img"], c.points[-1]
+
+    seg = os.path.join(workdir, "old-mark.aimj")
+    spec = (b"group 0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0\nnumber 1\nfirst_lsn 1\n"
+            b"image 1 vm.img\nwrite 1 0 @4096:1\nflush\nmark old\xff\n")
+    p = subprocess.run([MKSEG, seg], input=spec, capture_output=True)
+    assert p.returncode == 0, p.stderr
+    p = run([AIMCTL, "marks", "--json", seg], check=False)
+    assert p.returncode == 0, p.stderr
+    assert [mk["name"] for mk in json.loads(p.stdout)["marks"]] == ["old\ufffd"], p.stdout

@@ -21,6 +21,7 @@
  */
 #include "aimctl.h"
 #include "clock.h"
+#include "jsontext.h"
 #include "log.h"
 
 #include <errno.h>
@@ -287,7 +288,7 @@ static void report_point(struct check *c, const struct point *pt, bool ok, uint6
 				      "time_ns", (json_int_t)pt->time_ns, "result", ok ? "ok" : "failed");
 		json_t *imgs = json_array();
 
-		json_object_set_new(o, "mark", pt->type == SEG_MARK ? json_string(pt->label)
+		json_object_set_new(o, "mark", pt->type == SEG_MARK ? json_text(pt->label)
 								    : json_null());
 		for (size_t i = 0; i < c->n; i++) {
 			const struct entry *e = &c->e[i];
@@ -296,17 +297,18 @@ static void report_point(struct check *c, const struct point *pt, bool ok, uint6
 			json_t *im;
 
 			snprintf(hash, sizeof hash, "%016" PRIx64, e->res.hash);
-			im = json_pack("{s:s, s:s, s:I, s:s, s:s, s:I}", "name", e->name,
+			im = json_pack("{s:o, s:s, s:I, s:o, s:s, s:I}", "name", json_text(e->name),
 				       "hash", e->res.state == IMG_ABSENT ? "" : hash,
-				       "size", (json_int_t)e->res.size, "checker", e->res.checker,
+				       "size", (json_int_t)e->res.size,
+				       "checker", json_text(e->res.checker),
 				       "result", state_name(e, checked),
 				       "checked_at", (json_int_t)e->at);
 			json_object_set_new(im, "exit", e->res.exit_code >= 0
 							? json_integer(e->res.exit_code) : json_null());
 			if (e->res.note[0])
-				json_object_set_new(im, "note", json_string(e->res.note));
+				json_object_set_new(im, "note", json_text(e->res.note));
 			if (e->res.output)
-				json_object_set_new(im, "output", json_string(e->res.output));
+				json_object_set_new(im, "output", json_text(e->res.output));
 			json_array_append_new(imgs, im);
 		}
 		json_object_set_new(o, "images", imgs);
@@ -507,14 +509,14 @@ static void summary(struct check *c, uint64_t first, uint64_t last)
 
 		if (c->have_fail)
 			json_object_set_new(sum, "first_failure",
-					    json_pack("{s:I, s:I, s:s, s:o, s:s}",
+					    json_pack("{s:I, s:I, s:s, s:o, s:o}",
 						      "lsn", (json_int_t)c->first_fail.lsn,
 						      "segment", (json_int_t)c->first_fail.segment,
 						      "record", seg_type_name(c->first_fail.type),
 						      "mark", c->first_fail.type == SEG_MARK
-							      ? json_string(c->first_fail.label)
+							      ? json_text(c->first_fail.label)
 							      : json_null(),
-						      "images", c->first_fail_images));
+						      "images", json_text(c->first_fail_images)));
 		json_dumpf(o, stdout, JSON_COMPACT);
 		putchar('\n');
 		json_decref(o);

@@ -9,6 +9,7 @@
 #include "aimctl.h"
 #include "catalog.h"
 #include "clock.h"
+#include "jsontext.h"
 #include "log.h"
 
 #include <getopt.h>
@@ -62,9 +63,9 @@ int cmd_mark(int argc, char **argv)
 	if (argc - optind != 1)
 		return usage_error("mark: give one NAME");
 	name = argv[optind];
-	if (!seg_mark_label_valid(name, strlen(name)))
-		return usage_error("mark: \"%s\": a mark's name is 1 to %d bytes without control"
-				   " characters", name, SEG_MARK_MAX);
+	if (!seg_mark_label_valid(name, strlen(name)) || !text_is_utf8(name, strlen(name)))
+		return usage_error("mark: \"%s\": a mark's name is 1 to %d bytes of UTF-8 without"
+				   " control characters", name, SEG_MARK_MAX);
 	if (!aimctl_url_escape(name, esc, sizeof esc))
 		return usage_error("mark: the name is too long");
 	snprintf(path, sizeof path, "/mark/%s", esc);
@@ -101,14 +102,14 @@ static int list_add(struct listing *l, const char *name, uint64_t lsn, uint64_t 
 		    const char *where)
 {
 	char tbuf[64];
-	json_t *m = json_pack("{s:s, s:I, s:s, s:I}", "name", name, "lsn", (json_int_t)lsn, "time",
+	json_t *m = json_pack("{s:o, s:I, s:s, s:I}", "name", json_text(name), "lsn", (json_int_t)lsn, "time",
 			      clock_iso8601(time_ns, 9, tbuf, sizeof tbuf), "time_ns",
 			      (json_int_t)time_ns);
 
 	if (!m)
 		return -1;
 	if (where)
-		json_object_set_new(m, "segment_file", json_string(where));
+		json_object_set_new(m, "segment_file", json_text(where));
 	return json_array_append_new(l->marks, m);
 }
 
