@@ -286,6 +286,14 @@ def test_bad_destination_configuration_is_refused(workdir):
     refuse(["-o", conf("[elsewhere]\nx = 1\n"), b, mnt], "unknown section [elsewhere]")
     refuse(["-o", conf("[aimfs]\nspeed = 1\n"), b, mnt], 'has no key "speed"')
     refuse(["-o", conf("this is not ini\n"), b, mnt], "line 1")
+    # a key or a section given twice is an error, not a silent choice of one
+    refuse(["-o", conf("[aimfs]\njournal_max = 8G\njournal_max = 10x\n"), b, mnt],
+           "[aimfs] gives journal_max twice")
+    refuse(["-o", conf("[destination x]\nurl = https://h/a\nurl = https://h/b\n"), b, mnt],
+           "[destination x] gives url twice")
+    refuse(["-o", conf("[destination x]\nurl = https://h/a\n[aimfs]\nretain = 1d\n"
+                       "[destination x]\nrate = 1M\n"), b, mnt],
+           "section [destination x] appears twice")
     refuse(["-o", "config=/nonexistent.conf", b, mnt], "/nonexistent.conf", status=1)
     refuse(["-o", conf("[destination x]\nurl = https://h/\ntoken_file = /nonexistent\n"), b, mnt],
            "token_file /nonexistent", status=1)

@@ -363,13 +363,91 @@ struct ini_state {
 	struct dest_config **dests;
 	size_t *ndests;
 	int errors;
+	char **seen;     /* "section\nkey" of each key given, and "section\n" of */
+	size_t nseen;    /* each section once it ended */
+	char *section;   /* the section of the last key */
 };
+
+/* Keys a section may give more than once: each adds to a list. */
+static bool repeatable(const char *section, const char *key)
+{
+	return (strcmp(section, "aimfs") == 0 && strcmp(key, "dest") == 0) ||
+	       (strncmp(section, "destination ", 12) == 0 && strcmp(key, "images") == 0);
+}
+
+static bool seen(const struct ini_state *st, const char *entry)
+{
+	for (size_t i = 0; i < st->nseen; i++)
+		if (strcmp(st->seen[i], entry) == 0)
+			return true;
+	return false;
+}
+
+static int remember(struct ini_state *st, char *entry)
+{
+	char **ns = entry ? realloc(st->seen, (st->nseen + 1) * sizeof *ns) : NULL;
+
+	if (!ns) {
+		free(entry);
+		return -ENOMEM;
+	}
+	st->seen = ns;
+	st->seen[st->nseen++] = entry;
+	return 0;
+}
+
+/*
+ * A key given twice in a section, or a section that appears twice, is an
+ * error rather than a silent choice of one value (which the two kinds of
+ * section made differently).  -1 (logged) if so.
+ */
+static int once(struct ini_state *st, const char *section, const char *key)
+{
+	char *entry;
+
+	if (!st->section || strcmp(st->section, section) != 0) {
+		if (st->section) {
+			if (asprintf(&entry, "%s\n", st->section) < 0)
+				return -1;
+			if (remember(st, entry) < 0)
+				return -1;
+		}
+		if (asprintf(&entry, "%s\n", section) < 0)
+			return -1;
+		if (seen(st, entry)) {
+			log_error("config %s: section [%s] appears twice; give each key once, in one"
+				  " [%s]", st->path, section, section);
+			free(entry);
+			return -1;
+		}
+		free(entry);
+		free(st->section);
+		st->section = strdup(section);
+		if (!st->section)
+			return -1;
+	}
+	if (repeatable(section, key))
+		return 0;
+	if (asprintf(&entry, "%s\n%s", section, key) < 0)
+		return -1;
+	if (seen(st, entry)) {
+		log_error("config %s: [%s] gives %s twice (a value indented under a key continues"
+			  " it as another line)", st->path, section, key);
+		free(entry);
+		return -1;
+	}
+	return remember(st, entry);
+}
 
 static int ini_line(void *user, const char *section, const char *key, const char *value)
 {
 	struct ini_state *st = user;
 	struct dest_config *d;
 
+	if (once(st, section, key) < 0) {
+		st->errors++;
+		return 1;
+	}
 	if (parse_has_inline_comment(value)) {
 		log_error("config %s: [%s] %s = \"%s\": a '#' after a value is part of the value;"
 			  " put the comment on a line of its own", st->path, section, key, value);
@@ -401,6 +479,10 @@ int dest_config_load(const char *path,
 				.ndests = ndests };
 	int r = ini_parse(path, ini_line, &st);
 
+	for (size_t i = 0; i < st.nseen; i++)
+		free(st.seen[i]);
+	free(st.seen);
+	free(st.section);
 	if (r == -1) {
 		log_error("config %s: %m", path);
 		return -1;
