@@ -211,10 +211,9 @@ static int check_values(struct aimfs_options *o)
 	o->al_extents = ACTLOG_DEFAULT_SLOTS;
 	o->al_extent_shift = ACTLOG_DEFAULT_SHIFT;
 	if (o->al_extents_s) {
-		char *end;
-		unsigned long n = strtoul(o->al_extents_s, &end, 10);
+		uint64_t n;
 
-		if (*end || n < ACTLOG_MIN_SLOTS || n > 65536) {
+		if (parse_uint(o->al_extents_s, &n) < 0 || n < ACTLOG_MIN_SLOTS || n > 65536) {
 			log_error("al_extents=%s: must be a number from %d to 65536", o->al_extents_s,
 				  ACTLOG_MIN_SLOTS);
 			return -1;

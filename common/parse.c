@@ -27,6 +27,17 @@ static int parse_number(const char *s, uint64_t *val, const char **rest)
 	return 0;
 }
 
+int parse_uint(const char *s, uint64_t *out)
+{
+	const char *rest;
+	uint64_t v;
+
+	if (parse_number(s, &v, &rest) < 0 || *rest)
+		return -EINVAL;
+	*out = v;
+	return 0;
+}
+
 static int mul_checked(uint64_t a, uint64_t b, uint64_t *out)
 {
 	if (b && a > UINT64_MAX / b)
@@ -88,8 +99,7 @@ bool parse_has_inline_comment(const char *value)
 int parse_hostport(const char *s, char *host, unsigned hostlen, uint16_t *port)
 {
 	const char *colon, *hstart = s, *hend;
-	char *end;
-	unsigned long p;
+	uint64_t p;
 
 	if (!s || !*s)
 		return -EINVAL;
@@ -107,9 +117,7 @@ int parse_hostport(const char *s, char *host, unsigned hostlen, uint16_t *port)
 	}
 	if (hend == hstart || (unsigned)(hend - hstart) >= hostlen)
 		return -EINVAL;
-	errno = 0;
-	p = strtoul(colon + 1, &end, 10);
-	if (errno || *end || end == colon + 1 || p > 65535)
+	if (parse_uint(colon + 1, &p) < 0 || p > 65535)
 		return -EINVAL;
 	memcpy(host, hstart, (size_t)(hend - hstart));
 	host[hend - hstart] = '\0';

@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Decimal digits only: no sign, no white space, no suffix, no overflow. */
+int parse_uint(const char *s, uint64_t *out);
 /* Binary suffixes K, M, G, T (also KiB, MiB...; "k" accepted), bytes if none. */
 int parse_size(const char *s, uint64_t *out);
 /* Suffixes ms, s, m, h, d; seconds if none.  Result in nanoseconds. */

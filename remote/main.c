@@ -194,12 +194,9 @@ static int lock_dir(const char *what, const char *path, int *fd)
 /* A count of at least 1 for option opt. */
 static int parse_count(const char *opt, const char *arg, unsigned max, unsigned *out)
 {
-	char *end;
-	unsigned long n;
+	uint64_t n;
 
-	errno = 0;
-	n = strtoul(arg, &end, 10);
-	if (errno || end == arg || *end || n < 1 || n > max)
+	if (parse_uint(arg, &n) < 0 || n < 1 || n > max)
 		return usage_error("%s %s: expected a number from 1 to %u", opt, arg, max);
 	*out = (unsigned)n;
 	return 0;

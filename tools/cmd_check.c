@@ -23,6 +23,7 @@
 #include "clock.h"
 #include "jsontext.h"
 #include "log.h"
+#include "parse.h"
 
 #include <errno.h>
 #include <fnmatch.h>
@@ -557,7 +558,7 @@ int cmd_check(int argc, char **argv)
 	struct series s = { 0 };
 	struct applier *a = NULL;
 	struct point from_pt, until_pt;
-	char *scratch = NULL, *end, **globs = NULL;
+	char *scratch = NULL, **globs = NULL;
 	uint64_t durable, last;
 	bool keep = false;
 	int opt, r, status = 1;
@@ -573,9 +574,7 @@ int cmd_check(int argc, char **argv)
 			c.fsck = optarg;
 			break;
 		case 'e':
-			errno = 0;
-			c.every_n = strtoull(optarg, &end, 10);
-			if (errno || end == optarg || *end || optarg[0] == '-' || c.every_n == 0) {
+			if (parse_uint(optarg, &c.every_n) < 0 || c.every_n == 0) {
 				status = usage_error("check: --every takes a number of records (>= 1),"
 						     " not \"%s\"", optarg);
 				goto out;

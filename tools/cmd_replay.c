@@ -91,7 +91,7 @@ int cmd_replay(int argc, char **argv)
 	struct point_spec spec;
 	struct point pt = { 0 };
 	uint64_t after = 0, sync_lsn = 0, durable, until = 0;
-	char sbuf[32], err[512], *end;
+	char sbuf[32], err[512];
 	int c, r, status = 1;
 
 	opterr = 0;
@@ -122,9 +122,7 @@ int cmd_replay(int argc, char **argv)
 			break;
 		}
 		case 'a':
-			errno = 0;
-			after = strtoull(optarg, &end, 10);
-			if (errno || end == optarg || *end || optarg[0] == '-') {
+			if (parse_uint(optarg, &after) < 0) {
 				status = usage_error("replay: --after-lsn takes an LSN, not \"%s\"", optarg);
 				goto out;
 			}

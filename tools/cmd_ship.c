@@ -160,8 +160,10 @@ int cmd_ship(int argc, char **argv)
 	transport_notify(t, newest, UINT64_MAX);
 	if (transport_start(t) < 0)
 		goto out;
-	ret = transport_drain(t, timeout_ns ? (unsigned)(timeout_ns / 1000000ULL) : UINT32_MAX) == 0
-		      ? 0 : 1;
+	/* 0 (or longer than the drain can count, 49 days) waits as long as
+	 * it takes */
+	ret = transport_drain(t, timeout_ns && timeout_ns / 1000000ULL < UINT32_MAX
+				      ? (unsigned)(timeout_ns / 1000000ULL) : UINT32_MAX) == 0 ? 0 : 1;
 	if (ret == 0 && catalog_open(path, &cat) == 0) {
 		/* A destination new to this journal that got every segment from
 		 * the first one on holds an exact copy: no resync needed. */

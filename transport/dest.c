@@ -67,10 +67,10 @@ static int set_keep(struct dest_config *d, const char *value)
 	if (parse_duration(value, &d->keep_ns) == 0 && d->keep_ns)
 		return 0;
 	errno = 0;
-	n = strtoull(value, &end, 10);
-	while (*end == ' ' || *end == '\t')
+	n = isdigit((unsigned char)value[0]) ? strtoull(value, &end, 10) : 0;
+	while (n && (*end == ' ' || *end == '\t'))
 		end++;
-	if (!errno && end != value && n > 0 && strcmp(end, "segments") == 0) {
+	if (!errno && n > 0 && strcmp(end, "segments") == 0) {
 		d->keep_segments = n;
 		return 0;
 	}

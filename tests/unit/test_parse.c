@@ -45,6 +45,19 @@ int main(void)
 	CHECK(parse_hostport("localhost", host, sizeof host, &port) == -EINVAL);
 	CHECK(parse_hostport("h:99999", host, sizeof host, &port) == -EINVAL);
 	CHECK(parse_hostport(":80", host, sizeof host, &port) == -EINVAL);
+	/* strtoul would take these: white space, a sign */
+	CHECK(parse_hostport("h: 80", host, sizeof host, &port) == -EINVAL);
+	CHECK(parse_hostport("h:-0", host, sizeof host, &port) == -EINVAL);
+	CHECK(parse_hostport("h:+80", host, sizeof host, &port) == -EINVAL);
+	CHECK(parse_uint("0", &v) == 0 && v == 0);
+	CHECK(parse_uint("18446744073709551615", &v) == 0 && v == UINT64_MAX);
+	CHECK(parse_uint("18446744073709551616", &v) == -EINVAL);
+	CHECK(parse_uint(" -5", &v) == -EINVAL);
+	CHECK(parse_uint("-5", &v) == -EINVAL);
+	CHECK(parse_uint("+5", &v) == -EINVAL);
+	CHECK(parse_uint("5 ", &v) == -EINVAL);
+	CHECK(parse_uint("1e3", &v) == -EINVAL);
+	CHECK(parse_uint("", &v) == -EINVAL);
 	CHECK(strcmp(format_size(1536, buf, sizeof buf), "1.5 KiB") == 0);
 	CHECK(parse_has_inline_comment("50M   # cap"));
 	CHECK(parse_has_inline_comment("a\t#b"));
