@@ -20,6 +20,7 @@
  * carries images and the directories they live in.
  */
 #include "fs.h"
+#include "format.h"
 #include "io_i.h"
 #include "journal.h"
 #include "log.h"
@@ -186,6 +187,32 @@ static int journal_errno(int r)
 	default:
 		return EIO;
 	}
+}
+
+/*
+ * 0 if path (relative to the backing directory) is a name a record can
+ * carry, else the errno a create, mkdir or rename to it gets: refused
+ * before the backing directory changes, as the journal could not describe
+ * it (a name with a control character, or too long).
+ */
+static int mirrorable(const char *path)
+{
+	size_t len = strlen(path);
+
+	if (seg_name_valid(path, len))
+		return 0;
+	if (len > SEG_NAME_MAX)
+		return ENAMETOOLONG;
+	for (const char *c = path; *c; c++) {
+		size_t clen = strcspn(c, "/");
+
+		if (clen > SEG_COMPONENT_MAX)
+			return ENAMETOOLONG;
+		c += clen;
+		if (!*c)
+			break;
+	}
+	return EINVAL;
 }
 
 /* The range lock of an image lives with the image (the resync engine takes
@@ -588,6 +615,9 @@ static int create_regular(fuse_req_t req, struct lo_inode *dir, const char *name
 	r = rel_path(fs, dir, name, path, sizeof path);
 	if (r < 0)
 		return r;
+	r = mirrorable(path);
+	if (r)
+		return -r;
 	r = ns_begin(j);
 	if (r < 0)
 		return r;
@@ -667,6 +697,11 @@ static void lo_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	r = rel_path(fs, dir, name, path, sizeof path);
 	if (r < 0) {
 		fuse_reply_err(req, -r);
+		return;
+	}
+	r = mirrorable(path);
+	if (r) {
+		fuse_reply_err(req, r);
 		return;
 	}
 	r = ns_begin(fs->cfg.journal);
@@ -811,6 +846,13 @@ static void lo_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 	if (rel_path(fs, dir, name, from, sizeof from) < 0 ||
 	    rel_path(fs, ndir, newname, to, sizeof to) < 0) {
 		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	/* Refused before it happens: done but not journaled, the replica
+	 * would keep the old name until recovery reconciled at a remount. */
+	err = mirrorable(to);
+	if (err) {
+		fuse_reply_err(req, err);
 		return;
 	}
 	err = -ns_begin(j);

@@ -392,6 +392,38 @@ def test_directory_rename_past_the_name_limit_is_refused(aimfs, workdir):
     assert_trees_equal(start, backing)
 
 
+def test_names_a_record_cannot_carry_are_refused_before_they_happen(aimfs, workdir):
+    """A name with a control character cannot be journaled (FORMAT.md §9):
+    a create, mkdir or rename to one fails with EINVAL and leaves the
+    backing directory as it was.  (A create or mkdir once happened, was
+    undone and failed with EIO; a rename happened unjournaled and failed
+    with EIO, the replica keeping the old name until a remount.)"""
+    backing = os.path.join(workdir, "backing")
+    os.makedirs(backing)
+    start = os.path.join(workdir, "start")
+    copy_tree(backing, start)
+    m = aimfs()
+    mnt = m.mountpoint
+    with open(os.path.join(mnt, "good.img"), "wb") as f:
+        f.write(b"g" * 8192)
+    for name in ("bad\nname.img", "tab\there.img", "del\x7f.img"):
+        with pytest.raises(OSError) as e:
+            open(os.path.join(mnt, name), "wb")
+        assert e.value.errno == errno.EINVAL, name
+        with pytest.raises(OSError) as e:
+            os.mkdir(os.path.join(mnt, name + ".d"))
+        assert e.value.errno == errno.EINVAL, name
+        with pytest.raises(OSError) as e:
+            os.rename(os.path.join(mnt, "good.img"), os.path.join(mnt, name))
+        assert e.value.errno == errno.EINVAL, name
+    assert sorted(os.listdir(backing)) == [".aimfs", "good.img"]
+    os.rename(os.path.join(mnt, "good.img"), os.path.join(mnt, "fine.img"))
+    assert m.unmount() == 0
+    m.check_quiet()
+    replay(m.journal, start)
+    assert_trees_equal(start, backing)
+
+
 def bdi_strict_limit(mountpoint):
     """The kernel's strict dirty limit of the mount's bdi: '1', '0', or None
     on a kernel without the knob (before Linux 6.2)."""
