@@ -488,6 +488,12 @@ def test_bad_input_is_refused_and_writes_nothing(aimfs, workdir):
     assert snapshot(start) == before
     assert not [f for f in os.listdir(workdir) if "aimctl-check" in f], os.listdir(workdir)
 
+    # a pattern that selects no image checked nothing: not a pass
+    c = CheckRun(["--base", start, "--image", "nomatch*", "--image", "seed*", journal])
+    assert c.rc == 1 and c.points and "--image nomatch* matched no image" in c.err, c
+    assert "seed*" not in c.err, c
+    assert snapshot(start) == before
+
     # a --save that cannot be made fails the command (it once exited 0);
     # the end state is kept for the operator, the base is untouched
     c = CheckRun(["--base", start, "--save", os.path.join(workdir, "no", "such"), journal])

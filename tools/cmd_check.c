@@ -57,6 +57,7 @@ struct check {
 	uint64_t every_n;
 	char **globs;
 	size_t nglobs;
+	bool *glob_used;    /* globs[i] selected an image at some point */
 	bool json;
 	uint64_t from_lsn;  /* points before it are not checked */
 	uint64_t until_lsn; /* the last record applied */
@@ -260,12 +261,14 @@ static void print_output(const struct entry *e)
 
 static bool selected(const struct check *c, const char *name)
 {
+	bool any = false;
+
 	if (!c->nglobs)
 		return true;
 	for (size_t i = 0; i < c->nglobs; i++)
 		if (fnmatch(c->globs[i], name, FNM_PATHNAME) == 0)
-			return true;
-	return false;
+			any = c->glob_used[i] = true;
+	return any;
 }
 
 static int by_name(const void *x, const void *y)
@@ -637,6 +640,11 @@ int cmd_check(int argc, char **argv)
 		}
 	}
 	c.globs = globs;
+	c.glob_used = calloc(c.nglobs + 1, sizeof *c.glob_used);
+	if (!c.glob_used) {
+		log_error("out of memory");
+		goto out;
+	}
 	if (!base) {
 		status = usage_error("check: --base DIR is required (the images as they were right"
 				     " before the first segment; an empty directory for a new group)");
@@ -718,6 +726,14 @@ int cmd_check(int argc, char **argv)
 		goto out;
 	}
 	status = c.failed ? 1 : 0;
+	/* A pattern that matched nothing checked nothing: a typo, not a pass. */
+	for (size_t i = 0; i < c.nglobs; i++) {
+		if (!c.glob_used[i]) {
+			log_error("check: --image %s matched no image at any point checked",
+				  c.globs[i]);
+			status = 1;
+		}
+	}
 	if (save) {
 		applier_free(a);
 		a = NULL;
@@ -752,5 +768,6 @@ out:
 	free(c.e);
 	series_close(&s);
 	free(globs);
+	free(c.glob_used);
 	return status;
 }
