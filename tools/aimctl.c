@@ -119,7 +119,8 @@ int usage_error(const char *fmt, ...)
 	va_start(ap, fmt);
 	log_vmsg(LOG_LVL_ERROR, fmt, ap);
 	va_end(ap);
-	usage(stderr);
+	/* The one line that says what is wrong stays in sight. */
+	fprintf(stderr, "Try 'aimctl help' for usage.\n");
 	return EXIT_USAGE;
 }
 
@@ -364,8 +365,11 @@ int main(int argc, char **argv)
 	const char *name;
 
 	log_init(argv[0]);
-	if (argc < 2)
-		return usage_error("no command given");
+	if (argc < 2) {
+		log_error("no command given");
+		usage(stderr);
+		return EXIT_USAGE;
+	}
 	name = argv[1];
 	if (strcmp(name, "--help") == 0 || strcmp(name, "-h") == 0)
 		return cmd_help(0, NULL);
