@@ -307,9 +307,11 @@ def kill_inside(m, function, finish, action):
 def test_kill9_inside_operation_window(aimfs, workdir, window):
     function, finish, action = WINDOWS[window]
     backing, start = start_dir(workdir, 1, 1)
-    # no idle sealing: the sealer must not reach a breakpoint on its own
-    # with the preparation's writes before the action runs
-    m = aimfs(options=["segment_size=64K", "segment_idle=0"])
+    # no sealing but by size: the sealer must not reach a breakpoint on its
+    # own with the preparation's writes before the action runs (segment_age
+    # did once, on a loaded machine where attaching gdb took over 2 s)
+    m = aimfs(options=["segment_size=64K", "segment_idle=0", "segment_age=1h",
+                       "segment_eager=0"])
     _prepare_tree(m.mountpoint)
     err = kill_inside(m, function, finish, action)
     assert err is None or (isinstance(err, OSError) and err.errno in CRASH_ERRNOS), repr(err)

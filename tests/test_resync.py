@@ -29,7 +29,10 @@ def sparse_image(path, size, extents, seed):
 
 
 def source_conf(workdir, name, remotes, status, extra=""):
-    text = f"[aimfs]\nstatus = {status}\nsegment_size = 1M\nsegment_age = 300ms\n{extra}\n"
+    # extra may set these itself (a key given twice is refused)
+    defaults = "".join(f"{k} = {v}\n" for k, v in (("segment_size", "1M"), ("segment_age", "300ms"))
+                       if f"{k} =" not in extra)
+    text = f"[aimfs]\nstatus = {status}\n{defaults}{extra}\n"
     for dest, (r, pki) in remotes.items():
         text += (f"[destination {dest}]\nurl = {r.base_url}/aim\nca_file = {pki.ca}\n"
                  f"cert_file = {pki.client}\nkey_file = {pki.client_key}\n"

@@ -106,9 +106,11 @@ class Site:
         """creds=False: no key files (the AWS_* variables then hold them)."""
         keys = (f"access_key_file = {self.ak}\nsecret_key_file = {self.sk}\n"
                 if self.creds else "")
+        opts = (self.aimfs_opts or "segment_size = 256K").rstrip("\n") + "\n"
+        if "segment_age =" not in opts:   # a key given twice is refused
+            opts += "segment_age = 200ms\n"
         with open(self.conf, "w") as f:
-            f.write(f"[aimfs]\nstatus = {self.status_addr}\n"
-                    f"{self.aimfs_opts or 'segment_size = 256K'}\nsegment_age = 200ms\n\n"
+            f.write(f"[aimfs]\nstatus = {self.status_addr}\n{opts}\n"
                     f"[destination store]\ntype = s3\nurl = {self.url}\n{keys}{extra}")
 
     def start(self, aimfs, **kw):
@@ -193,8 +195,11 @@ def check_bucket(ceph, bucket, head):
 def test_mirror_through_a_bucket_to_two_pullers(ceph, workdir, aimfs, cleanup):
     seed = int(os.environ.get("AIM_SEED", 1501))
     bucket = new_bucket(ceph)
+    # segments sealed by size only, so that big ones go multipart however
+    # slowly the machine writes them (by age they were cut below 8 MiB once)
     site = Site(workdir, ceph, bucket, extra="compress = zstd\nmultipart_size = 5M\n",
-                aimfs_opts="segment_size = 16M\n")
+                aimfs_opts="segment_size = 16M\nsegment_age = 10s\nsegment_idle = 2s\n"
+                           "segment_eager = 0\n")
     populate(site.backing, seed, 3)
     a = start_remote(workdir, "a", site.pull_args(), cleanup)
     b = start_remote(workdir, "b", site.pull_args("300ms"), cleanup)
@@ -826,8 +831,8 @@ def test_bad_object_store_destinations_refuse_the_mount(workdir, lines, why, sta
     from aimtest import AIMFS
     conf = os.path.join(workdir, "bad.conf")
     with open(conf, "w") as f:
-        f.write("[destination store]\ntype = s3\nsecret_key_file = /etc/hostname\n"
-                "access_key_file = /etc/hostname\n" + lines)
+        keys = "" if "access_key_file" in lines else "access_key_file = /etc/hostname\n"
+        f.write("[destination store]\ntype = s3\nsecret_key_file = /etc/hostname\n" + keys + lines)
     os.makedirs(os.path.join(workdir, "b"))
     os.makedirs(os.path.join(workdir, "m"))
     p = subprocess.run([AIMFS, "-f", "-o", f"config={conf}", os.path.join(workdir, "b"),
