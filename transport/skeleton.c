@@ -69,7 +69,9 @@ static int write_file(const char *path, const uint8_t *buf, size_t len)
 	char tmp[4400];
 	int fd, r = 0;
 
-	snprintf(tmp, sizeof tmp, "%s.tmp", path);
+	/* Two threads may store the same skeleton (pruning runs from every
+	 * worker): each writes its own file, the renames leave one copy. */
+	snprintf(tmp, sizeof tmp, "%s.tmp%d", path, (int)gettid());
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
 	if (fd < 0)
 		return -errno;

@@ -356,7 +356,11 @@ static int make_skeletons(struct transport *t, struct catalog *cat)
 
 		pthread_mutex_lock(&t->lock);
 		from = (d->skel_through > d->acked_segment ? d->skel_through : d->acked_segment) + 1;
-		to = dest_tracking(d) ? t->durable_segment : 0;
+		/* Not while its worker ships: a segment it sends whole (it
+		 * turned tracking meanwhile) ends at another LSN of the
+		 * destination's sequence than its skeleton would, and the
+		 * skeletons after it must follow what was acknowledged. */
+		to = dest_tracking(d) && !d->in_ship ? t->durable_segment : 0;
 		pthread_mutex_unlock(&t->lock);
 		for (uint64_t n = from; n <= to; n++) {
 			if (skeleton_make(t, d, cat, n) < 0)

@@ -43,6 +43,9 @@ struct dest {
 	uint64_t acked_src_lsn;     /* source LSN that segment ends at */
 	uint64_t dest_last_lsn;     /* last LSN in the destination's own sequence */
 	uint64_t shipping_segment;
+	bool in_ship;               /* the worker is shipping shipping_segment, from
+				     * choosing it in full or as a skeleton to recording
+				     * the acknowledgement: only it makes skeletons then */
 	char last_error[256];
 	uint64_t last_error_ns;
 	uint64_t next_attempt_ns;

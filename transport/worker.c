@@ -405,6 +405,7 @@ void *worker_main(void *arg)
 		if (d->link != DEST_LINK_RETRYING)
 			dest_link_set(d, DEST_LINK_SHIPPING);
 		d->shipping_segment = n;
+		d->in_ship = !chores;
 		pthread_mutex_unlock(&t->lock);
 
 		t0 = clock_wall_ns();
@@ -428,6 +429,7 @@ void *worker_main(void *arg)
 		if (o == SHIP_OK && skeleton)
 			skeleton_remove(t, d, n);
 		pthread_mutex_lock(&t->lock);
+		d->in_ship = false; /* the acknowledgement (if any) is in memory below */
 		if (o == SHIP_OK) {
 			double secs = (double)(now - t0) / 1e9, bps = secs > 0 ? (double)sent / secs : 0;
 
