@@ -109,6 +109,9 @@ struct group {
 	int dirfd;
 	struct state_group sg;
 	bool stopped;
+	bool short_of_space;  /* stopped by a full disk (target or state): it
+			       * resumes by itself at space_retry_ns */
+	uint64_t space_retry_ns;
 	uint64_t recheck_ns;  /* CLOCK_MONOTONIC time to look again, 0 if none */
 	enum group_state cur_state;
 	uint64_t cur_waiting;
@@ -231,10 +234,17 @@ static void set_state(struct group *g, enum group_state s, uint64_t waiting_for,
 }
 
 /* Stops the group until a restart; the reason is logged here, once. */
+#define SPACE_RETRY_NS (5ULL * 1000000000ULL)
+
 static void stop_group(struct group *g, const char *why)
 {
-	log_error("group %s: stopped: %s", g->name, why);
+	log_error("group %s: stopped: %s%s", g->name, why,
+		  g->short_of_space ? " (out of space: it tries again every 5 s)" : "");
 	g->stopped = true;
+	if (g->short_of_space) {
+		g->space_retry_ns = clock_mono_ns() + SPACE_RETRY_NS;
+		g->recheck_ns = g->space_retry_ns;
+	}
 	set_state(g, GROUP_STOPPED, 0, why);
 }
 
@@ -915,6 +925,8 @@ static int apply_next(struct group *g, uint64_t next, bool jump)
 		}
 		snprintf(why + strlen(why), sizeof why - strlen(why),
 			 "; the targets are durable up to LSN %" PRIu64, g->sg.applied_lsn);
+		/* A full target or state disk heals once space is freed. */
+		g->short_of_space = r == -ENOSPC || r == -EDQUOT;
 		stop_group(g, why);
 		return 0;
 	}
@@ -1198,15 +1210,24 @@ static void hold_after_start(struct group *g)
 		reach_here(g, "aim-remote restarted before the hold was reached");
 }
 
+static void start_group(struct group *g)
+{
+	int r = group_init(g);
+
+	if (r < 0) {
+		g->short_of_space = r == -ENOSPC || r == -EDQUOT;
+		stop_group(g, "cannot start applying (see the messages before)");
+	} else {
+		hold_after_start(g);
+	}
+}
+
 static void *group_main(void *arg)
 {
 	struct group *g = arg;
 	bool resume;
 
-	if (group_init(g) < 0)
-		stop_group(g, "cannot start applying (see the messages before)");
-	else
-		hold_after_start(g);
+	start_group(g);
 	for (;;) {
 		pthread_mutex_lock(&g->lock);
 		while (!g->kicked && !g->stop) {
@@ -1230,16 +1251,16 @@ static void *group_main(void *arg)
 		resume = g->resume;
 		g->resume = false;
 		pthread_mutex_unlock(&g->lock);
+		if (g->stopped && g->short_of_space && clock_mono_ns() >= g->space_retry_ns)
+			resume = true;
 		if (g->stopped && resume) {
 			/* As at start: the state again, the applier afresh. */
 			log_info("group %s: resuming", g->name);
 			group_fini(g);
 			g->stopped = false;
+			g->short_of_space = false;
 			g->cur_state = GROUP_STARTING;
-			if (group_init(g) < 0)
-				stop_group(g, "cannot start applying (see the messages before)");
-			else
-				hold_after_start(g);
+			start_group(g);
 		}
 		if (g->stopped) {
 			uint64_t lowest;
@@ -1250,6 +1271,8 @@ static void *group_main(void *arg)
 			serve_request(g);
 			if (g->dirfd >= 0)
 				look(g, false, &have_next, &lowest);
+			if (g->short_of_space && (!g->recheck_ns || g->recheck_ns > g->space_retry_ns))
+				g->recheck_ns = g->space_retry_ns;
 			continue;
 		}
 		while (!g->stopped && !atomic_load(&g->r->quitting) && step(g) > 0)

@@ -151,10 +151,16 @@ static const char *const group_columns[][2] = {
 	{ "mismatch_pruned_lsn", "INTEGER NOT NULL DEFAULT 0" },
 };
 
+/* A full disk is told as itself: the group retries once space is freed. */
+static int db_errno(struct state *st)
+{
+	return sqlite3_errcode(st->db) == SQLITE_FULL ? -ENOSPC : -EIO;
+}
+
 static int db_fail(struct state *st, const char *what)
 {
 	log_error("state database: %s: %s", what, sqlite3_errmsg(st->db));
-	return -EIO;
+	return db_errno(st);
 }
 
 static int exec(struct state *st, const char *sql)
@@ -164,7 +170,7 @@ static int exec(struct state *st, const char *sql)
 	if (sqlite3_exec(st->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
 		log_error("state database: %s", msg ? msg : sqlite3_errmsg(st->db));
 		sqlite3_free(msg);
-		return -EIO;
+		return db_errno(st);
 	}
 	return 0;
 }

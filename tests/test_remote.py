@@ -766,3 +766,58 @@ def test_bad_options_are_refused(workdir, pki):
         r.close()
     p = subprocess.run([AIM_REMOTE, "--help"], capture_output=True, text=True)
     assert p.returncode == 0 and "--inbox" in p.stdout and "--retain" in p.stdout
+
+
+def test_a_full_state_disk_stops_a_group_until_space_is_freed(workdir, remotes):
+    """The state database (remote.db) on a file system that fills: the
+    group stops with the reason, and once space is freed it applies on by
+    itself, without SIGHUP or a restart (it once stayed stopped, the full
+    disk told as an I/O error).  Found by an audit with the inbox and the
+    state on one small file system."""
+    g = "bbbbbbbb-0000-4000-8000-000000000001"
+    state = os.path.join(workdir, "state")
+    os.makedirs(state)
+    run(["mount", "-t", "tmpfs", "-o", "size=8M", "tmpfs", state])
+    r = None
+    try:
+        inbox, target = os.path.join(workdir, "inbox"), os.path.join(workdir, "target")
+        os.makedirs(inbox)
+        os.makedirs(target)
+        r = remotes(inbox=inbox, target=target, state=state, expect_alarms=True).start()
+        first = 1
+
+        def deliver(n):
+            nonlocal first
+            lines = [f"group {g}", f"number {n}", f"first_lsn {first}", "image 1 vm.img"]
+            for k in range(20):
+                lines.append(f"write 1 {(n * 20 + k) % 256 * 4096} @4096:{n % 256}")
+            lines.append("flush")
+            first += 21
+            path = mkseg(os.path.join(workdir, f"s{n}.aimj"), "\n".join(lines) + "\n")
+            inbox_deliver(r.inbox, g, path, name=f"{n:020d}.aimj")
+        deliver(1)
+        r.wait_applied(g, first - 1)
+        filler = os.path.join(state, "filler")
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass
+        os.close(fd)
+        n = 1
+        while r.group(g)["state"] != "stopped":
+            assert n < 400, "the state database never ran out of space"
+            n += 1
+            deliver(n)
+            r.wait_group(g, lambda s: s["state"] in ("idle", "stopped"), what="an apply")
+        st = r.group(g)
+        assert "No space left" in st["error"], st
+        os.unlink(filler)
+        st = r.wait_applied(g, first - 1, timeout=30)
+        assert st["applied_segment"] == n, st
+        assert "resuming" in r.output()
+    finally:
+        if r:
+            r.stop()
+        run(["umount", state], check=False)
