@@ -147,7 +147,7 @@ static json_t *time_or_null(uint64_t ns)
 {
 	char tbuf[64];
 
-	return ns ? json_text(clock_iso8601(ns, 3, tbuf, sizeof tbuf)) : json_null();
+	return ns ? json_string(clock_iso8601(ns, 3, tbuf, sizeof tbuf)) : json_null();
 }
 
 /*
@@ -183,9 +183,9 @@ static json_t *status_json(struct status *s)
 
 	journal_stats(s->info.journal, &js);
 	seg_uuid_format(js.group, group);
-	json_object_set_new(o, "role", json_text("source"));
-	json_object_set_new(o, "version", json_text(s->info.version));
-	json_object_set_new(o, "group", json_text(group));
+	json_object_set_new(o, "role", json_string("source"));
+	json_object_set_new(o, "version", json_string(s->info.version));
+	json_object_set_new(o, "group", json_string(group));
 	json_object_set_new(o, "backing_dir", json_text(s->info.backing_dir));
 	json_object_set_new(o, "mountpoint", json_text(s->info.mountpoint));
 	json_object_set_new(o, "journal_dir", json_text(s->info.journal_dir));
@@ -198,7 +198,7 @@ static json_t *status_json(struct status *s)
 	json_object_set_new(o, "journal_bytes", json_integer((json_int_t)js.journal_bytes));
 	json_object_set_new(o, "journal_max", json_integer((json_int_t)js.journal_max));
 	json_object_set_new(o, "journal_limit_enforced", json_boolean(js.enforce_max));
-	json_object_set_new(o, "overflow", json_text(s->info.overflow));
+	json_object_set_new(o, "overflow", json_string(s->info.overflow));
 	json_object_set_new(o, "journal_full",
 			    json_boolean(js.enforce_max && js.journal_bytes >= js.journal_max));
 	json_object_set_new(o, "writes_waiting", json_integer(js.writes_waiting));

@@ -183,7 +183,7 @@ static json_t *time_or_null(uint64_t ns)
 {
 	char buf[64];
 
-	return ns ? json_text(clock_iso8601(ns, 3, buf, sizeof buf)) : json_null();
+	return ns ? json_string(clock_iso8601(ns, 3, buf, sizeof buf)) : json_null();
 }
 
 static json_t *u64(uint64_t v)
@@ -196,13 +196,13 @@ json_t *hold_json(const struct hold *h, const struct group_snapshot *s, uint64_t
 	json_t *o = json_object(), *rp;
 
 	json_object_set_new(o, "point", json_text(h->pt.text));
-	json_object_set_new(o, "kind", json_text(hold_kind_name(h->kind)));
+	json_object_set_new(o, "kind", json_string(hold_kind_name(h->kind)));
 	json_object_set_new(o, "since", time_or_null(h->set_ns));
 	json_object_set_new(o, "asked_at_lsn", u64(h->asked_lsn));
 	json_object_set_new(o, "reached", json_boolean(h->reached));
 	json_object_set_new(o, "lsn", h->reached ? u64(h->stop_lsn) : json_null());
 	json_object_set_new(o, "record", h->reached && h->stop_type
-					 ? json_text(seg_type_name(h->stop_type)) : json_null());
+					 ? json_string(seg_type_name(h->stop_type)) : json_null());
 	json_object_set_new(o, "source_time", h->reached ? time_or_null(h->stop_time_ns)
 							 : json_null());
 	/* What the held copy is: the recovery point a failover to it has. */
@@ -218,7 +218,7 @@ json_t *hold_json(const struct hold *h, const struct group_snapshot *s, uint64_t
 	json_object_set_new(o, "backlog_bytes", u64(s->backlog_bytes));
 	json_object_set_new(o, "note", h->note[0] ? json_text(h->note) : json_null());
 	json_object_set_new(o, "promote", h->role != FO_NONE
-					  ? json_text(failover_role_name(h->role)) : json_null());
+					  ? json_string(failover_role_name(h->role)) : json_null());
 	json_object_set_new(o, "force", json_boolean(h->force));
 	json_object_set_new(o, "promoted_at", time_or_null(h->promoted_ns));
 	return o;
@@ -441,8 +441,8 @@ void failover_answer(struct failover_req *req, const struct group_snapshot *s)
 {
 	json_t *o = json_object();
 
-	json_object_set_new(o, "group", json_text(s->name));
-	json_object_set_new(o, "state", json_text(group_state_name(s->state)));
+	json_object_set_new(o, "group", json_string(s->name));
+	json_object_set_new(o, "state", json_string(group_state_name(s->state)));
 	json_object_set_new(o, "applied_lsn", u64(s->applied_lsn));
 	json_object_set_new(o, "last_applied_source_time", time_or_null(s->applied_time_ns));
 	json_object_set_new(o, "consistent", json_boolean(s->consistent));

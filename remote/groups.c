@@ -233,9 +233,10 @@ static void set_state(struct group *g, enum group_state s, uint64_t waiting_for,
 		state_group_status(g->st, g->name, state_names[s], waiting_for, error);
 }
 
-/* Stops the group until a restart; the reason is logged here, once. */
 #define SPACE_RETRY_NS (5ULL * 1000000000ULL)
 
+/* Stops the group until it is resumed (by an operator, a restart, or, out
+ * of space, by itself after SPACE_RETRY_NS); the reason is logged here. */
 static void stop_group(struct group *g, const char *why)
 {
 	log_error("group %s: stopped: %s%s", g->name, why,

@@ -76,7 +76,7 @@ static json_t *time_or_null(uint64_t ns)
 {
 	char buf[64];
 
-	return ns ? json_text(clock_iso8601(ns, 3, buf, sizeof buf)) : json_null();
+	return ns ? json_string(clock_iso8601(ns, 3, buf, sizeof buf)) : json_null();
 }
 
 struct json_ctx {
@@ -89,8 +89,8 @@ static void group_json(void *ctx, const struct group_snapshot *s)
 	struct json_ctx *c = ctx;
 	json_t *o = json_object(), *q = json_array();
 
-	json_object_set_new(o, "group", json_text(s->name));
-	json_object_set_new(o, "state", json_text(group_state_name(s->state)));
+	json_object_set_new(o, "group", json_string(s->name));
+	json_object_set_new(o, "state", json_string(group_state_name(s->state)));
 	json_object_set_new(o, "applied_segment", u64(s->applied_segment));
 	json_object_set_new(o, "applied_lsn", u64(s->applied_lsn));
 	json_object_set_new(o, "consistent", json_boolean(s->consistent));
@@ -202,8 +202,8 @@ static json_t *status_json(struct remote *r)
 	struct json_ctx c = { json_array(), clock_wall_ns() };
 	json_t *o = json_object();
 
-	json_object_set_new(o, "role", json_text("remote"));
-	json_object_set_new(o, "version", json_text(AIM_VERSION));
+	json_object_set_new(o, "role", json_string("remote"));
+	json_object_set_new(o, "version", json_string(AIM_VERSION));
 	json_object_set_new(o, "inbox", json_text(r->cfg.inbox));
 	json_object_set_new(o, "target_dir", json_text(r->cfg.target_dir));
 	json_object_set_new(o, "state_dir", json_text(r->state_dir));

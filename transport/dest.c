@@ -364,7 +364,7 @@ struct ini_state {
 	size_t *ndests;
 	int errors;
 	char **seen;     /* "section\nkey" of each key given, and "section\n" of */
-	size_t nseen;    /* each section once it ended */
+	size_t nseen;    /* each section once it ended (noted) */
 	char *section;   /* the section of the last key */
 };
 
@@ -375,21 +375,31 @@ static bool repeatable(const char *section, const char *key)
 	       (strncmp(section, "destination ", 12) == 0 && strcmp(key, "images") == 0);
 }
 
-static bool seen(const struct ini_state *st, const char *entry)
+/*
+ * Whether "section\nkey" was noted before (1), else 0, noting it if add;
+ * key NULL stands for the section itself, once it ended.  -1 when out of
+ * memory.
+ */
+static int noted(struct ini_state *st, const char *section, const char *key, bool add)
 {
-	for (size_t i = 0; i < st->nseen; i++)
-		if (strcmp(st->seen[i], entry) == 0)
-			return true;
-	return false;
-}
+	char *entry, **ns;
 
-static int remember(struct ini_state *st, char *entry)
-{
-	char **ns = entry ? realloc(st->seen, (st->nseen + 1) * sizeof *ns) : NULL;
-
+	if (asprintf(&entry, "%s\n%s", section, key ? key : "") < 0)
+		return -1;
+	for (size_t i = 0; i < st->nseen; i++) {
+		if (strcmp(st->seen[i], entry) == 0) {
+			free(entry);
+			return 1;
+		}
+	}
+	if (!add) {
+		free(entry);
+		return 0;
+	}
+	ns = realloc(st->seen, (st->nseen + 1) * sizeof *ns);
 	if (!ns) {
 		free(entry);
-		return -ENOMEM;
+		return -1;
 	}
 	st->seen = ns;
 	st->seen[st->nseen++] = entry;
@@ -403,24 +413,19 @@ static int remember(struct ini_state *st, char *entry)
  */
 static int once(struct ini_state *st, const char *section, const char *key)
 {
-	char *entry;
+	int r;
 
 	if (!st->section || strcmp(st->section, section) != 0) {
-		if (st->section) {
-			if (asprintf(&entry, "%s\n", st->section) < 0)
-				return -1;
-			if (remember(st, entry) < 0)
-				return -1;
-		}
-		if (asprintf(&entry, "%s\n", section) < 0)
+		/* the section that ended may not begin again */
+		if (st->section && noted(st, st->section, NULL, true) < 0)
 			return -1;
-		if (seen(st, entry)) {
-			log_error("config %s: section [%s] appears twice; give each key once, in one"
-				  " [%s]", st->path, section, section);
-			free(entry);
+		r = noted(st, section, NULL, false);
+		if (r) {
+			if (r > 0)
+				log_error("config %s: section [%s] appears twice; give each key once,"
+					  " in one [%s]", st->path, section, section);
 			return -1;
 		}
-		free(entry);
 		free(st->section);
 		st->section = strdup(section);
 		if (!st->section)
@@ -428,15 +433,11 @@ static int once(struct ini_state *st, const char *section, const char *key)
 	}
 	if (repeatable(section, key))
 		return 0;
-	if (asprintf(&entry, "%s\n%s", section, key) < 0)
-		return -1;
-	if (seen(st, entry)) {
+	r = noted(st, section, key, true);
+	if (r > 0)
 		log_error("config %s: [%s] gives %s twice (a value indented under a key continues"
 			  " it as another line)", st->path, section, key);
-		free(entry);
-		return -1;
-	}
-	return remember(st, entry);
+	return r ? -1 : 0;
 }
 
 static int ini_line(void *user, const char *section, const char *key, const char *value)
