@@ -187,6 +187,8 @@ static int seed_images(struct resync *r, struct engine_dest *ds, size_t *nimages
 	*total = 0;
 	journal_each_image_id(r->j, collect_id, &ids);
 	ret = catalog_begin(r->cat);
+	if (ret == 0) /* every image is dirty whole: nothing waits for a report */
+		ret = catalog_hashed_clear(r->cat, ds->name);
 	for (size_t i = 0; i < ids.n && !ret; i++) {
 		struct image *im = journal_image_by_id(r->j, ids.v[i]);
 		char name[SEG_NAME_MAX + 1];
@@ -535,6 +537,10 @@ static int collect_mismatches(struct resync *r, struct engine_dest *ds)
 		if (!more || after >= dlast)
 			break;
 	}
+	/* The differing blocks are dirty now; the rest were equal. */
+	ret = catalog_hashed_clear(r->cat, ds->name);
+	if (ret < 0)
+		return ret;
 	ds->p.saved += ds->hashed > mismatched ? ds->hashed - mismatched : 0;
 	ds->hashed = 0;
 	ds->p.lsn_a = ds->p.lsn_b = 0;
@@ -559,7 +565,7 @@ static bool keeping_up(struct resync *r, const struct transport_dest_info *info)
 static int copy_chunk(struct resync *r, struct engine_dest *ds)
 {
 	struct catalog_extent e;
-	uint64_t done;
+	uint64_t done, hashed_before = ds->hashed_all;
 	int ret;
 
 	ret = catalog_dirty_first(r->cat, ds->name, &e);
@@ -573,7 +579,9 @@ static int copy_chunk(struct resync *r, struct engine_dest *ds)
 			  e.image, e.offset, strerror(-ret));
 		return ret;
 	}
-	ret = catalog_dirty_advance(r->cat, ds->name, &e, done);
+	/* Hashed extents wait aside for the remote's report: if the pass is
+	 * abandoned first (tracking), they are dirty again. */
+	ret = catalog_dirty_advance(r->cat, ds->name, &e, done, ds->hashed_all > hashed_before);
 	if (ret < 0)
 		return ret;
 	ds->p.done += done < CHUNK ? done : CHUNK;
@@ -779,7 +787,16 @@ static bool end_tracking(struct resync *r, struct engine_dest *ds,
 
 	if (!info->reachable || info->durable_segment > info->acked_segment + MAX_BACKLOG)
 		return false;
+	/* The pass that tracking interrupted may have hashed extents whose
+	 * report will never be asked for (their HASH records may even have
+	 * become skeletons, which drop them): compare them again. */
+	if (catalog_hashed_requeue(r->cat, ds->name) < 0)
+		return false;
 	progress_reset(ds);
+	/* Ask again what it can compare and holds: the first answer may have
+	 * been a new site's (nothing to compare), long since filled, or the
+	 * remote may have been replaced while it was away. */
+	ds->compare = -1;
 	catalog_dirty_bytes(r->cat, ds->name, &ds->p.total, &count);
 	/* Its SYNC_BEGIN went out with the first skeleton, if there was one.
 	 * A skeleton made meanwhile changes the phase: then look again. */

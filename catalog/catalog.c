@@ -88,6 +88,12 @@ static const char schema[] =
 	"  destination TEXT NOT NULL, image INTEGER NOT NULL,"
 	"  offset INTEGER NOT NULL, length INTEGER NOT NULL,"
 	"  hash INTEGER NOT NULL DEFAULT 1,"   /* compare before sending data */
+	"  PRIMARY KEY(destination, image, offset));"
+	/* dirty extents hashed in the current pass whose comparison the remote
+	 * has not reported yet: dirty again if the pass is abandoned */
+	"CREATE TABLE IF NOT EXISTS hashed_extents("
+	"  destination TEXT NOT NULL, image INTEGER NOT NULL,"
+	"  offset INTEGER NOT NULL, length INTEGER NOT NULL,"
 	"  PRIMARY KEY(destination, image, offset));";
 
 struct catalog {
@@ -768,32 +774,74 @@ int catalog_dirty_first(struct catalog *c, const char *dest, struct catalog_exte
 	return r;
 }
 
-int catalog_dirty_advance(struct catalog *c, const char *dest, const struct catalog_extent *e,
-			  uint64_t done)
+/* Runs sql with ?1 = dest and, if image, ?2..?4 = image, offset, length. */
+static int dirty_exec(struct catalog *c, const char *sql, const char *what, const char *dest,
+		      const struct catalog_extent *e)
 {
 	sqlite3_stmt *st;
+	int r;
+
+	if (sqlite3_prepare_v2(c->db, sql, -1, &st, NULL))
+		return db_fail(c, what);
+	sqlite3_bind_text(st, 1, dest, -1, SQLITE_STATIC);
+	if (e) {
+		sqlite3_bind_int64(st, 2, e->image);
+		sqlite3_bind_int64(st, 3, (sqlite3_int64)e->offset);
+		sqlite3_bind_int64(st, 4, (sqlite3_int64)e->length);
+	}
+	r = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, what);
+	sqlite3_finalize(st);
+	return r;
+}
+
+int catalog_dirty_advance(struct catalog *c, const char *dest, const struct catalog_extent *e,
+			  uint64_t done, bool hashed)
+{
+	struct catalog_extent covered = { .image = e->image, .offset = e->offset, .length = done };
 	int r;
 
 	r = catalog_begin(c);
 	if (r < 0)
 		return r;
-	if (sqlite3_prepare_v2(c->db, "DELETE FROM dirty_extents WHERE destination = ? AND"
-				      " image = ? AND offset = ?", -1, &st, NULL)) {
-		catalog_rollback(c);
-		return db_fail(c, "dirty advance");
-	}
-	sqlite3_bind_text(st, 1, dest, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, e->image);
-	sqlite3_bind_int64(st, 3, (sqlite3_int64)e->offset);
-	r = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, "dirty advance");
-	sqlite3_finalize(st);
+	r = dirty_exec(c, "DELETE FROM dirty_extents WHERE destination = ?1 AND image = ?2 AND"
+			  " offset = ?3", "dirty advance", dest, e);
 	if (r == 0 && done < e->length)
 		r = catalog_dirty_add(c, dest, e->image, e->offset + done, e->length - done, e->hash);
+	if (r == 0 && hashed && done)
+		r = dirty_exec(c, "INSERT INTO hashed_extents(destination, image, offset, length)"
+				  " VALUES(?1, ?2, ?3, ?4) ON CONFLICT DO UPDATE SET"
+				  " length = max(length, ?4)", "hashed add", dest, &covered);
 	if (r) {
 		catalog_rollback(c);
 		return r;
 	}
 	return catalog_commit(c);
+}
+
+int catalog_hashed_requeue(struct catalog *c, const char *dest)
+{
+	int r = catalog_begin(c);
+
+	if (r < 0)
+		return r;
+	/* (WHERE makes the upsert parse: SQLite's INSERT ... SELECT ... ON) */
+	r = dirty_exec(c, "INSERT INTO dirty_extents(destination, image, offset, length, hash)"
+			  " SELECT destination, image, offset, length, 1 FROM hashed_extents"
+			  " WHERE destination = ?1 ON CONFLICT DO UPDATE SET"
+			  " length = max(length, excluded.length)", "hashed requeue", dest, NULL);
+	if (r == 0)
+		r = catalog_hashed_clear(c, dest);
+	if (r) {
+		catalog_rollback(c);
+		return r;
+	}
+	return catalog_commit(c);
+}
+
+int catalog_hashed_clear(struct catalog *c, const char *dest)
+{
+	return dirty_exec(c, "DELETE FROM hashed_extents WHERE destination = ?1", "hashed clear",
+			  dest, NULL);
 }
 
 int catalog_dirty_bytes(struct catalog *c, const char *dest, uint64_t *bytes, uint64_t *count)

@@ -134,9 +134,17 @@ int catalog_dirty_add(struct catalog *c, const char *dest, uint32_t image, uint6
 		      uint64_t length, bool hash);
 /* The first dirty extent (by image, offset); -ENOENT if none. */
 int catalog_dirty_first(struct catalog *c, const char *dest, struct catalog_extent *e);
-/* The first done bytes of extent e are covered: shrink or drop it. */
+/* The first done bytes of extent e are covered: shrink or drop it.  hashed:
+ * they were covered by HASH records, whose comparison the remote has yet
+ * to report: they are kept aside (hashed_extents) until then. */
 int catalog_dirty_advance(struct catalog *c, const char *dest, const struct catalog_extent *e,
-			  uint64_t done);
+			  uint64_t done, bool hashed);
+/* A resync pass was abandoned before the remote reported on its HASH
+ * records: what they covered is dirty again (hash set). */
+int catalog_hashed_requeue(struct catalog *c, const char *dest);
+/* The remote reported on this pass's HASH records (the differing blocks are
+ * dirty now), or everything is dirty again anyway. */
+int catalog_hashed_clear(struct catalog *c, const char *dest);
 int catalog_dirty_bytes(struct catalog *c, const char *dest, uint64_t *bytes, uint64_t *count);
 /* The destination's own LSNs for source segment (from the acknowledgement). */
 int catalog_shipment_range(struct catalog *c, const char *dest, uint64_t segment,

@@ -10,6 +10,9 @@ import re
 import subprocess
 import threading
 import time
+import types
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -360,16 +363,26 @@ def test_scheduled_verification_reports_drift(aimfs, workdir, pki, remotes):
     assert m.unmount() == 0
 
 
-def test_an_overflow_in_the_middle_of_a_resync_loses_nothing(aimfs, workdir, pki, remotes):
-    """The journal fills while dr1 is away (tracking), dr1 comes back and
-    its resync begins -- HASH records of what it missed, which the engine
-    counts as done once journaled -- and the link fails again before they
-    reach it, so the journal fills again and those segments become
-    skeletons, which drop HASH records.  Once dr1 is back for good it must
-    still get every extent: it once ended "in sync" and consistent with
-    megabytes of stale data (found by an audit with fio and kill -9)."""
-    import types
+def remote_post(r, path):
+    """POST to aim-remote's status listener (hold, release); its HTTP status."""
+    req = urllib.request.Request(f"http://127.0.0.1:{r.status_port}{path}", data=b"",
+                                 method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
 
+
+def test_an_overflow_in_the_middle_of_a_resync_loses_nothing(aimfs, workdir, pki, remotes):
+    """The journal fills while dr1 is away (tracking); dr1 comes back and
+    its resync hashes what it missed -- the engine counts those extents as
+    done once their HASH records are journaled -- and the journal fills
+    again before dr1 reports which blocks differ.  Those extents must be
+    compared again: the resync that follows once ended "in sync" and
+    consistent with megabytes of stale data (an audit's fio and kill -9).
+    A hold on the remote makes the window wide: a held group receives and
+    acknowledges but applies nothing, so it cannot report yet."""
     from proxy import Proxy
 
     backing = os.path.join(workdir, "backing")
@@ -382,14 +395,18 @@ def test_an_overflow_in_the_middle_of_a_resync_loses_nothing(aimfs, workdir, pki
     proxy = Proxy(r.listen_port).start()
     rnd = random.Random(22)
 
+    def sync_state():
+        return get_status(status)["destinations"][0]["sync"]
+
     def overflow(fd):
         """Writes 3x journal_max while dr1 cannot be reached: tracking."""
+        proxy.cut()
         for i in range(96):
             os.pwrite(fd, rnd.randbytes(65536), rnd.randrange(0, size - 65536) & ~4095)
             if i % 16 == 15:
                 os.fsync(fd)
-        wait_for(lambda: get_status(status)["destinations"][0]["sync"]["state"] == "tracking",
-                 timeout=60, what="dr1 tracking")
+        wait_for(lambda: sync_state()["state"] == "tracking", timeout=60, what="dr1 tracking")
+        proxy.restore()
 
     try:
         status = f"127.0.0.1:{free_port()}"
@@ -397,33 +414,23 @@ def test_an_overflow_in_the_middle_of_a_resync_loses_nothing(aimfs, workdir, pki
         conf = source_conf(workdir, "o.conf", {"dr1": (via, pki)}, status,
                            "journal_max = 2M\nsegment_size = 256K\nsegment_age = 100ms\n")
         m = aimfs(options=[f"config={conf}"], expect_alarms=True)
-        wait_converged(status, [r])
+        gid = wait_converged(status, [r])["group"]
+        assert remote_post(r, f"/hold/{gid}") == 200
+        r.wait_group(gid, lambda g: g["state"] == "held", what="dr1 held")
         fd = os.open(os.path.join(m.mountpoint, "vm.img"), os.O_RDWR)
-        caught = False
-        for attempt in range(3):
-            proxy.cut()
-            overflow(fd)
-            proxy.restore()
-            # the resync after tracking begins: cut it short, before its
-            # HASH records are acknowledged
-            wait_for(lambda: get_status(status)["destinations"][0]["sync"]["state"]
-                     in ("syncing", "in_sync"), timeout=60, interval=0.002,
-                     what="dr1 resyncing")
-            # connections hang rather than fail: the engine hashes on
-            proxy.cut("blackhole")
-            time.sleep(1)
-            if get_status(status)["destinations"][0]["sync"].get("phase") in ("copying",
-                                                                              "comparing"):
-                overflow(fd)
-                caught = True
-                proxy.restore()
-                break
-            proxy.restore()
-            wait_converged(status, [r])
-        assert caught, "never caught dr1 in the middle of its resync"
+        overflow(fd)
+        wait_for(lambda: sync_state().get("phase") == "comparing", timeout=60,
+                 what="dr1's resync waiting for its comparison")
+        assert sync_state()["done_bytes"] > 0
+        # cut between two segments, not in the middle of an upload
+        wait_for(lambda: get_status(status)["destinations"][0]["backlog_segments"] == 0,
+                 timeout=60, what="dr1 acknowledging its HASH records (held: not applied)")
+        overflow(fd)
+        assert remote_post(r, f"/release/{gid}") == 200
         os.fsync(fd)
         os.close(fd)
-        wait_converged(status, [r])
+        st = wait_converged(status, [r])
+        assert st["destinations"][0]["sync"]["state"] == "in_sync"
         assert m.unmount() == 0
         assert_trees_equal(backing, r.target)
     finally:
