@@ -437,6 +437,63 @@ def test_an_overflow_in_the_middle_of_a_resync_loses_nothing(aimfs, workdir, pki
         proxy.stop()
 
 
+def test_a_segment_whose_reply_was_lost_is_not_replaced_by_its_skeleton(
+        aimfs, workdir, pki, remotes):
+    """The link drops after dr1 took a segment but before its answer came
+    back, and the journal fills before the link returns: dr1 goes tracking.
+    The source cannot know whether dr1 has that segment; sending a skeleton
+    of it in its place made dr1 refuse it (409: "a different segment ...
+    was applied already") and the destination stopped for good."""
+    from proxy import Proxy
+
+    backing = os.path.join(workdir, "backing")
+    os.makedirs(backing)
+    size = 16 << 20
+    with open(os.path.join(backing, "vm.img"), "wb") as f:
+        f.write(random.Random(31).randbytes(size))
+    r = start_remote(workdir, pki, "dr1")
+    remotes.append(r)
+    proxy = Proxy(r.listen_port).start()
+    rnd = random.Random(32)
+    try:
+        status = f"127.0.0.1:{free_port()}"
+        via = types.SimpleNamespace(base_url=f"https://127.0.0.1:{proxy.port}")
+        conf = source_conf(workdir, "o.conf", {"dr1": (via, pki)}, status,
+                           "journal_max = 2M\nsegment_size = 256K\nsegment_age = 100ms\n")
+        m = aimfs(options=[f"config={conf}"], expect_alarms=True)
+        wait_converged(status, [r])
+        fd = os.open(os.path.join(m.mountpoint, "vm.img"), os.O_RDWR)
+        proxy.drop_next_reply()
+        os.pwrite(fd, rnd.randbytes(192 << 10), 1 << 20)
+        os.fsync(fd)
+        # the worker tries again after a second: the link is gone by then
+        wait_for(lambda: proxy.stats["replies_dropped"] == 1, timeout=30, interval=0.005,
+                 what="a reply lost")
+        proxy.cut()
+        for i in range(96):
+            os.pwrite(fd, rnd.randbytes(65536), rnd.randrange(0, size - 65536) & ~4095)
+            if i % 16 == 15:
+                os.fsync(fd)
+        wait_for(lambda: get_status(status)["destinations"][0]["sync"]["state"] == "tracking",
+                 timeout=60, what="dr1 tracking")
+        proxy.restore()
+        os.fsync(fd)
+        os.close(fd)
+
+        seen = {}
+
+        def settled():
+            seen["dr1"] = get_status(status)["destinations"][0]
+            return seen["dr1"]["state"] in ("in_sync", "stopped")
+        wait_for(settled, timeout=120, what="dr1 in sync or stopped")
+        assert seen["dr1"]["state"] == "in_sync", seen
+        wait_converged(status, [r])
+        assert m.unmount() == 0
+        assert_trees_equal(backing, r.target)
+    finally:
+        proxy.stop()
+
+
 def test_a_journal_that_fills_while_a_segment_is_on_the_wire_keeps_shipping(
         aimfs, workdir, pki, remotes):
     """A writer faster than a rate-limited link fills the journal while the

@@ -213,3 +213,35 @@ out:
 	free(table);
 	return ret;
 }
+
+static bool has_foreign_records(struct seg_view *v, uint32_t number)
+{
+	struct seg_record r;
+	bool foreign = false;
+
+	seg_view_rewind(v);
+	while (!foreign && seg_view_next(v, &r) == 1)
+		foreign = record_is_foreign(&r, number);
+	seg_view_rewind(v);
+	return foreign;
+}
+
+int filter_body(const struct dest *d, enum filter_mode mode, struct seg_view *v, uint64_t first,
+		const uint8_t **body, size_t *len, uint8_t **owned, uint64_t *dfirst,
+		uint64_t *dlast)
+{
+	*owned = NULL;
+	if (d->cfg.nimages || mode != FILTER_NORMAL || first != seg_view_header(v)->first_lsn ||
+	    has_foreign_records(v, d->rec.number)) {
+		if (filter_segment(&d->cfg, d->rec.number, mode, v, first, owned, len, dlast) < 0)
+			return -ENOMEM;
+		*body = *owned;
+		*dfirst = first;
+		return 0;
+	}
+	*body = seg_view_bytes(v);
+	*len = seg_view_size(v);
+	*dfirst = seg_view_header(v)->first_lsn;
+	*dlast = seg_view_last_lsn(v);
+	return 0;
+}

@@ -10,6 +10,11 @@
  * the segments themselves can go.  The first skeleton of a tracking episode
  * starts with SYNC_BEGIN: from then on the remote knows it is not a
  * consistent copy.
+ *
+ * One segment is kept whole instead: the one its worker sent without an
+ * answer (the link went down).  The remote may hold it, and would refuse a
+ * skeleton of it as a different segment; kept as it was sent, whichever
+ * it holds, the next skeleton follows it in the same sequence.
  */
 #include "fileio.h"
 #include "transport_i.h"
@@ -119,7 +124,7 @@ int skeleton_make(struct transport *t, struct dest *d, struct catalog *cat, uint
 	uint8_t *buf = NULL;
 	size_t len;
 	uint64_t first, last;
-	bool begin;
+	bool begin, whole;
 	int r;
 
 	if (skeleton_exists(t, d, n))
@@ -136,15 +141,38 @@ int skeleton_make(struct transport *t, struct dest *d, struct catalog *cat, uint
 	}
 	first++;
 	pthread_mutex_lock(&t->lock);
-	begin = dest_skeleton_needs_begin(d);
+	whole = n == d->unsure_segment && n == d->acked_segment + 1;
+	begin = !whole && dest_skeleton_needs_begin(d);
 	pthread_mutex_unlock(&t->lock);
-	r = add_dirty(d, cat, v);
-	if (r == 0)
-		r = filter_segment(&d->cfg, d->rec.number, begin ? FILTER_SKELETON_BEGIN : FILTER_SKELETON,
-				   v, first, &buf, &len, &last);
+	if (whole) {
+		/* its data goes with it: nothing to mark dirty, and the next
+		 * skeleton carries the SYNC_BEGIN */
+		const uint8_t *body;
+		uint64_t dfirst;
+
+		r = filter_body(d, FILTER_NORMAL, v, first, &body, &len, &buf, &dfirst, &last);
+		if (r == 0 && !buf) { /* v's own bytes: v is freed below */
+			buf = malloc(len);
+			if (buf)
+				memcpy(buf, body, len);
+			else
+				r = -ENOMEM;
+		}
+		if (r == 0)
+			log_info("destination %s: segment %" PRIu64 " was sent without an answer;"
+				 " it is kept whole in place of its skeleton", d->cfg.name, n);
+	} else {
+		r = add_dirty(d, cat, v);
+		if (r == 0)
+			r = filter_segment(&d->cfg, d->rec.number,
+					   begin ? FILTER_SKELETON_BEGIN : FILTER_SKELETON, v, first,
+					   &buf, &len, &last);
+	}
 	seg_view_free(v);
-	if (r < 0)
+	if (r < 0) {
+		free(buf);
 		return r;
+	}
 	snprintf(dir, sizeof dir, "%s/skel", t->journal_dir);
 	mkdir(dir, 0750);
 	snprintf(dir, sizeof dir, "%s/skel/%u", t->journal_dir, d->rec.number);

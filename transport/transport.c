@@ -136,6 +136,10 @@ int transport_new(const struct transport_config *cfg, struct transport **out)
 			goto fail;
 		d->acked_segment = cd.acked_segment;
 		d->skel_through = skeleton_scan(t, d, cd.acked_segment);
+		/* The last process may have sent the next one without hearing
+		 * back (an object store takes a second copy in its place). */
+		if (d->cfg.type != DEST_TYPE_S3)
+			d->unsure_segment = cd.acked_segment + 1;
 		d->acked_src_lsn = cd.acked_lsn;
 		d->acked_ns = cd.acked_ns;
 		d->dest_last_lsn = cd.dest_lsn;

@@ -53,6 +53,9 @@ struct dest {
 	uint64_t segments_sent, bytes_sent, bytes_raw;
 	double rate_bps;            /* moving average of upload throughput */
 	uint64_t skel_through;      /* skeletons stored up to this segment */
+	uint64_t unsure_segment;    /* sent whole without an answer: the remote may
+				     * hold it, so its "skeleton" is the segment
+				     * as sent (skeleton.c) */
 	uint64_t retry_after_ns;    /* the last answer's Retry-After, 0 if none (worker) */
 	uint64_t base_ns;           /* s3: when its newest base began (s3.c) */
 	bool base_known;            /* s3: base_ns was read from the bucket */
@@ -153,6 +156,15 @@ bool record_is_foreign(const struct seg_record *r, uint32_t number);
 int filter_segment(const struct dest_config *d, uint32_t number, enum filter_mode mode,
 		   struct seg_view *v, uint64_t first_lsn, uint8_t **out, size_t *len,
 		   uint64_t *last_lsn);
+/*
+ * The bytes d receives for segment v sent in mode, its sequence going on at
+ * first: v's own bytes (*owned NULL) where that sequence is the source's and
+ * nothing in v is for someone else, else filter_segment's (*owned, to free).
+ * The same segment always gives the same bytes.  0 or -ENOMEM.
+ */
+int filter_body(const struct dest *d, enum filter_mode mode, struct seg_view *v, uint64_t first,
+		const uint8_t **body, size_t *len, uint8_t **owned, uint64_t *dfirst,
+		uint64_t *dlast);
 
 /* skeleton.c */
 void skeleton_path(const struct transport *t, const struct dest *d, uint64_t n, char *buf,

@@ -210,18 +210,6 @@ static enum outcome put(struct dest *d, CURL *c, struct curl_slist *headers[2], 
 }
 
 /* True if v holds records tagged for a destination other than number. */
-static bool has_foreign_records(struct seg_view *v, uint32_t number)
-{
-	struct seg_record r;
-	bool foreign = false;
-
-	seg_view_rewind(v);
-	while (!foreign && seg_view_next(v, &r) == 1)
-		foreign = record_is_foreign(&r, number);
-	seg_view_rewind(v);
-	return foreign;
-}
-
 /*
  * Ships segment n.  Returns the outcome; on SHIP_OK fills the LSNs and
  * bytes to acknowledge.
@@ -286,25 +274,13 @@ static enum outcome ship(struct dest *d, CURL *c, struct curl_slist *headers[2],
 		return SHIP_FATAL;
 	}
 	*src_last = seg_view_last_lsn(v);
-	body = seg_view_bytes(v);
-	len = seg_view_size(v);
 	pthread_mutex_lock(&d->t->lock);
 	first = d->dest_last_lsn + 1;
 	pthread_mutex_unlock(&d->t->lock);
-	/* Shipped as it is only when the destination's sequence is the
-	 * source's and nothing in it is for someone else. */
-	if (d->cfg.nimages || mode != FILTER_NORMAL || first != seg_view_header(v)->first_lsn ||
-	    has_foreign_records(v, d->rec.number)) {
-		if (filter_segment(&d->cfg, d->rec.number, mode, v, first, &filtered, &len, dlast) < 0) {
-			seg_view_free(v);
-			dest_set_error(d, "out of memory filtering segment %s", file);
-			return SHIP_RETRY;
-		}
-		body = filtered;
-		*dfirst = first;
-	} else {
-		*dfirst = seg_view_header(v)->first_lsn;
-		*dlast = *src_last;
+	if (filter_body(d, mode, v, first, &body, &len, &filtered, dfirst, dlast) < 0) {
+		seg_view_free(v);
+		dest_set_error(d, "out of memory filtering segment %s", file);
+		return SHIP_RETRY;
 	}
 	if (d->cfg.compress)
 		packed = maybe_compress(body, len, &plen);
@@ -450,6 +426,9 @@ void *worker_main(void *arg)
 			transport_prune(t, cat);
 			pthread_mutex_lock(&t->lock);
 		} else if (o == SHIP_RETRY) {
+			/* Sent whole, no answer: it may be there all the same. */
+			if (!skeleton && !sd)
+				d->unsure_segment = n;
 			d->attempts++;
 			d->next_attempt_ns = now + (d->retry_after_ns ? d->retry_after_ns
 								      : backoff_ns(d->attempts));
