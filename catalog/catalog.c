@@ -750,15 +750,106 @@ int catalog_dirty_add(struct catalog *c, const char *dest, uint32_t image, uint6
 	return r;
 }
 
+/* Runs sql with ?1 = dest and, if e, ?2..?5 = its image, offset, length,
+ * hash (as far as sql has parameters). */
+static int dirty_exec(struct catalog *c, const char *sql, const char *what, const char *dest,
+		      const struct catalog_extent *e)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	if (sqlite3_prepare_v2(c->db, sql, -1, &st, NULL))
+		return db_fail(c, what);
+	sqlite3_bind_text(st, 1, dest, -1, SQLITE_STATIC);
+	if (e) {
+		int n = sqlite3_bind_parameter_count(st);
+
+		sqlite3_bind_int64(st, 2, e->image);
+		sqlite3_bind_int64(st, 3, (sqlite3_int64)e->offset);
+		if (n >= 4)
+			sqlite3_bind_int64(st, 4, (sqlite3_int64)e->length);
+		if (n >= 5)
+			sqlite3_bind_int(st, 5, e->hash);
+	}
+	r = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, what);
+	sqlite3_finalize(st);
+	return r;
+}
+
+static uint64_t extent_end(uint64_t offset, uint64_t length)
+{
+	return length > (uint64_t)INT64_MAX - offset ? (uint64_t)INT64_MAX : offset + length;
+}
+
+/*
+ * The extents of e's image that start inside e or where it ends, and
+ * compare alike, become part of it: a byte dirty for several reasons is
+ * sent once.  (Overlapping writes of a tracking episode made a resync send
+ * a 128 MiB image eight times over.)  e is the image's first extent, so
+ * nothing that overlaps it starts before it.
+ */
+static int dirty_coalesce(struct catalog *c, const char *dest, struct catalog_extent *e)
+{
+	uint64_t end = extent_end(e->offset, e->length);
+	unsigned long merged = 0;
+	sqlite3_stmt *st;
+	bool grew = true;
+	int r = 0, step;
+
+	if (sqlite3_prepare_v2(c->db, "SELECT offset, length FROM dirty_extents WHERE"
+				      " destination = ?1 AND image = ?2 AND hash = ?3 AND"
+				      " offset > ?4 AND offset <= ?5", -1, &st, NULL))
+		return db_fail(c, "dirty coalesce");
+	while (grew && !r) {
+		grew = false;
+		sqlite3_reset(st);
+		sqlite3_bind_text(st, 1, dest, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 2, e->image);
+		sqlite3_bind_int(st, 3, e->hash);
+		sqlite3_bind_int64(st, 4, (sqlite3_int64)e->offset);
+		sqlite3_bind_int64(st, 5, (sqlite3_int64)end);
+		merged = 0;
+		while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+			uint64_t o_end = extent_end((uint64_t)sqlite3_column_int64(st, 0),
+						    (uint64_t)sqlite3_column_int64(st, 1));
+
+			merged++;
+			if (o_end > end) {
+				end = o_end;
+				grew = true;
+			}
+		}
+		if (step != SQLITE_DONE)
+			r = db_fail(c, "dirty coalesce");
+	}
+	sqlite3_finalize(st);
+	if (r || !merged)
+		return r;
+	/* every extent starting in (offset, end] was seen, none ends later */
+	e->length = end - e->offset;
+	r = dirty_exec(c, "DELETE FROM dirty_extents WHERE destination = ?1 AND image = ?2 AND"
+			  " offset > ?3 AND offset <= ?3 + ?4 AND hash = ?5", "dirty coalesce", dest,
+		       e);
+	if (r == 0)
+		r = dirty_exec(c, "UPDATE dirty_extents SET length = ?4 WHERE destination = ?1 AND"
+				  " image = ?2 AND offset = ?3", "dirty coalesce", dest, e);
+	return r;
+}
+
 int catalog_dirty_first(struct catalog *c, const char *dest, struct catalog_extent *e)
 {
 	sqlite3_stmt *st;
 	int r;
 
+	r = catalog_begin(c);
+	if (r < 0)
+		return r;
 	if (sqlite3_prepare_v2(c->db, "SELECT image, offset, length, hash FROM dirty_extents"
 				      " WHERE destination = ? ORDER BY image, offset LIMIT 1",
-				      -1, &st, NULL))
+				      -1, &st, NULL)) {
+		catalog_rollback(c);
 		return db_fail(c, "dirty first");
+	}
 	sqlite3_bind_text(st, 1, dest, -1, SQLITE_STATIC);
 	r = sqlite3_step(st);
 	if (r == SQLITE_ROW) {
@@ -771,27 +862,13 @@ int catalog_dirty_first(struct catalog *c, const char *dest, struct catalog_exte
 		r = r == SQLITE_DONE ? -ENOENT : db_fail(c, "dirty first");
 	}
 	sqlite3_finalize(st);
-	return r;
-}
-
-/* Runs sql with ?1 = dest and, if image, ?2..?4 = image, offset, length. */
-static int dirty_exec(struct catalog *c, const char *sql, const char *what, const char *dest,
-		      const struct catalog_extent *e)
-{
-	sqlite3_stmt *st;
-	int r;
-
-	if (sqlite3_prepare_v2(c->db, sql, -1, &st, NULL))
-		return db_fail(c, what);
-	sqlite3_bind_text(st, 1, dest, -1, SQLITE_STATIC);
-	if (e) {
-		sqlite3_bind_int64(st, 2, e->image);
-		sqlite3_bind_int64(st, 3, (sqlite3_int64)e->offset);
-		sqlite3_bind_int64(st, 4, (sqlite3_int64)e->length);
+	if (r == 0)
+		r = dirty_coalesce(c, dest, e);
+	if (r < 0 && r != -ENOENT) {
+		catalog_rollback(c);
+		return r;
 	}
-	r = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, what);
-	sqlite3_finalize(st);
-	return r;
+	return catalog_commit(c) < 0 ? -EIO : r;
 }
 
 int catalog_dirty_advance(struct catalog *c, const char *dest, const struct catalog_extent *e,
@@ -803,9 +880,12 @@ int catalog_dirty_advance(struct catalog *c, const char *dest, const struct cata
 	r = catalog_begin(c);
 	if (r < 0)
 		return r;
+	/* Only as it was read: an extent that grew meanwhile (a skeleton of
+	 * a write made after this chunk's records) is left whole, to be
+	 * covered again. */
 	r = dirty_exec(c, "DELETE FROM dirty_extents WHERE destination = ?1 AND image = ?2 AND"
-			  " offset = ?3", "dirty advance", dest, e);
-	if (r == 0 && done < e->length)
+			  " offset = ?3 AND length = ?4 AND hash = ?5", "dirty advance", dest, e);
+	if (r == 0 && sqlite3_changes(c->db) && done < e->length)
 		r = catalog_dirty_add(c, dest, e->image, e->offset + done, e->length - done, e->hash);
 	if (r == 0 && hashed && done)
 		r = dirty_exec(c, "INSERT INTO hashed_extents(destination, image, offset, length)"
