@@ -3,6 +3,7 @@
  * (protocol.h), and how a sender reads an HTTP status.
  */
 #include "protocol.h"
+#include "jsontext.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -23,6 +24,8 @@
 #define K_IMAGE_ID "image_id"
 #define K_OFFSET "offset"
 #define K_LENGTH "length"
+#define K_STATE "state"
+#define K_ERROR "error"
 
 enum proto_verdict proto_verdict(long status)
 {
@@ -62,6 +65,10 @@ json_t *proto_mismatches_json(const struct proto_mismatches *m, json_t *targets)
 	json_object_set_new(o, K_RANGES, ranges);
 	if (targets)
 		json_object_set_new(o, K_TARGETS, targets);
+	if (m->state[0])
+		json_object_set_new(o, K_STATE, json_string(m->state));
+	if (m->error[0])
+		json_object_set_new(o, K_ERROR, json_text(m->error));
 	return o;
 }
 
@@ -105,6 +112,12 @@ int proto_mismatches_parse(const char *body, struct proto_mismatches *m, char *w
 	get_u64(o, K_PRUNED, &m->pruned_lsn);
 	m->consistent = !json_is_false(json_object_get(o, K_CONSISTENT));
 	m->more = json_is_true(json_object_get(o, K_MORE));
+	snprintf(m->state, sizeof m->state, "%s",
+		 json_is_string(json_object_get(o, K_STATE))
+			 ? json_string_value(json_object_get(o, K_STATE)) : "");
+	snprintf(m->error, sizeof m->error, "%s",
+		 json_is_string(json_object_get(o, K_ERROR))
+			 ? json_string_value(json_object_get(o, K_ERROR)) : "");
 	targets = json_object_get(o, K_TARGETS);
 	if (json_is_object(targets)) {
 		m->has_targets = true;

@@ -27,8 +27,11 @@
  * then offset, at most a bounded number per answer ending at a whole LSN,
  * with more = true when some were left out (ask again with after = the last
  * range's LSN).  The first question of a resync (after = 0) also lists the
- * remote's targets and their sizes.  404 with a plain-text body starting
- * "no group " while the remote has not seen the group yet.
+ * remote's targets and their sizes.  Every answer also says the group's
+ * state there (idle, applying, waiting, stopped, held, ...) and, stopped,
+ * why: a source learns from it whether what it delivered is applied.  404
+ * with a plain-text body starting "no group " while the remote has not
+ * seen the group yet.
  *
  * Thread safety: pure functions.
  */
@@ -75,6 +78,8 @@ struct proto_mismatches {
 	size_t nranges;
 	bool has_targets;      /* the after = 0 answer: what the remote holds */
 	size_t ntargets;       /* ... how many targets */
+	char state[16];        /* the group's state word there ("" if not said) */
+	char error[512];       /* why it stopped ("" if it did not, or not said) */
 };
 
 /* "mismatches?after=N" for GET <url>/<group>/...; returns buf. */

@@ -1263,6 +1263,17 @@ static void add_range(void *ctx, const struct state_mismatch *sm)
 	c->m.nranges++;
 }
 
+/* The group's state word and error, for the report. */
+static void say_state(void *ctx, const struct group_snapshot *s)
+{
+	struct proto_mismatches *m = ctx;
+
+	if (strcmp(s->name, m->group) != 0)
+		return;
+	snprintf(m->state, sizeof m->state, "%s", group_state_name(s->state));
+	snprintf(m->error, sizeof m->error, "%s", s->state == GROUP_STOPPED ? s->error : "");
+}
+
 /* The mismatch report (common/protocol.h defines its form). */
 static enum MHD_Result serve_mismatches(struct receiver *rx, struct MHD_Connection *conn,
 					struct upload *u)
@@ -1291,6 +1302,7 @@ static enum MHD_Result serve_mismatches(struct receiver *rx, struct MHD_Connecti
 	c.m.applied_lsn = g.applied_lsn;
 	c.m.consistent = g.sync.consistent;
 	c.m.pruned_lsn = g.pruned_lsn;
+	groups_each(rx->r, say_state, &c.m);
 	/* The first question of a resync: it also learns what we hold. */
 	if (u->after == 0 && rx->r->cfg.target_dir)
 		targets = targets_list(rx->r->cfg.target_dir, rx->r->cfg.maps, rx->r->cfg.nmaps);

@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from aimtest import assert_trees_equal, copy_tree, run, wait_for
+from aimtest import AIMCTL, assert_trees_equal, copy_tree, run, wait_for
 from remote_helpers import PKI, Remote
 from servers import free_port, get_json, get_status
 from workload import Workload, populate
@@ -532,3 +532,69 @@ def test_a_journal_that_fills_while_a_segment_is_on_the_wire_keeps_shipping(
     assert m.unmount() == 0
     assert "HTTP 422" not in m.output(), m.output()
     assert_trees_equal(backing, r.target)
+
+
+def test_a_remote_that_receives_but_cannot_apply_is_not_called_in_sync(
+        aimfs, workdir, pki, remotes):
+    """The replica's file system fills: aim-remote still receives segments
+    (its inbox is elsewhere) but its group stops applying them.  The source
+    used to say in_sync (everything acknowledged) while the replica was
+    behind; it now asks the remote what it applied and says remote_stopped,
+    with the remote's reason, until the group applies again (aim-remote
+    tries again by itself once space is freed)."""
+    target = os.path.join(workdir, "replica")
+    os.makedirs(target)
+    run(["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", target])
+    try:
+        backing = os.path.join(workdir, "backing")
+        os.makedirs(backing)
+        r = start_remote(workdir, pki, "dr1", target=target)
+        r.expect_alarms = True
+        remotes.append(r)
+        status = f"127.0.0.1:{free_port()}"
+        conf = source_conf(workdir, "o.conf", {"dr1": (r, pki)}, status)
+        m = aimfs(options=[f"config={conf}"], expect_alarms=True)
+        image = os.path.join(m.mountpoint, "vm.img")
+        with open(image, "wb") as f:
+            f.write(random.Random(41).randbytes(1 << 20))
+            os.fsync(f.fileno())
+        wait_converged(status, [r])
+        with open(os.path.join(target, "filler"), "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        with open(image, "r+b") as f:
+            f.seek(2 << 20)
+            f.write(random.Random(42).randbytes(1 << 20))
+            os.fsync(f.fileno())
+        seen = {}
+
+        def remote_stopped():
+            seen["st"] = get_status(status)
+            return seen["st"]["destinations"][0]["state"] == "remote_stopped"
+        wait_for(remote_stopped, timeout=60, what="the source to say remote_stopped")
+        d = seen["st"]["destinations"][0]
+        assert seen["st"]["in_sync"] is False, seen
+        assert d["remote"]["state"] == "stopped", d
+        assert "No space left" in d["remote"]["error"], d
+        assert d["remote"]["applied_all"] is False, d
+        with urllib.request.urlopen(f"http://{status}/metrics", timeout=10) as resp:
+            metrics = resp.read().decode()
+        assert 'aimfs_destination_state{destination="dr1",state="remote_stopped"} 1' in metrics
+        out = run([AIMCTL, "status", status], check=False).stdout
+        assert "REMOTE STOPPED" in out and "No space left" in out, out
+        os.unlink(os.path.join(target, "filler"))
+        st = wait_converged(status, [r])
+        d = st["destinations"][0]
+        assert d["state"] == "in_sync" and d["remote"]["applied_all"] is True, d
+        assert m.unmount() == 0
+        with open(os.path.join(backing, "vm.img"), "rb") as a, \
+                open(os.path.join(target, "vm.img"), "rb") as b:
+            assert a.read() == b.read()
+    finally:
+        for r in remotes:
+            r.close()
+        run(["umount", target], check=False)

@@ -99,6 +99,15 @@ static void print_destination(json_t *d)
 	}
 	if (json_object_get(d, "last_error"))
 		printf("  last error   %s (%s)\n", str(d, "last_error"), str(d, "last_error_at"));
+	if (json_is_object(json_object_get(d, "remote"))) {
+		json_t *r = json_object_get(d, "remote");
+
+		printf("  remote       %s, applied LSN %lld%s%s%s\n", str(r, "state"),
+		       num(r, "applied_lsn"), json_is_true(json_object_get(r, "applied_all"))
+						  ? " (all it acknowledged)" : " (behind what it acknowledged)",
+		       json_is_string(json_object_get(r, "error")) ? ": " : "",
+		       json_is_string(json_object_get(r, "error")) ? str(r, "error") : "");
+	}
 	if (json_object_get(d, "next_attempt_in_seconds"))
 		printf("  retrying     attempt %lld, next in %.1f s\n", num(d, "attempts"),
 		       json_number_value(json_object_get(d, "next_attempt_in_seconds")));

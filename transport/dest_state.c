@@ -66,6 +66,7 @@ static const char *const view_words[] = {
 	[DEST_VIEW_TRACKING] = "tracking",
 	[DEST_VIEW_RESYNCING] = "resyncing",
 	[DEST_VIEW_NEEDS_RESYNC] = "needs_resync",
+	[DEST_VIEW_REMOTE_STOPPED] = "remote_stopped",
 };
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))

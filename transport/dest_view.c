@@ -10,6 +10,7 @@
  */
 #include "transport_i.h"
 #include "clock.h"
+#include "jsontext.h"
 #include "strbuf.h"
 
 #include <errno.h>
@@ -23,6 +24,8 @@ static enum dest_view_state derive(const struct dest *d, uint64_t durable, bool 
 		return DEST_VIEW_STOPPED;
 	if (d->link == DEST_LINK_RETRYING)
 		return DEST_VIEW_RETRYING;
+	if (strcmp(d->remote_state, "stopped") == 0)
+		return DEST_VIEW_REMOTE_STOPPED;
 	if (d->rec.sync == DEST_SYNC_TRACKING)
 		return DEST_VIEW_TRACKING;
 	if (d->link == DEST_LINK_GAP)
@@ -88,6 +91,11 @@ int transport_views(struct transport *t, struct dest_view **out, size_t *n)
 		v->last_error_ns = d->last_error_ns;
 		v->attempts = d->attempts;
 		v->next_attempt_ns = d->next_attempt_ns;
+		memcpy(v->remote_state, d->remote_state, sizeof v->remote_state);
+		memcpy(v->remote_error, d->remote_error, sizeof v->remote_error);
+		v->remote_applied_lsn = d->remote_applied_lsn;
+		v->remote_asked_ns = d->remote_asked_ns;
+		v->dest_last_lsn = d->dest_last_lsn;
 		pthread_mutex_unlock(&t->lock);
 		measure_backlog(t, v, durable);
 	}
@@ -125,6 +133,27 @@ static json_t *sync_json(const struct dest_view *v)
 	rate = secs > 0 ? (double)p->done / secs : 0;
 	json_object_set_new(o, "eta_seconds", rate > 0 ? json_real((double)v->remaining / rate)
 						       : json_null());
+	return o;
+}
+
+/* What the remote said of its group when last asked; null if it never
+ * did (not asked yet, or not an aim-remote). */
+static json_t *remote_json(const struct dest_view *v)
+{
+	json_t *o;
+	char when[40];
+
+	if (!v->remote_state[0])
+		return json_null();
+	o = json_object();
+	json_object_set_new(o, "state", json_string(v->remote_state));
+	json_object_set_new(o, "applied_lsn", json_integer((json_int_t)v->remote_applied_lsn));
+	/* both in the destination's own sequence */
+	json_object_set_new(o, "applied_all", json_boolean(v->remote_applied_lsn >= v->dest_last_lsn));
+	json_object_set_new(o, "error", v->remote_error[0] ? json_text(v->remote_error)
+							  : json_null());
+	json_object_set_new(o, "asked_at",
+			    json_string(clock_iso8601(v->remote_asked_ns, 0, when, sizeof when)));
 	return o;
 }
 
@@ -173,6 +202,7 @@ static json_t *view_json(const struct dest_view *v)
 						      ? (double)(v->next_attempt_ns - v->now_ns) / 1e9
 						      : 0));
 	}
+	json_object_set_new(o, "remote", remote_json(v));
 	if (v->engine)
 		json_object_set_new(o, "sync", sync_json(v));
 	return o;

@@ -235,8 +235,10 @@ enum dest_view_state {
 	DEST_VIEW_TRACKING,
 	DEST_VIEW_RESYNCING,
 	DEST_VIEW_NEEDS_RESYNC, /* segments gone and no resync engine (aimctl ship) */
+	DEST_VIEW_REMOTE_STOPPED, /* receives, but its group applies nothing: needs
+				   * an operator there (remote_error says why) */
 };
-#define DEST_VIEW_STATES (DEST_VIEW_NEEDS_RESYNC + 1)
+#define DEST_VIEW_STATES (DEST_VIEW_REMOTE_STOPPED + 1)
 const char *dest_view_state_name(enum dest_view_state s);
 
 /* A snapshot of one destination, everything /status and /metrics print. */
@@ -260,6 +262,10 @@ struct dest_view {
 	unsigned attempts;
 	uint64_t next_attempt_ns;
 	uint64_t now_ns;
+	char remote_state[16];         /* "" if not known */
+	char remote_error[512];
+	uint64_t remote_applied_lsn, remote_asked_ns;
+	uint64_t dest_last_lsn;        /* what it acknowledged, in its own sequence */
 };
 /* Snapshots every destination (malloc'd array of *n, free()). */
 int transport_views(struct transport *t, struct dest_view **out, size_t *n);

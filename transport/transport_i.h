@@ -53,6 +53,13 @@ struct dest {
 	uint64_t segments_sent, bytes_sent, bytes_raw;
 	double rate_bps;            /* moving average of upload throughput */
 	uint64_t skel_through;      /* skeletons stored up to this segment */
+	/* What the remote says it did with what it acknowledged (aim-remote's
+	 * mismatch report; worker.c asks while it lags or is not idle). */
+	char remote_state[16];      /* its group's state word, "" if unknown */
+	char remote_error[512];     /* why it stopped */
+	uint64_t remote_applied_lsn; /* in the destination's sequence */
+	uint64_t remote_asked_ns;   /* when last asked, 0: never */
+	bool remote_silent;         /* it answers no report (a WebDAV server) */
 	uint64_t unsure_segment;    /* sent whole without an answer: the remote may
 				     * hold it, so its "skeleton" is the segment
 				     * as sent (skeleton.c) */

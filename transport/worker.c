@@ -42,6 +42,11 @@
 #define BACKOFF_MAX_NS 60000000000ULL
 #define REPLY_MAX 512
 #define ZSTD_LEVEL 3
+#define REMOTE_ASK_NS 2000000000ULL /* how often to ask a remote what it applied */
+#define REMOTE_ASK_TIMEOUT_S 5L
+
+static int get_with_timeout(struct transport *t, size_t i, const char *suffix, long timeout_s,
+			    long *status, char **body, bool *json);
 
 struct upload {
 	const uint8_t *data;
@@ -299,6 +304,70 @@ static enum outcome ship(struct dest *d, CURL *c, struct curl_slist *headers[2],
 	return o;
 }
 
+/*
+ * Whether to ask the remote what its group did with what it acknowledged:
+ * while it has not applied all of it, or its group is not idle (stopped,
+ * held, waiting), every REMOTE_ASK_NS, never while the link is down.  An
+ * acknowledgement says "received"; this is how the source learns "applied".
+ * Asked only when there is nothing to ship (a question between two uploads
+ * would cost a WAN round trip each time; a destination still shipping is
+ * not called in sync anyway).  (T lock)
+ */
+static bool remote_ask_due(const struct dest *d, uint64_t now)
+{
+	if (d->cfg.type == DEST_TYPE_S3 || d->remote_silent || !d->dest_last_lsn ||
+	    (d->link != DEST_LINK_SHIPPING && d->link != DEST_LINK_IDLE) ||
+	    now - d->remote_asked_ns < REMOTE_ASK_NS)
+		return false;
+	return d->remote_applied_lsn < d->dest_last_lsn || !d->remote_state[0] ||
+	       strcmp(d->remote_state, "idle") != 0;
+}
+
+/* Asks (the mismatch report: it says the group's state and applied LSN). */
+static void remote_ask(struct dest *d)
+{
+	struct transport *t = d->t;
+	struct proto_mismatches m;
+	char path[64], why[128], *body = NULL;
+	uint64_t after;
+	long status = 0;
+	bool json = false;
+
+	pthread_mutex_lock(&t->lock);
+	after = d->dest_last_lsn;
+	d->remote_asked_ns = clock_wall_ns();
+	pthread_mutex_unlock(&t->lock);
+	if (get_with_timeout(t, (size_t)(d - t->dests), proto_mismatches_path(after, path, sizeof path),
+			     REMOTE_ASK_TIMEOUT_S, &status, &body, &json) < 0)
+		return; /* unreachable now: the uploads will say so */
+	if (status == 404 && !json && strncmp(body, PROTO_NO_GROUP, strlen(PROTO_NO_GROUP)) == 0) {
+		free(body); /* it has not seen the group yet */
+		return;
+	}
+	if (status != 200 || !json || proto_mismatches_parse(body, &m, why, sizeof why) < 0) {
+		log_info("destination %s does not say what it applied (HTTP %ld): not an aim-remote",
+			 d->cfg.name, status);
+		pthread_mutex_lock(&t->lock);
+		d->remote_silent = true;
+		pthread_mutex_unlock(&t->lock);
+		free(body);
+		return;
+	}
+	free(body);
+	pthread_mutex_lock(&t->lock);
+	if (strcmp(m.state, "stopped") == 0 && strcmp(d->remote_state, "stopped") != 0)
+		log_warn("destination %s receives, but its group there stopped applying: %s",
+			 d->cfg.name, m.error[0] ? m.error : "(no reason given)");
+	else if (strcmp(d->remote_state, "stopped") == 0 && strcmp(m.state, "stopped") != 0)
+		log_info("destination %s: its group there applies again", d->cfg.name);
+	snprintf(d->remote_state, sizeof d->remote_state, "%s", m.state[0] ? m.state : "unknown");
+	snprintf(d->remote_error, sizeof d->remote_error, "%s", m.error);
+	d->remote_applied_lsn = m.applied_lsn;
+	pthread_cond_broadcast(&t->cond); /* drainers */
+	pthread_mutex_unlock(&t->lock);
+	proto_mismatches_free(&m);
+}
+
 static uint64_t backoff_ns(unsigned attempts)
 {
 	uint64_t ns = BACKOFF_MIN_NS;
@@ -365,6 +434,12 @@ void *worker_main(void *arg)
 		if (n > t->durable_segment && !chores) {
 			dest_link_set(d, DEST_LINK_IDLE);
 			pthread_cond_broadcast(&t->cond); /* drainers */
+			if (remote_ask_due(d, clock_wall_ns())) {
+				pthread_mutex_unlock(&t->lock);
+				remote_ask(d);
+				pthread_mutex_lock(&t->lock);
+				continue;
+			}
 			/* Wake now and then: retention may let more be pruned. */
 			wait_until(t, clock_wall_ns() + 1000000000ULL);
 			if (t->retain_ns && !t->stopping) {
@@ -454,6 +529,12 @@ void *worker_main(void *arg)
 int transport_get(struct transport *t, size_t i, const char *suffix, long *status, char **body,
 		  bool *json)
 {
+	return get_with_timeout(t, i, suffix, 60L, status, body, json);
+}
+
+static int get_with_timeout(struct transport *t, size_t i, const char *suffix, long timeout_s,
+			    long *status, char **body, bool *json)
+{
 	struct dest *d = &t->dests[i];
 	struct curl_slist *headers[2] = { NULL, NULL };
 	struct strbuf b = { .max = 64u << 20 };
@@ -479,7 +560,7 @@ int transport_get(struct transport *t, size_t i, const char *suffix, long *statu
 	curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers[0]);
 	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, strbuf_curl_write);
 	curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
-	curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT, timeout_s);
 	cc = curl_easy_perform(c);
 	*status = 0;
 	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, status);
