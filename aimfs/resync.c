@@ -783,9 +783,16 @@ static bool end_tracking(struct resync *r, struct engine_dest *ds,
 	struct dest_change only_if = { .expect = true, .expect_sync = DEST_SYNC_TRACKING,
 				       .expect_phase = info->rec.phase };
 	bool begin_sent = info->rec.phase == DEST_PHASE_BEGUN;
-	uint64_t count;
+	uint64_t count, used, max;
 
 	if (!info->reachable || info->durable_segment > info->acked_segment + MAX_BACKLOG)
+		return false;
+	/* Not while the journal is still over half full: its resync could
+	 * not go on (keeping_up), and the next overflow would make it tracking
+	 * again at once (it once flipped hundreds of times a second while a
+	 * slow link carried one segment). */
+	journal_space(r->j, &used, &max);
+	if (max && used >= max / 2)
 		return false;
 	/* The pass that tracking interrupted may have hashed extents whose
 	 * report will never be asked for (their HASH records may even have
