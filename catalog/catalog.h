@@ -33,8 +33,8 @@ int catalog_begin(struct catalog *c);
 int catalog_commit(struct catalog *c);
 int catalog_rollback(struct catalog *c);
 /* Makes every committed transaction durable (synchronous=NORMAL leaves the
- * last ones to a power cut): a checkpoint of the write-ahead log, which
- * syncs it and the database. */
+ * last ones to a power cut): syncs the write-ahead log, which holds them,
+ * without waiting for the catalog's other connections. */
 int catalog_make_durable(struct catalog *c);
 
 /* Key/value metadata ("group", "format", ...).  get returns -ENOENT if the
