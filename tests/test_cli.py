@@ -134,7 +134,8 @@ def test_help_version_and_usage_errors_agree(prog, workdir):
         "aimfs": [["--bogus", os.path.join(workdir, "b"), os.path.join(workdir, "m")],
                   ["-o", "segment_size=12Q", "/a", "/b"], [], ["/a", "/b", "/c"]],
         "aim-remote": [["--bogus"], [], ["--inbox", "/tmp"], ["--max-segment", "12Q"]],
-        "aimctl": [["--bogus"], [], ["dump"], ["replay", "x.aimj"]],
+        "aimctl": [["--bogus"], [], ["dump"], ["replay", "x.aimj"],
+                   ["check", "--base", workdir, "--fsck", "", workdir]],
     }[prog]
     for args in usage_errors:
         p = run([exe, *args])

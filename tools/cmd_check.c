@@ -574,6 +574,11 @@ int cmd_check(int argc, char **argv)
 			base = optarg;
 			break;
 		case 'f':
+			if (!optarg[0] || strspn(optarg, " \t") == strlen(optarg)) {
+				status = usage_error("check: --fsck takes a command (e.g. \"fsck -n\"),"
+						     " not an empty string");
+				goto out;
+			}
 			c.fsck = optarg;
 			break;
 		case 'e':
