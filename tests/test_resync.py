@@ -363,6 +363,44 @@ def test_scheduled_verification_reports_drift(aimfs, workdir, pki, remotes):
     assert m.unmount() == 0
 
 
+def small_journal_via_proxy(aimfs, workdir, pki, remotes, size, seed):
+    """A source whose journal holds 2 MiB (it fills fast) with one image of
+    size random bytes, mirrored to dr1 through a proxy the test cuts, in
+    sync: (backing, remote, proxy, status address, mount).  The caller
+    stops the proxy."""
+    from proxy import Proxy
+
+    backing = os.path.join(workdir, "backing")
+    os.makedirs(backing)
+    with open(os.path.join(backing, "vm.img"), "wb") as f:
+        f.write(random.Random(seed).randbytes(size))
+    r = start_remote(workdir, pki, "dr1")
+    remotes.append(r)
+    proxy = Proxy(r.listen_port).start()
+    try:
+        status = f"127.0.0.1:{free_port()}"
+        via = types.SimpleNamespace(base_url=f"https://127.0.0.1:{proxy.port}")
+        conf = source_conf(workdir, "o.conf", {"dr1": (via, pki)}, status,
+                           "journal_max = 2M\nsegment_size = 256K\nsegment_age = 100ms\n")
+        m = aimfs(options=[f"config={conf}"], expect_alarms=True)
+        wait_converged(status, [r])
+    except BaseException:
+        proxy.stop()
+        raise
+    return backing, r, proxy, status, m
+
+
+def fill_journal(fd, rnd, size, status):
+    """Writes 3x the 2 MiB journal of small_journal_via_proxy while dr1 is
+    cut off: it turns tracking."""
+    for i in range(96):
+        os.pwrite(fd, rnd.randbytes(65536), rnd.randrange(0, size - 65536) & ~4095)
+        if i % 16 == 15:
+            os.fsync(fd)
+    wait_for(lambda: get_status(status)["destinations"][0]["sync"]["state"] == "tracking",
+             timeout=60, what="dr1 tracking")
+
+
 def remote_post(r, path):
     """POST to aim-remote's status listener (hold, release); its HTTP status."""
     req = urllib.request.Request(f"http://127.0.0.1:{r.status_port}{path}", data=b"",
@@ -383,38 +421,20 @@ def test_an_overflow_in_the_middle_of_a_resync_loses_nothing(aimfs, workdir, pki
     consistent with megabytes of stale data (an audit's fio and kill -9).
     A hold on the remote makes the window wide: a held group receives and
     acknowledges but applies nothing, so it cannot report yet."""
-    from proxy import Proxy
-
-    backing = os.path.join(workdir, "backing")
-    os.makedirs(backing)
     size = 24 << 20
-    with open(os.path.join(backing, "vm.img"), "wb") as f:
-        f.write(random.Random(21).randbytes(size))
-    r = start_remote(workdir, pki, "dr1")
-    remotes.append(r)
-    proxy = Proxy(r.listen_port).start()
+    backing, r, proxy, status, m = small_journal_via_proxy(aimfs, workdir, pki, remotes, size, 21)
     rnd = random.Random(22)
 
     def sync_state():
         return get_status(status)["destinations"][0]["sync"]
 
     def overflow(fd):
-        """Writes 3x journal_max while dr1 cannot be reached: tracking."""
         proxy.cut()
-        for i in range(96):
-            os.pwrite(fd, rnd.randbytes(65536), rnd.randrange(0, size - 65536) & ~4095)
-            if i % 16 == 15:
-                os.fsync(fd)
-        wait_for(lambda: sync_state()["state"] == "tracking", timeout=60, what="dr1 tracking")
+        fill_journal(fd, rnd, size, status)
         proxy.restore()
 
     try:
-        status = f"127.0.0.1:{free_port()}"
-        via = types.SimpleNamespace(base_url=f"https://127.0.0.1:{proxy.port}")
-        conf = source_conf(workdir, "o.conf", {"dr1": (via, pki)}, status,
-                           "journal_max = 2M\nsegment_size = 256K\nsegment_age = 100ms\n")
-        m = aimfs(options=[f"config={conf}"], expect_alarms=True)
-        gid = wait_converged(status, [r])["group"]
+        gid = get_status(status)["group"]
         assert remote_post(r, f"/hold/{gid}") == 200
         r.wait_group(gid, lambda g: g["state"] == "held", what="dr1 held")
         fd = os.open(os.path.join(m.mountpoint, "vm.img"), os.O_RDWR)
@@ -444,24 +464,10 @@ def test_a_segment_whose_reply_was_lost_is_not_replaced_by_its_skeleton(
     The source cannot know whether dr1 has that segment; sending a skeleton
     of it in its place made dr1 refuse it (409: "a different segment ...
     was applied already") and the destination stopped for good."""
-    from proxy import Proxy
-
-    backing = os.path.join(workdir, "backing")
-    os.makedirs(backing)
     size = 16 << 20
-    with open(os.path.join(backing, "vm.img"), "wb") as f:
-        f.write(random.Random(31).randbytes(size))
-    r = start_remote(workdir, pki, "dr1")
-    remotes.append(r)
-    proxy = Proxy(r.listen_port).start()
+    backing, r, proxy, status, m = small_journal_via_proxy(aimfs, workdir, pki, remotes, size, 31)
     rnd = random.Random(32)
     try:
-        status = f"127.0.0.1:{free_port()}"
-        via = types.SimpleNamespace(base_url=f"https://127.0.0.1:{proxy.port}")
-        conf = source_conf(workdir, "o.conf", {"dr1": (via, pki)}, status,
-                           "journal_max = 2M\nsegment_size = 256K\nsegment_age = 100ms\n")
-        m = aimfs(options=[f"config={conf}"], expect_alarms=True)
-        wait_converged(status, [r])
         fd = os.open(os.path.join(m.mountpoint, "vm.img"), os.O_RDWR)
         proxy.drop_next_reply()
         os.pwrite(fd, rnd.randbytes(192 << 10), 1 << 20)
@@ -470,12 +476,7 @@ def test_a_segment_whose_reply_was_lost_is_not_replaced_by_its_skeleton(
         wait_for(lambda: proxy.stats["replies_dropped"] == 1, timeout=30, interval=0.005,
                  what="a reply lost")
         proxy.cut()
-        for i in range(96):
-            os.pwrite(fd, rnd.randbytes(65536), rnd.randrange(0, size - 65536) & ~4095)
-            if i % 16 == 15:
-                os.fsync(fd)
-        wait_for(lambda: get_status(status)["destinations"][0]["sync"]["state"] == "tracking",
-                 timeout=60, what="dr1 tracking")
+        fill_journal(fd, rnd, size, status)
         proxy.restore()
         os.fsync(fd)
         os.close(fd)
@@ -525,7 +526,7 @@ def test_a_journal_that_fills_while_a_segment_is_on_the_wire_keeps_shipping(
             if i % 8 == 7:
                 os.fsync(fd)
         os.close(fd)
-        st = wait_converged(status, [r])
+        wait_converged(status, [r])
     finally:
         log.close()
     assert "stopped" not in log.seen["dr1"], log.seen
