@@ -565,7 +565,7 @@ static bool keeping_up(struct resync *r, const struct transport_dest_info *info)
 static int copy_chunk(struct resync *r, struct engine_dest *ds)
 {
 	struct catalog_extent e;
-	uint64_t done, hashed_before = ds->hashed_all;
+	uint64_t done, hashed_before = ds->hashed_all, lsn_a = ds->p.lsn_a, lsn_b = ds->p.lsn_b;
 	int ret;
 
 	ret = catalog_dirty_first(r->cat, ds->name, &e);
@@ -578,6 +578,14 @@ static int copy_chunk(struct resync *r, struct engine_dest *ds)
 		log_error("destination %s: resync of image %u at %" PRIu64 ": %s", ds->name,
 			  e.image, e.offset, strerror(-ret));
 		return ret;
+	}
+	/* The segments holding this pass's HASH records are saved before the
+	 * extents they cover leave the dirty set: after a crash in between,
+	 * the report asked for must cover them. */
+	if (ds->p.lsn_a != lsn_a || ds->p.lsn_b != lsn_b) {
+		ret = save(r, ds);
+		if (ret < 0)
+			return ret;
 	}
 	/* Hashed extents wait aside for the remote's report: if the pass is
 	 * abandoned first (tracking), they are dirty again. */

@@ -60,6 +60,7 @@ struct dest {
 	uint64_t remote_applied_lsn; /* in the destination's sequence */
 	uint64_t remote_asked_ns;   /* when last asked, 0: never */
 	bool remote_silent;         /* it answers no report (a WebDAV server) */
+	bool unanswered;            /* the last upload got no answer (worker) */
 	uint64_t unsure_segment;    /* sent whole without an answer: the remote may
 				     * hold it, so its "skeleton" is the segment
 				     * as sent (skeleton.c) */

@@ -211,10 +211,13 @@ static enum outcome put(struct dest *d, CURL *c, struct curl_slist *headers[2], 
 	d->retry_after_ns = status >= 500 || status == 429 ? (uint64_t)retry_after * 1000000000ULL : 0;
 	if (d->retry_after_ns > BACKOFF_MAX_NS)
 		d->retry_after_ns = BACKOFF_MAX_NS;
+	/* No final answer (at most a 100 Continue), and the request may have
+	 * gone out (not a failure to connect): the receiver may hold it. */
+	d->unanswered = cc != CURLE_OK && status < 200 && cc != CURLE_COULDNT_CONNECT &&
+			cc != CURLE_COULDNT_RESOLVE_HOST && cc != CURLE_COULDNT_RESOLVE_PROXY;
 	return classify(d, cc, status, &u, errbuf);
 }
 
-/* True if v holds records tagged for a destination other than number. */
 /*
  * Ships segment n.  Returns the outcome; on SHIP_OK fills the LSNs and
  * bytes to acknowledge.
@@ -236,6 +239,7 @@ static enum outcome ship(struct dest *d, CURL *c, struct curl_slist *headers[2],
 	int r;
 
 	seg_file_name(n, SEG_FILE_SUFFIX, file);
+	d->unanswered = false;
 	pthread_mutex_lock(&d->t->lock);
 	mode = dest_tracking(d) ? FILTER_SKELETON : FILTER_NORMAL;
 	pthread_mutex_unlock(&d->t->lock);
@@ -309,9 +313,9 @@ static enum outcome ship(struct dest *d, CURL *c, struct curl_slist *headers[2],
  * while it has not applied all of it, or its group is not idle (stopped,
  * held, waiting), every REMOTE_ASK_NS, never while the link is down.  An
  * acknowledgement says "received"; this is how the source learns "applied".
- * Asked only when there is nothing to ship (a question between two uploads
- * would cost a WAN round trip each time; a destination still shipping is
- * not called in sync anyway).  (T lock)
+ * Asked when there is nothing to ship, and between uploads only while its
+ * group is stopped (a question between two uploads costs a WAN round trip;
+ * a destination still shipping is not called in sync anyway).  (T lock)
  */
 static bool remote_ask_due(const struct dest *d, uint64_t now)
 {
@@ -321,6 +325,16 @@ static bool remote_ask_due(const struct dest *d, uint64_t now)
 		return false;
 	return d->remote_applied_lsn < d->dest_last_lsn || !d->remote_state[0] ||
 	       strcmp(d->remote_state, "idle") != 0;
+}
+
+static void remote_goes_silent(struct dest *d, long status)
+{
+	log_info("destination %s does not say what it applied (HTTP %ld): not asked again",
+		 d->cfg.name, status);
+	pthread_mutex_lock(&d->t->lock);
+	d->remote_silent = true;
+	d->remote_state[0] = '\0';
+	pthread_mutex_unlock(&d->t->lock);
 }
 
 /* Asks (the mismatch report: it says the group's state and applied LSN). */
@@ -345,22 +359,27 @@ static void remote_ask(struct dest *d)
 		return;
 	}
 	if (status != 200 || !json || proto_mismatches_parse(body, &m, why, sizeof why) < 0) {
-		log_info("destination %s does not say what it applied (HTTP %ld): not an aim-remote",
-			 d->cfg.name, status);
-		pthread_mutex_lock(&t->lock);
-		d->remote_silent = true;
-		pthread_mutex_unlock(&t->lock);
+		/* A server that knows no report (WebDAV: 404, 405, 501, not
+		 * JSON) is not asked again; anything else may pass (a 5xx, a
+		 * proxy's 502): asked again later. */
+		if (!json && (status == 404 || status == 405 || status == 501))
+			remote_goes_silent(d, status);
 		free(body);
 		return;
 	}
 	free(body);
+	if (!m.state[0]) { /* an aim-remote too old to say */
+		proto_mismatches_free(&m);
+		remote_goes_silent(d, status);
+		return;
+	}
 	pthread_mutex_lock(&t->lock);
 	if (strcmp(m.state, "stopped") == 0 && strcmp(d->remote_state, "stopped") != 0)
 		log_warn("destination %s receives, but its group there stopped applying: %s",
 			 d->cfg.name, m.error[0] ? m.error : "(no reason given)");
 	else if (strcmp(d->remote_state, "stopped") == 0 && strcmp(m.state, "stopped") != 0)
 		log_info("destination %s: its group there applies again", d->cfg.name);
-	snprintf(d->remote_state, sizeof d->remote_state, "%s", m.state[0] ? m.state : "unknown");
+	snprintf(d->remote_state, sizeof d->remote_state, "%s", m.state);
 	snprintf(d->remote_error, sizeof d->remote_error, "%s", m.error);
 	d->remote_applied_lsn = m.applied_lsn;
 	pthread_cond_broadcast(&t->cond); /* drainers */
@@ -422,7 +441,7 @@ void *worker_main(void *arg)
 	while (!t->stopping && (c || sd)) {
 		uint64_t n = d->acked_segment + 1, src_last = 0, dfirst = 0, dlast = 0, sent = 0;
 		uint64_t t0, now;
-		bool skeleton = false, chores;
+		bool skeleton = false, chores, ask;
 		enum outcome o;
 
 		if (d->link == DEST_LINK_STOPPED || d->link == DEST_LINK_GAP || dest_held(d)) {
@@ -497,12 +516,17 @@ void *worker_main(void *arg)
 			d->attempts = 0;
 			dest_link_set(d, DEST_LINK_SHIPPING);
 			pthread_cond_broadcast(&t->cond);
+			/* A stopped remote is watched between uploads too, or its
+			 * recovery would go unseen while the source ships on. */
+			ask = strcmp(d->remote_state, "stopped") == 0 && remote_ask_due(d, now);
 			pthread_mutex_unlock(&t->lock);
 			transport_prune(t, cat);
+			if (ask)
+				remote_ask(d);
 			pthread_mutex_lock(&t->lock);
 		} else if (o == SHIP_RETRY) {
 			/* Sent whole, no answer: it may be there all the same. */
-			if (!skeleton && !sd)
+			if (!skeleton && !sd && d->unanswered)
 				d->unsure_segment = n;
 			d->attempts++;
 			d->next_attempt_ns = now + (d->retry_after_ns ? d->retry_after_ns
