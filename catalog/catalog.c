@@ -18,7 +18,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <limits.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -228,7 +227,7 @@ int catalog_rollback(struct catalog *c) { return exec(c, "ROLLBACK"); }
 
 int catalog_make_durable(struct catalog *c)
 {
-	char wal[PATH_MAX];
+	const char *wal = sqlite3_filename_wal(sqlite3_db_filename(c->db, "main"));
 	int busy = 0, fd, r;
 
 	/*
@@ -239,8 +238,7 @@ int catalog_make_durable(struct catalog *c)
 	 * (up to the busy timeout, on a shipping worker) and under load gave
 	 * up with "database is locked".
 	 */
-	snprintf(wal, sizeof wal, "%s-wal", c->path);
-	fd = open(wal, O_RDONLY | O_CLOEXEC);
+	fd = wal ? open(wal, O_RDONLY | O_CLOEXEC) : -1;
 	if (fd >= 0) {
 		r = fdatasync(fd) < 0 ? -errno : 0;
 		close(fd);
