@@ -954,13 +954,17 @@ int catalog_dirty_bytes(struct catalog *c, const char *dest, uint64_t *bytes, ui
 	int r;
 
 	*bytes = *count = 0;
-	if (sqlite3_prepare_v2(c->db, "SELECT coalesce(sum(min(length, 1 << 62)), 0), count(*)"
+	/* total(), a double: sum() fails with "integer overflow" once two
+	 * extents run "to the end" (power loss: 2^62 bytes each) */
+	if (sqlite3_prepare_v2(c->db, "SELECT total(min(length, 1 << 62)), count(*)"
 				      " FROM dirty_extents WHERE destination = ?", -1, &st, NULL))
 		return db_fail(c, "dirty bytes");
 	sqlite3_bind_text(st, 1, dest, -1, SQLITE_STATIC);
 	r = sqlite3_step(st);
 	if (r == SQLITE_ROW) {
-		*bytes = (uint64_t)sqlite3_column_int64(st, 0);
+		double total = sqlite3_column_double(st, 0);
+
+		*bytes = total >= 0x1p63 ? (uint64_t)INT64_MAX : (uint64_t)total;
 		*count = (uint64_t)sqlite3_column_int64(st, 1);
 	}
 	r = r == SQLITE_ROW ? 0 : db_fail(c, "dirty bytes");
