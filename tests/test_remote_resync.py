@@ -279,9 +279,10 @@ def test_hash_mismatches_served_over_https_with_authentication(workdir, pki, rem
 
     code, ans = r.mismatches(G)
     assert code == 200, ans
-    # the first question (after=0) also learns what the remote holds
+    # the first question (after=0) also learns what the remote holds; every
+    # answer says the group's state (a source learns "applied" from it)
     assert ans == {"group": G, "applied_lsn": 6, "consistent": False, "pruned_lsn": 0,
-                   "more": False, "ranges": want,
+                   "more": False, "ranges": want, "state": "idle",
                    "targets": {"vm1.raw": len(t1), "vm2.raw": len(t2)}}, ans
     assert "targets" not in r.mismatches(G, after=1)[1]
     assert r.mismatches(G, after=2)[1]["ranges"] == want[3:]
