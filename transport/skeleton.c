@@ -116,7 +116,7 @@ static int add_dirty(struct dest *d, struct catalog *cat, struct seg_view *v)
 	return ret;
 }
 
-int skeleton_make(struct transport *t, struct dest *d, struct catalog *cat, uint64_t n)
+static int make_locked(struct transport *t, struct dest *d, struct catalog *cat, uint64_t n)
 {
 	char path[4300], dir[4200], seg[SEG_FILE_NAME_LEN + 8], src[4300];
 	struct seg_view *v;
@@ -203,6 +203,24 @@ int skeleton_make(struct transport *t, struct dest *d, struct catalog *cat, uint
 		d->skel_through = n;
 	pthread_mutex_unlock(&t->lock);
 	return 0;
+}
+
+/*
+ * One at a time (skel_lock), and never while the pruner removes a segment:
+ * the pruner (any worker, the engine) and a worker shipping may both make
+ * skeleton n; the first one stored lets the pruner recycle segment n, and
+ * the other, still reading it, built its skeleton from the next segment's
+ * bytes and stored it over the good one ("unknown record type 0"): the
+ * journal then could not be pruned past it.
+ */
+int skeleton_make(struct transport *t, struct dest *d, struct catalog *cat, uint64_t n)
+{
+	int r;
+
+	pthread_mutex_lock(&t->skel_lock);
+	r = make_locked(t, d, cat, n);
+	pthread_mutex_unlock(&t->skel_lock);
+	return r;
 }
 
 void skeleton_remove(const struct transport *t, const struct dest *d, uint64_t n)

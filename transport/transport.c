@@ -99,6 +99,7 @@ int transport_new(const struct transport_config *cfg, struct transport **out)
 	if (!t)
 		return -ENOMEM;
 	pthread_mutex_init(&t->change_lock, NULL);
+	pthread_mutex_init(&t->skel_lock, NULL);
 	pthread_mutex_init(&t->lock, NULL);
 	pthread_cond_init(&t->cond, NULL);
 	t->journal_dir = strdup(cfg->journal_dir);
@@ -303,6 +304,7 @@ void transport_free(struct transport *t)
 	free(t->dests);
 	free(t->journal_dir);
 	pthread_mutex_destroy(&t->change_lock);
+	pthread_mutex_destroy(&t->skel_lock);
 	pthread_mutex_destroy(&t->lock);
 	pthread_cond_destroy(&t->cond);
 	free(t);
@@ -403,24 +405,32 @@ void transport_prune(struct transport *t, struct catalog *cat)
 	for (; n <= low; n++) {
 		uint64_t size, created, last, sealed;
 		char name[SEG_FILE_NAME_LEN + 8], path[4200];
-		int r = segment_facts(t->journal_dir, n, &size, &created, &last, &sealed);
+		int r;
 
+		/* not while a skeleton is made from it (skeleton.c) */
+		pthread_mutex_lock(&t->skel_lock);
+		r = segment_facts(t->journal_dir, n, &size, &created, &last, &sealed);
 		if (r == -ENOENT) {
 			size = 0;
 		} else if (r < 0) {
+			pthread_mutex_unlock(&t->skel_lock);
 			break;
 		} else {
-			if (last > backing || sealed + t->retain_ns > now)
+			if (last > backing || sealed + t->retain_ns > now) {
+				pthread_mutex_unlock(&t->skel_lock);
 				break;
+			}
 			seg_file_name(n, SEG_FILE_SUFFIX, name);
 			snprintf(path, sizeof path, "%s/%s", t->journal_dir, name);
 			if (t->hooks.recycle && t->hooks.recycle(t->hooks.ctx, n)) {
 				/* the journal writes a later segment over it */
 			} else if (unlink(path) < 0) {
 				log_error("pruning %s: %m", path);
+				pthread_mutex_unlock(&t->skel_lock);
 				break;
 			}
 		}
+		pthread_mutex_unlock(&t->skel_lock);
 		catalog_segment_pruned(cat, n);
 		if (size && t->hooks.freed)
 			t->hooks.freed(t->hooks.ctx, size);

@@ -89,6 +89,8 @@ struct transport {
 	struct transport_hooks hooks;
 	bool resync;                /* a resync engine runs (not aimctl ship) */
 	pthread_mutex_t change_lock; /* serialises dest_state_change; taken before lock */
+	pthread_mutex_t skel_lock;   /* one skeleton made at a time, and no segment
+				      * pruned while one is read; taken before lock */
 	pthread_mutex_t lock;
 	pthread_cond_t cond;        /* new durable segments, stop, drain progress */
 	void (*on_change)(void *ctx); /* the resync engine's wake-up */
