@@ -495,6 +495,34 @@ def test_a_segment_whose_reply_was_lost_is_not_replaced_by_its_skeleton(
         proxy.stop()
 
 
+def test_a_restart_while_tracking_goes_on_from_the_skeletons(aimfs, workdir, pki, remotes):
+    """aimfs unmounted and mounted again while dr1 is tracking: the
+    segments its skeletons stand for are pruned, and the skeletons carry it
+    on.  The mount used to see a gap ("journal segments it needed are
+    gone") and resynchronise every image whole (found by the overflow
+    soak)."""
+    size = 16 << 20
+    backing, r, proxy, status, m = small_journal_via_proxy(aimfs, workdir, pki, remotes, size, 51)
+    rnd = random.Random(52)
+    try:
+        fd = os.open(os.path.join(m.mountpoint, "vm.img"), os.O_RDWR)
+        proxy.cut()
+        fill_journal(fd, rnd, size, status)
+        os.close(fd)
+        # the skeletons are stored and the segments they stand for pruned
+        wait_for(lambda: get_status(status)["journal_bytes"] < (2 << 20), timeout=60,
+                 what="the journal pruned behind the skeletons")
+        assert m.unmount() == 0
+        m.start()
+        proxy.restore()
+        wait_converged(status, [r])
+        assert "segments it needed are gone" not in m.output(), m.output()
+        assert m.unmount() == 0
+        assert_trees_equal(backing, r.target)
+    finally:
+        proxy.stop()
+
+
 def test_a_journal_that_fills_while_a_segment_is_on_the_wire_keeps_shipping(
         aimfs, workdir, pki, remotes):
     """A writer faster than a rate-limited link fills the journal while the

@@ -124,6 +124,7 @@ int transport_new(const struct transport_config *cfg, struct transport **out)
 	for (size_t i = 0; i < cfg->ndests; i++) {
 		struct dest *d = &t->dests[i];
 		struct catalog_dest cd;
+		uint64_t next;
 
 		d->t = t;
 		r = copy_dest(&d->cfg, &cfg->dests[i]);
@@ -146,13 +147,15 @@ int transport_new(const struct transport_config *cfg, struct transport **out)
 		d->dest_last_lsn = cd.dest_lsn;
 		d->link = DEST_LINK_SHIPPING;
 		/* The next segment it needs was written once but is gone: pruned
-		 * before this destination existed, or lost. */
-		if (d->acked_segment + 1 <= last_known &&
-		    (oldest == 0 || d->acked_segment + 1 < oldest)) {
+		 * before this destination existed, or lost.  A tracking one needs
+		 * the segments after its stored skeletons only. */
+		next = (dest_tracking(d) && d->skel_through > d->acked_segment ? d->skel_through
+									       : d->acked_segment) + 1;
+		if (next <= last_known && (oldest == 0 || next < oldest)) {
 			snprintf(d->last_error, sizeof d->last_error,
 				 "it needs segment %" PRIu64 ", which the journal no longer holds"
 				 " (it starts at %" PRIu64 "): it needs a resync",
-				 d->acked_segment + 1, oldest ? oldest : last_known + 1);
+				 next, oldest ? oldest : last_known + 1);
 			d->last_error_ns = clock_wall_ns();
 			dest_link_set(d, DEST_LINK_GAP);
 		}
