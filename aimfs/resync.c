@@ -450,7 +450,7 @@ static void probe_compare(struct resync *r, struct engine_dest *ds)
 		return; /* unreachable: ask again later */
 	/* aim-remote answers JSON, or "no group ..." until the group's first
 	 * segment arrives (ask again then); a WebDAV server cannot compare. */
-	if (status == 404 && !json && strncmp(body, PROTO_NO_GROUP, strlen(PROTO_NO_GROUP)) == 0) {
+	if (proto_is_no_group(status, json, body)) {
 		free(body);
 		return;
 	}

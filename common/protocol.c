@@ -36,6 +36,12 @@ enum proto_verdict proto_verdict(long status)
 	return PROTO_REFUSED;
 }
 
+bool proto_is_no_group(long status, bool json, const char *body)
+{
+	return status == 404 && !json && body &&
+	       strncmp(body, PROTO_NO_GROUP, strlen(PROTO_NO_GROUP)) == 0;
+}
+
 const char *proto_mismatches_path(uint64_t after, char *buf, size_t len)
 {
 	snprintf(buf, len, PROTO_MISMATCHES "?" PROTO_ARG_AFTER "=%" PRIu64, after);

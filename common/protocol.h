@@ -58,6 +58,9 @@ enum proto_verdict {
 	PROTO_REFUSED, /* any other 4xx and anything unexpected */
 };
 enum proto_verdict proto_verdict(long status);
+/* True for the receiver's 404 "no group ..." (it has not seen the group
+ * yet: ask again later), given the answer's status, type and body. */
+bool proto_is_no_group(long status, bool json, const char *body);
 
 /* One range a HASH record found different. */
 struct proto_range {

@@ -354,7 +354,7 @@ static void remote_ask(struct dest *d)
 	if (get_with_timeout(t, (size_t)(d - t->dests), proto_mismatches_path(after, path, sizeof path),
 			     REMOTE_ASK_TIMEOUT_S, &status, &body, &json) < 0)
 		return; /* unreachable now: the uploads will say so */
-	if (status == 404 && !json && strncmp(body, PROTO_NO_GROUP, strlen(PROTO_NO_GROUP)) == 0) {
+	if (proto_is_no_group(status, json, body)) {
 		free(body); /* it has not seen the group yet */
 		return;
 	}
