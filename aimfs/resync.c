@@ -756,6 +756,14 @@ static bool relieve_overflow(struct resync *r)
 		transport_dest_info(r->t, r->ds[i].index, &info);
 		if (info.rec.sync == DEST_SYNC_TRACKING || info.acked_segment >= info.durable_segment)
 			continue;
+		/* About to skip every segment it lags (a resync of every image
+		 * begins: step, phase NONE): that releases them.  Tracking
+		 * instead would keep only the dirty extents, and lose the
+		 * images this resync has yet to mark whole. */
+		if (info.segments_gone ||
+		    (info.rec.sync == DEST_SYNC_SYNCING && info.rec.phase == DEST_PHASE_NONE) ||
+		    info.rec.sync == DEST_SYNC_NEW)
+			continue;
 		if (info.acked_segment < low) {
 			low = info.acked_segment;
 			victim = &r->ds[i];

@@ -4,6 +4,7 @@ destination added later, a journal that overflows while the receiver is
 away, and a pre-seeded replica that differs in a few extents.  Every case
 ends with the replica byte-for-byte equal to the source and the remote
 saying its copy is consistent."""
+import glob
 import os
 import random
 import re
@@ -517,6 +518,63 @@ def test_a_restart_while_tracking_goes_on_from_the_skeletons(aimfs, workdir, pki
         proxy.restore()
         wait_converged(status, [r])
         assert "segments it needed are gone" not in m.output(), m.output()
+        assert m.unmount() == 0
+        assert_trees_equal(backing, r.target)
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.parametrize("which", ["first", "last"])
+def test_a_damaged_skeleton_ends_in_a_resync_not_a_pinned_journal(aimfs, workdir, pki, remotes,
+                                                                  which):
+    """A skeleton stored while dr1 was away is damaged (a race once stored
+    another file's bytes over one).  The first one to be shipped stopped the
+    destination for good; the last one stored kept the next from being made
+    after it, and the journal was never pruned again (7.2 GB against a
+    journal_max of 24M in the overflow soak).  What a damaged skeleton stood
+    for is lost either way: dr1 must be resynchronised and the journal stay
+    bounded meanwhile."""
+    size = 16 << 20
+    backing, r, proxy, status, m = small_journal_via_proxy(aimfs, workdir, pki, remotes, size, 61)
+    rnd = random.Random(62)
+
+    def journal_pruned():
+        return get_status(status)["journal_bytes"] < (2 << 20)
+
+    try:
+        fd = os.open(os.path.join(m.mountpoint, "vm.img"), os.O_RDWR)
+        proxy.cut()
+        fill_journal(fd, rnd, size, status)
+        wait_for(journal_pruned, timeout=60, what="the journal pruned behind the skeletons")
+        skeletons = sorted(glob.glob(os.path.join(backing, ".aimfs", "skel", "*", "*.aimj")))
+        assert len(skeletons) >= 2, skeletons
+        victim = skeletons[0] if which == "first" else skeletons[-1]
+        with open(victim, "r+b") as f:
+            length = os.fstat(f.fileno()).st_size
+            f.seek(length // 3)
+            f.write(bytes(length // 3))
+        # as much again while dr1 is away: its next skeletons follow the damaged one
+        for i in range(96):
+            os.pwrite(fd, rnd.randbytes(65536), rnd.randrange(0, size - 65536) & ~4095)
+            if i % 16 == 15:
+                os.fsync(fd)
+        try:
+            wait_for(journal_pruned, timeout=60, what="the journal pruned again")
+        except TimeoutError:
+            raise AssertionError(f"journal pinned: {get_status(status)}\n"
+                                 f"{m.output()[-6000:]}") from None
+        proxy.restore()
+        os.fsync(fd)
+        os.close(fd)
+        seen = {}
+
+        def settled():
+            seen["dr1"] = get_status(status)["destinations"][0]
+            return seen["dr1"]["state"] in ("in_sync", "stopped")
+        wait_for(settled, timeout=180, what="dr1 in sync or stopped")
+        assert seen["dr1"]["state"] == "in_sync", seen
+        wait_converged(status, [r])
+        assert "is damaged" in m.output(), m.output()[-4000:]
         assert m.unmount() == 0
         assert_trees_equal(backing, r.target)
     finally:

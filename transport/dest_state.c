@@ -52,7 +52,7 @@ static const struct {
 } reasons[] = {
 	[DEST_REASON_NONE] = { "", "" },
 	[DEST_REASON_NEW] = { "new", "new destination" },
-	[DEST_REASON_SEGMENTS_GONE] = { "segments_gone", "journal segments it needed are gone" },
+	[DEST_REASON_SEGMENTS_GONE] = { "segments_gone", "journal segments it needed are gone or damaged" },
 	[DEST_REASON_OVERFLOW] = { "overflow", "journal overflow" },
 	[DEST_REASON_POWER_LOSS] = { "power_loss", "source power loss" },
 	[DEST_REASON_SNAPSHOT] = { "snapshot", "scheduled snapshot (a new base for restores)" },

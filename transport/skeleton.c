@@ -21,6 +21,7 @@
 #include "catalog.h"
 #include "log.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -47,12 +48,31 @@ bool skeleton_exists(const struct transport *t, const struct dest *d, uint64_t n
 	return access(path, F_OK) == 0;
 }
 
-/* Last LSN of the destination's sequence before skeleton n. */
-static int lsn_before(struct transport *t, struct dest *d, uint64_t n, uint64_t *lsn)
+void skeleton_damaged(struct transport *t, struct dest *d, struct catalog *cat, const char *what,
+		      uint64_t n, const char *why)
+{
+	char msg[sizeof d->last_error];
+
+	dest_set_error(d, "%s of segment %" PRIu64 " is damaged (%s): it needs a resync", what, n,
+		       why);
+	pthread_mutex_lock(&t->lock);
+	dest_link_set(d, DEST_LINK_GAP);
+	memcpy(msg, d->last_error, sizeof msg);
+	pthread_cond_broadcast(&t->cond);
+	pthread_mutex_unlock(&t->lock);
+	if (cat)
+		catalog_dest_error(cat, d->cfg.name, msg);
+}
+
+/* Last LSN of the destination's sequence before skeleton n: 0, -ENOENT
+ * (its worker just shipped and removed skeleton n - 1), or -EBADMSG. */
+static int lsn_before(struct transport *t, struct dest *d, struct catalog *cat, uint64_t n,
+		      uint64_t *lsn)
 {
 	char path[4300];
 	struct seg_view *v;
 	struct seg_err err;
+	int r;
 
 	pthread_mutex_lock(&t->lock);
 	if (n == d->acked_segment + 1) {
@@ -62,8 +82,13 @@ static int lsn_before(struct transport *t, struct dest *d, uint64_t n, uint64_t 
 	}
 	pthread_mutex_unlock(&t->lock);
 	skeleton_path(t, d, n - 1, path, sizeof path);
-	if (seg_view_open(path, &v, &err) < 0)
-		return -ENOENT;
+	r = seg_view_open(path, &v, &err);
+	if (r == -ENOENT)
+		return r;
+	if (r < 0) {
+		skeleton_damaged(t, d, cat, "the stored skeleton", n - 1, err.msg);
+		return -EBADMSG;
+	}
 	*lsn = seg_view_last_lsn(v);
 	seg_view_free(v);
 	return 0;
@@ -132,9 +157,14 @@ static int make_locked(struct transport *t, struct dest *d, struct catalog *cat,
 	seg_file_name(n, SEG_FILE_SUFFIX, seg);
 	snprintf(src, sizeof src, "%s/%s", t->journal_dir, seg);
 	r = seg_view_open(src, &v, &err);
-	if (r < 0)
+	if (r < 0) {
+		if (r != -ENOENT) {
+			skeleton_damaged(t, d, cat, "journal segment", n, err.msg);
+			r = -EBADMSG;
+		}
 		return r;
-	r = lsn_before(t, d, n, &first);
+	}
+	r = lsn_before(t, d, cat, n, &first);
 	if (r < 0) {
 		seg_view_free(v);
 		return r;
@@ -229,6 +259,27 @@ void skeleton_remove(const struct transport *t, const struct dest *d, uint64_t n
 
 	skeleton_path(t, d, n, path, sizeof path);
 	unlink(path);
+}
+
+void skeleton_forget_acked(const struct transport *t, const struct dest *d)
+{
+	char dir[4200], path[4500];
+	struct dirent *de;
+	DIR *dp;
+
+	snprintf(dir, sizeof dir, "%s/skel/%u", t->journal_dir, d->rec.number);
+	dp = opendir(dir);
+	if (!dp)
+		return;
+	while ((de = readdir(dp))) {
+		uint64_t n;
+
+		if (seg_parse_file_name(de->d_name, &n) == 0 && n <= d->acked_segment) {
+			snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+			unlink(path);
+		}
+	}
+	closedir(dp);
 }
 
 uint64_t skeleton_scan(const struct transport *t, const struct dest *d, uint64_t after)

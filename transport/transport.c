@@ -137,6 +137,7 @@ int transport_new(const struct transport_config *cfg, struct transport **out)
 		if (r < 0)
 			goto fail;
 		d->acked_segment = cd.acked_segment;
+		skeleton_forget_acked(t, d);
 		d->skel_through = skeleton_scan(t, d, cd.acked_segment);
 		/* The last process may have sent the next one without hearing
 		 * back (an object store takes a second copy in its place). */

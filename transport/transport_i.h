@@ -181,9 +181,21 @@ void skeleton_path(const struct transport *t, const struct dest *d, uint64_t n, 
 		   size_t len);
 bool skeleton_exists(const struct transport *t, const struct dest *d, uint64_t n);
 /* Stores d's skeleton of segment n (and records its data as dirty);
- * -ENOENT if the segment is gone. */
+ * -ENOENT if the segment is gone, -EBADMSG if it or the skeleton before it
+ * is damaged (skeleton_damaged was called). */
 int skeleton_make(struct transport *t, struct dest *d, struct catalog *cat, uint64_t n);
 void skeleton_remove(const struct transport *t, const struct dest *d, uint64_t n);
+/*
+ * what (a stored skeleton, a journal segment) of segment n cannot be read
+ * (why): d's sequence cannot go on from it, and what its records dirtied is
+ * unknown.  d is set to DEST_LINK_GAP, for which the engine resynchronises
+ * every image; the error is recorded in cat when not NULL.
+ */
+void skeleton_damaged(struct transport *t, struct dest *d, struct catalog *cat, const char *what,
+		      uint64_t n, const char *why);
+/* Deletes d's skeletons of acknowledged segments: left by a crash between
+ * an acknowledgement and the deletion, or skipped by a resync. */
+void skeleton_forget_acked(const struct transport *t, const struct dest *d);
 /* Last segment with a stored skeleton contiguous after after. */
 uint64_t skeleton_scan(const struct transport *t, const struct dest *d, uint64_t after);
 

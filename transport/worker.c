@@ -243,18 +243,30 @@ static enum outcome ship(struct dest *d, CURL *c, struct curl_slist *headers[2],
 	pthread_mutex_lock(&d->t->lock);
 	mode = dest_tracking(d) ? FILTER_SKELETON : FILTER_NORMAL;
 	pthread_mutex_unlock(&d->t->lock);
-	if (mode == FILTER_SKELETON && !skeleton_exists(d->t, d, n) &&
-	    skeleton_make(d->t, d, cat, n) < 0) {
-		dest_set_error(d, "cannot make the skeleton of segment %s", file);
-		return SHIP_RETRY;
+	if (mode == FILTER_SKELETON && !skeleton_exists(d->t, d, n)) {
+		r = skeleton_make(d->t, d, cat, n);
+		if (r == -EBADMSG)
+			return SHIP_RESYNC; /* skeleton_damaged said why */
+		if (r == -ENOENT) {
+			dest_set_error(d, "segment %s is no longer in the journal; this destination"
+				     " needs a resync", file);
+			return SHIP_RESYNC;
+		}
+		if (r < 0) {
+			dest_set_error(d, "cannot make the skeleton of segment %s: %s", file,
+				       strerror(-r));
+			return SHIP_RETRY;
+		}
 	}
 	if (skeleton_exists(d->t, d, n)) {
 		/* Stored while tracking: already in the destination's sequence. */
 		skeleton_path(d->t, d, n, path, sizeof path);
 		r = seg_view_open(path, &v, &err);
 		if (r < 0) {
-			dest_set_error(d, "skeleton of segment %s is damaged: %s", file, err.msg);
-			return SHIP_FATAL;
+			/* Never sent as it is; what it stood for is lost. */
+			dest_set_error(d, "the stored skeleton of segment %s is damaged (%s): it"
+				     " needs a resync", file, err.msg);
+			return SHIP_RESYNC;
 		}
 		*dfirst = seg_view_header(v)->first_lsn;
 		*dlast = seg_view_last_lsn(v);
@@ -278,9 +290,11 @@ static enum outcome ship(struct dest *d, CURL *c, struct curl_slist *headers[2],
 		return SHIP_RESYNC;
 	}
 	if (r < 0) {
-		/* Never ship something the receiver would refuse anyway. */
-		dest_set_error(d, "segment %s is damaged: %s", file, err.msg);
-		return SHIP_FATAL;
+		/* Never ship something the receiver would refuse anyway; what
+		 * its records changed is unknown, so every image is compared. */
+		dest_set_error(d, "journal segment %s is damaged (%s): it needs a resync", file,
+			       err.msg);
+		return SHIP_RESYNC;
 	}
 	*src_last = seg_view_last_lsn(v);
 	pthread_mutex_lock(&d->t->lock);
@@ -514,7 +528,9 @@ void *worker_main(void *arg)
 			d->bytes_sent += sent;
 			d->rate_bps = d->rate_bps ? 0.7 * d->rate_bps + 0.3 * bps : bps;
 			d->attempts = 0;
-			dest_link_set(d, DEST_LINK_SHIPPING);
+			/* not if the pruner found a damaged skeleton meanwhile */
+			if (d->link != DEST_LINK_GAP)
+				dest_link_set(d, DEST_LINK_SHIPPING);
 			pthread_cond_broadcast(&t->cond);
 			/* A stopped remote is watched between uploads too, or its
 			 * recovery would go unseen while the source ships on. */
@@ -531,7 +547,8 @@ void *worker_main(void *arg)
 			d->attempts++;
 			d->next_attempt_ns = now + (d->retry_after_ns ? d->retry_after_ns
 								      : backoff_ns(d->attempts));
-			dest_link_set(d, DEST_LINK_RETRYING);
+			if (d->link != DEST_LINK_GAP)
+				dest_link_set(d, DEST_LINK_RETRYING);
 		} else {
 			dest_link_set(d, o == SHIP_RESYNC ? DEST_LINK_GAP : DEST_LINK_STOPPED);
 			pthread_mutex_unlock(&t->lock);
