@@ -550,13 +550,37 @@ static int collect_mismatches(struct resync *r, struct engine_dest *ds)
 
 /* ---- the state machine ---- */
 
-static bool keeping_up(struct resync *r, const struct transport_dest_info *info)
+/*
+ * Whether the journal has room for info's resync: under half full, or
+ * another destination (not tracking) lags further behind.  That one's lag
+ * is not info's to wait for: when the journal fills, the destination
+ * holding the oldest segment goes tracking and frees it (relieve_overflow).
+ * A healthy destination's resync once waited as long as a lagging one held
+ * between half and all of the journal: for ever, once writes stopped.
+ * Anything else that holds it (retain) is waited for, or an overflow would
+ * make info tracking and this let it out again at once (a flip-flop).
+ */
+static bool journal_has_room(struct resync *r, const struct transport_dest_info *info)
 {
 	uint64_t used, max;
 
 	journal_space(r->j, &used, &max);
+	if (!max || used < max / 2)
+		return true;
+	for (size_t i = 0; i < r->n; i++) {
+		struct transport_dest_info other;
+
+		transport_dest_info(r->t, r->ds[i].index, &other);
+		if (other.rec.sync != DEST_SYNC_TRACKING && other.acked_segment < info->acked_segment)
+			return true;
+	}
+	return false;
+}
+
+static bool keeping_up(struct resync *r, const struct transport_dest_info *info)
+{
 	return info->reachable && info->durable_segment <= info->acked_segment + MAX_BACKLOG &&
-	       (!max || used < max / 2);
+	       journal_has_room(r, info);
 }
 
 /* Journals the next chunk of the first dirty extent and records the
@@ -743,7 +767,7 @@ static bool step(struct resync *r, struct engine_dest *ds, struct transport_dest
 static bool relieve_overflow(struct resync *r)
 {
 	struct engine_dest *victim = NULL;
-	uint64_t used, max, low = UINT64_MAX;
+	uint64_t used, max, low = UINT64_MAX, skipping = UINT64_MAX;
 
 	if (!r->track)
 		return false;
@@ -754,21 +778,28 @@ static bool relieve_overflow(struct resync *r)
 		struct transport_dest_info info;
 
 		transport_dest_info(r->t, r->ds[i].index, &info);
-		if (info.rec.sync == DEST_SYNC_TRACKING || info.acked_segment >= info.durable_segment)
-			continue;
 		/* About to skip every segment it lags (a resync of every image
-		 * begins: step, phase NONE): that releases them.  Tracking
-		 * instead would keep only the dirty extents, and lose the
-		 * images this resync has yet to mark whole. */
+		 * begins: step, phase NONE), tracking or not: that releases
+		 * them.  Tracking instead would keep only the dirty extents,
+		 * and lose the images this resync has yet to mark whole. */
 		if (info.segments_gone ||
 		    (info.rec.sync == DEST_SYNC_SYNCING && info.rec.phase == DEST_PHASE_NONE) ||
-		    info.rec.sync == DEST_SYNC_NEW)
+		    info.rec.sync == DEST_SYNC_NEW) {
+			if (info.acked_segment < skipping)
+				skipping = info.acked_segment;
+			continue;
+		}
+		if (info.rec.sync == DEST_SYNC_TRACKING || info.acked_segment >= info.durable_segment)
 			continue;
 		if (info.acked_segment < low) {
 			low = info.acked_segment;
 			victim = &r->ds[i];
 		}
 	}
+	/* One of those holds the oldest segment: tracking another frees
+	 * nothing until its skip, and would cost that one a resync. */
+	if (victim && skipping <= low)
+		victim = NULL;
 	if (victim) {
 		log_warn("destination %s fell behind and the journal is full (%" PRIu64 " of %" PRIu64
 			 " bytes): tracking its changes for a resync instead", victim->name, used, max);
@@ -799,16 +830,13 @@ static bool end_tracking(struct resync *r, struct engine_dest *ds,
 	struct dest_change only_if = { .expect = true, .expect_sync = DEST_SYNC_TRACKING,
 				       .expect_phase = info->rec.phase };
 	bool begin_sent = info->rec.phase == DEST_PHASE_BEGUN;
-	uint64_t count, used, max;
+	uint64_t count;
 
-	if (!info->reachable || info->durable_segment > info->acked_segment + MAX_BACKLOG)
-		return false;
-	/* Not while the journal is still over half full: its resync could
-	 * not go on (keeping_up), and the next overflow would make it tracking
-	 * again at once (it once flipped hundreds of times a second while a
-	 * slow link carried one segment). */
-	journal_space(r->j, &used, &max);
-	if (max && used >= max / 2)
+	/* Not while the journal has no room for its resync: it could not go
+	 * on (keeping_up), and the next overflow would make it tracking again
+	 * at once (it once flipped hundreds of times a second while a slow
+	 * link carried one segment). */
+	if (!keeping_up(r, info))
 		return false;
 	/* The pass that tracking interrupted may have hashed extents whose
 	 * report will never be asked for (their HASH records may even have

@@ -16,6 +16,7 @@
  * skeleton of it as a different segment; kept as it was sent, whichever
  * it holds, the next skeleton follows it in the same sequence.
  */
+#include "clock.h"
 #include "fileio.h"
 #include "transport_i.h"
 #include "catalog.h"
@@ -53,9 +54,15 @@ void skeleton_damaged(struct transport *t, struct dest *d, struct catalog *cat, 
 {
 	char msg[sizeof d->last_error];
 
-	dest_set_error(d, "%s of segment %" PRIu64 " is damaged (%s): it needs a resync", what, n,
-		       why);
 	pthread_mutex_lock(&t->lock);
+	/* The resync it asks for may have moved d past n already. */
+	if (n <= d->acked_segment) {
+		pthread_mutex_unlock(&t->lock);
+		return;
+	}
+	snprintf(d->last_error, sizeof d->last_error,
+		 "%s %" PRIu64 " is damaged (%s): it needs a resync", what, n, why);
+	d->last_error_ns = clock_wall_ns();
 	dest_link_set(d, DEST_LINK_GAP);
 	memcpy(msg, d->last_error, sizeof msg);
 	pthread_cond_broadcast(&t->cond);
@@ -65,7 +72,8 @@ void skeleton_damaged(struct transport *t, struct dest *d, struct catalog *cat, 
 }
 
 /* Last LSN of the destination's sequence before skeleton n: 0, -ENOENT
- * (its worker just shipped and removed skeleton n - 1), or -EBADMSG. */
+ * (its worker just shipped and removed skeleton n - 1), -EBADMSG (damaged:
+ * skeleton_damaged was called), or another -errno (try again later). */
 static int lsn_before(struct transport *t, struct dest *d, struct catalog *cat, uint64_t n,
 		      uint64_t *lsn)
 {
@@ -83,12 +91,12 @@ static int lsn_before(struct transport *t, struct dest *d, struct catalog *cat, 
 	pthread_mutex_unlock(&t->lock);
 	skeleton_path(t, d, n - 1, path, sizeof path);
 	r = seg_view_open(path, &v, &err);
-	if (r == -ENOENT)
-		return r;
-	if (r < 0) {
-		skeleton_damaged(t, d, cat, "the stored skeleton", n - 1, err.msg);
+	if (view_error_is_damage(r)) {
+		skeleton_damaged(t, d, cat, "the stored skeleton of segment", n - 1, err.msg);
 		return -EBADMSG;
 	}
+	if (r < 0)
+		return r;
 	*lsn = seg_view_last_lsn(v);
 	seg_view_free(v);
 	return 0;
@@ -154,16 +162,22 @@ static int make_locked(struct transport *t, struct dest *d, struct catalog *cat,
 
 	if (skeleton_exists(t, d, n))
 		return 0;
+	/* The caller saw it tracking and n unacknowledged; a resync may
+	 * have ended that since (a pruner's pass is long). */
+	pthread_mutex_lock(&t->lock);
+	r = dest_tracking(d) && n > d->acked_segment ? 0 : -EAGAIN;
+	pthread_mutex_unlock(&t->lock);
+	if (r < 0)
+		return r;
 	seg_file_name(n, SEG_FILE_SUFFIX, seg);
 	snprintf(src, sizeof src, "%s/%s", t->journal_dir, seg);
 	r = seg_view_open(src, &v, &err);
-	if (r < 0) {
-		if (r != -ENOENT) {
-			skeleton_damaged(t, d, cat, "journal segment", n, err.msg);
-			r = -EBADMSG;
-		}
-		return r;
+	if (view_error_is_damage(r)) {
+		skeleton_damaged(t, d, cat, "journal segment", n, err.msg);
+		return -EBADMSG;
 	}
+	if (r < 0)
+		return r;
 	r = lsn_before(t, d, cat, n, &first);
 	if (r < 0) {
 		seg_view_free(v);
@@ -213,7 +227,8 @@ static int make_locked(struct transport *t, struct dest *d, struct catalog *cat,
 	if (r < 0) {
 		log_error("destination %s: cannot store the skeleton of segment %" PRIu64 ": %s",
 			  d->cfg.name, n, strerror(-r));
-		return r;
+		/* not "the segment is gone" (its directory may be missing) */
+		return r == -ENOENT ? -EIO : r;
 	}
 	if (begin) {
 		/* Its SYNC_BEGIN is stored: the resync that ends tracking need

@@ -16,6 +16,7 @@
 #include "format.h"
 
 struct catalog;
+#include <errno.h>
 #include <pthread.h>
 
 /* The worker's view of the link: not persisted, set only through
@@ -176,20 +177,29 @@ int filter_body(const struct dest *d, enum filter_mode mode, struct seg_view *v,
 		const uint8_t **body, size_t *len, uint8_t **owned, uint64_t *dfirst,
 		uint64_t *dlast);
 
+/* seg_view_open's r says the file is damaged (not a segment, or one that
+ * fails validation), not that it could not be read just now. */
+static inline bool view_error_is_damage(int r)
+{
+	return r == -EBADMSG || r == -EINVAL;
+}
+
 /* skeleton.c */
 void skeleton_path(const struct transport *t, const struct dest *d, uint64_t n, char *buf,
 		   size_t len);
 bool skeleton_exists(const struct transport *t, const struct dest *d, uint64_t n);
 /* Stores d's skeleton of segment n (and records its data as dirty);
  * -ENOENT if the segment is gone, -EBADMSG if it or the skeleton before it
- * is damaged (skeleton_damaged was called). */
+ * is damaged (skeleton_damaged was called), -EAGAIN if d is no longer
+ * tracking or n was acknowledged meanwhile. */
 int skeleton_make(struct transport *t, struct dest *d, struct catalog *cat, uint64_t n);
 void skeleton_remove(const struct transport *t, const struct dest *d, uint64_t n);
 /*
- * what (a stored skeleton, a journal segment) of segment n cannot be read
- * (why): d's sequence cannot go on from it, and what its records dirtied is
- * unknown.  d is set to DEST_LINK_GAP, for which the engine resynchronises
- * every image; the error is recorded in cat when not NULL.
+ * what ("journal segment", "the stored skeleton of segment") n cannot be
+ * read (why): d's sequence cannot go on from it, and what its records
+ * dirtied is unknown.  Unless d was acknowledged past n meanwhile, it is
+ * set to DEST_LINK_GAP, for which the engine resynchronises every image;
+ * the error is recorded in cat when not NULL.
  */
 void skeleton_damaged(struct transport *t, struct dest *d, struct catalog *cat, const char *what,
 		      uint64_t n, const char *why);

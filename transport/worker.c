@@ -245,14 +245,15 @@ static enum outcome ship(struct dest *d, CURL *c, struct curl_slist *headers[2],
 	pthread_mutex_unlock(&d->t->lock);
 	if (mode == FILTER_SKELETON && !skeleton_exists(d->t, d, n)) {
 		r = skeleton_make(d->t, d, cat, n);
-		if (r == -EBADMSG)
+		if (r == -EAGAIN) {
+			mode = FILTER_NORMAL; /* tracking ended meanwhile: the segment itself */
+		} else if (r == -EBADMSG) {
 			return SHIP_RESYNC; /* skeleton_damaged said why */
-		if (r == -ENOENT) {
+		} else if (r == -ENOENT) {
 			dest_set_error(d, "segment %s is no longer in the journal; this destination"
 				     " needs a resync", file);
 			return SHIP_RESYNC;
-		}
-		if (r < 0) {
+		} else if (r < 0) {
 			dest_set_error(d, "cannot make the skeleton of segment %s: %s", file,
 				       strerror(-r));
 			return SHIP_RETRY;
@@ -262,11 +263,16 @@ static enum outcome ship(struct dest *d, CURL *c, struct curl_slist *headers[2],
 		/* Stored while tracking: already in the destination's sequence. */
 		skeleton_path(d->t, d, n, path, sizeof path);
 		r = seg_view_open(path, &v, &err);
-		if (r < 0) {
+		if (view_error_is_damage(r)) {
 			/* Never sent as it is; what it stood for is lost. */
 			dest_set_error(d, "the stored skeleton of segment %s is damaged (%s): it"
 				     " needs a resync", file, err.msg);
 			return SHIP_RESYNC;
+		}
+		if (r < 0) {
+			dest_set_error(d, "cannot read the skeleton of segment %s: %s", file,
+				       strerror(-r));
+			return SHIP_RETRY;
 		}
 		*dfirst = seg_view_header(v)->first_lsn;
 		*dlast = seg_view_last_lsn(v);
@@ -289,12 +295,16 @@ static enum outcome ship(struct dest *d, CURL *c, struct curl_slist *headers[2],
 			     " resync", file);
 		return SHIP_RESYNC;
 	}
-	if (r < 0) {
+	if (view_error_is_damage(r)) {
 		/* Never ship something the receiver would refuse anyway; what
 		 * its records changed is unknown, so every image is compared. */
 		dest_set_error(d, "journal segment %s is damaged (%s): it needs a resync", file,
 			       err.msg);
 		return SHIP_RESYNC;
+	}
+	if (r < 0) {
+		dest_set_error(d, "cannot read segment %s: %s", file, strerror(-r));
+		return SHIP_RETRY;
 	}
 	*src_last = seg_view_last_lsn(v);
 	pthread_mutex_lock(&d->t->lock);
@@ -502,7 +512,8 @@ void *worker_main(void *arg)
 		if (o == SHIP_OK && chores) {
 			pthread_mutex_lock(&t->lock);
 			d->attempts = 0;
-			dest_link_set(d, DEST_LINK_SHIPPING);
+			if (d->link != DEST_LINK_GAP)
+				dest_link_set(d, DEST_LINK_SHIPPING);
 			continue;
 		}
 		if (o == SHIP_OK && catalog_dest_ack(cat, d->cfg.name, n, src_last, dfirst, dlast,
@@ -549,10 +560,13 @@ void *worker_main(void *arg)
 								      : backoff_ns(d->attempts));
 			if (d->link != DEST_LINK_GAP)
 				dest_link_set(d, DEST_LINK_RETRYING);
-		} else {
+		} else if (n > d->acked_segment) { /* not if a resync's skip passed it */
+			char msg[sizeof d->last_error];
+
 			dest_link_set(d, o == SHIP_RESYNC ? DEST_LINK_GAP : DEST_LINK_STOPPED);
+			memcpy(msg, d->last_error, sizeof msg);
 			pthread_mutex_unlock(&t->lock);
-			catalog_dest_error(cat, d->cfg.name, d->last_error);
+			catalog_dest_error(cat, d->cfg.name, msg);
 			pthread_mutex_lock(&t->lock);
 			pthread_cond_broadcast(&t->cond);
 		}
