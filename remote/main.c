@@ -572,11 +572,13 @@ int main(int argc, char **argv)
 
 	if (r.cfg.listen && receiver_start(&r, &r.receiver) < 0)
 		goto out;
-	if (r.cfg.status_addr && status_start(&r, r.cfg.status_addr, &r.status) < 0)
-		goto out;
 	if (watcher_start(&r) < 0)
 		goto out;
 	if (groups_start(&r) < 0 || puller_start(&r) < 0)
+		goto out;
+	/* Last: its first answer lists every group and pull already (a pull
+	 * started after it was missing from "pulls" for a moment). */
+	if (r.cfg.status_addr && status_start(&r, r.cfg.status_addr, &r.status) < 0)
 		goto out;
 	log_info("applying segments from %s onto %s%s%s%s%s; state in %s", r.cfg.inbox,
 		 r.cfg.target_dir, r.cfg.listen ? "; receiving on https://" : "",
