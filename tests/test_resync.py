@@ -419,6 +419,17 @@ def remote_post(r, path):
         return e.code
 
 
+def assert_dr1_settles_in_sync(status, timeout):
+    """dr1 ends in sync, not stopped (waits for whichever comes first)."""
+    seen = {}
+
+    def settled():
+        seen["dr1"] = get_status(status)["destinations"][0]
+        return seen["dr1"]["state"] in ("in_sync", "stopped")
+    wait_for(settled, timeout=timeout, what="dr1 in sync or stopped")
+    assert seen["dr1"]["state"] == "in_sync", seen
+
+
 def test_an_overflow_in_the_middle_of_a_resync_loses_nothing(aimfs, workdir, pki, remotes):
     """The journal fills while dr1 is away (tracking); dr1 comes back and
     its resync hashes what it missed -- the engine counts those extents as
@@ -488,13 +499,7 @@ def test_a_segment_whose_reply_was_lost_is_not_replaced_by_its_skeleton(
         os.fsync(fd)
         os.close(fd)
 
-        seen = {}
-
-        def settled():
-            seen["dr1"] = get_status(status)["destinations"][0]
-            return seen["dr1"]["state"] in ("in_sync", "stopped")
-        wait_for(settled, timeout=120, what="dr1 in sync or stopped")
-        assert seen["dr1"]["state"] == "in_sync", seen
+        assert_dr1_settles_in_sync(status, timeout=120)
         wait_converged(status, [r])
         assert m.unmount() == 0
         assert_trees_equal(backing, r.target)
@@ -587,13 +592,7 @@ def test_a_damaged_skeleton_ends_in_a_resync_not_a_pinned_journal(aimfs, workdir
         proxy.restore()
         os.fsync(fd)
         os.close(fd)
-        seen = {}
-
-        def settled():
-            seen["dr1"] = get_status(status)["destinations"][0]
-            return seen["dr1"]["state"] in ("in_sync", "stopped")
-        wait_for(settled, timeout=180, what="dr1 in sync or stopped")
-        assert seen["dr1"]["state"] == "in_sync", seen
+        assert_dr1_settles_in_sync(status, timeout=180)
         wait_converged(status, remotes)
         assert "is damaged" in m.output(), m.output()[-4000:]
         assert m.unmount() == 0
