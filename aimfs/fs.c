@@ -1070,8 +1070,11 @@ static void lo_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
 	struct lo_fh *fh = fh_of(fi);
-	void *buf = thread_buffer(size);
+	void *buf = session_reply_buffer(size);
 	size_t done = 0;
+
+	if (!buf)
+		buf = thread_buffer(size);
 
 	(void)ino;
 	if (!buf) {

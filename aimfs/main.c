@@ -604,7 +604,9 @@ int main(int argc, char *argv[])
 		log_error("cannot mount on %s", p.mount);
 		goto out;
 	}
-	if (session_hook(se) < 0)
+	if (o.io_uring && (fopts.singlethread || fopts.clone_fd))
+		log_info("io_uring=on: -s and clone_fd serve requests through /dev/fuse only");
+	if (session_hook(se, o.io_uring && !fopts.singlethread && !fopts.clone_fd) < 0)
 		goto out_unmount;
 	if (!o.strict_cache) {
 		int r = bdi_lift_strict_limit(p.mount);

@@ -35,6 +35,7 @@ static const struct fuse_opt aimfs_opts[] = {
 	OPT("al_extents=%s", al_extents_s),
 	OPT("al_extent_size=%s", al_extent_size_s),
 	OPT("cache=%s", cache_s),
+	OPT("io_uring=%s", io_uring_s),
 	FUSE_OPT_KEY("dest=", KEY_DEST),
 	FUSE_OPT_KEY("-h", KEY_HELP),
 	FUSE_OPT_KEY("--help", KEY_HELP),
@@ -108,6 +109,8 @@ void options_usage(const char *prog)
 	       "  -o cache=strict|writeback  buffered writes: each sent to aimfs as it is\n"
 	       "                         written (default), or coalesced in the kernel's page\n"
 	       "                         cache until writeback, fsync or close\n"
+	       "  -o io_uring=on|off     FUSE requests through io_uring (Linux 6.14+, fuse\n"
+	       "                         module parameter enable_uring=Y; default off)\n"
 	       "  -f                     stay in the foreground (as aimfs@.service runs it)\n"
 	       "  -d                     FUSE debug output (implies -f)\n"
 	       "  -h, --help             this help\n"
@@ -179,6 +182,15 @@ static int check_values(struct aimfs_options *o)
 			o->strict_cache = false;
 		} else {
 			log_error("cache=%s: must be \"writeback\" or \"strict\"", o->cache_s);
+			return -1;
+		}
+	}
+	o->io_uring = false;
+	if (o->io_uring_s) {
+		if (strcmp(o->io_uring_s, "on") == 0) {
+			o->io_uring = true;
+		} else if (strcmp(o->io_uring_s, "off") != 0) {
+			log_error("io_uring=%s: must be \"on\" or \"off\"", o->io_uring_s);
 			return -1;
 		}
 	}
@@ -261,6 +273,7 @@ static int set_aimfs_key(struct aimfs_options *o, const char *key, const char *v
 		{ "al_extents", offsetof(struct aimfs_options, al_extents_s) },
 		{ "al_extent_size", offsetof(struct aimfs_options, al_extent_size_s) },
 		{ "cache", offsetof(struct aimfs_options, cache_s) },
+		{ "io_uring", offsetof(struct aimfs_options, io_uring_s) },
 	};
 
 	for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
@@ -283,7 +296,7 @@ static int set_aimfs_key(struct aimfs_options *o, const char *key, const char *v
 	}
 	log_error("config %s: [aimfs] has no key \"%s\" (known: backing_dir, mountpoint, journal,"
 		  " status, dest, segment_size, segment_age, segment_idle, segment_eager, journal_max, overflow, retain,"
-		  " verify_every, al_extents, al_extent_size, cache)", o->config, key);
+		  " verify_every, al_extents, al_extent_size, cache, io_uring)", o->config, key);
 	return -1;
 }
 
@@ -392,4 +405,5 @@ void options_free(struct aimfs_options *o)
 	free(o->al_extents_s);
 	free(o->al_extent_size_s);
 	free(o->cache_s);
+	free(o->io_uring_s);
 }

@@ -33,6 +33,7 @@
  */
 #include "session.h"
 #include "log.h"
+#include "uring.h"
 
 #include <errno.h>
 #include <linux/fuse.h>
@@ -81,6 +82,14 @@ struct loop {
 static __thread const struct fuse_in_header *cur;
 static __thread uint32_t cur_open_flags;
 
+/* FUSE over io_uring (uring.h): wanted by the options, asked for in the
+ * INIT reply, and the session's thread limit for its queues. */
+static struct {
+	struct fuse_session *se;
+	bool wanted, asked;
+	unsigned max_threads;
+} ring;
+
 bool session_kill_suidgid(void)
 {
 	const void *arg = cur ? (const void *)(cur + 1) : NULL;
@@ -118,6 +127,16 @@ static void patch_init(struct iovec *iov)
 	if ((in->flags & FUSE_INIT_EXT) && cur->len >= sizeof *cur + offsetof(struct fuse_init_in, unused))
 		offered |= (uint64_t)in->flags2 << 32;
 	want = offered & (FUSE_HANDLE_KILLPRIV_V2 | FUSE_DIRECT_IO_ALLOW_MMAP);
+	if (ring.wanted) {
+		if (offered & URING_INIT_FLAG) {
+			want |= URING_INIT_FLAG;
+			ring.asked = true;
+		} else {
+			log_warn("io_uring=on: the kernel does not offer FUSE over io_uring (Linux 6.14+"
+				 " with /sys/module/fuse/parameters/enable_uring set to Y);"
+				 " requests come through /dev/fuse");
+		}
+	}
 	if ((want >> 32) && !(out->flags & FUSE_INIT_EXT))
 		want &= 0xffffffffu; /* flags2 goes only with FUSE_INIT_EXT */
 	out->flags |= (uint32_t)want;
@@ -127,12 +146,15 @@ static void patch_init(struct iovec *iov)
 static ssize_t hook_writev(int fd, struct iovec *iov, int count, void *userdata)
 {
 	const struct fuse_out_header *out = iov[0].iov_base;
+	bool init = false;
+	ssize_t n;
 
 	(void)userdata;
 	if (cur && count >= 2 && iov[0].iov_len >= sizeof *out && out->error == 0 &&
 	    out->unique == cur->unique) {
 		if (cur->opcode == FUSE_INIT) {
 			patch_init(&iov[1]);
+			init = true;
 		} else if ((cur->opcode == FUSE_OPEN || cur->opcode == FUSE_CREATE) && cur_open_flags &&
 			   iov[1].iov_len >= sizeof(struct fuse_open_out)) {
 			/* CREATE's reply is fuse_entry_out then fuse_open_out */
@@ -142,7 +164,13 @@ static ssize_t hook_writev(int fd, struct iovec *iov, int count, void *userdata)
 			o->open_flags |= cur_open_flags;
 		}
 	}
-	return writev(fd, iov, count);
+	if (uring_take_reply(iov, count, &n))
+		return n;
+	n = writev(fd, iov, count);
+	/* the kernel has taken the INIT reply: the ring's entries may register */
+	if (init && n > 0 && ring.asked && uring_start(ring.se, ring.max_threads) < 0)
+		log_warn("io_uring=on: requests come through /dev/fuse");
+	return n;
 }
 
 static ssize_t hook_read(int fd, void *buf, size_t len, void *userdata)
@@ -151,14 +179,30 @@ static ssize_t hook_read(int fd, void *buf, size_t len, void *userdata)
 	return read(fd, buf, len);
 }
 
-int session_hook(struct fuse_session *se)
+int session_hook(struct fuse_session *se, bool io_uring)
 {
 	static const struct fuse_custom_io io = { .writev = hook_writev, .read = hook_read };
 	int r = fuse_session_custom_io(se, &io, fuse_session_fd(se));
 
+	ring.se = se;
+	ring.wanted = io_uring;
+
 	if (r < 0)
 		log_error("cannot hook the FUSE session's replies: %s", strerror(-r));
 	return r;
+}
+
+void *session_reply_buffer(size_t size)
+{
+	return uring_reply_buffer(size);
+}
+
+void session_dispatch(struct fuse_session *se, struct fuse_buf *buf)
+{
+	cur = buf->mem;
+	cur_open_flags = 0;
+	fuse_session_process_buf(se, buf);
+	cur = NULL;
 }
 
 static int start_worker(struct loop *lp);
@@ -200,10 +244,7 @@ static void *worker_main(void *arg)
 			start_worker(lp);
 		pthread_mutex_unlock(&lp->lock);
 
-		cur = in;
-		cur_open_flags = 0;
-		fuse_session_process_buf(se, &buf);
-		cur = NULL;
+		session_dispatch(se, &buf);
 
 		pthread_mutex_lock(&lp->lock);
 		if (!forget)
@@ -283,6 +324,7 @@ int session_loop(struct fuse_session *se, unsigned max_threads)
 
 	sigemptyset(&sa.sa_mask);
 	sigaction(WAKE_SIGNAL, &sa, &old_sa); /* no SA_RESTART */
+	ring.max_threads = lp.max;
 	pthread_mutex_init(&lp.lock, NULL);
 	sem_init(&lp.finish, 0, 0);
 	pthread_mutex_lock(&lp.lock);
@@ -304,6 +346,7 @@ int session_loop(struct fuse_session *se, unsigned max_threads)
 			free(w->region);
 			free(w);
 		}
+		uring_stop();
 		r = lp.error;
 		if (r < 0)
 			log_error("reading the FUSE device: %s", strerror(-r));

@@ -21,13 +21,22 @@
 #include <stdint.h>
 
 /* Installs the reply hook on se, which must be mounted and not yet have
- * read a request.  0, or -errno (libfuse said why). */
-int session_hook(struct fuse_session *se);
+ * read a request; io_uring: ask the kernel for FUSE over io_uring
+ * (uring.h; session_loop only).  0, or -errno (libfuse said why). */
+int session_hook(struct fuse_session *se, bool io_uring);
 
 /* Serves se with up to max_threads workers (started as requests need
  * them, as fuse_session_loop_mt does) until it is unmounted or signalled.
  * Returns 0, or -errno after logging why. */
 int session_loop(struct fuse_session *se, unsigned max_threads);
+
+/* Processes one request laid out in buf as a worker reads it (the header,
+ * the arguments, a WRITE's payload page-aligned): uring.c's threads too. */
+void session_dispatch(struct fuse_session *se, struct fuse_buf *buf);
+
+/* A page-aligned buffer for the payload of this request's reply that the
+ * reply need not copy (FUSE over io_uring's entry), or NULL. */
+void *session_reply_buffer(size_t size);
 
 /* The request being processed asks the filesystem to clear the file's
  * setuid and setgid bits as the kernel would have (FUSE_HANDLE_KILLPRIV_V2:

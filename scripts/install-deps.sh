@@ -10,7 +10,7 @@ SUDO=
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
 export DEBIAN_FRONTEND=noninteractive
 PKGS="build-essential meson ninja-build pkg-config clang
-  libfuse3-dev fuse3 libsqlite3-dev sqlite3 libcurl4-openssl-dev curl
+  libfuse3-dev fuse3 liburing-dev libsqlite3-dev sqlite3 libcurl4-openssl-dev curl
   libmicrohttpd-dev libinotifytools0-dev libjansson-dev libzstd-dev
   libxxhash-dev libinih-dev libclang-rt-14-dev
   python3 python3-pytest python3-xxhash qemu-utils fio bindfs openssl jq nginx-light rsync
@@ -18,7 +18,7 @@ PKGS="build-essential meson ninja-build pkg-config clang
   qemu-system-x86 busybox-static cpio
   libsystemd-dev libvirt-clients prometheus systemd libcap2-bin groff-base
   ceph-mon ceph-osd radosgw faketime"
-# libsystemd-dev: sd_notify for the Type=notify units.  libvirt-clients:
+# liburing-dev: FUSE over io_uring (-o io_uring=on).  libsystemd-dev: sd_notify for the Type=notify units.  libvirt-clients:
 # virt-xml-validate (its schemas come with libvirt0) for the libvirt
 # examples.  prometheus: promtool, which checks the alert rules and the
 # /metrics text (Debian has no smaller package with promtool; without

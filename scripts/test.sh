@@ -5,7 +5,9 @@
 #
 #   scripts/test.sh               the suite on a normal build
 #   scripts/test.sh --sanitize    ... and, at the same time, under ASan + UBSan
-#   CI=true scripts/test.sh       what CI runs: both, and the fuzzer briefly
+#   CI=true scripts/test.sh       what CI runs: both (the sanitizer pass through
+#                                 FUSE over io_uring where the kernel has it),
+#                                 and the fuzzer briefly
 #
 # Extra arguments after -- go to pytest (e.g. -- -k kill9 -x).
 # Ends with one line "N passed, N failed" summing every run.
@@ -50,7 +52,22 @@ ASAN_SKIP=(--ignore=tests/test_guest.py --ignore=tests/test_powercut_guest.py
 	--ignore=tests/test_full_disk_guest.py --ignore=tests/test_install.py)
 
 results=$(mktemp -d /tmp/aimfs-results.XXXXXX)
-trap 'rm -rf "$results"' EXIT
+# FUSE over io_uring (-o io_uring=on) needs the fuse module's enable_uring
+# on (Linux 6.14+); the sanitizer pass runs every mount through the ring,
+# the normal pass through /dev/fuse.  Restored as found at exit.
+uring_param=/sys/module/fuse/parameters/enable_uring
+uring_before=
+if [ -w "$uring_param" ]; then
+	uring_before=$(cat "$uring_param")
+	echo Y >"$uring_param"
+fi
+restore() {
+	rm -rf "$results"
+	if [ -n "$uring_before" ]; then echo "$uring_before" >"$uring_param"; fi
+}
+trap restore EXIT
+asan_ring=
+[ -n "$uring_before" ] && asan_ring=on
 run_suite() { # label, build dir, extra pytest args...: writes $results/<dir>.{log,sum}
 	local label=$1 dir=$2 xml rc p f
 	shift 2
@@ -92,10 +109,10 @@ if [ $sanitize -eq 1 ]; then
 	# Each pass starts its servers on ports of its own (tests/aimtest.py).
 	AIM_PORT_RANGE=20000-26000 run_suite "normal build" build &
 	pid_normal=$!
-	AIM_PORT_RANGE=26000-32000 \
+	AIM_PORT_RANGE=26000-32000 AIM_IO_URING=$asan_ring \
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=66 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=67 \
-		run_suite "ASan+UBSan build" build-asan "${ASAN_SKIP[@]}" &
+		run_suite "ASan+UBSan build${asan_ring:+, FUSE over io_uring}" build-asan "${ASAN_SKIP[@]}" &
 	pid_asan=$!
 	wait $pid_normal || true
 	wait $pid_asan || true

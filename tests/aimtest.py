@@ -59,6 +59,10 @@ def free_port():
 CACHE_MODES = ("writeback", "strict")
 DEFAULT_CACHE = os.environ.get("AIM_CACHE", "")
 _cache_of_mount = {}
+# AIM_IO_URING=on: every Mount that does not name io_uring asks for FUSE over
+# io_uring (scripts/test.sh's sanitizer pass; the kernel's fuse module must
+# have enable_uring=Y, which test.sh sets).
+DEFAULT_IO_URING = os.environ.get("AIM_IO_URING", "")
 
 
 def cache_mode(mountpoint):
@@ -127,6 +131,8 @@ class Mount:
             cache = DEFAULT_CACHE
             options.append(f"cache={cache}")
         _cache_of_mount[os.path.realpath(self.mountpoint)] = cache or "strict"
+        if DEFAULT_IO_URING and not any(o.startswith("io_uring=") for o in options):
+            options.append(f"io_uring={DEFAULT_IO_URING}")
         cmd += ["-o", ",".join(options)]
         cmd += [self.backing, self.mountpoint]
         self.cmdline = cmd

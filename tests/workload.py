@@ -62,7 +62,10 @@ FALLOC_FL_ZERO_RANGE = 0x10
 # when the connection is aborted while some of them are being answered
 # (fs/fuse/file.c: fuse_get_res_by_io); aimfs itself cannot answer after a
 # kill -9, and every aimfs-side EIO is logged (the crash tests check the log).
-CRASH_ERRNOS = (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO)
+# Under FUSE over io_uring a request the kernel was handing to the dead
+# daemon's ring ends with ECANCELED (fs/fuse/dev_uring.c: the ring's task is
+# dead).
+CRASH_ERRNOS = (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO, errno.ECANCELED)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _fallocate = _libc.fallocate
