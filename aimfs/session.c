@@ -297,21 +297,21 @@ static void wake(int sig)
 	(void)sig;
 }
 
-/* Joins w, waking it until it notices the end: a signal sent just before
- * it entered read() would not interrupt that read. */
-static void join_worker(struct worker *w)
+/* Joins tid, waking it until it notices the end: a signal sent just
+ * before it entered read() would not interrupt that read. */
+void session_join_thread(pthread_t tid)
 {
 	for (;;) {
 		struct timespec until;
 
-		pthread_kill(w->tid, WAKE_SIGNAL);
+		pthread_kill(tid, WAKE_SIGNAL);
 		clock_gettime(CLOCK_REALTIME, &until);
 		until.tv_nsec += 50 * 1000000L;
 		if (until.tv_nsec >= 1000000000L) {
 			until.tv_sec++;
 			until.tv_nsec -= 1000000000L;
 		}
-		if (pthread_timedjoin_np(w->tid, NULL, &until) == 0)
+		if (pthread_timedjoin_np(tid, NULL, &until) == 0)
 			return;
 	}
 }
@@ -341,7 +341,7 @@ int session_loop(struct fuse_session *se, unsigned max_threads)
 		while (lp.workers) {
 			struct worker *w = lp.workers;
 
-			join_worker(w);
+			session_join_thread(w->tid);
 			lp.workers = w->next;
 			free(w->region);
 			free(w);

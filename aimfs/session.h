@@ -17,6 +17,7 @@
 
 #include "fs.h"
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -29,6 +30,11 @@ int session_hook(struct fuse_session *se, bool io_uring);
  * them, as fuse_session_loop_mt does) until it is unmounted or signalled.
  * Returns 0, or -errno after logging why. */
 int session_loop(struct fuse_session *se, unsigned max_threads);
+
+/* Joins a thread of the session's loop that the end of the session stops
+ * (a worker, a ring thread), interrupting its blocking system call with a
+ * signal until it notices.  Only while session_loop is ending. */
+void session_join_thread(pthread_t tid);
 
 /* Processes one request laid out in buf as a worker reads it (the header,
  * the arguments, a WRITE's payload page-aligned): uring.c's threads too. */

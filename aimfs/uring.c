@@ -25,7 +25,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/sysinfo.h>
-#include <time.h>
 #include <unistd.h>
 
 #define PAGE 4096u
@@ -36,8 +35,6 @@
  * page before it for the request's headers and one after as slack. */
 #define PAYLOAD (256u * PAGE)
 #define REGION (PAGE + PAYLOAD + PAGE)
-/* Interrupts a ring thread's wait at the end (as session.c's workers). */
-#define WAKE_SIGNAL SIGUSR2
 
 struct ring_ent_in_out {   /* struct fuse_uring_ent_in_out */
 	uint64_t flags;
@@ -346,44 +343,17 @@ int uring_start(struct fuse_session *se, unsigned max_threads)
 	return r;
 }
 
-static void wake(int sig)
-{
-	(void)sig;
-}
-
-/* Joins t, waking it until it notices the end (as session.c does). */
-static void join_thread(struct ring_thread *t)
-{
-	for (;;) {
-		struct timespec until;
-
-		pthread_kill(t->tid, WAKE_SIGNAL);
-		clock_gettime(CLOCK_REALTIME, &until);
-		until.tv_nsec += 50 * 1000000L;
-		if (until.tv_nsec >= 1000000000L) {
-			until.tv_sec++;
-			until.tv_nsec -= 1000000000L;
-		}
-		if (pthread_timedjoin_np(t->tid, NULL, &until) == 0)
-			return;
-	}
-}
-
 void uring_stop(void)
 {
-	struct sigaction sa = { .sa_handler = wake }, old_sa;
-
 	if (!pool.started)
 		return;
-	sigemptyset(&sa.sa_mask);
-	sigaction(WAKE_SIGNAL, &sa, &old_sa); /* no SA_RESTART */
 	pthread_mutex_lock(&pool.lock);
 	pool.stopping = true; /* no thread starts another from now on */
 	pthread_mutex_unlock(&pool.lock);
 	while (pool.threads) {
 		struct ring_thread *t = pool.threads;
 
-		join_thread(t);
+		session_join_thread(t->tid);
 		pool.threads = t->next;
 		/* cancels the entry's command if the kernel still holds it */
 		io_uring_queue_exit(&t->ring);
@@ -391,7 +361,6 @@ void uring_stop(void)
 		free(t->hdr);
 		free(t);
 	}
-	sigaction(WAKE_SIGNAL, &old_sa, NULL);
 	free(pool.queues);
 	pool.queues = NULL;
 	pthread_mutex_lock(&pool.lock);

@@ -44,8 +44,9 @@
  * kernel then keeps using /dev/fuse, since the ring never became ready). */
 int uring_start(struct fuse_session *se, unsigned max_threads);
 
-/* Ends every ring thread and releases the rings; the session has ended.
- * Does nothing if uring_start was not called or failed. */
+/* Ends every ring thread and releases the rings; the session has ended
+ * (session_loop calls it while its wake signal is installed: see
+ * session_join_thread).  Does nothing if uring_start was not called. */
 void uring_stop(void);
 
 /* If this thread is processing a ring request and iov[0] is the reply's
