@@ -133,7 +133,7 @@ bool uring_take_reply(const struct iovec *iov, int count, ssize_t *sent)
 	payload = payload_of(t);
 	for (int i = 1; i < count; i++) {
 		if (len + iov[i].iov_len > PAYLOAD) {
-			log_error("io_uring: a reply of more than %u bytes (opcode reply %llu)",
+			log_error("io_uring: a reply of more than %u bytes to request %llu",
 				  PAYLOAD, (unsigned long long)out->unique);
 			*sent = -EINVAL;
 			return true;
