@@ -255,11 +255,27 @@ static void *worker_main(void *arg)
 	return NULL;
 }
 
+int session_start_thread(pthread_t *tid, void *(*main)(void *), void *arg)
+{
+	sigset_t block, old;
+	int r;
+
+	/* Signals go to the main thread, whose wait they interrupt. */
+	sigemptyset(&block);
+	sigaddset(&block, SIGTERM);
+	sigaddset(&block, SIGINT);
+	sigaddset(&block, SIGHUP);
+	sigaddset(&block, SIGQUIT);
+	pthread_sigmask(SIG_BLOCK, &block, &old);
+	r = pthread_create(tid, NULL, main, arg);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return r;
+}
+
 /* With lp->lock held (or before any worker runs). */
 static int start_worker(struct loop *lp)
 {
 	struct worker *w = calloc(1, sizeof *w);
-	sigset_t block, old;
 	void *region = NULL;
 	int r;
 
@@ -270,15 +286,7 @@ static int start_worker(struct loop *lp)
 	}
 	w->lp = lp;
 	w->region = region;
-	/* Signals go to the main thread, whose wait they interrupt. */
-	sigemptyset(&block);
-	sigaddset(&block, SIGTERM);
-	sigaddset(&block, SIGINT);
-	sigaddset(&block, SIGHUP);
-	sigaddset(&block, SIGQUIT);
-	pthread_sigmask(SIG_BLOCK, &block, &old);
-	r = pthread_create(&w->tid, NULL, worker_main, w);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	r = session_start_thread(&w->tid, worker_main, w);
 	if (r) {
 		log_error("cannot start a FUSE worker: %s", strerror(r));
 		free(region);

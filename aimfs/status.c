@@ -173,6 +173,16 @@ static void journal_health_json(json_t *o, const struct journal_stats *js)
 	json_object_set_new(o, "journal_owed_records", json_integer((json_int_t)js->owed));
 }
 
+/* How FUSE requests reach aimfs: through io_uring or /dev/fuse. */
+static json_t *fuse_json(void)
+{
+	struct uring_stats us;
+
+	uring_get_stats(&us);
+	return json_pack("{s:b, s:I, s:i}", "io_uring", us.active, "ring_requests",
+			 (json_int_t)us.requests, "ring_threads", (int)us.threads);
+}
+
 static json_t *status_json(struct status *s)
 {
 	struct journal_stats js;
@@ -190,14 +200,7 @@ static json_t *status_json(struct status *s)
 	json_object_set_new(o, "backing_dir", json_text(s->info.backing_dir));
 	json_object_set_new(o, "mountpoint", json_text(s->info.mountpoint));
 	json_object_set_new(o, "journal_dir", json_text(s->info.journal_dir));
-	{
-		struct uring_stats us;
-
-		uring_get_stats(&us);
-		json_object_set_new(o, "fuse", json_pack("{s:b, s:I, s:i}", "io_uring", us.active,
-							 "ring_requests", (json_int_t)us.requests,
-							 "ring_threads", (int)us.threads));
-	}
+	json_object_set_new(o, "fuse", fuse_json());
 	json_object_set_new(o, "uptime_seconds", json_real((double)(now - s->started_ns) / 1e9));
 	json_object_set_new(o, "head_lsn", json_integer((json_int_t)js.head_lsn));
 	json_object_set_new(o, "open_segment", json_integer((json_int_t)js.open_segment));

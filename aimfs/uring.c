@@ -20,7 +20,6 @@
 #include <linux/fuse.h>
 #include <liburing.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,11 +56,9 @@ struct ring_cmd {          /* struct fuse_uring_cmd_req, in the SQE's cmd */
 	uint8_t padding[6];
 };
 
-struct queue;
-
 struct ring_thread {
 	pthread_t tid;
-	struct queue *q;
+	unsigned qid;             /* the kernel's queue: a possible CPU */
 	struct io_uring ring;
 	bool ring_ok;
 	struct ring_header *hdr;  /* page-aligned */
@@ -72,16 +69,9 @@ struct ring_thread {
 	struct ring_thread *next;
 };
 
-struct queue {
-	unsigned qid;
-};
-
 static struct {
 	struct fuse_session *se;
 	int fd;
-	unsigned max_per_queue;
-	unsigned nqueues;
-	struct queue *queues;
 	pthread_mutex_t lock;
 	struct ring_thread *threads;  /* (lock) */
 	bool stopping;                /* (lock) */
@@ -115,7 +105,7 @@ static int submit_cmd(struct ring_thread *t, uint32_t op, uint64_t commit_id)
 		sqe->len = 2;
 	}
 	cmd = (struct ring_cmd *)sqe->cmd;
-	cmd->qid = (uint16_t)t->q->qid;
+	cmd->qid = (uint16_t)t->qid;
 	cmd->commit_id = commit_id;
 	return 0;
 }
@@ -163,6 +153,15 @@ void *uring_reply_buffer(size_t size)
 	return serving && size <= PAYLOAD ? payload_of(serving) : NULL;
 }
 
+/* Leaves an error reply to request unique in t's entry. */
+static void reply_error(struct ring_thread *t, uint64_t unique, int error)
+{
+	struct fuse_out_header out = { .len = sizeof out, .error = -error, .unique = unique };
+
+	memcpy(t->hdr->in_out, &out, sizeof out);
+	t->hdr->ent.payload_sz = 0;
+}
+
 /* The request in t's entry, laid out as session.c reads one, processed;
  * its reply is left in the entry for the commit. */
 static void process(struct ring_thread *t)
@@ -177,12 +176,9 @@ static void process(struct ring_thread *t)
 	/* in.len counts the header, the fixed argument and the payload */
 	if (in.len < sizeof in + payload_sz || in.len - sizeof in - payload_sz > sizeof t->hdr->op_in ||
 	    payload_sz > PAYLOAD) {
-		struct fuse_out_header out = { .len = sizeof out, .error = -EIO, .unique = in.unique };
-
 		log_error("io_uring: request %u of %u bytes with a payload of %u: not understood",
 			  in.opcode, in.len, payload_sz);
-		memcpy(t->hdr->in_out, &out, sizeof out);
-		t->hdr->ent.payload_sz = 0;
+		reply_error(t, in.unique, EIO);
 		return;
 	}
 	op_len = in.len - sizeof in - payload_sz;
@@ -201,12 +197,9 @@ static void process(struct ring_thread *t)
 	if (!t->replied) {
 		/* every request that comes through the ring has a reply; one
 		 * that libfuse did not send would hold the entry for good */
-		struct fuse_out_header out = { .len = sizeof out, .error = -EIO, .unique = in.unique };
-
 		log_error("io_uring: request %u (unique %llu) ended without a reply", in.opcode,
 			  (unsigned long long)in.unique);
-		memcpy(t->hdr->in_out, &out, sizeof out);
-		t->hdr->ent.payload_sz = 0;
+		reply_error(t, in.unique, EIO);
 	}
 }
 
@@ -223,7 +216,6 @@ static bool stopping(void)
 static void *ring_main(void *arg)
 {
 	struct ring_thread *t = arg;
-	struct queue *q = t->q;
 	uint32_t op = CMD_REGISTER;
 	uint64_t commit_id = 0;
 	int r = submit_cmd(t, op, 0);
@@ -266,16 +258,15 @@ static void *ring_main(void *arg)
 	}
 	/* ENOTCONN: unmounted (the kernel tore the entries down) */
 	if (r < 0 && r != -ENOTCONN && r != -ECONNABORTED && !stopping())
-		log_error("io_uring: queue %u: %s", q->qid, strerror(-r));
+		log_error("io_uring: queue %u: %s", t->qid, strerror(-r));
 	return NULL;
 }
 
 /* With pool.lock held. */
-static int start_thread(struct queue *q)
+static int start_thread(unsigned qid)
 {
 	struct ring_thread *t = calloc(1, sizeof *t);
 	struct io_uring_params params = { .flags = IORING_SETUP_SQE128 };
-	sigset_t block, old;
 	void *hdr = NULL, *region = NULL;
 	int r;
 
@@ -283,7 +274,7 @@ static int start_thread(struct queue *q)
 		r = -ENOMEM;
 		goto fail;
 	}
-	t->q = q;
+	t->qid = qid;
 	t->hdr = hdr;
 	t->region = region;
 	t->iov[0] = (struct iovec){ .iov_base = hdr, .iov_len = sizeof *t->hdr };
@@ -292,14 +283,7 @@ static int start_thread(struct queue *q)
 	if (r < 0)
 		goto fail;
 	t->ring_ok = true;
-	sigemptyset(&block);
-	sigaddset(&block, SIGTERM);
-	sigaddset(&block, SIGINT);
-	sigaddset(&block, SIGHUP);
-	sigaddset(&block, SIGQUIT);
-	pthread_sigmask(SIG_BLOCK, &block, &old);
-	r = -pthread_create(&t->tid, NULL, ring_main, t);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	r = -session_start_thread(&t->tid, ring_main, t);
 	if (r < 0)
 		goto fail;
 	t->next = pool.threads;
@@ -307,7 +291,7 @@ static int start_thread(struct queue *q)
 	pool.nthreads++;
 	return 0;
 fail:
-	log_error("io_uring: cannot start a thread for queue %u: %s", q->qid, strerror(-r));
+	log_error("io_uring: cannot start a thread for queue %u: %s", qid, strerror(-r));
 	if (t && t->ring_ok)
 		io_uring_queue_exit(&t->ring);
 	free(region);
@@ -318,28 +302,20 @@ fail:
 
 int uring_start(struct fuse_session *se, unsigned max_threads)
 {
+	unsigned nqueues = (unsigned)get_nprocs_conf(); /* the kernel's num_possible_cpus */
+	unsigned per_queue = max_threads ? max_threads : 1;
 	int r = 0;
 
 	pool.se = se;
 	pool.fd = fuse_session_fd(se);
-	pool.max_per_queue = max_threads ? max_threads : 1;
-	pool.nqueues = (unsigned)get_nprocs_conf();
-	pool.queues = calloc(pool.nqueues, sizeof *pool.queues);
-	if (!pool.queues) {
-		log_error("io_uring: out of memory");
-		return -ENOMEM;
-	}
 	pthread_mutex_lock(&pool.lock);
 	pool.started = true;
-	for (unsigned i = 0; i < pool.nqueues && r == 0; i++) {
-		pool.queues[i].qid = i;
-		for (unsigned k = 0; k < pool.max_per_queue && r == 0; k++)
-			r = start_thread(&pool.queues[i]);
-	}
+	for (unsigned qid = 0; qid < nqueues && r == 0; qid++)
+		for (unsigned k = 0; k < per_queue && r == 0; k++)
+			r = start_thread(qid);
 	pthread_mutex_unlock(&pool.lock);
 	if (r == 0)
-		log_info("FUSE requests through io_uring: %u queues of %u threads", pool.nqueues,
-			 pool.max_per_queue);
+		log_info("FUSE requests through io_uring: %u queues of %u threads", nqueues, per_queue);
 	return r;
 }
 
@@ -361,8 +337,6 @@ void uring_stop(void)
 		free(t->hdr);
 		free(t);
 	}
-	free(pool.queues);
-	pool.queues = NULL;
 	pthread_mutex_lock(&pool.lock);
 	pool.nthreads = 0;
 	pool.started = false;
