@@ -552,13 +552,17 @@ static int collect_mismatches(struct resync *r, struct engine_dest *ds)
 
 /*
  * Whether the journal has room for info's resync: under half full, or
- * another destination (not tracking) lags further behind.  That one's lag
- * is not info's to wait for: when the journal fills, the destination
- * holding the oldest segment goes tracking and frees it (relieve_overflow).
- * A healthy destination's resync once waited as long as a lagging one held
- * between half and all of the journal: for ever, once writes stopped.
- * Anything else that holds it (retain) is waited for, or an overflow would
- * make info tracking and this let it out again at once (a flip-flop).
+ * another destination (not tracking) that lags further cannot be reached.
+ * That one's lag is not info's to wait for: when the journal fills, the
+ * destination holding the oldest segment goes tracking and frees it
+ * (relieve_overflow).  A healthy destination's resync once waited as long
+ * as a lagging one held between half and all of the journal: for ever,
+ * once writes stopped.  But one that is reached and only slower than the
+ * resync (it ships the resync's records as SKIPs) drains the journal by
+ * itself: filling it past that one made it tracking, a healthy
+ * destination resynchronised for nothing.  Anything else that holds it
+ * (retain) is waited for, or an overflow would make info tracking and this
+ * let it out again at once (a flip-flop).
  */
 static bool journal_has_room(struct resync *r, const struct transport_dest_info *info)
 {
@@ -571,7 +575,8 @@ static bool journal_has_room(struct resync *r, const struct transport_dest_info 
 		struct transport_dest_info other;
 
 		transport_dest_info(r->t, r->ds[i].index, &other);
-		if (other.rec.sync != DEST_SYNC_TRACKING && other.acked_segment < info->acked_segment)
+		if (other.rec.sync != DEST_SYNC_TRACKING && !other.reachable &&
+		    other.acked_segment < info->acked_segment)
 			return true;
 	}
 	return false;

@@ -608,6 +608,58 @@ def test_a_damaged_skeleton_ends_in_a_resync_not_a_pinned_journal(aimfs, workdir
         assert log.seen["dr2"] <= {"in_sync", "shipping"}, log.seen
 
 
+def test_a_second_destination_slower_than_a_resync_is_not_made_tracking(
+        aimfs, workdir, pki, remotes):
+    """dr1 comes back after an overflow and is resynchronised; dr2, in sync
+    and reachable, ships the resync's records too (as SKIPs) but answers
+    slowly meanwhile (its aim-remote stopped for a while).  dr1's resync
+    once went on filling the journal past dr2 because dr2 "lagged
+    further", and the overflow made the healthy dr2 tracking and resync
+    (CI, twice, in the damaged-skeleton test under load).  A reachable
+    destination drains the journal by itself: the resync waits for it."""
+    import signal
+    size = 16 << 20
+    backing, r, proxy, status, m = small_journal_via_proxy(
+        aimfs, workdir, pki, remotes, size, 71, direct=["dr2"])
+    dr2 = remotes[-1]
+    rnd = random.Random(72)
+    log = StateLog(status)
+    stopped = False
+    try:
+        fd = os.open(os.path.join(m.mountpoint, "vm.img"), os.O_RDWR)
+        proxy.cut()
+        fill_journal(fd, rnd, size, status)
+        os.fsync(fd)
+        os.close(fd)
+        # the burst may have made dr2 tracking too: not what is tested
+        wait_for(lambda: get_status(status)["destinations"][1]["state"] == "in_sync",
+                 timeout=120, what="dr2 in sync")
+        log.seen.pop("dr2", None)
+        dr2.proc.send_signal(signal.SIGSTOP)
+        stopped = True
+        proxy.restore()
+        # dr1's resync begins and journals what it missed; dr2's uploads of
+        # it hang, well inside its 60 s low-speed limit (still reachable)
+        wait_for(lambda: get_status(status)["journal_bytes"] >= (1 << 20), timeout=60,
+                 what="the resync to fill half the journal")
+        time.sleep(4)
+        st = get_status(status)
+        assert st["journal_bytes"] < st["journal_max"], st
+        dr2.proc.send_signal(signal.SIGCONT)
+        stopped = False
+        assert_dr1_settles_in_sync(status, timeout=180)
+        wait_converged(status, remotes)
+        assert m.unmount() == 0
+        for each in remotes:
+            assert_trees_equal(backing, each.target)
+    finally:
+        if stopped:
+            dr2.proc.send_signal(signal.SIGCONT)
+        log.close()
+        proxy.stop()
+    assert log.seen["dr2"] <= {"in_sync", "shipping"}, log.seen
+
+
 def test_a_journal_that_fills_while_a_segment_is_on_the_wire_keeps_shipping(
         aimfs, workdir, pki, remotes):
     """A writer faster than a rate-limited link fills the journal while the
