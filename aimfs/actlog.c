@@ -39,9 +39,10 @@
 #define PAGE 4096u
 #define SLOT_BYTES 8u
 #define SLOTS_PER_PAGE (PAGE / SLOT_BYTES)
-#define HEADER_BYTES 72u
+#define HEADER_BYTES 80u
+#define HEADER_BYTES_V1 72u
 #define MAGIC "AIMACTL1"
-#define VERSION 1u
+#define VERSION 2u           /* 1: no synced LSN, check at 64 */
 #define F_CLEAN 1u
 #define READ_AHEAD 3u
 #define COOL_TICK_NS 200000000ull /* how often the cooler looks */
@@ -67,6 +68,7 @@ struct actlog {
 	uint8_t boot[BOOT_ID_LEN];
 	bool boot_known;
 	uint64_t generation;
+	uint64_t synced_lsn;      /* written into the header */
 
 	pthread_mutex_t lock;
 	pthread_cond_t cond;      /* a transaction or checkpoint finished */
@@ -138,7 +140,8 @@ static int write_header(struct actlog *al, bool clean)
 	memcpy(h + 24, al->cfg.group, 16);
 	memcpy(h + 40, al->boot, BOOT_ID_LEN);
 	put64(h + 56, ++al->generation);
-	put64(h + 64, XXH3_64bits(h, 64));
+	put64(h + 64, al->synced_lsn);
+	put64(h + 72, XXH3_64bits(h, 72));
 	r = write_full(al->fd, h, PAGE, 0);
 	if (r == 0 && aimfs_io.fdatasync_fn(al->fd) < 0)
 		r = -errno;
@@ -278,7 +281,7 @@ static int commit_locked(struct actlog *al, int32_t i)
 
 int actlog_checkpoint(struct actlog *al)
 {
-	uint64_t e;
+	uint64_t e, watermark;
 	int r;
 
 	pthread_mutex_lock(&al->lock);
@@ -296,9 +299,23 @@ int actlog_checkpoint(struct actlog *al)
 		al->s[i].candidate = al->s[i].state == S_DURABLE && atomic_load(&al->s[i].refs) == 0;
 	pthread_mutex_unlock(&al->lock);
 
+	/* Taken before the sync: every record up to it had its backing
+	 * syscall before syncfs began, so syncfs makes it durable. */
+	watermark = al->cfg.checkpoint_begins ? al->cfg.checkpoint_begins(al->cfg.ctx) : 0;
 	r = al->cfg.journal_sync(al->cfg.ctx);
 	if (r == 0 && aimfs_io.syncfs_fn(al->syncfd) < 0)
 		r = -errno;
+	/* Only checkpoints write the header once begun (one at a time). */
+	if (r == 0 && al->begun && watermark > al->synced_lsn) {
+		uint64_t before = al->synced_lsn;
+
+		al->synced_lsn = watermark;
+		r = write_header(al, false);
+		if (r < 0)
+			al->synced_lsn = before;
+	}
+	if (r == 0 && al->cfg.synced)
+		al->cfg.synced(al->cfg.ctx, al->synced_lsn);
 
 	pthread_mutex_lock(&al->lock);
 	if (r == 0) {
@@ -338,8 +355,14 @@ static void *cooler_main(void *arg)
 	pthread_mutex_lock(&al->lock);
 	while (!al->stop) {
 		struct timespec ts;
+		bool due = false;
 
-		if (short_of_slots_locked(al) && !al->checkpointing) {
+		if (!al->checkpointing && al->cfg.checkpoint_due) {
+			pthread_mutex_unlock(&al->lock);
+			due = al->cfg.checkpoint_due(al->cfg.ctx);
+			pthread_mutex_lock(&al->lock);
+		}
+		if ((due || short_of_slots_locked(al)) && !al->checkpointing) {
 			int r;
 
 			pthread_mutex_unlock(&al->lock);
@@ -461,6 +484,16 @@ void actlog_found_free(struct actlog_found *found)
 	found->n = 0;
 }
 
+/* A header of either version, checked. */
+static bool header_valid(const uint8_t *h)
+{
+	if (memcmp(h, MAGIC, 8) != 0)
+		return false;
+	if (get32(h + 8) == 1)
+		return get64(h + 64) == XXH3_64bits(h, 64);
+	return get32(h + 8) == VERSION && get64(h + 72) == XXH3_64bits(h, 72);
+}
+
 /* Reads the last mount's log into found; keeps its fd in al->fd. */
 static int read_previous(struct actlog *al, struct actlog_found *found)
 {
@@ -478,15 +511,17 @@ static int read_previous(struct actlog *al, struct actlog_found *found)
 	if (fstat(al->fd, &st) < 0)
 		return -errno;
 	r = read_full(al->fd, h, sizeof h, 0);
-	if (r < 0 || memcmp(h, MAGIC, 8) != 0 || get64(h + 64) != XXH3_64bits(h, 64) ||
-	    get32(h + 8) != VERSION) {
+	if (r < 0 || !header_valid(h)) {
 		/* Cannot be torn (one sector): someone else's file, or damage.
-		 * Assume the worst of the previous mount, with our geometry. */
+		 * Assume the worst of the previous mount, with our geometry, and
+		 * redo the whole journal after it. */
 		log_warn("activity log in the journal directory is unreadable; treating the last"
 			 " mount as ended by a power loss");
 		shift = al->cfg.extent_shift;
 		slots = al->n;
+		found->synced_lsn = 0;
 	} else {
+		found->synced_lsn = get32(h + 8) == 1 ? UINT64_MAX : get64(h + 64);
 		if (memcmp(h + 24, al->cfg.group, 16) != 0) {
 			log_error("the activity log in the journal directory belongs to another"
 				  " consistency group");
@@ -503,6 +538,7 @@ static int read_previous(struct actlog *al, struct actlog_found *found)
 			shift = al->cfg.extent_shift;
 			slots = al->n;
 			found->clean = found->same_boot = false;
+			found->synced_lsn = 0;
 		}
 	}
 	found->extent_shift = shift;
@@ -610,6 +646,7 @@ static int create_file(struct actlog *al)
 
 int actlog_begin(struct actlog *al)
 {
+	uint64_t watermark = al->cfg.checkpoint_begins ? al->cfg.checkpoint_begins(al->cfg.ctx) : 0;
 	struct stat st;
 	bool keep;
 	int r;
@@ -622,6 +659,7 @@ int actlog_begin(struct actlog *al)
 		log_error("activity log: making recovery durable: %s", strerror(-r));
 		return r;
 	}
+	al->synced_lsn = watermark;
 	keep = al->fd >= 0 && fstat(al->fd, &st) == 0 &&
 	       (uint64_t)st.st_size == PAGE + al->area_bytes;
 	if (keep) {
@@ -664,6 +702,8 @@ int actlog_begin(struct actlog *al)
 		return r;
 	}
 	al->begun = true;
+	if (al->cfg.synced)
+		al->cfg.synced(al->cfg.ctx, al->synced_lsn);
 	return 0;
 }
 

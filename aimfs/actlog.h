@@ -24,7 +24,8 @@
  * made durable in both the journal and the backing files by a checkpoint
  * (journal durable, then syncfs of the backing filesystem).  A thread runs
  * checkpoints in the background when fewer than a quarter of the slots are
- * cold or free, so that a writer rarely waits for one.
+ * cold or free, so that a writer rarely waits for one, and when the
+ * journal asks (checkpoint_due).
  *
  * After a crash, the mount compares the log's boot id with this boot's: the
  * same boot means the daemon died and the page cache kept everything
@@ -32,9 +33,18 @@
  * power loss, and every extent in the set is suspect.  A clean unmount
  * checkpoints and marks the log clean.
  *
+ * The synced LSN.  An fsync makes the journal durable, not the backing
+ * files (one device flush, not two): a record's bytes are durable on the
+ * backing files once a checkpoint that began after they were written has
+ * synced the backing filesystem.  Each checkpoint notes the journal's
+ * backing watermark as it begins and, once it has synced, writes it into
+ * the header: after a power loss, recovery redoes the journal from there
+ * (and the journal keeps every segment past it until then).
+ *
  * The file (journal directory, "actlog"): a 4 KiB header page (magic,
- * version, geometry, clean flag, group, boot id, generation, XXH3 check; 72
- * bytes, inside one sector, so never torn) followed by the slots, 8 bytes
+ * version, geometry, clean flag, group, boot id, generation, synced LSN,
+ * XXH3 check; 80 bytes, inside one sector, so never torn; version 1, from
+ * before the synced LSN, ends with the check at 64) followed by the slots, 8 bytes
  * each (u32 image id, 0 = free; u32 extent index, ACTLOG_WHOLE = the whole
  * image), little-endian.  The file keeps its size: slot writes overwrite
  * allocated blocks and fdatasync needs no metadata.
@@ -67,6 +77,16 @@ struct actlog_config {
 	unsigned extent_shift;
 	/* Makes every journal record appended so far durable: 0 or -errno. */
 	int (*journal_sync)(void *ctx);
+	/* A checkpoint begins: the journal's backing watermark (every record
+	 * up to it has had its backing syscall, in the page cache). */
+	uint64_t (*checkpoint_begins)(void *ctx);
+	/* The journal wants the backing files synced (to prune behind them):
+	 * the cooler checkpoints even with slots to spare.  Called without
+	 * the activity log's lock. */
+	bool (*checkpoint_due)(void *ctx);
+	/* A checkpoint made every record up to lsn durable on the backing
+	 * files, and the header says so. */
+	void (*synced)(void *ctx, uint64_t lsn);
 	void *ctx;
 };
 
@@ -81,6 +101,10 @@ struct actlog_found {
 	bool present;             /* there was a log */
 	bool clean;               /* ... closed by a clean unmount */
 	bool same_boot;           /* ... written during this boot */
+	/* Every record up to it was durable on the backing files: after a
+	 * power loss, redo from here.  UINT64_MAX from a version 1 log (its
+	 * fsyncs synced the backing files too), 0 if the header is unreadable. */
+	uint64_t synced_lsn;
 	unsigned extent_shift;    /* its geometry */
 	struct actlog_extent *v;  /* the extents in it */
 	size_t n;
@@ -126,7 +150,8 @@ int actlog_touch(struct actlog *al, uint32_t image, uint64_t off, uint64_t len, 
 		 struct actlog_hold *h);
 /* The operation's backing syscall has finished. */
 void actlog_release(struct actlog *al, struct actlog_hold *h);
-/* Journal durable, then the backing filesystem: every idle extent cold. */
+/* Journal durable, then the backing filesystem: every idle extent cold,
+ * and the synced LSN (header) moves to the watermark it began with. */
 int actlog_checkpoint(struct actlog *al);
 void actlog_stats(struct actlog *al, struct actlog_stats *s);
 /* clean: checkpoints and marks the log clean (call only when nothing writes

@@ -33,6 +33,9 @@ struct fs_config {
 	 * buffered writes are acknowledged from the page cache and reach aimfs
 	 * when the kernel writes them back, and at every fsync and close. */
 	bool writeback_cache;
+	/* backing_sync=fsync: every fsync of an image syncs its backing file
+	 * too, instead of the activity log's next checkpoint doing it. */
+	bool backing_sync_each_fsync;
 };
 
 /* Returns a new fs or NULL (errno set). */

@@ -887,6 +887,7 @@ int journal_create(struct journal *j, const char *name, mode_t mode, dev_t dev, 
 		registry_remove(j, im);
 		goto out;
 	}
+	im->created_cp = j->cp_begun;
 	im->refs++;
 	*out = im;
 out:
@@ -1279,8 +1280,74 @@ void journal_durable_state(struct journal *j, uint64_t *segment, uint64_t *backi
 {
 	pthread_mutex_lock(&j->lock);
 	*segment = j->durable_segment;
-	*backing_lsn = j->durable_backing_lsn;
+	*backing_lsn = journal_prunable_lsn_locked(j, j->durable_backing_lsn);
 	pthread_mutex_unlock(&j->lock);
+}
+
+uint64_t journal_prunable_lsn_locked(const struct journal *j, uint64_t backing_lsn)
+{
+	return backing_lsn < j->synced_backing_lsn ? backing_lsn : j->synced_backing_lsn;
+}
+
+uint64_t journal_checkpoint_begins(void *journal)
+{
+	struct journal *j = journal;
+	uint64_t w;
+
+	pthread_mutex_lock(&j->lock);
+	w = backing_lsn_locked(j);
+	j->cp_begun++; /* checkpoints run one at a time */
+	pthread_mutex_unlock(&j->lock);
+	return w;
+}
+
+/* How often the backing files are synced while written to: what the
+ * journal keeps beyond the destinations' acknowledgements, and what a
+ * power loss redoes.  Sooner when the journal fills (it prunes behind). */
+#define SYNC_EVERY_NS 1000000000ull
+#define SYNC_SOON_NS 200000000ull
+
+bool journal_checkpoint_due(void *journal)
+{
+	struct journal *j = journal;
+	uint64_t used = atomic_load(&j->disk_bytes), since;
+	bool due;
+
+	pthread_mutex_lock(&j->lock);
+	since = clock_mono_ns() - j->synced_ns;
+	due = backing_lsn_locked(j) > j->synced_backing_lsn &&
+	      (since >= SYNC_EVERY_NS ||
+	       (since >= SYNC_SOON_NS && j->cfg.enforce_max && used >= j->cfg.journal_max / 4));
+	pthread_mutex_unlock(&j->lock);
+	return due;
+}
+
+bool journal_fsync_needs_backing(struct journal *j, struct image *im)
+{
+	bool needs;
+
+	pthread_mutex_lock(&j->lock);
+	needs = j->cp_synced <= im->created_cp;
+	pthread_mutex_unlock(&j->lock);
+	return needs;
+}
+
+void journal_backing_synced(void *journal, uint64_t lsn)
+{
+	struct journal *j = journal;
+	uint64_t segment, prunable;
+
+	pthread_mutex_lock(&j->lock);
+	if (lsn > j->synced_backing_lsn)
+		j->synced_backing_lsn = lsn;
+	j->cp_synced = j->cp_begun;
+	j->synced_ns = clock_mono_ns();
+	segment = j->durable_segment;
+	prunable = journal_prunable_lsn_locked(j, j->durable_backing_lsn);
+	pthread_mutex_unlock(&j->lock);
+	/* segments sealed before this checkpoint may go now */
+	if (j->cfg.on_durable && segment)
+		j->cfg.on_durable(j->cfg.hook_ctx, segment, prunable);
 }
 
 /* ---- open / close ---- */
@@ -1703,6 +1770,16 @@ void journal_each_image_id(struct journal *j, void (*fn)(void *ctx, uint32_t id)
 	for (size_t i = 0; i < j->nlive; i++)
 		fn(ctx, j->live[i]->id);
 	pthread_mutex_unlock(&j->lock);
+}
+
+int journal_sync_backing(struct journal *j)
+{
+	bool behind;
+
+	pthread_mutex_lock(&j->lock);
+	behind = backing_lsn_locked(j) > j->synced_backing_lsn;
+	pthread_mutex_unlock(&j->lock);
+	return behind && j->al ? actlog_checkpoint(j->al) : 0;
 }
 
 void journal_space(struct journal *j, uint64_t *used, uint64_t *max)

@@ -69,8 +69,10 @@ struct journal_config {
 	 * mirror image?  NULL: every destination every image.  A destination
 	 * not configured any more answers false. */
 	bool (*dest_wants)(void *ctx, const char *dest, const char *image);
-	/* Called by the sealer thread once segment is fsynced and renamed;
-	 * every record up to backing_lsn is on the backing files. */
+	/* Called by the sealer thread once segment is fsynced and renamed,
+	 * and by the activity log's checkpoints; every record up to
+	 * backing_lsn is durable on the backing files (segments past it must
+	 * stay: a power loss redoes them). */
 	void (*on_durable)(void *ctx, uint64_t segment, uint64_t backing_lsn);
 	/* Every destination has acknowledged every durable segment: nothing
 	 * is being shipped.  NULL: no destinations.  Called by the sealer
@@ -190,9 +192,13 @@ int journal_settle_locked(struct journal *j);
 bool journal_owes(struct journal *j);
 
 /* Barrier: appends FLUSH (im may be NULL for all images); if durable, also
- * makes the journal durable through it.  The caller then syncs the backing
- * file. */
+ * makes the journal durable through it. */
 int journal_barrier(struct journal *j, struct image *im, bool durable);
+/* An fsync of im must sync its backing file too: this mount created it and
+ * no checkpoint begun since has synced the backing files, so its directory
+ * entry may not be durable.  Otherwise the journal made durable by the
+ * barrier is enough: a power loss redoes it from the last checkpoint. */
+bool journal_fsync_needs_backing(struct journal *j, struct image *im);
 
 /* Namespace.  Hold journal_ns_lock across the syscall and the call.
  * Unlink, rename and rmdir describe a syscall that was done: if their
@@ -268,6 +274,10 @@ int journal_open_image(struct journal *j, struct image *im, int backing_fd);
 void journal_each_image_id(struct journal *j, void (*fn)(void *ctx, uint32_t id), void *ctx);
 /* Bytes of journal in use and its limit (0 if not enforced). */
 void journal_space(struct journal *j, uint64_t *used, uint64_t *max);
+/* Syncs the backing files now (an activity log checkpoint) if records
+ * past the last sync hold segments that could otherwise be pruned; the
+ * transport is told.  0 or -errno. */
+int journal_sync_backing(struct journal *j);
 
 void journal_stats(struct journal *j, struct journal_stats *s);
 /* Time of the first record not yet in a sealed segment (0 if none). */

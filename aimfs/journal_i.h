@@ -56,6 +56,7 @@ struct image {
 	unsigned refs;           /* (L) registry holds one while live */
 	struct image *next_ino;  /* registry hash chain (L) */
 	struct rangelock rl;     /* orders overlapping data operations */
+	uint64_t created_cp;     /* checkpoints begun when this mount created it (L) */
 };
 
 /* A segment file being written or waiting for the sealer. */
@@ -152,6 +153,13 @@ struct journal {
 	uint64_t records, bytes; /* since mount (L) */
 	uint64_t last_append_ns; /* (L) */
 	uint64_t durable_backing_lsn; /* watermark of durable_segment (L) */
+	/* Every record up to it is durable on the backing files (an activity
+	 * log checkpoint synced them): segments past it are not pruned, since
+	 * a power loss redoes them (L). */
+	uint64_t synced_backing_lsn;
+	uint64_t cp_begun;       /* activity log checkpoints begun (L) */
+	uint64_t cp_synced;      /* the last of them to sync the backing files (L) */
+	uint64_t synced_ns;      /* when it did (L) */
 
 	/* journal space: disk_bytes changes without the journal lock so that
 	 * pruning never takes it; writers wait on space_cond */
@@ -208,6 +216,14 @@ int sealer_index(struct catalog *cat, const char *dir, uint64_t number);
  * checkpoints); with the sealer stopped, fsyncs the sealed segments itself.
  * 0 or -errno. */
 int journal_sync_all(void *journal);
+/* The activity log's hooks (actlog_config): a checkpoint begins (the
+ * backing watermark), one is due, one synced the backing files to lsn. */
+uint64_t journal_checkpoint_begins(void *journal);
+bool journal_checkpoint_due(void *journal);
+void journal_backing_synced(void *journal, uint64_t lsn);
+/* What the transport may prune behind: the durable segment's watermark,
+ * but no further than the backing files are synced (L). */
+uint64_t journal_prunable_lsn_locked(const struct journal *j, uint64_t backing_lsn);
 /* Journals what [off, off + len) of the backing file open as fd holds now
  * (its size, zeros, and data), so that the journal agrees with it again. */
 int journal_record_truth(struct journal *j, struct image *im, int fd, uint64_t off,

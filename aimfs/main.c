@@ -581,6 +581,7 @@ int main(int argc, char *argv[])
 	fc.hide_ino = p.hide_ino;
 	fc.timeout = 1.0;
 	fc.writeback_cache = !o.strict_cache;
+	fc.backing_sync_each_fsync = o.backing_sync_each_fsync;
 	fs = fs_new(&fc);
 	if (!fs) {
 		log_error("cannot set up the filesystem: %m");

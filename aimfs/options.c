@@ -35,6 +35,7 @@ static const struct fuse_opt aimfs_opts[] = {
 	OPT("al_extents=%s", al_extents_s),
 	OPT("al_extent_size=%s", al_extent_size_s),
 	OPT("cache=%s", cache_s),
+	OPT("backing_sync=%s", backing_sync_s),
 	OPT("io_uring=%s", io_uring_s),
 	FUSE_OPT_KEY("dest=", KEY_DEST),
 	FUSE_OPT_KEY("-h", KEY_HELP),
@@ -109,6 +110,9 @@ void options_usage(const char *prog)
 	       "  -o cache=strict|writeback  buffered writes: each sent to aimfs as it is\n"
 	       "                         written (default), or coalesced in the kernel's page\n"
 	       "                         cache until writeback, fsync or close\n"
+	       "  -o backing_sync=checkpoint|fsync  an fsync makes the journal durable and\n"
+	       "                         the backing files follow at the next checkpoint, within\n"
+	       "                         a second (default), or it syncs the backing file too\n"
 	       "  -o io_uring=on|off     FUSE requests through io_uring (Linux 6.14+, fuse\n"
 	       "                         module parameter enable_uring=Y; default off)\n"
 	       "  -f                     stay in the foreground (as aimfs@.service runs it)\n"
@@ -182,6 +186,16 @@ static int check_values(struct aimfs_options *o)
 			o->strict_cache = false;
 		} else {
 			log_error("cache=%s: must be \"writeback\" or \"strict\"", o->cache_s);
+			return -1;
+		}
+	}
+	o->backing_sync_each_fsync = false;
+	if (o->backing_sync_s) {
+		if (strcmp(o->backing_sync_s, "fsync") == 0) {
+			o->backing_sync_each_fsync = true;
+		} else if (strcmp(o->backing_sync_s, "checkpoint") != 0) {
+			log_error("backing_sync=%s: must be \"checkpoint\" or \"fsync\"",
+				  o->backing_sync_s);
 			return -1;
 		}
 	}
@@ -273,6 +287,7 @@ static int set_aimfs_key(struct aimfs_options *o, const char *key, const char *v
 		{ "al_extents", offsetof(struct aimfs_options, al_extents_s) },
 		{ "al_extent_size", offsetof(struct aimfs_options, al_extent_size_s) },
 		{ "cache", offsetof(struct aimfs_options, cache_s) },
+		{ "backing_sync", offsetof(struct aimfs_options, backing_sync_s) },
 		{ "io_uring", offsetof(struct aimfs_options, io_uring_s) },
 	};
 
@@ -296,7 +311,7 @@ static int set_aimfs_key(struct aimfs_options *o, const char *key, const char *v
 	}
 	log_error("config %s: [aimfs] has no key \"%s\" (known: backing_dir, mountpoint, journal,"
 		  " status, dest, segment_size, segment_age, segment_idle, segment_eager, journal_max, overflow, retain,"
-		  " verify_every, al_extents, al_extent_size, cache, io_uring)", o->config, key);
+		  " verify_every, al_extents, al_extent_size, cache, backing_sync, io_uring)", o->config, key);
 	return -1;
 }
 
@@ -405,5 +420,6 @@ void options_free(struct aimfs_options *o)
 	free(o->al_extents_s);
 	free(o->al_extent_size_s);
 	free(o->cache_s);
+	free(o->backing_sync_s);
 	free(o->io_uring_s);
 }

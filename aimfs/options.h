@@ -50,6 +50,8 @@ struct aimfs_options {
 	bool overflow_block;
 	char *cache_s;
 	bool strict_cache;            /* cache=strict (default): no FUSE writeback cache */
+	char *backing_sync_s;
+	bool backing_sync_each_fsync; /* backing_sync=fsync (default checkpoint) */
 	char *io_uring_s;
 	bool io_uring;                /* io_uring=on: FUSE requests through io_uring (uring.h) */
 	int show_help;

@@ -9,7 +9,9 @@
  *
  *  1. finds W, the LSN up to which the backing files are known complete:
  *     the backing_lsn of the newest sealed trailer (the sealer records the
- *     lowest in-flight LSN there);
+ *     lowest in-flight LSN there) -- or, after a power loss, the activity
+ *     log's synced LSN if lower (an fsync syncs only the journal; the
+ *     backing files are synced by checkpoints);
  *  2. cuts each unfinished segment at its first invalid record (the rule
  *     of SQLite's WAL: the first invalid record ends the log), seals it and
  *     renames it into place, or deletes it if no record survived;
@@ -272,6 +274,9 @@ static int open_actlog(struct journal *j, struct actlog_found *found)
 		.extent_shift = j->cfg.al_extent_shift ? j->cfg.al_extent_shift
 						      : ACTLOG_DEFAULT_SHIFT,
 		.journal_sync = journal_sync_all,
+		.checkpoint_begins = journal_checkpoint_begins,
+		.checkpoint_due = journal_checkpoint_due,
+		.synced = journal_backing_synced,
 		.ctx = j,
 	};
 
@@ -337,6 +342,14 @@ int journal_recover(struct journal *j, struct catalog *cat)
 	}
 	if (have_stored_w && stored_w < w)
 		w = stored_w;
+	/* A power loss: the backing files hold for sure only what the last
+	 * checkpoint synced (an fsync syncs the journal, not them), so the
+	 * redo starts there.  The journal kept every segment past it. */
+	if (found.present && !found.clean && !found.same_boot && found.synced_lsn < w) {
+		log_info("journal %s: redoing the journal from LSN %" PRIu64 ", the last the backing"
+			 " files were synced at", j->dir, found.synced_lsn);
+		w = found.synced_lsn;
+	}
 
 	/* 3. Index what the catalog lacks. */
 	sealed.n = open.n = 0;

@@ -779,6 +779,14 @@ static bool relieve_overflow(struct resync *r)
 	journal_space(r->j, &used, &max);
 	if (!max || used < max)
 		return false;
+	/* Segments every destination has may only wait for the backing
+	 * files' next sync: sync them now rather than make anyone tracking. */
+	if (journal_sync_backing(r->j) == 0) {
+		transport_make_room(r->t, r->cat);
+		journal_space(r->j, &used, &max);
+		if (used < max)
+			return false;
+	}
 	for (size_t i = 0; i < r->n; i++) {
 		struct transport_dest_info info;
 

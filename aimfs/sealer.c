@@ -180,7 +180,7 @@ static void index_through(struct journal *j, struct catalog *cat, uint64_t *from
 static bool finish_one(struct journal *j, struct catalog *cat, uint64_t *index_from,
 		       struct segfile *s)
 {
-	uint64_t number = s->number, backing_lsn = s->backing_lsn;
+	uint64_t number = s->number, backing_lsn = s->backing_lsn, prunable;
 	bool verify, cut, fsync_failed = false;
 	int r = 0;
 
@@ -219,6 +219,7 @@ static bool finish_one(struct journal *j, struct catalog *cat, uint64_t *index_f
 	s->verify = false;
 	j->durable_segment = number;
 	j->durable_backing_lsn = backing_lsn;
+	prunable = journal_prunable_lsn_locked(j, backing_lsn);
 	j->finish_error = 0;
 	j->finish_attempts = 0;
 	journal_healthy_locked(j);
@@ -230,7 +231,7 @@ static bool finish_one(struct journal *j, struct catalog *cat, uint64_t *index_f
 	if (j->cfg.drop_behind)
 		drop_cached(j, number);
 	if (j->cfg.on_durable)
-		j->cfg.on_durable(j->cfg.hook_ctx, number, backing_lsn);
+		j->cfg.on_durable(j->cfg.hook_ctx, number, prunable);
 	return true;
 }
 

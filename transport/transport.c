@@ -189,8 +189,10 @@ void transport_notify(struct transport *t, uint64_t durable_segment, uint64_t ba
 	pthread_mutex_lock(&t->lock);
 	if (durable_segment > t->durable_segment)
 		t->durable_segment = durable_segment;
-	if (backing_lsn > t->backing_lsn)
+	if (backing_lsn > t->backing_lsn) {
 		t->backing_lsn = backing_lsn;
+		t->backing_moved = true;
+	}
 	pthread_cond_broadcast(&t->cond);
 	pthread_mutex_unlock(&t->lock);
 }

@@ -98,6 +98,9 @@ struct transport {
 	void *on_change_ctx;
 	uint64_t durable_segment;   /* (T) */
 	uint64_t backing_lsn;       /* (T) */
+	/* backing_lsn moved since the last prune: an idle worker prunes (the
+	 * backing files' sync may come after every acknowledgement) (T) */
+	bool backing_moved;
 	uint64_t pruned_through;    /* (T) */
 	bool pruning;               /* (T) one pruner at a time */
 	bool stopping;              /* (T) */

@@ -483,9 +483,11 @@ void *worker_main(void *arg)
 				pthread_mutex_lock(&t->lock);
 				continue;
 			}
-			/* Wake now and then: retention may let more be pruned. */
+			/* Wake now and then: retention may let more be pruned,
+			 * and so may the backing files' sync. */
 			wait_until(t, clock_wall_ns() + 1000000000ULL);
-			if (t->retain_ns && !t->stopping) {
+			if ((t->retain_ns || t->backing_moved) && !t->stopping) {
+				t->backing_moved = false;
 				pthread_mutex_unlock(&t->lock);
 				transport_prune(t, cat);
 				pthread_mutex_lock(&t->lock);

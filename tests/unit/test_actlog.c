@@ -5,7 +5,8 @@
  * and costs nothing the second time; read-ahead; whole-image slots; that a
  * held or not yet checkpointed extent is never given away, and that a full
  * log checkpoints (journal first, then the backing filesystem) instead;
- * and that a failing log write refuses the write.  The I/O table
+ * that a failing log write refuses the write; and the synced LSN a
+ * checkpoint leaves in the header (both header versions).  The I/O table
  * (aimfs/io_i.h) stands in for the boot id and counts fdatasyncs.
  */
 #include "actlog.h"
@@ -18,6 +19,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 static char dir[] = "/var/tmp/test_actlog.XXXXXX";
 static int dirfd_;
@@ -229,6 +231,86 @@ static void test_write_failure(void)
 	CHECK(actlog_close(al, false) == 0);
 }
 
+static uint64_t watermark, synced_told;
+
+static uint64_t checkpoint_begins(void *ctx)
+{
+	(void)ctx;
+	return watermark;
+}
+
+static void synced(void *ctx, uint64_t lsn)
+{
+	(void)ctx;
+	synced_told = lsn;
+}
+
+static struct actlog *open_log_synced(struct actlog_found *found)
+{
+	struct actlog_config c = { .dirfd = dirfd_, .backing_fd = dirfd_, .group = group,
+				   .slots = 128, .extent_shift = 22, .journal_sync = journal_sync,
+				   .checkpoint_begins = checkpoint_begins, .synced = synced };
+	struct actlog *al = NULL;
+
+	CHECK(actlog_open(&c, &al, found) == 0);
+	return al;
+}
+
+/* The synced LSN: the watermark a checkpoint began with, in the header once
+ * it synced, and what a power loss redoes from; a version 1 header (fsyncs
+ * synced the backing files) asks for no redo, a damaged one for all. */
+static void test_synced_lsn(void)
+{
+	struct actlog_found f;
+	struct actlog *al;
+	uint8_t h[80];
+	int fd;
+
+	unlinkat(dirfd_, ACTLOG_FILE, 0);
+	watermark = 40;
+	al = open_log_synced(&f);
+	actlog_found_free(&f);
+	CHECK(actlog_begin(al) == 0);
+	CHECK_MSG(synced_told == 40, "begin synced %llu", (unsigned long long)synced_told);
+	watermark = 95;
+	CHECK(actlog_checkpoint(al) == 0);
+	CHECK(synced_told == 95);
+	/* records past the next checkpoint's start are not covered by it */
+	watermark = 120;
+	CHECK(actlog_close(al, false) == 0); /* a crash */
+	boot[0] ^= 0xff;                     /* ... and a power loss */
+	al = open_log_synced(&f);
+	CHECK_MSG(f.present && !f.clean && !f.same_boot && f.synced_lsn == 95,
+		  "found synced LSN %llu", (unsigned long long)f.synced_lsn);
+	actlog_found_free(&f);
+	CHECK(actlog_close(al, false) == 0);
+
+	/* the header as version 1 wrote it: checked at 64 */
+	fd = openat(dirfd_, ACTLOG_FILE, O_RDWR);
+	CHECK(fd >= 0 && pread(fd, h, sizeof h, 0) == (ssize_t)sizeof h);
+	h[8] = 1;
+	{
+		uint64_t check = XXH3_64bits(h, 64);
+
+		for (int i = 0; i < 8; i++)
+			h[64 + i] = (uint8_t)(check >> (8 * i));
+	}
+	CHECK(pwrite(fd, h, sizeof h, 0) == (ssize_t)sizeof h);
+	al = open_log_synced(&f);
+	CHECK_MSG(f.present && !f.clean && f.synced_lsn == UINT64_MAX,
+		  "version 1: synced LSN %llu", (unsigned long long)f.synced_lsn);
+	actlog_found_free(&f);
+	CHECK(actlog_close(al, false) == 0);
+	/* damaged: redo everything */
+	h[30] ^= 1;
+	CHECK(pwrite(fd, h, sizeof h, 0) == (ssize_t)sizeof h);
+	close(fd);
+	al = open_log_synced(&f);
+	CHECK(f.present && !f.clean && f.synced_lsn == 0);
+	actlog_found_free(&f);
+	CHECK(actlog_close(al, false) == 0);
+}
+
 int main(void)
 {
 	char cmd[300];
@@ -241,6 +323,7 @@ int main(void)
 	test_lifecycle();
 	test_full_log_checkpoints();
 	test_write_failure();
+	test_synced_lsn();
 	close(dirfd_);
 	snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
 	if (system(cmd) != 0)
