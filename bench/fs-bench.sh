@@ -134,8 +134,10 @@ declare -A PATTERN_ARGS=(
     [rand-write-4k-2j]="--rw=randwrite --bs=4k --numjobs=2"
     [seq-read-1M]="--rw=read --bs=1M --numjobs=1"
     [rand-read-4k]="--rw=randread --bs=4k --numjobs=1"
+    # a database's commits: every write followed by an fsync
+    [rand-write-4k-fsync]="--rw=randwrite --bs=4k --numjobs=1 --fsync=1"
 )
-PATTERNS=(seq-write-1M rand-write-4k rand-write-4k-2j seq-read-1M rand-read-4k)
+PATTERNS=(seq-write-1M rand-write-4k rand-write-4k-2j seq-read-1M rand-read-4k rand-write-4k-fsync)
 JOBS=()
 for m in "${MODES[@]}"; do
     for p in "${PATTERNS[@]}"; do
