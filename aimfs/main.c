@@ -710,6 +710,8 @@ out:
 	if (t && transport_drain(t, UNMOUNT_DRAIN_MS) < 0)
 		log_info("unmounted with segments not yet shipped; they go at the next mount"
 			 " or with aimctl ship");
+	/* journal_close's last checkpoint tells on_durable: not the transport */
+	glue.transport = NULL;
 	transport_free(t);
 	journal_close(j);
 	if (backing_fd >= 0)
