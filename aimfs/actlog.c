@@ -40,7 +40,6 @@
 #define SLOT_BYTES 8u
 #define SLOTS_PER_PAGE (PAGE / SLOT_BYTES)
 #define HEADER_BYTES 80u
-#define HEADER_BYTES_V1 72u
 #define MAGIC "AIMACTL1"
 #define VERSION 2u           /* 1: no synced LSN, check at 64 */
 #define F_CLEAN 1u

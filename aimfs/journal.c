@@ -1289,6 +1289,12 @@ uint64_t journal_prunable_lsn_locked(const struct journal *j, uint64_t backing_l
 	return backing_lsn < j->synced_backing_lsn ? backing_lsn : j->synced_backing_lsn;
 }
 
+/* Records have reached the backing files that no checkpoint synced yet. */
+static bool backing_unsynced_locked(struct journal *j)
+{
+	return backing_lsn_locked(j) > j->synced_backing_lsn;
+}
+
 uint64_t journal_checkpoint_begins(void *journal)
 {
 	struct journal *j = journal;
@@ -1315,7 +1321,7 @@ bool journal_checkpoint_due(void *journal)
 
 	pthread_mutex_lock(&j->lock);
 	since = clock_mono_ns() - j->synced_ns;
-	due = backing_lsn_locked(j) > j->synced_backing_lsn &&
+	due = backing_unsynced_locked(j) &&
 	      (since >= SYNC_EVERY_NS ||
 	       (since >= SYNC_SOON_NS && j->cfg.enforce_max && used >= j->cfg.journal_max / 4));
 	pthread_mutex_unlock(&j->lock);
@@ -1777,7 +1783,7 @@ int journal_sync_backing(struct journal *j)
 	bool behind;
 
 	pthread_mutex_lock(&j->lock);
-	behind = backing_lsn_locked(j) > j->synced_backing_lsn;
+	behind = backing_unsynced_locked(j);
 	pthread_mutex_unlock(&j->lock);
 	return behind && j->al ? actlog_checkpoint(j->al) : 0;
 }
