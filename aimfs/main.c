@@ -707,9 +707,20 @@ out:
 	if (j)
 		journal_stop(j);
 	/* ... which the destinations get a moment to take before we go. */
-	if (t && transport_drain(t, UNMOUNT_DRAIN_MS) < 0)
+	if (t && transport_drain(t, UNMOUNT_DRAIN_MS) < 0) {
 		log_info("unmounted with segments not yet shipped; they go at the next mount"
 			 " or with aimctl ship");
+	} else if (t) {
+		/* Everything went: sync the backing files now rather than at the
+		 * next checkpoint, so what was shipped leaves the journal. */
+		int r = journal_sync_backing(j);
+
+		if (r == 0)
+			r = transport_prune_now(t);
+		if (r < 0)
+			log_info("unmounted without pruning the shipped segments (%s); the next"
+				 " mount prunes them", strerror(-r));
+	}
 	/* journal_close's last checkpoint tells on_durable: not the transport */
 	glue.transport = NULL;
 	transport_free(t);

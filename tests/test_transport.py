@@ -99,6 +99,33 @@ def test_ships_to_webdav_over_tls_and_prunes(aimfs, workdir):
         ng.stop()
 
 
+def test_a_clean_unmount_leaves_no_shipped_segment_behind(aimfs, workdir):
+    """Unmounting right after a write: the last segment is sealed, shipped
+    and, once the backing files are synced, pruned before aimfs exits
+    rather than left for the next mount."""
+    pki = make_pki(os.path.join(workdir, "pki"))
+    ng = Nginx(workdir, pki).start()
+    try:
+        backing = os.path.join(workdir, "backing")
+        os.makedirs(backing)
+        start = os.path.join(workdir, "start")
+        copy_tree(backing, start)
+        status = f"127.0.0.1:{free_port()}"
+        conf = dav_config(workdir, ng, pki, status)
+        m = aimfs(options=[f"config={conf}"])
+        group = get_status(status)["group"]
+        with open(os.path.join(m.mountpoint, "vm.img"), "wb") as f:
+            f.write(os.urandom(300000))
+            os.fsync(f.fileno())
+        assert m.unmount() == 0
+        m.check_quiet()
+        left = sorted(f for f in os.listdir(m.journal) if f.endswith((".aimj", ".open")))
+        assert not left, f"shipped segments left in the journal: {left}"
+        assert_replica_equal(ng, group, start, backing, workdir)
+    finally:
+        ng.stop()
+
+
 def test_kill9_inside_a_recycled_segment_loses_nothing(aimfs, workdir):
     """The open segment is written over a pruned segment's file, so past its
     last record lie the old segment's bytes.  kill -9 there: the next mount
@@ -199,6 +226,10 @@ def test_ship_an_unmounted_journal_with_aimctl(aimfs, workdir):
         proc = subprocess.run([AIMCTL, "ship", "--dest", "http://127.0.0.1:1/aim", "--timeout",
                                "5s", m.journal], capture_output=True, text=True)
         assert proc.returncode == 1 and "needs_resync" in proc.stdout
+        # ... and, having taken nothing, is not kept in the catalog
+        names = run(["sqlite3", os.path.join(m.journal, "catalog.db"),
+                     "select name from destinations"]).stdout.split()
+        assert names == [ng.url], names
         # a bad destination is a usage error (2), an unreadable CA a failure (1)
         proc = subprocess.run([AIMCTL, "ship", "--dest", "ftp://h/aim", m.journal],
                               capture_output=True, text=True)

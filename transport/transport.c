@@ -228,6 +228,21 @@ int transport_drain(struct transport *t, unsigned timeout_ms)
 	return acked ? 0 : -ETIMEDOUT;
 }
 
+int transport_prune_now(struct transport *t)
+{
+	struct catalog *cat;
+	char path[4200];
+	int r;
+
+	snprintf(path, sizeof path, "%s/catalog.db", t->journal_dir);
+	r = catalog_open(path, &cat);
+	if (r < 0)
+		return r;
+	transport_prune(t, cat);
+	catalog_close(cat);
+	return 0;
+}
+
 size_t transport_dest_count(struct transport *t)
 {
 	return t->ndests;

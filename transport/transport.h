@@ -121,6 +121,9 @@ void transport_notify(struct transport *t, uint64_t durable_segment, uint64_t ba
 /* Waits until every destination acknowledged every durable segment, or
  * stopped, or timeout_ms passed.  Returns 0 if all acknowledged. */
 int transport_drain(struct transport *t, unsigned timeout_ms);
+/* Prunes now what every destination acknowledged and the backing files
+ * hold (after a drain at unmount, so the journal is left small). */
+int transport_prune_now(struct transport *t);
 void transport_stop(struct transport *t);
 void transport_free(struct transport *t);
 
