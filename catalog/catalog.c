@@ -1019,6 +1019,33 @@ int catalog_dest_load(struct catalog *c, const char *name, struct catalog_dest *
 	return r;
 }
 
+int catalog_dest_forget(struct catalog *c, const char *name)
+{
+	static const char *const sql[] = {
+		"DELETE FROM shipments WHERE destination = ?",
+		"DELETE FROM dirty_extents WHERE destination = ?",
+		"DELETE FROM hashed_extents WHERE destination = ?",
+		"DELETE FROM destinations WHERE name = ?",
+	};
+	int r = catalog_begin(c);
+
+	for (size_t i = 0; r == 0 && i < sizeof sql / sizeof sql[0]; i++) {
+		sqlite3_stmt *st;
+
+		if (sqlite3_prepare_v2(c->db, sql[i], -1, &st, NULL)) {
+			r = db_fail(c, "destination forget");
+			break;
+		}
+		sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+		r = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, "destination forget");
+		sqlite3_finalize(st);
+	}
+	if (r == 0)
+		return catalog_commit(c);
+	catalog_rollback(c);
+	return r;
+}
+
 int catalog_dest_ack(struct catalog *c, const char *name, uint64_t segment, uint64_t src_last_lsn,
 		     uint64_t dest_first_lsn, uint64_t dest_last_lsn, uint64_t bytes, uint64_t now_ns)
 {

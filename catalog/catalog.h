@@ -151,6 +151,8 @@ int catalog_shipment_range(struct catalog *c, const char *dest, uint64_t segment
 			   uint64_t *dest_first, uint64_t *dest_last);
 /* -ENOENT if unknown. */
 int catalog_dest_load(struct catalog *c, const char *name, struct catalog_dest *d);
+/* Drops the destination and everything kept for it (one transaction). */
+int catalog_dest_forget(struct catalog *c, const char *name);
 /* Records that name acknowledged segment (one transaction). */
 int catalog_dest_ack(struct catalog *c, const char *name, uint64_t segment, uint64_t src_last_lsn,
 		     uint64_t dest_first_lsn, uint64_t dest_last_lsn, uint64_t bytes,

@@ -59,6 +59,29 @@ static int other_section(void *ctx, const char *section, const char *key, const 
 	return -1;
 }
 
+/* A destination this run added that took nothing (a mistyped URL, a host
+ * that is down) leaves no trace in the catalog: the next attempt starts it
+ * afresh, and nothing else counts a destination that is not there. */
+static void forget_untouched(struct transport *t, const char *catalog_path, const bool *is_new)
+{
+	struct catalog *cat;
+
+	transport_stop(t); /* its workers write the catalog no more */
+	if (catalog_open(catalog_path, &cat) < 0)
+		return;
+	for (size_t i = 0; i < transport_dest_count(t); i++) {
+		struct transport_dest_info info;
+
+		transport_dest_info(t, i, &info);
+		if (!is_new[i] || info.acked_segment != 0)
+			continue;
+		if (catalog_dest_forget(cat, info.name) == 0)
+			log_info("ship: %s acknowledged nothing; it is not kept in the catalog",
+				 info.name);
+	}
+	catalog_close(cat);
+}
+
 int cmd_ship(int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -74,7 +97,7 @@ int cmd_ship(int argc, char **argv)
 	size_t ndests = 0;
 	uint64_t timeout_ns = 0, newest;
 	char path[4200], uuid[37];
-	bool unfinished;
+	bool unfinished, *is_new = NULL;
 	int opt, lock_fd = -1, ret = 1;
 
 	optind = 1;
@@ -150,6 +173,14 @@ int cmd_ship(int argc, char **argv)
 		if (catalog_last_segment(cat, &last, &lsn) == 0 && last > newest)
 			newest = last;
 	}
+	is_new = calloc(ndests, sizeof *is_new);
+	if (!is_new)
+		goto out;
+	for (size_t i = 0; i < ndests; i++) {
+		struct catalog_dest cd;
+
+		is_new[i] = catalog_dest_load(cat, dests[i].name, &cd) == -ENOENT;
+	}
 	catalog_close(cat);
 	cat = NULL;
 	tc.dests = dests;
@@ -194,12 +225,15 @@ int cmd_ship(int argc, char **argv)
 			}
 		free(views);
 	}
+	if (ret != 0)
+		forget_untouched(t, path, is_new);
 out:
 	transport_free(t);
 	catalog_close(cat);
 	for (size_t i = 0; i < ndests; i++)
 		dest_config_free(&dests[i]);
 	free(dests);
+	free(is_new);
 	if (lock_fd >= 0)
 		close(lock_fd);
 	return ret;
