@@ -19,6 +19,7 @@
  * cold at once (nothing was written to them).
  */
 #include "actlog.h"
+#include "nested.h"
 #include "fileio.h"
 #include "io_i.h"
 #include "log.h"
@@ -34,15 +35,10 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #define PAGE 4096u
 #define SLOT_BYTES 8u
 #define SLOTS_PER_PAGE (PAGE / SLOT_BYTES)
-#define HEADER_BYTES 80u
-#define MAGIC "AIMACTL1"
-#define VERSION 2u           /* 1: no synced LSN, check at 64 */
-#define F_CLEAN 1u
 #define READ_AHEAD 3u
 #define COOL_TICK_NS 200000000ull /* how often the cooler looks */
 
@@ -64,6 +60,8 @@ struct actlog {
 	struct actlog_config cfg;
 	int fd;                   /* the log file */
 	int syncfd;               /* the backing directory, readable: for syncfs */
+	dev_t sync_dev;           /* ... its filesystem */
+	struct nested_fs nested;  /* filesystems mounted below it: syncfs each */
 	uint8_t boot[BOOT_ID_LEN];
 	bool boot_known;
 	uint64_t generation;
@@ -82,6 +80,10 @@ struct actlog {
 	uint8_t *snap_dirty;      /* ... and which of them */
 	uint64_t epoch, clock;
 	bool writing, checkpointing, begun;
+	atomic_bool writeback_lost; /* a syncfs failed: pages it could not write are
+				   * marked clean and lost, and a later syncfs says
+				   * nothing of them; the synced LSN stays (header:
+				   * redo) until a mount redoes the journal */
 	bool failing;             /* the last log write or checkpoint failed: the
 				   * cooler waits a tick before trying again */
 	uint64_t transactions, checkpoints, waits;
@@ -99,20 +101,9 @@ static void put32(uint8_t *p, uint32_t v)
 		p[i] = (uint8_t)(v >> (8 * i));
 }
 
-static void put64(uint8_t *p, uint64_t v)
-{
-	for (int i = 0; i < 8; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
 static uint32_t get32(const uint8_t *p)
 {
 	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-	return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
 }
 
 static size_t area_bytes(unsigned slots)
@@ -128,19 +119,16 @@ static int write_full(int fd, const void *buf, size_t len, uint64_t off)
 /* Writes the header page (clean or not) and makes it durable. */
 static int write_header(struct actlog *al, bool clean)
 {
+	struct actlog_header hd = { .extent_shift = al->cfg.extent_shift, .slots = al->n,
+				    .clean = clean, .redo = al->writeback_lost,
+				    .generation = ++al->generation,
+				    .synced_lsn = al->synced_lsn };
 	uint8_t h[PAGE] = { 0 };
 	int r;
 
-	memcpy(h, MAGIC, 8);
-	put32(h + 8, VERSION);
-	put32(h + 12, al->cfg.extent_shift);
-	put32(h + 16, al->n);
-	put32(h + 20, clean ? F_CLEAN : 0);
-	memcpy(h + 24, al->cfg.group, 16);
-	memcpy(h + 40, al->boot, BOOT_ID_LEN);
-	put64(h + 56, ++al->generation);
-	put64(h + 64, al->synced_lsn);
-	put64(h + 72, XXH3_64bits(h, 72));
+	memcpy(hd.group, al->cfg.group, 16);
+	memcpy(hd.boot, al->boot, BOOT_ID_LEN);
+	actlog_header_encode(&hd, h);
 	r = write_full(al->fd, h, PAGE, 0);
 	if (r == 0 && aimfs_io.fdatasync_fn(al->fd) < 0)
 		r = -errno;
@@ -278,6 +266,34 @@ static int commit_locked(struct actlog *al, int32_t i)
 
 /* ---- checkpoints ---- */
 
+/* syncfs of the backing filesystem and of those mounted inside it. */
+static int sync_backing(struct actlog *al)
+{
+	if (aimfs_io.syncfs_fn(al->syncfd) < 0)
+		return -errno;
+	for (unsigned i = 0; i < al->nested.n; i++)
+		if (aimfs_io.syncfs_fn(al->nested.fd[i]) < 0)
+			return -errno;
+	return 0;
+}
+
+bool actlog_covers(struct actlog *al, dev_t dev)
+{
+	return al && (dev == al->sync_dev || nested_fs_has(&al->nested, dev));
+}
+
+/* A syncfs failed with err (checkpoints run one at a time). */
+static void writeback_lost(struct actlog *al, int err)
+{
+	atomic_store(&al->writeback_lost, true);
+	log_error("the backing filesystem failed to write back (%s): writes since LSN %" PRIu64
+		  " may be missing from the backing files.  The journal keeps them, fsyncs fail"
+		  " from now on, and the next mount redoes them: check the disk, then unmount"
+		  " and mount again", strerror(-err), al->synced_lsn);
+	if (write_header(al, false) < 0)
+		log_error("activity log: cannot note the redo in its header: %m");
+}
+
 int actlog_checkpoint(struct actlog *al)
 {
 	uint64_t e, watermark;
@@ -302,8 +318,13 @@ int actlog_checkpoint(struct actlog *al)
 	 * syscall before syncfs began, so syncfs makes it durable. */
 	watermark = al->cfg.checkpoint_begins ? al->cfg.checkpoint_begins(al->cfg.ctx) : 0;
 	r = al->cfg.journal_sync(al->cfg.ctx);
-	if (r == 0 && aimfs_io.syncfs_fn(al->syncfd) < 0)
-		r = -errno;
+	if (r == 0) {
+		r = sync_backing(al);
+		if (r < 0 && al->begun && !al->writeback_lost)
+			writeback_lost(al, r);
+	}
+	if (r == 0 && al->writeback_lost)
+		r = -EIO;
 	/* Only checkpoints write the header once begun (one at a time). */
 	if (r == 0 && al->begun && watermark > al->synced_lsn) {
 		uint64_t before = al->synced_lsn;
@@ -483,20 +504,11 @@ void actlog_found_free(struct actlog_found *found)
 	found->n = 0;
 }
 
-/* A header of either version, checked. */
-static bool header_valid(const uint8_t *h)
-{
-	if (memcmp(h, MAGIC, 8) != 0)
-		return false;
-	if (get32(h + 8) == 1)
-		return get64(h + 64) == XXH3_64bits(h, 64);
-	return get32(h + 8) == VERSION && get64(h + 72) == XXH3_64bits(h, 72);
-}
-
 /* Reads the last mount's log into found; keeps its fd in al->fd. */
 static int read_previous(struct actlog *al, struct actlog_found *found)
 {
-	uint8_t h[HEADER_BYTES];
+	uint8_t h[ACTLOG_HEADER_BYTES];
+	struct actlog_header hd;
 	unsigned shift, slots;
 	struct stat st;
 	uint8_t *area;
@@ -510,7 +522,9 @@ static int read_previous(struct actlog *al, struct actlog_found *found)
 	if (fstat(al->fd, &st) < 0)
 		return -errno;
 	r = read_full(al->fd, h, sizeof h, 0);
-	if (r < 0 || !header_valid(h)) {
+	if (r == 0)
+		r = actlog_header_decode(h, &hd);
+	if (r < 0) {
 		/* Cannot be torn (one sector): someone else's file, or damage.
 		 * Assume the worst of the previous mount, with our geometry, and
 		 * redo the whole journal after it. */
@@ -520,17 +534,18 @@ static int read_previous(struct actlog *al, struct actlog_found *found)
 		slots = al->n;
 		found->synced_lsn = 0;
 	} else {
-		found->synced_lsn = get32(h + 8) == 1 ? UINT64_MAX : get64(h + 64);
-		if (memcmp(h + 24, al->cfg.group, 16) != 0) {
+		found->synced_lsn = hd.synced_lsn;
+		if (memcmp(hd.group, al->cfg.group, 16) != 0) {
 			log_error("the activity log in the journal directory belongs to another"
 				  " consistency group");
 			return -EINVAL;
 		}
-		shift = get32(h + 12);
-		slots = get32(h + 16);
-		found->clean = (get32(h + 20) & F_CLEAN) != 0;
-		found->same_boot = al->boot_known && memcmp(h + 40, al->boot, BOOT_ID_LEN) == 0;
-		al->generation = get64(h + 56);
+		shift = hd.extent_shift;
+		slots = hd.slots;
+		found->clean = hd.clean;
+		found->redo = hd.redo;
+		found->same_boot = al->boot_known && memcmp(hd.boot, al->boot, BOOT_ID_LEN) == 0;
+		al->generation = hd.generation;
 		if (shift < 12 || shift > 40 || slots == 0 || slots > (1u << 24)) {
 			log_warn("activity log geometry is implausible; treating the last mount as"
 				 " ended by a power loss");
@@ -565,6 +580,7 @@ static int read_previous(struct actlog *al, struct actlog_found *found)
 int actlog_open(const struct actlog_config *cfg, struct actlog **out, struct actlog_found *found)
 {
 	struct actlog *al = calloc(1, sizeof *al);
+	struct stat st;
 	int r;
 
 	memset(found, 0, sizeof *found);
@@ -599,12 +615,17 @@ int actlog_open(const struct actlog_config *cfg, struct actlog **out, struct act
 		log_warn("cannot read this boot's id (%s): a crash will be treated as a power loss",
 			 strerror(-r));
 	al->syncfd = openat(cfg->backing_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (al->syncfd < 0) {
+	if (al->syncfd < 0 || fstat(al->syncfd, &st) < 0) {
 		r = -errno;
 		log_error("activity log: cannot open the backing directory: %m");
 		actlog_close(al, false);
 		return r;
 	}
+	al->sync_dev = st.st_dev;
+	r = nested_fs_open(al->syncfd, &al->nested);
+	if (r < 0)
+		log_warn("activity log: cannot list the filesystems mounted in the backing"
+			 " directory (%s): images on them are synced at every fsync", strerror(-r));
 	r = read_previous(al, found);
 	if (r < 0) {
 		if (r != -EINVAL)
@@ -652,8 +673,8 @@ int actlog_begin(struct actlog *al)
 
 	/* Whatever recovery journaled and redid becomes durable first. */
 	r = al->cfg.journal_sync(al->cfg.ctx);
-	if (r == 0 && aimfs_io.syncfs_fn(al->syncfd) < 0)
-		r = -errno;
+	if (r == 0)
+		r = sync_backing(al);
 	if (r < 0) {
 		log_error("activity log: making recovery durable: %s", strerror(-r));
 		return r;
@@ -662,10 +683,11 @@ int actlog_begin(struct actlog *al)
 	keep = al->fd >= 0 && fstat(al->fd, &st) == 0 &&
 	       (uint64_t)st.st_size == PAGE + al->area_bytes;
 	if (keep) {
-		uint8_t h[HEADER_BYTES];
+		uint8_t h[ACTLOG_HEADER_BYTES];
+		struct actlog_header hd;
 
-		keep = read_full(al->fd, h, sizeof h, 0) == 0 && memcmp(h, MAGIC, 8) == 0 &&
-		       get32(h + 12) == al->cfg.extent_shift && get32(h + 16) == al->n &&
+		keep = read_full(al->fd, h, sizeof h, 0) == 0 && actlog_header_decode(h, &hd) == 0 &&
+		       hd.extent_shift == al->cfg.extent_shift && hd.slots == al->n &&
 		       read_full(al->fd, al->area, al->area_bytes, PAGE) == 0;
 	}
 	if (keep) {
@@ -732,6 +754,11 @@ void actlog_stop(struct actlog *al)
 	al->cooler_running = false;
 }
 
+bool actlog_writeback_lost(struct actlog *al)
+{
+	return al && atomic_load(&al->writeback_lost);
+}
+
 void actlog_stats(struct actlog *al, struct actlog_stats *st)
 {
 	memset(st, 0, sizeof *st);
@@ -745,6 +772,7 @@ void actlog_stats(struct actlog *al, struct actlog_stats *st)
 		st->resident++;
 		st->cold += al->s[i].cold;
 	}
+	st->writeback_lost = atomic_load(&al->writeback_lost);
 	st->transactions = al->transactions;
 	st->checkpoints = al->checkpoints;
 	st->waits = al->waits;
@@ -777,6 +805,7 @@ int actlog_close(struct actlog *al, bool clean)
 		close(al->fd);
 	if (al->syncfd >= 0)
 		close(al->syncfd);
+	nested_fs_close(&al->nested);
 	pthread_mutex_destroy(&al->lock);
 	pthread_cond_destroy(&al->cond);
 	pthread_cond_destroy(&al->cool);

@@ -42,7 +42,7 @@
  * (and the journal keeps every segment past it until then).
  *
  * The file (journal directory, "actlog"): a 4 KiB header page (magic,
- * version, geometry, clean flag, group, boot id, generation, synced LSN,
+ * version, geometry, flags (clean, redo), group, boot id, generation, synced LSN,
  * XXH3 check; 80 bytes, inside one sector, so never torn; version 1, from
  * before the synced LSN, ends with the check at 64) followed by the slots, 8 bytes
  * each (u32 image id, 0 = free; u32 extent index, ACTLOG_WHOLE = the whole
@@ -59,8 +59,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
-#define ACTLOG_FILE "actlog"
+#include "actlog_header.h"
+
 #define ACTLOG_WHOLE UINT32_MAX   /* extent index: the whole image */
 #define ACTLOG_HOLD_MAX 4         /* extents one operation may hold; more: whole image */
 #define ACTLOG_MIN_SLOTS 128      /* more than every FUSE thread can hold at once */
@@ -101,6 +103,7 @@ struct actlog_found {
 	bool present;             /* there was a log */
 	bool clean;               /* ... closed by a clean unmount */
 	bool same_boot;           /* ... written during this boot */
+	bool redo;                /* ... after a write-back error: redo from synced_lsn */
 	/* Every record up to it was durable on the backing files: after a
 	 * power loss, redo from here.  UINT64_MAX from a version 1 log (its
 	 * fsyncs synced the backing files too), 0 if the header is unreadable. */
@@ -118,6 +121,7 @@ struct actlog_hold {
 
 struct actlog_stats {
 	unsigned slots, resident, cold;
+	bool writeback_lost;      /* a checkpoint's syncfs failed: see actlog_checkpoint */
 	uint64_t transactions, checkpoints, waits; /* since mount */
 };
 
@@ -151,9 +155,18 @@ int actlog_touch(struct actlog *al, uint32_t image, uint64_t off, uint64_t len, 
 /* The operation's backing syscall has finished. */
 void actlog_release(struct actlog *al, struct actlog_hold *h);
 /* Journal durable, then the backing filesystem: every idle extent cold,
- * and the synced LSN (header) moves to the watermark it began with. */
+ * and the synced LSN (header) moves to the watermark it began with.  Once
+ * a syncfs has failed (a write-back error: the pages are lost, and the
+ * next syncfs would not say so), the synced LSN never moves again, the
+ * header says "redo" (recovery redoes from the synced LSN even in the
+ * same boot) and every checkpoint fails with -EIO. */
 int actlog_checkpoint(struct actlog *al);
 void actlog_stats(struct actlog *al, struct actlog_stats *s);
+/* Checkpoints sync the filesystem dev (the backing directory's, or one
+ * mounted inside it when aimfs started); false for NULL. */
+bool actlog_covers(struct actlog *al, dev_t dev);
+/* A checkpoint's syncfs failed during this mount (see actlog_checkpoint). */
+bool actlog_writeback_lost(struct actlog *al);
 /* clean: checkpoints and marks the log clean (call only when nothing writes
  * any more and the journal is sealed).  Then frees everything; safe with
  * NULL.  Returns 0 or -errno (the log then stays unclean). */

@@ -768,6 +768,29 @@ static struct image *image_at(struct fs *fs, struct lo_inode *dir, const char *n
 	return journal_image_lookup(fs->cfg.journal, st->st_dev, st->st_ino);
 }
 
+/*
+ * Before image im loses its name in dir: under backing_sync=checkpoint its
+ * fsynced writes may be in the journal only until the next checkpoint, and
+ * a power cut that loses the unlink or rename (nothing syncs the directory)
+ * would bring the name back on a file without them, which the redo no
+ * longer finds.  So it is synced first while the backing files are behind.
+ */
+static int sync_before_losing_name(struct fs *fs, struct lo_inode *dir, const char *name,
+				   struct image *im)
+{
+	int fd, r = 0;
+
+	if (!im || fs->cfg.backing_sync_each_fsync || !journal_backing_unsynced(fs->cfg.journal))
+		return 0;
+	fd = openat(dir->fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return 0; /* the namespace call says why */
+	if (aimfs_io.fdatasync_fn(fd) < 0)
+		r = -errno;
+	close(fd);
+	return r;
+}
+
 static void lo_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct fs *fs = fs_of(req);
@@ -787,9 +810,10 @@ static void lo_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 		return;
 	}
 	im = image_at(fs, dir, name, &st);
-	if (unlinkat(dir->fd, name, 0) < 0)
+	err = -sync_before_losing_name(fs, dir, name, im);
+	if (!err && unlinkat(dir->fd, name, 0) < 0)
 		err = errno;
-	else if (im && journal_unlink(j, im) < 0)
+	else if (!err && im && journal_unlink(j, im) < 0)
 		err = EIO; /* removed, neither journaled nor owed: recovery reconciles */
 	journal_ns_unlock(j);
 	journal_image_put(j, im);
@@ -871,6 +895,9 @@ static void lo_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 		log_info("refused renaming directory %s to %s: an image's name under it would be too long to mirror",
 			 from, to);
 		err = ENAMETOOLONG;
+	} else if ((r = sync_before_losing_name(fs, dir, name, im)) < 0 ||
+		   (r = sync_before_losing_name(fs, ndir, newname, replaced)) < 0) {
+		err = -r;
 	} else if (renameat2(dir->fd, name, ndir->fd, newname, flags) < 0) {
 		err = errno;
 	} else {
@@ -1219,7 +1246,10 @@ static void lo_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 
 	if (in->image) {
 		struct journal *j = fs_of(req)->cfg.journal;
-		int r = journal_settle(j);
+		/* After a write-back error the backing file may have lost what
+		 * it was given (the journal keeps it for the next mount's redo):
+		 * no fsync says all is well until then. */
+		int r = journal_writeback_lost(j) ? -EIO : journal_settle(j);
 
 		if (r == 0)
 			r = journal_barrier(j, in->image, true);

@@ -51,6 +51,7 @@ static int sys_boot_id(uint8_t id[BOOT_ID_LEN])
 	.fsync_fn = fsync, \
 	.fdatasync_fn = fdatasync, \
 	.syncfs_fn = syncfs, \
+	.renameat_fn = renameat, \
 	.sync_file_range_fn = sys_sync_file_range, \
 	.boot_id_fn = sys_boot_id, \
 }

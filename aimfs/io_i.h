@@ -6,8 +6,9 @@
  * program and the disk).
  *
  * The power-cut test build (tests/powercut_io.c) replaces the table with
- * wrappers that log, before each buffered change, what the bytes were, and
- * which changes each fsync made durable; after a kill -9 the test puts
+ * wrappers that log, before each buffered change, what the bytes were (and
+ * each rename in the journal directory), and which changes each fsync made
+ * durable; after a kill -9 the test puts
  * back every change that was not durable yet, which is what a power cut
  * leaves on disk.  The boot id comes through the table too, so that such a
  * test can say "this is another boot".
@@ -34,6 +35,9 @@ struct aimfs_io {
 	int (*fsync_fn)(int fd);
 	int (*fdatasync_fn)(int fd);
 	int (*syncfs_fn)(int fd);
+	/* Renames in the journal directory (a segment published, recycled or
+	 * reused): durable only once the directory is synced. */
+	int (*renameat_fn)(int olddirfd, const char *oldpath, int newdirfd, const char *newpath);
 	/* Starts writeback only (SYNC_FILE_RANGE_WRITE): makes nothing durable. */
 	int (*sync_file_range_fn)(int fd, off_t off, off_t n, unsigned flags);
 	/* This boot's identity (/proc/sys/kernel/random/boot_id): 0 or -errno. */

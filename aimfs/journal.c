@@ -148,7 +148,7 @@ bool journal_recycle(struct journal *j, uint64_t number)
 		return false;
 	seg_file_name(number, SEG_FILE_SUFFIX, from);
 	seg_file_name(number, SEG_FREE_SUFFIX, to);
-	if (renameat(j->dirfd, from, j->dirfd, to) < 0)
+	if (aimfs_io.renameat_fn(j->dirfd, from, j->dirfd, to) < 0)
 		return false;
 	atomic_store(&j->free_files[i], number);
 	return true;
@@ -174,7 +174,7 @@ static int reuse_free_file(struct journal *j, const char *name, const uint8_t *h
 		seg_file_name(n, SEG_FREE_SUFFIX, old);
 		fd = openat(j->dirfd, old, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
 		if (fd >= 0 && pwrite_all(fd, &(struct iovec){ (void *)hdr, hs }, 1, 0) == 0 &&
-		    renameat(j->dirfd, old, j->dirfd, name) == 0)
+		    aimfs_io.renameat_fn(j->dirfd, old, j->dirfd, name) == 0)
 			return fd;
 		if (fd >= 0)
 			close(fd);
@@ -262,6 +262,7 @@ int journal_ensure_open_locked(struct journal *j)
 	}
 opened:
 	atomic_fetch_add(&j->disk_bytes, hs);
+	s->name_unsynced = true;
 	s->fd = fd;
 	s->number = h.number;
 	s->first_lsn = h.first_lsn;
@@ -770,6 +771,36 @@ static int sync_failed(struct journal *j, struct segfile *s, int err)
 	return err;
 }
 
+/*
+ * Makes the open segment s durable: its bytes and its name.  fdatasync
+ * alone does not commit a rename of a free file that is written over
+ * (nothing of its size or allocation changes), and a segment recovery
+ * finds under its old name is thrown away with the records an fsync was
+ * answered on.  So the first sync of each open segment syncs the
+ * directory too.
+ */
+static int sync_open_segment(struct journal *j, struct segfile *s)
+{
+	bool name;
+	int r;
+
+	if (aimfs_io.fdatasync_fn(s->fd) < 0)
+		return sync_failed(j, s, -errno);
+	pthread_mutex_lock(&j->lock);
+	name = s->name_unsynced;
+	pthread_mutex_unlock(&j->lock);
+	if (!name)
+		return 0;
+	r = aimfs_io.fsync_fn(j->dirfd) < 0 ? -errno : 0;
+	pthread_mutex_lock(&j->lock);
+	if (r == 0)
+		s->name_unsynced = false;
+	else
+		journal_fail_locked(j, r, "syncing the journal's directory");
+	pthread_mutex_unlock(&j->lock);
+	return r;
+}
+
 int journal_barrier(struct journal *j, struct image *im, bool durable)
 {
 	struct seg_record r = { .type = SEG_FLUSH };
@@ -797,8 +828,8 @@ int journal_barrier(struct journal *j, struct image *im, bool durable)
 	}
 	pthread_mutex_unlock(&j->lock);
 	if (s) {
-		if (ret == 0 && aimfs_io.fdatasync_fn(s->fd) < 0)
-			ret = sync_failed(j, s, -errno);
+		if (ret == 0)
+			ret = sync_open_segment(j, s);
 		pthread_mutex_lock(&j->lock);
 		segfile_put_locked(j, s);
 		pthread_mutex_unlock(&j->lock);
@@ -1256,6 +1287,7 @@ void journal_stats(struct journal *j, struct journal_stats *s)
 	s->cleared_ns = j->cleared_ns;
 	s->failures = j->failures;
 	s->owed = j->nowed;
+	s->writeback_lost = actlog_writeback_lost(j->al);
 	pthread_mutex_unlock(&j->lock);
 	s->journal_bytes = atomic_load(&j->disk_bytes);
 	s->journal_max = j->cfg.journal_max;
@@ -1328,12 +1360,28 @@ bool journal_checkpoint_due(void *journal)
 	return due;
 }
 
+bool journal_backing_unsynced(struct journal *j)
+{
+	bool behind;
+
+	pthread_mutex_lock(&j->lock);
+	behind = backing_unsynced_locked(j);
+	pthread_mutex_unlock(&j->lock);
+	return behind;
+}
+
+bool journal_writeback_lost(struct journal *j)
+{
+	return actlog_writeback_lost(j->al);
+}
+
 bool journal_fsync_needs_backing(struct journal *j, struct image *im)
 {
 	bool needs;
 
 	pthread_mutex_lock(&j->lock);
-	needs = j->cp_synced <= im->created_cp;
+	/* ... or if no checkpoint syncs its filesystem */
+	needs = j->cp_synced <= im->created_cp || !actlog_covers(j->al, im->dev);
 	pthread_mutex_unlock(&j->lock);
 	return needs;
 }
@@ -1518,8 +1566,8 @@ int journal_sync_all(void *journal)
 	for (size_t i = 0; i < nq; i++)
 		if (r == 0 && aimfs_io.fdatasync_fn(queued[i]->fd) < 0)
 			r = -errno;
-	if (s && r == 0 && aimfs_io.fdatasync_fn(s->fd) < 0)
-		r = sync_failed(j, s, -errno);
+	if (s && r == 0)
+		r = sync_open_segment(j, s);
 	pthread_mutex_lock(&j->lock);
 	for (size_t i = 0; i < nq; i++)
 		segfile_put_locked(j, queued[i]);
@@ -1780,12 +1828,7 @@ void journal_each_image_id(struct journal *j, void (*fn)(void *ctx, uint32_t id)
 
 int journal_sync_backing(struct journal *j)
 {
-	bool behind;
-
-	pthread_mutex_lock(&j->lock);
-	behind = backing_unsynced_locked(j);
-	pthread_mutex_unlock(&j->lock);
-	return behind && j->al ? actlog_checkpoint(j->al) : 0;
+	return j->al && journal_backing_unsynced(j) ? actlog_checkpoint(j->al) : 0;
 }
 
 void journal_space(struct journal *j, uint64_t *used, uint64_t *max)

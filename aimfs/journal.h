@@ -115,6 +115,7 @@ struct journal_stats {
 	uint64_t cleared_ns;      /* when the last episode ended (0: none has) */
 	uint64_t failures;        /* failed journal I/O calls since mount */
 	uint64_t owed;            /* records owed (journal_settle) */
+	bool writeback_lost;      /* the backing filesystem failed to write back */
 };
 
 /*
@@ -199,6 +200,12 @@ int journal_barrier(struct journal *j, struct image *im, bool durable);
  * entry may not be durable.  Otherwise the journal made durable by the
  * barrier is enough: a power loss redoes it from the last checkpoint. */
 bool journal_fsync_needs_backing(struct journal *j, struct image *im);
+/* The backing filesystem failed to write back during this mount: what an
+ * fsync promises holds again only after the next mount's redo. */
+bool journal_writeback_lost(struct journal *j);
+/* Records were applied to the backing files since the last checkpoint
+ * synced them. */
+bool journal_backing_unsynced(struct journal *j);
 
 /* Namespace.  Hold journal_ns_lock across the syscall and the call.
  * Unlink, rename and rmdir describe a syscall that was done: if their

@@ -79,6 +79,9 @@ struct segfile {
 	bool verify;             /* a sync of it failed: the sealer reads it back,
 				  * checks it and writes it again first (L) */
 	bool lost;               /* ... and found it was not what was written */
+	bool name_unsynced;      /* its directory entry (a new file, or a free one
+				  * renamed) may not be durable: the first sync of
+				  * it syncs the directory too (L) */
 	struct segfile *next;    /* seal queue (L) */
 };
 

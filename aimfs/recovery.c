@@ -125,6 +125,38 @@ static int list_segments(struct journal *j, struct numlist *sealed, struct numli
 	return r;
 }
 
+/*
+ * A segment the catalog says was pruned, back under its name: the unlink
+ * or the rename to NNN.free had not reached the disk when the power went
+ * (and a recycled file may hold a newer segment's first pages).  It is not
+ * part of the journal any more: taking its trailer for W, or redoing it,
+ * would write old data over new.
+ */
+static int drop_pruned(struct journal *j, struct catalog *cat, struct numlist *sealed)
+{
+	size_t kept = 0;
+
+	for (size_t i = 0; i < sealed->n; i++) {
+		char name[SEG_FILE_NAME_LEN + 8];
+		bool pruned;
+		int r = catalog_segment_is_pruned(cat, sealed->v[i], &pruned);
+
+		if (r < 0)
+			return r;
+		if (!pruned) {
+			sealed->v[kept++] = sealed->v[i];
+			continue;
+		}
+		seg_file_name(sealed->v[i], SEG_FILE_SUFFIX, name);
+		log_info("journal %s: %s was pruned before the last mount ended; removing it"
+			 " again", j->dir, name);
+		if (unlinkat(j->dirfd, name, 0) < 0 && errno != ENOENT)
+			return -errno;
+	}
+	sealed->n = kept;
+	return 0;
+}
+
 static int open_view(struct journal *j, uint64_t n, struct seg_view **v)
 {
 	char name[SEG_FILE_NAME_LEN + 8], path[4200];
@@ -295,10 +327,12 @@ int journal_recover(struct journal *j, struct catalog *cat)
 	r = open_actlog(j, &found);
 	if (r < 0)
 		goto out;
-	if (found.present && !found.clean && found.same_boot)
+	if (found.present && !found.clean && found.same_boot && !found.redo)
 		log_info("journal %s: aimfs stopped without unmounting during this boot; the page"
 			 " cache kept every write, recovery is exact", j->dir);
 	r = list_segments(j, &sealed, &open);
+	if (r == 0)
+		r = drop_pruned(j, cat, &sealed);
 	if (r < 0)
 		goto out;
 	r = catalog_last_segment(cat, &cat_seg, &cat_lsn);
@@ -344,10 +378,14 @@ int journal_recover(struct journal *j, struct catalog *cat)
 		w = stored_w;
 	/* A power loss: the backing files hold for sure only what the last
 	 * checkpoint synced (an fsync syncs the journal, not them), so the
-	 * redo starts there.  The journal kept every segment past it. */
-	if (found.present && !found.clean && !found.same_boot && found.synced_lsn < w) {
+	 * redo starts there; so does a write-back error the last mount saw
+	 * (the pages it could not write are lost, this boot or not).  The
+	 * journal kept every segment past it. */
+	if (found.present && (found.redo || (!found.clean && !found.same_boot)) &&
+	    found.synced_lsn < w) {
 		log_info("journal %s: redoing the journal from LSN %" PRIu64 ", the last the backing"
-			 " files were synced at", j->dir, found.synced_lsn);
+			 " files were synced at%s", j->dir, found.synced_lsn,
+			 found.redo ? " (the last mount saw them fail to write back)" : "");
 		w = found.synced_lsn;
 	}
 

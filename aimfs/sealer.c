@@ -39,7 +39,7 @@ static int publish(int dirfd, uint64_t number)
 
 	seg_file_name(number, SEG_OPEN_SUFFIX, from);
 	seg_file_name(number, SEG_FILE_SUFFIX, to);
-	if (renameat(dirfd, from, dirfd, to) < 0 &&
+	if (aimfs_io.renameat_fn(dirfd, from, dirfd, to) < 0 &&
 	    !(errno == ENOENT && faccessat(dirfd, to, F_OK, AT_SYMLINK_NOFOLLOW) == 0))
 		return -errno;
 	if (aimfs_io.fsync_fn(dirfd) < 0)

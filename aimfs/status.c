@@ -171,6 +171,7 @@ static void journal_health_json(json_t *o, const struct journal_stats *js)
 			    time_or_null(js->failing ? 0 : js->cleared_ns));
 	json_object_set_new(o, "journal_errors", json_integer((json_int_t)js->failures));
 	json_object_set_new(o, "journal_owed_records", json_integer((json_int_t)js->owed));
+	json_object_set_new(o, "backing_writeback_lost", json_boolean(js->writeback_lost));
 }
 
 /* How FUSE requests reach aimfs: through io_uring or /dev/fuse. */
@@ -282,6 +283,9 @@ static void metrics_text(struct status *s, struct strbuf *sb)
 	metric(sb, "aimfs_journal_owed_records", "gauge",
 	       "records the journal owes since its disk failed (journaled as soon as it can)",
 	       js.owed);
+	metric(sb, "aimfs_backing_writeback_lost", "gauge",
+	       "1 once the backing filesystem failed to write back: fsyncs fail until a remount"
+	       " redoes the journal", js.writeback_lost);
 	if (s->info.transport && transport_views(s->info.transport, &views, &nviews) == 0) {
 		dest_views_metrics(views, nviews, sb);
 		free(views);

@@ -643,6 +643,22 @@ int catalog_max_image_id(struct catalog *c, uint32_t *id)
 	return r;
 }
 
+int catalog_segment_is_pruned(struct catalog *c, uint64_t n, bool *pruned)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	if (sqlite3_prepare_v2(c->db, "SELECT 1 FROM segments WHERE number = ? AND state = 'pruned'",
+			       -1, &st, NULL))
+		return db_fail(c, "segment state");
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)n);
+	r = sqlite3_step(st);
+	*pruned = r == SQLITE_ROW;
+	r = (r == SQLITE_ROW || r == SQLITE_DONE) ? 0 : db_fail(c, "segment state");
+	sqlite3_finalize(st);
+	return r;
+}
+
 int catalog_segment_set_state(struct catalog *c, uint64_t n, const char *state)
 {
 	sqlite3_stmt *st;

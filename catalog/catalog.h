@@ -76,6 +76,8 @@ int catalog_segment_last_lsn(struct catalog *c, uint64_t n, uint64_t *lsn);
 int catalog_segment_sealed_before(struct catalog *c, uint64_t ns, uint64_t *n);
 /* Marks a segment's state ("sealed", "pruned", ...). */
 int catalog_segment_set_state(struct catalog *c, uint64_t n, const char *state);
+/* True if segment n was pruned (catalog_segment_pruned). */
+int catalog_segment_is_pruned(struct catalog *c, uint64_t n, bool *pruned);
 
 /* ---- marks (MARK records, indexed with their segment) ---- */
 

@@ -18,13 +18,18 @@ files since removed are skipped):
 
 An O_DIRECT write is never undone, and the earlier changes of the pages it
 covered count as durable (the kernel writes them back before it).
+
+Renames in the journal directory (a segment published, recycled, reused)
+not followed by a sync of that directory are undone too, the newest first
+("random": a random number of the oldest stay, as a filesystem's journal
+commits them in order); other namespace operations count as durable.
 """
 import os
 import struct
 
 REC = struct.Struct("=IIQQQQQQQQ")
 REC_MAGIC = 0x50435554
-UNDO, SYNC, SYNCFS, DIRECT = 1, 2, 3, 4
+UNDO, SYNC, SYNCFS, DIRECT, RENAME = 1, 2, 3, 4, 5
 PAGE = 4096
 
 
@@ -36,9 +41,11 @@ class Undo:
         self.old_size, self.new_size, self.data = old_size, new_size, data
 
 
-def read_log(path):
+def read_log(path, renames=None):
     """(undos {(dev, ino): [Undo]}, syncs {(dev, ino): seq}, syncfs {dev: seq},
-    directs {(dev, ino): [(seq, off, len)]}); a torn last record is dropped."""
+    directs {(dev, ino): [(seq, off, len)]}); a torn last record is dropped.
+    The renames, [(seq, (dev, ino) of the directory, old, new)], are appended
+    to the list renames if one is given."""
     undos, syncs, syncfs, directs = {}, {}, {}, {}
     with open(path, "rb") as f:
         buf = f.read()
@@ -59,8 +66,36 @@ def read_log(path):
             syncfs[dev] = max(syncfs.get(dev, 0), off)
         elif kind == DIRECT:
             directs.setdefault(key, []).append((seq, off, length))
+        elif kind == RENAME and renames is not None:
+            old_name, new_name = buf[pos + REC.size:pos + REC.size + dlen].split(b"\0")[:2]
+            renames.append((seq, key, os.fsdecode(old_name), os.fsdecode(new_name)))
         pos += REC.size + dlen
     return undos, syncs, syncfs, directs
+
+
+def _dirs(roots):
+    out = {}
+    for root in roots:
+        for dirpath, _, _ in os.walk(root):
+            st = os.lstat(dirpath)
+            out[(st.st_dev, st.st_ino)] = dirpath
+    return out
+
+
+def _undo_renames(renames, syncs, syncfs, roots, rng, mode):
+    """Puts back the names of the renames no directory sync covered."""
+    dirs = _dirs(roots)
+    pending = [r for r in renames
+               if r[0] >= max(syncs.get(r[1], 0), syncfs.get(r[1][0], 0)) and r[1] in dirs]
+    keep = 0 if mode == "all" else rng.randrange(0, len(pending) + 1)
+    undone = 0
+    for _, key, old_name, new_name in reversed(pending[keep:]):
+        d = dirs[key]
+        if os.path.exists(os.path.join(d, new_name)) and \
+                not os.path.exists(os.path.join(d, old_name)):
+            os.rename(os.path.join(d, new_name), os.path.join(d, old_name))
+            undone += 1
+    return undone
 
 
 def _files(roots):
@@ -92,7 +127,8 @@ def power_cut(log, roots, rng=None, mode="all"):
     """Rolls the files under roots back to what a power cut leaves.  Returns
     {"undone": changes undone (in part or whole), "kept": changes not durable
     that a random writeback kept}."""
-    undos, syncs, syncfs, directs = read_log(log)
+    renames = []
+    undos, syncs, syncfs, directs = read_log(log, renames)
     files = _files(roots)
     stats = {"undone": 0, "kept": 0}
     for key, changes in undos.items():
@@ -134,4 +170,5 @@ def power_cut(log, roots, rng=None, mode="all"):
             stats["undone"] += len(undone)
         finally:
             os.close(fd)
+    stats["renames_undone"] = _undo_renames(renames, syncs, syncfs, roots, rng, mode)
     return stats

@@ -18,7 +18,9 @@
  * at once, and tests/powercut.py puts back, from the log, every change that
  * was not durable: what remains is what a power cut would have left on the
  * disk (namespace operations — create, rename, unlink — count as durable at
- * once; SQLite's catalog, which syncs itself, is not wrapped).  The log is
+ * once, but for the renames of the journal directory, which the cut undoes
+ * unless a sync of the directory followed them; SQLite's catalog, which
+ * syncs itself, is not wrapped).  The log is
  * only appended to (O_APPEND, one write per record, under one lock), so the
  * kill leaves at most a torn last record, whose change never started.
  *
@@ -43,10 +45,12 @@
 
 #define FALLOC_FL_KEEP_SIZE_ 0x01
 
-enum rec_kind { REC_UNDO = 1, REC_SYNC = 2, REC_SYNCFS = 3, REC_DIRECT = 4 };
+enum rec_kind { REC_UNDO = 1, REC_SYNC = 2, REC_SYNCFS = 3, REC_DIRECT = 4, REC_RENAME = 5 };
 
 /* One record; for REC_UNDO followed by data_len bytes (the old content of
- * [off, off + data_len)).  Host byte order: written and read on one host. */
+ * [off, off + data_len)); for REC_RENAME (dev, ino: the directory) by the
+ * old and the new name, each NUL-terminated.  Host byte order: written and
+ * read on one host. */
 struct rec {
 	uint32_t magic;
 	uint32_t kind;
@@ -296,6 +300,36 @@ static int pc_syncfs(int fd)
 	return r;
 }
 
+/* A rename in one directory (the journal's): undone by the cut unless a
+ * sync of that directory (or its filesystem) began after it. */
+static int pc_renameat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath)
+{
+	size_t lo = strlen(oldpath) + 1, ln = strlen(newpath) + 1;
+	struct rec rec = { .kind = REC_RENAME, .data_len = lo + ln };
+	struct stat st;
+	char *names;
+	int r;
+
+	if (olddirfd != newdirfd || fstat(olddirfd, &st) < 0)
+		return renameat(olddirfd, oldpath, newdirfd, newpath);
+	names = malloc(lo + ln);
+	if (!names)
+		die("rename record");
+	memcpy(names, oldpath, lo);
+	memcpy(names + lo, newpath, ln);
+	rec.dev = st.st_dev;
+	rec.ino = st.st_ino;
+	pthread_mutex_lock(&lock);
+	r = renameat(olddirfd, oldpath, newdirfd, newpath);
+	if (r == 0) {
+		rec.seq = ++seq;
+		log_rec(&rec, names);
+	}
+	pthread_mutex_unlock(&lock);
+	free(names);
+	return r;
+}
+
 static int pc_boot_id(uint8_t id[BOOT_ID_LEN])
 {
 	memcpy(id, boot_id, BOOT_ID_LEN);
@@ -326,6 +360,7 @@ __attribute__((constructor)) static void powercut_install(void)
 	aimfs_io.fsync_fn = pc_fsync;
 	aimfs_io.fdatasync_fn = pc_fdatasync;
 	aimfs_io.syncfs_fn = pc_syncfs;
+	aimfs_io.renameat_fn = pc_renameat;
 	apply_io.pwrite_fn = pc_pwrite;
 	apply_io.fallocate_fn = pc_fallocate;
 	apply_io.ftruncate_fn = pc_ftruncate;

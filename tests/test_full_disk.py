@@ -339,6 +339,45 @@ def test_a_failed_sync_is_retried_and_the_segment_rewritten(aimfs, workdir):
     s.replay_equal("failed syncs")
 
 
+def test_a_write_back_error_fails_fsyncs_and_the_next_mount_redoes(aimfs, workdir):
+    """A checkpoint's syncfs of the backing filesystem fails: the pages it
+    could not write are lost, and the next syncfs would not say so.  From
+    then on no fsync says all is well, the activity log keeps the synced
+    LSN where it was and notes a redo, and the next mount -- even in the
+    same boot, even after a clean unmount -- redoes the journal from it."""
+    s = Site(aimfs, workdir)
+    s.mount()
+    img = os.path.join(s.mnt, "vm.raw")
+    fd = os.open(img, os.O_RDWR | os.O_CREAT)
+    os.pwrite(fd, os.urandom(1 << 20), 0)
+    os.fsync(fd)
+    assert s.st()["backing_writeback_lost"] is False
+    s.faults.set("syncfs * EIO count=1")
+    os.pwrite(fd, os.urandom(1 << 20), 1 << 20)
+
+    def lost():
+        os.pwrite(fd, os.urandom(4096), 0)      # writes go on: a checkpoint is due
+        return s.st()["backing_writeback_lost"]
+    wait_for(lost, 20, what="a checkpoint to meet the write-back error")
+    s.faults.clear()
+    expect_errno(errno.EIO, os.fsync, fd)
+    os.pwrite(fd, os.urandom(4096), 8192)
+    expect_errno(errno.EIO, os.fsync, fd)        # until the next mount
+    assert metrics(s.status)["aimfs_backing_writeback_lost"] == 1
+    os.close(fd)
+    s.m.unmount()
+    assert "failed to write back" in s.m.output()
+    s.mount()
+    assert "the last mount saw them fail to write back" in s.m.output()
+    assert s.st()["backing_writeback_lost"] is False
+    fd = os.open(img, os.O_RDWR)
+    os.pwrite(fd, os.urandom(4096), 0)
+    os.fsync(fd)
+    os.close(fd)
+    assert s.m.unmount() == 0
+    s.replay_equal("after a write-back error")
+
+
 # ---- a real filesystem that fills up -------------------------------------------------
 
 class SmallFs:

@@ -269,6 +269,141 @@ def test_an_fsync_syncs_the_journal_and_a_power_cut_redoes_it(aimfs, workdir, mo
     assert m.unmount() == 0
 
 
+def test_an_image_is_synced_before_it_loses_its_name(aimfs, workdir):
+    """Under backing_sync=checkpoint an fsynced write may be in the journal
+    only until the next checkpoint.  An unlink or a rename that a power cut
+    loses (nothing syncs the directory) would bring the old name back on a
+    file without it, where the redo no longer looks: so an image is synced
+    before it is unlinked, renamed or renamed over."""
+    from powercut import read_log
+    backing = os.path.join(workdir, "backing")
+    os.makedirs(backing)
+    run([PCWORK, "init", backing, "3", "1M", "5"])
+    mnt = os.path.join(workdir, "mnt")
+    undo = os.path.join(workdir, "undo.log")
+    env = {"AIM_POWERCUT_LOG": undo, "AIM_TEST_BOOT_ID": str(uuid.UUID(int=31, version=4))}
+    m = aimfs(backing=backing, mountpoint=mnt, binary=AIMFS_POWERCUT, env=env)
+    inodes = {}
+    for name in ("pc-0.img", "pc-1.img", "pc-2.img"):
+        st = os.stat(os.path.join(backing, name))
+        inodes[name] = (st.st_dev, st.st_ino)
+        with open(os.path.join(mnt, name), "r+b") as f:
+            f.write(os.urandom(65536))
+            os.fsync(f.fileno())
+    os.unlink(os.path.join(mnt, "pc-0.img"))
+    os.rename(os.path.join(mnt, "pc-1.img"), os.path.join(mnt, "renamed.img"))
+    os.rename(os.path.join(mnt, "renamed.img"), os.path.join(mnt, "pc-2.img"))  # over pc-2
+    m.kill9()
+    _, syncs, _, _ = read_log(undo)
+    for name, key in inodes.items():
+        assert key in syncs, f"{name} lost its name without a sync of its data"
+
+
+def test_a_filesystem_mounted_inside_the_backing_directory_is_synced_too(aimfs, workdir):
+    """A checkpoint syncs the backing filesystem with syncfs, which covers
+    one filesystem; an image on an ext4 mounted below the backing directory
+    needs its own.  After a checkpoint has passed an fsynced write to it and
+    the power is cut, the next mount's redo starts after that write: it is
+    there only if the checkpoint synced the nested filesystem."""
+    from powercut import read_log
+    from aimtest import is_mounted
+    backing = os.path.join(workdir, "backing")
+    sub = os.path.join(backing, "sub")
+    os.makedirs(sub)
+    fsimg = os.path.join(workdir, "nested.ext4")
+    with open(fsimg, "wb") as f:
+        f.truncate(64 << 20)
+    run(["mkfs.ext4", "-q", "-F", fsimg])
+    loop = run(["losetup", "-f", "--show", fsimg]).stdout.strip()
+    try:
+        run(["mount", "-t", "ext4", loop, sub])
+        with open(os.path.join(sub, "vm.img"), "wb") as f:
+            f.truncate(4 << 20)
+        nested_dev = os.stat(sub).st_dev
+        mnt = os.path.join(workdir, "mnt")
+        undo = os.path.join(workdir, "undo.log")
+        env = {"AIM_POWERCUT_LOG": undo,
+               "AIM_TEST_BOOT_ID": str(uuid.UUID(int=41, version=4))}
+        m = aimfs(backing=backing, mountpoint=mnt, binary=AIMFS_POWERCUT, env=env)
+        new = os.urandom(256 << 10)
+        with open(os.path.join(mnt, "sub", "vm.img"), "r+b") as f:
+            f.write(new)
+            os.fsync(f.fileno())
+            root_dev = os.stat(backing).st_dev
+
+            def checkpoint_after_the_write():
+                undos, _, syncfs, _ = read_log(undo)
+                last = max(u.seq for k, us in undos.items() if k[0] == nested_dev for u in us)
+                f.write(b"x")                   # keeps a checkpoint due
+                f.flush()
+                return syncfs.get(root_dev, 0) > last
+            wait_for(checkpoint_after_the_write, 20, what="a checkpoint after the write")
+        m.kill9()
+        power_cut(undo, [m.journal, backing], random.Random(1), "all")
+        env = {"AIM_TEST_BOOT_ID": str(uuid.UUID(int=42, version=4))}
+        m = aimfs(backing=backing, mountpoint=mnt, binary=AIMFS_POWERCUT, env=env,
+                  log_path=os.path.join(workdir, "after.log"))
+        with open(os.path.join(mnt, "sub", "vm.img"), "rb") as f:
+            assert f.read(len(new)) == new, "an fsynced write on the nested filesystem was lost"
+        assert m.unmount() == 0
+    finally:
+        for how in (["umount"], ["umount", "-l"]):
+            if is_mounted(sub):
+                subprocess.run(how + [sub], check=False, stderr=subprocess.DEVNULL)
+        subprocess.run(["losetup", "-d", loop], check=False)
+
+
+def test_an_fsync_into_a_reused_segment_file_survives_a_power_cut(aimfs, workdir):
+    """With destinations, pruned segment files are reused: renamed to
+    NNN.free, then to the new segment's NNN.open.  Overwriting a reused
+    file's blocks changes nothing fdatasync must commit, so the renames
+    can be lost in a power cut while the records are on disk -- and with
+    backing_sync=checkpoint an fsync's write may be nowhere else yet.  The
+    first sync of each open segment syncs the journal's directory too."""
+    from powercut import read_log
+    from servers import Nginx
+    backing = os.path.join(workdir, "backing")
+    os.makedirs(backing)
+    mnt = os.path.join(workdir, "mnt")
+    undo = os.path.join(workdir, "undo.log")
+    ng = Nginx(workdir).start()
+    try:
+        conf = os.path.join(workdir, "aimfs.conf")
+        with open(conf, "w") as f:
+            f.write(f"[aimfs]\nsegment_size = 256K\n[destination dav]\nurl = {ng.url}\n")
+        env = {"AIM_POWERCUT_LOG": undo, "AIM_TEST_BOOT_ID": str(uuid.UUID(int=21, version=4))}
+        m = aimfs(backing=backing, mountpoint=mnt, binary=AIMFS_POWERCUT, env=env,
+                  options=[f"config={conf}"])
+        rnd = random.Random("reused")
+        with open(os.path.join(mnt, "vm.img"), "wb") as f:
+            f.write(rnd.randbytes(2 << 20))
+            os.fsync(f.fileno())
+
+        def free_and_sealed():
+            names = os.listdir(m.journal)
+            return any(n.endswith(".free") for n in names) and \
+                not any(n.endswith(".open") for n in names)
+        wait_for(free_and_sealed, 30, what="pruned segment files kept for reuse")
+        new = rnd.randbytes(64 << 10)
+        with open(os.path.join(mnt, "vm.img"), "r+b") as f:
+            f.write(new)
+            os.fsync(f.fileno())
+        m.kill9()
+        renames = []
+        read_log(undo, renames)
+        assert any(a.endswith(".free") and b.endswith(".open") for _, _, a, b in renames), \
+            "the fsynced write did not go into a reused file"
+        power_cut(undo, [m.journal, backing], random.Random(1), "all")
+        env = {"AIM_TEST_BOOT_ID": str(uuid.UUID(int=22, version=4))}
+        m = aimfs(backing=backing, mountpoint=mnt, binary=AIMFS_POWERCUT, env=env,
+                  options=[f"config={conf}"], log_path=os.path.join(workdir, "after.log"))
+        with open(os.path.join(mnt, "vm.img"), "rb") as f:
+            assert f.read(len(new)) == new, "an fsynced write in a reused segment was lost"
+        assert m.unmount() == 0
+    finally:
+        ng.stop()
+
+
 @pytest.mark.soak
 def test_power_cut_in_process_soak(aimfs, workdir, pki, remotes):  # noqa: F811
     """Many seeds in a row (AIM_SOAK_ROUNDS, default 30), one to three cuts

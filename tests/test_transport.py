@@ -243,6 +243,87 @@ def test_ship_an_unmounted_journal_with_aimctl(aimfs, workdir):
         ng.stop()
 
 
+def test_ship_refuses_a_journal_whose_mount_died(aimfs, workdir):
+    """After a crash the backing files may lack what sealed segments hold
+    (an fsync syncs the journal; the backing files follow at checkpoints)
+    and the next mount redoes them: aimctl ship must not ship and prune
+    them first, even when no segment was left open."""
+    ng = Nginx(workdir).start()
+    try:
+        m = aimfs(options=["segment_age=100ms"])
+        with open(os.path.join(m.mountpoint, "x.img"), "wb") as f:
+            f.write(os.urandom(1 << 20))
+            os.fsync(f.fileno())
+        wait_for(lambda: not [f for f in os.listdir(m.journal) if f.endswith(".open")], 10,
+                 what="the segment to be sealed")
+        m.kill9()
+        sealed = sorted(f for f in os.listdir(m.journal) if f.endswith(".aimj"))
+        assert sealed
+        proc = subprocess.run([AIMCTL, "ship", "--dest", ng.url, "--timeout", "10s", m.journal],
+                              capture_output=True, text=True)
+        assert proc.returncode == 1 and "not unmounted cleanly" in proc.stderr, proc
+        assert sorted(f for f in os.listdir(m.journal) if f.endswith(".aimj")) == sealed
+        # mounted once and unmounted, it ships
+        m = aimfs(options=["segment_age=100ms"])
+        assert m.unmount() == 0
+        out = run([AIMCTL, "ship", "--dest", ng.url, "--timeout", "60s", m.journal]).stdout
+        assert "in_sync" in out, out
+    finally:
+        ng.stop()
+
+
+def inbox_segment(nginx, group, name):
+    """A segment as aimfs wrote it (nginx keeps a zstd upload as it came)."""
+    path = os.path.join(nginx.inbox, group, name)
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:4] == ZSTD_MAGIC:
+        data = subprocess.run(["zstd", "-q", "-d", "-c", path], capture_output=True,
+                              check=True).stdout
+    return data
+
+
+def test_a_pruned_segment_back_after_a_power_cut_is_removed_again(aimfs, workdir):
+    """A power cut can lose the unlink of a pruned segment, or its rename to
+    a free file that a newer segment had started to overwrite: the name
+    comes back.  Recovery removes it again rather than take it for part of
+    the journal (its trailer for where to redo from, its records for a
+    redo, its number for the oldest segment to prune)."""
+    pki = make_pki(os.path.join(workdir, "pki"))
+    ng = Nginx(workdir, pki).start()
+    try:
+        backing = os.path.join(workdir, "backing")
+        os.makedirs(backing)
+        start = os.path.join(workdir, "start")
+        copy_tree(backing, start)
+        status = f"127.0.0.1:{free_port()}"
+        conf = dav_config(workdir, ng, pki, status, "segment_size = 256K\n")
+        m = aimfs(options=[f"config={conf}"])
+        with open(os.path.join(m.mountpoint, "vm.img"), "wb") as f:
+            f.write(os.urandom(1 << 20))
+            os.fsync(f.fileno())
+        st = wait_in_sync(status)
+        assert m.unmount() == 0
+        assert not [f for f in os.listdir(m.journal) if f.endswith(".aimj")]
+        names = ng.segments(st["group"])
+        assert len(names) >= 3, names
+        first, second = (inbox_segment(ng, st["group"], n) for n in names[:2])
+        # segment 1's file, its first pages written over by segment 2's
+        stale = second[:4096] + first[4096:]
+        with open(os.path.join(m.journal, names[0]), "wb") as f:
+            f.write(stale)
+        m = aimfs(options=[f"config={conf}"])
+        assert names[0] not in os.listdir(m.journal)
+        assert "was pruned before the last mount ended" in m.output()
+        with open(os.path.join(m.mountpoint, "vm.img"), "r+b") as f:
+            f.write(b"after" * 1000)
+        wait_in_sync(status, head=st["head_lsn"] + 1)
+        assert m.unmount() == 0
+        assert_replica_equal(ng, st["group"], start, backing, workdir)
+    finally:
+        ng.stop()
+
+
 def test_image_limited_destination_gets_only_its_images(aimfs, workdir):
     ng_all = Nginx(os.path.join(workdir, "all")).start()
     ng_one = Nginx(os.path.join(workdir, "one")).start()

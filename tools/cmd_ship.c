@@ -4,6 +4,7 @@
  * without destinations, or left with a backlog at unmount.
  */
 #include "aimctl.h"
+#include "actlog_header.h"
 #include "catalog.h"
 #include "log.h"
 #include "parse.h"
@@ -43,6 +44,28 @@ static int scan_journal(const char *dir, uint64_t *newest, bool *unfinished)
 	}
 	closedir(d);
 	return 0;
+}
+
+/*
+ * After a crash or a power loss the backing files may lack what sealed
+ * segments hold (an fsync syncs the journal; the backing files follow at
+ * checkpoints), and the next mount redoes those segments: shipping them
+ * now would prune them first.  The activity log says how the last mount
+ * ended; a journal without one predates it.
+ */
+static bool ended_cleanly(const char *dir)
+{
+	struct actlog_header h;
+	int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int r = dirfd < 0 ? -errno : actlog_header_read(dirfd, &h);
+
+	if (dirfd >= 0)
+		close(dirfd);
+	if (r == -ENOENT)
+		return true;
+	if (r < 0)
+		log_warn("ship: journal %s: cannot read its activity log (%s)", dir, strerror(-r));
+	return r == 0 && h.clean;
 }
 
 /* aimfs's own configuration file works here too: its [aimfs] section is
@@ -154,7 +177,7 @@ int cmd_ship(int argc, char **argv)
 	}
 	if (scan_journal(tc.journal_dir, &newest, &unfinished) < 0)
 		goto out;
-	if (unfinished) {
+	if (unfinished || !ended_cleanly(tc.journal_dir)) {
 		log_error("ship: journal %s was not unmounted cleanly; mount it once so that"
 			  " recovery finishes its last segment", tc.journal_dir);
 		goto out;
