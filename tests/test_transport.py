@@ -9,6 +9,8 @@ import subprocess
 import time
 import urllib.request
 
+import pytest
+
 
 from aimtest import AIMCTL, AIMFS, assert_trees_equal, copy_tree, run, wait_for
 from servers import Nginx, free_port, get_status, make_pki, wait_in_sync
@@ -49,6 +51,24 @@ def assert_replica_equal(nginx, group, start, backing, workdir):
     replica = os.path.join(workdir, "replica")
     replica_from_inbox(nginx, group, start, replica)
     assert_trees_equal(replica, backing)
+
+
+@pytest.fixture
+def tls_nginx(workdir):
+    """nginx's WebDAV over TLS, and the PKI its clients trust."""
+    pki = make_pki(os.path.join(workdir, "pki"))
+    ng = Nginx(workdir, pki).start()
+    yield ng, pki
+    ng.stop()
+
+
+def empty_source(workdir):
+    """An empty backing directory and start, a copy to replay onto."""
+    backing = os.path.join(workdir, "backing")
+    os.makedirs(backing)
+    start = os.path.join(workdir, "start")
+    copy_tree(backing, start)
+    return backing, start
 
 
 def test_ships_to_webdav_over_tls_and_prunes(aimfs, workdir):
@@ -99,76 +119,62 @@ def test_ships_to_webdav_over_tls_and_prunes(aimfs, workdir):
         ng.stop()
 
 
-def test_a_clean_unmount_leaves_no_shipped_segment_behind(aimfs, workdir):
+def test_a_clean_unmount_leaves_no_shipped_segment_behind(aimfs, workdir, tls_nginx):
     """Unmounting right after a write: the last segment is sealed, shipped
     and, once the backing files are synced, pruned before aimfs exits
     rather than left for the next mount."""
-    pki = make_pki(os.path.join(workdir, "pki"))
-    ng = Nginx(workdir, pki).start()
-    try:
-        backing = os.path.join(workdir, "backing")
-        os.makedirs(backing)
-        start = os.path.join(workdir, "start")
-        copy_tree(backing, start)
-        status = f"127.0.0.1:{free_port()}"
-        conf = dav_config(workdir, ng, pki, status)
-        m = aimfs(options=[f"config={conf}"])
-        group = get_status(status)["group"]
-        with open(os.path.join(m.mountpoint, "vm.img"), "wb") as f:
-            f.write(os.urandom(300000))
-            os.fsync(f.fileno())
-        assert m.unmount() == 0
-        m.check_quiet()
-        left = sorted(f for f in os.listdir(m.journal) if f.endswith((".aimj", ".open")))
-        assert not left, f"shipped segments left in the journal: {left}"
-        assert_replica_equal(ng, group, start, backing, workdir)
-    finally:
-        ng.stop()
+    ng, pki = tls_nginx
+    backing, start = empty_source(workdir)
+    status = f"127.0.0.1:{free_port()}"
+    conf = dav_config(workdir, ng, pki, status)
+    m = aimfs(options=[f"config={conf}"])
+    group = get_status(status)["group"]
+    with open(os.path.join(m.mountpoint, "vm.img"), "wb") as f:
+        f.write(os.urandom(300000))
+        os.fsync(f.fileno())
+    assert m.unmount() == 0
+    m.check_quiet()
+    left = sorted(f for f in os.listdir(m.journal) if f.endswith((".aimj", ".open")))
+    assert not left, f"shipped segments left in the journal: {left}"
+    assert_replica_equal(ng, group, start, backing, workdir)
 
 
-def test_kill9_inside_a_recycled_segment_loses_nothing(aimfs, workdir):
+def test_kill9_inside_a_recycled_segment_loses_nothing(aimfs, workdir, tls_nginx):
     """The open segment is written over a pruned segment's file, so past its
     last record lie the old segment's bytes.  kill -9 there: the next mount
     cuts them as a torn tail (they fail the new check chain), seals, ships,
     and the replica equals the source."""
-    pki = make_pki(os.path.join(workdir, "pki"))
-    ng = Nginx(workdir, pki).start()
-    try:
-        backing = os.path.join(workdir, "backing")
-        os.makedirs(backing)
-        start = os.path.join(workdir, "start")
-        copy_tree(backing, start)
-        status = f"127.0.0.1:{free_port()}"
-        conf = dav_config(workdir, ng, pki, status, "segment_size = 256K\nsegment_age = 60s\n")
-        m = aimfs(options=[f"config={conf}"])
+    ng, pki = tls_nginx
+    backing, start = empty_source(workdir)
+    status = f"127.0.0.1:{free_port()}"
+    conf = dav_config(workdir, ng, pki, status, "segment_size = 256K\nsegment_age = 60s\n")
+    m = aimfs(options=[f"config={conf}"])
 
-        def open_file():
-            names = [f for f in os.listdir(m.journal) if f.endswith(".open")]
-            return os.path.join(m.journal, names[0]) if names else None
+    def open_file():
+        names = [f for f in os.listdir(m.journal) if f.endswith(".open")]
+        return os.path.join(m.journal, names[0]) if names else None
 
-        def stale_tail():
-            st = get_status(status)
-            path = open_file()
-            return (path is not None and st["segments_recycled"] > 0 and
-                    os.path.getsize(path) > st["open_segment_bytes"] + 4096)
-        deadline = time.monotonic() + 30
-        with open(os.path.join(m.mountpoint, "vm.img"), "wb") as f:
-            for i in range(400):
-                f.write(os.urandom(200000))
-                f.flush()
-                os.fsync(f.fileno())
-                time.sleep(0.02)        # let the transport ship and prune
-                if (i > 8 and stale_tail()) or time.monotonic() > deadline:
-                    break
-        assert stale_tail(), (get_status(status), os.listdir(m.journal))
-        m.kill9()
-        m2 = aimfs(options=[f"config={conf}"])
-        assert "torn tail" in m2.output(), m2.output()
-        st = wait_in_sync(status)
-        assert m2.unmount() == 0
-        assert_replica_equal(ng, st["group"], start, backing, workdir)
-    finally:
-        ng.stop()
+    def stale_tail():
+        st = get_status(status)
+        path = open_file()
+        return (path is not None and st["segments_recycled"] > 0 and
+                os.path.getsize(path) > st["open_segment_bytes"] + 4096)
+    deadline = time.monotonic() + 30
+    with open(os.path.join(m.mountpoint, "vm.img"), "wb") as f:
+        for i in range(400):
+            f.write(os.urandom(200000))
+            f.flush()
+            os.fsync(f.fileno())
+            time.sleep(0.02)        # let the transport ship and prune
+            if (i > 8 and stale_tail()) or time.monotonic() > deadline:
+                break
+    assert stale_tail(), (get_status(status), os.listdir(m.journal))
+    m.kill9()
+    m2 = aimfs(options=[f"config={conf}"])
+    assert "torn tail" in m2.output(), m2.output()
+    st = wait_in_sync(status)
+    assert m2.unmount() == 0
+    assert_replica_equal(ng, st["group"], start, backing, workdir)
 
 
 def test_receiver_away_then_back(aimfs, workdir):
@@ -283,45 +289,38 @@ def inbox_segment(nginx, group, name):
     return data
 
 
-def test_a_pruned_segment_back_after_a_power_cut_is_removed_again(aimfs, workdir):
+def test_a_pruned_segment_back_after_a_power_cut_is_removed_again(aimfs, workdir, tls_nginx):
     """A power cut can lose the unlink of a pruned segment, or its rename to
     a free file that a newer segment had started to overwrite: the name
     comes back.  Recovery removes it again rather than take it for part of
     the journal (its trailer for where to redo from, its records for a
     redo, its number for the oldest segment to prune)."""
-    pki = make_pki(os.path.join(workdir, "pki"))
-    ng = Nginx(workdir, pki).start()
-    try:
-        backing = os.path.join(workdir, "backing")
-        os.makedirs(backing)
-        start = os.path.join(workdir, "start")
-        copy_tree(backing, start)
-        status = f"127.0.0.1:{free_port()}"
-        conf = dav_config(workdir, ng, pki, status, "segment_size = 256K\n")
-        m = aimfs(options=[f"config={conf}"])
-        with open(os.path.join(m.mountpoint, "vm.img"), "wb") as f:
-            f.write(os.urandom(1 << 20))
-            os.fsync(f.fileno())
-        st = wait_in_sync(status)
-        assert m.unmount() == 0
-        assert not [f for f in os.listdir(m.journal) if f.endswith(".aimj")]
-        names = ng.segments(st["group"])
-        assert len(names) >= 3, names
-        first, second = (inbox_segment(ng, st["group"], n) for n in names[:2])
-        # segment 1's file, its first pages written over by segment 2's
-        stale = second[:4096] + first[4096:]
-        with open(os.path.join(m.journal, names[0]), "wb") as f:
-            f.write(stale)
-        m = aimfs(options=[f"config={conf}"])
-        assert names[0] not in os.listdir(m.journal)
-        assert "was pruned before the last mount ended" in m.output()
-        with open(os.path.join(m.mountpoint, "vm.img"), "r+b") as f:
-            f.write(b"after" * 1000)
-        wait_in_sync(status, head=st["head_lsn"] + 1)
-        assert m.unmount() == 0
-        assert_replica_equal(ng, st["group"], start, backing, workdir)
-    finally:
-        ng.stop()
+    ng, pki = tls_nginx
+    backing, start = empty_source(workdir)
+    status = f"127.0.0.1:{free_port()}"
+    conf = dav_config(workdir, ng, pki, status, "segment_size = 256K\n")
+    m = aimfs(options=[f"config={conf}"])
+    with open(os.path.join(m.mountpoint, "vm.img"), "wb") as f:
+        f.write(os.urandom(1 << 20))
+        os.fsync(f.fileno())
+    st = wait_in_sync(status)
+    assert m.unmount() == 0
+    assert not [f for f in os.listdir(m.journal) if f.endswith(".aimj")]
+    names = ng.segments(st["group"])
+    assert len(names) >= 3, names
+    first, second = (inbox_segment(ng, st["group"], n) for n in names[:2])
+    # segment 1's file, its first pages written over by segment 2's
+    stale = second[:4096] + first[4096:]
+    with open(os.path.join(m.journal, names[0]), "wb") as f:
+        f.write(stale)
+    m = aimfs(options=[f"config={conf}"])
+    assert names[0] not in os.listdir(m.journal)
+    assert "was pruned before the last mount ended" in m.output()
+    with open(os.path.join(m.mountpoint, "vm.img"), "r+b") as f:
+        f.write(b"after" * 1000)
+    wait_in_sync(status, head=st["head_lsn"] + 1)
+    assert m.unmount() == 0
+    assert_replica_equal(ng, st["group"], start, backing, workdir)
 
 
 def test_image_limited_destination_gets_only_its_images(aimfs, workdir):

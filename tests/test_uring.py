@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from aimtest import free_port
+from aimtest import free_port, wait_for
 from servers import get_status
 from test_aimfs_workloads import replay_equal, start_dir
 from workload import Workload
@@ -43,7 +43,10 @@ def ring_status(addr):
 def test_requests_come_through_the_ring(aimfs, workdir):
     addr = f"127.0.0.1:{free_port()}"
     m = aimfs(options=["io_uring=on", f"status={addr}"])
-    assert "FUSE requests through io_uring" in m.output(), m.output()
+    # the ring starts once the kernel has taken the INIT reply, which may
+    # be after the mount appeared
+    wait_for(lambda: "FUSE requests through io_uring" in m.output(), 10,
+             what=f"the ring to start:\n{m.output()}")
     before = ring_status(addr)
     assert before["io_uring"] is True, before
     assert before["ring_threads"] >= os.cpu_count(), before  # one queue per CPU
