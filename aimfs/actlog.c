@@ -269,9 +269,15 @@ static int commit_locked(struct actlog *al, int32_t i)
 /* syncfs of the backing filesystem and of those mounted inside it. */
 static int sync_backing(struct actlog *al)
 {
+	unsigned n;
+
 	if (aimfs_io.syncfs_fn(al->syncfd) < 0)
 		return -errno;
-	for (unsigned i = 0; i < al->nested.n; i++)
+	/* entries are only added (actlog_watch), their fds kept until close */
+	pthread_mutex_lock(&al->lock);
+	n = al->nested.n;
+	pthread_mutex_unlock(&al->lock);
+	for (unsigned i = 0; i < n; i++)
 		if (aimfs_io.syncfs_fn(al->nested.fd[i]) < 0)
 			return -errno;
 	return 0;
@@ -279,7 +285,31 @@ static int sync_backing(struct actlog *al)
 
 bool actlog_covers(struct actlog *al, dev_t dev)
 {
-	return al && (dev == al->sync_dev || nested_fs_has(&al->nested, dev));
+	bool covered;
+
+	if (!al)
+		return false;
+	pthread_mutex_lock(&al->lock);
+	covered = dev == al->sync_dev || nested_fs_has(&al->nested, dev);
+	pthread_mutex_unlock(&al->lock);
+	return covered;
+}
+
+void actlog_watch(struct actlog *al, int fd)
+{
+	int r;
+
+	if (!al)
+		return;
+	pthread_mutex_lock(&al->lock);
+	r = nested_fs_add(&al->nested, fd, al->sync_dev);
+	pthread_mutex_unlock(&al->lock);
+	if (r > 0)
+		log_info("activity log: a filesystem mounted in the backing directory since the"
+			 " mount is synced at checkpoints from now on");
+	else if (r < 0)
+		log_warn("activity log: cannot watch a filesystem mounted in the backing directory"
+			 " (%s): images on it are synced at every fsync", strerror(-r));
 }
 
 /* A syncfs failed with err (checkpoints run one at a time). */

@@ -163,8 +163,11 @@ void actlog_release(struct actlog *al, struct actlog_hold *h);
 int actlog_checkpoint(struct actlog *al);
 void actlog_stats(struct actlog *al, struct actlog_stats *s);
 /* Checkpoints sync the filesystem dev (the backing directory's, or one
- * mounted inside it when aimfs started); false for NULL. */
+ * mounted inside it); false for NULL. */
 bool actlog_covers(struct actlog *al, dev_t dev);
+/* fd is a directory on a filesystem mounted in the backing directory
+ * (found by a lookup that crossed into it): checkpoints sync it too. */
+void actlog_watch(struct actlog *al, int fd);
 /* A checkpoint's syncfs failed during this mount (see actlog_checkpoint). */
 bool actlog_writeback_lost(struct actlog *al);
 /* clean: checkpoints and marks the log clean (call only when nothing writes

@@ -1370,6 +1370,11 @@ bool journal_backing_unsynced(struct journal *j)
 	return behind;
 }
 
+void journal_watch_filesystem(struct journal *j, int fd)
+{
+	actlog_watch(j->al, fd);
+}
+
 bool journal_writeback_lost(struct journal *j)
 {
 	return actlog_writeback_lost(j->al);

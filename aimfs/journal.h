@@ -206,6 +206,9 @@ bool journal_writeback_lost(struct journal *j);
 /* Records were applied to the backing files since the last checkpoint
  * synced them. */
 bool journal_backing_unsynced(struct journal *j);
+/* A lookup crossed into another filesystem at directory fd: checkpoints
+ * sync it too (actlog_watch). */
+void journal_watch_filesystem(struct journal *j, int fd);
 
 /* Namespace.  Hold journal_ns_lock across the syscall and the call.
  * Unlink, rename and rmdir describe a syscall that was done: if their

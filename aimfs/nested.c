@@ -66,6 +66,27 @@ static void add(struct nested_fs *nf, int dirfd, const char *path, const char *r
 		close(fd);
 }
 
+int nested_fs_add(struct nested_fs *nf, int fd, dev_t root_dev)
+{
+	struct stat st;
+	int rfd;
+
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	if (st.st_dev == root_dev || nested_fs_has(nf, st.st_dev))
+		return 0;
+	if (nf->n == NESTED_MAX) {
+		nf->missed++;
+		return -ENOSPC;
+	}
+	rfd = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (rfd < 0)
+		return -errno;
+	nf->dev[nf->n] = st.st_dev;
+	nf->fd[nf->n++] = rfd;
+	return 1;
+}
+
 int nested_fs_open(int dirfd, struct nested_fs *nf)
 {
 	char proc[64], root[PATH_MAX], *line = NULL;

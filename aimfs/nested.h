@@ -23,6 +23,10 @@ struct nested_fs {
 /* Opens the root of every filesystem mounted below the directory dirfd
  * (other than dirfd's own); returns 0 or -errno. */
 int nested_fs_open(int dirfd, struct nested_fs *nf);
+/* Adds the filesystem of fd (any descriptor of a directory on it, O_PATH
+ * too) if it is not root_dev's and not known yet; 1 if added, 0 if known,
+ * or -errno.  Not thread-safe: the caller serialises it with readers. */
+int nested_fs_add(struct nested_fs *nf, int fd, dev_t root_dev);
 /* True if dev is one of them. */
 int nested_fs_has(const struct nested_fs *nf, dev_t dev);
 void nested_fs_close(struct nested_fs *nf);
