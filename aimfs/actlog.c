@@ -80,10 +80,11 @@ struct actlog {
 	uint8_t *snap_dirty;      /* ... and which of them */
 	uint64_t epoch, clock;
 	bool writing, checkpointing, begun;
-	atomic_bool writeback_lost; /* a syncfs failed: pages it could not write are
-				   * marked clean and lost, and a later syncfs says
-				   * nothing of them; the synced LSN stays (header:
-				   * redo) until a mount redoes the journal */
+	atomic_bool writeback_lost; /* an image's write-back failed: pages it could
+				   * not write are marked clean and lost, and a later
+				   * syncfs says nothing of them; the synced LSN stays
+				   * (header: redo) until a mount redoes the journal */
+	bool redo_noted;          /* ... and the header says so */
 	bool failing;             /* the last log write or checkpoint failed: the
 				   * cooler waits a tick before trying again */
 	uint64_t transactions, checkpoints, waits;
@@ -305,23 +306,34 @@ void actlog_watch(struct actlog *al, int fd)
 	r = nested_fs_add(&al->nested, fd, al->sync_dev);
 	pthread_mutex_unlock(&al->lock);
 	if (r > 0)
-		log_info("activity log: a filesystem mounted in the backing directory since the"
-			 " mount is synced at checkpoints from now on");
+		log_info("activity log: a filesystem mounted in the backing directory is synced at"
+			 " checkpoints from now on");
 	else if (r < 0)
 		log_warn("activity log: cannot watch a filesystem mounted in the backing directory"
 			 " (%s): images on it are synced at every fsync", strerror(-r));
 }
 
-/* A syncfs failed with err (checkpoints run one at a time). */
-static void writeback_lost(struct actlog *al, int err)
+/*
+ * A syncfs failed with err.  syncfs reports any file's write-back error on
+ * that filesystem (the journal's own, when it lives there, which the
+ * journal handles itself): the images' own descriptors say whether one of
+ * them lost pages.  If so, latch (checkpoints run one at a time).
+ */
+static void syncfs_failed(struct actlog *al, int err)
 {
+	int lost = al->cfg.writeback_check ? al->cfg.writeback_check(al->cfg.ctx) : err;
+
+	if (lost == 0) {
+		log_warn("activity log: syncfs of the backing filesystem failed (%s), but no image"
+			 " lost a write (another file's error, the journal's say); the next"
+			 " checkpoint tries again", strerror(-err));
+		return;
+	}
 	atomic_store(&al->writeback_lost, true);
-	log_error("the backing filesystem failed to write back (%s): writes since LSN %" PRIu64
-		  " may be missing from the backing files.  The journal keeps them, fsyncs fail"
-		  " from now on, and the next mount redoes them: check the disk, then unmount"
-		  " and mount again", strerror(-err), al->synced_lsn);
-	if (write_header(al, false) < 0)
-		log_error("activity log: cannot note the redo in its header: %m");
+	log_error("the backing filesystem failed to write back an image (%s): writes since LSN %"
+		  PRIu64 " may be missing from the backing files.  The journal keeps them, fsyncs"
+		  " fail from now on, and the next mount redoes them: check the disk, then unmount"
+		  " and mount again", strerror(-lost), al->synced_lsn);
 }
 
 int actlog_checkpoint(struct actlog *al)
@@ -351,12 +363,20 @@ int actlog_checkpoint(struct actlog *al)
 	if (r == 0) {
 		r = sync_backing(al);
 		if (r < 0 && al->begun && !al->writeback_lost)
-			writeback_lost(al, r);
+			syncfs_failed(al, r);
 	}
-	if (r == 0 && al->writeback_lost)
-		r = -EIO;
-	/* Only checkpoints write the header once begun (one at a time). */
-	if (r == 0 && al->begun && watermark > al->synced_lsn) {
+	/* Only checkpoints write the header once begun (one at a time).  After
+	 * a write-back error the checkpoints go on (extents cool, writers are
+	 * not held up), but the synced LSN stays where it was, and the header
+	 * says "redo" as soon as it can be written. */
+	if (al->writeback_lost) {
+		int h = al->redo_noted ? 0 : write_header(al, false);
+
+		if (h < 0)
+			log_error("activity log: cannot note the redo in its header yet: %s",
+				  strerror(-h));
+		al->redo_noted = h == 0;
+	} else if (r == 0 && al->begun && watermark > al->synced_lsn) {
 		uint64_t before = al->synced_lsn;
 
 		al->synced_lsn = watermark;
@@ -652,10 +672,6 @@ int actlog_open(const struct actlog_config *cfg, struct actlog **out, struct act
 		return r;
 	}
 	al->sync_dev = st.st_dev;
-	r = nested_fs_open(al->syncfd, &al->nested);
-	if (r < 0)
-		log_warn("activity log: cannot list the filesystems mounted in the backing"
-			 " directory (%s): images on them are synced at every fsync", strerror(-r));
 	r = read_previous(al, found);
 	if (r < 0) {
 		if (r != -EINVAL)

@@ -89,6 +89,9 @@ struct actlog_config {
 	/* A checkpoint made every record up to lsn durable on the backing
 	 * files, and the header says so. */
 	void (*synced)(void *ctx, uint64_t lsn);
+	/* A syncfs failed: did an image lose pages?  -errno if so (or if it
+	 * cannot tell), 0 if the error was another file's.  NULL: assume so. */
+	int (*writeback_check)(void *ctx);
 	void *ctx;
 };
 
@@ -156,10 +159,11 @@ int actlog_touch(struct actlog *al, uint32_t image, uint64_t off, uint64_t len, 
 void actlog_release(struct actlog *al, struct actlog_hold *h);
 /* Journal durable, then the backing filesystem: every idle extent cold,
  * and the synced LSN (header) moves to the watermark it began with.  Once
- * a syncfs has failed (a write-back error: the pages are lost, and the
- * next syncfs would not say so), the synced LSN never moves again, the
- * header says "redo" (recovery redoes from the synced LSN even in the
- * same boot) and every checkpoint fails with -EIO. */
+ * an image's write-back has failed (syncfs fails and writeback_check says
+ * it was an image's: the pages are lost, and the next syncfs would not say
+ * so), the synced LSN never moves again and the header says "redo"
+ * (recovery redoes from the synced LSN even in the same boot); later
+ * checkpoints still sync and cool extents. */
 int actlog_checkpoint(struct actlog *al);
 void actlog_stats(struct actlog *al, struct actlog_stats *s);
 /* Checkpoints sync the filesystem dev (the backing directory's, or one

@@ -773,26 +773,33 @@ static struct image *image_at(struct fs *fs, struct lo_inode *dir, const char *n
 }
 
 /*
- * Before image im loses its name in dir: under backing_sync=checkpoint its
- * fsynced writes may be in the journal only until the next checkpoint, and
- * a power cut that loses the unlink or rename (nothing syncs the directory)
- * would bring the name back on a file without them, which the redo no
- * longer finds.  So it is synced first while the backing files are behind.
+ * Before the image at name in dir loses that name: under
+ * backing_sync=checkpoint its fsynced writes may be in the journal only
+ * until the next checkpoint, and a power cut that loses the unlink or
+ * rename (nothing syncs the directory) would bring the name back on a file
+ * without them, which the redo no longer finds.  So it is synced first
+ * while the backing files are behind: before the namespace lock (it may
+ * take a while), and at best (a sync that fails does not keep anyone from
+ * removing an image, to free space say).
  */
-static int sync_before_losing_name(struct fs *fs, struct lo_inode *dir, const char *name,
-				   struct image *im)
+static void sync_before_losing_name(struct fs *fs, struct lo_inode *dir, const char *name)
 {
-	int fd, r = 0;
+	struct stat st;
+	struct image *im;
+	int fd;
 
-	if (!im || fs->cfg.backing_sync_each_fsync || !journal_backing_unsynced(fs->cfg.journal))
-		return 0;
+	if (fs->cfg.backing_sync_each_fsync || !journal_backing_unsynced(fs->cfg.journal))
+		return;
+	im = image_at(fs, dir, name, &st);
+	if (!im)
+		return;
+	journal_image_put(fs->cfg.journal, im);
 	fd = openat(dir->fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0)
-		return 0; /* the namespace call says why */
-	if (aimfs_io.fdatasync_fn(fd) < 0)
-		r = -errno;
-	close(fd);
-	return r;
+	if (fd >= 0 && aimfs_io.fdatasync_fn(fd) < 0)
+		log_warn("syncing %s before it loses its name: %m; a power cut before the next"
+			 " checkpoint may bring it back without its last writes", name);
+	if (fd >= 0)
+		close(fd);
 }
 
 static void lo_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -808,16 +815,16 @@ static void lo_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 		fuse_reply_err(req, EPERM);
 		return;
 	}
+	sync_before_losing_name(fs, dir, name);
 	err = -ns_begin(j);
 	if (err) {
 		fuse_reply_err(req, err);
 		return;
 	}
 	im = image_at(fs, dir, name, &st);
-	err = -sync_before_losing_name(fs, dir, name, im);
-	if (!err && unlinkat(dir->fd, name, 0) < 0)
+	if (unlinkat(dir->fd, name, 0) < 0)
 		err = errno;
-	else if (!err && im && journal_unlink(j, im) < 0)
+	else if (im && journal_unlink(j, im) < 0)
 		err = EIO; /* removed, neither journaled nor owed: recovery reconciles */
 	journal_ns_unlock(j);
 	journal_image_put(j, im);
@@ -885,6 +892,8 @@ static void lo_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 		fuse_reply_err(req, err);
 		return;
 	}
+	sync_before_losing_name(fs, dir, name);
+	sync_before_losing_name(fs, ndir, newname);
 	err = -ns_begin(j);
 	if (err) {
 		fuse_reply_err(req, err);
@@ -899,9 +908,6 @@ static void lo_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 		log_info("refused renaming directory %s to %s: an image's name under it would be too long to mirror",
 			 from, to);
 		err = ENAMETOOLONG;
-	} else if ((r = sync_before_losing_name(fs, dir, name, im)) < 0 ||
-		   (r = sync_before_losing_name(fs, ndir, newname, replaced)) < 0) {
-		err = -r;
 	} else if (renameat2(dir->fd, name, ndir->fd, newname, flags) < 0) {
 		err = errno;
 	} else {

@@ -1370,6 +1370,38 @@ bool journal_backing_unsynced(struct journal *j)
 	return behind;
 }
 
+int journal_writeback_check(void *journal)
+{
+	struct journal *j = journal;
+	size_t n = 0;
+	int *fds, r = 0;
+
+	pthread_mutex_lock(&j->lock);
+	fds = calloc(j->nlive ? j->nlive : 1, sizeof *fds);
+	for (size_t i = 0; fds && i < j->nlive; i++) {
+		struct image *im = j->live[i];
+
+		if (im->wb_fd >= 0)
+			fds[n] = dup(im->wb_fd); /* the same open file: the same cursor */
+		else if (im->ino)
+			r = -EIO; /* cannot tell: assume the worst */
+		if (im->wb_fd >= 0 && fds[n] >= 0)
+			n++;
+		else if (im->wb_fd >= 0)
+			r = -errno;
+	}
+	pthread_mutex_unlock(&j->lock);
+	if (!fds)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		if (aimfs_io.fdatasync_fn(fds[i]) < 0 && r == 0)
+			r = -errno;
+		close(fds[i]);
+	}
+	free(fds);
+	return r;
+}
+
 void journal_watch_filesystem(struct journal *j, int fd)
 {
 	actlog_watch(j->al, fd);

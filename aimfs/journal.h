@@ -206,6 +206,11 @@ bool journal_writeback_lost(struct journal *j);
 /* Records were applied to the backing files since the last checkpoint
  * synced them. */
 bool journal_backing_unsynced(struct journal *j);
+/* After a failed syncfs of the backing filesystem: fdatasyncs every live
+ * image's own descriptor and returns the first error (one of theirs lost
+ * pages), -EIO if an image has none, or 0 (the error was another file's,
+ * the journal's say). */
+int journal_writeback_check(void *journal);
 /* A lookup crossed into another filesystem at directory fd: checkpoints
  * sync it too (actlog_watch). */
 void journal_watch_filesystem(struct journal *j, int fd);

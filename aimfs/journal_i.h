@@ -57,6 +57,9 @@ struct image {
 	struct image *next_ino;  /* registry hash chain (L) */
 	struct rangelock rl;     /* orders overlapping data operations */
 	uint64_t created_cp;     /* checkpoints begun when this mount created it (L) */
+	int wb_fd;               /* read-only, open while live: an fdatasync of it
+				  * reports the file's write-back errors since it was
+				  * registered (journal_writeback_check), -1 if none (L) */
 };
 
 /* A segment file being written or waiting for the sealer. */

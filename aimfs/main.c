@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <systemd/sd-daemon.h>
@@ -457,6 +458,19 @@ static int check_paths(const struct aimfs_options *o, struct paths *p)
 	return 0;
 }
 
+/* Each image keeps a descriptor open (its write-back errors, registry.c),
+ * besides the kernel's cached inodes and open files: the soft limit on
+ * descriptors goes up to the hard one, as systemd advises daemons to. */
+static void raise_fd_limit(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
 int main(int argc, char *argv[])
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
@@ -480,6 +494,7 @@ int main(int argc, char *argv[])
 	int backing_fd = -1, ret = 1;
 
 	log_init(argv[0]);
+	raise_fd_limit();
 	ret = options_parse(&args, &o);
 	if (ret < 0) {
 		ret = ret == -EINVAL ? usage_hint() : 1;

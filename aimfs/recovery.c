@@ -309,6 +309,7 @@ static int open_actlog(struct journal *j, struct actlog_found *found)
 		.checkpoint_begins = journal_checkpoint_begins,
 		.checkpoint_due = journal_checkpoint_due,
 		.synced = journal_backing_synced,
+		.writeback_check = journal_writeback_check,
 		.ctx = j,
 	};
 

@@ -9,8 +9,11 @@
 #include "journal_i.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static size_t bucket(const struct journal *j, dev_t dev, ino_t ino)
 {
@@ -26,8 +29,31 @@ int registry_init(struct journal *j)
 	return j->by_ino ? 0 : -ENOMEM;
 }
 
+/*
+ * A descriptor that sees the file's write-back errors from now on (each
+ * open file keeps its own cursor of them): a failed syncfs of the backing
+ * filesystem asks every image's whether it was one of theirs.  -1 if the
+ * file is not there under name any more, or cannot be opened.
+ */
+static int open_wb_fd(struct journal *j, const char *name, dev_t dev, ino_t ino)
+{
+	struct stat st;
+	int fd;
+
+	if (!ino || j->cfg.backing_fd < 0)
+		return -1;
+	fd = openat(j->cfg.backing_fd, name, O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC);
+	if (fd >= 0 && (fstat(fd, &st) < 0 || st.st_dev != dev || st.st_ino != ino)) {
+		close(fd);
+		fd = -1;
+	}
+	return fd;
+}
+
 static void free_image(struct image *im)
 {
+	if (im->wb_fd >= 0)
+		close(im->wb_fd);
 	rangelock_destroy(&im->rl);
 	free(im->name);
 	free(im);
@@ -59,6 +85,7 @@ struct image *registry_add(struct journal *j, uint32_t id, const char *name, dev
 		return NULL;
 	}
 	rangelock_init(&im->rl);
+	im->wb_fd = -1;
 	if (j->nlive == j->caplive) {
 		size_t cap = j->caplive ? j->caplive * 2 : 64;
 		struct image **nl = realloc(j->live, cap * sizeof *nl);
@@ -73,6 +100,7 @@ struct image *registry_add(struct journal *j, uint32_t id, const char *name, dev
 	im->id = id;
 	im->dev = dev;
 	im->ino = ino;
+	im->wb_fd = open_wb_fd(j, name, dev, ino);
 	im->live = true;
 	im->refs = 1;
 	j->live[j->nlive++] = im;
@@ -117,6 +145,9 @@ void registry_remove(struct journal *j, struct image *im)
 	if (!im->live)
 		return;
 	im->live = false;
+	if (im->wb_fd >= 0)
+		close(im->wb_fd); /* gone: its pages do not matter any more */
+	im->wb_fd = -1;
 	if (im->ino) {
 		for (pp = &j->by_ino[bucket(j, im->dev, im->ino)]; *pp; pp = &(*pp)->next_ino) {
 			if (*pp == im) {

@@ -339,26 +339,48 @@ def test_a_failed_sync_is_retried_and_the_segment_rewritten(aimfs, workdir):
     s.replay_equal("failed syncs")
 
 
-def test_a_write_back_error_fails_fsyncs_and_the_next_mount_redoes(aimfs, workdir):
-    """A checkpoint's syncfs of the backing filesystem fails: the pages it
-    could not write are lost, and the next syncfs would not say so.  From
-    then on no fsync says all is well, the activity log keeps the synced
-    LSN where it was and notes a redo, and the next mount -- even in the
-    same boot, even after a clean unmount -- redoes the journal from it."""
+@pytest.mark.parametrize("whose", ["an image's", "another file's"])
+def test_a_write_back_error_fails_fsyncs_and_the_next_mount_redoes(aimfs, workdir, whose):
+    """A checkpoint's syncfs of the backing filesystem fails.  syncfs reports
+    any file's write-back error there, so aimfs asks every image's own
+    descriptor.  If an image lost pages (which the next syncfs would not
+    say), no later fsync says all is well, the activity log keeps the
+    synced LSN where it was and notes a redo, and the next mount -- even in
+    the same boot, after a clean unmount -- redoes the journal from it.  If
+    the error was another file's (the journal's, say), nothing latches."""
     s = Site(aimfs, workdir)
+    img_backing = os.path.join(workdir, "backing", "vm.raw")
+    os.makedirs(os.path.dirname(img_backing))
+    for path in (img_backing, os.path.join(s.start, "vm.raw")):
+        with open(path, "wb") as f:
+            f.truncate(4 << 20)
     s.mount()
     img = os.path.join(s.mnt, "vm.raw")
-    fd = os.open(img, os.O_RDWR | os.O_CREAT)
+    fd = os.open(img, os.O_RDWR)
     os.pwrite(fd, os.urandom(1 << 20), 0)
     os.fsync(fd)
     assert s.st()["backing_writeback_lost"] is False
-    s.faults.set("syncfs * EIO count=1")
+    image_fails = whose == "an image's"
+    rules = ["syncfs * EIO count=1"]
+    if image_fails:
+        rules.append("fdatasync */vm.raw EIO count=1")
+    s.faults.set(*rules)
     os.pwrite(fd, os.urandom(1 << 20), 1 << 20)
 
-    def lost():
+    def syncfs_failed():
         os.pwrite(fd, os.urandom(4096), 0)      # writes go on: a checkpoint is due
-        return s.st()["backing_writeback_lost"]
-    wait_for(lost, 20, what="a checkpoint to meet the write-back error")
+        return "aimfs-faults: syncfs" in s.m.output()
+    wait_for(syncfs_failed, 20, what="a checkpoint to meet the write-back error")
+    if not image_fails:
+        os.pwrite(fd, os.urandom(4096), 8192)
+        os.fsync(fd)
+        assert s.st()["backing_writeback_lost"] is False
+        assert "but no image lost a write" in s.m.output()
+        os.close(fd)
+        assert s.m.unmount() == 0
+        s.replay_equal("after another file's write-back error")
+        return
+    wait_for(lambda: s.st()["backing_writeback_lost"], 10, what="the latch")
     s.faults.clear()
     expect_errno(errno.EIO, os.fsync, fd)
     os.pwrite(fd, os.urandom(4096), 8192)
@@ -366,7 +388,7 @@ def test_a_write_back_error_fails_fsyncs_and_the_next_mount_redoes(aimfs, workdi
     assert metrics(s.status)["aimfs_backing_writeback_lost"] == 1
     os.close(fd)
     s.m.unmount()
-    assert "failed to write back" in s.m.output()
+    assert "failed to write back an image" in s.m.output()
     s.mount()
     assert "the last mount saw them fail to write back" in s.m.output()
     assert s.st()["backing_writeback_lost"] is False

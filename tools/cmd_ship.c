@@ -65,7 +65,7 @@ static bool ended_cleanly(const char *dir)
 		return true;
 	if (r < 0)
 		log_warn("ship: journal %s: cannot read its activity log (%s)", dir, strerror(-r));
-	return r == 0 && h.clean;
+	return r == 0 && h.clean && !h.redo;
 }
 
 /* aimfs's own configuration file works here too: its [aimfs] section is
@@ -179,7 +179,8 @@ int cmd_ship(int argc, char **argv)
 		goto out;
 	if (unfinished || !ended_cleanly(tc.journal_dir)) {
 		log_error("ship: journal %s was not unmounted cleanly; mount it once so that"
-			  " recovery finishes its last segment", tc.journal_dir);
+			  " recovery finishes its segments and redoes them onto the backing files",
+			  tc.journal_dir);
 		goto out;
 	}
 	snprintf(path, sizeof path, "%s/catalog.db", tc.journal_dir);
