@@ -1335,6 +1335,7 @@ uint64_t journal_checkpoint_begins(void *journal)
 	pthread_mutex_lock(&j->lock);
 	w = backing_lsn_locked(j);
 	j->cp_begun++; /* checkpoints run one at a time */
+	registry_drop_removed(j);
 	pthread_mutex_unlock(&j->lock);
 	return w;
 }
@@ -1383,7 +1384,7 @@ int journal_writeback_check(void *journal)
 
 		if (im->wb_fd >= 0)
 			fds[n] = dup(im->wb_fd); /* the same open file: the same cursor */
-		else if (im->ino)
+		else if (im->ino && im->wb_fd != WB_FD_GONE)
 			r = -EIO; /* cannot tell: assume the worst */
 		if (im->wb_fd >= 0 && fds[n] >= 0)
 			n++;

@@ -47,6 +47,8 @@ struct catalog;
 #define JOURNAL_LOCK_FILE "lock"
 #define CATALOG_FILE "catalog.db"
 
+#define WB_FD_GONE (-2)
+
 struct image {
 	uint32_t id;
 	char *name;              /* relative path in the backing dir (L) */
@@ -59,7 +61,9 @@ struct image {
 	uint64_t created_cp;     /* checkpoints begun when this mount created it (L) */
 	int wb_fd;               /* read-only, open while live: an fdatasync of it
 				  * reports the file's write-back errors since it was
-				  * registered (journal_writeback_check), -1 if none (L) */
+				  * registered (journal_writeback_check); -1 if it
+				  * could not be opened, WB_FD_GONE once the file was
+				  * removed behind the mount's back (L) */
 };
 
 /* A segment file being written or waiting for the sealer. */
@@ -195,6 +199,9 @@ int registry_rename(struct journal *j, struct image *im, const char *name);
 int registry_rename_dir_check(struct journal *j, const char *old_name, const char *new_name);
 int registry_rename_dir(struct journal *j, const char *old_name, const char *new_name);
 void registry_put(struct journal *j, struct image *im);
+/* Closes the write-back descriptors of files removed behind the mount's
+ * back, so that their space is freed (a checkpoint does, once a second). */
+void registry_drop_removed(struct journal *j);
 
 /* journal.c */
 /* Health: a journal I/O call failed (logged once per episode, shown in

@@ -165,6 +165,19 @@ void registry_remove(struct journal *j, struct image *im)
 	registry_put(j, im);
 }
 
+void registry_drop_removed(struct journal *j)
+{
+	for (size_t i = 0; i < j->nlive; i++) {
+		struct image *im = j->live[i];
+		struct stat st;
+
+		if (im->wb_fd >= 0 && fstat(im->wb_fd, &st) == 0 && st.st_nlink == 0) {
+			close(im->wb_fd);
+			im->wb_fd = WB_FD_GONE;
+		}
+	}
+}
+
 void registry_put(struct journal *j, struct image *im)
 {
 	(void)j;

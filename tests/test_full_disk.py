@@ -400,6 +400,35 @@ def test_a_write_back_error_fails_fsyncs_and_the_next_mount_redoes(aimfs, workdi
     s.replay_equal("after a write-back error")
 
 
+def test_a_file_removed_behind_the_mount_is_not_kept_open(aimfs, workdir):
+    """aimfs keeps a descriptor of every image open (to ask it for write-back
+    errors).  An image removed from the backing directory behind the
+    mount's back, to free space say, must not stay allocated: the next
+    checkpoint closes it."""
+    s = Site(aimfs, workdir)
+    ballast = os.path.join(workdir, "backing", "old.img")
+    os.makedirs(os.path.dirname(ballast))
+    with open(ballast, "wb") as f:
+        f.write(b"\xee" * (1 << 20))
+    s.mount()
+
+    def held():
+        d = f"/proc/{s.m.proc.pid}/fd"
+        return [n for n in os.listdir(d)
+                if os.readlink(os.path.join(d, n)) == ballast + " (deleted)"]
+    assert not held()
+    os.unlink(ballast)
+    assert held(), "the image's descriptor is not open: nothing to test"
+    fd = os.open(os.path.join(s.mnt, "vm.raw"), os.O_RDWR | os.O_CREAT)
+
+    def let_go():
+        os.pwrite(fd, os.urandom(4096), 0)       # writes go on: checkpoints are due
+        return not held()
+    wait_for(let_go, 20, what="aimfs to close the removed file")
+    os.close(fd)
+    assert s.m.unmount() == 0
+
+
 # ---- a real filesystem that fills up -------------------------------------------------
 
 class SmallFs:
