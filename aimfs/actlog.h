@@ -169,8 +169,8 @@ void actlog_stats(struct actlog *al, struct actlog_stats *s);
 /* Checkpoints sync the filesystem dev (the backing directory's, or one
  * mounted inside it); false for NULL. */
 bool actlog_covers(struct actlog *al, dev_t dev);
-/* fd is a directory on a filesystem mounted in the backing directory
- * (found by a lookup that crossed into it): checkpoints sync it too. */
+/* fd is a descriptor of an image (or anything) on a filesystem that may
+ * be mounted inside the backing directory: checkpoints sync it too. */
 void actlog_watch(struct actlog *al, int fd);
 /* A checkpoint's syncfs failed during this mount (see actlog_checkpoint). */
 bool actlog_writeback_lost(struct actlog *al);

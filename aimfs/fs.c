@@ -324,10 +324,6 @@ static int do_lookup(struct fs *fs, struct lo_inode *dir, const char *name,
 	}
 	pthread_mutex_unlock(&fs->lock);
 
-	/* A mount point inside the backing directory: its filesystem needs
-	 * its own syncfs at checkpoints. */
-	if (S_ISDIR(e->attr.st_mode) && e->attr.st_dev != dir->dev)
-		journal_watch_filesystem(fs->cfg.journal, fd);
 	/* New inode: resolve its image before anyone can write through it. */
 	if (S_ISREG(e->attr.st_mode)) {
 		int r = 0;

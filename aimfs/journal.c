@@ -1327,6 +1327,55 @@ static bool backing_unsynced_locked(struct journal *j)
 	return backing_lsn_locked(j) > j->synced_backing_lsn;
 }
 
+/*
+ * Each image's write-back descriptor would keep a file removed behind the
+ * mount's back allocated (an operator freeing space): each checkpoint
+ * closes those of files with no link left.  The fstat and the close run
+ * outside the journal lock (a close may free a big file).
+ */
+static void drop_removed_files(struct journal *j)
+{
+	struct image **ims;
+	int *fds;
+	size_t n = 0;
+
+	pthread_mutex_lock(&j->lock);
+	ims = calloc(j->nlive ? j->nlive : 1, sizeof *ims);
+	fds = calloc(j->nlive ? j->nlive : 1, sizeof *fds);
+	for (size_t i = 0; ims && fds && i < j->nlive; i++) {
+		struct image *im = j->live[i];
+
+		if (im->wb_fd < 0 || (fds[n] = dup(im->wb_fd)) < 0)
+			continue;
+		im->refs++;
+		ims[n++] = im;
+	}
+	pthread_mutex_unlock(&j->lock);
+	for (size_t i = 0; i < n; i++) {
+		struct stat st;
+		bool gone = fstat(fds[i], &st) == 0 && st.st_nlink == 0;
+
+		close(fds[i]);
+		fds[i] = -1;
+		if (!gone)
+			continue;
+		pthread_mutex_lock(&j->lock);
+		if (ims[i]->wb_fd >= 0) {
+			fds[i] = ims[i]->wb_fd;
+			ims[i]->wb_fd = WB_FD_GONE;
+		}
+		pthread_mutex_unlock(&j->lock);
+		if (fds[i] >= 0)
+			close(fds[i]);
+	}
+	pthread_mutex_lock(&j->lock);
+	for (size_t i = 0; i < n; i++)
+		registry_put(j, ims[i]);
+	pthread_mutex_unlock(&j->lock);
+	free(ims);
+	free(fds);
+}
+
 uint64_t journal_checkpoint_begins(void *journal)
 {
 	struct journal *j = journal;
@@ -1335,8 +1384,8 @@ uint64_t journal_checkpoint_begins(void *journal)
 	pthread_mutex_lock(&j->lock);
 	w = backing_lsn_locked(j);
 	j->cp_begun++; /* checkpoints run one at a time */
-	registry_drop_removed(j);
 	pthread_mutex_unlock(&j->lock);
+	drop_removed_files(j);
 	return w;
 }
 
@@ -1401,11 +1450,6 @@ int journal_writeback_check(void *journal)
 	}
 	free(fds);
 	return r;
-}
-
-void journal_watch_filesystem(struct journal *j, int fd)
-{
-	actlog_watch(j->al, fd);
 }
 
 bool journal_writeback_lost(struct journal *j)

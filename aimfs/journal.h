@@ -211,9 +211,6 @@ bool journal_backing_unsynced(struct journal *j);
  * pages), -EIO if an image has none, or 0 (the error was another file's,
  * the journal's say). */
 int journal_writeback_check(void *journal);
-/* A lookup crossed into another filesystem at directory fd: checkpoints
- * sync it too (actlog_watch). */
-void journal_watch_filesystem(struct journal *j, int fd);
 
 /* Namespace.  Hold journal_ns_lock across the syscall and the call.
  * Unlink, rename and rmdir describe a syscall that was done: if their

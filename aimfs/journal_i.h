@@ -189,6 +189,10 @@ struct journal {
 int registry_init(struct journal *j);
 void registry_free(struct journal *j);
 struct image *registry_add(struct journal *j, uint32_t id, const char *name, dev_t dev, ino_t ino);
+/* The same for an image whose file is at path now (recovery: the tree's
+ * name may differ from the journal's until the rename is journaled). */
+struct image *registry_add_found(struct journal *j, uint32_t id, const char *name,
+				 const char *path, dev_t dev, ino_t ino);
 struct image *registry_find_ino(struct journal *j, dev_t dev, ino_t ino);
 struct image *registry_find_name(struct journal *j, const char *name);
 struct image *registry_find_id(struct journal *j, uint32_t id);
@@ -199,9 +203,7 @@ int registry_rename(struct journal *j, struct image *im, const char *name);
 int registry_rename_dir_check(struct journal *j, const char *old_name, const char *new_name);
 int registry_rename_dir(struct journal *j, const char *old_name, const char *new_name);
 void registry_put(struct journal *j, struct image *im);
-/* Closes the write-back descriptors of files removed behind the mount's
- * back, so that their space is freed (a checkpoint does, once a second). */
-void registry_drop_removed(struct journal *j);
+
 
 /* journal.c */
 /* Health: a journal I/O call failed (logged once per episode, shown in

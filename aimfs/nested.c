@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -19,6 +20,7 @@ int nested_fs_has(const struct nested_fs *nf, dev_t dev)
 
 int nested_fs_add(struct nested_fs *nf, int fd, dev_t root_dev)
 {
+	char proc[64];
 	struct stat st;
 	int rfd;
 
@@ -28,7 +30,9 @@ int nested_fs_add(struct nested_fs *nf, int fd, dev_t root_dev)
 		return 0;
 	if (nf->n == NESTED_MAX)
 		return -ENOSPC;
-	rfd = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	/* a descriptor of its own that syncfs takes (fd may be O_PATH) */
+	snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+	rfd = open(proc, O_RDONLY | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
 	if (rfd < 0)
 		return -errno;
 	nf->dev[nf->n] = st.st_dev;

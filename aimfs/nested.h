@@ -4,10 +4,10 @@
  *
  * A checkpoint syncs the backing filesystem with syncfs(2), which covers
  * one filesystem: an image on a filesystem mounted below the backing
- * directory needs a syncfs of its own.  Every write reaches such an image
- * through a lookup of the mount point first, which hands its filesystem
- * to the activity log (actlog_watch); recovery's redo syncs each file it
- * writes itself.  A filesystem stays open (and so mounted) until aimfs
+ * directory (or a file mounted there) needs a syncfs of its own.  Each
+ * image's filesystem is handed to the activity log as the image is
+ * registered (registry.c, actlog_watch), at recovery as at a create or an
+ * adoption.  A filesystem stays open (and so mounted) until aimfs
  * unmounts.
  */
 #ifndef AIM_NESTED_H
@@ -23,8 +23,8 @@ struct nested_fs {
 	int fd[NESTED_MAX];       /* readable: for syncfs */
 };
 
-/* Adds the filesystem of fd (any descriptor of a directory on it, O_PATH
- * too) if it is not root_dev's and not known yet; 1 if added, 0 if known,
+/* Adds the filesystem of fd (any descriptor on it, O_PATH too) if it is
+ * not root_dev's and not known yet; 1 if added, 0 if known,
  * or -errno (-ENOSPC past NESTED_MAX).  Not thread-safe: the caller
  * serialises it with readers. */
 int nested_fs_add(struct nested_fs *nf, int fd, dev_t root_dev);

@@ -271,10 +271,17 @@ static int redo_segment(struct recon *rc, uint64_t n, uint64_t w, uint64_t *redo
 		if (rec.image != cur_id) {
 			const char *p;
 
-			if (fd >= 0) {
-				aimfs_io.fsync_fn(fd);
+			/* the redo is durable by these syncs: the checkpoint that
+			 * ends recovery may not cover this file's filesystem */
+			if (fd >= 0 && aimfs_io.fsync_fn(fd) < 0) {
+				r = -errno;
+				log_error("journal %s: syncing what the redo wrote: %m", j->dir);
 				close(fd);
+				fd = -1;
+				break;
 			}
+			if (fd >= 0)
+				close(fd);
 			fd = -1;
 			cur_id = rec.image;
 			/* The file the image is now, wherever a crash left it. */
@@ -490,7 +497,8 @@ int journal_reconcile(struct journal *j, struct catalog *cat, const uint64_t *se
 
 		if (ci->found && fstatat(j->cfg.backing_fd, ci->found, &st, AT_SYMLINK_NOFOLLOW) == 0)
 			ino = st.st_ino;
-		if (!registry_add(j, ci->id, ci->name, ci->found ? ci->dev : 0, ino)) {
+		if (!registry_add_found(j, ci->id, ci->name, ci->found, ci->found ? ci->dev : 0,
+					ino)) {
 			r = -ENOMEM;
 			goto out;
 		}

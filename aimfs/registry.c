@@ -40,13 +40,19 @@ static int open_wb_fd(struct journal *j, const char *name, dev_t dev, ino_t ino)
 	struct stat st;
 	int fd;
 
-	if (!ino || j->cfg.backing_fd < 0)
+	if (!ino || !name || j->cfg.backing_fd < 0)
 		return -1;
-	fd = openat(j->cfg.backing_fd, name, O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC);
-	if (fd >= 0 && (fstat(fd, &st) < 0 || st.st_dev != dev || st.st_ino != ino)) {
+	/* O_NONBLOCK: something else than the image there now (a FIFO) must
+	 * not hold the journal lock */
+	fd = openat(j->cfg.backing_fd, name,
+		    O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+	if (fd >= 0 && (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_dev != dev ||
+			st.st_ino != ino)) {
 		close(fd);
 		fd = -1;
 	}
+	if (fd >= 0)
+		actlog_watch(j->al, fd); /* its filesystem may need a syncfs of its own */
 	return fd;
 }
 
@@ -74,6 +80,12 @@ void registry_free(struct journal *j)
 
 struct image *registry_add(struct journal *j, uint32_t id, const char *name, dev_t dev, ino_t ino)
 {
+	return registry_add_found(j, id, name, name, dev, ino);
+}
+
+struct image *registry_add_found(struct journal *j, uint32_t id, const char *name,
+				 const char *path, dev_t dev, ino_t ino)
+{
 	struct image *im = calloc(1, sizeof *im);
 	size_t b;
 
@@ -100,7 +112,7 @@ struct image *registry_add(struct journal *j, uint32_t id, const char *name, dev
 	im->id = id;
 	im->dev = dev;
 	im->ino = ino;
-	im->wb_fd = open_wb_fd(j, name, dev, ino);
+	im->wb_fd = open_wb_fd(j, path, dev, ino);
 	im->live = true;
 	im->refs = 1;
 	j->live[j->nlive++] = im;
@@ -163,19 +175,6 @@ void registry_remove(struct journal *j, struct image *im)
 		}
 	}
 	registry_put(j, im);
-}
-
-void registry_drop_removed(struct journal *j)
-{
-	for (size_t i = 0; i < j->nlive; i++) {
-		struct image *im = j->live[i];
-		struct stat st;
-
-		if (im->wb_fd >= 0 && fstat(im->wb_fd, &st) == 0 && st.st_nlink == 0) {
-			close(im->wb_fd);
-			im->wb_fd = WB_FD_GONE;
-		}
-	}
 }
 
 void registry_put(struct journal *j, struct image *im)
