@@ -419,14 +419,19 @@ def remote_post(r, path):
         return e.code
 
 
-def assert_dr1_settles_in_sync(status, timeout):
-    """dr1 ends in sync, not stopped (waits for whichever comes first)."""
+def assert_dr1_settles_in_sync(status, timeout, m=None):
+    """dr1 ends in sync, not stopped (waits for whichever comes first).  If
+    it does not settle, the failure says where it was and what aimfs said."""
     seen = {}
 
     def settled():
         seen["dr1"] = get_status(status)["destinations"][0]
         return seen["dr1"]["state"] in ("in_sync", "stopped")
-    wait_for(settled, timeout=timeout, what="dr1 in sync or stopped")
+    try:
+        wait_for(settled, timeout=timeout, what="dr1 in sync or stopped")
+    except TimeoutError:
+        raise AssertionError(f"dr1 did not settle in {timeout}s: {get_status(status)}\n"
+                             f"{m.output()[-6000:] if m else ''}") from None
     assert seen["dr1"]["state"] == "in_sync", seen
 
 
@@ -499,7 +504,7 @@ def test_a_segment_whose_reply_was_lost_is_not_replaced_by_its_skeleton(
         os.fsync(fd)
         os.close(fd)
 
-        assert_dr1_settles_in_sync(status, timeout=120)
+        assert_dr1_settles_in_sync(status, timeout=120, m=m)
         wait_converged(status, [r])
         assert m.unmount() == 0
         assert_trees_equal(backing, r.target)
@@ -595,7 +600,7 @@ def test_a_damaged_skeleton_ends_in_a_resync_not_a_pinned_journal(aimfs, workdir
         proxy.restore()
         os.fsync(fd)
         os.close(fd)
-        assert_dr1_settles_in_sync(status, timeout=180)
+        assert_dr1_settles_in_sync(status, timeout=180, m=m)
         wait_converged(status, remotes)
         assert "is damaged" in m.output(), m.output()[-4000:]
         assert m.unmount() == 0
@@ -647,7 +652,7 @@ def test_a_second_destination_slower_than_a_resync_is_not_made_tracking(
         assert st["journal_bytes"] < st["journal_max"], st
         dr2.proc.send_signal(signal.SIGCONT)
         stopped = False
-        assert_dr1_settles_in_sync(status, timeout=180)
+        assert_dr1_settles_in_sync(status, timeout=180, m=m)
         wait_converged(status, remotes)
         assert m.unmount() == 0
         for each in remotes:
