@@ -62,6 +62,7 @@ struct actlog {
 	int syncfd;               /* the backing directory, readable: for syncfs */
 	dev_t sync_dev;           /* ... its filesystem */
 	struct nested_fs nested;  /* filesystems mounted below it: syncfs each */
+	bool watch_failed;        /* one could not be added (said once) */
 	uint8_t boot[BOOT_ID_LEN];
 	bool boot_known;
 	uint64_t generation;
@@ -298,17 +299,20 @@ bool actlog_covers(struct actlog *al, dev_t dev)
 
 void actlog_watch(struct actlog *al, int fd)
 {
+	bool first_failure = false;
 	int r;
 
 	if (!al)
 		return;
 	pthread_mutex_lock(&al->lock);
 	r = nested_fs_add(&al->nested, fd, al->sync_dev);
+	if (r < 0 && !al->watch_failed)
+		first_failure = al->watch_failed = true;
 	pthread_mutex_unlock(&al->lock);
 	if (r > 0)
 		log_info("activity log: a filesystem mounted in the backing directory is synced at"
 			 " checkpoints from now on");
-	else if (r < 0)
+	else if (first_failure) /* once: it is said for every image on it */
 		log_warn("activity log: cannot watch a filesystem mounted in the backing directory"
 			 " (%s): images on it are synced at every fsync", strerror(-r));
 }
