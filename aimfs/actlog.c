@@ -21,6 +21,7 @@
 #include "actlog.h"
 #include "nested.h"
 #include "fileio.h"
+#include "thread.h"
 #include "io_i.h"
 #include "log.h"
 
@@ -785,7 +786,7 @@ int actlog_start(struct actlog *al)
 	if (!al || !al->begun || al->cooler_running)
 		return 0;
 	al->stop = false;
-	r = pthread_create(&al->cooler, NULL, cooler_main, al);
+	r = thread_start(&al->cooler, cooler_main, al);
 	if (r)
 		return -r;
 	al->cooler_running = true;

@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "thread.h"
 
 #define MAX_THREADS 16
 /* In-flight data records: two per FUSE thread (a write and the records of
@@ -142,8 +143,9 @@ static void warn_unmatched_patterns(struct journal *j, const struct aimfs_option
  * the stop (libfuse's own handling): the session ends, the mount is
  * detached, and the open files fail from then on.  The handler only writes the signal into a pipe (or,
  * forcing, ends the session as libfuse's handler does); the stopper thread
- * does the rest.  The kernel hands a process's signals to the main thread,
- * which blocks none, so a forcing signal interrupts the FUSE loop's wait.
+ * does the rest.  Every other thread blocks the stop signals (thread.h), so
+ * the kernel hands them to the main thread and a forcing signal interrupts
+ * the FUSE loop's wait.
  */
 static struct fuse_session *stop_session;
 static struct fs *stop_fs;
@@ -160,7 +162,7 @@ static void on_stop_signal(int sig)
 	if (r && clock_mono_ns() - r < FORCE_WINDOW_S * 1000000000ULL && stop_fs &&
 	    fs_open_count(stop_fs)) {
 		forced = sig;
-		fuse_session_exit(stop_session);
+		session_exit_from_signal(stop_session);
 	} else if (write(stop_pipe[1], &c, 1) < 0) {
 		/* the pipe is full of stop requests already */
 	}
@@ -255,14 +257,7 @@ static void stop_requested(struct stopper *sp, int sig)
 static void *stopper_main(void *arg)
 {
 	struct stopper *sp = arg;
-	sigset_t set;
 
-	/* its signals are the main thread's to take */
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGHUP);
-	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	for (;;) {
 		struct pollfd pfd = { .fd = stop_pipe[0], .events = POLLIN };
 		unsigned char c;
@@ -282,7 +277,7 @@ static void *stopper_main(void *arg)
 
 static int stopper_start(struct stopper *sp)
 {
-	if (pthread_create(&sp->thread, NULL, stopper_main, sp) != 0)
+	if (thread_start(&sp->thread, stopper_main, sp) != 0)
 		return -1;
 	sp->started = true;
 	return 0;

@@ -23,6 +23,7 @@
  */
 #include "resync.h"
 #include "clock.h"
+#include "thread.h"
 #include "catalog.h"
 #include "fileio.h"
 #include "journal.h"
@@ -1164,7 +1165,7 @@ int resync_start(struct journal *j, struct transport *t, int backing_fd, const c
 			ret = -ENOMEM;
 	}
 	if (ret == 0)
-		ret = -pthread_create(&r->thread, NULL, engine_main, r);
+		ret = -thread_start(&r->thread, engine_main, r);
 	if (ret == 0)
 		transport_on_change(t, wake, r);
 	if (ret < 0) {

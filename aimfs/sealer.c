@@ -14,6 +14,7 @@
 #include "journal_i.h"
 #include "io_i.h"
 #include "clock.h"
+#include "thread.h"
 #include "catalog.h"
 #include "fileio.h"
 #include "log.h"
@@ -317,7 +318,7 @@ static void *sealer_main(void *arg)
 
 int sealer_start(struct journal *j)
 {
-	int r = pthread_create(&j->sealer, NULL, sealer_main, j);
+	int r = thread_start(&j->sealer, sealer_main, j);
 
 	if (r)
 		return -r;

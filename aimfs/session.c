@@ -33,6 +33,7 @@
  */
 #include "session.h"
 #include "log.h"
+#include "thread.h"
 #include "uring.h"
 
 #include <errno.h>
@@ -255,21 +256,20 @@ static void *worker_main(void *arg)
 	return NULL;
 }
 
-int session_start_thread(pthread_t *tid, void *(*main)(void *), void *arg)
-{
-	sigset_t block, old;
-	int r;
+/* The finish semaphore of the loop that is running, for the stop signal's
+ * handler: posting it closes the window between the loop's check of
+ * fuse_session_exited and its sem_wait, where an interrupting signal would
+ * be lost.  Only the main thread writes it, and only the main thread takes
+ * the stop signals (thread.h), so the handler never sees it half-gone. */
+static sem_t *volatile running_finish;
 
-	/* Signals go to the main thread, whose wait they interrupt. */
-	sigemptyset(&block);
-	sigaddset(&block, SIGTERM);
-	sigaddset(&block, SIGINT);
-	sigaddset(&block, SIGHUP);
-	sigaddset(&block, SIGQUIT);
-	pthread_sigmask(SIG_BLOCK, &block, &old);
-	r = pthread_create(tid, NULL, main, arg);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	return r;
+void session_exit_from_signal(struct fuse_session *se)
+{
+	sem_t *finish = running_finish;
+
+	fuse_session_exit(se);
+	if (finish)
+		sem_post(finish);
 }
 
 /* With lp->lock held (or before any worker runs). */
@@ -286,7 +286,7 @@ static int start_worker(struct loop *lp)
 	}
 	w->lp = lp;
 	w->region = region;
-	r = session_start_thread(&w->tid, worker_main, w);
+	r = thread_start(&w->tid, worker_main, w);
 	if (r) {
 		log_error("cannot start a FUSE worker: %s", strerror(r));
 		free(region);
@@ -335,6 +335,7 @@ int session_loop(struct fuse_session *se, unsigned max_threads)
 	ring.max_threads = lp.max;
 	pthread_mutex_init(&lp.lock, NULL);
 	sem_init(&lp.finish, 0, 0);
+	running_finish = &lp.finish;
 	pthread_mutex_lock(&lp.lock);
 	r = start_worker(&lp);
 	pthread_mutex_unlock(&lp.lock);
@@ -359,6 +360,7 @@ int session_loop(struct fuse_session *se, unsigned max_threads)
 		if (r < 0)
 			log_error("reading the FUSE device: %s", strerror(-r));
 	}
+	running_finish = NULL;
 	fuse_session_reset(se);
 	sem_destroy(&lp.finish);
 	pthread_mutex_destroy(&lp.lock);

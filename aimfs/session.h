@@ -31,9 +31,9 @@ int session_hook(struct fuse_session *se, bool io_uring);
  * Returns 0, or -errno after logging why. */
 int session_loop(struct fuse_session *se, unsigned max_threads);
 
-/* Starts a thread of the session's loop (a worker, a ring thread) with the
- * stop signals blocked: they go to the main thread.  0 or an errno. */
-int session_start_thread(pthread_t *tid, void *(*main)(void *), void *arg);
+/* Ends the session from a stop signal's handler (async-signal-safe):
+ * fuse_session_exit, and a wake-up for session_loop's wait. */
+void session_exit_from_signal(struct fuse_session *se);
 
 /* Joins a thread of the session's loop that the end of the session stops
  * (a worker, a ring thread), interrupting its blocking system call with a

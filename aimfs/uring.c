@@ -15,6 +15,7 @@
 #include "uring.h"
 #include "session.h"
 #include "log.h"
+#include "thread.h"
 
 #include <errno.h>
 #include <linux/fuse.h>
@@ -283,7 +284,7 @@ static int start_thread(unsigned qid)
 	if (r < 0)
 		goto fail;
 	t->ring_ok = true;
-	r = -session_start_thread(&t->tid, ring_main, t);
+	r = -thread_start(&t->tid, ring_main, t);
 	if (r < 0)
 		goto fail;
 	t->next = pool.threads;

@@ -6,6 +6,7 @@
 #include "httpd.h"
 #include "log.h"
 #include "parse.h"
+#include "thread.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -97,6 +98,7 @@ int httpd_start(const char *addr, httpd_handler fn, void *ctx, struct httpd **ou
 	char host[256], port_s[8];
 	struct httpd *h;
 	uint16_t port;
+	sigset_t old_mask;
 	int r;
 
 	if (parse_hostport(addr, host, sizeof host, &port) < 0) {
@@ -116,6 +118,8 @@ int httpd_start(const char *addr, httpd_handler fn, void *ctx, struct httpd **ou
 	}
 	h->fn = fn;
 	h->ctx = ctx;
+	/* its threads leave the stop signals to the main thread (thread.h) */
+	thread_block_stop_signals(&old_mask);
 	h->mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO |
 				  (ai->ai_family == AF_INET6 ? MHD_USE_IPv6 : 0),
 				  port, NULL, NULL, on_request, h,
@@ -123,6 +127,7 @@ int httpd_start(const char *addr, httpd_handler fn, void *ctx, struct httpd **ou
 				  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
 				  MHD_OPTION_CONNECTION_LIMIT, (unsigned)64,
 				  MHD_OPTION_END);
+	thread_restore_signals(&old_mask);
 	freeaddrinfo(ai);
 	if (!h->mhd) {
 		log_error("cannot listen on %s for status (address in use?)", addr);

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from aimtest import assert_trees_equal, is_mounted, replay, wait_for
+from aimtest import assert_trees_equal, free_port, is_mounted, replay, wait_for
 from test_examples import UNIT_DIR, unit_settings
 
 FORCE_WINDOW_S = 10     # aimfs/main.c
@@ -107,6 +107,46 @@ def test_sigterm_twice_forces_the_stop_and_the_next_mount_recovers(aimfs, workdi
     m2 = aimfs()
     assert m2.unmount() == 0
     replay_equal(m2, workdir)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def blocked_signals(pid, tid):
+    with open(f"/proc/{pid}/task/{tid}/status") as f:
+        mask = int(next(ln for ln in f if ln.startswith("SigBlk:")).split()[1], 16)
+    return {s for s in STOP_SIGNALS if mask & (1 << (s - 1))}
+
+
+def test_only_the_main_thread_takes_the_stop_signals(aimfs, workdir):
+    """The kernel gives a signal sent to a process to any thread that does
+    not block it.  A SIGTERM that landed on, say, the sealer would end the
+    FUSE session without waking the main thread's wait, and a forced stop
+    would hang (CI saw it once).  So every thread but the main one blocks
+    the stop signals: the workers, the sealer, the activity log's cooler,
+    a destination's worker, the resynchronisation engine, the stopper and
+    the status listener's threads."""
+    conf = os.path.join(workdir, "aimfs.conf")
+    with open(conf, "w") as f:
+        # a destination nobody answers: its worker and the resync engine run
+        f.write(f"[aimfs]\nstatus = 127.0.0.1:{free_port()}\n"
+                f"[destination nowhere]\nurl = https://127.0.0.1:{free_port()}/aim\n")
+    m = aimfs(options=[f"config={conf}"], expect_alarms=True)
+    img = os.path.join(m.mountpoint, "vm.raw")
+    with open(img, "wb") as f:          # workers start as requests need them
+        f.write(os.urandom(1 << 20))
+        os.fsync(f.fileno())
+    pid = m.proc.pid
+    tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    assert len(tids) >= 6, tids
+    assert blocked_signals(pid, pid) == set(), "the main thread blocks a stop signal"
+    taking = [t for t in tids if t != pid and blocked_signals(pid, t) != set(STOP_SIGNALS)]
+    names = {}
+    for t in taking:
+        with open(f"/proc/{pid}/task/{t}/comm") as f:
+            names[t] = f.read().strip()
+    assert not taking, f"threads that can take a stop signal: {names}"
+    assert m.unmount() == 0
 
 
 def test_the_systemd_unit_stops_gracefully_only():

@@ -12,6 +12,7 @@
  */
 #include "transport_i.h"
 #include "clock.h"
+#include "thread.h"
 #include "catalog.h"
 #include "log.h"
 #include "strbuf.h"
@@ -173,7 +174,7 @@ fail:
 int transport_start(struct transport *t)
 {
 	for (size_t i = 0; i < t->ndests; i++) {
-		int r = pthread_create(&t->dests[i].thread, NULL, worker_main, &t->dests[i]);
+		int r = thread_start(&t->dests[i].thread, worker_main, &t->dests[i]);
 
 		if (r) {
 			transport_stop(t);
