@@ -471,8 +471,13 @@ static int journaled_truncate(struct fs *fs, struct lo_inode *in, int fd, uint64
 	if (aimfs_io.ftruncate_fn(fd, (off_t)size) < 0) {
 		err = errno;
 		if (in->image && t.lsn) {
+			/* The file kept its size and content: its size again,
+			 * and what the TRUNCATE record cut off. */
+			struct stat st;
+			uint64_t now = fstat(fd, &st) == 0 ? (uint64_t)st.st_size : UINT64_MAX;
+
 			journal_backing_failed(j, -err);
-			journal_correct(j, in->image, fd, 0, 0, &t);
+			journal_correct(j, in->image, fd, size, now > size ? now - size : 0, &t);
 		}
 	}
 	rangelock_release(lock_of(in), &h);
@@ -486,6 +491,21 @@ static int proc_open(struct lo_inode *in, int flags)
 
 	snprintf(proc, sizeof proc, "/proc/self/fd/%d", in->fd);
 	return open(proc, flags | O_CLOEXEC);
+}
+
+/* open(2) with O_TRUNC truncates whatever the access mode (the kernel
+ * checked write permission for it): a read-only open truncates through a
+ * descriptor of its own.  0 or an errno. */
+static int truncate_at_open(struct fs *fs, struct lo_inode *in, int fd, int flags)
+{
+	int wfd = fd, err;
+
+	if ((flags & O_ACCMODE) == O_RDONLY && (wfd = proc_open(in, O_WRONLY)) < 0)
+		return errno;
+	err = journaled_truncate(fs, in, wfd, 0);
+	if (wfd != fd)
+		close(wfd);
+	return err;
 }
 
 static void lo_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
@@ -1037,7 +1057,7 @@ static void lo_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 			return;
 		}
 		if ((fi->flags & O_TRUNC) && in->type == S_IFREG &&
-		    (err = journaled_truncate(fs, in, fd, 0)) != 0) {
+		    (err = truncate_at_open(fs, in, fd, fi->flags)) != 0) {
 			close(fd);
 			unref_inode(fs, in, 1);
 			fuse_reply_err(req, err);
@@ -1081,7 +1101,7 @@ static void lo_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	if ((fi->flags & O_TRUNC) && in->type == S_IFREG &&
-	    (err = journaled_truncate(fs, in, fd, 0)) != 0) {
+	    (err = truncate_at_open(fs, in, fd, fi->flags)) != 0) {
 		close(fd);
 		fuse_reply_err(req, err);
 		return;

@@ -608,7 +608,7 @@ int journal_record_truth(struct journal *j, struct image *im, int fd, uint64_t o
 	telling_truth = true;
 	r = journal_truncate(j, im, (uint64_t)st.st_size, &t);
 	journal_done(j, &t);
-	if (r == 0 && off < (uint64_t)st.st_size) {
+	if (r == 0 && len && off < (uint64_t)st.st_size) {
 		if (len > (uint64_t)st.st_size - off)
 			len = (uint64_t)st.st_size - off;
 		r = journal_zero(j, im, off, len, false, true, &t);

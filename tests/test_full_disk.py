@@ -276,6 +276,52 @@ def test_a_failed_backing_write_is_not_left_in_the_journal(aimfs, workdir, how):
     s.replay_equal(how)
 
 
+@pytest.mark.parametrize("size", [4096, 1 << 20])
+def test_a_truncate_the_backing_file_refuses_leaves_the_journal_true(aimfs, workdir, size):
+    """The TRUNCATE record is journaled before the backing ftruncate; when
+    that fails, the file kept its size and content, and the journal must
+    say so again: its size, and what the record cut off (shrinking) or
+    nothing more (growing).  It once recorded the old size and a ZERO of
+    length 0, which replayed the image as zeros and which no decoder
+    accepts, so the segment could not be indexed or applied."""
+    s = Site(aimfs, workdir, options=["segment_idle=100ms"])
+    s.mount()
+    img = os.path.join(s.mnt, "vm.raw")
+    data = os.urandom(256 * 1024)
+    write_file(img, data)
+    s.faults.set("ftruncate */backing/vm.raw EIO count=1")
+    expect_errno(errno.EIO, os.truncate, img, size)
+    with open(img, "rb") as f:
+        assert f.read() == data
+    st = s.st()
+    assert st["journal_owed_records"] == 0 and st["journal_error"] is None, st
+    write_file(img, b"after" * 100, os.O_WRONLY, off=4096)   # the journal goes on
+    s.faults.clear()
+    seg = s.st()["open_segment"]
+    wait_for(lambda: s.st()["durable_segment"] >= seg, 20, what="the segment to seal")
+    st = s.st()
+    assert st["journal_error"] is None, st      # sealed, and indexed
+    assert s.m.unmount() == 0
+    s.replay_equal(f"truncate to {size} refused")
+
+
+def test_a_read_only_open_with_o_trunc_truncates_through_the_journal(aimfs, workdir):
+    """open(O_RDONLY | O_TRUNC) truncates a file on Linux (write permission
+    is checked for it).  aimfs's read-only descriptor cannot: the truncate
+    failed with EINVAL, after its record, and the replica lost the image."""
+    s = Site(aimfs, workdir)
+    s.mount()
+    img = os.path.join(s.mnt, "vm.raw")
+    write_file(img, os.urandom(64 * 1024))
+    fd = os.open(img, os.O_RDONLY | os.O_TRUNC)
+    os.close(fd)
+    assert os.stat(img).st_size == 0
+    assert os.stat(os.path.join(s.m.backing, "vm.raw")).st_size == 0
+    write_file(img, b"again" * 1000)
+    assert s.m.unmount() == 0
+    s.replay_equal("O_RDONLY | O_TRUNC")
+
+
 def test_an_unlink_or_rename_done_on_a_full_disk_is_journaled_later(aimfs, workdir):
     """rm, mv and rmdir on a full disk: the syscall is done (rm frees
     space; it succeeds, as it would without aimfs), its record is owed, and
