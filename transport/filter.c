@@ -13,7 +13,8 @@
  * resyncs with SKIP records (so that an unlimited destination's LSNs stay
  * the source's), and in skeleton mode (a destination tracking dirty extents after
  * an overflow) every data record, keeping the namespace, truncates and
- * barriers that the data will later be resynchronised against.
+ * barriers that the data will later be resynchronised against (and none
+ * of the destination's own SYNC_ENDs: a skeleton is never consistent).
  */
 #include "transport_i.h"
 #include "log.h"
@@ -141,6 +142,13 @@ static void on_record(struct filter *f, const struct seg_record *r)
 				f->failed = true;
 			emit(f, r);
 		}
+		break;
+	case SEG_SYNC_END:
+		/* Its own resync's end, in a skeleton: the data it ended with
+		 * is dropped, so the copy is not consistent there.  It stays
+		 * inconsistent until the resync after the tracking ends. */
+		if (f->mode == FILTER_NORMAL)
+			emit(f, r);
 		break;
 	case SEG_UNLINK:
 		if (names_get(f->tracked, r->image)) {
