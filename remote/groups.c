@@ -955,8 +955,19 @@ static int apply_next(struct group *g, uint64_t next, bool jump)
 	return 1;
 }
 
+/* Under --retain: whether applied/ holds name already. */
+static bool kept_already(struct group *g, const char *name)
+{
+	char path[SEG_FILE_NAME_LEN + 32];
+	struct stat st;
+
+	snprintf(path, sizeof path, "%s/%s", GROUP_APPLIED, name);
+	return fstatat(g->dirfd, path, &st, AT_SYMLINK_NOFOLLOW) == 0;
+}
+
 /* A segment numbered at most applied_segment: removed when it is the one
- * applied, put aside otherwise. */
+ * applied (kept in applied/ under --retain if it is not there yet: a kill
+ * came between its last barrier and dispose), put aside otherwise. */
 static void duplicate(struct group *g, uint64_t number)
 {
 	char name[SEG_FILE_NAME_LEN + 6], why[768];
@@ -986,6 +997,13 @@ static void duplicate(struct group *g, uint64_t number)
 	inbox_file_close(&f);
 	if (r < 0 && r != -ENOENT)
 		return; /* the state could not tell: leave it for the next look */
+	if (g->r->cfg.retain && !kept_already(g, name)) {
+		/* applied, then a kill before it was put aside: keep it now */
+		log_info("group %s: segment %" PRIu64 " was applied before; keeping it in %s/",
+			 g->name, number, GROUP_APPLIED);
+		dispose(g, name);
+		return;
+	}
 	log_info("group %s: segment %" PRIu64 " was applied before; removing the copy", g->name,
 		 number);
 	if (unlinkat(g->dirfd, name, 0) == 0)

@@ -245,6 +245,37 @@ def test_out_of_order_duplicates_conflicts_and_waiting(aimfs, workdir, pki, remo
     r.check_quiet()
 
 
+def test_retain_keeps_a_segment_a_kill_left_in_the_inbox_after_its_apply(aimfs, workdir,
+                                                                          remotes):
+    """--retain moves each applied segment into applied/ after its last
+    barrier is recorded.  A kill between the two left it in the inbox,
+    numbered at most applied_segment, and the next start removed it as a
+    duplicate: applied/ had a hole (point-in-time replays from it broke,
+    a GET of it answered 404).  Now it is put where it belongs."""
+    src = make_source(aimfs, workdir, mixed_work(4, megabytes=1), seed_images, min_segs=3)
+    target = target_copy(src, workdir)
+    inbox = os.path.join(workdir, "inbox")
+    os.makedirs(inbox)
+    r = remotes(inbox=inbox, target=target, args=["--retain"]).start()
+    for s in src.segs:
+        inbox_deliver(inbox, src.group, s)
+    r.wait_applied(src.group, src.last_lsn)
+    assert r.stop() == 0
+    # the state after a kill -9 between the last barrier and the move
+    gdir = os.path.join(inbox, src.group)
+    last = os.path.basename(src.segs[-1])
+    os.rename(os.path.join(gdir, "applied", last), os.path.join(gdir, last))
+    r.start()
+    wait_for(lambda: not os.path.exists(os.path.join(gdir, last)), 30,
+             what="the applied segment to leave the inbox")
+    kept = sorted(os.listdir(os.path.join(gdir, "applied")))
+    assert kept == sorted(os.path.basename(p) for p in src.segs), kept
+    with open(os.path.join(gdir, "applied", last), "rb") as a, open(src.segs[-1], "rb") as b:
+        assert a.read() == b.read()
+    assert_trees_equal(target, src.backing)
+    assert r.stop() == 0
+
+
 def test_loop_block_device_target(aimfs, workdir, remotes):
     size = 4 << 20
 
