@@ -122,6 +122,11 @@ int transport_new(const struct transport_config *cfg, struct transport **out)
 	r = catalog_last_segment(cat, &last_known, &last_lsn);
 	if (r < 0)
 		goto fail;
+	/* No sealed segment left (a clean unmount prunes them all): every
+	 * one the catalog knows is gone, and the first prune must not walk
+	 * their numbers from 1, a file check and a transaction each. */
+	if (!oldest)
+		t->pruned_through = last_known;
 	for (size_t i = 0; i < cfg->ndests; i++) {
 		struct dest *d = &t->dests[i];
 		struct catalog_dest cd;
