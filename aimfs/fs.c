@@ -604,6 +604,22 @@ static int ns_begin(struct journal *j)
 	return 0;
 }
 
+/*
+ * The path of name in dir for a namespace record, and whether the replica
+ * can hold it; 0 or -errno.  Under the namespace lock: a directory rename
+ * (which the kernel may run beside a create in that directory) is then
+ * either journaled before it, and the path is the new one, or after.
+ */
+static int path_under_ns_lock(struct fs *fs, struct lo_inode *dir, const char *name, char *path,
+			      size_t len)
+{
+	int r = rel_path(fs, dir, name, path, len);
+
+	if (r < 0)
+		return r == -ENAMETOOLONG ? r : -ENOENT;
+	return -mirrorable(path);
+}
+
 /* Gives a file made by root on behalf of another user to that user. */
 static void give_to_caller(fuse_req_t req, int dirfd, const char *name)
 {
@@ -634,15 +650,14 @@ static int create_regular(fuse_req_t req, struct lo_inode *dir, const char *name
 	int fd, r;
 
 	*created = false;
-	r = rel_path(fs, dir, name, path, sizeof path);
-	if (r < 0)
-		return r;
-	r = mirrorable(path);
-	if (r)
-		return -r;
 	r = ns_begin(j);
 	if (r < 0)
 		return r;
+	r = path_under_ns_lock(fs, dir, name, path, sizeof path);
+	if (r < 0) {
+		journal_ns_unlock(j);
+		return r;
+	}
 	fd = openat(dir->fd, name, (flags < 0 ? O_WRONLY : flags & ~(O_TRUNC | O_APPEND)) |
 		    O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, caller_mode(req, mode));
 	if (fd < 0) {
@@ -716,18 +731,14 @@ static void lo_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 		fuse_reply_err(req, EEXIST);
 		return;
 	}
-	r = rel_path(fs, dir, name, path, sizeof path);
+	r = ns_begin(fs->cfg.journal);
 	if (r < 0) {
 		fuse_reply_err(req, -r);
 		return;
 	}
-	r = mirrorable(path);
-	if (r) {
-		fuse_reply_err(req, r);
-		return;
-	}
-	r = ns_begin(fs->cfg.journal);
+	r = path_under_ns_lock(fs, dir, name, path, sizeof path);
 	if (r < 0) {
+		journal_ns_unlock(fs->cfg.journal);
 		fuse_reply_err(req, -r);
 		return;
 	}
@@ -859,16 +870,14 @@ static void lo_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 		fuse_reply_err(req, EPERM);
 		return;
 	}
-	if (rel_path(fs, dir, name, path, sizeof path) < 0) {
-		fuse_reply_err(req, ENOENT);
-		return;
-	}
 	err = -ns_begin(j);
 	if (err) {
 		fuse_reply_err(req, err);
 		return;
 	}
-	if (unlinkat(dir->fd, name, AT_REMOVEDIR) < 0)
+	if (rel_path(fs, dir, name, path, sizeof path) < 0)
+		err = ENOENT;
+	else if (unlinkat(dir->fd, name, AT_REMOVEDIR) < 0)
 		err = errno;
 	else if (journal_rmdir(j, path) < 0)
 		err = EIO;
@@ -896,22 +905,21 @@ static void lo_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 		fuse_reply_err(req, EINVAL);
 		return;
 	}
-	if (rel_path(fs, dir, name, from, sizeof from) < 0 ||
-	    rel_path(fs, ndir, newname, to, sizeof to) < 0) {
-		fuse_reply_err(req, ENOENT);
-		return;
-	}
-	/* Refused before it happens: done but not journaled, the replica
-	 * would keep the old name until recovery reconciled at a remount. */
-	err = mirrorable(to);
-	if (err) {
-		fuse_reply_err(req, err);
-		return;
-	}
 	sync_before_losing_name(fs, dir, name);
 	sync_before_losing_name(fs, ndir, newname);
 	err = -ns_begin(j);
 	if (err) {
+		fuse_reply_err(req, err);
+		return;
+	}
+	/* Refused before it happens: done but not journaled, the replica
+	 * would keep the old name until recovery reconciled at a remount. */
+	if (rel_path(fs, dir, name, from, sizeof from) < 0)
+		err = ENOENT;
+	else
+		err = -path_under_ns_lock(fs, ndir, newname, to, sizeof to);
+	if (err) {
+		journal_ns_unlock(j);
 		fuse_reply_err(req, err);
 		return;
 	}

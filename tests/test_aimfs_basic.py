@@ -83,6 +83,55 @@ def test_every_operation_replays_exactly(aimfs, workdir):
     assert_trees_equal(start, backing)
 
 
+def test_a_directory_renamed_while_files_are_made_in_it_replays_exactly(aimfs, workdir):
+    """The kernel runs a rename of a directory beside a create, mkdir or
+    rename inside it (they lock different directories).  aimfs once took
+    the inner operation's path before its namespace lock: the journal could
+    then say d1/x after the RENAME d1 -> d2 that moved it, and the replica
+    had d1/x where the source has d2/x."""
+    import threading
+    backing = os.path.join(workdir, "backing")
+    os.makedirs(os.path.join(backing, "d1"))
+    start = os.path.join(workdir, "start")
+    copy_tree(backing, start)
+    m = aimfs()
+    mnt = m.mountpoint
+    dfd = os.open(os.path.join(mnt, "d1"), os.O_RDONLY | os.O_DIRECTORY)
+    stop = threading.Event()
+    errors = []
+
+    def flip():
+        names = ("d1", "d2")
+        i = 0
+        while not stop.is_set() and i < 3000:
+            os.rename(os.path.join(mnt, names[i % 2]), os.path.join(mnt, names[(i + 1) % 2]))
+            i += 1
+
+    t = threading.Thread(target=flip)
+    t.start()
+    try:
+        n = 0
+        while t.is_alive() and n < 1000:
+            fd = os.open(f"f{n}.img", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=dfd)
+            os.write(fd, b"x" * 512)
+            os.close(fd)
+            os.mkdir(f"sub{n}", dir_fd=dfd)
+            os.rename(f"f{n}.img", f"g{n}.img", src_dir_fd=dfd, dst_dir_fd=dfd)
+            os.rmdir(f"sub{n}", dir_fd=dfd)
+            n += 1
+    except OSError as e:
+        errors.append(e)
+    finally:
+        stop.set()
+        t.join()
+        os.close(dfd)
+    assert not errors, errors
+    assert n > 10, n
+    assert m.unmount() == 0
+    replay(m.journal, start)
+    assert_trees_equal(start, backing)
+
+
 def test_journal_is_hidden_and_protected(aimfs):
     m = aimfs()
     mnt = m.mountpoint
