@@ -249,6 +249,44 @@ def test_ship_an_unmounted_journal_with_aimctl(aimfs, workdir):
         ng.stop()
 
 
+def test_ship_does_not_call_a_destination_whose_sync_is_not_done_in_sync(aimfs, workdir):
+    """A mount added dr1 while its host was down: the images already there
+    wait for dr1's initial sync, which only a mount runs.  aimctl ship
+    then sent dr1 every segment and said "in_sync" (exit 0), and for a
+    destination still "new" wrote in_sync into the catalog, so no mount
+    would ever copy those images to it.  Now it says it needs a resync,
+    exits 1, and leaves its state to the next mount."""
+    ng = Nginx(workdir).start()
+    try:
+        backing = os.path.join(workdir, "backing")
+        os.makedirs(backing)
+        with open(os.path.join(backing, "base.raw"), "wb") as f:
+            f.write(os.urandom(256 * 1024))           # before any destination
+        down = write_config(os.path.join(workdir, "down.conf"),
+                            f"[destination dr1]\nurl = http://127.0.0.1:{free_port()}/aim\n")
+        m = aimfs(options=[f"config={down}", "segment_size=256K"], expect_alarms=True)
+        with open(os.path.join(m.mountpoint, "x.img"), "wb") as f:
+            f.write(os.urandom(1 << 20))
+        assert m.unmount() == 0
+        db = os.path.join(m.journal, "catalog.db")
+
+        def state():
+            return run(["sqlite3", db, "select sync_state from destinations where name='dr1'"]
+                       ).stdout.strip()
+        before = state()
+        assert before in ("new", "syncing"), before
+        up = write_config(os.path.join(workdir, "up.conf"),
+                          f"[destination dr1]\nurl = {ng.url}\n")
+        proc = subprocess.run([AIMCTL, "ship", "--config", up, "--timeout", "60s", m.journal],
+                              capture_output=True, text=True)
+        assert proc.returncode == 1, proc
+        assert "dr1: needs_resync" in proc.stdout, proc
+        assert "needs a resynchronisation" in proc.stderr, proc
+        assert state() == before
+    finally:
+        ng.stop()
+
+
 def test_ship_refuses_a_journal_whose_mount_died(aimfs, workdir):
     """After a crash the backing files may lack what sealed segments hold
     (an fsync syncs the journal; the backing files follow at checkpoints)

@@ -220,8 +220,10 @@ int cmd_ship(int argc, char **argv)
 	ret = transport_drain(t, timeout_ns && timeout_ns / 1000000ULL < UINT32_MAX
 				      ? (unsigned)(timeout_ns / 1000000ULL) : UINT32_MAX) == 0 ? 0 : 1;
 	if (ret == 0 && catalog_open(path, &cat) == 0) {
-		/* A destination new to this journal that got every segment from
-		 * the first one on holds an exact copy: no resync needed. */
+		/* A destination this run added, which got every segment from
+		 * the first one on, holds an exact copy: no resync needed.  One
+		 * a mount added ("new" since: the mount ended before its initial
+		 * sync began) started after that mount's durable segment. */
 		for (size_t i = 0; i < ndests; i++) {
 			struct transport_dest_info info;
 			struct dest_change c = { .sync = DEST_SYNC_IN_SYNC, .expect = true,
@@ -229,7 +231,7 @@ int cmd_ship(int argc, char **argv)
 						 .expect_phase = DEST_PHASE_NONE };
 
 			transport_dest_info(t, i, &info);
-			if (info.rec.sync == DEST_SYNC_NEW)
+			if (is_new[i] && info.rec.sync == DEST_SYNC_NEW)
 				dest_state_change(t, i, cat, &c);
 		}
 	}
@@ -246,6 +248,13 @@ int cmd_ship(int argc, char **argv)
 				printf("%s: %s, acknowledged segment %" PRIu64 " of %" PRIu64 "%s%s\n",
 				       v->name, dest_view_state_name(v->state), v->acked_segment,
 				       newest, failed ? "; " : "", failed ? v->last_error : "");
+				if (v->state == DEST_VIEW_IN_SYNC)
+					continue;
+				/* shipped what it could, but it is no copy yet */
+				ret = 1;
+				if (v->state == DEST_VIEW_NEEDS_RESYNC || v->state == DEST_VIEW_TRACKING)
+					fprintf(stderr, "%s: %s: it needs a resynchronisation, which a"
+						" mount of this journal runs\n", log_progname(), v->name);
 			}
 		free(views);
 	}

@@ -31,8 +31,10 @@ static enum dest_view_state derive(const struct dest *d, uint64_t durable, bool 
 	if (d->link == DEST_LINK_GAP)
 		/* with an engine, its resync begins at once */
 		return engine ? DEST_VIEW_RESYNCING : DEST_VIEW_NEEDS_RESYNC;
-	if (engine && (d->rec.sync == DEST_SYNC_SYNCING || d->rec.sync == DEST_SYNC_NEW))
-		return DEST_VIEW_RESYNCING;
+	/* Its initial sync or a resync is not done: without an engine (aimctl
+	 * ship) it has every segment, not every write. */
+	if (d->rec.sync == DEST_SYNC_SYNCING || d->rec.sync == DEST_SYNC_NEW)
+		return engine ? DEST_VIEW_RESYNCING : DEST_VIEW_NEEDS_RESYNC;
 	/* Between an ack and the worker's next look it is in sync already. */
 	return d->acked_segment >= durable ? DEST_VIEW_IN_SYNC : DEST_VIEW_SHIPPING;
 }
