@@ -843,7 +843,7 @@ static bool end_tracking(struct resync *r, struct engine_dest *ds,
 {
 	struct dest_change only_if = { .expect = true, .expect_sync = DEST_SYNC_TRACKING,
 				       .expect_phase = info->rec.phase };
-	bool begin_sent = info->rec.phase == DEST_PHASE_BEGUN;
+	bool begin_sent = info->rec.phase == DEST_PHASE_BEGUN, ok;
 	uint64_t count;
 
 	/* Not while the journal has no room for its resync: it could not go
@@ -864,9 +864,15 @@ static bool end_tracking(struct resync *r, struct engine_dest *ds,
 	ds->compare = -1;
 	catalog_dirty_bytes(r->cat, ds->name, &ds->p.total, &count);
 	/* Its SYNC_BEGIN went out with the first skeleton, if there was one.
-	 * A skeleton made meanwhile changes the phase: then look again. */
-	if (change(r, ds, DEST_SYNC_SYNCING, begin_sent ? DEST_PHASE_COPYING : DEST_PHASE_BEGIN,
-		   DEST_REASON_OVERFLOW, only_if) < 0)
+	 * A skeleton made meanwhile changes the phase: then look again.  No
+	 * skeleton is half made across the change (it would be stored
+	 * without a SYNC_BEGIN while the remote is consistent, or its dirty
+	 * extents recorded after this resync found none left). */
+	transport_skeletons_hold(r->t);
+	ok = change(r, ds, DEST_SYNC_SYNCING, begin_sent ? DEST_PHASE_COPYING : DEST_PHASE_BEGIN,
+		    DEST_REASON_OVERFLOW, only_if) == 0;
+	transport_skeletons_release(r->t);
+	if (!ok)
 		return false;
 	log_info("destination %s is back; resynchronising what it missed (%" PRIu64 " bytes)",
 		 ds->name, ds->p.total);

@@ -207,6 +207,11 @@ static int make_locked(struct transport *t, struct dest *d, struct catalog *cat,
 				 " it is kept whole in place of its skeleton", d->cfg.name, n);
 	} else {
 		r = add_dirty(d, cat, v);
+		/* Durable before the skeleton that stands for them: after a
+		 * power cut a stored skeleton counts as made, and its segment
+		 * may be gone. */
+		if (r == 0)
+			r = catalog_make_durable(cat);
 		if (r == 0)
 			r = filter_segment(&d->cfg, d->rec.number,
 					   begin ? FILTER_SKELETON_BEGIN : FILTER_SKELETON, v, first,
@@ -266,6 +271,16 @@ int skeleton_make(struct transport *t, struct dest *d, struct catalog *cat, uint
 	r = make_locked(t, d, cat, n);
 	pthread_mutex_unlock(&t->skel_lock);
 	return r;
+}
+
+void transport_skeletons_hold(struct transport *t)
+{
+	pthread_mutex_lock(&t->skel_lock);
+}
+
+void transport_skeletons_release(struct transport *t)
+{
+	pthread_mutex_unlock(&t->skel_lock);
 }
 
 void skeleton_remove(const struct transport *t, const struct dest *d, uint64_t n)

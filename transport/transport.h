@@ -121,6 +121,12 @@ void transport_notify(struct transport *t, uint64_t durable_segment, uint64_t ba
 /* Waits until every destination acknowledged every durable segment, or
  * stopped, or timeout_ms passed.  Returns 0 if all acknowledged. */
 int transport_drain(struct transport *t, unsigned timeout_ms);
+/* Holds off the making of skeletons (a tracking destination's segments
+ * without their data) while the resync engine ends a destination's
+ * tracking: a skeleton begun while it was tracking is stored, with its
+ * dirty extents recorded, before the state changes, or is not made. */
+void transport_skeletons_hold(struct transport *t);
+void transport_skeletons_release(struct transport *t);
 /* Prunes now what every destination acknowledged and the backing files
  * hold (after a drain at unmount, so the journal is left small). */
 int transport_prune_now(struct transport *t);
