@@ -20,6 +20,7 @@
 #include "fileio.h"
 #include "log.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -926,6 +927,50 @@ out:
 	return r;
 }
 
+/* ---- adoption ----
+ *
+ * Adopting a file journals its CREATE, its size, then its content chunk by
+ * chunk.  A crash in between would leave an image that the next recovery
+ * matches by inode number, with only part of its content journaled, and
+ * nothing would ever journal the rest.  So an adoption is marked first: a
+ * file ADOPT_MARK<ino> in the journal directory holding the file's path,
+ * durable before the CREATE can be, removed once the content is journaled.
+ * Recovery journals the whole content again of an image it finds marked
+ * (journal_finish_adoptions).  A journal that fails meanwhile (a full
+ * disk) owes the content instead (journal_correct).
+ */
+static void adopt_mark_name(uint64_t ino, char *out, size_t len)
+{
+	snprintf(out, len, ADOPT_MARK "%" PRIu64, ino);
+}
+
+static int adopt_mark(struct journal *j, const char *name, uint64_t ino)
+{
+	char mark[64];
+	int fd, r = 0;
+
+	adopt_mark_name(ino, mark, sizeof mark);
+	fd = openat(j->dirfd, mark, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+	if (fd < 0)
+		return -errno;
+	if (fileio_write_full(fd, name, strlen(name)) < 0 || aimfs_io.fsync_fn(fd) < 0)
+		r = -EIO;
+	close(fd);
+	if (r == 0 && aimfs_io.fsync_fn(j->dirfd) < 0)
+		r = -errno;
+	if (r < 0)
+		unlinkat(j->dirfd, mark, 0);
+	return r;
+}
+
+static void adopt_unmark(struct journal *j, uint64_t ino)
+{
+	char mark[64];
+
+	adopt_mark_name(ino, mark, sizeof mark);
+	unlinkat(j->dirfd, mark, 0); /* if a crash brings it back: one more copy */
+}
+
 int journal_adopt(struct journal *j, const char *name, int fd, const struct stat *st,
 		  struct image **out)
 {
@@ -933,21 +978,102 @@ int journal_adopt(struct journal *j, const char *name, int fd, const struct stat
 	struct image *im;
 	int r;
 
-	r = journal_create(j, name, st->st_mode, st->st_dev, st->st_ino, &im);
-	if (r < 0)
+	r = adopt_mark(j, name, (uint64_t)st->st_ino);
+	if (r < 0) {
+		log_error("journal %s: cannot mark the adoption of %s: %s", j->dir, name,
+			  strerror(-r));
 		return r;
+	}
+	r = journal_create(j, name, st->st_mode, st->st_dev, st->st_ino, &im);
+	if (r < 0) {
+		adopt_unmark(j, (uint64_t)st->st_ino);
+		return r;
+	}
 	r = journal_truncate(j, im, (uint64_t)st->st_size, &t);
 	journal_done(j, &t);
 	if (r == 0)
 		r = journal_content(j, im, fd, 0, (uint64_t)st->st_size);
 	if (r < 0) {
+		/* The image is there now: what it holds is journaled later. */
+		journal_correct(j, im, fd, 0, (uint64_t)st->st_size, NULL);
 		journal_image_put(j, im);
 		return r;
 	}
+	/* the mark goes once what it guards is durable */
+	if (journal_sync_all(j) == 0)
+		adopt_unmark(j, (uint64_t)st->st_ino);
 	log_info("image %s appeared outside the mount; journaled its %" PRIu64 " bytes",
 		 name, (uint64_t)st->st_size);
 	*out = im;
 	return 0;
+}
+
+/* Recovery, once the registry is the tree's: see "adoption" above. */
+int journal_finish_adoptions(struct journal *j)
+{
+	DIR *d;
+	struct dirent *de;
+	int dfd = openat(j->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC), r = 0;
+
+	if (dfd < 0 || !(d = fdopendir(dfd))) {
+		r = -errno;
+		if (dfd >= 0)
+			close(dfd);
+		return r;
+	}
+	char **done = NULL;
+	size_t ndone = 0;
+
+	while (r == 0 && (de = readdir(d))) {
+		char path[SEG_NAME_MAX + 2] = "", *end, **more;
+		struct image *im = NULL;
+		uint64_t ino;
+		ssize_t n;
+		int mfd, ifd;
+
+		if (strncmp(de->d_name, ADOPT_MARK, strlen(ADOPT_MARK)) != 0)
+			continue;
+		ino = strtoull(de->d_name + strlen(ADOPT_MARK), &end, 10);
+		if (*end || !ino)
+			continue;
+		mfd = openat(j->dirfd, de->d_name, O_RDONLY | O_CLOEXEC);
+		n = mfd >= 0 ? read(mfd, path, sizeof path - 1) : -1;
+		if (mfd >= 0)
+			close(mfd);
+		path[n > 0 ? n : 0] = '\0';
+		/* the image that file is now, under its name or another */
+		for (size_t i = 0; i < j->nlive && !im; i++)
+			if ((uint64_t)j->live[i]->ino == ino && strcmp(j->live[i]->name, path) == 0)
+				im = j->live[i];
+		for (size_t i = 0; i < j->nlive && !im; i++)
+			if ((uint64_t)j->live[i]->ino == ino)
+				im = j->live[i];
+		ifd = im ? openat(j->cfg.backing_fd, im->name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+			 : -1;
+		if (ifd >= 0) {
+			log_info("recovery: the adoption of %s was cut short; journaling all of its"
+				 " content again", im->name);
+			r = journal_record_truth(j, im, ifd, 0, UINT64_MAX);
+			close(ifd);
+		}
+		more = r == 0 ? realloc(done, (ndone + 1) * sizeof *done) : NULL;
+		if (more) {
+			done = more;
+			done[ndone] = strdup(de->d_name);
+			ndone += done[ndone] != NULL;
+		}
+	}
+	closedir(d);
+	/* the marks go once what they guard is durable */
+	if (r == 0 && ndone)
+		r = journal_sync_all(j);
+	for (size_t i = 0; i < ndone; i++) {
+		if (r == 0)
+			unlinkat(j->dirfd, done[i], 0);
+		free(done[i]);
+	}
+	free(done);
+	return r;
 }
 
 /* The records of a namespace change that was done (journal lock held). */
@@ -1598,6 +1724,7 @@ int journal_open(const struct journal_config *cfg, struct journal **out)
 	r = journal_recover(j, cat);
 	if (r < 0)
 		goto fail;
+	j->recovered = true;
 	catalog_close(cat);
 	*out = j;
 	return 0;
@@ -1689,6 +1816,22 @@ void journal_stop(struct journal *j)
 	pthread_mutex_unlock(&j->space_lock);
 }
 
+/* At close: what the next mount's recovery tells the images' files by
+ * (reconcile.c), should they change while aimfs is stopped. */
+static void note_births(struct journal *j)
+{
+	char path[4200];
+	struct catalog *cat;
+
+	if (!j->recovered || !j->nlive)
+		return;
+	snprintf(path, sizeof path, "%s/%s", j->dir, CATALOG_FILE);
+	if (catalog_open(path, &cat) < 0)
+		return;
+	registry_note_births(j, cat);
+	catalog_close(cat);
+}
+
 void journal_close(struct journal *j)
 {
 	if (!j)
@@ -1719,6 +1862,7 @@ void journal_close(struct journal *j)
 	 * durable (unless recovery never finished: it knows).  What was owed
 	 * is redone or reconciled by the next mount either way. */
 	actlog_close(j->al, true);
+	note_births(j);
 	registry_free(j);
 	if (j->dirfd >= 0) {
 		drop_free_files(j);

@@ -46,6 +46,7 @@ struct catalog;
 #define WRITEBACK_STEP (8ULL << 20)
 #define JOURNAL_LOCK_FILE "lock"
 #define CATALOG_FILE "catalog.db"
+#define ADOPT_MARK "adopting."     /* + inode number: an adoption under way */
 
 #define WB_FD_GONE (-2)
 
@@ -181,6 +182,7 @@ struct journal {
 
 	pthread_t sealer;
 	bool sealer_started;
+	bool recovered;          /* journal_open finished: the registry is the tree's */
 
 	struct actlog *al;       /* the hot extents (actlog.h) */
 };
@@ -203,6 +205,9 @@ int registry_rename(struct journal *j, struct image *im, const char *name);
 int registry_rename_dir_check(struct journal *j, const char *old_name, const char *new_name);
 int registry_rename_dir(struct journal *j, const char *old_name, const char *new_name);
 void registry_put(struct journal *j, struct image *im);
+/* Notes each live image's birth time in the catalog (catalog.h,
+ * catalog_image_set_born).  Single-threaded: recovery's end, close. */
+void registry_note_births(struct journal *j, struct catalog *cat);
 
 
 /* journal.c */
@@ -243,6 +248,11 @@ uint64_t journal_prunable_lsn_locked(const struct journal *j, uint64_t backing_l
  * (its size, zeros, and data), so that the journal agrees with it again. */
 int journal_record_truth(struct journal *j, struct image *im, int fd, uint64_t off,
 			 uint64_t len);
+
+/* Journals again the whole content of each image whose adoption a crash
+ * cut short (journal.c, "adoption"), and forgets the marks.  Recovery,
+ * once the registry is the tree's.  0 or -errno. */
+int journal_finish_adoptions(struct journal *j);
 
 /* recovery.c — runs before anything is served, single-threaded */
 int journal_recover(struct journal *j, struct catalog *cat);

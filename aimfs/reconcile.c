@@ -8,7 +8,13 @@
  * inode is unknown.  So an image renamed at the moment of a kill -9 is
  * recognised under its new name and gets a RENAME record, not an UNLINK
  * plus a copy, and a name that now holds a different file is not mistaken
- * for the image that used to hold it.
+ * for the image that used to hold it.  An inode number alone is not an
+ * identity: a file copied in while aimfs was stopped may reuse the number
+ * of an image removed meanwhile.  Where the catalog knows the image's
+ * birth time (noted at each recovery and unmount), a file born at another
+ * time is another file; and a file that has the image's name as well as
+ * its inode number is matched before any other (two filesystems mounted
+ * in the backing tree may both have inode 12).
  *
  * Journaling order, so that every record is valid where it lands:
  *   MKDIR of directories the catalog lacks (parents first),
@@ -22,6 +28,7 @@
 #include "io_i.h"
 #include "apply.h"
 #include "catalog.h"
+#include "fileio.h"
 #include "log.h"
 
 #include <dirent.h>
@@ -40,6 +47,7 @@ struct cat_image {
 	uint32_t id;
 	char *name;        /* name in the catalog (the journal's view) */
 	uint64_t ino;      /* 0 if unknown */
+	uint64_t born;     /* birth time when last seen, 0 if unknown */
 	char *found;       /* backing path it was matched to, or NULL */
 	dev_t dev;
 };
@@ -48,6 +56,7 @@ struct tree_file {
 	char *path;
 	dev_t dev;
 	ino_t ino;
+	uint64_t born;     /* 0 if the filesystem keeps none */
 	bool matched;
 };
 
@@ -102,7 +111,7 @@ static bool strv_has(const struct strv *s, const char *str)
 
 /* ---- the backing tree ---- */
 
-static int add_file(struct recon *rc, const char *path, const struct stat *st)
+static int add_file(struct recon *rc, const char *path, const struct stat *st, uint64_t born)
 {
 	if (!seg_name_valid(path, strlen(path))) {
 		log_warn("%s/%s: name cannot be mirrored; the file is ignored",
@@ -128,7 +137,7 @@ static int add_file(struct recon *rc, const char *path, const struct stat *st)
 		rc->capfiles = cap;
 	}
 	rc->files[rc->nfiles] = (struct tree_file){ .path = strdup(path), .dev = st->st_dev,
-						    .ino = st->st_ino };
+						    .ino = st->st_ino, .born = born };
 	return rc->files[rc->nfiles++].path ? 0 : -ENOMEM;
 }
 
@@ -172,7 +181,7 @@ static int scan_dir(struct recon *rc, int rootfd, char *path, size_t plen, int d
 			if (r == 0)
 				r = scan_dir(rc, rootfd, path, sub, depth + 1);
 		} else if (S_ISREG(st.st_mode)) {
-			r = add_file(rc, path, &st);
+			r = add_file(rc, path, &st, fileio_born_ns(dirfd(d), de->d_name, NULL));
 		}
 		path[plen] = '\0';
 	}
@@ -182,7 +191,7 @@ static int scan_dir(struct recon *rc, int rootfd, char *path, size_t plen, int d
 
 /* ---- matching ---- */
 
-static int load_image(void *ctx, uint32_t id, const char *name, uint64_t ino)
+static int load_image(void *ctx, uint32_t id, const char *name, uint64_t ino, uint64_t born)
 {
 	struct recon *rc = ctx;
 
@@ -195,7 +204,8 @@ static int load_image(void *ctx, uint32_t id, const char *name, uint64_t ino)
 		rc->imgs = ni;
 		rc->capimgs = cap;
 	}
-	rc->imgs[rc->nimgs] = (struct cat_image){ .id = id, .name = strdup(name), .ino = ino };
+	rc->imgs[rc->nimgs] = (struct cat_image){ .id = id, .name = strdup(name), .ino = ino,
+						  .born = born };
 	return rc->imgs[rc->nimgs++].name ? 0 : -ENOMEM;
 }
 
@@ -204,18 +214,36 @@ static int load_dir(void *ctx, const char *name)
 	return strv_add(ctx, name);
 }
 
+/* Whether file f can be image im by its inode (and name, if by_name). */
+static bool same_file(const struct cat_image *im, const struct tree_file *f, bool by_name)
+{
+	if (im->found || !im->ino || im->ino != (uint64_t)f->ino)
+		return false;
+	if (im->born && f->born && im->born != f->born)
+		return false; /* the number was reused by another file */
+	return !by_name || strcmp(im->name, f->path) == 0;
+}
+
+static void bind(struct cat_image *im, struct tree_file *f)
+{
+	im->found = f->path;
+	im->dev = f->dev;
+	f->matched = true;
+}
+
 static void match(struct recon *rc)
 {
-	/* By inode: the same file, whatever its name now. */
-	for (size_t f = 0; f < rc->nfiles; f++) {
-		for (size_t i = 0; i < rc->nimgs; i++) {
-			struct cat_image *im = &rc->imgs[i];
-
-			if (!im->found && im->ino && im->ino == (uint64_t)rc->files[f].ino) {
-				im->found = rc->files[f].path;
-				im->dev = rc->files[f].dev;
-				rc->files[f].matched = true;
-				break;
+	/* By inode and name: the same file where it was; then by inode: the
+	 * same file, whatever its name now. */
+	for (int by_name = 1; by_name >= 0; by_name--) {
+		for (size_t f = 0; f < rc->nfiles; f++) {
+			if (rc->files[f].matched)
+				continue;
+			for (size_t i = 0; i < rc->nimgs; i++) {
+				if (same_file(&rc->imgs[i], &rc->files[f], by_name)) {
+					bind(&rc->imgs[i], &rc->files[f]);
+					break;
+				}
 			}
 		}
 	}
@@ -227,9 +255,7 @@ static void match(struct recon *rc)
 			struct cat_image *im = &rc->imgs[i];
 
 			if (!im->found && !im->ino && strcmp(im->name, rc->files[f].path) == 0) {
-				im->found = rc->files[f].path;
-				im->dev = rc->files[f].dev;
-				rc->files[f].matched = true;
+				bind(im, &rc->files[f]);
 				break;
 			}
 		}
@@ -513,6 +539,10 @@ int journal_reconcile(struct journal *j, struct catalog *cat, const uint64_t *se
 		log_info("recovery: redid %" PRIu64 " journal records after LSN %" PRIu64
 			 " onto the backing files", redone, w);
 	r = reconcile(&rc, baseline);
+	if (r == 0)
+		r = journal_finish_adoptions(j);
+	if (r == 0)
+		registry_note_births(j, cat);
 out:
 	for (size_t i = 0; i < rc.nimgs; i++)
 		free(rc.imgs[i].name);

@@ -7,6 +7,9 @@
  * namespace exactly.
  */
 #include "journal_i.h"
+#include "catalog.h"
+#include "fileio.h"
+#include "log.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -231,4 +234,24 @@ int registry_rename_dir(struct journal *j, const char *old_name, const char *new
 		im->name = n;
 	}
 	return 0;
+}
+
+/* Single-threaded: at the end of recovery, and at close. */
+void registry_note_births(struct journal *j, struct catalog *cat)
+{
+	for (size_t i = 0; i < j->nlive; i++) {
+		struct image *im = j->live[i];
+		uint64_t ino, born;
+
+		if (im->wb_fd < 0)
+			continue;
+		born = fileio_born_ns(im->wb_fd, "", &ino);
+		if (born && ino == (uint64_t)im->ino &&
+		    catalog_image_set_born(cat, im->id, ino, born) < 0) {
+			log_warn("journal %s: cannot note the birth times of the images (the"
+				 " catalog says why); a file that reuses an image's inode number"
+				 " while aimfs is stopped may be taken for it", j->dir);
+			return;
+		}
+	}
 }

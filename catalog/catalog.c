@@ -36,7 +36,8 @@ static const char schema[] =
 	"  live INTEGER NOT NULL DEFAULT 1,"
 	"  created_lsn INTEGER,"           /* NULL: existed when first seen */
 	"  removed_lsn INTEGER,"
-	"  ino INTEGER NOT NULL DEFAULT 0);" /* source inode, for crash recovery */
+	"  ino INTEGER NOT NULL DEFAULT 0,"  /* source inode, for crash recovery */
+	"  born_ns INTEGER NOT NULL DEFAULT 0);" /* its birth time when last seen, 0: unknown */
 	"CREATE TABLE IF NOT EXISTS dirs("
 	"  name TEXT PRIMARY KEY);"        /* directories of the backing tree */
 	"CREATE INDEX IF NOT EXISTS images_by_name ON images(name) WHERE live;"
@@ -138,6 +139,10 @@ static bool has_column(struct catalog *c, const char *table, const char *column)
  * EXISTS leaves an old table as it was. */
 static int migrate(struct catalog *c)
 {
+	if (!has_column(c, "images", "born_ns") &&
+	    sqlite3_exec(c->db, "ALTER TABLE images ADD COLUMN born_ns INTEGER NOT NULL DEFAULT 0",
+			 NULL, NULL, NULL) != SQLITE_OK)
+		return db_fail(c, "adding images.born_ns");
 	if (!has_column(c, "destinations", "sync_reason") &&
 	    sqlite3_exec(c->db, "ALTER TABLE destinations ADD COLUMN"
 			 " sync_reason TEXT NOT NULL DEFAULT ''", NULL, NULL, NULL) != SQLITE_OK)
@@ -563,19 +568,21 @@ int catalog_index_segment(struct catalog *c, struct seg_view *v, uint64_t file_b
 }
 
 int catalog_images_each(struct catalog *c,
-			int (*fn)(void *ctx, uint32_t id, const char *name, uint64_t ino),
+			int (*fn)(void *ctx, uint32_t id, const char *name, uint64_t ino,
+				  uint64_t born_ns),
 			void *ctx)
 {
 	sqlite3_stmt *st;
 	int r;
 
-	if (sqlite3_prepare_v2(c->db, "SELECT id, name, ino FROM images WHERE live ORDER BY id",
-			       -1, &st, NULL))
+	if (sqlite3_prepare_v2(c->db, "SELECT id, name, ino, born_ns FROM images WHERE live"
+				      " ORDER BY id", -1, &st, NULL))
 		return db_fail(c, "images");
 	while ((r = sqlite3_step(st)) == SQLITE_ROW) {
 		int k = fn(ctx, (uint32_t)sqlite3_column_int64(st, 0),
 			   (const char *)sqlite3_column_text(st, 1),
-			   (uint64_t)sqlite3_column_int64(st, 2));
+			   (uint64_t)sqlite3_column_int64(st, 2),
+			   (uint64_t)sqlite3_column_int64(st, 3));
 		if (k) {
 			sqlite3_finalize(st);
 			return k;
@@ -598,6 +605,22 @@ int catalog_image_add(struct catalog *c, uint32_t id, const char *name, uint64_t
 	sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 3, (sqlite3_int64)ino);
 	r = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, "image add");
+	sqlite3_finalize(st);
+	return r;
+}
+
+int catalog_image_set_born(struct catalog *c, uint32_t id, uint64_t ino, uint64_t born_ns)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	if (sqlite3_prepare_v2(c->db, "UPDATE images SET born_ns = ?3 WHERE id = ?1 AND ino = ?2",
+			       -1, &st, NULL))
+		return db_fail(c, "image birth");
+	sqlite3_bind_int64(st, 1, id);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)ino);
+	sqlite3_bind_int64(st, 3, (sqlite3_int64)born_ns);
+	r = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, "image birth");
 	sqlite3_finalize(st);
 	return r;
 }

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 ssize_t fileio_pread_full(fileio_pread_fn fn, int fd, void *buf, size_t len, uint64_t off)
@@ -87,4 +88,20 @@ int fileio_fsync_dir_of(const char *path, int (*fsync_fn)(int fd))
 		r = fsync(fd) < 0 ? -errno : 0;
 	close(fd);
 	return r;
+}
+
+uint64_t fileio_born_ns(int dirfd, const char *path, uint64_t *ino)
+{
+	struct statx stx;
+	int flags = AT_SYMLINK_NOFOLLOW | (*path ? 0 : AT_EMPTY_PATH);
+
+	if (ino)
+		*ino = 0;
+	if (statx(dirfd, path, flags, STATX_INO | STATX_BTIME, &stx) < 0)
+		return 0;
+	if (ino)
+		*ino = stx.stx_ino;
+	if (!(stx.stx_mask & STATX_BTIME))
+		return 0;
+	return (uint64_t)stx.stx_btime.tv_sec * 1000000000ULL + stx.stx_btime.tv_nsec;
 }

@@ -29,4 +29,10 @@ int fileio_write_full(int fd, const void *buf, size_t len);
  * in it, with fsync_fn (NULL: fsync(2)).  Returns 0 or -errno. */
 int fileio_fsync_dir_of(const char *path, int (*fsync_fn)(int fd));
 
+/* The birth time (statx btime) of path under dirfd ("" for dirfd itself),
+ * not following a symlink, in ns since the epoch; 0 where the filesystem
+ * does not keep one.  *ino (if not NULL) gets the inode number, 0 if the
+ * file is not there. */
+uint64_t fileio_born_ns(int dirfd, const char *path, uint64_t *ino);
+
 #endif

@@ -132,6 +132,52 @@ def test_a_directory_renamed_while_files_are_made_in_it_replays_exactly(aimfs, w
     assert_trees_equal(start, backing)
 
 
+def test_a_file_that_reuses_an_images_inode_while_stopped_is_a_new_image(aimfs, workdir):
+    """While aimfs is stopped an operator deletes a.img and copies in
+    b.img, and the filesystem gives b.img the inode number a.img had
+    (ext4 does, at once).  The next mount matched images by inode number
+    only: it journaled a RENAME a.img -> b.img and never b.img's content,
+    so the replica's b.img held a.img's bytes.  The birth time noted at
+    unmount tells the two files apart."""
+    backing = os.path.join(workdir, "backing")
+    os.makedirs(backing)
+    start = os.path.join(workdir, "start")
+    copy_tree(backing, start)
+    m = aimfs()
+    with open(os.path.join(m.mountpoint, "a.img"), "wb") as f:
+        f.write(os.urandom(100000))
+    assert m.unmount() == 0
+    old = os.stat(os.path.join(backing, "a.img")).st_ino
+    os.unlink(os.path.join(backing, "a.img"))
+    made = []
+    for i in range(64):             # until the filesystem reuses the number
+        path = os.path.join(backing, f"new{i}.tmp")
+        with open(path, "wb") as f:
+            f.write(os.urandom(50000))
+        made.append(path)
+        if os.stat(path).st_ino == old:
+            break
+    else:
+        pytest.skip("this filesystem did not reuse the inode number")
+    os.rename(made.pop(), os.path.join(backing, "b.img"))
+    for path in made:
+        os.unlink(path)
+    m2 = aimfs()
+    assert m2.unmount() == 0
+    assert "renamed without its record" not in m2.output(), m2.output()
+    replay(m2.journal, start)
+    assert_trees_equal(start, backing)
+    # and a file renamed while aimfs was stopped is still the same image
+    os.rename(os.path.join(backing, "b.img"), os.path.join(backing, "c.img"))
+    m3 = aimfs()
+    assert m3.unmount() == 0
+    assert "image b.img is c.img now" in m3.output(), m3.output()
+    start2 = os.path.join(workdir, "start2")
+    os.makedirs(start2)
+    replay(m3.journal, start2)
+    assert_trees_equal(start2, backing)
+
+
 def test_journal_is_hidden_and_protected(aimfs):
     m = aimfs()
     mnt = m.mountpoint

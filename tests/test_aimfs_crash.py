@@ -382,3 +382,41 @@ def test_kill9_during_recovery(aimfs, workdir, case):
     assert m2.unmount() == 0
     m2.check_quiet()
     replay_equal(m2, start, f"kill -9 inside {window}, then inside recovery's {function}")
+
+
+def test_a_kill_in_the_middle_of_an_adoption_journals_the_whole_file_at_recovery(
+        aimfs, workdir):
+    """A file copied into the backing directory behind the mount is adopted
+    at its first lookup: CREATE, its size, then its content, 1 MiB at a
+    time.  aimfs killed after the CREATE left an image the next mount
+    matched by inode number, with the rest of its content never journaled:
+    the replica read zeros there for good.  The adoption is marked first,
+    and recovery journals a marked image's content again."""
+    from faults import AIMFS_FAULTS, Faults
+    from servers import free_port
+    faults = Faults(os.path.join(workdir, "faults"))
+    backing = os.path.join(workdir, "backing")
+    os.makedirs(backing)
+    start = os.path.join(workdir, "start")
+    os.makedirs(start)
+    status = f"127.0.0.1:{free_port()}"
+    m = aimfs(options=[f"status={status}"], binary=AIMFS_FAULTS, env=faults.env,
+              expect_alarms=True)
+    data = os.urandom(4 << 20)
+    with open(os.path.join(backing, "big.img"), "wb") as f:   # behind the mount
+        f.write(data)
+    # the content waits: only CREATE and TRUNCATE are in
+    faults.set(f"pwritev *.open stall len={64 + (1 << 20)}")
+    looked = threading.Thread(target=lambda: os.path.exists(os.path.join(m.mountpoint,
+                                                                         "big.img")),
+                              daemon=True)
+    looked.start()
+    # (the stalled append holds the journal lock: no status until the kill)
+    wait_for(lambda: "stalled" in m.output(), 30, what="the adoption's content to stall")
+    m.kill9()
+    faults.clear()
+    looked.join(30)
+    m2 = aimfs()
+    assert m2.unmount() == 0
+    assert "adoption of big.img was cut short" in m2.output(), m2.output()
+    replay_equal(m2, start, "a kill in the middle of an adoption")
