@@ -424,6 +424,12 @@ void transport_prune(struct transport *t, struct catalog *cat)
 		if (done < low)
 			low = done;
 	}
+	/* Nothing past what the journal has published: a resync's skip may
+	 * run ahead of it, and a segment still being sealed has no .aimj
+	 * yet, which would be taken for pruned (and its file left behind,
+	 * counted in the journal's size until the next mount). */
+	if (low > t->durable_segment)
+		low = t->durable_segment;
 	backing = t->backing_lsn;
 	n = t->pruned_through + 1;
 	t->pruning = true;
