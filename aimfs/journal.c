@@ -1974,6 +1974,16 @@ int journal_sync_mark(struct journal *j, uint32_t dest, bool begin, bool fresh, 
 	ret = fresh && j->open && j->open->records ? journal_seal_locked(j) : 0;
 	if (ret == 0)
 		ret = journal_ensure_open_locked(j);
+	if (ret == 0 && begin && !fresh && j->open->records == 0) {
+		/* Only a resync that skipped what came before it opens a
+		 * segment with its SYNC_BEGIN (fresh): a remote waiting at a
+		 * gap goes on at such a segment (docs/RESYNC.md).  This one
+		 * skipped nothing, so a barrier goes first. */
+		struct seg_record f = { .type = SEG_FLUSH };
+
+		f.payload_hash = seg_payload_hash(NULL, 0);
+		ret = journal_append_locked(j, &f);
+	}
 	if (ret == 0) {
 		*segment = j->open->number;
 		ret = journal_append_locked(j, &r);
