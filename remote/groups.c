@@ -1138,6 +1138,7 @@ static void group_fini(struct group *g)
 	applier_free(g->a);
 	g->a = NULL;
 	mismatches_clear(g);
+	g->nmarks = 0; /* kept past the last progress, which never came */
 	state_close(g->st);
 	g->st = NULL;
 	if (g->dirfd >= 0)
