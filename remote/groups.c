@@ -237,6 +237,8 @@ static void set_state(struct group *g, enum group_state s, uint64_t waiting_for,
 
 /* Stops the group until it is resumed (by an operator, a restart, or, out
  * of space, by itself after SPACE_RETRY_NS); the reason is logged here. */
+static void refuse_stopped_promote(struct group *g, const char *why);
+
 static void stop_group(struct group *g, const char *why)
 {
 	log_error("group %s: stopped: %s%s", g->name, why,
@@ -247,6 +249,7 @@ static void stop_group(struct group *g, const char *why)
 		g->recheck_ns = g->space_retry_ns;
 	}
 	set_state(g, GROUP_STOPPED, 0, why);
+	refuse_stopped_promote(g, why);
 }
 
 /* ---- files ---- */
@@ -627,6 +630,26 @@ static bool refuse_unreachable_promote(struct group *g, uint64_t missing)
 	g->hold.role = FO_REFUSED;
 	reach_here(g, why);
 	return true;
+}
+
+/*
+ * A promote asked while the group was catching up, which then stopped (a
+ * record it cannot apply, a damaged segment, a full disk): its point is
+ * out of reach for now, and a pending promote answers every request with
+ * 409 (failover.c), so it would never end.  Refused as an unreachable
+ * point is: the group holds where it stands, and a new promote promotes it
+ * there (a stopped group is promoted as it stands).
+ */
+static void refuse_stopped_promote(struct group *g, const char *why)
+{
+	char note[480];
+
+	if (!hold_pending(g) || g->hold.role != FO_PROMOTING)
+		return;
+	snprintf(note, sizeof note, "promote refused: the group stopped before it reached %.100s"
+		 " (%.200s); promote again to promote it where it stands", g->hold.pt.text, why);
+	g->hold.role = FO_REFUSED;
+	reach_here(g, note);
 }
 
 /* How the record a hold stopped at relates to its point, for status. */

@@ -407,6 +407,39 @@ def test_promote_at_a_point_and_of_a_stopped_group(workdir, remotes):
     assert "the group was stopped" in p.stdout, p.stdout
 
 
+def test_a_promote_whose_group_stops_on_the_way_is_refused_not_stuck(workdir, remotes):
+    """The operator promotes while the group still catches up, and a record
+    on the way cannot be applied (here a CREATE where the target has a
+    directory of that name).  The group stopped with its promote pending,
+    and a pending promote answers every request with 409: no second
+    promote, no release, not even after a restart.  Now the promote is
+    refused where the group stands, and a new one promotes it there."""
+    s = Stream(workdir, G, RECORDS, CUTS)
+    r = remotes().start()
+    s.deliver(r.inbox, 1)
+    r.wait_applied(G, 7)
+    assert aimctl(r, "hold").returncode == 0
+    s.deliver(r.inbox, 2)
+    os.makedirs(os.path.join(r.target, "vm2.img"))
+    first = s.bounds[2][0]
+    spec = s.spec(3)
+    write = next(ln for ln in spec.splitlines() if ln.startswith("write"))
+    bad = os.path.join(workdir, "bad.aimj")
+    mkseg(bad, spec.replace(write, "create 2 420 vm2.img", 1))
+    os.rename(bad, os.path.join(r.inbox, G, seg_name(3)))
+    r.wait_group(G, lambda g: g["backlog_segments"] == 2, what="segments 2 and 3 waiting")
+    r.expect_alarms = True
+    p = aimctl(r, "promote", "--timeout", "30s")
+    assert p.returncode == 1 and "stopped before it reached" in p.stderr, p.stdout + p.stderr
+    g = r.group(G)
+    assert g["state"] == "stopped" and g["hold"]["promote"] == "refused", g
+    assert g["applied_lsn"] == first - 1, g
+    p = aimctl(r, "promote")
+    assert p.returncode == 0 and "the group was stopped" in p.stdout, p.stdout + p.stderr
+    assert r.group(G)["state"] == "promoted"
+    assert image(r) == s.image_at(first - 1)
+
+
 def test_promote_at_a_point_that_did_not_arrive_is_refused_and_segments_come_again(
         workdir, remotes, pki):
     """A promote takes no more segments, so a point beyond what arrived (a
