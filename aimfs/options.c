@@ -363,7 +363,7 @@ static int gather_dests(struct aimfs_options *o)
 		if (r < 0)
 			return r == -EINVAL ? r : -EIO;
 	}
-	return 0;
+	return dest_configs_distinct(o->dests, o->ndests);
 }
 
 int options_parse(struct fuse_args *args, struct aimfs_options *o)

@@ -429,6 +429,10 @@ def test_bad_destination_configuration_is_refused(workdir):
             b, mnt], "ca_file /nonexistent/ca.pem", status=1)
     refuse(["-o", conf("[destination x]\nurl = https://h/\ncolour = blue\n"), b, mnt],
            'unknown key "colour"')
+    # two streams of one group to one place would overwrite each other
+    refuse(["-o", conf("[destination a]\nurl = https://h/aim\n"
+                       "[destination b]\nurl = https://H/aim/\n"), b, mnt],
+           "destinations a and b both send to https://h/aim")
     refuse(["-o", conf("[destination x]\nurl = https://h/\nrate = fast\n"), b, mnt], "rate = fast")
     refuse(["-o", conf("[destination x]\nurl = https://h/\ncompress = lz4\n"), b, mnt],
            "compress = lz4")

@@ -163,6 +163,10 @@ int cmd_ship(int argc, char **argv)
 			goto out;
 		}
 	}
+	if (dest_configs_distinct(dests, ndests) < 0) {
+		ret = 2;
+		goto out;
+	}
 	tc.journal_dir = argv[optind];
 	snprintf(path, sizeof path, "%s/lock", tc.journal_dir);
 	lock_fd = open(path, O_RDWR | O_CLOEXEC);

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #define TOKEN_MAX 4096
@@ -254,6 +255,48 @@ static int check_s3(struct dest_config *d)
 		log_error("destination %s: %s", d->name, why);
 		return -EINVAL;
 	}
+	return 0;
+}
+
+/* The length of url without its trailing slashes. */
+static size_t url_len(const char *url)
+{
+	size_t n = strlen(url);
+
+	while (n && url[n - 1] == '/')
+		n--;
+	return n;
+}
+
+/* Whether two URLs name one place: scheme and host in any case, the path
+ * as it is, trailing slashes aside. */
+static bool same_place(const char *a, const char *b)
+{
+	size_t la = url_len(a), lb = url_len(b), host;
+	const char *sep = strstr(a, "://");
+
+	if (la != lb)
+		return false;
+	host = sep ? (size_t)(sep - a) + 3 : 0;
+	while (host < la && a[host] != '/')
+		host++;
+	return strncasecmp(a, b, host) == 0 && strncmp(a + host, b + host, la - host) == 0;
+}
+
+int dest_configs_distinct(const struct dest_config *d, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		for (size_t j = i + 1; j < n; j++) {
+			size_t li = url_len(d[i].url);
+
+			if (same_place(d[i].url, d[j].url)) {
+				log_error("destinations %s and %s both send to %.*s: their streams"
+					  " would overwrite each other there; give each its own"
+					  " URL (another path or prefix)", d[i].name, d[j].name,
+					  (int)li, d[i].url);
+				return -EINVAL;
+			}
+		}
 	return 0;
 }
 

@@ -66,6 +66,11 @@ struct dest_config {
  * reason an operator can act on -EINVAL (a bad value: a usage error) or
  * -EIO (a file it names cannot be read). */
 int dest_config_check(struct dest_config *d);
+/* Refuses (-EINVAL, after logging why) two destinations that send to the
+ * same place: their streams of one group would overwrite each other's
+ * segments (an object store's HEAD too), and a restore or a puller would
+ * mix them without an error.  0 if every URL is its own. */
+int dest_configs_distinct(const struct dest_config *d, size_t n);
 void dest_config_free(struct dest_config *d);
 /* Sets a [destination] key from a config file; -EINVAL for an unknown key
  * or bad value (logged). */
