@@ -35,7 +35,7 @@ import urllib.request
 import pytest
 import xxhash
 
-from aimtest import AIMCTL, MKSEG, copy_tree, run, wait_for
+from aimtest import AIMCTL, MKSEG, assert_trees_equal, copy_tree, run, wait_for
 from crash_helpers import (CHECK_EXT4, CheckRun, Ext4Loop, hash_tree, make_ext4, mark,
                            ns_iso, records, segments)
 from remote_helpers import PKI, Remote, free_port, snapshot
@@ -510,6 +510,32 @@ def test_bad_input_is_refused_and_writes_nothing(aimfs, workdir):
     p = run([AIMCTL, "replay", "--target-dir", target, segs[0], *segs[2:]], check=False)
     assert p.returncode == 1 and "missing in between" in p.stderr
     assert "nothing was applied" in p.stderr and snapshot(target) == before
+    # ... and an --after-lsn the segments cannot continue from
+    last = records(segs)[-1]["lsn"]
+    second = records(segs[1:2])[0]["lsn"]
+    for after, words in ((str(last + 5), "past the last record"),
+                         ("1", f"start at LSN {second}")):
+        p = run([AIMCTL, "replay", "--target-dir", target, "--after-lsn", after, *segs[1:]],
+                check=False)
+        assert p.returncode == 1 and words in p.stderr, p.stderr
+        assert "nothing was applied" in p.stderr and snapshot(target) == before
+    # replay onto a saved base: only from where it stands (the whole
+    # journal again once made it a mixture, and said "replayed")
+    before = snapshot(saved)
+    p = run([AIMCTL, "replay", "--target-dir", saved, journal], check=False)
+    assert p.returncode == 1 and f"as of LSN {first_seg_last}" in p.stderr, p.stderr
+    assert f"--after-lsn {first_seg_last}" in p.stderr, p.stderr
+    assert snapshot(saved) == before
+    p = run([AIMCTL, "replay", "--target-dir", saved, "--after-lsn", str(first_seg_last),
+             journal], check=False)
+    assert p.returncode == 0, p.stderr
+    with open(os.path.join(saved, ".aim-base")) as f:
+        assert f"lsn {last}\n" in f.read()             # the base moved on with it
+    os.remove(os.path.join(saved, ".aim-base"))
+    whole = os.path.join(workdir, "whole")
+    copy_tree(start, whole)
+    run([AIMCTL, "replay", "--target-dir", whole, journal])
+    assert_trees_equal(whole, saved)
 
 
 # ---- check: the scratch copy shares the base's blocks where it can ----------
@@ -648,3 +674,32 @@ def test_names_that_are_not_utf8_stay_in_the_json(aimfs, workdir):
     p = run([AIMCTL, "marks", "--json", seg], check=False)
     assert p.returncode == 0, p.stderr
     assert [mk["name"] for mk in json.loads(p.stdout)["marks"]] == ["old\ufffd"], p.stdout
+
+
+def test_a_base_saved_inside_a_resync_is_checked_as_such(workdir):
+    """check --save recorded only the group and the LSN: a base saved
+    between a SYNC_BEGIN and its SYNC_END was taken by the next check for
+    a consistent copy, which checked the barriers before the SYNC_END on a
+    half-resynchronised image and failed.  The stamp now says the base is
+    inside a resynchronisation."""
+    group = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
+    one, two = os.path.join(workdir, "1.aimj"), os.path.join(workdir, "2.aimj")
+    for path, spec in (
+            (one, f"group {group}\nnumber 1\nfirst_lsn 1\ncreate 1 420 vm.img\n"
+                  "write 1 0 @4096:1\nflush\nsync-begin 3\nresync 3 write 1 0 424144\n"),
+            (two, f"group {group}\nnumber 2\nfirst_lsn 6\nimage 1 vm.img\nflush\n"
+                  "resync 3 write 1 0 @4096:2\nsync-end 3\nwrite 1 4096 @4096:3\nflush\n")):
+        p = subprocess.run([MKSEG, path], input=spec.encode(), capture_output=True)
+        assert p.returncode == 0, p.stderr
+    base = os.path.join(workdir, "empty")
+    os.makedirs(base)
+    saved = os.path.join(workdir, "saved")
+    # the checker fails an image that holds the resync's half-way bytes
+    fsck = "sh -c '! grep -q BAD \"$AIM_IMAGE\"'"
+    c = CheckRun(["--base", base, "--fsck", fsck, "--save", saved, one])
+    assert c.rc == 0 and [p["lsn"] for p in c.points] == [3], c
+    with open(os.path.join(saved, ".aim-base")) as f:
+        assert "resync_from 4\n" in f.read()
+    c = CheckRun(["--base", saved, "--fsck", fsck, two])
+    assert c.rc == 0, c
+    assert [p["lsn"] for p in c.points] == [10], c       # 6 is inside the resync

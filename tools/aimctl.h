@@ -146,8 +146,13 @@ int base_match(const char *base, const struct series *s);
 int scratch_make(const char *base, const char *parent, char **dir, const char **how);
 /* Removes a scratch directory and everything in it. */
 void scratch_remove(const char *dir);
-/* Writes dir/BASE_STAMP: dir holds group's images as of LSN lsn. */
-int stamp_write(const char *dir, const uint8_t group[16], uint64_t lsn);
+/* Writes dir/BASE_STAMP: dir holds group's images as of LSN lsn, inside
+ * the resynchronisation whose SYNC_BEGIN is LSN resync_from (0: none, the
+ * images are a consistent copy). */
+int stamp_write(const char *dir, const uint8_t group[16], uint64_t lsn, uint64_t resync_from);
+/* Reads base's stamp: 1 if there is none, 0 with group, lsn and (if not
+ * NULL) resync_from, or -EINVAL after logging why. */
+int stamp_read(const char *base, uint8_t group[16], uint64_t *lsn, uint64_t *resync_from);
 
 /* ---- imgcheck.c: one image at one point ---- */
 

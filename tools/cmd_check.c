@@ -687,6 +687,17 @@ int cmd_check(int argc, char **argv)
 	c.until_point = until_arg || c.every == AT_EVERY_N;
 	if (base_match(base, &s) < 0)
 		goto nothing;
+	{
+		/* A base saved inside a resynchronisation is not a consistent
+		 * copy until its SYNC_END, which these segments bring. */
+		uint8_t g[16];
+		uint64_t lsn;
+
+		if (stamp_read(base, g, &lsn, &c.sync_lsn) == 0 && c.sync_lsn && !c.json)
+			printf("--    the base is inside the resynchronisation from LSN %" PRIu64
+			       "; the images are not a consistent copy until its SYNC_END\n",
+			       c.sync_lsn);
+	}
 
 	/* 2. The scratch copy, and the replay through it. */
 	if (scratch_make(base, parent, &scratch, &how) < 0)
@@ -742,7 +753,8 @@ int cmd_check(int argc, char **argv)
 	if (save) {
 		applier_free(a);
 		a = NULL;
-		if (stamp_write(scratch, series_group(&s), last) < 0 || rename(scratch, save) < 0) {
+		if (stamp_write(scratch, series_group(&s), last, c.sync_lsn) < 0 ||
+		    rename(scratch, save) < 0) {
 			log_error("check: --save %s: %m; the end state stays in %s%s", save, scratch,
 				  errno == EXDEV ? " (--scratch on the file system of --save lets it"
 						   " be moved there)" : "");

@@ -90,7 +90,9 @@ int cmd_replay(int argc, char **argv)
 	struct apply_stats st;
 	struct point_spec spec;
 	struct point pt = { 0 };
-	uint64_t after = 0, sync_lsn = 0, durable, until = 0;
+	uint64_t after = 0, sync_lsn = 0, durable, until = 0, first, stamp_lsn = 0;
+	uint8_t stamp_group[16];
+	int stamped = 1;
 	char sbuf[32], err[512];
 	int c, r, status = 1;
 
@@ -165,6 +167,44 @@ int cmd_replay(int argc, char **argv)
 		log_error("nothing was applied");
 		goto out;
 	}
+	/* The target must be where the segments (after --after-lsn) start. */
+	first = series_first_lsn(&s);
+	if (after && after + 1 < first) {
+		log_error("--after-lsn %" PRIu64 ": the segments start at LSN %" PRIu64 ", so"
+			  " LSN %" PRIu64 "..%" PRIu64 " would be missing; nothing was applied", after,
+			  first, after + 1, first - 1);
+		goto out;
+	}
+	if (after > series_last_lsn(&s)) {
+		log_error("--after-lsn %" PRIu64 " is past the last record of the segments (LSN %"
+			  PRIu64 "); nothing was applied", after, series_last_lsn(&s));
+		goto out;
+	}
+	stamped = stamp_read(target_dir, stamp_group, &stamp_lsn, &sync_lsn);
+	if (stamped < 0) {
+		log_error("nothing was applied");
+		goto out;
+	}
+	if (stamped == 0) {
+		uint64_t from = after ? after : first - 1;
+
+		if (memcmp(stamp_group, series_group(&s), 16) != 0) {
+			log_error("%s holds another group's images (its %s says so); nothing was"
+				  " applied", target_dir, BASE_STAMP);
+			goto out;
+		}
+		if (from != stamp_lsn) {
+			log_error("%s holds the images as of LSN %" PRIu64 " (its %s says so), but"
+				  " this replay starts after LSN %" PRIu64 ": give --after-lsn %" PRIu64
+				  " and segments from LSN %" PRIu64 " or before; nothing was applied",
+				  target_dir, stamp_lsn, BASE_STAMP, from, stamp_lsn, stamp_lsn + 1);
+			goto out;
+		}
+	} else if (!after && first > 1) {
+		log_warn("the segments start at LSN %" PRIu64 ": %s must hold the images as they"
+			 " were after LSN %" PRIu64 " (nothing here can tell)", first, target_dir,
+			 first - 1);
+	}
 	if (until_arg) {
 		if (series_find(&s, &spec, &pt) < 0) {
 			log_error("nothing was applied");
@@ -202,6 +242,14 @@ int cmd_replay(int argc, char **argv)
 		goto out;
 	}
 	applier_stats(a, &st);
+	/* A saved base moves on with what was applied to it. */
+	if (stamped == 0 && stamp_write(target_dir, stamp_group,
+					until ? until : series_last_lsn(&s), sync_lsn) < 0) {
+		log_error("the images are replayed, but %s/%s still says LSN %" PRIu64 ": remove"
+			  " it before using %s as a base", target_dir, BASE_STAMP, stamp_lsn,
+			  target_dir);
+		goto out;
+	}
 	nsegs = s.n;
 	if (until)
 		for (nsegs = 0; nsegs < s.n &&

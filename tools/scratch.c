@@ -43,7 +43,7 @@ static bool not_image(const char *rel)
 
 /* ---- the stamp ---- */
 
-int stamp_write(const char *dir, const uint8_t group[16], uint64_t lsn)
+int stamp_write(const char *dir, const uint8_t group[16], uint64_t lsn, uint64_t resync_from)
 {
 	char path[PATH_MAX], uuid[37];
 	FILE *f;
@@ -57,6 +57,9 @@ int stamp_write(const char *dir, const uint8_t group[16], uint64_t lsn)
 	}
 	fprintf(f, "# aimctl check --save: the images of this directory as of this LSN\n"
 		   "group %s\nlsn %" PRIu64 "\n", uuid, lsn);
+	if (resync_from)
+		fprintf(f, "# ... inside the resynchronisation whose SYNC_BEGIN has this LSN\n"
+			   "resync_from %" PRIu64 "\n", resync_from);
 	if (fflush(f) != 0 || fsync(fileno(f)) < 0) {
 		log_error("%s: %m", path);
 		fclose(f);
@@ -66,14 +69,15 @@ int stamp_write(const char *dir, const uint8_t group[16], uint64_t lsn)
 	return 0;
 }
 
-/* Reads base's stamp: 1 if there is none, 0 with group and lsn, -EINVAL. */
-static int stamp_read(const char *base, uint8_t group[16], uint64_t *lsn)
+int stamp_read(const char *base, uint8_t group[16], uint64_t *lsn, uint64_t *resync_from)
 {
 	char path[PATH_MAX], line[256], uuid[64];
 	bool have_group = false, have_lsn = false;
 	FILE *f;
 
 	snprintf(path, sizeof path, "%s/%s", base, BASE_STAMP);
+	if (resync_from)
+		*resync_from = 0;
 	f = fopen(path, "r");
 	if (!f)
 		return errno == ENOENT ? 1 : -EINVAL;
@@ -82,6 +86,8 @@ static int stamp_read(const char *base, uint8_t group[16], uint64_t *lsn)
 			have_group = true;
 		else if (sscanf(line, "lsn %" SCNu64, lsn) == 1)
 			have_lsn = true;
+		else if (resync_from)
+			sscanf(line, "resync_from %" SCNu64, resync_from);
 	}
 	fclose(f);
 	if (!have_group || !have_lsn) {
@@ -194,7 +200,7 @@ int base_match(const char *base, const struct series *s)
 		return -EINVAL;
 	}
 	seg_uuid_format(h->group, want);
-	k = stamp_read(base, stamp_group, &stamp_lsn);
+	k = stamp_read(base, stamp_group, &stamp_lsn, NULL);
 	if (k < 0)
 		return -EINVAL;
 	if (k == 0) {
