@@ -816,6 +816,40 @@ def test_restore_until_a_mark_gives_the_state_at_the_mark(ceph, workdir, aimfs, 
     m.check_quiet()
 
 
+def test_a_destination_moved_to_an_empty_prefix_gets_a_new_base(ceph, workdir, aimfs, cleanup):
+    """The operator points a destination at a new bucket or prefix (or
+    HEAD is deleted).  aimfs went on from the next segment with a HEAD that
+    had no base and never would: every restore from there was refused, and
+    the status said in_sync.  A full resync now makes a new base there."""
+    from aimtest import AIMCTL, run
+    bucket = new_bucket(ceph)
+    site = Site(workdir, ceph, bucket)
+    with open(os.path.join(site.backing, "vm.img"), "wb") as f:
+        f.write(os.urandom(512 << 10))
+    m = site.start(aimfs)
+    site.wait_in_sync()
+    with open(os.path.join(m.mountpoint, "vm.img"), "r+b") as f:
+        f.write(os.urandom(64 << 10))
+    site.wait_in_sync()
+    assert m.unmount() == 0
+    site.url = f"{ceph.endpoint}/{bucket}/moved"
+    site.write_conf("")
+    m = site.start(aimfs, expect_alarms=True)
+    with open(os.path.join(m.mountpoint, "vm.img"), "r+b") as f:
+        f.seek(128 << 10)
+        f.write(os.urandom(64 << 10))
+    st = site.wait_in_sync()
+
+    def head():
+        return json.loads(ceph.s3().get(bucket, f"moved/{site.group}/HEAD")[1])
+    wait_for(lambda: head()["bases"], 30, what="a base in the new prefix's HEAD")
+    target = os.path.join(workdir, "restored")
+    run([AIMCTL, "restore", "--from", site.url, "--until", str(st["head_lsn"]), "--target-dir",
+         target, "--access-key-file", site.ak, "--secret-key-file", site.sk])
+    assert m.unmount() == 0
+    assert tree_hashes(target) == tree_hashes(site.backing)
+
+
 # ---- refusals at start (no store needed) ----------------------------------------------
 
 @pytest.mark.parametrize("lines,why,status", [

@@ -250,10 +250,14 @@ static int fetch_segment(struct s3_dest *sd, uint64_t n, uint8_t **out, size_t *
 
 	segment_key(sd, n, key, sizeof key);
 	r = s3_fetch(sd->s3, key, grow_sink, &g, SEGMENT_MAX, &rep);
+	if (r == -ENOENT && strcmp(rep.code, "NoSuchKey") == 0) {
+		free(g.buf);
+		return -ENOENT; /* never uploaded: the caller knows what that means */
+	}
 	if (r < 0) {
 		dest_set_error(sd->d, "%s", r == -ENOMEM ? "out of memory" : rep.error);
 		free(g.buf);
-		return r;
+		return r < 0 && r != -ENOENT ? r : -EIO;
 	}
 	*out = g.buf;
 	*len = g.len;
@@ -301,24 +305,36 @@ static int load_head(struct s3_dest *sd)
 	if (sd->head.segment && acked > sd->head.segment) {
 		bool full = full_resync(sd);
 
-		if (acked - sd->head.segment > CATCH_UP_MAX) {
+		/* Segments past HEAD that are not in the bucket were never
+		 * uploaded (a resync skipped them): the bucket's run ends
+		 * there, and the next segment starts it again (note_segment).
+		 * Too many to read back: the same, without reading them. */
+		if (acked - sd->head.segment > CATCH_UP_MAX)
 			log_warn("destination %s: HEAD is %" PRIu64 " segments behind; not reading them"
-				 " back for bases", sd->d->cfg.name, acked - sd->head.segment);
-			sd->head.segment = acked;
-		}
-		for (uint64_t n = sd->head.segment + 1; n <= acked; n++) {
+				 " back: the bucket's HEAD starts again at the next segment",
+				 sd->d->cfg.name, acked - sd->head.segment);
+		for (uint64_t n = sd->head.segment + 1;
+		     n <= acked && acked - sd->head.segment <= CATCH_UP_MAX; n++) {
 			uint8_t *buf;
 
 			r = fetch_segment(sd, n, &buf, &len);
+			if (r == -ENOENT) {
+				log_info("destination %s: segment %" PRIu64 " was never uploaded (a"
+					 " resync skipped it): HEAD ends before it", sd->d->cfg.name, n);
+				break;
+			}
 			if (r < 0)
 				return r;
 			note_segment(sd, n, buf, len, full);
 			free(buf);
 		}
-	} else if (!sd->head.segment && acked) {
-		log_warn("destination %s: the bucket has no HEAD for group %s though segments up to %"
-			 PRIu64 " were uploaded; it starts again with the next one", sd->d->cfg.name,
-			 sd->t->group_s, acked);
+	} else if (!sd->head.segment && acked && !full_resync(sd)) {
+		/* A new bucket or prefix, or HEAD deleted: the segments from the
+		 * next one on would have no base to start from, ever. */
+		dest_set_error(sd->d, "the bucket has no HEAD for group %s though segments up to %"
+			       PRIu64 " were uploaded (a new bucket or prefix, or HEAD deleted): a"
+			       " full resync makes a new base there", sd->t->group_s, acked);
+		return -ESTALE;
 	}
 	sd->loaded = true;
 	sd->next_retention_ns = clock_mono_ns();
@@ -375,9 +391,10 @@ enum outcome s3_dest_put(struct s3_dest *sd, uint64_t n, const uint8_t *raw, siz
 	struct s3_reply rep;
 	char key[128];
 	bool full, more;
+	int r;
 
-	if (!sd->loaded && load_head(sd) < 0)
-		return SHIP_RETRY;
+	if (!sd->loaded && (r = load_head(sd)) < 0)
+		return r == -ESTALE ? SHIP_RESYNC : SHIP_RETRY;
 	full = full_resync(sd);
 	segment_key(sd, n, key, sizeof key);
 	if (s3_put(sd->s3, key, packed ? packed : raw, packed ? packed_len : raw_len,
@@ -439,9 +456,10 @@ enum outcome s3_dest_chores(struct s3_dest *sd)
 	struct s3_head *h = &sd->head;
 	struct s3_reply rep;
 	char key[128];
+	int r;
 
-	if (!sd->loaded && load_head(sd) < 0)
-		return SHIP_RETRY;
+	if (!sd->loaded && (r = load_head(sd)) < 0)
+		return r == -ESTALE ? SHIP_RESYNC : SHIP_RETRY;
 	if (sd->head_owed && !h->purge_from && write_head(sd) < 0)
 		return SHIP_RETRY;
 	if ((sd->d->cfg.keep_ns || sd->d->cfg.keep_segments) && !h->purge_from &&
