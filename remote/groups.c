@@ -597,16 +597,25 @@ static void reach(struct group *g, uint64_t lsn, uint64_t time_ns, uint8_t type,
 static void reach_here(struct group *g, const char *why)
 {
 	uint8_t type = pos_type(g);
-	char note[320];
+	char note[640], past[200] = "";
 
+	/* An apply stopped inside a segment (a record it could not apply, a
+	 * full disk) leaves the writes of the records before that one in the
+	 * targets, past the LSN recorded: what a crash right there could
+	 * leave too, so the copy is crash-consistent, but it is not exactly
+	 * the state at that LSN.  Say so. */
+	if (g->rec_lsn > g->sg.applied_lsn)
+		snprintf(past, sizeof past, "; the targets also hold writes of records after it, up"
+			 " to LSN %" PRIu64 " (applied before the group stopped): a crash state after"
+			 " that LSN, not exactly it", g->rec_lsn);
 	if (type == SEG_FLUSH || type == SEG_SYNC_END || type == SEG_MARK)
-		snprintf(note, sizeof note, "%s: held at LSN %" PRIu64 ", where the group stood",
-			 why, g->sg.applied_lsn);
+		snprintf(note, sizeof note, "%s: held at LSN %" PRIu64 ", where the group stood%s",
+			 why, g->sg.applied_lsn, past);
 	else
 		snprintf(note, sizeof note, "%s: held at LSN %" PRIu64 ", where the group stood,"
-			 " which is %s", why, g->sg.applied_lsn,
+			 " which is %s%s", why, g->sg.applied_lsn,
 			 type ? "not a barrier" : "not known to be a barrier (the end of a segment"
-			 " or of an earlier run)");
+			 " or of an earlier run)", past);
 	reach(g, g->sg.applied_lsn, g->sg.applied_time_ns, type, note);
 }
 
@@ -1250,7 +1259,8 @@ static int group_init(struct group *g)
 static void hold_after_start(struct group *g)
 {
 	if (hold_pending(g) && g->hold.kind == HOLD_NOW)
-		reach_here(g, "aim-remote restarted before the hold was reached");
+		reach_here(g, "aim-remote restarted before the hold was reached (the targets may"
+			   " also hold writes applied after that LSN before the restart)");
 }
 
 static void start_group(struct group *g)

@@ -203,7 +203,7 @@ struct hold {
 	uint64_t stop_time_ns;     /* its source time */
 	uint8_t stop_type;         /* its type: SEG_FLUSH or SEG_MARK, another one where
 				    * the group stood between barriers, 0 unknown */
-	char note[320];            /* how the point was resolved, or why a promote was refused */
+	char note[640];            /* how the point was resolved, or why a promote was refused */
 	enum failover_role role;
 	bool force;                /* promote even an inconsistent copy */
 	uint64_t promoted_ns;      /* when the promotion was done */

@@ -413,7 +413,8 @@ def test_a_promote_whose_group_stops_on_the_way_is_refused_not_stuck(workdir, re
     directory of that name).  The group stopped with its promote pending,
     and a pending promote answers every request with 409: no second
     promote, no release, not even after a restart.  Now the promote is
-    refused where the group stands, and a new one promotes it there."""
+    refused where the group stands (durable right after the write before
+    the record that failed), and a new one promotes it there."""
     s = Stream(workdir, G, RECORDS, CUTS)
     r = remotes().start()
     s.deliver(r.inbox, 1)
@@ -422,10 +423,15 @@ def test_a_promote_whose_group_stops_on_the_way_is_refused_not_stuck(workdir, re
     s.deliver(r.inbox, 2)
     os.makedirs(os.path.join(r.target, "vm2.img"))
     first = s.bounds[2][0]
-    spec = s.spec(3)
-    write = next(ln for ln in spec.splitlines() if ln.startswith("write"))
+    # segment 3: its first WRITE, then the CREATE that fails, then a FLUSH
+    # (the barrier the promote is after)
+    lines = s.spec(3).splitlines()
+    recs = [i for i, ln in enumerate(lines) if ln.split()[0] in ("write", "flush")]
+    assert lines[recs[0]].startswith("write") and lines[recs[1]] == "flush"
+    lines[recs[1]] = "create 2 420 vm2.img"
+    lines[recs[2]] = "flush"
     bad = os.path.join(workdir, "bad.aimj")
-    mkseg(bad, spec.replace(write, "create 2 420 vm2.img", 1))
+    mkseg(bad, "\n".join(lines) + "\n")
     os.rename(bad, os.path.join(r.inbox, G, seg_name(3)))
     r.wait_group(G, lambda g: g["backlog_segments"] == 2, what="segments 2 and 3 waiting")
     r.expect_alarms = True
@@ -433,11 +439,13 @@ def test_a_promote_whose_group_stops_on_the_way_is_refused_not_stuck(workdir, re
     assert p.returncode == 1 and "stopped before it reached" in p.stderr, p.stdout + p.stderr
     g = r.group(G)
     assert g["state"] == "stopped" and g["hold"]["promote"] == "refused", g
-    assert g["applied_lsn"] == first - 1, g
+    assert g["applied_lsn"] == first, g
     p = aimctl(r, "promote")
     assert p.returncode == 0 and "the group was stopped" in p.stdout, p.stdout + p.stderr
+    assert f"promoted at LSN {first} (WRITE" in p.stdout, p.stdout
+    assert "also hold writes" not in p.stdout, p.stdout
     assert r.group(G)["state"] == "promoted"
-    assert image(r) == s.image_at(first - 1)
+    assert image(r) == s.image_at(first)
 
 
 def test_promote_at_a_point_that_did_not_arrive_is_refused_and_segments_come_again(
