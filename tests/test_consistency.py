@@ -447,6 +447,10 @@ def test_bad_input_is_refused_and_writes_nothing(aimfs, workdir):
     # ... which is the right base for the rest, and only for the rest
     ok = CheckRun(["--base", saved, *segs[1:]])
     assert ok.rc == 0 and ok.points, ok
+    # raw images without --fsck: hashed, not checked, and the summary says so
+    assert ok.summary["images_checked"] == 0, ok.summary
+    p = run([AIMCTL, "check", "--base", saved, *segs[1:]])
+    assert "passed by hash only" in p.stdout and "raw images need --fsck" in p.stdout, p.stdout
 
     # a copy of the other group's backing directory, journal included
     other_copy = os.path.join(workdir, "other-copy")
@@ -701,5 +705,5 @@ def test_a_base_saved_inside_a_resync_is_checked_as_such(workdir):
     with open(os.path.join(saved, ".aim-base")) as f:
         assert "resync_from 4\n" in f.read()
     c = CheckRun(["--base", saved, "--fsck", fsck, two])
-    assert c.rc == 0, c
+    assert c.rc == 0 and c.summary["images_checked"] == 1, c
     assert [p["lsn"] for p in c.points] == [10], c       # 6 is inside the resync

@@ -71,6 +71,7 @@ struct check {
 	uint64_t sync_skipped;
 	/* results */
 	uint64_t points, failed, skipped;
+	uint64_t verified;  /* images a checker (qemu-img check, --fsck) looked at */
 	bool have_fail;
 	struct point first_fail;
 	char first_fail_images[512];
@@ -279,6 +280,13 @@ static int by_name(const void *x, const void *y)
 static void report_point(struct check *c, const struct point *pt, bool ok, uint64_t lsn_now)
 {
 	char tbuf[64], wbuf[96], what[320];
+
+	for (size_t i = 0; i < c->n; i++) {
+		const char *st = state_name(&c->e[i], selected(c, c->e[i].name));
+
+		if (strcmp(st, "ok") == 0 || strcmp(st, "failed") == 0)
+			c->verified++;
+	}
 
 	if (pt->type == SEG_MARK)
 		snprintf(what, sizeof what, "MARK \"%s\"", pt->label);
@@ -502,8 +510,9 @@ static void summary(struct check *c, uint64_t first, uint64_t last)
 	char pbuf[400];
 
 	if (c->json) {
-		json_t *o = json_pack("{s:{s:I, s:I, s:I, s:I, s:I, s:I, s:b}}", "summary",
+		json_t *o = json_pack("{s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:b}}", "summary",
 				      "points", (json_int_t)c->points,
+				      "images_checked", (json_int_t)c->verified,
 				      "passed", (json_int_t)(c->points - c->failed),
 				      "failed", (json_int_t)c->failed,
 				      "skipped_in_resync", (json_int_t)c->skipped,
@@ -530,6 +539,10 @@ static void summary(struct check *c, uint64_t first, uint64_t last)
 		printf("check: %" PRIu64 " of %" PRIu64 " points failed (LSN %" PRIu64 "..%" PRIu64
 		       "); the first failure is at %s: %s\n", c->failed, c->points, first, last,
 		       point_describe(&c->first_fail, pbuf, sizeof pbuf), c->first_fail_images);
+	else if (c->points && !c->verified)
+		printf("check: all %" PRIu64 " points passed by hash only (LSN %" PRIu64 "..%" PRIu64
+		       "): no checker looked at an image (raw images need --fsck)\n", c->points,
+		       first, last);
 	else if (c->points)
 		printf("check: all %" PRIu64 " points passed (LSN %" PRIu64 "..%" PRIu64 ")\n",
 		       c->points, first, last);
