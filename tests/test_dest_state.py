@@ -121,7 +121,8 @@ def test_status_and_metrics_agree_in_every_state(aimfs, workdir):
                 f"{aimfs_extra}\n[destination dr1]\nurl = {r.base_url}/aim\n{creds}"
                 f"token_file = {pki.token_file}\n{dr1_extra}\n")
         if with_bad:
-            text += (f"[destination bad]\nurl = {r.base_url}/aim\n{creds}"
+            # another URL on the same receiver (one URL per destination)
+            text += (f"[destination bad]\nurl = {r.base_url}/bad\n{creds}"
                      f"token_file = {wrong_token}\n")
         path = os.path.join(workdir, name)
         with open(path, "w") as f:
