@@ -470,7 +470,12 @@ enum outcome s3_dest_chores(struct s3_dest *sd)
 		sd->next_retention_ns = clock_mono_ns() + RETENTION_EVERY_NS;
 		if (h->oldest && from > h->oldest) {
 			/* HEAD says first what is kept: no reader is sent to a
-			 * segment being deleted. */
+			 * segment being deleted.  If it cannot be written, the
+			 * bucket keeps everything, and so does HEAD. */
+			struct s3_base was[S3_BASES_MAX];
+			size_t nwas = h->nbases;
+
+			memcpy(was, h->bases, nwas * sizeof *was);
 			h->purge_from = h->oldest;
 			h->oldest = from;
 			for (size_t i = 0; i < h->nbases; i++)
@@ -480,6 +485,8 @@ enum outcome s3_dest_chores(struct s3_dest *sd)
 			if (write_head(sd) < 0) {
 				h->oldest = h->purge_from;
 				h->purge_from = 0;
+				memcpy(h->bases, was, nwas * sizeof *was);
+				h->nbases = nwas;
 				return SHIP_RETRY;
 			}
 			log_info("destination %s: keeping segments %" PRIu64 "..%" PRIu64 ", deleting"
