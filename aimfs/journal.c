@@ -1008,12 +1008,28 @@ int journal_adopt(struct journal *j, const char *name, int fd, const struct stat
 	return 0;
 }
 
-/* Recovery, once the registry is the tree's: see "adoption" above. */
+/* The live image whose file has inode number ino: the one named path
+ * first (two filesystems in the backing tree may share a number). */
+static struct image *image_of_ino(struct journal *j, uint64_t ino, const char *path)
+{
+	struct image *im = registry_find_name(j, path);
+
+	if (im && (uint64_t)im->ino == ino)
+		return im;
+	for (size_t i = 0; i < j->nlive; i++)
+		if ((uint64_t)j->live[i]->ino == ino)
+			return j->live[i];
+	return NULL;
+}
+
+/* Recovery, once the registry is the tree's: see "adoption" above.  Marks
+ * are few (an adoption a crash cut short): each goes once what it guards
+ * is durable. */
 int journal_finish_adoptions(struct journal *j)
 {
-	DIR *d;
-	struct dirent *de;
 	int dfd = openat(j->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC), r = 0;
+	struct dirent *de;
+	DIR *d;
 
 	if (dfd < 0 || !(d = fdopendir(dfd))) {
 		r = -errno;
@@ -1021,12 +1037,9 @@ int journal_finish_adoptions(struct journal *j)
 			close(dfd);
 		return r;
 	}
-	char **done = NULL;
-	size_t ndone = 0;
-
 	while (r == 0 && (de = readdir(d))) {
-		char path[SEG_NAME_MAX + 2] = "", *end, **more;
-		struct image *im = NULL;
+		char path[SEG_NAME_MAX + 2] = "", *end;
+		struct image *im;
 		uint64_t ino;
 		ssize_t n;
 		int mfd, ifd;
@@ -1041,13 +1054,7 @@ int journal_finish_adoptions(struct journal *j)
 		if (mfd >= 0)
 			close(mfd);
 		path[n > 0 ? n : 0] = '\0';
-		/* the image that file is now, under its name or another */
-		for (size_t i = 0; i < j->nlive && !im; i++)
-			if ((uint64_t)j->live[i]->ino == ino && strcmp(j->live[i]->name, path) == 0)
-				im = j->live[i];
-		for (size_t i = 0; i < j->nlive && !im; i++)
-			if ((uint64_t)j->live[i]->ino == ino)
-				im = j->live[i];
+		im = image_of_ino(j, ino, path);
 		ifd = im ? openat(j->cfg.backing_fd, im->name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
 			 : -1;
 		if (ifd >= 0) {
@@ -1056,23 +1063,12 @@ int journal_finish_adoptions(struct journal *j)
 			r = journal_record_truth(j, im, ifd, 0, UINT64_MAX);
 			close(ifd);
 		}
-		more = r == 0 ? realloc(done, (ndone + 1) * sizeof *done) : NULL;
-		if (more) {
-			done = more;
-			done[ndone] = strdup(de->d_name);
-			ndone += done[ndone] != NULL;
-		}
+		if (r == 0)
+			r = journal_sync_all(j);
+		if (r == 0)
+			unlinkat(j->dirfd, de->d_name, 0);
 	}
 	closedir(d);
-	/* the marks go once what they guard is durable */
-	if (r == 0 && ndone)
-		r = journal_sync_all(j);
-	for (size_t i = 0; i < ndone; i++) {
-		if (r == 0)
-			unlinkat(j->dirfd, done[i], 0);
-		free(done[i]);
-	}
-	free(done);
 	return r;
 }
 
