@@ -1813,8 +1813,9 @@ void journal_stop(struct journal *j)
 }
 
 /* At close: what the next mount's recovery tells the images' files by
- * (reconcile.c), should they change while aimfs is stopped. */
-static void note_births(struct journal *j)
+ * (reconcile.c), should they be replaced or changed while aimfs is
+ * stopped. */
+static void note_files(struct journal *j)
 {
 	char path[4200];
 	struct catalog *cat;
@@ -1824,7 +1825,7 @@ static void note_births(struct journal *j)
 	snprintf(path, sizeof path, "%s/%s", j->dir, CATALOG_FILE);
 	if (catalog_open(path, &cat) < 0)
 		return;
-	registry_note_births(j, cat);
+	registry_note_files(j, cat, true);
 	catalog_close(cat);
 }
 
@@ -1858,7 +1859,7 @@ void journal_close(struct journal *j)
 	 * durable (unless recovery never finished: it knows).  What was owed
 	 * is redone or reconciled by the next mount either way. */
 	actlog_close(j->al, true);
-	note_births(j);
+	note_files(j);
 	registry_free(j);
 	if (j->dirfd >= 0) {
 		drop_free_files(j);

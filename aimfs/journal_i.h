@@ -205,9 +205,10 @@ int registry_rename(struct journal *j, struct image *im, const char *name);
 int registry_rename_dir_check(struct journal *j, const char *old_name, const char *new_name);
 int registry_rename_dir(struct journal *j, const char *old_name, const char *new_name);
 void registry_put(struct journal *j, struct image *im);
-/* Notes each live image's birth time in the catalog (catalog.h,
- * catalog_image_set_born).  Single-threaded: recovery's end, close. */
-void registry_note_births(struct journal *j, struct catalog *cat);
+/* Notes each live image's birth time in the catalog, and when closing its
+ * ctime too (catalog.h, catalog_image_note).  Single-threaded: recovery's
+ * end, close. */
+void registry_note_files(struct journal *j, struct catalog *cat, bool closing);
 
 
 /* journal.c */
@@ -257,14 +258,32 @@ int journal_finish_adoptions(struct journal *j);
 /* recovery.c — runs before anything is served, single-threaded */
 int journal_recover(struct journal *j, struct catalog *cat);
 
+/* handover.c — part of recovery: extents of images the replicas may not
+ * agree with the backing files on.  len SUSPECT_TO_THE_END: to the end. */
+struct suspect_extent {
+	uint32_t image;
+	uint64_t off, len;
+};
+#define SUSPECT_TO_THE_END (1ULL << 62)
+/* Hands v[0..n) to every destination that mirrors their images (dirty
+ * extents, compared by hash) and begins a resync for reason why (an enum
+ * dest_reason, transport.h) of each destination in sync, durably; with no
+ * such destination, journals what they hold now.  0 or -errno. */
+int handover_recover(struct journal *j, struct catalog *cat, const struct suspect_extent *v,
+		     size_t n, int why);
+/* The live name of image id into buf ("" if it is not live). */
+void handover_image_name(struct journal *j, uint32_t id, char *buf, size_t len);
+
 /* powerloss.c — part of recovery: the last mount ended in a power loss, and
  * found holds its activity log's extents.  0 or -errno. */
 int powerloss_recover(struct journal *j, struct catalog *cat, const struct actlog_found *found);
 /* reconcile.c: builds the registry from the catalog and the backing tree,
  * redoes records after w from the sealed segments listed, and journals the
  * differences (or, for a new group's first mount, records the starting
- * point). */
+ * point).  after_unmount: the last mount unmounted, so an image whose
+ * ctime is not the one noted then was changed while aimfs was stopped and
+ * is handed over whole (handover.c). */
 int journal_reconcile(struct journal *j, struct catalog *cat, const uint64_t *sealed,
-		      size_t nsealed, uint64_t w, bool baseline);
+		      size_t nsealed, uint64_t w, bool baseline, bool after_unmount);
 
 #endif

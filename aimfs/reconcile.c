@@ -30,6 +30,7 @@
 #include "catalog.h"
 #include "fileio.h"
 #include "log.h"
+#include "transport.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -48,8 +49,10 @@ struct cat_image {
 	char *name;        /* name in the catalog (the journal's view) */
 	uint64_t ino;      /* 0 if unknown */
 	uint64_t born;     /* birth time when last seen, 0 if unknown */
+	uint64_t closed_ctime; /* ctime at the last unmount, 0 if unknown */
 	char *found;       /* backing path it was matched to, or NULL */
 	dev_t dev;
+	uint64_t ctime;    /* the found file's ctime */
 };
 
 struct tree_file {
@@ -57,6 +60,7 @@ struct tree_file {
 	dev_t dev;
 	ino_t ino;
 	uint64_t born;     /* 0 if the filesystem keeps none */
+	uint64_t ctime;
 	bool matched;
 };
 
@@ -137,7 +141,8 @@ static int add_file(struct recon *rc, const char *path, const struct stat *st, u
 		rc->capfiles = cap;
 	}
 	rc->files[rc->nfiles] = (struct tree_file){ .path = strdup(path), .dev = st->st_dev,
-						    .ino = st->st_ino, .born = born };
+						    .ino = st->st_ino, .born = born,
+						    .ctime = fileio_ctime_ns(st) };
 	return rc->files[rc->nfiles++].path ? 0 : -ENOMEM;
 }
 
@@ -191,7 +196,8 @@ static int scan_dir(struct recon *rc, int rootfd, char *path, size_t plen, int d
 
 /* ---- matching ---- */
 
-static int load_image(void *ctx, uint32_t id, const char *name, uint64_t ino, uint64_t born)
+static int load_image(void *ctx, uint32_t id, const char *name, uint64_t ino, uint64_t born,
+		      uint64_t closed_ctime)
 {
 	struct recon *rc = ctx;
 
@@ -205,7 +211,7 @@ static int load_image(void *ctx, uint32_t id, const char *name, uint64_t ino, ui
 		rc->capimgs = cap;
 	}
 	rc->imgs[rc->nimgs] = (struct cat_image){ .id = id, .name = strdup(name), .ino = ino,
-						  .born = born };
+						  .born = born, .closed_ctime = closed_ctime };
 	return rc->imgs[rc->nimgs++].name ? 0 : -ENOMEM;
 }
 
@@ -228,6 +234,7 @@ static void bind(struct cat_image *im, struct tree_file *f)
 {
 	im->found = f->path;
 	im->dev = f->dev;
+	im->ctime = f->ctime;
 	f->matched = true;
 }
 
@@ -423,6 +430,37 @@ static int journal_adoptions(struct recon *rc)
 	return r;
 }
 
+/* After an unmount, a matched image whose ctime is not the one noted then
+ * was changed while aimfs was stopped (written, truncated, copied over in
+ * place): its replicas no longer match it, so it is handed over whole. */
+static int hand_over_changed(struct recon *rc)
+{
+	struct suspect_extent *v = calloc(rc->nimgs + 1, sizeof *v);
+	size_t n = 0;
+	int r = 0;
+
+	if (!v)
+		return -ENOMEM;
+	for (size_t i = 0; i < rc->nimgs; i++) {
+		const struct cat_image *ci = &rc->imgs[i];
+		char name[SEG_NAME_MAX + 1];
+
+		if (!ci->found || !ci->closed_ctime || ci->ctime == ci->closed_ctime)
+			continue;
+		handover_image_name(rc->j, ci->id, name, sizeof name);
+		if (!name[0])
+			continue;
+		log_warn("image %s changed while aimfs was stopped (its ctime is not the one it"
+			 " had at the last unmount)", name);
+		v[n++] = (struct suspect_extent){ .image = ci->id, .off = 0,
+						  .len = SUSPECT_TO_THE_END };
+	}
+	if (n)
+		r = handover_recover(rc->j, rc->cat, v, n, DEST_REASON_CHANGED_OFFLINE);
+	free(v);
+	return r;
+}
+
 static int start_baseline(struct recon *rc)
 {
 	struct journal *j = rc->j;
@@ -481,7 +519,7 @@ static int reconcile(struct recon *rc, bool baseline)
 }
 
 int journal_reconcile(struct journal *j, struct catalog *cat, const uint64_t *sealed,
-		      size_t nsealed, uint64_t w, bool baseline)
+		      size_t nsealed, uint64_t w, bool baseline, bool after_unmount)
 {
 	struct recon rc = { .j = j, .cat = cat };
 	char path[SEG_NAME_MAX + 2];
@@ -541,8 +579,10 @@ int journal_reconcile(struct journal *j, struct catalog *cat, const uint64_t *se
 	r = reconcile(&rc, baseline);
 	if (r == 0)
 		r = journal_finish_adoptions(j);
+	if (r == 0 && after_unmount && !baseline)
+		r = hand_over_changed(&rc);
 	if (r == 0)
-		registry_note_births(j, cat);
+		registry_note_files(j, cat, false);
 out:
 	for (size_t i = 0; i < rc.nimgs; i++)
 		free(rc.imgs[i].name);

@@ -439,7 +439,7 @@ int journal_recover(struct journal *j, struct catalog *cat)
 		if (r < 0)
 			goto out;
 	}
-	r = journal_reconcile(j, cat, redo.v, redo.n, w, baseline);
+	r = journal_reconcile(j, cat, redo.v, redo.n, w, baseline, found.present && found.clean);
 	if (r < 0)
 		goto out;
 	if (r == 0)

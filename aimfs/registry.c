@@ -237,21 +237,31 @@ int registry_rename_dir(struct journal *j, const char *old_name, const char *new
 }
 
 /* Single-threaded: at the end of recovery, and at close. */
-void registry_note_births(struct journal *j, struct catalog *cat)
+void registry_note_files(struct journal *j, struct catalog *cat, bool closing)
 {
-	for (size_t i = 0; i < j->nlive; i++) {
+	int r = catalog_begin(cat);
+
+	for (size_t i = 0; i < j->nlive && r == 0; i++) {
 		struct image *im = j->live[i];
-		uint64_t ino, born;
+		uint64_t ino, born, ctime = 0;
+		struct stat st;
 
 		if (im->wb_fd < 0)
 			continue;
 		born = fileio_born_ns(im->wb_fd, "", &ino);
-		if (born && ino == (uint64_t)im->ino &&
-		    catalog_image_set_born(cat, im->id, ino, born) < 0) {
-			log_warn("journal %s: cannot note the birth times of the images (the"
-				 " catalog says why); a file that reuses an image's inode number"
-				 " while aimfs is stopped may be taken for it", j->dir);
-			return;
-		}
+		if (closing && fstat(im->wb_fd, &st) == 0)
+			ctime = fileio_ctime_ns(&st);
+		if ((born || ctime) && ino == (uint64_t)im->ino)
+			r = catalog_image_note(cat, im->id, ino, born, ctime);
 	}
+	if (r == 0)
+		r = catalog_commit(cat);
+	else
+		catalog_rollback(cat);
+	if (r < 0)
+		log_warn("journal %s: cannot note the images' birth%s times (the catalog says"
+			 " why); a file that reuses an image's inode number while aimfs is"
+			 " stopped may be taken for it%s", j->dir, closing ? " and change" : "",
+			 closing ? ", and the next mount compares every image with its"
+				   " destinations" : "");
 }

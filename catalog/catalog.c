@@ -37,7 +37,8 @@ static const char schema[] =
 	"  created_lsn INTEGER,"           /* NULL: existed when first seen */
 	"  removed_lsn INTEGER,"
 	"  ino INTEGER NOT NULL DEFAULT 0,"  /* source inode, for crash recovery */
-	"  born_ns INTEGER NOT NULL DEFAULT 0);" /* its birth time when last seen, 0: unknown */
+	"  born_ns INTEGER NOT NULL DEFAULT 0," /* its birth time when last seen, 0: unknown */
+	"  closed_ctime_ns INTEGER NOT NULL DEFAULT 0);" /* its ctime at the last unmount, 0: unknown */
 	"CREATE TABLE IF NOT EXISTS dirs("
 	"  name TEXT PRIMARY KEY);"        /* directories of the backing tree */
 	"CREATE INDEX IF NOT EXISTS images_by_name ON images(name) WHERE live;"
@@ -143,6 +144,10 @@ static int migrate(struct catalog *c)
 	    sqlite3_exec(c->db, "ALTER TABLE images ADD COLUMN born_ns INTEGER NOT NULL DEFAULT 0",
 			 NULL, NULL, NULL) != SQLITE_OK)
 		return db_fail(c, "adding images.born_ns");
+	if (!has_column(c, "images", "closed_ctime_ns") &&
+	    sqlite3_exec(c->db, "ALTER TABLE images ADD COLUMN closed_ctime_ns INTEGER NOT NULL"
+			 " DEFAULT 0", NULL, NULL, NULL) != SQLITE_OK)
+		return db_fail(c, "adding images.closed_ctime_ns");
 	if (!has_column(c, "destinations", "sync_reason") &&
 	    sqlite3_exec(c->db, "ALTER TABLE destinations ADD COLUMN"
 			 " sync_reason TEXT NOT NULL DEFAULT ''", NULL, NULL, NULL) != SQLITE_OK)
@@ -569,20 +574,22 @@ int catalog_index_segment(struct catalog *c, struct seg_view *v, uint64_t file_b
 
 int catalog_images_each(struct catalog *c,
 			int (*fn)(void *ctx, uint32_t id, const char *name, uint64_t ino,
-				  uint64_t born_ns),
+				  uint64_t born_ns, uint64_t closed_ctime_ns),
 			void *ctx)
 {
 	sqlite3_stmt *st;
 	int r;
 
-	if (sqlite3_prepare_v2(c->db, "SELECT id, name, ino, born_ns FROM images WHERE live"
+	if (sqlite3_prepare_v2(c->db, "SELECT id, name, ino, born_ns, closed_ctime_ns FROM images"
+				      " WHERE live"
 				      " ORDER BY id", -1, &st, NULL))
 		return db_fail(c, "images");
 	while ((r = sqlite3_step(st)) == SQLITE_ROW) {
 		int k = fn(ctx, (uint32_t)sqlite3_column_int64(st, 0),
 			   (const char *)sqlite3_column_text(st, 1),
 			   (uint64_t)sqlite3_column_int64(st, 2),
-			   (uint64_t)sqlite3_column_int64(st, 3));
+			   (uint64_t)sqlite3_column_int64(st, 3),
+			   (uint64_t)sqlite3_column_int64(st, 4));
 		if (k) {
 			sqlite3_finalize(st);
 			return k;
@@ -609,18 +616,22 @@ int catalog_image_add(struct catalog *c, uint32_t id, const char *name, uint64_t
 	return r;
 }
 
-int catalog_image_set_born(struct catalog *c, uint32_t id, uint64_t ino, uint64_t born_ns)
+int catalog_image_note(struct catalog *c, uint32_t id, uint64_t ino, uint64_t born_ns,
+		       uint64_t closed_ctime_ns)
 {
 	sqlite3_stmt *st;
 	int r;
 
-	if (sqlite3_prepare_v2(c->db, "UPDATE images SET born_ns = ?3 WHERE id = ?1 AND ino = ?2",
-			       -1, &st, NULL))
-		return db_fail(c, "image birth");
+	if (sqlite3_prepare_v2(c->db, "UPDATE images SET"
+				      " born_ns = CASE WHEN ?3 THEN ?3 ELSE born_ns END,"
+				      " closed_ctime_ns = CASE WHEN ?4 THEN ?4 ELSE closed_ctime_ns END"
+				      " WHERE id = ?1 AND ino = ?2", -1, &st, NULL))
+		return db_fail(c, "image note");
 	sqlite3_bind_int64(st, 1, id);
 	sqlite3_bind_int64(st, 2, (sqlite3_int64)ino);
 	sqlite3_bind_int64(st, 3, (sqlite3_int64)born_ns);
-	r = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, "image birth");
+	sqlite3_bind_int64(st, 4, (sqlite3_int64)closed_ctime_ns);
+	r = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(c, "image note");
 	sqlite3_finalize(st);
 	return r;
 }

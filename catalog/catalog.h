@@ -54,18 +54,21 @@ int catalog_has_segment(struct catalog *c, uint64_t n, bool *has);
 /* Highest indexed segment number and its last LSN (0, 0 if none). */
 int catalog_last_segment(struct catalog *c, uint64_t *number, uint64_t *last_lsn);
 
-/* Live images (id -> name, source inode number or 0, birth time or 0) as
- * indexed; fn is called for each, in id order; a non-zero return stops and
- * is returned. */
+/* Live images (id -> name, source inode number or 0, birth time or 0,
+ * ctime at the last unmount or 0) as indexed; fn is called for each, in id
+ * order; a non-zero return stops and is returned. */
 int catalog_images_each(struct catalog *c,
 			int (*fn)(void *ctx, uint32_t id, const char *name, uint64_t ino,
-				  uint64_t born_ns),
+				  uint64_t born_ns, uint64_t closed_ctime_ns),
 			void *ctx);
-/* Remembers the birth time (statx btime, ns) of the file image id is, if
- * the catalog knows it by that inode number: with the inode number, it
- * tells the same file from a new one that reused the number while aimfs
- * was not looking.  A no-op for an image not indexed yet. */
-int catalog_image_set_born(struct catalog *c, uint32_t id, uint64_t ino, uint64_t born_ns);
+/* Remembers, for the file image id is if the catalog knows it by that inode
+ * number, its birth time (statx btime, ns; 0 keeps the old one): with the
+ * inode number, it tells the same file from a new one that reused the
+ * number while aimfs was not looking; and its ctime as aimfs unmounted (ns;
+ * 0 keeps the old one): a file whose ctime differs at the next mount was
+ * changed while aimfs was stopped.  A no-op for an image not indexed yet. */
+int catalog_image_note(struct catalog *c, uint32_t id, uint64_t ino, uint64_t born_ns,
+		       uint64_t closed_ctime_ns);
 /* Directories of the backing tree as journaled (MKDIR, RMDIR, renames). */
 int catalog_dirs_each(struct catalog *c, int (*fn)(void *ctx, const char *name), void *ctx);
 /* Records a directory that existed before it was journaled. */

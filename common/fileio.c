@@ -105,3 +105,8 @@ uint64_t fileio_born_ns(int dirfd, const char *path, uint64_t *ino)
 		return 0;
 	return (uint64_t)stx.stx_btime.tv_sec * 1000000000ULL + stx.stx_btime.tv_nsec;
 }
+
+uint64_t fileio_ctime_ns(const struct stat *st)
+{
+	return (uint64_t)st->st_ctim.tv_sec * 1000000000ULL + (uint64_t)st->st_ctim.tv_nsec;
+}

@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 typedef ssize_t (*fileio_pread_fn)(int fd, void *buf, size_t n, off_t off);
@@ -34,5 +35,8 @@ int fileio_fsync_dir_of(const char *path, int (*fsync_fn)(int fd));
  * does not keep one.  *ino (if not NULL) gets the inode number, 0 if the
  * file is not there. */
 uint64_t fileio_born_ns(int dirfd, const char *path, uint64_t *ino);
+/* st's ctime (the last change to the file's data or attributes, which no
+ * one can set back) in ns since the epoch. */
+uint64_t fileio_ctime_ns(const struct stat *st);
 
 #endif

@@ -178,6 +178,43 @@ def test_a_file_that_reuses_an_images_inode_while_stopped_is_a_new_image(aimfs, 
     assert_trees_equal(start2, backing)
 
 
+def test_an_image_changed_in_place_while_stopped_is_journaled_again(aimfs, workdir):
+    """While aimfs is stopped an operator changes an image in place on the
+    backing filesystem (dd conv=notrunc, qemu-img): same name, inode and
+    birth time, its mtime even set back.  Recovery matched it and journaled
+    nothing, so a replay of the journal (and every replica) kept the old
+    bytes.  Its ctime is not the one noted at the unmount: with no
+    destination, what it holds now is journaled.  A restart that changes
+    nothing journals nothing."""
+    backing = os.path.join(workdir, "backing")
+    os.makedirs(backing)
+    start = os.path.join(workdir, "start")
+    copy_tree(backing, start)
+    m = aimfs()
+    for name in ("a.img", "b.img"):
+        with open(os.path.join(m.mountpoint, name), "wb") as f:
+            f.write(os.urandom(300000))
+    assert m.unmount() == 0
+    seen = len(m.output())
+    m2 = aimfs()                    # nothing changed: nothing to say
+    assert m2.unmount() == 0
+    assert "changed while aimfs was stopped" not in m2.output()[seen:], m2.output()[seen:]
+    path = os.path.join(backing, "a.img")
+    st = os.stat(path)
+    with open(path, "r+b") as f:
+        f.seek(123456)
+        f.write(b"changed behind the mount's back")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    seen = len(m2.output())
+    m3 = aimfs()
+    assert m3.unmount() == 0
+    out = m3.output()[seen:]
+    assert "image a.img changed while aimfs was stopped" in out, out
+    assert "b.img changed" not in out, out
+    replay(m3.journal, start)
+    assert_trees_equal(start, backing)
+
+
 def test_journal_is_hidden_and_protected(aimfs):
     m = aimfs()
     mnt = m.mountpoint

@@ -299,6 +299,60 @@ def test_preseeded_replica_ships_only_the_differences(aimfs, workdir, pki, remot
         assert f"dr1: {len(blocks) * 65536} bytes differ after comparison" in f.read()
 
 
+def test_an_image_changed_while_aimfs_was_stopped_is_resynchronised(aimfs, workdir, pki,
+                                                                    remotes):
+    """An operator stops aimfs and changes an image in place on the backing
+    filesystem: same name, inode and birth time, its mtime set back.
+    Recovery matched it and shipped nothing, so the replica kept the old
+    bytes while the source said in sync.  Its ctime is not the one noted at
+    the unmount: the destination resyncs it (reason changed_offline),
+    comparing hashes, so only the blocks that differ travel.  A restart that
+    changes nothing resyncs nothing."""
+    backing = os.path.join(workdir, "backing")
+    os.makedirs(backing)
+    size = 64 << 20
+    sparse_image(os.path.join(backing, "vm.raw"), size, 10, 5)
+    sparse_image(os.path.join(backing, "other.raw"), size, 4, 6)
+    r = start_remote(workdir, pki, "dr1")
+    remotes.append(r)
+    status = f"127.0.0.1:{free_port()}"
+    conf = source_conf(workdir, "c.conf", {"dr1": (r, pki)}, status)
+    m = aimfs(options=[f"config={conf}"])
+    wait_converged(status, [r])
+    assert m.unmount() == 0
+    seen = len(m.output())
+    m2 = aimfs(options=[f"config={conf}"])
+    wait_converged(status, [r])
+    assert m2.unmount() == 0
+    out = m2.output()[seen:]
+    assert "changed while aimfs was stopped" not in out, out
+    assert "resynchronising" not in out, out
+    path = os.path.join(backing, "vm.raw")
+    st = os.stat(path)
+    with open(path, "r+b") as f:
+        f.seek(20 << 20)
+        f.write(b"\xab" * 100000)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    seen = len(m2.output())
+    m3 = aimfs(options=[f"config={conf}"])
+    log = StateLog(status)
+    try:
+        st3 = wait_converged(status, [r])
+    finally:
+        log.close()
+    assert m3.unmount() == 0
+    out = m3.output()[seen:]
+    assert "image vm.raw changed while aimfs was stopped" in out, out
+    assert "other.raw changed" not in out, out
+    assert "an image changed while aimfs was stopped; resynchronising" in out, out
+    assert_trees_equal(backing, r.target)
+    # the 4 KiB blocks the change touched (25), and the hashes of one image
+    d = st3["destinations"][0]
+    assert d["bytes_shipped"] < (2 << 20), d
+    assert "dr1: 102400 bytes differ after comparison" in out, out
+    r.check_quiet()
+
+
 def test_aimctl_verify_finds_a_byte_changed_behind_the_remotes_back(aimfs, workdir, pki, remotes):
     from aimtest import AIMCTL
     backing = os.path.join(workdir, "backing")

@@ -56,6 +56,8 @@ static const struct {
 	[DEST_REASON_OVERFLOW] = { "overflow", "journal overflow" },
 	[DEST_REASON_POWER_LOSS] = { "power_loss", "source power loss" },
 	[DEST_REASON_SNAPSHOT] = { "snapshot", "scheduled snapshot (a new base for restores)" },
+	[DEST_REASON_CHANGED_OFFLINE] = { "changed_offline",
+					  "an image changed while aimfs was stopped" },
 };
 
 static const char *const view_words[] = {

@@ -176,6 +176,7 @@ enum dest_reason {
 	DEST_REASON_OVERFLOW,       /* it fell behind and the journal filled up */
 	DEST_REASON_POWER_LOSS,     /* the source lost power: hot extents are suspect */
 	DEST_REASON_SNAPSHOT,       /* snapshot_every: a new base for restores (object stores) */
+	DEST_REASON_CHANGED_OFFLINE, /* an image changed while aimfs was stopped */
 };
 
 /* A resync's progress, persisted with the state. */
