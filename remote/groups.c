@@ -765,6 +765,9 @@ static void serve_request(struct group *g)
 	pthread_mutex_unlock(&g->lock);
 	if (!p)
 		return;
+	/* No segment enters the inbox while the request is decided and, if
+	 * nothing is waiting, reached (remote_i.h, promote_gate). */
+	pthread_rwlock_wrlock(&g->r->promote_gate);
 	view_of(g, &fv);
 	changed = failover_decide(&fv, &g->hold, p->req);
 	if (changed) {
@@ -786,6 +789,7 @@ static void serve_request(struct group *g)
 			reach_here(g, g->stopped ? "the group was stopped"
 						 : "no segment was waiting to be applied");
 	}
+	pthread_rwlock_unlock(&g->r->promote_gate);
 	if (p->req->code == 200) {
 		snap = malloc(sizeof *snap);
 		if (snap) {

@@ -547,6 +547,7 @@ int main(int argc, char **argv)
 	r.inbox_fd = -1;
 	r.started_ns = clock_wall_ns();
 	pthread_mutex_init(&r.lock, NULL);
+	pthread_rwlock_init(&r.promote_gate, NULL);
 
 	status = parse_args(argc, argv, &r.cfg, &done);
 	if (status || done)
@@ -614,5 +615,6 @@ out:
 	free(r.cfg.maps);
 	puller_config_free(&r.cfg);
 	pthread_mutex_destroy(&r.lock);
+	pthread_rwlock_destroy(&r.promote_gate);
 	return status;
 }

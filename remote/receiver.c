@@ -1081,6 +1081,31 @@ static int refuse_discontinuous(struct receiver *rx, struct upload *u, int gfd,
 	return 0;
 }
 
+/* The last checks and the rename into the group's inbox, under the promote
+ * gate (remote_i.h): decides and returns -1 on a refusal, a copy already
+ * held or a failure; 0 once the segment is in the inbox. */
+static int into_inbox(struct receiver *rx, struct upload *u, int gfd, struct seg_view *v,
+		      const void *m)
+{
+	if (refuse_promoted(rx, u) < 0)
+		return -1;
+	if (held_copy(rx, u, gfd, m, u->size, seg_view_digest(v)) != 0)
+		return -1;
+	if (refuse_discontinuous(rx, u, gfd, v) < 0)
+		return -1;
+	if (renameat2(rx->tmp_fd, u->tmp, gfd, u->file, RENAME_NOREPLACE) < 0) {
+		if (errno == EEXIST) {
+			/* the same segment, uploaded twice at once */
+			held_copy(rx, u, gfd, m, u->size, seg_view_digest(v));
+			return -1;
+		}
+		decide(u, 500, "cannot move the segment into %s/%s: %s", rx->r->cfg.inbox, u->group,
+		       strerror(errno));
+		return -1;
+	}
+	u->tmp_live = false;
+	return 0;
+}
 static void finish(struct receiver *rx, struct upload *u)
 {
 	struct seg_view *v = NULL;
@@ -1125,24 +1150,11 @@ static void finish(struct receiver *rx, struct upload *u)
 		decide(u, 500, "cannot open %s/%s: %s", rx->r->cfg.inbox, u->group, strerror(-gfd));
 		goto out;
 	}
-	if (refuse_promoted(rx, u) < 0)
+	pthread_rwlock_rdlock(&rx->r->promote_gate);
+	r = into_inbox(rx, u, gfd, v, m);
+	pthread_rwlock_unlock(&rx->r->promote_gate);
+	if (r < 0)
 		goto out;
-	r = held_copy(rx, u, gfd, m, u->size, seg_view_digest(v));
-	if (r != 0)
-		goto out;
-	if (refuse_discontinuous(rx, u, gfd, v) < 0)
-		goto out;
-	if (renameat2(rx->tmp_fd, u->tmp, gfd, u->file, RENAME_NOREPLACE) < 0) {
-		if (errno == EEXIST) {
-			/* the same segment, uploaded twice at once */
-			held_copy(rx, u, gfd, m, u->size, seg_view_digest(v));
-			goto out;
-		}
-		decide(u, 500, "cannot move the segment into %s/%s: %s", rx->r->cfg.inbox, u->group,
-		       strerror(errno));
-		goto out;
-	}
-	u->tmp_live = false;
 	if (fsync(gfd) < 0) {
 		decide(u, 500, "fsync of %s/%s: %s", rx->r->cfg.inbox, u->group, strerror(errno));
 		goto out;

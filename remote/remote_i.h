@@ -153,6 +153,11 @@ struct remote {
 
 	pthread_mutex_t lock; /* guards groups */
 	struct group *groups; /* list, in order of discovery */
+	/* Read-held by the receiver from its last check that a group takes
+	 * segments to the segment's rename into the inbox; write-held by a
+	 * group deciding an operator's request (groups.c).  So a promote sees
+	 * every segment answered 201 before it, and none is answered after. */
+	pthread_rwlock_t promote_gate;
 
 	struct receiver *receiver;
 	struct status *status;

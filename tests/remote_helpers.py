@@ -68,8 +68,10 @@ class Remote:
     """One aim-remote process.  args are extra command-line arguments."""
 
     def __init__(self, workdir, inbox, target, args=(), name="remote", listen=False, pki=None,
-                 expect_alarms=False, state=None):
+                 expect_alarms=False, state=None, env=None):
+        """env: variables added to aim-remote's environment."""
         self.workdir = workdir
+        self.env = dict(env or {})
         self.inbox = inbox
         self.target = target
         self.args = list(args)
@@ -102,7 +104,8 @@ class Remote:
         self.cmdline = self.command()
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.cmdline, stdout=self.log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL,
+                                     env={**os.environ, **self.env} if self.env else None)
         self.starts += 1
 
         def ready():

@@ -21,7 +21,7 @@ import urllib.request
 
 import pytest
 
-from aimtest import AIM_REMOTE, AIMCTL, wait_for
+from aimtest import AIM_REMOTE, AIMCTL, BUILD_DIR, wait_for
 from remote_helpers import PKI, mkseg
 
 G = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
@@ -375,6 +375,41 @@ def test_promote_applies_what_arrived_up_to_the_last_barrier_then_refuses_everyt
     assert put(r, other, 1)[0] == 201
     r.wait_applied(H, 7)
     assert "promoted here" in r.output()
+    r.check_quiet()
+
+
+def test_a_segment_stored_while_a_promote_is_decided_is_applied(workdir, remotes, pki):
+    """The receiver's last check that a group takes segments and its rename
+    of the segment into the inbox were not atomic with a promote: a segment
+    checked before the promote was decided and renamed after it was reached
+    got 201 (its source counted it delivered) and was never applied.  Here
+    the rename of segment 2 is held up for 3 s (tests/slowrename.c) and the
+    promote is asked inside that window: it waits for the rename, so the
+    segment answered 201 is applied, up to its last barrier."""
+    import threading
+    shim = os.path.join(BUILD_DIR, "tests", "slowrename.so")
+    asan = os.environ.get("ASAN_OPTIONS", "")
+    env = {"LD_PRELOAD": shim, "AIM_TEST_SLOW_RENAME": f"{seg_name(2)}:3000",
+           "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"}
+    s = Stream(workdir, G, RECORDS, CUTS)
+    r = remotes(listen=True, pki=pki, args=["--token-file", pki.token_file], env=env).start()
+    assert put(r, s, 1)[0] == 201
+    r.wait_applied(G, 7)
+    answer = {}
+    t = threading.Thread(target=lambda: answer.setdefault("put", put(r, s, 2)))
+    t.start()
+    try:
+        wait_for(lambda: "slowrename: holding the rename" in r.output(), 30,
+                 what="the receiver to reach the rename")
+        p = aimctl(r, "promote")
+    finally:
+        t.join()
+    assert answer["put"][0] == 201, answer
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert f"group {G}: promoted at LSN 9 (FLUSH" in p.stdout, p.stdout
+    assert image(r) == s.image_at(9)
+    code, body = put(r, s, 3)
+    assert code == 409 and "was promoted here" in body, (code, body)
     r.check_quiet()
 
 
