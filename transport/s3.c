@@ -8,7 +8,8 @@
  *     destination's stream holds, zstd-compressed with metadata saying so
  *     when compress = zstd saves bytes).  The successful PUT is the
  *     acknowledgement.
- *   - PREFIX/GROUP/HEAD is written after the segment it names: at once
+ *   - PREFIX/GROUP/HEAD is written after the segment it names, once the
+ *     catalog recorded its acknowledgement (s3_dest_acked): at once
  *     when nothing else waits, when the segment opened or completed a
  *     base, or when it is 8 MiB or more; at most a second late while a
  *     backlog of small segments drains (then once the worker is idle:
@@ -67,6 +68,7 @@ struct s3_dest {
 	struct s3_head head;       /* what HEAD says, or must say once written */
 	bool head_owed;            /* head is newer than the HEAD object */
 	bool head_urgent;          /* ... and a base changed: write it now */
+	bool head_due;             /* write it once the segment put is acknowledged */
 	uint64_t head_written_ns;  /* monotonic */
 	uint64_t next_retention_ns; /* monotonic */
 };
@@ -406,14 +408,20 @@ enum outcome s3_dest_put(struct s3_dest *sd, uint64_t n, const uint8_t *raw, siz
 	pthread_mutex_lock(&sd->t->lock);
 	more = n < sd->t->durable_segment;
 	pthread_mutex_unlock(&sd->t->lock);
-	/* HEAD follows at once, unless a backlog of small segments drains
-	 * (then it is at most a second late: a HEAD per small segment would
-	 * double the requests); a HEAD that fails here is owed, not a failed
-	 * segment. */
-	if (sd->head_owed && (!more || sd->head_urgent || raw_len >= HEAD_EVERY_SIZE ||
-			      clock_mono_ns() - sd->head_written_ns >= HEAD_LAG_NS))
-		write_head(sd);
+	/* HEAD follows once the acknowledgement is recorded (s3_dest_acked):
+	 * at once, unless a backlog of small segments drains (then it is at
+	 * most a second late: a HEAD per small segment would double the
+	 * requests); a HEAD that fails is owed, not a failed segment. */
+	sd->head_due = sd->head_owed && (!more || sd->head_urgent || raw_len >= HEAD_EVERY_SIZE ||
+					 clock_mono_ns() - sd->head_written_ns >= HEAD_LAG_NS);
 	return SHIP_OK;
+}
+
+void s3_dest_acked(struct s3_dest *sd)
+{
+	if (sd->head_due)
+		write_head(sd);
+	sd->head_due = false;
 }
 
 /* The first segment a retention policy keeps, the newest base the kept

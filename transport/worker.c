@@ -523,6 +523,8 @@ void *worker_main(void *arg)
 			dest_set_error(d, "cannot record the acknowledgement in the catalog");
 			o = SHIP_RETRY;
 		}
+		if (o == SHIP_OK && sd)
+			s3_dest_acked(sd);
 		if (o == SHIP_OK && skeleton)
 			skeleton_remove(t, d, n);
 		pthread_mutex_lock(&t->lock);
