@@ -9,9 +9,9 @@
  * that differ travel), and one that was in sync begins a resync for the
  * reason given, without a skip (dest_state_mark_all: its segments are
  * valid; SYNC_BEGIN makes its remote say it is not consistent until
- * SYNC_END).  With no destination at all, the journal itself must agree
- * with the backing files again (aimctl ship, a replay): what the extents
- * hold now is journaled, as after a failed backing write.
+ * SYNC_END).  Where no destination mirrors an image, the journal itself
+ * must agree with the backing files again (aimctl ship, a replay): what
+ * its extents hold now is journaled, as after a failed backing write.
  *
  * The catalog transaction is made durable before the caller lets recovery
  * finish, so a crash in between hands the extents over again (every step
@@ -24,6 +24,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -32,6 +33,9 @@ struct handover {
 	struct catalog *cat;
 	const struct suspect_extent *v;
 	size_t n;
+	bool *taken;              /* v[i] went to a destination */
+	enum dest_reason why;
+	bool mark_all;            /* every destination, not only those that took some */
 	size_t dests;             /* destinations that got extents */
 	int err;
 };
@@ -59,15 +63,19 @@ static int to_destination(void *arg, const char *dest)
 		if (h->j->cfg.dest_wants && !h->j->cfg.dest_wants(h->j->cfg.hook_ctx, dest, name))
 			continue;
 		h->err = catalog_dirty_add(h->cat, dest, h->v[i].image, h->v[i].off, h->v[i].len, true);
+		h->taken[i] = true;
 		added++;
 	}
 	if (added)
 		h->dests++;
+	if (added && !h->err && !h->mark_all)
+		h->err = dest_state_mark(h->cat, dest, h->why);
 	return h->err;
 }
 
-/* No destination: journal what the extents hold now. */
-static int journal_truth(struct journal *j, const struct suspect_extent *v, size_t n)
+/* Extents no destination took: journal what they hold now. */
+static int journal_truth(struct journal *j, const struct suspect_extent *v, const bool *taken,
+			 size_t n)
 {
 	int r = 0;
 
@@ -76,6 +84,8 @@ static int journal_truth(struct journal *j, const struct suspect_extent *v, size
 		struct image *im;
 		int fd;
 
+		if (taken[i])
+			continue;
 		handover_image_name(j, v[i].image, name, sizeof name);
 		pthread_mutex_lock(&j->lock);
 		im = registry_find_id(j, v[i].image);
@@ -95,16 +105,22 @@ static int journal_truth(struct journal *j, const struct suspect_extent *v, size
 }
 
 int handover_recover(struct journal *j, struct catalog *cat, const struct suspect_extent *v,
-		     size_t n, int why)
+		     size_t n, int why, bool mark_all)
 {
-	struct handover h = { .j = j, .cat = cat, .v = v, .n = n };
-	int r = catalog_begin(cat);
+	struct handover h = { .j = j, .cat = cat, .v = v, .n = n,
+			      .taken = calloc(n + 1, sizeof *h.taken),
+			      .why = (enum dest_reason)why, .mark_all = mark_all };
+	size_t left = 0;
+	int r;
 
+	if (!h.taken)
+		return -ENOMEM;
+	r = catalog_begin(cat);
 	if (r == 0) {
 		r = catalog_dests_each(cat, to_destination, &h);
 		if (r == 0)
 			r = h.err;
-		if (r == 0)
+		if (r == 0 && mark_all)
 			r = dest_state_mark_all(cat, (enum dest_reason)why);
 		if (r == 0)
 			r = catalog_commit(cat);
@@ -117,11 +133,14 @@ int handover_recover(struct journal *j, struct catalog *cat, const struct suspec
 		log_warn("%s: every destination compares what may differ and receives the blocks"
 			 " that do; each says it is not consistent until then",
 			 dest_reason_text((enum dest_reason)why));
-	if (r == 0 && !h.dests && n) {
+	for (size_t i = 0; i < n; i++)
+		left += !h.taken[i];
+	if (r == 0 && left) {
 		log_info("%s, and no destination mirrors what may differ: journaling it as it"
 			 " is now, so that the journal agrees with the backing files",
 			 dest_reason_text((enum dest_reason)why));
-		r = journal_truth(j, v, n);
+		r = journal_truth(j, v, h.taken, n);
 	}
+	free(h.taken);
 	return r;
 }

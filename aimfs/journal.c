@@ -1826,6 +1826,7 @@ static void note_files(struct journal *j)
 	if (catalog_open(path, &cat) < 0)
 		return;
 	registry_note_files(j, cat, true);
+	catalog_make_durable(cat);
 	catalog_close(cat);
 }
 
@@ -1855,11 +1856,13 @@ void journal_close(struct journal *j)
 		j->owed_head = e->next;
 		owed_free(j, e);
 	}
-	/* The activity log is clean if its checkpoint makes everything
-	 * durable (unless recovery never finished: it knows).  What was owed
-	 * is redone or reconciled by the next mount either way. */
-	actlog_close(j->al, true);
+	/* The images' ctimes are noted (durably) before the activity log
+	 * says clean: a next mount that compares them has them.  The log is
+	 * clean if its checkpoint makes everything durable (unless recovery
+	 * never finished: it knows).  What was owed is redone or reconciled
+	 * by the next mount either way. */
 	note_files(j);
+	actlog_close(j->al, true);
 	registry_free(j);
 	if (j->dirfd >= 0) {
 		drop_free_files(j);

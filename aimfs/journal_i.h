@@ -267,10 +267,11 @@ struct suspect_extent {
 #define SUSPECT_TO_THE_END (1ULL << 62)
 /* Hands v[0..n) to every destination that mirrors their images (dirty
  * extents, compared by hash) and begins a resync for reason why (an enum
- * dest_reason, transport.h) of each destination in sync, durably; with no
- * such destination, journals what they hold now.  0 or -errno. */
+ * dest_reason, transport.h) of each of them in sync -- of every
+ * destination if mark_all (dest_state_mark_all) --, durably; journals
+ * what the extents no destination took hold now.  0 or -errno. */
 int handover_recover(struct journal *j, struct catalog *cat, const struct suspect_extent *v,
-		     size_t n, int why);
+		     size_t n, int why, bool mark_all);
 /* The live name of image id into buf ("" if it is not live). */
 void handover_image_name(struct journal *j, uint32_t id, char *buf, size_t len);
 

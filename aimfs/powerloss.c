@@ -68,7 +68,7 @@ int powerloss_recover(struct journal *j, struct catalog *cat, const struct actlo
 	log_warn("the source lost power (the last mount ended without unmounting, in another"
 		 " boot): %zu extents of %zu images may differ between the backing files and"
 		 " the journal (%" PRIu64 " bytes, whole images not counted)", n, images, bytes);
-	r = handover_recover(j, cat, v, n, DEST_REASON_POWER_LOSS);
+	r = handover_recover(j, cat, v, n, DEST_REASON_POWER_LOSS, true);
 	if (r < 0)
 		log_error("recovery after a power loss: %s", strerror(-r));
 	free(v);

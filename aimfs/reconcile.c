@@ -456,7 +456,8 @@ static int hand_over_changed(struct recon *rc)
 						  .len = SUSPECT_TO_THE_END };
 	}
 	if (n)
-		r = handover_recover(rc->j, rc->cat, v, n, DEST_REASON_CHANGED_OFFLINE);
+		r = handover_recover(rc->j, rc->cat, v, n, DEST_REASON_CHANGED_OFFLINE,
+				     false);
 	free(v);
 	return r;
 }

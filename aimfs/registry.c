@@ -7,6 +7,7 @@
  * namespace exactly.
  */
 #include "journal_i.h"
+#include "io_i.h"
 #include "catalog.h"
 #include "fileio.h"
 #include "log.h"
@@ -16,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 static size_t bucket(const struct journal *j, dev_t dev, ino_t ino)
@@ -236,6 +238,20 @@ int registry_rename_dir(struct journal *j, const char *old_name, const char *new
 	return 0;
 }
 
+/* The ctime to note for a file at close.  On a filesystem that keeps
+ * whole seconds, a change in the same second as aimfs's last write would
+ * keep it: such a ctime is noted as 1, which no file has, so the next
+ * mount compares the image. */
+static uint64_t closing_ctime(const struct stat *st)
+{
+	struct timespec now;
+
+	if (st->st_ctim.tv_nsec == 0 && clock_gettime(CLOCK_REALTIME, &now) == 0 &&
+	    now.tv_sec <= st->st_ctim.tv_sec + 1)
+		return 1;
+	return fileio_ctime_ns(st);
+}
+
 /* Single-threaded: at the end of recovery, and at close. */
 void registry_note_files(struct journal *j, struct catalog *cat, bool closing)
 {
@@ -249,8 +265,11 @@ void registry_note_files(struct journal *j, struct catalog *cat, bool closing)
 		if (im->wb_fd < 0)
 			continue;
 		born = fileio_born_ns(im->wb_fd, "", &ino);
-		if (closing && fstat(im->wb_fd, &st) == 0)
-			ctime = fileio_ctime_ns(&st);
+		/* written back first: a filesystem whose server stamps the
+		 * change when the data arrives (NFS) would change it after */
+		if (closing && aimfs_io.fdatasync_fn(im->wb_fd) == 0 &&
+		    fstat(im->wb_fd, &st) == 0)
+			ctime = closing_ctime(&st);
 		if ((born || ctime) && ino == (uint64_t)im->ino)
 			r = catalog_image_note(cat, im->id, ino, born, ctime);
 	}

@@ -520,6 +520,18 @@ static int run(struct remote *r, int sfd)
 	}
 }
 
+/* Preferring its writer: a promote is not kept waiting by a steady stream
+ * of uploads (remote_i.h). */
+static void init_promote_gate(struct remote *r)
+{
+	pthread_rwlockattr_t ga;
+
+	pthread_rwlockattr_init(&ga);
+	pthread_rwlockattr_setkind_np(&ga, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&r->promote_gate, &ga);
+	pthread_rwlockattr_destroy(&ga);
+}
+
 int main(int argc, char **argv)
 {
 	struct remote r = { 0 };
@@ -547,7 +559,7 @@ int main(int argc, char **argv)
 	r.inbox_fd = -1;
 	r.started_ns = clock_wall_ns();
 	pthread_mutex_init(&r.lock, NULL);
-	pthread_rwlock_init(&r.promote_gate, NULL);
+	init_promote_gate(&r);
 
 	status = parse_args(argc, argv, &r.cfg, &done);
 	if (status || done)

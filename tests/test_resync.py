@@ -353,6 +353,67 @@ def test_an_image_changed_while_aimfs_was_stopped_is_resynchronised(aimfs, workd
     r.check_quiet()
 
 
+def test_a_changed_image_no_destination_mirrors_is_journaled_not_resynced(aimfs, workdir, pki,
+                                                                          remotes):
+    """dr1 mirrors only vm.raw (images =).  other.raw, changed in place while
+    aimfs was stopped, goes to no destination: it is journaled whole again
+    (with some destination configured it used to go nowhere), and dr1,
+    which does not mirror it, stays in sync without a resync."""
+    backing = os.path.join(workdir, "backing")
+    os.makedirs(backing)
+    sparse_image(os.path.join(backing, "vm.raw"), 16 << 20, 4, 7)
+    sparse_image(os.path.join(backing, "other.raw"), 16 << 20, 4, 8)
+    r = start_remote(workdir, pki, "dr1")
+    remotes.append(r)
+    status = f"127.0.0.1:{free_port()}"
+    conf = source_conf(workdir, "f.conf", {"dr1": (r, pki)}, status, extra="retain = 1h")
+    with open(conf, "a") as f:
+        f.write("images = vm.raw\n")
+    m = aimfs(options=[f"config={conf}"])
+    wait_converged(status, [r])
+    assert m.unmount() == 0
+    path = os.path.join(backing, "other.raw")
+    with open(path, "r+b") as f:
+        f.seek(8 << 20)
+        f.write(b"\x5a" * 5000)
+    seen = len(m.output())
+    journal = m.journal
+    before = set(os.listdir(journal))
+    m2 = aimfs(options=[f"config={conf}"])
+    st = wait_converged(status, [r])
+    assert m2.unmount() == 0
+    out = m2.output()[seen:]
+    assert "image other.raw changed while aimfs was stopped" in out, out
+    assert "no destination mirrors what may differ: journaling it" in out, out
+    assert "resynchronising" not in out, out
+    assert st["destinations"][0]["sync"]["state"] == "in_sync", st
+    assert not os.path.exists(os.path.join(r.target, "other.raw"))
+    # the journal has other.raw's content again: a WRITE covering the change
+    new = sorted(f for f in set(os.listdir(journal)) - before if f.endswith(".aimj"))
+    dumped = "".join(run([AIMCTL, "dump", os.path.join(journal, f)]).stdout for f in new)
+    writes = [(int(m.group(1)), int(m.group(2))) for m in re.finditer(
+        r"^\s*\d+\s+WRITE\s+(\d+)\s+(\d+)\s.*\d+ other\.raw$", dumped, re.M)]
+    assert any(off <= (8 << 20) and off + n >= (8 << 20) + 5000 for off, n in writes), \
+        (writes, dumped[:3000])
+    # both changed: vm.raw goes to dr1, other.raw into the journal (it used
+    # to go nowhere as soon as one destination took something)
+    for name in ("vm.raw", "other.raw"):
+        with open(os.path.join(backing, name), "r+b") as f:
+            f.seek(4 << 20)
+            f.write(b"\x6b" * 3000)
+    seen = len(m2.output())
+    m3 = aimfs(options=[f"config={conf}"])
+    wait_converged(status, [r])
+    assert m3.unmount() == 0
+    out = m3.output()[seen:]
+    assert "dr1: an image changed while aimfs was stopped; resynchronising" in out, out
+    assert "no destination mirrors what may differ: journaling it" in out, out
+    c = subprocess.run(["cmp", os.path.join(backing, "vm.raw"), os.path.join(r.target, "vm.raw")],
+                       capture_output=True, text=True)
+    assert c.returncode == 0, c.stdout + c.stderr
+    r.check_quiet()
+
+
 def test_aimctl_verify_finds_a_byte_changed_behind_the_remotes_back(aimfs, workdir, pki, remotes):
     from aimtest import AIMCTL
     backing = os.path.join(workdir, "backing")

@@ -334,6 +334,26 @@ static int mark_one(void *arg, const char *name)
 		if (r == 0)
 			log_warn("destination %s: %s; resynchronising what may differ", name,
 				 dest_reason_text(m->why));
+	} else if (r == 0 && rec.sync == DEST_SYNC_SYNCING && m->why == DEST_REASON_CHANGED_OFFLINE) {
+		/*
+		 * After a clean unmount the journal holds every resync record
+		 * the saved progress counts: the resync goes on, and the images
+		 * handed over are among its dirty extents.  Only one whose
+		 * SYNC_END is out, which would end in sync without them,
+		 * begins again (for them).
+		 */
+		if (rec.phase == DEST_PHASE_ENDING) {
+			rec.phase = DEST_PHASE_BEGIN;
+			rec.reason = m->why;
+			memset(&rec.progress, 0, sizeof rec.progress);
+			rec.progress.started_ns = clock_wall_ns();
+			record_to_catalog(&rec, &y);
+			r = catalog_dest_sync_save(m->cat, name, &y);
+		}
+		if (r == 0)
+			log_warn("destination %s: %s; %s", name, dest_reason_text(m->why),
+				 rec.phase == DEST_PHASE_BEGIN ? "its resync begins again for it"
+							       : "its resync covers it too");
 	} else if (r == 0 && rec.sync == DEST_SYNC_SYNCING &&
 		   (rec.phase == DEST_PHASE_COPYING || rec.phase == DEST_PHASE_COMPARING ||
 		    rec.phase == DEST_PHASE_ENDING)) {
@@ -345,7 +365,11 @@ static int mark_one(void *arg, const char *name)
 		 * sure to cover what the lost records carried.
 		 */
 		rec.phase = DEST_PHASE_NONE;
-		rec.reason = m->why;
+		/* a resync that seeds every image whole keeps saying so: an
+		 * object store opens a base with it */
+		if (rec.reason != DEST_REASON_NEW && rec.reason != DEST_REASON_SEGMENTS_GONE &&
+		    rec.reason != DEST_REASON_SNAPSHOT)
+			rec.reason = m->why;
 		memset(&rec.progress, 0, sizeof rec.progress);
 		rec.progress.started_ns = clock_wall_ns();
 		record_to_catalog(&rec, &y);
@@ -365,6 +389,14 @@ int dest_state_mark_all(struct catalog *cat, enum dest_reason why)
 	int r = catalog_dests_each(cat, mark_one, &m);
 
 	return r < 0 ? r : m.err;
+}
+
+int dest_state_mark(struct catalog *cat, const char *name, enum dest_reason why)
+{
+	struct mark_ctx m = { cat, why, 0 };
+
+	mark_one(&m, name);
+	return m.err;
 }
 
 void dest_set_error(struct dest *d, const char *fmt, ...)

@@ -191,6 +191,14 @@ static int write_head(struct s3_dest *sd)
 	char key[128], *text;
 	int r;
 
+	/* The acknowledgements of what HEAD names durable first: a power
+	 * loss must not take one back once HEAD announces its segment. */
+	r = catalog_make_durable(sd->cat);
+	if (r < 0) {
+		dest_set_error(sd->d, "cannot make the catalog durable before writing HEAD: %s",
+			       strerror(-r));
+		return r;
+	}
 	sd->head.written_ns = clock_wall_ns();
 	text = s3_head_dump(&sd->head);
 	if (!text) {

@@ -228,13 +228,19 @@ int dest_state_progress(struct transport *t, size_t i, struct catalog *cat,
 /* Called (without locks) after every change; one listener (the resync
  * engine's wake-up). */
 void transport_on_change(struct transport *t, void (*fn)(void *ctx), void *ctx);
-/* Before any transport exists (crash recovery after a power loss): every
- * registered destination that is in sync begins a resync without a skip,
- * for why; one that was copying, comparing or ending a resync begins a
- * full one (its saved progress may be ahead of the journal that survived);
- * one that is new, about to begin, or tracking keeps its state (what it
- * will resync covers the hot extents added to its dirty set). */
+/* Before any transport exists (recovery after a power loss, or of images
+ * changed while aimfs was stopped): every registered destination that is
+ * in sync begins a resync without a skip, for why; after a power loss one
+ * that was copying, comparing or ending a resync begins a full one (its
+ * saved progress may be ahead of the journal that survived), keeping a
+ * reason that already seeds every image whole; for a change while stopped
+ * (the journal is whole) one that was ending begins again, and one copying
+ * or comparing goes on; one that is new, about to begin, or tracking keeps
+ * its state (what it will resync covers the extents added to its dirty
+ * set). */
 int dest_state_mark_all(struct catalog *cat, enum dest_reason why);
+/* The same for destination name alone. */
+int dest_state_mark(struct catalog *cat, const char *name, enum dest_reason why);
 /* Names, for logs and status. */
 const char *dest_sync_name(enum dest_sync s);
 const char *dest_phase_name(enum dest_phase p);

@@ -173,6 +173,29 @@ static void test_changes(void)
 	CHECK(catalog_dest_sync_load(cat, "d1", &y) == 0);
 	CHECK(strcmp(y.state, "syncing") == 0 && strcmp(y.phase, "") == 0 &&
 	      strcmp(y.reason, "power_loss") == 0 && y.done == 0);
+	/* ... but a full resync that seeds every image keeps its reason (an
+	 * object store opens a base only for those) */
+	snprintf(y.phase, sizeof y.phase, "comparing");
+	snprintf(y.reason, sizeof y.reason, "new");
+	CHECK(catalog_dest_sync_save(cat, "d1", &y) == 0);
+	CHECK(dest_state_mark_all(cat, DEST_REASON_POWER_LOSS) == 0);
+	CHECK(catalog_dest_sync_load(cat, "d1", &y) == 0);
+	CHECK(strcmp(y.phase, "") == 0 && strcmp(y.reason, "new") == 0);
+	/* an image changed while aimfs was stopped (after a clean unmount):
+	 * a resync copying goes on as it was (the image is among its dirty
+	 * extents); one ending begins again for it */
+	snprintf(y.phase, sizeof y.phase, "copying");
+	y.done = 777;
+	CHECK(catalog_dest_sync_save(cat, "d1", &y) == 0);
+	CHECK(dest_state_mark_all(cat, DEST_REASON_CHANGED_OFFLINE) == 0);
+	CHECK(catalog_dest_sync_load(cat, "d1", &y) == 0);
+	CHECK(strcmp(y.phase, "copying") == 0 && strcmp(y.reason, "new") == 0 && y.done == 777);
+	snprintf(y.phase, sizeof y.phase, "ending");
+	CHECK(catalog_dest_sync_save(cat, "d1", &y) == 0);
+	CHECK(dest_state_mark_all(cat, DEST_REASON_CHANGED_OFFLINE) == 0);
+	CHECK(catalog_dest_sync_load(cat, "d1", &y) == 0);
+	CHECK(strcmp(y.state, "syncing") == 0 && strcmp(y.phase, "begin") == 0 &&
+	      strcmp(y.reason, "changed_offline") == 0 && y.done == 0);
 	catalog_close(cat);
 	t = start(dc, 2, true);
 	expect_view(t, 0, "d1", "resyncing");
