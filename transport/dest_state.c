@@ -314,27 +314,50 @@ struct mark_ctx {
 	int err;
 };
 
+/* Saves name's record as a resync that (re)starts: syncing/phase for
+ * reason, its progress from nothing. */
+static int restart_resync(struct catalog *cat, const char *name, struct dest_record *rec,
+			  enum dest_phase phase, enum dest_reason reason)
+{
+	struct catalog_sync y;
+
+	rec->sync = DEST_SYNC_SYNCING;
+	rec->phase = phase;
+	rec->reason = reason;
+	memset(&rec->progress, 0, sizeof rec->progress);
+	rec->progress.started_ns = clock_wall_ns();
+	record_to_catalog(rec, &y);
+	return catalog_dest_sync_save(cat, name, &y);
+}
+
+/* A reason whose resync seeds every image whole: an object store opens a
+ * base with it (s3.c). */
+static bool seeds_every_image(enum dest_reason why)
+{
+	return why == DEST_REASON_NEW || why == DEST_REASON_SEGMENTS_GONE ||
+	       why == DEST_REASON_SNAPSHOT;
+}
+
 static int mark_one(void *arg, const char *name)
 {
 	struct mark_ctx *m = arg;
 	struct catalog_sync y;
 	struct dest_record rec;
+	const char *why = dest_reason_text(m->why);
 	int r = catalog_dest_sync_load(m->cat, name, &y);
 
 	if (r == 0)
 		r = record_from_catalog(name, &y, &rec);
-	if (r == 0 && rec.sync == DEST_SYNC_IN_SYNC) {
-		rec.sync = DEST_SYNC_SYNCING;
-		rec.phase = DEST_PHASE_BEGIN;
-		rec.reason = m->why;
-		memset(&rec.progress, 0, sizeof rec.progress);
-		rec.progress.started_ns = clock_wall_ns();
-		record_to_catalog(&rec, &y);
-		r = catalog_dest_sync_save(m->cat, name, &y);
+	if (r < 0) {
+		if (!m->err)
+			m->err = r;
+		return 0;
+	}
+	if (rec.sync == DEST_SYNC_IN_SYNC) {
+		r = restart_resync(m->cat, name, &rec, DEST_PHASE_BEGIN, m->why);
 		if (r == 0)
-			log_warn("destination %s: %s; resynchronising what may differ", name,
-				 dest_reason_text(m->why));
-	} else if (r == 0 && rec.sync == DEST_SYNC_SYNCING && m->why == DEST_REASON_CHANGED_OFFLINE) {
+			log_warn("destination %s: %s; resynchronising what may differ", name, why);
+	} else if (rec.sync == DEST_SYNC_SYNCING && m->why == DEST_REASON_CHANGED_OFFLINE) {
 		/*
 		 * After a clean unmount the journal holds every resync record
 		 * the saved progress counts: the resync goes on, and the images
@@ -342,19 +365,14 @@ static int mark_one(void *arg, const char *name)
 		 * SYNC_END is out, which would end in sync without them,
 		 * begins again (for them).
 		 */
-		if (rec.phase == DEST_PHASE_ENDING) {
-			rec.phase = DEST_PHASE_BEGIN;
-			rec.reason = m->why;
-			memset(&rec.progress, 0, sizeof rec.progress);
-			rec.progress.started_ns = clock_wall_ns();
-			record_to_catalog(&rec, &y);
-			r = catalog_dest_sync_save(m->cat, name, &y);
-		}
+		bool again = rec.phase == DEST_PHASE_ENDING;
+
+		if (again)
+			r = restart_resync(m->cat, name, &rec, DEST_PHASE_BEGIN, m->why);
 		if (r == 0)
-			log_warn("destination %s: %s; %s", name, dest_reason_text(m->why),
-				 rec.phase == DEST_PHASE_BEGIN ? "its resync begins again for it"
-							       : "its resync covers it too");
-	} else if (r == 0 && rec.sync == DEST_SYNC_SYNCING &&
+			log_warn("destination %s: %s; %s", name, why,
+				 again ? "its resync begins again for it" : "its resync covers it too");
+	} else if (rec.sync == DEST_SYNC_SYNCING &&
 		   (rec.phase == DEST_PHASE_COPYING || rec.phase == DEST_PHASE_COMPARING ||
 		    rec.phase == DEST_PHASE_ENDING)) {
 		/*
@@ -364,19 +382,11 @@ static int mark_one(void *arg, const char *name)
 		 * ahead of the journal that survived.  Only a full resync is
 		 * sure to cover what the lost records carried.
 		 */
-		rec.phase = DEST_PHASE_NONE;
-		/* a resync that seeds every image whole keeps saying so: an
-		 * object store opens a base with it */
-		if (rec.reason != DEST_REASON_NEW && rec.reason != DEST_REASON_SEGMENTS_GONE &&
-		    rec.reason != DEST_REASON_SNAPSHOT)
-			rec.reason = m->why;
-		memset(&rec.progress, 0, sizeof rec.progress);
-		rec.progress.started_ns = clock_wall_ns();
-		record_to_catalog(&rec, &y);
-		r = catalog_dest_sync_save(m->cat, name, &y);
+		r = restart_resync(m->cat, name, &rec, DEST_PHASE_NONE,
+				   seeds_every_image(rec.reason) ? rec.reason : m->why);
 		if (r == 0)
 			log_warn("destination %s: %s in the middle of its resync; resynchronising"
-				 " every image", name, dest_reason_text(m->why));
+				 " every image", name, why);
 	}
 	if (r < 0 && !m->err)
 		m->err = r;
