@@ -1832,9 +1832,16 @@ static void note_files(struct journal *j)
 
 void journal_close(struct journal *j)
 {
+	bool clean;
+
 	if (!j)
 		return;
 	journal_stop(j);
+	/* Clean only if every record is in a finished segment: one the seal
+	 * or the sealer could not finish at unmount (a full disk) is not
+	 * synced, and records owed are not journaled; a power cut before the
+	 * next mount must be recovered from as one. */
+	clean = !j->open && !j->queue_head && !j->owed_head;
 	if (j->open) {
 		/* A seal that failed at unmount (the next mount seals it), or
 		 * never started: recovery left nothing open, but be safe. */
@@ -1861,8 +1868,12 @@ void journal_close(struct journal *j)
 	 * clean if its checkpoint makes everything durable (unless recovery
 	 * never finished: it knows).  What was owed is redone or reconciled
 	 * by the next mount either way. */
-	note_files(j);
-	actlog_close(j->al, true);
+	if (clean)
+		note_files(j);
+	else
+		log_warn("journal %s: not every record reached a finished segment; the next mount"
+			 " recovers as after a crash", j->dir);
+	actlog_close(j->al, clean);
 	registry_free(j);
 	if (j->dirfd >= 0) {
 		drop_free_files(j);

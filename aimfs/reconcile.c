@@ -321,6 +321,12 @@ static int redo_segment(struct recon *rc, uint64_t n, uint64_t w, uint64_t *redo
 			p = found_path(rc, rec.image);
 			if (p)
 				fd = openat(j->cfg.backing_fd, p, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
+			if (p && fd < 0 && errno != ENOENT) {
+				r = -errno;
+				log_error("journal %s: cannot open %s to redo LSN %" PRIu64 ": %m",
+					  j->dir, p, rec.lsn);
+				break;
+			}
 		}
 		if (fd < 0)
 			continue; /* gone since: nothing to redo */

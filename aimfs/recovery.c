@@ -173,11 +173,12 @@ static int open_view(struct journal *j, uint64_t n, struct seg_view **v)
 }
 
 /*
- * Finishes one NNN.open file whose first record should be LSN expect.  Sets
- * *last_lsn to its last LSN (0 if it was deleted) and *backing_lsn to the
- * trailer's claim if it was already sealed.
+ * Finishes one NNN.open file whose first record should be LSN expect (one
+ * that starts later is dropped after a power_loss).  Sets *last_lsn to its
+ * last LSN (0 if it was deleted) and *backing_lsn to the trailer's claim
+ * if it was already sealed.
  */
-static int finish_open_segment(struct journal *j, uint64_t n, uint64_t expect,
+static int finish_open_segment(struct journal *j, uint64_t n, uint64_t expect, bool power_loss,
 			       uint64_t *last_lsn, bool *was_sealed, uint64_t *backing_lsn)
 {
 	char name[SEG_FILE_NAME_LEN + 8];
@@ -199,12 +200,25 @@ static int finish_open_segment(struct journal *j, uint64_t n, uint64_t expect,
 			close(fd);
 		return r;
 	}
-	if (st.st_size > 0)
+	r = -EBADMSG; /* an empty file: no header */
+	if (st.st_size > 0) {
 		map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
-	if (map != MAP_FAILED)
+		if (map == MAP_FAILED) {
+			r = -errno;
+			log_error("journal %s: cannot map %s: %m", j->dir, name);
+			close(fd);
+			return r;
+		}
 		r = seg_view_new_partial(map, (size_t)st.st_size, &v, &valid, &err);
-	else
-		r = -EBADMSG;
+		/* only what the decoder refuses says the file holds nothing;
+		 * anything else (no memory) is no reason to delete it */
+		if (r < 0 && r != -EBADMSG) {
+			log_error("journal %s: cannot read %s: %s", j->dir, name, strerror(-r));
+			munmap(map, (size_t)st.st_size);
+			close(fd);
+			return r;
+		}
+	}
 	/* A header for another number or group: a recycled file whose new
 	 * header did not reach the disk before a power cut (it is written
 	 * before the rename, but nothing orders the two on disk).  What
@@ -221,8 +235,14 @@ static int finish_open_segment(struct journal *j, uint64_t n, uint64_t expect,
 	 * (sealed in the page cache, not yet fsynced) and kept this one's
 	 * first pages.  The journal is a prefix of what happened or nothing:
 	 * what follows the gap goes (its writes are in the activity log's hot
-	 * extents, which the next step hands to the destinations). */
-	if (r == 0 && seg_view_header(v)->first_lsn > expect) {
+	 * extents, which the next step hands to the destinations).  Without a
+	 * power loss the page cache kept every page, so a gap only means the
+	 * catalog missed segments pruned since: this one stays. */
+	if (r == 0 && seg_view_header(v)->first_lsn > expect && !power_loss)
+		log_warn("journal %s: %s starts at LSN %" PRIu64 " but the catalog knows the"
+			 " journal only up to %" PRIu64 " (segments it never indexed were pruned);"
+			 " kept", j->dir, name, seg_view_header(v)->first_lsn, expect - 1);
+	if (r == 0 && seg_view_header(v)->first_lsn > expect && power_loss) {
 		log_info("journal %s: %s starts at LSN %" PRIu64 " but the journal before it ends"
 			 " at %" PRIu64 "; what a power cut left after the gap is dropped", j->dir,
 			 name, seg_view_header(v)->first_lsn, expect - 1);
@@ -256,10 +276,15 @@ static int finish_open_segment(struct journal *j, uint64_t n, uint64_t expect,
 		if ((uint64_t)st.st_size != valid)
 			log_info("journal %s: cutting %s at byte %zu (torn tail of %" PRIu64 " bytes)",
 				 j->dir, name, valid, (uint64_t)st.st_size - valid);
-		if (aimfs_io.ftruncate_fn(fd, (off_t)valid) < 0 ||
-		    aimfs_io.pwrite_fn(fd, buf, sizeof buf, (off_t)valid) != (ssize_t)sizeof buf) {
+		if (aimfs_io.ftruncate_fn(fd, (off_t)valid) < 0) {
 			r = -errno;
-			log_error("journal %s: cannot seal %s: %m", j->dir, name);
+		} else {
+			ssize_t w = aimfs_io.pwrite_fn(fd, buf, sizeof buf, (off_t)valid);
+
+			r = w == (ssize_t)sizeof buf ? 0 : w < 0 ? -errno : -EIO;
+		}
+		if (r < 0) {
+			log_error("journal %s: cannot seal %s: %s", j->dir, name, strerror(-r));
 			goto out;
 		}
 	}
@@ -367,6 +392,7 @@ int journal_recover(struct journal *j, struct catalog *cat)
 			stored_w = w;
 		}
 		r = finish_open_segment(j, open.v[i], (last_lsn > cat_lsn ? last_lsn : cat_lsn) + 1,
+					!found.present || (!found.clean && !found.same_boot),
 					&l, &was_sealed, &b);
 		if (r < 0)
 			goto out;
@@ -393,6 +419,10 @@ int journal_recover(struct journal *j, struct catalog *cat)
 	/* 3. Index what the catalog lacks. */
 	sealed.n = open.n = 0;
 	r = list_segments(j, &sealed, &open);
+	if (r == 0 && open.n) {
+		log_error("journal %s: segment %" PRIu64 " is still unfinished", j->dir, open.v[0]);
+		r = -EIO;
+	}
 	for (size_t i = 0; !r && i < sealed.n; i++) {
 		bool has;
 

@@ -196,6 +196,54 @@ def test_a_failed_segment_header_or_seal_is_not_sticky(aimfs, workdir):
     s.replay_equal("after a failed header and a failed seal")
 
 
+def test_an_unmount_whose_last_seal_fails_leaves_the_activity_log_unclean(aimfs, workdir):
+    """At unmount the last segment's trailer cannot be written (a full
+    disk): the segment stays open and was never synced.  The activity log
+    was still marked clean, so after a power cut before the next mount
+    recovery would have skipped the redo from the last synced LSN and the
+    hand-over of the hot extents.  It now stays unclean: the next mount
+    (the same boot here, so recovery is exact) says so, finishes the
+    segment, and the journal replays to the backing files."""
+    s = Site(aimfs, workdir)
+    s.mount()
+    img = os.path.join(s.mnt, "vm.raw")
+    write_file(img, os.urandom(3 * 4096))
+    s.faults.set("pwritev *.open ENOSPC len=56")        # SEG_TRAILER_SIZE: only trailers
+    s.m.unmount()
+    out = s.m.output()
+    assert "not every record reached a finished segment" in out, out[-3000:]
+    assert [f for f in os.listdir(s.m.journal) if f.endswith(".open")]
+    s.faults.clear()
+    seen = len(out)
+    s.mount()
+    out = s.m.output()[seen:]
+    assert "stopped without unmounting during this boot" in out, out
+    assert s.m.unmount() == 0
+    s.replay_equal("after a seal that failed at unmount")
+
+
+def test_a_seal_cut_short_during_recovery_fails_the_mount_and_loses_nothing(aimfs, workdir):
+    """After a kill -9 recovery seals the open segment.  A trailer write
+    the disk cuts short (half written, no error) was taken for a success:
+    the segment was published with half a trailer.  Now the mount fails
+    with the reason, and once the disk takes it, the next one finishes the
+    segment and the journal replays to the backing files."""
+    s = Site(aimfs, workdir, options=["segment_idle=1h", "segment_age=1h"])
+    s.mount()
+    img = os.path.join(s.mnt, "vm.raw")
+    write_file(img, os.urandom(5 * 4096))
+    s.m.kill9()
+    assert [f for f in os.listdir(s.m.journal) if f.endswith(".open")]
+    s.faults.set("pwrite *.open ENOSPC len=56 partial")
+    with pytest.raises(RuntimeError) as e:
+        s.mount()
+    assert "cannot seal" in str(e.value), str(e.value)[-3000:]
+    s.faults.clear()
+    s.mount()
+    assert s.m.unmount() == 0
+    s.replay_equal("after a seal cut short during recovery")
+
+
 @pytest.mark.parametrize("end", ["unmount", "kill9"])
 def test_a_record_cut_in_half_never_precedes_another(aimfs, workdir, end):
     """A record whose append writes half and then fails, and whose undo
