@@ -449,7 +449,13 @@ void transport_prune(struct transport *t, struct catalog *cat)
 			pthread_mutex_unlock(&t->skel_lock);
 			break;
 		} else {
-			if (last > backing || sealed + t->retain_ns > now) {
+			bool indexed = false;
+
+			/* Not before the catalog indexed it (the sealer does, or
+			 * the next mount's recovery): what the catalog has is
+			 * where recovery numbers the journal from. */
+			if (last > backing || sealed + t->retain_ns > now ||
+			    catalog_has_segment(cat, n, &indexed) < 0 || !indexed) {
 				pthread_mutex_unlock(&t->skel_lock);
 				break;
 			}
