@@ -14,7 +14,9 @@
  * birth time (noted at each recovery and unmount), a file born at another
  * time is another file; and a file that has the image's name as well as
  * its inode number is matched before any other (two filesystems mounted
- * in the backing tree may both have inode 12).
+ * in the backing tree may both have inode 12).  After a clean unmount, a
+ * matched image whose ctime is not the one noted then was changed while
+ * aimfs was stopped: it is handed over whole (handover.c).
  *
  * Journaling order, so that every record is valid where it lands:
  *   MKDIR of directories the catalog lacks (parents first),
