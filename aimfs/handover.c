@@ -86,11 +86,14 @@ static int journal_truth(struct journal *j, const struct suspect_extent *v, cons
 
 		if (taken[i])
 			continue;
-		handover_image_name(j, v[i].image, name, sizeof name);
 		pthread_mutex_lock(&j->lock);
 		im = registry_find_id(j, v[i].image);
-		if (im)
+		if (im && im->live) {
 			im->refs++;
+			snprintf(name, sizeof name, "%s", im->name);
+		} else {
+			im = NULL;
+		}
 		pthread_mutex_unlock(&j->lock);
 		if (!im)
 			continue;

@@ -24,12 +24,9 @@
 #include "transport.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 int powerloss_recover(struct journal *j, struct catalog *cat, const struct actlog_found *found)
 {

@@ -54,7 +54,7 @@ struct cat_image {
 	uint64_t closed_ctime; /* ctime at the last unmount, 0 if unknown */
 	char *found;       /* backing path it was matched to, or NULL */
 	dev_t dev;
-	uint64_t ctime;    /* the found file's ctime */
+	bool changed;      /* the found file's ctime is not closed_ctime */
 };
 
 struct tree_file {
@@ -236,7 +236,7 @@ static void bind(struct cat_image *im, struct tree_file *f)
 {
 	im->found = f->path;
 	im->dev = f->dev;
-	im->ctime = f->ctime;
+	im->changed = im->closed_ctime && f->ctime != im->closed_ctime;
 	f->matched = true;
 }
 
@@ -453,7 +453,7 @@ static int hand_over_changed(struct recon *rc)
 		const struct cat_image *ci = &rc->imgs[i];
 		char name[SEG_NAME_MAX + 1];
 
-		if (!ci->found || !ci->closed_ctime || ci->ctime == ci->closed_ctime)
+		if (!ci->changed)
 			continue;
 		handover_image_name(rc->j, ci->id, name, sizeof name);
 		if (!name[0])

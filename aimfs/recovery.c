@@ -238,17 +238,20 @@ static int finish_open_segment(struct journal *j, uint64_t n, uint64_t expect, b
 	 * extents, which the next step hands to the destinations).  Without a
 	 * power loss the page cache kept every page, so a gap only means the
 	 * catalog missed segments pruned since: this one stays. */
-	if (r == 0 && seg_view_header(v)->first_lsn > expect && !power_loss)
-		log_warn("journal %s: %s starts at LSN %" PRIu64 " but the catalog knows the"
-			 " journal only up to %" PRIu64 " (segments it never indexed were pruned);"
-			 " kept", j->dir, name, seg_view_header(v)->first_lsn, expect - 1);
-	if (r == 0 && seg_view_header(v)->first_lsn > expect && power_loss) {
-		log_info("journal %s: %s starts at LSN %" PRIu64 " but the journal before it ends"
-			 " at %" PRIu64 "; what a power cut left after the gap is dropped", j->dir,
-			 name, seg_view_header(v)->first_lsn, expect - 1);
-		seg_view_free(v);
-		v = NULL;
-		r = -EBADMSG;
+	if (r == 0 && seg_view_header(v)->first_lsn > expect) {
+		if (!power_loss) {
+			log_warn("journal %s: %s starts at LSN %" PRIu64 " but the catalog knows the"
+				 " journal only up to %" PRIu64 " (segments it never indexed were"
+				 " pruned); kept", j->dir, name, seg_view_header(v)->first_lsn,
+				 expect - 1);
+		} else {
+			log_info("journal %s: %s starts at LSN %" PRIu64 " but the journal before it"
+				 " ends at %" PRIu64 "; what a power cut left after the gap is dropped",
+				 j->dir, name, seg_view_header(v)->first_lsn, expect - 1);
+			seg_view_free(v);
+			v = NULL;
+			r = -EBADMSG;
+		}
 	}
 	if (r < 0 || seg_view_count(v) == 0) {
 		/* Killed while writing the header, or before the first record. */

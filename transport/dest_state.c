@@ -330,9 +330,7 @@ static int restart_resync(struct catalog *cat, const char *name, struct dest_rec
 	return catalog_dest_sync_save(cat, name, &y);
 }
 
-/* A reason whose resync seeds every image whole: an object store opens a
- * base with it (s3.c). */
-static bool seeds_every_image(enum dest_reason why)
+bool dest_reason_seeds_every_image(enum dest_reason why)
 {
 	return why == DEST_REASON_NEW || why == DEST_REASON_SEGMENTS_GONE ||
 	       why == DEST_REASON_SNAPSHOT;
@@ -383,7 +381,7 @@ static int mark_one(void *arg, const char *name)
 		 * sure to cover what the lost records carried.
 		 */
 		r = restart_resync(m->cat, name, &rec, DEST_PHASE_NONE,
-				   seeds_every_image(rec.reason) ? rec.reason : m->why);
+				   dest_reason_seeds_every_image(rec.reason) ? rec.reason : m->why);
 		if (r == 0)
 			log_warn("destination %s: %s in the middle of its resync; resynchronising"
 				 " every image", name, why);

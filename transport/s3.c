@@ -112,8 +112,7 @@ static bool full_resync(struct s3_dest *sd)
 	syncing = sd->d->rec.sync == DEST_SYNC_SYNCING;
 	why = sd->d->rec.reason;
 	pthread_mutex_unlock(&sd->t->lock);
-	return syncing && (why == DEST_REASON_NEW || why == DEST_REASON_SEGMENTS_GONE ||
-			   why == DEST_REASON_SNAPSHOT);
+	return syncing && dest_reason_seeds_every_image(why);
 }
 
 /*

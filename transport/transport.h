@@ -245,6 +245,10 @@ int dest_state_mark(struct catalog *cat, const char *name, enum dest_reason why)
 const char *dest_sync_name(enum dest_sync s);
 const char *dest_phase_name(enum dest_phase p);
 const char *dest_reason_text(enum dest_reason r);
+/* True for a reason whose resync seeds every image whole (a new
+ * destination, lost segments, a snapshot): an object store opens a base
+ * with it. */
+bool dest_reason_seeds_every_image(enum dest_reason why);
 
 /* What operators see of a destination: one word, derived from the record
  * and the link, the same in /status and /metrics. */
