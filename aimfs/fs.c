@@ -63,6 +63,7 @@ struct lo_inode {
 };
 
 struct lo_fh {
+	struct lo_fh *prev, *next; /* fs->open_list (fs->lock) */
 	int fd;
 	bool direct;             /* backing fd has O_DIRECT */
 	bool written;            /* writes since the last barrier */
@@ -82,6 +83,10 @@ struct fs {
 	struct lo_inode root;
 	struct lo_inode *buckets[INODE_BUCKETS];
 	_Atomic unsigned open_handles;
+	/* Every file handle not yet released: the kernel need not send a
+	 * RELEASE for each before the session ends (io_uring), so fs_free
+	 * closes what is left. */
+	struct lo_fh *open_list;
 };
 
 /* Per-thread staging buffer for O_DIRECT and reads, freed when libfuse
@@ -961,12 +966,29 @@ static int open_flags(int flags)
 	return (flags & ~(O_TRUNC | O_APPEND | O_CREAT | O_EXCL | O_NOCTTY)) | O_CLOEXEC;
 }
 
-/* Counts the file handles open on in (delta +1 or -1). */
-static void count_open(struct fs *fs, struct lo_inode *in, int delta)
+/* Counts fh, a file handle of in, as open (or, with open false, as
+ * released) and keeps it on (or takes it off) fs->open_list. */
+static void count_open(struct fs *fs, struct lo_inode *in, struct lo_fh *fh, bool open)
 {
 	pthread_mutex_lock(&fs->lock);
-	in->nopen += (unsigned)delta;
-	atomic_fetch_add(&fs->open_handles, (unsigned)delta);
+	if (open) {
+		in->nopen++;
+		atomic_fetch_add(&fs->open_handles, 1);
+		fh->prev = NULL;
+		fh->next = fs->open_list;
+		if (fs->open_list)
+			fs->open_list->prev = fh;
+		fs->open_list = fh;
+	} else {
+		in->nopen--;
+		atomic_fetch_sub(&fs->open_handles, 1);
+		if (fh->prev)
+			fh->prev->next = fh->next;
+		else
+			fs->open_list = fh->next;
+		if (fh->next)
+			fh->next->prev = fh->prev;
+	}
 	pthread_mutex_unlock(&fs->lock);
 }
 
@@ -978,9 +1000,9 @@ unsigned fs_open_count(struct fs *fs)
 /* Closes a file handle of in (released, or its open was interrupted). */
 static void drop_fh(struct fs *fs, struct lo_inode *in, struct lo_fh *fh)
 {
+	count_open(fs, in, fh, false);
 	close(fh->fd);
 	free(fh);
-	count_open(fs, in, -1);
 }
 
 /*
@@ -1014,10 +1036,10 @@ static int make_fh(struct fs *fs, struct lo_inode *in, struct fuse_file_info *fi
 
 	if (!fh)
 		return -ENOMEM;
-	count_open(fs, in, 1);
 	fh->fd = fd;
 	fh->direct = (flags & O_DIRECT) != 0;
 	fi->fh = (uint64_t)(uintptr_t)fh;
+	count_open(fs, in, fh, true);
 	/*
 	 * O_DIRECT opens bypass the kernel's page cache of the FUSE file as
 	 * well (FOPEN_DIRECT_IO).  Besides being what O_DIRECT means, it saves
@@ -1671,6 +1693,13 @@ void fs_free(struct fs *fs)
 {
 	if (!fs)
 		return;
+	while (fs->open_list) {
+		struct lo_fh *fh = fs->open_list;
+
+		fs->open_list = fh->next;
+		close(fh->fd);
+		free(fh);
+	}
 	for (size_t b = 0; b < INODE_BUCKETS; b++) {
 		while (fs->buckets[b]) {
 			struct lo_inode *in = fs->buckets[b];
