@@ -842,7 +842,9 @@ def test_a_destination_moved_to_an_empty_prefix_gets_a_new_base(ceph, workdir, a
 
     def head():
         return json.loads(ceph.s3().get(bucket, f"moved/{site.group}/HEAD")[1])
-    wait_for(lambda: head()["bases"], 30, what="a base in the new prefix's HEAD")
+    # HEAD is written after the acknowledgement, at most once a second
+    wait_for(lambda: head()["bases"] and head()["lsn"] >= st["head_lsn"], 30,
+             what="a base in the new prefix's HEAD, and HEAD at the source's LSN")
     target = os.path.join(workdir, "restored")
     run([AIMCTL, "restore", "--from", site.url, "--until", str(st["head_lsn"]), "--target-dir",
          target, "--access-key-file", site.ak, "--secret-key-file", site.sk])

@@ -103,7 +103,7 @@ def test_fio_verify_through_the_ring_replays_exactly(aimfs, workdir, args):
     proc = subprocess.run(["fio", "--name=v", f"--directory={m.mountpoint}", *args,
                            "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
                            "--verify_backlog=1024", "--group_reporting", "--randrepeat=0"],
-                          capture_output=True, text=True, timeout=180)
+                          capture_output=True, text=True, timeout=180, cwd=workdir)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"fio failed ({proc.returncode}):\n{out}"
     errs = re.findall(r"err=\s*(\d+)", out)
