@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "catalog.h"
 #include "format.h"
 
 static ssize_t sys_pwrite(int fd, const void *buf, size_t n, off_t off)
@@ -54,6 +55,7 @@ static int sys_boot_id(uint8_t id[BOOT_ID_LEN])
 	.renameat_fn = renameat, \
 	.sync_file_range_fn = sys_sync_file_range, \
 	.boot_id_fn = sys_boot_id, \
+	.catalog_open_fn = catalog_open, \
 }
 
 const struct aimfs_io aimfs_io_default = DEFAULT_IO;

@@ -11,7 +11,8 @@
  * durable; after a kill -9 the test puts
  * back every change that was not durable yet, which is what a power cut
  * leaves on disk.  The boot id comes through the table too, so that such a
- * test can say "this is another boot".
+ * test can say "this is another boot".  The fault-injection build
+ * (tests/faultio.c) fails, cuts short or stalls chosen calls.
  *
  * Not part of any interface outside aimfs/.  The table is process-global and
  * not locked: it is replaced only before anything runs (a constructor of
@@ -26,6 +27,8 @@
 #include <sys/uio.h>
 
 #define BOOT_ID_LEN 16
+
+struct catalog;
 
 struct aimfs_io {
 	ssize_t (*pwrite_fn)(int fd, const void *buf, size_t n, off_t off);
@@ -42,6 +45,9 @@ struct aimfs_io {
 	int (*sync_file_range_fn)(int fd, off_t off, off_t n, unsigned flags);
 	/* This boot's identity (/proc/sys/kernel/random/boot_id): 0 or -errno. */
 	int (*boot_id_fn)(uint8_t id[BOOT_ID_LEN]);
+	/* The sealer's own catalog connection (catalog_open), so that a test
+	 * can make it fail. */
+	int (*catalog_open_fn)(const char *path, struct catalog **out);
 };
 
 extern struct aimfs_io aimfs_io;

@@ -2,7 +2,8 @@
  * sealer.c — the journal's background thread.  It seals the open segment
  * when it gets old (segment_age), and finishes every sealed segment: fsync,
  * rename NNN.open -> NNN.aimj, fsync of the directory, then indexing in the
- * catalog with its own SQLite connection.  Barriers wait on durable_segment,
+ * catalog with its own SQLite connection (opened again every few seconds
+ * while it cannot be opened).  Barriers wait on durable_segment,
  * which moves only after the fsync and rename.
  *
  * A segment it cannot finish (a failed fsync, rename or directory sync)
@@ -31,6 +32,8 @@
 #include <unistd.h>
 
 #define TICK_NS 50000000ULL /* how often an idle sealer looks at the age */
+/* How often a sealer without its catalog tries to open it again. */
+#define CATALOG_RETRY_NS 5000000000ULL
 
 /* Renames NNN.open to NNN.aimj and syncs the directory; done again after
  * a failure, it finds the rename done. */
@@ -229,6 +232,8 @@ static bool finish_one(struct journal *j, struct catalog *cat, uint64_t *index_f
 	pthread_mutex_unlock(&j->lock);
 	if (cat)
 		index_through(j, cat, index_from, number);
+	else if (!*index_from)
+		*index_from = number; /* indexed from here once the catalog opens */
 	if (j->cfg.drop_behind)
 		drop_cached(j, number);
 	if (j->cfg.on_durable)
@@ -236,16 +241,45 @@ static bool finish_one(struct journal *j, struct catalog *cat, uint64_t *index_f
 	return true;
 }
 
+/*
+ * The sealer's catalog connection: opened at start and, after a failure,
+ * again before each segment it finishes, at most every CATALOG_RETRY_NS.
+ * Without it sealed segments are not indexed (finish_one keeps where they
+ * start) and pruning stops at the first of them (transport_prune), so the
+ * journal grows until it opens.  *failed_at: 0, or when it last failed.
+ */
+static void connect_catalog(struct journal *j, const char *path, struct catalog **cat,
+			    uint64_t *failed_at)
+{
+	int r;
+
+	if (*cat || (*failed_at && clock_mono_ns() - *failed_at < CATALOG_RETRY_NS))
+		return;
+	r = aimfs_io.catalog_open_fn(path, cat);
+	if (r == 0) {
+		if (*failed_at)
+			log_info("journal %s: the sealer opened the catalog; the segments sealed"
+				 " meanwhile are indexed now", j->dir);
+		*failed_at = 0;
+		return;
+	}
+	*cat = NULL;
+	if (!*failed_at)
+		log_error("journal %s: the sealer cannot open the catalog %s: %s; sealed segments"
+			  " are neither indexed nor pruned until it can (tried every %llu s)",
+			  j->dir, path, strerror(-r), CATALOG_RETRY_NS / 1000000000ULL);
+	*failed_at = clock_mono_ns();
+}
+
 static void *sealer_main(void *arg)
 {
 	struct journal *j = arg;
 	struct catalog *cat = NULL;
-	uint64_t index_from = 0;
+	uint64_t index_from = 0, catalog_failed_at = 0;
 	char path[4200];
 
 	snprintf(path, sizeof path, "%s/%s", j->dir, CATALOG_FILE);
-	if (catalog_open(path, &cat) < 0)
-		cat = NULL;
+	connect_catalog(j, path, &cat, &catalog_failed_at);
 	pthread_mutex_lock(&j->lock);
 	for (;;) {
 		struct segfile *s = j->queue_head;
@@ -260,6 +294,7 @@ static void *sealer_main(void *arg)
 			if (!j->queue_head)
 				j->queue_tail = NULL;
 			pthread_mutex_unlock(&j->lock);
+			connect_catalog(j, path, &cat, &catalog_failed_at);
 			ok = finish_one(j, cat, &index_from, s);
 			pthread_mutex_lock(&j->lock);
 			/* At unmount one more try is all: what is left stays

@@ -12,7 +12,8 @@
  *   OP GLOB ACTION [count=N] [len=N] [off=N] [partial]
  *
  *   OP      pwrite, pwritev, write (both), ftruncate, fallocate, fsync,
- *           fdatasync, syncfs, or any
+ *           fdatasync, syncfs, catalog_open (the sealer's connection to
+ *           the catalog), or any
  *   GLOB    fnmatch(3) pattern for the file's path (/proc/self/fd), e.g.
  *           "*.open" (the open segment) or "*.raw" (an image)
  *   ACTION  an errno name (ENOSPC, EDQUOT, EROFS, EIO, EFBIG) that the
@@ -29,6 +30,7 @@
  * AIM_FAULTS the wrappers are not installed.
  */
 #include "io_i.h"
+#include "catalog.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -49,7 +51,7 @@
 #define STALL_POLL_NS 10000000L
 
 enum op { OP_PWRITE = 1, OP_PWRITEV = 2, OP_FTRUNCATE = 4, OP_FALLOCATE = 8, OP_FSYNC = 16,
-	  OP_FDATASYNC = 32, OP_SYNCFS = 64 };
+	  OP_FDATASYNC = 32, OP_SYNCFS = 64, OP_CATALOG_OPEN = 128 };
 
 struct rule {
 	char line[PATH_MAX];
@@ -78,7 +80,7 @@ static unsigned parse_op(const char *s)
 		{ "pwrite", OP_PWRITE }, { "pwritev", OP_PWRITEV },
 		{ "write", OP_PWRITE | OP_PWRITEV }, { "ftruncate", OP_FTRUNCATE },
 		{ "fallocate", OP_FALLOCATE }, { "fsync", OP_FSYNC }, { "fdatasync", OP_FDATASYNC },
-		{ "syncfs", OP_SYNCFS }, { "any", ~0u },
+		{ "syncfs", OP_SYNCFS }, { "catalog_open", OP_CATALOG_OPEN }, { "any", ~0u },
 	};
 
 	for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
@@ -179,22 +181,16 @@ static bool rule_present(const char *text)
 enum verdict { RUN, FAIL, HALF };
 
 /*
- * What to do with a call: RUN it, FAIL it (*err), or write HALF of it.
- * A stall rule waits here until it is gone, then the call runs.
+ * What to do with a call on the file at path: RUN it, FAIL it (*err), or
+ * write HALF of it.  A stall rule waits here until it is gone, then the
+ * call runs.
  */
-static enum verdict decide(unsigned op, const char *name, int fd, long long off, long long len,
-			   int *err)
+static enum verdict decide_path(unsigned op, const char *name, const char *path, long long off,
+				long long len, int *err)
 {
-	char proc[64], path[PATH_MAX];
 	enum verdict v = RUN;
 	char stall[PATH_MAX] = "";
-	ssize_t n;
 
-	snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
-	n = readlink(proc, path, sizeof path - 1);
-	if (n < 0)
-		return RUN;
-	path[n] = '\0';
 	pthread_mutex_lock(&lock);
 	reload_locked();
 	for (int i = 0; i < nrules; i++) {
@@ -231,6 +227,21 @@ static enum verdict decide(unsigned op, const char *name, int fd, long long off,
 			nanosleep(&ts, NULL);
 	}
 	return v;
+}
+
+/* decide_path for the file open at fd. */
+static enum verdict decide(unsigned op, const char *name, int fd, long long off, long long len,
+			   int *err)
+{
+	char proc[64], path[PATH_MAX];
+	ssize_t n;
+
+	snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+	n = readlink(proc, path, sizeof path - 1);
+	if (n < 0)
+		return RUN;
+	path[n] = '\0';
+	return decide_path(op, name, path, off, len, err);
 }
 
 static ssize_t f_pwrite(int fd, const void *buf, size_t n, off_t off)
@@ -333,6 +344,15 @@ static int f_syncfs(int fd)
 	return syncfs(fd);
 }
 
+static int f_catalog_open(const char *path, struct catalog **out)
+{
+	int err = 0;
+
+	if (decide_path(OP_CATALOG_OPEN, "catalog_open", path, 0, 0, &err) == FAIL)
+		return -err;
+	return catalog_open(path, out);
+}
+
 __attribute__((constructor)) static void faults_install(void)
 {
 	rules_path = getenv("AIM_FAULTS");
@@ -345,4 +365,5 @@ __attribute__((constructor)) static void faults_install(void)
 	aimfs_io.fsync_fn = f_fsync;
 	aimfs_io.fdatasync_fn = f_fdatasync;
 	aimfs_io.syncfs_fn = f_syncfs;
+	aimfs_io.catalog_open_fn = f_catalog_open;
 }

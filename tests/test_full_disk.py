@@ -244,6 +244,55 @@ def test_a_seal_cut_short_during_recovery_fails_the_mount_and_loses_nothing(aimf
     s.replay_equal("after a seal cut short during recovery")
 
 
+def catalog_states(journal):
+    """{segment: state} from the source's catalog, opened read-only."""
+    import sqlite3
+    db = sqlite3.connect(f"file:{os.path.join(journal, 'catalog.db')}?mode=ro", uri=True,
+                         timeout=10)
+    try:
+        return dict(db.execute("SELECT number, state FROM segments").fetchall())
+    finally:
+        db.close()
+
+
+def test_a_catalog_the_sealer_cannot_open_is_opened_again(aimfs, workdir, pki, remotes):
+    """The sealer indexes each segment it finishes in the catalog, through a
+    connection of its own.  One it could not open at the start it never
+    tried again: no segment of that mount was indexed, and pruning, which
+    stops at a segment the catalog has not indexed, stopped until the next
+    mount, so the journal only grew.  Now it is opened again a few seconds
+    later, the segments sealed meanwhile go in, and pruning goes on."""
+    r = start_remote(workdir, pki, "dr1")
+    remotes.append(r)
+    status = f"127.0.0.1:{free_port()}"
+    conf = source_conf(workdir, "src.conf", {"dr1": (r, pki)}, status)
+    faults = Faults(os.path.join(workdir, "faults"))
+    faults.set("catalog_open */catalog.db EIO count=1")
+    m = aimfs(options=[f"config={conf}"], binary=AIMFS_FAULTS, env=faults.env,
+              expect_alarms=True)
+    img = os.path.join(m.mountpoint, "vm.raw")
+    write_file(img, os.urandom(256 << 10))
+    wait_converged(status, [r])
+    assert "the sealer cannot open the catalog" in m.output(), m.output()[-3000:]
+    first = get_status(status)["durable_segment"]
+    assert first >= 1 and first not in catalog_states(m.journal)
+    n = 0
+
+    def caught_up():
+        nonlocal n
+        write_file(img, os.urandom(4096), os.O_WRONLY, (n % 64) * 4096)
+        n += 1
+        states = catalog_states(m.journal)
+        return "the sealer opened the catalog" in m.output() and \
+            all(i in states for i in range(1, get_status(status)["durable_segment"] + 1)) and \
+            states.get(first) == "pruned"
+    wait_for(caught_up, 30, 0.5, what="the catalog to be opened again and the segments"
+                                      " sealed without it indexed and pruned")
+    wait_converged(status, [r])
+    assert m.unmount() == 0
+    assert_trees_equal(r.target, m.backing)
+
+
 @pytest.mark.parametrize("end", ["unmount", "kill9"])
 def test_a_record_cut_in_half_never_precedes_another(aimfs, workdir, end):
     """A record whose append writes half and then fails, and whose undo
