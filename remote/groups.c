@@ -745,6 +745,29 @@ static enum plan plan(struct group *g, struct seg_view *v, uint64_t next, uint64
 	return sc->stop_lsn ? PLAN_UPTO : PLAN_NONE;
 }
 
+/*
+ * A hold "now" stops at the first barrier after where the group stood when
+ * it was asked.  Once the group knows which (sc), that is recorded before
+ * it applies towards it, so that after a restart the group still knows:
+ * records applied past its durable point before the restart are applied
+ * again in order up to that barrier (hold_after_start), and a restart right
+ * after stopping there, before the hold was recorded as reached, finds it.
+ */
+static int plan_now_stop(struct group *g, const struct hold_scan *sc)
+{
+	struct hold n = g->hold;
+
+	if (n.kind != HOLD_NOW || n.stop_lsn == sc->stop_lsn)
+		return 0;
+	n.stop_lsn = sc->stop_lsn;
+	n.stop_time_ns = sc->stop_time_ns;
+	n.stop_type = sc->stop_type;
+	if (state_hold_put(g->st, g->name, &n) < 0)
+		return -EIO;
+	g->hold = n;
+	return 0;
+}
+
 /* Answers an operator's request handed over by groups_request, if any. */
 static void serve_request(struct group *g)
 {
@@ -908,6 +931,11 @@ static int apply_next(struct group *g, uint64_t next, bool jump)
 					     " hold's point");
 			else if (!refuse_unreachable_promote(g, missing))
 				set_state(g, GROUP_WAITING, missing, NULL);
+			return 0;
+		}
+		if (pl == PLAN_UPTO && final && plan_now_stop(g, &sc) < 0) {
+			inbox_file_close(&f);
+			stop_group(g, "cannot record in the state database where the hold stops");
 			return 0;
 		}
 	}
@@ -1257,14 +1285,25 @@ static int group_init(struct group *g)
 	return 0;
 }
 
-/* A group (re)started with a hold asked "now" and not reached: it holds
- * where its targets are durable, which is where it stood when it was
- * asked or further at a barrier. */
+/*
+ * A group (re)started with a hold asked "now" and not reached.  If its
+ * targets are durable at the barrier it was going to stop at
+ * (plan_now_stop), it stopped there before the restart: the hold is
+ * reached.  Otherwise it goes on towards that barrier as before, applying
+ * again, in order, what it applied after its durable point; the plan finds
+ * the same barrier, since none lies between where the hold was asked and it.
+ */
 static void hold_after_start(struct group *g)
 {
-	if (hold_pending(g) && g->hold.kind == HOLD_NOW)
-		reach_here(g, "aim-remote restarted before the hold was reached (the targets may"
-			   " also hold writes applied after that LSN before the restart)");
+	struct hold_scan sc = { 0 };
+	char why[640];
+
+	if (!hold_pending(g) || g->hold.kind != HOLD_NOW || !g->hold.stop_lsn ||
+	    g->sg.applied_lsn < g->hold.stop_lsn)
+		return;
+	sc.stop_lsn = g->hold.stop_lsn;
+	stop_note(g, &sc, why, sizeof why);
+	reach(g, g->hold.stop_lsn, g->hold.stop_time_ns, g->hold.stop_type, why);
 }
 
 static void start_group(struct group *g)

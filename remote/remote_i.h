@@ -204,7 +204,8 @@ struct hold {
 	uint64_t set_ns;           /* when it was asked (wall clock) */
 	uint64_t asked_lsn;        /* the group's applied LSN then */
 	bool reached;              /* the group stopped there */
-	uint64_t stop_lsn;         /* ... after this record (valid once reached) */
+	uint64_t stop_lsn;         /* ... after this record (valid once reached; for a
+				    * pending "now", the barrier it stops at, once known) */
 	uint64_t stop_time_ns;     /* its source time */
 	uint8_t stop_type;         /* its type: SEG_FLUSH or SEG_MARK, another one where
 				    * the group stood between barriers, 0 unknown */

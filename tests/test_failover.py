@@ -619,6 +619,46 @@ def test_a_hold_asked_in_the_middle_of_a_segment_stops_at_its_next_flush(workdir
     r.check_quiet()
 
 
+def test_a_hold_now_interrupted_by_a_kill_stops_at_its_barrier_after_the_restart(
+        workdir, remotes):
+    """A hold "now" asked while a long run of writes is applied stops at the
+    FLUSH after them.  aim-remote killed on the way used to reach the hold
+    at its durable point when it started again: no barrier, and the targets
+    also held writes applied after it before the kill.  The group now
+    knows which FLUSH it was going to (recorded before it applied towards
+    it), applies again what it had applied past its durable point, and
+    stops exactly there."""
+    r = remotes().start()
+    big, n = 65536, 6000
+    lines = [f"group {G}", "number 1", "first_lsn 1", "image 1 vm.img"]
+    want = bytearray(16 * big)
+    for i in range(1, n + 1):
+        lines.append(f"write 1 {(i % 16) * big} @{big}:{i % 256}")
+        want[(i % 16) * big:(i % 16 + 1) * big] = bytes([i % 256]) * big
+    lines.append("flush")                                   # LSN n + 1
+    for i in range(n + 2, n + 10):                          # after it: never applied
+        lines.append(f"write 1 {(i % 16) * big} @{big}:{(i + 7) % 256}")
+    path = os.path.join(workdir, "long.aimj")
+    mkseg(path, "\n".join(lines) + "\n")
+    os.makedirs(os.path.join(r.inbox, G))
+    os.rename(path, os.path.join(r.inbox, G, seg_name(1)))
+    r.wait_group(G, lambda g: g["state"] == "applying" or g["applied_lsn"] > 0,
+                 what="the apply to start", interval=0.005)
+    code, o = post(r, f"/hold/{G}")
+    assert code == 200, (code, o)
+    r.kill9()
+    if "held at LSN" in r.output():
+        pytest.skip("the hold was reached before the kill: nothing left to test")
+    r.start()
+    g = held(r, timeout=120)
+    assert (g["hold"]["lsn"], g["hold"]["record"]) == (n + 1, "FLUSH"), g
+    assert g["applied_lsn"] == n + 1, g
+    assert image(r) == bytes(want), "the targets are not the state at the FLUSH"
+    assert aimctl(r, "release").returncode == 0
+    r.wait_applied(G, n + 9)
+    r.check_quiet()
+
+
 def test_promote_of_an_unknown_or_malformed_group_is_a_clear_error(workdir, remotes):
     """`aimctl promote --group` of a group this remote does not know, or of
     something that is not a group: non-zero exit, a message that names the
