@@ -290,7 +290,12 @@ if [[ -z $BASE_DIR ]]; then BASE_DIR=/var/tmp; fi
 SCRATCH=$(mktemp -d "$BASE_DIR/aimfs-bench.XXXXXX") || die "cannot create a scratch directory in $BASE_DIR"
 SCRATCH=$(readlink -f "$SCRATCH")
 BACKING="$SCRATCH/backing"
-JOURNAL="$BACKING/.aimfs"
+# aimfs gets files of its own, laid out the same way on the same filesystem:
+# it notices a file changed behind its back between two of its mounts (the
+# other targets' writes) and journals it whole again at the next mount, which
+# would land in the middle of every aimfs job.
+AIMFS_BACKING="$SCRATCH/backing-aimfs"
+JOURNAL="$AIMFS_BACKING/.aimfs"
 if [[ $AIMFS_OPTS =~ (^|,)journal=([^,]*) ]]; then JOURNAL=${BASH_REMATCH[2]}; fi
 
 # Output files.
@@ -337,7 +342,7 @@ mount_fuse() { # TARGET MOUNTPOINT LOGFILE -> sets MNT_PID
             [[ -n $AIMFS_BASE_OPTS_SET ]] && opts=$AIMFS_BASE_OPTS
         fi
         [[ -n $opts ]] && cmd+=(-o "$opts")
-        cmd+=("$BACKING" "$mnt")
+        cmd+=("$AIMFS_BACKING" "$mnt")
         ;;
     bindfs) cmd=(bindfs -f "$BACKING" "$mnt") ;;
     bindfs-odirect) cmd=(bindfs --forward-odirect=4096 -f "$BACKING" "$mnt") ;;
@@ -412,16 +417,18 @@ run_fio() { # DIR STDERR_FILE FIO_ARGS... -> fio's exit status
     return "$rc"
 }
 
-# The backing directory must hold exactly the laid out files, at full size.
+# The backing directories must hold exactly the laid out files, at full size.
 check_files() {
-    local f extra
-    for f in "${FILES[@]}"; do
-        [[ -f $BACKING/$f ]] || fail "$BACKING/$f is missing after $1"
-        [[ $(stat -c %s "$BACKING/$f") -ge $SIZE_BYTES ]] ||
-            fail "$BACKING/$f is $(stat -c %s "$BACKING/$f") bytes after $1, expected $SIZE_BYTES"
+    local f extra b
+    for b in "${BACKINGS[@]}"; do
+        for f in "${FILES[@]}"; do
+            [[ -f $b/$f ]] || fail "$b/$f is missing after $1"
+            [[ $(stat -c %s "$b/$f") -ge $SIZE_BYTES ]] ||
+                fail "$b/$f is $(stat -c %s "$b/$f") bytes after $1, expected $SIZE_BYTES"
+        done
+        extra=$(find "$b" -mindepth 1 -maxdepth 1 ! -name .aimfs ! -name "${FILES[0]}" ! -name "${FILES[1]}" -printf '%f ')
+        [[ -z $extra ]] || fail "unexpected files in $b after $1: $extra"
     done
-    extra=$(find "$BACKING" -mindepth 1 -maxdepth 1 ! -name .aimfs ! -name "${FILES[0]}" ! -name "${FILES[1]}" -printf '%f ')
-    [[ -z $extra ]] || fail "unexpected files in $BACKING after $1: $extra"
 }
 
 SEQ=0
@@ -525,21 +532,26 @@ NRUNS=$((${#JOBS[@]} * ${#TARGETS[@]} * ROUNDS))
 log "scratch $SCRATCH ($(findmnt -no FSTYPE -T "$SCRATCH")), results $OUT"
 log "${#JOBS[@]} jobs x ${#TARGETS[@]} targets x $ROUNDS rounds = $NRUNS fio runs of $RUNTIME+$RAMP s, size $SIZE: about $((NRUNS * (RUNTIME + RAMP + 1) / 60 + 1)) min"
 
-need=$((2 * SIZE_BYTES + 2 * 1024 * 1024 * 1024))
+BACKINGS=("$BACKING")
+if has_target aimfs || has_target aimfs-base; then BACKINGS+=("$AIMFS_BACKING"); fi
+need=$((2 * ${#BACKINGS[@]} * SIZE_BYTES + 2 * 1024 * 1024 * 1024))
 avail=$(($(stat -f -c '%a*%S' "$SCRATCH")))
 ((avail >= need)) || fail "not enough space in $SCRATCH: $((avail >> 20)) MiB free, need at least $((need >> 20)) MiB"
 if has_target aimfs && ((avail < need + 2000000000 * (RUNTIME + RAMP))); then
     log "warning: only $((avail >> 30)) GiB free; one aimfs write job may journal up to ~$((2 * (RUNTIME + RAMP))) GB"
 fi
 
-mkdir -p "$BACKING"
-
 # Lay out the data files (fsbench.0.0, fsbench.1.0) once, with real data, directly
-# on the backing filesystem; every job of every target then overwrites or reads them.
-log "laying out 2 x $SIZE in $BACKING"
-run_fio "$BACKING" "$RAW/fio/layout.stderr" --size="$SIZE" --numjobs=2 --rw=write --bs=1M \
-    --direct=1 --ioengine=psync --end_fsync=1 --output-format=json --output="$RAW/fio/layout.json" ||
-    { rc=$?; show_log "$RAW/fio/layout.stderr"; fail "layout with fio failed (status $rc)"; }
+# on the backing filesystem; every job of every target then overwrites or reads them
+# (aimfs's targets their own copy, laid out the same way).
+for b in "${BACKINGS[@]}"; do
+    mkdir -p "$b"
+    log "laying out 2 x $SIZE in $b"
+    run_fio "$b" "$RAW/fio/layout-${b##*/}.stderr" --size="$SIZE" --numjobs=2 --rw=write --bs=1M \
+        --direct=1 --ioengine=psync --end_fsync=1 --output-format=json \
+        --output="$RAW/fio/layout-${b##*/}.json" ||
+        { rc=$?; show_log "$RAW/fio/layout-${b##*/}.stderr"; fail "layout with fio failed (status $rc)"; }
+done
 check_files "the layout"
 
 # Check that every FUSE target mounts before spending an hour. For aimfs this
