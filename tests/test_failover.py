@@ -579,6 +579,19 @@ def test_promote_stops_at_the_latest_consistent_point(workdir, remotes):
     r.check_quiet()
 
 
+def hold_while_applying(r, workdir, lines):
+    """Delivers segment 1 of group G (mkseg lines) and asks a hold "now"
+    once the group applies it."""
+    path = os.path.join(workdir, "long.aimj")
+    mkseg(path, "\n".join(lines) + "\n")
+    os.makedirs(os.path.join(r.inbox, G))
+    os.rename(path, os.path.join(r.inbox, G, seg_name(1)))
+    r.wait_group(G, lambda g: g["state"] == "applying" or g["applied_lsn"] > 0,
+                 what="the apply to start", interval=0.005)
+    code, o = post(r, f"/hold/{G}")
+    assert code == 200, (code, o)
+
+
 def test_a_hold_asked_in_the_middle_of_a_segment_stops_at_its_next_flush(workdir, remotes):
     """A long segment (3000 writes of 64 KiB, a FLUSH every 50) is being
     applied when `hold` comes: the group pauses right after the record it
@@ -594,14 +607,7 @@ def test_a_hold_asked_in_the_middle_of_a_segment_stops_at_its_next_flush(workdir
         else:
             lines.append(f"write 1 {(i % 16) * big} @{big}:{i % 256}")
             kinds.append("w")
-    path = os.path.join(workdir, "big.aimj")
-    mkseg(path, "\n".join(lines) + "\n")
-    os.makedirs(os.path.join(r.inbox, G))
-    os.rename(path, os.path.join(r.inbox, G, seg_name(1)))
-    r.wait_group(G, lambda g: g["state"] == "applying" or g["applied_lsn"] > 0,
-                 what="the apply to start", interval=0.005)
-    code, o = post(r, f"/hold/{G}")
-    assert code == 200, (code, o)
+    hold_while_applying(r, workdir, lines)
     g = held(r, timeout=120)
     lsn = g["hold"]["lsn"]
     assert g["hold"]["record"] == "FLUSH" and kinds[lsn - 1] == "f", g
@@ -638,14 +644,7 @@ def test_a_hold_now_interrupted_by_a_kill_stops_at_its_barrier_after_the_restart
     lines.append("flush")                                   # LSN n + 1
     for i in range(n + 2, n + 10):                          # after it: never applied
         lines.append(f"write 1 {(i % 16) * big} @{big}:{(i + 7) % 256}")
-    path = os.path.join(workdir, "long.aimj")
-    mkseg(path, "\n".join(lines) + "\n")
-    os.makedirs(os.path.join(r.inbox, G))
-    os.rename(path, os.path.join(r.inbox, G, seg_name(1)))
-    r.wait_group(G, lambda g: g["state"] == "applying" or g["applied_lsn"] > 0,
-                 what="the apply to start", interval=0.005)
-    code, o = post(r, f"/hold/{G}")
-    assert code == 200, (code, o)
+    hold_while_applying(r, workdir, lines)
     r.kill9()
     if "held at LSN" in r.output():
         pytest.skip("the hold was reached before the kill: nothing left to test")
