@@ -966,29 +966,32 @@ static int open_flags(int flags)
 	return (flags & ~(O_TRUNC | O_APPEND | O_CREAT | O_EXCL | O_NOCTTY)) | O_CLOEXEC;
 }
 
-/* Counts fh, a file handle of in, as open (or, with open false, as
- * released) and keeps it on (or takes it off) fs->open_list. */
-static void count_open(struct fs *fs, struct lo_inode *in, struct lo_fh *fh, bool open)
+/* Counts fh, a new file handle of in, as open and puts it on fs->open_list. */
+static void track_fh(struct fs *fs, struct lo_inode *in, struct lo_fh *fh)
 {
 	pthread_mutex_lock(&fs->lock);
-	if (open) {
-		in->nopen++;
-		atomic_fetch_add(&fs->open_handles, 1);
-		fh->prev = NULL;
-		fh->next = fs->open_list;
-		if (fs->open_list)
-			fs->open_list->prev = fh;
-		fs->open_list = fh;
-	} else {
-		in->nopen--;
-		atomic_fetch_sub(&fs->open_handles, 1);
-		if (fh->prev)
-			fh->prev->next = fh->next;
-		else
-			fs->open_list = fh->next;
-		if (fh->next)
-			fh->next->prev = fh->prev;
-	}
+	in->nopen++;
+	atomic_fetch_add(&fs->open_handles, 1);
+	fh->prev = NULL;
+	fh->next = fs->open_list;
+	if (fs->open_list)
+		fs->open_list->prev = fh;
+	fs->open_list = fh;
+	pthread_mutex_unlock(&fs->lock);
+}
+
+/* Undoes track_fh for a handle being closed. */
+static void untrack_fh(struct fs *fs, struct lo_inode *in, struct lo_fh *fh)
+{
+	pthread_mutex_lock(&fs->lock);
+	in->nopen--;
+	atomic_fetch_sub(&fs->open_handles, 1);
+	if (fh->prev)
+		fh->prev->next = fh->next;
+	else
+		fs->open_list = fh->next;
+	if (fh->next)
+		fh->next->prev = fh->prev;
 	pthread_mutex_unlock(&fs->lock);
 }
 
@@ -1000,7 +1003,7 @@ unsigned fs_open_count(struct fs *fs)
 /* Closes a file handle of in (released, or its open was interrupted). */
 static void drop_fh(struct fs *fs, struct lo_inode *in, struct lo_fh *fh)
 {
-	count_open(fs, in, fh, false);
+	untrack_fh(fs, in, fh);
 	close(fh->fd);
 	free(fh);
 }
@@ -1039,7 +1042,7 @@ static int make_fh(struct fs *fs, struct lo_inode *in, struct fuse_file_info *fi
 	fh->fd = fd;
 	fh->direct = (flags & O_DIRECT) != 0;
 	fi->fh = (uint64_t)(uintptr_t)fh;
-	count_open(fs, in, fh, true);
+	track_fh(fs, in, fh);
 	/*
 	 * O_DIRECT opens bypass the kernel's page cache of the FUSE file as
 	 * well (FOPEN_DIRECT_IO).  Besides being what O_DIRECT means, it saves
