@@ -19,7 +19,9 @@
  * would change the guest's durability and memory use); its data is staged
  * through a per-thread aligned buffer.  Directories, symlinks, modes,
  * owners, times and xattrs pass through but are not journaled: a mirror
- * carries images and the directories they live in.
+ * carries images and the directories they live in.  (A change to an
+ * image's mode, owner, times or xattrs stamps the journal instead: its
+ * ctime is then no sign of a change made while aimfs was stopped.)
  */
 #include "fs.h"
 #include "format.h"
@@ -513,6 +515,10 @@ static int truncate_at_open(struct fs *fs, struct lo_inode *in, int fd, int flag
 	return err;
 }
 
+/* What setattr changes without a record (the file's ctime changes too). */
+#define UNTRACKED_ATTRS (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID | \
+			 FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)
+
 static void lo_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
 		       struct fuse_file_info *fi)
 {
@@ -566,12 +572,17 @@ static void lo_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int va
 					       : utimensat(AT_FDCWD, proc, tv, 0))) < 0)
 			goto fail;
 	}
+	if (in->image && (valid & UNTRACKED_ATTRS))
+		journal_stamp_untracked(fs->cfg.journal);
 	if (fstatat(in->fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
 		goto fail;
 	fuse_reply_attr(req, &st, fs->cfg.timeout);
 	return;
 fail:
-	fuse_reply_err(req, errno);
+	err = errno;
+	if (in->image && (valid & UNTRACKED_ATTRS)) /* some may have been made */
+		journal_stamp_untracked(fs->cfg.journal);
+	fuse_reply_err(req, err);
 }
 
 static void lo_readlink(fuse_req_t req, fuse_ino_t ino)
@@ -1569,6 +1580,17 @@ static void lo_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	free(buf);
 }
 
+/* After setxattr or removexattr returned r: the reply's errno, and the
+ * journal stamped if an image's ctime changed without a record. */
+static int xattr_changed(fuse_req_t req, fuse_ino_t ino, int r)
+{
+	if (r < 0)
+		return errno;
+	if (inode_of(req, ino)->image)
+		journal_stamp_untracked(fs_of(req)->cfg.journal);
+	return 0;
+}
+
 static void lo_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
 			size_t size, int flags)
 {
@@ -1578,7 +1600,7 @@ static void lo_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
 		fuse_reply_err(req, ENOTSUP);
 		return;
 	}
-	fuse_reply_err(req, setxattr(proc, name, value, size, flags) < 0 ? errno : 0);
+	fuse_reply_err(req, xattr_changed(req, ino, setxattr(proc, name, value, size, flags)));
 }
 
 static void lo_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
@@ -1589,7 +1611,7 @@ static void lo_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 		fuse_reply_err(req, ENOTSUP);
 		return;
 	}
-	fuse_reply_err(req, removexattr(proc, name) < 0 ? errno : 0);
+	fuse_reply_err(req, xattr_changed(req, ino, removexattr(proc, name)));
 }
 
 static const struct fuse_lowlevel_ops lo_ops = {

@@ -192,6 +192,12 @@ int journal_settle_locked(struct journal *j);
 /* True if something is owed (lock-free: for the FUSE handlers' fast path). */
 bool journal_owes(struct journal *j);
 
+/* A change to an image's inode that no record carries (its mode, owner,
+ * times or extended attributes), made just now: stamps the journal, so
+ * that recovery after a crash does not take the image's newer ctime for a
+ * change made while aimfs was stopped (recovery.c). */
+void journal_stamp_untracked(struct journal *j);
+
 /* Barrier: appends FLUSH (im may be NULL for all images); if durable, also
  * makes the journal durable through it. */
 int journal_barrier(struct journal *j, struct image *im, bool durable);

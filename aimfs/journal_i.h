@@ -283,8 +283,11 @@ int powerloss_recover(struct journal *j, struct catalog *cat, const struct actlo
  * differences (or, for a new group's first mount, records the starting
  * point).  after_unmount: the last mount unmounted, so an image whose
  * ctime is not the one noted then was changed while aimfs was stopped and
- * is handed over whole (handover.c). */
+ * is handed over whole (handover.c); else stopped_ns, if not 0, is when the
+ * last mount last changed a file, and an image whose ctime is later (by
+ * more than a moment) is handed over whole. */
 int journal_reconcile(struct journal *j, struct catalog *cat, const uint64_t *sealed,
-		      size_t nsealed, uint64_t w, bool baseline, bool after_unmount);
+		      size_t nsealed, uint64_t w, bool baseline, bool after_unmount,
+		      uint64_t stopped_ns);
 
 #endif

@@ -16,7 +16,10 @@
  * its inode number is matched before any other (two filesystems mounted
  * in the backing tree may both have inode 12).  After a clean unmount, a
  * matched image whose ctime is not the one noted then was changed while
- * aimfs was stopped: it is handed over whole (handover.c).
+ * aimfs was stopped: it is handed over whole (handover.c).  After a crash
+ * there is no such note: an image whose ctime is later than the last
+ * change the crashed mount made (recovery.c) by more than CHANGED_SLACK_NS
+ * was changed since, and is handed over whole too.
  *
  * Journaling order, so that every record is valid where it lands:
  *   MKDIR of directories the catalog lacks (parents first),
@@ -45,6 +48,12 @@
 #include <unistd.h>
 
 #define SCAN_DEPTH_MAX 64
+/* How long after its record an image's own write may reach the backing
+ * file (a thread descheduled between the two).  A change made by someone
+ * else within it after a crash goes unseen, as it would by a mtime
+ * comparison; one that lands later costs the image a comparison with its
+ * replicas, never a miss. */
+#define CHANGED_SLACK_NS (2 * 1000000000ULL)
 
 struct cat_image {
 	uint32_t id;
@@ -54,7 +63,7 @@ struct cat_image {
 	uint64_t closed_ctime; /* ctime at the last unmount, 0 if unknown */
 	char *found;       /* backing path it was matched to, or NULL */
 	dev_t dev;
-	bool changed;      /* the found file's ctime is not closed_ctime */
+	bool changed;      /* changed while aimfs was stopped (by its ctime) */
 };
 
 struct tree_file {
@@ -81,6 +90,8 @@ struct recon {
 	struct tree_file *files;
 	size_t nfiles, capfiles;
 	struct strv tree_dirs, cat_dirs;
+	bool after_unmount;  /* the ctimes noted then are the reference */
+	uint64_t stopped_ns; /* else the crashed mount's last change, 0: unknown */
 };
 
 static int strv_add(struct strv *s, const char *str)
@@ -232,11 +243,14 @@ static bool same_file(const struct cat_image *im, const struct tree_file *f, boo
 	return !by_name || strcmp(im->name, f->path) == 0;
 }
 
-static void bind(struct cat_image *im, struct tree_file *f)
+static void bind(const struct recon *rc, struct cat_image *im, struct tree_file *f)
 {
 	im->found = f->path;
 	im->dev = f->dev;
-	im->changed = im->closed_ctime && f->ctime != im->closed_ctime;
+	if (rc->after_unmount)
+		im->changed = im->closed_ctime && f->ctime != im->closed_ctime;
+	else
+		im->changed = rc->stopped_ns && f->ctime > rc->stopped_ns + CHANGED_SLACK_NS;
 	f->matched = true;
 }
 
@@ -250,7 +264,7 @@ static void match(struct recon *rc)
 				continue;
 			for (size_t i = 0; i < rc->nimgs; i++) {
 				if (same_file(&rc->imgs[i], &rc->files[f], by_name)) {
-					bind(&rc->imgs[i], &rc->files[f]);
+					bind(rc, &rc->imgs[i], &rc->files[f]);
 					break;
 				}
 			}
@@ -264,7 +278,7 @@ static void match(struct recon *rc)
 			struct cat_image *im = &rc->imgs[i];
 
 			if (!im->found && !im->ino && strcmp(im->name, rc->files[f].path) == 0) {
-				bind(im, &rc->files[f]);
+				bind(rc, im, &rc->files[f]);
 				break;
 			}
 		}
@@ -438,9 +452,9 @@ static int journal_adoptions(struct recon *rc)
 	return r;
 }
 
-/* After an unmount, a matched image whose ctime is not the one noted then
- * was changed while aimfs was stopped (written, truncated, copied over in
- * place): its replicas no longer match it, so it is handed over whole. */
+/* A matched image whose ctime says it was changed while aimfs was stopped
+ * (written, truncated, copied over in place): its replicas no longer match
+ * it, so it is handed over whole. */
 static int hand_over_changed(struct recon *rc)
 {
 	struct suspect_extent *v = calloc(rc->nimgs + 1, sizeof *v);
@@ -458,8 +472,12 @@ static int hand_over_changed(struct recon *rc)
 		handover_image_name(rc->j, ci->id, name, sizeof name);
 		if (!name[0])
 			continue;
-		log_warn("image %s changed while aimfs was stopped (its ctime is not the one it"
-			 " had at the last unmount)", name);
+		if (rc->after_unmount)
+			log_warn("image %s changed while aimfs was stopped (its ctime is not the"
+				 " one it had at the last unmount)", name);
+		else
+			log_warn("image %s changed while aimfs was stopped (its ctime is later"
+				 " than the last change the stopped mount made)", name);
 		v[n++] = (struct suspect_extent){ .image = ci->id, .off = 0,
 						  .len = SUSPECT_TO_THE_END };
 	}
@@ -528,9 +546,11 @@ static int reconcile(struct recon *rc, bool baseline)
 }
 
 int journal_reconcile(struct journal *j, struct catalog *cat, const uint64_t *sealed,
-		      size_t nsealed, uint64_t w, bool baseline, bool after_unmount)
+		      size_t nsealed, uint64_t w, bool baseline, bool after_unmount,
+		      uint64_t stopped_ns)
 {
-	struct recon rc = { .j = j, .cat = cat };
+	struct recon rc = { .j = j, .cat = cat, .after_unmount = after_unmount,
+			    .stopped_ns = stopped_ns };
 	char path[SEG_NAME_MAX + 2];
 	uint64_t redone = 0;
 	uint32_t max_id = 0;
@@ -588,7 +608,7 @@ int journal_reconcile(struct journal *j, struct catalog *cat, const uint64_t *se
 	r = reconcile(&rc, baseline);
 	if (r == 0)
 		r = journal_finish_adoptions(j);
-	if (r == 0 && after_unmount && !baseline)
+	if (r == 0 && (after_unmount || stopped_ns) && !baseline)
 		r = hand_over_changed(&rc);
 	if (r == 0)
 		registry_note_files(j, cat, false);

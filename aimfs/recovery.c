@@ -344,12 +344,58 @@ static int open_actlog(struct journal *j, struct actlog_found *found)
 	return actlog_open(&c, &j->al, found);
 }
 
+/*
+ * When the last mount last changed a file, if it did not unmount: the
+ * newest modification time among the files in the journal directory that
+ * only a mount writes (its segments, its activity log, and its lock file,
+ * which a change no record carries stamps: journal_stamp_untracked).  Read
+ * before recovery writes any of them.  A write reaches the backing file
+ * just after its record reaches the open segment, so an image whose ctime
+ * is later than this by more than a moment was changed after aimfs
+ * stopped.  The times are the kernel's, as the images' ctimes: no clock of
+ * ours is compared with them.  0 if none is found.
+ */
+static uint64_t last_change_ns(struct journal *j)
+{
+	int fd = dup(j->dirfd);
+	uint64_t newest = 0;
+	struct dirent *de;
+	DIR *d;
+
+	if (fd < 0)
+		return 0;
+	d = fdopendir(fd);
+	if (!d) {
+		close(fd);
+		return 0;
+	}
+	rewinddir(d);
+	while ((de = readdir(d))) {
+		struct stat st;
+		uint64_t n, t;
+
+		if (seg_parse_file_name(de->d_name, &n) != 0 &&
+		    parse_suffixed_name(de->d_name, SEG_OPEN_SUFFIX, &n) != 0 &&
+		    strcmp(de->d_name, ACTLOG_FILE) != 0 && strcmp(de->d_name, JOURNAL_LOCK_FILE) != 0)
+			continue;
+		if (fstatat(j->dirfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+		    !S_ISREG(st.st_mode))
+			continue;
+		t = (uint64_t)st.st_mtim.tv_sec * 1000000000ULL + (uint64_t)st.st_mtim.tv_nsec;
+		if (t > newest)
+			newest = t;
+	}
+	closedir(d);
+	return newest;
+}
+
 int journal_recover(struct journal *j, struct catalog *cat)
 {
 	struct numlist sealed = { 0 }, open = { 0 }, redo = { 0 };
 	struct actlog_found found = { 0 };
 	uint64_t w = 0, stored_w, last_lsn = 0, cat_seg, cat_lsn;
 	bool baseline, have_stored_w;
+	uint64_t stopped_ns = last_change_ns(j);
 	char buf[16];
 	int r;
 
@@ -472,7 +518,8 @@ int journal_recover(struct journal *j, struct catalog *cat)
 		if (r < 0)
 			goto out;
 	}
-	r = journal_reconcile(j, cat, redo.v, redo.n, w, baseline, found.present && found.clean);
+	r = journal_reconcile(j, cat, redo.v, redo.n, w, baseline, found.present && found.clean,
+			      stopped_ns);
 	if (r < 0)
 		goto out;
 	if (r == 0)

@@ -353,6 +353,61 @@ def test_an_image_changed_while_aimfs_was_stopped_is_resynchronised(aimfs, workd
     r.check_quiet()
 
 
+def test_an_image_changed_after_a_crash_is_resynchronised(aimfs, workdir, pki, remotes):
+    """aimfs is killed, so no ctime is noted, and an operator then changes
+    an image on the backing filesystem (boots the VM from it directly, say).
+    Recovery redid the journal, saw the same file and shipped nothing: the
+    replica kept the old bytes while the source said in sync.  An image
+    whose ctime is later than the last change the killed mount made is
+    resynchronised.  One whose mode and times were changed through the
+    mount just before the kill, which no record carries, is not: the mount
+    stamped the journal."""
+    backing = os.path.join(workdir, "backing")
+    os.makedirs(backing)
+    sparse_image(os.path.join(backing, "vm.raw"), 16 << 20, 4, 9)
+    sparse_image(os.path.join(backing, "other.raw"), 16 << 20, 4, 10)
+    r = start_remote(workdir, pki, "dr1")
+    remotes.append(r)
+    status = f"127.0.0.1:{free_port()}"
+    conf = source_conf(workdir, "k.conf", {"dr1": (r, pki)}, status)
+    m = aimfs(options=[f"config={conf}"])
+    for name in ("vm.raw", "other.raw"):
+        with open(os.path.join(m.mountpoint, name), "r+b") as f:
+            f.seek(1 << 20)
+            f.write(os.urandom(70000))
+    wait_converged(status, [r])
+    slack = 2.5     # reconcile.c's CHANGED_SLACK_NS, and a little more
+
+    def journal_quiet():
+        # the mount's own files: segments, activity log (not the catalog)
+        return time.time() - max(os.stat(os.path.join(m.journal, n)).st_mtime
+                                 for n in os.listdir(m.journal)
+                                 if not n.startswith("catalog")) > slack
+    wait_for(journal_quiet, 30, 0.2, what="the journal to be still for a while")
+    other = os.path.join(m.mountpoint, "other.raw")
+    os.chmod(other, 0o600)
+    os.utime(other, ns=(1_000_000_000, 2_000_000_000))
+    m.kill9()
+    time.sleep(slack)
+    path = os.path.join(backing, "vm.raw")
+    st = os.stat(path)
+    with open(path, "r+b") as f:
+        f.seek(9 << 20)
+        f.write(b"\xc3" * 100000)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    seen = len(m.output())
+    m2 = aimfs(options=[f"config={conf}"])
+    wait_converged(status, [r])
+    assert m2.unmount() == 0
+    assert_trees_equal(backing, r.target)
+    out = m2.output()[seen:]
+    assert "image vm.raw changed while aimfs was stopped (its ctime is later than the last" \
+        " change the stopped mount made)" in out, out
+    assert "other.raw changed" not in out, out
+    assert "dr1: an image changed while aimfs was stopped; resynchronising" in out, out
+    r.check_quiet()
+
+
 def test_a_changed_image_no_destination_mirrors_is_journaled_not_resynced(aimfs, workdir, pki,
                                                                           remotes):
     """dr1 mirrors only vm.raw (images =).  other.raw, changed in place while
