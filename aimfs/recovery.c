@@ -92,21 +92,34 @@ static int parse_suffixed_name(const char *name, const char *suffix, uint64_t *n
 	return seg_parse_file_name(buf, n);
 }
 
-static int list_segments(struct journal *j, struct numlist *sealed, struct numlist *open)
+/* A stream over the journal directory, from its first entry; NULL with
+ * errno set. */
+static DIR *journal_dir_stream(struct journal *j)
 {
-	int fd = dup(j->dirfd);
-	struct dirent *de;
+	int fd = dup(j->dirfd), e;
 	DIR *d;
-	int r = 0;
 
 	if (fd < 0)
-		return -errno;
+		return NULL;
 	d = fdopendir(fd);
 	if (!d) {
+		e = errno;
 		close(fd);
-		return -errno;
+		errno = e;
+		return NULL;
 	}
 	rewinddir(d);
+	return d;
+}
+
+static int list_segments(struct journal *j, struct numlist *sealed, struct numlist *open)
+{
+	DIR *d = journal_dir_stream(j);
+	struct dirent *de;
+	int r = 0;
+
+	if (!d)
+		return -errno;
 	while (!r && (de = readdir(d))) {
 		uint64_t n;
 
@@ -357,19 +370,12 @@ static int open_actlog(struct journal *j, struct actlog_found *found)
  */
 static uint64_t last_change_ns(struct journal *j)
 {
-	int fd = dup(j->dirfd);
+	DIR *d = journal_dir_stream(j);
 	uint64_t newest = 0;
 	struct dirent *de;
-	DIR *d;
 
-	if (fd < 0)
+	if (!d)
 		return 0;
-	d = fdopendir(fd);
-	if (!d) {
-		close(fd);
-		return 0;
-	}
-	rewinddir(d);
 	while ((de = readdir(d))) {
 		struct stat st;
 		uint64_t n, t;
