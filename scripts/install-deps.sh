@@ -14,7 +14,7 @@ PKGS="build-essential meson ninja-build pkg-config clang
   libmicrohttpd-dev libinotifytools0-dev libjansson-dev libzstd-dev
   libxxhash-dev libinih-dev libclang-rt-14-dev
   python3 python3-pytest python3-xxhash qemu-utils fio bindfs openssl jq nginx-light rsync
-  iproute2 util-linux e2fsprogs gdb zstd
+  iproute2 util-linux e2fsprogs gdb zstd strace
   qemu-system-x86 busybox-static cpio
   libsystemd-dev libvirt-clients prometheus systemd libcap2-bin groff-base
   ceph-mon ceph-osd radosgw faketime"

@@ -13,6 +13,8 @@ the destination ships slowly) — and wherever the two /status reads agree,
 states must have been seen that way."""
 import os
 import re
+import socket
+import subprocess
 import threading
 import time
 import urllib.error
@@ -166,3 +168,55 @@ def test_status_and_metrics_agree_in_every_state(aimfs, workdir):
     seen = sampler.seen.get("dr1", set()) | sampler.seen.get("bad", set())
     assert STATES <= seen, f"states seen: {sampler.seen} ({sampler.samples} samples)"
     assert_trees_equal(backing, target)
+
+
+def test_the_status_reads_each_waiting_segment_once(aimfs, workdir):
+    """The backlog in the status (bytes, segments, seconds) is made of the
+    segments a destination has not acknowledged.  Every request used to
+    open each of them to read its size and creation time: after a long
+    outage with small segments, thousands of files per request, and a
+    dashboard polling it kept aimfs busy.  Their facts do not change once
+    sealed: each is read once.  (strace counts the opens: the time they
+    took is this VM's, the number is the code's.)"""
+    addr = f"127.0.0.1:{free_port()}"
+    # a port held but not listening: refused, and no other test's server
+    # can take it meanwhile
+    hold = socket.socket()
+    hold.bind(("127.0.0.1", 0))
+    away = f"https://127.0.0.1:{hold.getsockname()[1]}/aim"
+    m = aimfs(options=[f"status={addr}", f"dest={away}", "segment_size=64K",
+                       "segment_age=100ms"], expect_alarms=True)
+    with open(os.path.join(m.mountpoint, "vm.img"), "wb") as f:
+        for i in range(48):
+            f.write(os.urandom(64 << 10))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def sealed():
+        return {n: os.path.getsize(os.path.join(m.journal, n)) for n in os.listdir(m.journal)
+                if n.endswith(".aimj")}
+    # everything sealed, and the status counting all of it
+    wait_for(lambda: get_status(addr)["destinations"][0]["backlog_segments"] == len(sealed())
+             >= 40 and not get_status(addr)["open_segment_bytes"], 30, 0.2,
+             "every write in a sealed segment, waiting")
+    files = sealed()
+    backlog = len(files)
+    trace = os.path.join(workdir, "strace.out")
+    st = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=open,openat", "-o", trace,
+                           "-p", str(m.proc.pid)], stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1)           # attached to every thread
+        views = [get_status(addr)["destinations"][0] for _ in range(10)]
+    finally:
+        st.terminate()
+        st.wait(10)
+    # the same backlog as the files say
+    assert all(v["backlog_segments"] == backlog for v in views), views
+    assert all(v["backlog_bytes"] == sum(files.values()) for v in views), views
+    with open(trace) as f:
+        opens = [line for line in f if ".aimj" in line]
+    # the worker's retries open the first segment now and then; ten
+    # requests used to open the whole backlog ten times
+    assert len(opens) < backlog, (len(opens), backlog, opens[:20])
+    assert m.unmount() == 0
+    hold.close()

@@ -39,19 +39,79 @@ static enum dest_view_state derive(const struct dest *d, uint64_t durable, bool 
 	return d->acked_segment >= durable ? DEST_VIEW_IN_SYNC : DEST_VIEW_SHIPPING;
 }
 
-static void measure_backlog(struct transport *t, struct dest_view *v, uint64_t durable)
+/* Forgets the segments below from (facts.lock held). */
+static void facts_trim(struct seg_facts *f, uint64_t from)
+{
+	uint64_t drop;
+
+	if (from <= f->first)
+		return;
+	drop = from - f->first;
+	if (drop >= f->n) {
+		f->n = 0;
+	} else {
+		memmove(f->v, f->v + drop, (f->n - drop) * sizeof *f->v);
+		f->n -= (size_t)drop;
+	}
+	f->first = from;
+}
+
+static bool read_fact(struct transport *t, uint64_t n, struct seg_fact *out)
+{
+	uint64_t size, last, sealed;
+
+	out->known = segment_facts(t->journal_dir, n, &size, &out->created_ns, &last,
+				   &sealed) == 0;
+	out->size = out->known ? size : 0;
+	return out->known;
+}
+
+/* The facts of sealed segment n, read from its file the first time it is
+ * asked about (kept from facts.first on, if memory allows); false if the
+ * file cannot be read, which is asked again next time (facts.lock held). */
+static bool facts_get(struct transport *t, uint64_t n, struct seg_fact *out)
+{
+	struct seg_facts *f = &t->facts;
+	size_t i = (size_t)(n - f->first);
+
+	if (n >= f->first && i >= f->cap) {
+		size_t cap = f->cap ? f->cap : 256;
+		struct seg_fact *nv;
+
+		while (cap <= i)
+			cap *= 2;
+		nv = realloc(f->v, cap * sizeof *nv);
+		if (nv) {
+			f->v = nv;
+			f->cap = cap;
+		}
+	}
+	if (n < f->first || i >= f->cap)
+		return read_fact(t, n, out);
+	for (; f->n <= i; f->n++)
+		f->v[f->n].known = false;
+	if (!f->v[i].known)
+		read_fact(t, n, &f->v[i]);
+	*out = f->v[i];
+	return out->known;
+}
+
+/* Segments from..durable: the pruned ones (below from) are not waiting
+ * any more, nor is one whose file cannot be read (facts.lock held). */
+static void measure_backlog(struct transport *t, struct dest_view *v, uint64_t from,
+			    uint64_t durable)
 {
 	uint64_t open_oldest = t->hooks.open_oldest_ns ? t->hooks.open_oldest_ns(t->hooks.ctx) : 0;
 
-	for (uint64_t n = v->acked_segment + 1; n <= durable; n++) {
-		uint64_t size, created, last, sealed;
+	for (uint64_t n = from; n <= durable; n++) {
+		struct seg_fact e;
 
-		if (segment_facts(t->journal_dir, n, &size, &created, &last, &sealed) < 0)
+		if (!facts_get(t, n, &e))
 			continue;
 		v->backlog_segments++;
-		v->backlog_bytes += size;
-		if (v->backlog_segments == 1 && created && v->now_ns > created)
-			v->backlog_seconds = (double)(v->now_ns - created) / 1e9;
+		v->backlog_bytes += e.size;
+		if (v->backlog_segments == 1 && e.created_ns && v->now_ns > e.created_ns)
+			v->backlog_seconds = (double)(v->now_ns - e.created_ns) / 1e9;
 	}
 	/* Writes not sealed yet are not on the remote either. */
 	if (v->backlog_segments == 0 && open_oldest && v->now_ns > open_oldest)
@@ -61,10 +121,15 @@ static void measure_backlog(struct transport *t, struct dest_view *v, uint64_t d
 int transport_views(struct transport *t, struct dest_view **out, size_t *n)
 {
 	struct dest_view *views = calloc(t->ndests ? t->ndests : 1, sizeof *views);
-	uint64_t now = clock_wall_ns(), durable;
+	/* per destination: the segments that may wait for it */
+	struct { uint64_t from, to; } *wait = calloc(t->ndests ? t->ndests : 1, sizeof *wait);
+	uint64_t now = clock_wall_ns(), durable, lowest = UINT64_MAX;
 
-	if (!views)
+	if (!views || !wait) {
+		free(views);
+		free(wait);
 		return -ENOMEM;
+	}
 	for (size_t i = 0; i < t->ndests; i++) {
 		struct dest *d = &t->dests[i];
 		struct dest_view *v = &views[i];
@@ -98,9 +163,23 @@ int transport_views(struct transport *t, struct dest_view **out, size_t *n)
 		v->remote_applied_lsn = d->remote_applied_lsn;
 		v->remote_asked_ns = d->remote_asked_ns;
 		v->dest_last_lsn = d->dest_last_lsn;
+		wait[i].from = (d->acked_segment > t->pruned_through ? d->acked_segment
+								   : t->pruned_through) + 1;
+		wait[i].to = durable;
+		if (wait[i].from < lowest)
+			lowest = wait[i].from;
 		pthread_mutex_unlock(&t->lock);
-		measure_backlog(t, v, durable);
 	}
+	pthread_mutex_lock(&t->facts.lock);
+	if (lowest != UINT64_MAX) {
+		facts_trim(&t->facts, lowest);
+		if (t->facts.n == 0)
+			t->facts.first = lowest;
+	}
+	for (size_t i = 0; i < t->ndests; i++)
+		measure_backlog(t, &views[i], wait[i].from, wait[i].to);
+	pthread_mutex_unlock(&t->facts.lock);
+	free(wait);
 	*out = views;
 	*n = t->ndests;
 	return 0;

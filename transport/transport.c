@@ -102,6 +102,7 @@ int transport_new(const struct transport_config *cfg, struct transport **out)
 	pthread_mutex_init(&t->change_lock, NULL);
 	pthread_mutex_init(&t->skel_lock, NULL);
 	pthread_mutex_init(&t->lock, NULL);
+	pthread_mutex_init(&t->facts.lock, NULL);
 	pthread_cond_init(&t->cond, NULL);
 	t->journal_dir = strdup(cfg->journal_dir);
 	memcpy(t->group, cfg->group, 16);
@@ -330,6 +331,8 @@ void transport_free(struct transport *t)
 		dest_config_free(&t->dests[i].cfg);
 	free(t->dests);
 	free(t->journal_dir);
+	free(t->facts.v);
+	pthread_mutex_destroy(&t->facts.lock);
 	pthread_mutex_destroy(&t->change_lock);
 	pthread_mutex_destroy(&t->skel_lock);
 	pthread_mutex_destroy(&t->lock);

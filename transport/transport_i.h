@@ -82,6 +82,24 @@ static inline bool dest_skeleton_needs_begin(const struct dest *d)
 	return d->rec.sync == DEST_SYNC_TRACKING && d->rec.phase == DEST_PHASE_NONE;
 }
 
+/* What the backlog is made of: the size and creation time of each sealed
+ * segment some destination has not acknowledged, read once from its file
+ * (dest_view.c).  The status is asked for often, and after a long outage
+ * with small segments the backlog is thousands of files: reading them all
+ * for every request cost aimfs most of a CPU. */
+struct seg_fact {               /* 16 bytes: a journal can hold millions */
+	uint64_t created_ns;
+	uint64_t size : 63;
+	uint64_t known : 1;         /* read; else not yet, or unreadable */
+};
+
+struct seg_facts {
+	pthread_mutex_t lock;       /* transport.lock is never taken under it */
+	uint64_t first;             /* the segment v[0] is about */
+	size_t n, cap;
+	struct seg_fact *v;
+};
+
 struct transport {
 	char *journal_dir;
 	uint8_t group[16];
@@ -106,6 +124,7 @@ struct transport {
 	bool stopping;              /* (T) */
 	struct dest *dests;
 	size_t ndests;
+	struct seg_facts facts;
 };
 
 /* worker.c */
