@@ -519,6 +519,15 @@ static int truncate_at_open(struct fs *fs, struct lo_inode *in, int fd, int flag
 #define UNTRACKED_ATTRS (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID | \
 			 FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)
 
+/* Before a change to in that no record carries: if in is an image, the
+ * journal is stamped, as a record is appended before its write (the
+ * change follows within the moment recovery allows). */
+static void untracked_change(struct fs *fs, struct lo_inode *in)
+{
+	if (in->image)
+		journal_stamp_untracked(fs->cfg.journal);
+}
+
 static void lo_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
 		       struct fuse_file_info *fi)
 {
@@ -529,6 +538,8 @@ static void lo_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int va
 	int err = 0;
 
 	snprintf(proc, sizeof proc, "/proc/self/fd/%d", in->fd);
+	if (valid & UNTRACKED_ATTRS)
+		untracked_change(fs, in);
 	if (valid & FUSE_SET_ATTR_MODE) {
 		if ((fi ? fchmod(fh_of(fi)->fd, attr->st_mode) : chmod(proc, attr->st_mode)) < 0)
 			goto fail;
@@ -572,17 +583,12 @@ static void lo_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int va
 					       : utimensat(AT_FDCWD, proc, tv, 0))) < 0)
 			goto fail;
 	}
-	if (in->image && (valid & UNTRACKED_ATTRS))
-		journal_stamp_untracked(fs->cfg.journal);
 	if (fstatat(in->fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
 		goto fail;
 	fuse_reply_attr(req, &st, fs->cfg.timeout);
 	return;
 fail:
-	err = errno;
-	if (in->image && (valid & UNTRACKED_ATTRS)) /* some may have been made */
-		journal_stamp_untracked(fs->cfg.journal);
-	fuse_reply_err(req, err);
+	fuse_reply_err(req, errno);
 }
 
 static void lo_readlink(fuse_req_t req, fuse_ino_t ino)
@@ -1580,17 +1586,6 @@ static void lo_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	free(buf);
 }
 
-/* After setxattr or removexattr returned r: the reply's errno, and the
- * journal stamped if an image's ctime changed without a record. */
-static int xattr_changed(fuse_req_t req, fuse_ino_t ino, int r)
-{
-	if (r < 0)
-		return errno;
-	if (inode_of(req, ino)->image)
-		journal_stamp_untracked(fs_of(req)->cfg.journal);
-	return 0;
-}
-
 static void lo_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
 			size_t size, int flags)
 {
@@ -1600,7 +1595,8 @@ static void lo_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
 		fuse_reply_err(req, ENOTSUP);
 		return;
 	}
-	fuse_reply_err(req, xattr_changed(req, ino, setxattr(proc, name, value, size, flags)));
+	untracked_change(fs_of(req), inode_of(req, ino));
+	fuse_reply_err(req, setxattr(proc, name, value, size, flags) < 0 ? errno : 0);
 }
 
 static void lo_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
@@ -1611,7 +1607,8 @@ static void lo_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 		fuse_reply_err(req, ENOTSUP);
 		return;
 	}
-	fuse_reply_err(req, xattr_changed(req, ino, removexattr(proc, name)));
+	untracked_change(fs_of(req), inode_of(req, ino));
+	fuse_reply_err(req, removexattr(proc, name) < 0 ? errno : 0);
 }
 
 static const struct fuse_lowlevel_ops lo_ops = {

@@ -193,7 +193,7 @@ int journal_settle_locked(struct journal *j);
 bool journal_owes(struct journal *j);
 
 /* A change to an image's inode that no record carries (its mode, owner,
- * times or extended attributes), made just now: stamps the journal, so
+ * times or extended attributes), about to be made: stamps the journal, so
  * that recovery after a crash does not take the image's newer ctime for a
  * change made while aimfs was stopped (recovery.c). */
 void journal_stamp_untracked(struct journal *j);

@@ -38,6 +38,7 @@
 #include "io_i.h"
 #include "clock.h"
 #include "catalog.h"
+#include "fileio.h"
 #include "log.h"
 
 #include <dirent.h>
@@ -387,7 +388,7 @@ static uint64_t last_change_ns(struct journal *j)
 		if (fstatat(j->dirfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
 		    !S_ISREG(st.st_mode))
 			continue;
-		t = (uint64_t)st.st_mtim.tv_sec * 1000000000ULL + (uint64_t)st.st_mtim.tv_nsec;
+		t = fileio_mtime_ns(&st);
 		if (t > newest)
 			newest = t;
 	}

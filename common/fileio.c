@@ -110,3 +110,8 @@ uint64_t fileio_ctime_ns(const struct stat *st)
 {
 	return (uint64_t)st->st_ctim.tv_sec * 1000000000ULL + (uint64_t)st->st_ctim.tv_nsec;
 }
+
+uint64_t fileio_mtime_ns(const struct stat *st)
+{
+	return (uint64_t)st->st_mtim.tv_sec * 1000000000ULL + (uint64_t)st->st_mtim.tv_nsec;
+}

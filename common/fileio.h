@@ -38,5 +38,7 @@ uint64_t fileio_born_ns(int dirfd, const char *path, uint64_t *ino);
 /* st's ctime (the last change to the file's data or attributes, which no
  * one can set back) in ns since the epoch. */
 uint64_t fileio_ctime_ns(const struct stat *st);
+/* st's mtime in ns since the epoch. */
+uint64_t fileio_mtime_ns(const struct stat *st);
 
 #endif

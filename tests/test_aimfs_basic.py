@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from aimtest import AIMCTL, AIMFS, MKSEG, assert_trees_equal, copy_tree, replay, run, wait_for
+from aimtest import (AIMCTL, AIMFS, MKSEG, assert_trees_equal, change_in_place, copy_tree, replay,
+                     run, wait_for)
 
 
 def seed(backing):
@@ -199,12 +200,7 @@ def test_an_image_changed_in_place_while_stopped_is_journaled_again(aimfs, workd
     m2 = aimfs()                    # nothing changed: nothing to say
     assert m2.unmount() == 0
     assert "changed while aimfs was stopped" not in m2.output()[seen:], m2.output()[seen:]
-    path = os.path.join(backing, "a.img")
-    st = os.stat(path)
-    with open(path, "r+b") as f:
-        f.seek(123456)
-        f.write(b"changed behind the mount's back")
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    change_in_place(os.path.join(backing, "a.img"), 123456, b"changed behind the mount's back")
     seen = len(m2.output())
     m3 = aimfs()
     assert m3.unmount() == 0

@@ -18,7 +18,7 @@ import urllib.request
 
 import pytest
 
-from aimtest import AIMCTL, assert_trees_equal, copy_tree, run, wait_for
+from aimtest import AIMCTL, assert_trees_equal, change_in_place, copy_tree, run, wait_for
 from remote_helpers import PKI, Remote
 from servers import free_port, get_json, get_status
 from workload import Workload, populate
@@ -327,12 +327,7 @@ def test_an_image_changed_while_aimfs_was_stopped_is_resynchronised(aimfs, workd
     out = m2.output()[seen:]
     assert "changed while aimfs was stopped" not in out, out
     assert "resynchronising" not in out, out
-    path = os.path.join(backing, "vm.raw")
-    st = os.stat(path)
-    with open(path, "r+b") as f:
-        f.seek(20 << 20)
-        f.write(b"\xab" * 100000)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    change_in_place(os.path.join(backing, "vm.raw"), 20 << 20, b"\xab" * 100000)
     seen = len(m2.output())
     m3 = aimfs(options=[f"config={conf}"])
     log = StateLog(status)
@@ -389,12 +384,7 @@ def test_an_image_changed_after_a_crash_is_resynchronised(aimfs, workdir, pki, r
     os.utime(other, ns=(1_000_000_000, 2_000_000_000))
     m.kill9()
     time.sleep(slack)
-    path = os.path.join(backing, "vm.raw")
-    st = os.stat(path)
-    with open(path, "r+b") as f:
-        f.seek(9 << 20)
-        f.write(b"\xc3" * 100000)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    change_in_place(os.path.join(backing, "vm.raw"), 9 << 20, b"\xc3" * 100000)
     seen = len(m.output())
     m2 = aimfs(options=[f"config={conf}"])
     wait_converged(status, [r])
