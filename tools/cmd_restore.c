@@ -32,6 +32,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <pthread.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,8 +43,12 @@
 #define HEAD_MAX (1u << 20)
 #define SEGMENT_MAX (4ULL << 30)
 
+/* Segments downloaded at once: a store answers each GET after a round trip
+ * of its own, and a day of small eagerly sealed segments is many GETs. */
+#define RESTORE_PARALLEL 8
+
 struct restore {
-	struct s3 *s3;
+	struct s3 *s3[RESTORE_PARALLEL]; /* one client per download in flight */
 	char group[37];
 	struct s3_head head;
 	char *dir;            /* where the segments are downloaded */
@@ -51,49 +56,113 @@ struct restore {
 	uint64_t bytes;
 };
 
+/* One segment's download, on a thread of its own. */
+struct fetch {
+	const struct restore *rs;
+	struct s3 *s3;
+	uint64_t n;
+	uint64_t bytes;
+	int r;
+	char error[4400];     /* what failed: a path and why, or the store's answer */
+	pthread_t th;
+};
+
 static int fd_sink(void *ctx, const void *data, size_t len)
 {
 	return fileio_write_full(*(int *)ctx, data, len);
 }
 
-/* Downloads segment n into the work directory and opens it. */
-static int download(struct restore *rs, uint64_t n, struct seg_view **v)
+static void segment_path(const struct restore *rs, uint64_t n, char *path, size_t len)
 {
-	char file[SEG_FILE_NAME_LEN + 8], key[128], path[4200];
-	struct s3_reply rep;
-	struct seg_err e;
-	struct stat st;
-	int fd, r;
+	char file[SEG_FILE_NAME_LEN + 8];
 
 	seg_file_name(n, SEG_FILE_SUFFIX, file);
-	snprintf(key, sizeof key, "%s/%s", rs->group, file);
-	snprintf(path, sizeof path, "%s/%s", rs->dir, file);
+	snprintf(path, len, "%s/%s", rs->dir, file);
+}
+
+/* Downloads segment f->n into the work directory; the error is kept in f
+ * for the caller to report only if it needs the segment. */
+static void *fetch_one(void *arg)
+{
+	struct fetch *f = arg;
+	char file[SEG_FILE_NAME_LEN + 8], key[128], path[4200];
+	struct s3_reply rep;
+	struct stat st;
+	int fd;
+
+	seg_file_name(f->n, SEG_FILE_SUFFIX, file);
+	snprintf(key, sizeof key, "%s/%s", f->rs->group, file);
+	segment_path(f->rs, f->n, path, sizeof path);
 	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
 	if (fd < 0) {
-		log_error("%s: %m", path);
-		return -errno;
+		f->r = -errno;
+		snprintf(f->error, sizeof f->error, "%s: %s", path, strerror(-f->r));
+		return NULL;
 	}
-	r = s3_fetch(rs->s3, key, fd_sink, &fd, SEGMENT_MAX, &rep);
-	if (r == 0 && fstat(fd, &st) == 0)
-		rs->bytes += (uint64_t)st.st_size;
+	f->r = s3_fetch(f->s3, key, fd_sink, &fd, SEGMENT_MAX, &rep);
+	if (f->r == 0 && fstat(fd, &st) == 0)
+		f->bytes = (uint64_t)st.st_size;
 	close(fd);
-	if (r < 0) {
-		log_error("%s", r == -EIO || r == -ENOENT || r == -EBADMSG || r == -EFBIG
-			  ? rep.error : strerror(-r));
-		return r;
+	if (f->r < 0)
+		snprintf(f->error, sizeof f->error, "%s",
+			 f->r == -EIO || f->r == -ENOENT || f->r == -EBADMSG || f->r == -EFBIG
+			 ? rep.error : strerror(-f->r));
+	return NULL;
+}
+
+/* Downloads segments first..first+count-1 (count <= RESTORE_PARALLEL) at
+ * once; each one's outcome in f[]. */
+static void fetch_batch(const struct restore *rs, uint64_t first, unsigned count, struct fetch *f)
+{
+	for (unsigned i = 0; i < count; i++) {
+		f[i] = (struct fetch){ .rs = rs, .s3 = rs->s3[i], .n = first + i };
+		if (pthread_create(&f[i].th, NULL, fetch_one, &f[i]) != 0) {
+			f[i].r = -EAGAIN;
+			snprintf(f[i].error, sizeof f[i].error, "cannot start a download thread");
+			f[i].th = 0;
+		}
 	}
+	for (unsigned i = 0; i < count; i++)
+		if (f[i].th)
+			pthread_join(f[i].th, NULL);
+}
+
+/* The outcome of f's download, opened; 0 or the error (reported). */
+static int fetched(struct restore *rs, const struct fetch *f, struct seg_view **v)
+{
+	char path[4200];
+	struct seg_err e;
+	int r;
+
+	if (f->r < 0) {
+		log_error("%s", f->error);
+		return f->r;
+	}
+	rs->bytes += f->bytes;
+	segment_path(rs, f->n, path, sizeof path);
 	r = seg_view_open(path, v, &e);
 	if (r < 0) {
 		report_seg_err(path, r, &e);
 		return r;
 	}
-	if (seg_view_header(*v)->number != n) {
-		log_error("%s in the bucket says it is segment %" PRIu64, key,
-			  seg_view_header(*v)->number);
+	if (seg_view_header(*v)->number != f->n) {
+		log_error("%s/%s in the bucket says it is segment %" PRIu64, rs->group,
+			  strrchr(path, '/') + 1, seg_view_header(*v)->number);
 		seg_view_free(*v);
 		return -EBADMSG;
 	}
 	return 0;
+}
+
+/* Removes downloads a restore does not use (past its point). */
+static void discard(const struct restore *rs, const struct fetch *f, unsigned count)
+{
+	char path[4200];
+
+	for (unsigned i = 0; i < count; i++) {
+		segment_path(rs, f[i].n, path, sizeof path);
+		unlink(path);
+	}
 }
 
 /* True if v holds a MARK named name; its LSN in *lsn (the first one). */
@@ -117,53 +186,74 @@ static bool has_mark(struct seg_view *v, const char *name, uint64_t *lsn)
  * Downloads forward from rs->hi + 1 (or from `from` when nothing is here)
  * until the point is covered: the segment ending at or after LSN lsn, the
  * first sealed after time_ns, the one holding the mark, or HEAD's last.
- * *mark_lsn gets the mark's LSN when found.
+ * *mark_lsn gets the mark's LSN when found.  Segments are fetched
+ * RESTORE_PARALLEL at a time and looked at in order; those past the one
+ * that covers the point are removed unread.
  */
 static int download_forward(struct restore *rs, uint64_t from, const struct point_spec *spec,
 			    uint64_t *mark_lsn)
 {
 	uint64_t n = rs->hi ? rs->hi + 1 : from;
+	struct fetch f[RESTORE_PARALLEL];
 
 	if (!rs->lo)
 		rs->lo = from;
-	for (; n <= rs->head.segment; n++) {
-		struct seg_view *v;
-		bool done = false;
-		int r = download(rs, n, &v);
+	while (n <= rs->head.segment) {
+		uint64_t left = rs->head.segment - n + 1;
+		unsigned count = left < RESTORE_PARALLEL ? (unsigned)left : RESTORE_PARALLEL;
 
-		if (r < 0)
-			return r;
-		rs->hi = n;
-		if (spec->kind == POINT_LSN)
-			done = seg_view_last_lsn(v) >= spec->lsn;
-		else if (spec->kind == POINT_TIME)
-			done = seg_view_trailer(v) && seg_view_trailer(v)->sealed_ns > spec->time_ns;
-		else
-			done = has_mark(v, spec->mark, mark_lsn);
-		seg_view_free(v);
-		if (done)
-			break;
+		fetch_batch(rs, n, count, f);
+		for (unsigned i = 0; i < count; i++, n++) {
+			struct seg_view *v;
+			bool done = false;
+			int r = fetched(rs, &f[i], &v);
+
+			if (r < 0) {
+				discard(rs, f + i + 1, count - i - 1);
+				return r;
+			}
+			rs->hi = n;
+			if (spec->kind == POINT_LSN)
+				done = seg_view_last_lsn(v) >= spec->lsn;
+			else if (spec->kind == POINT_TIME)
+				done = seg_view_trailer(v) &&
+				       seg_view_trailer(v)->sealed_ns > spec->time_ns;
+			else
+				done = has_mark(v, spec->mark, mark_lsn);
+			seg_view_free(v);
+			if (done) {
+				discard(rs, f + i + 1, count - i - 1);
+				return 0;
+			}
+		}
 	}
 	return 0;
 }
 
-/* Downloads segments from..rs->lo-1 (an older base's); *mark_lsn gets a
- * mark found among them. */
+/* Downloads segments from..rs->lo-1 (an older base's), RESTORE_PARALLEL
+ * at a time; *mark_lsn gets a mark found among them. */
 static int download_back(struct restore *rs, uint64_t from, const struct point_spec *spec,
 			 uint64_t *mark_lsn)
 {
+	struct fetch f[RESTORE_PARALLEL];
 	uint64_t found = 0;
 
-	for (uint64_t n = from; n < rs->lo; n++) {
-		struct seg_view *v;
-		uint64_t l;
-		int r = download(rs, n, &v);
+	for (uint64_t n = from; n < rs->lo;) {
+		uint64_t left = rs->lo - n;
+		unsigned count = left < RESTORE_PARALLEL ? (unsigned)left : RESTORE_PARALLEL;
 
-		if (r < 0)
-			return r;
-		if (spec->kind == POINT_MARK && !found && has_mark(v, spec->mark, &l))
-			found = l;
-		seg_view_free(v);
+		fetch_batch(rs, n, count, f);
+		for (unsigned i = 0; i < count; i++, n++) {
+			struct seg_view *v;
+			uint64_t l;
+			int r = fetched(rs, &f[i], &v);
+
+			if (r < 0)
+				return r;
+			if (spec->kind == POINT_MARK && !found && has_mark(v, spec->mark, &l))
+				found = l;
+			seg_view_free(v);
+		}
 	}
 	rs->lo = from;
 	if (found)
@@ -362,15 +452,16 @@ int cmd_restore(int argc, char **argv)
 		struct s3_options o = { .url = from, .region = region, .access_key = ak,
 					.secret_key = sk, .ca_file = ca };
 
-		if (s3_new(&o, &rs.s3, why, sizeof why) < 0) {
-			log_error("--from %s: %s", from, why);
-			goto out;
-		}
+		for (unsigned i = 0; i < RESTORE_PARALLEL; i++)
+			if (s3_new(&o, &rs.s3[i], why, sizeof why) < 0) {
+				log_error("--from %s: %s", from, why);
+				goto out;
+			}
 	}
 
 	/* 1. The group and its HEAD: what the bucket holds. */
 	if (!rs.group[0]) {
-		r = s3_list_dirs(rs.s3, one_group, &rs, &rep);
+		r = s3_list_dirs(rs.s3[0], one_group, &rs, &rep);
 		if (r < 0) {
 			if (r != -EINVAL)
 				log_error("%s", rep.error);
@@ -382,7 +473,7 @@ int cmd_restore(int argc, char **argv)
 		}
 	}
 	snprintf(pbuf, sizeof pbuf, "%s/%s", rs.group, S3_HEAD_KEY);
-	r = s3_get_small(rs.s3, pbuf, NULL, HEAD_MAX, &text, &len, &rep);
+	r = s3_get_small(rs.s3[0], pbuf, NULL, HEAD_MAX, &text, &len, &rep);
 	if (r < 0) {
 		log_error("%s", rep.error);
 		goto out;
@@ -503,7 +594,8 @@ out:
 	if (status && made_dir)
 		rmdir(target);
 	free(rs.dir);
-	s3_free(rs.s3);
+	for (unsigned i = 0; i < RESTORE_PARALLEL; i++)
+		s3_free(rs.s3[i]);
 	if (ak)
 		memset(ak, 0, strlen(ak));
 	if (sk)
