@@ -465,6 +465,8 @@ class _Thread:
                     break
                 self.step()
                 n += 1
+                if self.w.pace:
+                    self.w.stop.wait(self.w.pace)
         except BaseException as e:  # noqa: BLE001 - reported by join()
             self.error = (self.op if self.doing is None else f"{self.op} {self.doing}",
                           e, traceback.format_exc())
@@ -477,9 +479,11 @@ class Workload:
     made by populate()).  See the module docstring."""
 
     def __init__(self, root, seed, threads=4, namespace=True, max_len=1 << 20,
-                 volatile_cache=None):
+                 volatile_cache=None, pace=0.0):
         """max_len caps the length of every write (O_DIRECT ones stay at
-        least 4 KiB); namespace=False leaves names alone.  volatile_cache:
+        least 4 KiB); namespace=False leaves names alone; pace: seconds each
+        thread pauses after every operation (a guest that is not flat out,
+        so an outage leaves a backlog a test can wait for).  volatile_cache:
         a buffered write into acks.img counts as acknowledged only once an
         fdatasync covers it (aimfs's writeback cache, as a disk's volatile
         cache); None: so if root is a mount made with cache=writeback."""
@@ -491,6 +495,7 @@ class Workload:
         self.nthreads = threads
         self.namespace = namespace
         self.max_len = max_len
+        self.pace = pace
         self.lock = threading.Lock()
         self.seq = itertools.count(1)
         self.stop = threading.Event()
