@@ -26,7 +26,10 @@
  * A download goes to inbox/.tmp/pull.*, is fsynced, validated whole (its
  * group and number too), and only then renamed into inbox/<group>/
  * without replacing anything (the receiver may have stored the same
- * segment meanwhile); the group is kicked at once, and the directory
+ * segment meanwhile).  PULL_PARALLEL segments download at once, each on a
+ * thread and connection of its own, and are renamed in order; the first
+ * that failed ends the round, so the inbox never holds a segment without
+ * the one before it.  The group is kicked at each rename, and the directory
  * fsynced once the round's downloads are in (no one is told of a pulled
  * segment, so a rename lost in a crash only means downloading it again).
  * A puller killed at any point leaves nothing but a temporary file,
@@ -41,12 +44,15 @@
  *
  * Threads: the discovery thread owns the list of groups (appended under
  * pullers.lock, which also guards every loop's status fields and the
- * counters); each group's thread owns its S3 client and state connection.
+ * counters); each group's thread owns its S3 clients and state connection,
+ * and lends one client to each download of a batch (parallel.h) while it
+ * waits for them.
  */
 #include "remote_i.h"
 #include "fileio.h"
 #include "clock.h"
 #include "log.h"
+#include "parallel.h"
 #include "parse.h"
 #include "s3.h"
 #include "strbuf.h"
@@ -72,6 +78,10 @@
 					  * while none is known) */
 #define HEAD_MAX (1u << 20)
 #define TMP_PREFIX "pull."
+/* Segments downloaded at once per group: each GET answers after a round
+ * trip of the store's, and a backlog of eagerly sealed segments is many
+ * small objects. */
+#define PULL_PARALLEL 8
 
 enum pull_state { PULL_STARTING, PULL_POLLING, PULL_DOWNLOADING, PULL_RETRYING };
 
@@ -99,6 +109,7 @@ struct pull_group {
 	bool started;
 	/* the group thread's own */
 	struct s3 *s3;
+	struct s3 *more[PULL_PARALLEL - 1]; /* a batch's other downloads', made on first use */
 	struct state *st;
 	char etag[128];            /* of the last HEAD read */
 	bool have_head;
@@ -428,67 +439,131 @@ static int validate(int fd, uint64_t size, const uint8_t gid[16], uint64_t numbe
 	return r;
 }
 
-/* Segment n of group g into inbox/<group> (gfd).  0, or -errno after
- * fail(). */
-static int pull_segment(struct pull_group *g, int gfd, uint64_t n)
+/* One segment's download into inbox/.tmp, on a thread of its own. */
+struct pull_job {
+	struct pull_group *g;
+	struct s3 *s3;
+	uint64_t n;
+	char file[SEG_FILE_NAME_LEN + 8];
+	char tmp[160];             /* its name in inbox/.tmp */
+	struct download dl;
+	int rc;
+	char error[800];           /* what failed (fail() keeps the first 400 bytes) */
+};
+
+/* Downloads job->n into its temporary file, fsyncs it and validates it
+ * whole; what failed goes in job->error, reported only if the segment is
+ * needed (pull_batch). */
+static void fetch_segment(void *arg)
 {
+	struct pull_job *job = arg;
+	struct pull_group *g = job->g;
 	struct puller *p = g->p;
 	struct remote *r = p->all->r;
 	struct s3_reply rep;
-	struct download dl = { .fd = -1 };
-	char file[SEG_FILE_NAME_LEN + 8], key[128], tmp[160], why[300];
+	char key[128], why[300];
 	uint8_t gid[16];
-	int rc;
 
-	seg_file_name(n, SEG_FILE_SUFFIX, file);
-	snprintf(key, sizeof key, "%s/%s", g->name, file);
-	snprintf(tmp, sizeof tmp, TMP_PREFIX "%s.%s.%d.%u.part", g->name, file, (int)getpid(),
-		 g->seq++);
+	snprintf(key, sizeof key, "%s/%s", g->name, job->file);
 	group_name_valid(g->name, gid);
-	dl.fd = openat(p->tmp_fd, tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
-	if (dl.fd < 0) {
-		rc = -errno;
-		fail(p, &g->loop, "cannot create %s/%s/%s: %s", r->cfg.inbox, INBOX_TMP, tmp,
-		     strerror(errno));
-		return rc;
+	job->dl.fd = openat(p->tmp_fd, job->tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW |
+			    O_CLOEXEC, 0640);
+	if (job->dl.fd < 0) {
+		job->rc = -errno;
+		snprintf(job->error, sizeof job->error, "cannot create %s/%s/%s: %s",
+			 r->cfg.inbox, INBOX_TMP, job->tmp, strerror(errno));
+		return;
 	}
-	rc = s3_fetch(g->s3, key, dl_sink, &dl, r->cfg.max_segment, &rep);
-	if (rc < 0) {
-		if (rc == -EFBIG)
-			fail(p, &g->loop, "%s: larger than --max-segment", key);
-		else if (rc != -EIO && rc != -ENOENT && rc != -EBADMSG)
-			fail(p, &g->loop, "cannot write %s/%s/%s: %s", r->cfg.inbox, INBOX_TMP, tmp,
-			     strerror(-rc));
+	job->rc = s3_fetch(job->s3, key, dl_sink, &job->dl, r->cfg.max_segment, &rep);
+	if (job->rc < 0) {
+		if (job->rc == -EFBIG)
+			snprintf(job->error, sizeof job->error, "%s: larger than --max-segment", key);
+		else if (job->rc != -EIO && job->rc != -ENOENT && job->rc != -EBADMSG)
+			snprintf(job->error, sizeof job->error, "cannot write %s/%s/%s: %s",
+				 r->cfg.inbox, INBOX_TMP, job->tmp, strerror(-job->rc));
 		else
-			fail(p, &g->loop, "%s", rep.error);
-		goto out;
+			snprintf(job->error, sizeof job->error, "%s", rep.error);
+		return;
 	}
-	if (fsync(dl.fd) < 0) {
-		rc = -errno;
-		fail(p, &g->loop, "fsync of %s/%s/%s: %s", r->cfg.inbox, INBOX_TMP, tmp,
-		     strerror(errno));
-		goto out;
+	if (fsync(job->dl.fd) < 0) {
+		job->rc = -errno;
+		snprintf(job->error, sizeof job->error, "fsync of %s/%s/%s: %s", r->cfg.inbox,
+			 INBOX_TMP, job->tmp, strerror(errno));
+		return;
 	}
-	rc = validate(dl.fd, dl.written, gid, n, why, sizeof why);
-	if (rc < 0) {
-		fail(p, &g->loop, "%s in the bucket: %s", key, why);
-		goto out;
+	job->rc = validate(job->dl.fd, job->dl.written, gid, job->n, why, sizeof why);
+	if (job->rc < 0)
+		snprintf(job->error, sizeof job->error, "%s in the bucket: %s", key, why);
+}
+
+/* The group's client for download i of a batch: its own for the first,
+ * made on first use for the others.  NULL if one cannot be made. */
+static struct s3 *batch_client(struct pull_group *g, unsigned i)
+{
+	struct pull_config *c = g->p->cfg;
+	struct s3_options o = { .url = c->url, .region = c->region, .access_key = c->access_key,
+				.secret_key = c->secret_key, .ca_file = c->ca_file };
+	char why[300];
+
+	if (i == 0)
+		return g->s3;
+	if (!g->more[i - 1] && s3_new(&o, &g->more[i - 1], why, sizeof why) < 0)
+		return NULL;
+	return g->more[i - 1];
+}
+
+/*
+ * Segments first..first+count-1 (count <= PULL_PARALLEL) of group g into
+ * inbox/<group> (gfd): downloaded, fsynced and validated at once, then
+ * renamed in order, so that the inbox never holds one without the one
+ * before it; the first that failed ends the batch (those after it are
+ * dropped and downloaded again next round).  0, or -errno after fail().
+ */
+static int pull_batch(struct pull_group *g, int gfd, uint64_t first, unsigned count)
+{
+	struct puller *p = g->p;
+	struct remote *r = p->all->r;
+	struct pull_job job[PULL_PARALLEL];
+	int rc = 0;
+
+	for (unsigned i = 0; i < count; i++) {
+		char file[SEG_FILE_NAME_LEN + 8];
+
+		job[i] = (struct pull_job){ .g = g, .s3 = batch_client(g, i), .n = first + i,
+					    .dl = { .fd = -1 } };
+		seg_file_name(job[i].n, SEG_FILE_SUFFIX, file);
+		memcpy(job[i].file, file, sizeof file);
+		snprintf(job[i].tmp, sizeof job[i].tmp, TMP_PREFIX "%s.%s.%d.%u.part", g->name,
+			 file, (int)getpid(), g->seq++);
+		if (!job[i].s3) {
+			count = i; /* fewer at once: the others next time */
+			break;
+		}
 	}
-	if (renameat2(p->tmp_fd, tmp, gfd, file, RENAME_NOREPLACE) < 0 && errno != EEXIST) {
-		rc = -errno;
-		fail(p, &g->loop, "cannot move %s into %s/%s: %s", file, r->cfg.inbox, g->name,
-		     strerror(errno));
-		goto out;
+	parallel_each(fetch_segment, job, sizeof *job, count);
+	for (unsigned i = 0; i < count; i++) {
+		if (rc == 0 && job[i].rc < 0) {
+			rc = job[i].rc;
+			fail(p, &g->loop, "%s", job[i].error);
+		}
+		if (rc == 0 && renameat2(p->tmp_fd, job[i].tmp, gfd, job[i].file,
+					 RENAME_NOREPLACE) < 0 && errno != EEXIST) {
+			rc = -errno;
+			fail(p, &g->loop, "cannot move %s into %s/%s: %s", job[i].file, r->cfg.inbox,
+			     g->name, strerror(errno));
+		}
+		if (rc == 0) {
+			pthread_mutex_lock(&p->all->lock);
+			p->segments++;
+			p->bytes += job[i].dl.written;
+			pthread_mutex_unlock(&p->all->lock);
+			groups_kick(r, g->name);
+		}
+		if (job[i].dl.fd >= 0) {
+			unlinkat(p->tmp_fd, job[i].tmp, 0); /* gone already if it was renamed */
+			close(job[i].dl.fd);
+		}
 	}
-	pthread_mutex_lock(&p->all->lock);
-	p->segments++;
-	p->bytes += dl.written;
-	pthread_mutex_unlock(&p->all->lock);
-	groups_kick(r, g->name);
-	rc = 0;
-out:
-	unlinkat(p->tmp_fd, tmp, 0); /* gone already if it was renamed */
-	close(dl.fd);
 	return rc;
 }
 
@@ -601,8 +676,11 @@ static int poll_group(struct pull_group *g)
 			return gfd;
 		}
 		set_state(p, &g->loop, PULL_DOWNLOADING);
-		for (uint64_t n = from; n <= h.segment && rc == 0; n++)
-			rc = pull_segment(g, gfd, n);
+		for (uint64_t n = from; n <= h.segment && rc == 0; n += PULL_PARALLEL) {
+			uint64_t left = h.segment - n + 1;
+
+			rc = pull_batch(g, gfd, n, left < PULL_PARALLEL ? (unsigned)left : PULL_PARALLEL);
+		}
 		/* the names of this round's segments, durable at once */
 		if (fsync(gfd) < 0 && rc == 0) {
 			rc = -errno;
@@ -860,6 +938,8 @@ void puller_stop(struct remote *r)
 			if (g->started)
 				pthread_join(g->thread, NULL);
 			s3_free(g->s3);
+			for (unsigned j = 0; j < PULL_PARALLEL - 1; j++)
+				s3_free(g->more[j]);
 			state_close(g->st);
 			free(g);
 		}

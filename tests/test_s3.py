@@ -243,6 +243,48 @@ def test_mirror_through_a_bucket_to_two_pullers(ceph, workdir, aimfs, cleanup):
     b.check_quiet()
 
 
+def test_a_puller_catching_up_never_holds_a_segment_past_one_it_lacks(ceph, workdir, aimfs,
+                                                                       cleanup):
+    """A puller that was away downloads a group's backlog several segments
+    at once.  One missing from the bucket (its object lost, or not yet
+    readable) stops it there: nothing after it reaches the inbox, however
+    many of those downloaded, so the group never holds a segment without the
+    one before it; the status names the missing key.  Once the object is
+    back, the puller goes on and the replica converges."""
+    bucket = new_bucket(ceph)
+    site = Site(workdir, ceph, bucket)
+    populate(site.backing, 1509, 2)
+    m = site.start(aimfs)
+    w = Workload(m.mountpoint, 1509, threads=2, max_len=64 << 10)
+    w.run(seconds=2)
+    st = site.wait_in_sync()
+    w.close()
+    group = st["group"]
+    head = site.head()
+    missing = 12
+    assert head["oldest"] == 1 and head["segment"] >= missing + 10, head
+    key = f"mirror/{group}/{missing:020d}.aimj"
+    _, kept = ceph.s3().get(bucket, key)
+    ceph.s3().delete(bucket, key)
+    r = start_remote(workdir, "late", site.pull_args("200ms"), cleanup, expect_alarms=True)
+
+    def stopped_at_the_gap():
+        pull = r.status()["pulls"][0]
+        return pull["state"] == "retrying" and key.split("/", 1)[1] in pull.get("last_error", "")
+    wait_for(stopped_at_the_gap, 60, what="the puller to stop at the missing segment")
+    r.wait_group(group, lambda g: g["applied_segment"] == missing - 1 and g["state"] == "idle",
+                 what=f"segments up to {missing - 1} applied")
+    inbox = os.path.join(workdir, "inbox-late", group)
+    past = [n for n in os.listdir(inbox) if n.endswith(".aimj") and int(n[:20]) > missing]
+    assert not past, f"the inbox holds {sorted(past)} without segment {missing}"
+    ceph.s3().put(bucket, key, kept)
+    r.wait_applied(group, st["head_lsn"])
+    assert m.unmount() == 0
+    assert_trees_equal(r.target, site.backing)
+    assert sorted(set(applied_lines(r))) == sorted(applied_lines(r))
+    m.check_quiet()
+
+
 # ---- crashes ------------------------------------------------------------------
 
 def test_radosgw_and_puller_killed_lose_nothing_and_apply_nothing_twice(ceph, workdir, aimfs,

@@ -25,6 +25,7 @@
 #include "fileio.h"
 #include "clock.h"
 #include "log.h"
+#include "parallel.h"
 #include "parse.h"
 #include "s3.h"
 
@@ -32,7 +33,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
-#include <pthread.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,7 +64,6 @@ struct fetch {
 	uint64_t bytes;
 	int r;
 	char error[4400];     /* what failed: a path and why, or the store's answer */
-	pthread_t th;
 };
 
 static int fd_sink(void *ctx, const void *data, size_t len)
@@ -82,7 +81,7 @@ static void segment_path(const struct restore *rs, uint64_t n, char *path, size_
 
 /* Downloads segment f->n into the work directory; the error is kept in f
  * for the caller to report only if it needs the segment. */
-static void *fetch_one(void *arg)
+static void fetch_one(void *arg)
 {
 	struct fetch *f = arg;
 	char file[SEG_FILE_NAME_LEN + 8], key[128], path[4200];
@@ -97,7 +96,7 @@ static void *fetch_one(void *arg)
 	if (fd < 0) {
 		f->r = -errno;
 		snprintf(f->error, sizeof f->error, "%s: %s", path, strerror(-f->r));
-		return NULL;
+		return;
 	}
 	f->r = s3_fetch(f->s3, key, fd_sink, &fd, SEGMENT_MAX, &rep);
 	if (f->r == 0 && fstat(fd, &st) == 0)
@@ -107,24 +106,15 @@ static void *fetch_one(void *arg)
 		snprintf(f->error, sizeof f->error, "%s",
 			 f->r == -EIO || f->r == -ENOENT || f->r == -EBADMSG || f->r == -EFBIG
 			 ? rep.error : strerror(-f->r));
-	return NULL;
 }
 
 /* Downloads segments first..first+count-1 (count <= RESTORE_PARALLEL) at
  * once; each one's outcome in f[]. */
 static void fetch_batch(const struct restore *rs, uint64_t first, unsigned count, struct fetch *f)
 {
-	for (unsigned i = 0; i < count; i++) {
-		f[i] = (struct fetch){ .rs = rs, .s3 = rs->s3[i], .n = first + i };
-		if (pthread_create(&f[i].th, NULL, fetch_one, &f[i]) != 0) {
-			f[i].r = -EAGAIN;
-			snprintf(f[i].error, sizeof f[i].error, "cannot start a download thread");
-			f[i].th = 0;
-		}
-	}
 	for (unsigned i = 0; i < count; i++)
-		if (f[i].th)
-			pthread_join(f[i].th, NULL);
+		f[i] = (struct fetch){ .rs = rs, .s3 = rs->s3[i], .n = first + i };
+	parallel_each(fetch_one, f, sizeof *f, count);
 }
 
 /* The outcome of f's download, opened; 0 or the error (reported). */
