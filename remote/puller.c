@@ -497,18 +497,21 @@ static void fetch_segment(void *arg)
 }
 
 /* The group's client for download i of a batch: its own for the first,
- * made on first use for the others.  NULL if one cannot be made. */
+ * made on first use for the others.  NULL after fail() if one cannot be
+ * made. */
 static struct s3 *batch_client(struct pull_group *g, unsigned i)
 {
 	struct pull_config *c = g->p->cfg;
 	struct s3_options o = { .url = c->url, .region = c->region, .access_key = c->access_key,
 				.secret_key = c->secret_key, .ca_file = c->ca_file };
-	char why[300];
+	char why[300] = "out of memory";
 
 	if (i == 0)
 		return g->s3;
-	if (!g->more[i - 1] && s3_new(&o, &g->more[i - 1], why, sizeof why) < 0)
+	if (!g->more[i - 1] && s3_new(&o, &g->more[i - 1], why, sizeof why) < 0) {
+		fail(g->p, &g->loop, "cannot make a client for a download: %s", why);
 		return NULL;
+	}
 	return g->more[i - 1];
 }
 
@@ -531,14 +534,12 @@ static int pull_batch(struct pull_group *g, int gfd, uint64_t first, unsigned co
 
 		job[i] = (struct pull_job){ .g = g, .s3 = batch_client(g, i), .n = first + i,
 					    .dl = { .fd = -1 } };
+		if (!job[i].s3)
+			return -ENOMEM; /* the round ends; the next starts where this one stopped */
 		seg_file_name(job[i].n, SEG_FILE_SUFFIX, file);
 		memcpy(job[i].file, file, sizeof file);
 		snprintf(job[i].tmp, sizeof job[i].tmp, TMP_PREFIX "%s.%s.%d.%u.part", g->name,
 			 file, (int)getpid(), g->seq++);
-		if (!job[i].s3) {
-			count = i; /* fewer at once: the others next time */
-			break;
-		}
 	}
 	parallel_each(fetch_segment, job, sizeof *job, count);
 	for (unsigned i = 0; i < count; i++) {
