@@ -550,7 +550,10 @@ def small_journal_via_proxy(aimfs, workdir, pki, remotes, size, seed, direct=())
         conf = source_conf(workdir, "o.conf", dests, status,
                            "journal_max = 2M\nsegment_size = 256K\nsegment_age = 100ms\n")
         m = aimfs(options=[f"config={conf}"], expect_alarms=True)
-        wait_converged(status, remotes)
+        try:
+            wait_converged(status, remotes)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\nthe source's log:\n{m.output()[-8000:]}") from None
     except BaseException:
         proxy.stop()
         raise

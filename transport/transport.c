@@ -407,17 +407,13 @@ static int make_skeletons(struct transport *t, struct catalog *cat)
 	return made ? catalog_make_durable(cat) : 0;
 }
 
-void transport_prune(struct transport *t, struct catalog *cat)
+/* Prunes what every destination acknowledged and the backing files hold,
+ * from the first segment not pruned yet (the caller is the one pruner). */
+static void prune_pass(struct transport *t, struct catalog *cat)
 {
 	uint64_t low = UINT64_MAX, backing, n, now = clock_wall_ns();
 
-	if (make_skeletons(t, cat) < 0)
-		return;
 	pthread_mutex_lock(&t->lock);
-	if (t->pruning || t->ndests == 0) {
-		pthread_mutex_unlock(&t->lock);
-		return;
-	}
 	for (size_t i = 0; i < t->ndests; i++) {
 		struct dest *d = &t->dests[i];
 		uint64_t done = d->acked_segment;
@@ -435,7 +431,6 @@ void transport_prune(struct transport *t, struct catalog *cat)
 		low = t->durable_segment;
 	backing = t->backing_lsn;
 	n = t->pruned_through + 1;
-	t->pruning = true;
 	pthread_mutex_unlock(&t->lock);
 
 	for (; n <= low; n++) {
@@ -480,7 +475,33 @@ void transport_prune(struct transport *t, struct catalog *cat)
 		t->pruned_through = n;
 		pthread_mutex_unlock(&t->lock);
 	}
+}
+
+/*
+ * One pruner at a time.  A call while another runs is not dropped: that one
+ * runs once more when it is done, with what is acknowledged and synced
+ * then.  (Dropped, a checkpoint's news could be lost for good: a worker
+ * took backing_moved, found another pass running that had read the old
+ * backing LSN, and with no new records no checkpoint came again; a resync
+ * waiting for the journal to drain below half waited for ever.)
+ */
+void transport_prune(struct transport *t, struct catalog *cat)
+{
+	if (make_skeletons(t, cat) < 0)
+		return;
 	pthread_mutex_lock(&t->lock);
+	if (t->pruning || t->ndests == 0) {
+		t->prune_again = t->pruning;
+		pthread_mutex_unlock(&t->lock);
+		return;
+	}
+	t->pruning = true;
+	do {
+		t->prune_again = false;
+		pthread_mutex_unlock(&t->lock);
+		prune_pass(t, cat);
+		pthread_mutex_lock(&t->lock);
+	} while (t->prune_again);
 	t->pruning = false;
 	pthread_mutex_unlock(&t->lock);
 }

@@ -121,6 +121,7 @@ struct transport {
 	bool backing_moved;
 	uint64_t pruned_through;    /* (T) */
 	bool pruning;               /* (T) one pruner at a time */
+	bool prune_again;           /* (T) asked while one ran: it runs once more */
 	bool stopping;              /* (T) */
 	struct dest *dests;
 	size_t ndests;
