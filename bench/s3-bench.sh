@@ -9,9 +9,13 @@
 #           applied by `aim-remote --pull --pull-interval 1s`
 #   apply   one puller applying 20 groups (20 mounts, one bucket) against one
 #           group holding as many bytes: aggregate pull + apply throughput
+#   backlog a backlog of small segments (a mount with segment_size 256K):
+#           `aim-remote --pull` catching up from nothing and `aimctl restore`
+#           to its last LSN, against curl downloading the same objects, eight
+#           at a time (--parallel) and one after the other (--next)
 # See bench/README.md.
 #
-#   sudo bench/s3-bench.sh [--quick] [--tests upload,latency,apply] [--rounds N] ...
+#   sudo bench/s3-bench.sh [--quick] [--tests upload,latency,apply,backlog] [--rounds N] ...
 #
 # Needs root (drop_caches, FUSE, a network namespace), ceph-mon, ceph-osd,
 # radosgw (scripts/install-deps.sh), fio, curl, jq, fusermount3, ip, nsenter
@@ -27,7 +31,7 @@ REPO_DIR=$(cd "$SCRIPT_DIR/.." && pwd)
 # shellcheck source=bench/lib.sh
 . "$SCRIPT_DIR/lib.sh"
 CMDLINE=$(cmdline_of s3-bench.sh "$@")
-ALL_TESTS="upload latency apply"
+ALL_TESTS="upload latency apply backlog"
 S3PY="$SCRIPT_DIR/s3bench.py"
 CEPHPY="$REPO_DIR/tests/ceph_rgw.py"
 
@@ -45,8 +49,10 @@ usage: sudo $0 [options]
   --poll-interval D   aim-remote --pull-interval (default 1s)
   --groups N          mounts (groups) of the apply test (default 20)
   --group-size SIZE   bytes written into each of them (default 32M; --quick 8M)
+  --backlog-size SIZE bytes written (64 KiB random writes) into the backlog's
+                      256 KiB segments (default 256M; --quick 64M)
   --quick             smoke test: --rounds 1 --ship-size 256M --lat-runtime 10
-                      --group-size 8M
+                      --group-size 8M --backlog-size 64M
   --out FILE          markdown report (default bench/results/s3-<date>.md); next
                       to it FILE.json and FILE.raw/
   -h, --help          this text
@@ -54,7 +60,7 @@ EOF
 }
 
 BUILD_ARG=$(default_build) BASE_DIR=/var/tmp OUT="" QUICK=0 OPT_ROUNDS="" OPT_SHIP="" OPT_LAT_RT=""
-OPT_GSIZE="" LAT_RATE=50m POLL=1s NGROUPS=20 TESTS_ARG=${ALL_TESTS// /,}
+OPT_GSIZE="" OPT_BSIZE="" LAT_RATE=50m POLL=1s NGROUPS=20 TESTS_ARG=${ALL_TESTS// /,}
 while [[ $# -gt 0 ]]; do
     opt=$1
     if [[ $opt == --*=* ]]; then set -- "${opt%%=*}" "${opt#*=}" "${@:2}"; opt=$1; fi
@@ -69,6 +75,7 @@ while [[ $# -gt 0 ]]; do
     --poll-interval) need_arg "$@"; POLL=$2; shift 2 ;;
     --groups) need_arg "$@"; NGROUPS=$2; shift 2 ;;
     --group-size) need_arg "$@"; OPT_GSIZE=$2; shift 2 ;;
+    --backlog-size) need_arg "$@"; OPT_BSIZE=$2; shift 2 ;;
     --quick) QUICK=1; shift ;;
     --out) need_arg "$@"; OUT=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
@@ -77,10 +84,12 @@ while [[ $# -gt 0 ]]; do
 done
 if [[ $QUICK == 1 ]]; then
     ROUNDS=${OPT_ROUNDS:-1} SHIP_SIZE=${OPT_SHIP:-256M} LAT_RT=${OPT_LAT_RT:-10} GSIZE=${OPT_GSIZE:-8M}
+    BSIZE=${OPT_BSIZE:-64M}
 else
     ROUNDS=${OPT_ROUNDS:-3} SHIP_SIZE=${OPT_SHIP:-1G} LAT_RT=${OPT_LAT_RT:-30} GSIZE=${OPT_GSIZE:-32M}
+    BSIZE=${OPT_BSIZE:-256M}
 fi
-for v in SHIP_SIZE GSIZE; do
+for v in SHIP_SIZE GSIZE BSIZE; do
     [[ ${!v} =~ ^[1-9][0-9]*[KkMmGgTt]?$ ]] || die "${v,,} must look like 256M or 2G, not '${!v}'"
 done
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive integer"
@@ -112,7 +121,7 @@ trap 'rc=$?; ceph_stop; (exit $rc); bench_cleanup' EXIT
 trap 'log "interrupted (SIGINT)"; exit 130' INT
 trap 'log "terminated (SIGTERM)"; exit 143' TERM
 
-make_scratch_and_output s3 logs upload latency apply fio
+make_scratch_and_output s3 logs upload latency apply backlog fio
 fail() {
     printf '%s: error: %s\n' "$PROG" "$*" >&2
     exit 1
@@ -320,6 +329,88 @@ apply_round() { # ROUND
     done
 }
 
+# ================================================================ backlog
+backlog_setup() {
+    local d="$SCRATCH/backlog/src" lf="$RAW/logs/aimfs-backlog.log" st
+    mkdir -p "$d/backing" "$d/mnt" "$d/j"
+    truncate -s 1G "$d/backing/vm.raw"
+    s3py bucket "$EP" backlog create >/dev/null || fail "cannot create a bucket"
+    s3_conf "$d/aimfs.conf" "$EP/backlog/p"
+    mount_aimfs "$lf" -o "config=$d/aimfs.conf,journal=$d/j,segment_size=256K" "$d/backing" "$d/mnt"
+    log "backlog: writing $BSIZE (64 KiB random writes) into 256 KiB segments, shipped to a bucket"
+    fio_bg "$RAW/fio/backlog-fill.stderr" --name=fill --filename="$d/mnt/vm.raw" --rw=randwrite --bs=64k \
+        --size=1G --io_size="$BSIZE" --direct=1 --ioengine=psync --randrepeat=0 >/dev/null ||
+        fail "fio into the backlog's mount failed"
+    wait_source_sync
+    st=$(sstatus)
+    BACKLOG_GROUP=$(j .group "$st")
+    BACKLOG_LSN=$(j .head_lsn "$st")
+    unmount_fuse "$d/mnt"
+    rm -rf "$d"
+    BACKLOG_EXPECT=$(s3py head "$EP" backlog p | jq -c 'map_values(.lsn)')
+    BACKLOG_SEGS=$(s3py head "$EP" backlog p | jq -r 'to_entries[0].value.segment')
+    s3py curl-get-args "$EP" backlog "p/$BACKLOG_GROUP" "$SCRATCH/backlog/dl" "$SCRATCH/backlog/curl-seq.args" >/dev/null &&
+        s3py curl-get-args --parallel 8 "$EP" backlog "p/$BACKLOG_GROUP" "$SCRATCH/backlog/dl" \
+            "$SCRATCH/backlog/curl-par.args" >/dev/null || fail "cannot list the backlog's segments"
+    meta backlog "$BACKLOG_SEGS segments of 256 KiB in one group (a mount with segment_size=256K, fio --rw=randwrite --bs=64k --io_size=$BSIZE --direct=1, shipped to the bucket); each round, in turn: a fresh aim-remote --pull URL --pull-interval $POLL timed from its start until /status shows the group at HEAD's LSN; aimctl restore --until HEAD's LSN into an empty directory; one curl process GETting every segment object (--aws-sigv4) into files, --parallel --parallel-max 8, and one with --next (one connection, in order); the page cache dropped and settled before each"
+}
+
+# time_bg LABEL CMD...: runs CMD in the namespace, in the background (stopped
+# by PID on exit), -> SECS (its wall time), or fails with its output.
+time_bg() {
+    local label=$1 out="$RAW/backlog/$1.out" t0 t1 rc
+    shift
+    t0=$(now_ns)
+    "${INNS[@]}" "$@" >"$out" 2>&1 &
+    FIO_PID=$!
+    BG[$FIO_PID]=$label
+    wait "$FIO_PID"
+    rc=$?
+    unset 'BG[$FIO_PID]'
+    FIO_PID=""
+    t1=$(now_ns)
+    [[ $rc == 0 ]] || { show_log "$out"; fail "$label failed"; }
+    SECS=$(jq -n "($t1 - $t0) / 1e9")
+}
+
+backlog_round() { # ROUND
+    local round=$1 d="$SCRATCH/backlog/run" res side
+    local -a args
+    rm -rf "$d" && mkdir -p "$d/inbox" "$d/state" "$d/tgt"
+    drop_caches; settle_memory
+    start_remote "$RAW/logs/aim-remote-backlog.log" --inbox "$d/inbox" --state "$d/state" --target-dir "$d/tgt" \
+        --status "$REMOTE_STATUS" --pull "$EP/backlog/p" --access-key-file "$SCRATCH/ak" \
+        --secret-key-file "$SCRATCH/sk" --pull-interval "$POLL"
+    res=$(inns "$PY" "$S3PY" wait-groups --status "$REMOTE_STATUS" --expect "$BACKLOG_EXPECT" --timeout 900) ||
+        { show_log "$RAW/logs/aim-remote-backlog.log"; fail "the puller did not apply the backlog"; }
+    stop_remote
+    record round="$round" test=backlog side=aim-remote segments="$BACKLOG_SEGS" seconds="$(j .seconds "$res")" \
+        segps="$(jq -n "$BACKLOG_SEGS / $(j .seconds "$res")")"
+    rm -rf "$d" && mkdir -p "$d"
+    drop_caches; settle_memory
+    time_bg "restore-r$round" "$AIMCTL" restore --from "$EP/backlog/p" --until "$BACKLOG_LSN" --target-dir "$d/tgt" \
+        --access-key-file "$SCRATCH/ak" --secret-key-file "$SCRATCH/sk"
+    record round="$round" test=backlog side=aimctl-restore segments="$BACKLOG_SEGS" seconds="$SECS" \
+        segps="$(jq -n "$BACKLOG_SEGS / $SECS")"
+    for side in curl-8 curl-1; do
+        rm -rf "$SCRATCH/backlog/dl" && mkdir -p "$SCRATCH/backlog/dl"
+        drop_caches; settle_memory
+        if [[ $side == curl-8 ]]; then mapfile -d '' args <"$SCRATCH/backlog/curl-par.args"
+        else mapfile -d '' args <"$SCRATCH/backlog/curl-seq.args"; fi
+        time_bg "$side-r$round" curl "${args[@]}"
+        [[ $(grep -c '^200 ' "$RAW/backlog/$side-r$round.out") == "$BACKLOG_SEGS" ]] ||
+            { show_log "$RAW/backlog/$side-r$round.out"; fail "$side did not download every segment"; }
+        record round="$round" test=backlog side="$side" segments="$BACKLOG_SEGS" seconds="$SECS" \
+            segps="$(jq -n "$BACKLOG_SEGS / $SECS")"
+    done
+    log "$(printf 'round %d/%d  backlog of %d segments: aim-remote --pull %.1f s, aimctl restore %.1f s, curl x8 %.1f s, curl x1 %.1f s' \
+        "$round" "$ROUNDS" "$BACKLOG_SEGS" "$(j .seconds "$res")" \
+        "$(jq -r "select(.test == \"backlog\" and .round == $round and .side == \"aimctl-restore\") | .seconds" "$RUNS")" \
+        "$(jq -r "select(.test == \"backlog\" and .round == $round and .side == \"curl-8\") | .seconds" "$RUNS")" \
+        "$SECS")"
+    rm -rf "$d"
+}
+
 has_test upload && upload_setup
 if has_test upload || has_test latency; then
     for ((r = 1; r <= ROUNDS; r++)); do
@@ -333,6 +424,12 @@ if has_test apply; then
     ceph_start
     apply_setup
     for ((r = 1; r <= ROUNDS; r++)); do apply_round "$r"; done
+    ceph_stop
+fi
+if has_test backlog; then
+    ceph_start
+    backlog_setup
+    for ((r = 1; r <= ROUNDS; r++)); do backlog_round "$r"; done
 fi
 meta loadavg_at_end "$(cut -d' ' -f1-3 /proc/loadavg)"
 "$PY" "$S3PY" report --raw "$RAW" --md "$OUT" --json "$OUT_JSON" || fail "cannot write the report"

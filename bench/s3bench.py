@@ -7,6 +7,9 @@ Subcommands (each prints JSON or writes files):
   head ENDPOINT BUCKET PREFIX           every group's HEAD under PREFIX, as JSON
   curl-args ENDPOINT BUCKET KEYPREFIX DIR  the curl --next command line that uploads
                                         DIR's segments (hashes taken first, timed)
+  curl-get-args [--parallel N] ENDPOINT BUCKET KEYPREFIX DIR OUT   the curl command
+                                        line that downloads every segment object
+                                        under KEYPREFIX into DIR
   latency --catalog DB --state-db DB --group G   per segment: sealed -> acknowledged
                                         (the transport) and acknowledged -> applied
                                         (pull + apply), p50/p99/max
@@ -93,6 +96,29 @@ def cmd_curl_args(a):
     print(json.dumps({"segments": len(files), "hash_seconds": hash_s}))
 
 
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+def cmd_curl_get_args(a):
+    """One curl process: every segment object under the key prefix into a
+    file of DIR, --next per object; with --parallel N, N at a time."""
+    keys = sorted(k for k in s3(a.endpoint).list(a.bucket, a.keyprefix + "/")
+                  if k.endswith(".aimj"))
+    args = (["--no-progress-meter", "--parallel", "--parallel-max", str(a.parallel)]
+            if a.parallel > 1 else [])
+    for i, k in enumerate(keys):
+        if i:
+            args.append("--next")
+        args += ["-sS", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user",
+                 f"{os.environ['AWS_ACCESS_KEY_ID']}:{os.environ['AWS_SECRET_ACCESS_KEY']}",
+                 "-H", f"x-amz-content-sha256: {EMPTY_SHA256}",
+                 "-o", os.path.join(a.dir, k.rsplit("/", 1)[1]),
+                 "-w", "%{http_code} %{size_download}\\n", f"{a.endpoint}/{a.bucket}/{k}"]
+    with open(a.out, "w") as fh:
+        fh.write("\0".join(args))
+    print(json.dumps({"segments": len(keys)}))
+
+
 def cmd_latency(a):
     src = sqlite3.connect(f"file:{a.catalog}?mode=ro", uri=True)
     dst = sqlite3.connect(f"file:{a.state_db}?mode=ro", uri=True)
@@ -177,6 +203,18 @@ def cmd_report(a):
         res["apply"] = {"groups20": g20, "group1": g1, "ratio": g20 / g1}
         rows.append(f"| pull + apply, 20 groups, aggregate | {g20:.0f} MB/s | {g1:.0f} MB/s "
                     f"(one group, as many bytes) | {g20 / g1:.2f} | ≥ 0.8 |")
+    bl = {side: med("backlog", side, "seconds")
+          for side in ("aim-remote", "aimctl-restore", "curl-8", "curl-1")}
+    if all(bl.values()):
+        nseg = runs[[r["test"] for r in runs].index("backlog")]["segments"]
+        res["backlog"] = dict(bl, segments=nseg)
+        rows.append(f"| backlog of {nseg} 256 KiB segments: pulled and applied from nothing | "
+                    f"{bl['aim-remote']:.1f} s ({nseg / bl['aim-remote']:.0f}/s, `aim-remote "
+                    f"--pull`) | {bl['curl-8']:.1f} s (curl, GETs only, 8 at a time); "
+                    f"{bl['curl-1']:.1f} s (one at a time) | {bl['curl-8'] / bl['aim-remote']:.2f} | |")
+        rows.append(f"| ... the same restored to its last LSN | {bl['aimctl-restore']:.1f} s "
+                    f"({nseg / bl['aimctl-restore']:.0f}/s, `aimctl restore`) | as above | "
+                    f"{bl['curl-8'] / bl['aimctl-restore']:.2f} | |")
     md = ["# s3-bench", "", "| metric | aimfs | baseline | ratio | target |",
           "|---|---|---|---|---|"] + rows + ["", "## Runs", "", "```"]
     md += [json.dumps(r) for r in runs] + ["```", "", "## Setup", ""]
@@ -208,6 +246,14 @@ def main():
     s.add_argument("dir")
     s.add_argument("out")
     s.set_defaults(fn=cmd_curl_args)
+    s = sub.add_parser("curl-get-args")
+    s.add_argument("--parallel", type=int, default=1)
+    s.add_argument("endpoint")
+    s.add_argument("bucket")
+    s.add_argument("keyprefix")
+    s.add_argument("dir")
+    s.add_argument("out")
+    s.set_defaults(fn=cmd_curl_get_args)
     s = sub.add_parser("latency")
     s.add_argument("--catalog", required=True)
     s.add_argument("--state-db", required=True)
