@@ -918,9 +918,12 @@ def test_a_restore_fetches_ahead_but_needs_only_the_segments_up_to_its_point(
     # one before the point: needed
     gone = f"{points['m10'] - 1:020d}.aimj"
     ceph.s3().delete(bucket, prefix + gone)
-    p, _ = restore("m10", "needed")
+    failed = os.path.join(workdir, "failed")
+    p, _ = restore("m10", "needed", "--segments-dir", failed)
     assert p.returncode == 1 and gone in p.stderr, (p.stdout, p.stderr)
     assert not os.path.exists(os.path.join(workdir, "needed"))
+    # nothing downloaded past the one that failed is left behind
+    assert max(os.listdir(failed)) == gone, sorted(os.listdir(failed))
 
 
 def test_a_destination_moved_to_an_empty_prefix_gets_a_new_base(ceph, workdir, aimfs, cleanup):

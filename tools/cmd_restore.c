@@ -144,7 +144,8 @@ static int fetched(struct restore *rs, const struct fetch *f, struct seg_view **
 	return 0;
 }
 
-/* Removes downloads a restore does not use (past its point). */
+/* Removes downloads a restore does not use: past its point, or past one
+ * that failed (which stays, as the one-at-a-time download left it). */
 static void discard(const struct restore *rs, const struct fetch *f, unsigned count)
 {
 	char path[4200];
@@ -238,8 +239,10 @@ static int download_back(struct restore *rs, uint64_t from, const struct point_s
 			uint64_t l;
 			int r = fetched(rs, &f[i], &v);
 
-			if (r < 0)
+			if (r < 0) {
+				discard(rs, f + i + 1, count - i - 1);
 				return r;
+			}
 			if (spec->kind == POINT_MARK && !found && has_mark(v, spec->mark, &l))
 				found = l;
 			seg_view_free(v);
