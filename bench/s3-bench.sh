@@ -180,6 +180,25 @@ wait_source_sync() {
     fail "the source did not get in sync: $(sstatus)"
 }
 
+# time_bg LABEL OUT CMD...: runs CMD in the namespace, in the background
+# (stopped by PID on exit), its output in OUT, -> SECS (its wall time), or
+# fails with its output.
+time_bg() {
+    local label=$1 out=$2 t0 t1 rc
+    shift 2
+    t0=$(now_ns)
+    "${INNS[@]}" "$@" >"$out" 2>&1 &
+    FIO_PID=$!
+    BG[$FIO_PID]=$label
+    wait "$FIO_PID"
+    rc=$?
+    unset 'BG[$FIO_PID]'
+    FIO_PID=""
+    t1=$(now_ns)
+    [[ $rc == 0 ]] || { show_log "$out"; fail "$label failed"; }
+    SECS=$(jq -n "($t1 - $t0) / 1e9")
+}
+
 # ================================================================ upload
 UJ="$SCRATCH/upload/journal"
 upload_setup() {
@@ -209,17 +228,9 @@ upload_round() { # ROUND
     s3_conf "$run/s3.conf" "$EP/up-aimfs-$round/b" "compress = off"
     sed -i '1,3d' "$run/s3.conf" # aimctl ship takes destinations only
     drop_caches; cat "$run/j"/*.aimj >/dev/null; settle_memory
-    t0=$(now_ns)
-    "${INNS[@]}" "$AIMCTL" ship --config "$run/s3.conf" --timeout 10m "$run/j" >"$RAW/upload/r$round-aimctl.out" 2>&1 &
-    FIO_PID=$!
-    BG[$FIO_PID]="aimctl ship"
-    wait "$FIO_PID"
-    rc=$?
-    unset 'BG[$FIO_PID]'
-    FIO_PID=""
-    t1=$(now_ns)
-    [[ $rc == 0 ]] || { show_log "$RAW/upload/r$round-aimctl.out"; fail "aimctl ship failed"; }
-    s=$(jq -n "($t1 - $t0) / 1e9")
+    time_bg "aimctl ship" "$RAW/upload/r$round-aimctl.out" \
+        "$AIMCTL" ship --config "$run/s3.conf" --timeout 10m "$run/j"
+    s=$SECS
     record round="$round" test=upload side=aimctl-ship bytes="$UBYTES" seconds="$s" mbps="$(jq -n "$UBYTES / $s / 1e6")"
     log "$(printf 'round %d/%d  upload aimctl ship %7.1f MB/s' "$round" "$ROUNDS" "$(jq -n "$UBYTES / $s / 1e6")")"
     # curl
@@ -355,24 +366,6 @@ backlog_setup() {
     meta backlog "$BACKLOG_SEGS segments of 256 KiB in one group (a mount with segment_size=256K, fio --rw=randwrite --bs=64k --io_size=$BSIZE --direct=1, shipped to the bucket); each round, in turn: a fresh aim-remote --pull URL --pull-interval $POLL timed from its start until /status shows the group at HEAD's LSN; aimctl restore --until HEAD's LSN into an empty directory; one curl process GETting every segment object (--aws-sigv4) into files, --parallel --parallel-max 8, and one with --next (one connection, in order); the page cache dropped and settled before each"
 }
 
-# time_bg LABEL CMD...: runs CMD in the namespace, in the background (stopped
-# by PID on exit), -> SECS (its wall time), or fails with its output.
-time_bg() {
-    local label=$1 out="$RAW/backlog/$1.out" t0 t1 rc
-    shift
-    t0=$(now_ns)
-    "${INNS[@]}" "$@" >"$out" 2>&1 &
-    FIO_PID=$!
-    BG[$FIO_PID]=$label
-    wait "$FIO_PID"
-    rc=$?
-    unset 'BG[$FIO_PID]'
-    FIO_PID=""
-    t1=$(now_ns)
-    [[ $rc == 0 ]] || { show_log "$out"; fail "$label failed"; }
-    SECS=$(jq -n "($t1 - $t0) / 1e9")
-}
-
 backlog_round() { # ROUND
     local round=$1 d="$SCRATCH/backlog/run" res side
     local -a args
@@ -388,7 +381,7 @@ backlog_round() { # ROUND
         segps="$(jq -n "$BACKLOG_SEGS / $(j .seconds "$res")")"
     rm -rf "$d" && mkdir -p "$d"
     drop_caches; settle_memory
-    time_bg "restore-r$round" "$AIMCTL" restore --from "$EP/backlog/p" --until "$BACKLOG_LSN" --target-dir "$d/tgt" \
+    time_bg "aimctl restore" "$RAW/backlog/restore-r$round.out" "$AIMCTL" restore --from "$EP/backlog/p" --until "$BACKLOG_LSN" --target-dir "$d/tgt" \
         --access-key-file "$SCRATCH/ak" --secret-key-file "$SCRATCH/sk"
     record round="$round" test=backlog side=aimctl-restore segments="$BACKLOG_SEGS" seconds="$SECS" \
         segps="$(jq -n "$BACKLOG_SEGS / $SECS")"
@@ -397,7 +390,7 @@ backlog_round() { # ROUND
         drop_caches; settle_memory
         if [[ $side == curl-8 ]]; then mapfile -d '' args <"$SCRATCH/backlog/curl-par.args"
         else mapfile -d '' args <"$SCRATCH/backlog/curl-seq.args"; fi
-        time_bg "$side-r$round" curl "${args[@]}"
+        time_bg "$side" "$RAW/backlog/$side-r$round.out" curl "${args[@]}"
         [[ $(grep -c '^200 ' "$RAW/backlog/$side-r$round.out") == "$BACKLOG_SEGS" ]] ||
             { show_log "$RAW/backlog/$side-r$round.out"; fail "$side did not download every segment"; }
         record round="$round" test=backlog side="$side" segments="$BACKLOG_SEGS" seconds="$SECS" \

@@ -142,6 +142,14 @@ struct pullers {
 
 /* ---- options ---- */
 
+/* What every S3 client of pull c is made with. */
+static struct s3_options client_options(const struct pull_config *c)
+{
+	return (struct s3_options){ .url = c->url, .region = c->region,
+				    .access_key = c->access_key, .secret_key = c->secret_key,
+				    .ca_file = c->ca_file };
+}
+
 static struct pull_config *current(struct remote_config *c)
 {
 	return c->npulls ? &c->pulls[c->npulls - 1] : &c->pull_defaults;
@@ -502,8 +510,7 @@ static void fetch_segment(void *arg)
 static struct s3 *batch_client(struct pull_group *g, unsigned i)
 {
 	struct pull_config *c = g->p->cfg;
-	struct s3_options o = { .url = c->url, .region = c->region, .access_key = c->access_key,
-				.secret_key = c->secret_key, .ca_file = c->ca_file };
+	struct s3_options o = client_options(c);
 	char why[300] = "out of memory";
 
 	if (i == 0)
@@ -761,8 +768,7 @@ static int add_group(void *ctx, const char *name)
 	struct puller *p = ctx;
 	struct remote *r = p->all->r;
 	struct pull_config *c = p->cfg;
-	struct s3_options o = { .url = c->url, .region = c->region, .access_key = c->access_key,
-				.secret_key = c->secret_key, .ca_file = c->ca_file };
+	struct s3_options o = client_options(c);
 	struct pull_group *g, **ng;
 	char why[300];
 	uint8_t id[16];
@@ -889,9 +895,7 @@ int puller_start(struct remote *r)
 	for (size_t i = 0; i < all->n; i++) {
 		struct puller *p = &all->p[i];
 		struct pull_config *c = &r->cfg.pulls[i];
-		struct s3_options o = { .url = c->url, .region = c->region,
-					.access_key = c->access_key, .secret_key = c->secret_key,
-					.ca_file = c->ca_file };
+		struct s3_options o = client_options(c);
 		char why[300];
 		int rc;
 
