@@ -104,6 +104,7 @@ int transport_new(const struct transport_config *cfg, struct transport **out)
 	pthread_mutex_init(&t->lock, NULL);
 	pthread_mutex_init(&t->facts.lock, NULL);
 	pthread_cond_init(&t->cond, NULL);
+	pthread_cond_init(&t->pruned, NULL);
 	t->journal_dir = strdup(cfg->journal_dir);
 	memcpy(t->group, cfg->group, 16);
 	seg_uuid_format(t->group, t->group_s);
@@ -278,11 +279,6 @@ void transport_dest_info(struct transport *t, size_t i, struct transport_dest_in
 	pthread_mutex_unlock(&t->lock);
 }
 
-void transport_make_room(struct transport *t, struct catalog *cat)
-{
-	transport_prune(t, cat);
-}
-
 bool transport_has_all(struct transport *t, uint64_t head_lsn)
 {
 	bool all = true;
@@ -337,6 +333,7 @@ void transport_free(struct transport *t)
 	pthread_mutex_destroy(&t->skel_lock);
 	pthread_mutex_destroy(&t->lock);
 	pthread_cond_destroy(&t->cond);
+	pthread_cond_destroy(&t->pruned);
 	free(t);
 }
 
@@ -483,25 +480,48 @@ static void prune_pass(struct transport *t, struct catalog *cat)
  * then.  (Dropped, a checkpoint's news could be lost for good: a worker
  * took backing_moved, found another pass running that had read the old
  * backing LSN, and with no new records no checkpoint came again; a resync
- * waiting for the journal to drain below half waited for ever.)
+ * waiting for the journal to drain below half waited for ever.)  With
+ * wait, such a call returns once that pass is done, so that its caller
+ * sees what it freed (transport_make_room).
  */
-void transport_prune(struct transport *t, struct catalog *cat)
+static void prune(struct transport *t, struct catalog *cat, bool wait)
 {
 	if (make_skeletons(t, cat) < 0)
 		return;
 	pthread_mutex_lock(&t->lock);
-	if (t->pruning || t->ndests == 0) {
-		t->prune_again = t->pruning;
+	if (t->ndests == 0) {
+		pthread_mutex_unlock(&t->lock);
+		return;
+	}
+	if (t->pruning) {
+		uint64_t mine = t->prune_begun + 1; /* the pass after the one running */
+
+		t->prune_again = true;
+		while (wait && t->prune_done < mine)
+			pthread_cond_wait(&t->pruned, &t->lock);
 		pthread_mutex_unlock(&t->lock);
 		return;
 	}
 	t->pruning = true;
 	do {
 		t->prune_again = false;
+		t->prune_begun++;
 		pthread_mutex_unlock(&t->lock);
 		prune_pass(t, cat);
 		pthread_mutex_lock(&t->lock);
+		t->prune_done++;
+		pthread_cond_broadcast(&t->pruned);
 	} while (t->prune_again);
 	t->pruning = false;
 	pthread_mutex_unlock(&t->lock);
+}
+
+void transport_prune(struct transport *t, struct catalog *cat)
+{
+	prune(t, cat, false);
+}
+
+void transport_make_room(struct transport *t, struct catalog *cat)
+{
+	prune(t, cat, true);
 }

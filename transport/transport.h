@@ -320,7 +320,9 @@ struct transport_dest_info {
 };
 void transport_dest_info(struct transport *t, size_t i, struct transport_dest_info *info);
 /* Skeletonises for tracking destinations and prunes what can go now; cat
- * is the caller's catalog connection. */
+ * is the caller's catalog connection.  If another thread's pass is running,
+ * returns once a pass begun after the call is done, so that the caller sees
+ * the room it made. */
 void transport_make_room(struct transport *t, struct catalog *cat);
 /* GET <url>/<group>/<suffix> with destination i's TLS and token; returns
  * 0 with the HTTP status, the body (malloc'd, NUL-terminated) and whether it

@@ -122,6 +122,10 @@ struct transport {
 	uint64_t pruned_through;    /* (T) */
 	bool pruning;               /* (T) one pruner at a time */
 	bool prune_again;           /* (T) asked while one ran: it runs once more */
+	uint64_t prune_begun;       /* (T) passes begun and done so far: a caller */
+	uint64_t prune_done;        /* (T) that must see its pass waits for it */
+	pthread_cond_t pruned;      /* prune_done moved (not cond: idle workers
+				     * woken by every pass would prune again) */
 	bool stopping;              /* (T) */
 	struct dest *dests;
 	size_t ndests;

@@ -4,7 +4,10 @@
  * found another pass running once dropped the news of a checkpoint that
  * pass had not seen: with no new records no checkpoint came again, the
  * journal stayed above half full, and a resync waiting for it to drain
- * waited for ever.
+ * waited for ever.  And transport_make_room, asked while a pass runs,
+ * returns only once the pass it asked for is done: the resync engine looks
+ * at the journal's size right after it, and a full journal that pass was
+ * about to empty would make a destination go tracking for nothing.
  */
 #include "check.h"
 #include "catalog.h"
@@ -19,21 +22,31 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
-static char dir[] = "/tmp/aimfs-prune-XXXXXX";
+static char base[] = "/tmp/aimfs-prune-XXXXXX";
+static char dir[64]; /* each test's own journal directory, under base */
+
+static void new_journal_dir(const char *name)
+{
+	snprintf(dir, sizeof dir, "%s/%s", base, name);
+	CHECK(mkdir(dir, 0700) == 0);
+}
 
 /* The recycle hook holds the first pass inside segment 1 until released. */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
-static bool inside, released;
+static bool inside, released, made_room;
+static int passes_held = 1; /* how many passes the hook holds in segment 1 */
 static unsigned freed;
 
 static bool hold_first(void *ctx, uint64_t number)
 {
 	(void)ctx;
 	pthread_mutex_lock(&lock);
-	if (number == 1) {
+	if (number == 1 && passes_held > 0) {
+		passes_held--;
 		inside = true;
 		pthread_cond_broadcast(&cond);
 		while (!released)
@@ -141,14 +154,102 @@ static void test_a_prune_asked_during_another_is_not_lost(void)
 	catalog_close(cat);
 }
 
+struct room_args {
+	struct transport *t;
+	bool segment_2_left; /* when make_room returned */
+};
+
+static void *make_room(void *arg)
+{
+	struct room_args *a = arg;
+	struct catalog *cat = NULL;
+	char path[300];
+
+	snprintf(path, sizeof path, "%s/catalog.db", dir);
+	CHECK(catalog_open(path, &cat) == 0);
+	transport_make_room(a->t, cat);
+	a->segment_2_left = segment_left(2);
+	pthread_mutex_lock(&lock);
+	made_room = true;
+	pthread_cond_broadcast(&cond);
+	pthread_mutex_unlock(&lock);
+	catalog_close(cat);
+	return NULL;
+}
+
+static void test_making_room_during_a_pass_waits_for_the_pass_it_asked_for(void)
+{
+	struct dest_config dc = { .name = "dr1", .url = "http://127.0.0.1:1/aim" };
+	struct transport_config tc = { .journal_dir = dir, .dests = &dc, .ndests = 1,
+				       .hooks = { .recycle = hold_first, .freed = count_freed } };
+	struct room_args a = { 0 };
+	struct transport *t = NULL;
+	struct catalog *cat = NULL;
+	struct timespec ts;
+	char path[300];
+	pthread_t pruner, maker;
+	bool early;
+
+	inside = released = made_room = false;
+	passes_held = 1;
+	snprintf(path, sizeof path, "%s/catalog.db", dir);
+	CHECK(catalog_open(path, &cat) == 0);
+	write_segment(cat, 1);
+	write_segment(cat, 2);
+	memset(tc.group, 0x42, sizeof tc.group);
+	CHECK(transport_new(&tc, &t) == 0);
+	CHECK(catalog_dest_ack(cat, "dr1", 2, 2, 1, 2, 100, clock_wall_ns()) == 0);
+	transport_free(t);
+	CHECK(transport_new(&tc, &t) == 0);
+
+	/* a worker's pass, begun while the backing files held segment 1 only */
+	transport_notify(t, 2, 1);
+	CHECK(pthread_create(&pruner, NULL, prune, t) == 0);
+	pthread_mutex_lock(&lock);
+	while (!inside)
+		pthread_cond_wait(&cond, &lock);
+	pthread_mutex_unlock(&lock);
+	/* the checkpoint the resync engine forced syncs through segment 2,
+	 * then it makes room while that pass is still held */
+	transport_notify(t, 2, 2);
+	a.t = t;
+	CHECK(pthread_create(&maker, NULL, make_room, &a) == 0);
+	/* It must not come back while the pass it waits for cannot run.  (A
+	 * wrong version returns at once; this one would wait for ever.) */
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_nsec += 300000000;
+	if (ts.tv_nsec >= 1000000000) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000;
+	}
+	pthread_mutex_lock(&lock);
+	while (!made_room && pthread_cond_timedwait(&cond, &lock, &ts) == 0)
+		;
+	early = made_room;
+	released = true;
+	pthread_cond_broadcast(&cond);
+	pthread_mutex_unlock(&lock);
+	pthread_join(maker, NULL);
+	pthread_join(pruner, NULL);
+
+	CHECK_MSG(!early, "transport_make_room returned while the pass it asked for could not run");
+	CHECK_MSG(!a.segment_2_left, "segment 2 was still there when transport_make_room returned");
+	CHECK(!segment_left(1) && !segment_left(2));
+	transport_free(t);
+	catalog_close(cat);
+}
+
 int main(void)
 {
 	char cmd[300];
 
-	CHECK(mkdtemp(dir) != NULL);
+	CHECK(mkdtemp(base) != NULL);
+	new_journal_dir("lost");
 	test_a_prune_asked_during_another_is_not_lost();
-	snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+	new_journal_dir("room");
+	test_making_room_during_a_pass_waits_for_the_pass_it_asked_for();
+	snprintf(cmd, sizeof cmd, "rm -rf %s", base);
 	if (system(cmd) != 0)
-		fprintf(stderr, "could not remove %s\n", dir);
+		fprintf(stderr, "could not remove %s\n", base);
 	return check_done("test_prune");
 }
