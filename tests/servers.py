@@ -122,6 +122,18 @@ def get_status(addr):
     return get_json(addr, "status")
 
 
+def metrics(addr):
+    """A daemon's /metrics: {name (with labels): value}."""
+    with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
 def wait_in_sync(addr, timeout=60, head=None):
     """Polls a source's status until it says in sync; returns the status."""
     last = {}

@@ -26,28 +26,16 @@ import os
 import shutil
 import subprocess
 import time
-import urllib.request
 
 import pytest
 
 from aimtest import AIMCTL, AIMFS, assert_trees_equal, is_mounted, replay, run, wait_for
 from faults import AIMFS_FAULTS, Faults
-from servers import free_port, get_status
+from servers import free_port, get_status, metrics
 from test_resync import pki, remotes, source_conf, start_remote, wait_converged  # noqa: F401
 
 ERRNOS = {"ENOSPC": errno.ENOSPC, "EDQUOT": errno.EDQUOT, "EROFS": errno.EROFS}
 MiB = 1 << 20
-
-
-def metrics(addr):
-    with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
 
 
 def expect_errno(err, fn, *args):

@@ -108,33 +108,45 @@ static void *prune(void *arg)
 	return NULL;
 }
 
-static void test_a_prune_asked_during_another_is_not_lost(void)
+/*
+ * The journal of both tests: segments 1 and 2, both acknowledged by dr1, the
+ * backing files synced through segment 1 only; then a pass on thread *th,
+ * held inside segment 1 by the recycle hook until `released`.
+ */
+static struct transport *start_held_pass(struct catalog **cat, pthread_t *th)
 {
-	struct dest_config dc = { .name = "dr1", .url = "http://127.0.0.1:1/aim" };
+	static struct dest_config dc = { .name = "dr1", .url = "http://127.0.0.1:1/aim" };
 	struct transport_config tc = { .journal_dir = dir, .dests = &dc, .ndests = 1,
 				       .hooks = { .recycle = hold_first, .freed = count_freed } };
 	struct transport *t = NULL;
-	struct catalog *cat = NULL;
 	char path[300];
-	pthread_t th;
 
 	snprintf(path, sizeof path, "%s/catalog.db", dir);
-	CHECK(catalog_open(path, &cat) == 0);
-	write_segment(cat, 1);
-	write_segment(cat, 2);
+	CHECK(catalog_open(path, cat) == 0);
+	write_segment(*cat, 1);
+	write_segment(*cat, 2);
 	memset(tc.group, 0x42, sizeof tc.group);
 	CHECK(transport_new(&tc, &t) == 0);
-	CHECK(catalog_dest_ack(cat, "dr1", 2, 2, 1, 2, 100, clock_wall_ns()) == 0);
+	CHECK(catalog_dest_ack(*cat, "dr1", 2, 2, 1, 2, 100, clock_wall_ns()) == 0);
 	transport_free(t);
 	CHECK(transport_new(&tc, &t) == 0); /* with dr1's acknowledgement of both */
 
-	/* both acknowledged, the backing files synced through segment 1 only */
 	transport_notify(t, 2, 1);
-	CHECK(pthread_create(&th, NULL, prune, t) == 0);
+	CHECK(pthread_create(th, NULL, prune, t) == 0);
 	pthread_mutex_lock(&lock);
 	while (!inside)
 		pthread_cond_wait(&cond, &lock);
 	pthread_mutex_unlock(&lock);
+	return t;
+}
+
+static void test_a_prune_asked_during_another_is_not_lost(void)
+{
+	struct catalog *cat = NULL;
+	struct transport *t;
+	pthread_t th;
+
+	t = start_held_pass(&cat, &th);
 	/* meanwhile a checkpoint syncs through segment 2, and a worker that
 	 * heard of it asks for a prune: the pass running read the old LSN */
 	transport_notify(t, 2, 2);
@@ -179,36 +191,16 @@ static void *make_room(void *arg)
 
 static void test_making_room_during_a_pass_waits_for_the_pass_it_asked_for(void)
 {
-	struct dest_config dc = { .name = "dr1", .url = "http://127.0.0.1:1/aim" };
-	struct transport_config tc = { .journal_dir = dir, .dests = &dc, .ndests = 1,
-				       .hooks = { .recycle = hold_first, .freed = count_freed } };
 	struct room_args a = { 0 };
-	struct transport *t = NULL;
 	struct catalog *cat = NULL;
+	struct transport *t;
 	struct timespec ts;
-	char path[300];
 	pthread_t pruner, maker;
 	bool early;
 
 	inside = released = made_room = false;
 	passes_held = 1;
-	snprintf(path, sizeof path, "%s/catalog.db", dir);
-	CHECK(catalog_open(path, &cat) == 0);
-	write_segment(cat, 1);
-	write_segment(cat, 2);
-	memset(tc.group, 0x42, sizeof tc.group);
-	CHECK(transport_new(&tc, &t) == 0);
-	CHECK(catalog_dest_ack(cat, "dr1", 2, 2, 1, 2, 100, clock_wall_ns()) == 0);
-	transport_free(t);
-	CHECK(transport_new(&tc, &t) == 0);
-
-	/* a worker's pass, begun while the backing files held segment 1 only */
-	transport_notify(t, 2, 1);
-	CHECK(pthread_create(&pruner, NULL, prune, t) == 0);
-	pthread_mutex_lock(&lock);
-	while (!inside)
-		pthread_cond_wait(&cond, &lock);
-	pthread_mutex_unlock(&lock);
+	t = start_held_pass(&cat, &pruner);
 	/* the checkpoint the resync engine forced syncs through segment 2,
 	 * then it makes room while that pass is still held */
 	transport_notify(t, 2, 2);
