@@ -8,13 +8,12 @@
  */
 #include "rangelock.h"
 
-#include <stdbool.h>
-
 void rangelock_init(struct rangelock *rl)
 {
 	pthread_mutex_init(&rl->lock, NULL);
 	pthread_cond_init(&rl->released, NULL);
 	rl->held = NULL;
+	rl->taken = 0;
 }
 
 void rangelock_destroy(struct rangelock *rl)
@@ -45,6 +44,7 @@ void rangelock_acquire(struct rangelock *rl, struct range_held *h, uint64_t off,
 	for (tail = &rl->held; *tail; tail = &(*tail)->next)
 		;
 	*tail = h;
+	rl->taken++;
 	while (blocked(rl, h))
 		pthread_cond_wait(&rl->released, &rl->lock);
 	pthread_mutex_unlock(&rl->lock);
@@ -63,4 +63,16 @@ void rangelock_release(struct rangelock *rl, struct range_held *h)
 	}
 	pthread_cond_broadcast(&rl->released);
 	pthread_mutex_unlock(&rl->lock);
+}
+
+uint64_t rangelock_taken(struct rangelock *rl, bool *quiet)
+{
+	uint64_t n;
+
+	pthread_mutex_lock(&rl->lock);
+	n = rl->taken;
+	if (quiet)
+		*quiet = rl->held == NULL;
+	pthread_mutex_unlock(&rl->lock);
+	return n;
 }

@@ -12,6 +12,7 @@
 #define AIM_RANGELOCK_H
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #define RANGE_END UINT64_MAX /* "to the end of the file", for truncate */
@@ -25,6 +26,7 @@ struct rangelock {
 	pthread_mutex_t lock;
 	pthread_cond_t released;
 	struct range_held *held; /* short list: at most one per writer thread */
+	uint64_t taken;          /* ranges acquired so far (lock) */
 };
 
 void rangelock_init(struct rangelock *rl);
@@ -34,5 +36,10 @@ void rangelock_destroy(struct rangelock *rl);
  * rangelock_release.  len 0 locks nothing but still orders (returns at once). */
 void rangelock_acquire(struct rangelock *rl, struct range_held *h, uint64_t off, uint64_t len);
 void rangelock_release(struct rangelock *rl, struct range_held *h);
+/* How many ranges were acquired so far; *quiet: none is held now.  Every
+ * change to the file holds a range across its backing syscall, so a read
+ * of the backing file begun while it was quiet is still what the file
+ * holds as long as the count has not moved (readahead.c). */
+uint64_t rangelock_taken(struct rangelock *rl, bool *quiet);
 
 #endif

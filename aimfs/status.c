@@ -23,6 +23,7 @@
 #include "jsontext.h"
 #include "journal.h"
 #include "log.h"
+#include "readahead.h"
 #include "resync.h"
 #include "format.h"
 #include "strbuf.h"
@@ -246,11 +247,13 @@ static void metric(struct strbuf *sb, const char *name, const char *type, const 
 
 static void metrics_text(struct status *s, struct strbuf *sb)
 {
+	struct readahead_stats ra;
 	struct journal_stats js;
 	struct dest_view *views = NULL;
 	size_t nviews = 0;
 
 	journal_stats(s->info.journal, &js);
+	readahead_stats(&ra);
 	metric(sb, "aimfs_head_lsn", "gauge", "LSN of the last record journaled", js.head_lsn);
 	metric(sb, "aimfs_journal_bytes", "gauge", "bytes of segments in the journal directory",
 	       js.journal_bytes);
@@ -267,6 +270,12 @@ static void metrics_text(struct status *s, struct strbuf *sb)
 	metric(sb, "aimfs_durable_segment", "gauge", "number of the last sealed, durable segment",
 	       js.durable_segment);
 	metric(sb, "aimfs_images", "gauge", "images the mount knows", js.images);
+	metric(sb, "aimfs_readahead_total", "counter",
+	       "ranges read ahead for O_DIRECT files read sequentially", ra.read);
+	metric(sb, "aimfs_readahead_used_total", "counter", "reads answered from a range read ahead",
+	       ra.used);
+	metric(sb, "aimfs_readahead_changed_total", "counter",
+	       "ranges read ahead then not used because the file changed meanwhile", ra.changed);
 	metric(sb, "aimfs_journal_failing", "gauge",
 	       "1 while the journal's writes fail (a full or read-only disk); see journal_error in"
 	       " /status", js.failing);

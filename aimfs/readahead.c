@@ -1,0 +1,312 @@
+/*
+ * readahead.c — two buffers per handle, a small state machine per buffer
+ * (see readahead.h), and one io_uring for the reads ahead.  A request
+ * reserves the next range (a slot RA_FILLING) and queues its read before
+ * its reply leaves, so that the next READ, which can arrive as soon as the
+ * reply does, waits for that read instead of reading the range again.  The
+ * ring, not a thread, does the read: on this kind of VM a hand-off between
+ * threads costs about as much as the overlap gains (a first version with
+ * read-ahead threads measured 0.80 of no read-ahead in fs-bench).
+ */
+#include "readahead.h"
+#include "log.h"
+
+#include <errno.h>
+#include <liburing.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define RA_ALIGN 4096 /* O_DIRECT: the buffer, offset and length */
+#define RING_ENTRIES 64   /* more than READAHEAD_BUFFERS reads in flight */
+
+static unsigned buffers_out; /* (atomic) buffers held by all handles */
+static struct readahead_stats stats; /* (atomic) */
+
+/*
+ * One ring for the whole process.  Lock order: a handle's lock, then
+ * submit_lock; reap_lock, then a handle's lock.  Whoever needs a read done
+ * reaps, and completes whatever it reaps (complete()).
+ */
+static struct io_uring ring;
+static pthread_mutex_t submit_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t reap_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t ring_once = PTHREAD_ONCE_INIT;
+static bool ring_up;
+
+void readahead_stats(struct readahead_stats *st)
+{
+	st->read = __atomic_load_n(&stats.read, __ATOMIC_RELAXED);
+	st->used = __atomic_load_n(&stats.used, __ATOMIC_RELAXED);
+	st->changed = __atomic_load_n(&stats.changed, __ATOMIC_RELAXED);
+}
+
+static void start_ring(void)
+{
+	int r = io_uring_queue_init(RING_ENTRIES, &ring, 0);
+
+	if (r < 0)
+		log_warn("read-ahead: io_uring: %s: O_DIRECT files are not read ahead", strerror(-r));
+	__atomic_store_n(&ring_up, r == 0, __ATOMIC_RELEASE);
+}
+
+/* A read ahead has finished with res (bytes, or -errno). */
+static void complete(struct readahead_slot *s, int res)
+{
+	struct readahead *ra = s->owner;
+
+	pthread_mutex_lock(&ra->lock);
+	s->got = res > 0 ? (size_t)res : 0; /* a short direct read is the kernel's answer */
+	s->err = res < 0 ? -res : 0;
+	s->state = RA_FULL;
+	if (res >= 0)
+		__atomic_add_fetch(&stats.read, 1, __ATOMIC_RELAXED);
+	pthread_cond_broadcast(&ra->changed);
+	pthread_mutex_unlock(&ra->lock);
+}
+
+static void complete_cqe(struct io_uring_cqe *cqe)
+{
+	struct readahead_slot *s = io_uring_cqe_get_data(cqe);
+	int res = cqe->res;
+
+	io_uring_cqe_seen(&ring, cqe);
+	complete(s, res);
+}
+
+/* Reaps until s of ra is no longer being filled.  Not holding ra's lock. */
+static void reap_until(struct readahead *ra, struct readahead_slot *s)
+{
+	pthread_mutex_lock(&reap_lock);
+	for (;;) {
+		struct io_uring_cqe *cqe;
+		bool filling;
+		int r;
+
+		pthread_mutex_lock(&ra->lock);
+		filling = s->state == RA_FILLING;
+		pthread_mutex_unlock(&ra->lock);
+		if (!filling)
+			break;
+		r = io_uring_wait_cqe(&ring, &cqe);
+		if (r < 0) {
+			if (r != -EINTR && r != -EAGAIN)
+				log_error("read-ahead: waiting for a read: %s", strerror(-r));
+			continue;
+		}
+		complete_cqe(cqe);
+	}
+	pthread_mutex_unlock(&reap_lock);
+}
+
+/* Completes the reads already done, if no one else is reaping.  Not
+ * holding any handle's lock. */
+static void reap_ready(void)
+{
+	struct io_uring_cqe *cqe;
+
+	if (!__atomic_load_n(&ring_up, __ATOMIC_ACQUIRE) || pthread_mutex_trylock(&reap_lock))
+		return;
+	while (io_uring_peek_cqe(&ring, &cqe) == 0)
+		complete_cqe(cqe);
+	pthread_mutex_unlock(&reap_lock);
+}
+
+/* Asks the ring for s's read; false if it could not be queued. */
+static bool submit(struct readahead *ra, struct readahead_slot *s)
+{
+	struct io_uring_sqe *sqe;
+	bool ok = false;
+
+	pthread_mutex_lock(&submit_lock);
+	sqe = io_uring_get_sqe(&ring);
+	if (sqe) {
+		io_uring_prep_read(sqe, ra->fd, s->buf, (unsigned)s->want, s->off);
+		io_uring_sqe_set_data(sqe, s);
+		ok = io_uring_submit(&ring) == 1;
+	}
+	pthread_mutex_unlock(&submit_lock);
+	return ok;
+}
+
+void readahead_init(struct readahead *ra, int fd)
+{
+	pthread_mutex_init(&ra->lock, NULL);
+	pthread_cond_init(&ra->changed, NULL);
+	for (int i = 0; i < 2; i++)
+		ra->slot[i] = (struct readahead_slot){ .state = RA_EMPTY, .owner = ra };
+	ra->fd = fd;
+	ra->next_off = UINT64_MAX; /* the first read is not "sequential" */
+	ra->reading = 0;
+}
+
+static void drop_buffer(struct readahead_slot *s)
+{
+	if (!s->buf)
+		return;
+	free(s->buf);
+	s->buf = NULL;
+	s->cap = 0;
+	__atomic_sub_fetch(&buffers_out, 1, __ATOMIC_RELAXED);
+}
+
+/* A buffer of at least size bytes for s, within the budget; false if none. */
+static bool have_buffer(struct readahead_slot *s, size_t size)
+{
+	void *p;
+
+	if (s->cap >= size)
+		return true;
+	if (!s->buf && __atomic_add_fetch(&buffers_out, 1, __ATOMIC_RELAXED) > READAHEAD_BUFFERS) {
+		__atomic_sub_fetch(&buffers_out, 1, __ATOMIC_RELAXED);
+		return false;
+	}
+	if (posix_memalign(&p, RA_ALIGN, size)) {
+		if (!s->buf)
+			__atomic_sub_fetch(&buffers_out, 1, __ATOMIC_RELAXED);
+		return false;
+	}
+	free(s->buf);
+	s->buf = p;
+	s->cap = size;
+	return true;
+}
+
+void readahead_destroy(struct readahead *ra)
+{
+	pthread_mutex_lock(&ra->lock);
+	for (;;) {
+		struct readahead_slot *filling = NULL;
+		bool sending = false;
+
+		for (int i = 0; i < 2; i++) {
+			if (ra->slot[i].state == RA_FILLING)
+				filling = &ra->slot[i];
+			sending |= ra->slot[i].state == RA_SENDING;
+		}
+		if (filling) {
+			pthread_mutex_unlock(&ra->lock);
+			reap_until(ra, filling);
+			pthread_mutex_lock(&ra->lock);
+		} else if (sending) {
+			pthread_cond_wait(&ra->changed, &ra->lock);
+		} else {
+			break;
+		}
+	}
+	for (int i = 0; i < 2; i++)
+		drop_buffer(&ra->slot[i]);
+	pthread_mutex_unlock(&ra->lock);
+	pthread_mutex_destroy(&ra->lock);
+	pthread_cond_destroy(&ra->changed);
+}
+
+/* The slot holding or reading [off, ...), or NULL. */
+static struct readahead_slot *slot_at(struct readahead *ra, uint64_t off)
+{
+	for (int i = 0; i < 2; i++) {
+		struct readahead_slot *s = &ra->slot[i];
+
+		if ((s->state == RA_FILLING || s->state == RA_FULL) && s->off == off)
+			return s;
+	}
+	return NULL;
+}
+
+/* Reserves the range after [off, off + size) and asks the ring for it, if a
+ * slot and a buffer are free and no change is in progress. */
+static void plan_fill(struct readahead *ra, struct rangelock *rl, uint64_t off, size_t size)
+{
+	struct readahead_slot *s = NULL;
+	uint64_t taken;
+	bool quiet;
+
+	for (int i = 0; i < 2; i++) {
+		if (ra->slot[i].state == RA_FILLING)
+			return; /* one at a time */
+		if (ra->slot[i].state == RA_EMPTY && !s)
+			s = &ra->slot[i];
+	}
+	pthread_once(&ring_once, start_ring);
+	if (!s || !ring_up || !have_buffer(s, size))
+		return;
+	/* A change in progress, or any begun from now on, makes what the
+	 * read gets unusable. */
+	taken = rangelock_taken(rl, &quiet);
+	if (!quiet)
+		return;
+	s->state = RA_FILLING;
+	s->off = off + size;
+	s->want = size;
+	s->taken = taken;
+	if (!submit(ra, s))
+		s->state = RA_EMPTY;
+}
+
+const void *readahead_begin(struct readahead *ra, struct rangelock *rl, uint64_t off,
+			    size_t size, bool may_fill, size_t *len, struct readahead_turn *turn)
+{
+	struct readahead_slot *s;
+	const void *data = NULL;
+	bool sequential;
+
+	turn->sent = -1;
+	reap_ready();
+	pthread_mutex_lock(&ra->lock);
+	sequential = off == ra->next_off;
+	ra->next_off = off + size;
+	ra->reading++;
+	/* The range wanted is being read ahead: wait for it. */
+	while ((s = slot_at(ra, off)) && s->state == RA_FILLING) {
+		pthread_mutex_unlock(&ra->lock);
+		reap_until(ra, s);
+		pthread_mutex_lock(&ra->lock);
+	}
+	if (s) {
+		if (s->want == size && !s->err && rangelock_taken(rl, NULL) == s->taken) {
+			s->state = RA_SENDING;
+			turn->sent = (int)(s - ra->slot);
+			*len = s->got;
+			data = s->buf;
+			__atomic_add_fetch(&stats.used, 1, __ATOMIC_RELAXED);
+		} else {
+			/* changed since, failed, or another size: the stream goes on */
+			if (!s->err && s->want == size)
+				__atomic_add_fetch(&stats.changed, 1, __ATOMIC_RELAXED);
+			s->state = RA_EMPTY;
+		}
+	}
+	for (int i = 0; i < 2; i++) {
+		struct readahead_slot *o = &ra->slot[i];
+
+		if (o->state == RA_FULL && o->off != off) {
+			o->state = RA_EMPTY; /* not wanted: the stream ended */
+			drop_buffer(o);
+		}
+	}
+	/* Only a stream read one request at a time: with several in flight
+	 * the kernel already overlaps them, and reading ahead would compete. */
+	if (may_fill && sequential && ra->reading == 1 && size <= READAHEAD_MAX &&
+	    ((off | size) & (RA_ALIGN - 1)) == 0 && off <= UINT64_MAX - 2 * (uint64_t)size)
+		plan_fill(ra, rl, off, size);
+	/* Only its reply is left: the next READ may come before it is sent,
+	 * and is then no less alone. */
+	if (data)
+		ra->reading--;
+	pthread_mutex_unlock(&ra->lock);
+	return data;
+}
+
+void readahead_end(struct readahead *ra)
+{
+	pthread_mutex_lock(&ra->lock);
+	ra->reading--;
+	pthread_mutex_unlock(&ra->lock);
+}
+
+void readahead_sent(struct readahead *ra, const struct readahead_turn *turn)
+{
+	pthread_mutex_lock(&ra->lock);
+	ra->slot[turn->sent].state = RA_EMPTY;
+	pthread_cond_broadcast(&ra->changed);
+	pthread_mutex_unlock(&ra->lock);
+}
