@@ -24,7 +24,7 @@ static struct readahead_stats stats; /* (atomic) */
 
 /*
  * One ring for the whole process.  Lock order: a handle's lock, then
- * submit_lock; reap_lock, then a handle's lock.  Whoever needs a read done
+ * submit_lock; reap_lock, then a handle's lock or submit_lock.  Whoever needs a read done
  * reaps, and completes whatever it reaps (complete()).
  */
 static struct io_uring ring;
@@ -73,6 +73,8 @@ static void complete_cqe(struct io_uring_cqe *cqe)
 	complete(s, res);
 }
 
+static void flush(void);
+
 /* Reaps until s of ra is no longer being filled.  Not holding ra's lock. */
 static void reap_until(struct readahead *ra, struct readahead_slot *s)
 {
@@ -87,6 +89,7 @@ static void reap_until(struct readahead *ra, struct readahead_slot *s)
 		pthread_mutex_unlock(&ra->lock);
 		if (!filling)
 			break;
+		flush();
 		r = io_uring_wait_cqe(&ring, &cqe);
 		if (r < 0) {
 			if (r != -EINTR && r != -EAGAIN)
@@ -111,21 +114,31 @@ static void reap_ready(void)
 	pthread_mutex_unlock(&reap_lock);
 }
 
-/* Asks the ring for s's read; false if it could not be queued. */
+/* Asks the ring for s's read; false if it could not be queued.  Once
+ * queued it is submitted now or, if io_uring_enter failed, by the next
+ * flush (reap_until): it cannot be taken back. */
 static bool submit(struct readahead *ra, struct readahead_slot *s)
 {
 	struct io_uring_sqe *sqe;
-	bool ok = false;
 
 	pthread_mutex_lock(&submit_lock);
 	sqe = io_uring_get_sqe(&ring);
 	if (sqe) {
 		io_uring_prep_read(sqe, ra->fd, s->buf, (unsigned)s->want, s->off);
 		io_uring_sqe_set_data(sqe, s);
-		ok = io_uring_submit(&ring) == 1;
+		io_uring_submit(&ring);
 	}
 	pthread_mutex_unlock(&submit_lock);
-	return ok;
+	return sqe != NULL;
+}
+
+/* Submits what a failed io_uring_enter left queued (no system call when
+ * nothing is). */
+static void flush(void)
+{
+	pthread_mutex_lock(&submit_lock);
+	io_uring_submit(&ring);
+	pthread_mutex_unlock(&submit_lock);
 }
 
 void readahead_init(struct readahead *ra, int fd)
