@@ -15,6 +15,7 @@
 #include <liburing.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define RA_ALIGN 4096 /* O_DIRECT: the buffer, offset and length */
 #define RING_ENTRIES 64   /* more than READAHEAD_BUFFERS reads in flight */
@@ -23,13 +24,19 @@ static unsigned buffers_out; /* (atomic) buffers held by all handles */
 static struct readahead_stats stats; /* (atomic) */
 
 /*
- * One ring for the whole process.  Lock order: a handle's lock, then
- * submit_lock; reap_lock, then a handle's lock or submit_lock.  Whoever needs a read done
- * reaps, and completes whatever it reaps (complete()).
+ * One ring for the whole process, and one reaper at a time: a thread that
+ * needs a read done becomes the reaper if there is none (`reaping`) and
+ * completes whatever the ring has done, its own or another handle's, then
+ * wakes the others (`reaped`); else it waits for that.  The reaper waits in
+ * the kernel without reap_lock, so a read stalled on one image holds up no
+ * other.  Lock order: a handle's lock, then submit_lock; reap_lock, then a
+ * handle's lock.
  */
 static struct io_uring ring;
 static pthread_mutex_t submit_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t reap_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t reaped = PTHREAD_COND_INITIALIZER;
+static bool reaping; /* (reap_lock) */
 static pthread_once_t ring_once = PTHREAD_ONCE_INIT;
 static bool ring_up;
 
@@ -64,59 +71,9 @@ static void complete(struct readahead_slot *s, int res)
 	pthread_mutex_unlock(&ra->lock);
 }
 
-static void complete_cqe(struct io_uring_cqe *cqe)
-{
-	struct readahead_slot *s = io_uring_cqe_get_data(cqe);
-	int res = cqe->res;
-
-	io_uring_cqe_seen(&ring, cqe);
-	complete(s, res);
-}
-
-static void flush(void);
-
-/* Reaps until s of ra is no longer being filled.  Not holding ra's lock. */
-static void reap_until(struct readahead *ra, struct readahead_slot *s)
-{
-	pthread_mutex_lock(&reap_lock);
-	for (;;) {
-		struct io_uring_cqe *cqe;
-		bool filling;
-		int r;
-
-		pthread_mutex_lock(&ra->lock);
-		filling = s->state == RA_FILLING;
-		pthread_mutex_unlock(&ra->lock);
-		if (!filling)
-			break;
-		flush();
-		r = io_uring_wait_cqe(&ring, &cqe);
-		if (r < 0) {
-			if (r != -EINTR && r != -EAGAIN)
-				log_error("read-ahead: waiting for a read: %s", strerror(-r));
-			continue;
-		}
-		complete_cqe(cqe);
-	}
-	pthread_mutex_unlock(&reap_lock);
-}
-
-/* Completes the reads already done, if no one else is reaping.  Not
- * holding any handle's lock. */
-static void reap_ready(void)
-{
-	struct io_uring_cqe *cqe;
-
-	if (!__atomic_load_n(&ring_up, __ATOMIC_ACQUIRE) || pthread_mutex_trylock(&reap_lock))
-		return;
-	while (io_uring_peek_cqe(&ring, &cqe) == 0)
-		complete_cqe(cqe);
-	pthread_mutex_unlock(&reap_lock);
-}
-
 /* Asks the ring for s's read; false if it could not be queued.  Once
- * queued it is submitted now or, if io_uring_enter failed, by the next
- * flush (reap_until): it cannot be taken back. */
+ * queued it is submitted now or, if io_uring_enter failed, by a later
+ * flush (reap_batch): it cannot be taken back. */
 static bool submit(struct readahead *ra, struct readahead_slot *s)
 {
 	struct io_uring_sqe *sqe;
@@ -133,12 +90,87 @@ static bool submit(struct readahead *ra, struct readahead_slot *s)
 }
 
 /* Submits what a failed io_uring_enter left queued (no system call when
- * nothing is). */
-static void flush(void)
+ * nothing is); true if some is still queued. */
+static bool flush(void)
 {
+	bool left;
+
 	pthread_mutex_lock(&submit_lock);
 	io_uring_submit(&ring);
+	left = io_uring_sq_ready(&ring) > 0;
 	pthread_mutex_unlock(&submit_lock);
+	return left;
+}
+
+/* The reaper: completes what the ring has done, having waited for one
+ * completion first if wait. */
+static void reap_batch(bool wait)
+{
+	struct io_uring_cqe *cqe;
+
+	if (wait && flush()) {
+		usleep(1000); /* the kernel took no read just now: try again soon */
+	} else if (wait) {
+		int r = io_uring_wait_cqe(&ring, &cqe);
+
+		if (r < 0 && r != -EINTR && r != -EAGAIN) {
+			log_error("read-ahead: waiting for a read: %s", strerror(-r));
+			usleep(1000);
+		}
+	}
+	while (io_uring_peek_cqe(&ring, &cqe) == 0) {
+		struct readahead_slot *s = io_uring_cqe_get_data(cqe);
+		int res = cqe->res;
+
+		io_uring_cqe_seen(&ring, cqe);
+		complete(s, res);
+	}
+}
+
+static bool filling(struct readahead *ra, struct readahead_slot *s)
+{
+	bool f;
+
+	pthread_mutex_lock(&ra->lock);
+	f = s->state == RA_FILLING;
+	pthread_mutex_unlock(&ra->lock);
+	return f;
+}
+
+/* Returns once s of ra is no longer being filled.  Not holding ra's lock. */
+static void reap_until(struct readahead *ra, struct readahead_slot *s)
+{
+	pthread_mutex_lock(&reap_lock);
+	while (filling(ra, s)) {
+		if (reaping) {
+			pthread_cond_wait(&reaped, &reap_lock);
+			continue;
+		}
+		reaping = true;
+		pthread_mutex_unlock(&reap_lock);
+		reap_batch(true);
+		pthread_mutex_lock(&reap_lock);
+		reaping = false;
+		pthread_cond_broadcast(&reaped);
+	}
+	pthread_mutex_unlock(&reap_lock);
+}
+
+/* Completes the reads already done, if no one is reaping.  Not holding
+ * any handle's lock. */
+static void reap_ready(void)
+{
+	if (!__atomic_load_n(&ring_up, __ATOMIC_ACQUIRE) || pthread_mutex_trylock(&reap_lock))
+		return;
+	if (!reaping) {
+		reaping = true;
+		pthread_mutex_unlock(&reap_lock);
+		reap_batch(false);
+		pthread_mutex_lock(&reap_lock);
+		reaping = false;
+		pthread_cond_broadcast(&reaped);
+	}
+	pthread_mutex_unlock(&reap_lock);
 }
 
 void readahead_init(struct readahead *ra, int fd)
@@ -288,17 +320,18 @@ const void *readahead_begin(struct readahead *ra, struct rangelock *rl, uint64_t
 			s->state = RA_EMPTY;
 		}
 	}
+	/* The stream ended: what it read ahead, and its buffers, go. */
 	for (int i = 0; i < 2; i++) {
 		struct readahead_slot *o = &ra->slot[i];
 
-		if (o->state == RA_FULL && o->off != off) {
-			o->state = RA_EMPTY; /* not wanted: the stream ended */
+		if (o->state == RA_FULL && o->off != off)
+			o->state = RA_EMPTY;
+		if (o->state == RA_EMPTY && (!sequential || !may_fill))
 			drop_buffer(o);
-		}
 	}
 	/* Only a stream read one request at a time: with several in flight
 	 * the kernel already overlaps them, and reading ahead would compete. */
-	if (may_fill && sequential && ra->reading == 1 && size <= READAHEAD_MAX &&
+	if (may_fill && sequential && ra->reading == 1 && size > 0 && size <= READAHEAD_MAX &&
 	    ((off | size) & (RA_ALIGN - 1)) == 0 && off <= UINT64_MAX - 2 * (uint64_t)size)
 		plan_fill(ra, rl, off, size);
 	/* Only its reply is left: the next READ may come before it is sent,

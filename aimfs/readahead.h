@@ -17,7 +17,8 @@
  *
  * Memory: two buffers of the request's size per handle while it is read
  * sequentially (one replied from, one filling), at most READAHEAD_BUFFERS
- * in all; buffers whose data the next read did not want are freed.
+ * in all; a read elsewhere ends the stream and frees them, as does the
+ * handle's release.
  *
  * Thread safety: every function may be called from any worker at once for
  * the same handle.

@@ -18,7 +18,9 @@ other mounts over io_uring): there is no read-ahead over io_uring."""
 import mmap
 import os
 import random
+import struct
 import subprocess
+import threading
 import time
 
 import pytest
@@ -146,3 +148,67 @@ def test_a_sequential_direct_reader_sees_every_change_made_before_its_read(aimfs
         assert f.read() == bytes(model.data)
     replay(m.journal, start)
     assert_trees_equal(start, backing)
+
+
+def test_a_read_issued_after_a_concurrent_write_returned_sees_it(aimfs, workdir):
+    """A writer thread keeps rewriting the chunks just ahead of the reader
+    (the one read ahead among them), every 4 KiB block stamped with the
+    write's version, while the reader walks the image.  A read must show,
+    in every block, the version of the last write to that chunk that had
+    returned before the read was issued, or a later one: a read ahead
+    queued while a write was in progress must not answer it."""
+    backing = os.path.join(workdir, "backing")
+    os.makedirs(backing)
+    chunks = SIZE // CHUNK
+    with open(os.path.join(backing, "disk.img"), "wb") as f:
+        f.write(struct.pack("<Q", 0) * (SIZE // 8))
+    addr = f"127.0.0.1:{free_port()}"
+    m = aimfs(options=[f"status={addr}", "io_uring=off"])
+    path = os.path.join(m.mountpoint, "disk.img")
+    returned = [0] * chunks          # the version of the last write returned
+    position = [0]                   # the chunk the reader reads next
+    stop = threading.Event()
+    errors = []
+
+    def writer():
+        rnd = random.Random(5)
+        fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
+        buf = mmap.mmap(-1, CHUNK)
+        version = 0
+        try:
+            while not stop.is_set():
+                chunk = (position[0] + rnd.randrange(0, 3)) % chunks
+                version += 1
+                buf[:] = struct.pack("<Q", version) * (CHUNK // 8)
+                assert os.pwritev(fd, [buf], chunk * CHUNK) == CHUNK
+                returned[chunk] = version
+        except Exception as e:  # reported by the main thread
+            errors.append(e)
+        finally:
+            os.close(fd)
+
+    reader = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    rbuf = mmap.mmap(-1, CHUNK)
+    th = threading.Thread(target=writer)
+    th.start()
+    reads = 0
+    try:
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline and not errors:
+            for chunk in range(chunks):
+                position[0] = chunk
+                at_least = returned[chunk]
+                assert os.preadv(reader, [rbuf], chunk * CHUNK) == CHUNK
+                reads += 1
+                seen = min(struct.unpack_from("<Q", rbuf, b)[0] for b in range(0, CHUNK, 4096))
+                assert seen >= at_least, \
+                    f"chunk {chunk}: a block of version {seen} after version {at_least} " \
+                    f"had returned (read {reads})"
+    finally:
+        stop.set()
+        th.join()
+        os.close(reader)
+    assert not errors, errors
+    got = metrics(addr)
+    m.unmount()
+    assert got["aimfs_readahead_used_total"] > 20, got
