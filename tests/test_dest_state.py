@@ -193,8 +193,12 @@ def test_the_status_reads_each_waiting_segment_once(aimfs, workdir):
             os.fsync(f.fileno())
 
     def sealed():
+        """The sealed segments the destination waits for: those after the
+        last it acknowledged (the initial sync of a new destination may
+        have skipped the first ones, which stay until a prune)."""
+        acked = get_status(addr)["destinations"][0]["acked_segment"]
         return {n: os.path.getsize(os.path.join(m.journal, n)) for n in os.listdir(m.journal)
-                if n.endswith(".aimj")}
+                if n.endswith(".aimj") and int(n.split(".")[0]) > acked}
     # everything sealed, and the status counting all of it
     wait_for(lambda: get_status(addr)["destinations"][0]["backlog_segments"] == len(sealed())
              >= 40 and not get_status(addr)["open_segment_bytes"], 30, 0.2,
