@@ -127,6 +127,18 @@ static void reap_batch(bool wait)
 	}
 }
 
+/* With reap_lock held and no reaper: one batch as the reaper, the lock
+ * dropped meanwhile, then wakes those who waited for it. */
+static void reap_as_the_reaper(bool wait)
+{
+	reaping = true;
+	pthread_mutex_unlock(&reap_lock);
+	reap_batch(wait);
+	pthread_mutex_lock(&reap_lock);
+	reaping = false;
+	pthread_cond_broadcast(&reaped);
+}
+
 static bool filling(struct readahead *ra, struct readahead_slot *s)
 {
 	bool f;
@@ -146,12 +158,7 @@ static void reap_until(struct readahead *ra, struct readahead_slot *s)
 			pthread_cond_wait(&reaped, &reap_lock);
 			continue;
 		}
-		reaping = true;
-		pthread_mutex_unlock(&reap_lock);
-		reap_batch(true);
-		pthread_mutex_lock(&reap_lock);
-		reaping = false;
-		pthread_cond_broadcast(&reaped);
+		reap_as_the_reaper(true);
 	}
 	pthread_mutex_unlock(&reap_lock);
 }
@@ -162,14 +169,8 @@ static void reap_ready(void)
 {
 	if (!__atomic_load_n(&ring_up, __ATOMIC_ACQUIRE) || pthread_mutex_trylock(&reap_lock))
 		return;
-	if (!reaping) {
-		reaping = true;
-		pthread_mutex_unlock(&reap_lock);
-		reap_batch(false);
-		pthread_mutex_lock(&reap_lock);
-		reaping = false;
-		pthread_cond_broadcast(&reaped);
-	}
+	if (!reaping)
+		reap_as_the_reaper(false);
 	pthread_mutex_unlock(&reap_lock);
 }
 
