@@ -41,6 +41,7 @@ struct s3 {
 	char *ca_file, *cert_file, *key_file, *pin;
 	char provider[96]; /* "aws:amz:REGION:s3" */
 	uint64_t rate, multipart, single_max;
+	long connect_timeout_ms;
 	char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -259,6 +260,7 @@ int s3_new(const struct s3_options *o, struct s3 **out, char *why, size_t whylen
 	s->key_file = dup_or_null(o->key_file, &fail);
 	s->pin = dup_or_null(o->pin, &fail);
 	s->rate = o->rate;
+	s->connect_timeout_ms = o->connect_timeout_ms > 0 ? o->connect_timeout_ms : 10000;
 	s->multipart = o->multipart_size ? o->multipart_size : S3_DEFAULT_MULTIPART;
 	if (s->multipart < S3_MIN_PART)
 		s->multipart = S3_MIN_PART;
@@ -474,7 +476,7 @@ static void prepare(struct s3 *s, const char *url, struct curl_slist **headers,
 	curl_easy_setopt(c, CURLOPT_URL, url);
 	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, s->errbuf);
-	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 10L);
+	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, s->connect_timeout_ms);
 	curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
 	curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, 60L);
 	curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);

@@ -76,6 +76,7 @@ struct s3_options {
 	const char *ca_file;          /* NULL: the system's CAs */
 	const char *cert_file, *key_file, *pin; /* client certificate, pinned key */
 	uint64_t rate;                /* upload bytes per second, 0: no cap */
+	long connect_timeout_ms;      /* TCP and TLS connect, 0: 10 s */
 	uint64_t multipart_size;      /* 0: S3_DEFAULT_MULTIPART */
 	uint64_t single_max;          /* largest object sent in one PUT (0: multipart_size);
 				       * larger ones go in parts of about multipart_size */

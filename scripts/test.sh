@@ -50,6 +50,12 @@ build() { # dir, extra meson args...
 # them to the normal one.
 ASAN_SKIP=(--ignore=tests/test_guest.py --ignore=tests/test_powercut_guest.py
 	--ignore=tests/test_full_disk_guest.py --ignore=tests/test_install.py)
+# The kill -9 and power-cut permutations run in both cache modes in the
+# normal pass; under the sanitizers the writeback half would run the same
+# code again (the writeback paths stay covered there by the workload,
+# replay, fio and the other writeback tests) for two more minutes on the
+# longer pass.
+ASAN_SKIP+=(-k "not (writeback and (kill9_inside_operation_window or kill9_during_recovery or kill9_during_workload_loses_nothing or power_cut_in_process))")
 
 results=$(mktemp -d /tmp/aimfs-results.XXXXXX)
 # FUSE over io_uring (-o io_uring=on) needs the fuse module's enable_uring
@@ -99,6 +105,13 @@ PY
 	echo "$p $f $rc" >"$results/$dir.sum"
 }
 
+pid_fuzz=
+start_fuzz() { # CI only: the segment decoder fuzzed for 60 s, in the background
+	[ "${CI:-}" = "true" ] && [ -x fuzz/run.sh ] || return 0
+	{ fuzz/run.sh 60 >"$results/fuzz.log" 2>&1; echo $? >"$results/fuzz.rc"; } &
+	pid_fuzz=$!
+}
+
 build build
 dirs=(build)
 if [ $sanitize -eq 1 ]; then
@@ -115,10 +128,15 @@ if [ $sanitize -eq 1 ]; then
 		run_suite "ASan+UBSan build${asan_ring:+, FUSE over io_uring}" build-asan "${ASAN_SKIP[@]}" &
 	pid_asan=$!
 	wait $pid_normal || true
+	# The sanitizer pass ends minutes after the normal one: the fuzzer
+	# runs in that tail instead of after it.
+	start_fuzz
 	wait $pid_asan || true
 else
 	run_suite "normal build" build
+	start_fuzz
 fi
+[ -z "$pid_fuzz" ] || wait $pid_fuzz || true
 
 total_passed=0
 total_failed=0
@@ -131,9 +149,10 @@ for dir in "${dirs[@]}"; do
 	total_failed=$((total_failed + f))
 	[ "$rc" -eq 0 ] || status=1
 done
-if [ "${CI:-}" = "true" ] && [ -x fuzz/run.sh ]; then
+if [ -n "$pid_fuzz" ]; then
 	echo "=== fuzzing the segment decoder for 60 s ==="
-	if fuzz/run.sh 60; then
+	cat "$results/fuzz.log" 2>/dev/null || true
+	if [ "$(cat "$results/fuzz.rc" 2>/dev/null)" = 0 ]; then
 		total_passed=$((total_passed + 1))
 	else
 		total_failed=$((total_failed + 1)); status=1

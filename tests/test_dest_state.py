@@ -155,7 +155,7 @@ def test_status_and_metrics_agree_in_every_state(aimfs, workdir):
 
         # tracking: the journal fills while dr1 ships slowly
         m = aimfs(backing=backing, options=[
-            f"config={conf('2.conf', 'journal_max = 1M', 'rate = 128K', False)}"],
+            f"config={conf('2.conf', 'journal_max = 1M', 'rate = 512K', False)}"],
                   expect_alarms=True)
         write_random(os.path.join(m.mountpoint, "vm1.raw"), 3 << 20, 4)
         wait_for(lambda: "tracking" in sampler.seen.get("dr1", ()), 60, 0.1, "tracking")

@@ -5,6 +5,7 @@ the reason and converges when it comes back; bad configurations are
 refused at start with a reason."""
 import os
 import re
+import socket
 import subprocess
 import time
 import urllib.request
@@ -209,6 +210,36 @@ def test_receiver_away_then_back(aimfs, workdir):
         assert_replica_equal(ng, st["group"], start, backing, workdir)
     finally:
         ng.stop()
+
+
+def test_a_connection_never_answered_fails_after_connect_timeout(aimfs, workdir):
+    """A route that accepts and then never answers (a blackhole, a hung
+    receiver) holds a connection attempt for connect_timeout, not for
+    the default 10 s: two attempts have ended in a timeout while the
+    default would still be waiting in the first."""
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(64)  # the kernel completes the handshake; nothing reads
+    port = hole.getsockname()[1]
+    status = f"127.0.0.1:{free_port()}"
+    conf = write_config(os.path.join(workdir, "c.conf"),
+                        f"[aimfs]\nstatus = {status}\nsegment_age = 200ms\n"
+                        f"[destination x]\nurl = https://127.0.0.1:{port}/aim\n"
+                        "connect_timeout = 500ms\n")
+    m = aimfs(options=[f"config={conf}"], expect_alarms=False)
+    try:
+        with open(os.path.join(m.mountpoint, "a.img"), "wb") as f:
+            f.write(os.urandom(300000))
+
+        def timed_out_twice():
+            d = get_status(status)["destinations"][0]
+            return (d["state"] == "retrying" and "timeout" in d.get("last_error", "").lower()
+                    and d.get("attempts", 0) >= 2)
+        # with the default (10 s) the first attempt would still be waiting
+        wait_for(timed_out_twice, 8, 0.05, what="two attempts ended by the connect timeout")
+        assert m.unmount() == 0
+    finally:
+        hole.close()
 
 
 def test_ship_an_unmounted_journal_with_aimctl(aimfs, workdir):
@@ -436,6 +467,9 @@ def test_bad_destination_configuration_is_refused(workdir):
     refuse(["-o", conf("[destination x]\nurl = https://h/\nrate = fast\n"), b, mnt], "rate = fast")
     refuse(["-o", conf("[destination x]\nurl = https://h/\ncompress = lz4\n"), b, mnt],
            "compress = lz4")
+    for bad in ("soon", "0s", "2h"):
+        refuse(["-o", conf(f"[destination x]\nurl = https://h/\nconnect_timeout = {bad}\n"),
+                b, mnt], f"connect_timeout = {bad}: expected a duration from 1ms to 1h")
     refuse(["-o", conf("[elsewhere]\nx = 1\n"), b, mnt], "unknown section [elsewhere]")
     refuse(["-o", conf("[aimfs]\nspeed = 1\n"), b, mnt], 'has no key "speed"')
     refuse(["-o", conf("this is not ini\n"), b, mnt], "line 1")

@@ -150,6 +150,15 @@ int dest_config_set(struct dest_config *d, const char *key, const char *value)
 		}
 		return 0;
 	}
+	if (strcmp(key, "connect_timeout") == 0) {
+		if (parse_duration(value, &d->connect_timeout_ns) < 0 ||
+		    d->connect_timeout_ns < 1000000 || d->connect_timeout_ns > 3600ULL * 1000000000ULL) {
+			log_error("destination %s: connect_timeout = %s: expected a duration from 1ms"
+				  " to 1h, e.g. 5s", d->name, value);
+			return -EINVAL;
+		}
+		return 0;
+	}
 	if (strcmp(key, "compress") == 0) {
 		if (strcmp(value, "zstd") == 0) {
 			d->compress = true;
@@ -162,7 +171,7 @@ int dest_config_set(struct dest_config *d, const char *key, const char *value)
 		return 0;
 	}
 	log_error("destination %s: unknown key \"%s\" (known: type, url, ca_file, cert_file,"
-		  " key_file, pin, token_file, images, rate, compress, region, access_key_file,"
+		  " key_file, pin, token_file, images, rate, connect_timeout, compress, region, access_key_file,"
 		  " secret_key_file, multipart_size, keep, snapshot_every)", d->name, key);
 	return -EINVAL;
 }
@@ -361,6 +370,13 @@ void dest_config_free(struct dest_config *d)
 		memset(d->secret_key, 0, strlen(d->secret_key));
 	free(d->secret_key);
 	memset(d, 0, sizeof *d);
+}
+
+long dest_connect_timeout_ms(const struct dest_config *d)
+{
+	uint64_t ns = d->connect_timeout_ns ? d->connect_timeout_ns : DEST_CONNECT_TIMEOUT_DEFAULT;
+
+	return (long)(ns / 1000000);
 }
 
 bool dest_wants_image(const struct dest_config *d, const char *name)

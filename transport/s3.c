@@ -360,7 +360,8 @@ int s3_dest_open(struct dest *d, struct catalog *cat, struct s3_dest **out)
 		.url = d->cfg.url, .region = d->cfg.region, .access_key = d->cfg.access_key,
 		.secret_key = d->cfg.secret_key, .ca_file = d->cfg.ca_file,
 		.cert_file = d->cfg.cert_file, .key_file = d->cfg.key_file, .pin = d->cfg.pin,
-		.rate = d->cfg.rate, .multipart_size = d->cfg.multipart_size,
+		.rate = d->cfg.rate, .connect_timeout_ms = dest_connect_timeout_ms(&d->cfg),
+		.multipart_size = d->cfg.multipart_size,
 		/* A segment is sealed once it reaches its size, so it ends up to
 		 * a record past it: one sealed at multipart_size is still one
 		 * PUT (multipart costs RGW a third more time for a 64 MiB

@@ -51,6 +51,7 @@ static int copy_dest(struct dest_config *dst, const struct dest_config *src)
 	r |= copy_str(&dst->token_file, src->token_file);
 	r |= copy_str(&dst->token, src->token);
 	dst->rate = src->rate;
+	dst->connect_timeout_ns = src->connect_timeout_ns;
 	dst->compress = src->compress;
 	dst->type = src->type;
 	r |= copy_str(&dst->region, src->region);

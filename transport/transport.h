@@ -36,6 +36,11 @@ enum dest_type {
 	DEST_TYPE_S3,
 };
 
+/* How long a connection (TCP and TLS) may take before the attempt counts
+ * as failed and is retried: a WAN's round trips fit in it, a dead or
+ * blackholed route does not hold a destination for long. */
+#define DEST_CONNECT_TIMEOUT_DEFAULT (10ULL * 1000000000ULL)
+
 struct dest_config {
 	char *name;        /* [destination NAME], or the URL for -o dest=URL */
 	enum dest_type type;
@@ -49,6 +54,7 @@ struct dest_config {
 	char **images;     /* glob patterns; none: every image */
 	size_t nimages;
 	uint64_t rate;     /* bytes per second, 0: no cap */
+	uint64_t connect_timeout_ns; /* TCP and TLS connect, 0: DEST_CONNECT_TIMEOUT_DEFAULT */
 	bool compress;     /* zstd when it saves bytes */
 	char *token;       /* loaded by dest_config_check */
 	/* s3 only */
@@ -88,6 +94,8 @@ struct dest_config *dest_config_find(struct dest_config **dests, size_t *n, cons
 int dest_config_load(const char *path,
 		     int (*other)(void *ctx, const char *section, const char *key, const char *value),
 		     void *ctx, struct dest_config **dests, size_t *ndests);
+/* d's connect timeout in milliseconds, for CURLOPT_CONNECTTIMEOUT_MS. */
+long dest_connect_timeout_ms(const struct dest_config *d);
 /* True if image name passes d's image patterns. */
 bool dest_wants_image(const struct dest_config *d, const char *name);
 
