@@ -89,7 +89,7 @@ struct actlog {
 	bool redo_noted;          /* ... and the header says so */
 	bool failing;             /* the last log write or checkpoint failed: the
 				   * cooler waits a tick before trying again */
-	uint64_t transactions, checkpoints, waits;
+	uint64_t transactions, checkpoints, waits, stalls;
 
 	pthread_t cooler;
 	bool cooler_running, stop;
@@ -483,6 +483,7 @@ static int hold_one(struct actlog *al, uint32_t image, uint32_t extent, struct a
 		i = victim(al);
 		if (i < 0) {
 			/* Every slot is hot: make them durable, then look again. */
+			al->stalls++;
 			pthread_mutex_unlock(&al->lock);
 			r = actlog_checkpoint(al);
 			pthread_mutex_lock(&al->lock);
@@ -817,6 +818,7 @@ void actlog_stats(struct actlog *al, struct actlog_stats *st)
 		return;
 	pthread_mutex_lock(&al->lock);
 	st->slots = al->n;
+	st->extent_shift = al->cfg.extent_shift;
 	for (unsigned i = 0; i < al->n; i++) {
 		if (al->s[i].state == S_EMPTY)
 			continue;
@@ -827,6 +829,7 @@ void actlog_stats(struct actlog *al, struct actlog_stats *st)
 	st->transactions = al->transactions;
 	st->checkpoints = al->checkpoints;
 	st->waits = al->waits;
+	st->stalls = al->stalls;
 	pthread_mutex_unlock(&al->lock);
 }
 

@@ -123,9 +123,13 @@ struct actlog_hold {
 };
 
 struct actlog_stats {
-	unsigned slots, resident, cold;
+	unsigned slots, resident, cold; /* resident: a power cut now would compare them */
+	unsigned extent_shift;
 	bool writeback_lost;      /* a checkpoint's syncfs failed: see actlog_checkpoint */
-	uint64_t transactions, checkpoints, waits; /* since mount */
+	/* since mount: log writes, writers that shared another's log write,
+	 * checkpoints, and writes that waited for a checkpoint because every
+	 * slot was hot (more than a few: the set is too small for the load) */
+	uint64_t transactions, waits, checkpoints, stalls;
 };
 
 /*

@@ -1418,6 +1418,7 @@ void journal_stats(struct journal *j, struct journal_stats *s)
 	s->owed = j->nowed;
 	s->writeback_lost = actlog_writeback_lost(j->al);
 	pthread_mutex_unlock(&j->lock);
+	actlog_stats(j->al, &s->al);
 	s->journal_bytes = atomic_load(&j->disk_bytes);
 	s->journal_max = j->cfg.journal_max;
 	s->enforce_max = j->cfg.enforce_max;

@@ -116,6 +116,7 @@ struct journal_stats {
 	uint64_t failures;        /* failed journal I/O calls since mount */
 	uint64_t owed;            /* records owed (journal_settle) */
 	bool writeback_lost;      /* the backing filesystem failed to write back */
+	struct actlog_stats al;   /* the activity log (all 0 without one) */
 };
 
 /*

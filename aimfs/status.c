@@ -185,6 +185,21 @@ static json_t *fuse_json(void)
 			 (json_int_t)us.requests, "ring_threads", (int)us.threads);
 }
 
+/* The activity log (actlog.h): what a power cut now would leave to compare
+ * with every destination, and whether its set is big enough for the load. */
+static json_t *actlog_json(const struct actlog_stats *al)
+{
+	return json_pack("{s:i, s:I, s:i, s:i, s:I, s:I, s:I, s:I}",
+			 "extents", (int)al->slots,
+			 "extent_bytes", (json_int_t)(al->slots ? 1ULL << al->extent_shift : 0),
+			 "extents_in_set", (int)al->resident,
+			 "extents_hot", (int)(al->resident - al->cold),
+			 "log_writes", (json_int_t)al->transactions,
+			 "log_writes_shared", (json_int_t)al->waits,
+			 "checkpoints", (json_int_t)al->checkpoints,
+			 "writes_that_waited_for_a_checkpoint", (json_int_t)al->stalls);
+}
+
 static json_t *status_json(struct status *s)
 {
 	struct journal_stats js;
@@ -222,6 +237,7 @@ static json_t *status_json(struct status *s)
 	json_object_set_new(o, "bytes_journaled", json_integer((json_int_t)js.bytes));
 	json_object_set_new(o, "segments_recycled", json_integer((json_int_t)js.recycled));
 	journal_health_json(o, &js);
+	json_object_set_new(o, "activity_log", actlog_json(&js.al));
 	json_object_set_new(o, "marks", marks_summary(s));
 	if (s->info.transport && transport_views(s->info.transport, &views, &nviews) < 0)
 		nviews = 0;
@@ -270,6 +286,21 @@ static void metrics_text(struct status *s, struct strbuf *sb)
 	metric(sb, "aimfs_durable_segment", "gauge", "number of the last sealed, durable segment",
 	       js.durable_segment);
 	metric(sb, "aimfs_images", "gauge", "images the mount knows", js.images);
+	metric(sb, "aimfs_actlog_extents", "gauge",
+	       "extents the activity log holds at most (al_extents)", js.al.slots);
+	metric(sb, "aimfs_actlog_extents_in_set", "gauge",
+	       "extents in the activity log's durable set: what a power cut now would compare"
+	       " with every destination", js.al.resident);
+	metric(sb, "aimfs_actlog_extents_hot", "gauge",
+	       "extents in the set written since the last checkpoint", js.al.resident - js.al.cold);
+	metric(sb, "aimfs_actlog_writes_total", "counter",
+	       "writes of the activity log (a write to an extent not in the set)", js.al.transactions);
+	metric(sb, "aimfs_actlog_checkpoints_total", "counter",
+	       "checkpoints (journal durable, then the backing filesystem synced)",
+	       js.al.checkpoints);
+	metric(sb, "aimfs_actlog_stalls_total", "counter",
+	       "writes that waited for a checkpoint because every extent of the activity log"
+	       " was hot (raise al_extents)", js.al.stalls);
 	metric(sb, "aimfs_readahead_total", "counter",
 	       "ranges read ahead for O_DIRECT files read sequentially", ra.read);
 	metric(sb, "aimfs_readahead_used_total", "counter", "reads answered from a range read ahead",

@@ -25,9 +25,9 @@ import uuid
 
 import pytest
 
-from aimtest import BUILD_DIR, MKSEG, assert_trees_equal, copy_tree, replay, run, wait_for
+from aimtest import AIMCTL, BUILD_DIR, MKSEG, assert_trees_equal, copy_tree, replay, run, wait_for
 from powercut import power_cut
-from servers import free_port, get_status
+from servers import free_port, get_status, metrics
 from test_resync import pki, remotes, source_conf, start_remote, wait_converged  # noqa: F401
 
 AIMFS_POWERCUT = os.path.join(BUILD_DIR, "tests", "aimfs-powercut")
@@ -297,6 +297,57 @@ def test_an_image_is_synced_before_it_loses_its_name(aimfs, workdir):
     _, syncs, _, _ = read_log(undo)
     for name, key in inodes.items():
         assert key in syncs, f"{name} lost its name without a sync of its data"
+
+
+def test_the_status_shows_the_activity_log(aimfs, workdir):
+    """An operator sizes al_extents from /status (and /metrics, and aimctl
+    status): how many extents a power cut now would compare with every
+    destination, how many are hot, how often the log is written and
+    checkpointed, and how many writes waited for a checkpoint."""
+    addr = f"127.0.0.1:{free_port()}"
+    extent = 64 << 10
+    backing = os.path.join(workdir, "backing")
+    os.makedirs(backing)
+    # made before the mount: a truncate through it would put the whole
+    # image in the set
+    with open(os.path.join(backing, "vm.img"), "wb") as f:
+        f.truncate(4096 * extent)
+    m = aimfs(backing=backing, options=[f"status={addr}", "al_extents=128", "al_extent_size=64K"])
+
+    def log():
+        return get_status(addr)["activity_log"]
+    before = log()
+    assert before["extents"] == 128 and before["extent_bytes"] == extent, before
+    fd = os.open(os.path.join(m.mountpoint, "vm.img"), os.O_RDWR)
+    try:
+        # ten extents far apart (a miss also takes the next few, cold)
+        for i in range(10):
+            os.pwrite(fd, b"x" * 512, (100 + 10 * i) * extent)
+        os.fsync(fd)  # under cache=writeback, the writes reach aimfs now
+        st = log()
+        assert st["extents_hot"] >= 10 and st["extents_in_set"] >= st["extents_hot"], st
+        # each miss wrote the log or shared another writer's write
+        assert st["log_writes"] > before["log_writes"], (before, st)
+        assert (st["log_writes"] + st["log_writes_shared"] >=
+                before["log_writes"] + before["log_writes_shared"] + 10), (before, st)
+        # three times as many extents as the set holds: slots are given
+        # again, after checkpoints
+        for i in range(3 * 128):
+            os.pwrite(fd, b"y" * 512, 2 * i * extent)
+        os.fsync(fd)
+        st = log()
+        assert st["extents_in_set"] == 128 and st["checkpoints"] > before["checkpoints"], st
+        mx = metrics(addr)
+        st = log()
+        for key, name in (("extents", "extents"), ("extents_in_set", "extents_in_set"),
+                          ("log_writes", "writes_total"), ("checkpoints", "checkpoints_total"),
+                          ("writes_that_waited_for_a_checkpoint", "stalls_total")):
+            assert mx[f"aimfs_actlog_{name}"] == st[key], (key, mx, st)
+        p = run([AIMCTL, "status", addr])
+        assert "activity log 128 of 128 extents of 64.0 KiB in the set" in p.stdout, p.stdout
+    finally:
+        os.close(fd)
+    assert m.unmount() == 0
 
 
 @pytest.mark.parametrize("mounted", ["before", "after"])

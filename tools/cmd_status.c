@@ -118,7 +118,7 @@ static void print_source(json_t *o)
 	char a[32], b[32], c[32], pb[40];
 	double max = (double)num(o, "journal_max"), used = (double)num(o, "journal_bytes");
 	size_t i;
-	json_t *d, *marks, *last;
+	json_t *d, *marks, *last, *al;
 
 	printf("aimfs source  group %s  %s\n", str(o, "group"),
 	       json_is_null(json_object_get(o, "in_sync")) ? "JOURNAL ONLY (no destinations)" :
@@ -135,6 +135,12 @@ static void print_source(json_t *o)
 	       num(o, "records_journaled"), size_of(o, "bytes_journaled", a, sizeof a),
 	       num(o, "writes_waiting"),
 	       json_is_true(json_object_get(o, "journal_full")) ? " (JOURNAL FULL)" : "");
+	al = json_object_get(o, "activity_log");
+	if (json_is_object(al) && num(al, "extents") > 0)
+		printf("  activity log %lld of %lld extents of %s in the set, %lld hot; %lld writes"
+		       " waited for a checkpoint\n", num(al, "extents_in_set"), num(al, "extents"),
+		       size_of(al, "extent_bytes", c, sizeof c), num(al, "extents_hot"),
+		       num(al, "writes_that_waited_for_a_checkpoint"));
 	marks = json_object_get(o, "marks");
 	last = json_object_get(marks, "last");
 	if (json_is_object(last))
