@@ -151,12 +151,15 @@ int dest_config_set(struct dest_config *d, const char *key, const char *value)
 		return 0;
 	}
 	if (strcmp(key, "connect_timeout") == 0) {
-		if (parse_duration(value, &d->connect_timeout_ns) < 0 ||
-		    d->connect_timeout_ns < 1000000 || d->connect_timeout_ns > 3600ULL * 1000000000ULL) {
-			log_error("destination %s: connect_timeout = %s: expected a duration from 1ms"
-				  " to 1h, e.g. 5s", d->name, value);
+		uint64_t ns;
+
+		if (parse_duration(value, &ns) < 0 || ns < 1000000 ||
+		    ns > 3600ULL * 1000000000ULL) {
+			log_error("destination %s: connect_timeout = %s: expected a duration"
+				  " from 1ms to 1h, e.g. 5s", d->name, value);
 			return -EINVAL;
 		}
+		d->connect_timeout_ns = ns;
 		return 0;
 	}
 	if (strcmp(key, "compress") == 0) {
@@ -171,8 +174,9 @@ int dest_config_set(struct dest_config *d, const char *key, const char *value)
 		return 0;
 	}
 	log_error("destination %s: unknown key \"%s\" (known: type, url, ca_file, cert_file,"
-		  " key_file, pin, token_file, images, rate, connect_timeout, compress, region, access_key_file,"
-		  " secret_key_file, multipart_size, keep, snapshot_every)", d->name, key);
+		  " key_file, pin, token_file, images, rate, connect_timeout, compress, region,"
+		  " access_key_file, secret_key_file, multipart_size, keep, snapshot_every)",
+		  d->name, key);
 	return -EINVAL;
 }
 
