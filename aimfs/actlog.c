@@ -823,7 +823,7 @@ void actlog_stats(struct actlog *al, struct actlog_stats *st)
 		if (al->s[i].state == S_EMPTY)
 			continue;
 		st->resident++;
-		st->cold += al->s[i].cold;
+		st->hot += !al->s[i].cold;
 	}
 	st->writeback_lost = atomic_load(&al->writeback_lost);
 	st->transactions = al->transactions;

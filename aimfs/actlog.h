@@ -123,7 +123,8 @@ struct actlog_hold {
 };
 
 struct actlog_stats {
-	unsigned slots, resident, cold; /* resident: a power cut now would compare them */
+	unsigned slots, resident, hot; /* resident: a power cut now would compare them;
+				       * hot: written since the last checkpoint */
 	unsigned extent_shift;
 	bool writeback_lost;      /* a checkpoint's syncfs failed: see actlog_checkpoint */
 	/* since mount: log writes, writers that shared another's log write,

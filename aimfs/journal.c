@@ -1416,7 +1416,6 @@ void journal_stats(struct journal *j, struct journal_stats *s)
 	s->cleared_ns = j->cleared_ns;
 	s->failures = j->failures;
 	s->owed = j->nowed;
-	s->writeback_lost = actlog_writeback_lost(j->al);
 	pthread_mutex_unlock(&j->lock);
 	actlog_stats(j->al, &s->al);
 	s->journal_bytes = atomic_load(&j->disk_bytes);

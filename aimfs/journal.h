@@ -115,8 +115,9 @@ struct journal_stats {
 	uint64_t cleared_ns;      /* when the last episode ended (0: none has) */
 	uint64_t failures;        /* failed journal I/O calls since mount */
 	uint64_t owed;            /* records owed (journal_settle) */
-	bool writeback_lost;      /* the backing filesystem failed to write back */
-	struct actlog_stats al;   /* the activity log (all 0 without one) */
+	struct actlog_stats al;   /* the activity log (all 0 without one); its
+				   * writeback_lost: the backing filesystem failed
+				   * to write back */
 };
 
 /*

@@ -172,7 +172,7 @@ static void journal_health_json(json_t *o, const struct journal_stats *js)
 			    time_or_null(js->failing ? 0 : js->cleared_ns));
 	json_object_set_new(o, "journal_errors", json_integer((json_int_t)js->failures));
 	json_object_set_new(o, "journal_owed_records", json_integer((json_int_t)js->owed));
-	json_object_set_new(o, "backing_writeback_lost", json_boolean(js->writeback_lost));
+	json_object_set_new(o, "backing_writeback_lost", json_boolean(js->al.writeback_lost));
 }
 
 /* How FUSE requests reach aimfs: through io_uring or /dev/fuse. */
@@ -193,7 +193,7 @@ static json_t *actlog_json(const struct actlog_stats *al)
 			 "extents", (int)al->slots,
 			 "extent_bytes", (json_int_t)(al->slots ? 1ULL << al->extent_shift : 0),
 			 "extents_in_set", (int)al->resident,
-			 "extents_hot", (int)(al->resident - al->cold),
+			 "extents_hot", (int)al->hot,
 			 "log_writes", (json_int_t)al->transactions,
 			 "log_writes_shared", (json_int_t)al->waits,
 			 "checkpoints", (json_int_t)al->checkpoints,
@@ -292,7 +292,7 @@ static void metrics_text(struct status *s, struct strbuf *sb)
 	       "extents in the activity log's durable set: what a power cut now would compare"
 	       " with every destination", js.al.resident);
 	metric(sb, "aimfs_actlog_extents_hot", "gauge",
-	       "extents in the set written since the last checkpoint", js.al.resident - js.al.cold);
+	       "extents in the set written since the last checkpoint", js.al.hot);
 	metric(sb, "aimfs_actlog_writes_total", "counter",
 	       "writes of the activity log (a write to an extent not in the set)", js.al.transactions);
 	metric(sb, "aimfs_actlog_checkpoints_total", "counter",
@@ -325,7 +325,7 @@ static void metrics_text(struct status *s, struct strbuf *sb)
 	       js.owed);
 	metric(sb, "aimfs_backing_writeback_lost", "gauge",
 	       "1 once the backing filesystem failed to write back: fsyncs fail until a remount"
-	       " redoes the journal", js.writeback_lost);
+	       " redoes the journal", js.al.writeback_lost);
 	if (s->info.transport && transport_views(s->info.transport, &views, &nviews) == 0) {
 		dest_views_metrics(views, nviews, sb);
 		free(views);

@@ -260,7 +260,8 @@ int s3_new(const struct s3_options *o, struct s3 **out, char *why, size_t whylen
 	s->key_file = dup_or_null(o->key_file, &fail);
 	s->pin = dup_or_null(o->pin, &fail);
 	s->rate = o->rate;
-	s->connect_timeout_ms = o->connect_timeout_ms > 0 ? o->connect_timeout_ms : 10000;
+	s->connect_timeout_ms = o->connect_timeout_ms > 0 ? o->connect_timeout_ms :
+				S3_DEFAULT_CONNECT_TIMEOUT_MS;
 	s->multipart = o->multipart_size ? o->multipart_size : S3_DEFAULT_MULTIPART;
 	if (s->multipart < S3_MIN_PART)
 		s->multipart = S3_MIN_PART;

@@ -43,6 +43,7 @@
 
 #define S3_DEFAULT_REGION "us-east-1"
 #define S3_DEFAULT_MULTIPART (64ULL << 20)
+#define S3_DEFAULT_CONNECT_TIMEOUT_MS 10000L
 #define S3_MIN_PART (5ULL << 20)        /* every part but the last, by S3's rules */
 #define S3_HEAD_KEY "HEAD"
 #define S3_META_ENCODING "aim-encoding" /* x-amz-meta-aim-encoding: zstd */
@@ -76,7 +77,7 @@ struct s3_options {
 	const char *ca_file;          /* NULL: the system's CAs */
 	const char *cert_file, *key_file, *pin; /* client certificate, pinned key */
 	uint64_t rate;                /* upload bytes per second, 0: no cap */
-	long connect_timeout_ms;      /* TCP and TLS connect, 0: 10 s */
+	long connect_timeout_ms;      /* TCP and TLS connect, 0: S3_DEFAULT_CONNECT_TIMEOUT_MS */
 	uint64_t multipart_size;      /* 0: S3_DEFAULT_MULTIPART */
 	uint64_t single_max;          /* largest object sent in one PUT (0: multipart_size);
 				       * larger ones go in parts of about multipart_size */
