@@ -132,6 +132,31 @@ static void undo_tail_locked(struct segfile *s)
 {
 	if (aimfs_io.ftruncate_fn(s->fd, (off_t)s->bytes) < 0)
 		s->cut = true;
+	else if (s->old_end > s->bytes)
+		s->old_end = s->bytes;
+}
+
+/*
+ * Zeros that complete the last page a write into a recycled file ends in.
+ * Records are not page-aligned, so a record ends inside a page the next one
+ * begins in.  Where that page is an old segment's and has left the page
+ * cache (retain= kept it for hours, or a long backlog), the kernel must read
+ * it from the disk before it can take part of a page: one synchronous read
+ * per record, under the journal lock.  Written whole, the page needs no old
+ * bytes, and the next record finds it cached.  Only over the old file's
+ * bytes: past them a page holds nothing to read, and padding there would
+ * allocate.  What lies past the last record is a torn tail to recovery,
+ * old bytes or zeros alike, and the sealer cuts it.
+ */
+static const uint8_t page_of_zeros[PAGE_BYTES];
+
+static size_t padding(const struct segfile *s, uint64_t end)
+{
+	uint64_t page_end = (end + PAGE_BYTES - 1) & ~(uint64_t)(PAGE_BYTES - 1);
+
+	if (!s->recycled || end >= s->old_end)
+		return 0;
+	return (size_t)((page_end < s->old_end ? page_end : s->old_end) - end);
 }
 
 /* ---- recycling pruned segment files ---- */
@@ -162,21 +187,31 @@ bool journal_recycle(struct journal *j, uint64_t number)
  * check chain, which recovery treats as a torn tail, and sealing cuts
  * them.  Returns the fd, or -1 (the caller creates a new file).
  */
-static int reuse_free_file(struct journal *j, const char *name, const uint8_t *hdr, size_t hs)
+static int reuse_free_file(struct journal *j, struct segfile *s, const char *name,
+			   const uint8_t *hdr, size_t hs)
 {
 	char old[SEG_FILE_NAME_LEN + 8];
 
 	for (int i = 0; i < RECYCLE_SLOTS; i++) {
 		uint64_t n = atomic_exchange(&j->free_files[i], 0);
+		struct stat st;
 		int fd;
 
 		if (!n)
 			continue;
 		seg_file_name(n, SEG_FREE_SUFFIX, old);
 		fd = openat(j->dirfd, old, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
-		if (fd >= 0 && pwrite_all(fd, &(struct iovec){ (void *)hdr, hs }, 1, 0) == 0 &&
+		if (fd >= 0 && fstat(fd, &st) == 0) {
+			s->recycled = true;
+			s->old_end = (uint64_t)st.st_size;
+		}
+		if (fd >= 0 && s->recycled &&
+		    pwrite_all(fd, (struct iovec[]){ { (void *)hdr, hs },
+						     { (void *)page_of_zeros, padding(s, hs) } },
+			       2, 0) == 0 &&
 		    aimfs_io.renameat_fn(j->dirfd, old, j->dirfd, name) == 0)
 			return fd;
+		s->recycled = false;
 		if (fd >= 0)
 			close(fd);
 		unlinkat(j->dirfd, old, 0);
@@ -239,10 +274,9 @@ int journal_ensure_open_locked(struct journal *j)
 	s->prev_check = seg_header_encode(&h, buf);
 	free(table);
 	seg_file_name(h.number, SEG_OPEN_SUFFIX, name);
-	fd = reuse_free_file(j, name, buf, hs);
+	fd = reuse_free_file(j, s, name, buf, hs);
 	if (fd >= 0) {
 		free(buf);
-		s->recycled = true;
 		j->recycled++;
 		goto opened;
 	}
@@ -291,8 +325,10 @@ int journal_append_locked(struct journal *j, struct seg_record *r)
 	j->last_append_ns = r->time_ns;
 	check = seg_record_encode(r, s->prev_check, hdr);
 	ret = pwrite_all(s->fd, (struct iovec[]){ { hdr, sizeof hdr },
-						 { (void *)r->payload, r->payload_len } },
-			 r->payload_len ? 2 : 1, s->bytes);
+						 { (void *)r->payload, r->payload_len },
+						 { (void *)page_of_zeros,
+						   padding(s, s->bytes + sizeof hdr + r->payload_len) } },
+			 3, s->bytes);
 	if (ret < 0) {
 		/* Nothing of it counts: the LSN goes to the next record. */
 		undo_tail_locked(s);

@@ -44,6 +44,9 @@ struct catalog;
  * journal pages never pile up until the kernel throttles the writer that
  * happens to hold the journal lock. */
 #define WRITEBACK_STEP (8ULL << 20)
+/* The page size padding() completes (on a host with larger pages, writes
+ * over an evicted recycled file read less, not nothing). */
+#define PAGE_BYTES 4096u
 #define JOURNAL_LOCK_FILE "lock"
 #define CATALOG_FILE "catalog.db"
 #define ADOPT_MARK "adopting."     /* + inode number: an adoption under way */
@@ -82,6 +85,7 @@ struct segfile {
 	unsigned refs;           /* (L) the journal/queue holds one; barriers take more */
 	bool sealed;
 	bool recycled;           /* written over a pruned segment's file: cut at sealing */
+	uint64_t old_end;        /* recycled: the old file's bytes end here (L) */
 	bool cut;                /* a failed write may have left bytes past `bytes`
 				  * that no truncate removed: the sealer cuts them (L) */
 	bool verify;             /* a sync of it failed: the sealer reads it back,
