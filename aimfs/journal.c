@@ -185,7 +185,8 @@ bool journal_recycle(struct journal *j, uint64_t number)
  * header over the old one *before* the rename, so that NNN.open never
  * holds another segment's header; the old records after it fail the new
  * check chain, which recovery treats as a torn tail, and sealing cuts
- * them.  Returns the fd, or -1 (the caller creates a new file).
+ * them.  Returns the fd with s->recycled and s->old_end set, or -1 (the
+ * caller creates a new file).
  */
 static int reuse_free_file(struct journal *j, struct segfile *s, const char *name,
 			   const uint8_t *hdr, size_t hs)
@@ -204,14 +205,13 @@ static int reuse_free_file(struct journal *j, struct segfile *s, const char *nam
 		if (fd >= 0 && fstat(fd, &st) == 0) {
 			s->recycled = true;
 			s->old_end = (uint64_t)st.st_size;
+			if (pwrite_all(fd, (struct iovec[]){ { (void *)hdr, hs },
+							     { (void *)page_of_zeros,
+							       padding(s, hs) } }, 2, 0) == 0 &&
+			    aimfs_io.renameat_fn(j->dirfd, old, j->dirfd, name) == 0)
+				return fd;
+			s->recycled = false;
 		}
-		if (fd >= 0 && s->recycled &&
-		    pwrite_all(fd, (struct iovec[]){ { (void *)hdr, hs },
-						     { (void *)page_of_zeros, padding(s, hs) } },
-			       2, 0) == 0 &&
-		    aimfs_io.renameat_fn(j->dirfd, old, j->dirfd, name) == 0)
-			return fd;
-		s->recycled = false;
 		if (fd >= 0)
 			close(fd);
 		unlinkat(j->dirfd, old, 0);
