@@ -299,6 +299,49 @@ default_build() {
     if [[ -x $REPO_DIR/build-perf/aimfs/aimfs ]]; then printf '%s' "$REPO_DIR/build-perf"; else printf '%s' "$REPO_DIR/build"; fi
 }
 
+# ---------------------------------------------------------------- costs
+# CPU time (user + system, all threads and reaped children) of running
+# processes, in clock ticks; a PID that is gone counts 0.
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() { # PID... -> ticks
+    local pid sum=0 f
+    for pid in "$@"; do
+        [[ -n $pid && -r /proc/$pid/stat ]] || continue
+        # fields after the ")" that ends comm: utime is the 12th, stime the 13th
+        f=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null) || continue
+        read -r -a f <<<"$f"
+        sum=$((sum + f[11] + f[12]))
+    done
+    echo "$sum"
+}
+# This shell's reaped children's CPU time so far, in ms: bash's `times`, run
+# in this shell (a subshell's counters start at zero), its second line.
+children_cpu_ms() { # -> CHILDREN_CPU_MS
+    local tf="${SCRATCH:-/tmp}/.times.$$" line ms=0 re='([0-9]+)m([0-9]+)\.([0-9]+)s'
+    times >"$tf"
+    line=$(tail -n1 "$tf")
+    rm -f "$tf"
+    while [[ $line =~ $re ]]; do
+        ms=$((ms + 10#${BASH_REMATCH[1]} * 60000 + 10#${BASH_REMATCH[2]} * 1000 + 10#${BASH_REMATCH[3]:0:3}))
+        line=${line#*"${BASH_REMATCH[0]}"}
+    done
+    CHILDREN_CPU_MS=$ms
+}
+# The block device (whole disk or partition) that holds a directory, if it is
+# one the kernel keeps I/O counters for; empty otherwise (overlay, tmpfs...).
+disk_of() { # DIR -> name under /sys/class/block, or ""
+    local src
+    src=$(findmnt -no SOURCE -T "$1" 2>/dev/null) || return 0
+    src=${src#/dev/}
+    [[ -n $src && -r /sys/class/block/$src/stat ]] && echo "$src"
+}
+# Bytes written to that device so far (the 7th field counts 512-byte sectors).
+disk_written_bytes() { # NAME
+    local f
+    read -r -a f <"/sys/class/block/$1/stat"
+    echo $((f[6] * 512))
+}
+
 # Makes the throwaway PKI (CA, server cert for 127.0.0.1, client cert, token).
 make_pki() { # DIR
     "$REPO_DIR/scripts/mkpki.sh" "$1" >/dev/null || die "scripts/mkpki.sh failed"
@@ -354,11 +397,12 @@ profile_stop() { # OUTFILE -> OUTFILE.txt: where PID spent its time (self, by sy
     wait "$PROF_PID" 2>/dev/null
     unset 'BG[$PROF_PID]'
     PROF_PID=""
-    {
-        echo "# perf report --pid $PROF_TARGET --no-children --sort comm,dso,symbol (top 60)"
-        perf report -i "$1" --pid "$PROF_TARGET" --stdio --no-children --sort comm,dso,symbol -g none 2>/dev/null |
-            grep -v '^#' | grep '%' | head -n 60
-    } >"$1.txt" || true
+    profile_report "$1" "$PROF_TARGET" >"$1.txt" || true
+}
+profile_report() { # PERFFILE PID -> where PID spent its time (self, by symbol)
+    echo "# perf report --pid $2 --no-children --sort comm,dso,symbol (top 60)"
+    perf report -i "$1" --pid "$2" --stdio --no-children --sort comm,dso,symbol -g none 2>/dev/null |
+        grep -v '^#' | grep '%' | head -n 60
 }
 
 # In an option loop: dies unless the option ($1) has an argument ($2).

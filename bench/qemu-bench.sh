@@ -51,6 +51,9 @@ usage: sudo $0 [options]
   --modes LIST        subset of: ${ALL_MODES// /,}
   --ops LIST          subset of: ${ALL_OPS// /,}
   --aimfs-opts OPTS   extra -o options for both aimfs mounts (e.g. strict_cache)
+  --profile           perf record the whole VM during round 1's aimfs and aimfs-dr
+                      runs (their figures then include perf's cost); per-process
+                      reports of aimfs and aim-remote in FILE.raw/prof/
   --quick             smoke test: --rounds 1 --size 256M --scale 0.25
   --out FILE          markdown report (default bench/results/qemu-<date>.md); next
                       to it FILE.json and FILE.raw/
@@ -76,6 +79,7 @@ while [[ $# -gt 0 ]]; do
     --ops) need_arg "$@"; OPS_ARG=$2; shift 2 ;;
     --aimfs-opts) need_arg "$@"; AIMFS_OPTS=$2; shift 2 ;;
     --quick) QUICK=1; shift ;;
+    --profile) PROFILE=1; shift ;;
     --out) need_arg "$@"; OUT=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
@@ -147,7 +151,7 @@ trap 'log "terminated (SIGTERM)"; exit 143' TERM
 make_scratch_and_output qemu logs qemu
 rm -f "$RUNS"   # this script keeps its runs as a table
 RUNS="$RAW/runs.tsv"
-printf 'round\tformat\tmode\top\ttarget\tcount\tbytes\tseconds\n' >"$RUNS"
+printf 'round\tformat\tmode\top\ttarget\tcount\tbytes\tseconds\tqemu_cpu_ms\taimfs_cpu_ms\tremote_cpu_ms\tdisk_bytes\n' >"$RUNS"
 
 netns_create
 REMOTE_STATUS=127.0.0.1:9381
@@ -176,6 +180,9 @@ meta target_aimfs "aimfs -o journal=J${AIMFS_OPTS:+,$AIMFS_OPTS} $SCRATCH/b $SCR
 meta target_aimfs_dr "aimfs with [destination dr1] https://127.0.0.1:$RECV_PORT/aim (aim-remote on the same VM, TLS, client certificate, token), in sync before every run"
 meta method "each run: sync, drop_caches, settle (writeback rows), qemu-img bench -f FMT MODE ARGS -c COUNT IMAGE; throughput = count x size / the 'Run completed in' seconds"
 
+DISK=$(disk_of "$SCRATCH")
+meta disk "${DISK:-none (no I/O counters for $(findmnt -no SOURCE -T "$SCRATCH"))}"
+meta costs "per run, not in its time: CPU = qemu-img's (user+system) + the target's daemons' (aimfs; aimfs and aim-remote for aimfs-dr) from before qemu-img starts until, for aimfs-dr, the remote applied everything; disk = bytes written to the scratch directory's block device (/sys/class/block/DEV/stat) from before qemu-img starts until a sync after that (and after the unmount for aimfs); the whole VM's writes, so a quiet VM is assumed"
 log "scratch $SCRATCH ($(findmnt -no FSTYPE -T "$SCRATCH")), results $OUT"
 
 # ---------------------------------------------------------------- images
@@ -197,6 +204,14 @@ sstatus() { inns curl -sf "http://$DR_STATUS/status"; }
 wait_in_sync() { # TIMEOUT_S
     local deadline=$((SECONDS + $1))
     until [[ $(sstatus | jq -r '.in_sync' 2>/dev/null) == true ]]; do
+        ((SECONDS >= deadline)) && return 1
+        sleep 0.2
+    done
+}
+# Until the remote says it applied everything it acknowledged (asked every 2 s).
+wait_applied() { # TIMEOUT_S
+    local deadline=$((SECONDS + $1))
+    until [[ $(sstatus | jq -r '.destinations[0].remote.applied_all' 2>/dev/null) == true ]]; do
         ((SECONDS >= deadline)) && return 1
         sleep 0.2
     done
@@ -227,6 +242,7 @@ if has_target aimfs-dr; then
             "$PKI/ca.pem" "$PKI/client.pem" "$PKI/client.key" "$PKI/token"
     } >"$SCRATCH/dr.conf"
     mount_aimfs "$RAW/logs/aimfs-dr.log" -o "config=$SCRATCH/dr.conf${AIMFS_OPTS:+,$AIMFS_OPTS}" "$SCRATCH/c" "$SCRATCH/mnt-c"
+    DR_PID=$MNT_PID
     log "aimfs-dr: waiting for the initial sync of the images to aim-remote"
     wait_in_sync 900 || { show_log "$RAW/logs/aimfs-dr.log"; die "aimfs-dr not in sync after 900 s"; }
 fi
@@ -244,18 +260,49 @@ run_one() { # ROUND FMT MODE OP TARGET -> RES (for the log)
     [[ $tgt == aimfs ]] && mount_b
     drop_caches
     [[ $mode == writeback-* ]] && settle_memory
+    # What the run costs (not in its time): CPU of qemu-img and of the
+    # target's daemons, bytes written to the disk, through what the run
+    # left behind (shipping, applying, writeback).
+    local daemon="" remote="" d0 r0 ch0 disk0="" qemu_ms aimfs_ms="" remote_ms="" disk_bytes=""
+    case $tgt in aimfs) daemon=$MNT_PID ;; aimfs-dr) daemon=$DR_PID remote=$REMOTE_PID ;; esac
+    d0=$(cpu_ticks "$daemon")
+    r0=$(cpu_ticks "$remote")
+    [[ -n $DISK ]] && disk0=$(disk_written_bytes "$DISK")
+    local prof="$RAW/prof/$tag.perf"
+    if [[ $round == 1 && -n $daemon ]]; then
+        mkdir -p "$RAW/prof"
+        profile_start "$daemon" "$prof"
+    fi
+    children_cpu_ms
+    ch0=$CHILDREN_CPU_MS
     # shellcheck disable=SC2046
     out=$(qemu-img bench -f "$fmt" $(args_of_mode "$mode") $(args_of_op "$op") -c "$count" "$img" 2>&1)
     local rc=$?
+    children_cpu_ms
     printf '%s\n' "$out" >"$RAW/qemu/$tag.txt"
+    if [[ $rc == 0 && $tgt == aimfs-dr ]]; then
+        { wait_in_sync 300 && wait_applied 300; } || log "warning: aimfs-dr not applied 300 s after $tag"
+    fi
+    qemu_ms=$((CHILDREN_CPU_MS - ch0))
+    [[ -n $daemon ]] && aimfs_ms=$((($(cpu_ticks "$daemon") - d0) * 1000 / CLK_TCK))
+    [[ -n $remote ]] && remote_ms=$((($(cpu_ticks "$remote") - r0) * 1000 / CLK_TCK))
+    if [[ -n ${PROF_PID:-} ]]; then
+        profile_stop "$prof"
+        [[ -n $remote ]] && profile_report "$prof" "$remote" >"$prof.remote.txt"
+    fi
     [[ $tgt == aimfs ]] && unmount_b
     [[ $rc == 0 ]] || die "qemu-img bench failed ($tag): $out"
+    if [[ -n $DISK ]]; then
+        sync
+        disk_bytes=$(($(disk_written_bytes "$DISK") - disk0))
+    fi
     secs=$(sed -n 's/^Run completed in \([0-9.]*\) seconds.*/\1/p' <<<"$out")
     [[ -n $secs ]] || die "no 'Run completed' line from qemu-img bench ($tag): $out"
     for m in "${!MOUNTS[@]}"; do
         alive "${MOUNTS[$m]}" || { show_log "$RAW/logs/aimfs.log"; die "aimfs for $m died during $tag"; }
     done
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$fmt" "$mode" "$op" "$tgt" "$count" "$bs" "$secs" >>"$RUNS"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$fmt" "$mode" "$op" "$tgt" "$count" "$bs" "$secs" \
+        "$qemu_ms" "$aimfs_ms" "$remote_ms" "$disk_bytes" >>"$RUNS"
     RES=$("$PY" -c 'import sys; c,b,s=int(sys.argv[1]),int(sys.argv[2]),float(sys.argv[3]); print(f"{c*b/s/1e6:,.0f} MB/s" if b>=1<<20 else f"{c/s:,.0f} IOPS")' "$count" "$bs" "$secs")
 }
 
@@ -293,12 +340,20 @@ meta = dict(l.rstrip("\n").split("\t", 1) for l in open(meta_f) if "\t" in l)
 def val(r):
     c, b, s = int(r["count"]), int(r["bytes"]), float(r["seconds"])
     return c * b / s / 1e6 if b >= 1 << 20 else c / s
-rows, cells = [], {}
+def costs(r):
+    # CPU per request (µs) and, for writes, bytes on the disk per byte written
+    c, b = int(r["count"]), int(r["bytes"])
+    ms = [int(r[k]) for k in ("qemu_cpu_ms", "aimfs_cpu_ms", "remote_cpu_ms") if r.get(k)]
+    cpu = sum(ms) * 1000 / c if ms else None
+    disk = int(r["disk_bytes"]) / (c * b) if r.get("disk_bytes") and "write" in r["op"] else None
+    return cpu, disk
+rows, cells, cost = [], {}, {}
 for r in runs:
     key = (r["format"], r["mode"], r["op"])
     if key not in rows:
         rows.append(key)
     cells.setdefault(key, {}).setdefault(r["target"], {})[int(r["round"])] = val(r)
+    cost.setdefault(key, {}).setdefault(r["target"], []).append(costs(r))
 targets = [t for t in ("direct", "aimfs", "aimfs-dr") if any(t in c for c in cells.values())]
 res = []
 lines = ["# qemu-img bench: an image on the backing filesystem, on aimfs, on aimfs mirroring", "",
@@ -320,14 +375,31 @@ for key in rows:
         med = st.median(v.values())
         ratios = [v[r] / c["direct"][r] for r in v if "direct" in c and r in c["direct"]]
         ratio = st.median(ratios) if ratios else None
-        out[t] = {"median": med, "rounds": v, "ratio": ratio, "ratios": ratios}
+        cpus = [x[0] for x in cost[key][t] if x[0] is not None]
+        disks = [x[1] for x in cost[key][t] if x[1] is not None]
+        out[t] = {"median": med, "rounds": v, "ratio": ratio, "ratios": ratios,
+                  "cpu_us_per_request": st.median(cpus) if cpus else None,
+                  "disk_bytes_per_byte": st.median(disks) if disks else None}
         cols.append(f"{med:,.0f}" + (f" ({ratio:.2f})" if ratio is not None and t != "direct" else ""))
     res.append(out)
     lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {unit} | " + " | ".join(cols) + " |")
+lines += ["", "## What each request costs", "",
+          "Medians over the rounds: CPU time per request in µs (qemu-img and the target's daemons,"
+          " through the mirror's applying), and for writes the bytes written to the disk per byte"
+          " the image was sent (through the writeback after the run). " + meta.get("costs", ""), "",
+          "| image | cache, aio | row | " + " | ".join(f"{t} CPU µs | {t} disk ×" for t in targets) + " |",
+          "|---|---|---|" + "---:|---:|" * len(targets)]
+for o in res:
+    cols = []
+    for t in targets:
+        x = o.get(t) or {}
+        cpu, disk = x.get("cpu_us_per_request"), x.get("disk_bytes_per_byte")
+        cols += [f"{cpu:,.0f}" if cpu is not None else "", f"{disk:.2f}" if disk is not None else ""]
+    lines.append(f"| {o['format']} | {o['mode']} | {o['op']} | " + " | ".join(cols) + " |")
 lines += ["", "Reproduce: `" + meta.get("command", "") + "`", ""]
 lines += ["## Machine and method", ""] + [f"- {k}: {v}" for k, v in meta.items()]
 open(out_md, "w").write("\n".join(lines) + "\n")
 json.dump({"meta": meta, "rows": res}, open(out_json, "w"), indent=1)
-print("\n".join(lines[:len(rows) + 8]))
+print("\n".join(lines[:2 * len(rows) + 14]))
 EOF
 log "report: $OUT"
