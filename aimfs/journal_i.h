@@ -235,7 +235,7 @@ void sealer_stop(struct journal *j);
  * *fsync_failed (if given) when the fsync failed. */
 int sealer_finish_file(int dirfd, int fd, uint64_t number, bool *fsync_failed);
 /* Indexes sealed segment n (dir/NNN.aimj) in the catalog. */
-int sealer_index(struct catalog *cat, const char *dir, uint64_t number);
+int sealer_index(struct catalog *cat, const char *dir, uint64_t number, bool own);
 
 /* Makes every record appended so far durable (the activity log's
  * checkpoints); with the sealer stopped, fsyncs the sealed segments itself.

@@ -484,7 +484,7 @@ int journal_recover(struct journal *j, struct catalog *cat)
 
 		r = catalog_has_segment(cat, sealed.v[i], &has);
 		if (!r && !has)
-			r = sealer_index(cat, j->dir, sealed.v[i]);
+			r = sealer_index(cat, j->dir, sealed.v[i], false);
 	}
 	if (r < 0)
 		goto out;

@@ -108,7 +108,12 @@ static int rewrite_checked(struct journal *j, struct segfile *s)
 	return r;
 }
 
-int sealer_index(struct catalog *cat, const char *dir, uint64_t number)
+/*
+ * Indexes sealed segment number in the catalog.  own: this mount wrote and
+ * sealed it, so its payloads' hashes are not recomputed (seg_view_open_own);
+ * a segment a crashed mount left is checked whole.
+ */
+int sealer_index(struct catalog *cat, const char *dir, uint64_t number, bool own)
 {
 	char name[SEG_FILE_NAME_LEN + 8], path[4200];
 	struct seg_view *v;
@@ -117,7 +122,7 @@ int sealer_index(struct catalog *cat, const char *dir, uint64_t number)
 
 	seg_file_name(number, SEG_FILE_SUFFIX, name);
 	snprintf(path, sizeof path, "%s/%s", dir, name);
-	r = seg_view_open(path, &v, &err);
+	r = own ? seg_view_open_own(path, &v, &err) : seg_view_open(path, &v, &err);
 	if (r < 0) {
 		log_error("segment %s: %s (at byte %" PRIu64 ")", path, err.msg, err.offset);
 		return r;
@@ -165,7 +170,7 @@ static void index_through(struct journal *j, struct catalog *cat, uint64_t *from
 		seg_file_name(n, SEG_FILE_SUFFIX, name);
 		if (faccessat(j->dirfd, name, F_OK, 0) < 0)
 			continue; /* pruned */
-		if (sealer_index(cat, j->dir, n) < 0) {
+		if (sealer_index(cat, j->dir, n, true) < 0) {
 			if (!*from)
 				log_warn("journal %s: segment %" PRIu64 " is not in the catalog yet;"
 					 " it goes in with the next segment that can", j->dir, n);

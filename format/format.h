@@ -182,6 +182,29 @@ int seg_view_new(const void *buf, size_t len, struct seg_view **out, struct seg_
 /* Maps the file at path read-only and validates it as above (-errno on I/O). */
 int seg_view_open(const char *path, struct seg_view **out, struct seg_err *err);
 /*
+ * The same for a segment this process wrote and has not read back since
+ * (the journal's sealer indexing it): everything is checked but the
+ * payloads' hashes, which the writer computed from the very bytes it wrote.
+ * Hashing them again reads every byte through a fresh mapping, which on a
+ * VM whose hypervisor shadows page tables costs a fault per page (about a
+ * third of aimfs's CPU for large writes, measured); whoever reads the
+ * segment next (a destination's shipper, recovery, aimctl) still checks
+ * them.  Not for files others may have placed or changed.
+ */
+int seg_view_open_own(const char *path, struct seg_view **out, struct seg_err *err);
+/*
+ * Opens the file at path for seg_view_open_fd (read-only, never blocking on
+ * a FIFO).  Returns the fd, or -errno with *err filled.
+ */
+int seg_open_file(const char *path, struct seg_err *err);
+/*
+ * seg_view_open for a file the caller opened and keeps open: it can read
+ * the bytes again with pread(fd), which copies them from the page cache,
+ * rather than through the view's mapping, whose pages validation touched
+ * and let go (a shipper streaming a large segment to a socket).
+ */
+int seg_view_open_fd(int fd, struct seg_view **out, struct seg_err *err);
+/*
  * Recovery form for a segment that may be unfinished: walks records until
  * the first one that is invalid or incomplete, which ends the log (a torn
  * tail is expected after a crash, not an error).  The header itself must be

@@ -359,6 +359,7 @@ struct seg_view {
 	struct seg_image *images;
 	struct seg_trailer trailer;
 	bool sealed;
+	bool own;            /* written by this process: payload hashes not recomputed */
 	uint64_t count, last_lsn, digest;
 	size_t records_start, records_end;
 	size_t released;     /* mapped bytes below this were dropped from memory */
@@ -724,7 +725,7 @@ static int walk(struct seg_view *v, bool partial, struct seg_err *err)
 				 count, rec.payload_len);
 			break;
 		}
-		if (seg_payload_hash(rec.payload, rec.payload_len) != rec.payload_hash) {
+		if (!v->own && seg_payload_hash(rec.payload, rec.payload_len) != rec.payload_hash) {
 			r = fail(e, pos, "record %" PRIu64 ": payload checksum mismatch", count);
 			break;
 		}
@@ -765,7 +766,7 @@ static int walk(struct seg_view *v, bool partial, struct seg_err *err)
 	return 0;
 }
 
-static int view_init(const void *buf, size_t len, bool partial, void *map,
+static int view_init(const void *buf, size_t len, bool partial, bool own, void *map,
 		     struct seg_view **out, struct seg_err *err)
 {
 	struct seg_view *v = calloc(1, sizeof *v);
@@ -779,6 +780,7 @@ static int view_init(const void *buf, size_t len, bool partial, void *map,
 	v->len = len;
 	v->map = map;
 	v->map_len = map ? len : 0;
+	v->own = own;
 	v->names = names_new();
 	if (!v->names) {
 		free(v);
@@ -803,52 +805,82 @@ static int view_init(const void *buf, size_t len, bool partial, void *map,
 
 int seg_view_new(const void *buf, size_t len, struct seg_view **out, struct seg_err *err)
 {
-	return view_init(buf, len, false, NULL, out, err);
+	return view_init(buf, len, false, false, NULL, out, err);
 }
 
 int seg_view_new_partial(const void *buf, size_t len, struct seg_view **out,
 			 size_t *valid_len, struct seg_err *err)
 {
-	int r = view_init(buf, len, true, NULL, out, err);
+	int r = view_init(buf, len, true, false, NULL, out, err);
 
 	if (r == 0)
 		*valid_len = (*out)->len;
 	return r;
 }
 
-int seg_view_open(const char *path, struct seg_view **out, struct seg_err *err)
+/* Maps the segment open at fd and validates it; fd stays the caller's. */
+static int view_map(int fd, bool own, struct seg_view **out, struct seg_err *err)
 {
 	struct stat st;
 	void *map;
-	int fd, r;
+	int r;
 
-	/* O_NONBLOCK: a FIFO planted where a segment should be must not hang us. */
-	fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-	if (fd < 0) {
-		r = -errno;
-		fail(err, 0, "cannot open: %s", strerror(errno));
-		return r;
-	}
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-		close(fd);
 		fail(err, 0, "not a regular file");
 		return -EINVAL;
 	}
-	if (st.st_size == 0) {
-		close(fd);
+	if (st.st_size == 0)
 		return fail(err, 0, "empty file");
-	}
 	map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-	r = -errno;
-	close(fd);
 	if (map == MAP_FAILED) {
+		r = -errno;
 		fail(err, 0, "cannot map: %s", strerror(-r));
 		return r;
 	}
-	r = view_init(map, (size_t)st.st_size, false, map, out, err);
+	r = view_init(map, (size_t)st.st_size, false, own, map, out, err);
 	if (r < 0)
 		munmap(map, (size_t)st.st_size);
 	return r;
+}
+
+static int view_open(const char *path, bool own, struct seg_view **out, struct seg_err *err)
+{
+	int fd = seg_open_file(path, err), r;
+
+	if (fd < 0)
+		return fd;
+	r = view_map(fd, own, out, err);
+	close(fd);
+	return r;
+}
+
+int seg_open_file(const char *path, struct seg_err *err)
+{
+	/* O_NONBLOCK: a FIFO planted where a segment should be must not hang us. */
+	int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+
+	if (fd < 0) {
+		int r = -errno;
+
+		fail(err, 0, "cannot open: %s", strerror(-r));
+		return r;
+	}
+	return fd;
+}
+
+int seg_view_open(const char *path, struct seg_view **out, struct seg_err *err)
+{
+	return view_open(path, false, out, err);
+}
+
+int seg_view_open_own(const char *path, struct seg_view **out, struct seg_err *err)
+{
+	return view_open(path, true, out, err);
+}
+
+int seg_view_open_fd(int fd, struct seg_view **out, struct seg_err *err)
+{
+	return view_map(fd, false, out, err);
 }
 
 void seg_view_free(struct seg_view *v)

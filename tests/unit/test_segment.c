@@ -1548,6 +1548,71 @@ static void test_open(void)
 	free(buf);
 }
 
+/*
+ * seg_view_open_own skips only the payloads' hashes: a payload byte changed
+ * passes it (and fails seg_view_open), any other damage fails both.
+ * seg_view_open_fd validates like seg_view_open and leaves fd open.
+ */
+static void test_open_own_and_fd(void)
+{
+	struct seg_header h = base_header();
+	char path[] = "/tmp/test_segment.XXXXXX";
+	struct seg_view *v = NULL;
+	struct seg_err err;
+	struct seg_record r;
+	size_t starts[SMALL_N + 1], len, payload;
+	uint8_t *buf = build(&h, small_recs, SMALL_N, &len, starts);
+	uint8_t byte;
+	int fd = mkstemp(path);
+
+	CHECK(fd >= 0);
+	if (fd < 0) {
+		free(buf);
+		return;
+	}
+	CHECK(pwrite(fd, buf, len, 0) == (ssize_t)len);
+	CHECK_MSG(seg_view_open_own(path, &v, &err) == 0, "%s", err.msg);
+	seg_view_free(v);
+	v = NULL;
+	CHECK_MSG(seg_view_open_fd(fd, &v, &err) == 0, "%s", err.msg);
+	if (v) {
+		CHECK(seg_view_count(v) == SMALL_N && seg_view_size(v) == len);
+		seg_view_free(v);
+		v = NULL;
+	}
+	CHECK(pread(fd, &byte, 1, 0) == 1); /* still open */
+
+	/* the first record's payload: after its header */
+	payload = starts[0] + SEG_RECORD_HEADER;
+	byte = (uint8_t)(buf[payload] ^ 0x40);
+	CHECK(pwrite(fd, &byte, 1, (off_t)payload) == 1);
+	CHECK(seg_view_open(path, &v, &err) == -EBADMSG && strstr(err.msg, "payload checksum"));
+	CHECK(seg_view_open_fd(fd, &v, &err) == -EBADMSG && strstr(err.msg, "payload checksum"));
+	CHECK_MSG(seg_view_open_own(path, &v, &err) == 0, "%s", err.msg);
+	if (v) {
+		CHECK(seg_view_count(v) == SMALL_N);
+		CHECK(seg_view_next(v, &r) == 1 && ((const uint8_t *)r.payload)[0] == byte);
+		seg_view_free(v);
+		v = NULL;
+	}
+
+	/* a record header's byte: the check chain still catches it */
+	CHECK(pwrite(fd, buf + payload, 1, (off_t)payload) == 1);
+	byte = (uint8_t)(buf[starts[1] + 8] ^ 1);
+	CHECK(pwrite(fd, &byte, 1, (off_t)starts[1] + 8) == 1);
+	CHECK(seg_view_open_own(path, &v, &err) == -EBADMSG && strstr(err.msg, "checksum mismatch"));
+	/* and the trailer's */
+	CHECK(pwrite(fd, buf + starts[1] + 8, 1, (off_t)starts[1] + 8) == 1);
+	byte = (uint8_t)(buf[len - 1] ^ 1);
+	CHECK(pwrite(fd, &byte, 1, (off_t)len - 1) == 1);
+	CHECK(seg_view_open_own(path, &v, &err) == -EBADMSG && strstr(err.msg, "trailer"));
+	close(fd);
+	unlink(path);
+	CHECK(seg_view_open_own(path, &v, &err) == -ENOENT && err.msg[0]);
+	CHECK(seg_open_file(path, &err) == -ENOENT && strstr(err.msg, "cannot open"));
+	free(buf);
+}
+
 int main(void)
 {
 	alarm(120);
@@ -1567,5 +1632,6 @@ int main(void)
 	test_partial();
 	test_scale();
 	test_open();
+	test_open_own_and_fd();
 	return check_done("test_segment");
 }
