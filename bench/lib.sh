@@ -300,8 +300,8 @@ default_build() {
 }
 
 # ---------------------------------------------------------------- costs
-# CPU time (user + system, all threads and reaped children) of running
-# processes, in clock ticks; a PID that is gone counts 0.
+# CPU time (user + system, all threads) of running processes, in clock
+# ticks; a PID that is gone counts 0.
 CLK_TCK=$(getconf CLK_TCK)
 cpu_ticks() { # PID... -> ticks
     local pid sum=0 f
@@ -315,9 +315,10 @@ cpu_ticks() { # PID... -> ticks
     echo "$sum"
 }
 # This shell's reaped children's CPU time so far, in ms: bash's `times`, run
-# in this shell (a subshell's counters start at zero), its second line.
+# in this shell (a subshell's counters start at zero), its second line;
+# the locale may print a decimal comma.
 children_cpu_ms() { # -> CHILDREN_CPU_MS
-    local tf="${SCRATCH:-/tmp}/.times.$$" line ms=0 re='([0-9]+)m([0-9]+)\.([0-9]+)s'
+    local tf="${SCRATCH:-/tmp}/.times.$$" line ms=0 re='([0-9]+)m([0-9]+)[.,]([0-9]+)s'
     times >"$tf"
     line=$(tail -n1 "$tf")
     rm -f "$tf"
@@ -330,10 +331,13 @@ children_cpu_ms() { # -> CHILDREN_CPU_MS
 # The block device (whole disk or partition) that holds a directory, if it is
 # one the kernel keeps I/O counters for; empty otherwise (overlay, tmpfs...).
 disk_of() { # DIR -> name under /sys/class/block, or ""
-    local src
+    local src name
     src=$(findmnt -no SOURCE -T "$1" 2>/dev/null) || return 0
-    src=${src#/dev/}
-    [[ -n $src && -r /sys/class/block/$src/stat ]] && echo "$src"
+    src=${src%%\[*} # btrfs: /dev/vda2[/@]
+    [[ -b $src ]] || return 0
+    name=$(lsblk -ndo KNAME "$src" 2>/dev/null) # /dev/mapper/x -> dm-0
+    [[ -n $name && -r /sys/class/block/$name/stat ]] && echo "$name"
+    return 0
 }
 # Bytes written to that device so far (the 7th field counts 512-byte sectors).
 disk_written_bytes() { # NAME

@@ -269,7 +269,7 @@ run_one() { # ROUND FMT MODE OP TARGET -> RES (for the log)
     r0=$(cpu_ticks "$remote")
     [[ -n $DISK ]] && disk0=$(disk_written_bytes "$DISK")
     local prof="$RAW/prof/$tag.perf"
-    if [[ $round == 1 && -n $daemon ]]; then
+    if [[ ${PROFILE:-0} == 1 && $round == 1 && -n $daemon ]]; then
         mkdir -p "$RAW/prof"
         profile_start "$daemon" "$prof"
     fi
@@ -285,7 +285,10 @@ run_one() { # ROUND FMT MODE OP TARGET -> RES (for the log)
     fi
     qemu_ms=$((CHILDREN_CPU_MS - ch0))
     [[ -n $daemon ]] && aimfs_ms=$((($(cpu_ticks "$daemon") - d0) * 1000 / CLK_TCK))
-    [[ -n $remote ]] && remote_ms=$((($(cpu_ticks "$remote") - r0) * 1000 / CLK_TCK))
+    if [[ -n $remote ]]; then
+        alive "$remote" || { show_log "$RAW/logs/aim-remote.log"; die "aim-remote died during $tag"; }
+        remote_ms=$((($(cpu_ticks "$remote") - r0) * 1000 / CLK_TCK))
+    fi
     if [[ -n ${PROF_PID:-} ]]; then
         profile_stop "$prof"
         [[ -n $remote ]] && profile_report "$prof" "$remote" >"$prof.remote.txt"

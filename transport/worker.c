@@ -55,6 +55,7 @@ struct upload {
 	size_t len, pos;
 	struct seg_view *view;   /* data is its mapping: release pages as sent */
 	int fd;                  /* >= 0: data is this file's bytes; pread them */
+	int read_err;            /* why reading fd failed (the transfer was aborted) */
 	char reply[REPLY_MAX];
 	size_t reply_len;
 };
@@ -71,8 +72,12 @@ static size_t read_body(char *buf, size_t size, size_t nitems, void *ctx)
 		 * again would fault every page back in (validation let them go),
 		 * which costs a hypervisor exit per page on VMs that shadow page
 		 * tables.  A sealed segment does not change while it is shipped. */
-		if (fileio_pread_full(pread, u->fd, buf, n, u->pos) != (ssize_t)n)
+		ssize_t got = fileio_pread_full(NULL, u->fd, buf, n, u->pos);
+
+		if (got != (ssize_t)n) {
+			u->read_err = got < 0 ? (int)-got : EIO; /* short: the file shrank */
 			return CURL_READFUNC_ABORT;
+		}
 	} else {
 		memcpy(buf, u->data + u->pos, n);
 	}
@@ -119,6 +124,10 @@ static enum outcome classify(struct dest *d, CURLcode cc, long status, const str
 {
 	char why[200];
 
+	if (u->read_err) {
+		dest_set_error(d, "reading the segment to send it: %s", strerror(u->read_err));
+		return SHIP_RETRY;
+	}
 	if (cc != CURLE_OK && status < 400) {
 		/* Network and TLS failures are retried, TLS ones included: a
 		 * certificate can be fixed on the remote without touching the
@@ -225,7 +234,7 @@ static enum outcome put(struct dest *d, CURL *c, struct curl_slist *headers[2], 
 		d->retry_after_ns = BACKOFF_MAX_NS;
 	/* No final answer (at most a 100 Continue), and the request may have
 	 * gone out (not a failure to connect): the receiver may hold it. */
-	d->unanswered = cc != CURLE_OK && status < 200 && cc != CURLE_COULDNT_CONNECT &&
+	d->unanswered = cc != CURLE_OK && status < 200 && !u.read_err && cc != CURLE_COULDNT_CONNECT &&
 			cc != CURLE_COULDNT_RESOLVE_HOST && cc != CURLE_COULDNT_RESOLVE_PROXY;
 	return classify(d, cc, status, &u, errbuf);
 }

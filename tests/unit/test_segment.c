@@ -1581,6 +1581,17 @@ static void test_open_own_and_fd(void)
 		v = NULL;
 	}
 	CHECK(pread(fd, &byte, 1, 0) == 1); /* still open */
+	{
+		int fd2 = seg_open_file(path, &err);
+
+		CHECK(fd2 >= 0);
+		if (fd2 >= 0) {
+			CHECK_MSG(seg_view_open_fd(fd2, &v, &err) == 0, "%s", err.msg);
+			seg_view_free(v);
+			v = NULL;
+			close(fd2);
+		}
+	}
 
 	/* the first record's payload: after its header */
 	payload = starts[0] + SEG_RECORD_HEADER;
@@ -1600,7 +1611,8 @@ static void test_open_own_and_fd(void)
 	CHECK(pwrite(fd, buf + payload, 1, (off_t)payload) == 1);
 	byte = (uint8_t)(buf[starts[1] + 8] ^ 1);
 	CHECK(pwrite(fd, &byte, 1, (off_t)starts[1] + 8) == 1);
-	CHECK(seg_view_open_own(path, &v, &err) == -EBADMSG && strstr(err.msg, "checksum mismatch"));
+	CHECK(seg_view_open_own(path, &v, &err) == -EBADMSG &&
+	      strstr(err.msg, "record 1: checksum mismatch"));
 	/* and the trailer's */
 	CHECK(pwrite(fd, buf + starts[1] + 8, 1, (off_t)starts[1] + 8) == 1);
 	byte = (uint8_t)(buf[len - 1] ^ 1);
