@@ -102,9 +102,12 @@ static void print_destination(json_t *d)
 	if (json_is_object(json_object_get(d, "remote"))) {
 		json_t *r = json_object_get(d, "remote");
 
-		printf("  remote       %s, applied LSN %lld%s%s%s\n", str(r, "state"),
+		/* What the remote said when last asked (every 2 s): it may
+		 * predate the acknowledgement printed above. */
+		printf("  remote       %s, applied LSN %lld%s, asked at %s%s%s\n", str(r, "state"),
 		       num(r, "applied_lsn"), json_is_true(json_object_get(r, "applied_all"))
 						  ? " (all it acknowledged)" : " (behind what it acknowledged)",
+		       str(r, "asked_at"),
 		       json_is_string(json_object_get(r, "error")) ? ": " : "",
 		       json_is_string(json_object_get(r, "error")) ? str(r, "error") : "");
 	}
