@@ -201,21 +201,16 @@ sync
 
 # ---------------------------------------------------------------- mounts
 sstatus() { inns curl -sf "http://$DR_STATUS/status"; }
-wait_in_sync() { # TIMEOUT_S
-    local deadline=$((SECONDS + $1))
-    until [[ $(sstatus | jq -r '.in_sync' 2>/dev/null) == true ]]; do
+wait_status() { # JQ_FILTER TIMEOUT_S: until the source's /status says true
+    local deadline=$((SECONDS + $2))
+    until [[ $(sstatus | jq -r "$1" 2>/dev/null) == true ]]; do
         ((SECONDS >= deadline)) && return 1
         sleep 0.2
     done
 }
+wait_in_sync() { wait_status '.in_sync' "$1"; } # TIMEOUT_S
 # Until the remote says it applied everything it acknowledged (asked every 2 s).
-wait_applied() { # TIMEOUT_S
-    local deadline=$((SECONDS + $1))
-    until [[ $(sstatus | jq -r '.destinations[0].remote.applied_all' 2>/dev/null) == true ]]; do
-        ((SECONDS >= deadline)) && return 1
-        sleep 0.2
-    done
-}
+wait_applied() { wait_status '.destinations[0].remote.applied_all' "$1"; } # TIMEOUT_S
 # (b) keeps every segment (no destination): it is mounted for each run and its
 # segments are deleted after the unmount, as fs-bench.sh does.
 mount_b() { mount_aimfs "$RAW/logs/aimfs.log" -o "journal=$SCRATCH/j-b,status=off${AIMFS_OPTS:+,$AIMFS_OPTS}" "$SCRATCH/b" "$SCRATCH/mnt-b"; }

@@ -54,7 +54,7 @@ struct upload {
 	const uint8_t *data;
 	size_t len, pos;
 	struct seg_view *view;   /* data is its mapping: release pages as sent */
-	int fd;                  /* >= 0: data is this file's bytes; pread them */
+	int fd;                  /* >= 0 (then no view): data is this file's bytes; pread them */
 	int read_err;            /* why reading fd failed (the transfer was aborted) */
 	char reply[REPLY_MAX];
 	size_t reply_len;
@@ -80,10 +80,10 @@ static size_t read_body(char *buf, size_t size, size_t nitems, void *ctx)
 		}
 	} else {
 		memcpy(buf, u->data + u->pos, n);
+		if (u->view)
+			seg_view_release(u->view, u->pos + n);
 	}
 	u->pos += n;
-	if (u->view)
-		seg_view_release(u->view, u->pos);
 	return n;
 }
 
@@ -344,10 +344,10 @@ static enum outcome ship(struct dest *d, CURL *c, struct curl_slist *headers[2],
 		packed = maybe_compress(body, len, &plen);
 	if (sd)
 		o = s3_dest_put(sd, n, body, len, packed, plen);
-	else
+	else /* the file as it is: sent from it with pread */
 		o = put(d, c, headers, file, packed ? packed : body, packed ? plen : len,
-			packed != NULL, body == seg_view_bytes(v) && !packed ? v : NULL,
-			body == seg_view_bytes(v) && !packed ? fd : -1, errbuf);
+			packed != NULL, NULL, body == seg_view_bytes(v) && !packed ? fd : -1,
+			errbuf);
 	*sent = packed ? plen : len;
 	pthread_mutex_lock(&d->t->lock);
 	d->bytes_raw += len;
