@@ -205,6 +205,29 @@ int seg_open_file(const char *path, struct seg_err *err);
  */
 int seg_view_open_fd(int fd, struct seg_view **out, struct seg_err *err);
 /*
+ * Checking payloads as a segment streams in.  A receiver that writes a
+ * segment to a file as its bytes arrive feeds them, in order, to a
+ * precheck, which finds the records and hashes each payload from the
+ * receiver's own buffers; seg_view_new_prechecked then validates the
+ * stored file without reading the payloads again (through a fresh mapping
+ * that costs a fault per page on some VMs).  The precheck applies no
+ * rule of its own: the walk still checks everything else, and anything
+ * the precheck could not follow or found wrong makes it the full
+ * seg_view_new, with its result and message.
+ */
+struct seg_precheck;
+struct seg_precheck *seg_precheck_new(void); /* NULL if out of memory */
+void seg_precheck_feed(struct seg_precheck *p, const void *buf, size_t len); /* p NULL: no-op */
+void seg_precheck_free(struct seg_precheck *p);
+/* Feeds p bytes [0, len) of the file open at fd, read with pread into a
+ * small buffer (up to the trailer: what follows it only counts).  Returns
+ * 0, or -errno (-ENODATA if the file is shorter). */
+int seg_precheck_read(struct seg_precheck *p, int fd, uint64_t len);
+/* seg_view_new for buf[0..len), which must be exactly the bytes fed to p
+ * (p may be NULL: then it is seg_view_new). */
+int seg_view_new_prechecked(const void *buf, size_t len, const struct seg_precheck *p,
+			    struct seg_view **out, struct seg_err *err);
+/*
  * Recovery form for a segment that may be unfinished: walks records until
  * the first one that is invalid or incomplete, which ends the log (a torn
  * tail is expected after a crash, not an error).  The header itself must be

@@ -20,6 +20,6 @@ mkdir -p "$out"
     -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
     -std=gnu11 -Wall -Wextra -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 \
     -I"$root/format" -I"$root/common" ${CFLAGS:-} \
-    "$here/fuzz_segment.c" "$root/format/segment.c" "$root/format/names.c" \
+    "$here/fuzz_segment.c" "$root/format/segment.c" "$root/format/precheck.c" "$root/format/names.c" \
     "$root/common/log.c" "$root/common/clock.c" -lxxhash -o "$out/fuzz_segment"
 echo "fuzz/build.sh: built $out/fuzz_segment"

@@ -12,7 +12,8 @@
  * decode again to itself; a valid segment must be left unchanged by
  * resealing and has exactly one encoding (the encoder, fed what the
  * decoder read, gives back every byte); iteration must yield exactly the
- * counted records.
+ * counted records; and a precheck fed the bytes as they would stream in
+ * leads to the strict decoder's very answer and message.
  *
  * Build and run with fuzz/build.sh and fuzz/run.sh.
  */
@@ -201,6 +202,29 @@ static void reencode(struct seg_view *v, const uint8_t *buf, size_t len)
 	seg_view_rewind(v);
 }
 
+/* seg_view_new_prechecked, the bytes fed in pieces of the size the input's
+ * last byte picks, must answer as seg_view_new did. */
+static void prechecked(const uint8_t *buf, size_t len, int strict, const struct seg_view *v,
+		       const struct seg_err *serr)
+{
+	struct seg_precheck *pc = seg_precheck_new();
+	size_t piece = len ? (size_t)buf[len - 1] * 61 + 1 : 1;
+	struct seg_view *w = NULL;
+	struct seg_err err;
+
+	REQUIRE(pc != NULL);
+	for (size_t at = 0; at < len; at += piece)
+		seg_precheck_feed(pc, buf + at, len - at < piece ? len - at : piece);
+	REQUIRE(seg_view_new_prechecked(buf, len, pc, &w, &err) == strict);
+	if (strict == 0)
+		REQUIRE(seg_view_count(w) == seg_view_count(v) &&
+			seg_view_digest(w) == seg_view_digest(v));
+	else
+		REQUIRE(strcmp(err.msg, serr->msg) == 0 && err.offset == serr->offset);
+	seg_view_free(w);
+	seg_precheck_free(pc);
+}
+
 static void check(const uint8_t *buf, size_t len)
 {
 	struct seg_view *v = NULL, *p = NULL, *q = NULL;
@@ -218,6 +242,7 @@ static void check(const uint8_t *buf, size_t len)
 		REQUIRE(err.msg[0] != '\0');
 		REQUIRE(err.offset <= len);
 	}
+	prechecked(buf, len, strict, v, &err);
 	partial = seg_view_new_partial(buf, len, &p, &valid, &err);
 	if (partial == 0) {
 		REQUIRE(valid <= len && seg_view_size(p) == valid);

@@ -40,6 +40,7 @@ void inbox_file_close(struct inbox_file *f)
 int inbox_open(int dirfd, const char *name, struct inbox_file *f, char *why, size_t whylen)
 {
 	static const uint8_t empty[1];
+	struct seg_precheck *pc = NULL;
 	struct seg_err e;
 	struct stat st;
 	int fd, r;
@@ -67,8 +68,16 @@ int inbox_open(int dirfd, const char *name, struct inbox_file *f, char *why, siz
 			return r;
 		}
 	}
+	/* the payloads hashed from pread, not through the new mapping, whose
+	 * pages the apply touches once more anyway (format.h, precheck) */
+	pc = seg_precheck_new();
+	if (pc && seg_precheck_read(pc, fd, f->len) < 0) {
+		seg_precheck_free(pc);
+		pc = NULL;
+	}
 	close(fd);
-	r = seg_view_new(f->len ? f->map : empty, f->len, &f->v, &e);
+	r = seg_view_new_prechecked(f->len ? f->map : empty, f->len, pc, &f->v, &e);
+	seg_precheck_free(pc);
 	if (r < 0) {
 		snprintf(why, whylen, "not a valid segment: %s (at byte %" PRIu64 ")", e.msg,
 			 e.offset);

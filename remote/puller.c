@@ -420,30 +420,26 @@ static int validate(int fd, uint64_t size, const uint8_t gid[16], uint64_t numbe
 {
 	struct seg_view *v;
 	struct seg_err e;
-	void *m;
-	int r = 0;
+	int r;
 
 	if (!size) {
 		snprintf(why, whylen, "it is empty");
 		return -EBADMSG;
 	}
-	m = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
-	if (m == MAP_FAILED) {
-		snprintf(why, whylen, "cannot map it: %s", strerror(errno));
-		return -errno;
-	}
-	if (seg_view_new(m, size, &v, &e) < 0) {
+	r = seg_view_open_fd(fd, &v, &e);
+	if (r == -EBADMSG) {
 		snprintf(why, whylen, "not a valid segment: %s (at byte %" PRIu64 ")", e.msg, e.offset);
-		r = -EBADMSG;
-	} else {
-		if (memcmp(seg_view_header(v)->group, gid, 16) != 0 ||
-		    seg_view_header(v)->number != number) {
-			snprintf(why, whylen, "it is another group's or another number's");
-			r = -EBADMSG;
-		}
-		seg_view_free(v);
+		return r;
 	}
-	munmap(m, size);
+	if (r < 0) {
+		snprintf(why, whylen, "cannot read it: %s", e.msg);
+		return r;
+	}
+	if (memcmp(seg_view_header(v)->group, gid, 16) != 0 || seg_view_header(v)->number != number) {
+		snprintf(why, whylen, "it is another group's or another number's");
+		r = -EBADMSG;
+	}
+	seg_view_free(v);
 	return r;
 }
 

@@ -189,6 +189,8 @@ struct upload {
 	void *zbuf;
 	size_t zbuf_len;
 	size_t zlast;      /* last ZSTD_decompressStream result: 0 at a frame end */
+	struct seg_precheck *pre; /* hashes the payloads as they are stored (NULL:
+				   * out of memory, the stored file is checked whole) */
 	uint64_t raw, size, dropped;
 	char peer[64];
 	char url[160];     /* printable copy, for messages */
@@ -822,6 +824,7 @@ static int start_upload(struct receiver *rx, struct MHD_Connection *conn, struct
 		return -errno;
 	}
 	u->tmp_live = true;
+	u->pre = seg_precheck_new();
 	return 0;
 }
 
@@ -843,6 +846,7 @@ static int write_out(struct receiver *rx, struct upload *u, const void *data, si
 		u->room_at = u->size + n + ROOM_STEP;
 	}
 	u->size += n;
+	seg_precheck_feed(u->pre, p, n);
 	while (n) {
 		ssize_t w = write(u->fd, p, n);
 
@@ -1129,7 +1133,9 @@ static void finish(struct receiver *rx, struct upload *u)
 			return;
 		}
 	}
-	r = seg_view_new(m ? m : (void *)"", u->size, &v, &e);
+	/* the payloads were hashed on their way into the file: not again
+	 * through the mapping (the applier checks the inbox file whole) */
+	r = seg_view_new_prechecked(m ? m : (void *)"", u->size, u->pre, &v, &e);
 	if (r < 0) {
 		decide(u, 422, "not a valid segment: %s (at byte %" PRIu64 ")", e.msg, e.offset);
 		goto out;
@@ -1528,6 +1534,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
 	release_slot(rx, u);
 	ZSTD_freeDStream(u->zs);
 	free(u->zbuf);
+	seg_precheck_free(u->pre);
 	free(u);
 	*req_cls = NULL;
 }

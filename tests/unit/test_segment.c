@@ -699,6 +699,55 @@ static void test_empty(void)
 	free(buf);
 }
 
+/* ---- the precheck agrees with the full check ---- */
+
+/*
+ * For any bytes, a precheck fed them (in pieces of every size that
+ * matters: one byte, odd ones, a record header's, all at once) and then
+ * seg_view_new_prechecked must give what seg_view_new gives: the same
+ * answer, message and blamed offset, or the same records and digest.
+ */
+static void same_as_full(const uint8_t *buf, size_t len, const char *what)
+{
+	static const size_t pieces[] = { 1, 7, 64, 4095, SIZE_MAX };
+	struct seg_view *full = NULL;
+	struct seg_err ferr, perr;
+	int fr;
+
+	memset(&ferr, 0, sizeof ferr);
+	fr = seg_view_new(buf, len, &full, &ferr);
+	for (size_t i = 0; i < sizeof pieces / sizeof pieces[0]; i++) {
+		struct seg_precheck *p = seg_precheck_new();
+		struct seg_view *v = NULL;
+		int r;
+
+		CHECK(p != NULL);
+		if (!p)
+			break;
+		for (size_t at = 0; at < len;) {
+			size_t n = len - at < pieces[i] ? len - at : pieces[i];
+
+			seg_precheck_feed(p, buf + at, n);
+			at += n;
+		}
+		memset(&perr, 0, sizeof perr);
+		r = seg_view_new_prechecked(buf, len, p, &v, &perr);
+		CHECK_MSG(r == fr, "%s, pieces of %zu: prechecked %d, full %d", what, pieces[i], r, fr);
+		if (r < 0 && fr < 0)
+			CHECK_MSG(strcmp(perr.msg, ferr.msg) == 0 && perr.offset == ferr.offset,
+				  "%s, pieces of %zu: \"%s\" at %" PRIu64 ", full: \"%s\" at %" PRIu64,
+				  what, pieces[i], perr.msg, perr.offset, ferr.msg, ferr.offset);
+		if (r == 0 && fr == 0)
+			CHECK_MSG(seg_view_count(v) == seg_view_count(full) &&
+				  seg_view_digest(v) == seg_view_digest(full) &&
+				  seg_view_size(v) == seg_view_size(full),
+				  "%s, pieces of %zu: a different view", what, pieces[i]);
+		seg_view_free(v);
+		seg_precheck_free(p);
+	}
+	seg_view_free(full);
+}
+
 /* ---- blind damage ---- */
 
 /* A small multi-record segment, and where each of its parts starts. */
@@ -731,6 +780,7 @@ static void check_damaged(const uint8_t *buf, size_t len, const size_t *starts, 
 	int k = part_of(starts, n, damaged_at);
 	int r;
 
+	same_as_full(buf, len, what);
 	memset(&err, 0, sizeof err);
 	r = seg_view_new(buf, len, &v, &err);
 	CHECK_MSG(r == -EBADMSG && v == NULL, "%s: accepted", what);
@@ -804,6 +854,7 @@ static void test_truncation(void)
 		int whole = 0, r;
 
 		memcpy(copy, buf, cut);
+		same_as_full(copy, cut, "truncated");
 		memset(&err, 0, sizeof err);
 		r = seg_view_new(copy, cut, &v, &err);
 		CHECK_MSG(r == -EBADMSG && err.msg[0], "cut at %zu accepted", cut);
@@ -855,6 +906,7 @@ static void test_appended(void)
 			memcpy(copy + len, buf + len - SEG_TRAILER_SIZE, SEG_TRAILER_SIZE);
 		else if (i == 7) /* two segments back to back */
 			memcpy(copy + len, buf, len);
+		same_as_full(copy, len + add, "appended");
 		CHECK(seg_view_new(copy, len + add, &v, &err) == -EBADMSG);
 		CHECK_MSG(strstr(err.msg, "stray bytes after the trailer"), "%s", err.msg);
 		CHECK(err.offset == len - SEG_TRAILER_SIZE);
@@ -879,6 +931,7 @@ static void expect_refused(uint8_t *buf, size_t len, const char *what, const cha
 	struct seg_err err;
 	int r;
 
+	same_as_full(buf, len, what);
 	memset(&err, 0, sizeof err);
 	r = seg_view_new(buf, len, &v, &err);
 	CHECK_MSG(r == -EBADMSG, "%s: accepted", what);
@@ -1625,6 +1678,165 @@ static void test_open_own_and_fd(void)
 	free(buf);
 }
 
+/*
+ * What the precheck saves and what it does not trust: the payloads it
+ * hashed are not hashed again (so a byte changed after it was fed is not
+ * seen: the receiver feeds it the very bytes it stores), a payload it saw
+ * damaged is refused as the full check refuses it, and bytes other than
+ * the ones it was fed, or only part of them, get the full check.
+ */
+static void test_precheck(void)
+{
+	struct seg_header h = base_header();
+	size_t starts[SMALL_N + 1], len, olen, payload;
+	uint8_t *buf = build(&h, small_recs, SMALL_N, &len, starts);
+	uint8_t *copy = malloc(len);
+	struct seg_precheck *p = seg_precheck_new();
+	struct seg_view *v = NULL;
+	struct seg_err err;
+	uint8_t *other;
+
+	CHECK(p && copy);
+	if (!p || !copy)
+		goto out;
+	same_as_full(buf, len, "intact");
+	payload = starts[0] + SEG_RECORD_HEADER;
+	memcpy(copy, buf, len);
+	seg_precheck_feed(p, copy, len);
+	copy[payload] ^= 0x40; /* after it was fed */
+	CHECK(seg_view_new(copy, len, &v, &err) == -EBADMSG && strstr(err.msg, "payload checksum"));
+	CHECK_MSG(seg_view_new_prechecked(copy, len, p, &v, &err) == 0, "%s", err.msg);
+	if (v) {
+		CHECK(seg_view_count(v) == SMALL_N && seg_view_sealed(v));
+		seg_view_free(v);
+		v = NULL;
+	}
+	/* fed the damage: refused, at the record */
+	seg_precheck_free(p);
+	p = seg_precheck_new();
+	CHECK(p != NULL);
+	if (!p)
+		goto out;
+	seg_precheck_feed(p, copy, len);
+	CHECK(seg_view_new_prechecked(copy, len, p, &v, &err) == -EBADMSG &&
+	      strstr(err.msg, "record 0: payload checksum mismatch") && err.offset == starts[0]);
+	/* fed part of the bytes: the full check */
+	seg_precheck_free(p);
+	p = seg_precheck_new();
+	CHECK(p != NULL);
+	if (!p)
+		goto out;
+	seg_precheck_feed(p, buf, len - 1);
+	CHECK(seg_view_new_prechecked(copy, len, p, &v, &err) == -EBADMSG &&
+	      strstr(err.msg, "payload checksum"));
+	/* fed another segment: the full check of the one given */
+	other = build(&h, small_recs + 1, SMALL_N - 1, &olen, NULL);
+	seg_precheck_free(p);
+	p = seg_precheck_new();
+	CHECK(p != NULL && other != NULL);
+	if (!p || !other) {
+		free(other);
+		goto out;
+	}
+	seg_precheck_feed(p, other, olen);
+	CHECK(olen < len);
+	CHECK(seg_view_new_prechecked(copy, len, p, &v, &err) == -EBADMSG);
+	/* fed a segment laid out as the one given, but whose last payload (the
+	 * MARK's label) differs and is sealed as such: the walk's records do
+	 * not say what the precheck hashed, so the damaged one is refused */
+	memcpy(copy, other, olen);
+	copy[olen - SEG_TRAILER_SIZE - 1] = 'n';
+	reseal(copy, olen);
+	seg_precheck_free(p);
+	p = seg_precheck_new();
+	if (p) {
+		seg_precheck_feed(p, copy, olen);
+		CHECK_MSG(seg_view_new_prechecked(copy, olen, p, &v, &err) == 0, "%s", err.msg);
+		seg_view_free(v);
+		v = NULL;
+		memcpy(copy, other, olen);
+		copy[olen - SEG_TRAILER_SIZE - 1] = 'n';
+		CHECK(seg_view_new_prechecked(copy, olen, p, &v, &err) == -EBADMSG &&
+		      strstr(err.msg, "payload checksum"));
+	}
+	free(other);
+	/* no precheck at all */
+	CHECK(seg_view_new_prechecked(buf, len, NULL, &v, &err) == 0);
+	seg_view_free(v);
+out:
+	seg_precheck_free(p);
+	free(copy);
+	free(buf);
+}
+
+/* A file opened as a segment is judged as the same bytes in memory are:
+ * the file's payloads are hashed from pread before the mapped walk, so
+ * every kind of damage must still get the same answer, message and
+ * offset.  Each inverted byte, each truncation, a few appended bytes. */
+static void open_as_memory(int fd, const uint8_t *buf, size_t len, const char *what)
+{
+	struct seg_view *fv = NULL, *mv = NULL;
+	struct seg_err ferr, merr;
+	int fr, mr;
+
+	CHECK(ftruncate(fd, 0) == 0 && pwrite(fd, buf, len, 0) == (ssize_t)len);
+	memset(&ferr, 0, sizeof ferr);
+	memset(&merr, 0, sizeof merr);
+	fr = seg_view_open_fd(fd, &fv, &ferr);
+	mr = seg_view_new(buf, len, &mv, &merr);
+	if (len == 0) /* an empty file is refused before it is read */
+		CHECK(fr == -EBADMSG && strstr(ferr.msg, "empty"));
+	else
+		CHECK_MSG(fr == mr && strcmp(ferr.msg, merr.msg) == 0 && ferr.offset == merr.offset,
+			  "%s: file %d \"%s\" at %" PRIu64 ", memory %d \"%s\" at %" PRIu64, what,
+			  fr, ferr.msg, ferr.offset, mr, merr.msg, merr.offset);
+	if (fr == 0 && mr == 0)
+		CHECK(seg_view_count(fv) == seg_view_count(mv) &&
+		      seg_view_digest(fv) == seg_view_digest(mv));
+	seg_view_free(fv);
+	seg_view_free(mv);
+}
+
+static void test_open_same_as_memory(void)
+{
+	struct seg_header h = base_header();
+	char path[] = "/tmp/test_segment.XXXXXX";
+	size_t starts[SMALL_N + 1], len;
+	uint8_t *buf = build(&h, small_recs, SMALL_N, &len, starts);
+	uint8_t *copy = calloc(1, len + 64);
+	struct seg_precheck *p = seg_precheck_new();
+	char what[64];
+	int fd = mkstemp(path);
+
+	CHECK(fd >= 0 && copy && p);
+	if (fd < 0 || !copy || !p)
+		goto out;
+	open_as_memory(fd, buf, len, "intact");
+	for (size_t i = 0; i < len; i++) {
+		memcpy(copy, buf, len);
+		copy[i] = (uint8_t)~copy[i];
+		snprintf(what, sizeof what, "inverted byte %zu", i);
+		open_as_memory(fd, copy, len, what);
+	}
+	for (size_t cut = 0; cut < len; cut += 7) {
+		snprintf(what, sizeof what, "cut at %zu", cut);
+		open_as_memory(fd, buf, cut, what);
+	}
+	memcpy(copy, buf, len);
+	open_as_memory(fd, copy, len + 64, "64 bytes appended");
+	/* a file shorter than it is said to be, before its trailer */
+	CHECK(ftruncate(fd, (off_t)(len / 2)) == 0);
+	CHECK(seg_precheck_read(p, fd, len) == -ENODATA);
+out:
+	seg_precheck_free(p);
+	if (fd >= 0) {
+		close(fd);
+		unlink(path);
+	}
+	free(copy);
+	free(buf);
+}
+
 int main(void)
 {
 	alarm(120);
@@ -1645,5 +1857,7 @@ int main(void)
 	test_scale();
 	test_open();
 	test_open_own_and_fd();
+	test_precheck();
+	test_open_same_as_memory();
 	return check_done("test_segment");
 }
