@@ -14,6 +14,11 @@
  *                 like aimfs over a recycled file, zeros complete the page
  *                 the record ends in (else each record waits for a read of
  *                 that page when it is not cached)
+ *   overlap       buffered, but the image's write is submitted to an io_uring
+ *                 before the journal's copy and waited for after it, so the
+ *                 device works while the CPU copies (the order aimfs would
+ *                 need for it: the image may then hold a write the journal
+ *                 does not, until the copy ends)
  *   odirect       the same with the journal opened O_DIRECT; the header
  *                 takes a 4 KiB block of its own so that the payload is
  *                 aligned (the padding a format for it would need)
@@ -40,6 +45,7 @@
 #endif
 #include <errno.h>
 #include <fcntl.h>
+#include <liburing.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -62,11 +68,13 @@ struct mode {
 	bool ring;        /* the journal is a pre-written ring, else it grows */
 	bool sync;        /* an fdatasync after each request */
 	bool falloc;      /* a journal file that grows is fallocated whole first */
+	bool overlap;     /* the image's write runs on an io_uring during the copy */
 };
 
 static const struct mode modes[] = {
 	{ .name = "direct", .ring = true },
 	{ .name = "buffered", .journal = true, .ring = true },
+	{ .name = "overlap", .journal = true, .ring = true, .overlap = true },
 	{ .name = "odirect", .journal = true, .journal_odirect = true, .ring = true },
 	{ .name = "append", .journal = true },
 	{ .name = "direct-sync", .ring = true, .sync = true },
@@ -145,9 +153,12 @@ static double run(const struct mode *m, const struct paths *p, size_t size, doub
 	uint64_t done = 0;
 	off_t ioff = 0, joff = 0;
 	double start, end, mbs;
+	struct io_uring ring;
 
 	if (img < 0)
 		die(p->image);
+	if (m->overlap && (errno = -io_uring_queue_init(4, &ring, 0)) != 0)
+		die("io_uring_queue_init");
 	if (m->journal && m->ring) {
 		jfd = open(p->ring, O_WRONLY | (m->journal_odirect ? O_DIRECT : 0));
 		if (jfd < 0)
@@ -162,6 +173,13 @@ static double run(const struct mode *m, const struct paths *p, size_t size, doub
 			struct iovec iov[3] = { { header, hbytes }, { recv, size }, { zeros, 0 } };
 
 			memcpy(recv, guest, size);
+			if (m->overlap) {
+				struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+
+				io_uring_prep_write(sqe, img, recv, (unsigned)size, (uint64_t)ioff);
+				if (io_uring_submit(&ring) != 1)
+					die("io_uring_submit");
+			}
 			if (joff + (off_t)(record + ALIGN) > limit) {
 				joff = 0;
 				if (!m->ring) {
@@ -175,8 +193,19 @@ static double run(const struct mode *m, const struct paths *p, size_t size, doub
 				die("writing the journal");
 			joff += (off_t)record;
 		}
-		if (pwrite(img, m->journal ? recv : guest, size, ioff) != (ssize_t)size)
+		if (m->overlap) {
+			struct io_uring_cqe *cqe;
+
+			if ((errno = -io_uring_wait_cqe(&ring, &cqe)) != 0)
+				die("io_uring_wait_cqe");
+			if (cqe->res != (int)size) {
+				errno = cqe->res < 0 ? -cqe->res : EIO;
+				die("writing the image");
+			}
+			io_uring_cqe_seen(&ring, cqe);
+		} else if (pwrite(img, m->journal ? recv : guest, size, ioff) != (ssize_t)size) {
 			die("writing the image");
+		}
 		if (m->sync && fdatasync(m->journal ? jfd : img) < 0)
 			die("fdatasync");
 		ioff = (ioff + (off_t)size) % (off_t)FILE_BYTES;
@@ -187,6 +216,8 @@ static double run(const struct mode *m, const struct paths *p, size_t size, doub
 	if (jfd >= 0 && fsync(jfd) < 0)
 		die("fsync journal");
 	mbs = (double)done / 1e6 / (now() - start);
+	if (m->overlap)
+		io_uring_queue_exit(&ring);
 	close(img);
 	if (jfd >= 0)
 		close(jfd);
@@ -224,7 +255,7 @@ int main(int argc, char **argv)
 
 	if (argc != 6) {
 		fprintf(stderr, "usage: journal-path-bench DIR SIZE_KIB SECONDS ROUNDS MODE[,MODE...]\n"
-				"modes: direct buffered odirect append direct-sync ring-sync append-sync"
+				"modes: direct buffered overlap odirect append direct-sync ring-sync append-sync"
 				" falloc-sync\n");
 		return 2;
 	}
