@@ -120,11 +120,17 @@ int apply_fsync_fd(int fd)
 
 /* ---- data records ---- */
 
-/* Names what a data record acts on, for messages. */
+/* Names what a data record acts on, for messages; and where its payload
+ * is read from, if not from the view. */
 struct data_ctx {
 	const char *image; /* NULL when unknown (apply_record_data) */
 	const char *path;  /* the target's path, or a generic word */
+	struct payload_source *src; /* NULL: from the view */
 };
+
+/* Bytes read from a payload source at a time: the buffer stays in the
+ * CPU's cache between the read and the write. */
+#define SOURCE_CHUNK (256u << 10)
 
 static int dfail(const struct data_ctx *c, char *err, size_t errlen, int rc, const char *fmt, ...)
 	__attribute__((format(printf, 5, 6)));
@@ -272,9 +278,42 @@ static const char *beyond_device(const struct seg_record *rec, uint64_t size)
 	}
 }
 
+/*
+ * A WRITE's payload copied from the source file into the target, chunk by
+ * chunk.  Returns 0, or -errno with *reading telling which side failed.
+ */
+static int write_from_source(int fd, struct payload_source *s, const struct seg_record *rec,
+			     bool *reading)
+{
+	uint64_t from = (uint64_t)((const uint8_t *)rec->payload - s->base), done = 0;
+
+	if (!s->buf && !(s->buf = malloc(SOURCE_CHUNK)))
+		return -ENOMEM;
+	while (done < rec->length) {
+		size_t n = rec->length - done < SOURCE_CHUNK ? (size_t)(rec->length - done)
+							     : SOURCE_CHUNK;
+		ssize_t got = fileio_pread_full(apply_io.pread_fn, s->fd, s->buf, n, from + done);
+		int r;
+
+		*reading = true;
+		if (got < 0)
+			return (int)got;
+		if ((size_t)got < n)
+			return -ENODATA; /* the segment file is shorter than its view */
+		*reading = false;
+		r = fileio_pwrite_full(apply_io.pwrite_fn, fd, s->buf, n, rec->offset + done);
+		if (r < 0)
+			return r;
+		done += n;
+	}
+	return 0;
+}
+
 static int apply_data(int fd, const struct seg_record *rec, bool blockdev, uint64_t dev_size,
 		      const struct data_ctx *c, char *err, size_t errlen)
 {
+	bool reading = false;
+
 	bool keep = rec->flags & SEG_F_KEEP_SIZE;
 	uint64_t off = rec->offset, len = rec->length, end;
 	int r = 0;
@@ -293,7 +332,15 @@ static int apply_data(int fd, const struct seg_record *rec, bool blockdev, uint6
 		if (rec->payload_len != len)
 			return dfail(c, err, errlen, -EINVAL, "WRITE of %" PRIu64 " bytes carries %u",
 				     len, rec->payload_len);
-		r = fileio_pwrite_full(apply_io.pwrite_fn, fd, rec->payload, len, off);
+		if (c->src && c->src->fd >= 0)
+			r = write_from_source(fd, c->src, rec, &reading);
+		else
+			r = fileio_pwrite_full(apply_io.pwrite_fn, fd, rec->payload, len, off);
+		if (r < 0 && reading)
+			return dfail(c, err, errlen, r, "reading the payload of the write at %" PRIu64
+				     "+%" PRIu64 " from the segment file: %s", off, len,
+				     r == -ENODATA ? "it is shorter than when it was checked"
+						   : strerror(-r));
 		if (r < 0)
 			return dfail(c, err, errlen, r, "write at %" PRIu64 "+%" PRIu64 " to %s: %s",
 				     off, len, c->path, strerror(-r));
@@ -347,7 +394,7 @@ static int apply_data(int fd, const struct seg_record *rec, bool blockdev, uint6
 int apply_record_data(int fd, const struct seg_record *r, bool block_device,
 		      uint64_t device_size, char *err, size_t errlen)
 {
-	struct data_ctx c = { NULL, block_device ? "the device" : "the file" };
+	struct data_ctx c = { NULL, block_device ? "the device" : "the file", NULL };
 
 	if (err && errlen)
 		err[0] = '\0';
@@ -392,7 +439,7 @@ static int barrier(struct applier *a, uint64_t lsn, uint64_t time_ns, char *err,
 static int ns_create(struct applier *a, const struct seg_record *rec, char *err, size_t errlen)
 {
 	char name[SEG_NAME_MAX + 1];
-	struct data_ctx c;
+	struct data_ctx c = { 0 };
 	struct target *t;
 	mode_t mode = rec->aux & FILE_MODE_MASK;
 	int r;
@@ -664,7 +711,7 @@ static int hash_compare(struct applier *a, struct seg_view *v, const struct seg_
 	struct target *t = NULL;
 	struct runs ru;
 	bool missing, in_run = false;
-	struct data_ctx c;
+	struct data_ctx c = { 0 };
 	int r;
 
 	if (!name) /* the decoder guarantees a binding */
@@ -756,7 +803,7 @@ static int sync_event(struct applier *a, const struct seg_record *rec, char *err
 static int apply_one(struct applier *a, struct seg_view *v, const struct seg_record *rec,
 		     char *err, size_t errlen)
 {
-	struct data_ctx c;
+	struct data_ctx c = { 0 };
 	struct target *t;
 	const char *name;
 	int r;
@@ -774,6 +821,7 @@ static int apply_one(struct applier *a, struct seg_view *v, const struct seg_rec
 			return r;
 		c.image = name;
 		c.path = t->path;
+		c.src = &a->src;
 		r = apply_data(t->fd, rec, t->blockdev, t->dev_size, &c, err, errlen);
 		if (r < 0)
 			return r;
@@ -921,6 +969,7 @@ int applier_new(const char *target_dir, struct applier **out)
 	}
 	for (int i = 0; i < CACHE_MAX; i++)
 		a->cache[i].fd = -1;
+	a->src.fd = -1;
 	a->dir = strdup(target_dir);
 	/* O_RDONLY, not O_PATH: the directory itself is fsynced. */
 	a->dirfd = open(target_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -1133,6 +1182,12 @@ void applier_set_record_cb(struct applier *a, apply_record_fn fn, void *ctx)
 	a->record_ctx = ctx;
 }
 
+void applier_set_source(struct applier *a, int fd, const void *base)
+{
+	a->src.fd = fd;
+	a->src.base = base;
+}
+
 void applier_stats(const struct applier *a, struct apply_stats *st)
 {
 	*st = a->stats;
@@ -1156,5 +1211,6 @@ void applier_free(struct applier *a)
 	free(a->maps);
 	free(a->dir);
 	free(a->hbuf);
+	free(a->src.buf);
 	free(a);
 }

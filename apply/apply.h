@@ -186,6 +186,16 @@ void applier_set_event_cb(struct applier *a, apply_event_fn fn, void *ctx);
 void applier_set_record_cb(struct applier *a, apply_record_fn fn, void *ctx);
 
 /*
+ * Where the views applied next were mapped from: the file open at fd,
+ * whose byte 0 the views' buffers show at base.  While set, each WRITE's
+ * payload is read from fd with pread into a buffer of the applier's
+ * instead of being copied out of the mapping: on a VM whose hypervisor
+ * shadows page tables each page first touched through a new mapping
+ * costs an exit.  fd -1 unsets it.  The caller keeps fd open meanwhile.
+ */
+void applier_set_source(struct applier *a, int fd, const void *base);
+
+/*
  * Applies the records with lsn > after_lsn of the validated sealed view v,
  * in order (it rewinds v first and iterates it to the end).  Returns 0,
  * APPLY_STOP when the record callback stopped it (durable up to there), or

@@ -70,6 +70,13 @@ struct target {
 	uint64_t used;     /* LRU clock */
 };
 
+/* A file WRITE payloads are read from (applier_set_source). */
+struct payload_source {
+	int fd;              /* -1: payloads are copied from the view */
+	const uint8_t *base; /* where the view shows the file's byte 0 */
+	uint8_t *buf;        /* SOURCE_CHUNK bytes, allocated on first use */
+};
+
 struct applier {
 	int dirfd;
 	char *dir; /* target_dir as given, for messages */
@@ -86,6 +93,7 @@ struct applier {
 	struct apply_stats stats;
 	uint8_t *hbuf;     /* a block of a HASH comparison */
 	size_t hbuf_len;
+	struct payload_source src; /* applier_set_source */
 	/* state of the current applier_apply */
 	uint64_t segment;
 	bool pending;      /* records applied since the last barrier */

@@ -29,7 +29,10 @@ void inbox_file_close(struct inbox_file *f)
 	seg_view_free(f->v);
 	if (f->map && f->map != MAP_FAILED)
 		munmap(f->map, f->len);
+	if (f->fd >= 0)
+		close(f->fd);
 	memset(f, 0, sizeof *f);
+	f->fd = -1;
 }
 
 /*
@@ -46,6 +49,7 @@ int inbox_open(int dirfd, const char *name, struct inbox_file *f, char *why, siz
 	int fd, r;
 
 	memset(f, 0, sizeof *f);
+	f->fd = -1;
 	fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	if (fd < 0) {
 		r = -errno;
@@ -68,14 +72,15 @@ int inbox_open(int dirfd, const char *name, struct inbox_file *f, char *why, siz
 			return r;
 		}
 	}
-	/* the payloads hashed from pread, not through the new mapping, whose
-	 * pages the apply touches once more anyway (format.h, precheck) */
+	/* the payloads hashed from pread, not through the new mapping
+	 * (format.h, precheck); the file stays open for the applier's pread
+	 * of them (applier_set_source) */
 	pc = seg_precheck_new();
 	if (pc && seg_precheck_read(pc, fd, f->len) < 0) {
 		seg_precheck_free(pc);
 		pc = NULL;
 	}
-	close(fd);
+	f->fd = fd;
 	r = seg_view_new_prechecked(f->len ? f->map : empty, f->len, pc, &f->v, &e);
 	seg_precheck_free(pc);
 	if (r < 0) {

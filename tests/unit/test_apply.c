@@ -1627,6 +1627,109 @@ static void test_new(void)
 	applier_free(NULL);
 }
 
+/* A fresh applier into dir (emptied first: a cached target fd must not
+ * outlive its file) applying all of v, its payloads read from fd. */
+static int apply_from_file(const char *dir, struct seg_view *v, int fd, char *err, size_t errlen)
+{
+	struct applier *a;
+	int r;
+
+	clear_dir(dir);
+	r = applier_new(dir, &a);
+	if (r < 0)
+		return r;
+	applier_set_source(a, fd, fd >= 0 ? seg_view_bytes(v) : NULL);
+	r = applier_apply(a, v, 0, err, errlen);
+	applier_free(a);
+	return r;
+}
+
+/*
+ * WRITE payloads read from the segment's file (applier_set_source), as
+ * aim-remote applies inbox files: the targets come out as the model says,
+ * in chunks too (a write larger than the applier's buffer); the bytes are
+ * the file's, not the view's; a read that fails or a file that shrank
+ * stops the apply with a reason naming the segment file.
+ */
+static void test_payload_source(void)
+{
+	enum { N = 60, BIG = 600 << 10, BIG_AT = 300000 };
+	static struct spec s[N];
+	static struct model m1, m2;
+	static uint8_t big[BIG];
+	char *dir = temp_dir(), *d2 = temp_dir(), err[512], path[4096];
+	struct seg_record rec;
+	struct seg_view *v;
+	uint64_t big_payload = 0;
+	uint8_t *bytes, byte;
+	int fd, r;
+
+	m1.size = m2.size = 0;
+	for (size_t i = 0; i < sizeof big; i++)
+		big[i] = (uint8_t)rnd(256);
+	for (int i = 0; i < N; i++) {
+		s[i] = random_data(1 + (uint32_t)rnd(2));
+		if (i == N - 1) /* larger than the buffer (chunks), and last: it stays */
+			s[i] = (struct spec){ .type = SEG_WRITE, .image = 1, .off = BIG_AT, .len = BIG,
+					      .payload = big };
+		model_apply(s[i].image == 2 ? &m2 : &m1, &s[i]);
+	}
+	v = build(s, N, 7, 1000, two_images, 2, &bytes);
+	snprintf(path, sizeof path, "%s/segment", d2);
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	CHECK(fd >= 0);
+	if (fd < 0)
+		goto out;
+	CHECK(pwrite(fd, bytes, seg_view_size(v), 0) == (ssize_t)seg_view_size(v));
+	while (seg_view_next(v, &rec) == 1)
+		if (rec.type == SEG_WRITE && rec.length == BIG)
+			big_payload = (uint64_t)((const uint8_t *)rec.payload - seg_view_bytes(v));
+	CHECK(big_payload != 0);
+
+	apply_io.fsync_fn = fast_fsync;
+	r = apply_from_file(dir, v, fd, err, sizeof err);
+	CHECK_MSG(r == 0, "apply from the file: %s", err);
+	CHECK(file_matches(dir, "vm1.raw", &m1));
+	CHECK(file_matches(dir, "disks/vm2.qcow2", &m2));
+
+	/* the file's bytes, not the view's: change the big write's last one */
+	byte = (uint8_t)~big[BIG - 1];
+	CHECK(pwrite(fd, &byte, 1, (off_t)(big_payload + BIG - 1)) == 1);
+	r = apply_from_file(dir, v, fd, err, sizeof err);
+	CHECK_MSG(r == 0, "apply from the changed file: %s", err);
+	{
+		char img[4096];
+		uint8_t got = 0;
+		int ifd;
+
+		snprintf(img, sizeof img, "%s/vm1.raw", dir);
+		ifd = open(img, O_RDONLY | O_CLOEXEC);
+		CHECK(ifd >= 0 && pread(ifd, &got, 1, BIG_AT + BIG - 1) == 1 && got == byte);
+		if (ifd >= 0)
+			close(ifd);
+	}
+
+	/* a read that fails */
+	apply_io.pread_fn = failing_pread;
+	r = apply_from_file(dir, v, fd, err, sizeof err);
+	apply_io.pread_fn = apply_io_default.pread_fn;
+	CHECK_MSG(r == -EIO && strstr(err, "reading the payload of the write at") &&
+		  strstr(err, "from the segment file: Input/output error"), "%d %s", r, err);
+	/* a file that shrank since it was checked */
+	CHECK(ftruncate(fd, (off_t)(big_payload + 10)) == 0);
+	r = apply_from_file(dir, v, fd, err, sizeof err);
+	CHECK_MSG(r == -ENODATA && strstr(err, "shorter than when it was checked"), "%d %s", r,
+		  err);
+	/* unset: from the view again */
+	r = apply_from_file(dir, v, -1, err, sizeof err);
+	CHECK_MSG(r == 0 && file_matches(dir, "vm1.raw", &m1), "apply from the view: %s", err);
+	apply_io.fsync_fn = apply_io_default.fsync_fn;
+	close(fd);
+out:
+	seg_view_free(v);
+	free(bytes);
+}
+
 int main(void)
 {
 	atexit(cleanup_temp_dirs); /* also when a helper gives up with exit(1) */
@@ -1648,5 +1751,6 @@ int main(void)
 	test_sync_events();
 	test_hash();
 	test_hash_runs_cap();
+	test_payload_source();
 	return check_done("test_apply");
 }
