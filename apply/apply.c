@@ -287,6 +287,7 @@ static int write_from_source(int fd, struct payload_source *s, const struct seg_
 {
 	uint64_t from = (uint64_t)((const uint8_t *)rec->payload - s->base), done = 0;
 
+	*reading = true; /* the buffer is the reading side's */
 	if (!s->buf && !(s->buf = malloc(SOURCE_CHUNK)))
 		return -ENOMEM;
 	while (done < rec->length) {
@@ -312,9 +313,7 @@ static int write_from_source(int fd, struct payload_source *s, const struct seg_
 static int apply_data(int fd, const struct seg_record *rec, bool blockdev, uint64_t dev_size,
 		      const struct data_ctx *c, char *err, size_t errlen)
 {
-	bool reading = false;
-
-	bool keep = rec->flags & SEG_F_KEEP_SIZE;
+	bool keep = rec->flags & SEG_F_KEEP_SIZE, reading = false;
 	uint64_t off = rec->offset, len = rec->length, end;
 	int r = 0;
 
@@ -1184,7 +1183,7 @@ void applier_set_record_cb(struct applier *a, apply_record_fn fn, void *ctx)
 
 void applier_set_source(struct applier *a, int fd, const void *base)
 {
-	a->src.fd = fd;
+	a->src.fd = base ? fd : -1; /* no base: no offsets to read at */
 	a->src.base = base;
 }
 

@@ -191,7 +191,8 @@ void applier_set_record_cb(struct applier *a, apply_record_fn fn, void *ctx);
  * payload is read from fd with pread into a buffer of the applier's
  * instead of being copied out of the mapping: on a VM whose hypervisor
  * shadows page tables each page first touched through a new mapping
- * costs an exit.  fd -1 unsets it.  The caller keeps fd open meanwhile.
+ * costs an exit.  fd -1 (or base NULL) unsets it.  The caller keeps fd
+ * open meanwhile.
  */
 void applier_set_source(struct applier *a, int fd, const void *base);
 

@@ -220,11 +220,19 @@ struct seg_precheck *seg_precheck_new(void); /* NULL if out of memory */
 void seg_precheck_feed(struct seg_precheck *p, const void *buf, size_t len); /* p NULL: no-op */
 void seg_precheck_free(struct seg_precheck *p);
 /* Feeds p bytes [0, len) of the file open at fd, read with pread into a
- * small buffer (up to the trailer: what follows it only counts).  Returns
- * 0, or -errno (-ENODATA if the file is shorter). */
+ * 256 KiB buffer (up to the trailer: what follows it only counts).
+ * Returns 0, or -errno (-ENODATA if the file ends before len, short of
+ * its trailer). */
 int seg_precheck_read(struct seg_precheck *p, int fd, uint64_t len);
-/* seg_view_new for buf[0..len), which must be exactly the bytes fed to p
- * (p may be NULL: then it is seg_view_new). */
+/*
+ * seg_view_new for buf[0..len), which must be exactly the bytes fed to p
+ * (p may be NULL: then it is seg_view_new).  The walk compares where the
+ * records are and what hashes they state with what p saw, not the
+ * payloads' bytes: a file changed in place between a seg_precheck_read
+ * and the walk of its mapping can pass with payloads p never hashed, as a
+ * file changed after any check can be read changed.  Only its writer can
+ * change a file it keeps to itself.
+ */
 int seg_view_new_prechecked(const void *buf, size_t len, const struct seg_precheck *p,
 			    struct seg_view **out, struct seg_err *err);
 /*

@@ -171,9 +171,12 @@ void seg_precheck_feed(struct seg_precheck *p, const void *buf, size_t len)
 
 int seg_precheck_read(struct seg_precheck *p, int fd, uint64_t len)
 {
-	uint8_t *buf = malloc(READ_PIECE);
+	uint8_t *buf;
 	uint64_t at = 0;
 
+	if (!p)
+		return -EINVAL;
+	buf = malloc(READ_PIECE);
 	if (!buf)
 		return -ENOMEM;
 	while (at < len && p->phase != PC_TAIL && p->phase != PC_LOST) {

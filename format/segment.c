@@ -873,12 +873,16 @@ static int view_map(int fd, enum trust trust, struct seg_view **out, struct seg_
 		fail(err, 0, "cannot map: %s", strerror(-r));
 		return r;
 	}
-	if (trust == TRUST_NONE) {
-		pc = seg_precheck_new();
-		if (pc && seg_precheck_read(pc, fd, (uint64_t)st.st_size) < 0) {
-			seg_precheck_free(pc);
-			pc = NULL; /* the walk reads the mapping and says what is wrong */
-		}
+	if (trust == TRUST_NONE && (pc = seg_precheck_new()) != NULL &&
+	    (r = seg_precheck_read(pc, fd, (uint64_t)st.st_size)) < 0) {
+		/* Not a walk of the mapping then: its pages past a new end, or
+		 * ones that cannot be read, would raise SIGBUS. */
+		seg_precheck_free(pc);
+		munmap(map, (size_t)st.st_size);
+		if (r == -ENODATA)
+			return fail(err, 0, "the file shrank while it was read");
+		fail(err, 0, "cannot read: %s", strerror(-r));
+		return r;
 	}
 	if (pc)
 		r = view_prechecked(map, (size_t)st.st_size, map, pc, out, err);

@@ -75,12 +75,22 @@ int inbox_open(int dirfd, const char *name, struct inbox_file *f, char *why, siz
 	/* the payloads hashed from pread, not through the new mapping
 	 * (format.h, precheck); the file stays open for the applier's pread
 	 * of them (applier_set_source) */
-	pc = seg_precheck_new();
-	if (pc && seg_precheck_read(pc, fd, f->len) < 0) {
-		seg_precheck_free(pc);
-		pc = NULL;
-	}
 	f->fd = fd;
+	pc = seg_precheck_new();
+	if (pc && (r = seg_precheck_read(pc, fd, f->len)) < 0) {
+		/* Not a walk of the mapping then: its pages past a new end, or
+		 * ones that cannot be read, would raise SIGBUS.  A file that
+		 * shrank is not the segment it was (perhaps still being
+		 * written: the caller's settling decides); a read error is this
+		 * host's trouble. */
+		seg_precheck_free(pc);
+		if (r == -ENODATA)
+			snprintf(why, whylen, "not a valid segment: it shrank while it was read");
+		else
+			snprintf(why, whylen, "cannot read: %s", strerror(-r));
+		inbox_file_close(f);
+		return r == -ENODATA ? -EBADMSG : r;
+	}
 	r = seg_view_new_prechecked(f->len ? f->map : empty, f->len, pc, &f->v, &e);
 	seg_precheck_free(pc);
 	if (r < 0) {

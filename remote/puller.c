@@ -414,7 +414,8 @@ static int group_dir(struct puller *p, const char *group)
 }
 
 /* Checks the downloaded file whole: a sealed segment of this group with
- * this number.  0 or -EBADMSG with why. */
+ * this number.  0, -EBADMSG with why, or another -errno (this host's
+ * trouble: out of memory, a read that failed) with why. */
 static int validate(int fd, uint64_t size, const uint8_t gid[16], uint64_t number, char *why,
 		    size_t whylen)
 {
@@ -432,7 +433,7 @@ static int validate(int fd, uint64_t size, const uint8_t gid[16], uint64_t numbe
 		return r;
 	}
 	if (r < 0) {
-		snprintf(why, whylen, "cannot read it: %s", e.msg);
+		snprintf(why, whylen, "cannot read it: %s", e.msg[0] ? e.msg : strerror(-r));
 		return r;
 	}
 	if (memcmp(seg_view_header(v)->group, gid, 16) != 0 || seg_view_header(v)->number != number) {

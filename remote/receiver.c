@@ -1134,7 +1134,8 @@ static void finish(struct receiver *rx, struct upload *u)
 		}
 	}
 	/* the payloads were hashed on their way into the file: not again
-	 * through the mapping (the applier checks the inbox file whole) */
+	 * through the mapping (the group checks the inbox file whole again
+	 * before it applies it) */
 	r = seg_view_new_prechecked(m ? m : (void *)"", u->size, u->pre, &v, &e);
 	if (r < 0) {
 		decide(u, 422, "not a valid segment: %s (at byte %" PRIu64 ")", e.msg, e.offset);

@@ -702,8 +702,8 @@ static void test_empty(void)
 /* ---- the precheck agrees with the full check ---- */
 
 /*
- * For any bytes, a precheck fed them (in pieces of every size that
- * matters: one byte, odd ones, a record header's, all at once) and then
+ * For any bytes, a precheck fed them (in pieces of one byte, odd sizes,
+ * a record header's size, just under a page, all at once) and then
  * seg_view_new_prechecked must give what seg_view_new gives: the same
  * answer, message and blamed offset, or the same records and digest.
  */
@@ -1720,7 +1720,8 @@ static void test_precheck(void)
 	seg_precheck_feed(p, copy, len);
 	CHECK(seg_view_new_prechecked(copy, len, p, &v, &err) == -EBADMSG &&
 	      strstr(err.msg, "record 0: payload checksum mismatch") && err.offset == starts[0]);
-	/* fed part of the bytes: the full check */
+	/* fed all but the last byte (the precheck reaches the trailer, but it
+	 * was not fed the bytes given): the full check */
 	seg_precheck_free(p);
 	p = seg_precheck_new();
 	CHECK(p != NULL);
@@ -1772,7 +1773,8 @@ out:
 /* A file opened as a segment is judged as the same bytes in memory are:
  * the file's payloads are hashed from pread before the mapped walk, so
  * every kind of damage must still get the same answer, message and
- * offset.  Each inverted byte, each truncation, a few appended bytes. */
+ * offset.  Each inverted byte, a truncation every 7 bytes, appended
+ * bytes. */
 static void open_as_memory(int fd, const uint8_t *buf, size_t len, const char *what)
 {
 	struct seg_view *fv = NULL, *mv = NULL;
