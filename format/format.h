@@ -205,6 +205,14 @@ int seg_open_file(const char *path, struct seg_err *err);
  */
 int seg_view_open_fd(int fd, struct seg_view **out, struct seg_err *err);
 /*
+ * For a view seg_view_open or seg_view_open_fd made: whether the file open
+ * at fd is the one it was mapped from (device and inode), so that its
+ * bytes can be read with pread at their offset in the view instead of
+ * through the mapping (apply.h, applier_set_source).  False for views
+ * over memory.
+ */
+bool seg_view_same_file(const struct seg_view *v, int fd);
+/*
  * Checking payloads as a segment streams in.  A receiver that writes a
  * segment to a file as its bytes arrive feeds them, in order, to a
  * precheck, which finds the records and hashes each payload from the

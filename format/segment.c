@@ -356,6 +356,9 @@ struct seg_view {
 	uint64_t count, last_lsn, digest;
 	size_t records_start, records_end;
 	size_t released;     /* mapped bytes below this were dropped from memory */
+	bool from_file;      /* mapped from a file: the one dev/ino name */
+	dev_t dev;
+	ino_t ino;
 	/* iteration */
 	size_t pos;
 	uint64_t next_lsn;
@@ -889,9 +892,14 @@ static int view_map(int fd, enum trust trust, struct seg_view **out, struct seg_
 	else
 		r = view_init(map, (size_t)st.st_size, false, trust, map, out, err);
 	seg_precheck_free(pc);
-	if (r < 0)
+	if (r < 0) {
 		munmap(map, (size_t)st.st_size);
-	return r;
+		return r;
+	}
+	(*out)->from_file = true;
+	(*out)->dev = st.st_dev;
+	(*out)->ino = st.st_ino;
+	return 0;
 }
 
 static int view_open(const char *path, enum trust trust, struct seg_view **out,
@@ -944,6 +952,13 @@ void seg_view_free(struct seg_view *v)
 	names_free(v->names);
 	free(v->images);
 	free(v);
+}
+
+bool seg_view_same_file(const struct seg_view *v, int fd)
+{
+	struct stat st;
+
+	return v->from_file && fstat(fd, &st) == 0 && st.st_dev == v->dev && st.st_ino == v->ino;
 }
 
 bool seg_view_sealed(const struct seg_view *v) { return v->sealed; }

@@ -18,12 +18,14 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 /* ---- the series ---- */
 
@@ -383,10 +385,19 @@ int series_apply(struct series *s, struct applier *a, uint64_t after, uint64_t u
 	applier_set_record_cb(a, until_record, &u);
 	for (size_t i = 0; i < s->n; i++) {
 		struct seg_view *v = s->files[i].view;
+		int fd = open(s->files[i].path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
 
+		/* Payloads read with pread from the very file the view maps,
+		 * not through the mapping (applier_set_source); a file replaced
+		 * since it was checked is not read. */
+		if (fd >= 0 && seg_view_same_file(v, fd))
+			applier_set_source(a, fd, seg_view_bytes(v));
 		/* The applier skips records up to after, so segments wholly
 		 * before it cost only their iteration. */
 		r = applier_apply(a, v, after, err, sizeof err);
+		applier_set_source(a, -1, NULL);
+		if (fd >= 0)
+			close(fd);
 		applier_stats(a, &st);
 		if (st.last_lsn > *durable)
 			*durable = st.last_lsn;

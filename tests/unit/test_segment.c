@@ -14,6 +14,7 @@
 #include "format.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1629,7 +1630,15 @@ static void test_open_own_and_fd(void)
 	v = NULL;
 	CHECK_MSG(seg_view_open_fd(fd, &v, &err) == 0, "%s", err.msg);
 	if (v) {
+		struct seg_view *mem = NULL;
+		int other = open("/dev/null", O_RDONLY | O_CLOEXEC);
+
 		CHECK(seg_view_count(v) == SMALL_N && seg_view_size(v) == len);
+		/* the file it maps, and no other; a view over memory has none */
+		CHECK(seg_view_same_file(v, fd) && !seg_view_same_file(v, other));
+		CHECK(seg_view_new(buf, len, &mem, &err) == 0 && !seg_view_same_file(mem, fd));
+		seg_view_free(mem);
+		close(other);
 		seg_view_free(v);
 		v = NULL;
 	}
