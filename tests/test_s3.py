@@ -255,13 +255,18 @@ def test_a_puller_catching_up_never_holds_a_segment_past_one_it_lacks(ceph, work
     site = Site(workdir, ceph, bucket)
     populate(site.backing, 1509, 2)
     m = site.start(aimfs)
+    missing = 12
     w = Workload(m.mountpoint, 1509, threads=2, max_len=64 << 10)
-    w.run(seconds=2)
-    st = site.wait_in_sync()
+    # ten segments past the one that goes missing, however loaded the VM
+    deadline = time.monotonic() + 90
+    while True:
+        w.run(seconds=2)
+        st = site.wait_in_sync()
+        if site.head()["segment"] >= missing + 10 or time.monotonic() > deadline:
+            break
     w.close()
     group = st["group"]
     head = site.head()
-    missing = 12
     assert head["oldest"] == 1 and head["segment"] >= missing + 10, head
     key = f"mirror/{group}/{missing:020d}.aimj"
     _, kept = ceph.s3().get(bucket, key)
