@@ -962,7 +962,7 @@ static int apply_next(struct group *g, uint64_t next, bool jump)
 		log_info("group %s: resuming segment %" PRIu64 " after LSN %" PRIu64, g->name, next,
 			 after);
 	g->limit = pl == PLAN_UPTO ? sc.stop_lsn : 0;
-	applier_set_source(g->a, f.fd, f.map);
+	applier_set_source(g->a, f.fd, seg_view_bytes(f.v));
 	r = applier_apply(g->a, f.v, after, why, sizeof why);
 	applier_set_source(g->a, -1, NULL);
 	hit_limit = r == APPLY_STOP && g->limit && g->rec_lsn == g->limit;

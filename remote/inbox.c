@@ -16,7 +16,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -27,8 +26,6 @@
 void inbox_file_close(struct inbox_file *f)
 {
 	seg_view_free(f->v);
-	if (f->map && f->map != MAP_FAILED)
-		munmap(f->map, f->len);
 	if (f->fd >= 0)
 		close(f->fd);
 	memset(f, 0, sizeof *f);
@@ -36,14 +33,14 @@ void inbox_file_close(struct inbox_file *f)
 }
 
 /*
- * Maps and validates the segment file name of the group directory.
- * Returns 0 with f filled, -EBADMSG with the decoder's reason in why, or
- * another -errno (also explained in why).
+ * Maps and validates the segment file name of the group directory
+ * (seg_view_open_fd: its payloads hashed with pread, not through the
+ * mapping), keeping it open for the applier's pread of them
+ * (applier_set_source).  Returns 0 with f filled, -EBADMSG with the
+ * decoder's reason in why, or another -errno (also explained in why).
  */
 int inbox_open(int dirfd, const char *name, struct inbox_file *f, char *why, size_t whylen)
 {
-	static const uint8_t empty[1];
-	struct seg_precheck *pc = NULL;
 	struct seg_err e;
 	struct stat st;
 	int fd, r;
@@ -61,45 +58,18 @@ int inbox_open(int dirfd, const char *name, struct inbox_file *f, char *why, siz
 		snprintf(why, whylen, "not a regular file");
 		return -EBADMSG;
 	}
-	f->len = (size_t)st.st_size;
-	if (f->len) {
-		f->map = mmap(NULL, f->len, PROT_READ, MAP_SHARED, fd, 0);
-		if (f->map == MAP_FAILED) {
-			r = -errno;
-			close(fd);
-			f->map = NULL;
-			snprintf(why, whylen, "cannot map: %s", strerror(-r));
-			return r;
-		}
-	}
-	/* the payloads hashed from pread, not through the new mapping
-	 * (format.h, precheck); the file stays open for the applier's pread
-	 * of them (applier_set_source) */
 	f->fd = fd;
-	pc = seg_precheck_new();
-	if (pc && (r = seg_precheck_read(pc, fd, f->len)) < 0) {
-		/* Not a walk of the mapping then: its pages past a new end, or
-		 * ones that cannot be read, would raise SIGBUS.  A file that
-		 * shrank is not the segment it was (perhaps still being
-		 * written: the caller's settling decides); a read error is this
-		 * host's trouble. */
-		seg_precheck_free(pc);
-		if (r == -ENODATA)
-			snprintf(why, whylen, "not a valid segment: it shrank while it was read");
-		else
-			snprintf(why, whylen, "cannot read: %s", strerror(-r));
-		inbox_file_close(f);
-		return r == -ENODATA ? -EBADMSG : r;
-	}
-	r = seg_view_new_prechecked(f->len ? f->map : empty, f->len, pc, &f->v, &e);
-	seg_precheck_free(pc);
-	if (r < 0) {
+	f->len = (size_t)st.st_size;
+	/* an empty file is refused by the decoder's own words */
+	r = f->len ? seg_view_open_fd(fd, &f->v, &e) : seg_view_new("", 0, &f->v, &e);
+	if (r == -EBADMSG)
 		snprintf(why, whylen, "not a valid segment: %s (at byte %" PRIu64 ")", e.msg,
 			 e.offset);
+	else if (r < 0)
+		snprintf(why, whylen, "%s", e.msg[0] ? e.msg : strerror(-r));
+	if (r < 0)
 		inbox_file_close(f);
-		return -EBADMSG;
-	}
-	return 0;
+	return r;
 }
 
 /* 1 if some process has the file open for writing, 0 if not, -errno if

@@ -503,10 +503,9 @@ void watcher_stop(void);
 
 /* ---- inbox.c: the files of one group's inbox directory ---- */
 
-/* A segment file as mapped for validation, and still open (the applier
- * reads its payloads with pread: applier_set_source). */
+/* A segment file as validated, and still open (the applier reads its
+ * payloads with pread: applier_set_source). */
 struct inbox_file {
-	void *map;
 	size_t len;
 	int fd;  /* -1 when closed */
 	struct seg_view *v;
