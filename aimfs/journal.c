@@ -96,6 +96,7 @@ int journal_fail_locked(struct journal *j, int err, const char *what)
 	j->failures++;
 	j->episode_failures++;
 	j->last_error = err;
+	j->last_failure_mono = clock_mono_ns();
 	snprintf(j->last_error_what, sizeof j->last_error_what, "%s", what);
 	if (!j->failing) {
 		j->failing = true;

@@ -125,6 +125,7 @@ struct journal {
 	int last_error;          /* -errno of the last failure (0: none since mount) */
 	char last_error_what[64];
 	uint64_t failed_ns;      /* when the current (or last) episode began */
+	uint64_t last_failure_mono; /* when the last call failed (monotonic) */
 	uint64_t cleared_ns;     /* when the last episode ended (0: none has) */
 	uint64_t failures;       /* failed calls since mount */
 	uint64_t episode_failures;

@@ -191,6 +191,7 @@ static bool finish_one(struct journal *j, struct catalog *cat, uint64_t *index_f
 {
 	uint64_t number = s->number, backing_lsn = s->backing_lsn, prunable;
 	bool verify, cut, fsync_failed = false;
+	uint64_t began = clock_mono_ns();
 	int r = 0;
 
 	pthread_mutex_lock(&j->lock);
@@ -231,7 +232,11 @@ static bool finish_one(struct journal *j, struct catalog *cat, uint64_t *index_f
 	prunable = journal_prunable_lsn_locked(j, backing_lsn);
 	j->finish_error = 0;
 	j->finish_attempts = 0;
-	journal_healthy_locked(j);
+	/* Only a finish that began after the last failure says the journal
+	 * writes again: a header that failed while this segment was being
+	 * synced is still the operator's news. */
+	if (j->last_failure_mono < began)
+		journal_healthy_locked(j);
 	pthread_cond_broadcast(&j->durable);
 	segfile_put_locked(j, s);
 	pthread_mutex_unlock(&j->lock);

@@ -184,6 +184,33 @@ def test_a_failed_segment_header_or_seal_is_not_sticky(aimfs, workdir):
     s.replay_equal("after a failed header and a failed seal")
 
 
+def test_a_segment_finished_after_a_failure_does_not_clear_it(aimfs, workdir):
+    """CI's finding: the sealer was still syncing the last sealed segment
+    when a new segment's header failed; the finish then succeeded and said
+    the journal wrote again, so /status showed no error for a write that
+    had just failed.  Only a success that began after the failure ends the
+    episode: here the finish is held at its fsync while the header fails."""
+    s = Site(aimfs, workdir, options=["segment_idle=100ms"])
+    s.mount()
+    img = os.path.join(s.mnt, "vm.raw")
+    durable = s.st()["durable_segment"]
+    s.faults.set("fsync *.open stall")
+    write_file(img, os.urandom(8192))
+    wait_for(lambda: s.st()["open_segment"] == 0, 10, what="the idle segment to seal")
+    s.faults.set("fsync *.open stall", "pwritev *.open ENOSPC off=0")
+    expect_errno(errno.ENOSPC, write_file, img, b"h" * 4096, os.O_WRONLY, 0)
+    assert "header" in s.st()["journal_error"]
+    s.faults.set("pwritev *.open ENOSPC off=0")          # the finish goes on
+    wait_for(lambda: s.st()["durable_segment"] > durable, 10, what="the segment to finish")
+    st = s.st()
+    assert st["journal_error"] and "header" in st["journal_error"], st
+    s.faults.clear()
+    write_file(img, b"H" * 4096, os.O_WRONLY, 0)
+    assert s.st()["journal_error"] is None
+    assert s.m.unmount() == 0
+    s.replay_equal("after a header failed while a segment was finished")
+
+
 def test_an_unmount_whose_last_seal_fails_leaves_the_activity_log_unclean(aimfs, workdir):
     """At unmount the last segment's trailer cannot be written (a full
     disk): the segment stays open and was never synced.  The activity log
