@@ -287,6 +287,13 @@ def kill_inside(m, function, finish, action):
         wait_for(lambda: _traced_and_running(m.proc.pid, log) or gdb.poll() is not None, 30,
                  what="gdb to attach")
         assert gdb.poll() is None, open(log, errors="replace").read()
+        if not finish and function.startswith("journal_"):
+            # Killed before its record: recovery finds the change by the
+            # image's ctime against the journal's newest mtime, with 2 s
+            # of slack.  Attaching gdb on a loaded machine took longer
+            # than that once after the preparation's writes, so a journaled
+            # write just before the action keeps the gap the action's own.
+            _pwrite("d/x.img", b"t", 0)(m.mountpoint)
         th.start()
         # gdb stops, finishes and kills in well under a second; 120 s is
         # for an ASan build under a loaded machine (30 s was once too few)
