@@ -75,6 +75,8 @@ struct payload_source {
 	int fd;              /* -1: payloads are copied from the view */
 	const uint8_t *base; /* where the view shows the file's byte 0 */
 	uint8_t *buf;        /* SOURCE_CHUNK bytes, allocated on first use */
+	uint64_t at;         /* the file offset buf[0] holds */
+	size_t held;         /* bytes of the file in buf from at (0: none) */
 };
 
 struct applier {

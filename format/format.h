@@ -213,6 +213,17 @@ int seg_view_open_fd(int fd, struct seg_view **out, struct seg_err *err);
  */
 bool seg_view_same_file(const struct seg_view *v, int fd);
 /*
+ * From now on seg_view_next reads each record's header from the file open
+ * at fd with pread (a small window at a time) instead of through the
+ * view's mapping, if fd is the file the view was mapped from (see
+ * seg_view_same_file; otherwise, or with fd -1, it reads the mapping).
+ * Payload pointers still point into the mapping.  The caller keeps fd
+ * open while it iterates, or sets -1 first.  For a VM whose hypervisor
+ * makes each page first touched through a mapping cost an exit: records
+ * of 4 KiB touch every page of it.
+ */
+void seg_view_iterate_from(struct seg_view *v, int fd);
+/*
  * Checking payloads as a segment streams in.  A receiver that writes a
  * segment to a file as its bytes arrive feeds them, in order, to a
  * precheck, which finds the records and hashes each payload from the

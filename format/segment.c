@@ -21,6 +21,7 @@
  */
 #include "format_i.h"
 #include "clock.h"
+#include "fileio.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -341,6 +342,69 @@ void seg_builder_free(struct seg_builder *b)
 
 /* ---- decoding ---- */
 
+/*
+ * Record headers read with pread into a small buffer instead of through a
+ * segment file's mapping.  On a VM whose hypervisor shadows page tables
+ * each page first touched through a new mapping costs an exit, and a walk
+ * of 4 KiB records touches every page for 64 bytes of each.  After a
+ * record with a large payload the next read is short: the next header
+ * lies far on.
+ */
+#ifndef SEG_WINDOW_SIZE /* the fuzzer builds with a small one, to refill it often */
+#define SEG_WINDOW_SIZE (64u << 10)
+#endif
+#define WINDOW_SIZE ((size_t)SEG_WINDOW_SIZE)
+#define WINDOW_SHORT (WINDOW_SIZE / 16 > SEG_RECORD_HEADER ? WINDOW_SIZE / 16 : SEG_RECORD_HEADER)
+
+struct window {
+	int fd;              /* -1: the view's bytes are read where they are */
+	const uint8_t *buf;  /* the view's bytes (fd -1) */
+	uint8_t *win;        /* WINDOW_SIZE bytes */
+	uint64_t at;         /* the file offset win[0] holds */
+	size_t held;         /* bytes of the file in win (0: none) */
+	size_t want;         /* how much the next read asks for */
+};
+
+/* A window over fd, or over buf when fd is -1 or no buffer can be had. */
+static void window_init(struct window *w, int fd, const uint8_t *buf)
+{
+	*w = (struct window){ .fd = -1, .buf = buf, .want = WINDOW_SIZE };
+	if (fd >= 0 && (w->win = malloc(WINDOW_SIZE)))
+		w->fd = fd;
+}
+
+static void window_free(struct window *w)
+{
+	free(w->win);
+	*w = (struct window){ .fd = -1 };
+}
+
+/* n (at most WINDOW_SIZE) bytes at pos, or NULL if the file no longer has
+ * them (it shrank, or a read failed). */
+static const uint8_t *window_get(struct window *w, size_t pos, size_t n)
+{
+	size_t want = n > w->want ? n : w->want;
+	ssize_t got;
+
+	if (w->fd < 0)
+		return w->buf + pos;
+	if (pos >= w->at && pos + n <= w->at + w->held)
+		return w->win + (pos - w->at);
+	got = fileio_pread_full(NULL, w->fd, w->win, want, pos);
+	w->held = 0;
+	if (got < 0 || (size_t)got < n)
+		return NULL;
+	w->at = pos;
+	w->held = got;
+	return w->win;
+}
+
+/* After a record of payload_len bytes: how much the next read asks for. */
+static void window_after(struct window *w, uint32_t payload_len)
+{
+	w->want = payload_len >= WINDOW_SIZE / 2 ? WINDOW_SHORT : WINDOW_SIZE;
+}
+
 struct seg_view {
 	const uint8_t *buf;
 	size_t len;          /* valid length (header + good records [+ trailer]) */
@@ -360,6 +424,7 @@ struct seg_view {
 	dev_t dev;
 	ino_t ino;
 	/* iteration */
+	struct window iter;  /* record headers read with pread (seg_view_iterate_from) */
 	size_t pos;
 	uint64_t next_lsn;
 	struct names *names; /* namespace as of the last record returned */
@@ -645,9 +710,10 @@ void seg_view_release(struct seg_view *v, size_t off)
  * missing trailer or stray bytes fail; in partial mode the first invalid
  * record ends the log.  Leaves the namespace as of the end.
  */
-static int walk(struct seg_view *v, bool partial, struct seg_err *err)
+static int walk(struct seg_view *v, int fd, bool partial, struct seg_err *err)
 {
 	const uint8_t *b = v->buf;
+	struct window w;
 	size_t pos = v->records_start;
 	uint64_t prev = get64(b + 64), lsn = v->header.first_lsn, count = 0;
 	struct seg_err scratch;
@@ -655,26 +721,35 @@ static int walk(struct seg_view *v, bool partial, struct seg_err *err)
 	int r = 0;
 
 	v->dir_budget = DIR_RENAME_BUDGET;
+	/* Payloads hashed already (or not at all): only headers are read. */
+	window_init(&w, v->prechecked || v->own ? fd : -1, b);
 	for (;;) {
 		struct seg_record rec;
+		size_t avail = v->len - pos;
+		const uint8_t *h = window_get(&w, pos, avail < SEG_RECORD_HEADER ? avail
+										  : SEG_RECORD_HEADER);
 
-		if (v->len - pos >= 8 && memcmp(b + pos, seg_tail_magic, 8) == 0) {
+		if (!h) {
+			r = fail(e, pos, "the file shrank while it was read");
+			break;
+		}
+		if (avail >= 8 && memcmp(h, seg_tail_magic, 8) == 0) {
 			if (v->len - pos < SEG_TRAILER_SIZE) {
 				r = fail(e, pos, "trailer is truncated");
 				break;
 			}
-			if (XXH3_64bits_withSeed(b + pos, 48, prev) != get64(b + pos + 48)) {
+			if (XXH3_64bits_withSeed(h, 48, prev) != get64(h + 48)) {
 				r = fail(e, pos, "trailer checksum mismatch");
 				break;
 			}
-			if (get64(b + pos + 40) != 0) {
+			if (get64(h + 40) != 0) {
 				r = fail(e, pos, "trailer reserved field is not zero");
 				break;
 			}
-			v->trailer.count = get64(b + pos + 8);
-			v->trailer.last_lsn = get64(b + pos + 16);
-			v->trailer.backing_lsn = get64(b + pos + 24);
-			v->trailer.sealed_ns = get64(b + pos + 32);
+			v->trailer.count = get64(h + 8);
+			v->trailer.last_lsn = get64(h + 16);
+			v->trailer.backing_lsn = get64(h + 24);
+			v->trailer.sealed_ns = get64(h + 32);
 			if (v->trailer.count != count || v->trailer.last_lsn != lsn - 1) {
 				r = fail(e, pos, "trailer says %" PRIu64 " records up to LSN %" PRIu64
 					 ", segment holds %" PRIu64 " up to %" PRIu64,
@@ -687,7 +762,7 @@ static int walk(struct seg_view *v, bool partial, struct seg_err *err)
 				break;
 			}
 			v->sealed = true;
-			v->digest = get64(b + pos + 48);
+			v->digest = get64(h + 48);
 			v->records_end = pos;
 			pos += SEG_TRAILER_SIZE;
 			break;
@@ -697,12 +772,13 @@ static int walk(struct seg_view *v, bool partial, struct seg_err *err)
 						      : "record header is truncated");
 			break;
 		}
-		decode_record(b + pos, &rec);
-		if (XXH3_64bits_withSeed(b + pos, 56, prev) != rec.check) {
+		decode_record(h, &rec);
+		rec.payload = b + pos + SEG_RECORD_HEADER;
+		if (XXH3_64bits_withSeed(h, 56, prev) != rec.check) {
 			r = fail(e, pos, "record %" PRIu64 ": checksum mismatch", count);
 			break;
 		}
-		if (get16(b + pos + 2) != 0) {
+		if (get16(h + 2) != 0) {
 			r = fail(e, pos, "record %" PRIu64 ": reserved field is not zero", count);
 			break;
 		}
@@ -727,9 +803,22 @@ static int walk(struct seg_view *v, bool partial, struct seg_err *err)
 			r = fail(e, pos, "record %" PRIu64 ": payload checksum mismatch", count);
 			break;
 		}
+		/* The checks of names, labels and hash lists read the payload:
+		 * from the window too when it fits. */
+		if (rec.type != SEG_WRITE && rec.payload_len &&
+		    rec.payload_len <= WINDOW_SIZE - SEG_RECORD_HEADER) {
+			h = window_get(&w, pos, SEG_RECORD_HEADER + rec.payload_len);
+			if (!h) {
+				r = fail(e, pos, "the file shrank while it was read");
+				break;
+			}
+			rec.payload = h + SEG_RECORD_HEADER;
+		}
 		r = apply_semantics(v, &rec, pos, e);
-		if (r == -ENOMEM)
+		if (r == -ENOMEM) {
+			window_free(&w);
 			return r;
+		}
 		if (r < 0) {
 			/* prefix the record number for context */
 			char tmp[sizeof e->msg];
@@ -750,8 +839,10 @@ static int walk(struct seg_view *v, bool partial, struct seg_err *err)
 		pos += SEG_RECORD_HEADER + rec.payload_len;
 		lsn++;
 		count++;
+		window_after(&w, rec.payload_len);
 		release_below(v, pos);
 	}
+	window_free(&w);
 	v->count = count;
 	v->last_lsn = lsn - 1;
 	if (!v->sealed) {
@@ -768,8 +859,10 @@ static int walk(struct seg_view *v, bool partial, struct seg_err *err)
  * this process wrote them, or because a precheck hashed them. */
 enum trust { TRUST_NONE, TRUST_OWN, TRUST_PRECHECK };
 
+/* fd: the file buf maps, whose record headers a walk that need not hash
+ * payloads reads with pread (-1: read buf). */
 static int view_init(const void *buf, size_t len, bool partial, enum trust trust, void *map,
-		     struct seg_view **out, struct seg_err *err)
+		     int fd, struct seg_view **out, struct seg_err *err)
 {
 	struct seg_view *v = calloc(1, sizeof *v);
 	int r;
@@ -780,6 +873,7 @@ static int view_init(const void *buf, size_t len, bool partial, enum trust trust
 		return -ENOMEM;
 	v->buf = buf;
 	v->len = len;
+	v->iter.fd = -1;
 	v->map = map;
 	v->map_len = map ? len : 0;
 	v->own = trust == TRUST_OWN;
@@ -791,7 +885,7 @@ static int view_init(const void *buf, size_t len, bool partial, enum trust trust
 	}
 	r = parse_header(v, err);
 	if (r == 0)
-		r = walk(v, partial, err);
+		r = walk(v, fd, partial, err);
 	if (r < 0) {
 		v->map = NULL; /* the caller still owns it */
 		seg_view_free(v);
@@ -808,19 +902,19 @@ static int view_init(const void *buf, size_t len, bool partial, enum trust trust
 
 int seg_view_new(const void *buf, size_t len, struct seg_view **out, struct seg_err *err)
 {
-	return view_init(buf, len, false, TRUST_NONE, NULL, out, err);
+	return view_init(buf, len, false, TRUST_NONE, NULL, -1, out, err);
 }
 
 /* view_init of a whole sealed segment whose payloads p hashed; the full
  * check if p did not follow it, or saw other records than the walk finds. */
-static int view_prechecked(const void *buf, size_t len, void *map, const struct seg_precheck *p,
-			   struct seg_view **out, struct seg_err *err)
+static int view_prechecked(const void *buf, size_t len, void *map, int fd,
+			   const struct seg_precheck *p, struct seg_view **out, struct seg_err *err)
 {
 	uint64_t count, tail_pos, fold, fed;
 	struct seg_view *v;
 
 	if (seg_precheck_result(p, &count, &tail_pos, &fold, &fed) && fed == len &&
-	    view_init(buf, len, false, TRUST_PRECHECK, map, &v, err) == 0) {
+	    view_init(buf, len, false, TRUST_PRECHECK, map, fd, &v, err) == 0) {
 		/* the walk found the records the precheck hashed, where it hashed them */
 		if (v->sealed && v->count == count && v->records_end == tail_pos &&
 		    v->fold == fold) {
@@ -830,19 +924,19 @@ static int view_prechecked(const void *buf, size_t len, void *map, const struct 
 		v->map = NULL; /* still the caller's */
 		seg_view_free(v);
 	}
-	return view_init(buf, len, false, TRUST_NONE, map, out, err);
+	return view_init(buf, len, false, TRUST_NONE, map, -1, out, err);
 }
 
 int seg_view_new_prechecked(const void *buf, size_t len, const struct seg_precheck *p,
 			    struct seg_view **out, struct seg_err *err)
 {
-	return view_prechecked(buf, len, NULL, p, out, err);
+	return view_prechecked(buf, len, NULL, -1, p, out, err);
 }
 
 int seg_view_new_partial(const void *buf, size_t len, struct seg_view **out,
 			 size_t *valid_len, struct seg_err *err)
 {
-	int r = view_init(buf, len, true, TRUST_NONE, NULL, out, err);
+	int r = view_init(buf, len, true, TRUST_NONE, NULL, -1, out, err);
 
 	if (r == 0)
 		*valid_len = (*out)->len;
@@ -888,9 +982,9 @@ static int view_map(int fd, enum trust trust, struct seg_view **out, struct seg_
 		return r;
 	}
 	if (pc)
-		r = view_prechecked(map, (size_t)st.st_size, map, pc, out, err);
+		r = view_prechecked(map, (size_t)st.st_size, map, fd, pc, out, err);
 	else
-		r = view_init(map, (size_t)st.st_size, false, trust, map, out, err);
+		r = view_init(map, (size_t)st.st_size, false, trust, map, fd, out, err);
 	seg_precheck_free(pc);
 	if (r < 0) {
 		munmap(map, (size_t)st.st_size);
@@ -949,6 +1043,7 @@ void seg_view_free(struct seg_view *v)
 		return;
 	if (v->map)
 		munmap(v->map, v->map_len);
+	window_free(&v->iter);
 	names_free(v->names);
 	free(v->images);
 	free(v);
@@ -984,14 +1079,28 @@ void seg_view_rewind(struct seg_view *v)
 	v->dir_budget = DIR_RENAME_BUDGET;
 }
 
+void seg_view_iterate_from(struct seg_view *v, int fd)
+{
+	window_free(&v->iter);
+	if (fd >= 0 && seg_view_same_file(v, fd))
+		window_init(&v->iter, fd, v->buf);
+}
+
 int seg_view_next(struct seg_view *v, struct seg_record *r)
 {
+	const uint8_t *h;
+
 	if (v->pos >= v->records_end) {
 		release_all(v);
 		return 0;
 	}
 	release_below(v, v->pos);
-	decode_record(v->buf + v->pos, r);
+	/* Validated already: a header the file no longer has (it shrank
+	 * since) is read where the mapping shows it, as without a window. */
+	h = v->iter.fd >= 0 ? window_get(&v->iter, v->pos, SEG_RECORD_HEADER) : NULL;
+	decode_record(h ? h : v->buf + v->pos, r);
+	r->payload = v->buf + v->pos + SEG_RECORD_HEADER;
+	window_after(&v->iter, r->payload_len);
 	r->file_offset = v->pos;
 	v->pos += SEG_RECORD_HEADER + r->payload_len;
 	/* Validated already; this only replays the namespace changes. */

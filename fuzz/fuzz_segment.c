@@ -12,8 +12,11 @@
  * decode again to itself; a valid segment must be left unchanged by
  * resealing and has exactly one encoding (the encoder, fed what the
  * decoder read, gives back every byte); iteration must yield exactly the
- * counted records; and a precheck fed the bytes as they would stream in
- * leads to the strict decoder's very answer and message.
+ * counted records; a precheck fed the bytes as they would stream in
+ * leads to the strict decoder's very answer and message; and the same
+ * bytes in a file (seg_view_open_fd: a precheck read with pread, then
+ * headers read a window at a time) get that answer too, and iterate from
+ * the file to the same records.
  *
  * Build and run with fuzz/build.sh and fuzz/run.sh.
  */
@@ -22,6 +25,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #define XXH_STATIC_LINKING_ONLY /* XXH3_state_t */
 #include <xxhash.h>
 
@@ -225,6 +230,40 @@ static void prechecked(const uint8_t *buf, size_t len, int strict, const struct 
 	seg_precheck_free(pc);
 }
 
+/* The bytes as a file: the strict answer, and the same records when
+ * iterated with headers read from the file. */
+static void from_file(const uint8_t *buf, size_t len, int strict, struct seg_view *v,
+		      const struct seg_err *serr)
+{
+	static int fd = -1;
+	struct seg_view *f = NULL;
+	struct seg_record a, b;
+	struct seg_err err;
+
+	if (len == 0) /* refused as an empty file before it is read */
+		return;
+	if (fd < 0)
+		fd = memfd_create("fuzz_segment", MFD_CLOEXEC);
+	REQUIRE(fd >= 0 && ftruncate(fd, 0) == 0 && pwrite(fd, buf, len, 0) == (ssize_t)len);
+	REQUIRE(seg_view_open_fd(fd, &f, &err) == strict);
+	if (strict != 0) {
+		REQUIRE(strcmp(err.msg, serr->msg) == 0 && err.offset == serr->offset);
+		return;
+	}
+	REQUIRE(seg_view_count(f) == seg_view_count(v) && seg_view_digest(f) == seg_view_digest(v));
+	seg_view_iterate_from(f, fd);
+	seg_view_rewind(v);
+	while (seg_view_next(f, &a) == 1) {
+		REQUIRE(seg_view_next(v, &b) == 1);
+		REQUIRE(a.lsn == b.lsn && a.type == b.type && a.check == b.check &&
+			a.file_offset == b.file_offset && a.payload_len == b.payload_len &&
+			memcmp(a.payload, b.payload, a.payload_len) == 0);
+	}
+	REQUIRE(seg_view_next(v, &b) == 0);
+	seg_view_rewind(v);
+	seg_view_free(f);
+}
+
 static void check(const uint8_t *buf, size_t len)
 {
 	struct seg_view *v = NULL, *p = NULL, *q = NULL;
@@ -243,6 +282,7 @@ static void check(const uint8_t *buf, size_t len)
 		REQUIRE(err.offset <= len);
 	}
 	prechecked(buf, len, strict, v, &err);
+	from_file(buf, len, strict, v, &err);
 	partial = seg_view_new_partial(buf, len, &p, &valid, &err);
 	if (partial == 0) {
 		REQUIRE(valid <= len && seg_view_size(p) == valid);

@@ -36,7 +36,7 @@ void inbox_file_close(struct inbox_file *f)
  * Maps and validates the segment file name of the group directory
  * (seg_view_open_fd: its payloads hashed with pread, not through the
  * mapping), keeping it open for the applier's pread of them
- * (applier_set_source).  Returns 0 with f filled, -EBADMSG with the
+ * (applier_set_source) and of the records' headers as it iterates.  Returns 0 with f filled, -EBADMSG with the
  * decoder's reason in why, or another -errno (also explained in why).
  */
 int inbox_open(int dirfd, const char *name, struct inbox_file *f, char *why, size_t whylen)
@@ -69,6 +69,8 @@ int inbox_open(int dirfd, const char *name, struct inbox_file *f, char *why, siz
 		snprintf(why, whylen, "%s", e.msg[0] ? e.msg : strerror(-r));
 	if (r < 0)
 		inbox_file_close(f);
+	else
+		seg_view_iterate_from(f->v, fd); /* headers with pread too; fd outlives it */
 	return r;
 }
 

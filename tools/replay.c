@@ -390,12 +390,15 @@ int series_apply(struct series *s, struct applier *a, uint64_t after, uint64_t u
 		/* Payloads read with pread from the very file the view maps,
 		 * not through the mapping (applier_set_source); a file replaced
 		 * since it was checked is not read. */
-		if (fd >= 0 && seg_view_same_file(v, fd))
+		if (fd >= 0 && seg_view_same_file(v, fd)) {
 			applier_set_source(a, fd, seg_view_bytes(v));
+			seg_view_iterate_from(v, fd); /* the headers too */
+		}
 		/* The applier skips records up to after, so segments wholly
 		 * before it cost only their iteration. */
 		r = applier_apply(a, v, after, err, sizeof err);
 		applier_set_source(a, -1, NULL);
+		seg_view_iterate_from(v, -1);
 		if (fd >= 0)
 			close(fd);
 		applier_stats(a, &st);

@@ -1139,6 +1139,14 @@ static ssize_t failing_pread(int fd, void *buf, size_t n, off_t off)
 	return -1;
 }
 
+static unsigned preads_counted;
+
+static ssize_t counting_pread(int fd, void *buf, size_t n, off_t off)
+{
+	preads_counted++;
+	return pread(fd, buf, n, off);
+}
+
 /* One log of durable callbacks (type 0) and events, in the order made. */
 struct evlog {
 	int n;
@@ -1687,10 +1695,18 @@ static void test_payload_source(void)
 	CHECK(big_payload != 0);
 
 	apply_io.fsync_fn = fast_fsync;
+	apply_io.pread_fn = counting_pread;
+	preads_counted = 0;
 	r = apply_from_file(dir, v, fd, err, sizeof err);
+	apply_io.pread_fn = apply_io_default.pread_fn;
 	CHECK_MSG(r == 0, "apply from the file: %s", err);
 	CHECK(file_matches(dir, "vm1.raw", &m1));
 	CHECK(file_matches(dir, "disks/vm2.qcow2", &m2));
+	/* the small payloads come from a window of the file, not a read each
+	 * (the whole segment but the big write fits in one; the big write's
+	 * three chunks take a read each, and the window's end may take one
+	 * more) */
+	CHECK_MSG(preads_counted >= 3 && preads_counted <= 6, "%u reads", preads_counted);
 
 	/* the file's bytes, not the view's: change the big write's last one */
 	byte = (uint8_t)~big[BIG - 1];

@@ -1848,6 +1848,144 @@ out:
 	free(buf);
 }
 
+/* segment.c's window: what a segment must exceed to need several */
+#define WINDOW_TEST_MIN (64u << 10)
+
+/* Iterates fv (reading headers from fd) and mv (memory) side by side:
+ * the same records, payloads and names. */
+static void iterate_same(struct seg_view *fv, int fd, struct seg_view *mv, const char *what)
+{
+	struct seg_record fr, mr;
+	uint64_t n = 0;
+	int a, b;
+
+	seg_view_iterate_from(fv, fd);
+	seg_view_rewind(fv);
+	seg_view_rewind(mv);
+	while ((a = seg_view_next(fv, &fr)) == 1 && (b = seg_view_next(mv, &mr)) == 1) {
+		const char *fname = seg_view_image_name(fv, fr.image);
+		const char *mname = seg_view_image_name(mv, mr.image);
+
+		CHECK_MSG(fr.type == mr.type && fr.lsn == mr.lsn && fr.offset == mr.offset &&
+				  fr.length == mr.length && fr.payload_len == mr.payload_len &&
+				  fr.file_offset == mr.file_offset && fr.check == mr.check &&
+				  memcmp(fr.payload, mr.payload, fr.payload_len) == 0 &&
+				  !fname == !mname && (!fname || strcmp(fname, mname) == 0),
+			  "%s: record %" PRIu64 " differs", what, n);
+		n++;
+	}
+	CHECK_MSG(a == 0 && seg_view_next(mv, &mr) == 0 && n == seg_view_count(mv),
+		  "%s: %" PRIu64 " records of %" PRIu64, what, n, seg_view_count(mv));
+}
+
+/*
+ * A segment of many records, small and large, with namespace records
+ * among them: its headers are read from the file a window at a time (and
+ * a short read after each large payload), and every answer is still the
+ * memory walk's -- intact, with a byte inverted in each record's header,
+ * name or label, cut inside records, and iterated record by record.
+ */
+static void test_window_same_as_memory(void)
+{
+	static const uint32_t sizes[] = { 4096, 4096, 1, 100, 40000, 4096, 300000, 4096, 70000 };
+	struct seg_header h = base_header();
+	char path[] = "/tmp/test_segment.XXXXXX", other[] = "/tmp/test_segment.XXXXXX";
+	struct seg_builder *b = seg_builder_new(&h);
+	static uint8_t data[300000];
+	size_t starts[400], len = 0, nrec = 0;
+	uint8_t *buf = NULL, *copy = NULL;
+	struct seg_view *fv = NULL, *mv = NULL;
+	struct seg_err err;
+	char what[96];
+	int fd = mkstemp(path), ofd = mkstemp(other);
+
+	CHECK(fd >= 0 && ofd >= 0 && b);
+	if (fd < 0 || ofd < 0 || !b)
+		goto out;
+	for (size_t i = 0; i < sizeof data; i++)
+		data[i] = (uint8_t)(i * 131 + 7);
+	for (int i = 0; i < 300; i++) {
+		struct seg_record r = { .type = SEG_WRITE, .image = 1, .time_ns = 1 };
+		char name[64], pl[128];
+
+		starts[nrec++] = seg_builder_size(b) - SEG_TRAILER_SIZE;
+		if (i % 37 == 5) { /* a file created and renamed: names read from windows */
+			snprintf(name, sizeof name, "n%d.img", i);
+			r = (struct seg_record){ .type = SEG_CREATE, .image = 100 + (uint32_t)i,
+						 .aux = 0600, .payload = name,
+						 .payload_len = (uint32_t)strlen(name) };
+			seg_builder_add(b, &r);
+			starts[nrec++] = seg_builder_size(b) - SEG_TRAILER_SIZE;
+			r.type = SEG_RENAME;
+			r.aux = (uint32_t)strlen(name);
+			r.payload_len = (uint32_t)snprintf(pl, sizeof pl, "%sdir/r%d.img", name, i);
+			r.payload = pl;
+		} else if (i % 53 == 9) {
+			r = (struct seg_record){ .type = SEG_MARK, .payload = "a mark",
+						 .payload_len = 6 };
+		} else {
+			r.payload_len = sizes[i % (sizeof sizes / sizeof sizes[0])];
+			r.length = r.payload_len;
+			r.offset = (uint64_t)i << 20;
+			r.payload = data;
+		}
+		seg_builder_add(b, &r);
+	}
+	starts[nrec] = seg_builder_size(b) - SEG_TRAILER_SIZE;
+	CHECK(seg_builder_finish(b, 7, &buf, &len) == 0);
+	seg_builder_free(b);
+	b = NULL;
+	copy = malloc(len);
+	CHECK(buf && copy && len > 8 * WINDOW_TEST_MIN);
+	if (!buf || !copy)
+		goto out;
+
+	open_as_memory(fd, buf, len, "many records, intact");
+	for (size_t i = 0; i < nrec; i++) {
+		size_t at[] = { starts[i] + i % 64, starts[i] + 63, starts[i] + 64 };
+
+		for (size_t k = 0; k < 3; k++) {
+			if (at[k] >= len)
+				continue;
+			memcpy(copy, buf, len);
+			copy[at[k]] = (uint8_t)~copy[at[k]];
+			snprintf(what, sizeof what, "record %zu, byte %zu inverted", i, at[k]);
+			open_as_memory(fd, copy, len, what);
+		}
+		snprintf(what, sizeof what, "cut inside record %zu's header", i);
+		open_as_memory(fd, buf, starts[i] + 30, what);
+	}
+	memcpy(copy, buf, len);
+	copy[len - 20] = (uint8_t)~copy[len - 20];
+	open_as_memory(fd, copy, len, "trailer damaged");
+
+	/* iterated from the file, a window at a time */
+	CHECK(ftruncate(fd, 0) == 0 && pwrite(fd, buf, len, 0) == (ssize_t)len);
+	CHECK(pwrite(ofd, buf, len, 0) == (ssize_t)len);
+	CHECK_MSG(seg_view_open_fd(fd, &fv, &err) == 0, "%s", err.msg);
+	CHECK(seg_view_new(buf, len, &mv, &err) == 0);
+	if (fv && mv) {
+		iterate_same(fv, fd, mv, "iterated from the file");
+		/* another file (even with the same bytes) is not read from */
+		iterate_same(fv, ofd, mv, "iterated with another file's fd");
+		iterate_same(fv, -1, mv, "iterated from the mapping");
+	}
+out:
+	seg_view_free(fv);
+	seg_view_free(mv);
+	seg_builder_free(b);
+	for (int i = 0; i < 2; i++) {
+		int f = i ? ofd : fd;
+
+		if (f >= 0) {
+			close(f);
+			unlink(i ? other : path);
+		}
+	}
+	free(copy);
+	free(buf);
+}
+
 int main(void)
 {
 	alarm(120);
@@ -1870,5 +2008,6 @@ int main(void)
 	test_open_own_and_fd();
 	test_precheck();
 	test_open_same_as_memory();
+	test_window_same_as_memory();
 	return check_done("test_segment");
 }
