@@ -254,6 +254,12 @@ int seg_precheck_read(struct seg_precheck *p, int fd, uint64_t len);
  */
 int seg_view_new_prechecked(const void *buf, size_t len, const struct seg_precheck *p,
 			    struct seg_view **out, struct seg_err *err);
+/* seg_view_open_fd of a file whose bytes were all fed to p as they were
+ * written to it (a receiver's temporary file): its payloads are not read
+ * again, and its record headers are read with pread, as seg_view_open_fd
+ * reads them (p NULL: seg_view_open_fd). */
+int seg_view_open_fd_prechecked(int fd, const struct seg_precheck *p, struct seg_view **out,
+				struct seg_err *err);
 /*
  * Recovery form for a segment that may be unfinished: walks records until
  * the first one that is invalid or incomplete, which ends the log (a torn

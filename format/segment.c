@@ -951,7 +951,8 @@ int seg_view_new_partial(const void *buf, size_t len, struct seg_view **out,
  * GB/s that way against 8.8 with pread, measured), and whoever uses the
  * view touches its pages once more anyway.
  */
-static int view_map(int fd, enum trust trust, struct seg_view **out, struct seg_err *err)
+static int view_map(int fd, enum trust trust, const struct seg_precheck *fed,
+		    struct seg_view **out, struct seg_err *err)
 {
 	struct seg_precheck *pc = NULL;
 	struct stat st;
@@ -970,7 +971,7 @@ static int view_map(int fd, enum trust trust, struct seg_view **out, struct seg_
 		fail(err, 0, "cannot map: %s", strerror(-r));
 		return r;
 	}
-	if (trust == TRUST_NONE && (pc = seg_precheck_new()) != NULL &&
+	if (trust == TRUST_NONE && !fed && (pc = seg_precheck_new()) != NULL &&
 	    (r = seg_precheck_read(pc, fd, (uint64_t)st.st_size)) < 0) {
 		/* Not a walk of the mapping then: its pages past a new end, or
 		 * ones that cannot be read, would raise SIGBUS. */
@@ -981,8 +982,8 @@ static int view_map(int fd, enum trust trust, struct seg_view **out, struct seg_
 		fail(err, 0, "cannot read: %s", strerror(-r));
 		return r;
 	}
-	if (pc)
-		r = view_prechecked(map, (size_t)st.st_size, map, fd, pc, out, err);
+	if (fed || pc)
+		r = view_prechecked(map, (size_t)st.st_size, map, fd, fed ? fed : pc, out, err);
 	else
 		r = view_init(map, (size_t)st.st_size, false, trust, map, fd, out, err);
 	seg_precheck_free(pc);
@@ -1003,7 +1004,7 @@ static int view_open(const char *path, enum trust trust, struct seg_view **out,
 
 	if (fd < 0)
 		return fd;
-	r = view_map(fd, trust, out, err);
+	r = view_map(fd, trust, NULL, out, err);
 	close(fd);
 	return r;
 }
@@ -1034,7 +1035,13 @@ int seg_view_open_own(const char *path, struct seg_view **out, struct seg_err *e
 
 int seg_view_open_fd(int fd, struct seg_view **out, struct seg_err *err)
 {
-	return view_map(fd, TRUST_NONE, out, err);
+	return view_map(fd, TRUST_NONE, NULL, out, err);
+}
+
+int seg_view_open_fd_prechecked(int fd, const struct seg_precheck *p, struct seg_view **out,
+				struct seg_err *err)
+{
+	return view_map(fd, TRUST_NONE, p, out, err);
 }
 
 void seg_view_free(struct seg_view *v)

@@ -1114,7 +1114,7 @@ static void finish(struct receiver *rx, struct upload *u)
 {
 	struct seg_view *v = NULL;
 	struct seg_err e;
-	void *m = NULL;
+	const void *m;
 	char hu[37];
 	int gfd = -1, r;
 
@@ -1126,21 +1126,21 @@ static void finish(struct receiver *rx, struct upload *u)
 		decide(u, 500, "fsync of the received segment: %s", strerror(errno));
 		return;
 	}
-	if (u->size) {
-		m = mmap(NULL, u->size, PROT_READ, MAP_SHARED, u->fd, 0);
-		if (m == MAP_FAILED) {
-			decide(u, 500, "cannot map the received segment: %s", strerror(errno));
-			return;
-		}
-	}
-	/* the payloads were hashed on their way into the file: not again
-	 * through the mapping (the group checks the inbox file whole again
-	 * before it applies it) */
-	r = seg_view_new_prechecked(m ? m : (void *)"", u->size, u->pre, &v, &e);
-	if (r < 0) {
+	/* the payloads were hashed on their way into the file: not again,
+	 * and the records' headers are read with pread, not through a
+	 * mapping (the group checks the inbox file whole again before it
+	 * applies it) */
+	r = u->size ? seg_view_open_fd_prechecked(u->fd, u->pre, &v, &e)
+		    : seg_view_new_prechecked("", 0, u->pre, &v, &e);
+	if (r == -EBADMSG) {
 		decide(u, 422, "not a valid segment: %s (at byte %" PRIu64 ")", e.msg, e.offset);
 		goto out;
 	}
+	if (r < 0) {
+		decide(u, 500, "cannot read the received segment: %s", e.msg);
+		goto out;
+	}
+	m = seg_view_bytes(v);
 	if (memcmp(seg_view_header(v)->group, u->gid, 16) != 0) {
 		seg_uuid_format(seg_view_header(v)->group, hu);
 		decide(u, 422, "the segment belongs to group %s, not to %s named in the path", hu,
@@ -1174,8 +1174,6 @@ out:
 	if (gfd >= 0)
 		close(gfd);
 	seg_view_free(v);
-	if (m)
-		munmap(m, u->size);
 }
 
 /* ---- GET ---- */

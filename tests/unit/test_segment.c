@@ -1848,6 +1848,65 @@ out:
 	free(buf);
 }
 
+/*
+ * seg_view_open_fd_prechecked, as the receiver opens its temporary file:
+ * the precheck fed as the bytes were written stands for the payloads'
+ * hashes (a payload byte changed in the file afterwards is not read
+ * again: the skip is real); a precheck of other bytes, or of some of
+ * them, gets the full check of the file; header damage is refused with
+ * the memory decoder's message either way.
+ */
+static void test_open_fd_prechecked(void)
+{
+	struct seg_header h = base_header();
+	char path[] = "/tmp/test_segment.XXXXXX";
+	size_t starts[SMALL_N + 1], len;
+	uint8_t *buf = build(&h, small_recs, SMALL_N, &len, starts);
+	struct seg_view *v = NULL, *mv = NULL;
+	struct seg_precheck *p = seg_precheck_new(), *half = seg_precheck_new();
+	struct seg_err err, merr;
+	size_t payload = starts[0] + SEG_RECORD_HEADER;
+	uint8_t byte;
+	int fd = mkstemp(path);
+
+	CHECK(fd >= 0 && p && half);
+	if (fd < 0 || !p || !half)
+		goto out;
+	seg_precheck_feed(p, buf, len);
+	seg_precheck_feed(half, buf, len / 2);
+	CHECK(pwrite(fd, buf, len, 0) == (ssize_t)len);
+	CHECK_MSG(seg_view_open_fd_prechecked(fd, p, &v, &err) == 0, "%s", err.msg);
+	CHECK(v && seg_view_count(v) == SMALL_N && seg_view_same_file(v, fd));
+	seg_view_free(v);
+	v = NULL;
+	/* a payload byte changed after it was fed: not hashed again */
+	byte = (uint8_t)~buf[payload];
+	CHECK(pwrite(fd, &byte, 1, (off_t)payload) == 1);
+	CHECK(seg_view_open_fd_prechecked(fd, p, &v, &err) == 0);
+	seg_view_free(v);
+	v = NULL;
+	/* ... but a precheck of half the bytes is no precheck: refused whole */
+	CHECK(seg_view_open_fd_prechecked(fd, half, &v, &err) == -EBADMSG &&
+	      strstr(err.msg, "payload checksum mismatch"));
+	/* a header damaged: the memory decoder's answer */
+	CHECK(pwrite(fd, &buf[payload], 1, (off_t)payload) == 1);
+	byte = (uint8_t)~buf[starts[2] + 10];
+	CHECK(pwrite(fd, &byte, 1, (off_t)(starts[2] + 10)) == 1);
+	buf[starts[2] + 10] = byte;
+	CHECK(seg_view_open_fd_prechecked(fd, p, &v, &err) == -EBADMSG);
+	CHECK(seg_view_new(buf, len, &mv, &merr) == -EBADMSG);
+	CHECK_MSG(strcmp(err.msg, merr.msg) == 0 && err.offset == merr.offset, "\"%s\" against \"%s\"",
+		  err.msg, merr.msg);
+out:
+	seg_precheck_free(p);
+	seg_precheck_free(half);
+	if (fd >= 0) {
+		close(fd);
+		unlink(path);
+	}
+	free(buf);
+}
+
 /* segment.c's window: what a segment must exceed to need several */
 #define WINDOW_TEST_MIN (64u << 10)
 
@@ -2009,5 +2068,6 @@ int main(void)
 	test_precheck();
 	test_open_same_as_memory();
 	test_window_same_as_memory();
+	test_open_fd_prechecked();
 	return check_done("test_segment");
 }
