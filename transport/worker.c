@@ -330,6 +330,8 @@ static enum outcome ship(struct dest *d, CURL *c, struct curl_slist *headers[2],
 		dest_set_error(d, "cannot read segment %s: %s", file, strerror(-r));
 		return SHIP_RETRY;
 	}
+	/* filter_body iterates the records: their headers with pread too */
+	seg_view_iterate_from(v, fd);
 	*src_last = seg_view_last_lsn(v);
 	pthread_mutex_lock(&d->t->lock);
 	first = d->dest_last_lsn + 1;
