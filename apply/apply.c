@@ -288,33 +288,26 @@ static int write_from_source(int fd, struct payload_source *s, const struct seg_
 	uint64_t from = (uint64_t)((const uint8_t *)rec->payload - s->base), done = 0;
 
 	*reading = true; /* the buffer is the reading side's */
-	if (!s->buf && !(s->buf = malloc(SOURCE_CHUNK)))
+	if (!s->win.buf && !(s->win.buf = malloc(SOURCE_CHUNK)))
 		return -ENOMEM;
+	s->win.cap = SOURCE_CHUNK;
 	while (done < rec->length) {
-		uint64_t at = from + done;
 		size_t n = rec->length - done < SOURCE_CHUNK ? (size_t)(rec->length - done)
 							     : SOURCE_CHUNK;
+		const uint8_t *p;
 		int r;
 
 		/* A window of the file, not only this payload: the records
 		 * that follow (a guest's 4 KiB writes, 60 to a window) are
-		 * then written from it without a read each. */
+		 * then written from it without a read each.  -ENODATA: the
+		 * segment file is shorter than its view. */
 		*reading = true;
-		if (at < s->at || at + n > s->at + s->held) {
-			ssize_t got = fileio_pread_full(apply_io.pread_fn, s->fd, s->buf,
-							SOURCE_CHUNK, at);
-
-			s->held = 0;
-			if (got < 0)
-				return (int)got;
-			if ((size_t)got < n)
-				return -ENODATA; /* the segment file is shorter than its view */
-			s->at = at;
-			s->held = (size_t)got;
-		}
+		r = fileio_window_get(&s->win, apply_io.pread_fn, s->fd, from + done, n,
+				      SOURCE_CHUNK, &p);
+		if (r < 0)
+			return r;
 		*reading = false;
-		r = fileio_pwrite_full(apply_io.pwrite_fn, fd, s->buf + (at - s->at), n,
-				       rec->offset + done);
+		r = fileio_pwrite_full(apply_io.pwrite_fn, fd, p, n, rec->offset + done);
 		if (r < 0)
 			return r;
 		done += n;
@@ -1197,7 +1190,7 @@ void applier_set_source(struct applier *a, int fd, const void *base)
 {
 	a->src.fd = base ? fd : -1; /* no base: no offsets to read at */
 	a->src.base = base;
-	a->src.held = 0; /* another file, or the same one changed */
+	a->src.win.held = 0; /* another file, or the same one changed */
 }
 
 void applier_stats(const struct applier *a, struct apply_stats *st)
@@ -1223,6 +1216,6 @@ void applier_free(struct applier *a)
 	free(a->maps);
 	free(a->dir);
 	free(a->hbuf);
-	free(a->src.buf);
+	free(a->src.win.buf);
 	free(a);
 }

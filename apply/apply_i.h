@@ -18,6 +18,7 @@
 #define AIM_APPLY_I_H
 
 #include "apply.h"
+#include "fileio.h"
 
 #include <linux/openat2.h>
 #include <stdbool.h>
@@ -74,9 +75,7 @@ struct target {
 struct payload_source {
 	int fd;              /* -1: payloads are copied from the view */
 	const uint8_t *base; /* where the view shows the file's byte 0 */
-	uint8_t *buf;        /* SOURCE_CHUNK bytes, allocated on first use */
-	uint64_t at;         /* the file offset buf[0] holds */
-	size_t held;         /* bytes of the file in buf from at (0: none) */
+	struct fileio_window win; /* SOURCE_CHUNK bytes, allocated on first use */
 };
 
 struct applier {

@@ -29,6 +29,27 @@ ssize_t fileio_pread_full(fileio_pread_fn fn, int fd, void *buf, size_t len, uin
 	return (ssize_t)done;
 }
 
+int fileio_window_get(struct fileio_window *w, fileio_pread_fn fn, int fd, uint64_t off,
+		      size_t n, size_t want, const uint8_t **p)
+{
+	ssize_t got;
+
+	if (off >= w->at && off + n <= w->at + w->held) {
+		*p = w->buf + (off - w->at);
+		return 0;
+	}
+	w->held = 0;
+	got = fileio_pread_full(fn, fd, w->buf, want, off);
+	if (got < 0)
+		return (int)got;
+	if ((size_t)got < n)
+		return -ENODATA;
+	w->at = off;
+	w->held = (size_t)got;
+	*p = w->buf;
+	return 0;
+}
+
 int fileio_pwrite_full(fileio_pwrite_fn fn, int fd, const void *buf, size_t len, uint64_t off)
 {
 	const char *p = buf;

@@ -18,6 +18,19 @@ typedef ssize_t (*fileio_pwrite_fn)(int fd, const void *buf, size_t n, off_t off
 /* Reads len bytes at off, fewer only at the end of the file.  Returns the
  * bytes read or -errno. */
 ssize_t fileio_pread_full(fileio_pread_fn fn, int fd, void *buf, size_t len, uint64_t off);
+/* A buffer holding one range of a file, for a reader that moves forward
+ * through it: what it holds is served without a read. */
+struct fileio_window {
+	uint8_t *buf;   /* cap bytes, the caller's */
+	size_t cap;
+	uint64_t at;    /* the file offset buf[0] holds */
+	size_t held;    /* bytes of the file held from at (0: none; set 0 to forget) */
+};
+/* Points *p at n bytes of fd at off: in w if it holds them, else read
+ * with fn (NULL: pread(2)), want bytes from off (n <= want <= w->cap).
+ * Returns 0, -ENODATA if the file ends before off + n, or -errno. */
+int fileio_window_get(struct fileio_window *w, fileio_pread_fn fn, int fd, uint64_t off,
+		      size_t n, size_t want, const uint8_t **p);
 /* Writes all len bytes at off.  Returns 0 or -errno (-EIO for a write that
  * makes no progress). */
 int fileio_pwrite_full(fileio_pwrite_fn fn, int fd, const void *buf, size_t len, uint64_t off);

@@ -359,9 +359,7 @@ void seg_builder_free(struct seg_builder *b)
 struct window {
 	int fd;              /* -1: the view's bytes are read where they are */
 	const uint8_t *buf;  /* the view's bytes (fd -1) */
-	uint8_t *win;        /* WINDOW_SIZE bytes */
-	uint64_t at;         /* the file offset win[0] holds */
-	size_t held;         /* bytes of the file in win (0: none) */
+	struct fileio_window fw; /* WINDOW_SIZE bytes */
 	size_t want;         /* how much the next read asks for */
 };
 
@@ -369,13 +367,15 @@ struct window {
 static void window_init(struct window *w, int fd, const uint8_t *buf)
 {
 	*w = (struct window){ .fd = -1, .buf = buf, .want = WINDOW_SIZE };
-	if (fd >= 0 && (w->win = malloc(WINDOW_SIZE)))
+	if (fd >= 0 && (w->fw.buf = malloc(WINDOW_SIZE))) {
+		w->fw.cap = WINDOW_SIZE;
 		w->fd = fd;
+	}
 }
 
 static void window_free(struct window *w)
 {
-	free(w->win);
+	free(w->fw.buf);
 	*w = (struct window){ .fd = -1 };
 }
 
@@ -383,20 +383,13 @@ static void window_free(struct window *w)
  * them (it shrank, or a read failed). */
 static const uint8_t *window_get(struct window *w, size_t pos, size_t n)
 {
-	size_t want = n > w->want ? n : w->want;
-	ssize_t got;
+	const uint8_t *p;
 
 	if (w->fd < 0)
 		return w->buf + pos;
-	if (pos >= w->at && pos + n <= w->at + w->held)
-		return w->win + (pos - w->at);
-	got = fileio_pread_full(NULL, w->fd, w->win, want, pos);
-	w->held = 0;
-	if (got < 0 || (size_t)got < n)
-		return NULL;
-	w->at = pos;
-	w->held = got;
-	return w->win;
+	return fileio_window_get(&w->fw, NULL, w->fd, pos, n, n > w->want ? n : w->want, &p) < 0
+		       ? NULL
+		       : p;
 }
 
 /* After a record of payload_len bytes: how much the next read asks for. */
