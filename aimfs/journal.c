@@ -39,35 +39,9 @@
 static int pwrite_all(int fd, const struct iovec *iov, int n, uint64_t off)
 {
 	struct iovec v[4];
-	size_t total = 0;
 
 	memcpy(v, iov, (size_t)n * sizeof *v);
-	for (int i = 0; i < n; i++)
-		total += v[i].iov_len;
-	while (total) {
-		ssize_t w = aimfs_io.pwritev_fn(fd, v, n, (off_t)off);
-
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (w == 0)
-			return -EIO;
-		off += (uint64_t)w;
-		total -= (size_t)w;
-		while (w > 0) {
-			if ((size_t)w >= v[0].iov_len) {
-				w -= (ssize_t)v[0].iov_len;
-				memmove(v, v + 1, (size_t)--n * sizeof *v);
-			} else {
-				v[0].iov_base = (char *)v[0].iov_base + w;
-				v[0].iov_len -= (size_t)w;
-				w = 0;
-			}
-		}
-	}
-	return 0;
+	return fileio_pwritev_full(aimfs_io.pwritev_fn, fd, v, n, off);
 }
 
 void segfile_put_locked(struct journal *j, struct segfile *s)

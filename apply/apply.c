@@ -64,6 +64,11 @@ static ssize_t sys_pwrite(int fd, const void *buf, size_t n, off_t off)
 	return pwrite(fd, buf, n, off);
 }
 
+static ssize_t sys_pwritev(int fd, const struct iovec *iov, int iovcnt, off_t off)
+{
+	return pwritev(fd, iov, iovcnt, off);
+}
+
 static int sys_ioctl(int fd, unsigned long req, void *arg)
 {
 	return ioctl(fd, req, arg);
@@ -76,6 +81,7 @@ static ssize_t sys_pread(int fd, void *buf, size_t n, off_t off)
 
 const struct apply_io apply_io_default = {
 	.pwrite_fn = sys_pwrite,
+	.pwritev_fn = sys_pwritev,
 	.fallocate_fn = fallocate,
 	.ftruncate_fn = ftruncate,
 	.fsync_fn = fsync,
@@ -86,6 +92,7 @@ const struct apply_io apply_io_default = {
 
 struct apply_io apply_io = {
 	.pwrite_fn = sys_pwrite,
+	.pwritev_fn = sys_pwritev,
 	.fallocate_fn = fallocate,
 	.ftruncate_fn = ftruncate,
 	.fsync_fn = fsync,
@@ -126,6 +133,7 @@ struct data_ctx {
 	const char *image; /* NULL when unknown (apply_record_data) */
 	const char *path;  /* the target's path, or a generic word */
 	struct payload_source *src; /* NULL: from the view */
+	struct write_run *run; /* a WRITE joins it instead of being written now */
 };
 
 /* Bytes read from a payload source at a time: the buffer stays in the
@@ -315,6 +323,46 @@ static int write_from_source(int fd, struct payload_source *s, const struct seg_
 	return 0;
 }
 
+/* Where a WRITE's payload lies in the source file. */
+static uint64_t source_offset(const struct payload_source *s, const struct seg_record *rec)
+{
+	return (uint64_t)((const uint8_t *)rec->payload - s->base);
+}
+
+/*
+ * A WRITE of at most SOURCE_CHUNK bytes added to the run: its payload is
+ * read into the source's window (which the run's earlier payloads are
+ * in already: the caller wrote the run out otherwise) and its buffer
+ * appended.  Returns 0 or -errno of the read.
+ */
+static int run_append(int fd, const struct data_ctx *c, const struct seg_record *rec)
+{
+	struct payload_source *s = c->src;
+	struct write_run *w = c->run;
+	const uint8_t *p;
+	int r;
+
+	if (!s->win.buf && !(s->win.buf = malloc(SOURCE_CHUNK)))
+		return -ENOMEM;
+	s->win.cap = SOURCE_CHUNK;
+	r = fileio_window_get(&s->win, apply_io.pread_fn, s->fd, source_offset(s, rec),
+			      (size_t)rec->length, SOURCE_CHUNK, &p);
+	if (r < 0)
+		return r;
+	if (!w->n) {
+		w->fd = fd;
+		w->image = c->image;
+		w->path = c->path;
+		w->offset = rec->offset;
+		w->length = 0;
+		w->first_lsn = rec->lsn;
+	}
+	w->iov[w->n++] = (struct iovec){ (void *)p, (size_t)rec->length };
+	w->length += rec->length;
+	w->last_lsn = rec->lsn;
+	return 0;
+}
+
 static int apply_data(int fd, const struct seg_record *rec, bool blockdev, uint64_t dev_size,
 		      const struct data_ctx *c, char *err, size_t errlen)
 {
@@ -336,10 +384,14 @@ static int apply_data(int fd, const struct seg_record *rec, bool blockdev, uint6
 		if (rec->payload_len != len)
 			return dfail(c, err, errlen, -EINVAL, "WRITE of %" PRIu64 " bytes carries %u",
 				     len, rec->payload_len);
-		if (c->src && c->src->fd >= 0)
+		if (c->run && len <= SOURCE_CHUNK) {
+			reading = true; /* nothing is written yet */
+			r = run_append(fd, c, rec);
+		} else if (c->src && c->src->fd >= 0) {
 			r = write_from_source(fd, c->src, rec, &reading);
-		else
+		} else {
 			r = fileio_pwrite_full(apply_io.pwrite_fn, fd, rec->payload, len, off);
+		}
 		if (r < 0 && reading)
 			return dfail(c, err, errlen, r, "reading the payload of the write at %" PRIu64
 				     "+%" PRIu64 " from the segment file: %s", off, len,
@@ -398,11 +450,43 @@ static int apply_data(int fd, const struct seg_record *rec, bool blockdev, uint6
 int apply_record_data(int fd, const struct seg_record *r, bool block_device,
 		      uint64_t device_size, char *err, size_t errlen)
 {
-	struct data_ctx c = { NULL, block_device ? "the device" : "the file", NULL };
+	struct data_ctx c = { .path = block_device ? "the device" : "the file" };
 
 	if (err && errlen)
 		err[0] = '\0';
 	return apply_data(fd, r, block_device, device_size, &c, err, errlen);
+}
+
+/* ---- runs of WRITEs ---- */
+
+/* Writes the run out (if any) and empties it. */
+static int run_write(struct applier *a, char *err, size_t errlen)
+{
+	struct write_run *w = &a->run;
+	int n = w->n, r;
+
+	if (!n)
+		return 0;
+	w->n = 0;
+	r = fileio_pwritev_full(apply_io.pwritev_fn, w->fd, w->iov, n, w->offset);
+	if (r < 0)
+		return apply_fail(err, errlen, r,
+				  "image %s: write at %" PRIu64 "+%" PRIu64 " to %s (the %d WRITEs"
+				  " of LSN %" PRIu64 " to %" PRIu64 "): %s",
+				  w->image, w->offset, w->length, w->path, n, w->first_lsn,
+				  w->last_lsn, strerror(-r));
+	return 0;
+}
+
+/* Whether rec, of image name, can join the run: a WRITE continuing it in
+ * the same target whose payload the source's window holds already. */
+static bool run_continues(const struct applier *a, const char *name, const struct seg_record *rec)
+{
+	const struct write_run *w = &a->run;
+
+	return w->n < RUN_IOV_MAX && rec->type == SEG_WRITE && strcmp(name, w->image) == 0 &&
+	       rec->offset == w->offset + w->length && rec->length <= SOURCE_CHUNK &&
+	       fileio_window_holds(&a->src.win, source_offset(&a->src, rec), (size_t)rec->length);
 }
 
 /* ---- barriers ---- */
@@ -411,7 +495,10 @@ int apply_record_data(int fd, const struct seg_record *r, bool block_device,
 static int barrier(struct applier *a, uint64_t lsn, uint64_t time_ns, char *err, size_t errlen)
 {
 	struct apply_progress p = { a->segment, lsn, time_ns };
-	int r;
+	int r = run_write(a, err, errlen);
+
+	if (r < 0)
+		return r;
 
 	for (int i = 0; i < CACHE_MAX; i++) {
 		struct target *t = &a->cache[i];
@@ -804,28 +891,43 @@ static int sync_event(struct applier *a, const struct seg_record *rec, char *err
 
 /* ---- applying ---- */
 
+static bool is_data(uint32_t type)
+{
+	return type == SEG_WRITE || type == SEG_ZERO || type == SEG_TRUNCATE || type == SEG_ALLOC;
+}
+
 static int apply_one(struct applier *a, struct seg_view *v, const struct seg_record *rec,
 		     char *err, size_t errlen)
 {
 	struct data_ctx c = { 0 };
 	struct target *t;
-	const char *name;
+	const char *name = NULL;
 	int r;
 
+	if (is_data(rec->type)) {
+		name = seg_view_image_name(v, rec->image);
+		if (!name) /* the decoder guarantees a binding */
+			return apply_fail(err, errlen, -EINVAL, "image %u is not bound", rec->image);
+	}
+	/* Every other record, target and window comes after the run. */
+	if (a->run.n && !(name && run_continues(a, name, rec))) {
+		r = run_write(a, err, errlen);
+		if (r < 0)
+			return r;
+	}
 	switch (rec->type) {
 	case SEG_WRITE:
 	case SEG_ZERO:
 	case SEG_TRUNCATE:
 	case SEG_ALLOC:
-		name = seg_view_image_name(v, rec->image);
-		if (!name) /* the decoder guarantees a binding */
-			return apply_fail(err, errlen, -EINVAL, "image %u is not bound", rec->image);
 		r = target_get(a, name, NEW_FILE_MODE, &t, err, errlen);
 		if (r < 0)
 			return r;
-		c.image = name;
+		c.image = t->name; /* the run may hold it: the view's may move */
 		c.path = t->path;
 		c.src = &a->src;
+		if (rec->type == SEG_WRITE && a->src.fd >= 0 && !(a->record && a->record_reads))
+			c.run = &a->run;
 		r = apply_data(t->fd, rec, t->blockdev, t->dev_size, &c, err, errlen);
 		if (r < 0)
 			return r;
@@ -921,6 +1023,7 @@ int applier_apply(struct applier *a, struct seg_view *v, uint64_t after_lsn, cha
 	if (!tr)
 		return apply_fail(err, errlen, -EINVAL, "segment %" PRIu64 " is not sealed", h->number);
 	a->segment = h->number;
+	a->run.n = 0; /* a failed apply's: its window is gone */
 	a->pending = false;
 	a->reported = false;
 	a->prev_time = tr->sealed_ns; /* for an empty segment */
@@ -932,7 +1035,11 @@ int applier_apply(struct applier *a, struct seg_view *v, uint64_t after_lsn, cha
 			r = apply_one(a, v, &rec, err, errlen);
 			if (r < 0) {
 				size_t n = strlen(err);
+				char ignored[256];
 
+				/* The WRITEs before this record still reach
+				 * the targets, as when each went at once. */
+				run_write(a, ignored, sizeof ignored);
 				/* Where, for the operator: the record and how
 				 * far the targets are durable. */
 				snprintf(err + n, errlen - n,
@@ -974,6 +1081,7 @@ int applier_new(const char *target_dir, struct applier **out)
 	for (int i = 0; i < CACHE_MAX; i++)
 		a->cache[i].fd = -1;
 	a->src.fd = -1;
+	a->record_reads = true;
 	a->dir = strdup(target_dir);
 	/* O_RDONLY, not O_PATH: the directory itself is fsynced. */
 	a->dirfd = open(target_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -1184,6 +1292,11 @@ void applier_set_record_cb(struct applier *a, apply_record_fn fn, void *ctx)
 {
 	a->record = fn;
 	a->record_ctx = ctx;
+}
+
+void applier_record_cb_reads_targets(struct applier *a, bool reads)
+{
+	a->record_reads = reads;
 }
 
 void applier_set_source(struct applier *a, int fd, const void *base)

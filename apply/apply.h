@@ -110,7 +110,8 @@ typedef int (*apply_event_fn)(void *ctx, const struct apply_event *e);
  * whatever its type (FLUSH, MARK and SKIP included), in stream order.  v
  * is the view being applied, positioned at r: seg_view_image_name and
  * seg_view_names answer as of r, r's own namespace change included.  The
- * targets then hold exactly the state after r -- in the page cache:
+ * targets then hold exactly the state after r (unless the caller said
+ * they are not read: applier_record_cb_reads_targets) -- in the page cache:
  * another process that reads the target files now sees that state, but it
  * is durable only at barriers.  Returns 0 to go on, APPLY_STOP to stop
  * right after r (the applier makes the targets durable up to r, tells the
@@ -184,6 +185,20 @@ void applier_set_event_cb(struct applier *a, apply_event_fn fn, void *ctx);
 
 /* Sets the callback called after each applied record (NULL for none). */
 void applier_set_record_cb(struct applier *a, apply_record_fn fn, void *ctx);
+
+/*
+ * Whether the record callback examines the targets (true until said
+ * otherwise).  With false it only follows the stream (LSNs, marks, where
+ * to stop), and the applier may then keep the WRITEs of a run to
+ * consecutive offsets of one target, read from a source file
+ * (applier_set_source), and write them with one pwritev: the callback of
+ * such a WRITE can run before its bytes reach the target.  They reach it
+ * before any other record is applied (and its callback called), before
+ * every barrier and durable callback, and before applier_apply returns,
+ * APPLY_STOP included.  Without a record callback the applier always
+ * may.
+ */
+void applier_record_cb_reads_targets(struct applier *a, bool reads);
 
 /*
  * Where the views applied next were mapped from: the file open at fd,

@@ -26,6 +26,7 @@
 #include <stdint.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #define CACHE_MAX 64
 #define RESOLVE_SAFE (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
@@ -39,6 +40,8 @@
 
 struct apply_io {
 	ssize_t (*pwrite_fn)(int fd, const void *buf, size_t n, off_t off);
+	/* Runs of WRITEs to consecutive offsets (struct write_run). */
+	ssize_t (*pwritev_fn)(int fd, const struct iovec *iov, int iovcnt, off_t off);
 	int (*fallocate_fn)(int fd, int mode, off_t off, off_t len);
 	int (*ftruncate_fn)(int fd, off_t len);
 	int (*fsync_fn)(int fd);
@@ -78,6 +81,30 @@ struct payload_source {
 	struct fileio_window win; /* SOURCE_CHUNK bytes, allocated on first use */
 };
 
+/* Most WRITEs one pwritev carries: a 256 KiB source window holds about
+ * sixty 4 KiB payloads with their headers. */
+#define RUN_IOV_MAX 64
+
+/*
+ * WRITE records to consecutive offsets of one target, waiting to go out
+ * as one pwritev: a guest's sequential writes then cost one system call
+ * per window of the segment file instead of one each.  The buffers point
+ * into the source's window, so the run is written before the window is
+ * refilled, before any other record, target or barrier, and it is never
+ * kept across applier_apply calls.  Only while payloads are read from a
+ * source file and no record callback examines the targets.
+ */
+struct write_run {
+	int n;             /* buffers held; 0: no run */
+	int fd;            /* the target's */
+	const char *image; /* the target's, for messages */
+	const char *path;
+	uint64_t offset;   /* where the run starts in the target */
+	uint64_t length;
+	uint64_t first_lsn, last_lsn;
+	struct iovec iov[RUN_IOV_MAX];
+};
+
 struct applier {
 	int dirfd;
 	char *dir; /* target_dir as given, for messages */
@@ -95,6 +122,8 @@ struct applier {
 	uint8_t *hbuf;     /* a block of a HASH comparison */
 	size_t hbuf_len;
 	struct payload_source src; /* applier_set_source */
+	bool record_reads;         /* applier_record_cb_reads_targets */
+	struct write_run run;
 	/* state of the current applier_apply */
 	uint64_t segment;
 	bool pending;      /* records applied since the last barrier */

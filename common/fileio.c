@@ -29,12 +29,17 @@ ssize_t fileio_pread_full(fileio_pread_fn fn, int fd, void *buf, size_t len, uin
 	return (ssize_t)done;
 }
 
+bool fileio_window_holds(const struct fileio_window *w, uint64_t off, size_t n)
+{
+	return off >= w->at && off + n <= w->at + w->held;
+}
+
 int fileio_window_get(struct fileio_window *w, fileio_pread_fn fn, int fd, uint64_t off,
 		      size_t n, size_t want, const uint8_t **p)
 {
 	ssize_t got;
 
-	if (off >= w->at && off + n <= w->at + w->held) {
+	if (fileio_window_holds(w, off, n)) {
 		*p = w->buf + (off - w->at);
 		return 0;
 	}
@@ -66,6 +71,37 @@ int fileio_pwrite_full(fileio_pwrite_fn fn, int fd, const void *buf, size_t len,
 		p += n;
 		len -= (size_t)n;
 		off += (uint64_t)n;
+	}
+	return 0;
+}
+
+int fileio_pwritev_full(fileio_pwritev_fn fn, int fd, struct iovec *iov, int n, uint64_t off)
+{
+	size_t total = 0;
+
+	for (int i = 0; i < n; i++)
+		total += iov[i].iov_len;
+	while (total) {
+		ssize_t w = fn ? fn(fd, iov, n, (off_t)off) : pwritev(fd, iov, n, (off_t)off);
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0)
+			return -errno;
+		if (w == 0)
+			return -EIO;
+		off += (uint64_t)w;
+		total -= (size_t)w;
+		/* Skip what was written: whole buffers, then part of one. */
+		while (w > 0 && (size_t)w >= iov->iov_len) {
+			w -= (ssize_t)iov->iov_len;
+			iov++;
+			n--;
+		}
+		if (w > 0) {
+			iov->iov_base = (char *)iov->iov_base + w;
+			iov->iov_len -= (size_t)w;
+		}
 	}
 	return 0;
 }

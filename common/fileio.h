@@ -7,13 +7,16 @@
 #ifndef AIM_FILEIO_H
 #define AIM_FILEIO_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 typedef ssize_t (*fileio_pread_fn)(int fd, void *buf, size_t n, off_t off);
 typedef ssize_t (*fileio_pwrite_fn)(int fd, const void *buf, size_t n, off_t off);
+typedef ssize_t (*fileio_pwritev_fn)(int fd, const struct iovec *iov, int iovcnt, off_t off);
 
 /* Reads len bytes at off, fewer only at the end of the file.  Returns the
  * bytes read or -errno. */
@@ -26,6 +29,8 @@ struct fileio_window {
 	uint64_t at;    /* the file offset buf[0] holds */
 	size_t held;    /* bytes of the file held from at (0: none; set 0 to forget) */
 };
+/* Whether w holds the n bytes of the file at off. */
+bool fileio_window_holds(const struct fileio_window *w, uint64_t off, size_t n);
 /* Points *p at n bytes of fd at off: in w if it holds them, else read
  * with fn (NULL: pread(2)), want bytes from off (n <= want <= w->cap).
  * Returns 0, -ENODATA if the file ends before off + n, or -errno. */
@@ -34,6 +39,11 @@ int fileio_window_get(struct fileio_window *w, fileio_pread_fn fn, int fd, uint6
 /* Writes all len bytes at off.  Returns 0 or -errno (-EIO for a write that
  * makes no progress). */
 int fileio_pwrite_full(fileio_pwrite_fn fn, int fd, const void *buf, size_t len, uint64_t off);
+
+/* Writes the n buffers of iov, in order, from off on, with fn (NULL:
+ * pwritev(2)).  iov is advanced past what a short write took, so it is
+ * the caller's scratch.  Returns 0 or -errno (-EIO for no progress). */
+int fileio_pwritev_full(fileio_pwritev_fn fn, int fd, struct iovec *iov, int n, uint64_t off);
 
 /* Writes all len bytes at the file's position (a pipe, a file being
  * filled in order).  Returns 0 or -errno. */

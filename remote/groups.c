@@ -1280,6 +1280,7 @@ static int group_init(struct group *g)
 	applier_set_durable_cb(g->a, on_durable, g);
 	applier_set_event_cb(g->a, on_event, g);
 	applier_set_record_cb(g->a, on_record, g);
+	applier_record_cb_reads_targets(g->a, false); /* it follows LSNs and marks */
 	if (hold_pending(g))
 		log_info("group %s: %s at %s pending since %s; the targets are at LSN %" PRIu64,
 			 g->name, g->hold.role == FO_PROMOTING ? "promote" : "hold", g->hold.pt.text,

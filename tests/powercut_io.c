@@ -362,6 +362,7 @@ __attribute__((constructor)) static void powercut_install(void)
 	aimfs_io.syncfs_fn = pc_syncfs;
 	aimfs_io.renameat_fn = pc_renameat;
 	apply_io.pwrite_fn = pc_pwrite;
+	apply_io.pwritev_fn = pc_pwritev;
 	apply_io.fallocate_fn = pc_fallocate;
 	apply_io.ftruncate_fn = pc_ftruncate;
 	apply_io.fsync_fn = pc_fsync;

@@ -383,6 +383,8 @@ int series_apply(struct series *s, struct applier *a, uint64_t after, uint64_t u
 
 	*durable = after;
 	applier_set_record_cb(a, until_record, &u);
+	/* until_record only stops; fn (aimctl check) examines the targets. */
+	applier_record_cb_reads_targets(a, fn != NULL);
 	for (size_t i = 0; i < s->n; i++) {
 		struct seg_view *v = s->files[i].view;
 		int fd = open(s->files[i].path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);

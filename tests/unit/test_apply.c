@@ -1635,9 +1635,27 @@ static void test_new(void)
 	applier_free(NULL);
 }
 
+/* Counts the records; stops at LSN stop_at (0: never). */
+struct counted {
+	unsigned n;
+	uint64_t stop_at;
+};
+
+static int count_records(void *ctx, struct seg_view *v, const struct seg_record *r)
+{
+	struct counted *c = ctx;
+
+	(void)v;
+	c->n++;
+	return r->lsn == c->stop_at ? APPLY_STOP : 0;
+}
+
 /* A fresh applier into dir (emptied first: a cached target fd must not
- * outlive its file) applying all of v, its payloads read from fd. */
-static int apply_from_file(const char *dir, struct seg_view *v, int fd, char *err, size_t errlen)
+ * outlive its file) applying all of v, its payloads read from fd; with
+ * count_records as its record callback if c is not NULL, which
+ * reads_targets or not. */
+static int apply_counting(const char *dir, struct seg_view *v, int fd, struct counted *c,
+			  bool reads_targets, char *err, size_t errlen)
 {
 	struct applier *a;
 	int r;
@@ -1647,9 +1665,33 @@ static int apply_from_file(const char *dir, struct seg_view *v, int fd, char *er
 	if (r < 0)
 		return r;
 	applier_set_source(a, fd, fd >= 0 ? seg_view_bytes(v) : NULL);
+	if (c) {
+		applier_set_record_cb(a, count_records, c);
+		applier_record_cb_reads_targets(a, reads_targets);
+	}
 	r = applier_apply(a, v, 0, err, errlen);
 	applier_free(a);
 	return r;
+}
+
+static int apply_from_file(const char *dir, struct seg_view *v, int fd, char *err, size_t errlen)
+{
+	return apply_counting(dir, v, fd, NULL, true, err, errlen);
+}
+
+/* The bytes of v written to the file dir/segment; its fd, or -1. */
+static int segment_file(const char *dir, const struct seg_view *v, const uint8_t *bytes)
+{
+	char path[4096];
+	int fd;
+
+	snprintf(path, sizeof path, "%s/segment", dir);
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd >= 0 && pwrite(fd, bytes, seg_view_size(v), 0) != (ssize_t)seg_view_size(v)) {
+		close(fd);
+		fd = -1;
+	}
+	return fd;
 }
 
 /*
@@ -1665,7 +1707,7 @@ static void test_payload_source(void)
 	static struct spec s[N];
 	static struct model m1, m2;
 	static uint8_t big[BIG];
-	char *dir = temp_dir(), *d2 = temp_dir(), err[512], path[4096];
+	char *dir = temp_dir(), *d2 = temp_dir(), err[512];
 	struct seg_record rec;
 	struct seg_view *v;
 	uint64_t big_payload = 0;
@@ -1683,12 +1725,10 @@ static void test_payload_source(void)
 		model_apply(s[i].image == 2 ? &m2 : &m1, &s[i]);
 	}
 	v = build(s, N, 7, 1000, two_images, 2, &bytes);
-	snprintf(path, sizeof path, "%s/segment", d2);
-	fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	fd = segment_file(d2, v, bytes);
 	CHECK(fd >= 0);
 	if (fd < 0)
 		goto out;
-	CHECK(pwrite(fd, bytes, seg_view_size(v), 0) == (ssize_t)seg_view_size(v));
 	while (seg_view_next(v, &rec) == 1)
 		if (rec.type == SEG_WRITE && rec.length == BIG)
 			big_payload = (uint64_t)((const uint8_t *)rec.payload - seg_view_bytes(v));
@@ -1746,6 +1786,156 @@ out:
 	free(bytes);
 }
 
+static unsigned pwritevs_counted, iovecs_counted, most_iovecs;
+
+static ssize_t counting_pwritev(int fd, const struct iovec *iov, int n, off_t off)
+{
+	pwritevs_counted++;
+	iovecs_counted += (unsigned)n;
+	if ((unsigned)n > most_iovecs)
+		most_iovecs = (unsigned)n;
+	return pwritev(fd, iov, n, off);
+}
+
+/* At most 1000 bytes a call, however many buffers: a short write that
+ * ends inside a buffer, or between two. */
+static ssize_t short_pwritev(int fd, const struct iovec *iov, int n, off_t off)
+{
+	struct iovec v[RUN_IOV_MAX];
+	size_t left = 1000;
+	int k = 0;
+
+	for (int i = 0; i < n && left; i++) {
+		v[k] = iov[i];
+		if (v[k].iov_len > left)
+			v[k].iov_len = left;
+		left -= v[k++].iov_len;
+	}
+	return pwritev(fd, v, k, off);
+}
+
+static ssize_t failing_pwritev(int fd, const struct iovec *iov, int n, off_t off)
+{
+	(void)fd, (void)iov, (void)n, (void)off;
+	errno = EIO;
+	return -1;
+}
+
+/*
+ * WRITEs to consecutive offsets of one target, read from a source file,
+ * go out together (struct write_run): runs of random lengths broken by a
+ * gap, the other image, another record type, a payload larger than the
+ * window and the window's end.  The targets come out as the model says
+ * with whole and short pwritev, a failing one names the run, and with a
+ * record callback every WRITE goes out on its own.
+ */
+static void test_write_runs(void)
+{
+	enum { N = 600, BIG = 300 << 10, STOP = 200 };
+	static struct spec s[N];
+	static struct model m1, m2;
+	static uint8_t big[BIG];
+	char *dir = temp_dir(), *d2 = temp_dir(), err[512];
+	uint64_t next[3] = { 0, 0, 0 };
+	struct counted counted = { 0 };
+	unsigned writes = 0;
+	struct seg_view *v;
+	uint8_t *bytes;
+	int fd, r;
+
+	m1.size = m2.size = 0;
+	for (size_t i = 0; i < sizeof big; i++)
+		big[i] = (uint8_t)rnd(256);
+	for (int i = 0, id = 1; i < N; i++) {
+		uint64_t len = 1 + rnd(rnd(4) ? 4096 : 9000);
+
+		if (rnd(40) == 0)
+			id = 3 - id;
+		if (i == N / 2)
+			s[i] = (struct spec){ .type = SEG_WRITE, .image = (uint32_t)id,
+					      .off = next[id], .len = BIG, .payload = big };
+		else if (rnd(40) == 0) {
+			s[i] = random_data((uint32_t)id);
+			/* over the run just written: it must go first */
+			if (s[i].type == SEG_ZERO || s[i].type == SEG_TRUNCATE)
+				s[i].off = next[id] > 5000 ? next[id] - 1 - rnd(5000) : 0;
+		} else
+			s[i] = (struct spec){ .type = SEG_WRITE, .image = (uint32_t)id,
+					      .off = rnd(60) ? next[id] : rnd(200000), .len = len,
+					      .payload = pattern + rnd(sizeof pattern - len) };
+		if (s[i].type == SEG_WRITE) {
+			writes++;
+			next[id] = s[i].off + s[i].len;
+			if (next[id] > 600000)
+				next[id] = rnd(100000);
+		}
+		model_apply(id == 2 ? &m2 : &m1, &s[i]);
+	}
+	v = build(s, N, 7, 1000, two_images, 2, &bytes);
+	fd = segment_file(d2, v, bytes);
+	CHECK(fd >= 0);
+	if (fd < 0)
+		goto out;
+	apply_io.fsync_fn = fast_fsync;
+
+	apply_io.pwritev_fn = counting_pwritev;
+	pwritevs_counted = iovecs_counted = most_iovecs = 0;
+	r = apply_from_file(dir, v, fd, err, sizeof err);
+	CHECK_MSG(r == 0, "apply in runs: %s", err);
+	CHECK(file_matches(dir, "vm1.raw", &m1));
+	CHECK(file_matches(dir, "disks/vm2.qcow2", &m2));
+	/* every WRITE but the big one went in a run, and runs are long */
+	CHECK_MSG(iovecs_counted == writes - 1, "%u of %u WRITEs in runs", iovecs_counted, writes);
+	CHECK_MSG(pwritevs_counted * 4 < iovecs_counted && most_iovecs > 16 &&
+		  most_iovecs <= RUN_IOV_MAX, "%u calls, at most %u buffers", pwritevs_counted,
+		  most_iovecs);
+
+	apply_io.pwritev_fn = short_pwritev;
+	r = apply_from_file(dir, v, fd, err, sizeof err);
+	CHECK_MSG(r == 0, "apply in short writes: %s", err);
+	CHECK(file_matches(dir, "vm1.raw", &m1));
+	CHECK(file_matches(dir, "disks/vm2.qcow2", &m2));
+
+	apply_io.pwritev_fn = failing_pwritev;
+	r = apply_from_file(dir, v, fd, err, sizeof err);
+	CHECK_MSG(r == -EIO && strstr(err, "WRITEs of LSN 10") &&
+		  strstr(err, "Input/output error"), "%d %s", r, err);
+
+	/* a record callback that examines the targets sees each WRITE's
+	 * effect: no runs */
+	apply_io.pwritev_fn = counting_pwritev;
+	pwritevs_counted = 0;
+	r = apply_counting(dir, v, fd, &counted, true, err, sizeof err);
+	CHECK_MSG(r == 0 && counted.n == N && pwritevs_counted == 0, "%d %u records, %u calls: %s",
+		  r, counted.n, pwritevs_counted, err);
+	CHECK(file_matches(dir, "vm1.raw", &m1));
+	CHECK(file_matches(dir, "disks/vm2.qcow2", &m2));
+	/* one that only follows the stream lets them run, and a stop in the
+	 * middle of a run leaves the targets exactly at that record */
+	counted = (struct counted){ 0 };
+	r = apply_counting(dir, v, fd, &counted, false, err, sizeof err);
+	CHECK_MSG(r == 0 && counted.n == N && pwritevs_counted > 0 &&
+		  pwritevs_counted * 4 < writes, "%d %u records, %u calls: %s", r, counted.n,
+		  pwritevs_counted, err);
+	CHECK(file_matches(dir, "vm1.raw", &m1));
+	CHECK(file_matches(dir, "disks/vm2.qcow2", &m2));
+	m1.size = m2.size = 0;
+	for (int i = 0; i <= STOP; i++)
+		model_apply(s[i].image == 2 ? &m2 : &m1, &s[i]);
+	CHECK(s[STOP].type == SEG_WRITE && s[STOP - 1].type == SEG_WRITE &&
+	      s[STOP + 1].type == SEG_WRITE);
+	counted = (struct counted){ .stop_at = 1000 + STOP };
+	r = apply_counting(dir, v, fd, &counted, false, err, sizeof err);
+	CHECK_MSG(r == APPLY_STOP && counted.n == STOP + 1, "%d %u records: %s", r, counted.n, err);
+	CHECK(file_matches(dir, "vm1.raw", &m1));
+	CHECK(file_matches(dir, "disks/vm2.qcow2", &m2));
+	apply_io = apply_io_default;
+	close(fd);
+out:
+	seg_view_free(v);
+	free(bytes);
+}
+
 int main(void)
 {
 	atexit(cleanup_temp_dirs); /* also when a helper gives up with exit(1) */
@@ -1755,6 +1945,7 @@ int main(void)
 	test_random_data(false);
 	test_random_segments();
 	test_fallbacks();
+	test_write_runs();
 	test_namespace();
 	test_durable_cb();
 	test_record_cb();
