@@ -119,20 +119,23 @@ static bool full_resync(struct s3_dest *sd)
  * Segment n (the destination's bytes, uncompressed) reached the bucket:
  * head moves to it, and the bases it opens or completes are recorded.
  * A segment that does not follow the head (the destination skipped ahead
- * to a resync) starts the bucket's contiguous run again.
+ * to a resync) starts the bucket's contiguous run again.  checked is a
+ * validated view of raw, or NULL: then raw is checked here.
  */
 static void note_segment(struct s3_dest *sd, uint64_t n, const uint8_t *raw, size_t len,
-			 bool full)
+			 struct seg_view *checked, bool full)
 {
 	struct s3_head *h = &sd->head;
-	struct seg_view *v;
+	struct seg_view *v = checked;
 	struct seg_record r;
 	struct seg_err err;
 	bool first = true;
 
 	if (n <= h->segment)
 		return; /* shipped again after a lost acknowledgement */
-	if (seg_view_new(raw, len, &v, &err) < 0) {
+	if (v)
+		seg_view_rewind(v);
+	else if (seg_view_new(raw, len, &v, &err) < 0) {
 		log_error("destination %s: segment %" PRIu64 " is not valid any more: %s",
 			  sd->d->cfg.name, n, err.msg);
 		return;
@@ -180,7 +183,8 @@ static void note_segment(struct s3_dest *sd, uint64_t n, const uint8_t *raw, siz
 	h->lsn = seg_view_last_lsn(v);
 	h->sealed_ns = seg_view_trailer(v) ? seg_view_trailer(v)->sealed_ns : 0;
 	sd->head_owed = true;
-	seg_view_free(v);
+	if (!checked)
+		seg_view_free(v);
 	publish_bases(sd);
 }
 
@@ -334,7 +338,7 @@ static int load_head(struct s3_dest *sd)
 			}
 			if (r < 0)
 				return r;
-			note_segment(sd, n, buf, len, full);
+			note_segment(sd, n, buf, len, NULL, full);
 			free(buf);
 		}
 	} else if (!sd->head.segment && acked && !full_resync(sd)) {
@@ -396,7 +400,7 @@ void s3_dest_close(struct s3_dest *sd)
 }
 
 enum outcome s3_dest_put(struct s3_dest *sd, uint64_t n, const uint8_t *raw, size_t raw_len,
-			 const uint8_t *packed, size_t packed_len)
+			 struct seg_view *v, const uint8_t *packed, size_t packed_len)
 {
 	struct s3_reply rep;
 	char key[128];
@@ -412,7 +416,7 @@ enum outcome s3_dest_put(struct s3_dest *sd, uint64_t n, const uint8_t *raw, siz
 		dest_set_error(sd->d, "%s", rep.error);
 		return SHIP_RETRY;
 	}
-	note_segment(sd, n, raw, raw_len, full);
+	note_segment(sd, n, raw, raw_len, v, full);
 	pthread_mutex_lock(&sd->t->lock);
 	more = n < sd->t->durable_segment;
 	pthread_mutex_unlock(&sd->t->lock);

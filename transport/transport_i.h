@@ -146,10 +146,11 @@ struct s3_dest;
 int s3_dest_open(struct dest *d, struct catalog *cat, struct s3_dest **out);
 void s3_dest_close(struct s3_dest *sd);
 /* Uploads segment n: raw is the destination's segment, packed (when not
- * NULL) its zstd form, which is what the bucket gets.  SHIP_OK (the
- * acknowledgement) or SHIP_RETRY. */
+ * NULL) its zstd form, which is what the bucket gets; v, when not NULL,
+ * is a validated view of exactly raw (it is then iterated, not checked
+ * again).  SHIP_OK (the acknowledgement) or SHIP_RETRY. */
 enum outcome s3_dest_put(struct s3_dest *sd, uint64_t n, const uint8_t *raw, size_t raw_len,
-			 const uint8_t *packed, size_t packed_len);
+			 struct seg_view *v, const uint8_t *packed, size_t packed_len);
 /* The catalog has recorded the acknowledgement of the segment just put:
  * writes HEAD naming it if that is due (a failure leaves HEAD owed).  HEAD
  * never names a segment the catalog could forget: a restart might ship

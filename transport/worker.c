@@ -301,7 +301,7 @@ static enum outcome ship(struct dest *d, CURL *c, struct curl_slist *headers[2],
 			*src_last = 0;
 		*skeleton = true;
 		if (sd)
-			o = s3_dest_put(sd, n, seg_view_bytes(v), seg_view_size(v), NULL, 0);
+			o = s3_dest_put(sd, n, seg_view_bytes(v), seg_view_size(v), v, NULL, 0);
 		else
 			o = put(d, c, headers, file, seg_view_bytes(v), seg_view_size(v), false, v,
 				-1, errbuf);
@@ -345,7 +345,8 @@ static enum outcome ship(struct dest *d, CURL *c, struct curl_slist *headers[2],
 	if (d->cfg.compress)
 		packed = maybe_compress(body, len, &plen);
 	if (sd)
-		o = s3_dest_put(sd, n, body, len, packed, plen);
+		o = s3_dest_put(sd, n, body, len, body == seg_view_bytes(v) ? v : NULL, packed,
+				plen);
 	else /* the file as it is: sent from it with pread */
 		o = put(d, c, headers, file, packed ? packed : body, packed ? plen : len,
 			packed != NULL, NULL, body == seg_view_bytes(v) && !packed ? fd : -1,
