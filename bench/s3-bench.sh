@@ -187,7 +187,9 @@ time_bg() {
     local label=$1 out=$2 t0 t1 rc
     shift 2
     t0=$(now_ns)
-    "${INNS[@]}" "$@" >"$out" 2>&1 &
+    # bash's `times` after the command: its second line is the CPU the
+    # command (the shell's children) used, user and system (CPU_S)
+    "${INNS[@]}" bash -c '"$@"; rc=$?; times >"$0.cpu"; exit $rc' "$out" "$@" >"$out" 2>&1 &
     FIO_PID=$!
     BG[$FIO_PID]=$label
     wait "$FIO_PID"
@@ -197,6 +199,7 @@ time_bg() {
     t1=$(now_ns)
     [[ $rc == 0 ]] || { show_log "$out"; fail "$label failed"; }
     SECS=$(jq -n "($t1 - $t0) / 1e9")
+    CPU_S=$(sed -n 2p "$out.cpu" | awk '{ n = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); n += a[1] * 60 + a[2] } printf "%.2f", n }')
 }
 
 # ================================================================ upload
@@ -231,7 +234,7 @@ upload_round() { # ROUND
     time_bg "aimctl ship" "$RAW/upload/r$round-aimctl.out" \
         "$AIMCTL" ship --config "$run/s3.conf" --timeout 10m "$run/j"
     s=$SECS
-    record round="$round" test=upload side=aimctl-ship bytes="$UBYTES" seconds="$s" mbps="$(jq -n "$UBYTES / $s / 1e6")"
+    record round="$round" test=upload side=aimctl-ship bytes="$UBYTES" seconds="$s" mbps="$(jq -n "$UBYTES / $s / 1e6")" cpu_seconds="$CPU_S"
     log "$(printf 'round %d/%d  upload aimctl ship %7.1f MB/s' "$round" "$ROUNDS" "$(jq -n "$UBYTES / $s / 1e6")")"
     # curl
     s3py bucket "$EP" "up-curl-$round" create >/dev/null || fail "cannot create a bucket"

@@ -191,6 +191,12 @@ def cmd_report(a):
         if up_ch:
             rows.append(f"| ... counting curl's hashing | | {up_ch:.0f} MB/s (sha256 + curl) | "
                         f"{up_a / up_ch:.2f} | |")
+        cpu = med("upload", "aimctl-ship", "cpu_seconds")
+        if cpu is not None:
+            gib = med("upload", "aimctl-ship", "bytes") / 2**30
+            res["upload"]["aimfs_cpu_seconds_per_gib"] = cpu / gib
+            rows.append(f"| ... `aimctl ship`'s CPU (user + system) | {cpu / gib:.2f} s per GiB | "
+                        f"| | |")
     lp99, l50 = med("latency", "pull", "pull_p99"), med("latency", "pull", "pull_p50")
     if lp99 is not None:
         s50, s99 = med("latency", "pull", "ship_p50"), med("latency", "pull", "ship_p99")
