@@ -469,13 +469,24 @@ static int run_write(struct applier *a, char *err, size_t errlen)
 		return 0;
 	w->n = 0;
 	r = fileio_pwritev_full(apply_io.pwritev_fn, w->fd, w->iov, n, w->offset);
-	if (r < 0)
+	if (r < 0) {
+		/* counted as they joined; not applied after all */
+		a->stats.records -= (uint64_t)n;
+		a->stats.bytes_written -= w->length;
 		return apply_fail(err, errlen, r,
 				  "image %s: write at %" PRIu64 "+%" PRIu64 " to %s (the %d WRITEs"
 				  " of LSN %" PRIu64 " to %" PRIu64 "): %s",
 				  w->image, w->offset, w->length, w->path, n, w->first_lsn,
 				  w->last_lsn, strerror(-r));
+	}
 	return 0;
+}
+
+/* Whether WRITEs may wait in a run: their payloads come from a source
+ * file, and no record callback examines the targets after each. */
+static bool runs_allowed(const struct applier *a)
+{
+	return a->src.fd >= 0 && !(a->record && a->record_reads);
 }
 
 /* Whether rec, of image name, can join the run: a WRITE continuing it in
@@ -484,7 +495,8 @@ static bool run_continues(const struct applier *a, const char *name, const struc
 {
 	const struct write_run *w = &a->run;
 
-	return w->n < RUN_IOV_MAX && rec->type == SEG_WRITE && strcmp(name, w->image) == 0 &&
+	return runs_allowed(a) && w->n < RUN_IOV_MAX && rec->type == SEG_WRITE &&
+	       strcmp(name, w->image) == 0 &&
 	       rec->offset == w->offset + w->length && rec->length <= SOURCE_CHUNK &&
 	       fileio_window_holds(&a->src.win, source_offset(&a->src, rec), (size_t)rec->length);
 }
@@ -926,7 +938,7 @@ static int apply_one(struct applier *a, struct seg_view *v, const struct seg_rec
 		c.image = t->name; /* the run may hold it: the view's may move */
 		c.path = t->path;
 		c.src = &a->src;
-		if (rec->type == SEG_WRITE && a->src.fd >= 0 && !(a->record && a->record_reads))
+		if (rec->type == SEG_WRITE && runs_allowed(a))
 			c.run = &a->run;
 		r = apply_data(t->fd, rec, t->blockdev, t->dev_size, &c, err, errlen);
 		if (r < 0)
@@ -1050,6 +1062,11 @@ int applier_apply(struct applier *a, struct seg_view *v, uint64_t after_lsn, cha
 			a->stats.records++;
 			if (a->record) {
 				r = record_hook(a, v, &rec, err, errlen);
+				if (r < 0) {
+					char ignored[256];
+
+					run_write(a, ignored, sizeof ignored);
+				}
 				if (r != 0)
 					return r;
 			}
@@ -1292,6 +1309,7 @@ void applier_set_record_cb(struct applier *a, apply_record_fn fn, void *ctx)
 {
 	a->record = fn;
 	a->record_ctx = ctx;
+	a->record_reads = true; /* until the caller says otherwise */
 }
 
 void applier_record_cb_reads_targets(struct applier *a, bool reads)

@@ -188,15 +188,16 @@ void applier_set_record_cb(struct applier *a, apply_record_fn fn, void *ctx);
 
 /*
  * Whether the record callback examines the targets (true until said
- * otherwise).  With false it only follows the stream (LSNs, marks, where
- * to stop), and the applier may then keep the WRITEs of a run to
- * consecutive offsets of one target, read from a source file
- * (applier_set_source), and write them with one pwritev: the callback of
- * such a WRITE can run before its bytes reach the target.  They reach it
- * before any other record is applied (and its callback called), before
- * every barrier and durable callback, and before applier_apply returns,
- * APPLY_STOP included.  Without a record callback the applier always
- * may.
+ * otherwise; applier_set_record_cb sets it true again).  With false it
+ * only follows the stream (LSNs, marks, where to stop), and the applier
+ * may then keep the WRITEs of a run to consecutive offsets of one target,
+ * read from a source file (applier_set_source), and write them with one
+ * pwritev: the callback of such a WRITE can run before its bytes reach
+ * the target.  They reach it before any record that does not join the
+ * run is applied (and its callback called), before every barrier and
+ * durable callback, and before applier_apply returns, whatever it
+ * returns (an error of the pwritev itself aside).  Without a record
+ * callback the applier always may.
  */
 void applier_record_cb_reads_targets(struct applier *a, bool reads);
 

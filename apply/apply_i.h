@@ -90,8 +90,8 @@ struct payload_source {
  * as one pwritev: a guest's sequential writes then cost one system call
  * per window of the segment file instead of one each.  The buffers point
  * into the source's window, so the run is written before the window is
- * refilled, before any other record, target or barrier, and it is never
- * kept across applier_apply calls.  Only while payloads are read from a
+ * refilled, before any other record, target or barrier, and before
+ * applier_apply returns (on its errors too, as far as it can).  Only while payloads are read from a
  * source file and no record callback examines the targets.
  */
 struct write_run {
