@@ -286,6 +286,21 @@ static const char *beyond_device(const struct seg_record *rec, uint64_t size)
 	}
 }
 
+/* Where a WRITE's payload lies in the source file. */
+static uint64_t source_offset(const struct payload_source *s, const struct seg_record *rec)
+{
+	return (uint64_t)((const uint8_t *)rec->payload - s->base);
+}
+
+/* The source's window, allocated on first use.  0 or -ENOMEM. */
+static int source_window(struct payload_source *s)
+{
+	if (!s->win.buf && !(s->win.buf = malloc(SOURCE_CHUNK)))
+		return -ENOMEM;
+	s->win.cap = SOURCE_CHUNK;
+	return 0;
+}
+
 /*
  * A WRITE's payload copied from the source file into the target, chunk by
  * chunk.  Returns 0, or -errno with *reading telling which side failed.
@@ -293,12 +308,11 @@ static const char *beyond_device(const struct seg_record *rec, uint64_t size)
 static int write_from_source(int fd, struct payload_source *s, const struct seg_record *rec,
 			     bool *reading)
 {
-	uint64_t from = (uint64_t)((const uint8_t *)rec->payload - s->base), done = 0;
+	uint64_t from = source_offset(s, rec), done = 0;
 
 	*reading = true; /* the buffer is the reading side's */
-	if (!s->win.buf && !(s->win.buf = malloc(SOURCE_CHUNK)))
+	if (source_window(s) < 0)
 		return -ENOMEM;
-	s->win.cap = SOURCE_CHUNK;
 	while (done < rec->length) {
 		size_t n = rec->length - done < SOURCE_CHUNK ? (size_t)(rec->length - done)
 							     : SOURCE_CHUNK;
@@ -323,12 +337,6 @@ static int write_from_source(int fd, struct payload_source *s, const struct seg_
 	return 0;
 }
 
-/* Where a WRITE's payload lies in the source file. */
-static uint64_t source_offset(const struct payload_source *s, const struct seg_record *rec)
-{
-	return (uint64_t)((const uint8_t *)rec->payload - s->base);
-}
-
 /*
  * A WRITE of at most SOURCE_CHUNK bytes added to the run: its payload is
  * read into the source's window (which the run's earlier payloads are
@@ -340,11 +348,10 @@ static int run_append(int fd, const struct data_ctx *c, const struct seg_record 
 	struct payload_source *s = c->src;
 	struct write_run *w = c->run;
 	const uint8_t *p;
-	int r;
+	int r = source_window(s);
 
-	if (!s->win.buf && !(s->win.buf = malloc(SOURCE_CHUNK)))
-		return -ENOMEM;
-	s->win.cap = SOURCE_CHUNK;
+	if (r < 0)
+		return r;
 	r = fileio_window_get(&s->win, apply_io.pread_fn, s->fd, source_offset(s, rec),
 			      (size_t)rec->length, SOURCE_CHUNK, &p);
 	if (r < 0)
@@ -480,6 +487,16 @@ static int run_write(struct applier *a, char *err, size_t errlen)
 				  w->last_lsn, strerror(-r));
 	}
 	return 0;
+}
+
+/* After a record or its callback failed: the run's WRITEs, which came
+ * before it, still reach the targets, as when each went at once.  A
+ * failure here is not reported over the first one. */
+static void run_write_after_failure(struct applier *a)
+{
+	char ignored[256];
+
+	run_write(a, ignored, sizeof ignored);
 }
 
 /* Whether WRITEs may wait in a run: their payloads come from a source
@@ -1047,11 +1064,8 @@ int applier_apply(struct applier *a, struct seg_view *v, uint64_t after_lsn, cha
 			r = apply_one(a, v, &rec, err, errlen);
 			if (r < 0) {
 				size_t n = strlen(err);
-				char ignored[256];
 
-				/* The WRITEs before this record still reach
-				 * the targets, as when each went at once. */
-				run_write(a, ignored, sizeof ignored);
+				run_write_after_failure(a);
 				/* Where, for the operator: the record and how
 				 * far the targets are durable. */
 				snprintf(err + n, errlen - n,
@@ -1062,11 +1076,8 @@ int applier_apply(struct applier *a, struct seg_view *v, uint64_t after_lsn, cha
 			a->stats.records++;
 			if (a->record) {
 				r = record_hook(a, v, &rec, err, errlen);
-				if (r < 0) {
-					char ignored[256];
-
-					run_write(a, ignored, sizeof ignored);
-				}
+				if (r < 0)
+					run_write_after_failure(a);
 				if (r != 0)
 					return r;
 			}

@@ -91,8 +91,9 @@ struct payload_source {
  * per window of the segment file instead of one each.  The buffers point
  * into the source's window, so the run is written before the window is
  * refilled, before any other record, target or barrier, and before
- * applier_apply returns (on its errors too, as far as it can).  Only while payloads are read from a
- * source file and no record callback examines the targets.
+ * applier_apply returns (on its errors too, as far as it can).  Only
+ * while payloads are read from a source file and no record callback
+ * examines the targets.
  */
 struct write_run {
 	int n;             /* buffers held; 0: no run */
