@@ -255,3 +255,21 @@ int inbox_tmp_open(struct remote *r)
 	}
 	return fd;
 }
+
+bool inbox_run_reaches(const struct inbox_entry *e, size_t n, uint64_t applied, uint64_t number)
+{
+	uint64_t expect = applied + 1;
+	bool held = false;
+
+	if (number <= expect)
+		return true;
+	/* in number order: walk the run that starts at expect */
+	for (size_t i = 0; i < n; i++) {
+		if (e[i].number <= applied || e[i].number >= number)
+			continue;
+		held = true;
+		if (e[i].number == expect)
+			expect++;
+	}
+	return !held || expect == number;
+}

@@ -668,6 +668,18 @@ static void release_temp(struct receiver *rx, struct upload *u)
 	u->temp = 0;
 }
 
+/* The last segment u's group applied, as its state says (0 if unknown). */
+static uint64_t applied_segment(struct receiver *rx, const struct upload *u)
+{
+	struct state_group sg;
+
+	pthread_mutex_lock(&rx->st_lock);
+	if (state_group_get(rx->st, u->group, &sg) < 0)
+		sg.applied_segment = 0;
+	pthread_mutex_unlock(&rx->st_lock);
+	return sg.applied_segment;
+}
+
 /* Whether u's group can apply its segment without waiting for another
  * one: it is the next after the last applied, or every segment between
  * that one and it is in the inbox already, or it is older (a duplicate,
@@ -676,34 +688,22 @@ static void release_temp(struct receiver *rx, struct upload *u)
 static bool applies_next(struct receiver *rx, struct upload *u)
 {
 	struct inbox_entry *e = NULL;
-	struct state_group sg;
-	uint64_t expect;
 	size_t n = 0;
 	int gfd;
 
 	if (u->usable >= 0)
 		return u->usable;
-	pthread_mutex_lock(&rx->st_lock);
-	if (state_group_get(rx->st, u->group, &sg) < 0)
-		sg.applied_segment = 0;
-	pthread_mutex_unlock(&rx->st_lock);
-	expect = sg.applied_segment + 1;
-	u->usable = u->number <= expect;
+	u->usable = u->number <= applied_segment(rx, u) + 1;
 	if (u->usable)
 		return true;
 	gfd = open_group_dir(rx, u->group, false);
 	if (gfd >= 0 && inbox_scan(gfd, &e, &n) == 0) {
-		bool held = false;
-
-		/* in number order: walk the run that starts at expect */
-		for (size_t i = 0; i < n; i++) {
-			if (e[i].number <= sg.applied_segment || e[i].number >= u->number)
-				continue;
-			held = true;
-			if (e[i].number == expect)
-				expect++;
-		}
-		u->usable = !held || expect == u->number;
+		/* The group records a segment as applied before it removes
+		 * its file: the state read after the listing counts every
+		 * segment removed meanwhile as applied, where the one read
+		 * before it saw them as missing (a 507 for the very segment
+		 * the group wanted next). */
+		u->usable = inbox_run_reaches(e, n, applied_segment(rx, u), u->number);
 		free(e);
 	} else {
 		u->usable = 1;

@@ -540,6 +540,12 @@ int inbox_move_aside(int dirfd, const char *name, const char *sub, bool keep_all
 		     size_t outlen);
 /* The segment files of directory dirfd in number order (malloc'd). */
 int inbox_scan(int dirfd, struct inbox_entry **out, size_t *n);
+/* Whether a group that applied segment applied could apply segment number
+ * without waiting for another, with the n segments e (in number order) in
+ * its inbox: those between the two are all here, or none is (nothing
+ * held: number is the first of a resync's, or of what will come). */
+bool inbox_run_reaches(const struct inbox_entry *e, size_t n, uint64_t applied,
+		       uint64_t number);
 /* Opens (creating) inbox/.tmp, where the receiver and the pullers write
  * what they are receiving.  Returns an fd or -errno (logged). */
 int inbox_tmp_open(struct remote *r);
