@@ -254,7 +254,8 @@ static void stop_group(struct group *g, const char *why)
 
 /* ---- files ---- */
 
-/* An applied segment's file: kept under --retain, removed otherwise. */
+/* An applied segment's file: kept under --retain, removed otherwise (or
+ * kept in inbox/.free to be written over: recycle.c). */
 static void dispose(struct group *g, const char *name)
 {
 	char used[SEG_FILE_NAME_LEN + 32];
@@ -263,7 +264,10 @@ static void dispose(struct group *g, const char *name)
 	if (g->r->cfg.retain) {
 		r = inbox_move_aside(g->dirfd, name, GROUP_APPLIED, false, used, sizeof used);
 	} else {
-		r = unlinkat(g->dirfd, name, 0) < 0 ? -errno : 0;
+		/* kept for the receiver to write over, or unlinked */
+		r = inbox_free_keep(g->r, g->dirfd, name) || unlinkat(g->dirfd, name, 0) == 0
+			    ? 0
+			    : -errno;
 		if (r == 0)
 			fsync(g->dirfd);
 	}

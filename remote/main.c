@@ -462,6 +462,7 @@ static int prepare(struct remote *r, int *lock_fds, char **owned)
 		log_error("--inbox %s: %m", inbox);
 		return 1;
 	}
+	inbox_free_init(r);
 	/* Creates the database and its schema, and proves it writable. */
 	{
 		struct state *st;
@@ -557,8 +558,10 @@ int main(int argc, char **argv)
 		.inbox_reserve = UINT64_MAX, /* --max-segment */
 	};
 	r.inbox_fd = -1;
+	r.free.dirfd = -1;
 	r.started_ns = clock_wall_ns();
 	pthread_mutex_init(&r.lock, NULL);
+	pthread_mutex_init(&r.free.lock, NULL);
 	init_promote_gate(&r);
 
 	status = parse_args(argc, argv, &r.cfg, &done);
@@ -613,6 +616,7 @@ out:
 	watcher_stop();
 	if (sfd >= 0)
 		close(sfd);
+	inbox_free_close(&r);
 	if (r.inbox_fd >= 0)
 		close(r.inbox_fd);
 	for (int i = 0; i < 2; i++)

@@ -185,6 +185,7 @@ struct upload {
 	int fd;
 	char tmp[128];
 	bool tmp_live;
+	bool recycled;     /* tmp is a kept file written over: cut at the end */
 	ZSTD_DStream *zs;
 	void *zbuf;
 	size_t zbuf_len;
@@ -758,6 +759,8 @@ static int check_room(struct receiver *rx, struct upload *u, uint64_t more)
 		return 0;
 	if (avail >= more && applies_next(rx, u))
 		return 0;
+	if (inbox_free_drop(rx->r))
+		return check_room(rx, u, more); /* what kept files held is free now */
 	no_room(rx, u, avail, more, "below --inbox-reserve");
 	return -ENOSPC;
 }
@@ -813,8 +816,16 @@ static int start_upload(struct receiver *rx, struct MHD_Connection *conn, struct
 	u->room_at = u->zs || u->length == UINT64_MAX ? 0 : UINT64_MAX;
 	snprintf(u->tmp, sizeof u->tmp, "%s.%020" PRIu64 ".%d.%" PRIu64 ".part", u->group, u->number,
 		 (int)getpid(), (uint64_t)atomic_fetch_add(&rx->seq, 1));
-	u->fd = openat(rx->tmp_fd, u->tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-		       0640);
+	/* Over a kept applied file if there is one: its pages are cached. */
+	if (inbox_free_take(rx->r, rx->tmp_fd, u->tmp) == 0) {
+		u->fd = openat(rx->tmp_fd, u->tmp, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+		u->recycled = u->fd >= 0;
+		if (u->fd < 0)
+			unlinkat(rx->tmp_fd, u->tmp, 0);
+	}
+	if (u->fd < 0)
+		u->fd = openat(rx->tmp_fd, u->tmp,
+			       O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
 	if (u->fd < 0) {
 		if (errno == ENOSPC || errno == EDQUOT)
 			no_room(rx, u, inbox_avail(rx), 0, strerror(errno));
@@ -852,6 +863,8 @@ static int write_out(struct receiver *rx, struct upload *u, const void *data, si
 
 		if (w < 0) {
 			if (errno == EINTR)
+				continue;
+			if ((errno == ENOSPC || errno == EDQUOT) && inbox_free_drop(rx->r))
 				continue;
 			if (errno == ENOSPC || errno == EDQUOT)
 				no_room(rx, u, inbox_avail(rx), n, strerror(errno));
@@ -1120,6 +1133,12 @@ static void finish(struct receiver *rx, struct upload *u)
 
 	if (u->zs && u->zlast != 0) {
 		decide(u, 400, "the zstd stream ends in the middle of a frame");
+		return;
+	}
+	/* a kept file written over may be longer than this segment */
+	if (u->recycled && ftruncate(u->fd, (off_t)u->size) < 0) {
+		decide(u, 500, "cannot cut the received segment to its length: %s",
+		       strerror(errno));
 		return;
 	}
 	if (fsync(u->fd) < 0) {

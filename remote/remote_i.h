@@ -50,6 +50,8 @@
 #define REMOTE_STATE_DB "remote.db"
 #define REMOTE_LOCK_FILE "remote.lock"
 #define INBOX_TMP ".tmp"           /* receiver's temporary files: never a watched name */
+#define INBOX_FREE ".free"         /* applied files kept to be written over (recycle.c) */
+#define INBOX_FREE_MAX 2
 #define GROUP_QUARANTINE "quarantine" /* inbox/<group>/quarantine/: refused segments */
 #define GROUP_APPLIED "applied"    /* inbox/<group>/applied/: kept under --retain */
 #define QUARANTINE_SHOWN 16        /* quarantine entries kept in memory per group */
@@ -134,6 +136,20 @@ struct rx_stats {
 	/* Uploads (receiver.c). */
 	atomic_uint_fast64_t uploads;            /* PUT bodies being received now */
 	atomic_uint_fast64_t temp_bytes;         /* bytes they hold in inbox/.tmp */
+	/* Applied files kept to be written over (recycle.c). */
+	atomic_uint_fast64_t free_files;         /* kept now */
+	atomic_uint_fast64_t free_bytes;         /* their size */
+	atomic_uint_fast64_t reused;             /* uploads written over one */
+};
+
+/* The applied segment files kept in inbox/.free (recycle.c). */
+struct inbox_free {
+	pthread_mutex_t lock;
+	int dirfd;                        /* inbox/.free, -1 until the first is kept */
+	unsigned n;                       /* kept, named free.<seq> */
+	uint64_t seq[INBOX_FREE_MAX];
+	uint64_t size[INBOX_FREE_MAX];
+	uint64_t next_seq;
 };
 
 struct group;
@@ -150,6 +166,7 @@ struct remote {
 	uint64_t started_ns;
 	atomic_bool quitting;
 	struct rx_stats rx;
+	struct inbox_free free;
 
 	pthread_mutex_t lock; /* guards groups */
 	struct group *groups; /* list, in order of discovery */
@@ -549,6 +566,22 @@ bool inbox_run_reaches(const struct inbox_entry *e, size_t n, uint64_t applied,
 /* Opens (creating) inbox/.tmp, where the receiver and the pullers write
  * what they are receiving.  Returns an fd or -errno (logged). */
 int inbox_tmp_open(struct remote *r);
+
+/* ---- recycle.c ---- */
+
+/* Empties inbox/.free if it is there (after inbox_fd is open; r->free's
+ * lock initialised and its dirfd -1 before). */
+void inbox_free_init(struct remote *r);
+void inbox_free_close(struct remote *r);
+/* Moves the applied segment file name of directory dirfd into inbox/.free
+ * if one more may be kept there (room above --inbox-reserve, fewer than
+ * INBOX_FREE_MAX).  True if it did; false: the caller unlinks it. */
+bool inbox_free_keep(struct remote *r, int dirfd, const char *name);
+/* Renames a kept file to tmpname in tmp_fd (inbox/.tmp) for an upload to
+ * write over: 0, or -ENOENT if none is kept. */
+int inbox_free_take(struct remote *r, int tmp_fd, const char *tmpname);
+/* Unlinks every kept file; returns the bytes they held. */
+uint64_t inbox_free_drop(struct remote *r);
 
 /* ---- puller.c ---- */
 

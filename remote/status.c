@@ -191,6 +191,9 @@ static json_t *receiver_json(struct remote *r)
 	json_object_set_new(o, "rejected_total", u64(total));
 	json_object_set_new(o, "uploads", LOAD(uploads));
 	json_object_set_new(o, "temp_bytes", LOAD(temp_bytes));
+	json_object_set_new(o, "kept_files", LOAD(free_files));
+	json_object_set_new(o, "kept_bytes", LOAD(free_bytes));
+	json_object_set_new(o, "written_over", LOAD(reused));
 	json_object_set_new(o, "connections", connections_json(r));
 	if (r->cfg.listen)
 		json_object_set_new(o, "limits", limits_json(r));
@@ -345,6 +348,11 @@ static void metrics_text(struct remote *r, struct strbuf *sb)
 			{ "aim_remote_evicted_total", "counter", "unauthenticated connections closed to make room", offsetof(struct rx_stats, evicted) },
 			{ "aim_remote_uploads", "gauge", "request bodies being received now", offsetof(struct rx_stats, uploads) },
 			{ "aim_remote_temp_bytes", "gauge", "bytes of temporary files of uploads under way", offsetof(struct rx_stats, temp_bytes) },
+			{ "aim_remote_kept_files", "gauge", "applied segment files kept in inbox/.free for uploads to be written over",
+			  offsetof(struct rx_stats, free_files) },
+			{ "aim_remote_kept_bytes", "gauge", "bytes of those files", offsetof(struct rx_stats, free_bytes) },
+			{ "aim_remote_written_over_total", "counter", "uploads written over a kept file instead of a new one",
+			  offsetof(struct rx_stats, reused) },
 		};
 
 		for (size_t i = 0; i < sizeof conns / sizeof conns[0]; i++)

@@ -21,7 +21,7 @@ import time
 import pytest
 
 from aimtest import AIM_REMOTE, wait_for
-from remote_helpers import PKI, free_port, mkseg
+from remote_helpers import PKI, free_port, inbox_deliver, mkseg
 from servers import get_status, wait_in_sync
 
 G = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
@@ -767,6 +767,91 @@ def test_a_full_inbox_never_deadlocks_a_group(workdir, pki, remotes, small_fs):
     assert r.status()["receiver"]["rejected"] == {"507": len(refused)}
     assert r.stop() == 0
     assert r.starts == 1
+    r.check_quiet()
+
+
+# ---- applied files written over ----
+
+def test_uploads_are_written_over_applied_files_and_cut_to_their_length(workdir, pki,
+                                                                          remotes):
+    """An applied segment's file is kept in inbox/.free and the next upload
+    is written over it (its pages are cached): segments longer and shorter
+    than the file they reuse, plain and zstd bodies, all arrive whole and
+    apply exactly; at most two are kept, and a restart empties .free."""
+    r = remotes(listen=True, pki=pki,
+                args=["--token-file", pki.token_file, "--inbox-reserve", "1M"]).start()
+    sizes = [600 << 10, 300 << 10, 900 << 10, 100 << 10, 7, 700 << 10, 50 << 10]
+    image = bytearray()
+    lsn = 1
+    for n, size in enumerate(sizes, start=1):
+        path = os.path.join(workdir, f"over{n}.aimj")
+        mkseg(path, f"group {G}\nnumber {n}\nfirst_lsn {lsn}\nimage 1 vm.img\n"
+                    f"write 1 {n << 20} @{size}:{n}\nflush\n")
+        body, headers = path, ()
+        if ZSTD and n % 3 == 0:
+            body = path + ".zst"
+            subprocess.run([ZSTD, "-q", "-f", path, "-o", body], check=True)
+            headers = ("Content-Encoding: zstd",)
+        code, text, err = r.put(G, body, name=seg_name(n), headers=headers)
+        assert code == 201, (n, code, text, err)
+        g = r.wait_applied(G, lsn + 1)
+        assert g["quarantined_total"] == 0, g
+        wait_for(lambda: r.status()["receiver"]["kept_files"] == 1, 10,
+                 what=f"segment {n}'s file to be kept")
+        lsn += 2
+        image[len(image):] = bytes((n << 20) + size - len(image))
+        image[n << 20:(n << 20) + size] = bytes([n]) * size
+    with open(os.path.join(r.target, "vm.img"), "rb") as f:
+        assert f.read() == bytes(image)
+    rx = r.status()["receiver"]
+    # each upload after the first reused the file applied before it
+    assert rx["written_over"] == len(sizes) - 1, rx
+    free = os.path.join(r.inbox, ".free")
+    kept = [os.path.getsize(os.path.join(free, f)) for f in os.listdir(free)]
+    assert rx["kept_files"] == len(kept) == 1 and rx["kept_bytes"] == sum(kept), (rx, kept)
+    assert kept == [os.path.getsize(os.path.join(workdir, f"over{len(sizes)}.aimj"))]
+    assert os.listdir(os.path.join(r.inbox, ".tmp")) == []
+    assert f"aim_remote_written_over_total {len(sizes) - 1}" in r.metrics()
+    assert r.stop() == 0
+    r.start()
+    assert os.listdir(free) == [] and r.status()["receiver"]["kept_files"] == 0
+    assert r.stop() == 0
+    r.check_quiet()
+
+
+def test_kept_files_give_way_to_an_upload_that_needs_their_room(workdir, pki, remotes,
+                                                                small_fs):
+    """The applied files kept to be written over are the inbox's space: an
+    upload that would not fit without them is not refused, they go."""
+    inbox = small_fs(os.path.join(workdir, "inbox"), "8M")
+    r = remotes(inbox=inbox, listen=True, pki=pki,
+                args=["--token-file", pki.token_file, "--inbox-reserve", "1M"]).start()
+    segs, lsn = [], 1
+    for n, size in enumerate((1 << 20, 1 << 20, 3 << 20), start=1):
+        path = os.path.join(workdir, f"room{n}.aimj")
+        mkseg(path, f"group {G}\nnumber {n}\nfirst_lsn {lsn}\nimage 1 vm.img\n"
+                    f"write 1 0 @{size}:{n}\nflush\n")
+        lsn += 2
+        segs.append(path)
+    # two applied without an upload between them: both kept
+    for n in (1, 2):
+        inbox_deliver(inbox, G, segs[n - 1], name=seg_name(n))
+        r.wait_applied(G, 2 * n)
+    wait_for(lambda: r.status()["receiver"]["kept_files"] == 2, 10, what="two files kept")
+    # fill the rest: the third fits only where the kept ones are
+    st = os.statvfs(inbox)
+    ballast = st.f_bavail * st.f_frsize - (os.path.getsize(segs[2]) - (512 << 10))
+    with open(os.path.join(inbox, "ballast"), "wb") as f:
+        f.write(b"\xee" * ballast)
+    code, text, err = r.put(G, segs[2], name=seg_name(3))
+    assert code == 201, (code, text, err)
+    rx = r.status()["receiver"]
+    assert rx["kept_files"] == 0 and rx["rejected_total"] == 0, rx
+    r.wait_applied(G, lsn - 1)
+    with open(os.path.join(r.target, "vm.img"), "rb") as f:
+        assert f.read() == bytes([3]) * (3 << 20)
+    os.unlink(os.path.join(inbox, "ballast"))
+    assert r.stop() == 0
     r.check_quiet()
 
 
