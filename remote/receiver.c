@@ -130,6 +130,7 @@
  * whose window is 2^21 bytes at most (less for smaller segments). */
 #define ZSTD_WINDOW_LOG 21
 #define ROOM_STEP (1u << 20)     /* the inbox's room is looked at every MiB */
+#define CARRY_SIZE 4096          /* a page: what a kept file is written over in */
 #define RETRY_BUSY_S 5           /* Retry-After of 503s: uploads, temporary space */
 #define RETRY_FULL_S 10          /* ... and of 507s */
 #define MISMATCHES PROTO_MISMATCHES /* the one last path component besides segments */
@@ -185,7 +186,9 @@ struct upload {
 	int fd;
 	char tmp[128];
 	bool tmp_live;
-	bool recycled;     /* tmp is a kept file written over: cut at the end */
+	bool recycled;     /* tmp is a kept file written over: whole pages, cut at the end */
+	size_t carry_len;  /* ... and the bytes after its last whole page */
+	char carry[CARRY_SIZE];
 	ZSTD_DStream *zs;
 	void *zbuf;
 	size_t zbuf_len;
@@ -839,25 +842,9 @@ static int start_upload(struct receiver *rx, struct MHD_Connection *conn, struct
 	return 0;
 }
 
-static int write_out(struct receiver *rx, struct upload *u, const void *data, size_t n)
+/* Writes n bytes at the end of u's file; 0, or decides and returns -errno. */
+static int write_file(struct receiver *rx, struct upload *u, const char *p, size_t n)
 {
-	const char *p = data;
-
-	if (u->size + n > rx->r->cfg.max_segment) {
-		decide(u, 413, "the segment is larger than the limit of %" PRIu64 " bytes",
-		       rx->r->cfg.max_segment);
-		return -EFBIG;
-	}
-	/* A plain body was charged and given room for its whole length. */
-	if (u->size + n > u->temp && charge_temp(rx, u, u->size + n - u->temp) < 0)
-		return -ENOSPC;
-	if (u->size + n >= u->room_at) {
-		if (check_room(rx, u, ROOM_STEP) < 0)
-			return -ENOSPC;
-		u->room_at = u->size + n + ROOM_STEP;
-	}
-	u->size += n;
-	seg_precheck_feed(u->pre, p, n);
 	while (n) {
 		ssize_t w = write(u->fd, p, n);
 
@@ -877,6 +864,71 @@ static int write_out(struct receiver *rx, struct upload *u, const void *data, si
 		n -= (size_t)w;
 	}
 	return 0;
+}
+
+/*
+ * The same over a kept file, in whole pages only: a write ending inside a
+ * page the cache no longer holds (dropped, or evicted since the file was
+ * applied) would first read that page's old bytes from the disk.  The
+ * tail waits in u->carry for the next bytes, or for finish (end_carry).
+ */
+static int write_pages(struct receiver *rx, struct upload *u, const char *p, size_t n)
+{
+	size_t whole;
+	int r;
+
+	if (u->carry_len) {
+		size_t take = n < CARRY_SIZE - u->carry_len ? n : CARRY_SIZE - u->carry_len;
+
+		memcpy(u->carry + u->carry_len, p, take);
+		u->carry_len += take;
+		p += take;
+		n -= take;
+		if (u->carry_len < CARRY_SIZE)
+			return 0;
+		r = write_file(rx, u, u->carry, CARRY_SIZE);
+		if (r < 0)
+			return r;
+		u->carry_len = 0;
+	}
+	whole = n - n % CARRY_SIZE;
+	if (whole && (r = write_file(rx, u, p, whole)) < 0)
+		return r;
+	memcpy(u->carry, p + whole, n - whole);
+	u->carry_len = n - whole;
+	return 0;
+}
+
+/* A kept file's last bytes: the old ones after the last whole page are cut
+ * first, so that the partial page lies past the end (nothing to read). */
+static int end_carry(struct receiver *rx, struct upload *u)
+{
+	if (ftruncate(u->fd, (off_t)(u->size - u->carry_len)) < 0) {
+		decide(u, 500, "cannot cut the received segment to its length: %s",
+		       strerror(errno));
+		return -errno;
+	}
+	return write_file(rx, u, u->carry, u->carry_len);
+}
+
+static int write_out(struct receiver *rx, struct upload *u, const void *data, size_t n)
+{
+	if (u->size + n > rx->r->cfg.max_segment) {
+		decide(u, 413, "the segment is larger than the limit of %" PRIu64 " bytes",
+		       rx->r->cfg.max_segment);
+		return -EFBIG;
+	}
+	/* A plain body was charged and given room for its whole length. */
+	if (u->size + n > u->temp && charge_temp(rx, u, u->size + n - u->temp) < 0)
+		return -ENOSPC;
+	if (u->size + n >= u->room_at) {
+		if (check_room(rx, u, ROOM_STEP) < 0)
+			return -ENOSPC;
+		u->room_at = u->size + n + ROOM_STEP;
+	}
+	u->size += n;
+	seg_precheck_feed(u->pre, data, n);
+	return u->recycled ? write_pages(rx, u, data, n) : write_file(rx, u, data, n);
 }
 
 static void consume(struct receiver *rx, struct upload *u, const char *data, size_t n)
@@ -1136,11 +1188,8 @@ static void finish(struct receiver *rx, struct upload *u)
 		return;
 	}
 	/* a kept file written over may be longer than this segment */
-	if (u->recycled && ftruncate(u->fd, (off_t)u->size) < 0) {
-		decide(u, 500, "cannot cut the received segment to its length: %s",
-		       strerror(errno));
+	if (u->recycled && end_carry(rx, u) < 0)
 		return;
-	}
 	if (fsync(u->fd) < 0) {
 		decide(u, 500, "fsync of the received segment: %s", strerror(errno));
 		return;

@@ -819,6 +819,65 @@ def test_uploads_are_written_over_applied_files_and_cut_to_their_length(workdir,
     r.check_quiet()
 
 
+def read_bytes(pid):
+    with open(f"/proc/{pid}/io") as f:
+        for line in f:
+            if line.startswith("read_bytes:"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_a_kept_file_out_of_the_page_cache_is_written_over_without_reads(workdir, pki,
+                                                                         remotes):
+    """A kept file whose pages have left the cache (memory pressure, a
+    long wait) is written in whole pages: a write ending inside a page the
+    kernel no longer holds would make it read that page's old bytes from
+    the disk first, once per write of the body."""
+    r = remotes(listen=True, pki=pki,
+                args=["--token-file", pki.token_file, "--inbox-reserve", "1M"]).start()
+    segs, lsn = [], 1
+    for n, size in enumerate((4 << 20, 3 << 20), start=1):
+        path = os.path.join(workdir, f"cold{n}.aimj")
+        mkseg(path, f"group {G}\nnumber {n}\nfirst_lsn {lsn}\nimage 1 vm.img\n"
+                    f"write 1 {(n - 1) << 22} @{size}:{n}\nflush\n")
+        lsn += 2
+        segs.append(path)
+    code, text, err = r.put(G, segs[0], name=seg_name(1))
+    assert code == 201, (code, text, err)
+    r.wait_applied(G, 2)
+    wait_for(lambda: r.status()["receiver"]["kept_files"] == 1, 10, what="the file kept")
+    free = os.path.join(r.inbox, ".free")
+    for name in os.listdir(free):    # as memory pressure would
+        fd = os.open(os.path.join(free, name), os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    with open(segs[1], "rb") as f:
+        body = f.read()
+    before = read_bytes(r.proc.pid)
+    # in TLS records of 5000 bytes: the receiver gets pieces that end
+    # anywhere in a page (curl's 16 KiB records mostly end on one)
+    t = tls_connect(r, pki)
+    try:
+        t.sendall(request_head("PUT", f"/aim/{G}/{seg_name(2)}", pki.token, len(body)))
+        for i in range(0, len(body), 5000):
+            t.sendall(body[i:i + 5000])
+        code, _, answer = read_answer(t, 60)
+    finally:
+        t.close()
+    assert code == 201, (code, answer)
+    r.wait_applied(G, 4)
+    read = read_bytes(r.proc.pid) - before
+    assert r.status()["receiver"]["written_over"] == 1
+    # Measured: nothing.  Written as the body came: 2.5 MB (a page a piece).
+    assert read <= 16 * 4096, f"{read} bytes read from the disk for a 3 MiB upload"
+    with open(os.path.join(r.target, "vm.img"), "rb") as f:
+        assert f.read() == bytes([1]) * (4 << 20) + bytes([2]) * (3 << 20)
+    assert r.stop() == 0
+    r.check_quiet()
+
+
 def test_kept_files_give_way_to_an_upload_that_needs_their_room(workdir, pki, remotes,
                                                                 small_fs):
     """The applied files kept to be written over are the inbox's space: an
