@@ -245,6 +245,7 @@ static void stop_group(struct group *g, const char *why)
 		  g->short_of_space ? " (out of space: it tries again every 5 s)" : "");
 	g->stopped = true;
 	if (g->short_of_space) {
+		inbox_free_drop(g->r); /* the files kept for uploads give way */
 		g->space_retry_ns = clock_mono_ns() + SPACE_RETRY_NS;
 		g->recheck_ns = g->space_retry_ns;
 	}

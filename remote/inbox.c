@@ -16,12 +16,36 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 /* How long a file under a segment's name must stay unchanged before a
  * failed validation counts (see inbox_settling). */
 #define SETTLE_NS (5ULL * 1000000000ULL)
+
+int inbox_open_fd(int dirfd, const char *name)
+{
+	struct stat held, now;
+	int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+
+	if (fd < 0)
+		return -errno;
+	/* Taken for reuse since it was opened: gone (recycle.c). */
+	if (flock(fd, LOCK_SH | LOCK_NB) < 0) {
+		int e = errno;
+
+		close(fd);
+		return e == EWOULDBLOCK ? -ENOENT : -e;
+	}
+	/* Moved away (applied, kept) before the lock: gone as well. */
+	if (fstat(fd, &held) < 0 || fstatat(dirfd, name, &now, AT_SYMLINK_NOFOLLOW) < 0 ||
+	    held.st_dev != now.st_dev || held.st_ino != now.st_ino) {
+		close(fd);
+		return -ENOENT;
+	}
+	return fd;
+}
 
 void inbox_file_close(struct inbox_file *f)
 {
@@ -47,9 +71,9 @@ int inbox_open(int dirfd, const char *name, struct inbox_file *f, char *why, siz
 
 	memset(f, 0, sizeof *f);
 	f->fd = -1;
-	fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	fd = inbox_open_fd(dirfd, name);
 	if (fd < 0) {
-		r = -errno;
+		r = fd;
 		snprintf(why, whylen, "cannot open: %s", strerror(-r));
 		return r;
 	}
@@ -74,11 +98,10 @@ int inbox_open(int dirfd, const char *name, struct inbox_file *f, char *why, siz
 	return r;
 }
 
-/* 1 if some process has the file open for writing, 0 if not, -errno if
- * this cannot be told.  A read lease is granted only when no one has the
+/* A read lease is granted only when no one has the
  * file open for writing; it is dropped at once (SIGIO is ignored, so a
  * writer opening it meanwhile waits microseconds, not for a signal). */
-static int has_writer(int dirfd, const char *name)
+int inbox_has_writer(int dirfd, const char *name)
 {
 	int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC), e;
 
@@ -106,7 +129,7 @@ bool inbox_settling(int dirfd, const char *group, const char *name, uint64_t *re
 {
 	struct stat st;
 	uint64_t mtime, now;
-	int w = has_writer(dirfd, name);
+	int w = inbox_has_writer(dirfd, name);
 
 	if (w == 0)
 		return false;

@@ -820,12 +820,8 @@ static int start_upload(struct receiver *rx, struct MHD_Connection *conn, struct
 	snprintf(u->tmp, sizeof u->tmp, "%s.%020" PRIu64 ".%d.%" PRIu64 ".part", u->group, u->number,
 		 (int)getpid(), (uint64_t)atomic_fetch_add(&rx->seq, 1));
 	/* Over a kept applied file if there is one: its pages are cached. */
-	if (inbox_free_take(rx->r, rx->tmp_fd, u->tmp) == 0) {
-		u->fd = openat(rx->tmp_fd, u->tmp, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
-		u->recycled = u->fd >= 0;
-		if (u->fd < 0)
-			unlinkat(rx->tmp_fd, u->tmp, 0);
-	}
+	u->fd = inbox_free_take(rx->r, rx->tmp_fd, u->tmp);
+	u->recycled = u->fd >= 0;
 	if (u->fd < 0)
 		u->fd = openat(rx->tmp_fd, u->tmp,
 			       O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
@@ -851,14 +847,16 @@ static int write_file(struct receiver *rx, struct upload *u, const char *p, size
 		if (w < 0) {
 			if (errno == EINTR)
 				continue;
-			if ((errno == ENOSPC || errno == EDQUOT) && inbox_free_drop(rx->r))
+			int e = errno;
+
+			if ((e == ENOSPC || e == EDQUOT) && inbox_free_drop(rx->r))
 				continue;
-			if (errno == ENOSPC || errno == EDQUOT)
-				no_room(rx, u, inbox_avail(rx), n, strerror(errno));
+			if (e == ENOSPC || e == EDQUOT)
+				no_room(rx, u, inbox_avail(rx), n, strerror(e));
 			else
 				decide(u, 500, "cannot write the segment to %s/%s: %s",
-				       rx->r->cfg.inbox, INBOX_TMP, strerror(errno));
-			return -errno;
+				       rx->r->cfg.inbox, INBOX_TMP, strerror(e));
+			return -e;
 		}
 		p += w;
 		n -= (size_t)w;
@@ -975,9 +973,9 @@ static int same_file(int dfd, const char *name, const void *buf, size_t len)
 	void *m;
 	int fd, r;
 
-	fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	fd = inbox_open_fd(dfd, name);
 	if (fd < 0)
-		return -errno;
+		return fd;
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
 		close(fd);
 		return 0;
@@ -990,12 +988,16 @@ static int same_file(int dfd, const char *name, const void *buf, size_t len)
 		close(fd);
 		return 1;
 	}
+	/* the fd's lock keeps the file from reuse until the compare is done */
 	m = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
-	close(fd);
-	if (m == MAP_FAILED)
-		return -errno;
+	if (m == MAP_FAILED) {
+		r = -errno;
+		close(fd);
+		return r;
+	}
 	r = memcmp(m, buf, len) == 0;
 	munmap(m, len);
+	close(fd);
 	return r;
 }
 
@@ -1236,6 +1238,12 @@ static void finish(struct receiver *rx, struct upload *u)
 	}
 	release_temp(rx, u);
 	decide(u, 201, "stored segment %s of group %s", u->file, u->group);
+	/* closed before the group looks: a file still open for writing
+	 * would not be kept once applied (inbox_free_keep) */
+	seg_view_free(v);
+	v = NULL;
+	close(u->fd);
+	u->fd = -1;
 	groups_kick(rx->r, u->group);
 	groups_note_inbox(rx->r, u->group, NULL);
 out:
@@ -1256,10 +1264,11 @@ static enum MHD_Result serve(struct receiver *rx, struct MHD_Connection *conn, s
 
 	gfd = open_group_dir(rx, u->group, false);
 	if (gfd >= 0) {
-		fd = openat(gfd, u->file, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+		/* locked until the answer is sent: not reused under it */
+		fd = inbox_open_fd(gfd, u->file);
 		if (fd < 0) {
 			snprintf(name, sizeof name, "%s/%s", GROUP_APPLIED, u->file);
-			fd = openat(gfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+			fd = inbox_open_fd(gfd, name);
 		}
 		close(gfd);
 	}

@@ -16,8 +16,18 @@
  * They are the inbox's space: one is kept only while the inbox's free
  * space stays above --inbox-reserve by twice the file's size, at most
  * INBOX_FREE_MAX of them, and the receiver drops them all before it would
- * refuse an upload for want of room.  inbox/.free is made when the first
- * file is kept and emptied at start.
+ * refuse an upload for want of room (a group stopped short of space
+ * too).  inbox/.free is made when the first file is kept and emptied at
+ * start.
+ *
+ * Only a file no one else writes is kept (ours, one link, no writer), and
+ * one is written over only if no one reads it: every reader of inbox
+ * files (the receiver comparing a copy or answering a GET, the groups)
+ * opens them with inbox_open_fd, which holds a shared flock and then
+ * checks that the name still names the file; inbox_free_take takes a
+ * kept file only with an exclusive flock and renames it away under that
+ * lock, leaving one still read to its reader (unlinked, it lives on for
+ * it).  So a reader sees the segment it opened, whole, or nothing.
  */
 #include "remote_i.h"
 #include "log.h"
@@ -28,6 +38,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -50,8 +61,8 @@ static void empty_dir(int fd)
 		return;
 	}
 	while ((de = readdir(d)))
-		if (de->d_type == DT_REG)
-			unlinkat(fd, de->d_name, 0);
+		if (de->d_type == DT_REG || de->d_type == DT_UNKNOWN)
+			unlinkat(fd, de->d_name, 0); /* a directory stays (EISDIR) */
 	closedir(d);
 }
 
@@ -91,7 +102,10 @@ bool inbox_free_keep(struct remote *r, int dirfd, const char *name)
 
 	if (!r->cfg.listen) /* no receiver to take them */
 		return false;
-	if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
+	/* Only a file no one else can write through: not another name of
+	 * it, not a writer that still has it open, not someone else's. */
+	if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode) ||
+	    st.st_nlink != 1 || st.st_uid != geteuid() || inbox_has_writer(dirfd, name) != 0)
 		return false;
 	pthread_mutex_lock(&f->lock);
 	room = avail(r);
@@ -124,24 +138,32 @@ int inbox_free_take(struct remote *r, int tmp_fd, const char *tmpname)
 {
 	struct inbox_free *f = &r->free;
 	char name[32];
-	int rc = -ENOENT;
+	int fd = -ENOENT;
 
 	pthread_mutex_lock(&f->lock);
 	/* the newest: the likeliest to be still cached */
-	while (f->n) {
+	while (f->n && fd < 0) {
 		f->n--;
 		atomic_fetch_sub(&r->rx.free_files, 1);
 		atomic_fetch_sub(&r->rx.free_bytes, f->size[f->n]);
 		free_name(f->seq[f->n], name, sizeof name);
-		if (renameat(f->dirfd, name, tmp_fd, tmpname) == 0) {
+		fd = openat(f->dirfd, name, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+		/* A reader that opened it under its segment's name before it
+		 * was kept still holds it (inbox_open_fd): left to it. */
+		if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0 &&
+		    renameat2(f->dirfd, name, tmp_fd, tmpname, RENAME_NOREPLACE) == 0) {
+			/* Readers that come later find it gone from that name. */
+			flock(fd, LOCK_UN);
 			atomic_fetch_add(&r->rx.reused, 1);
-			rc = 0;
 			break;
 		}
+		if (fd >= 0)
+			close(fd);
+		fd = -ENOENT;
 		unlinkat(f->dirfd, name, 0);
 	}
 	pthread_mutex_unlock(&f->lock);
-	return rc;
+	return fd;
 }
 
 uint64_t inbox_free_drop(struct remote *r)

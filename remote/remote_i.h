@@ -557,6 +557,14 @@ int inbox_move_aside(int dirfd, const char *name, const char *sub, bool keep_all
 		     size_t outlen);
 /* The segment files of directory dirfd in number order (malloc'd). */
 int inbox_scan(int dirfd, struct inbox_entry **out, size_t *n);
+/* Opens name of dirfd to read it, with a shared flock that keeps the file
+ * from being reused (recycle.c) while the fd is open; -ENOENT if the name
+ * no longer names the file once it is locked (applied and kept meanwhile),
+ * or -errno.  Every reader of inbox files opens them so. */
+int inbox_open_fd(int dirfd, const char *name);
+/* 1 if some process has name of dirfd open for writing, 0 if not, -errno
+ * if this cannot be told (a read lease: the file's owner or CAP_LEASE). */
+int inbox_has_writer(int dirfd, const char *name);
 /* Whether a group that applied segment applied could apply segment number
  * without waiting for another, with the n segments e (in number order) in
  * its inbox: those between the two are all here, or none is (nothing
@@ -575,10 +583,12 @@ void inbox_free_init(struct remote *r);
 void inbox_free_close(struct remote *r);
 /* Moves the applied segment file name of directory dirfd into inbox/.free
  * if one more may be kept there (room above --inbox-reserve, fewer than
- * INBOX_FREE_MAX).  True if it did; false: the caller unlinks it. */
+ * INBOX_FREE_MAX) and no one else may write it (ours, one link, no
+ * writer).  True if it did; false: the caller unlinks it. */
 bool inbox_free_keep(struct remote *r, int dirfd, const char *name);
-/* Renames a kept file to tmpname in tmp_fd (inbox/.tmp) for an upload to
- * write over: 0, or -ENOENT if none is kept. */
+/* Renames a kept file that no reader holds (inbox_open_fd) to tmpname in
+ * tmp_fd (inbox/.tmp) for an upload to write over: its fd (read-write,
+ * offset 0), or -ENOENT if there is none. */
 int inbox_free_take(struct remote *r, int tmp_fd, const char *tmpname);
 /* Unlinks every kept file; returns the bytes they held. */
 uint64_t inbox_free_drop(struct remote *r);

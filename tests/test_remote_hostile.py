@@ -878,6 +878,65 @@ def test_a_kept_file_out_of_the_page_cache_is_written_over_without_reads(workdir
     r.check_quiet()
 
 
+def test_a_file_being_read_is_not_written_over(workdir, pki, remotes):
+    """A GET of a segment still in the inbox that outlives its apply: the
+    file is kept, but the next upload does not write over it while the
+    answer is being sent (it takes the other kept file); the reader gets
+    the segment it asked for, whole."""
+    r = remotes(listen=True, pki=pki,
+                args=["--token-file", pki.token_file, "--inbox-reserve", "1M"]).start()
+    segs, lsn = [], 1
+    for n, size in enumerate((1 << 20, 8 << 20, 1 << 20), start=1):
+        path = os.path.join(workdir, f"read{n}.aimj")
+        mkseg(path, f"group {G}\nnumber {n}\nfirst_lsn {lsn}\nimage 1 vm.img\n"
+                    f"write 1 {(n - 1) << 24} @{size}:{n}\nflush\n")
+        lsn += 2
+        segs.append(path)
+    code, text, err = r.put(G, segs[1], name=seg_name(2))    # waits for 1
+    assert code == 201, (code, text, err)
+    t = tls_connect(r, pki)
+    try:
+        # ask for segment 2 and read almost none of it: the answer stalls
+        t.sendall(request_head("GET", f"/aim/{G}/{seg_name(2)}", pki.token))
+        t.settimeout(10)
+        got = t.recv(4096)
+        assert got.startswith(b"HTTP/1.1 200"), got[:200]
+        code, text, err = r.put(G, segs[0], name=seg_name(1))
+        assert code == 201, (code, text, err)
+        r.wait_applied(G, 4)
+        wait_for(lambda: r.status()["receiver"]["kept_files"] == 2, 10,
+                 what="both applied files kept")
+        code, text, err = r.put(G, segs[2], name=seg_name(3))
+        assert code == 201, (code, text, err)
+        r.wait_applied(G, 6)
+        t.settimeout(60)
+        while b"\r\n\r\n" not in got:
+            got += t.recv(65536)
+        head, _, body = got.partition(b"\r\n\r\n")
+        with open(segs[1], "rb") as f:
+            want = f.read()
+        while len(body) < len(want):
+            chunk = t.recv(1 << 20)
+            if not chunk:
+                break
+            body += chunk
+    finally:
+        t.close()
+    assert body == want, f"{len(body)} bytes, {sum(a != b for a, b in zip(body, want))} differ"
+    # 2's file was passed over (and let go), 1's written over; kept now: 3's
+    wait_for(lambda: r.status()["receiver"]["kept_files"] == 1, 10, what="3's file kept")
+    assert r.status()["receiver"]["written_over"] == 1
+    free = os.path.join(r.inbox, ".free")
+    assert [os.path.getsize(os.path.join(free, f)) for f in os.listdir(free)] == \
+        [os.path.getsize(segs[2])]
+    with open(os.path.join(r.target, "vm.img"), "rb") as f:
+        image = f.read()
+    assert image == (bytes([1]) * (1 << 20) + bytes((16 << 20) - (1 << 20))
+                     + bytes([2]) * (8 << 20) + bytes(8 << 20) + bytes([3]) * (1 << 20))
+    assert r.stop() == 0
+    r.check_quiet()
+
+
 def test_kept_files_give_way_to_an_upload_that_needs_their_room(workdir, pki, remotes,
                                                                 small_fs):
     """The applied files kept to be written over are the inbox's space: an
