@@ -58,6 +58,18 @@ def seg_name(n):
     return f"{n:020d}.aimj"
 
 
+def filled_segments(workdir, tag, sizes, offset):
+    """Segments 1.. of G, segment n one WRITE of sizes[n-1] bytes of value
+    n at offset(n), and a FLUSH; returns their paths."""
+    out = []
+    for n, size in enumerate(sizes, start=1):
+        path = os.path.join(workdir, f"{tag}{n}.aimj")
+        mkseg(path, f"group {G}\nnumber {n}\nfirst_lsn {2 * n - 1}\nimage 1 vm.img\n"
+                    f"write 1 {offset(n)} @{size}:{n}\nflush\n")
+        out.append(path)
+    return out
+
+
 # What the receiver's memory may grow by in the budget test: loose enough
 # for ASan's quarantine and shadow memory; six uploads that each asked for a
 # 128 MiB window made it grow by about 770 MiB before windows were bounded.
@@ -835,13 +847,7 @@ def test_a_kept_file_out_of_the_page_cache_is_written_over_without_reads(workdir
     the disk first, once per write of the body."""
     r = remotes(listen=True, pki=pki,
                 args=["--token-file", pki.token_file, "--inbox-reserve", "1M"]).start()
-    segs, lsn = [], 1
-    for n, size in enumerate((4 << 20, 3 << 20), start=1):
-        path = os.path.join(workdir, f"cold{n}.aimj")
-        mkseg(path, f"group {G}\nnumber {n}\nfirst_lsn {lsn}\nimage 1 vm.img\n"
-                    f"write 1 {(n - 1) << 22} @{size}:{n}\nflush\n")
-        lsn += 2
-        segs.append(path)
+    segs = filled_segments(workdir, "cold", (4 << 20, 3 << 20), lambda n: (n - 1) << 22)
     code, text, err = r.put(G, segs[0], name=seg_name(1))
     assert code == 201, (code, text, err)
     r.wait_applied(G, 2)
@@ -885,13 +891,7 @@ def test_a_file_being_read_is_not_written_over(workdir, pki, remotes):
     the segment it asked for, whole."""
     r = remotes(listen=True, pki=pki,
                 args=["--token-file", pki.token_file, "--inbox-reserve", "1M"]).start()
-    segs, lsn = [], 1
-    for n, size in enumerate((1 << 20, 8 << 20, 1 << 20), start=1):
-        path = os.path.join(workdir, f"read{n}.aimj")
-        mkseg(path, f"group {G}\nnumber {n}\nfirst_lsn {lsn}\nimage 1 vm.img\n"
-                    f"write 1 {(n - 1) << 24} @{size}:{n}\nflush\n")
-        lsn += 2
-        segs.append(path)
+    segs = filled_segments(workdir, "read", (1 << 20, 8 << 20, 1 << 20), lambda n: (n - 1) << 24)
     code, text, err = r.put(G, segs[1], name=seg_name(2))    # waits for 1
     assert code == 201, (code, text, err)
     t = tls_connect(r, pki)
@@ -944,13 +944,7 @@ def test_kept_files_give_way_to_an_upload_that_needs_their_room(workdir, pki, re
     inbox = small_fs(os.path.join(workdir, "inbox"), "8M")
     r = remotes(inbox=inbox, listen=True, pki=pki,
                 args=["--token-file", pki.token_file, "--inbox-reserve", "1M"]).start()
-    segs, lsn = [], 1
-    for n, size in enumerate((1 << 20, 1 << 20, 3 << 20), start=1):
-        path = os.path.join(workdir, f"room{n}.aimj")
-        mkseg(path, f"group {G}\nnumber {n}\nfirst_lsn {lsn}\nimage 1 vm.img\n"
-                    f"write 1 0 @{size}:{n}\nflush\n")
-        lsn += 2
-        segs.append(path)
+    segs = filled_segments(workdir, "room", (1 << 20, 1 << 20, 3 << 20), lambda n: 0)
     # two applied without an upload between them: both kept
     for n in (1, 2):
         inbox_deliver(inbox, G, segs[n - 1], name=seg_name(n))
@@ -965,7 +959,7 @@ def test_kept_files_give_way_to_an_upload_that_needs_their_room(workdir, pki, re
     assert code == 201, (code, text, err)
     rx = r.status()["receiver"]
     assert rx["kept_files"] == 0 and rx["rejected_total"] == 0, rx
-    r.wait_applied(G, lsn - 1)
+    r.wait_applied(G, 6)
     with open(os.path.join(r.target, "vm.img"), "rb") as f:
         assert f.read() == bytes([3]) * (3 << 20)
     os.unlink(os.path.join(inbox, "ballast"))
