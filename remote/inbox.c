@@ -98,9 +98,9 @@ int inbox_open(int dirfd, const char *name, struct inbox_file *f, char *why, siz
 	return r;
 }
 
-/* A read lease is granted only when no one has the
- * file open for writing; it is dropped at once (SIGIO is ignored, so a
- * writer opening it meanwhile waits microseconds, not for a signal). */
+/* A read lease is granted only when no one has the file open for writing;
+ * it is dropped at once (SIGIO is ignored, so a writer opening it
+ * meanwhile waits microseconds, not for a signal). */
 int inbox_has_writer(int dirfd, const char *name)
 {
 	int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC), e;
