@@ -238,6 +238,9 @@ struct seg_precheck;
 struct seg_precheck *seg_precheck_new(void); /* NULL if out of memory */
 void seg_precheck_feed(struct seg_precheck *p, const void *buf, size_t len); /* p NULL: no-op */
 void seg_precheck_free(struct seg_precheck *p);
+/* An independent copy of p, fed so far (NULL if p is NULL or out of
+ * memory): one precheck can vouch for a file to several readers. */
+struct seg_precheck *seg_precheck_copy(const struct seg_precheck *p);
 /* Feeds p bytes [0, len) of the file open at fd, read with pread into a
  * 256 KiB buffer (up to the trailer: what follows it only counts).
  * Returns 0, or -errno (-ENODATA if the file ends before len, short of
@@ -272,6 +275,9 @@ int seg_view_new_partial(const void *buf, size_t len, struct seg_view **out,
 void seg_view_free(struct seg_view *v);
 
 bool seg_view_sealed(const struct seg_view *v);
+/* Whether validation took the payloads' hashes from a precheck (for a
+ * _prechecked open: the caller's held, rather than the full check). */
+bool seg_view_prechecked(const struct seg_view *v);
 const struct seg_header *seg_view_header(const struct seg_view *v);
 const struct seg_trailer *seg_view_trailer(const struct seg_view *v); /* NULL if unsealed */
 uint64_t seg_view_digest(const struct seg_view *v); /* trailer check, or last check */

@@ -66,6 +66,20 @@ struct seg_precheck *seg_precheck_new(void)
 	return p;
 }
 
+struct seg_precheck *seg_precheck_copy(const struct seg_precheck *p)
+{
+	struct seg_precheck *c = p ? seg_precheck_new() : NULL;
+	XXH3_state_t *own;
+
+	if (!c)
+		return NULL;
+	own = c->hash;
+	*c = *p;
+	c->hash = own;
+	XXH3_copyState(own, p->hash);
+	return c;
+}
+
 void seg_precheck_free(struct seg_precheck *p)
 {
 	if (!p)

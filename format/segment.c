@@ -1057,6 +1057,7 @@ bool seg_view_same_file(const struct seg_view *v, int fd)
 }
 
 bool seg_view_sealed(const struct seg_view *v) { return v->sealed; }
+bool seg_view_prechecked(const struct seg_view *v) { return v->prechecked; }
 const struct seg_header *seg_view_header(const struct seg_view *v) { return &v->header; }
 const struct seg_trailer *seg_view_trailer(const struct seg_view *v)
 {

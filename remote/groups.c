@@ -262,6 +262,7 @@ static void dispose(struct group *g, const char *name)
 	char used[SEG_FILE_NAME_LEN + 32];
 	int r;
 
+	prechecked_forget(&g->r->prechecked, g->dirfd, name);
 	if (g->r->cfg.retain) {
 		r = inbox_move_aside(g->dirfd, name, GROUP_APPLIED, false, used, sizeof used);
 	} else {
@@ -286,6 +287,7 @@ static void quarantine(struct group *g, uint64_t number, const char *name, const
 	uint64_t now = clock_wall_ns();
 	int r;
 
+	prechecked_forget(&g->r->prechecked, g->dirfd, name);
 	r = inbox_move_aside(g->dirfd, name, GROUP_QUARANTINE, true, used, sizeof used);
 	snprintf(msg, sizeof msg, "segment %" PRIu64 " (%s): %s", number, name, why);
 	if (r < 0)
@@ -709,7 +711,7 @@ static int later_barrier(struct group *g, uint64_t number, bool consistent, uint
 
 	for (;; number++) {
 		seg_file_name(number, SEG_FILE_SUFFIX, name);
-		if (inbox_open(g->dirfd, name, &f, why, sizeof why) < 0) {
+		if (inbox_open(g->dirfd, name, g->r, &f, why, sizeof why) < 0) {
 			if (hold_ends_with_arrivals(&g->hold))
 				return 0;
 			*missing = number;
@@ -867,7 +869,8 @@ static int apply_next(struct group *g, uint64_t next, bool jump)
 	int r;
 
 	seg_file_name(next, SEG_FILE_SUFFIX, name);
-	r = inbox_open_settled(g->dirfd, g->name, name, &f, &g->recheck_ns, why, sizeof why);
+	r = inbox_open_settled(g->dirfd, g->name, name, g->r, &f, &g->recheck_ns, why,
+			       sizeof why);
 	if (r == -ENOENT)
 		return 1; /* gone meanwhile: look again */
 	if (r == -EAGAIN) {
@@ -1047,7 +1050,8 @@ static void duplicate(struct group *g, uint64_t number)
 	int r;
 
 	seg_file_name(number, SEG_FILE_SUFFIX, name);
-	r = inbox_open_settled(g->dirfd, g->name, name, &f, &g->recheck_ns, why, sizeof why);
+	r = inbox_open_settled(g->dirfd, g->name, name, g->r, &f, &g->recheck_ns, why,
+			       sizeof why);
 	if (r == -ENOENT)
 		return;
 	if (r < 0) {
@@ -1077,6 +1081,7 @@ static void duplicate(struct group *g, uint64_t number)
 	}
 	log_info("group %s: segment %" PRIu64 " was applied before; removing the copy", g->name,
 		 number);
+	prechecked_forget(&g->r->prechecked, g->dirfd, name);
 	if (unlinkat(g->dirfd, name, 0) == 0)
 		fsync(g->dirfd);
 }
@@ -1134,7 +1139,7 @@ static bool starts_resync(struct group *g, uint64_t number)
 	bool yes = false;
 
 	seg_file_name(number, SEG_FILE_SUFFIX, name);
-	if (inbox_open(g->dirfd, name, &f, why, sizeof why) < 0)
+	if (inbox_open(g->dirfd, name, g->r, &f, why, sizeof why) < 0)
 		return false;
 	seg_view_rewind(f.v);
 	if (seg_view_next(f.v, &rec) == 1)

@@ -59,12 +59,16 @@ void inbox_file_close(struct inbox_file *f)
 /*
  * Maps and validates the segment file name of the group directory
  * (seg_view_open_fd: its payloads hashed with pread, not through the
- * mapping), keeping it open for the applier's pread of them
- * (applier_set_source) and of the records' headers as it iterates.  Returns 0 with f filled, -EBADMSG with the
- * decoder's reason in why, or another -errno (also explained in why).
+ * mapping, unless the receiver's check of them is in hand: prechecked.c),
+ * keeping it open for the applier's pread of them (applier_set_source)
+ * and of the records' headers as it iterates.  Returns 0 with f filled,
+ * -EBADMSG with the decoder's reason in why, or another -errno (also
+ * explained in why).
  */
-int inbox_open(int dirfd, const char *name, struct inbox_file *f, char *why, size_t whylen)
+int inbox_open(int dirfd, const char *name, struct remote *rm, struct inbox_file *f, char *why,
+	       size_t whylen)
 {
+	struct seg_precheck *pre = NULL;
 	struct seg_err e;
 	struct stat st;
 	int fd, r;
@@ -84,8 +88,14 @@ int inbox_open(int dirfd, const char *name, struct inbox_file *f, char *why, siz
 	}
 	f->fd = fd;
 	f->len = (size_t)st.st_size;
+	if (rm && f->len)
+		pre = prechecked_find(&rm->prechecked, &st);
 	/* an empty file is refused by the decoder's own words */
-	r = f->len ? seg_view_open_fd(fd, &f->v, &e) : seg_view_new("", 0, &f->v, &e);
+	r = f->len ? seg_view_open_fd_prechecked(fd, pre, &f->v, &e)
+		   : seg_view_new("", 0, &f->v, &e);
+	if (pre && r == 0 && seg_view_prechecked(f->v))
+		atomic_fetch_add_explicit(&rm->rx.checks_reused, 1, memory_order_relaxed);
+	seg_precheck_free(pre);
 	if (r == -EBADMSG)
 		snprintf(why, whylen, "not a valid segment: %s (at byte %" PRIu64 ")", e.msg,
 			 e.offset);
@@ -157,16 +167,16 @@ bool inbox_settling(int dirfd, const char *group, const char *name, uint64_t *re
  * no one writes it, so a segment is never put aside for having been read
  * a moment too early.
  */
-int inbox_open_settled(int dirfd, const char *group, const char *name, struct inbox_file *f,
-		       uint64_t *recheck_ns, char *why, size_t whylen)
+int inbox_open_settled(int dirfd, const char *group, const char *name, struct remote *rm,
+		       struct inbox_file *f, uint64_t *recheck_ns, char *why, size_t whylen)
 {
-	int r = inbox_open(dirfd, name, f, why, whylen);
+	int r = inbox_open(dirfd, name, rm, f, why, whylen);
 
 	if (r != -EBADMSG)
 		return r;
 	if (inbox_settling(dirfd, group, name, recheck_ns))
 		return -EAGAIN;
-	return inbox_open(dirfd, name, f, why, whylen);
+	return inbox_open(dirfd, name, rm, f, why, whylen);
 }
 
 /* Opens (creating) the subdirectory sub of the group directory. */

@@ -562,6 +562,7 @@ int main(int argc, char **argv)
 	r.started_ns = clock_wall_ns();
 	pthread_mutex_init(&r.lock, NULL);
 	pthread_mutex_init(&r.free.lock, NULL);
+	prechecked_init(&r.prechecked);
 	init_promote_gate(&r);
 
 	status = parse_args(argc, argv, &r.cfg, &done);
@@ -617,6 +618,7 @@ out:
 	if (sfd >= 0)
 		close(sfd);
 	inbox_free_close(&r);
+	prechecked_destroy(&r.prechecked);
 	if (r.inbox_fd >= 0)
 		close(r.inbox_fd);
 	for (int i = 0; i < 2; i++)

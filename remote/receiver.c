@@ -1118,7 +1118,7 @@ static int neighbour_lsn(struct receiver *rx, struct upload *u, int gfd, uint64_
 			return -ENOENT;
 	}
 	seg_file_name(number, SEG_FILE_SUFFIX, name);
-	if (inbox_open(gfd, name, &f, why, sizeof why) < 0)
+	if (inbox_open(gfd, name, NULL, &f, why, sizeof why) < 0)
 		return -ENOENT;
 	*lsn = last ? seg_view_last_lsn(f.v) : seg_view_header(f.v)->first_lsn;
 	inbox_file_close(&f);
@@ -1164,7 +1164,11 @@ static int into_inbox(struct receiver *rx, struct upload *u, int gfd, struct seg
 		return -1;
 	if (refuse_discontinuous(rx, u, gfd, v) < 0)
 		return -1;
+	/* for the group, which the rename wakes */
+	prechecked_add(&rx->r->prechecked, u->fd, u->pre);
+	u->pre = NULL;
 	if (renameat2(rx->tmp_fd, u->tmp, gfd, u->file, RENAME_NOREPLACE) < 0) {
+		prechecked_forget(&rx->r->prechecked, rx->tmp_fd, u->tmp);
 		if (errno == EEXIST) {
 			/* the same segment, uploaded twice at once */
 			held_copy(rx, u, gfd, m, u->size, seg_view_digest(v));
@@ -1177,6 +1181,7 @@ static int into_inbox(struct receiver *rx, struct upload *u, int gfd, struct seg
 	u->tmp_live = false;
 	return 0;
 }
+
 static void finish(struct receiver *rx, struct upload *u)
 {
 	struct seg_view *v = NULL;
@@ -1198,8 +1203,8 @@ static void finish(struct receiver *rx, struct upload *u)
 	}
 	/* the payloads were hashed on their way into the file: not again,
 	 * and the records' headers are read with pread, not through a
-	 * mapping (the group checks the inbox file whole again before it
-	 * applies it) */
+	 * mapping (the group does the same with this precheck, handed to it
+	 * below, if nothing writes to the file meanwhile) */
 	r = u->size ? seg_view_open_fd_prechecked(u->fd, u->pre, &v, &e)
 		    : seg_view_new_prechecked("", 0, u->pre, &v, &e);
 	if (r == -EBADMSG) {

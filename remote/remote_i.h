@@ -41,6 +41,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
+#include <time.h>
 
 #include "apply.h"
 #include "format.h"
@@ -140,6 +142,8 @@ struct rx_stats {
 	atomic_uint_fast64_t free_files;         /* kept now */
 	atomic_uint_fast64_t free_bytes;         /* their size */
 	atomic_uint_fast64_t reused;             /* uploads written over one */
+	/* Segments opened with the receiver's check (prechecked.c). */
+	atomic_uint_fast64_t checks_reused;
 };
 
 /* The applied segment files kept in inbox/.free (recycle.c). */
@@ -150,6 +154,23 @@ struct inbox_free {
 	uint64_t seq[INBOX_FREE_MAX];
 	uint64_t size[INBOX_FREE_MAX];
 	uint64_t next_seq;
+};
+
+/* Segments the receiver checked as they arrived, by the identity of their
+ * inbox file, for their group's open (prechecked.c). */
+#define PRECHECKED_MAX 16
+struct prechecked_entry {
+	dev_t dev;
+	ino_t ino;
+	off_t size;
+	struct timespec mtime;        /* as the receiver left the file */
+	struct seg_precheck *p;       /* NULL: the entry is empty */
+	uint64_t added;               /* order of adding: the oldest gives way */
+};
+struct prechecked {
+	pthread_mutex_t lock;
+	struct prechecked_entry e[PRECHECKED_MAX];
+	uint64_t clock;
 };
 
 struct group;
@@ -167,6 +188,7 @@ struct remote {
 	atomic_bool quitting;
 	struct rx_stats rx;
 	struct inbox_free free;
+	struct prechecked prechecked;
 
 	pthread_mutex_t lock; /* guards groups */
 	struct group *groups; /* list, in order of discovery */
@@ -535,10 +557,13 @@ struct inbox_entry {
 	uint64_t mtime_ns;
 };
 
-/* Maps and validates segment file name of directory dirfd.  Returns 0 with
- * f filled, -EBADMSG with the decoder's reason in why, or another -errno
- * (also explained in why). */
-int inbox_open(int dirfd, const char *name, struct inbox_file *f, char *why, size_t whylen);
+/* Maps and validates segment file name of directory dirfd (without
+ * hashing its payloads again if r's receiver checked them as they
+ * arrived and nothing wrote to the file since: prechecked.c; r NULL:
+ * always whole).  Returns 0 with f filled, -EBADMSG with the decoder's
+ * reason in why, or another -errno (also explained in why). */
+int inbox_open(int dirfd, const char *name, struct remote *r, struct inbox_file *f, char *why,
+	       size_t whylen);
 void inbox_file_close(struct inbox_file *f);
 /* True if name may still be being written under its final name (cp onto
  * the inbox, a WebDAV server without a temporary name); *recheck_ns is set
@@ -548,8 +573,8 @@ bool inbox_settling(int dirfd, const char *group, const char *name, uint64_t *re
  * validation while still being written (*recheck_ns says when to look
  * again); a file that failed while its writer was finishing is validated
  * again once no one writes it. */
-int inbox_open_settled(int dirfd, const char *group, const char *name, struct inbox_file *f,
-		       uint64_t *recheck_ns, char *why, size_t whylen);
+int inbox_open_settled(int dirfd, const char *group, const char *name, struct remote *r,
+		       struct inbox_file *f, uint64_t *recheck_ns, char *why, size_t whylen);
 /* Moves name into subdirectory sub (created if needed) under its own name,
  * or, with keep_all, under name.<ns> if that is taken.  The name used goes
  * to out.  0 or -errno. */
@@ -592,6 +617,20 @@ bool inbox_free_keep(struct remote *r, int dirfd, const char *name);
 int inbox_free_take(struct remote *r, int tmp_fd, const char *tmpname);
 /* Unlinks every kept file; returns the bytes they held. */
 uint64_t inbox_free_drop(struct remote *r);
+
+/* ---- prechecked.c ---- */
+
+void prechecked_init(struct prechecked *pc);
+void prechecked_destroy(struct prechecked *pc);
+/* Leaves p, the precheck fed every byte of the segment file open at fd
+ * (about to be renamed into the inbox, no longer written), for the
+ * group's open of it; takes p. */
+void prechecked_add(struct prechecked *pc, int fd, struct seg_precheck *p);
+/* A copy of the precheck left for the file st describes, if nothing was
+ * written to it since (the caller frees it), else NULL. */
+struct seg_precheck *prechecked_find(struct prechecked *pc, const struct stat *st);
+/* Drops the entry of name of dirfd (applied, put aside, removed). */
+void prechecked_forget(struct prechecked *pc, int dirfd, const char *name);
 
 /* ---- puller.c ---- */
 

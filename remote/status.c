@@ -194,6 +194,7 @@ static json_t *receiver_json(struct remote *r)
 	json_object_set_new(o, "kept_files", LOAD(free_files));
 	json_object_set_new(o, "kept_bytes", LOAD(free_bytes));
 	json_object_set_new(o, "written_over", LOAD(reused));
+	json_object_set_new(o, "checks_reused", LOAD(checks_reused));
 	json_object_set_new(o, "connections", connections_json(r));
 	if (r->cfg.listen)
 		json_object_set_new(o, "limits", limits_json(r));
@@ -353,6 +354,9 @@ static void metrics_text(struct remote *r, struct strbuf *sb)
 			{ "aim_remote_kept_bytes", "gauge", "bytes of those files", offsetof(struct rx_stats, free_bytes) },
 			{ "aim_remote_written_over_total", "counter", "uploads written over a kept file instead of a new one",
 			  offsetof(struct rx_stats, reused) },
+			{ "aim_remote_checks_reused_total", "counter",
+			  "segments validated with the receiver's hashes of their payloads, not read and hashed again",
+			  offsetof(struct rx_stats, checks_reused) },
 		};
 
 		for (size_t i = 0; i < sizeof conns / sizeof conns[0]; i++)

@@ -832,6 +832,69 @@ def test_uploads_are_written_over_applied_files_and_cut_to_their_length(workdir,
     r.check_quiet()
 
 
+def test_the_group_validates_an_upload_with_the_receivers_hashes(workdir, pki, remotes):
+    """The receiver hashes each payload as it arrives; the group then
+    validates the stored file with those hashes instead of reading and
+    hashing every payload again (plain and zstd bodies).  A segment copied
+    into the inbox by other means is checked whole."""
+    r = remotes(listen=True, pki=pki,
+                args=["--token-file", pki.token_file, "--inbox-reserve", "1M"]).start()
+    sizes = (256 << 10, 7, 512 << 10, 64 << 10)
+    segs = filled_segments(workdir, "pre", sizes, lambda n: n << 20)
+    for n, path in enumerate(segs[:3], start=1):
+        body, headers = path, ()
+        if ZSTD and n == 3:
+            body = path + ".zst"
+            subprocess.run([ZSTD, "-q", "-f", path, "-o", body], check=True)
+            headers = ("Content-Encoding: zstd",)
+        code, text, err = r.put(G, body, name=seg_name(n), headers=headers)
+        assert code == 201, (n, code, text, err)
+        r.wait_applied(G, 2 * n)
+    assert r.status()["receiver"]["checks_reused"] == 3
+    inbox_deliver(r.inbox, G, segs[3], name=seg_name(4))
+    g = r.wait_applied(G, 8)
+    assert g["quarantined_total"] == 0, g
+    assert r.status()["receiver"]["checks_reused"] == 3
+    assert "aim_remote_checks_reused_total 3" in r.metrics()
+    with open(os.path.join(r.target, "vm.img"), "rb") as f:
+        image = f.read()
+    want = bytearray()
+    for n, size in enumerate(sizes, start=1):
+        want[len(want):] = bytes((n << 20) - len(want)) + bytes([n]) * size
+    assert image == bytes(want)
+    assert r.stop() == 0
+    r.check_quiet()
+
+
+def test_an_upload_written_to_in_the_inbox_is_checked_whole(workdir, pki, remotes):
+    """A payload byte changed in an uploaded segment's inbox file, its
+    record header left as it was (so the hashes the header states still
+    match what the receiver saw): the group does not take the receiver's
+    word for the file, finds the damage and puts the segment aside,
+    applying nothing of it."""
+    r = remotes(listen=True, pki=pki, expect_alarms=True,
+                args=["--token-file", pki.token_file, "--inbox-reserve", "1M"]).start()
+    segs = filled_segments(workdir, "bad", (64 << 10, 256 << 10), lambda n: n << 20)
+    code, text, err = r.put(G, segs[1], name=seg_name(2))    # waits for 1
+    assert code == 201, (code, text, err)
+    path = os.path.join(r.inbox, G, seg_name(2))
+    size = os.path.getsize(path)
+    time.sleep(0.05)    # past the clock tick of the receiver's last write
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"\xee", size // 2)    # inside the 256 KiB payload
+    finally:
+        os.close(fd)
+    code, text, err = r.put(G, segs[0], name=seg_name(1))
+    assert code == 201, (code, text, err)
+    g = r.wait_group(G, lambda g: g["state"] == "stopped", what="segment 2 to be refused")
+    assert g["applied_lsn"] == 2 and g["quarantined"][-1]["segment"] == 2, g
+    assert "payload checksum mismatch" in g["quarantined"][-1]["reason"], g
+    with open(os.path.join(r.target, "vm.img"), "rb") as f:
+        assert f.read() == bytes(1 << 20) + bytes([1]) * (64 << 10)
+    assert r.stop() == 0
+
+
 def read_bytes(pid):
     with open(f"/proc/{pid}/io") as f:
         for line in f:

@@ -1854,7 +1854,8 @@ out:
  * hashes (a payload byte changed in the file afterwards is not read
  * again: the skip is real); a precheck of other bytes, or of some of
  * them, gets the full check of the file; header damage is refused with
- * the memory decoder's message either way.
+ * the memory decoder's message either way.  seg_view_prechecked tells
+ * which check was made; a precheck's copy goes on on its own.
  */
 static void test_open_fd_prechecked(void)
 {
@@ -1863,7 +1864,7 @@ static void test_open_fd_prechecked(void)
 	size_t starts[SMALL_N + 1], len;
 	uint8_t *buf = build(&h, small_recs, SMALL_N, &len, starts);
 	struct seg_view *v = NULL, *mv = NULL;
-	struct seg_precheck *p = seg_precheck_new(), *half = seg_precheck_new();
+	struct seg_precheck *p = seg_precheck_new(), *half = seg_precheck_new(), *rest;
 	struct seg_err err, merr;
 	size_t payload = starts[0] + SEG_RECORD_HEADER;
 	uint8_t byte;
@@ -1876,9 +1877,22 @@ static void test_open_fd_prechecked(void)
 	seg_precheck_feed(half, buf, len / 2);
 	CHECK(pwrite(fd, buf, len, 0) == (ssize_t)len);
 	CHECK_MSG(seg_view_open_fd_prechecked(fd, p, &v, &err) == 0, "%s", err.msg);
-	CHECK(v && seg_view_count(v) == SMALL_N && seg_view_same_file(v, fd));
+	CHECK(v && seg_view_count(v) == SMALL_N && seg_view_same_file(v, fd) &&
+	      seg_view_prechecked(v));
 	seg_view_free(v);
 	v = NULL;
+	/* half a precheck: the full check, which passes; a copy of it fed the
+	 * rest stands for the whole, and leaves the original as it was */
+	rest = seg_precheck_copy(half);
+	CHECK(rest != NULL);
+	seg_precheck_feed(rest, buf + len / 2, len - len / 2);
+	CHECK(seg_view_open_fd_prechecked(fd, half, &v, &err) == 0 && !seg_view_prechecked(v));
+	seg_view_free(v);
+	v = NULL;
+	CHECK(seg_view_open_fd_prechecked(fd, rest, &v, &err) == 0 && seg_view_prechecked(v));
+	seg_view_free(v);
+	v = NULL;
+	seg_precheck_free(rest);
 	/* a payload byte changed after it was fed: not hashed again */
 	byte = (uint8_t)~buf[payload];
 	CHECK(pwrite(fd, &byte, 1, (off_t)payload) == 1);
