@@ -768,6 +768,19 @@ static int check_room(struct receiver *rx, struct upload *u, uint64_t more)
 	return -ENOSPC;
 }
 
+/* A kept file taken for a body of known length: what lies past that
+ * length's last page is freed now, not at the end (end_carry), so that the
+ * file never holds more than the room the upload was charged and given.
+ * Whole pages are written over it (write_pages), all within that length. */
+static void cut_to_pages(int fd, uint64_t length)
+{
+	uint64_t pages = (length + CARRY_SIZE - 1) / CARRY_SIZE * CARRY_SIZE;
+	struct stat st;
+
+	if (fstat(fd, &st) == 0 && (uint64_t)st.st_size > pages)
+		(void)ftruncate(fd, (off_t)pages); /* if it fails, end_carry cuts it */
+}
+
 static int start_upload(struct receiver *rx, struct MHD_Connection *conn, struct upload *u)
 {
 	const char *enc = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
@@ -822,6 +835,8 @@ static int start_upload(struct receiver *rx, struct MHD_Connection *conn, struct
 	/* Over a kept applied file if there is one: its pages are cached. */
 	u->fd = inbox_free_take(rx->r, rx->tmp_fd, u->tmp);
 	u->recycled = u->fd >= 0;
+	if (u->recycled && !u->zs && u->length != UINT64_MAX)
+		cut_to_pages(u->fd, u->length);
 	if (u->fd < 0)
 		u->fd = openat(rx->tmp_fd, u->tmp,
 			       O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);

@@ -9,7 +9,8 @@
  * ones, here).  An applied segment's file has just been read by its group,
  * so its pages are cached: instead of unlinking it, a group moves it into
  * inbox/.free, and the receiver renames it to its next upload's temporary
- * name and writes over it (cutting it to the upload's length at the end),
+ * name and writes over it (cutting it to the upload's last page as it
+ * starts when the length is announced, and to the length at the end),
  * as aimfs's journal writes new segments over pruned ones and PostgreSQL
  * its WAL.
  *

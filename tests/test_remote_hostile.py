@@ -948,6 +948,52 @@ def test_a_kept_file_out_of_the_page_cache_is_written_over_without_reads(workdir
     r.check_quiet()
 
 
+def test_a_kept_file_is_cut_to_the_upload_before_it_is_written_over(workdir, pki, remotes):
+    """A kept file longer than the upload that takes it gives back the rest
+    as the upload starts (its length is announced), not when it ends: the
+    temporary file never holds more than the room the upload was given."""
+    r = remotes(listen=True, pki=pki,
+                args=["--token-file", pki.token_file, "--inbox-reserve", "1M"]).start()
+    segs = filled_segments(workdir, "cut", (4 << 20, 100 << 10), lambda n: (n - 1) << 23)
+    code, text, err = r.put(G, segs[0], name=seg_name(1))
+    assert code == 201, (code, text, err)
+    r.wait_applied(G, 2)
+    wait_for(lambda: r.status()["receiver"]["kept_files"] == 1, 10, what="1's file kept")
+    with open(segs[1], "rb") as f:
+        body = f.read()
+    tmp = os.path.join(r.inbox, ".tmp")
+    t = tls_connect(r, pki)
+    try:
+        t.sendall(request_head("PUT", f"/aim/{G}/{seg_name(2)}", pki.token, len(body)))
+        t.sendall(body[:len(body) // 2])
+        wait_for(lambda: os.listdir(tmp), 10, what="the upload to start")
+        parts = os.listdir(tmp)
+        assert len(parts) == 1, parts
+        part = os.path.join(tmp, parts[0])
+
+        def begins_with_body():
+            with open(part, "rb") as f:
+                return f.read(4096) == body[:4096]
+        # the cut comes before the first byte of the body is written
+        wait_for(begins_with_body, 10, what="the body's first page to be written")
+        assert r.status()["receiver"]["written_over"] == 1
+        parts = [part]
+        pages = -(-len(body) // 4096) * 4096
+        # Measured without the cut: the old file's 4 MiB until the end.
+        assert os.path.getsize(parts[0]) <= pages, os.path.getsize(parts[0])
+        assert os.stat(parts[0]).st_blocks * 512 <= pages + (64 << 10)
+        t.sendall(body[len(body) // 2:])
+        code, _, answer = read_answer(t, 30)
+    finally:
+        t.close()
+    assert code == 201, (code, answer)
+    r.wait_applied(G, 4)
+    with open(os.path.join(r.target, "vm.img"), "rb") as f:
+        assert f.read() == bytes([1]) * (4 << 20) + bytes(4 << 20) + bytes([2]) * (100 << 10)
+    assert r.stop() == 0
+    r.check_quiet()
+
+
 def test_a_file_being_read_is_not_written_over(workdir, pki, remotes):
     """A GET of a segment still in the inbox that outlives its apply: the
     file is kept, but the next upload does not write over it while the
