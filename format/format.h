@@ -275,8 +275,9 @@ int seg_view_new_partial(const void *buf, size_t len, struct seg_view **out,
 void seg_view_free(struct seg_view *v);
 
 bool seg_view_sealed(const struct seg_view *v);
-/* Whether validation took the payloads' hashes from a precheck (for a
- * _prechecked open: the caller's held, rather than the full check). */
+/* Whether validation took the payloads' hashes from the precheck the
+ * caller gave (seg_view_new_prechecked, seg_view_open_fd_prechecked)
+ * rather than hashing them itself because it did not stand for them. */
 bool seg_view_prechecked(const struct seg_view *v);
 const struct seg_header *seg_view_header(const struct seg_view *v);
 const struct seg_trailer *seg_view_trailer(const struct seg_view *v); /* NULL if unsealed */

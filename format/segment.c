@@ -409,6 +409,7 @@ struct seg_view {
 	bool sealed;
 	bool own;            /* written by this process: payload hashes not recomputed */
 	bool prechecked;     /* payloads hashed as they streamed in: fold the records */
+	bool callers;        /* ... by the caller's precheck (seg_view_prechecked) */
 	uint64_t fold;       /* seg_precheck_fold over the records walked */
 	uint64_t count, last_lsn, digest;
 	size_t records_start, records_end;
@@ -898,17 +899,18 @@ int seg_view_new(const void *buf, size_t len, struct seg_view **out, struct seg_
 	return view_init(buf, len, false, TRUST_NONE, NULL, -1, out, err);
 }
 
-/* view_init of a whole sealed segment whose payloads p hashed; the full
- * check if p did not follow it, or saw other records than the walk finds. */
-static int view_prechecked(const void *buf, size_t len, void *map, int fd,
-			   const struct seg_precheck *p, struct seg_view **out, struct seg_err *err)
+/* view_init of a whole sealed segment whose payloads p hashed, if p
+ * followed it and the walk finds the records p hashed, where it hashed
+ * them: 0 with *out; 1 otherwise (nothing made, *err not to be used). */
+static int view_as_prechecked(const void *buf, size_t len, void *map, int fd,
+			      const struct seg_precheck *p, struct seg_view **out,
+			      struct seg_err *err)
 {
 	uint64_t count, tail_pos, fold, fed;
 	struct seg_view *v;
 
 	if (seg_precheck_result(p, &count, &tail_pos, &fold, &fed) && fed == len &&
 	    view_init(buf, len, false, TRUST_PRECHECK, map, fd, &v, err) == 0) {
-		/* the walk found the records the precheck hashed, where it hashed them */
 		if (v->sealed && v->count == count && v->records_end == tail_pos &&
 		    v->fold == fold) {
 			*out = v;
@@ -917,13 +919,26 @@ static int view_prechecked(const void *buf, size_t len, void *map, int fd,
 		v->map = NULL; /* still the caller's */
 		seg_view_free(v);
 	}
+	return 1;
+}
+
+/* view_as_prechecked, else the full check. */
+static int view_prechecked(const void *buf, size_t len, void *map, int fd,
+			   const struct seg_precheck *p, struct seg_view **out, struct seg_err *err)
+{
+	if (view_as_prechecked(buf, len, map, fd, p, out, err) == 0)
+		return 0;
 	return view_init(buf, len, false, TRUST_NONE, map, -1, out, err);
 }
 
 int seg_view_new_prechecked(const void *buf, size_t len, const struct seg_precheck *p,
 			    struct seg_view **out, struct seg_err *err)
 {
-	return view_prechecked(buf, len, NULL, -1, p, out, err);
+	if (view_as_prechecked(buf, len, NULL, -1, p, out, err) == 0) {
+		(*out)->callers = true;
+		return 0;
+	}
+	return view_init(buf, len, false, TRUST_NONE, NULL, -1, out, err);
 }
 
 int seg_view_new_partial(const void *buf, size_t len, struct seg_view **out,
@@ -964,7 +979,14 @@ static int view_map(int fd, enum trust trust, const struct seg_precheck *fed,
 		fail(err, 0, "cannot map: %s", strerror(-r));
 		return r;
 	}
-	if (trust == TRUST_NONE && !fed && (pc = seg_precheck_new()) != NULL &&
+	/* A caller's precheck that does not stand for this file gets the
+	 * pread pass too, not a walk that hashes through the mapping. */
+	if (fed && view_as_prechecked(map, (size_t)st.st_size, map, fd, fed, out, err) == 0) {
+		(*out)->callers = true;
+		r = 0;
+		goto made;
+	}
+	if (trust == TRUST_NONE && (pc = seg_precheck_new()) != NULL &&
 	    (r = seg_precheck_read(pc, fd, (uint64_t)st.st_size)) < 0) {
 		/* Not a walk of the mapping then: its pages past a new end, or
 		 * ones that cannot be read, would raise SIGBUS. */
@@ -975,11 +997,12 @@ static int view_map(int fd, enum trust trust, const struct seg_precheck *fed,
 		fail(err, 0, "cannot read: %s", strerror(-r));
 		return r;
 	}
-	if (fed || pc)
-		r = view_prechecked(map, (size_t)st.st_size, map, fd, fed ? fed : pc, out, err);
+	if (pc)
+		r = view_prechecked(map, (size_t)st.st_size, map, fd, pc, out, err);
 	else
 		r = view_init(map, (size_t)st.st_size, false, trust, map, fd, out, err);
 	seg_precheck_free(pc);
+made:
 	if (r < 0) {
 		munmap(map, (size_t)st.st_size);
 		return r;
@@ -1057,7 +1080,7 @@ bool seg_view_same_file(const struct seg_view *v, int fd)
 }
 
 bool seg_view_sealed(const struct seg_view *v) { return v->sealed; }
-bool seg_view_prechecked(const struct seg_view *v) { return v->prechecked; }
+bool seg_view_prechecked(const struct seg_view *v) { return v->callers; }
 const struct seg_header *seg_view_header(const struct seg_view *v) { return &v->header; }
 const struct seg_trailer *seg_view_trailer(const struct seg_view *v)
 {

@@ -69,6 +69,7 @@ int inbox_open(int dirfd, const char *name, struct remote *rm, struct inbox_file
 	       size_t whylen)
 {
 	struct seg_precheck *pre = NULL;
+	bool first = false;
 	struct seg_err e;
 	struct stat st;
 	int fd, r;
@@ -89,11 +90,11 @@ int inbox_open(int dirfd, const char *name, struct remote *rm, struct inbox_file
 	f->fd = fd;
 	f->len = (size_t)st.st_size;
 	if (rm && f->len)
-		pre = prechecked_find(&rm->prechecked, &st);
+		pre = prechecked_find(&rm->prechecked, &st, &first);
 	/* an empty file is refused by the decoder's own words */
 	r = f->len ? seg_view_open_fd_prechecked(fd, pre, &f->v, &e)
 		   : seg_view_new("", 0, &f->v, &e);
-	if (pre && r == 0 && seg_view_prechecked(f->v))
+	if (first && r == 0 && seg_view_prechecked(f->v))
 		atomic_fetch_add_explicit(&rm->rx.checks_reused, 1, memory_order_relaxed);
 	seg_precheck_free(pre);
 	if (r == -EBADMSG)

@@ -107,10 +107,12 @@ void prechecked_add(struct prechecked *pc, int fd, struct seg_precheck *p)
 	pthread_mutex_unlock(&pc->lock);
 }
 
-struct seg_precheck *prechecked_find(struct prechecked *pc, const struct stat *st)
+struct seg_precheck *prechecked_find(struct prechecked *pc, const struct stat *st,
+				     bool *first)
 {
 	struct seg_precheck *copy = NULL;
 
+	*first = false;
 	if (!pc)
 		return NULL;
 	pthread_mutex_lock(&pc->lock);
@@ -119,9 +121,11 @@ struct seg_precheck *prechecked_find(struct prechecked *pc, const struct stat *s
 
 		if (!same_file(e, st))
 			continue;
-		if (unchanged(e, st))
+		if (unchanged(e, st)) {
 			copy = seg_precheck_copy(e->p);
-		else
+			*first = copy && !e->used;
+			e->used = e->used || copy;
+		} else
 			clear(e); /* written to since: checked whole from now on */
 		break;
 	}
@@ -133,7 +137,7 @@ void prechecked_forget(struct prechecked *pc, int dirfd, const char *name)
 {
 	struct stat st;
 
-	if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+	if (fstatat(dirfd, name, &st, *name ? AT_SYMLINK_NOFOLLOW : AT_EMPTY_PATH) < 0)
 		return;
 	pthread_mutex_lock(&pc->lock);
 	for (unsigned i = 0; i < PRECHECKED_MAX; i++)

@@ -770,15 +770,17 @@ static int check_room(struct receiver *rx, struct upload *u, uint64_t more)
 
 /* A kept file taken for a body of known length: what lies past that
  * length's last page is freed now, not at the end (end_carry), so that the
- * file never holds more than the room the upload was charged and given.
- * Whole pages are written over it (write_pages), all within that length. */
+ * file never holds more than the room the upload was charged and given,
+ * but for the rest of its last page.  Whole pages are written over it
+ * (write_pages), all within that length. */
 static void cut_to_pages(int fd, uint64_t length)
 {
 	uint64_t pages = (length + CARRY_SIZE - 1) / CARRY_SIZE * CARRY_SIZE;
 	struct stat st;
 
-	if (fstat(fd, &st) == 0 && (uint64_t)st.st_size > pages)
-		(void)ftruncate(fd, (off_t)pages); /* if it fails, end_carry cuts it */
+	if (fstat(fd, &st) == 0 && (uint64_t)st.st_size > pages && ftruncate(fd, (off_t)pages) < 0) {
+		/* end_carry cuts it, or says why not */
+	}
 }
 
 static int start_upload(struct receiver *rx, struct MHD_Connection *conn, struct upload *u)
@@ -1183,7 +1185,10 @@ static int into_inbox(struct receiver *rx, struct upload *u, int gfd, struct seg
 	prechecked_add(&rx->r->prechecked, u->fd, u->pre);
 	u->pre = NULL;
 	if (renameat2(rx->tmp_fd, u->tmp, gfd, u->file, RENAME_NOREPLACE) < 0) {
-		prechecked_forget(&rx->r->prechecked, rx->tmp_fd, u->tmp);
+		int e = errno;
+
+		prechecked_forget(&rx->r->prechecked, u->fd, "");
+		errno = e;
 		if (errno == EEXIST) {
 			/* the same segment, uploaded twice at once */
 			held_copy(rx, u, gfd, m, u->size, seg_view_digest(v));

@@ -142,7 +142,7 @@ struct rx_stats {
 	atomic_uint_fast64_t free_files;         /* kept now */
 	atomic_uint_fast64_t free_bytes;         /* their size */
 	atomic_uint_fast64_t reused;             /* uploads written over one */
-	/* Segments opened with the receiver's check (prechecked.c). */
+	/* Segments validated with the receiver's check (prechecked.c). */
 	atomic_uint_fast64_t checks_reused;
 };
 
@@ -166,6 +166,7 @@ struct prechecked_entry {
 	struct timespec mtime;        /* as the receiver left the file */
 	struct seg_precheck *p;       /* NULL: the entry is empty */
 	uint64_t added;               /* order of adding: the oldest gives way */
+	bool used;                    /* found once already */
 };
 struct prechecked {
 	pthread_mutex_t lock;
@@ -627,9 +628,12 @@ void prechecked_destroy(struct prechecked *pc);
  * group's open of it; takes p. */
 void prechecked_add(struct prechecked *pc, int fd, struct seg_precheck *p);
 /* A copy of the precheck left for the file st describes, if nothing was
- * written to it since (the caller frees it), else NULL. */
-struct seg_precheck *prechecked_find(struct prechecked *pc, const struct stat *st);
-/* Drops the entry of name of dirfd (applied, put aside, removed). */
+ * written to it since (the caller frees it), else NULL; *first: the
+ * first copy of it (a group may open a segment more than once). */
+struct seg_precheck *prechecked_find(struct prechecked *pc, const struct stat *st,
+				     bool *first);
+/* Drops the entry of name of dirfd (applied, put aside, removed), or of
+ * the file open at dirfd if name is "". */
 void prechecked_forget(struct prechecked *pc, int dirfd, const char *name);
 
 /* ---- puller.c ---- */
