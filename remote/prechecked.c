@@ -3,11 +3,12 @@
  * (remote_i.h, struct prechecked).
  *
  * The receiver hashes every payload of an upload as it arrives and
- * validates the stored file before it answers 201 (receiver.c, finish).
+ * validates the stored file before it answers 201 (receiver.c, finish);
+ * a puller does the same with each download (puller.c).
  * Its group used to check the inbox file whole again before applying it:
  * every payload read back and hashed a second time, about a tenth of
  * aim-remote's CPU for large writes.  Now the receiver leaves its
- * precheck here, under the file's identity once it is in the inbox, and
+ * precheck here, under the file's identity (the puller too), and
  * the group's open (inbox_open) validates with it, reading only the
  * records' headers.  Nothing is trusted blindly: the walk still checks
  * every rule and compares where the records are and the hashes they
@@ -20,8 +21,8 @@
  * on kernels before 6.13, a write within the same few milliseconds as the
  * receiver's last could keep it.)  The entry is made before the file is
  * renamed into the inbox, so the group, woken by the rename, finds it.
- * A file the receiver did not store (cp into the inbox, a puller's
- * download) has none.
+ * A file put into the inbox by other means (cp, another server) has
+ * none.
  *
  * Entries are forgotten when the group disposes of the file or puts it
  * aside; at most PRECHECKED_MAX are held, the oldest giving way (its

@@ -23,8 +23,10 @@
  * retention deleted it), the group jumps to the newest base after it, as
  * it would after any gap that ends at a SYNC_BEGIN.
  *
- * A download goes to inbox/.tmp/pull.*, is fsynced, validated whole (its
- * group and number too), and only then renamed into inbox/<group>/
+ * A download goes to inbox/.tmp/pull.*, its payloads hashed as they are
+ * written, is fsynced, validated whole with those hashes (its group and
+ * number too; the group's own check of it takes them too: prechecked.c),
+ * and only then renamed into inbox/<group>/
  * without replacing anything (the receiver may have stored the same
  * segment meanwhile).  PULL_PARALLEL segments download at once, each on a
  * thread and connection of its own, and are renamed in order; the first
@@ -388,6 +390,8 @@ static void fail(struct puller *p, struct pull_loop *l, const char *fmt, ...)
 struct download {
 	int fd;
 	uint64_t written;
+	struct seg_precheck *pre; /* hashes the payloads as they are written (NULL:
+				   * out of memory, the file is checked whole) */
 };
 
 static int dl_sink(void *ctx, const void *data, size_t len)
@@ -395,8 +399,10 @@ static int dl_sink(void *ctx, const void *data, size_t len)
 	struct download *dl = ctx;
 	int r = fileio_write_full(dl->fd, data, len);
 
-	if (r == 0)
+	if (r == 0) {
 		dl->written += len;
+		seg_precheck_feed(dl->pre, data, len);
+	}
 	return r;
 }
 
@@ -414,10 +420,11 @@ static int group_dir(struct puller *p, const char *group)
 }
 
 /* Checks the downloaded file whole: a sealed segment of this group with
- * this number.  0, -EBADMSG with why, or another -errno (this host's
- * trouble: out of memory, a read that failed) with why. */
-static int validate(int fd, uint64_t size, const uint8_t gid[16], uint64_t number, char *why,
-		    size_t whylen)
+ * this number (its payloads hashed as they were written: pre, if it
+ * stands for the file).  0, -EBADMSG with why, or another -errno (this
+ * host's trouble: out of memory, a read that failed) with why. */
+static int validate(int fd, uint64_t size, const struct seg_precheck *pre, const uint8_t gid[16],
+		    uint64_t number, char *why, size_t whylen)
 {
 	struct seg_view *v;
 	struct seg_err e;
@@ -427,7 +434,7 @@ static int validate(int fd, uint64_t size, const uint8_t gid[16], uint64_t numbe
 		snprintf(why, whylen, "it is empty");
 		return -EBADMSG;
 	}
-	r = seg_view_open_fd(fd, &v, &e);
+	r = seg_view_open_fd_prechecked(fd, pre, &v, &e);
 	if (r == -EBADMSG) {
 		snprintf(why, whylen, "not a valid segment: %s (at byte %" PRIu64 ")", e.msg, e.offset);
 		return r;
@@ -479,6 +486,7 @@ static void fetch_segment(void *arg)
 			 r->cfg.inbox, INBOX_TMP, job->tmp, strerror(errno));
 		return;
 	}
+	job->dl.pre = seg_precheck_new();
 	job->rc = s3_fetch(job->s3, key, dl_sink, &job->dl, r->cfg.max_segment, &rep);
 	if (job->rc < 0) {
 		if (job->rc == -EFBIG)
@@ -496,7 +504,7 @@ static void fetch_segment(void *arg)
 			 INBOX_TMP, job->tmp, strerror(errno));
 		return;
 	}
-	job->rc = validate(job->dl.fd, job->dl.written, gid, job->n, why, sizeof why);
+	job->rc = validate(job->dl.fd, job->dl.written, job->dl.pre, gid, job->n, why, sizeof why);
 	if (job->rc < 0)
 		snprintf(job->error, sizeof job->error, "%s in the bucket: %s", key, why);
 }
@@ -551,11 +559,20 @@ static int pull_batch(struct pull_group *g, int gfd, uint64_t first, unsigned co
 			rc = job[i].rc;
 			fail(p, &g->loop, "%s", job[i].error);
 		}
-		if (rc == 0 && renameat2(p->tmp_fd, job[i].tmp, gfd, job[i].file,
-					 RENAME_NOREPLACE) < 0 && errno != EEXIST) {
-			rc = -errno;
-			fail(p, &g->loop, "cannot move %s into %s/%s: %s", job[i].file, r->cfg.inbox,
-			     g->name, strerror(errno));
+		if (rc == 0) {
+			/* for the group, which the rename wakes (prechecked.c) */
+			prechecked_add(&r->prechecked, job[i].dl.fd, job[i].dl.pre);
+			job[i].dl.pre = NULL;
+			if (renameat2(p->tmp_fd, job[i].tmp, gfd, job[i].file, RENAME_NOREPLACE) < 0) {
+				int e = errno;
+
+				prechecked_forget(&r->prechecked, job[i].dl.fd, "");
+				if (e != EEXIST) {
+					rc = -e;
+					fail(p, &g->loop, "cannot move %s into %s/%s: %s", job[i].file,
+					     r->cfg.inbox, g->name, strerror(e));
+				}
+			}
 		}
 		if (rc == 0) {
 			pthread_mutex_lock(&p->all->lock);
@@ -568,6 +585,7 @@ static int pull_batch(struct pull_group *g, int gfd, uint64_t first, unsigned co
 			unlinkat(p->tmp_fd, job[i].tmp, 0); /* gone already if it was renamed */
 			close(job[i].dl.fd);
 		}
+		seg_precheck_free(job[i].dl.pre);
 	}
 	return rc;
 }

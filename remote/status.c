@@ -355,7 +355,7 @@ static void metrics_text(struct remote *r, struct strbuf *sb)
 			{ "aim_remote_written_over_total", "counter", "uploads written over a kept file instead of a new one",
 			  offsetof(struct rx_stats, reused) },
 			{ "aim_remote_checks_reused_total", "counter",
-			  "segments validated with the receiver's hashes of their payloads, not read and hashed again",
+			  "segments validated with the hashes the receiver or a puller took of their payloads, not read and hashed again",
 			  offsetof(struct rx_stats, checks_reused) },
 		};
 

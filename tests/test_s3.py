@@ -237,6 +237,9 @@ def test_mirror_through_a_bucket_to_two_pullers(ceph, workdir, aimfs, cleanup):
     for r in (a, b):
         pulls = r.status()["pulls"]
         assert pulls[0]["state"] == "polling" and pulls[0]["segments_pulled"] > 0, pulls
+        # the groups validated pulled segments with the puller's hashes
+        reused = r.status()["receiver"]["checks_reused"]
+        assert 0 < reused <= pulls[0]["segments_pulled"], (reused, pulls)
         assert sorted(set(applied_lines(r))) == sorted(applied_lines(r))
     m.check_quiet()
     a.check_quiet()
@@ -249,8 +252,9 @@ def test_a_puller_catching_up_never_holds_a_segment_past_one_it_lacks(ceph, work
     at once.  One missing from the bucket (its object lost, or not yet
     readable) stops it there: nothing after it reaches the inbox, however
     many of those downloaded, so the group never holds a segment without the
-    one before it; the status names the missing key.  Once the object is
-    back, the puller goes on and the replica converges."""
+    one before it; the status names the missing key.  Put back damaged, it
+    is refused as it is checked; once it is back whole, the puller goes on
+    and the replica converges."""
     bucket = new_bucket(ceph)
     site = Site(workdir, ceph, bucket)
     populate(site.backing, 1509, 2)
@@ -282,6 +286,19 @@ def test_a_puller_catching_up_never_holds_a_segment_past_one_it_lacks(ceph, work
     inbox = os.path.join(workdir, "inbox-late", group)
     past = [n for n in os.listdir(inbox) if n.endswith(".aimj") and int(n[:20]) > missing]
     assert not past, f"the inbox holds {sorted(past)} without segment {missing}"
+    # back, but damaged (a byte in its middle changed): refused as it is
+    # downloaded and checked, nothing of it or after it applied
+    damaged = bytearray(kept)
+    damaged[len(damaged) // 2] ^= 0xff
+    ceph.s3().put(bucket, key, bytes(damaged))
+
+    def refused_as_damaged():
+        pull = r.status()["pulls"][0]
+        return pull["state"] == "retrying" and "not a valid segment" in pull.get("last_error", "")
+    wait_for(refused_as_damaged, 60, what="the damaged segment to be refused")
+    g = r.group(group)
+    assert g["applied_segment"] == missing - 1 and not g["quarantined"], g
+    assert not [n for n in os.listdir(inbox) if n.endswith(".aimj") and int(n[:20]) >= missing]
     ceph.s3().put(bucket, key, kept)
     r.wait_applied(group, st["head_lsn"])
     assert m.unmount() == 0
