@@ -322,7 +322,7 @@ apply_setup() {
 }
 
 apply_round() { # ROUND
-    local round=$1 side bucket expect d res
+    local round=$1 side bucket expect d res ticks
     for side in 20-groups 1-group; do
         if [[ $side == 20-groups ]]; then bucket=apply-many expect=$EXPECT_MANY; else bucket=apply-one expect=$EXPECT_ONE; fi
         d="$SCRATCH/apply/pull"
@@ -334,9 +334,11 @@ apply_round() { # ROUND
             --secret-key-file "$SCRATCH/sk" --pull-interval "$POLL"
         res=$(inns "$PY" "$S3PY" wait-groups --status "$REMOTE_STATUS" --expect "$expect" --timeout 900) ||
             { show_log "$RAW/logs/aim-remote-apply.log"; fail "the puller did not apply everything ($side)"; }
+        ticks=$(cpu_ticks "$REMOTE_PID")
         stop_remote
         record round="$round" test=apply side="$side" groups="$(j .groups "$res")" bytes="$(j .bytes "$res")" \
-            seconds="$(j .seconds "$res")" mbps="$(j .mbps "$res")"
+            seconds="$(j .seconds "$res")" mbps="$(j .mbps "$res")" \
+            remote_cpu_seconds="$(jq -n "$ticks / $CLK_TCK")"
         log "$(printf 'round %d/%d  apply  %-9s %7.1f MB/s (%d groups, %.1f s)' "$round" "$ROUNDS" "$side" \
             "$(j .mbps "$res")" "$(j .groups "$res")" "$(j .seconds "$res")")"
         rm -rf "$d"
