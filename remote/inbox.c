@@ -59,11 +59,11 @@ void inbox_file_close(struct inbox_file *f)
 /*
  * Maps and validates the segment file name of the group directory
  * (seg_view_open_fd: its payloads hashed with pread, not through the
- * mapping, unless the receiver's check of them is in hand: prechecked.c),
- * keeping it open for the applier's pread of them (applier_set_source)
- * and of the records' headers as it iterates.  Returns 0 with f filled,
- * -EBADMSG with the decoder's reason in why, or another -errno (also
- * explained in why).
+ * mapping, unless the receiver's or a puller's hashes of them are in
+ * hand: prechecked.c), keeping it open for the applier's pread of them
+ * (applier_set_source) and of the records' headers as it iterates.
+ * Returns 0 with f filled, -EBADMSG with the decoder's reason in why, or
+ * another -errno (also explained in why).
  */
 int inbox_open(int dirfd, const char *name, struct remote *rm, struct inbox_file *f, char *why,
 	       size_t whylen)

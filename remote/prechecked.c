@@ -1,21 +1,20 @@
 /*
- * prechecked.c — the receiver's check of a segment, handed to its group
- * (remote_i.h, struct prechecked).
+ * prechecked.c — the receiver's and the pullers' checks of a segment,
+ * handed to its group (remote_i.h, struct prechecked).
  *
  * The receiver hashes every payload of an upload as it arrives and
  * validates the stored file before it answers 201 (receiver.c, finish);
- * a puller does the same with each download (puller.c).
- * Its group used to check the inbox file whole again before applying it:
- * every payload read back and hashed a second time, about a tenth of
- * aim-remote's CPU for large writes.  Now the receiver leaves its
- * precheck here, under the file's identity (the puller too), and
- * the group's open (inbox_open) validates with it, reading only the
- * records' headers.  Nothing is trusted blindly: the walk still checks
- * every rule and compares where the records are and the hashes they
- * state with what the receiver saw, and falls back to the full check if
+ * a puller does the same with each download (puller.c).  The group used
+ * to check the inbox file whole again before applying it: every payload
+ * read back and hashed a second time, about a tenth of aim-remote's CPU
+ * for large writes.  Now they leave their precheck here, under the file's
+ * identity, and the group's open (inbox_open) validates with it, reading
+ * only the records' headers.  Nothing is trusted blindly: the walk still
+ * checks every rule and compares where the records are and the hashes
+ * they state with what was hashed, and gives the file the full check if
  * anything differs.  What it cannot see is a payload's bytes changed in
  * place without its header, so the identity includes the size and the
- * modification time: a write to the file after the receiver's (a process
+ * modification time: a write to the file after the check (a process
  * writing into the inbox behind aim-remote's back) changes the time, and
  * the group then checks the file whole.  (The time is the clock's tick:
  * on kernels before 6.13, a write within the same few milliseconds as the

@@ -142,7 +142,8 @@ struct rx_stats {
 	atomic_uint_fast64_t free_files;         /* kept now */
 	atomic_uint_fast64_t free_bytes;         /* their size */
 	atomic_uint_fast64_t reused;             /* uploads written over one */
-	/* Segments validated with the receiver's check (prechecked.c). */
+	/* Segments validated with the receiver's or a puller's check
+	 * (prechecked.c). */
 	atomic_uint_fast64_t checks_reused;
 };
 
@@ -156,14 +157,14 @@ struct inbox_free {
 	uint64_t next_seq;
 };
 
-/* Segments the receiver checked as they arrived, by the identity of their
- * inbox file, for their group's open (prechecked.c). */
+/* Segments the receiver or a puller checked as they arrived, by the
+ * identity of their inbox file, for their group's open (prechecked.c). */
 #define PRECHECKED_MAX 16
 struct prechecked_entry {
 	dev_t dev;
 	ino_t ino;
 	off_t size;
-	struct timespec mtime;        /* as the receiver left the file */
+	struct timespec mtime;        /* as its writer left the file */
 	struct seg_precheck *p;       /* NULL: the entry is empty */
 	uint64_t added;               /* order of adding: the oldest gives way */
 	bool used;                    /* found once already */
@@ -559,9 +560,9 @@ struct inbox_entry {
 };
 
 /* Maps and validates segment file name of directory dirfd (without
- * hashing its payloads again if r's receiver checked them as they
- * arrived and nothing wrote to the file since: prechecked.c; r NULL:
- * always whole).  Returns 0 with f filled, -EBADMSG with the decoder's
+ * hashing its payloads again if r's receiver or a puller hashed them as
+ * they arrived and nothing wrote to the file since: prechecked.c; r
+ * NULL: always whole).  Returns 0 with f filled, -EBADMSG with the decoder's
  * reason in why, or another -errno (also explained in why). */
 int inbox_open(int dirfd, const char *name, struct remote *r, struct inbox_file *f, char *why,
 	       size_t whylen);
@@ -625,7 +626,7 @@ void prechecked_init(struct prechecked *pc);
 void prechecked_destroy(struct prechecked *pc);
 /* Leaves p, the precheck fed every byte of the segment file open at fd
  * (about to be renamed into the inbox, no longer written), for the
- * group's open of it; takes p. */
+ * group's open of it; takes p (NULL: nothing to leave). */
 void prechecked_add(struct prechecked *pc, int fd, struct seg_precheck *p);
 /* A copy of the precheck left for the file st describes, if nothing was
  * written to it since (the caller frees it), else NULL; *first: the
