@@ -901,9 +901,10 @@ int seg_view_new(const void *buf, size_t len, struct seg_view **out, struct seg_
 
 /* view_init of a whole sealed segment whose payloads p hashed, if p
  * followed it and the walk finds the records p hashed, where it hashed
- * them: 0 with *out; 1 otherwise (nothing made, *err not to be used). */
+ * them: 0 with *out (callers: p is the caller's, for seg_view_prechecked);
+ * 1 otherwise (nothing made, *err not to be used). */
 static int view_as_prechecked(const void *buf, size_t len, void *map, int fd,
-			      const struct seg_precheck *p, struct seg_view **out,
+			      const struct seg_precheck *p, bool callers, struct seg_view **out,
 			      struct seg_err *err)
 {
 	uint64_t count, tail_pos, fold, fed;
@@ -913,6 +914,7 @@ static int view_as_prechecked(const void *buf, size_t len, void *map, int fd,
 	    view_init(buf, len, false, TRUST_PRECHECK, map, fd, &v, err) == 0) {
 		if (v->sealed && v->count == count && v->records_end == tail_pos &&
 		    v->fold == fold) {
+			v->callers = callers;
 			*out = v;
 			return 0;
 		}
@@ -924,9 +926,10 @@ static int view_as_prechecked(const void *buf, size_t len, void *map, int fd,
 
 /* view_as_prechecked, else the full check. */
 static int view_prechecked(const void *buf, size_t len, void *map, int fd,
-			   const struct seg_precheck *p, struct seg_view **out, struct seg_err *err)
+			   const struct seg_precheck *p, bool callers, struct seg_view **out,
+			   struct seg_err *err)
 {
-	if (view_as_prechecked(buf, len, map, fd, p, out, err) == 0)
+	if (view_as_prechecked(buf, len, map, fd, p, callers, out, err) == 0)
 		return 0;
 	return view_init(buf, len, false, TRUST_NONE, map, -1, out, err);
 }
@@ -934,11 +937,7 @@ static int view_prechecked(const void *buf, size_t len, void *map, int fd,
 int seg_view_new_prechecked(const void *buf, size_t len, const struct seg_precheck *p,
 			    struct seg_view **out, struct seg_err *err)
 {
-	if (view_as_prechecked(buf, len, NULL, -1, p, out, err) == 0) {
-		(*out)->callers = true;
-		return 0;
-	}
-	return view_init(buf, len, false, TRUST_NONE, NULL, -1, out, err);
+	return view_prechecked(buf, len, NULL, -1, p, true, out, err);
 }
 
 int seg_view_new_partial(const void *buf, size_t len, struct seg_view **out,
@@ -981,8 +980,7 @@ static int view_map(int fd, enum trust trust, const struct seg_precheck *fed,
 	}
 	/* A caller's precheck that does not stand for this file gets the
 	 * pread pass too, not a walk that hashes through the mapping. */
-	if (fed && view_as_prechecked(map, (size_t)st.st_size, map, fd, fed, out, err) == 0) {
-		(*out)->callers = true;
+	if (fed && view_as_prechecked(map, (size_t)st.st_size, map, fd, fed, true, out, err) == 0) {
 		r = 0;
 		goto made;
 	}
@@ -998,7 +996,7 @@ static int view_map(int fd, enum trust trust, const struct seg_precheck *fed,
 		return r;
 	}
 	if (pc)
-		r = view_prechecked(map, (size_t)st.st_size, map, fd, pc, out, err);
+		r = view_prechecked(map, (size_t)st.st_size, map, fd, pc, false, out, err);
 	else
 		r = view_init(map, (size_t)st.st_size, false, trust, map, fd, out, err);
 	seg_precheck_free(pc);

@@ -29,7 +29,9 @@
  */
 #include "remote_i.h"
 
+#include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -144,4 +146,17 @@ void prechecked_forget(struct prechecked *pc, int dirfd, const char *name)
 		if (same_file(&pc->e[i], &st))
 			clear(&pc->e[i]);
 	pthread_mutex_unlock(&pc->lock);
+}
+
+int prechecked_rename(struct prechecked *pc, int fd, struct seg_precheck *p, int olddir,
+		      const char *oldname, int newdir, const char *newname)
+{
+	int e;
+
+	prechecked_add(pc, fd, p); /* before the rename, which wakes the group */
+	if (renameat2(olddir, oldname, newdir, newname, RENAME_NOREPLACE) == 0)
+		return 0;
+	e = errno;
+	prechecked_forget(pc, fd, "");
+	return -e;
 }

@@ -560,18 +560,14 @@ static int pull_batch(struct pull_group *g, int gfd, uint64_t first, unsigned co
 			fail(p, &g->loop, "%s", job[i].error);
 		}
 		if (rc == 0) {
-			/* for the group, which the rename wakes (prechecked.c) */
-			prechecked_add(&r->prechecked, job[i].dl.fd, job[i].dl.pre);
-			job[i].dl.pre = NULL;
-			if (renameat2(p->tmp_fd, job[i].tmp, gfd, job[i].file, RENAME_NOREPLACE) < 0) {
-				int e = errno;
+			int m = prechecked_rename(&r->prechecked, job[i].dl.fd, job[i].dl.pre,
+						  p->tmp_fd, job[i].tmp, gfd, job[i].file);
 
-				prechecked_forget(&r->prechecked, job[i].dl.fd, "");
-				if (e != EEXIST) {
-					rc = -e;
-					fail(p, &g->loop, "cannot move %s into %s/%s: %s", job[i].file,
-					     r->cfg.inbox, g->name, strerror(e));
-				}
+			job[i].dl.pre = NULL;
+			if (m < 0 && m != -EEXIST) {
+				rc = m;
+				fail(p, &g->loop, "cannot move %s into %s/%s: %s", job[i].file,
+				     r->cfg.inbox, g->name, strerror(-m));
 			}
 		}
 		if (rc == 0) {

@@ -1175,27 +1175,24 @@ static int refuse_discontinuous(struct receiver *rx, struct upload *u, int gfd,
 static int into_inbox(struct receiver *rx, struct upload *u, int gfd, struct seg_view *v,
 		      const void *m)
 {
+	int r;
+
 	if (refuse_promoted(rx, u) < 0)
 		return -1;
 	if (held_copy(rx, u, gfd, m, u->size, seg_view_digest(v)) != 0)
 		return -1;
 	if (refuse_discontinuous(rx, u, gfd, v) < 0)
 		return -1;
-	/* for the group, which the rename wakes */
-	prechecked_add(&rx->r->prechecked, u->fd, u->pre);
+	r = prechecked_rename(&rx->r->prechecked, u->fd, u->pre, rx->tmp_fd, u->tmp, gfd, u->file);
 	u->pre = NULL;
-	if (renameat2(rx->tmp_fd, u->tmp, gfd, u->file, RENAME_NOREPLACE) < 0) {
-		int e = errno;
-
-		prechecked_forget(&rx->r->prechecked, u->fd, "");
-		errno = e;
-		if (errno == EEXIST) {
+	if (r < 0) {
+		if (r == -EEXIST) {
 			/* the same segment, uploaded twice at once */
 			held_copy(rx, u, gfd, m, u->size, seg_view_digest(v));
 			return -1;
 		}
 		decide(u, 500, "cannot move the segment into %s/%s: %s", rx->r->cfg.inbox, u->group,
-		       strerror(errno));
+		       strerror(-r));
 		return -1;
 	}
 	u->tmp_live = false;

@@ -636,6 +636,11 @@ struct seg_precheck *prechecked_find(struct prechecked *pc, const struct stat *s
 /* Drops the entry of name of dirfd (applied, put aside, removed), or of
  * the file open at dirfd if name is "". */
 void prechecked_forget(struct prechecked *pc, int dirfd, const char *name);
+/* Renames the checked segment file open at fd from oldname of olddir to
+ * newname of newdir without replacing anything, leaving p (taken) for
+ * the group it wakes.  0 or -errno (nothing left then). */
+int prechecked_rename(struct prechecked *pc, int fd, struct seg_precheck *p, int olddir,
+		      const char *oldname, int newdir, const char *newname);
 
 /* ---- puller.c ---- */
 

@@ -70,6 +70,15 @@ def filled_segments(workdir, tag, sizes, offset):
     return out
 
 
+def put_first_and_keep_it(r, segs):
+    """Uploads segs[0] as segment 1 and waits until it is applied and its
+    file kept in inbox/.free for the next upload."""
+    code, text, err = r.put(G, segs[0], name=seg_name(1))
+    assert code == 201, (code, text, err)
+    r.wait_applied(G, 2)
+    wait_for(lambda: r.status()["receiver"]["kept_files"] == 1, 10, what="1's file kept")
+
+
 # What the receiver's memory may grow by in the budget test: loose enough
 # for ASan's quarantine and shadow memory; six uploads that each asked for a
 # 128 MiB window made it grow by about 770 MiB before windows were bounded.
@@ -912,10 +921,7 @@ def test_a_kept_file_out_of_the_page_cache_is_written_over_without_reads(workdir
     r = remotes(listen=True, pki=pki,
                 args=["--token-file", pki.token_file, "--inbox-reserve", "1M"]).start()
     segs = filled_segments(workdir, "cold", (4 << 20, 3 << 20), lambda n: (n - 1) << 22)
-    code, text, err = r.put(G, segs[0], name=seg_name(1))
-    assert code == 201, (code, text, err)
-    r.wait_applied(G, 2)
-    wait_for(lambda: r.status()["receiver"]["kept_files"] == 1, 10, what="the file kept")
+    put_first_and_keep_it(r, segs)
     free = os.path.join(r.inbox, ".free")
     for name in os.listdir(free):    # as memory pressure would
         fd = os.open(os.path.join(free, name), os.O_RDONLY)
@@ -955,10 +961,7 @@ def test_a_kept_file_is_cut_to_the_upload_before_it_is_written_over(workdir, pki
     r = remotes(listen=True, pki=pki,
                 args=["--token-file", pki.token_file, "--inbox-reserve", "1M"]).start()
     segs = filled_segments(workdir, "cut", (4 << 20, 100 << 10), lambda n: (n - 1) << 23)
-    code, text, err = r.put(G, segs[0], name=seg_name(1))
-    assert code == 201, (code, text, err)
-    r.wait_applied(G, 2)
-    wait_for(lambda: r.status()["receiver"]["kept_files"] == 1, 10, what="1's file kept")
+    put_first_and_keep_it(r, segs)
     with open(segs[1], "rb") as f:
         body = f.read()
     tmp = os.path.join(r.inbox, ".tmp")
